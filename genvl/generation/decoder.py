@@ -1,0 +1,117 @@
+"""A cached forward pass of a VisionEncoderDecoder's GPT-2 decoder, written for decoding.
+
+The weights stay in the transformers modules (so LoRA layers wrapped around them keep working); this file
+only re-plans the computation:
+
+- cross-attention keys/values are computed once per image, and every beam of that image attends to the
+  same tensors (queries of the K beams are stacked as K query rows of one image);
+- self-attention keys/values live in a preallocated cache, written in place each step;
+- images whose rows have all finished can be dropped (`keep`), and beams reordered (`reorder`).
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+class CachedDecoder:
+    def __init__(self, model, encoder_states: torch.Tensor, max_length: int, rows_per_image: int = 1):
+        """`encoder_states`: (B, N, C) encoder output; the decoder runs B * rows_per_image rows (image-major)
+        of up to `max_length` tokens."""
+        decoder = model.decoder
+        self.transformer = decoder.transformer
+        self.lm_head = decoder.lm_head
+        config = decoder.config
+        self.heads = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.scales = [
+            (self.head_dim**-0.5 if config.scale_attn_weights else 1.0)
+            / (float(i + 1) if config.scale_attn_by_inverse_layer_idx else 1.0)
+            for i in range(config.n_layer)
+        ]
+        if max_length > config.n_positions:
+            raise ValueError(
+                f"decoding needs {max_length} positions but the decoder has only n_positions={config.n_positions}"
+            )
+        images = encoder_states.shape[0]
+        # (B, H, N, D) per layer, shared by all beams of an image
+        self.cross = [self._cross_kv(block, encoder_states) for block in self.transformer.h]
+        rows = images * rows_per_image
+        shape = (rows, self.heads, max_length, self.head_dim)
+        dtype, device = encoder_states.dtype, encoder_states.device
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in self.transformer.h]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in self.transformer.h]
+        self.length = 0
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        # (R, T, C) -> (R, H, T, D)
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+    def _cross_kv(self, block, encoder_states):
+        key, value = block.crossattention.c_attn(encoder_states).split(block.crossattention.split_size, dim=2)
+        return self._split_heads(key), self._split_heads(value)
+
+    def _cross_attention(self, block, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        rows, steps, channels = hidden.shape
+        query = block.crossattention.q_attn(hidden)  # (R, T, C)
+        key, value = self.cross[layer]  # (B, H, N, D)
+        images = key.shape[0]
+        # stack the beams' queries as query rows of their image: (B, H, beams * T, D)
+        query = query.view(images, rows // images * steps, self.heads, self.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(query, key, value, scale=self.scales[layer])
+        out = out.transpose(1, 2).reshape(rows, steps, channels)
+        return block.crossattention.c_proj(out)
+
+    def _self_attention(self, block, layer: int, hidden: torch.Tensor, start: int) -> torch.Tensor:
+        rows, steps, channels = hidden.shape
+        query, key, value = block.attn.c_attn(hidden).split(block.attn.split_size, dim=2)
+        end = start + steps
+        self.keys[layer][:, :, start:end] = self._split_heads(key)
+        self.values[layer][:, :, start:end] = self._split_heads(value)
+        query = self._split_heads(query)
+        out = F.scaled_dot_product_attention(
+            query, self.keys[layer][:, :, :end], self.values[layer][:, :, :end],
+            is_causal=steps > 1, scale=self.scales[layer],
+        )
+        # a multi-token step only happens at the start (prefill), where causal masking from 0 is exact
+        out = out.transpose(1, 2).reshape(rows, steps, channels)
+        return block.attn.c_proj(out)
+
+    def step(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Feed (R, T) new tokens; return the next-token logits (R, V) in float32."""
+        start = self.length
+        if input_ids.shape[1] > 1 and start > 0:
+            raise ValueError("only the first step may feed several tokens")
+        positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
+        hidden = self.transformer.wte(input_ids) + self.transformer.wpe(positions)
+        for layer, block in enumerate(self.transformer.h):
+            hidden = hidden + self._self_attention(block, layer, block.ln_1(hidden), start)
+            hidden = hidden + self._cross_attention(block, layer, block.ln_cross_attn(hidden))
+            hidden = hidden + block.mlp(block.ln_2(hidden))
+        self.length = start + input_ids.shape[1]
+        hidden = self.transformer.ln_f(hidden[:, -1])
+        return self.lm_head(hidden).float()
+
+    def expand(self, copies: int):
+        """Give every row `copies` identical rows (after a prefill of one row per image, for beam search)."""
+        self.keys = [t.repeat_interleave(copies, dim=0) for t in self.keys]
+        self.values = [t.repeat_interleave(copies, dim=0) for t in self.values]
+
+    def reorder(self, rows: torch.Tensor):
+        """Row r of the cache takes the history of row `rows[r]` (beam reordering)."""
+        for cache in (self.keys, self.values):
+            for tensor in cache:
+                tensor[:, :, : self.length] = tensor[rows, :, : self.length]
+
+    def keep(self, rows: torch.Tensor, images: torch.Tensor):
+        """Drop finished rows: keep `rows` of the self-attention cache and `images` of the cross cache."""
+        self.keys = [t[rows] for t in self.keys]
+        self.values = [t[rows] for t in self.values]
+        self.cross = [(k[images], v[images]) for k, v in self.cross]
+
+
+def encode_images(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Run the vision encoder once: (B, 3, H, W) -> (B, N, C_decoder)."""
+    states = model.encoder(pixel_values=pixel_values).last_hidden_state
+    if getattr(model, "enc_to_dec_proj", None) is not None:
+        states = model.enc_to_dec_proj(states)
+    return states

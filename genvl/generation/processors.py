@@ -1,0 +1,75 @@
+"""Score processing for decoding: penalties, bans and sampling filters.
+
+Each function takes `scores` (R, V) and returns the processed scores; they match the order and arithmetic of
+transformers' logits processors so that greedy and beam search pick the same tokens.
+"""
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def repetition_penalty(scores: torch.Tensor, input_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Make tokens already in `input_ids` (R, T) less likely: divide positive scores, multiply negative ones."""
+    seen = torch.gather(scores, 1, input_ids)
+    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
+    return scores.scatter(1, input_ids, seen)
+
+
+def no_repeat_ngram(scores: torch.Tensor, input_ids: torch.Tensor, size: int) -> torch.Tensor:
+    """Ban every token that would complete an n-gram of `size` already present in `input_ids` (R, T)."""
+    length = input_ids.shape[1]
+    if length < size:  # no complete n-gram yet
+        return scores
+    windows = input_ids.unfold(1, size, 1)  # (R, W, size): every n-gram so far
+    tail = input_ids[:, length - size + 1 :]  # (R, size - 1): the prefix the next token would extend
+    match = (windows[:, :, :-1] == tail[:, None, :]).all(dim=-1)  # (R, W)
+    rows, which = match.nonzero(as_tuple=True)
+    banned = windows[rows, which, -1]
+    scores = scores.clone()
+    scores[rows, banned] = NEG_INF
+    return scores
+
+
+def min_new_tokens(scores: torch.Tensor, generated: int, minimum: int, eos_token_id: int) -> torch.Tensor:
+    if generated < minimum:
+        scores = scores.clone()
+        scores[:, eos_token_id] = NEG_INF
+    return scores
+
+
+def apply_penalties(scores: torch.Tensor, input_ids: torch.Tensor, generated: int, settings) -> torch.Tensor:
+    """Repetition penalty, n-gram ban and minimum length, in transformers' order."""
+    if settings.repetition_penalty != 1.0:
+        scores = repetition_penalty(scores, input_ids, settings.repetition_penalty)
+    if settings.no_repeat_ngram_size > 0:
+        scores = no_repeat_ngram(scores, input_ids, settings.no_repeat_ngram_size)
+    if settings.min_new_tokens > 0:
+        scores = min_new_tokens(scores, generated, settings.min_new_tokens, settings.eos_token_id)
+    return scores
+
+
+def top_k_filter(scores: torch.Tensor, top_k: int) -> torch.Tensor:
+    top_k = min(top_k, scores.shape[-1])
+    kth = torch.topk(scores, top_k).values[..., -1:]
+    return scores.masked_fill(scores < kth, NEG_INF)
+
+
+def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering: keep the smallest set of most likely tokens whose probability reaches `top_p`."""
+    sorted_scores, order = torch.sort(scores, descending=False)
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - top_p)
+    remove[..., -1:] = False  # always keep the most likely token
+    return scores.masked_fill(remove.scatter(1, order, remove), NEG_INF)
+
+
+def sampling_filters(scores: torch.Tensor, settings) -> torch.Tensor:
+    """Temperature, then top-k, then top-p."""
+    if settings.temperature != 1.0:
+        scores = scores / settings.temperature
+    if settings.top_k > 0:
+        scores = top_k_filter(scores, settings.top_k)
+    if settings.top_p < 1.0:
+        scores = top_p_filter(scores, settings.top_p)
+    return scores

@@ -1,0 +1,168 @@
+"""Decoding loops: greedy, sampling and beam search over a `CachedDecoder`.
+
+Scores: greedy and sampling report the sum of the generated tokens' log-probabilities (after penalties,
+before temperature/top-k/top-p); beam search reports the length-normalised beam score, as transformers'
+`sequences_scores`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from .decoder import CachedDecoder, encode_images
+from .processors import apply_penalties, sampling_filters
+
+
+@dataclass
+class GenerationResult:
+    sequences: list[list[list[int]]]  # [image][candidate] -> generated token ids, without EOS
+    scores: list[list[float]]  # [image][candidate], best first
+
+
+@torch.no_grad()
+def generate(model, pixel_values, settings, prefix_ids=(), generator=None) -> GenerationResult:
+    """Caption a batch of images (B, 3, H, W) with `settings` (a `GenerationSettings`).
+
+    `prefix_ids` are tokens every caption must continue; `generator` is a `torch.Generator` or a list of
+    one per image (per-image reproducibility) for sampling.
+    """
+    if settings.do_sample and generator is None and settings.seed is not None:
+        generator = torch.Generator(device=pixel_values.device).manual_seed(settings.seed)
+    if isinstance(generator, (list, tuple)) and len(generator) != pixel_values.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for {pixel_values.shape[0]} images")
+    states = encode_images(model, pixel_values)
+    prompt = torch.tensor([settings.decoder_start_token_id, *prefix_ids], device=pixel_values.device)
+    if settings.num_beams > 1:
+        return beam_search(model, states, prompt, settings)
+    return greedy_or_sample(model, states, prompt, settings, generator)
+
+
+def _trim(tokens: list[int], eos: int) -> list[int]:
+    return tokens[: tokens.index(eos)] if eos in tokens else tokens
+
+
+def _sample(probs: torch.Tensor, generator, image_of_row: torch.Tensor) -> torch.Tensor:
+    if not isinstance(generator, (list, tuple)):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    picks = [torch.multinomial(p, 1, generator=generator[int(i)]) for p, i in zip(probs, image_of_row)]
+    return torch.cat(picks)
+
+
+def greedy_or_sample(model, states, prompt, settings, generator=None) -> GenerationResult:
+    images = states.shape[0]
+    copies = settings.num_return_sequences if settings.do_sample else 1
+    eos, pad = settings.eos_token_id, settings.pad_token_id
+    decoder = CachedDecoder(model, states, len(prompt) + settings.max_new_tokens)
+    logits = decoder.step(prompt.expand(images, -1))  # (B, V)
+    if copies > 1:
+        decoder.expand(copies)
+        logits = logits.repeat_interleave(copies, dim=0)
+    rows = images * copies
+    device = states.device
+    input_ids = prompt.expand(rows, -1)
+    tokens = torch.full((rows, settings.max_new_tokens), pad, dtype=torch.long, device=device)
+    totals = torch.zeros(rows, device=device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    live = torch.arange(rows, device=device)  # rows of the full batch that the decoder still holds
+    for step in range(settings.max_new_tokens):
+        scores = apply_penalties(logits, input_ids, step, settings)
+        log_probs = scores.log_softmax(dim=-1)
+        if settings.do_sample:
+            probs = sampling_filters(scores, settings).softmax(dim=-1)
+            next_tokens = _sample(probs, generator, live // copies)
+        else:
+            next_tokens = scores.argmax(dim=-1)
+        done = finished[live]
+        next_tokens = next_tokens.masked_fill(done, pad)
+        tokens[live, step] = next_tokens
+        totals[live] += log_probs.gather(1, next_tokens[:, None]).squeeze(1).masked_fill(done, 0.0)
+        finished[live] |= next_tokens == eos
+        if bool(finished.all()):
+            break
+        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=1)
+        # drop images whose rows have all finished
+        open_images = ~finished[live].view(-1, copies).all(dim=1)
+        if not bool(open_images.all()):
+            keep_rows = open_images.repeat_interleave(copies).nonzero().squeeze(1)
+            decoder.keep(keep_rows, open_images.nonzero().squeeze(1))
+            live, input_ids, next_tokens = live[keep_rows], input_ids[keep_rows], next_tokens[keep_rows]
+        logits = decoder.step(next_tokens[:, None])
+    sequences, scores = [], []
+    for image in range(images):
+        block = range(image * copies, (image + 1) * copies)
+        ranked = sorted(block, key=lambda r: -float(totals[r]))
+        sequences.append([_trim(tokens[r].tolist(), eos) for r in ranked])
+        scores.append([float(totals[r]) for r in ranked])
+    return GenerationResult(sequences=sequences, scores=scores)
+
+
+def beam_search(model, states, prompt, settings) -> GenerationResult:
+    """Beam search with transformers' semantics (top 2K candidates, length penalty, early stopping rules)."""
+    images, beams = states.shape[0], settings.num_beams
+    eos, pad = settings.eos_token_id, settings.pad_token_id
+    prompt_len = len(prompt)
+    max_length = prompt_len + settings.max_new_tokens
+    device = states.device
+    decoder = CachedDecoder(model, states, max_length)
+    logits = decoder.step(prompt.expand(images, -1))  # one row per image: all beams start identical
+    decoder.expand(beams)
+    logits = logits.repeat_interleave(beams, dim=0)  # (B * K, V)
+    vocab = logits.shape[-1]
+    keep = 2 * beams
+
+    running = torch.full((images, beams, max_length), pad, dtype=torch.long, device=device)
+    running[:, :, :prompt_len] = prompt
+    running_scores = torch.zeros(images, beams, device=device)
+    running_scores[:, 1:] = -1e9  # only the first beam may expand at the first step
+    done_seqs = running.clone()
+    done_scores = torch.full((images, beams), -1e9, device=device)
+    done = torch.zeros(images, beams, dtype=torch.bool, device=device)
+    improvable = torch.ones(images, 1, dtype=torch.bool, device=device)
+    first_k = torch.arange(keep, device=device) < beams
+    row_offset = torch.arange(images, device=device)[:, None] * beams
+    cur_len = prompt_len
+    while True:
+        # 1. accumulate log-probabilities over every (beam, token) continuation
+        log_probs = logits.log_softmax(dim=-1)
+        log_probs = apply_penalties(log_probs, running[:, :, :cur_len].flatten(0, 1), cur_len - prompt_len, settings)
+        totals = (log_probs.view(images, beams, vocab) + running_scores[:, :, None]).view(images, -1)
+        top_scores, top_index = torch.topk(totals, keep)  # (B, 2K)
+        source = top_index // vocab
+        candidates = torch.take_along_dim(running, source[:, :, None], dim=1)
+        candidates[:, :, cur_len] = top_index % vocab
+        hits = (top_index % vocab == eos) | (cur_len + 1 >= max_length)
+        # 2. the best K candidates that have not ended keep running
+        open_scores = top_scores + hits.float() * -1e9
+        pick = torch.topk(open_scores, beams).indices
+        running = torch.take_along_dim(candidates, pick[:, :, None], dim=1)
+        running_scores = torch.take_along_dim(open_scores, pick, dim=1)
+        parents = torch.take_along_dim(source, pick, dim=1)
+        # 3. ended candidates among the top K join the finished set if they beat it
+        ended = hits & first_k[None, :]
+        final_scores = top_scores / ((cur_len + 1 - prompt_len) ** settings.length_penalty)
+        full = done.all(dim=1, keepdim=True) & (settings.early_stopping is True)
+        final_scores = final_scores + full.float() * -1e9 + (~improvable).float() * -1e9 + (~ended).float() * -1e9
+        merged_scores = torch.cat([done_scores, final_scores], dim=1)
+        best = torch.topk(merged_scores, beams).indices
+        done_seqs = torch.take_along_dim(torch.cat([done_seqs, candidates], dim=1), best[:, :, None], dim=1)
+        done_scores = torch.take_along_dim(merged_scores, best, dim=1)
+        done = torch.take_along_dim(torch.cat([done, ended], dim=1), best, dim=1)
+        cur_len += 1
+        # 4. stop when no running beam can beat the finished ones (transformers' heuristic)
+        if settings.early_stopping == "never" and settings.length_penalty > 0.0:
+            best_length = max_length - prompt_len
+        else:
+            best_length = cur_len - prompt_len
+        best_running = running_scores[:, :1] / (best_length**settings.length_penalty)
+        worst_done = torch.where(done, done_scores.min(dim=1, keepdim=True).values, -1.0e9)
+        improvable = improvable & (best_running > worst_done).any(dim=-1, keepdim=True)
+        all_full = bool(done.all()) and settings.early_stopping is True
+        if not bool(improvable.any()) or all_full or bool(hits.all()):
+            break
+        decoder.reorder((parents + row_offset).flatten())
+        logits = decoder.step(running[:, :, cur_len - 1].reshape(-1, 1))
+
+    count = settings.num_return_sequences
+    sequences = [[_trim(done_seqs[i, j, prompt_len:].tolist(), eos) for j in range(count)] for i in range(images)]
+    scores = [[float(done_scores[i, j]) for j in range(count)] for i in range(images)]
+    return GenerationResult(sequences=sequences, scores=scores)

@@ -1,0 +1,94 @@
+"""Decoding settings: one validated dataclass, filled from a model's generation_config and user overrides."""
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class GenerationSettings:
+    """How to decode. Names and meanings follow transformers' `GenerationConfig`."""
+
+    eos_token_id: int
+    decoder_start_token_id: int
+    pad_token_id: int
+    max_new_tokens: int = 20
+    min_new_tokens: int = 0
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    num_return_sequences: int = 1
+    seed: int | None = None
+
+    def __post_init__(self):
+        checks = [
+            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (self.min_new_tokens >= 0, "min_new_tokens must be >= 0"),
+            (self.min_new_tokens <= self.max_new_tokens, "min_new_tokens must be <= max_new_tokens"),
+            (self.num_beams >= 1, "num_beams must be >= 1"),
+            (self.temperature > 0, "temperature must be > 0"),
+            (self.top_k >= 0, "top_k must be >= 0 (0 disables it)"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0"),
+            (self.num_return_sequences >= 1, "num_return_sequences must be >= 1"),
+            (self.early_stopping in (True, False, "never"), "early_stopping must be True, False or 'never'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                name = message.split()[0]
+                raise ValueError(f"{message}, got {getattr(self, name)!r}")
+        if self.num_beams > 1 and self.do_sample:
+            raise ValueError("beam sampling is not supported: use num_beams=1 with do_sample=True, or do_sample=False")
+        if self.num_beams == 1 and not self.do_sample and self.num_return_sequences > 1:
+            raise ValueError(
+                f"num_return_sequences={self.num_return_sequences} needs num_beams >= it, or do_sample=True"
+            )
+        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
+            raise ValueError(
+                f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams ({self.num_beams})"
+            )
+
+    @classmethod
+    def from_generation_config(cls, generation_config, tokenizer, **overrides) -> "GenerationSettings":
+        """Defaults from a transformers `GenerationConfig` (as saved in generation_config.json), then overrides.
+
+        A sampling parameter given without `do_sample` switches sampling on, as a user would expect of
+        `temperature=0.7`. `max_length` in an old config counts the start token, as in transformers.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(k for k, v in overrides.items() if k not in known)
+        if unknown:
+            raise TypeError(f"unknown decoding arguments {unknown}; expected some of {sorted(known)}")
+        values = {}
+        eos = _first(getattr(generation_config, "eos_token_id", None)) if generation_config else None
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        start = getattr(generation_config, "decoder_start_token_id", None) if generation_config else None
+        start = _first(start) if start is not None else _first(getattr(generation_config, "bos_token_id", None))
+        pad = getattr(generation_config, "pad_token_id", None) if generation_config else None
+        values.update(eos_token_id=eos, decoder_start_token_id=start if start is not None else eos,
+                      pad_token_id=pad if pad is not None else eos)
+        if generation_config is not None:
+            for name in known - {"eos_token_id", "decoder_start_token_id", "pad_token_id", "seed"}:
+                value = getattr(generation_config, name, None)
+                if value is not None:
+                    values[name] = value
+            if getattr(generation_config, "max_new_tokens", None) is None and generation_config.max_length:
+                values["max_new_tokens"] = max(1, generation_config.max_length - 1)
+            if getattr(generation_config, "min_length", 0) and "min_new_tokens" not in values:
+                values["min_new_tokens"] = max(0, generation_config.min_length - 1)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "do_sample" not in given and any(k in given for k in ("temperature", "top_k", "top_p")):
+            given["do_sample"] = True
+        values.update(given)
+        return cls(**values)
+
+
+def _first(value):
+    if isinstance(value, (list, tuple)):
+        return value[0] if value else None
+    return value

@@ -1,0 +1,100 @@
+"""The captioner: a ViT encoder and a GPT-2 decoder with cross-attention, in the Hugging Face
+VisionEncoderDecoder format, so that public ViT-GPT2 captioning folders load in its place.
+"""
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+DEFAULT_BOS = "<|endoftext|>"
+
+
+@dataclass
+class CaptionerArchitecture:
+    """Named sizes of a captioner; saved as JSON in `configs/` and expanded into the HF configs."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    encoder_hidden_size: int = 192
+    encoder_layers: int = 6
+    encoder_heads: int = 3
+    decoder_hidden_size: int = 192
+    decoder_layers: int = 3
+    decoder_heads: int = 3
+    max_positions: int = 40
+    vocab_size: int = 1024
+
+    @classmethod
+    def from_json(cls, path) -> "CaptionerArchitecture":
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown architecture keys {unknown}; expected some of {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_tokenizer(texts, vocab_size: int = 1024):
+    """Train a byte-level BPE tokenizer on captions and wrap it as a GPT-2 tokenizer.
+
+    `<|endoftext|>` is the only special token and serves as BOS, EOS and padding, as in GPT-2.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[DEFAULT_BOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return GPT2TokenizerFast(
+        tokenizer_object=tokenizer, bos_token=DEFAULT_BOS, eos_token=DEFAULT_BOS, pad_token=DEFAULT_BOS,
+        unk_token=DEFAULT_BOS, model_max_length=1024,
+    )
+
+
+def build_captioner(arch: CaptionerArchitecture, tokenizer):
+    """A randomly initialised VisionEncoderDecoderModel (ViT + GPT2LMHeadModel with cross-attention)."""
+    from transformers import GPT2Config, GenerationConfig, ViTConfig, VisionEncoderDecoderConfig
+    from transformers import VisionEncoderDecoderModel
+
+    encoder = ViTConfig(
+        image_size=arch.image_size, patch_size=arch.patch_size, hidden_size=arch.encoder_hidden_size,
+        num_hidden_layers=arch.encoder_layers, num_attention_heads=arch.encoder_heads,
+        intermediate_size=4 * arch.encoder_hidden_size, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    eos = tokenizer.eos_token_id
+    decoder = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=arch.max_positions, n_embd=arch.decoder_hidden_size,
+        n_layer=arch.decoder_layers, n_head=arch.decoder_heads, add_cross_attention=True,
+        bos_token_id=eos, eos_token_id=eos, is_decoder=True, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = eos
+    config.pad_token_id = eos
+    config.eos_token_id = eos
+    config.tie_word_embeddings = True
+    model = VisionEncoderDecoderModel(config=config)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=eos, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+        max_new_tokens=arch.max_positions - 8, num_beams=1,
+    )
+    return model
+
+
+def build_image_processor(arch: CaptionerArchitecture):
+    """The ViT image processor matching `arch`: resize to the model's size, scale to [-1, 1]."""
+    from transformers import ViTImageProcessor
+
+    return ViTImageProcessor(
+        do_resize=True, size={"height": arch.image_size, "width": arch.image_size}, resample=2,
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+    )

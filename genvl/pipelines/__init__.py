@@ -1,0 +1,1 @@
+"""Inference pipelines (diffusers-style: from_pretrained, save_pretrained, to, __call__)."""

@@ -1,0 +1,86 @@
+"""CaptionPipeline: images in, captions out, decoded by genvl's own engine."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from ..generation import GenerationSettings, generate
+from ..images import load_image
+
+
+@dataclass
+class CaptionOutput(BaseOutput):
+    """`captions[i]` lists the captions of image i, best first; `scores[i]` their log-probability scores."""
+
+    captions: list[list[str]] = field(default_factory=list)
+    scores: list[list[float]] = field(default_factory=list)
+
+
+class CaptionPipeline(DiffusionPipeline):
+    """Caption images with a ViT-GPT2 VisionEncoderDecoder model.
+
+    Loads a genvl pipeline folder (model_index.json with model/, tokenizer/, image_processor/) or a flat
+    Hugging Face VisionEncoderDecoder folder (config.json, weights, tokenizer files, preprocessor_config.json),
+    the layout of public ViT-GPT2 captioning checkpoints. The model's `generation_config` gives the decoding
+    defaults; keyword arguments of `__call__` override them.
+    """
+
+    def __init__(self, model, tokenizer, image_processor):
+        super().__init__()
+        self.register_modules(model=model, tokenizer=tokenizer, image_processor=image_processor)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        path = Path(pretrained_model_name_or_path)
+        if path.is_dir() and not (path / "model_index.json").exists() and (path / "config.json").exists():
+            return cls._from_flat_folder(path, **kwargs)
+        kwargs.setdefault("local_files_only", True)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def _from_flat_folder(cls, path: Path, torch_dtype=None, **kwargs):
+        from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+
+        model = VisionEncoderDecoderModel.from_pretrained(path, dtype=torch_dtype or torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        image_processor = AutoImageProcessor.from_pretrained(path)
+        return cls(model=model, tokenizer=tokenizer, image_processor=image_processor)
+
+    def preprocess(self, images) -> torch.Tensor:
+        """PIL images or paths -> pixel values (B, 3, H, W) on the model's device and dtype."""
+        images = [load_image(image) for image in images]
+        pixel_values = self.image_processor(images=images, return_tensors="pt").pixel_values
+        return pixel_values.to(device=self.model.device, dtype=self.model.dtype)
+
+    def settings(self, **overrides) -> GenerationSettings:
+        """Decoding settings: the model's generation_config, then the given overrides."""
+        return GenerationSettings.from_generation_config(self.model.generation_config, self.tokenizer, **overrides)
+
+    @torch.no_grad()
+    def __call__(self, images, prefix: str | None = None, generator=None, return_dict: bool = True, **decoding):
+        """Caption `images` (a PIL image, a path, or a list of them).
+
+        Args:
+            prefix: text every caption must continue, e.g. "a photo of".
+            generator: a `torch.Generator` for sampling (or pass `seed=` for a fresh one).
+            decoding: `num_beams`, `do_sample`, `temperature`, `top_k`, `top_p`, `repetition_penalty`,
+                `no_repeat_ngram_size`, `length_penalty`, `early_stopping`, `num_return_sequences`,
+                `max_new_tokens`, `min_new_tokens`, `seed`.
+        """
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        settings = self.settings(**decoding)
+        # 1. encode images
+        pixel_values = self.preprocess(images)
+        # 2. decode
+        prefix_ids = self.tokenizer(prefix).input_ids if prefix else []
+        result = generate(self.model, pixel_values, settings, prefix_ids=prefix_ids, generator=generator)
+        # 3. detokenise: the prefix is part of the caption
+        captions = [[self.tokenizer.decode(prefix_ids + seq, skip_special_tokens=True).strip() for seq in seqs]
+                    for seqs in result.sequences]
+        if not return_dict:
+            return captions, result.scores
+        return CaptionOutput(captions=captions, scores=result.scores)

@@ -1,0 +1,109 @@
+"""Captions generated from scene graphs, and the parser that reads a caption back into a scene graph.
+
+The first phrasing of each scene is the canonical one (the `text` column); the others are extra references
+for the caption metrics. `parse_caption` accepts every phrasing produced here.
+"""
+
+import random
+import re
+
+from .sprites import COLOURS, OBJECTS
+
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
+WORD_NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3}
+POSITION_PHRASES = {
+    "left": "on the left", "right": "on the right", "top": "at the top",
+    "bottom": "at the bottom", "centre": "in the centre",
+}
+PLURALS = {plural: name for name, (_, plural) in OBJECTS.items()}
+
+
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _noun_phrase(obj: dict, with_size: bool = False) -> str:
+    words = ([obj["size"]] if with_size else []) + [obj["colour"], obj["name"]]
+    return f"{article(words[0])} {' '.join(words)}"
+
+
+def scene_captions(scene: dict, rng: random.Random | None = None) -> list[str]:
+    """All phrasings of a scene; the first is canonical. `rng` shuffles the non-canonical ones."""
+    objects = scene["objects"]
+    layout = scene["layout"]
+    if layout == "single":
+        phrase = _noun_phrase(objects[0], with_size=True)
+        where = POSITION_PHRASES[objects[0]["position"]]
+        captions = [f"{phrase} {where}", f"there is {phrase} {where}", f"{where}, {phrase}"]
+    elif layout in ("pair_h", "pair_v"):
+        first, second = (_noun_phrase(o) for o in objects)
+        forward, backward = ("to the left of", "to the right of") if layout == "pair_h" else ("above", "below")
+        captions = [f"{first} {forward} {second}", f"{second} {backward} {first}", f"there is {first} {forward} {second}"]
+    elif layout == "count":
+        obj = objects[0]
+        group = f"{NUMBER_WORDS[len(objects)]} {obj['colour']} {OBJECTS[obj['name']][1]}"
+        captions = [group, f"there are {group}", f"a row of {group}"]
+    elif layout == "row":
+        a, b, c = (_noun_phrase(o) for o in objects)
+        captions = [f"{a}, {b} and {c}", f"from left to right, {a}, {b} and {c}", f"{a} beside {b} and {c}"]
+    else:
+        raise ValueError(f"unknown scene layout {layout!r}")
+    if rng is not None:
+        rest = captions[1:]
+        rng.shuffle(rest)
+        captions = captions[:1] + rest
+    return captions
+
+
+_NAMES = sorted(list(OBJECTS) + list(PLURALS), key=len, reverse=True)
+_MENTION = re.compile(
+    r"\b(a|an|one|two|three)\s+(?:(small|large)\s+)?(" + "|".join(COLOURS) + r")\s+(" + "|".join(_NAMES) + r")\b"
+)
+
+
+def scene_facts(scene: dict) -> list[tuple]:
+    """The comparable content of a scene graph: sorted (name, colour, count, size, position) tuples.
+
+    Size is only part of the facts for single-object scenes, the only ones whose captions state it; count
+    groups carry no position.
+    """
+    objects = scene["objects"]
+    layout = scene["layout"]
+    if layout == "count":
+        obj = objects[0]
+        return [(obj["name"], obj["colour"], len(objects), None, None)]
+    size = objects[0]["size"] if layout == "single" else None
+    return sorted((o["name"], o["colour"], 1, size, o["position"]) for o in objects)
+
+
+def parse_caption(text: str) -> list[tuple] | None:
+    """Read a caption back into scene facts (as `scene_facts` gives them), or None if it does not parse."""
+    text = " ".join(text.lower().replace(",", " , ").split())
+    mentions = []
+    for m in _MENTION.finditer(text):
+        count, size, colour, noun = m.groups()
+        name = PLURALS.get(noun, noun)
+        number = WORD_NUMBERS[count]
+        if (number > 1) != (noun in PLURALS):
+            return None  # "two red apple" or "a red apples"
+        mentions.append((name, colour, number, size))
+    if len(mentions) == 1:
+        name, colour, number, size = mentions[0]
+        if number > 1:
+            return [(name, colour, number, None, None)]
+        where = [pos for pos, phrase in POSITION_PHRASES.items() if phrase in text]
+        if len(where) != 1:
+            return None
+        return [(name, colour, 1, size, where[0])]
+    if len(mentions) == 2:
+        relations = {"to the left of": ("left", "right"), "to the right of": ("right", "left"),
+                     "above": ("top", "bottom"), "below": ("bottom", "top")}
+        found = [places for phrase, places in relations.items() if phrase in text]
+        if len(found) != 1 or any(m[2] != 1 or m[3] is not None for m in mentions):
+            return None
+        return sorted((m[0], m[1], 1, None, place) for m, place in zip(mentions, found[0]))
+    if len(mentions) == 3:
+        if any(m[2] != 1 or m[3] is not None for m in mentions):
+            return None
+        return sorted((m[0], m[1], 1, None, place) for m, place in zip(mentions, ("left", "centre", "right")))
+    return None

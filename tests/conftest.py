@@ -1,0 +1,114 @@
+"""Tiny seeded components shared by the tests."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
+from genvl.world import sample_scene, scene_captions
+
+TINY = CaptionerArchitecture(
+    image_size=32, patch_size=8, encoder_hidden_size=32, encoder_layers=2, encoder_heads=2,
+    decoder_hidden_size=32, decoder_layers=2, decoder_heads=2, max_positions=32, vocab_size=300,
+)
+
+
+def world_texts(count=300, seed=0):
+    rng = random.Random(seed)
+    return [c for _ in range(count) for c in scene_captions(sample_scene(rng))]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return train_tokenizer(world_texts(), TINY.vocab_size)
+
+
+def get_dummy_components(tokenizer, seed=0, arch=TINY):
+    """A random-weight captioner and its processor.
+
+    The output layer is untied from the input embedding (a random tied model just repeats its input token)
+    and scaled up, so that distributions are peaked like a trained model's and argmaxes well separated.
+    """
+    torch.manual_seed(seed)
+    model = build_captioner(arch, tokenizer).eval()
+    untie_and_sharpen(model.decoder)
+    return model, build_image_processor(arch)
+
+
+def untie_and_sharpen(decoder, scale=0.5):
+    decoder.config.tie_word_embeddings = False
+    weight = torch.randn_like(decoder.lm_head.weight) * scale
+    decoder.lm_head.weight = torch.nn.Parameter(weight)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory, tiny_tokenizer):
+    from genvl.pipelines.caption import CaptionPipeline
+
+    model, processor = get_dummy_components(tiny_tokenizer)
+    path = tmp_path_factory.mktemp("tiny_pipeline")
+    CaptionPipeline(model=model, tokenizer=tiny_tokenizer, image_processor=processor).save_pretrained(path)
+    return path
+
+
+def write_public_vit_gpt2_folder(path, seed=0):
+    """A random-weight folder in the layout of public ViT-GPT2 captioning checkpoints
+    (e.g. vit-gpt2-image-captioning): one flat folder with the VisionEncoderDecoder config.json and weights,
+    GPT-2 BPE tokenizer files (vocab.json, merges.txt) with <|endoftext|> as the last id, a ViT feature
+    extractor config at 224 pixels, and a generation_config.json. Sizes are small; the layout is exact.
+    """
+    from transformers import (
+        GenerationConfig, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, ViTConfig, ViTModel,
+        VisionEncoderDecoderModel,
+    )
+
+    tokenizer = train_tokenizer(world_texts(200, seed=seed + 1), 400)
+    # public GPT-2 vocabularies put <|endoftext|> last (50256): rebuild vocab.json/merges.txt that way
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = dict(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
+    del vocab["<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(vocab)}
+    eos = len(vocab)
+    vocab["<|endoftext|>"] = eos
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in merges]
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    gpt2_tokenizer = GPT2TokenizerFast(vocab_file=str(path / "vocab.json"), merges_file=str(path / "merges.txt"))
+    gpt2_tokenizer.save_pretrained(path)
+
+    torch.manual_seed(seed)
+    encoder = ViTModel(ViTConfig(image_size=224, patch_size=16, hidden_size=48, num_hidden_layers=2,
+                                 num_attention_heads=3, intermediate_size=96), add_pooling_layer=False)
+    decoder = GPT2LMHeadModel(GPT2Config(vocab_size=eos + 1, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                         add_cross_attention=True, is_decoder=True, bos_token_id=eos,
+                                         eos_token_id=eos))
+    untie_and_sharpen(decoder)
+    model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder).eval()
+    model.config.decoder_start_token_id = eos
+    model.config.pad_token_id = eos
+    model.config.eos_token_id = eos
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=eos, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, max_length=16, num_beams=4,
+    )
+    model.save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps({
+        "do_normalize": True, "do_resize": True, "feature_extractor_type": "ViTFeatureExtractor",
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2, "size": 224,
+    }, indent=2))
+    return path
+
+
+@pytest.fixture(scope="session")
+def public_folder(tmp_path_factory):
+    return write_public_vit_gpt2_folder(tmp_path_factory.mktemp("public") / "vit-gpt2-image-captioning")
+
+
+@pytest.fixture
+def scene_images():
+    from genvl.world import render_scene
+
+    rng = random.Random(3)
+    return [render_scene(sample_scene(rng), 32) for _ in range(6)]
