@@ -6,7 +6,9 @@ import random
 import pytest
 import torch
 
-from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
+from genvl.models.captioner import (
+    CaptionerArchitecture, build_captioner, build_image_processor, save_gpt2_vocab_files, train_tokenizer,
+)
 from genvl.world import sample_scene, scene_captions
 
 TINY = CaptionerArchitecture(
@@ -33,14 +35,16 @@ def get_dummy_components(tokenizer, seed=0, arch=TINY):
     """
     torch.manual_seed(seed)
     model = build_captioner(arch, tokenizer).eval()
-    untie_and_sharpen(model.decoder)
+    untie_and_sharpen(model)
     return model, build_image_processor(arch)
 
 
-def untie_and_sharpen(decoder, scale=0.5):
-    decoder.config.tie_word_embeddings = False
-    weight = torch.randn_like(decoder.lm_head.weight) * scale
-    decoder.lm_head.weight = torch.nn.Parameter(weight)
+def untie_and_sharpen(model, scale=0.5):
+    """Give a VisionEncoderDecoderModel's decoder its own random output layer (saved and loaded as such)."""
+    model.config.tie_word_embeddings = False
+    model.decoder.config.tie_word_embeddings = False
+    weight = torch.randn_like(model.decoder.lm_head.weight) * scale
+    model.decoder.lm_head.weight = torch.nn.Parameter(weight)
 
 
 @pytest.fixture(scope="session")
@@ -64,29 +68,25 @@ def write_public_vit_gpt2_folder(path, seed=0):
         VisionEncoderDecoderModel,
     )
 
-    tokenizer = train_tokenizer(world_texts(200, seed=seed + 1), 400)
-    # public GPT-2 vocabularies put <|endoftext|> last (50256): rebuild vocab.json/merges.txt that way
+    trained = train_tokenizer(world_texts(200, seed=seed + 1), 400)
+    # public GPT-2 vocabularies put <|endoftext|> last (50256): renumber the vocabulary that way
+    bpe = json.loads(trained.backend_tokenizer.to_str())["model"]
+    tokens = [t for t, _ in sorted(bpe["vocab"].items(), key=lambda kv: kv[1]) if t != "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(tokens + ["<|endoftext|>"])}
+    eos = vocab["<|endoftext|>"]
+    tokenizer = GPT2TokenizerFast(vocab=vocab, merges=[tuple(m) for m in bpe["merges"]])
     path.mkdir(parents=True, exist_ok=True)
-    vocab = dict(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
-    del vocab["<|endoftext|>"]
-    vocab = {token: i for i, token in enumerate(vocab)}
-    eos = len(vocab)
-    vocab["<|endoftext|>"] = eos
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
-    merges = [" ".join(m) if isinstance(m, list) else m for m in merges]
-    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    gpt2_tokenizer = GPT2TokenizerFast(vocab_file=str(path / "vocab.json"), merges_file=str(path / "merges.txt"))
-    gpt2_tokenizer.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    save_gpt2_vocab_files(tokenizer, path)
 
     torch.manual_seed(seed)
     encoder = ViTModel(ViTConfig(image_size=224, patch_size=16, hidden_size=48, num_hidden_layers=2,
-                                 num_attention_heads=3, intermediate_size=96), add_pooling_layer=False)
+                                 num_attention_heads=3, intermediate_size=96))
     decoder = GPT2LMHeadModel(GPT2Config(vocab_size=eos + 1, n_positions=64, n_embd=32, n_layer=2, n_head=2,
                                          add_cross_attention=True, is_decoder=True, bos_token_id=eos,
                                          eos_token_id=eos))
-    untie_and_sharpen(decoder)
     model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder).eval()
+    untie_and_sharpen(model)
     model.config.decoder_start_token_id = eos
     model.config.pad_token_id = eos
     model.config.eos_token_id = eos

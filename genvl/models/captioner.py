@@ -61,6 +61,16 @@ def train_tokenizer(texts, vocab_size: int = 1024):
     )
 
 
+def save_gpt2_vocab_files(tokenizer, directory) -> None:
+    """Write `vocab.json` and `merges.txt` (the classic GPT-2 tokenizer files) beside `tokenizer.json`,
+    so that tools which read only the classic files can load the tokenizer too."""
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
+    directory = Path(directory)
+    (directory / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
 def build_captioner(arch: CaptionerArchitecture, tokenizer):
     """A randomly initialised VisionEncoderDecoderModel (ViT + GPT2LMHeadModel with cross-attention)."""
     from transformers import GPT2Config, GenerationConfig, ViTConfig, VisionEncoderDecoderConfig

@@ -49,6 +49,14 @@ class CaptionPipeline(DiffusionPipeline):
         image_processor = AutoImageProcessor.from_pretrained(path)
         return cls(model=model, tokenizer=tokenizer, image_processor=image_processor)
 
+    def save_pretrained(self, save_directory, **kwargs):
+        """Save in genvl's layout; weights as safetensors, the tokenizer also as vocab.json + merges.txt."""
+        from ..models.captioner import save_gpt2_vocab_files
+
+        kwargs.setdefault("safe_serialization", True)
+        super().save_pretrained(save_directory, **kwargs)
+        save_gpt2_vocab_files(self.tokenizer, Path(save_directory) / "tokenizer")
+
     def preprocess(self, images) -> torch.Tensor:
         """PIL images or paths -> pixel values (B, 3, H, W) on the model's device and dtype."""
         images = [load_image(image) for image in images]

@@ -1,0 +1,230 @@
+"""Caption decoding speed: genvl's engine against transformers' `generate()` on the same weights.
+
+Both implementations decode the same pixel values with the same settings in one process; each mode (greedy,
+beam search) is warmed up, then timed `--runs` times with the two implementations alternating, and the
+median is reported together with whether the generated tokens are identical.
+
+    python benchmarks/caption_speed.py --model pipelines/genvl-caption-small
+    python benchmarks/caption_speed.py --random-vit-b16-gpt2 --max-new-tokens 20 --dtype bf16 --json out.json
+"""
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import diffusers
+import torch
+import transformers
+
+from genvl.generation import GenerationSettings, generate
+from genvl.images import IMAGE_SUFFIXES, load_image
+
+GPT2_EOS = 50256
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="pipelines/genvl-caption-small", help="a CaptionPipeline folder")
+    parser.add_argument("--random-vit-b16-gpt2", action="store_true",
+                        help="benchmark a random-weight ViT-B/16 (224 px) + GPT-2 small model instead of --model")
+    parser.add_argument("--images", default="examples/images",
+                        help="folder of images; rendered scenes are used when it holds none")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--beams", type=int, default=5, help="num_beams of the beam-search mode")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="default: the model's generation_config.max_new_tokens, else 20")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per implementation and mode")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per implementation and mode")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: also time genvl with the model cast to bfloat16, against its fp32 run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="write every measured number to this JSON file")
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "beams", "runs"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+    return args
+
+
+def build_random_vit_b16_gpt2(seed: int):
+    """A random-weight ViT-B/16 encoder (224 px) with a GPT-2 small decoder, shaped like public captioners.
+
+    The LM head is untied from the input embedding and scaled up: a random tied model mostly repeats its
+    input token, while untied, peaked logits give varied tokens and well-separated argmaxes, like a trained model.
+    """
+    from transformers import GenerationConfig, GPT2Config, ViTConfig, VisionEncoderDecoderConfig
+    from transformers import VisionEncoderDecoderModel
+
+    torch.manual_seed(seed)
+    encoder = ViTConfig(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12,
+                        num_attention_heads=12, intermediate_size=3072)
+    decoder = GPT2Config(vocab_size=GPT2_EOS + 1, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                         add_cross_attention=True, is_decoder=True, bos_token_id=GPT2_EOS, eos_token_id=GPT2_EOS)
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = config.pad_token_id = config.eos_token_id = GPT2_EOS
+    model = VisionEncoderDecoderModel(config=config).eval()
+    model.decoder.config.tie_word_embeddings = False
+    model.decoder.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.decoder.lm_head.weight) * 0.5)
+    model.generation_config = GenerationConfig(decoder_start_token_id=GPT2_EOS, bos_token_id=GPT2_EOS,
+                                               eos_token_id=GPT2_EOS, pad_token_id=GPT2_EOS)
+    return model
+
+
+def load_pixel_values(pipeline, folder: str, batch_size: int, seed: int) -> torch.Tensor:
+    """`batch_size` images from `folder` (repeated if fewer), or rendered scenes if it holds no images."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--images {folder}: no such folder")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if paths:
+        images = [load_image(p) for p in (paths * batch_size)[:batch_size]]
+    else:
+        from genvl.world import render_scene, sample_scene
+
+        size = pipeline.model.config.encoder.image_size
+        rng = random.Random(seed)
+        images = [render_scene(sample_scene(rng), size) for _ in range(batch_size)]
+        print(f"{folder} holds no images: using {batch_size} rendered scenes at {size} px")
+    return pipeline.preprocess(images)
+
+
+def transformers_tokens(model, pixel_values, settings) -> list[list[int]]:
+    """transformers' generate() with the same settings; rows trimmed after the prompt and at the first EOS."""
+    options = dict(num_beams=settings.num_beams, min_new_tokens=settings.min_new_tokens,
+                   repetition_penalty=settings.repetition_penalty, no_repeat_ngram_size=settings.no_repeat_ngram_size)
+    if settings.num_beams > 1:
+        options.update(length_penalty=settings.length_penalty, early_stopping=settings.early_stopping)
+    prompt = torch.full((pixel_values.shape[0], 1), settings.decoder_start_token_id, device=pixel_values.device)
+    sequences = model.generate(
+        pixel_values=pixel_values, decoder_input_ids=prompt, max_new_tokens=settings.max_new_tokens,
+        do_sample=False, num_return_sequences=1, eos_token_id=settings.eos_token_id,
+        pad_token_id=settings.pad_token_id, **options,
+    )
+    rows = [row[1:].tolist() for row in sequences]
+    return [row[: row.index(settings.eos_token_id)] if settings.eos_token_id in row else row for row in rows]
+
+
+def genvl_tokens(model, pixel_values, settings) -> list[list[int]]:
+    return [seq for seqs in generate(model, pixel_values, settings).sequences for seq in seqs]
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return (time.perf_counter() - start) * 1000.0, out
+
+
+def time_pair(implementations, model, pixel_values, settings, runs, warmup):
+    """Warm up, then time the implementations alternately; returns {name: (times in ms, last tokens)}."""
+    results = {name: ([], None) for name in implementations}
+    for run in range(warmup + runs):
+        for name, fn in implementations.items():
+            ms, tokens = timed(fn, model, pixel_values, settings)
+            times = results[name][0] + ([ms] if run >= warmup else [])
+            results[name] = (times, tokens)
+    return results
+
+
+def print_table(header, rows):
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    for row in (header, *rows):
+        print("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    diffusers.logging.disable_progress_bar()
+    torch.manual_seed(args.seed)
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()})")
+
+    # 1. model and inputs
+    if args.random_vit_b16_gpt2:
+        model = build_random_vit_b16_gpt2(args.seed)
+        pixel_values = torch.randn(args.batch_size, 3, 224, 224, generator=torch.Generator().manual_seed(args.seed))
+        eos = GPT2_EOS
+        source = "random ViT-B/16 (224 px) + GPT-2 small"
+    else:
+        from genvl.pipelines.caption import CaptionPipeline
+
+        pipeline = CaptionPipeline.from_pretrained(args.model)
+        model = pipeline.model.eval()
+        pixel_values = load_pixel_values(pipeline, args.images, args.batch_size, args.seed)
+        eos = None
+        source = args.model
+    config = model.generation_config
+    max_new_tokens = args.max_new_tokens or getattr(config, "max_new_tokens", None) or 20
+    # a random model may end captions at any step: force a fixed length so that both decode the same work
+    min_new_tokens = max_new_tokens if args.random_vit_b16_gpt2 else None
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"model: {source} ({params:.1f}M parameters), batch {args.batch_size}, "
+          f"pixels {tuple(pixel_values.shape[1:])}, max_new_tokens {max_new_tokens}")
+
+    modes = {"greedy": 1, f"beam {args.beams}": args.beams}
+    settings = {}
+    for mode, beams in modes.items():
+        overrides = dict(num_beams=beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                         do_sample=False, num_return_sequences=1)
+        if eos is not None:
+            settings[mode] = GenerationSettings(eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos,
+                                                **{k: v for k, v in overrides.items() if v is not None})
+        else:
+            settings[mode] = pipeline.settings(**overrides)
+
+    # 2. genvl against transformers, fp32
+    report = dict(torch=torch.__version__, transformers=transformers.__version__, threads=torch.get_num_threads(),
+                  model=source, batch_size=args.batch_size, max_new_tokens=max_new_tokens, runs=args.runs,
+                  warmup=args.warmup, modes={})
+    rows = []
+    implementations = {"genvl": genvl_tokens, "transformers": transformers_tokens}
+    with torch.inference_mode():
+        for mode in modes:
+            timings = time_pair(implementations, model, pixel_values, settings[mode], args.runs, args.warmup)
+            (ours_ms, ours), (theirs_ms, theirs) = timings["genvl"], timings["transformers"]
+            ours_median, theirs_median = statistics.median(ours_ms), statistics.median(theirs_ms)
+            mean_length = sum(map(len, ours)) / len(ours)
+            report["modes"][mode] = dict(genvl_ms=ours_ms, transformers_ms=theirs_ms, genvl_median_ms=ours_median,
+                                         transformers_median_ms=theirs_median, speedup=theirs_median / ours_median,
+                                         tokens_identical=ours == theirs, mean_length=mean_length, genvl_tokens=ours)
+            rows.append([mode, f"{ours_median:.1f}", f"{theirs_median:.1f}", f"{theirs_median / ours_median:.2f}x",
+                         "yes" if ours == theirs else "NO", f"{mean_length:.1f}"])
+    print()
+    print_table(["mode", "genvl ms", "transformers ms", "speed-up", "tokens identical", "mean tokens"], rows)
+    greedy, beam = (report["modes"][mode]["genvl_median_ms"] for mode in modes)
+    report["genvl_beam_over_greedy"] = beam / greedy
+    print(f"beam/greedy cost (genvl): {beam / greedy:.2f}x")
+
+    # 3. genvl in bfloat16 against its own fp32 run (the fp32 model is no longer needed: cast in place)
+    if args.dtype == "bf16":
+        model.to(torch.bfloat16)
+        pixel_values = pixel_values.to(torch.bfloat16)
+        rows = []
+        with torch.inference_mode():
+            for mode in modes:
+                timings = time_pair({"genvl": genvl_tokens}, model, pixel_values, settings[mode], args.runs, args.warmup)
+                bf16_ms, bf16 = timings["genvl"]
+                fp32 = report["modes"][mode]["genvl_tokens"]
+                identical = sum(a == b for a, b in zip(bf16, fp32)) / len(fp32)
+                fp32_median, bf16_median = report["modes"][mode]["genvl_median_ms"], statistics.median(bf16_ms)
+                report["modes"][mode].update(genvl_bf16_ms=bf16_ms, genvl_bf16_median_ms=bf16_median,
+                                             bf16_speedup=fp32_median / bf16_median, bf16_identical_fraction=identical)
+                rows.append([mode, f"{fp32_median:.1f}", f"{bf16_median:.1f}", f"{fp32_median / bf16_median:.2f}x",
+                             f"{identical:.0%}"])
+        print()
+        print_table(["mode", "genvl fp32 ms", "genvl bf16 ms", "bf16 speed-up", "same tokens as fp32"], rows)
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

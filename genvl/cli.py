@@ -1,0 +1,202 @@
+"""The `genvl` command line. Heavy imports (torch, transformers) happen inside the commands, so that
+`genvl --help` stays instant."""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+
+DEFAULT_CAPTION_MODEL = Path(__file__).resolve().parent.parent / "pipelines" / "genvl-caption-small"
+
+
+class UsageError(Exception):
+    """A bad flag value: reported with exit code 2."""
+
+
+def default_caption_model() -> str:
+    return os.environ.get("GENVL_CAPTION_MODEL", str(DEFAULT_CAPTION_MODEL))
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def add_decoding_flags(parser):
+    group = parser.add_argument_group("decoding (defaults come from the model's generation_config.json)")
+    group.add_argument("--beam", type=_positive(int), dest="num_beams", help="beam search with N beams")
+    group.add_argument("--temperature", type=_positive(float), help="sample with this temperature")
+    group.add_argument("--top-k", type=int, help="sample from the K most likely tokens")
+    group.add_argument("--top-p", type=float, help="nucleus sampling: smallest token set with this probability")
+    group.add_argument("--repetition-penalty", type=_positive(float))
+    group.add_argument("--no-repeat-ngram-size", type=int)
+    group.add_argument("--length-penalty", type=float)
+    group.add_argument("--num-captions", type=_positive(int), dest="num_return_sequences",
+                       help="captions per image (<= --beam, or with sampling)")
+    group.add_argument("--max-new-tokens", type=_positive(int))
+    group.add_argument("--min-new-tokens", type=int)
+    group.add_argument("--prefix", help='text every caption must continue, e.g. "a photo of"')
+    group.add_argument("--seed", type=int, help="seed for sampling (recorded in --json output)")
+
+
+def add_runtime_flags(parser, model_help):
+    parser.add_argument("--model", default=None, help=model_help)
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--batch-size", type=_positive(int), default=16)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or logs on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genvl", description="Caption images and generate images from text.")
+    parser.add_argument("--version", action="version", version=f"genvl {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    caption = commands.add_parser(
+        "caption", help="caption images", description="Caption images and folders of images.",
+        epilog="example: genvl caption examples/images/ --beam 5 --json",
+    )
+    caption.add_argument("images", nargs="+", help="image files or folders")
+    add_decoding_flags(caption)
+    add_runtime_flags(caption, "captioner folder (default: the shipped genvl-caption-small)")
+    caption.add_argument("--json", action="store_true", help="one JSON record per image on stdout")
+
+    data = commands.add_parser("data", help="make datasets").add_subparsers(dest="data_command", required=True)
+    scenes = data.add_parser(
+        "scenes", help="render procedural scenes as an imagefolder",
+        epilog="example: genvl data scenes --out data/world --num-images 1000 --split test",
+    )
+    scenes.add_argument("--out", required=True, help="dataset root; the split goes to OUT/SPLIT/")
+    scenes.add_argument("--num-images", type=_positive(int), required=True)
+    scenes.add_argument("--seed", type=int, default=0)
+    scenes.add_argument("--split", choices=["train", "val", "test"], default="train")
+    scenes.add_argument("--resolution", type=_positive(int), default=64)
+    scenes.add_argument("--quiet", action="store_true")
+
+    evaluate = commands.add_parser("eval", help="evaluate models").add_subparsers(dest="eval_command", required=True)
+    eval_caption = evaluate.add_parser(
+        "caption", help="caption metrics and scene-graph accuracy on a held-out imagefolder",
+        epilog="example: genvl eval caption --data data/world/test --beam 3",
+    )
+    eval_caption.add_argument("--data", required=True, help="imagefolder with metadata.jsonl")
+    eval_caption.add_argument("--limit", type=_positive(int), help="evaluate the first N images only")
+    eval_caption.add_argument("--output", help="also write the report as JSON to this file")
+    add_decoding_flags(eval_caption)
+    add_runtime_flags(eval_caption, "captioner folder (default: the shipped genvl-caption-small)")
+    return parser
+
+
+def decoding_overrides(args) -> dict:
+    names = ["num_beams", "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size",
+             "length_penalty", "num_return_sequences", "max_new_tokens", "min_new_tokens", "seed"]
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def load_caption_pipeline(args):
+    import torch
+
+    from .pipelines.caption import CaptionPipeline
+
+    path = Path(args.model or default_caption_model())
+    if not path.is_dir():
+        raise FileNotFoundError(f"--model {path}: no such model folder")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    pipeline = CaptionPipeline.from_pretrained(path, torch_dtype=dtype)
+    pipeline.set_progress_bar_config(disable=args.quiet)
+    return pipeline.to(args.device)
+
+
+def run_caption(args) -> int:
+    from tqdm import tqdm
+
+    from .images import find_images
+
+    paths = find_images(args.images)
+    pipeline = load_caption_pipeline(args)
+    try:
+        settings = pipeline.settings(**decoding_overrides(args))
+    except (TypeError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    overrides = decoding_overrides(args)
+    if settings.do_sample and settings.seed is None:
+        import random
+
+        overrides["seed"] = random.randrange(2**31)  # recorded, so any sample can be reproduced
+    batches = [paths[i : i + args.batch_size] for i in range(0, len(paths), args.batch_size)]
+    bar = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=args.quiet or len(paths) <= 8)
+    for batch in batches:
+        output = pipeline(batch, prefix=args.prefix, **overrides)
+        for path, captions, scores in zip(batch, output.captions, output.scores):
+            if args.json:
+                record = {"path": str(path), "captions": [{"text": c, "score": s} for c, s in zip(captions, scores)]}
+                if settings.do_sample:
+                    record["seed"] = overrides["seed"]
+                print(json.dumps(record), flush=True)
+            elif len(captions) == 1:
+                print(f"{path}\t{captions[0]}", flush=True)
+            else:
+                for caption, score in zip(captions, scores):
+                    print(f"{path}\t{caption}\t{score:.3f}", flush=True)
+        bar.update(len(batch))
+    bar.close()
+    return 0
+
+
+def run_data_scenes(args) -> int:
+    from tqdm import tqdm
+
+    from .world.dataset import write_imagefolder
+
+    progress = None if args.quiet else (lambda it, total: tqdm(it, total=total, unit="img", file=sys.stderr))
+    out = write_imagefolder(args.out, args.num_images, seed=args.seed, split=args.split,
+                            resolution=args.resolution, progress=progress)
+    print(out)
+    return 0
+
+
+def run_eval_caption(args) -> int:
+    from tqdm import tqdm
+
+    from .evaluation.captioning import evaluate_captioner
+
+    pipeline = load_caption_pipeline(args)
+    progress = None if args.quiet else (lambda it, total: tqdm(it, total=total, unit="batch", file=sys.stderr))
+    report = evaluate_captioner(pipeline, args.data, batch_size=args.batch_size, limit=args.limit,
+                                progress=progress, prefix=args.prefix, **decoding_overrides(args))
+    text = json.dumps(report, indent=2)
+    if args.output:
+        tmp = Path(args.output).with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(args.output)
+    print(text)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"caption": run_caption, "data": run_data_scenes, "eval": run_eval_caption}
+    try:
+        return handlers[args.command](args)
+    except UsageError as err:
+        if args.debug:
+            raise
+        parser.exit(2, f"genvl: error: {err}\n")
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
+        if args.debug:
+            raise
+        print(f"genvl: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

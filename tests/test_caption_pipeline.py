@@ -1,0 +1,57 @@
+"""CaptionPipeline: loading (genvl layout and the public ViT-GPT2 layout), saving, decoding defaults."""
+
+import json
+
+import torch
+
+from genvl.pipelines.caption import CaptionPipeline
+
+
+def test_save_and_reload_gives_same_captions(tiny_pipeline_dir, scene_images, tmp_path):
+    pipeline = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
+    first = pipeline(scene_images, num_beams=3, max_new_tokens=8)
+    pipeline.save_pretrained(tmp_path / "again")
+    index = json.loads((tmp_path / "again" / "model_index.json").read_text())
+    assert index["model"] == ["transformers", "VisionEncoderDecoderModel"]
+    assert (tmp_path / "again" / "model" / "model.safetensors").is_file()
+    assert not list((tmp_path / "again").rglob("*.bin"))
+    second = CaptionPipeline.from_pretrained(tmp_path / "again")(scene_images, num_beams=3, max_new_tokens=8)
+    assert first.captions == second.captions
+    assert len(first.captions) == len(scene_images)
+    assert all(isinstance(c[0], str) for c in first.captions)
+
+
+def test_public_vit_gpt2_layout_loads_unchanged(public_folder, scene_images):
+    from transformers import AutoTokenizer, VisionEncoderDecoderModel
+
+    assert {"config.json", "vocab.json", "merges.txt", "preprocessor_config.json", "generation_config.json",
+            "model.safetensors"} <= {p.name for p in public_folder.iterdir()}
+    pipeline = CaptionPipeline.from_pretrained(public_folder)
+    settings = pipeline.settings()
+    assert (settings.num_beams, settings.max_new_tokens) == (4, 15)  # generation_config: num_beams=4, max_length=16
+    assert pipeline.settings(num_beams=2).num_beams == 2  # a flag overrides the folder's default
+    ours = pipeline(scene_images[:3])
+    # the reference: transformers' own generate() with the folder's generation_config
+    model = VisionEncoderDecoderModel.from_pretrained(public_folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(public_folder)
+    pixel_values = pipeline.preprocess(scene_images[:3])
+    assert pixel_values.shape == (3, 3, 224, 224)
+    with torch.no_grad():
+        ids = model.generate(pixel_values=pixel_values)
+    expected = [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    assert [c[0] for c in ours.captions] == expected
+    assert any(len(text) > 0 for text in expected)
+
+
+def test_prefix_is_continued(tiny_pipeline_dir, scene_images):
+    pipeline = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
+    out = pipeline(scene_images[:2], prefix="a red", max_new_tokens=5)
+    assert all(c[0].startswith("a red") for c in out.captions)
+
+
+def test_num_return_sequences_are_sorted_by_score(tiny_pipeline_dir, scene_images):
+    pipeline = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
+    out = pipeline(scene_images[:2], num_beams=4, num_return_sequences=3, max_new_tokens=6)
+    for captions, scores in zip(out.captions, out.scores):
+        assert len(captions) == 3
+        assert scores == sorted(scores, reverse=True)
