@@ -110,7 +110,7 @@ def load_caption_pipeline(args):
     if not path.is_dir():
         raise FileNotFoundError(f"--model {path}: no such model folder")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    pipeline = CaptionPipeline.from_pretrained(path, torch_dtype=dtype)
+    pipeline = CaptionPipeline.from_pretrained(path, dtype=dtype)
     pipeline.set_progress_bar_config(disable=args.quiet)
     return pipeline.to(args.device)
 

@@ -1,6 +1,7 @@
 """Tiny seeded components shared by the tests."""
 
 import json
+import os
 import random
 
 import pytest
@@ -10,6 +11,8 @@ from genvl.models.captioner import (
     CaptionerArchitecture, build_captioner, build_image_processor, save_gpt2_vocab_files, train_tokenizer,
 )
 from genvl.world import sample_scene, scene_captions
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything the tests load is local
 
 TINY = CaptionerArchitecture(
     image_size=32, patch_size=8, encoder_hidden_size=32, encoder_layers=2, encoder_heads=2,

@@ -41,10 +41,10 @@ class CaptionPipeline(DiffusionPipeline):
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
-    def _from_flat_folder(cls, path: Path, torch_dtype=None, **kwargs):
+    def _from_flat_folder(cls, path: Path, dtype=None, **kwargs):
         from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
-        model = VisionEncoderDecoderModel.from_pretrained(path, dtype=torch_dtype or torch.float32)
+        model = VisionEncoderDecoderModel.from_pretrained(path, dtype=dtype or torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path)
         image_processor = AutoImageProcessor.from_pretrained(path)
         return cls(model=model, tokenizer=tokenizer, image_processor=image_processor)

@@ -1,0 +1,85 @@
+"""The genvl command line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from genvl.cli import main
+
+NO_TORCH = (
+    "import sys\n"
+    "from genvl.cli import main\n"
+    "try:\n"
+    "    main({argv!r})\n"
+    "except SystemExit:\n"
+    "    pass\n"
+    "heavy = [m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules]\n"
+    "print('HEAVY' if heavy else 'LIGHT', heavy)\n"
+)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["caption", "--help"], ["data", "scenes", "--help"], ["--version"]])
+def test_help_does_not_import_torch(argv):
+    out = subprocess.run([sys.executable, "-c", NO_TORCH.format(argv=argv)], capture_output=True, text=True)
+    assert out.stdout.strip().endswith("LIGHT []"), out.stdout + out.stderr
+
+
+def test_caption_json_records(tiny_pipeline_dir, tmp_path, capsys):
+    from genvl.world import render_scene, sample_scene
+    import random
+
+    rng = random.Random(0)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"img{i}.png")
+        render_scene(sample_scene(rng), 32).save(paths[-1])
+    code = main(["caption", str(tmp_path), "--model", str(tiny_pipeline_dir), "--beam", "3", "--num-captions", "2",
+                 "--max-new-tokens", "6", "--json", "--quiet"])
+    assert code == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in records] == [str(p) for p in paths]
+    assert all(len(r["captions"]) == 2 and r["captions"][0]["score"] >= r["captions"][1]["score"] for r in records)
+
+
+def test_sampling_records_its_seed(tiny_pipeline_dir, tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "red.png")
+    args = ["caption", str(tmp_path / "red.png"), "--model", str(tiny_pipeline_dir), "--temperature", "1.5",
+            "--max-new-tokens", "6", "--json", "--quiet"]
+    assert main(args) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert isinstance(record["seed"], int)
+    assert main(args + ["--seed", str(record["seed"])]) == 0
+    assert json.loads(capsys.readouterr().out)["captions"] == record["captions"]
+
+
+@pytest.mark.parametrize("flags, code, message", [
+    (["--beam", "0"], 2, "--beam"),
+    (["--top-p", "1.5"], 2, "top_p"),
+    (["--beam", "2", "--num-captions", "3"], 2, "num_return_sequences"),
+])
+def test_bad_flags_exit_2_with_one_line(tiny_pipeline_dir, tmp_path, capsys, flags, code, message):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["caption", str(tmp_path / "x.png"), "--model", str(tiny_pipeline_dir), "--quiet", *flags])
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_missing_image_exits_1(tiny_pipeline_dir, tmp_path, capsys):
+    assert main(["caption", str(tmp_path / "nope.png"), "--model", str(tiny_pipeline_dir)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "nope.png" in err and len(err.splitlines()) == 1
+
+
+def test_data_scenes_writes_imagefolder(tmp_path, capsys):
+    assert main(["data", "scenes", "--out", str(tmp_path), "--num-images", "5", "--split", "val", "--quiet"]) == 0
+    lines = (tmp_path / "val" / "metadata.jsonl").read_text().splitlines()
+    assert len(lines) == 5
+    assert all((tmp_path / "val" / json.loads(line)["file_name"]).is_file() for line in lines)
