@@ -33,8 +33,9 @@ CASES = {
     "wrong colour": ("a large green pear at the top", single("pear", "blue", "large", "top"), (0, 1, 1, 0, 1, 1), 0),
     "wrong position": ("a small red apple on the right", SMALL_RED_APPLE_LEFT, (0, 1, 1, 1, 1, 0), 1),
     "wrong size": ("a large red apple on the left", SMALL_RED_APPLE_LEFT, (0, 1, 1, 1, 1, 1), 1),
-    # the occupied places are right, only which object is where is wrong
-    "swapped pair": ("a purple pear to the left of a yellow banana", PAIR, (0, 1, 1, 1, 1, 1), None),
+    # the occupied places are right, but which object is where is wrong
+    "swapped pair": ("a purple pear to the left of a yellow banana", PAIR, (0, 1, 1, 1, 1, 0), None),
+    "swapped colours": ("a purple banana to the left of a yellow pear", PAIR, (0, 1, 1, 0, 1, 1), None),
     "unparseable": ("a red", ROW, (0, 0, 0, 0, 0, 0), None),
     "count": ("three green lemons", THREE_LEMONS, (1, 1, 1, 1, 1, 1), None),
     "wrong count": ("two green lemons", THREE_LEMONS, (0, 1, 1, 1, 0, 1), None),
@@ -56,9 +57,10 @@ def test_scene_graph_accuracy_single_cases(case):
 def test_scene_graph_accuracy_averages_over_scenes_and_layouts():
     captions, scenes, _, _ = zip(*CASES.values())
     result = scene_graph_accuracy(list(captions), list(scenes))
-    assert result["scene_exact_match"] == pytest.approx(2 / 8)
-    assert result["parse_rate"] == pytest.approx(7 / 8)
-    assert result["positions"] == pytest.approx(6 / 8)
+    assert result["scene_exact_match"] == pytest.approx(2 / 9)
+    assert result["parse_rate"] == pytest.approx(8 / 9)
+    assert result["positions"] == pytest.approx(6 / 9)
+    assert result["colours"] == pytest.approx(6 / 9)
     assert result["single_name_colour"] == pytest.approx(3 / 4)
     assert result["exact_single"] == pytest.approx(1 / 4)
     assert result["exact_count"] == pytest.approx(1 / 2)

@@ -20,8 +20,9 @@ from ..world.captions import parse_caption, scene_facts
 from ..world.dataset import read_metadata
 from ..world.scenes import LAYOUTS
 
-# index of each compared field in a `scene_facts` tuple (name, colour, count, size, position)
-FACT_FIELDS = {"names": 0, "colours": 1, "counts": 2, "positions": 4}
+# which parts of the `scene_facts` tuples (name, colour, count, size, position) each field compares: every
+# attribute is compared together with the object's name, so a swapped colour or place counts as wrong
+FACT_FIELDS = {"names": (0,), "colours": (0, 1), "counts": (0, 2), "positions": (0, 4)}
 SCENE_METRICS = ("scene_exact_match", "parse_rate", *FACT_FIELDS, "single_name_colour",
                  *(f"exact_{layout}" for layout in LAYOUTS))
 NUM_EXAMPLES = 5
@@ -121,8 +122,9 @@ def scene_graph_accuracy(predictions: list[str], scenes: list[dict]) -> dict[str
     Returns fractions of scenes:
         scene_exact_match: the parsed facts equal `scene_facts(scene)`.
         parse_rate: the caption parses at all.
-        names, colours, counts, positions: that field is right for the scene's objects taken as a multiset,
-            e.g. "colours" is right for "a blue cat to the left of a red dog" when the cat is red and the dog blue.
+        names: the multiset of object names is right.
+        colours, counts, positions: every object has the right colour / count / position (each compared as
+            (name, value) pairs), e.g. "colours" is wrong for "a blue cat and a red dog" when the cat is red.
         single_name_colour: over "single" scenes only, the object's name and colour are both right.
         exact_<layout>: scene_exact_match over the scenes of one layout; nan where there are none.
     A caption that does not parse is wrong for every entry.
@@ -146,15 +148,15 @@ def _scene_hits(caption: str, scene: dict) -> dict[str, bool]:
     parsed = parse_caption(caption)
     exact = parsed == truth
     hits = {"scene_exact_match": exact, "parse_rate": parsed is not None, f"exact_{scene['layout']}": exact}
-    for field, index in FACT_FIELDS.items():
-        hits[field] = parsed is not None and _field_counts(parsed, index) == _field_counts(truth, index)
+    for field, parts in FACT_FIELDS.items():
+        hits[field] = parsed is not None and _field_counts(parsed, parts) == _field_counts(truth, parts)
     if scene["layout"] == "single":
         hits["single_name_colour"] = parsed is not None and len(parsed) == 1 and parsed[0][:2] == truth[0][:2]
     return hits
 
 
-def _field_counts(facts: list[tuple], index: int) -> Counter:
-    return Counter(fact[index] for fact in facts)
+def _field_counts(facts: list[tuple], parts: tuple[int, ...]) -> Counter:
+    return Counter(tuple(fact[i] for i in parts) for fact in facts)
 
 
 def evaluate_captioner(pipeline, data_dir, batch_size: int = 32, limit: int | None = None, progress=None,
