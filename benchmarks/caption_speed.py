@@ -21,6 +21,8 @@ import transformers
 
 from genvl.generation import GenerationSettings, generate
 from genvl.images import IMAGE_SUFFIXES, load_image
+from genvl.pipelines.caption import CaptionPipeline
+from genvl.world import render_scene, sample_scene
 
 GPT2_EOS = 50256
 
@@ -40,11 +42,14 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per implementation and mode")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                         help="bf16: also time genvl with the model cast to bfloat16, against its fp32 run")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write every measured number to this JSON file")
     args = parser.parse_args(argv)
-    for name in ("batch_size", "beams", "runs"):
-        if getattr(args, name) < 1:
+    if args.beams < 2:
+        raise ValueError(f"--beams must be >= 2 (greedy is always measured), got {args.beams}")
+    for name in ("batch_size", "runs", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
@@ -84,8 +89,6 @@ def load_pixel_values(pipeline, folder: str, batch_size: int, seed: int) -> torc
     if paths:
         images = [load_image(p) for p in (paths * batch_size)[:batch_size]]
     else:
-        from genvl.world import render_scene, sample_scene
-
         size = pipeline.model.config.encoder.image_size
         rng = random.Random(seed)
         images = [render_scene(sample_scene(rng), size) for _ in range(batch_size)]
@@ -105,7 +108,7 @@ def transformers_tokens(model, pixel_values, settings) -> list[list[int]]:
         do_sample=False, num_return_sequences=1, eos_token_id=settings.eos_token_id,
         pad_token_id=settings.pad_token_id, **options,
     )
-    rows = [row[1:].tolist() for row in sequences]
+    rows = [row[1:].tolist() for row in sequences]  # drop the start token, the whole prompt here
     return [row[: row.index(settings.eos_token_id)] if settings.eos_token_id in row else row for row in rows]
 
 
@@ -113,18 +116,14 @@ def genvl_tokens(model, pixel_values, settings) -> list[list[int]]:
     return [seq for seqs in generate(model, pixel_values, settings).sequences for seq in seqs]
 
 
-def timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return (time.perf_counter() - start) * 1000.0, out
-
-
-def time_pair(implementations, model, pixel_values, settings, runs, warmup):
+def time_alternating(implementations, model, pixel_values, settings, runs, warmup):
     """Warm up, then time the implementations alternately; returns {name: (times in ms, last tokens)}."""
     results = {name: ([], None) for name in implementations}
     for run in range(warmup + runs):
         for name, fn in implementations.items():
-            ms, tokens = timed(fn, model, pixel_values, settings)
+            start = time.perf_counter()
+            tokens = fn(model, pixel_values, settings)
+            ms = (time.perf_counter() - start) * 1000.0
             times = results[name][0] + ([ms] if run >= warmup else [])
             results[name] = (times, tokens)
     return results
@@ -136,89 +135,105 @@ def print_table(header, rows):
         print("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)))
 
 
+def load_model_and_inputs(args):
+    """The model, pixel values (B, 3, H, W), a description, and the decoding settings of each mode."""
+    if args.random_vit_b16_gpt2:
+        model = build_random_vit_b16_gpt2(args.seed)
+        pixel_values = torch.randn(args.batch_size, 3, 224, 224, generator=torch.Generator().manual_seed(args.seed))
+        source, pipeline = "random ViT-B/16 (224 px) + GPT-2 small", None
+    else:
+        if not Path(args.model).is_dir():
+            raise FileNotFoundError(f"--model {args.model}: no such pipeline folder")
+        pipeline = CaptionPipeline.from_pretrained(args.model)
+        model = pipeline.model.eval()
+        pixel_values = load_pixel_values(pipeline, args.images, args.batch_size, args.seed)
+        source = args.model
+    max_new_tokens = args.max_new_tokens or getattr(model.generation_config, "max_new_tokens", None) or 20
+    settings = {}
+    for mode, beams in {"greedy": 1, f"beam {args.beams}": args.beams}.items():
+        overrides = dict(num_beams=beams, max_new_tokens=max_new_tokens, do_sample=False, num_return_sequences=1)
+        if pipeline is None:
+            # a random model may end captions at any step: force a fixed length so both decode the same work
+            settings[mode] = GenerationSettings(eos_token_id=GPT2_EOS, decoder_start_token_id=GPT2_EOS,
+                                                pad_token_id=GPT2_EOS, min_new_tokens=max_new_tokens, **overrides)
+        else:
+            settings[mode] = pipeline.settings(**overrides)
+    return model, pixel_values, source, settings
+
+
+def compare_fp32(model, pixel_values, settings, args) -> dict:
+    """genvl against transformers per mode; prints the table and returns the measured numbers."""
+    results, rows = {}, []
+    implementations = {"genvl": genvl_tokens, "transformers": transformers_tokens}
+    for mode, mode_settings in settings.items():
+        timings = time_alternating(implementations, model, pixel_values, mode_settings, args.runs, args.warmup)
+        (ours_ms, ours), (theirs_ms, theirs) = timings["genvl"], timings["transformers"]
+        ours_median, theirs_median = statistics.median(ours_ms), statistics.median(theirs_ms)
+        mean_length = sum(map(len, ours)) / len(ours)
+        results[mode] = dict(genvl_ms=ours_ms, transformers_ms=theirs_ms, genvl_median_ms=ours_median,
+                             transformers_median_ms=theirs_median, speedup=theirs_median / ours_median,
+                             tokens_identical=ours == theirs, mean_length=mean_length, genvl_tokens=ours)
+        if ours != theirs:
+            results[mode]["transformers_tokens"] = theirs
+        rows.append([mode, f"{ours_median:.1f}", f"{theirs_median:.1f}", f"{theirs_median / ours_median:.2f}x",
+                     "yes" if ours == theirs else "NO", f"{mean_length:.1f}"])
+    print()
+    print_table(["mode", "genvl ms", "transformers ms", "speed-up", "tokens identical", "mean tokens"], rows)
+    return results
+
+
+def compare_bf16(model, pixel_values, settings, args, results: dict):
+    """genvl with the model in bfloat16 against its fp32 run; adds the numbers to `results` and prints them.
+
+    The model is cast in place: the fp32 weights are not needed afterwards, and a copy would double the memory.
+    """
+    model.to(torch.bfloat16)
+    pixel_values = pixel_values.to(torch.bfloat16)
+    rows = []
+    for mode, mode_settings in settings.items():
+        timings = time_alternating({"genvl": genvl_tokens}, model, pixel_values, mode_settings, args.runs, args.warmup)
+        bf16_ms, bf16 = timings["genvl"]
+        fp32 = results[mode]["genvl_tokens"]
+        identical = sum(a == b for a, b in zip(bf16, fp32)) / len(fp32)
+        fp32_median, bf16_median = results[mode]["genvl_median_ms"], statistics.median(bf16_ms)
+        results[mode].update(genvl_bf16_ms=bf16_ms, genvl_bf16_median_ms=bf16_median,
+                             bf16_speedup=fp32_median / bf16_median, bf16_identical_fraction=identical)
+        rows.append([mode, f"{fp32_median:.1f}", f"{bf16_median:.1f}", f"{fp32_median / bf16_median:.2f}x",
+                     f"{identical:.0%}"])
+    print()
+    print_table(["mode", "genvl fp32 ms", "genvl bf16 ms", "bf16 speed-up", "same tokens as fp32"], rows)
+
+
 def main(argv=None):
     args = parse_args(argv)
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     diffusers.logging.disable_progress_bar()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()})")
 
     # 1. model and inputs
-    if args.random_vit_b16_gpt2:
-        model = build_random_vit_b16_gpt2(args.seed)
-        pixel_values = torch.randn(args.batch_size, 3, 224, 224, generator=torch.Generator().manual_seed(args.seed))
-        eos = GPT2_EOS
-        source = "random ViT-B/16 (224 px) + GPT-2 small"
-    else:
-        from genvl.pipelines.caption import CaptionPipeline
-
-        pipeline = CaptionPipeline.from_pretrained(args.model)
-        model = pipeline.model.eval()
-        pixel_values = load_pixel_values(pipeline, args.images, args.batch_size, args.seed)
-        eos = None
-        source = args.model
-    config = model.generation_config
-    max_new_tokens = args.max_new_tokens or getattr(config, "max_new_tokens", None) or 20
-    # a random model may end captions at any step: force a fixed length so that both decode the same work
-    min_new_tokens = max_new_tokens if args.random_vit_b16_gpt2 else None
+    model, pixel_values, source, settings = load_model_and_inputs(args)
+    max_new_tokens = next(iter(settings.values())).max_new_tokens
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"model: {source} ({params:.1f}M parameters), batch {args.batch_size}, "
           f"pixels {tuple(pixel_values.shape[1:])}, max_new_tokens {max_new_tokens}")
-
-    modes = {"greedy": 1, f"beam {args.beams}": args.beams}
-    settings = {}
-    for mode, beams in modes.items():
-        overrides = dict(num_beams=beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                         do_sample=False, num_return_sequences=1)
-        if eos is not None:
-            settings[mode] = GenerationSettings(eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos,
-                                                **{k: v for k, v in overrides.items() if v is not None})
-        else:
-            settings[mode] = pipeline.settings(**overrides)
-
-    # 2. genvl against transformers, fp32
     report = dict(torch=torch.__version__, transformers=transformers.__version__, threads=torch.get_num_threads(),
                   model=source, batch_size=args.batch_size, max_new_tokens=max_new_tokens, runs=args.runs,
-                  warmup=args.warmup, modes={})
-    rows = []
-    implementations = {"genvl": genvl_tokens, "transformers": transformers_tokens}
-    with torch.inference_mode():
-        for mode in modes:
-            timings = time_pair(implementations, model, pixel_values, settings[mode], args.runs, args.warmup)
-            (ours_ms, ours), (theirs_ms, theirs) = timings["genvl"], timings["transformers"]
-            ours_median, theirs_median = statistics.median(ours_ms), statistics.median(theirs_ms)
-            mean_length = sum(map(len, ours)) / len(ours)
-            report["modes"][mode] = dict(genvl_ms=ours_ms, transformers_ms=theirs_ms, genvl_median_ms=ours_median,
-                                         transformers_median_ms=theirs_median, speedup=theirs_median / ours_median,
-                                         tokens_identical=ours == theirs, mean_length=mean_length, genvl_tokens=ours)
-            rows.append([mode, f"{ours_median:.1f}", f"{theirs_median:.1f}", f"{theirs_median / ours_median:.2f}x",
-                         "yes" if ours == theirs else "NO", f"{mean_length:.1f}"])
-    print()
-    print_table(["mode", "genvl ms", "transformers ms", "speed-up", "tokens identical", "mean tokens"], rows)
-    greedy, beam = (report["modes"][mode]["genvl_median_ms"] for mode in modes)
-    report["genvl_beam_over_greedy"] = beam / greedy
-    print(f"beam/greedy cost (genvl): {beam / greedy:.2f}x")
+                  warmup=args.warmup)
 
-    # 3. genvl in bfloat16 against its own fp32 run (the fp32 model is no longer needed: cast in place)
-    if args.dtype == "bf16":
-        model.to(torch.bfloat16)
-        pixel_values = pixel_values.to(torch.bfloat16)
-        rows = []
-        with torch.inference_mode():
-            for mode in modes:
-                timings = time_pair({"genvl": genvl_tokens}, model, pixel_values, settings[mode], args.runs, args.warmup)
-                bf16_ms, bf16 = timings["genvl"]
-                fp32 = report["modes"][mode]["genvl_tokens"]
-                identical = sum(a == b for a, b in zip(bf16, fp32)) / len(fp32)
-                fp32_median, bf16_median = report["modes"][mode]["genvl_median_ms"], statistics.median(bf16_ms)
-                report["modes"][mode].update(genvl_bf16_ms=bf16_ms, genvl_bf16_median_ms=bf16_median,
-                                             bf16_speedup=fp32_median / bf16_median, bf16_identical_fraction=identical)
-                rows.append([mode, f"{fp32_median:.1f}", f"{bf16_median:.1f}", f"{fp32_median / bf16_median:.2f}x",
-                             f"{identical:.0%}"])
-        print()
-        print_table(["mode", "genvl fp32 ms", "genvl bf16 ms", "bf16 speed-up", "same tokens as fp32"], rows)
+    with torch.inference_mode():
+        # 2. genvl against transformers, fp32
+        report["modes"] = compare_fp32(model, pixel_values, settings, args)
+        greedy, beam = (result["genvl_median_ms"] for result in report["modes"].values())
+        report["genvl_beam_over_greedy"] = beam / greedy
+        print(f"beam/greedy cost (genvl): {beam / greedy:.2f}x")
+        # 3. genvl in bfloat16 against its own fp32 run
+        if args.dtype == "bf16":
+            compare_bf16(model, pixel_values, settings, args, report["modes"])
 
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

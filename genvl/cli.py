@@ -102,9 +102,15 @@ def decoding_overrides(args) -> dict:
 
 
 def load_caption_pipeline(args):
+    import diffusers
     import torch
+    import transformers
 
     from .pipelines.caption import CaptionPipeline
+
+    # loading bars for a few small files are noise next to the command's own progress bar
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
     path = Path(args.model or default_caption_model())
     if not path.is_dir():
