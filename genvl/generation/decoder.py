@@ -28,6 +28,8 @@ class CachedDecoder:
             / (float(i + 1) if config.scale_attn_by_inverse_layer_idx else 1.0)
             for i in range(config.n_layer)
         ]
+        # GPT-2's "gelu_new" is the tanh approximation; torch's fused kernel computes it in one op
+        self.tanh_gelu = config.activation_function in ("gelu_new", "gelu_pytorch_tanh")
         if max_length > config.n_positions:
             raise ValueError(
                 f"decoding needs {max_length} positions but the decoder has only n_positions={config.n_positions}"
@@ -76,6 +78,11 @@ class CachedDecoder:
         out = out.transpose(1, 2).reshape(rows, steps, channels)
         return block.attn.c_proj(out)
 
+    def _mlp(self, mlp, hidden: torch.Tensor) -> torch.Tensor:
+        if not self.tanh_gelu:
+            return mlp(hidden)
+        return mlp.c_proj(F.gelu(mlp.c_fc(hidden), approximate="tanh"))
+
     def step(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Feed (R, T) new tokens; return the next-token logits (R, V) in float32."""
         start = self.length
@@ -86,7 +93,7 @@ class CachedDecoder:
         for layer, block in enumerate(self.transformer.h):
             hidden = hidden + self._self_attention(block, layer, block.ln_1(hidden), start)
             hidden = hidden + self._cross_attention(block, layer, block.ln_cross_attn(hidden))
-            hidden = hidden + block.mlp(block.ln_2(hidden))
+            hidden = hidden + self._mlp(block.mlp, block.ln_2(hidden))
         self.length = start + input_ids.shape[1]
         hidden = self.transformer.ln_f(hidden[:, -1])
         return self.lm_head(hidden).float()

@@ -1,0 +1,66 @@
+"""Export a training checkpoint of `train_captioner.py` as a CaptionPipeline folder (EMA weights by default).
+
+    python train/export_captioner.py --run runs/captioner --checkpoint latest --out pipelines/genvl-caption-small
+
+Useful to evaluate a run while it trains, or to ship a checkpoint without waiting for the run to end.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor
+from genvl.pipelines.caption import CaptionPipeline
+from genvl.training import checkpoint_step, resolve_resume
+
+EMA_STATE = "custom_checkpoint_0.pkl"  # accelerate's name for the first object registered for checkpointing
+
+
+def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
+    run_dir = Path(run_dir)
+    path = resolve_resume(run_dir, checkpoint)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint to export")
+    config = json.loads((run_dir / "train_config.json").read_text())
+    arch = CaptionerArchitecture.from_json(config["architecture"])
+    arch.image_size = config["resolution"]
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    model = build_captioner(arch, tokenizer)
+    missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
+    if unexpected or any(key != "decoder.lm_head.weight" for key in missing):  # lm_head is tied to wte
+        raise ValueError(f"{path}: weights do not match the run's architecture "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    if use_ema:
+        if not (path / EMA_STATE).is_file():
+            raise FileNotFoundError(f"{path}: no EMA state ({EMA_STATE}); pass --no-ema to export raw weights")
+        shadow = torch.load(path / EMA_STATE, weights_only=True)["shadow_params"]
+        params = list(model.parameters())
+        if len(shadow) != len(params):
+            raise ValueError(f"{path}: EMA holds {len(shadow)} tensors, the model has {len(params)} parameters")
+        with torch.no_grad():
+            for param, value in zip(params, shadow):
+                param.copy_(value)
+    model.tie_weights()
+    out = Path(out or run_dir / f"export-{checkpoint_step(path)}")
+    pipeline = CaptionPipeline(model=model.eval(), tokenizer=tokenizer, image_processor=build_image_processor(arch))
+    pipeline.save_pretrained(out)
+    print(f"exported {path} ({'EMA' if use_ema else 'raw'} weights) to {out}")
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="the training run's output_dir")
+    parser.add_argument("--checkpoint", default="latest", help="a checkpoint folder, or 'latest'")
+    parser.add_argument("--out", default=None, help="pipeline folder to write (default: RUN/export-STEP)")
+    parser.add_argument("--no-ema", dest="use_ema", action="store_false", help="export the raw weights")
+    args = parser.parse_args(argv)
+    return export(args.run, args.checkpoint, args.out, args.use_ema)
+
+
+if __name__ == "__main__":
+    main()
