@@ -108,9 +108,12 @@ def load_caption_pipeline(args):
 
     from .pipelines.caption import CaptionPipeline
 
-    # loading bars for a few small files are noise next to the command's own progress bar
+    # loading bars for a few small files are noise next to the command's own progress bar, and library
+    # notices (e.g. the PIL fallback of the image processor) are not the user's business unless debugging
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    if not args.debug:
+        transformers.utils.logging.set_verbosity_error()
 
     path = Path(args.model or default_caption_model())
     if not path.is_dir():
