@@ -125,6 +125,7 @@ def load_caption_pipeline(args):
 
 
 def run_caption(args) -> int:
+    import torch
     from tqdm import tqdm
 
     from .images import find_images
@@ -136,25 +137,33 @@ def run_caption(args) -> int:
     except (TypeError, ValueError) as err:
         raise UsageError(str(err)) from None
     overrides = decoding_overrides(args)
-    if settings.do_sample and settings.seed is None:
+    base_seed = None
+    if settings.do_sample:
         import random
 
-        overrides["seed"] = random.randrange(2**31)  # recorded, so any sample can be reproduced
+        # image i is sampled with its own generator seeded base + i: captions do not depend on the batch
+        # size, and the recorded per-image seed reproduces that image's captions on its own
+        base_seed = settings.seed if settings.seed is not None else random.randrange(2**31)
+        overrides.pop("seed", None)
     batches = [paths[i : i + args.batch_size] for i in range(0, len(paths), args.batch_size)]
     bar = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=args.quiet or len(paths) <= 8)
+    done = 0
     for batch in batches:
-        output = pipeline(batch, prefix=args.prefix, **overrides)
-        for path, captions, scores in zip(batch, output.captions, output.scores):
+        seeds = [base_seed + done + i for i in range(len(batch))] if base_seed is not None else None
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds] if seeds else None
+        output = pipeline(batch, prefix=args.prefix, generator=generators, **overrides)
+        for i, (path, captions, scores) in enumerate(zip(batch, output.captions, output.scores)):
             if args.json:
                 record = {"path": str(path), "captions": [{"text": c, "score": s} for c, s in zip(captions, scores)]}
-                if settings.do_sample:
-                    record["seed"] = overrides["seed"]
+                if seeds:
+                    record["seed"] = seeds[i]
                 print(json.dumps(record), flush=True)
             elif len(captions) == 1:
                 print(f"{path}\t{captions[0]}", flush=True)
             else:
                 for caption, score in zip(captions, scores):
                     print(f"{path}\t{caption}\t{score:.3f}", flush=True)
+        done += len(batch)
         bar.update(len(batch))
     bar.close()
     return 0

@@ -43,17 +43,18 @@ def test_caption_json_records(tiny_pipeline_dir, tmp_path, capsys):
     assert all(len(r["captions"]) == 2 and r["captions"][0]["score"] >= r["captions"][1]["score"] for r in records)
 
 
-def test_sampling_records_its_seed(tiny_pipeline_dir, tmp_path, capsys):
+def test_sampling_records_per_image_seeds_that_reproduce(tiny_pipeline_dir, tmp_path, capsys):
     from PIL import Image
 
-    Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "red.png")
-    args = ["caption", str(tmp_path / "red.png"), "--model", str(tiny_pipeline_dir), "--temperature", "1.5",
-            "--max-new-tokens", "6", "--json", "--quiet"]
-    assert main(args) == 0
-    record = json.loads(capsys.readouterr().out)
-    assert isinstance(record["seed"], int)
-    assert main(args + ["--seed", str(record["seed"])]) == 0
-    assert json.loads(capsys.readouterr().out)["captions"] == record["captions"]
+    for i in range(3):
+        Image.new("RGB", (32, 32), (200, 60 * i, 10)).save(tmp_path / f"img{i}.png")
+    args = ["--model", str(tiny_pipeline_dir), "--temperature", "1.5", "--max-new-tokens", "6", "--json", "--quiet"]
+    assert main(["caption", str(tmp_path), "--batch-size", "2", *args]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len({r["seed"] for r in records}) == 3
+    # the last image alone, with its recorded seed, gets the same captions as inside the batched run
+    assert main(["caption", records[2]["path"], "--seed", str(records[2]["seed"]), *args]) == 0
+    assert json.loads(capsys.readouterr().out)["captions"] == records[2]["captions"]
 
 
 @pytest.mark.parametrize("flags, code, message", [

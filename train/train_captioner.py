@@ -6,6 +6,7 @@
 Ends with `CaptionPipeline.save_pretrained(output_dir)`; checkpoints go to `output_dir/checkpoint-<step>`.
 """
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -107,6 +108,8 @@ def main(argv=None):
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
         save_run_config(args, output_dir)
+    if args.report_to:
+        accelerator.init_trackers("train_captioner", config=dataclasses.asdict(args))
 
     data_dir = Path(args.train_data_dir)
     records = read_metadata(data_dir, args.caption_column, args.image_column)
@@ -188,8 +191,10 @@ def main(argv=None):
         losses.append(running_loss)
         if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
             rate = global_step / max(1e-9, time.time() - started)
-            accelerator.print(f"step {global_step}/{args.max_train_steps} loss {np.mean(losses[-args.logging_steps:]):.4f} "
+            recent = float(np.mean(losses[-args.logging_steps:]))
+            accelerator.print(f"step {global_step}/{args.max_train_steps} loss {recent:.4f} "
                               f"lr {scheduler.get_last_lr()[0]:.2e} ({rate:.2f} steps/s)", flush=True)
+            accelerator.log({"loss": recent, "lr": scheduler.get_last_lr()[0]}, step=global_step)
         running_loss = 0.0
         if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
             save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
