@@ -48,6 +48,7 @@ def add_decoding_flags(parser):
 
 
 def add_runtime_flags(parser, model_help):
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     parser.add_argument("--model", default=None, help=model_help)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -95,10 +96,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# settings names as the user typed them, for error messages
+FLAG_NAMES = {
+    "num_return_sequences": "--num-captions", "num_beams": "--beam", "max_new_tokens": "--max-new-tokens",
+    "min_new_tokens": "--min-new-tokens", "top_k": "--top-k", "top_p": "--top-p", "temperature": "--temperature",
+    "repetition_penalty": "--repetition-penalty", "no_repeat_ngram_size": "--no-repeat-ngram-size",
+}
+
+
 def decoding_overrides(args) -> dict:
     names = ["num_beams", "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size",
              "length_penalty", "num_return_sequences", "max_new_tokens", "min_new_tokens", "seed"]
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def checked_settings(pipeline, args):
+    """The decoding settings (model defaults, then flags); a bad combination is a usage error naming flags."""
+    try:
+        settings = pipeline.settings(**decoding_overrides(args))
+    except (TypeError, ValueError) as err:
+        message = str(err)
+        for name, flag in FLAG_NAMES.items():
+            message = message.replace(name, flag)
+        raise UsageError(message) from None
+    used = 1 + (len(pipeline.tokenizer(args.prefix).input_ids) if args.prefix else 0)
+    positions = pipeline.model.config.decoder.n_positions
+    if used + settings.max_new_tokens > positions:
+        raise UsageError(f"--max-new-tokens {settings.max_new_tokens} is too many: with the start and prefix "
+                         f"tokens ({used}) the model's decoder has only {positions} positions")
+    return settings
 
 
 def load_caption_pipeline(args):
@@ -132,10 +158,7 @@ def run_caption(args) -> int:
 
     paths = find_images(args.images)
     pipeline = load_caption_pipeline(args)
-    try:
-        settings = pipeline.settings(**decoding_overrides(args))
-    except (TypeError, ValueError) as err:
-        raise UsageError(str(err)) from None
+    settings = checked_settings(pipeline, args)
     overrides = decoding_overrides(args)
     base_seed = None
     if settings.do_sample:
@@ -187,6 +210,7 @@ def run_eval_caption(args) -> int:
     from .evaluation.captioning import evaluate_captioner
 
     pipeline = load_caption_pipeline(args)
+    checked_settings(pipeline, args)
     progress = None if args.quiet else (lambda it, total: tqdm(it, total=total, unit="batch", file=sys.stderr))
     report = evaluate_captioner(pipeline, args.data, batch_size=args.batch_size, limit=args.limit,
                                 progress=progress, prefix=args.prefix, **decoding_overrides(args))

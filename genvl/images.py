@@ -21,7 +21,7 @@ def load_image(image) -> Image.Image:
             with Image.open(path) as opened:
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as err:
             raise ValueError(f"{path}: not a readable image ({err})") from None
     elif not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image or a path, got {type(image).__name__}")

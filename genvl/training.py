@@ -28,7 +28,10 @@ def parse_args(args_class, argv=None):
     ns = parser.parse_args(argv)
     values = {}
     if ns.config:
-        values = json.loads(Path(ns.config).read_text())
+        try:
+            values = json.loads(Path(ns.config).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            parser.error(f"--config {ns.config}: {err}")
         known = {f.name for f in dataclasses.fields(args_class)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -63,6 +66,7 @@ def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None,
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every process has written its part before the folder is marked
     if accelerator.is_main_process:
         marker = {"step": step, **(extra or {})}
         with open(tmp / COMPLETE_MARKER, "w") as f:

@@ -45,8 +45,16 @@ def test_public_vit_gpt2_layout_loads_unchanged(public_folder, scene_images):
 
 def test_prefix_is_continued(tiny_pipeline_dir, scene_images):
     pipeline = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
-    out = pipeline(scene_images[:2], prefix="a red", max_new_tokens=5)
-    assert all(c[0].startswith("a red") for c in out.captions)
+    out = pipeline(scene_images[:3], prefix="a red", max_new_tokens=5)
+    # the reference: transformers' generate() fed the start token and the prefix
+    prefix = pipeline.tokenizer("a red").input_ids
+    start = torch.tensor([[pipeline.tokenizer.eos_token_id, *prefix]] * 3)
+    with torch.no_grad():
+        ids = pipeline.model.generate(pixel_values=pipeline.preprocess(scene_images[:3]), decoder_input_ids=start,
+                                      max_new_tokens=5, num_beams=1)
+    expected = [t.strip() for t in pipeline.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    assert [c[0] for c in out.captions] == expected
+    assert all(text.startswith("a red") for text in expected)
 
 
 def test_num_return_sequences_are_sorted_by_score(tiny_pipeline_dir, scene_images):

@@ -59,8 +59,9 @@ def test_sampling_records_per_image_seeds_that_reproduce(tiny_pipeline_dir, tmp_
 
 @pytest.mark.parametrize("flags, code, message", [
     (["--beam", "0"], 2, "--beam"),
-    (["--top-p", "1.5"], 2, "top_p"),
-    (["--beam", "2", "--num-captions", "3"], 2, "num_return_sequences"),
+    (["--top-p", "1.5"], 2, "--top-p"),
+    (["--beam", "2", "--num-captions", "3"], 2, "--num-captions"),
+    (["--max-new-tokens", "500"], 2, "--max-new-tokens"),
 ])
 def test_bad_flags_exit_2_with_one_line(tiny_pipeline_dir, tmp_path, capsys, flags, code, message):
     from PIL import Image

@@ -42,9 +42,13 @@ def _trim(tokens: list[int], eos: int) -> list[int]:
 
 
 def _sample(probs: torch.Tensor, generator, image_of_row: torch.Tensor) -> torch.Tensor:
+    """Draw one token per row; draws happen on each generator's device (a CPU generator gives the same
+    tokens whatever device the model runs on)."""
     if not isinstance(generator, (list, tuple)):
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    picks = [torch.multinomial(p, 1, generator=generator[int(i)]) for p, i in zip(probs, image_of_row)]
+        device = generator.device if generator is not None else probs.device
+        return torch.multinomial(probs.to(device), 1, generator=generator).squeeze(1).to(probs.device)
+    picks = [torch.multinomial(p.to(generator[int(i)].device), 1, generator=generator[int(i)]).to(probs.device)
+             for p, i in zip(probs, image_of_row)]
     return torch.cat(picks)
 
 
@@ -77,7 +81,7 @@ def greedy_or_sample(model, states, prompt, settings, generator=None) -> Generat
         tokens[live, step] = next_tokens
         totals[live] += log_probs.gather(1, next_tokens[:, None]).squeeze(1).masked_fill(done, 0.0)
         finished[live] |= next_tokens == eos
-        if bool(finished.all()):
+        if bool(finished.all()) or step == settings.max_new_tokens - 1:
             break
         input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=1)
         # drop images whose rows have all finished

@@ -26,7 +26,10 @@ class CaptionerArchitecture:
 
     @classmethod
     def from_json(cls, path) -> "CaptionerArchitecture":
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -86,7 +86,10 @@ def read_metadata(data_dir, caption_column: str = "text", image_column: str = "f
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({err})") from None
             for column in (image_column, caption_column):
                 if column not in record:
                     raise ValueError(
