@@ -192,12 +192,19 @@ def run_caption(args) -> int:
     return 0
 
 
-def run_data_scenes(args) -> int:
+def progress_bar(args, unit: str):
+    """A `progress(iterable, total=N)` wrapper drawing on stderr, or None with --quiet."""
+    if args.quiet:
+        return None
     from tqdm import tqdm
 
+    return lambda iterable, total: tqdm(iterable, total=total, unit=unit, file=sys.stderr)
+
+
+def run_data_scenes(args) -> int:
     from .world.dataset import write_imagefolder
 
-    progress = None if args.quiet else (lambda it, total: tqdm(it, total=total, unit="img", file=sys.stderr))
+    progress = progress_bar(args, "img")
     out = write_imagefolder(args.out, args.num_images, seed=args.seed, split=args.split,
                             resolution=args.resolution, progress=progress)
     print(out)
@@ -205,13 +212,11 @@ def run_data_scenes(args) -> int:
 
 
 def run_eval_caption(args) -> int:
-    from tqdm import tqdm
-
     from .evaluation.captioning import evaluate_captioner
 
     pipeline = load_caption_pipeline(args)
     checked_settings(pipeline, args)
-    progress = None if args.quiet else (lambda it, total: tqdm(it, total=total, unit="batch", file=sys.stderr))
+    progress = progress_bar(args, "batch")
     report = evaluate_captioner(pipeline, args.data, batch_size=args.batch_size, limit=args.limit,
                                 progress=progress, prefix=args.prefix, **decoding_overrides(args))
     text = json.dumps(report, indent=2)
@@ -233,7 +238,7 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         parser.exit(2, f"genvl: error: {err}\n")
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:  # OSError covers missing files
         if args.debug:
             raise
         print(f"genvl: error: {err}", file=sys.stderr)
