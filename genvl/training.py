@@ -106,3 +106,148 @@ def epoch_order(num_items: int, seed: int, epoch: int):
 
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(num_items, generator=generator)
+
+
+@dataclasses.dataclass
+class TrainArgs:
+    """Flags every training script shares (the diffusers examples' names)."""
+
+    train_data_dir: str = "data/train"
+    output_dir: str = "runs/model"
+    image_column: str = "file_name"
+    caption_column: str = "text"
+    resolution: int = 64
+    train_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    adam_weight_decay: float = 0.01
+    lr_scheduler: str = "cosine"
+    lr_warmup_steps: int = 500
+    max_train_steps: int = 6000
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None
+    use_ema: bool = True
+    ema_decay: float = 0.999
+    seed: int = 0
+    logging_steps: int = 50
+    report_to: str | None = None
+
+    def __post_init__(self):
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "resolution"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+
+
+def load_images(data_dir, records, image_column: str, resolution: int):
+    """All images of `records` as one uint8 tensor (N, 3, R, R): the world's datasets fit in memory."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    images = np.empty((len(records), resolution, resolution, 3), dtype=np.uint8)
+    for i, record in enumerate(records):
+        with Image.open(Path(data_dir) / record[image_column]) as image:
+            image = image.convert("RGB")
+            if image.size != (resolution, resolution):
+                image = image.resize((resolution, resolution), Image.Resampling.BILINEAR)
+            images[i] = np.asarray(image)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def make_accelerator(args: TrainArgs, project: str):
+    """An Accelerator for `args`, the seed set, the run config saved and trackers started."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=args.report_to,
+    )
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        save_run_config(args, args.output_dir)
+    if args.report_to:
+        accelerator.init_trackers(project, config=dataclasses.asdict(args))
+    return accelerator
+
+
+def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, compute_loss) -> list[float]:
+    """Optimise `parameters` of `model` for `args.max_train_steps` steps; returns the per-step losses.
+
+    `compute_loss(model, batch, step)` gets the prepared (possibly wrapped) model, the indices of one process's
+    micro-batch (drawn in a per-epoch order fixed
+    by the seed, so a resumed run sees the same samples as an uninterrupted one) and the optimiser step, and
+    returns the loss. Handles AdamW, the LR schedule, clipping, EMA (its weights are copied into `parameters`
+    at the end), logging, crash-safe checkpoints and `--resume_from_checkpoint`.
+    """
+    import time
+
+    import numpy as np
+    import torch
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    parameters = list(parameters)
+    optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    scheduler = get_scheduler(
+        args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    ema = EMAModel(parameters, decay=args.ema_decay) if args.use_ema else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    global_step = 0
+    resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        global_step = checkpoint_step(resume)
+        accelerator.print(f"resumed from {resume} at step {global_step}")
+
+    per_step = args.train_batch_size * accelerator.num_processes
+    batches_per_epoch = num_items // per_step
+    if batches_per_epoch < 1:
+        raise ValueError(f"{num_items} samples cannot fill one batch of {per_step}")
+    micro_step = global_step * args.gradient_accumulation_steps
+    model.train()
+    started, running_loss, losses = time.time(), 0.0, []
+    while global_step < args.max_train_steps:
+        epoch, index = divmod(micro_step, batches_per_epoch)
+        order = epoch_order(num_items, args.seed, epoch)
+        start = index * per_step + accelerator.process_index * args.train_batch_size
+        batch = order[start : start + args.train_batch_size]
+        with accelerator.accumulate(model):
+            loss = compute_loss(model, batch, global_step)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        micro_step += 1
+        running_loss += accelerator.gather(loss.detach()).mean().item() / args.gradient_accumulation_steps
+        if not accelerator.sync_gradients:
+            continue
+        if ema is not None:
+            ema.step(parameters)
+        global_step += 1
+        losses.append(running_loss)
+        running_loss = 0.0
+        if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
+            rate = len(losses) / max(1e-9, time.time() - started)
+            recent = float(np.mean(losses[-args.logging_steps:]))
+            accelerator.print(f"step {global_step}/{args.max_train_steps} loss {recent:.4f} "
+                              f"lr {scheduler.get_last_lr()[0]:.2e} ({rate:.2f} steps/s)", flush=True)
+            accelerator.log({"loss": recent, "lr": scheduler.get_last_lr()[0]}, step=global_step)
+        if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+            save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+    accelerator.wait_for_everyone()
+    if ema is not None:
+        ema.copy_to(parameters)
+    return losses
