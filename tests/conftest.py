@@ -115,3 +115,79 @@ def scene_images():
 
     rng = random.Random(3)
     return [render_scene(sample_scene(rng), 32) for _ in range(6)]
+
+
+TINY_CLIP = dict(image_size=32, patch_size=8, vision_hidden_size=32, vision_layers=1, vision_heads=2,
+                 text_hidden_size=32, text_layers=1, text_heads=2, max_positions=16, projection_dim=16, vocab_size=300)
+
+
+def get_dummy_unclip_components(seed=0, latent=True):
+    """Random-weight components of an UnCLIPPipeline at 32 px (an 8x8 latent grid when `latent`)."""
+    from diffusers import DDPMScheduler
+
+    from genvl.models.clip import ClipArchitecture, build_clip, build_clip_image_processor, train_clip_tokenizer
+    from genvl.models.unclip import (
+        UnclipArchitecture, UnclipConditioner, build_autoencoder, build_decoder_unet, build_prior,
+    )
+
+    torch.manual_seed(seed)
+    clip_arch = ClipArchitecture(**TINY_CLIP)
+    tokenizer = train_clip_tokenizer(world_texts(100), clip_arch.vocab_size, clip_arch.max_positions)
+    clip = build_clip(clip_arch, tokenizer).eval()
+    arch = UnclipArchitecture(prior_layers=1, prior_heads=2, prior_head_dim=8, decoder_channels=(16, 32),
+                              decoder_attention=(False, True), decoder_head_dim=8, decoder_cross_dim=16,
+                              image_tokens=2, latent_channels=4, autoencoder_channels=(16, 16, 16))
+    embed = clip_arch.projection_dim
+    prior = build_prior(arch, embed, clip_arch.max_positions).eval()
+    torch.nn.init.ones_(prior.clip_std)
+    vae = build_autoencoder(arch).eval() if latent else None
+    size = 8 if latent else 32
+    decoder = build_decoder_unet(arch, size, 4 if latent else 3, embed).eval()
+    conditioner = UnclipConditioner(embed, clip_arch.text_hidden_size, arch.decoder_cross_dim, arch.image_tokens)
+    return dict(
+        clip=clip, tokenizer=tokenizer, image_processor=build_clip_image_processor(32), prior=prior,
+        prior_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="sample", clip_sample=False),
+        conditioner=conditioner.eval(), decoder=decoder,
+        decoder_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False), vae=vae,
+    )
+
+
+def write_public_clip_folder(path, seed=0):
+    """A random-weight folder in the layout of public CLIP checkpoints (e.g. clip-vit-base-patch32): config.json
+    of a `CLIPModel` with the legacy text eos_token_id=2, model.safetensors, a CLIP BPE vocabulary (byte
+    symbols with and without `</w>`, `<|startoftext|>` and `<|endoftext|>` last) as vocab.json + merges.txt +
+    tokenizer files, and a 224 px preprocessor_config.json. Sizes are small; the layout is exact."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    from genvl.models.clip import build_clip_image_processor
+
+    symbols = list(bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    merges = []
+    for word in ("red", "apple", "blue", "car", "two", "the", "left"):
+        current = word[0]
+        for i, char in enumerate(word[1:], 1):
+            piece = char + ("</w>" if i == len(word) - 1 else "")
+            merges.append(f"{current} {piece}")
+            current += piece
+            vocab.setdefault(current, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges], model_max_length=77)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(path)
+    (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=2,
+                         pad_token_id=1, projection_dim=24),
+        vision_config=dict(image_size=224, patch_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, projection_dim=24),
+        projection_dim=24,
+    )
+    CLIPModel(config).save_pretrained(path, safe_serialization=True)
+    build_clip_image_processor(224).save_pretrained(path)
+    return path

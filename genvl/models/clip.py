@@ -1,0 +1,112 @@
+"""The CLIP dual encoder, in the Hugging Face CLIP format so that public CLIP folders load in its place."""
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+START_TOKEN = "<|startoftext|>"
+END_TOKEN = "<|endoftext|>"
+# OpenAI CLIP's normalisation, kept so that public CLIP image processors and ours agree
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+@dataclass
+class ClipArchitecture:
+    """Named sizes of a CLIP model; saved as JSON in `configs/` and expanded into a `CLIPConfig`."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden_size: int = 192
+    vision_layers: int = 4
+    vision_heads: int = 3
+    text_hidden_size: int = 192
+    text_layers: int = 4
+    text_heads: int = 3
+    max_positions: int = 32
+    projection_dim: int = 128
+    vocab_size: int = 1024
+
+    @classmethod
+    def from_json(cls, path) -> "ClipArchitecture":
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown architecture keys {unknown}; expected some of {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_clip_tokenizer(texts, vocab_size: int = 1024, max_length: int = 32):
+    """Train a byte-level BPE tokenizer that frames every text as CLIP does: start token, text, end token.
+
+    The end token also pads, and CLIP's text tower pools its first occurrence.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[START_TOKEN, END_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tokenizer.train_from_iterator((t.lower() for t in texts), trainer=trainer)
+    start, end = tokenizer.token_to_id(START_TOKEN), tokenizer.token_to_id(END_TOKEN)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{START_TOKEN} $A {END_TOKEN}", special_tokens=[(START_TOKEN, start), (END_TOKEN, end)],
+    )
+    from tokenizers import normalizers
+
+    tokenizer.normalizer = normalizers.Lowercase()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=START_TOKEN, eos_token=END_TOKEN, pad_token=END_TOKEN,
+        unk_token=END_TOKEN, model_max_length=max_length,
+    )
+
+
+def build_clip(arch: ClipArchitecture, tokenizer):
+    """A randomly initialised `CLIPModel` (ViT image tower, causal text tower, both projected)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    text = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=arch.text_hidden_size, intermediate_size=4 * arch.text_hidden_size,
+        num_hidden_layers=arch.text_layers, num_attention_heads=arch.text_heads,
+        max_position_embeddings=arch.max_positions, projection_dim=arch.projection_dim,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = CLIPVisionConfig(
+        image_size=arch.image_size, patch_size=arch.patch_size, hidden_size=arch.vision_hidden_size,
+        intermediate_size=4 * arch.vision_hidden_size, num_hidden_layers=arch.vision_layers,
+        num_attention_heads=arch.vision_heads, projection_dim=arch.projection_dim,
+    )
+    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=arch.projection_dim)
+    return CLIPModel(config)
+
+
+def build_clip_image_processor(image_size: int):
+    """CLIP's image processor at `image_size`: resize the short side, centre-crop, normalise."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(
+        do_resize=True, size={"shortest_edge": image_size}, resample=3, do_center_crop=True,
+        crop_size={"height": image_size, "width": image_size}, do_rescale=True, rescale_factor=1 / 255,
+        do_normalize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD, do_convert_rgb=True,
+    )
+
+
+def load_clip(path):
+    """(CLIPModel, tokenizer, image processor) from a folder in the Hugging Face CLIP layout (ours or public)."""
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a CLIP model folder (no config.json)")
+    return CLIPModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)

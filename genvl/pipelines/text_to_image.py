@@ -1,0 +1,263 @@
+"""TextToImagePipeline (unCLIP): text -> CLIP text embedding -> (prior) CLIP image embedding -> (decoder) image.
+
+Built from diffusers models and schedulers and a transformers `CLIPModel`; any diffusers scheduler that
+supports the models' prediction types can be swapped in (DDPM, DDIM, DPMSolverMultistep, ...).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..images import load_image
+
+
+@dataclass
+class TextToImageOutput(BaseOutput):
+    """`images`: a list of PIL images, an (N, H, W, 3) array or an (N, 3, H, W) tensor in [0, 1];
+    `image_embeds`: the CLIP image embeddings the decoder was conditioned on (N, E)."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    image_embeds: torch.Tensor | None = None
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation between embeddings `a` and `b` (..., E); t in [0, 1]."""
+    a_unit, b_unit = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
+    omega = torch.acos((a_unit * b_unit).sum(-1, keepdim=True).clamp(-1.0, 1.0))
+    so = torch.sin(omega)
+    if float(so.abs().min()) < 1e-6:  # (anti)parallel: fall back to linear interpolation
+        return (1.0 - t) * a + t * b
+    return torch.sin((1.0 - t) * omega) / so * a + torch.sin(t * omega) / so * b
+
+
+class TextToImagePipeline(DiffusionPipeline):
+    """Text-to-image in the unCLIP style, plus image variations, interpolation and image-text scoring.
+
+    Components: `clip` (transformers `CLIPModel`), `tokenizer`, `image_processor` (CLIP's), `prior`
+    (`PriorTransformer` predicting the standardised image embedding), `prior_scheduler`, `conditioner`
+    (`UnclipConditioner`), `decoder` (`UNet2DConditionModel`), `decoder_scheduler`, and `vae`
+    (`AutoencoderKL`, optional: without it the decoder works in pixel space).
+    """
+
+    model_cpu_offload_seq = "clip->prior->conditioner->decoder->vae"
+    _optional_components = ["vae"]
+
+    def __init__(self, clip, tokenizer, image_processor, prior, prior_scheduler, conditioner, decoder,
+                 decoder_scheduler, vae=None):
+        super().__init__()
+        self.register_modules(
+            clip=clip, tokenizer=tokenizer, image_processor=image_processor, prior=prior,
+            prior_scheduler=prior_scheduler, conditioner=conditioner, decoder=decoder,
+            decoder_scheduler=decoder_scheduler, vae=vae,
+        )
+        self.output_processor = VaeImageProcessor(do_resize=False)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        kwargs.setdefault("local_files_only", True)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        kwargs.setdefault("safe_serialization", True)
+        super().save_pretrained(save_directory, **kwargs)
+
+    def enable_xformers_memory_efficient_attention(self, attention_op=None):
+        """Use xformers' attention in the diffusers models (the prior and the decoder); SDPA is the default."""
+        try:
+            import xformers.ops  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                "enable_xformers_memory_efficient_attention needs xformers: pip install 'genvl[xformers]'"
+            ) from None
+        for model in (self.prior, self.decoder, self.vae):
+            if model is not None:
+                model.enable_xformers_memory_efficient_attention(attention_op)
+
+    # ---- encoders -------------------------------------------------------------------------------------
+
+    def encode_prompt(self, prompts: list[str]):
+        """(text_embeds (B, E) unit length, token_states (B, T, H), mask (B, T)) from CLIP's text tower."""
+        for prompt in prompts:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompts must be strings, got {type(prompt).__name__}")
+        length = self.prior.config.num_embeddings
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
+                                return_tensors="pt")
+        device = self.clip.device
+        text = self.clip.text_model(input_ids=tokens.input_ids.to(device),
+                                    attention_mask=tokens.attention_mask.to(device))
+        embeds = self.clip.text_projection(text.pooler_output)
+        return embeds / embeds.norm(dim=-1, keepdim=True), text.last_hidden_state, tokens.attention_mask.to(device)
+
+    def encode_image(self, images) -> torch.Tensor:
+        """CLIP image embeddings (B, E), unit length, of PIL images or paths."""
+        images = [load_image(image) for image in images]
+        pixel_values = self.image_processor(images=images, return_tensors="pt").pixel_values
+        pixel_values = pixel_values.to(device=self.clip.device, dtype=self.clip.dtype)
+        embeds = self.clip.visual_projection(self.clip.vision_model(pixel_values=pixel_values).pooler_output)
+        return embeds / embeds.norm(dim=-1, keepdim=True)
+
+    @torch.no_grad()
+    def score(self, images, texts: list[str]) -> torch.Tensor:
+        """CLIP cosine similarity of every image with every text: (len(images), len(texts))."""
+        return self.encode_image(images) @ self.encode_prompt(list(texts))[0].T
+
+    # ---- the two diffusion stages ---------------------------------------------------------------------
+
+    def _guided(self, model_fn, latents, t, scale):
+        """Classifier-free guidance: `model_fn` sees [unconditional; conditional] batches stacked."""
+        if scale <= 1.0:
+            return model_fn(latents, t, conditional_only=True)
+        uncond, cond = model_fn(torch.cat([latents, latents]), t, conditional_only=False).chunk(2)
+        return uncond + scale * (cond - uncond)
+
+    def run_prior(self, prompts, negative_prompts, num_inference_steps, guidance_scale, generator, latents=None):
+        """Image embeddings (N, E), unit length, for the prompts (already repeated per image)."""
+        embeds, states, mask = self.encode_prompt(list(negative_prompts) + list(prompts))
+        states = self.clip.text_projection(states)  # the prior attends in the embedding space
+        n, dim = len(prompts), self.prior.config.embedding_dim
+        if latents is None:
+            latents = randn_tensor((n, dim), generator=generator, device=self.clip.device, dtype=embeds.dtype)
+        elif latents.shape != (n, dim):
+            raise ValueError(f"prior latents must have shape {(n, dim)}, got {tuple(latents.shape)}")
+        scheduler = self.prior_scheduler
+        scheduler.set_timesteps(num_inference_steps, device=latents.device)
+        latents = latents * scheduler.init_noise_sigma
+
+        def model_fn(x, t, conditional_only):
+            rows = slice(n, None) if conditional_only else slice(None)
+            return self.prior(x, timestep=t, proj_embedding=embeds[rows], encoder_hidden_states=states[rows],
+                              attention_mask=mask[rows].bool()).predicted_image_embedding
+
+        for t in self.progress_bar(scheduler.timesteps):
+            prediction = self._guided(model_fn, scheduler.scale_model_input(latents, t), t, guidance_scale)
+            latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
+        image_embeds = self.prior.post_process_latents(latents)
+        return image_embeds / image_embeds.norm(dim=-1, keepdim=True)
+
+    def run_decoder(self, image_embeds, prompts, negative_prompts, num_inference_steps, guidance_scale,
+                    generator, latents=None):
+        """Images (N, 3, H, W) in [-1, 1] from unit image embeddings and the prompts' text tokens."""
+        _, states, mask = self.encode_prompt(list(negative_prompts) + list(prompts))
+        n = image_embeds.shape[0]
+        embeds = torch.cat([torch.zeros_like(image_embeds), image_embeds])  # unconditional: no image embedding
+        context = self.conditioner(embeds, states)
+        tokens = self.conditioner.config.image_tokens
+        context_mask = torch.cat([mask.new_ones(2 * n, tokens), mask], dim=1)
+        config = self.decoder.config
+        shape = (n, config.in_channels, config.sample_size, config.sample_size)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=image_embeds.device, dtype=image_embeds.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        scheduler = self.decoder_scheduler
+        scheduler.set_timesteps(num_inference_steps, device=latents.device)
+        latents = latents * scheduler.init_noise_sigma
+
+        def model_fn(x, t, conditional_only):
+            rows = slice(n, None) if conditional_only else slice(None)
+            return self.decoder(x, t, encoder_hidden_states=context[rows], class_labels=embeds[rows],
+                                encoder_attention_mask=context_mask[rows]).sample
+
+        for t in self.progress_bar(scheduler.timesteps):
+            prediction = self._guided(model_fn, scheduler.scale_model_input(latents, t), t, guidance_scale)
+            latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
+        if self.vae is None:
+            return latents.clamp(-1, 1)
+        return self.vae.decode(latents / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+
+    def _finish(self, images, image_embeds, output_type, return_dict):
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        images = self.output_processor.postprocess(images.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return TextToImageOutput(images=images, image_embeds=image_embeds)
+
+    @staticmethod
+    def _as_list(value, name):
+        if isinstance(value, str):
+            return [value]
+        if not value or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{name} must be a string or a non-empty list of strings")
+        return list(value)
+
+    # ---- entry points ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(self, prompt, negative_prompt=None, num_images_per_prompt: int = 1,
+                 prior_num_inference_steps: int = 25, decoder_num_inference_steps: int = 25,
+                 prior_guidance_scale: float = 4.0, decoder_guidance_scale: float = 4.0, generator=None,
+                 prior_latents=None, latents=None, output_type: str = "pil", return_dict: bool = True):
+        """Generate `num_images_per_prompt` images per prompt.
+
+        `generator` may be a list with one `torch.Generator` per image (per-image reproducibility);
+        `prior_latents` (N, E) and `latents` (N, C, h, w) fix the starting noise of the two stages.
+        """
+        prompts = self._as_list(prompt, "prompt")
+        negatives = self._as_list(negative_prompt, "negative_prompt") if negative_prompt is not None else [""]
+        if len(negatives) == 1:
+            negatives = negatives * len(prompts)
+        if len(negatives) != len(prompts):
+            raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
+        if isinstance(generator, list) and len(generator) != len(prompts):
+            raise ValueError(f"got {len(generator)} generators for {len(prompts)} images")
+        image_embeds = self.run_prior(prompts, negatives, prior_num_inference_steps, prior_guidance_scale,
+                                      generator, prior_latents)
+        images = self.run_decoder(image_embeds, prompts, negatives, decoder_num_inference_steps,
+                                  decoder_guidance_scale, generator, latents)
+        return self._finish(images, image_embeds, output_type, return_dict)
+
+    @torch.no_grad()
+    def image_variation(self, image, num_images: int = 1, decoder_num_inference_steps: int = 25,
+                        decoder_guidance_scale: float = 4.0, generator=None, latents=None,
+                        output_type: str = "pil", return_dict: bool = True):
+        """Variations of `image` (PIL image or path): decode its CLIP image embedding with fresh noise."""
+        embeds = self.encode_image([image]).repeat(num_images, 1)
+        images = self.run_decoder(embeds, [""] * num_images, [""] * num_images, decoder_num_inference_steps,
+                                  decoder_guidance_scale, generator, latents)
+        return self._finish(images, embeds, output_type, return_dict)
+
+    @torch.no_grad()
+    def interpolate(self, start, end, frames: int = 5, prior_num_inference_steps: int = 25,
+                    decoder_num_inference_steps: int = 25, prior_guidance_scale: float = 4.0,
+                    decoder_guidance_scale: float = 4.0, generator=None, output_type: str = "pil",
+                    return_dict: bool = True):
+        """`frames` images along the slerp in CLIP image-embedding space between two ends; each end is a
+        prompt (str, through the prior) or an image (PIL image or path). All frames share one decoder noise."""
+        if frames < 2:
+            raise ValueError(f"frames must be >= 2, got {frames}")
+        ends = []
+        for end_point in (start, end):
+            if isinstance(end_point, str) and not _is_image_path(end_point):
+                ends.append(self.run_prior([end_point], [""], prior_num_inference_steps, prior_guidance_scale,
+                                           generator))
+            else:
+                ends.append(self.encode_image([end_point]))
+        embeds = torch.cat([slerp(ends[0], ends[1], i / (frames - 1)) for i in range(frames)])
+        embeds = embeds / embeds.norm(dim=-1, keepdim=True)
+        config = self.decoder.config
+        noise = randn_tensor((1, config.in_channels, config.sample_size, config.sample_size), generator=generator,
+                             device=embeds.device, dtype=embeds.dtype).repeat(frames, 1, 1, 1)
+        images = self.run_decoder(embeds, [""] * frames, [""] * frames, decoder_num_inference_steps,
+                                  decoder_guidance_scale, generator, noise)
+        return self._finish(images, embeds, output_type, return_dict)
+
+
+def _is_image_path(text: str) -> bool:
+    from pathlib import Path
+
+    from ..images import IMAGE_SUFFIXES
+
+    return Path(text).suffix.lower() in IMAGE_SUFFIXES and Path(text).is_file()

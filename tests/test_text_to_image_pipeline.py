@@ -1,0 +1,134 @@
+"""TextToImagePipeline on tiny random components: outputs, reproducibility, saving, schedulers, variations."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from PIL import Image
+
+from genvl.models.clip import load_clip
+from genvl.pipelines.text_to_image import TextToImagePipeline, slerp
+
+from .conftest import get_dummy_unclip_components, write_public_clip_folder
+
+STEPS = dict(prior_num_inference_steps=3, decoder_num_inference_steps=3)
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    pipe = TextToImagePipeline(**get_dummy_unclip_components())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generators(*seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def test_output_types_and_shapes(pipeline):
+    out = pipeline(["a red apple", "two blue cars"], num_images_per_prompt=2, generator=generators(0, 1, 2, 3),
+                   output_type="np", **STEPS)
+    assert out.images.shape == (4, 32, 32, 3) and out.images.min() >= 0 and out.images.max() <= 1
+    assert out.image_embeds.shape == (4, 16)
+    assert torch.allclose(out.image_embeds.norm(dim=-1), torch.ones(4), atol=1e-5)
+    pil = pipeline("a red apple", generator=generators(0), **STEPS).images
+    assert isinstance(pil[0], Image.Image) and pil[0].size == (32, 32)
+    (tensor,) = pipeline("a red apple", generator=generators(0), output_type="pt", return_dict=False, **STEPS)
+    assert tensor.shape == (1, 3, 32, 32)
+
+
+def test_per_image_generators_do_not_depend_on_the_batch(pipeline):
+    batch = pipeline(["a red apple", "two blue cars"], generator=generators(7, 8), output_type="np", **STEPS).images
+    alone = pipeline("two blue cars", generator=generators(8), output_type="np", **STEPS).images
+    np.testing.assert_allclose(batch[1], alone[0], atol=1e-4)
+    other = pipeline("two blue cars", generator=generators(9), output_type="np", **STEPS).images
+    assert np.abs(other[0] - alone[0]).max() > 1e-3
+
+
+def test_save_and_load_round_trip(pipeline, tmp_path):
+    pipeline.save_pretrained(tmp_path)
+    assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))
+    loaded = TextToImagePipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    a = pipeline("a red apple", generator=generators(3), output_type="np", **STEPS).images
+    b = loaded("a red apple", generator=generators(3), output_type="np", **STEPS).images
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheduler_class", [DDIMScheduler, DPMSolverMultistepScheduler])
+def test_schedulers_are_swappable(scheduler_class):
+    pipe = TextToImagePipeline(**get_dummy_unclip_components())
+    pipe.set_progress_bar_config(disable=True)
+    ddpm = pipe("a red apple", generator=generators(0), output_type="np", **STEPS).images
+    pipe.prior_scheduler = scheduler_class.from_config(pipe.prior_scheduler.config)
+    pipe.decoder_scheduler = scheduler_class.from_config(pipe.decoder_scheduler.config)
+    other = pipe("a red apple", generator=generators(0), output_type="np", **STEPS).images
+    assert np.isfinite(other).all() and np.abs(other - ddpm).max() > 1e-4
+    assert pipe.prior_scheduler.config.prediction_type == "sample"
+
+
+def test_guidance_changes_the_result(pipeline):
+    plain = pipeline("a red apple", generator=generators(0), output_type="np", prior_guidance_scale=1.0,
+                     decoder_guidance_scale=1.0, **STEPS).images
+    guided = pipeline("a red apple", generator=generators(0), output_type="np", **STEPS).images
+    assert np.abs(plain - guided).max() > 1e-4
+
+
+def test_bad_arguments_are_named(pipeline):
+    with pytest.raises(ValueError, match="latents must have shape"):
+        pipeline("a red apple", latents=torch.zeros(1, 4, 4, 4), **STEPS)
+    with pytest.raises(ValueError, match="output_type"):
+        pipeline("a red apple", output_type="jpg", **STEPS)
+    with pytest.raises(ValueError, match="2 generators for 1 images"):
+        pipeline("a red apple", generator=generators(0, 1), **STEPS)
+    with pytest.raises(ValueError, match="prompt must be"):
+        pipeline([], **STEPS)
+
+
+def test_xformers_missing_is_a_clear_error(pipeline):
+    pytest.importorskip("torch")
+    try:
+        import xformers  # noqa: F401
+        pytest.skip("xformers is installed")
+    except ImportError:
+        pass
+    with pytest.raises(ImportError, match="needs xformers"):
+        pipeline.enable_xformers_memory_efficient_attention()
+
+
+def test_variation_interpolation_and_score(pipeline, tmp_path):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    image.save(tmp_path / "a.png")
+    variations = pipeline.image_variation(tmp_path / "a.png", num_images=2, generator=generators(0, 1),
+                                          decoder_num_inference_steps=3, output_type="np")
+    assert variations.images.shape == (2, 32, 32, 3)
+    assert torch.allclose(variations.image_embeds[0], pipeline.encode_image([image])[0], atol=1e-5)
+    frames = pipeline.interpolate("a red apple", image, frames=4, generator=torch.Generator().manual_seed(0),
+                                  output_type="np", **STEPS)
+    assert frames.images.shape == (4, 32, 32, 3)
+    assert torch.allclose(frames.image_embeds[-1], pipeline.encode_image([image])[0], atol=1e-5)
+    scores = pipeline.score([image, image], ["a red apple", "two blue cars", "a cat"])
+    assert scores.shape == (2, 3) and float(scores.abs().max()) <= 1.0 + 1e-5
+
+
+def test_slerp_endpoints_and_norm():
+    a, b = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-6) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-6)
+    middle = slerp(a, b, 0.5)
+    assert abs(float(middle.norm()) - 1.0) < 1e-5
+    assert torch.allclose((middle @ a), (middle @ b), atol=1e-5)
+
+
+def test_public_clip_folder_loads_and_scores(tmp_path):
+    folder = write_public_clip_folder(tmp_path / "clip-vit-base-patch32")
+    clip, tokenizer, processor = load_clip(folder)
+    assert type(tokenizer).__name__ == "CLIPTokenizer" and clip.config.text_config.eos_token_id == 2
+    ids = tokenizer(["a red apple"]).input_ids[0]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    components = get_dummy_unclip_components()
+    components.update(clip=clip, tokenizer=tokenizer, image_processor=processor)
+    pipe = TextToImagePipeline(**components)
+    image = Image.new("RGB", (300, 200), "red")
+    assert processor(images=[image], return_tensors="pt").pixel_values.shape == (1, 3, 224, 224)
+    scores = pipe.score([image], ["a red apple", "two blue cars"])
+    assert scores.shape == (1, 2) and torch.isfinite(scores).all()

@@ -1,0 +1,128 @@
+"""Train a CLIP dual encoder contrastively on an imagefolder (images + metadata.jsonl) with accelerate.
+
+    accelerate launch train/train_clip.py --config configs/train_clip.json
+
+Symmetric InfoNCE with a learnable temperature, as CLIP. Two scenes with the same canonical caption are
+both counted as matches of each other's text (the world repeats captions like "a red apple"), so the loss
+does not push apart pairs that the captions cannot tell apart. Each step draws one of a scene's phrasings.
+Ends with the model, tokenizer and image processor saved in the Hugging Face CLIP layout in `output_dir`.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer, CLIPModel
+
+from genvl.models.clip import ClipArchitecture, build_clip, build_clip_image_processor, train_clip_tokenizer
+from genvl.training import TrainArgs, load_images, make_accelerator, parse_args, train_loop
+from genvl.world.dataset import read_metadata
+
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature so that logits scale by at most 100
+
+
+@dataclass
+class TrainClipArgs(TrainArgs):
+    """Train a CLIP dual encoder."""
+
+    output_dir: str = "runs/clip"
+    architecture: str = "configs/clip_small.json"
+    pretrained_model_name_or_path: str | None = None
+    vocab_size: int = 1024
+    train_batch_size: int = 128
+
+
+def tokenize_phrasings(tokenizer, records, caption_column: str, max_length: int):
+    """(ids, lengths): ids (N, P, L) padded with the end token, P phrasings per record (the caption column
+    first; records with fewer phrasings repeat it)."""
+    phrasings = [r.get("captions") or [r[caption_column]] for r in records]
+    count = max(len(p) for p in phrasings)
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(records), count, max_length), pad, dtype=torch.long)
+    lengths = torch.zeros(len(records), count, dtype=torch.long)
+    for i, texts in enumerate(phrasings):
+        for j in range(count):
+            tokens = tokenizer(texts[j % len(texts)], truncation=True, max_length=max_length).input_ids
+            ids[i, j, : len(tokens)] = torch.tensor(tokens)
+            lengths[i, j] = len(tokens)
+    return ids, lengths
+
+
+def contrastive_loss(logits_per_image: torch.Tensor, same_caption: torch.Tensor) -> torch.Tensor:
+    """Symmetric cross-entropy against targets spread evenly over every match in the batch."""
+    targets = same_caption.float()
+    targets = targets / targets.sum(dim=1, keepdim=True)
+    image_loss = torch.sum(-targets * F.log_softmax(logits_per_image, dim=1), dim=1).mean()
+    text_loss = torch.sum(-targets.T * F.log_softmax(logits_per_image.T, dim=1), dim=1).mean()
+    return (image_loss + text_loss) / 2
+
+
+def main(argv=None):
+    args = parse_args(TrainClipArgs, argv)
+    accelerator = make_accelerator(args, "train_clip")
+    output_dir = Path(args.output_dir)
+    data_dir = Path(args.train_data_dir)
+    records = read_metadata(data_dir, args.caption_column, args.image_column)
+
+    # 1. tokenizer and model: fine-tune a saved CLIP, or build a fresh one with its own tokenizer
+    if args.pretrained_model_name_or_path:
+        model = CLIPModel.from_pretrained(args.pretrained_model_name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(args.pretrained_model_name_or_path)
+    else:
+        arch = ClipArchitecture.from_json(args.architecture)
+        arch.image_size = args.resolution
+        tokenizer_dir = output_dir / "tokenizer"
+        if (tokenizer_dir / "tokenizer.json").exists():  # resuming: reuse the tokenizer of this run
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        else:
+            texts = [c for r in records for c in r.get("captions", [r[args.caption_column]])]
+            tokenizer = train_clip_tokenizer(texts, args.vocab_size, arch.max_positions)
+            if accelerator.is_main_process:
+                tokenizer.save_pretrained(tokenizer_dir)
+        model = build_clip(arch, tokenizer)
+    image_size = model.config.vision_config.image_size
+    image_processor = build_clip_image_processor(image_size)
+
+    # 2. data in memory: images, every phrasing tokenised, and which records share a canonical caption
+    images = load_images(data_dir, records, args.image_column, image_size)
+    ids, lengths = tokenize_phrasings(tokenizer, records, args.caption_column,
+                                      model.config.text_config.max_position_embeddings)
+    canonical = {}
+    caption_ids = torch.tensor([canonical.setdefault(r[args.caption_column], len(canonical)) for r in records])
+    mean = torch.tensor(image_processor.image_mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(image_processor.image_std).view(1, 3, 1, 1) * 255
+
+    # 3. train
+    device = accelerator.device
+
+    def compute_loss(model, batch, step):
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 64 + accelerator.process_index)
+        choice = torch.randint(0, ids.shape[1], (len(batch),), generator=generator)
+        input_ids, length = ids[batch, choice], lengths[batch, choice]
+        input_ids = input_ids[:, : int(length.max())]
+        attention_mask = (torch.arange(input_ids.shape[1]) < length[:, None]).long()
+        pixel_values = (images[batch].float() - mean) / std
+        with torch.no_grad():
+            accelerator.unwrap_model(model).logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                    pixel_values=pixel_values.to(device))
+        same = (caption_ids[batch][:, None] == caption_ids[batch][None, :]).to(device)
+        return contrastive_loss(out.logits_per_image.float(), same)
+
+    losses = train_loop(accelerator, args, model, model.parameters(), len(records), compute_loss)
+
+    # 4. save in the Hugging Face CLIP layout (EMA weights when EMA is on)
+    if accelerator.is_main_process:
+        model.save_pretrained(output_dir, safe_serialization=True)
+        tokenizer.save_pretrained(output_dir)
+        image_processor.save_pretrained(output_dir)
+        (output_dir / "train_losses.json").write_text(json.dumps(losses))
+    accelerator.end_training()
+    return losses
+
+
+if __name__ == "__main__":
+    main()
