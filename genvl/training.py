@@ -251,3 +251,31 @@ def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, 
     if ema is not None:
         ema.copy_to(parameters)
     return losses
+
+
+def phrasing_table(records, caption_column: str):
+    """(texts, index): the distinct phrasings of all records, and an (N, P) tensor of indices into `texts`
+    giving each record's P phrasings (the caption column first; records with fewer repeat theirs)."""
+    import torch
+
+    phrasings = [r.get("captions") or [r[caption_column]] for r in records]
+    count = max(len(p) for p in phrasings)
+    texts, position = [], {}
+    index = torch.empty(len(records), count, dtype=torch.long)
+    for i, options in enumerate(phrasings):
+        for j in range(count):
+            text = options[j % len(options)]
+            if text not in position:
+                position[text] = len(texts)
+                texts.append(text)
+            index[i, j] = position[text]
+    return texts, index
+
+
+def pick_phrasings(index, batch, seed: int, step: int, process_index: int = 0):
+    """One phrasing per sample of `batch`, drawn from (seed, step, process) so a resumed run draws the same."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 64 + process_index)
+    choice = torch.randint(0, index.shape[1], (len(batch),), generator=generator)
+    return index[batch, choice]

@@ -17,8 +17,12 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPModel
 
-from genvl.models.clip import ClipArchitecture, build_clip, build_clip_image_processor, train_clip_tokenizer
-from genvl.training import TrainArgs, load_images, make_accelerator, parse_args, train_loop
+from genvl.models.clip import (
+    ClipArchitecture, build_clip, build_clip_image_processor, normalize_pixels, train_clip_tokenizer,
+)
+from genvl.training import (
+    TrainArgs, load_images, make_accelerator, parse_args, phrasing_table, pick_phrasings, train_loop,
+)
 from genvl.world.dataset import read_metadata
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature so that logits scale by at most 100
@@ -35,19 +39,14 @@ class TrainClipArgs(TrainArgs):
     train_batch_size: int = 128
 
 
-def tokenize_phrasings(tokenizer, records, caption_column: str, max_length: int):
-    """(ids, lengths): ids (N, P, L) padded with the end token, P phrasings per record (the caption column
-    first; records with fewer phrasings repeat it)."""
-    phrasings = [r.get("captions") or [r[caption_column]] for r in records]
-    count = max(len(p) for p in phrasings)
-    pad = tokenizer.pad_token_id
-    ids = torch.full((len(records), count, max_length), pad, dtype=torch.long)
-    lengths = torch.zeros(len(records), count, dtype=torch.long)
-    for i, texts in enumerate(phrasings):
-        for j in range(count):
-            tokens = tokenizer(texts[j % len(texts)], truncation=True, max_length=max_length).input_ids
-            ids[i, j, : len(tokens)] = torch.tensor(tokens)
-            lengths[i, j] = len(tokens)
+def tokenize(tokenizer, texts, max_length: int):
+    """(ids, lengths): ids (N, L) padded with the end token."""
+    ids = torch.full((len(texts), max_length), tokenizer.pad_token_id, dtype=torch.long)
+    lengths = torch.zeros(len(texts), dtype=torch.long)
+    for i, text in enumerate(texts):
+        tokens = tokenizer(text, truncation=True, max_length=max_length).input_ids
+        ids[i, : len(tokens)] = torch.tensor(tokens)
+        lengths[i] = len(tokens)
     return ids, lengths
 
 
@@ -88,23 +87,20 @@ def main(argv=None):
 
     # 2. data in memory: images, every phrasing tokenised, and which records share a canonical caption
     images = load_images(data_dir, records, args.image_column, image_size)
-    ids, lengths = tokenize_phrasings(tokenizer, records, args.caption_column,
-                                      model.config.text_config.max_position_embeddings)
+    texts, phrasings = phrasing_table(records, args.caption_column)
+    ids, lengths = tokenize(tokenizer, texts, model.config.text_config.max_position_embeddings)
     canonical = {}
     caption_ids = torch.tensor([canonical.setdefault(r[args.caption_column], len(canonical)) for r in records])
-    mean = torch.tensor(image_processor.image_mean).view(1, 3, 1, 1) * 255
-    std = torch.tensor(image_processor.image_std).view(1, 3, 1, 1) * 255
 
     # 3. train
     device = accelerator.device
 
     def compute_loss(model, batch, step):
-        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 64 + accelerator.process_index)
-        choice = torch.randint(0, ids.shape[1], (len(batch),), generator=generator)
-        input_ids, length = ids[batch, choice], lengths[batch, choice]
+        chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index)
+        input_ids, length = ids[chosen], lengths[chosen]
         input_ids = input_ids[:, : int(length.max())]
         attention_mask = (torch.arange(input_ids.shape[1]) < length[:, None]).long()
-        pixel_values = (images[batch].float() - mean) / std
+        pixel_values = normalize_pixels(images[batch], image_processor)
         with torch.no_grad():
             accelerator.unwrap_model(model).logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),

@@ -110,3 +110,43 @@ def load_clip(path):
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a CLIP model folder (no config.json)")
     return CLIPModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
+
+
+def normalize_pixels(images, image_processor):
+    """uint8 images (N, 3, H, W) already at the model's size -> CLIP pixel values, as the processor would give."""
+    import torch
+
+    mean = torch.tensor(image_processor.image_mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(image_processor.image_std).view(1, 3, 1, 1) * 255
+    return (images.float() - mean) / std
+
+
+def embed_images(clip, image_processor, images, batch_size: int = 256):
+    """Unit CLIP image embeddings (N, E) of uint8 images (N, 3, H, W) at the model's size."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            pixels = normalize_pixels(images[start : start + batch_size], image_processor).to(clip.device)
+            embeds = clip.visual_projection(clip.vision_model(pixel_values=pixels).pooler_output)
+            out.append(torch.nn.functional.normalize(embeds, dim=-1).cpu())
+    return torch.cat(out)
+
+
+def embed_texts(clip, tokenizer, texts, max_length: int, batch_size: int = 256):
+    """CLIP text features of `texts`: (unit embeddings (N, E), token states (N, L, H), attention masks (N, L)),
+    every text padded to `max_length` tokens."""
+    import torch
+
+    embeds, states, masks = [], [], []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            tokens = tokenizer(list(texts[start : start + batch_size]), padding="max_length", truncation=True,
+                               max_length=max_length, return_tensors="pt")
+            out = clip.text_model(input_ids=tokens.input_ids.to(clip.device),
+                                  attention_mask=tokens.attention_mask.to(clip.device))
+            embeds.append(torch.nn.functional.normalize(clip.text_projection(out.pooler_output), dim=-1).cpu())
+            states.append(out.last_hidden_state.cpu())
+            masks.append(tokens.attention_mask)
+    return torch.cat(embeds), torch.cat(states), torch.cat(masks)

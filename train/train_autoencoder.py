@@ -1,0 +1,80 @@
+"""Train the decoder's small autoencoder (diffusers `AutoencoderKL`) on images with accelerate.
+
+    accelerate launch train/train_autoencoder.py --config configs/train_autoencoder.json
+
+Loss: L1 + MSE reconstruction plus a small KL term. At the end the latents' scaling factor (1 / their standard
+deviation, as in Stable Diffusion) is measured on the training images and written into the model's config;
+the model is saved in `output_dir/vae`.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from genvl.models.unclip import UnclipArchitecture, build_autoencoder
+from genvl.training import TrainArgs, load_images, make_accelerator, parse_args, train_loop
+from genvl.world.dataset import read_metadata
+
+
+@dataclass
+class TrainAutoencoderArgs(TrainArgs):
+    """Train the decoder's autoencoder."""
+
+    output_dir: str = "runs/autoencoder"
+    architecture: str = "configs/unclip_small.json"
+    train_batch_size: int = 32
+    kl_weight: float = 1e-6
+
+
+class ReconstructionStep(torch.nn.Module):
+    """Encode, sample the posterior, decode: one forward for accelerate to wrap. Returns (recon, mean KL)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, pixels, generator):
+        posterior = self.vae.encode(pixels).latent_dist
+        return self.vae.decode(posterior.sample(generator=generator)).sample, posterior.kl().mean()
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae, images, count: int = 1024, batch_size: int = 128) -> float:
+    """1 / standard deviation of the latent means of up to `count` images (uint8, N x 3 x H x W)."""
+    latents = [vae.encode(images[i : i + batch_size].float() / 127.5 - 1).latent_dist.mean
+               for i in range(0, min(count, len(images)), batch_size)]
+    return 1.0 / float(torch.cat(latents).std())
+
+
+def main(argv=None):
+    args = parse_args(TrainAutoencoderArgs, argv)
+    accelerator = make_accelerator(args, "train_autoencoder")
+    data_dir = Path(args.train_data_dir)
+    records = read_metadata(data_dir, args.caption_column, args.image_column)
+    images = load_images(data_dir, records, args.image_column, args.resolution)
+    vae = build_autoencoder(UnclipArchitecture.from_json(args.architecture))
+    device = accelerator.device
+
+    def compute_loss(model, batch, step):
+        pixels = (images[batch].float() / 127.5 - 1).to(device)
+        recon, kl = model(pixels, torch.Generator(device).manual_seed(args.seed * 7_919 + step))
+        return F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + args.kl_weight * kl
+
+    losses = train_loop(accelerator, args, ReconstructionStep(vae), vae.parameters(), len(records), compute_loss)
+
+    if accelerator.is_main_process:
+        vae.eval()
+        vae.register_to_config(scaling_factor=latent_scaling_factor(vae, images))
+        output_dir = Path(args.output_dir)
+        vae.save_pretrained(output_dir / "vae", safe_serialization=True)
+        (output_dir / "train_losses.json").write_text(json.dumps(losses))
+        accelerator.print(f"latent scaling factor {vae.config.scaling_factor:.4f}")
+    accelerator.end_training()
+    return losses
+
+
+if __name__ == "__main__":
+    main()

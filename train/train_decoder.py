@@ -1,0 +1,128 @@
+"""Train the unCLIP decoder (conditioner + UNet) on a frozen CLIP and autoencoder with accelerate.
+
+    accelerate launch train/train_decoder.py --config configs/train_decoder.json
+
+The UNet denoises autoencoder latents (or pixels with `--vae_model_name_or_path ""`), conditioned on the CLIP
+image embedding (added to the timestep embedding and projected to extra context tokens) and on the CLIP text
+tower's token states. As in unCLIP, the image embedding is zeroed for `--image_dropout` of the samples and the
+text replaced by the empty prompt's for `--text_dropout`, for classifier-free guidance. CLIP features and
+latents are computed once. Ends with `conditioner/`, `decoder/` and `decoder_scheduler/` in `output_dir`.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler
+
+from genvl.models.clip import embed_images, embed_texts, load_clip
+from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet
+from genvl.training import (
+    TrainArgs, load_images, make_accelerator, parse_args, phrasing_table, pick_phrasings, train_loop,
+)
+from genvl.world.dataset import read_metadata
+
+
+@dataclass
+class TrainDecoderArgs(TrainArgs):
+    """Train the unCLIP decoder."""
+
+    output_dir: str = "runs/decoder"
+    clip_model_name_or_path: str = "runs/clip"
+    vae_model_name_or_path: str = "runs/autoencoder/vae"
+    architecture: str = "configs/unclip_small.json"
+    train_batch_size: int = 32
+    image_dropout: float = 0.1
+    text_dropout: float = 0.5
+    num_train_timesteps: int = 1000
+
+
+def decoder_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+                         prediction_type="epsilon", clip_sample=False)
+
+
+class DecoderStep(torch.nn.Module):
+    """The conditioner and the UNet as one module (one forward for accelerate to wrap)."""
+
+    def __init__(self, conditioner, unet):
+        super().__init__()
+        self.conditioner, self.unet = conditioner, unet
+
+    def forward(self, noisy, t, image_embeds, text_states, text_mask):
+        context = self.conditioner(image_embeds, text_states)
+        mask = torch.cat([text_mask.new_ones(len(text_mask), self.conditioner.config.image_tokens), text_mask], 1)
+        return self.unet(noisy, t, encoder_hidden_states=context, class_labels=image_embeds,
+                         encoder_attention_mask=mask).sample
+
+
+@torch.no_grad()
+def encode_latents(vae, images, batch_size: int = 128) -> torch.Tensor:
+    """Scaled latent means (N, C, h, w) of uint8 images, or pixels in [-1, 1] without an autoencoder."""
+    if vae is None:
+        return images.float() / 127.5 - 1
+    out = [vae.encode(images[i : i + batch_size].float() / 127.5 - 1).latent_dist.mean
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out) * vae.config.scaling_factor
+
+
+def main(argv=None):
+    args = parse_args(TrainDecoderArgs, argv)
+    accelerator = make_accelerator(args, "train_decoder")
+    data_dir = Path(args.train_data_dir)
+    records = read_metadata(data_dir, args.caption_column, args.image_column)
+
+    # 1. frozen features: CLIP image embeddings, text features of every phrasing plus "", latents
+    clip, tokenizer, image_processor = load_clip(args.clip_model_name_or_path)
+    clip.eval()
+    length = clip.config.text_config.max_position_embeddings
+    image_embeds = embed_images(clip, image_processor,
+                                load_images(data_dir, records, args.image_column, clip.config.vision_config.image_size))
+    texts, phrasings = phrasing_table(records, args.caption_column)
+    _, states, masks = embed_texts(clip, tokenizer, texts + [""], length)
+    empty = len(texts)
+    vae = AutoencoderKL.from_pretrained(args.vae_model_name_or_path).eval() if args.vae_model_name_or_path else None
+    latents = encode_latents(vae, load_images(data_dir, records, args.image_column, args.resolution))
+    del vae
+
+    # 2. the conditioner and the UNet
+    arch = UnclipArchitecture.from_json(args.architecture)
+    conditioner = UnclipConditioner(image_embeds.shape[1], states.shape[2], arch.decoder_cross_dim, arch.image_tokens)
+    unet = build_decoder_unet(arch, latents.shape[-1], latents.shape[1], image_embeds.shape[1])
+    model = DecoderStep(conditioner, unet)
+    scheduler = decoder_scheduler(args.num_train_timesteps)
+    device = accelerator.device
+
+    # 3. train
+    def compute_loss(model, batch, step):
+        chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index)
+        generator = torch.Generator().manual_seed(args.seed * 7_919 + step * 64 + accelerator.process_index)
+        drop_text = torch.rand(len(batch), generator=generator) < args.text_dropout
+        drop_image = torch.rand(len(batch), generator=generator) < args.image_dropout
+        chosen = torch.where(drop_text, torch.full_like(chosen, empty), chosen)
+        embeds = image_embeds[batch].masked_fill(drop_image[:, None], 0.0)
+        x0 = latents[batch]
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, args.num_train_timesteps, (len(batch),), generator=generator)
+        noisy = scheduler.add_noise(x0, noise, t)
+        prediction = model(noisy.to(device), t.to(device), embeds.to(device), states[chosen].to(device),
+                           masks[chosen].to(device))
+        return F.mse_loss(prediction.float(), noise.to(device))
+
+    losses = train_loop(accelerator, args, model, model.parameters(), len(records), compute_loss)
+
+    # 4. save (EMA weights when EMA is on)
+    if accelerator.is_main_process:
+        output_dir = Path(args.output_dir)
+        conditioner.save_pretrained(output_dir / "conditioner", safe_serialization=True)
+        unet.save_pretrained(output_dir / "decoder", safe_serialization=True)
+        scheduler.save_pretrained(output_dir / "decoder_scheduler")
+        (output_dir / "train_losses.json").write_text(json.dumps(losses))
+    accelerator.end_training()
+    return losses
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Train the diffusion prior (CLIP text embedding + token states -> CLIP image embedding) with accelerate.
+
+    accelerate launch train/train_prior.py --config configs/train_prior.json
+
+The CLIP model is frozen: image embeddings and the text features of every distinct phrasing are computed
+once. As in unCLIP, the prior predicts the (standardised) image embedding itself, and the text conditioning
+is replaced by the empty prompt's for `--conditioning_dropout` of the samples (classifier-free guidance).
+Ends with the prior and its scheduler saved in `output_dir` (`prior/`, `prior_scheduler/`).
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from genvl.models.clip import embed_images, embed_texts, load_clip
+from genvl.models.unclip import UnclipArchitecture, build_prior
+from genvl.training import (
+    TrainArgs, load_images, make_accelerator, parse_args, phrasing_table, pick_phrasings, train_loop,
+)
+from genvl.world.dataset import read_metadata
+
+
+@dataclass
+class TrainPriorArgs(TrainArgs):
+    """Train the unCLIP diffusion prior on a frozen CLIP."""
+
+    output_dir: str = "runs/prior"
+    clip_model_name_or_path: str = "runs/clip"
+    architecture: str = "configs/unclip_small.json"
+    train_batch_size: int = 256
+    conditioning_dropout: float = 0.1
+    num_train_timesteps: int = 1000
+
+
+def prior_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+                         prediction_type="sample", clip_sample=False)
+
+
+def main(argv=None):
+    args = parse_args(TrainPriorArgs, argv)
+    accelerator = make_accelerator(args, "train_prior")
+    data_dir = Path(args.train_data_dir)
+    records = read_metadata(data_dir, args.caption_column, args.image_column)
+
+    # 1. frozen CLIP features: image embeddings, and text features of every distinct phrasing plus ""
+    clip, tokenizer, image_processor = load_clip(args.clip_model_name_or_path)
+    clip.eval()
+    length = clip.config.text_config.max_position_embeddings
+    images = load_images(data_dir, records, args.image_column, clip.config.vision_config.image_size)
+    targets = embed_images(clip, image_processor, images)
+    del images
+    texts, phrasings = phrasing_table(records, args.caption_column)
+    text_embeds, states, masks = embed_texts(clip, tokenizer, texts + [""], length)
+    with torch.no_grad():
+        states = clip.text_projection(states)  # the prior attends in the embedding space
+    empty = len(texts)
+    mean, std = targets.mean(0, keepdim=True), targets.std(0, keepdim=True)
+
+    # 2. the prior, standardising image embeddings with the data's statistics
+    prior = build_prior(UnclipArchitecture.from_json(args.architecture), targets.shape[1], length)
+    with torch.no_grad():
+        prior.clip_mean.copy_(mean)
+        prior.clip_std.copy_(std)
+    scheduler = prior_scheduler(args.num_train_timesteps)
+    device = accelerator.device
+
+    # 3. train
+    def compute_loss(model, batch, step):
+        chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index)
+        generator = torch.Generator().manual_seed(args.seed * 7_919 + step * 64 + accelerator.process_index)
+        drop = torch.rand(len(batch), generator=generator) < args.conditioning_dropout
+        chosen = torch.where(drop, torch.full_like(chosen, empty), chosen)
+        x0 = (targets[batch] - mean) / std
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, args.num_train_timesteps, (len(batch),), generator=generator)
+        noisy = scheduler.add_noise(x0, noise, t)
+        prediction = model(noisy.to(device), timestep=t.to(device), proj_embedding=text_embeds[chosen].to(device),
+                           encoder_hidden_states=states[chosen].to(device),
+                           attention_mask=masks[chosen].bool().to(device)).predicted_image_embedding
+        return F.mse_loss(prediction.float(), x0.to(device))
+
+    losses = train_loop(accelerator, args, prior, prior.parameters(), len(records), compute_loss)
+
+    # 4. save (EMA weights when EMA is on)
+    if accelerator.is_main_process:
+        output_dir = Path(args.output_dir)
+        prior.save_pretrained(output_dir / "prior", safe_serialization=True)
+        scheduler.save_pretrained(output_dir / "prior_scheduler")
+        (output_dir / "train_losses.json").write_text(json.dumps(losses))
+    accelerator.end_training()
+    return losses
+
+
+if __name__ == "__main__":
+    main()
