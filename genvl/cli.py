@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     eval_caption.add_argument("--output", help="also write the report as JSON to this file")
     add_decoding_flags(eval_caption)
     add_runtime_flags(eval_caption, "captioner folder (default: the shipped genvl-caption-small)")
+
+    from .cli_image import add_parsers
+
+    add_parsers(commands, evaluate)
     return parser
 
 
@@ -231,7 +235,11 @@ def run_eval_caption(args) -> int:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"caption": run_caption, "data": run_data_scenes, "eval": run_eval_caption}
+    from .cli_image import HANDLERS, run_eval_retrieval
+
+    handlers = {"caption": run_caption, "data": run_data_scenes, **HANDLERS}
+    if args.command == "eval":
+        handlers["eval"] = run_eval_retrieval if args.eval_command == "retrieval" else run_eval_caption
     try:
         return handlers[args.command](args)
     except UsageError as err:

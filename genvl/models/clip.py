@@ -150,3 +150,16 @@ def embed_texts(clip, tokenizer, texts, max_length: int, batch_size: int = 256):
             states.append(out.last_hidden_state.cpu())
             masks.append(tokens.attention_mask)
     return torch.cat(embeds), torch.cat(states), torch.cat(masks)
+
+
+def clip_similarity(clip, tokenizer, image_processor, images, texts):
+    """Cosine similarity (len(images), len(texts)) of PIL images with texts."""
+    import torch
+
+    with torch.no_grad():
+        pixels = image_processor(images=list(images), return_tensors="pt").pixel_values.to(clip.device, clip.dtype)
+        image_embeds = clip.visual_projection(clip.vision_model(pixel_values=pixels).pooler_output)
+        tokens = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(clip.device)
+        text_embeds = clip.text_projection(clip.text_model(**tokens).pooler_output)
+    image_embeds = torch.nn.functional.normalize(image_embeds.float(), dim=-1)
+    return image_embeds @ torch.nn.functional.normalize(text_embeds.float(), dim=-1).T

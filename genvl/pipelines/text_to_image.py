@@ -106,7 +106,10 @@ class TextToImagePipeline(DiffusionPipeline):
     @torch.no_grad()
     def score(self, images, texts: list[str]) -> torch.Tensor:
         """CLIP cosine similarity of every image with every text: (len(images), len(texts))."""
-        return self.encode_image(images) @ self.encode_prompt(list(texts))[0].T
+        from ..models.clip import clip_similarity
+
+        images = [load_image(image) for image in images]
+        return clip_similarity(self.clip, self.tokenizer, self.image_processor, images, texts)
 
     # ---- the two diffusion stages ---------------------------------------------------------------------
 

@@ -1,0 +1,253 @@
+"""The text-to-image commands of `genvl`: generate, vary, interpolate, score, eval retrieval."""
+
+import argparse
+import json
+import os
+import random
+import re
+from pathlib import Path
+
+DEFAULT_T2I_MODEL = Path(__file__).resolve().parent.parent / "pipelines" / "genvl-unclip-small"
+SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
+
+
+def default_t2i_model() -> str:
+    return os.environ.get("GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))
+
+
+def add_sampling_flags(parser, prior: bool = True):
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--steps", type=int, default=25, help="inference steps of each stage (default 25)")
+    group.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale of each stage")
+    if prior:
+        group.add_argument("--prior-steps", type=int, help="prior steps (default: --steps)")
+        group.add_argument("--prior-guidance", type=float, help="prior guidance (default: --guidance)")
+    group.add_argument("--decoder-steps", type=int, help="decoder steps (default: --steps)")
+    group.add_argument("--decoder-guidance", type=float, help="decoder guidance (default: --guidance)")
+    group.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddpm", help="diffusers scheduler to use")
+    group.add_argument("--seed", type=int, help="image i uses seed S + i (recorded in the PNG); default random")
+    group.add_argument("--out", default="outputs", help="folder for the PNGs (default: outputs)")
+
+
+def add_t2i_runtime_flags(parser):
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    parser.add_argument("--model", default=None,
+                        help="text-to-image pipeline folder (default: genvl-unclip-small); score and eval retrieval "
+                             "also take a CLIP folder")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or logs on stderr")
+
+
+def add_parsers(commands, evaluate):
+    """Register the text-to-image commands on the `genvl` subparsers and the `genvl eval` subparsers."""
+    generate = commands.add_parser("generate", help="generate images from a prompt",
+                                   epilog='example: genvl generate "a red apple" -n 4 --seed 0')
+    generate.add_argument("prompt")
+    generate.add_argument("-n", "--num-images", type=int, default=1)
+    generate.add_argument("--negative", default=None, help="negative prompt (default: the empty prompt)")
+    add_sampling_flags(generate)
+    add_t2i_runtime_flags(generate)
+
+    vary = commands.add_parser("vary", help="variations of an image", epilog="example: genvl vary img.png -n 4")
+    vary.add_argument("image")
+    vary.add_argument("-n", "--num-images", type=int, default=4)
+    add_sampling_flags(vary, prior=False)
+    add_t2i_runtime_flags(vary)
+
+    interpolate = commands.add_parser(
+        "interpolate", help="frames between two prompts or images (slerp in CLIP space)",
+        epilog='example: genvl interpolate "a red apple" "a blue car" --frames 6')
+    interpolate.add_argument("start", help="a prompt or an image file")
+    interpolate.add_argument("end", help="a prompt or an image file")
+    interpolate.add_argument("--frames", type=int, default=5)
+    add_sampling_flags(interpolate)
+    add_t2i_runtime_flags(interpolate)
+
+    score = commands.add_parser("score", help="CLIP similarity of an image with texts",
+                                epilog='example: genvl score img.png "a red apple" "a blue car"')
+    score.add_argument("image")
+    score.add_argument("texts", nargs="+")
+    score.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add_t2i_runtime_flags(score)
+
+    retrieval = evaluate.add_parser("retrieval", help="CLIP image<->text retrieval on a held-out imagefolder",
+                                    epilog="example: genvl eval retrieval --data data/world/test")
+    retrieval.add_argument("--data", required=True, help="imagefolder with metadata.jsonl")
+    retrieval.add_argument("--limit", type=int, help="evaluate the first N images only")
+    retrieval.add_argument("--output", help="also write the report as JSON to this file")
+    retrieval.add_argument("--batch-size", type=int, default=256)
+    add_t2i_runtime_flags(retrieval)
+
+
+def check_positive(args, *names):
+    from .cli import UsageError
+
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def load_t2i_pipeline(args):
+    import diffusers
+    import torch
+    import transformers
+
+    from .pipelines.text_to_image import TextToImagePipeline
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    if not args.debug:
+        transformers.utils.logging.set_verbosity_error()
+    path = Path(args.model or default_t2i_model())
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"--model {path}: not a text-to-image pipeline folder (no model_index.json)")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    pipeline = TextToImagePipeline.from_pretrained(path, dtype=dtype)
+    scheduler = getattr(args, "scheduler", "ddpm")
+    if scheduler != "ddpm":
+        cls = getattr(diffusers, SCHEDULERS[scheduler])
+        pipeline.prior_scheduler = cls.from_config(pipeline.prior_scheduler.config)
+        pipeline.decoder_scheduler = cls.from_config(pipeline.decoder_scheduler.config)
+    pipeline.set_progress_bar_config(disable=args.quiet)
+    return pipeline.to(args.device)
+
+
+def stage_settings(args, prior: bool = True) -> dict:
+    check_positive(args, "steps", "prior_steps", "decoder_steps", "num_images", "frames")
+    settings = dict(decoder_num_inference_steps=args.decoder_steps or args.steps,
+                    decoder_guidance_scale=args.decoder_guidance if args.decoder_guidance is not None else args.guidance)
+    if prior:
+        settings.update(prior_num_inference_steps=args.prior_steps or args.steps,
+                        prior_guidance_scale=args.prior_guidance if args.prior_guidance is not None else args.guidance)
+    return settings
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:60] or "image"
+
+
+def save_png(image, path: Path, metadata: dict) -> Path:
+    """Write `image` with `metadata` as PNG text chunks; written to a temporary name, then renamed."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in metadata.items():
+        info.add_text(key, value if isinstance(value, str) else json.dumps(value))
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG", pnginfo=info)
+    tmp.replace(path)
+    return path
+
+
+def seeded_generators(args, count: int):
+    import torch
+
+    base = args.seed if args.seed is not None else random.randrange(2**31)
+    seeds = [base + i for i in range(count)]
+    return seeds, [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
+def write_images(args, images, name: str, seeds, metadata: dict):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (image, seed) in enumerate(zip(images, seeds)):
+        path = save_png(image, out / f"{name}-{seed}-{i}.png", {**metadata, "seed": str(seed)})
+        print(path, flush=True)
+
+
+def run_generate(args) -> int:
+    from .cli import UsageError
+
+    if not args.prompt.strip():
+        raise UsageError("PROMPT is empty")
+    settings = stage_settings(args)
+    pipeline = load_t2i_pipeline(args)
+    seeds, generators = seeded_generators(args, args.num_images)
+    images = pipeline(args.prompt, negative_prompt=args.negative, num_images_per_prompt=args.num_images,
+                      generator=generators, **settings).images
+    metadata = {"prompt": args.prompt, "negative_prompt": args.negative or "", "scheduler": args.scheduler,
+                "settings": settings, "model": str(args.model or default_t2i_model())}
+    write_images(args, images, slug(args.prompt), seeds, metadata)
+    return 0
+
+
+def run_vary(args) -> int:
+    from .images import load_image
+
+    settings = stage_settings(args, prior=False)
+    image = load_image(args.image)
+    pipeline = load_t2i_pipeline(args)
+    seeds, generators = seeded_generators(args, args.num_images)
+    images = pipeline.image_variation(image, num_images=args.num_images, generator=generators, **settings).images
+    metadata = {"source": str(args.image), "scheduler": args.scheduler, "settings": settings}
+    write_images(args, images, slug(Path(args.image).stem) + "-variation", seeds, metadata)
+    return 0
+
+
+def run_interpolate(args) -> int:
+    import torch
+
+    from .images import IMAGE_SUFFIXES, load_image
+
+    settings = stage_settings(args)
+    ends = []
+    for end in (args.start, args.end):
+        ends.append(load_image(end) if Path(end).suffix.lower() in IMAGE_SUFFIXES else end)
+    pipeline = load_t2i_pipeline(args)
+    seed = args.seed if args.seed is not None else random.randrange(2**31)
+    frames = pipeline.interpolate(ends[0], ends[1], frames=args.frames, generator=torch.Generator().manual_seed(seed),
+                                  **settings).images
+    metadata = {"start": args.start, "end": args.end, "scheduler": args.scheduler, "settings": settings}
+    write_images(args, frames, slug(f"{Path(args.start).stem}-to-{Path(args.end).stem}"), [seed] * len(frames),
+                 metadata)
+    return 0
+
+
+def load_clip_parts(args):
+    """(clip, tokenizer, image processor) of --model: a text-to-image pipeline folder or a CLIP folder."""
+    import torch
+
+    from .models.clip import load_clip
+
+    path = Path(args.model or default_t2i_model())
+    if (path / "model_index.json").is_file():
+        pipeline = load_t2i_pipeline(args)
+        return pipeline.clip, pipeline.tokenizer, pipeline.image_processor
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--model {path}: neither a text-to-image pipeline nor a CLIP folder")
+    clip, tokenizer, processor = load_clip(path)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    return clip.to(args.device, dtype).eval(), tokenizer, processor
+
+
+def run_score(args) -> int:
+    from .images import load_image
+    from .models.clip import clip_similarity
+
+    image = load_image(args.image)
+    scores = clip_similarity(*load_clip_parts(args), [image], args.texts)[0].tolist()
+    if args.json:
+        print(json.dumps({"image": args.image, "scores": dict(zip(args.texts, scores))}))
+    else:
+        for text, value in sorted(zip(args.texts, scores), key=lambda pair: -pair[1]):
+            print(f"{value:.4f}\t{text}")
+    return 0
+
+
+def run_eval_retrieval(args) -> int:
+    from .evaluation.retrieval import evaluate_retrieval
+
+    check_positive(args, "limit", "batch_size")
+    report = evaluate_retrieval(*load_clip_parts(args), args.data, limit=args.limit, batch_size=args.batch_size)
+    text = json.dumps(report, indent=2)
+    if args.output:
+        tmp = Path(args.output).with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(args.output)
+    print(text)
+    return 0
+
+
+HANDLERS = {"generate": run_generate, "vary": run_vary, "interpolate": run_interpolate, "score": run_score}

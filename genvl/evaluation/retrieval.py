@@ -1,0 +1,52 @@
+"""Image <-> text retrieval with a CLIP model on a held-out imagefolder.
+
+The world repeats captions ("a red apple" describes many scenes), so a retrieved item counts as correct when
+its caption is identical to the query's: image -> text ranks the distinct captions, text -> image ranks the
+images and takes the best-placed one with that caption.
+"""
+
+from pathlib import Path
+
+import torch
+
+from ..models.clip import embed_images, embed_texts
+from ..training import load_images
+from ..world.dataset import read_metadata
+
+
+def rank_metrics(ranks: torch.Tensor, prefix: str) -> dict:
+    """R@1/5/10 and median/mean rank of 1-based ranks."""
+    ranks = ranks.float()
+    report = {f"{prefix}_R@{k}": float((ranks <= k).float().mean()) for k in (1, 5, 10)}
+    report[f"{prefix}_median_rank"] = float(ranks.median())
+    report[f"{prefix}_mean_rank"] = float(ranks.mean())
+    return report
+
+
+def retrieval_ranks(similarity: torch.Tensor, caption_of_image: torch.Tensor):
+    """(image->text ranks per image, text->image ranks per caption) from an (images, captions) similarity."""
+    true = similarity.gather(1, caption_of_image[:, None])
+    image_to_text = (similarity > true).sum(1) + 1
+    images_of = [torch.nonzero(caption_of_image == c).squeeze(1) for c in range(similarity.shape[1])]
+    text_to_image = torch.stack([
+        (similarity[:, c] > similarity[rows, c].max()).sum() + 1 for c, rows in enumerate(images_of)
+    ])
+    return image_to_text, text_to_image
+
+
+def evaluate_retrieval(clip, tokenizer, image_processor, data_dir, limit=None, batch_size: int = 256,
+                       caption_column: str = "text", image_column: str = "file_name") -> dict:
+    records = read_metadata(Path(data_dir), caption_column, image_column)[:limit]
+    captions = sorted({r[caption_column] for r in records})
+    index = {c: i for i, c in enumerate(captions)}
+    caption_of_image = torch.tensor([index[r[caption_column]] for r in records])
+    images = load_images(data_dir, records, image_column, clip.config.vision_config.image_size)
+    image_embeds = embed_images(clip, image_processor, images, batch_size)
+    length = getattr(tokenizer, "model_max_length", 77)
+    length = min(length, clip.config.text_config.max_position_embeddings)
+    text_embeds = embed_texts(clip, tokenizer, captions, length, batch_size)[0]
+    image_to_text, text_to_image = retrieval_ranks(image_embeds.float() @ text_embeds.float().T, caption_of_image)
+    report = {"images": len(records), "distinct_captions": len(captions)}
+    report.update(rank_metrics(image_to_text, "image_to_text"))
+    report.update(rank_metrics(text_to_image, "text_to_image"))
+    return report

@@ -1,0 +1,116 @@
+"""The text-to-image commands of the genvl command line, on a tiny random pipeline."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from genvl.cli import main
+from genvl.evaluation.retrieval import retrieval_ranks
+from genvl.pipelines.text_to_image import TextToImagePipeline
+from genvl.world.dataset import write_imagefolder
+
+from .conftest import get_dummy_unclip_components
+from .test_cli import NO_TORCH
+
+FAST = ["--steps", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def t2i_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("t2i_pipeline")
+    TextToImagePipeline(**get_dummy_unclip_components()).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("argv", [["generate", "--help"], ["score", "--help"], ["eval", "retrieval", "--help"]])
+def test_help_does_not_import_torch(argv):
+    out = subprocess.run([sys.executable, "-c", NO_TORCH.format(argv=argv)], capture_output=True, text=True)
+    assert out.stdout.strip().endswith("LIGHT []"), out.stdout + out.stderr
+
+
+def test_generate_writes_pngs_with_their_settings(t2i_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["generate", "a red apple", "-n", "2", "--seed", "5", "--out", str(out), "--model", str(t2i_dir),
+                 *FAST]) == 0
+    paths = capsys.readouterr().out.split()
+    assert [p.split("/")[-1] for p in paths] == ["a_red_apple-5-0.png", "a_red_apple-6-1.png"]
+    with Image.open(paths[1]) as image:
+        assert image.size == (32, 32)
+        assert image.text["prompt"] == "a red apple" and image.text["seed"] == "6"
+        assert json.loads(image.text["settings"])["decoder_num_inference_steps"] == 2
+        second = image.copy()
+    # the recorded seed reproduces the image on its own
+    again = tmp_path / "again"
+    assert main(["generate", "a red apple", "--seed", "6", "--out", str(again), "--model", str(t2i_dir), *FAST]) == 0
+    with Image.open(again / "a_red_apple-6-0.png") as image:
+        assert image.tobytes() == second.tobytes()
+    assert not list(out.glob("*.tmp"))
+
+
+def test_generate_with_another_scheduler(t2i_dir, tmp_path):
+    assert main(["generate", "a red apple", "--scheduler", "dpm", "--seed", "0", "--out", str(tmp_path),
+                 "--model", str(t2i_dir), *FAST]) == 0
+    with Image.open(tmp_path / "a_red_apple-0-0.png") as image:
+        assert image.text["scheduler"] == "dpm"
+
+
+def test_generate_usage_errors(t2i_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "  ", "--model", str(t2i_dir), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "PROMPT is empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "a red apple", "--steps", "0", "--model", str(t2i_dir), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err
+    assert main(["generate", "a red apple", "--model", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 1
+    assert "not a text-to-image pipeline folder" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_vary_and_interpolate(t2i_dir, tmp_path, capsys):
+    source = tmp_path / "source.png"
+    Image.new("RGB", (48, 48), "blue").save(source)
+    assert main(["vary", str(source), "-n", "3", "--seed", "1", "--out", str(tmp_path / "v"), "--model", str(t2i_dir),
+                 *FAST]) == 0
+    assert len(list((tmp_path / "v").glob("*.png"))) == 3
+    assert main(["interpolate", "a red apple", str(source), "--frames", "4", "--seed", "1", "--out",
+                 str(tmp_path / "i"), "--model", str(t2i_dir), *FAST]) == 0
+    frames = sorted((tmp_path / "i").glob("*.png"))
+    assert len(frames) == 4
+    with Image.open(frames[0]) as image:
+        assert image.text["end"] == str(source)
+
+
+def test_score_orders_texts(t2i_dir, tmp_path, capsys):
+    source = tmp_path / "source.png"
+    Image.new("RGB", (48, 48), "red").save(source)
+    assert main(["score", str(source), "a red apple", "two blue cars", "--model", str(t2i_dir), "--json",
+                 "--quiet"]) == 0
+    scores = json.loads(capsys.readouterr().out)["scores"]
+    assert set(scores) == {"a red apple", "two blue cars"} and all(-1 <= v <= 1 for v in scores.values())
+    assert main(["score", str(source), "a red apple", "two blue cars", "--model", str(t2i_dir), "--quiet"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    values = [float(line.split("\t")[0]) for line in lines]
+    assert values == sorted(values, reverse=True) and len(lines) == 2
+
+
+def test_retrieval_ranks_count_identical_captions_as_matches():
+    # 3 images; images 0 and 2 share caption 0, image 1 has caption 1
+    similarity = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.1, 0.7]])
+    image_to_text, text_to_image = retrieval_ranks(similarity, torch.tensor([0, 1, 0]))
+    assert image_to_text.tolist() == [1, 2, 2]
+    assert text_to_image.tolist() == [1, 2]  # caption 1: image 2 (0.7) scores above its image 1 (0.2)
+
+
+def test_eval_retrieval_report(t2i_dir, tmp_path, capsys):
+    data = write_imagefolder(tmp_path / "world", 12, seed=0, split="test", resolution=32)
+    report_path = tmp_path / "report.json"
+    assert main(["eval", "retrieval", "--data", str(data), "--model", str(t2i_dir), "--output", str(report_path),
+                 "--quiet"]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["images"] == 12
+    assert 0 <= report["image_to_text_R@1"] <= report["image_to_text_R@5"] <= report["image_to_text_R@10"] <= 1
+    assert 1 <= report["text_to_image_median_rank"] <= 12
