@@ -131,25 +131,32 @@ def checked_settings(pipeline, args):
     return settings
 
 
-def load_caption_pipeline(args):
+def quiet_libraries(args):
+    """Loading bars for a few small files are noise next to a command's own progress bar, and library notices
+    (e.g. the PIL fallback of image processors) are not the user's business unless debugging."""
     import diffusers
-    import torch
     import transformers
 
-    from .pipelines.caption import CaptionPipeline
-
-    # loading bars for a few small files are noise next to the command's own progress bar, and library
-    # notices (e.g. the PIL fallback of the image processor) are not the user's business unless debugging
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     if not args.debug:
         transformers.utils.logging.set_verbosity_error()
 
+
+def torch_dtype(args):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+
+
+def load_caption_pipeline(args):
+    from .pipelines.caption import CaptionPipeline
+
+    quiet_libraries(args)
     path = Path(args.model or default_caption_model())
     if not path.is_dir():
         raise FileNotFoundError(f"--model {path}: no such model folder")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    pipeline = CaptionPipeline.from_pretrained(path, dtype=dtype)
+    pipeline = CaptionPipeline.from_pretrained(path, dtype=torch_dtype(args))
     pipeline.set_progress_bar_config(disable=args.quiet)
     return pipeline.to(args.device)
 

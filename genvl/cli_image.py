@@ -91,20 +91,15 @@ def check_positive(args, *names):
 
 def load_t2i_pipeline(args):
     import diffusers
-    import torch
-    import transformers
 
+    from .cli import quiet_libraries, torch_dtype
     from .pipelines.text_to_image import TextToImagePipeline
 
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    if not args.debug:
-        transformers.utils.logging.set_verbosity_error()
+    quiet_libraries(args)
     path = Path(args.model or default_t2i_model())
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"--model {path}: not a text-to-image pipeline folder (no model_index.json)")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    pipeline = TextToImagePipeline.from_pretrained(path, dtype=dtype)
+    pipeline = TextToImagePipeline.from_pretrained(path, dtype=torch_dtype(args))
     scheduler = getattr(args, "scheduler", "ddpm")
     if scheduler != "ddpm":
         cls = getattr(diffusers, SCHEDULERS[scheduler])
@@ -116,11 +111,14 @@ def load_t2i_pipeline(args):
 
 def stage_settings(args, prior: bool = True) -> dict:
     check_positive(args, "steps", "prior_steps", "decoder_steps", "num_images", "frames")
-    settings = dict(decoder_num_inference_steps=args.decoder_steps or args.steps,
-                    decoder_guidance_scale=args.decoder_guidance if args.decoder_guidance is not None else args.guidance)
+    def either(value, default):
+        return default if value is None else value
+
+    settings = dict(decoder_num_inference_steps=either(args.decoder_steps, args.steps),
+                    decoder_guidance_scale=either(args.decoder_guidance, args.guidance))
     if prior:
-        settings.update(prior_num_inference_steps=args.prior_steps or args.steps,
-                        prior_guidance_scale=args.prior_guidance if args.prior_guidance is not None else args.guidance)
+        settings.update(prior_num_inference_steps=either(args.prior_steps, args.steps),
+                        prior_guidance_scale=either(args.prior_guidance, args.guidance))
     return settings
 
 
@@ -207,8 +205,7 @@ def run_interpolate(args) -> int:
 
 def load_clip_parts(args):
     """(clip, tokenizer, image processor) of --model: a text-to-image pipeline folder or a CLIP folder."""
-    import torch
-
+    from .cli import quiet_libraries, torch_dtype
     from .models.clip import load_clip
 
     path = Path(args.model or default_t2i_model())
@@ -217,9 +214,9 @@ def load_clip_parts(args):
         return pipeline.clip, pipeline.tokenizer, pipeline.image_processor
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"--model {path}: neither a text-to-image pipeline nor a CLIP folder")
+    quiet_libraries(args)
     clip, tokenizer, processor = load_clip(path)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    return clip.to(args.device, dtype).eval(), tokenizer, processor
+    return clip.to(args.device, torch_dtype(args)).eval(), tokenizer, processor
 
 
 def run_score(args) -> int:

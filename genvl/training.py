@@ -279,3 +279,34 @@ def pick_phrasings(index, batch, seed: int, step: int, process_index: int = 0):
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 64 + process_index)
     choice = torch.randint(0, index.shape[1], (len(batch),), generator=generator)
     return index[batch, choice]
+
+
+def load_or_train_tokenizer(accelerator, output_dir, train):
+    """This run's tokenizer: `output_dir/tokenizer` when resuming, else `train()`'s, saved there."""
+    from transformers import AutoTokenizer
+
+    tokenizer_dir = Path(output_dir) / "tokenizer"
+    if (tokenizer_dir / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = train()
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(tokenizer_dir)
+    return tokenizer
+
+
+def frozen_clip_features(clip_dir, data_dir, records, image_column: str, caption_column: str):
+    """Features of a frozen CLIP for training the prior or the decoder, computed once.
+
+    Returns (clip, image_embeds (N, E), phrasings (N, P) indices into the text rows, text_embeds, token states,
+    masks); the text rows are the distinct phrasings followed by the empty prompt (the last row).
+    """
+    from .models.clip import embed_images, embed_texts, load_clip
+
+    clip, tokenizer, image_processor = load_clip(clip_dir)
+    clip.eval()
+    images = load_images(data_dir, records, image_column, clip.config.vision_config.image_size)
+    image_embeds = embed_images(clip, image_processor, images)
+    texts, phrasings = phrasing_table(records, caption_column)
+    length = clip.config.text_config.max_position_embeddings
+    text_embeds, states, masks = embed_texts(clip, tokenizer, texts + [""], length)
+    return clip, image_embeds, phrasings, text_embeds, states, masks

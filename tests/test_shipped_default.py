@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import pytest
 
 from genvl.cli import DEFAULT_CAPTION_MODEL
 from genvl.pipelines.caption import CaptionPipeline

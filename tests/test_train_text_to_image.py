@@ -44,7 +44,8 @@ def trained(tmp_path_factory):
             "--architecture", str(root / "clip.json"), "--vocab_size", "300"]),
         "prior": train_prior.main(common(data, root / "prior") + [
             "--clip_model_name_or_path", str(root / "clip"), "--architecture", str(root / "unclip.json")]),
-        "autoencoder": train_autoencoder.main(common(data, root / "ae") + ["--architecture", str(root / "unclip.json")]),
+        "autoencoder": train_autoencoder.main(common(data, root / "ae") + [
+            "--architecture", str(root / "unclip.json")]),
         "decoder": train_decoder.main(common(data, root / "decoder") + [
             "--clip_model_name_or_path", str(root / "clip"), "--vae_model_name_or_path", str(root / "ae" / "vae"),
             "--architecture", str(root / "unclip.json")]),

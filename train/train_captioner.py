@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, VisionEncoderDecoderModel
 
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
-from genvl.training import TrainArgs, load_images, make_accelerator, parse_args, train_loop
+from genvl.training import (
+    TrainArgs, load_images, load_or_train_tokenizer, make_accelerator, parse_args, train_loop,
+)
 from genvl.world.dataset import read_metadata
 
 
@@ -64,14 +66,8 @@ def main(argv=None):
     else:
         arch = CaptionerArchitecture.from_json(args.architecture)
         arch.image_size = args.resolution
-        tokenizer_dir = output_dir / "tokenizer"
-        if (tokenizer_dir / "tokenizer.json").exists():  # resuming: reuse the tokenizer of this run
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        else:
-            texts = [c for r in records for c in r.get("captions", [r[args.caption_column]])]
-            tokenizer = train_tokenizer(texts, args.vocab_size)
-            if accelerator.is_main_process:
-                tokenizer.save_pretrained(tokenizer_dir)
+        texts = [c for r in records for c in r.get("captions", [r[args.caption_column]])]
+        tokenizer = load_or_train_tokenizer(accelerator, output_dir, lambda: train_tokenizer(texts, args.vocab_size))
         model = build_captioner(arch, tokenizer)
     max_length = model.config.decoder.n_positions
 

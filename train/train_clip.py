@@ -21,7 +21,8 @@ from genvl.models.clip import (
     ClipArchitecture, build_clip, build_clip_image_processor, normalize_pixels, train_clip_tokenizer,
 )
 from genvl.training import (
-    TrainArgs, load_images, make_accelerator, parse_args, phrasing_table, pick_phrasings, train_loop,
+    TrainArgs, load_images, load_or_train_tokenizer, make_accelerator, parse_args, phrasing_table, pick_phrasings,
+    train_loop,
 )
 from genvl.world.dataset import read_metadata
 
@@ -73,14 +74,9 @@ def main(argv=None):
     else:
         arch = ClipArchitecture.from_json(args.architecture)
         arch.image_size = args.resolution
-        tokenizer_dir = output_dir / "tokenizer"
-        if (tokenizer_dir / "tokenizer.json").exists():  # resuming: reuse the tokenizer of this run
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        else:
-            texts = [c for r in records for c in r.get("captions", [r[args.caption_column]])]
-            tokenizer = train_clip_tokenizer(texts, args.vocab_size, arch.max_positions)
-            if accelerator.is_main_process:
-                tokenizer.save_pretrained(tokenizer_dir)
+        texts = [c for r in records for c in r.get("captions", [r[args.caption_column]])]
+        tokenizer = load_or_train_tokenizer(
+            accelerator, output_dir, lambda: train_clip_tokenizer(texts, args.vocab_size, arch.max_positions))
         model = build_clip(arch, tokenizer)
     image_size = model.config.vision_config.image_size
     image_processor = build_clip_image_processor(image_size)

@@ -17,10 +17,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 
-from genvl.models.clip import embed_images, embed_texts, load_clip
 from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet
 from genvl.training import (
-    TrainArgs, load_images, make_accelerator, parse_args, phrasing_table, pick_phrasings, train_loop,
+    TrainArgs, frozen_clip_features, load_images, make_accelerator, parse_args, pick_phrasings, train_loop,
 )
 from genvl.world.dataset import read_metadata
 
@@ -75,14 +74,9 @@ def main(argv=None):
     records = read_metadata(data_dir, args.caption_column, args.image_column)
 
     # 1. frozen features: CLIP image embeddings, text features of every phrasing plus "", latents
-    clip, tokenizer, image_processor = load_clip(args.clip_model_name_or_path)
-    clip.eval()
-    length = clip.config.text_config.max_position_embeddings
-    image_embeds = embed_images(clip, image_processor,
-                                load_images(data_dir, records, args.image_column, clip.config.vision_config.image_size))
-    texts, phrasings = phrasing_table(records, args.caption_column)
-    _, states, masks = embed_texts(clip, tokenizer, texts + [""], length)
-    empty = len(texts)
+    _, image_embeds, phrasings, _, states, masks = frozen_clip_features(
+        args.clip_model_name_or_path, data_dir, records, args.image_column, args.caption_column)
+    empty = len(states) - 1
     vae = AutoencoderKL.from_pretrained(args.vae_model_name_or_path).eval() if args.vae_model_name_or_path else None
     latents = encode_latents(vae, load_images(data_dir, records, args.image_column, args.resolution))
     del vae

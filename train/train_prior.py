@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from genvl.models.clip import embed_images, embed_texts, load_clip
 from genvl.models.unclip import UnclipArchitecture, build_prior
 from genvl.training import (
-    TrainArgs, load_images, make_accelerator, parse_args, phrasing_table, pick_phrasings, train_loop,
+    TrainArgs, frozen_clip_features, make_accelerator, parse_args, pick_phrasings, train_loop,
 )
 from genvl.world.dataset import read_metadata
 
@@ -48,21 +47,15 @@ def main(argv=None):
     records = read_metadata(data_dir, args.caption_column, args.image_column)
 
     # 1. frozen CLIP features: image embeddings, and text features of every distinct phrasing plus ""
-    clip, tokenizer, image_processor = load_clip(args.clip_model_name_or_path)
-    clip.eval()
-    length = clip.config.text_config.max_position_embeddings
-    images = load_images(data_dir, records, args.image_column, clip.config.vision_config.image_size)
-    targets = embed_images(clip, image_processor, images)
-    del images
-    texts, phrasings = phrasing_table(records, args.caption_column)
-    text_embeds, states, masks = embed_texts(clip, tokenizer, texts + [""], length)
+    clip, targets, phrasings, text_embeds, states, masks = frozen_clip_features(
+        args.clip_model_name_or_path, data_dir, records, args.image_column, args.caption_column)
     with torch.no_grad():
         states = clip.text_projection(states)  # the prior attends in the embedding space
-    empty = len(texts)
+    empty = len(text_embeds) - 1
     mean, std = targets.mean(0, keepdim=True), targets.std(0, keepdim=True)
 
     # 2. the prior, standardising image embeddings with the data's statistics
-    prior = build_prior(UnclipArchitecture.from_json(args.architecture), targets.shape[1], length)
+    prior = build_prior(UnclipArchitecture.from_json(args.architecture), targets.shape[1], states.shape[1])
     with torch.no_grad():
         prior.clip_mean.copy_(mean)
         prior.clip_std.copy_(std)

@@ -3,14 +3,16 @@ VisionEncoderDecoder format, so that public ViT-GPT2 captioning folders load in 
 """
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+
+from .architecture import JsonArchitecture
 
 DEFAULT_BOS = "<|endoftext|>"
 
 
 @dataclass
-class CaptionerArchitecture:
+class CaptionerArchitecture(JsonArchitecture):
     """Named sizes of a captioner; saved as JSON in `configs/` and expanded into the HF configs."""
 
     image_size: int = 64
@@ -24,20 +26,6 @@ class CaptionerArchitecture:
     max_positions: int = 40
     vocab_size: int = 1024
 
-    @classmethod
-    def from_json(cls, path) -> "CaptionerArchitecture":
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown architecture keys {unknown}; expected some of {sorted(known)}")
-        return cls(**data)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def train_tokenizer(texts, vocab_size: int = 1024):

@@ -1,8 +1,9 @@
 """The CLIP dual encoder, in the Hugging Face CLIP format so that public CLIP folders load in its place."""
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+
+from .architecture import JsonArchitecture
 
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
@@ -12,7 +13,7 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 @dataclass
-class ClipArchitecture:
+class ClipArchitecture(JsonArchitecture):
     """Named sizes of a CLIP model; saved as JSON in `configs/` and expanded into a `CLIPConfig`."""
 
     image_size: int = 64
@@ -27,20 +28,6 @@ class ClipArchitecture:
     projection_dim: int = 128
     vocab_size: int = 1024
 
-    @classmethod
-    def from_json(cls, path) -> "ClipArchitecture":
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown architecture keys {unknown}; expected some of {sorted(known)}")
-        return cls(**data)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def train_clip_tokenizer(texts, vocab_size: int = 1024, max_length: int = 32):
@@ -109,7 +96,8 @@ def load_clip(path):
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a CLIP model folder (no config.json)")
-    return CLIPModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
+    processor = AutoImageProcessor.from_pretrained(path)
+    return CLIPModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), processor
 
 
 def normalize_pixels(images, image_processor):

@@ -1,18 +1,18 @@
 """The networks of the text-to-image stack besides CLIP: the diffusion prior, the decoder's conditioning
 module, the decoder UNet and its autoencoder. All are diffusers models, saved in diffusers' layout."""
 
-import json
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .architecture import JsonArchitecture
+
 
 @dataclass
-class UnclipArchitecture:
+class UnclipArchitecture(JsonArchitecture):
     """Named sizes of the prior, the decoder UNet and the autoencoder; saved as JSON in `configs/`."""
 
     prior_layers: int = 6
@@ -27,20 +27,6 @@ class UnclipArchitecture:
     latent_channels: int = 4
     autoencoder_channels: tuple = (32, 64, 128)
 
-    @classmethod
-    def from_json(cls, path) -> "UnclipArchitecture":
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown architecture keys {unknown}; expected some of {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def build_prior(arch: UnclipArchitecture, embedding_dim: int, num_text_tokens: int):

@@ -113,12 +113,20 @@ class TextToImagePipeline(DiffusionPipeline):
 
     # ---- the two diffusion stages ---------------------------------------------------------------------
 
-    def _guided(self, model_fn, latents, t, scale):
-        """Classifier-free guidance: `model_fn` sees [unconditional; conditional] batches stacked."""
-        if scale <= 1.0:
-            return model_fn(latents, t, conditional_only=True)
-        uncond, cond = model_fn(torch.cat([latents, latents]), t, conditional_only=False).chunk(2)
-        return uncond + scale * (cond - uncond)
+    def _denoise(self, scheduler, model_fn, latents, num_inference_steps, guidance_scale, generator):
+        """Run `scheduler` from `latents` (unit noise). Classifier-free guidance: with a scale above 1,
+        `model_fn(x, t, conditional_only=False)` sees the [unconditional; conditional] rows stacked."""
+        scheduler.set_timesteps(num_inference_steps, device=latents.device)
+        latents = latents * scheduler.init_noise_sigma
+        for t in self.progress_bar(scheduler.timesteps):
+            x = scheduler.scale_model_input(latents, t)
+            if guidance_scale <= 1.0:
+                prediction = model_fn(x, t, conditional_only=True)
+            else:
+                uncond, cond = model_fn(torch.cat([x, x]), t, conditional_only=False).chunk(2)
+                prediction = uncond + guidance_scale * (cond - uncond)
+            latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
+        return latents
 
     def run_prior(self, prompts, negative_prompts, num_inference_steps, guidance_scale, generator, latents=None):
         """Image embeddings (N, E), unit length, for the prompts (already repeated per image)."""
@@ -129,18 +137,14 @@ class TextToImagePipeline(DiffusionPipeline):
             latents = randn_tensor((n, dim), generator=generator, device=self.clip.device, dtype=embeds.dtype)
         elif latents.shape != (n, dim):
             raise ValueError(f"prior latents must have shape {(n, dim)}, got {tuple(latents.shape)}")
-        scheduler = self.prior_scheduler
-        scheduler.set_timesteps(num_inference_steps, device=latents.device)
-        latents = latents * scheduler.init_noise_sigma
 
         def model_fn(x, t, conditional_only):
             rows = slice(n, None) if conditional_only else slice(None)
             return self.prior(x, timestep=t, proj_embedding=embeds[rows], encoder_hidden_states=states[rows],
                               attention_mask=mask[rows].bool()).predicted_image_embedding
 
-        for t in self.progress_bar(scheduler.timesteps):
-            prediction = self._guided(model_fn, scheduler.scale_model_input(latents, t), t, guidance_scale)
-            latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
+        latents = self._denoise(self.prior_scheduler, model_fn, latents, num_inference_steps, guidance_scale,
+                                generator)
         image_embeds = self.prior.post_process_latents(latents)
         return image_embeds / image_embeds.norm(dim=-1, keepdim=True)
 
@@ -159,18 +163,14 @@ class TextToImagePipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=image_embeds.device, dtype=image_embeds.dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        scheduler = self.decoder_scheduler
-        scheduler.set_timesteps(num_inference_steps, device=latents.device)
-        latents = latents * scheduler.init_noise_sigma
 
         def model_fn(x, t, conditional_only):
             rows = slice(n, None) if conditional_only else slice(None)
             return self.decoder(x, t, encoder_hidden_states=context[rows], class_labels=embeds[rows],
                                 encoder_attention_mask=context_mask[rows]).sample
 
-        for t in self.progress_bar(scheduler.timesteps):
-            prediction = self._guided(model_fn, scheduler.scale_model_input(latents, t), t, guidance_scale)
-            latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
+        latents = self._denoise(self.decoder_scheduler, model_fn, latents, num_inference_steps, guidance_scale,
+                                generator)
         if self.vae is None:
             return latents.clamp(-1, 1)
         return self.vae.decode(latents / self.vae.config.scaling_factor).sample.clamp(-1, 1)
