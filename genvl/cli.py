@@ -230,13 +230,18 @@ def run_eval_caption(args) -> int:
     progress = progress_bar(args, "batch")
     report = evaluate_captioner(pipeline, args.data, batch_size=args.batch_size, limit=args.limit,
                                 progress=progress, prefix=args.prefix, **decoding_overrides(args))
-    text = json.dumps(report, indent=2)
-    if args.output:
-        tmp = Path(args.output).with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.output)
-    print(text)
+    print_report(report, args.output)
     return 0
+
+
+def print_report(report: dict, output=None):
+    """Print `report` as JSON; with `output`, also write it there (to a temporary file, then renamed)."""
+    text = json.dumps(report, indent=2)
+    if output:
+        tmp = Path(output).with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(output)
+    print(text)
 
 
 def main(argv=None) -> int:

@@ -234,16 +234,12 @@ def run_score(args) -> int:
 
 
 def run_eval_retrieval(args) -> int:
+    from .cli import print_report
     from .evaluation.retrieval import evaluate_retrieval
 
     check_positive(args, "limit", "batch_size")
     report = evaluate_retrieval(*load_clip_parts(args), args.data, limit=args.limit, batch_size=args.batch_size)
-    text = json.dumps(report, indent=2)
-    if args.output:
-        tmp = Path(args.output).with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.output)
-    print(text)
+    print_report(report, args.output)
     return 0
 
 

@@ -128,11 +128,12 @@ class TextToImagePipeline(DiffusionPipeline):
             latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
         return latents
 
-    def run_prior(self, prompts, negative_prompts, num_inference_steps, guidance_scale, generator, latents=None):
-        """Image embeddings (N, E), unit length, for the prompts (already repeated per image)."""
-        embeds, states, mask = self.encode_prompt(list(negative_prompts) + list(prompts))
+    def run_prior(self, text, num_inference_steps, guidance_scale, generator, latents=None):
+        """Image embeddings (N, E), unit length. `text` is `encode_prompt(negative prompts + prompts)`, one
+        prompt per image."""
+        embeds, states, mask = text
         states = self.clip.text_projection(states)  # the prior attends in the embedding space
-        n, dim = len(prompts), self.prior.config.embedding_dim
+        n, dim = len(embeds) // 2, self.prior.config.embedding_dim
         if latents is None:
             latents = randn_tensor((n, dim), generator=generator, device=self.clip.device, dtype=embeds.dtype)
         elif latents.shape != (n, dim):
@@ -148,10 +149,10 @@ class TextToImagePipeline(DiffusionPipeline):
         image_embeds = self.prior.post_process_latents(latents)
         return image_embeds / image_embeds.norm(dim=-1, keepdim=True)
 
-    def run_decoder(self, image_embeds, prompts, negative_prompts, num_inference_steps, guidance_scale,
-                    generator, latents=None):
-        """Images (N, 3, H, W) in [-1, 1] from unit image embeddings and the prompts' text tokens."""
-        _, states, mask = self.encode_prompt(list(negative_prompts) + list(prompts))
+    def run_decoder(self, image_embeds, text, num_inference_steps, guidance_scale, generator, latents=None):
+        """Images (N, 3, H, W) in [-1, 1] from unit image embeddings and the text tokens of
+        `text = encode_prompt(negative prompts + prompts)`."""
+        _, states, mask = text
         n = image_embeds.shape[0]
         embeds = torch.cat([torch.zeros_like(image_embeds), image_embeds])  # unconditional: no image embedding
         context = self.conditioner(embeds, states)
@@ -216,10 +217,11 @@ class TextToImagePipeline(DiffusionPipeline):
         negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
         if isinstance(generator, list) and len(generator) != len(prompts):
             raise ValueError(f"got {len(generator)} generators for {len(prompts)} images")
-        image_embeds = self.run_prior(prompts, negatives, prior_num_inference_steps, prior_guidance_scale,
-                                      generator, prior_latents)
-        images = self.run_decoder(image_embeds, prompts, negatives, decoder_num_inference_steps,
-                                  decoder_guidance_scale, generator, latents)
+        text = self.encode_prompt(negatives + prompts)
+        image_embeds = self.run_prior(text, prior_num_inference_steps, prior_guidance_scale, generator,
+                                      prior_latents)
+        images = self.run_decoder(image_embeds, text, decoder_num_inference_steps, decoder_guidance_scale,
+                                  generator, latents)
         return self._finish(images, image_embeds, output_type, return_dict)
 
     @torch.no_grad()
@@ -228,7 +230,7 @@ class TextToImagePipeline(DiffusionPipeline):
                         output_type: str = "pil", return_dict: bool = True):
         """Variations of `image` (PIL image or path): decode its CLIP image embedding with fresh noise."""
         embeds = self.encode_image([image]).repeat(num_images, 1)
-        images = self.run_decoder(embeds, [""] * num_images, [""] * num_images, decoder_num_inference_steps,
+        images = self.run_decoder(embeds, self.encode_prompt([""] * 2 * num_images), decoder_num_inference_steps,
                                   decoder_guidance_scale, generator, latents)
         return self._finish(images, embeds, output_type, return_dict)
 
@@ -244,8 +246,8 @@ class TextToImagePipeline(DiffusionPipeline):
         ends = []
         for end_point in (start, end):
             if isinstance(end_point, str) and not _is_image_path(end_point):
-                ends.append(self.run_prior([end_point], [""], prior_num_inference_steps, prior_guidance_scale,
-                                           generator))
+                ends.append(self.run_prior(self.encode_prompt(["", end_point]), prior_num_inference_steps,
+                                           prior_guidance_scale, generator))
             else:
                 ends.append(self.encode_image([end_point]))
         embeds = torch.cat([slerp(ends[0], ends[1], i / (frames - 1)) for i in range(frames)])
@@ -253,7 +255,7 @@ class TextToImagePipeline(DiffusionPipeline):
         config = self.decoder.config
         noise = randn_tensor((1, config.in_channels, config.sample_size, config.sample_size), generator=generator,
                              device=embeds.device, dtype=embeds.dtype).repeat(frames, 1, 1, 1)
-        images = self.run_decoder(embeds, [""] * frames, [""] * frames, decoder_num_inference_steps,
+        images = self.run_decoder(embeds, self.encode_prompt([""] * 2 * frames), decoder_num_inference_steps,
                                   decoder_guidance_scale, generator, noise)
         return self._finish(images, embeds, output_type, return_dict)
 
