@@ -247,11 +247,12 @@ def print_report(report: dict, output=None):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .cli_image import HANDLERS, run_eval_retrieval
+    from .cli_image import HANDLERS, run_eval_retrieval, run_eval_t2i
 
     handlers = {"caption": run_caption, "data": run_data_scenes, **HANDLERS}
     if args.command == "eval":
-        handlers["eval"] = run_eval_retrieval if args.eval_command == "retrieval" else run_eval_caption
+        evaluators = {"caption": run_eval_caption, "retrieval": run_eval_retrieval, "t2i": run_eval_t2i}
+        handlers["eval"] = evaluators[args.eval_command]
     try:
         return handlers[args.command](args)
     except UsageError as err:

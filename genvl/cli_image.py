@@ -1,4 +1,4 @@
-"""The text-to-image commands of `genvl`: generate, vary, interpolate, score, eval retrieval."""
+"""The text-to-image commands of `genvl`: generate, vary, interpolate, score, eval retrieval, eval t2i."""
 
 import argparse
 import json
@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 DEFAULT_T2I_MODEL = Path(__file__).resolve().parent.parent / "pipelines" / "genvl-unclip-small"
+DEFAULT_JUDGE = DEFAULT_T2I_MODEL.parent / "genvl-judge-small"
 SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
 
 
@@ -15,7 +16,7 @@ def default_t2i_model() -> str:
     return os.environ.get("GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))
 
 
-def add_sampling_flags(parser, prior: bool = True):
+def add_sampling_flags(parser, prior: bool = True, outputs: bool = True):
     group = parser.add_argument_group("sampling")
     group.add_argument("--steps", type=int, default=25, help="inference steps of each stage (default 25)")
     group.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale of each stage")
@@ -25,8 +26,9 @@ def add_sampling_flags(parser, prior: bool = True):
     group.add_argument("--decoder-steps", type=int, help="decoder steps (default: --steps)")
     group.add_argument("--decoder-guidance", type=float, help="decoder guidance (default: --guidance)")
     group.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddpm", help="diffusers scheduler to use")
-    group.add_argument("--seed", type=int, help="image i uses seed S + i (recorded in the PNG); default random")
-    group.add_argument("--out", default="outputs", help="folder for the PNGs (default: outputs)")
+    if outputs:
+        group.add_argument("--seed", type=int, help="image i uses seed S + i (recorded in the PNG); default random")
+        group.add_argument("--out", default="outputs", help="folder for the PNGs (default: outputs)")
 
 
 def add_t2i_runtime_flags(parser):
@@ -78,6 +80,20 @@ def add_parsers(commands, evaluate):
     retrieval.add_argument("--output", help="also write the report as JSON to this file")
     retrieval.add_argument("--batch-size", type=int, default=256)
     add_t2i_runtime_flags(retrieval)
+
+    t2i = evaluate.add_parser(
+        "t2i", help="judge generated images of held-out prompts (GenEval-style), R-precision, FD, round trip",
+        epilog="example: genvl eval t2i --data data/world/test --prompts 250 --images-per-prompt 4")
+    t2i.add_argument("--data", required=True, help="held-out imagefolder with scene graphs (genvl data scenes)")
+    t2i.add_argument("--prompts", type=int, default=250, help="held-out prompts, spread over the layouts")
+    t2i.add_argument("--images-per-prompt", type=int, default=4)
+    t2i.add_argument("--judge", default=str(DEFAULT_JUDGE), help="judge folder (default: genvl-judge-small)")
+    t2i.add_argument("--captioner", default=None, help="captioner for the round trip (default: the shipped one)")
+    t2i.add_argument("--seed", type=int, default=0, help="image k of the run uses seed S + k")
+    t2i.add_argument("--batch-size", type=int, default=64, help="images per pipeline call")
+    t2i.add_argument("--output", help="also write the report as JSON to this file")
+    add_sampling_flags(t2i, outputs=False)
+    add_t2i_runtime_flags(t2i)
 
 
 def check_positive(args, *names):
@@ -239,6 +255,30 @@ def run_eval_retrieval(args) -> int:
 
     check_positive(args, "limit", "batch_size")
     report = evaluate_retrieval(*load_clip_parts(args), args.data, limit=args.limit, batch_size=args.batch_size)
+    print_report(report, args.output)
+    return 0
+
+
+def run_eval_t2i(args) -> int:
+    from .cli import default_caption_model, print_report, progress_bar, quiet_libraries
+    from .evaluation.judge import SceneJudge
+    from .evaluation.text_to_image import evaluate_text_to_image
+    from .pipelines.caption import CaptionPipeline
+
+    check_positive(args, "prompts", "images_per_prompt", "batch_size")
+    settings = stage_settings(args)
+    pipeline = load_t2i_pipeline(args)
+    pipeline.set_progress_bar_config(disable=True)
+    quiet_libraries(args)
+    if not (Path(args.judge) / "config.json").is_file():
+        raise FileNotFoundError(f"--judge {args.judge}: not a judge folder (no config.json)")
+    judge = SceneJudge.from_pretrained(args.judge).to(args.device).eval()
+    captioner = CaptionPipeline.from_pretrained(args.captioner or default_caption_model()).to(args.device)
+    report = evaluate_text_to_image(
+        pipeline, judge, args.data, captioner=captioner, num_prompts=args.prompts,
+        images_per_prompt=args.images_per_prompt, batch_size=args.batch_size, seed=args.seed,
+        progress=progress_bar(args, "batch"), **settings)
+    report["settings"] = {"scheduler": args.scheduler, **settings}
     print_report(report, args.output)
     return 0
 

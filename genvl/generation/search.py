@@ -20,18 +20,19 @@ class GenerationResult:
 
 
 @torch.no_grad()
-def generate(model, pixel_values, settings, prefix_ids=(), generator=None) -> GenerationResult:
+def generate(model, pixel_values, settings, prefix_ids=(), generator=None, encoder_states=None) -> GenerationResult:
     """Caption a batch of images (B, 3, H, W) with `settings` (a `GenerationSettings`).
 
     `prefix_ids` are tokens every caption must continue; `generator` is a `torch.Generator` or a list of
-    one per image (per-image reproducibility) for sampling.
+    one per image (per-image reproducibility) for sampling. `encoder_states` (B, N, C), when given, are the
+    images' encodings from `encode_images` (e.g. cached), and `pixel_values` is not used.
     """
+    states = encode_images(model, pixel_values) if encoder_states is None else encoder_states
     if settings.do_sample and generator is None and settings.seed is not None:
-        generator = torch.Generator(device=pixel_values.device).manual_seed(settings.seed)
-    if isinstance(generator, (list, tuple)) and len(generator) != pixel_values.shape[0]:
-        raise ValueError(f"got {len(generator)} generators for {pixel_values.shape[0]} images")
-    states = encode_images(model, pixel_values)
-    prompt = torch.tensor([settings.decoder_start_token_id, *prefix_ids], device=pixel_values.device)
+        generator = torch.Generator(device=states.device).manual_seed(settings.seed)
+    if isinstance(generator, (list, tuple)) and len(generator) != states.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for {states.shape[0]} images")
+    prompt = torch.tensor([settings.decoder_start_token_id, *prefix_ids], device=states.device)
     if settings.num_beams > 1:
         return beam_search(model, states, prompt, settings)
     return greedy_or_sample(model, states, prompt, settings, generator)

@@ -26,6 +26,7 @@ class UnclipArchitecture(JsonArchitecture):
     image_tokens: int = 4
     latent_channels: int = 4
     autoencoder_channels: tuple = (32, 64, 128)
+    autoencoder_norm_groups: int = 16
 
 
 
@@ -81,5 +82,6 @@ def build_autoencoder(arch: UnclipArchitecture):
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=arch.latent_channels,
         down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=tuple(arch.autoencoder_channels), layers_per_block=1, norm_num_groups=16,
+        block_out_channels=tuple(arch.autoencoder_channels), layers_per_block=1,
+        norm_num_groups=arch.autoencoder_norm_groups,
     )

@@ -7,7 +7,9 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from ..cache import EmbeddingCacheMixin
 from ..generation import GenerationSettings, generate
+from ..generation.decoder import encode_images
 from ..images import load_image
 
 
@@ -19,13 +21,14 @@ class CaptionOutput(BaseOutput):
     scores: list[list[float]] = field(default_factory=list)
 
 
-class CaptionPipeline(DiffusionPipeline):
+class CaptionPipeline(EmbeddingCacheMixin, DiffusionPipeline):
     """Caption images with a ViT-GPT2 VisionEncoderDecoder model.
 
     Loads a genvl pipeline folder (model_index.json with model/, tokenizer/, image_processor/) or a flat
     Hugging Face VisionEncoderDecoder folder (config.json, weights, tokenizer files, preprocessor_config.json),
     the layout of public ViT-GPT2 captioning checkpoints. The model's `generation_config` gives the decoding
-    defaults; keyword arguments of `__call__` override them.
+    defaults; keyword arguments of `__call__` override them. With `set_embedding_cache`, image encodings are
+    kept in a shared `EmbeddingCache`.
     """
 
     def __init__(self, model, tokenizer, image_processor):
@@ -81,11 +84,14 @@ class CaptionPipeline(DiffusionPipeline):
         if not isinstance(images, (list, tuple)):
             images = [images]
         settings = self.settings(**decoding)
-        # 1. encode images
-        pixel_values = self.preprocess(images)
+        # 1. encode images (through the embedding cache when one is set)
+        images = [load_image(image) for image in images]
+        states = self.cached_encode(self.model, images, lambda batch: encode_images(self.model, self.preprocess(batch)),
+                                    self.image_processor.size)
         # 2. decode
         prefix_ids = self.tokenizer(prefix).input_ids if prefix else []
-        result = generate(self.model, pixel_values, settings, prefix_ids=prefix_ids, generator=generator)
+        result = generate(self.model, None, settings, prefix_ids=prefix_ids, generator=generator,
+                          encoder_states=states)
         # 3. detokenise: the prefix is part of the caption
         captions = [[self.tokenizer.decode(prefix_ids + seq, skip_special_tokens=True).strip() for seq in seqs]
                     for seqs in result.sequences]

@@ -14,6 +14,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..cache import EmbeddingCacheMixin
 from ..images import load_image
 
 
@@ -36,13 +37,14 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return torch.sin((1.0 - t) * omega) / so * a + torch.sin(t * omega) / so * b
 
 
-class TextToImagePipeline(DiffusionPipeline):
+class TextToImagePipeline(EmbeddingCacheMixin, DiffusionPipeline):
     """Text-to-image in the unCLIP style, plus image variations, interpolation and image-text scoring.
 
     Components: `clip` (transformers `CLIPModel`), `tokenizer`, `image_processor` (CLIP's), `prior`
     (`PriorTransformer` predicting the standardised image embedding), `prior_scheduler`, `conditioner`
     (`UnclipConditioner`), `decoder` (`UNet2DConditionModel`), `decoder_scheduler`, and `vae`
-    (`AutoencoderKL`, optional: without it the decoder works in pixel space).
+    (`AutoencoderKL`, optional: without it the decoder works in pixel space). With `set_embedding_cache`,
+    CLIP image embeddings are kept in a shared `EmbeddingCache`.
     """
 
     model_cpu_offload_seq = "clip->prior->conditioner->decoder->vae"
@@ -97,19 +99,26 @@ class TextToImagePipeline(DiffusionPipeline):
 
     def encode_image(self, images) -> torch.Tensor:
         """CLIP image embeddings (B, E), unit length, of PIL images or paths."""
+
+        def encode(batch):
+            pixel_values = self.image_processor(images=batch, return_tensors="pt").pixel_values
+            pixel_values = pixel_values.to(device=self.clip.device, dtype=self.clip.dtype)
+            embeds = self.clip.visual_projection(self.clip.vision_model(pixel_values=pixel_values).pooler_output)
+            return embeds / embeds.norm(dim=-1, keepdim=True)
+
         images = [load_image(image) for image in images]
-        pixel_values = self.image_processor(images=images, return_tensors="pt").pixel_values
-        pixel_values = pixel_values.to(device=self.clip.device, dtype=self.clip.dtype)
-        embeds = self.clip.visual_projection(self.clip.vision_model(pixel_values=pixel_values).pooler_output)
-        return embeds / embeds.norm(dim=-1, keepdim=True)
+        return self.cached_encode(self.clip, images, encode, self.image_processor.size)
 
     @torch.no_grad()
     def score(self, images, texts: list[str]) -> torch.Tensor:
         """CLIP cosine similarity of every image with every text: (len(images), len(texts))."""
-        from ..models.clip import clip_similarity
+        from ..models.clip import embed_texts
 
-        images = [load_image(image) for image in images]
-        return clip_similarity(self.clip, self.tokenizer, self.image_processor, images, texts)
+        image_embeds = self.encode_image(images).float()
+        length = min(getattr(self.tokenizer, "model_max_length", 77),
+                     self.clip.config.text_config.max_position_embeddings)
+        text_embeds = embed_texts(self.clip, self.tokenizer, list(texts), length)[0].to(image_embeds.device)
+        return image_embeds @ text_embeds.float().T
 
     # ---- the two diffusion stages ---------------------------------------------------------------------
 

@@ -1,0 +1,152 @@
+"""The text-to-image judge: a small detector trained only on real renders of the world, never on generated
+images, and the GenEval-style checks that compare its detections with a prompt's scene graph.
+
+The detector splits a 64x64 image into an 8x8 grid. Every cell predicts whether an object's centre lies in
+it, which object and which colour it is, and where in the cell the centre is. Local maxima of the objectness
+above a threshold are the detections.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+GENEVAL_CATEGORIES = ("single_object", "two_objects", "counting", "colours", "position", "colour_attribution")
+PAIR_AXES = {"pair_h": 0, "pair_v": 1}  # the first object is left of (x) / above (y) the second
+
+
+def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation),
+        nn.GroupNorm(8, cout), nn.SiLU(),
+    )
+
+
+@dataclass
+class Detection:
+    name: str
+    colour: str
+    x: float  # centre, in the world's 64-unit coordinates
+    y: float
+    score: float
+
+
+class SceneJudge(ModelMixin, ConfigMixin):
+    """Grid detector of the world's objects: (B, 3, 64, 64) images in [-1, 1] -> per-cell predictions."""
+
+    @register_to_config
+    def __init__(self, object_names: list, colour_names: list, channels: tuple = (32, 64, 128),
+                 image_size: int = 64):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.body = nn.Sequential(
+            _conv(3, c1, stride=2), _conv(c1, c1),
+            _conv(c1, c2, stride=2), _conv(c2, c2),
+            _conv(c2, c3, stride=2), _conv(c3, c3), _conv(c3, c3, dilation=2),
+        )
+        self.head = nn.Conv2d(c3, 1 + len(object_names) + len(colour_names) + 2, 1)
+
+    @property
+    def cell(self) -> float:
+        return 64 / (self.config.image_size // 8)
+
+    def forward(self, images: torch.Tensor) -> dict:
+        out = self.head(self.body(images)).permute(0, 2, 3, 1)  # (B, G, G, K)
+        n, c = len(self.config.object_names), len(self.config.colour_names)
+        return {"objectness": out[..., 0], "objects": out[..., 1 : 1 + n], "colours": out[..., 1 + n : 1 + n + c],
+                "offsets": out[..., 1 + n + c :]}
+
+    def targets(self, scenes: list[dict]) -> dict:
+        """Per-cell training targets of scene graphs (their boxes are in 64-unit coordinates)."""
+        grid = self.config.image_size // 8
+        objectness = torch.zeros(len(scenes), grid, grid)
+        objects = torch.full((len(scenes), grid, grid), -100, dtype=torch.long)  # -100: ignored by the losses
+        colours = torch.full_like(objects, -100)
+        offsets = torch.zeros(len(scenes), grid, grid, 2)
+        names = {name: i for i, name in enumerate(self.config.object_names)}
+        colour_ids = {colour: i for i, colour in enumerate(self.config.colour_names)}
+        for b, scene in enumerate(scenes):
+            for obj in scene["objects"]:
+                x0, y0, x1, y1 = obj["bbox"]
+                cx, cy = (x0 + x1) / 2 / self.cell, (y0 + y1) / 2 / self.cell
+                i, j = min(grid - 1, int(cy)), min(grid - 1, int(cx))
+                objectness[b, i, j] = 1.0
+                objects[b, i, j] = names[obj["name"]]
+                colours[b, i, j] = colour_ids[obj["colour"]]
+                offsets[b, i, j] = torch.tensor([cx - j, cy - i])
+        return {"objectness": objectness, "objects": objects, "colours": colours, "offsets": offsets}
+
+    def loss(self, outputs: dict, targets: dict) -> torch.Tensor:
+        positive = targets["objectness"] > 0
+        loss = F.binary_cross_entropy_with_logits(outputs["objectness"], targets["objectness"], pos_weight=
+                                                  torch.tensor(4.0, device=positive.device))
+        loss = loss + F.cross_entropy(outputs["objects"][positive], targets["objects"][positive])
+        loss = loss + F.cross_entropy(outputs["colours"][positive], targets["colours"][positive])
+        return loss + F.l1_loss(outputs["offsets"][positive].sigmoid(), targets["offsets"][positive])
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor, threshold: float = 0.5) -> list[list[Detection]]:
+        """Detections in (B, 3, H, W) images in [-1, 1] (resized to the judge's size when needed)."""
+        size = self.config.image_size
+        if images.shape[-1] != size or images.shape[-2] != size:
+            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        outputs = self(images.to(device=self.device, dtype=self.dtype))
+        score = outputs["objectness"].float().sigmoid()
+        peak = score == F.max_pool2d(score[:, None], 3, stride=1, padding=1)[:, 0]
+        found = (peak & (score > threshold)).nonzero().tolist()
+        detections = [[] for _ in range(images.shape[0])]
+        names, colours = self.config.object_names, self.config.colour_names
+        for b, i, j in found:
+            dx, dy = outputs["offsets"][b, i, j].float().sigmoid().tolist()
+            detections[b].append(Detection(
+                name=names[int(outputs["objects"][b, i, j].argmax())],
+                colour=colours[int(outputs["colours"][b, i, j].argmax())],
+                x=(j + dx) * self.cell, y=(i + dy) * self.cell, score=float(score[b, i, j]),
+            ))
+        return detections
+
+
+def judge_scene(scene: dict, detections: list[Detection]) -> dict[str, bool]:
+    """GenEval-style checks of one image against the scene graph its prompt describes.
+
+    single layout: `single_object` (the object is there) and `colours` (in the prompt's colour);
+    pair layouts: `two_objects` (both there), `position` (in the stated relation), `colour_attribution`
+    (each in its own colour); count layout: `counting` (exactly that many of the object); row layout:
+    `three_objects` (all three there; not a GenEval category).
+    """
+    objects = scene["objects"]
+
+    def found(obj, with_colour=False):
+        return [d for d in detections if d.name == obj["name"] and (not with_colour or d.colour == obj["colour"])]
+
+    layout = scene["layout"]
+    if layout == "single":
+        return {"single_object": bool(found(objects[0])), "colours": bool(found(objects[0], with_colour=True))}
+    if layout in PAIR_AXES:
+        first, second = found(objects[0]), found(objects[1])
+        axis = PAIR_AXES[layout]
+        ordered = any((a.x, a.y)[axis] < (b.x, b.y)[axis] for a in first for b in second)
+        return {"two_objects": bool(first and second), "position": ordered,
+                "colour_attribution": bool(found(objects[0], True) and found(objects[1], True))}
+    if layout == "count":
+        return {"counting": len(found(objects[0])) == len(objects)}
+    if layout == "row":
+        return {"three_objects": all(found(obj) for obj in objects)}
+    raise ValueError(f"unknown scene layout {layout!r}")
+
+
+def category_accuracy(judgements: list[dict[str, bool]]) -> dict[str, float]:
+    """Mean of every check over the images that have it, plus `overall`: the mean of the GenEval categories
+    present (GenEval's own summary)."""
+    totals: dict[str, list[int]] = {}
+    for judgement in judgements:
+        for name, hit in judgement.items():
+            totals.setdefault(name, []).append(int(hit))
+    report = {name: sum(hits) / len(hits) for name, hits in sorted(totals.items())}
+    present = [report[name] for name in GENEVAL_CATEGORIES if name in report]
+    if present:
+        report["overall"] = sum(present) / len(present)
+    return report

@@ -1,0 +1,156 @@
+"""`genvl eval t2i`: generate images for held-out prompts and score them.
+
+Scores: the judge's GenEval-style accuracy per category, CLIP R-precision (the true prompt ranked first among
+itself and 99 others), the Fréchet distance between generated and real images in CLIP's image-embedding space,
+and the caption round trip (the captioner's caption of a generated image names every object of the prompt).
+The same scores on the real renders of the same prompts come alongside, as the ceiling to read them against.
+"""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..models.clip import embed_images, embed_texts
+from ..training import load_images
+from ..world.dataset import read_metadata
+from ..world.sprites import OBJECTS
+from .judge import category_accuracy, judge_scene
+
+DISTRACTORS = 99
+
+
+def select_prompts(records: list[dict], count: int) -> list[dict]:
+    """`count` records with distinct captions, as evenly spread over the scene layouts as the data allows,
+    in file order (so the selection is the same on every run)."""
+    by_layout: dict[str, list[dict]] = {}
+    seen = set()
+    for record in records:
+        if record["text"] not in seen:
+            seen.add(record["text"])
+            by_layout.setdefault(record["scene"]["layout"], []).append(record)
+    chosen, queues = [], [list(reversed(group)) for _, group in sorted(by_layout.items())]
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop())
+    return chosen
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two sets of feature vectors (N, D) and (M, D)."""
+    a, b = a.double(), b.double()
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    values, vectors = torch.linalg.eigh(cov_a)
+    root_a = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
+    mean_term = (a.mean(0) - b.mean(0)).square().sum()
+    return float(mean_term + cov_a.trace() + cov_b.trace() - 2 * cross)
+
+
+def r_precision(image_embeds: torch.Tensor, text_embeds: torch.Tensor, prompt_of_image: list[int],
+                seed: int = 0) -> float:
+    """Share of images whose own prompt scores higher than each of `DISTRACTORS` other prompts (drawn with a
+    fixed seed; all of the others when there are fewer)."""
+    similarity = image_embeds.float() @ text_embeds.float().T
+    generator = torch.Generator().manual_seed(seed)
+    hits = 0
+    for row, own in enumerate(prompt_of_image):
+        others = torch.tensor([p for p in range(len(text_embeds)) if p != own])
+        others = others[torch.randperm(len(others), generator=generator)[:DISTRACTORS]]
+        hits += int(similarity[row, own] > similarity[row, others].max())
+    return hits / len(prompt_of_image)
+
+
+def names_all_objects(caption: str, scene: dict) -> bool:
+    """Whether a caption names every object of a scene (in the singular or the plural)."""
+    words = set(re.findall(r"[a-z]+", caption.lower()))
+    return all({obj["name"], OBJECTS[obj["name"]][1]} & words for obj in scene["objects"])
+
+
+def score_images(images: torch.Tensor, scenes: list[dict], prompt_of_image: list[int], text_embeds,
+                 judge, clip, clip_processor, captioner=None, batch_size: int = 64, seed: int = 0) -> dict:
+    """Every score of uint8 images (N, 3, H, W), image i made for (or rendered from) `scenes[prompt_of_image[i]]`.
+    Returns the report and the images' CLIP embeddings."""
+    judgements, round_trips = [], []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        rows = prompt_of_image[start : start + batch_size]
+        detections = judge.detect(batch.float() / 127.5 - 1)
+        judgements += [judge_scene(scenes[p], d) for p, d in zip(rows, detections)]
+        if captioner is not None:
+            pil = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in batch]
+            captions = captioner(pil).captions
+            round_trips += [names_all_objects(c[0], scenes[p]) for c, p in zip(captions, rows)]
+    size = clip.config.vision_config.image_size
+    resized = images if images.shape[-1] == size else torch.nn.functional.interpolate(
+        images.float(), size=(size, size), mode="bilinear", antialias=True).round().clamp(0, 255)
+    image_embeds = embed_images(clip, clip_processor, resized, batch_size)
+    report = {"judge": category_accuracy(judgements), "r_precision": r_precision(image_embeds, text_embeds,
+                                                                                   prompt_of_image, seed)}
+    if captioner is not None:
+        report["round_trip"] = float(np.mean(round_trips))
+    return report, image_embeds
+
+
+@torch.no_grad()
+def generate_for_prompts(pipeline, prompts: list[str], images_per_prompt: int, batch_size: int, seed: int,
+                         progress=None, **sampling) -> torch.Tensor:
+    """uint8 images (len(prompts) * images_per_prompt, 3, H, W); image k is drawn with seed `seed + k`."""
+    per_call = max(1, batch_size // images_per_prompt)
+    starts = list(range(0, len(prompts), per_call))
+    out = []
+    for start in progress(starts, total=len(starts)) if progress else starts:
+        chunk = prompts[start : start + per_call]
+        first = start * images_per_prompt
+        generators = [torch.Generator().manual_seed(seed + first + k) for k in range(len(chunk) * images_per_prompt)]
+        images = pipeline(chunk, num_images_per_prompt=images_per_prompt, generator=generators, output_type="pt",
+                          **sampling).images
+        out.append((images.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
+    return torch.cat(out)
+
+
+def evaluate_text_to_image(pipeline, judge, data_dir, captioner=None, num_prompts: int = 250,
+                           images_per_prompt: int = 4, batch_size: int = 64, seed: int = 0, progress=None,
+                           **sampling) -> dict:
+    """Generate `images_per_prompt` images for `num_prompts` held-out prompts of an imagefolder and score them.
+
+    Args:
+        pipeline: a `TextToImagePipeline`; its CLIP gives R-precision and the embedding space of the Fréchet
+            distance.
+        judge: a `SceneJudge` trained on real renders only.
+        data_dir: a held-out imagefolder with scene graphs (`write_imagefolder`); prompts are its canonical
+            captions, spread evenly over the layouts.
+        captioner: a `CaptionPipeline` for the round trip (skipped when None).
+        sampling: passed on to the pipeline (steps, guidance scales).
+    """
+    if num_prompts < 2 or images_per_prompt < 1:
+        raise ValueError(f"need num_prompts >= 2 and images_per_prompt >= 1, got {num_prompts}, {images_per_prompt}")
+    data_dir = Path(data_dir)
+    all_records = read_metadata(data_dir)
+    records = select_prompts(all_records, num_prompts)
+    prompts, scenes = [r["text"] for r in records], [r["scene"] for r in records]
+    clip, processor = pipeline.clip, pipeline.image_processor
+    text_embeds = embed_texts(clip, pipeline.tokenizer, prompts, pipeline.prior.config.num_embeddings)[0]
+    score = dict(judge=judge, clip=clip, clip_processor=processor, captioner=captioner, batch_size=batch_size,
+                 seed=seed)
+
+    generated = generate_for_prompts(pipeline, prompts, images_per_prompt, batch_size, seed, progress, **sampling)
+    rows = [p for p in range(len(prompts)) for _ in range(images_per_prompt)]
+    report, generated_embeds = score_images(generated, scenes, rows, text_embeds, **score)
+
+    real = load_images(data_dir, records, "file_name", generated.shape[-1])
+    real_report, real_embeds = score_images(real, scenes, list(range(len(prompts))), text_embeds, **score)
+    # the Fréchet reference: the folder's other images, so that the real renders are not compared with themselves
+    chosen = {r["file_name"] for r in records}
+    others = [r for r in all_records if r["file_name"] not in chosen]
+    if len(others) < 2:
+        raise ValueError(f"{data_dir} needs images beyond the {len(records)} prompts' for the Fréchet distance")
+    size = clip.config.vision_config.image_size
+    reference = embed_images(clip, processor, load_images(data_dir, others, "file_name", size))
+    report["frechet_distance"] = frechet_distance(generated_embeds, reference)
+    real_report["frechet_distance"] = frechet_distance(real_embeds, reference)
+    return {"prompts": len(prompts), "images_per_prompt": images_per_prompt, "images": len(generated),
+            "reference_images": len(others), "generated": report, "real_renders": real_report}

@@ -1,0 +1,150 @@
+"""The text-to-image judge (targets, detection decoding, GenEval-style checks) and the scores of eval t2i."""
+
+import random
+
+import pytest
+import torch
+
+from genvl.evaluation.judge import Detection, SceneJudge, category_accuracy, judge_scene
+from genvl.evaluation.text_to_image import (
+    evaluate_text_to_image, frechet_distance, names_all_objects, r_precision, select_prompts,
+)
+from genvl.pipelines.caption import CaptionPipeline
+from genvl.pipelines.text_to_image import TextToImagePipeline
+from genvl.world.dataset import read_metadata, write_imagefolder
+from genvl.world.scenes import sample_scene
+
+from .conftest import get_dummy_unclip_components
+
+NAMES, COLOURS = ["apple", "car", "cat"], ["blue", "red"]
+
+
+def obj(name, colour, x, y, size=20):
+    return {"name": name, "colour": colour, "size": "group", "position": "row",
+            "bbox": [x - size / 2, y - size / 2, x + size / 2, y + size / 2]}
+
+
+@pytest.fixture
+def judge():
+    torch.manual_seed(0)
+    return SceneJudge(object_names=NAMES, colour_names=COLOURS, channels=(8, 8, 16)).eval()
+
+
+def test_targets_mark_the_centre_cell_of_every_object(judge):
+    scene = {"layout": "pair_h", "objects": [obj("cat", "red", 17, 33), obj("apple", "blue", 47, 30)]}
+    targets = judge.targets([scene])
+    assert targets["objectness"].sum() == 2
+    assert targets["objectness"][0, 4, 2] == 1 and targets["objectness"][0, 3, 5] == 1
+    assert targets["objects"][0, 4, 2] == NAMES.index("cat") and targets["colours"][0, 3, 5] == COLOURS.index("blue")
+    assert torch.allclose(targets["offsets"][0, 4, 2], torch.tensor([17 / 8 - 2, 33 / 8 - 4]))
+    assert (targets["objects"] == -100).sum() == 62
+
+
+def test_detect_keeps_local_maxima_above_the_threshold(judge, monkeypatch):
+    def fake_forward(images):
+        out = {"objectness": torch.full((1, 8, 8), -9.0), "objects": torch.zeros(1, 8, 8, 3),
+               "colours": torch.zeros(1, 8, 8, 2), "offsets": torch.zeros(1, 8, 8, 2)}
+        out["objectness"][0, 4, 2] = 3.0   # a detection
+        out["objectness"][0, 4, 3] = 2.0   # its weaker neighbour: suppressed
+        out["objectness"][0, 1, 6] = -1.0  # below the threshold
+        out["objects"][0, 4, 2, 2] = 5.0
+        out["colours"][0, 4, 2, 1] = 5.0
+        return out
+
+    monkeypatch.setattr(judge, "forward", fake_forward)
+    (detections,) = judge.detect(torch.zeros(1, 3, 32, 32))
+    assert len(detections) == 1
+    d = detections[0]
+    assert (d.name, d.colour) == ("cat", "red") and d.x == pytest.approx(20.0) and d.y == pytest.approx(36.0)
+
+
+def test_detect_runs_on_any_image_size(judge):
+    assert len(judge.detect(torch.zeros(3, 3, 48, 48))) == 3
+
+
+def det(name, colour, x, y):
+    return Detection(name, colour, x, y, 0.9)
+
+
+def test_judge_scene_checks_each_category():
+    single = {"layout": "single", "objects": [obj("cat", "red", 32, 32)]}
+    assert judge_scene(single, [det("cat", "red", 30, 30)]) == {"single_object": True, "colours": True}
+    assert judge_scene(single, [det("cat", "blue", 30, 30)]) == {"single_object": True, "colours": False}
+    assert judge_scene(single, [det("car", "red", 30, 30)]) == {"single_object": False, "colours": False}
+
+    pair = {"layout": "pair_h", "objects": [obj("cat", "red", 17, 32), obj("car", "blue", 47, 32)]}
+    good = judge_scene(pair, [det("cat", "red", 17, 32), det("car", "blue", 47, 32)])
+    assert good == {"two_objects": True, "position": True, "colour_attribution": True}
+    swapped = judge_scene(pair, [det("cat", "blue", 47, 32), det("car", "red", 17, 32)])
+    assert swapped == {"two_objects": True, "position": False, "colour_attribution": False}
+    vertical = dict(pair, layout="pair_v")
+    assert judge_scene(vertical, [det("cat", "red", 40, 10), det("car", "blue", 10, 50)])["position"]
+    assert not judge_scene(pair, [det("cat", "red", 17, 32)])["two_objects"]
+
+    count = {"layout": "count", "objects": [obj("apple", "red", x, 32) for x in (11, 32, 53)]}
+    assert judge_scene(count, [det("apple", "red", x, 32) for x in (11, 32, 53)]) == {"counting": True}
+    assert judge_scene(count, [det("apple", "red", x, 32) for x in (11, 53)]) == {"counting": False}
+    assert judge_scene(count, [det("apple", "red", x, 32) for x in (5, 20, 40, 60)]) == {"counting": False}
+
+
+def test_category_accuracy_averages_geneval_categories_only():
+    report = category_accuracy([{"single_object": True, "colours": False}, {"single_object": False, "colours": False},
+                                {"three_objects": True}])
+    assert report["single_object"] == 0.5 and report["colours"] == 0.0 and report["three_objects"] == 1.0
+    assert report["overall"] == 0.25
+
+
+def test_frechet_distance_matches_the_closed_form():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(20000, 3, generator=g, dtype=torch.float64)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # diagonal Gaussians: |mu_a - mu_b|^2 + sum (sigma_a - sigma_b)^2
+    b = torch.randn(20000, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0, 3.0]) + 1.0
+    assert frechet_distance(a, b) == pytest.approx(3.0 + 0 + 1 + 4, rel=0.05)
+
+
+def test_r_precision():
+    g = torch.Generator().manual_seed(0)
+    texts = torch.nn.functional.normalize(torch.randn(120, 16, generator=g), dim=-1)
+    rows = list(range(120))
+    assert r_precision(texts, texts, rows) == 1.0
+    assert r_precision(-texts, texts, rows) == 0.0
+    noise = torch.nn.functional.normalize(torch.randn(120, 16, generator=g), dim=-1)
+    assert r_precision(noise, texts, rows) < 0.2
+
+
+def test_names_all_objects_accepts_plurals():
+    scene = {"objects": [obj("cherry", "red", 11, 32), obj("cherry", "red", 32, 32)]}
+    assert names_all_objects("two red cherries", scene)
+    assert not names_all_objects("two red apples", scene)
+
+
+def test_select_prompts_spreads_over_layouts_without_repeats():
+    rng = random.Random(0)
+    records = []
+    for i in range(400):
+        scene = sample_scene(rng)
+        records.append({"text": f"caption {i % 300}", "scene": scene})
+    chosen = select_prompts(records, 50)
+    assert len(chosen) == 50 and len({r["text"] for r in chosen}) == 50
+    layouts = [r["scene"]["layout"] for r in chosen]
+    assert all(layouts.count(layout) == 10 for layout in set(layouts))
+
+
+def test_evaluate_text_to_image_reports_every_score(judge, tmp_path, tiny_pipeline_dir):
+    data = write_imagefolder(tmp_path, 24, seed=0, split="test", resolution=32)
+    pipeline = TextToImagePipeline(**get_dummy_unclip_components())
+    pipeline.set_progress_bar_config(disable=True)
+    captioner = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
+    report = evaluate_text_to_image(pipeline, judge, data, captioner=captioner, num_prompts=10, images_per_prompt=2,
+                                    batch_size=8, prior_num_inference_steps=2, decoder_num_inference_steps=2)
+    assert report["images"] == 20 and report["prompts"] == 10 and report["reference_images"] == 14
+    for side in ("generated", "real_renders"):
+        scores = report[side]
+        assert 0 <= scores["r_precision"] <= 1 and 0 <= scores["round_trip"] <= 1
+        assert scores["frechet_distance"] >= 0 and 0 <= scores["judge"]["overall"] <= 1
+    layouts = {r["scene"]["layout"] for r in select_prompts(read_metadata(data), 10)}
+    if "count" in layouts:
+        assert "counting" in report["generated"]["judge"]
+    with pytest.raises(ValueError, match="num_prompts"):
+        evaluate_text_to_image(pipeline, judge, data, num_prompts=1)
