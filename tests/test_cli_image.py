@@ -26,7 +26,8 @@ def t2i_dir(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("argv", [["generate", "--help"], ["score", "--help"], ["eval", "retrieval", "--help"]])
+@pytest.mark.parametrize("argv", [["generate", "--help"], ["score", "--help"], ["eval", "retrieval", "--help"],
+                                  ["eval", "t2i", "--help"]])
 def test_help_does_not_import_torch(argv):
     out = subprocess.run([sys.executable, "-c", NO_TORCH.format(argv=argv)], capture_output=True, text=True)
     assert out.stdout.strip().endswith("LIGHT []"), out.stdout + out.stderr
@@ -114,3 +115,25 @@ def test_eval_retrieval_report(t2i_dir, tmp_path, capsys):
     assert report["images"] == 12
     assert 0 <= report["image_to_text_R@1"] <= report["image_to_text_R@5"] <= report["image_to_text_R@10"] <= 1
     assert 1 <= report["text_to_image_median_rank"] <= 12
+
+
+def test_eval_t2i_report(t2i_dir, tiny_pipeline_dir, tmp_path, capsys):
+    from genvl.evaluation.judge import SceneJudge
+
+    data = write_imagefolder(tmp_path / "world", 16, seed=0, split="test", resolution=32)
+    torch.manual_seed(0)
+    SceneJudge(object_names=["apple", "car"], colour_names=["red"], channels=(8, 8, 16)).save_pretrained(
+        tmp_path / "judge")
+    report_path = tmp_path / "report.json"
+    argv = ["eval", "t2i", "--data", str(data), "--model", str(t2i_dir), "--judge", str(tmp_path / "judge"),
+            "--captioner", str(tiny_pipeline_dir), "--prompts", "5", "--images-per-prompt", "2", "--steps", "2",
+            "--output", str(report_path), "--quiet"]
+    assert main(argv) == 0
+    report = json.loads(report_path.read_text())
+    assert report["images"] == 10 and report["settings"]["decoder_num_inference_steps"] == 2
+    assert set(report["generated"]) == {"judge", "r_precision", "round_trip", "frechet_distance"}
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv[:-3] + ["--prompts", "0"])
+    assert exit_info.value.code == 2 and "--prompts must be >= 1" in capsys.readouterr().err
+    assert main(argv[:6] + ["--judge", str(tmp_path), "--quiet"]) == 1
+    assert "not a judge folder" in capsys.readouterr().err

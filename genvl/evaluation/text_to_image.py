@@ -70,26 +70,34 @@ def names_all_objects(caption: str, scene: dict) -> bool:
     return all({obj["name"], OBJECTS[obj["name"]][1]} & words for obj in scene["objects"])
 
 
+def judge_images(judge, images: torch.Tensor, scenes: list[dict], prompt_of_image: list[int],
+                 batch_size: int = 64) -> dict[str, float]:
+    """The judge's GenEval-style accuracy per category of uint8 images (N, 3, H, W)."""
+    judgements = []
+    for start in range(0, len(images), batch_size):
+        detections = judge.detect(images[start : start + batch_size].float() / 127.5 - 1)
+        rows = prompt_of_image[start : start + batch_size]
+        judgements += [judge_scene(scenes[p], d) for p, d in zip(rows, detections)]
+    return category_accuracy(judgements)
+
+
 def score_images(images: torch.Tensor, scenes: list[dict], prompt_of_image: list[int], text_embeds,
                  judge, clip, clip_processor, captioner=None, batch_size: int = 64, seed: int = 0) -> dict:
     """Every score of uint8 images (N, 3, H, W), image i made for (or rendered from) `scenes[prompt_of_image[i]]`.
     Returns the report and the images' CLIP embeddings."""
-    judgements, round_trips = [], []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        rows = prompt_of_image[start : start + batch_size]
-        detections = judge.detect(batch.float() / 127.5 - 1)
-        judgements += [judge_scene(scenes[p], d) for p, d in zip(rows, detections)]
-        if captioner is not None:
-            pil = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in batch]
+    round_trips = []
+    if captioner is not None:
+        for start in range(0, len(images), batch_size):
+            rows = prompt_of_image[start : start + batch_size]
+            pil = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in images[start : start + batch_size]]
             captions = captioner(pil).captions
             round_trips += [names_all_objects(c[0], scenes[p]) for c, p in zip(captions, rows)]
     size = clip.config.vision_config.image_size
     resized = images if images.shape[-1] == size else torch.nn.functional.interpolate(
         images.float(), size=(size, size), mode="bilinear", antialias=True).round().clamp(0, 255)
     image_embeds = embed_images(clip, clip_processor, resized, batch_size)
-    report = {"judge": category_accuracy(judgements), "r_precision": r_precision(image_embeds, text_embeds,
-                                                                                   prompt_of_image, seed)}
+    report = {"judge": judge_images(judge, images, scenes, prompt_of_image, batch_size),
+              "r_precision": r_precision(image_embeds, text_embeds, prompt_of_image, seed)}
     if captioner is not None:
         report["round_trip"] = float(np.mean(round_trips))
     return report, image_embeds

@@ -1,0 +1,176 @@
+"""Text-to-image speed: time per image of each stage, and the judged accuracy of the unCLIP default (DDPM,
+25 prior + 25 decoder steps) against DPM-Solver++ with half or fewer network evaluations; bf16 against fp32.
+
+Every configuration runs in this one process on the same weights, prompts and seeds. Stage times are the
+median of `--runs` timed runs after a warm-up; network evaluations are counted with forward hooks (one
+evaluation = one forward of the prior or the decoder UNet over the whole batch, both CFG halves included).
+
+    python benchmarks/t2i_speed.py --data data/world/test --prompts 250 --json t2i_speed.json
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import diffusers
+import torch
+import transformers
+from diffusers import DPMSolverMultistepScheduler
+
+from genvl.evaluation.judge import SceneJudge
+from genvl.evaluation.text_to_image import generate_for_prompts, judge_images, select_prompts
+from genvl.pipelines.text_to_image import TextToImagePipeline
+from genvl.world.dataset import read_metadata
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="pipelines/genvl-unclip-small", help="a TextToImagePipeline folder")
+    parser.add_argument("--judge", default="pipelines/genvl-judge-small", help="a SceneJudge folder")
+    parser.add_argument("--data", default="data/world/test", help="held-out imagefolder with scene graphs")
+    parser.add_argument("--prompts", type=int, default=250, help="prompts for the judged accuracy")
+    parser.add_argument("--images-per-prompt", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=25, help="DDPM steps of each stage (the unCLIP default)")
+    parser.add_argument("--dpm-steps", type=int, default=12, help="DPM-Solver++ steps of each stage")
+    parser.add_argument("--bf16-prompts", type=int, default=25,
+                        help="prompts for the bf16-vs-fp32 accuracy (bf16 is slow on CPUs without AMX)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per pipeline call")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per configuration")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="write every measured number to this JSON file")
+    args = parser.parse_args(argv)
+    for name in ("prompts", "images_per_prompt", "steps", "dpm_steps", "bf16_prompts", "batch_size", "runs"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+def with_scheduler(pipeline: TextToImagePipeline, kind: str) -> TextToImagePipeline:
+    """A pipeline sharing `pipeline`'s models, with DDPM ("ddpm") or DPM-Solver++ ("dpm") schedulers."""
+    components = dict(pipeline.components)
+    if kind == "dpm":
+        for name in ("prior_scheduler", "decoder_scheduler"):
+            components[name] = DPMSolverMultistepScheduler.from_config(components[name].config,
+                                                                       algorithm_type="dpmsolver++")
+    other = TextToImagePipeline(**components)
+    other.set_progress_bar_config(disable=True)
+    return other
+
+
+class EvaluationCounter:
+    """Counts forward calls of the prior and the decoder UNet."""
+
+    def __init__(self, pipeline):
+        self.counts = {"prior": 0, "decoder": 0}
+        for name in self.counts:
+            getattr(pipeline, name).register_forward_hook(lambda *_, name=name: self.bump(name))
+
+    def bump(self, name):
+        self.counts[name] += 1
+
+    def reset(self):
+        self.counts = dict.fromkeys(self.counts, 0)
+
+
+def stage_times(pipeline, prompts: list[str], steps: int, runs: int, seed: int) -> dict:
+    """Median seconds per image of each stage: text encoder, prior, decoder UNet loop, autoencoder decode."""
+    generators = lambda: [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]  # noqa: E731
+    samples = {"text": [], "prior": [], "decoder": [], "vae": []}
+    for run in range(runs + 1):  # the first run warms up
+        with torch.no_grad():
+            start = time.perf_counter()
+            text = pipeline.encode_prompt([""] * len(prompts) + prompts)
+            after_text = time.perf_counter()
+            embeds = pipeline.run_prior(text, steps, 4.0, generators())
+            after_prior = time.perf_counter()
+            if pipeline.vae is None:
+                raise ValueError("stage timing expects a latent decoder with an autoencoder")
+            decode, vae_seconds = pipeline.vae.decode, []
+
+            def timed_decode(*args, **kwargs):
+                began = time.perf_counter()
+                out = decode(*args, **kwargs)
+                vae_seconds.append(time.perf_counter() - began)
+                return out
+
+            pipeline.vae.decode = timed_decode
+            try:
+                pipeline.run_decoder(embeds, text, steps, 4.0, generators())
+            finally:
+                del pipeline.vae.decode
+            end = time.perf_counter()
+        if run:
+            vae = sum(vae_seconds)
+            for name, seconds in (("text", after_text - start), ("prior", after_prior - after_text),
+                                  ("decoder", end - after_prior - vae), ("vae", vae)):
+                samples[name].append(seconds / len(prompts))
+    times = {name: statistics.median(values) for name, values in samples.items()}
+    times["total"] = sum(times.values())
+    return times
+
+
+def judged(pipeline, judge, records, images_per_prompt, batch_size, seed, steps) -> dict:
+    prompts, scenes = [r["text"] for r in records], [r["scene"] for r in records]
+    images = generate_for_prompts(pipeline, prompts, images_per_prompt, batch_size, seed,
+                                  prior_num_inference_steps=steps, decoder_num_inference_steps=steps)
+    rows = [p for p in range(len(prompts)) for _ in range(images_per_prompt)]
+    return judge_images(judge, images, scenes, rows)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    base = TextToImagePipeline.from_pretrained(args.model)
+    judge = SceneJudge.from_pretrained(args.judge).eval()
+    records = select_prompts(read_metadata(Path(args.data)), args.prompts)
+    timing_prompts = [r["text"] for r in records[: args.batch_size]]
+    report = {"model": args.model, "threads": torch.get_num_threads(), "timing_batch": len(timing_prompts),
+              "prompts": len(records), "images_per_prompt": args.images_per_prompt, "configs": {}}
+
+    configs = [("ddpm", args.steps), ("dpm", args.dpm_steps)]
+    for kind, steps in configs:
+        pipeline = with_scheduler(base, kind)
+        counter = EvaluationCounter(pipeline)
+        pipeline(timing_prompts[:1], prior_num_inference_steps=steps, decoder_num_inference_steps=steps)
+        evaluations = dict(counter.counts)
+        accuracy = judged(pipeline, judge, records, args.images_per_prompt, args.batch_size, args.seed, steps)
+        report["configs"][f"{kind}-{steps}"] = {
+            "scheduler": kind, "steps_per_stage": steps, "network_evaluations": evaluations,
+            "seconds_per_image": stage_times(pipeline, timing_prompts, steps, args.runs, args.seed),
+            "judge": accuracy,
+        }
+        print(f"{kind} {steps}+{steps}: evaluations {evaluations}, judged overall {accuracy['overall']:.4f}",
+              flush=True)
+    default, fast = (report["configs"][f"{kind}-{steps}"] for kind, steps in configs)
+    evaluations = [sum(config["network_evaluations"].values()) for config in (default, fast)]
+    report["evaluation_ratio"] = evaluations[0] / evaluations[1]
+    report["accuracy_points_lost"] = 100 * (default["judge"]["overall"] - fast["judge"]["overall"])
+
+    subset = records[: args.bf16_prompts]
+    precision = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        pipeline = with_scheduler(base, "ddpm").to(dtype=dtype)
+        precision[name] = {
+            "seconds_per_image": stage_times(pipeline, timing_prompts[:8], args.steps, max(1, args.runs // 2),
+                                             args.seed),
+            "judge": judged(pipeline, judge, subset, args.images_per_prompt, args.batch_size, args.seed, args.steps),
+        }
+        print(f"{name}: {precision[name]['seconds_per_image']['total']:.4f} s/image, judged overall "
+              f"{precision[name]['judge']['overall']:.4f} on {len(subset)} prompts", flush=True)
+    report["precision"] = precision
+    fp32, bf16 = (precision[name]["seconds_per_image"]["total"] for name in ("fp32", "bf16"))
+    report["bf16_speedup"] = fp32 / bf16
+    text = json.dumps(report, indent=2)
+    if args.json:
+        Path(args.json).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

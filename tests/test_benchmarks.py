@@ -1,0 +1,45 @@
+"""The text-to-image speed benchmark runs end to end and counts network evaluations correctly."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+from genvl.evaluation.judge import SceneJudge
+from genvl.pipelines.text_to_image import TextToImagePipeline
+from genvl.world.dataset import write_imagefolder
+
+from .conftest import get_dummy_unclip_components
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_benchmark(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_t2i_speed_reports_every_configuration(tmp_path):
+    TextToImagePipeline(**get_dummy_unclip_components()).save_pretrained(tmp_path / "model")
+    torch.manual_seed(0)
+    SceneJudge(object_names=["apple", "car"], colour_names=["red"], channels=(8, 8, 16)).save_pretrained(
+        tmp_path / "judge")
+    data = write_imagefolder(tmp_path / "data", 12, seed=0, split="test", resolution=32)
+    out = tmp_path / "report.json"
+    load_benchmark("t2i_speed").main([
+        "--model", str(tmp_path / "model"), "--judge", str(tmp_path / "judge"), "--data", str(data),
+        "--prompts", "4", "--images-per-prompt", "2", "--steps", "4", "--dpm-steps", "2", "--bf16-prompts", "2",
+        "--batch-size", "4", "--runs", "1", "--json", str(out),
+    ])
+    report = json.loads(out.read_text())
+    assert report["configs"]["ddpm-4"]["network_evaluations"] == {"prior": 4, "decoder": 4}
+    assert report["configs"]["dpm-2"]["network_evaluations"] == {"prior": 2, "decoder": 2}
+    assert report["evaluation_ratio"] == 2.0
+    for config in report["configs"].values():
+        times = config["seconds_per_image"]
+        assert all(times[stage] > 0 for stage in ("text", "prior", "decoder", "vae"))
+        assert 0 <= config["judge"]["overall"] <= 1
+    assert report["bf16_speedup"] > 0 and set(report["precision"]) == {"fp32", "bf16"}
