@@ -140,6 +140,11 @@ def evaluate_text_to_image(pipeline, judge, data_dir, captioner=None, num_prompt
     all_records = read_metadata(data_dir)
     records = select_prompts(all_records, num_prompts)
     prompts, scenes = [r["text"] for r in records], [r["scene"] for r in records]
+    # the Fréchet reference: the folder's other images, so that the real renders are not compared with themselves
+    chosen = {r["file_name"] for r in records}
+    others = [r for r in all_records if r["file_name"] not in chosen]
+    if len(others) < 2:
+        raise ValueError(f"{data_dir} needs images beyond the {len(records)} prompts' for the Fréchet distance")
     clip, processor = pipeline.clip, pipeline.image_processor
     text_embeds = embed_texts(clip, pipeline.tokenizer, prompts, pipeline.prior.config.num_embeddings)[0]
     score = dict(judge=judge, clip=clip, clip_processor=processor, captioner=captioner, batch_size=batch_size,
@@ -151,11 +156,6 @@ def evaluate_text_to_image(pipeline, judge, data_dir, captioner=None, num_prompt
 
     real = load_images(data_dir, records, "file_name", generated.shape[-1])
     real_report, real_embeds = score_images(real, scenes, list(range(len(prompts))), text_embeds, **score)
-    # the Fréchet reference: the folder's other images, so that the real renders are not compared with themselves
-    chosen = {r["file_name"] for r in records}
-    others = [r for r in all_records if r["file_name"] not in chosen]
-    if len(others) < 2:
-        raise ValueError(f"{data_dir} needs images beyond the {len(records)} prompts' for the Fréchet distance")
     size = clip.config.vision_config.image_size
     reference = embed_images(clip, processor, load_images(data_dir, others, "file_name", size))
     report["frechet_distance"] = frechet_distance(generated_embeds, reference)
