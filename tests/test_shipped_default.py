@@ -1,11 +1,17 @@
-"""The shipped default captioner on the held-out example images (named after their true captions)."""
+"""The shipped defaults: the captioner on the held-out example images (named after their true captions), and
+the text-to-image judge on fresh held-out renders."""
 
 from pathlib import Path
 
+import numpy as np
+import torch
 
 from genvl.cli import DEFAULT_CAPTION_MODEL
+from genvl.cli_image import DEFAULT_JUDGE
+from genvl.evaluation.judge import SceneJudge, category_accuracy, judge_scene
 from genvl.pipelines.caption import CaptionPipeline
-from genvl.world import parse_caption
+from genvl.world import parse_caption, render_scene
+from genvl.world.dataset import generate_scenes
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 
@@ -24,3 +30,14 @@ def test_shipped_folder_is_safetensors_only():
     files = [p.name for p in DEFAULT_CAPTION_MODEL.rglob("*") if p.is_file()]
     assert "model.safetensors" in files and "README.md" in files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+
+
+def test_shipped_judge_reads_held_out_renders():
+    judge = SceneJudge.from_pretrained(DEFAULT_JUDGE).eval()
+    scenes = list(generate_scenes(200, seed=123, split="test"))
+    images = torch.stack([torch.from_numpy(np.asarray(render_scene(scene, 64))).permute(2, 0, 1) for scene in scenes])
+    detections = judge.detect(images.float() / 127.5 - 1)
+    report = category_accuracy([judge_scene(scene, found) for scene, found in zip(scenes, detections)])
+    assert report["overall"] >= 0.97, report
+    # a plain background holds nothing
+    assert judge.detect(torch.full((1, 3, 64, 64), 0.9)) == [[]]

@@ -39,7 +39,7 @@ class SceneJudge(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, object_names: list, colour_names: list, channels: tuple = (32, 64, 128),
-                 image_size: int = 64):
+                 image_size: int = 64, threshold: float = 0.5):
         super().__init__()
         c1, c2, c3 = channels
         self.body = nn.Sequential(
@@ -88,8 +88,10 @@ class SceneJudge(ModelMixin, ConfigMixin):
         return loss + F.l1_loss(outputs["offsets"][positive].sigmoid(), targets["offsets"][positive])
 
     @torch.no_grad()
-    def detect(self, images: torch.Tensor, threshold: float = 0.5) -> list[list[Detection]]:
-        """Detections in (B, 3, H, W) images in [-1, 1] (resized to the judge's size when needed)."""
+    def detect(self, images: torch.Tensor, threshold: float | None = None) -> list[list[Detection]]:
+        """Detections in (B, 3, H, W) images in [-1, 1] (resized to the judge's size when needed); objectness
+        above `threshold` (default: the one in the config, chosen on real validation renders) counts."""
+        threshold = self.config.threshold if threshold is None else threshold
         size = self.config.image_size
         if images.shape[-1] != size or images.shape[-2] != size:
             images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
