@@ -85,3 +85,19 @@ def test_prior_resume_retraces_the_straight_run(trained, tmp_path):
         "--clip_model_name_or_path", str(root / "clip"), "--architecture", str(root / "unclip.json"),
         "--resume_from_checkpoint", "latest"])
     assert resumed == pytest.approx(losses["prior"][2:], rel=1e-4)
+
+
+def test_autoencoder_decoder_only_fine_tune_keeps_the_latents(trained, tmp_path):
+    from diffusers import AutoencoderKL
+
+    root, data, _ = trained
+    train_autoencoder.main(common(data, tmp_path / "ft", steps=2) + [
+        "--pretrained_model_name_or_path", str(root / "ae" / "vae"), "--train_decoder_only"])
+    before = AutoencoderKL.from_pretrained(root / "ae" / "vae")
+    after = AutoencoderKL.from_pretrained(tmp_path / "ft" / "vae")
+    for name, value in before.state_dict().items():
+        same = torch.equal(value, after.state_dict()[name])
+        assert same == (name.startswith(("encoder.", "quant_conv."))), name
+    assert after.config.scaling_factor == before.config.scaling_factor
+    with pytest.raises(SystemExit):
+        train_autoencoder.main(common(data, tmp_path / "bad") + ["--train_decoder_only"])

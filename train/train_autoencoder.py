@@ -5,6 +5,10 @@
 Loss: L1 + MSE reconstruction plus a small KL term. At the end the latents' scaling factor (1 / their standard
 deviation, as in Stable Diffusion) is measured on the training images and written into the model's config;
 the model is saved in `output_dir/vae`.
+
+`--pretrained_model_name_or_path` continues from a saved autoencoder; with `--train_decoder_only` its
+encoder (and so its latents and scaling factor) stays frozen and only the decoder learns, so that a
+diffusion model trained on its latents stays valid while the reconstructions improve.
 """
 
 import json
@@ -13,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL
 
 from genvl.models.unclip import UnclipArchitecture, build_autoencoder
 from genvl.training import TrainArgs, load_images, make_accelerator, parse_args, train_loop
@@ -27,6 +32,13 @@ class TrainAutoencoderArgs(TrainArgs):
     architecture: str = "configs/unclip_small.json"
     train_batch_size: int = 32
     kl_weight: float = 1e-6
+    pretrained_model_name_or_path: str | None = None
+    train_decoder_only: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.train_decoder_only and not self.pretrained_model_name_or_path:
+            raise ValueError("--train_decoder_only needs --pretrained_model_name_or_path")
 
 
 class ReconstructionStep(torch.nn.Module):
@@ -55,7 +67,15 @@ def main(argv=None):
     data_dir = Path(args.train_data_dir)
     records = read_metadata(data_dir, args.caption_column, args.image_column)
     images = load_images(data_dir, records, args.image_column, args.resolution)
-    vae = build_autoencoder(UnclipArchitecture.from_json(args.architecture))
+    if args.pretrained_model_name_or_path:
+        vae = AutoencoderKL.from_pretrained(args.pretrained_model_name_or_path)
+    else:
+        vae = build_autoencoder(UnclipArchitecture.from_json(args.architecture))
+    parameters = vae.parameters()
+    if args.train_decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+        parameters = [p for p in vae.parameters() if p.requires_grad]
     device = accelerator.device
 
     def compute_loss(model, batch, step):
@@ -63,11 +83,12 @@ def main(argv=None):
         recon, kl = model(pixels, torch.Generator(device).manual_seed(args.seed * 7_919 + step))
         return F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + args.kl_weight * kl
 
-    losses = train_loop(accelerator, args, ReconstructionStep(vae), vae.parameters(), len(records), compute_loss)
+    losses = train_loop(accelerator, args, ReconstructionStep(vae), parameters, len(records), compute_loss)
 
     if accelerator.is_main_process:
         vae.eval()
-        vae.register_to_config(scaling_factor=latent_scaling_factor(vae, images))
+        if not args.train_decoder_only:
+            vae.register_to_config(scaling_factor=latent_scaling_factor(vae, images))
         output_dir = Path(args.output_dir)
         vae.save_pretrained(output_dir / "vae", safe_serialization=True)
         (output_dir / "train_losses.json").write_text(json.dumps(losses))
