@@ -298,8 +298,11 @@ def frozen_clip_features(clip_dir, data_dir, records, image_column: str, caption
     """Features of a frozen CLIP for training the prior or the decoder, computed once.
 
     Returns (clip, image_embeds (N, E), phrasings (N, P) indices into the text rows, text_embeds, token states,
-    masks); the text rows are the distinct phrasings followed by the empty prompt (the last row).
+    masks); the text rows are the distinct phrasings followed by the empty prompt (the last row). The token
+    states are kept in float16: at 3 phrasings per image they are the largest tensor of a run.
     """
+    import torch
+
     from .models.clip import embed_images, embed_texts, load_clip
 
     clip, tokenizer, image_processor = load_clip(clip_dir)
@@ -308,5 +311,5 @@ def frozen_clip_features(clip_dir, data_dir, records, image_column: str, caption
     image_embeds = embed_images(clip, image_processor, images)
     texts, phrasings = phrasing_table(records, caption_column)
     length = clip.config.text_config.max_position_embeddings
-    text_embeds, states, masks = embed_texts(clip, tokenizer, texts + [""], length)
+    text_embeds, states, masks = embed_texts(clip, tokenizer, texts + [""], length, states_dtype=torch.float16)
     return clip, image_embeds, phrasings, text_embeds, states, masks

@@ -101,7 +101,7 @@ def main(argv=None):
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, args.num_train_timesteps, (len(batch),), generator=generator)
         noisy = scheduler.add_noise(x0, noise, t)
-        prediction = model(noisy.to(device), t.to(device), embeds.to(device), states[chosen].to(device),
+        prediction = model(noisy.to(device), t.to(device), embeds.to(device), states[chosen].to(device, torch.float32),
                            masks[chosen].to(device))
         return F.mse_loss(prediction.float(), noise.to(device))
 

@@ -49,8 +49,9 @@ def main(argv=None):
     # 1. frozen CLIP features: image embeddings, and text features of every distinct phrasing plus ""
     clip, targets, phrasings, text_embeds, states, masks = frozen_clip_features(
         args.clip_model_name_or_path, data_dir, records, args.image_column, args.caption_column)
-    with torch.no_grad():
-        states = clip.text_projection(states)  # the prior attends in the embedding space
+    with torch.no_grad():  # the prior attends in the embedding space
+        states = torch.cat([clip.text_projection(states[i : i + 4096].float()).half()
+                            for i in range(0, len(states), 4096)])
     empty = len(text_embeds) - 1
     mean, std = targets.mean(0, keepdim=True), targets.std(0, keepdim=True)
 
@@ -73,7 +74,7 @@ def main(argv=None):
         t = torch.randint(0, args.num_train_timesteps, (len(batch),), generator=generator)
         noisy = scheduler.add_noise(x0, noise, t)
         prediction = model(noisy.to(device), timestep=t.to(device), proj_embedding=text_embeds[chosen].to(device),
-                           encoder_hidden_states=states[chosen].to(device),
+                           encoder_hidden_states=states[chosen].to(device, torch.float32),
                            attention_mask=masks[chosen].bool().to(device)).predicted_image_embedding
         return F.mse_loss(prediction.float(), x0.to(device))
 

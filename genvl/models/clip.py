@@ -122,9 +122,9 @@ def embed_images(clip, image_processor, images, batch_size: int = 256):
     return torch.cat(out)
 
 
-def embed_texts(clip, tokenizer, texts, max_length: int, batch_size: int = 256):
+def embed_texts(clip, tokenizer, texts, max_length: int, batch_size: int = 256, states_dtype=None):
     """CLIP text features of `texts`: (unit embeddings (N, E), token states (N, L, H), attention masks (N, L)),
-    every text padded to `max_length` tokens."""
+    every text padded to `max_length` tokens; the states are kept in `states_dtype` (default: the model's)."""
     import torch
 
     embeds, states, masks = [], [], []
@@ -135,7 +135,7 @@ def embed_texts(clip, tokenizer, texts, max_length: int, batch_size: int = 256):
             out = clip.text_model(input_ids=tokens.input_ids.to(clip.device),
                                   attention_mask=tokens.attention_mask.to(clip.device))
             embeds.append(torch.nn.functional.normalize(clip.text_projection(out.pooler_output), dim=-1).cpu())
-            states.append(out.last_hidden_state.cpu())
+            states.append(out.last_hidden_state.to(states_dtype or out.last_hidden_state.dtype).cpu())
             masks.append(tokens.attention_mask)
     return torch.cat(embeds), torch.cat(states), torch.cat(masks)
 
