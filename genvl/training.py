@@ -294,8 +294,35 @@ def load_or_train_tokenizer(accelerator, output_dir, train):
     return tokenizer
 
 
-def frozen_clip_features(clip_dir, data_dir, records, image_column: str, caption_column: str):
-    """Features of a frozen CLIP for training the prior or the decoder, computed once.
+def cached_features(path, key: dict, compute) -> dict:
+    """The tensors of `compute()` (a dict), kept in the safetensors file `path` with `key` in its metadata: a
+    later run with the same key (a resumed one, say) loads them instead of computing them again."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path, stamp = Path(path), json.dumps(key, sort_keys=True)
+    if path.is_file():
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("key") == stamp:
+                return load_file(str(path))
+    tensors = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({name: value.contiguous() for name, value in tensors.items()}, str(tmp), metadata={"key": stamp})
+    tmp.replace(path)
+    return tensors
+
+
+def file_stamp(path) -> dict:
+    """Where a model or data folder is and when its files last changed, to key cached features on."""
+    path = Path(path).resolve()
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    return {"path": str(path), "mtime": max((p.stat().st_mtime for p in files), default=0.0)}
+
+
+def frozen_clip_features(clip_dir, data_dir, records, image_column: str, caption_column: str, cache_dir=None):
+    """Features of a frozen CLIP for training the prior or the decoder, computed once (and, with `cache_dir`,
+    kept in `cache_dir/clip_features.safetensors` for resumed runs).
 
     Returns (clip, image_embeds (N, E), phrasings (N, P) indices into the text rows, text_embeds, token states,
     masks); the text rows are the distinct phrasings followed by the empty prompt (the last row). The token
@@ -307,9 +334,21 @@ def frozen_clip_features(clip_dir, data_dir, records, image_column: str, caption
 
     clip, tokenizer, image_processor = load_clip(clip_dir)
     clip.eval()
-    images = load_images(data_dir, records, image_column, clip.config.vision_config.image_size)
-    image_embeds = embed_images(clip, image_processor, images)
     texts, phrasings = phrasing_table(records, caption_column)
-    length = clip.config.text_config.max_position_embeddings
-    text_embeds, states, masks = embed_texts(clip, tokenizer, texts + [""], length, states_dtype=torch.float16)
-    return clip, image_embeds, phrasings, text_embeds, states, masks
+
+    def compute():
+        images = load_images(data_dir, records, image_column, clip.config.vision_config.image_size)
+        length = clip.config.text_config.max_position_embeddings
+        text_embeds, states, masks = embed_texts(clip, tokenizer, texts + [""], length, states_dtype=torch.float16)
+        return {"image_embeds": embed_images(clip, image_processor, images), "text_embeds": text_embeds,
+                "states": states, "masks": masks}
+
+    if cache_dir is None:
+        features = compute()
+    else:
+        key = {"clip": file_stamp(clip_dir), "data": file_stamp(Path(data_dir) / "metadata.jsonl"),
+               "records": len(records), "texts": len(texts), "image_column": image_column,
+               "caption_column": caption_column}
+        features = cached_features(Path(cache_dir) / "clip_features.safetensors", key, compute)
+    return (clip, features["image_embeds"], phrasings, features["text_embeds"], features["states"],
+            features["masks"])

@@ -101,3 +101,22 @@ def test_autoencoder_decoder_only_fine_tune_keeps_the_latents(trained, tmp_path)
     assert after.config.scaling_factor == before.config.scaling_factor
     with pytest.raises(SystemExit):
         train_autoencoder.main(common(data, tmp_path / "bad") + ["--train_decoder_only"])
+
+
+def test_features_are_cached_for_resumed_runs(trained, tmp_path):
+    from genvl.training import cached_features
+
+    root, _, _ = trained
+    assert (root / "prior" / "clip_features.safetensors").is_file()
+    assert (root / "decoder" / "latents.safetensors").is_file()
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": torch.arange(6.0).view(2, 3)}
+
+    first = cached_features(tmp_path / "f.safetensors", {"data": 1}, compute)
+    again = cached_features(tmp_path / "f.safetensors", {"data": 1}, compute)
+    assert len(calls) == 1 and torch.equal(first["x"], again["x"])
+    cached_features(tmp_path / "f.safetensors", {"data": 2}, compute)  # another key: computed afresh
+    assert len(calls) == 2 and not list(tmp_path.glob("*.tmp"))

@@ -19,7 +19,8 @@ from diffusers import AutoencoderKL, DDPMScheduler
 
 from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet
 from genvl.training import (
-    TrainArgs, frozen_clip_features, load_images, make_accelerator, parse_args, pick_phrasings, train_loop,
+    TrainArgs, cached_features, file_stamp, frozen_clip_features, load_images, make_accelerator, parse_args,
+    pick_phrasings, train_loop,
 )
 from genvl.world.dataset import read_metadata
 
@@ -75,11 +76,16 @@ def main(argv=None):
 
     # 1. frozen features: CLIP image embeddings, text features of every phrasing plus "", latents
     _, image_embeds, phrasings, _, states, masks = frozen_clip_features(
-        args.clip_model_name_or_path, data_dir, records, args.image_column, args.caption_column)
+        args.clip_model_name_or_path, data_dir, records, args.image_column, args.caption_column, args.output_dir)
     empty = len(states) - 1
-    vae = AutoencoderKL.from_pretrained(args.vae_model_name_or_path).eval() if args.vae_model_name_or_path else None
-    latents = encode_latents(vae, load_images(data_dir, records, args.image_column, args.resolution))
-    del vae
+
+    def compute_latents():
+        vae = AutoencoderKL.from_pretrained(args.vae_model_name_or_path).eval() if args.vae_model_name_or_path else None
+        return {"latents": encode_latents(vae, load_images(data_dir, records, args.image_column, args.resolution))}
+
+    key = {"vae": file_stamp(args.vae_model_name_or_path) if args.vae_model_name_or_path else None,
+           "data": file_stamp(data_dir / "metadata.jsonl"), "records": len(records), "resolution": args.resolution}
+    latents = cached_features(Path(args.output_dir) / "latents.safetensors", key, compute_latents)["latents"]
 
     # 2. the conditioner and the UNet
     arch = UnclipArchitecture.from_json(args.architecture)
