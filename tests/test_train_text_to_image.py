@@ -16,7 +16,7 @@ from genvl.world.dataset import write_imagefolder
 from .conftest import TINY_CLIP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "train"))
-import export_decoder_checkpoint  # noqa: E402
+import export_checkpoint  # noqa: E402
 import export_text_to_image  # noqa: E402
 import train_autoencoder  # noqa: E402
 import train_clip  # noqa: E402
@@ -123,16 +123,17 @@ def test_features_are_cached_for_resumed_runs(trained, tmp_path):
     assert len(calls) == 2 and not list(tmp_path.glob("*.tmp"))
 
 
-def test_decoder_checkpoint_export_gives_the_final_ema_weights(trained, tmp_path):
-    from diffusers import UNet2DConditionModel
+def test_checkpoint_export_gives_the_final_ema_weights(trained, tmp_path):
+    from diffusers import PriorTransformer, UNet2DConditionModel
 
     root, _, _ = trained
-    export_decoder_checkpoint.main(["--run", str(root / "decoder"), "--output", str(tmp_path)])
-    final = UNet2DConditionModel.from_pretrained(root / "decoder" / "decoder").state_dict()
-    exported = UNet2DConditionModel.from_pretrained(tmp_path / "decoder").state_dict()
-    assert all(torch.equal(final[name], exported[name]) for name in final)
-    early = tmp_path / "early"
-    export_decoder_checkpoint.main(["--run", str(root / "decoder"), "--checkpoint",
-                                    str(root / "decoder" / "checkpoint-2"), "--output", str(early)])
-    weights = UNet2DConditionModel.from_pretrained(early / "decoder").state_dict()
-    assert any(not torch.equal(final[name], weights[name]) for name in final)
+    for stage, cls, folder in (("decoder", UNet2DConditionModel, "decoder"), ("prior", PriorTransformer, "prior")):
+        export_checkpoint.main(["--stage", stage, "--run", str(root / stage), "--output", str(tmp_path / stage)])
+        final = cls.from_pretrained(root / stage / folder).state_dict()
+        exported = cls.from_pretrained(tmp_path / stage / folder).state_dict()
+        assert all(torch.equal(final[name], exported[name]) for name in final), stage
+        early = tmp_path / f"{stage}-early"
+        export_checkpoint.main(["--stage", stage, "--run", str(root / stage), "--checkpoint",
+                                str(root / stage / "checkpoint-2"), "--output", str(early)])
+        weights = cls.from_pretrained(early / folder).state_dict()
+        assert any(not torch.equal(final[name], weights[name]) for name in final), stage

@@ -1,0 +1,90 @@
+"""Write a stage's pipeline parts from one of its training checkpoints, with the EMA weights when the run keeps
+them: for taking the weights out of a run that is still going or was stopped before its last step.
+
+    python train/export_checkpoint.py --stage prior --run runs/prior --output runs/prior_export
+    python train/export_checkpoint.py --stage decoder --run runs/decoder --output runs/decoder_export
+
+The output folder has the layout the training script writes at its end (`prior/` and `prior_scheduler/`, or
+`conditioner/`, `decoder/` and `decoder_scheduler/`), so `export_text_to_image.py` takes it as is.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import CLIPConfig
+
+from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet, build_prior
+from genvl.training import resolve_resume
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_decoder import DecoderStep, decoder_scheduler  # noqa: E402
+from train_prior import prior_scheduler  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", required=True, choices=["prior", "decoder"])
+    parser.add_argument("--run", required=True, help="the output_dir of a train_prior.py or train_decoder.py run")
+    parser.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint folder")
+    parser.add_argument("--output", required=True, help="folder for the stage's parts")
+    return parser.parse_args(argv)
+
+
+def checkpoint_weights(model: torch.nn.Module, path: Path, use_ema: bool) -> torch.nn.Module:
+    """Load a checkpoint's weights into `model`: its EMA weights when the run kept them, else the raw ones."""
+    model.load_state_dict(load_file(path / "model.safetensors"))
+    ema = path / "custom_checkpoint_0.pkl"
+    if use_ema and ema.is_file():
+        shadow = torch.load(ema, weights_only=True)["shadow_params"]
+        with torch.no_grad():
+            for parameter, value in zip(model.parameters(), shadow, strict=True):
+                parameter.copy_(value)
+    return model
+
+
+def run_parts(run_dir, checkpoint: str):
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "train_config.json").read_text())
+    path = resolve_resume(run_dir, checkpoint)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint")
+    clip = CLIPConfig.from_pretrained(config["clip_model_name_or_path"])
+    return config, path, clip, UnclipArchitecture.from_json(config["architecture"])
+
+
+def export_prior(run_dir, checkpoint: str, output: Path) -> None:
+    config, path, clip, arch = run_parts(run_dir, checkpoint)
+    prior = build_prior(arch, clip.projection_dim, clip.text_config.max_position_embeddings)
+    checkpoint_weights(prior, path, config["use_ema"]).save_pretrained(output / "prior", safe_serialization=True)
+    prior_scheduler(config["num_train_timesteps"]).save_pretrained(output / "prior_scheduler")
+
+
+def export_decoder(run_dir, checkpoint: str, output: Path) -> None:
+    config, path, clip, arch = run_parts(run_dir, checkpoint)
+    if config["vae_model_name_or_path"]:
+        vae = json.loads((Path(config["vae_model_name_or_path"]) / "config.json").read_text())
+        channels, size = vae["latent_channels"], config["resolution"] // 2 ** (len(vae["block_out_channels"]) - 1)
+    else:
+        channels, size = 3, config["resolution"]
+    conditioner = UnclipConditioner(clip.projection_dim, clip.text_config.hidden_size, arch.decoder_cross_dim,
+                                    arch.image_tokens)
+    model = DecoderStep(conditioner, build_decoder_unet(arch, size, channels, clip.projection_dim))
+    checkpoint_weights(model, path, config["use_ema"])
+    model.conditioner.save_pretrained(output / "conditioner", safe_serialization=True)
+    model.unet.save_pretrained(output / "decoder", safe_serialization=True)
+    decoder_scheduler(config["num_train_timesteps"]).save_pretrained(output / "decoder_scheduler")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    export = export_prior if args.stage == "prior" else export_decoder
+    export(args.run, args.checkpoint, Path(args.output))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
