@@ -132,3 +132,14 @@ def test_public_clip_folder_loads_and_scores(tmp_path):
     assert processor(images=[image], return_tensors="pt").pixel_values.shape == (1, 3, 224, 224)
     scores = pipe.score([image], ["a red apple", "two blue cars"])
     assert scores.shape == (1, 2) and torch.isfinite(scores).all()
+
+
+def test_a_saved_pipeline_loads_in_a_fresh_process(pipeline, tmp_path):
+    import subprocess
+    import sys
+
+    pipeline.save_pretrained(tmp_path)
+    code = ("from genvl.pipelines.text_to_image import TextToImagePipeline; "
+            f"print(type(TextToImagePipeline.from_pretrained({str(tmp_path)!r}).conditioner).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "UnclipConditioner", out.stderr[-2000:]

@@ -16,6 +16,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..cache import EmbeddingCacheMixin
 from ..images import load_image
+from ..models import unclip  # noqa: F401  (from_pretrained finds UnclipConditioner by its module's name)
 
 
 @dataclass
