@@ -35,7 +35,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=25, help="DDPM steps of each stage (the unCLIP default)")
     parser.add_argument("--dpm-steps", type=int, default=12, help="DPM-Solver++ steps of each stage")
     parser.add_argument("--bf16-prompts", type=int, default=25,
-                        help="prompts for the bf16-vs-fp32 accuracy (bf16 is slow on CPUs without AMX)")
+                        help="prompts for the bf16-vs-fp32 timing and accuracy (bf16 is slow on CPUs without AMX)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per pipeline call")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per configuration")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -157,8 +157,8 @@ def main(argv=None):
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         pipeline = with_scheduler(base, "ddpm").to(dtype=dtype)
         precision[name] = {
-            "seconds_per_image": stage_times(pipeline, timing_prompts[:8], args.steps, max(1, args.runs // 2),
-                                             args.seed),
+            "seconds_per_image": stage_times(pipeline, [r["text"] for r in subset], args.steps,
+                                             max(1, args.runs // 2), args.seed),
             "judge": judged(pipeline, judge, subset, args.images_per_prompt, args.batch_size, args.seed, args.steps),
         }
         print(f"{name}: {precision[name]['seconds_per_image']['total']:.4f} s/image, judged overall "
