@@ -41,3 +41,24 @@ def test_shipped_judge_reads_held_out_renders():
     assert report["overall"] >= 0.97, report
     # a plain background holds nothing
     assert judge.detect(torch.full((1, 3, 64, 64), 0.9)) == [[]]
+
+
+def test_shipped_text_to_image_pipeline():
+    from genvl.cli_image import DEFAULT_T2I_MODEL
+    from genvl.pipelines.text_to_image import TextToImagePipeline
+
+    files = [p.name for p in DEFAULT_T2I_MODEL.rglob("*") if p.is_file()]
+    assert "README.md" in files and not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+    pipe = TextToImagePipeline.from_pretrained(DEFAULT_T2I_MODEL)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a large red apple at the top", "three blue cars", "a green cat to the left of a yellow star",
+               "a pink heart, a gray key and a brown dog"]
+    # the prior's image embedding of each prompt is closest to that prompt's text embedding
+    with torch.no_grad():
+        text = pipe.encode_prompt([""] * len(prompts) + prompts)
+        embeds = pipe.run_prior(text, 25, 4.0, [torch.Generator().manual_seed(i) for i in range(len(prompts))])
+    similarity = embeds @ text[0][len(prompts):].T
+    assert (similarity.argmax(dim=1) == torch.arange(len(prompts))).all(), similarity
+    images = pipe(prompts[:1], num_images_per_prompt=2, prior_num_inference_steps=4, decoder_num_inference_steps=4,
+                  generator=[torch.Generator().manual_seed(i) for i in range(2)], output_type="np").images
+    assert images.shape == (2, 64, 64, 3) and np.isfinite(images).all() and images.std() > 0.01
