@@ -148,3 +148,23 @@ def test_evaluate_text_to_image_reports_every_score(judge, tmp_path, tiny_pipeli
         assert "counting" in report["generated"]["judge"]
     with pytest.raises(ValueError, match="num_prompts"):
         evaluate_text_to_image(pipeline, judge, data, num_prompts=1)
+
+
+def test_train_judge_saves_a_judge_with_a_chosen_threshold(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "train"))
+    import train_judge
+
+    train = write_imagefolder(tmp_path, 16, seed=0, split="train", resolution=32)
+    val = write_imagefolder(tmp_path, 8, seed=0, split="val", resolution=32)
+    losses = train_judge.main(["--train_data_dir", str(train), "--eval_data_dir", str(val), "--output_dir",
+                               str(tmp_path / "run"), "--resolution", "32", "--train_batch_size", "8", "--width", "8",
+                               "--max_train_steps", "3", "--lr_warmup_steps", "1", "--logging_steps", "1"])
+    assert len(losses) == 3
+    report = json.loads((tmp_path / "run" / "real_accuracy.json").read_text())
+    judge = SceneJudge.from_pretrained(tmp_path / "run" / "judge")
+    assert judge.config.threshold == report["threshold"] in train_judge.THRESHOLDS
+    assert report["accuracy"] == report["by_threshold"][str(report["threshold"])]

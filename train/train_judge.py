@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from genvl.evaluation.judge import SceneJudge, category_accuracy, judge_scene
+from genvl.evaluation.judge import SceneJudge
+from genvl.evaluation.text_to_image import judge_images
 from genvl.training import TrainArgs, load_images, make_accelerator, parse_args, train_loop
 from genvl.world.dataset import read_metadata
 from genvl.world.sprites import COLOURS, OBJECTS
@@ -52,14 +53,9 @@ def judge_real_images(judge: SceneJudge, data_dir, batch_size: int = 256) -> dic
     """The judge's GenEval-style accuracy on the real renders of an imagefolder at each of `THRESHOLDS`."""
     records = read_metadata(data_dir)
     images = load_images(data_dir, records, "file_name", judge.config.image_size)
-    judgements = {threshold: [] for threshold in THRESHOLDS}
-    for start in range(0, len(records), batch_size):
-        pixels = images[start : start + batch_size].float() / 127.5 - 1
-        for threshold in THRESHOLDS:
-            detections = judge.detect(pixels, threshold)
-            judgements[threshold] += [judge_scene(r["scene"], d)
-                                      for r, d in zip(records[start : start + batch_size], detections)]
-    return {threshold: category_accuracy(found) for threshold, found in judgements.items()}
+    scenes = [record["scene"] for record in records]
+    rows = list(range(len(records)))
+    return {threshold: judge_images(judge, images, scenes, rows, batch_size, threshold) for threshold in THRESHOLDS}
 
 
 def main(argv=None):

@@ -71,11 +71,12 @@ def names_all_objects(caption: str, scene: dict) -> bool:
 
 
 def judge_images(judge, images: torch.Tensor, scenes: list[dict], prompt_of_image: list[int],
-                 batch_size: int = 64) -> dict[str, float]:
-    """The judge's GenEval-style accuracy per category of uint8 images (N, 3, H, W)."""
+                 batch_size: int = 64, threshold: float | None = None) -> dict[str, float]:
+    """The judge's GenEval-style accuracy per category of uint8 images (N, 3, H, W); `threshold` overrides
+    the judge's own detection threshold."""
     judgements = []
     for start in range(0, len(images), batch_size):
-        detections = judge.detect(images[start : start + batch_size].float() / 127.5 - 1)
+        detections = judge.detect(images[start : start + batch_size].float() / 127.5 - 1, threshold)
         rows = prompt_of_image[start : start + batch_size]
         judgements += [judge_scene(scenes[p], d) for p, d in zip(rows, detections)]
     return category_accuracy(judgements)
