@@ -65,6 +65,21 @@ def test_each_stage_trains_and_saves(trained):
     assert json.loads((root / "ae" / "vae" / "config.json").read_text())["scaling_factor"] != 0.18215
 
 
+def test_min_snr_weighting(trained, tmp_path):
+    scheduler = train_decoder.decoder_scheduler()
+    t = torch.tensor([0, 500, 999])
+    weight = train_decoder.min_snr_weight(scheduler, t, 5.0)
+    snr = scheduler.alphas_cumprod[t] / (1 - scheduler.alphas_cumprod[t])
+    assert weight[0] == pytest.approx(5.0 / snr[0].item(), rel=1e-4) and weight[0] < 0.01
+    assert weight[2] == 1.0  # at the noisiest step SNR < gamma: unweighted
+    root, data, losses = trained
+    weighted = train_decoder.main(common(data, tmp_path / "decoder") + [
+        "--clip_model_name_or_path", str(root / "clip"), "--vae_model_name_or_path", str(root / "ae" / "vae"),
+        "--architecture", str(root / "unclip.json"), "--snr_gamma", "5"])
+    # same seed, so the same batch, noise and timesteps: each weight is at most 1 and some are below
+    assert weighted[0] < losses["decoder"][0]
+
+
 def test_assembled_pipeline_generates(trained):
     root, _, _ = trained
     out = root / "pipeline"

@@ -5,8 +5,10 @@
 The UNet denoises autoencoder latents (or pixels with `--vae_model_name_or_path ""`), conditioned on the CLIP
 image embedding (added to the timestep embedding and projected to extra context tokens) and on the CLIP text
 tower's token states. As in unCLIP, the image embedding is zeroed for `--image_dropout` of the samples and the
-text replaced by the empty prompt's for `--text_dropout`, for classifier-free guidance. CLIP features and
-latents are computed once. Ends with `conditioner/`, `decoder/` and `decoder_scheduler/` in `output_dir`.
+text replaced by the empty prompt's for `--text_dropout`, for classifier-free guidance. With `--snr_gamma`
+the loss of each sample is weighted by min(SNR, gamma) / SNR (Min-SNR weighting, Hang et al. 2023), which
+shifts effort from the nearly clean timesteps to the ones that lay out the scene. CLIP features and latents
+are computed once. Ends with `conditioner/`, `decoder/` and `decoder_scheduler/` in `output_dir`.
 """
 
 import json
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
+from diffusers.training_utils import compute_snr
 
 from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet
 from genvl.training import (
@@ -37,11 +40,18 @@ class TrainDecoderArgs(TrainArgs):
     image_dropout: float = 0.1
     text_dropout: float = 0.5
     num_train_timesteps: int = 1000
+    snr_gamma: float | None = None
 
 
 def decoder_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
                          prediction_type="epsilon", clip_sample=False)
+
+
+def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Loss weight min(SNR, gamma) / SNR of each timestep, for a model that predicts the noise."""
+    snr = compute_snr(scheduler, t)
+    return snr.clamp(max=gamma) / snr
 
 
 class DecoderStep(torch.nn.Module):
@@ -109,7 +119,11 @@ def main(argv=None):
         noisy = scheduler.add_noise(x0, noise, t)
         prediction = model(noisy.to(device), t.to(device), embeds.to(device), states[chosen].to(device, torch.float32),
                            masks[chosen].to(device))
-        return F.mse_loss(prediction.float(), noise.to(device))
+        if args.snr_gamma is None:
+            return F.mse_loss(prediction.float(), noise.to(device))
+        weight = min_snr_weight(scheduler, t, args.snr_gamma).to(device)
+        per_sample = F.mse_loss(prediction.float(), noise.to(device), reduction="none").mean(dim=(1, 2, 3))
+        return (per_sample * weight).mean()
 
     losses = train_loop(accelerator, args, model, model.parameters(), len(records), compute_loss)
 
