@@ -92,6 +92,9 @@ def add_parsers(commands, evaluate):
     t2i.add_argument("--seed", type=int, default=0, help="image k of the run uses seed S + k")
     t2i.add_argument("--batch-size", type=int, default=64, help="images per pipeline call")
     t2i.add_argument("--output", help="also write the report as JSON to this file")
+    t2i.add_argument("--stages", action="store_true",
+                     help="also score the prior (against the real renders' embeddings) and the decoder (drawing "
+                          "from the real renders' embeddings) on their own")
     add_sampling_flags(t2i, outputs=False)
     add_t2i_runtime_flags(t2i)
 
@@ -277,7 +280,7 @@ def run_eval_t2i(args) -> int:
     report = evaluate_text_to_image(
         pipeline, judge, args.data, captioner=captioner, num_prompts=args.prompts,
         images_per_prompt=args.images_per_prompt, batch_size=args.batch_size, seed=args.seed,
-        progress=progress_bar(args, "batch"), **settings)
+        progress=progress_bar(args, "batch"), stages=args.stages, **settings)
     report["settings"] = {"scheduler": args.scheduler, **settings}
     print_report(report, args.output)
     return 0

@@ -7,10 +7,12 @@ import torch
 
 from genvl.evaluation.judge import Detection, SceneJudge, category_accuracy, judge_scene
 from genvl.evaluation.text_to_image import (
-    evaluate_text_to_image, frechet_distance, names_all_objects, r_precision, select_prompts,
+    evaluate_text_to_image, frechet_distance, names_all_objects, r_precision, select_prompts, stage_scores,
 )
+from genvl.models.clip import embed_images
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.pipelines.text_to_image import TextToImagePipeline
+from genvl.training import load_images
 from genvl.world.dataset import read_metadata, write_imagefolder
 from genvl.world.scenes import sample_scene
 
@@ -148,6 +150,26 @@ def test_evaluate_text_to_image_reports_every_score(judge, tmp_path, tiny_pipeli
         assert "counting" in report["generated"]["judge"]
     with pytest.raises(ValueError, match="num_prompts"):
         evaluate_text_to_image(pipeline, judge, data, num_prompts=1)
+
+
+def test_stage_scores_line_up_prompts_and_renders(judge, tmp_path):
+    data = write_imagefolder(tmp_path, 12, seed=1, split="test", resolution=32)
+    pipeline = TextToImagePipeline(**get_dummy_unclip_components())
+    pipeline.set_progress_bar_config(disable=True)
+    records = select_prompts(read_metadata(data), 6)
+    real = load_images(data, records, "file_name", pipeline.clip.config.vision_config.image_size)
+    real_embeds = embed_images(pipeline.clip, pipeline.image_processor, real)
+    args = dict(prompts=[r["text"] for r in records], scenes=[r["scene"] for r in records], batch_size=4,
+                prior_num_inference_steps=2, decoder_num_inference_steps=2)
+    scores = stage_scores(pipeline, judge, real_embeds=real_embeds, **args)
+    assert -1 <= scores["prior_cosine_to_real"] < 0.99
+    assert 0 <= scores["decoder_from_real_embeddings"]["overall"] <= 1
+    # a prior that returns each prompt's own render embedding scores 1 on both of its counts
+    chunks = iter((real_embeds / real_embeds.norm(dim=-1, keepdim=True)).split(4))
+    pipeline.run_prior = lambda *a, **k: next(chunks)
+    scores = stage_scores(pipeline, judge, real_embeds=real_embeds, **args)
+    assert scores["prior_cosine_to_real"] == pytest.approx(1.0, abs=1e-5)
+    assert scores["prior_nearest_is_own_render"] == 1.0
 
 
 def test_train_judge_saves_a_judge_with_a_chosen_threshold(tmp_path):

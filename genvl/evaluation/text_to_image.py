@@ -4,6 +4,7 @@ Scores: the judge's GenEval-style accuracy per category, CLIP R-precision (the t
 itself and 99 others), the Fréchet distance between generated and real images in CLIP's image-embedding space,
 and the caption round trip (the captioner's caption of a generated image names every object of the prompt).
 The same scores on the real renders of the same prompts come alongside, as the ceiling to read them against.
+With `stages=True` the two diffusion stages are also scored on their own (`stage_scores`).
 """
 
 import re
@@ -121,9 +122,40 @@ def generate_for_prompts(pipeline, prompts: list[str], images_per_prompt: int, b
     return torch.cat(out)
 
 
+@torch.no_grad()
+def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_embeds: torch.Tensor,
+                 batch_size: int = 64, seed: int = 0, prior_num_inference_steps: int = 25,
+                 decoder_num_inference_steps: int = 25, prior_guidance_scale: float = 4.0,
+                 decoder_guidance_scale: float = 4.0) -> dict:
+    """Which stage loses accuracy. The prior: mean cosine between its embedding for each prompt and the CLIP
+    embedding of that prompt's real render, and how often that render is the nearest of all the prompts'
+    renders. The decoder: the judge's accuracy of images drawn from the real renders' embeddings (the prior
+    bypassed). Prompt k uses seed `seed + k`."""
+    real_embeds = real_embeds / real_embeds.norm(dim=-1, keepdim=True)
+    priors, images = [], []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        text = pipeline.encode_prompt([""] * len(chunk) + chunk)
+        seeds = range(seed + start, seed + start + len(chunk))
+        priors.append(pipeline.run_prior(text, prior_num_inference_steps, prior_guidance_scale,
+                                         [torch.Generator().manual_seed(s) for s in seeds]).cpu())
+        drawn = pipeline.run_decoder(real_embeds[start : start + batch_size].to(pipeline.clip.device, pipeline.clip.dtype),
+                                     text,
+                                     decoder_num_inference_steps, decoder_guidance_scale,
+                                     [torch.Generator().manual_seed(s) for s in seeds])
+        images.append(((drawn.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+    prior = torch.cat(priors).float()
+    similarity = prior @ real_embeds.T
+    own = torch.arange(len(prompts))
+    return {"prior_cosine_to_real": similarity[own, own].mean().item(),
+            "prior_nearest_is_own_render": (similarity.argmax(dim=1) == own).float().mean().item(),
+            "decoder_from_real_embeddings": judge_images(judge, torch.cat(images), scenes, own.tolist(),
+                                                         batch_size)}
+
+
 def evaluate_text_to_image(pipeline, judge, data_dir, captioner=None, num_prompts: int = 250,
                            images_per_prompt: int = 4, batch_size: int = 64, seed: int = 0, progress=None,
-                           **sampling) -> dict:
+                           stages: bool = False, **sampling) -> dict:
     """Generate `images_per_prompt` images for `num_prompts` held-out prompts of an imagefolder and score them.
 
     Args:
@@ -133,6 +165,7 @@ def evaluate_text_to_image(pipeline, judge, data_dir, captioner=None, num_prompt
         data_dir: a held-out imagefolder with scene graphs (`write_imagefolder`); prompts are its canonical
             captions, spread evenly over the layouts.
         captioner: a `CaptionPipeline` for the round trip (skipped when None).
+        stages: also score the prior and the decoder on their own (`stage_scores`).
         sampling: passed on to the pipeline (steps, guidance scales).
     """
     if num_prompts < 2 or images_per_prompt < 1:
@@ -161,5 +194,8 @@ def evaluate_text_to_image(pipeline, judge, data_dir, captioner=None, num_prompt
     reference = embed_images(clip, processor, load_images(data_dir, others, "file_name", size))
     report["frechet_distance"] = frechet_distance(generated_embeds, reference)
     real_report["frechet_distance"] = frechet_distance(real_embeds, reference)
-    return {"prompts": len(prompts), "images_per_prompt": images_per_prompt, "images": len(generated),
-            "reference_images": len(others), "generated": report, "real_renders": real_report}
+    out = {"prompts": len(prompts), "images_per_prompt": images_per_prompt, "images": len(generated),
+           "reference_images": len(others), "generated": report, "real_renders": real_report}
+    if stages:
+        out["stages"] = stage_scores(pipeline, judge, prompts, scenes, real_embeds, batch_size, seed, **sampling)
+    return out
