@@ -281,6 +281,22 @@ def pick_phrasings(index, batch, seed: int, step: int, process_index: int = 0):
     return index[batch, choice]
 
 
+def step_generator(seed: int, step: int, process_index: int = 0):
+    """The generator of a step's random draws (dropout, noise, timesteps), so a resumed run draws the same."""
+    import torch
+
+    return torch.Generator().manual_seed(seed * 7_919 + step * 64 + process_index)
+
+
+def add_training_noise(scheduler, x0, generator):
+    """(noise, timesteps, noisy x0): one uniform timestep per sample, as diffusion models are trained."""
+    import torch
+
+    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
+    return noise, t, scheduler.add_noise(x0, noise, t)
+
+
 def load_or_train_tokenizer(accelerator, output_dir, train):
     """This run's tokenizer: `output_dir/tokenizer` when resuming, else `train()`'s, saved there."""
     from transformers import AutoTokenizer

@@ -22,8 +22,8 @@ from diffusers.training_utils import compute_snr
 
 from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet
 from genvl.training import (
-    TrainArgs, cached_features, file_stamp, frozen_clip_features, load_images, make_accelerator, parse_args,
-    pick_phrasings, train_loop,
+    TrainArgs, add_training_noise, cached_features, file_stamp, frozen_clip_features, load_images,
+    make_accelerator, parse_args, pick_phrasings, step_generator, train_loop,
 )
 from genvl.world.dataset import read_metadata
 
@@ -108,15 +108,12 @@ def main(argv=None):
     # 3. train
     def compute_loss(model, batch, step):
         chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index)
-        generator = torch.Generator().manual_seed(args.seed * 7_919 + step * 64 + accelerator.process_index)
+        generator = step_generator(args.seed, step, accelerator.process_index)
         drop_text = torch.rand(len(batch), generator=generator) < args.text_dropout
         drop_image = torch.rand(len(batch), generator=generator) < args.image_dropout
         chosen = torch.where(drop_text, torch.full_like(chosen, empty), chosen)
         embeds = image_embeds[batch].masked_fill(drop_image[:, None], 0.0)
-        x0 = latents[batch]
-        noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, args.num_train_timesteps, (len(batch),), generator=generator)
-        noisy = scheduler.add_noise(x0, noise, t)
+        noise, t, noisy = add_training_noise(scheduler, latents[batch], generator)
         prediction = model(noisy.to(device), t.to(device), embeds.to(device), states[chosen].to(device, torch.float32),
                            masks[chosen].to(device))
         if args.snr_gamma is None:

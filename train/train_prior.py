@@ -18,7 +18,8 @@ from diffusers import DDPMScheduler
 
 from genvl.models.unclip import UnclipArchitecture, build_prior
 from genvl.training import (
-    TrainArgs, frozen_clip_features, make_accelerator, parse_args, pick_phrasings, train_loop,
+    TrainArgs, add_training_noise, frozen_clip_features, make_accelerator, parse_args, pick_phrasings,
+    step_generator, train_loop,
 )
 from genvl.world.dataset import read_metadata
 
@@ -66,13 +67,11 @@ def main(argv=None):
     # 3. train
     def compute_loss(model, batch, step):
         chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index)
-        generator = torch.Generator().manual_seed(args.seed * 7_919 + step * 64 + accelerator.process_index)
+        generator = step_generator(args.seed, step, accelerator.process_index)
         drop = torch.rand(len(batch), generator=generator) < args.conditioning_dropout
         chosen = torch.where(drop, torch.full_like(chosen, empty), chosen)
         x0 = (targets[batch] - mean) / std
-        noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, args.num_train_timesteps, (len(batch),), generator=generator)
-        noisy = scheduler.add_noise(x0, noise, t)
+        _, t, noisy = add_training_noise(scheduler, x0, generator)
         prediction = model(noisy.to(device), timestep=t.to(device), proj_embedding=text_embeds[chosen].to(device),
                            encoder_hidden_states=states[chosen].to(device, torch.float32),
                            attention_mask=masks[chosen].bool().to(device)).predicted_image_embedding
