@@ -50,13 +50,10 @@ def parse_args(argv=None):
 
 def with_scheduler(pipeline: TextToImagePipeline, kind: str) -> TextToImagePipeline:
     """A pipeline sharing `pipeline`'s models, with DDPM ("ddpm") or DPM-Solver++ ("dpm") schedulers."""
-    components = dict(pipeline.components)
-    if kind == "dpm":
-        for name in ("prior_scheduler", "decoder_scheduler"):
-            components[name] = DPMSolverMultistepScheduler.from_config(components[name].config,
-                                                                       algorithm_type="dpmsolver++")
-    other = TextToImagePipeline(**components)
+    other = TextToImagePipeline(**pipeline.components)
     other.set_progress_bar_config(disable=True)
+    if kind == "dpm":
+        other.set_schedulers(DPMSolverMultistepScheduler, algorithm_type="dpmsolver++")
     return other
 
 

@@ -121,9 +121,7 @@ def load_t2i_pipeline(args):
     pipeline = TextToImagePipeline.from_pretrained(path, dtype=torch_dtype(args))
     scheduler = getattr(args, "scheduler", "ddpm")
     if scheduler != "ddpm":
-        cls = getattr(diffusers, SCHEDULERS[scheduler])
-        pipeline.prior_scheduler = cls.from_config(pipeline.prior_scheduler.config)
-        pipeline.decoder_scheduler = cls.from_config(pipeline.decoder_scheduler.config)
+        pipeline.set_schedulers(getattr(diffusers, SCHEDULERS[scheduler]))
     pipeline.set_progress_bar_config(disable=args.quiet)
     return pipeline.to(args.device)
 

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -44,11 +45,13 @@ def test_generate_writes_pngs_with_their_settings(t2i_dir, tmp_path, capsys):
         assert image.text["prompt"] == "a red apple" and image.text["seed"] == "6"
         assert json.loads(image.text["settings"])["decoder_num_inference_steps"] == 2
         second = image.copy()
-    # the recorded seed reproduces the image on its own
+    # the recorded seed reproduces the image on its own (up to one level of rounding: a batch of one runs
+    # other float kernels than a batch of two)
     again = tmp_path / "again"
     assert main(["generate", "a red apple", "--seed", "6", "--out", str(again), "--model", str(t2i_dir), *FAST]) == 0
     with Image.open(again / "a_red_apple-6-0.png") as image:
-        assert image.tobytes() == second.tobytes()
+        difference = np.abs(np.asarray(image, dtype=int) - np.asarray(second, dtype=int))
+        assert difference.max() <= 1 and difference.mean() < 0.01
     assert not list(out.glob("*.tmp"))
 
 

@@ -60,11 +60,12 @@ def test_schedulers_are_swappable(scheduler_class):
     pipe = TextToImagePipeline(**get_dummy_unclip_components())
     pipe.set_progress_bar_config(disable=True)
     ddpm = pipe("a red apple", generator=generators(0), output_type="np", **STEPS).images
-    pipe.prior_scheduler = scheduler_class.from_config(pipe.prior_scheduler.config)
-    pipe.decoder_scheduler = scheduler_class.from_config(pipe.decoder_scheduler.config)
+    pipe.set_schedulers(scheduler_class)
     other = pipe("a red apple", generator=generators(0), output_type="np", **STEPS).images
     assert np.isfinite(other).all() and np.abs(other - ddpm).max() > 1e-4
     assert pipe.prior_scheduler.config.prediction_type == "sample"
+    assert isinstance(pipe.decoder_scheduler, scheduler_class)
+    assert pipe.config.decoder_scheduler[1] == scheduler_class.__name__  # what save_pretrained will record
 
 
 def test_guidance_changes_the_result(pipeline):

@@ -84,6 +84,13 @@ class TextToImagePipeline(EmbeddingCacheMixin, DiffusionPipeline):
 
     # ---- encoders -------------------------------------------------------------------------------------
 
+    def set_schedulers(self, scheduler_class, **config):
+        """Swap both stages' schedulers for `scheduler_class` (a diffusers scheduler class), built from the
+        current ones' configs with `config` overriding, e.g. `set_schedulers(DPMSolverMultistepScheduler)`."""
+        self.prior_scheduler = scheduler_class.from_config(self.prior_scheduler.config, **config)
+        self.decoder_scheduler = scheduler_class.from_config(self.decoder_scheduler.config, **config)
+        return self
+
     def encode_prompt(self, prompts: list[str]):
         """(text_embeds (B, E) unit length, token_states (B, T, H), mask (B, T)) from CLIP's text tower."""
         for prompt in prompts:
