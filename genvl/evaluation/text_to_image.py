@@ -139,9 +139,8 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
         seeds = range(seed + start, seed + start + len(chunk))
         priors.append(pipeline.run_prior(text, prior_num_inference_steps, prior_guidance_scale,
                                          [torch.Generator().manual_seed(s) for s in seeds]).cpu())
-        drawn = pipeline.run_decoder(real_embeds[start : start + batch_size].to(pipeline.clip.device, pipeline.clip.dtype),
-                                     text,
-                                     decoder_num_inference_steps, decoder_guidance_scale,
+        embeds = real_embeds[start : start + batch_size].to(pipeline.clip.device, pipeline.clip.dtype)
+        drawn = pipeline.run_decoder(embeds, text, decoder_num_inference_steps, decoder_guidance_scale,
                                      [torch.Generator().manual_seed(s) for s in seeds])
         images.append(((drawn.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
     prior = torch.cat(priors).float()
