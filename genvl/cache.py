@@ -50,6 +50,11 @@ class EmbeddingCache:
         token = self._tokens.setdefault(encoder, uuid.uuid4().hex)
         return ":".join([token, *map(str, details)])
 
+    def forget(self, encoder: torch.nn.Module) -> None:
+        """Give `encoder` a fresh key, for when its weights change (e.g. a LoRA adapter is loaded); its old
+        entries are never hit again and age out."""
+        self._tokens.pop(encoder, None)
+
     def encode(self, namespace: str, images: list, encode_fn) -> torch.Tensor:
         """Encodings (B, ...) of PIL `images`; only the images not cached go through `encode_fn(images)`, which
         must return one row per image it is given."""

@@ -56,6 +56,21 @@ def add_runtime_flags(parser, model_help):
     parser.add_argument("--quiet", action="store_true", help="no progress bars or logs on stderr")
 
 
+def add_lora_flag(parser):
+    parser.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                        help="load a LoRA adapter folder (PEFT format), scaled by SCALE (default 1); repeatable")
+
+
+def load_loras(pipeline, specs) -> None:
+    from .lora import parse_lora_spec
+
+    for spec in specs:
+        path, scale = parse_lora_spec(spec)
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"--lora {path}: no such adapter folder")
+        pipeline.load_lora_weights(path, weight=scale)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genvl", description="Caption images and generate images from text.")
     parser.add_argument("--version", action="version", version=f"genvl {__version__}")
@@ -68,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     caption.add_argument("images", nargs="+", help="image files or folders")
     add_decoding_flags(caption)
+    add_lora_flag(caption)
     add_runtime_flags(caption, "captioner folder (default: the shipped genvl-caption-small)")
     caption.add_argument("--json", action="store_true", help="one JSON record per image on stdout")
 
@@ -157,6 +173,7 @@ def load_caption_pipeline(args):
     if not path.is_dir():
         raise FileNotFoundError(f"--model {path}: no such model folder")
     pipeline = CaptionPipeline.from_pretrained(path, dtype=torch_dtype(args))
+    load_loras(pipeline, getattr(args, "lora", []))
     pipeline.set_progress_bar_config(disable=args.quiet)
     return pipeline.to(args.device)
 

@@ -11,6 +11,7 @@ from ..cache import EmbeddingCacheMixin
 from ..generation import GenerationSettings, generate
 from ..generation.decoder import encode_images
 from ..images import load_image
+from ..lora import LoraMixin
 
 
 @dataclass
@@ -21,15 +22,17 @@ class CaptionOutput(BaseOutput):
     scores: list[list[float]] = field(default_factory=list)
 
 
-class CaptionPipeline(EmbeddingCacheMixin, DiffusionPipeline):
+class CaptionPipeline(LoraMixin, EmbeddingCacheMixin, DiffusionPipeline):
     """Caption images with a ViT-GPT2 VisionEncoderDecoder model.
 
     Loads a genvl pipeline folder (model_index.json with model/, tokenizer/, image_processor/) or a flat
     Hugging Face VisionEncoderDecoder folder (config.json, weights, tokenizer files, preprocessor_config.json),
     the layout of public ViT-GPT2 captioning checkpoints. The model's `generation_config` gives the decoding
     defaults; keyword arguments of `__call__` override them. With `set_embedding_cache`, image encodings are
-    kept in a shared `EmbeddingCache`.
+    kept in a shared `EmbeddingCache`. LoRA adapters (PEFT format) load with `load_lora_weights`.
     """
+
+    lora_components = ("model",)
 
     def __init__(self, model, tokenizer, image_processor):
         super().__init__()
@@ -56,6 +59,7 @@ class CaptionPipeline(EmbeddingCacheMixin, DiffusionPipeline):
         """Save in genvl's layout; weights as safetensors, the tokenizer also as vocab.json + merges.txt."""
         from ..models.captioner import save_gpt2_vocab_files
 
+        self.check_no_adapters()
         kwargs.setdefault("safe_serialization", True)
         super().save_pretrained(save_directory, **kwargs)
         save_gpt2_vocab_files(self.tokenizer, Path(save_directory) / "tokenizer")

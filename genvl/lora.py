@@ -1,0 +1,273 @@
+"""LoRA adapters (PEFT) on genvl's networks: default target modules, and adding, saving, loading, weighting,
+fusing and removing adapters on any of the models in place.
+
+Adapters are kept in PEFT's format (`adapter_config.json` + `adapter_model.safetensors`, keys under
+`base_model.model.`), so a folder written here loads with `peft.PeftModel.from_pretrained` and the other way
+round. The models stay the transformers / diffusers modules they were: PEFT wraps the targeted layers, and
+everything that calls those layers (genvl's decoding engine included) sees the adapters.
+"""
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+# attention projections of each network; GPT-2's `c_attn` is a Conv1D (weights stored transposed), which PEFT
+# handles with fan_in_fan_out=True
+LORA_TARGETS = {
+    # ViT self-attention (`query`/`value` before transformers 5); GPT-2 self- and cross-attention
+    "captioner": ["q_proj", "v_proj", "c_attn"],
+    "clip": ["q_proj", "v_proj"],
+    "prior": ["to_q", "to_k", "to_v", "to_out.0"],
+    "decoder": ["to_q", "to_k", "to_v", "to_out.0"],
+}
+
+
+def lora_config(network: str, rank: int = 8, lora_alpha: float | None = None, target_modules=None,
+                dropout: float = 0.0):
+    """A `peft.LoraConfig` with `network`'s default target modules (see `LORA_TARGETS`); alpha defaults to rank."""
+    from peft import LoraConfig
+
+    if network not in LORA_TARGETS:
+        raise ValueError(f"unknown network {network!r}; expected one of {sorted(LORA_TARGETS)}")
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    return LoraConfig(r=rank, lora_alpha=lora_alpha or rank, target_modules=target_modules or LORA_TARGETS[network],
+                      lora_dropout=dropout, fan_in_fan_out=network == "captioner")
+
+
+def add_adapter(model: torch.nn.Module, config, adapter_name: str = "default") -> torch.nn.Module:
+    """Wrap `model`'s target layers with a fresh adapter, in place; only adapter weights stay trainable."""
+    from peft import inject_adapter_in_model
+
+    if adapter_name in getattr(model, "peft_config", {}):
+        raise ValueError(f"the model already has an adapter named {adapter_name!r}")
+    before = dict(getattr(model, "peft_config", {}))
+    with warnings.catch_warnings():
+        # one config covers ViT Linear and GPT-2 Conv1D layers: PEFT picks fan_in_fan_out per layer and says so
+        warnings.filterwarnings("ignore", message="fan_in_fan_out is set to")
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        inject_adapter_in_model(config, model, adapter_name)
+    model.peft_config = {**before, **model.peft_config}  # PEFT keeps only the newest adapter's config
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(f".{adapter_name}." in name and "lora_" in name)
+    return model
+
+
+def lora_layers(model: torch.nn.Module):
+    from peft.tuners.lora import LoraLayer
+
+    return [module for module in model.modules() if isinstance(module, LoraLayer)]
+
+
+def adapter_names_of(model: torch.nn.Module) -> list[str]:
+    return list(getattr(model, "peft_config", {}))
+
+
+def save_adapter(model: torch.nn.Module, save_directory, adapter_name: str = "default") -> Path:
+    """Write one adapter in PEFT's format."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    if adapter_name not in adapter_names_of(model):
+        raise ValueError(f"no adapter named {adapter_name!r}; the model has {adapter_names_of(model)}")
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    state = {PEFT_PREFIX + key: value.detach().contiguous().cpu() for key, value in state.items()}
+    out = Path(save_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    model.peft_config[adapter_name].save_pretrained(out)
+    save_file(state, out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    return out
+
+
+def load_adapter(model: torch.nn.Module, path, adapter_name: str = "default") -> torch.nn.Module:
+    """Add the PEFT adapter saved in folder `path` to `model` under `adapter_name`, in place."""
+    from peft import PeftConfig, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / ADAPTER_CONFIG).is_file() or not (path / ADAPTER_WEIGHTS).is_file():
+        raise FileNotFoundError(f"{path}: not a PEFT adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
+    config = PeftConfig.from_pretrained(path)
+    config.inference_mode = True
+    state = {key.removeprefix(PEFT_PREFIX): value for key, value in load_file(path / ADAPTER_WEIGHTS).items()}
+    try:
+        add_adapter(model, config, adapter_name)
+    except ValueError as err:  # PEFT says which target modules it could not find
+        raise ValueError(f"{path}: the adapter does not fit this model: {err}") from None
+    result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
+    unexpected = [key for key in result.unexpected_keys if "lora_" in key]
+    missing = [key for key in result.missing_keys if f".{adapter_name}." in key and "lora_" in key]
+    if unexpected or missing:
+        delete_adapter(model, adapter_name)
+        raise ValueError(f"{path}: the adapter does not fit this model ({len(missing)} adapter weights missing, "
+                         f"{len(unexpected)} unexpected, e.g. {(missing + unexpected)[0]})")
+    model.requires_grad_(False)
+    return model
+
+
+def set_adapters(model: torch.nn.Module, names: list[str], weights: list[float], trainable: bool = False) -> None:
+    """Make `names` the active adapters, each scaled by its weight (1.0: as trained)."""
+    unknown = sorted(set(names) - set(adapter_names_of(model)))
+    if unknown:
+        raise ValueError(f"no adapter named {unknown[0]!r}; the model has {adapter_names_of(model)}")
+    if len(weights) != len(names):
+        raise ValueError(f"got {len(weights)} weights for {len(names)} adapters")
+    for layer in lora_layers(model):
+        layer.set_adapter(names, inference_mode=not trainable)
+        for name, weight in zip(names, weights):
+            if name in layer.lora_A:
+                layer.set_scale(name, weight)
+
+
+def fuse(model: torch.nn.Module) -> None:
+    """Add the active adapters' weights (at their current scales) into the base layers."""
+    for layer in lora_layers(model):
+        layer.merge()
+
+
+def unfuse(model: torch.nn.Module) -> None:
+    for layer in lora_layers(model):
+        layer.unmerge()
+
+
+def delete_adapter(model: torch.nn.Module, adapter_name: str) -> None:
+    """Remove one adapter; the base layers come back when it was the last."""
+    for layer in lora_layers(model):
+        if adapter_name in layer.lora_A:
+            layer.delete_adapter(adapter_name)
+    model.peft_config.pop(adapter_name, None)
+    if not model.peft_config:
+        remove_adapters(model)
+
+
+def remove_adapters(model: torch.nn.Module) -> None:
+    """Put the base layers back in place of the adapter-wrapped ones (fused weights stay fused)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    wrapped = [(name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
+    for name, module in wrapped:
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+
+
+def parse_lora_spec(spec: str) -> tuple[str, float]:
+    """`PATH[:SCALE]` -> (path, scale); the scale defaults to 1."""
+    path, sep, scale = spec.rpartition(":")
+    if not sep or not scale or "/" in scale or not path:
+        return spec, 1.0
+    try:
+        return path, float(scale)
+    except ValueError:
+        return spec, 1.0
+
+
+class LoraMixin:
+    """`load_lora_weights`, `set_adapters`, `fuse_lora`, `unfuse_lora` and `unload_lora_weights` for pipelines.
+
+    `lora_components` names the components adapters can go to, the default first. An adapter folder holds
+    either one PEFT adapter (for the default component) or one subfolder per component, named after it.
+    """
+
+    lora_components: tuple = ()
+
+    def _adapter_weights(self) -> dict:
+        if "_lora_weights" not in self.__dict__:
+            self.__dict__["_lora_weights"] = {}
+        return self.__dict__["_lora_weights"]
+
+    def _lora_models(self) -> dict:
+        return {name: getattr(self, name) for name in self.lora_components if getattr(self, name, None) is not None}
+
+    def _adapters_changed(self, models) -> None:
+        cache = getattr(self, "embedding_cache", None)
+        if cache is not None:
+            for model in models:
+                cache.forget(model)
+
+    def load_lora_weights(self, path, adapter_name: str | None = None, weight: float = 1.0):
+        """Load a PEFT adapter folder (see the class doc) and make it active beside the ones loaded before."""
+        path = Path(path)
+        weights = self._adapter_weights()
+        name = adapter_name or f"default_{len(weights)}"
+        if name in weights:
+            raise ValueError(f"an adapter named {name!r} is already loaded")
+        if (path / ADAPTER_CONFIG).is_file():
+            parts = {self.lora_components[0]: path}
+        else:
+            parts = {c: path / c for c in self.lora_components if (path / c / ADAPTER_CONFIG).is_file()}
+            if not parts:
+                raise FileNotFoundError(f"{path}: no {ADAPTER_CONFIG} in it or in a subfolder named after one of "
+                                        f"{list(self.lora_components)}")
+        models = self._lora_models()
+        loaded = []
+        try:
+            for component, folder in parts.items():
+                load_adapter(models[component], folder, name)
+                loaded.append(component)
+        except Exception:
+            for component in loaded:  # nothing half-loaded stays behind
+                delete_adapter(models[component], name)
+            raise
+        weights[name] = weight
+        self.set_adapters(list(weights), list(weights.values()))
+        return self
+
+    def set_adapters(self, adapter_names, adapter_weights=None):
+        """Activate `adapter_names` (a name or a list), with `adapter_weights` (one float or one per name)."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        weights = self._adapter_weights()
+        unknown = sorted(set(names) - set(weights))
+        if unknown:
+            raise ValueError(f"no adapter named {unknown[0]!r}; loaded: {list(weights)}")
+        if adapter_weights is None:
+            adapter_weights = [weights[n] for n in names]
+        elif not isinstance(adapter_weights, (list, tuple)):
+            adapter_weights = [adapter_weights] * len(names)
+        for model in self._lora_models().values():
+            present = [(n, w) for n, w in zip(names, adapter_weights) if n in adapter_names_of(model)]
+            if present or adapter_names_of(model):
+                set_adapters(model, [n for n, _ in present], [w for _, w in present])
+        weights.update(zip(names, adapter_weights))
+        self._adapters_changed(self._lora_models().values())
+        return self
+
+    def fuse_lora(self, lora_scale: float = 1.0):
+        """Fold the active adapters, scaled by `lora_scale`, into the weights (faster inference)."""
+        for model in self._lora_models().values():
+            for layer in lora_layers(model):
+                layer.scale_layer(lora_scale)
+            fuse(model)
+        self._adapters_changed(self._lora_models().values())
+        return self
+
+    def unfuse_lora(self):
+        for model in self._lora_models().values():
+            unfuse(model)
+            for layer in lora_layers(model):
+                for name in layer.active_adapters:
+                    layer.set_scale(name, self._adapter_weights().get(name, 1.0))
+        self._adapters_changed(self._lora_models().values())
+        return self
+
+    def unload_lora_weights(self):
+        """Remove every adapter, restoring the base weights (fused adapters are unfused first)."""
+        for model in self._lora_models().values():
+            unfuse(model)
+            remove_adapters(model)
+        self._adapter_weights().clear()
+        self._adapters_changed(self._lora_models().values())
+        return self
+
+    def check_no_adapters(self):
+        loaded = [c for c, m in self._lora_models().items() if adapter_names_of(m)]
+        if loaded:
+            raise ValueError(f"{', '.join(loaded)} carry LoRA adapters; call unload_lora_weights() before "
+                             "save_pretrained (save adapters with genvl.lora.save_adapter)")

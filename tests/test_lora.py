@@ -1,0 +1,174 @@
+"""LoRA adapters (PEFT format) on the captioner: targets, saving and loading, weights, fusing, unloading."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from genvl.cache import EmbeddingCache
+from genvl.cli import main
+from genvl.lora import (
+    LORA_TARGETS, add_adapter, lora_config, lora_layers, parse_lora_spec, remove_adapters, save_adapter,
+)
+from genvl.pipelines.caption import CaptionPipeline
+
+from .conftest import get_dummy_components
+
+
+def with_random_adapter(model, rank=4, seed=1):
+    """`model` with a LoRA adapter whose B matrices are random (fresh ones are zero and change nothing)."""
+    add_adapter(model, lora_config("captioner", rank=rank, lora_alpha=2 * rank))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return model.eval()
+
+
+def logits(model, pixels):
+    ids = torch.tensor([[0, 5, 9, 12]] * len(pixels))
+    with torch.no_grad():
+        return model(pixel_values=pixels, decoder_input_ids=ids).logits
+
+
+@pytest.fixture
+def pixels():
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def adapter_dir(tmp_path, tiny_tokenizer):
+    model, _ = get_dummy_components(tiny_tokenizer)
+    save_adapter(with_random_adapter(model), tmp_path / "adapter")
+    return tmp_path / "adapter"
+
+
+def test_default_targets_cover_vit_and_gpt2(tiny_tokenizer):
+    model, _ = get_dummy_components(tiny_tokenizer)
+    total = sum(p.numel() for p in model.parameters())
+    add_adapter(model, lora_config("captioner", rank=2))
+    layers = lora_layers(model)
+    wrapped = {name: module for name, module in model.named_modules() if any(module is m for m in layers)}
+    assert {name.rsplit(".", 1)[-1] for name in wrapped} == {"q_proj", "v_proj", "c_attn"}
+    assert "encoder.layers.1.attention.v_proj" in wrapped and "decoder.transformer.h.1.crossattention.c_attn" in wrapped
+    # GPT-2's Conv1D stores its weight transposed: PEFT must treat it as fan-in/fan-out, ViT's Linear not
+    assert wrapped["decoder.transformer.h.0.attn.c_attn"].fan_in_fan_out
+    assert not wrapped["encoder.layers.0.attention.q_proj"].fan_in_fan_out
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) < 0.1 * total
+    with pytest.raises(ValueError, match="unknown network"):
+        lora_config("vae")
+    assert lora_config("decoder").target_modules == set(LORA_TARGETS["decoder"])
+
+
+def test_adapter_is_saved_in_peft_format(adapter_dir, tiny_tokenizer, pixels):
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8
+    keys = list(load_file(adapter_dir / "adapter_model.safetensors"))
+    assert keys and all(k.startswith("base_model.model.") and "lora_" in k for k in keys)
+    # PEFT itself loads it, and gives the same outputs as genvl's loader
+    base, _ = get_dummy_components(tiny_tokenizer)
+    reference = logits(PeftModel.from_pretrained(base, adapter_dir).eval(), pixels)
+    pipe = CaptionPipeline(model=get_dummy_components(tiny_tokenizer)[0], tokenizer=tiny_tokenizer,
+                           image_processor=None)
+    plain = logits(pipe.model, pixels)
+    pipe.load_lora_weights(adapter_dir)
+    torch.testing.assert_close(logits(pipe.model, pixels), reference)
+    assert (logits(pipe.model, pixels) - plain).abs().max() > 1e-3
+
+
+def test_weights_fuse_unfuse_and_unload(adapter_dir, tiny_tokenizer, pixels, tmp_path):
+    model, processor = get_dummy_components(tiny_tokenizer)
+    pipe = CaptionPipeline(model=model, tokenizer=tiny_tokenizer, image_processor=processor)
+    plain = logits(model, pixels)
+    pipe.load_lora_weights(adapter_dir, adapter_name="concept")
+    full = logits(model, pixels)
+    pipe.set_adapters("concept", 0.0)
+    torch.testing.assert_close(logits(model, pixels), plain)
+    pipe.set_adapters(["concept"], [0.5])
+    half = logits(model, pixels)
+    assert (half - plain).abs().max() > 1e-3 and (half - full).abs().max() > 1e-3
+    pipe.set_adapters("concept", 1.0)
+    pipe.fuse_lora()
+    torch.testing.assert_close(logits(model, pixels), full, atol=1e-4, rtol=1e-4)
+    pipe.unfuse_lora()
+    torch.testing.assert_close(logits(model, pixels), full, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="unload_lora_weights"):
+        pipe.save_pretrained(tmp_path / "saved")
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()  # unfuses first: the base weights come back
+    assert not lora_layers(model)
+    torch.testing.assert_close(logits(model, pixels), plain, atol=1e-5, rtol=1e-5)
+    pipe.save_pretrained(tmp_path / "saved")
+
+
+def test_engine_decodes_through_the_adapter(adapter_dir, tiny_tokenizer, scene_images):
+    model, processor = get_dummy_components(tiny_tokenizer)
+    pipe = CaptionPipeline(model=model, tokenizer=tiny_tokenizer, image_processor=processor)
+    cache = EmbeddingCache()
+    pipe.set_embedding_cache(cache)
+    before = pipe(scene_images, max_new_tokens=8)
+    pipe.load_lora_weights(adapter_dir)
+    adapted = pipe(scene_images, max_new_tokens=8)
+    assert adapted.scores != before.scores
+    assert cache.misses == 2 * len(scene_images)  # the plain ViT's cached encodings were not reused
+    # the same captions from plain modules holding the merged weights
+    merged, _ = get_dummy_components(tiny_tokenizer)
+    merged = with_random_adapter(merged)
+    for layer in lora_layers(merged):
+        layer.merge()
+    remove_adapters(merged)
+    assert not lora_layers(merged)
+    reference = CaptionPipeline(model=merged, tokenizer=tiny_tokenizer, image_processor=processor)(
+        scene_images, max_new_tokens=8)
+    assert adapted.captions == reference.captions
+    assert [s for row in adapted.scores for s in row] == pytest.approx(
+        [s for row in reference.scores for s in row], abs=1e-4)
+
+
+def test_bad_adapters_are_refused_and_leave_nothing(tmp_path, tiny_tokenizer, pixels):
+    model, processor = get_dummy_components(tiny_tokenizer)
+    pipe = CaptionPipeline(model=model, tokenizer=tiny_tokenizer, image_processor=processor)
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        pipe.load_lora_weights(tmp_path)
+    # an adapter made for a UNet's attention does not fit a ViT-GPT2 model
+    other, _ = get_dummy_components(tiny_tokenizer)
+    add_adapter(other, lora_config("captioner", rank=2, target_modules=["q_proj", "k_proj"]))
+    save_adapter(other, tmp_path / "other")
+    config = json.loads((tmp_path / "other" / "adapter_config.json").read_text())
+    config["target_modules"] = ["to_q", "to_v"]  # a UNet's
+    (tmp_path / "other" / "adapter_config.json").write_text(json.dumps(config))
+    plain = logits(model, pixels)
+    with pytest.raises(ValueError, match="does not fit"):
+        pipe.load_lora_weights(tmp_path / "other")
+    assert not lora_layers(model) and not getattr(model, "peft_config", None)
+    torch.testing.assert_close(logits(model, pixels), plain)
+    with pytest.raises(ValueError, match="no adapter named"):
+        pipe.set_adapters("missing")
+
+
+def test_parse_lora_spec():
+    assert parse_lora_spec("adapters/red:0.7") == ("adapters/red", 0.7)
+    assert parse_lora_spec("adapters/red") == ("adapters/red", 1.0)
+    assert parse_lora_spec("C:/adapters/red") == ("C:/adapters/red", 1.0)
+
+
+def test_caption_cli_loads_adapters_with_a_scale(tiny_pipeline_dir, adapter_dir, scene_images, tmp_path, capsys):
+    image = tmp_path / "img.png"
+    scene_images[0].save(image)
+
+    def score(*flags):
+        argv = ["caption", str(image), "--model", str(tiny_pipeline_dir), "--json", "--quiet", "--max-new-tokens", "6"]
+        assert main([*argv, *flags]) == 0
+        return json.loads(capsys.readouterr().out)["captions"][0]["score"]
+
+    plain = score()
+    assert score("--lora", f"{adapter_dir}:0") == pytest.approx(plain, abs=1e-5)
+    assert score("--lora", str(adapter_dir)) != pytest.approx(plain, abs=1e-3)
+    assert main(["caption", str(image), "--model", str(tiny_pipeline_dir), "--lora", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--lora" in err and len(err.splitlines()) == 1
