@@ -43,11 +43,14 @@ def add_t2i_runtime_flags(parser):
 
 def add_parsers(commands, evaluate):
     """Register the text-to-image commands on the `genvl` subparsers and the `genvl eval` subparsers."""
+    from .cli import add_lora_flag
+
     generate = commands.add_parser("generate", help="generate images from a prompt",
                                    epilog='example: genvl generate "a red apple" -n 4 --seed 0')
     generate.add_argument("prompt")
     generate.add_argument("-n", "--num-images", type=int, default=1)
     generate.add_argument("--negative", default=None, help="negative prompt (default: the empty prompt)")
+    add_lora_flag(generate)
     add_sampling_flags(generate)
     add_t2i_runtime_flags(generate)
 
@@ -111,7 +114,7 @@ def check_positive(args, *names):
 def load_t2i_pipeline(args):
     import diffusers
 
-    from .cli import quiet_libraries, torch_dtype
+    from .cli import load_loras, quiet_libraries, torch_dtype
     from .pipelines.text_to_image import TextToImagePipeline
 
     quiet_libraries(args)
@@ -119,6 +122,7 @@ def load_t2i_pipeline(args):
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"--model {path}: not a text-to-image pipeline folder (no model_index.json)")
     pipeline = TextToImagePipeline.from_pretrained(path, dtype=torch_dtype(args))
+    load_loras(pipeline, getattr(args, "lora", []))
     scheduler = getattr(args, "scheduler", "ddpm")
     if scheduler != "ddpm":
         pipeline.set_schedulers(getattr(diffusers, SCHEDULERS[scheduler]))

@@ -133,7 +133,8 @@ def fuse(model: torch.nn.Module) -> None:
 
 def unfuse(model: torch.nn.Module) -> None:
     for layer in lora_layers(model):
-        layer.unmerge()
+        if layer.merged:
+            layer.unmerge()
 
 
 def delete_adapter(model: torch.nn.Module, adapter_name: str) -> None:

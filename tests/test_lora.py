@@ -2,9 +2,11 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from peft import PeftModel
+from PIL import Image
 from safetensors.torch import load_file
 
 from genvl.cache import EmbeddingCache
@@ -172,3 +174,53 @@ def test_caption_cli_loads_adapters_with_a_scale(tiny_pipeline_dir, adapter_dir,
     assert main(["caption", str(image), "--model", str(tiny_pipeline_dir), "--lora", str(tmp_path / "none")]) == 1
     err = capsys.readouterr().err.strip()
     assert "--lora" in err and len(err.splitlines()) == 1
+
+
+def test_text_to_image_adapters_per_component(tmp_path):
+    from genvl.pipelines.text_to_image import TextToImagePipeline
+
+    from .conftest import get_dummy_unclip_components
+
+    def image(pipe, **kwargs):
+        out = pipe("a red apple", generator=torch.Generator().manual_seed(0), output_type="np",
+                   prior_num_inference_steps=2, decoder_num_inference_steps=2, **kwargs)
+        return torch.from_numpy(out.images)
+
+    source = TextToImagePipeline(**get_dummy_unclip_components())
+    for component in ("decoder", "prior"):
+        model = getattr(source, component)
+        add_adapter(model, lora_config(component, rank=2))
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(0, 0.5)
+        save_adapter(model, tmp_path / "both" / component)
+    save_adapter(source.decoder, tmp_path / "decoder_only")
+    pipe = TextToImagePipeline(**get_dummy_unclip_components())
+    pipe.set_progress_bar_config(disable=True)
+    plain = image(pipe)
+    pipe.load_lora_weights(tmp_path / "both", adapter_name="both")
+    assert lora_layers(pipe.decoder) and lora_layers(pipe.prior) and not lora_layers(pipe.clip)
+    both = image(pipe)
+    assert (both - plain).abs().max() > 1e-3
+    pipe.set_adapters("both", 0.0)
+    torch.testing.assert_close(image(pipe), plain, atol=1e-5, rtol=1e-5)
+    pipe.unload_lora_weights()
+    torch.testing.assert_close(image(pipe), plain, atol=1e-5, rtol=1e-5)
+    pipe.load_lora_weights(tmp_path / "decoder_only")  # a bare adapter folder goes to the decoder
+    assert lora_layers(pipe.decoder) and not lora_layers(pipe.prior)
+    with pytest.raises(ValueError, match="unload_lora_weights"):
+        pipe.save_pretrained(tmp_path / "saved")
+    pipe.unload_lora_weights()
+    pipe.save_pretrained(tmp_path / "pipe")
+
+    def generated(*flags):
+        out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        assert main(["generate", "a red apple", "--model", str(tmp_path / "pipe"), "--seed", "0", "--steps", "2",
+                     "--out", str(out), "--quiet", *flags]) == 0
+        with Image.open(next(out.glob("*.png"))) as png:
+            return np.asarray(png, dtype=int)
+
+    plain_png = generated()
+    assert np.abs(generated("--lora", f"{tmp_path / 'both'}:0") - plain_png).max() <= 1
+    assert np.abs(generated("--lora", str(tmp_path / "both")) - plain_png).max() > 10

@@ -16,6 +16,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..cache import EmbeddingCacheMixin
 from ..images import load_image
+from ..lora import LoraMixin
 from ..models import unclip  # noqa: F401  (from_pretrained finds UnclipConditioner by its module's name)
 
 
@@ -38,16 +39,18 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return torch.sin((1.0 - t) * omega) / so * a + torch.sin(t * omega) / so * b
 
 
-class TextToImagePipeline(EmbeddingCacheMixin, DiffusionPipeline):
+class TextToImagePipeline(LoraMixin, EmbeddingCacheMixin, DiffusionPipeline):
     """Text-to-image in the unCLIP style, plus image variations, interpolation and image-text scoring.
 
     Components: `clip` (transformers `CLIPModel`), `tokenizer`, `image_processor` (CLIP's), `prior`
     (`PriorTransformer` predicting the standardised image embedding), `prior_scheduler`, `conditioner`
     (`UnclipConditioner`), `decoder` (`UNet2DConditionModel`), `decoder_scheduler`, and `vae`
     (`AutoencoderKL`, optional: without it the decoder works in pixel space). With `set_embedding_cache`,
-    CLIP image embeddings are kept in a shared `EmbeddingCache`.
+    CLIP image embeddings are kept in a shared `EmbeddingCache`. LoRA adapters (PEFT format) load with
+    `load_lora_weights`: one adapter folder for the decoder, or subfolders `decoder/`, `prior/`, `clip/`.
     """
 
+    lora_components = ("decoder", "prior", "clip")
     model_cpu_offload_seq = "clip->prior->conditioner->decoder->vae"
     _optional_components = ["vae"]
 
@@ -67,6 +70,7 @@ class TextToImagePipeline(EmbeddingCacheMixin, DiffusionPipeline):
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def save_pretrained(self, save_directory, **kwargs):
+        self.check_no_adapters()
         kwargs.setdefault("safe_serialization", True)
         super().save_pretrained(save_directory, **kwargs)
 
