@@ -7,7 +7,6 @@ round. The models stay the transformers / diffusers modules they were: PEFT wrap
 everything that calls those layers (genvl's decoding engine included) sees the adapters.
 """
 
-import json
 import warnings
 from pathlib import Path
 

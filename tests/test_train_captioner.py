@@ -55,3 +55,31 @@ def test_unknown_caption_column_is_named(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="column 'caption' not found; available columns"):
         train_captioner.main(train_args(tiny_data, tmp_path / "run", 2, "configs/captioner_small.json",
                                         caption_column="caption"))
+
+
+def test_lora_fine_tune_saves_an_adapter(tiny_data, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(TINY.to_dict()))
+    train_captioner.main(train_args(tiny_data, tmp_path / "base", 2, arch_file))
+    base_weights = load_file(tmp_path / "base" / "model" / "model.safetensors")
+    losses = train_captioner.main(train_args(tiny_data, tmp_path / "lora", 6, arch_file, rank=2, lora_alpha=4,
+                                             pretrained_model_name_or_path=tmp_path / "base",
+                                             learning_rate=1e-2) + ["--no-use_ema"])
+    assert len(losses) == 6 and all(loss == loss for loss in losses)
+    adapter = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert adapter["r"] == 2 and adapter["lora_alpha"] == 4
+    assert not (tmp_path / "lora" / "model_index.json").exists()
+    pipeline = CaptionPipeline.from_pretrained(tmp_path / "base")
+    pixels = torch.zeros(1, 3, 32, 32)
+    ids = torch.tensor([[0, 3, 4]])
+    before = pipeline.model(pixel_values=pixels, decoder_input_ids=ids).logits
+    pipeline.load_lora_weights(tmp_path / "lora")
+    assert (pipeline.model(pixel_values=pixels, decoder_input_ids=ids).logits - before).abs().max() > 1e-4
+    # only the adapter trained: the base folder is untouched
+    assert all(torch.equal(base_weights[k], v)
+               for k, v in load_file(tmp_path / "base" / "model" / "model.safetensors").items())
+    with pytest.raises(SystemExit):
+        train_captioner.main(train_args(tiny_data, tmp_path / "bad", 2, arch_file, rank=2))

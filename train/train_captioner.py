@@ -4,6 +4,8 @@
         --train_data_dir data/train --output_dir runs/captioner
 
 Ends with `CaptionPipeline.save_pretrained(output_dir)`; checkpoints go to `output_dir/checkpoint-<step>`.
+With `--rank R` (and `--pretrained_model_name_or_path`) only a LoRA adapter on the ViT's and GPT-2's attention
+trains, and `output_dir` ends with the adapter in PEFT's format, for `CaptionPipeline.load_lora_weights`.
 """
 
 import json
@@ -12,8 +14,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoTokenizer, VisionEncoderDecoderModel
 
+from genvl.lora import add_adapter, lora_config, save_adapter
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
 from genvl.training import (
     TrainArgs, load_images, load_or_train_tokenizer, make_accelerator, parse_args, train_loop,
@@ -29,6 +31,11 @@ class TrainCaptionerArgs(TrainArgs):
     architecture: str = "configs/captioner_small.json"
     pretrained_model_name_or_path: str | None = None
     vocab_size: int = 1024
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rank is not None and not self.pretrained_model_name_or_path:
+            raise ValueError("--rank (LoRA) needs --pretrained_model_name_or_path, the captioner to adapt")
 
 
 def tokenize_captions(tokenizer, captions, max_length: int):
@@ -59,9 +66,11 @@ def main(argv=None):
     captions = [r[args.caption_column] for r in records]
 
     # 1. tokenizer and model: fine-tune a saved captioner, or build a fresh one with its own tokenizer
-    if args.pretrained_model_name_or_path:
-        model = VisionEncoderDecoderModel.from_pretrained(args.pretrained_model_name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(args.pretrained_model_name_or_path)
+    if args.pretrained_model_name_or_path:  # a genvl pipeline folder or a flat VisionEncoderDecoder one
+        from genvl.pipelines.caption import CaptionPipeline
+
+        pretrained = CaptionPipeline.from_pretrained(args.pretrained_model_name_or_path)
+        model, tokenizer = pretrained.model, pretrained.tokenizer
         arch = CaptionerArchitecture(image_size=model.config.encoder.image_size)
     else:
         arch = CaptionerArchitecture.from_json(args.architecture)
@@ -70,6 +79,11 @@ def main(argv=None):
         tokenizer = load_or_train_tokenizer(accelerator, output_dir, lambda: train_tokenizer(texts, args.vocab_size))
         model = build_captioner(arch, tokenizer)
     max_length = model.config.decoder.n_positions
+    if args.rank is not None:
+        add_adapter(model, lora_config("captioner", args.rank, args.lora_alpha))
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        accelerator.print(f"LoRA rank {args.rank}: {trainable:,} trainable parameters "
+                          f"({trainable / sum(p.numel() for p in model.parameters()):.2%})")
 
     # 2. data in memory
     images = load_images(data_dir, records, args.image_column, args.resolution)
@@ -84,10 +98,14 @@ def main(argv=None):
         pixel_values = images[batch].float().div_(127.5).sub_(1.0).to(device)
         return caption_loss(model, pixel_values, decoder_input_ids[batch].to(device), labels[batch].to(device))
 
-    losses = train_loop(accelerator, args, model, model.parameters(), len(records), compute_loss)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)
 
-    # 4. save the final pipeline (EMA weights when EMA is on)
-    if accelerator.is_main_process:
+    # 4. save the final pipeline, or the adapter (EMA weights when EMA is on)
+    if accelerator.is_main_process and args.rank is not None:
+        save_adapter(model, output_dir)
+        (output_dir / "train_losses.json").write_text(json.dumps(losses))
+    elif accelerator.is_main_process:
         from genvl.pipelines.caption import CaptionPipeline
 
         pipeline = CaptionPipeline(model=model, tokenizer=tokenizer, image_processor=build_image_processor(arch))
