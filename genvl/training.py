@@ -134,14 +134,10 @@ class TrainArgs:
     seed: int = 0
     logging_steps: int = 50
     report_to: str | None = None
-    rank: int | None = None  # LoRA rank: train a LoRA adapter (PEFT) instead of every weight
-    lora_alpha: float | None = None  # LoRA scale numerator (default: the rank)
 
     def __post_init__(self):
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        if self.rank is not None and self.rank < 1:
-            raise ValueError(f"--rank must be >= 1, got {self.rank}")
         for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "resolution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")

@@ -31,9 +31,13 @@ class TrainCaptionerArgs(TrainArgs):
     architecture: str = "configs/captioner_small.json"
     pretrained_model_name_or_path: str | None = None
     vocab_size: int = 1024
+    rank: int | None = None  # LoRA rank: train a LoRA adapter (PEFT) instead of every weight
+    lora_alpha: float | None = None  # LoRA scale numerator (default: the rank)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.rank is not None and self.rank < 1:
+            raise ValueError(f"--rank must be >= 1, got {self.rank}")
         if self.rank is not None and not self.pretrained_model_name_or_path:
             raise ValueError("--rank (LoRA) needs --pretrained_model_name_or_path, the captioner to adapt")
 
