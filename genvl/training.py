@@ -143,6 +143,40 @@ class TrainArgs:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
 
 
+@dataclasses.dataclass
+class LoraTrainArgs(TrainArgs):
+    """TrainArgs plus a model to start from and, with `rank`, a LoRA adapter to train on it instead."""
+
+    pretrained_model_name_or_path: str | None = None
+    rank: int | None = None  # LoRA rank: train a LoRA adapter (PEFT) instead of every weight
+    lora_alpha: float | None = None  # LoRA scale numerator (default: the rank)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rank is not None and self.rank < 1:
+            raise ValueError(f"--rank must be >= 1, got {self.rank}")
+        if self.rank is not None and not self.pretrained_model_name_or_path:
+            raise ValueError("--rank (LoRA) needs --pretrained_model_name_or_path, the model to adapt")
+
+
+def add_training_adapter(accelerator, model, network: str, args: LoraTrainArgs) -> list:
+    """With `args.rank`, wrap `model`'s target layers with a LoRA adapter; returns the parameters to train."""
+    if args.rank is not None:
+        from .lora import add_adapter, lora_config
+
+        add_adapter(model, lora_config(network, args.rank, args.lora_alpha))
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        accelerator.print(f"LoRA rank {args.rank} on the {network}: {trainable:,} trainable parameters "
+                          f"({trainable / sum(p.numel() for p in model.parameters()):.2%})")
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def pretrained_part(path, subfolder: str) -> Path:
+    """`path/subfolder` when `path` is a pipeline or run folder holding that part, else `path` itself."""
+    path = Path(path)
+    return path / subfolder if (path / subfolder).is_dir() else path
+
+
 def load_images(data_dir, records, image_column: str, resolution: int):
     """All images of `records` as one uint8 tensor (N, 3, R, R): the world's datasets fit in memory."""
     import numpy as np

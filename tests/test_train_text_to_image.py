@@ -152,3 +152,33 @@ def test_checkpoint_export_gives_the_final_ema_weights(trained, tmp_path):
                                 str(root / stage / "checkpoint-2"), "--output", str(early)])
         weights = cls.from_pretrained(early / folder).state_dict()
         assert any(not torch.equal(final[name], weights[name]) for name in final), stage
+
+
+def test_lora_fine_tunes_of_clip_prior_and_decoder_load_into_the_pipeline(trained, tmp_path):
+    root, data, _ = trained
+    out = tmp_path / "pipeline"
+    export_text_to_image.main(["--clip", str(root / "clip"), "--prior", str(root / "prior"), "--decoder",
+                               str(root / "decoder"), "--autoencoder", str(root / "ae" / "vae"), "--output", str(out)])
+    lora = ["--rank", "2", "--lora_alpha", "4", "--pretrained_model_name_or_path", str(out), "--learning_rate", "5e-2"]
+    train_clip.main(common(data, tmp_path / "clip_lora", steps=2) + lora)
+    train_prior.main(common(data, tmp_path / "prior_lora", steps=2) + lora + ["--clip_model_name_or_path", str(out)])
+    train_decoder.main(common(data, tmp_path / "decoder_lora", steps=2) + lora + [
+        "--clip_model_name_or_path", str(out), "--vae_model_name_or_path", str(out / "vae")])
+    for run, part in (("clip_lora", "clip"), ("prior_lora", "prior"), ("decoder_lora", "decoder")):
+        config = json.loads((tmp_path / run / part / "adapter_config.json").read_text())
+        assert config["r"] == 2 and (tmp_path / run / part / "adapter_model.safetensors").is_file()
+        assert not (tmp_path / run / part / "config.json").exists()  # an adapter, not a full copy
+
+    pipe = TextToImagePipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+
+    def draw():
+        return pipe("a red apple", prior_num_inference_steps=2, decoder_num_inference_steps=2,
+                    generator=torch.Generator().manual_seed(0), output_type="np").images
+
+    plain = draw()
+    for run in ("clip_lora", "prior_lora", "decoder_lora"):
+        pipe.load_lora_weights(tmp_path / run, adapter_name=run)
+    assert np.abs(draw() - plain).max() > 1e-4
+    pipe.unload_lora_weights()
+    np.testing.assert_allclose(draw(), plain, atol=1e-5)

@@ -15,31 +15,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from genvl.lora import add_adapter, lora_config, save_adapter
+from genvl.lora import save_adapter
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
 from genvl.training import (
-    TrainArgs, load_images, load_or_train_tokenizer, make_accelerator, parse_args, train_loop,
+    LoraTrainArgs, add_training_adapter, load_images, load_or_train_tokenizer, make_accelerator, parse_args,
+    train_loop,
 )
 from genvl.world.dataset import read_metadata
 
 
 @dataclass
-class TrainCaptionerArgs(TrainArgs):
+class TrainCaptionerArgs(LoraTrainArgs):
     """Train a ViT-GPT2 captioner."""
 
     output_dir: str = "runs/captioner"
     architecture: str = "configs/captioner_small.json"
-    pretrained_model_name_or_path: str | None = None
     vocab_size: int = 1024
-    rank: int | None = None  # LoRA rank: train a LoRA adapter (PEFT) instead of every weight
-    lora_alpha: float | None = None  # LoRA scale numerator (default: the rank)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.rank is not None and self.rank < 1:
-            raise ValueError(f"--rank must be >= 1, got {self.rank}")
-        if self.rank is not None and not self.pretrained_model_name_or_path:
-            raise ValueError("--rank (LoRA) needs --pretrained_model_name_or_path, the captioner to adapt")
 
 
 def tokenize_captions(tokenizer, captions, max_length: int):
@@ -83,11 +74,7 @@ def main(argv=None):
         tokenizer = load_or_train_tokenizer(accelerator, output_dir, lambda: train_tokenizer(texts, args.vocab_size))
         model = build_captioner(arch, tokenizer)
     max_length = model.config.decoder.n_positions
-    if args.rank is not None:
-        add_adapter(model, lora_config("captioner", args.rank, args.lora_alpha))
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        accelerator.print(f"LoRA rank {args.rank}: {trainable:,} trainable parameters "
-                          f"({trainable / sum(p.numel() for p in model.parameters()):.2%})")
+    parameters = add_training_adapter(accelerator, model, "captioner", args)
 
     # 2. data in memory
     images = load_images(data_dir, records, args.image_column, args.resolution)
@@ -102,7 +89,6 @@ def main(argv=None):
         pixel_values = images[batch].float().div_(127.5).sub_(1.0).to(device)
         return caption_loss(model, pixel_values, decoder_input_ids[batch].to(device), labels[batch].to(device))
 
-    parameters = [p for p in model.parameters() if p.requires_grad]
     losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)
 
     # 4. save the final pipeline, or the adapter (EMA weights when EMA is on)

@@ -5,7 +5,9 @@
 Symmetric InfoNCE with a learnable temperature, as CLIP. Two scenes with the same canonical caption are
 both counted as matches of each other's text (the world repeats captions like "a red apple"), so the loss
 does not push apart pairs that the captions cannot tell apart. Each step draws one of a scene's phrasings.
-Ends with the model, tokenizer and image processor saved in the Hugging Face CLIP layout in `output_dir`.
+Ends with the model, tokenizer and image processor saved in the Hugging Face CLIP layout in `output_dir`;
+with `--rank R` (and `--pretrained_model_name_or_path`) only a LoRA adapter on both towers' attention trains,
+saved in PEFT's format as `output_dir/clip/` for `TextToImagePipeline.load_lora_weights(output_dir)`.
 """
 
 import json
@@ -20,9 +22,10 @@ from transformers import AutoTokenizer, CLIPModel
 from genvl.models.clip import (
     ClipArchitecture, build_clip, build_clip_image_processor, normalize_pixels, train_clip_tokenizer,
 )
+from genvl.lora import save_adapter
 from genvl.training import (
-    TrainArgs, load_images, load_or_train_tokenizer, make_accelerator, parse_args, phrasing_table, pick_phrasings,
-    train_loop,
+    LoraTrainArgs, add_training_adapter, load_images, load_or_train_tokenizer, make_accelerator, parse_args,
+    phrasing_table, pick_phrasings, pretrained_part, train_loop,
 )
 from genvl.world.dataset import read_metadata
 
@@ -30,12 +33,11 @@ MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature so that logits 
 
 
 @dataclass
-class TrainClipArgs(TrainArgs):
+class TrainClipArgs(LoraTrainArgs):
     """Train a CLIP dual encoder."""
 
     output_dir: str = "runs/clip"
     architecture: str = "configs/clip_small.json"
-    pretrained_model_name_or_path: str | None = None
     vocab_size: int = 1024
     train_batch_size: int = 128
 
@@ -67,10 +69,10 @@ def main(argv=None):
     data_dir = Path(args.train_data_dir)
     records = read_metadata(data_dir, args.caption_column, args.image_column)
 
-    # 1. tokenizer and model: fine-tune a saved CLIP, or build a fresh one with its own tokenizer
+    # 1. tokenizer and model: fine-tune a saved CLIP (its folder, or a pipeline's), or build a fresh one
     if args.pretrained_model_name_or_path:
-        model = CLIPModel.from_pretrained(args.pretrained_model_name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(args.pretrained_model_name_or_path)
+        model = CLIPModel.from_pretrained(pretrained_part(args.pretrained_model_name_or_path, "clip"))
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_part(args.pretrained_model_name_or_path, "tokenizer"))
     else:
         arch = ClipArchitecture.from_json(args.architecture)
         arch.image_size = args.resolution
@@ -104,10 +106,14 @@ def main(argv=None):
         same = (caption_ids[batch][:, None] == caption_ids[batch][None, :]).to(device)
         return contrastive_loss(out.logits_per_image.float(), same)
 
-    losses = train_loop(accelerator, args, model, model.parameters(), len(records), compute_loss)
+    parameters = add_training_adapter(accelerator, model, "clip", args)
+    losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)
 
-    # 4. save in the Hugging Face CLIP layout (EMA weights when EMA is on)
-    if accelerator.is_main_process:
+    # 4. save in the Hugging Face CLIP layout, or the adapter as `clip/` (EMA weights when EMA is on)
+    if accelerator.is_main_process and args.rank is not None:
+        save_adapter(model, output_dir / "clip")
+        (output_dir / "train_losses.json").write_text(json.dumps(losses))
+    elif accelerator.is_main_process:
         model.save_pretrained(output_dir, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
         image_processor.save_pretrained(output_dir)

@@ -9,6 +9,9 @@ text replaced by the empty prompt's for `--text_dropout`, for classifier-free gu
 the loss of each sample is weighted by min(SNR, gamma) / SNR (Min-SNR weighting, Hang et al. 2023), which
 shifts effort from the nearly clean timesteps to the ones that lay out the scene. CLIP features and latents
 are computed once. Ends with `conditioner/`, `decoder/` and `decoder_scheduler/` in `output_dir`.
+`--pretrained_model_name_or_path` continues from a saved conditioner and UNet (a pipeline or run folder);
+with `--rank R` only a LoRA adapter on the UNet's attention trains, saved in PEFT's format as
+`output_dir/decoder/`.
 """
 
 import json
@@ -17,19 +20,20 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import compute_snr
 
+from genvl.lora import save_adapter
 from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet
 from genvl.training import (
-    TrainArgs, add_training_noise, cached_features, file_stamp, frozen_clip_features, load_images,
-    make_accelerator, parse_args, pick_phrasings, step_generator, train_loop,
+    LoraTrainArgs, add_training_adapter, add_training_noise, cached_features, file_stamp, frozen_clip_features,
+    load_images, make_accelerator, parse_args, pick_phrasings, step_generator, train_loop,
 )
 from genvl.world.dataset import read_metadata
 
 
 @dataclass
-class TrainDecoderArgs(TrainArgs):
+class TrainDecoderArgs(LoraTrainArgs):
     """Train the unCLIP decoder."""
 
     output_dir: str = "runs/decoder"
@@ -99,9 +103,18 @@ def main(argv=None):
 
     # 2. the conditioner and the UNet
     arch = UnclipArchitecture.from_json(args.architecture)
-    conditioner = UnclipConditioner(image_embeds.shape[1], states.shape[2], arch.decoder_cross_dim, arch.image_tokens)
-    unet = build_decoder_unet(arch, latents.shape[-1], latents.shape[1], image_embeds.shape[1])
+    if args.pretrained_model_name_or_path:
+        conditioner = UnclipConditioner.from_pretrained(Path(args.pretrained_model_name_or_path) / "conditioner")
+        unet = UNet2DConditionModel.from_pretrained(Path(args.pretrained_model_name_or_path) / "decoder")
+    else:
+        conditioner = UnclipConditioner(image_embeds.shape[1], states.shape[2], arch.decoder_cross_dim,
+                                        arch.image_tokens)
+        unet = build_decoder_unet(arch, latents.shape[-1], latents.shape[1], image_embeds.shape[1])
     model = DecoderStep(conditioner, unet)
+    if args.rank is not None:
+        conditioner.requires_grad_(False)
+        add_training_adapter(accelerator, unet, "decoder", args)
+    parameters = [p for p in model.parameters() if p.requires_grad]
     scheduler = decoder_scheduler(args.num_train_timesteps)
     device = accelerator.device
 
@@ -122,10 +135,13 @@ def main(argv=None):
         per_sample = F.mse_loss(prediction.float(), noise.to(device), reduction="none").mean(dim=(1, 2, 3))
         return (per_sample * weight).mean()
 
-    losses = train_loop(accelerator, args, model, model.parameters(), len(records), compute_loss)
+    losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)
 
-    # 4. save (EMA weights when EMA is on)
-    if accelerator.is_main_process:
+    # 4. save the conditioner and UNet, or the adapter as `decoder/` (EMA weights when EMA is on)
+    if accelerator.is_main_process and args.rank is not None:
+        save_adapter(unet, Path(args.output_dir) / "decoder")
+        (Path(args.output_dir) / "train_losses.json").write_text(json.dumps(losses))
+    elif accelerator.is_main_process:
         output_dir = Path(args.output_dir)
         conditioner.save_pretrained(output_dir / "conditioner", safe_serialization=True)
         unet.save_pretrained(output_dir / "decoder", safe_serialization=True)

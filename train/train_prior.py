@@ -6,6 +6,8 @@ The CLIP model is frozen: image embeddings and the text features of every distin
 once. As in unCLIP, the prior predicts the (standardised) image embedding itself, and the text conditioning
 is replaced by the empty prompt's for `--conditioning_dropout` of the samples (classifier-free guidance).
 Ends with the prior and its scheduler saved in `output_dir` (`prior/`, `prior_scheduler/`).
+`--pretrained_model_name_or_path` continues from a saved prior (its folder, or a pipeline's); with `--rank R`
+only a LoRA adapter on its attention trains, saved in PEFT's format as `output_dir/prior/`.
 """
 
 import json
@@ -14,18 +16,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, PriorTransformer
 
 from genvl.models.unclip import UnclipArchitecture, build_prior
+from genvl.lora import save_adapter
 from genvl.training import (
-    TrainArgs, add_training_noise, frozen_clip_features, make_accelerator, parse_args, pick_phrasings,
-    step_generator, train_loop,
+    LoraTrainArgs, add_training_adapter, add_training_noise, frozen_clip_features, make_accelerator, parse_args,
+    pick_phrasings, pretrained_part, step_generator, train_loop,
 )
 from genvl.world.dataset import read_metadata
 
 
 @dataclass
-class TrainPriorArgs(TrainArgs):
+class TrainPriorArgs(LoraTrainArgs):
     """Train the unCLIP diffusion prior on a frozen CLIP."""
 
     output_dir: str = "runs/prior"
@@ -54,13 +57,16 @@ def main(argv=None):
         states = torch.cat([clip.text_projection(states[i : i + 4096].float()).half()
                             for i in range(0, len(states), 4096)])
     empty = len(text_embeds) - 1
-    mean, std = targets.mean(0, keepdim=True), targets.std(0, keepdim=True)
 
-    # 2. the prior, standardising image embeddings with the data's statistics
-    prior = build_prior(UnclipArchitecture.from_json(args.architecture), targets.shape[1], states.shape[1])
-    with torch.no_grad():
-        prior.clip_mean.copy_(mean)
-        prior.clip_std.copy_(std)
+    # 2. the prior, standardising image embeddings with the data's statistics (a saved prior keeps its own)
+    if args.pretrained_model_name_or_path:
+        prior = PriorTransformer.from_pretrained(pretrained_part(args.pretrained_model_name_or_path, "prior"))
+    else:
+        prior = build_prior(UnclipArchitecture.from_json(args.architecture), targets.shape[1], states.shape[1])
+        with torch.no_grad():
+            prior.clip_mean.copy_(targets.mean(0, keepdim=True))
+            prior.clip_std.copy_(targets.std(0, keepdim=True))
+    mean, std = prior.clip_mean.detach().clone(), prior.clip_std.detach().clone()
     scheduler = prior_scheduler(args.num_train_timesteps)
     device = accelerator.device
 
@@ -77,10 +83,14 @@ def main(argv=None):
                            attention_mask=masks[chosen].bool().to(device)).predicted_image_embedding
         return F.mse_loss(prediction.float(), x0.to(device))
 
-    losses = train_loop(accelerator, args, prior, prior.parameters(), len(records), compute_loss)
+    parameters = add_training_adapter(accelerator, prior, "prior", args)
+    losses = train_loop(accelerator, args, prior, parameters, len(records), compute_loss)
 
-    # 4. save (EMA weights when EMA is on)
-    if accelerator.is_main_process:
+    # 4. save the prior, or the adapter as `prior/` (EMA weights when EMA is on)
+    if accelerator.is_main_process and args.rank is not None:
+        save_adapter(prior, Path(args.output_dir) / "prior")
+        (Path(args.output_dir) / "train_losses.json").write_text(json.dumps(losses))
+    elif accelerator.is_main_process:
         output_dir = Path(args.output_dir)
         prior.save_pretrained(output_dir / "prior", safe_serialization=True)
         scheduler.save_pretrained(output_dir / "prior_scheduler")

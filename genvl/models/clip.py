@@ -90,10 +90,14 @@ def build_clip_image_processor(image_size: int):
 
 
 def load_clip(path):
-    """(CLIPModel, tokenizer, image processor) from a folder in the Hugging Face CLIP layout (ours or public)."""
+    """(CLIPModel, tokenizer, image processor) from a folder in the Hugging Face CLIP layout (ours or public),
+    or from a text-to-image pipeline folder (its `clip/`, `tokenizer/` and `image_processor/`)."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
     path = Path(path)
+    if (path / "model_index.json").is_file() and (path / "clip" / "config.json").is_file():
+        return (CLIPModel.from_pretrained(path / "clip"), AutoTokenizer.from_pretrained(path / "tokenizer"),
+                AutoImageProcessor.from_pretrained(path / "image_processor"))
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a CLIP model folder (no config.json)")
     processor = AutoImageProcessor.from_pretrained(path)
