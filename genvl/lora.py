@@ -1,5 +1,5 @@
-"""LoRA adapters (PEFT) on genvl's networks: default target modules, and adding, saving, loading, weighting,
-fusing and removing adapters on any of the models in place.
+"""PEFT adapters (LoRA, and IA³) on genvl's networks: default target modules, and adding, saving, loading,
+weighting, fusing and removing adapters on any of the models in place.
 
 Adapters are kept in PEFT's format (`adapter_config.json` + `adapter_model.safetensors`, keys under
 `base_model.model.`), so a folder written here loads with `peft.PeftModel.from_pretrained` and the other way
@@ -15,6 +15,7 @@ import torch
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+ADAPTER_PARAMETERS = ("lora_", "ia3_l")  # how PEFT names the weights of LoRA and IA³ layers
 
 # attention projections of each network; GPT-2's `c_attn` is a Conv1D (weights stored transposed), which PEFT
 # handles with fan_in_fan_out=True
@@ -25,6 +26,15 @@ LORA_TARGETS = {
     "prior": ["to_q", "to_k", "to_v", "to_out.0"],
     "decoder": ["to_q", "to_k", "to_v", "to_out.0"],
 }
+
+# IA³ rescales keys, values and the feed-forward layers' inputs: (target modules, the feed-forward ones)
+IA3_TARGETS = {
+    "captioner": (["k_proj", "v_proj", "fc2", "c_attn", "mlp.c_proj"], ["fc2", "mlp.c_proj"]),
+    "clip": (["k_proj", "v_proj", "fc2"], ["fc2"]),
+    "prior": (["to_k", "to_v", "ff.net.2"], ["ff.net.2"]),
+    "decoder": (["to_k", "to_v", "ff.net.2"], ["ff.net.2"]),
+}
+ADAPTER_METHODS = ("lora", "ia3")
 
 
 def lora_config(network: str, rank: int = 8, lora_alpha: float | None = None, target_modules=None,
@@ -38,6 +48,25 @@ def lora_config(network: str, rank: int = 8, lora_alpha: float | None = None, ta
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
     return LoraConfig(r=rank, lora_alpha=lora_alpha or rank, target_modules=target_modules or LORA_TARGETS[network],
                       lora_dropout=dropout, fan_in_fan_out=network == "captioner")
+
+
+def ia3_config(network: str):
+    """A `peft.IA3Config` with `network`'s default target and feed-forward modules (see `IA3_TARGETS`)."""
+    from peft import IA3Config
+
+    if network not in IA3_TARGETS:
+        raise ValueError(f"unknown network {network!r}; expected one of {sorted(IA3_TARGETS)}")
+    targets, feedforward = IA3_TARGETS[network]
+    return IA3Config(target_modules=targets, feedforward_modules=feedforward, fan_in_fan_out=network == "captioner")
+
+
+def adapter_config(method: str, network: str, rank: int | None = None, lora_alpha: float | None = None):
+    """The config of a fresh `method` ("lora" or "ia3") adapter for `network`."""
+    if method == "lora":
+        return lora_config(network, rank or 8, lora_alpha)
+    if method == "ia3":
+        return ia3_config(network)
+    raise ValueError(f"unknown adapter method {method!r}; expected one of {list(ADAPTER_METHODS)}")
 
 
 def add_adapter(model: torch.nn.Module, config, adapter_name: str = "default") -> torch.nn.Module:
@@ -54,14 +83,20 @@ def add_adapter(model: torch.nn.Module, config, adapter_name: str = "default") -
         inject_adapter_in_model(config, model, adapter_name)
     model.peft_config = {**before, **model.peft_config}  # PEFT keeps only the newest adapter's config
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(f".{adapter_name}." in name and "lora_" in name)
+        parameter.requires_grad_(is_adapter_weight(name, adapter_name))
     return model
 
 
-def lora_layers(model: torch.nn.Module):
-    from peft.tuners.lora import LoraLayer
+def is_adapter_weight(name: str, adapter_name: str) -> bool:
+    named = name.endswith(f".{adapter_name}") or f".{adapter_name}." in name
+    return named and any(marker in name for marker in ADAPTER_PARAMETERS)
 
-    return [module for module in model.modules() if isinstance(module, LoraLayer)]
+
+def adapter_layers(model: torch.nn.Module):
+    """The layers PEFT wrapped (LoRA or IA³)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
 
 
 def adapter_names_of(model: torch.nn.Module) -> list[str]:
@@ -100,8 +135,8 @@ def load_adapter(model: torch.nn.Module, path, adapter_name: str = "default") ->
     except ValueError as err:  # PEFT says which target modules it could not find
         raise ValueError(f"{path}: the adapter does not fit this model: {err}") from None
     result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
-    unexpected = [key for key in result.unexpected_keys if "lora_" in key]
-    missing = [key for key in result.missing_keys if f".{adapter_name}." in key and "lora_" in key]
+    unexpected = [key for key in result.unexpected_keys if any(m in key for m in ADAPTER_PARAMETERS)]
+    missing = [key for key in result.missing_keys if is_adapter_weight(key, adapter_name)]
     if unexpected or missing:
         delete_adapter(model, adapter_name)
         raise ValueError(f"{path}: the adapter does not fit this model ({len(missing)} adapter weights missing, "
@@ -111,35 +146,41 @@ def load_adapter(model: torch.nn.Module, path, adapter_name: str = "default") ->
 
 
 def set_adapters(model: torch.nn.Module, names: list[str], weights: list[float], trainable: bool = False) -> None:
-    """Make `names` the active adapters, each scaled by its weight (1.0: as trained)."""
+    """Make `names` the active adapters, each scaled by its weight (1.0: as trained). LoRA scales freely; an
+    IA³ adapter is either on (1.0) or off (0.0)."""
     unknown = sorted(set(names) - set(adapter_names_of(model)))
     if unknown:
         raise ValueError(f"no adapter named {unknown[0]!r}; the model has {adapter_names_of(model)}")
     if len(weights) != len(names):
         raise ValueError(f"got {len(weights)} weights for {len(names)} adapters")
-    for layer in lora_layers(model):
-        layer.set_adapter(names, inference_mode=not trainable)
+    for layer in adapter_layers(model):
+        scalable = hasattr(layer, "set_scale")
+        bad = [(n, w) for n, w in zip(names, weights) if not scalable and w not in (0.0, 1.0)]
+        if bad:
+            raise ValueError(f"adapter {bad[0][0]!r} is {model.peft_config[bad[0][0]].peft_type.value}, which "
+                             f"cannot be weighted {bad[0][1]}: use 0 or 1")
+        layer.set_adapter([n for n, w in zip(names, weights) if scalable or w == 1.0], inference_mode=not trainable)
         for name, weight in zip(names, weights):
-            if name in layer.lora_A:
+            if scalable and name in layer.lora_A:
                 layer.set_scale(name, weight)
 
 
 def fuse(model: torch.nn.Module) -> None:
     """Add the active adapters' weights (at their current scales) into the base layers."""
-    for layer in lora_layers(model):
+    for layer in adapter_layers(model):
         layer.merge()
 
 
 def unfuse(model: torch.nn.Module) -> None:
-    for layer in lora_layers(model):
+    for layer in adapter_layers(model):
         if layer.merged:
             layer.unmerge()
 
 
 def delete_adapter(model: torch.nn.Module, adapter_name: str) -> None:
     """Remove one adapter; the base layers come back when it was the last."""
-    for layer in lora_layers(model):
-        if adapter_name in layer.lora_A:
+    for layer in adapter_layers(model):
+        if adapter_name in layer._all_available_adapter_names():
             layer.delete_adapter(adapter_name)
     model.peft_config.pop(adapter_name, None)
     if not model.peft_config:
@@ -217,7 +258,13 @@ class LoraMixin:
                 delete_adapter(models[component], name)
             raise
         weights[name] = weight
-        self.set_adapters(list(weights), list(weights.values()))
+        try:
+            self.set_adapters(list(weights), list(weights.values()))
+        except ValueError:
+            del weights[name]
+            for component in loaded:
+                delete_adapter(models[component], name)
+            raise
         return self
 
     def set_adapters(self, adapter_names, adapter_weights=None):
@@ -241,9 +288,12 @@ class LoraMixin:
 
     def fuse_lora(self, lora_scale: float = 1.0):
         """Fold the active adapters, scaled by `lora_scale`, into the weights (faster inference)."""
+        layers = [layer for model in self._lora_models().values() for layer in adapter_layers(model)]
+        if lora_scale != 1.0 and not all(hasattr(layer, "scale_layer") for layer in layers):
+            raise ValueError("only LoRA adapters can be fused at a lora_scale other than 1")
+        for layer in layers if lora_scale != 1.0 else []:
+            layer.scale_layer(lora_scale)
         for model in self._lora_models().values():
-            for layer in lora_layers(model):
-                layer.scale_layer(lora_scale)
             fuse(model)
         self._adapters_changed(self._lora_models().values())
         return self
@@ -251,7 +301,7 @@ class LoraMixin:
     def unfuse_lora(self):
         for model in self._lora_models().values():
             unfuse(model)
-            for layer in lora_layers(model):
+            for layer in filter(lambda layer: hasattr(layer, "set_scale"), adapter_layers(model)):
                 for name in layer.active_adapters:
                     layer.set_scale(name, self._adapter_weights().get(name, 1.0))
         self._adapters_changed(self._lora_models().values())

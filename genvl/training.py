@@ -145,28 +145,36 @@ class TrainArgs:
 
 @dataclasses.dataclass
 class LoraTrainArgs(TrainArgs):
-    """TrainArgs plus a model to start from and, with `rank`, a LoRA adapter to train on it instead."""
+    """TrainArgs plus a model to start from and, with `adapter` (or `rank`), a PEFT adapter to train on it
+    instead of every weight."""
 
     pretrained_model_name_or_path: str | None = None
-    rank: int | None = None  # LoRA rank: train a LoRA adapter (PEFT) instead of every weight
+    adapter: str | None = None  # "lora" or "ia3"; --rank alone means lora
+    rank: int | None = None  # LoRA rank (default 8)
     lora_alpha: float | None = None  # LoRA scale numerator (default: the rank)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.adapter is None and self.rank is not None:
+            self.adapter = "lora"
+        if self.adapter not in (None, "lora", "ia3"):
+            raise ValueError(f"--adapter must be lora or ia3, got {self.adapter!r}")
+        if self.adapter != "lora" and (self.rank is not None or self.lora_alpha is not None):
+            raise ValueError(f"--rank and --lora_alpha are LoRA settings; --adapter is {self.adapter}")
         if self.rank is not None and self.rank < 1:
             raise ValueError(f"--rank must be >= 1, got {self.rank}")
-        if self.rank is not None and not self.pretrained_model_name_or_path:
-            raise ValueError("--rank (LoRA) needs --pretrained_model_name_or_path, the model to adapt")
+        if self.adapter is not None and not self.pretrained_model_name_or_path:
+            raise ValueError(f"--adapter {self.adapter} needs --pretrained_model_name_or_path, the model to adapt")
 
 
 def add_training_adapter(accelerator, model, network: str, args: LoraTrainArgs) -> list:
-    """With `args.rank`, wrap `model`'s target layers with a LoRA adapter; returns the parameters to train."""
-    if args.rank is not None:
-        from .lora import add_adapter, lora_config
+    """With `args.adapter`, wrap `model`'s target layers with a fresh adapter; returns the parameters to train."""
+    if args.adapter is not None:
+        from .lora import add_adapter, adapter_config
 
-        add_adapter(model, lora_config(network, args.rank, args.lora_alpha))
+        add_adapter(model, adapter_config(args.adapter, network, args.rank, args.lora_alpha))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        accelerator.print(f"LoRA rank {args.rank} on the {network}: {trainable:,} trainable parameters "
+        accelerator.print(f"{args.adapter} adapter on the {network}: {trainable:,} trainable parameters "
                           f"({trainable / sum(p.numel() for p in model.parameters()):.2%})")
     return [p for p in model.parameters() if p.requires_grad]
 

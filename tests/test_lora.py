@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from genvl.cache import EmbeddingCache
 from genvl.cli import main
 from genvl.lora import (
-    LORA_TARGETS, add_adapter, lora_config, lora_layers, parse_lora_spec, remove_adapters, save_adapter,
+    LORA_TARGETS, adapter_layers, add_adapter, lora_config, parse_lora_spec, remove_adapters, save_adapter,
 )
 from genvl.pipelines.caption import CaptionPipeline
 
@@ -52,7 +52,7 @@ def test_default_targets_cover_vit_and_gpt2(tiny_tokenizer):
     model, _ = get_dummy_components(tiny_tokenizer)
     total = sum(p.numel() for p in model.parameters())
     add_adapter(model, lora_config("captioner", rank=2))
-    layers = lora_layers(model)
+    layers = adapter_layers(model)
     wrapped = {name: module for name, module in model.named_modules() if any(module is m for m in layers)}
     assert {name.rsplit(".", 1)[-1] for name in wrapped} == {"q_proj", "v_proj", "c_attn"}
     assert "encoder.layers.1.attention.v_proj" in wrapped and "decoder.transformer.h.1.crossattention.c_attn" in wrapped
@@ -103,7 +103,7 @@ def test_weights_fuse_unfuse_and_unload(adapter_dir, tiny_tokenizer, pixels, tmp
         pipe.save_pretrained(tmp_path / "saved")
     pipe.fuse_lora()
     pipe.unload_lora_weights()  # unfuses first: the base weights come back
-    assert not lora_layers(model)
+    assert not adapter_layers(model)
     torch.testing.assert_close(logits(model, pixels), plain, atol=1e-5, rtol=1e-5)
     pipe.save_pretrained(tmp_path / "saved")
 
@@ -121,10 +121,10 @@ def test_engine_decodes_through_the_adapter(adapter_dir, tiny_tokenizer, scene_i
     # the same captions from plain modules holding the merged weights
     merged, _ = get_dummy_components(tiny_tokenizer)
     merged = with_random_adapter(merged)
-    for layer in lora_layers(merged):
+    for layer in adapter_layers(merged):
         layer.merge()
     remove_adapters(merged)
-    assert not lora_layers(merged)
+    assert not adapter_layers(merged)
     reference = CaptionPipeline(model=merged, tokenizer=tiny_tokenizer, image_processor=processor)(
         scene_images, max_new_tokens=8)
     assert adapted.captions == reference.captions
@@ -147,7 +147,7 @@ def test_bad_adapters_are_refused_and_leave_nothing(tmp_path, tiny_tokenizer, pi
     plain = logits(model, pixels)
     with pytest.raises(ValueError, match="does not fit"):
         pipe.load_lora_weights(tmp_path / "other")
-    assert not lora_layers(model) and not getattr(model, "peft_config", None)
+    assert not adapter_layers(model) and not getattr(model, "peft_config", None)
     torch.testing.assert_close(logits(model, pixels), plain)
     with pytest.raises(ValueError, match="no adapter named"):
         pipe.set_adapters("missing")
@@ -200,7 +200,7 @@ def test_text_to_image_adapters_per_component(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     plain = image(pipe)
     pipe.load_lora_weights(tmp_path / "both", adapter_name="both")
-    assert lora_layers(pipe.decoder) and lora_layers(pipe.prior) and not lora_layers(pipe.clip)
+    assert adapter_layers(pipe.decoder) and adapter_layers(pipe.prior) and not adapter_layers(pipe.clip)
     both = image(pipe)
     assert (both - plain).abs().max() > 1e-3
     pipe.set_adapters("both", 0.0)
@@ -208,7 +208,7 @@ def test_text_to_image_adapters_per_component(tmp_path):
     pipe.unload_lora_weights()
     torch.testing.assert_close(image(pipe), plain, atol=1e-5, rtol=1e-5)
     pipe.load_lora_weights(tmp_path / "decoder_only")  # a bare adapter folder goes to the decoder
-    assert lora_layers(pipe.decoder) and not lora_layers(pipe.prior)
+    assert adapter_layers(pipe.decoder) and not adapter_layers(pipe.prior)
     with pytest.raises(ValueError, match="unload_lora_weights"):
         pipe.save_pretrained(tmp_path / "saved")
     pipe.unload_lora_weights()
@@ -224,3 +224,38 @@ def test_text_to_image_adapters_per_component(tmp_path):
     plain_png = generated()
     assert np.abs(generated("--lora", f"{tmp_path / 'both'}:0") - plain_png).max() <= 1
     assert np.abs(generated("--lora", str(tmp_path / "both")) - plain_png).max() > 10
+
+
+def test_ia3_adapters_save_load_and_switch(tmp_path, tiny_tokenizer, pixels):
+    from genvl.lora import ia3_config
+
+    source, _ = get_dummy_components(tiny_tokenizer)
+    add_adapter(source, ia3_config("captioner"))
+    wrapped = {n.rsplit(".", 1)[-1] for n, m in source.named_modules() if any(m is a for a in adapter_layers(source))}
+    assert wrapped == {"k_proj", "v_proj", "fc2", "c_attn", "c_proj"}
+    with torch.no_grad():  # fresh IA³ vectors are ones (the identity)
+        for name, parameter in source.named_parameters():
+            if "ia3_l" in name:
+                parameter.uniform_(0.5, 1.5)
+    save_adapter(source, tmp_path / "ia3")
+    assert json.loads((tmp_path / "ia3" / "adapter_config.json").read_text())["peft_type"] == "IA3"
+    base, _ = get_dummy_components(tiny_tokenizer)
+    reference = logits(PeftModel.from_pretrained(base, tmp_path / "ia3").eval(), pixels)
+
+    model, processor = get_dummy_components(tiny_tokenizer)
+    pipe = CaptionPipeline(model=model, tokenizer=tiny_tokenizer, image_processor=processor)
+    plain = logits(model, pixels)
+    pipe.load_lora_weights(tmp_path / "ia3", adapter_name="ia3")
+    torch.testing.assert_close(logits(model, pixels), reference)
+    assert (reference - plain).abs().max() > 1e-3
+    pipe.set_adapters("ia3", 0.0)  # off
+    torch.testing.assert_close(logits(model, pixels), plain)
+    with pytest.raises(ValueError, match="use 0 or 1"):
+        pipe.set_adapters("ia3", 0.5)
+    pipe.set_adapters("ia3", 1.0)
+    pipe.fuse_lora()
+    torch.testing.assert_close(logits(model, pixels), reference, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="only LoRA"):
+        pipe.fuse_lora(lora_scale=0.5)
+    pipe.unload_lora_weights()
+    torch.testing.assert_close(logits(model, pixels), plain, atol=1e-5, rtol=1e-5)

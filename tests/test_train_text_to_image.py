@@ -162,11 +162,13 @@ def test_lora_fine_tunes_of_clip_prior_and_decoder_load_into_the_pipeline(traine
     lora = ["--rank", "2", "--lora_alpha", "4", "--pretrained_model_name_or_path", str(out), "--learning_rate", "5e-2"]
     train_clip.main(common(data, tmp_path / "clip_lora", steps=2) + lora)
     train_prior.main(common(data, tmp_path / "prior_lora", steps=2) + lora + ["--clip_model_name_or_path", str(out)])
-    train_decoder.main(common(data, tmp_path / "decoder_lora", steps=2) + lora + [
+    train_decoder.main(common(data, tmp_path / "decoder_lora", steps=2) + [  # IA³ for the UNet
+        "--adapter", "ia3", "--pretrained_model_name_or_path", str(out), "--learning_rate", "5e-2",
         "--clip_model_name_or_path", str(out), "--vae_model_name_or_path", str(out / "vae")])
-    for run, part in (("clip_lora", "clip"), ("prior_lora", "prior"), ("decoder_lora", "decoder")):
+    for run, part, kind in (("clip_lora", "clip", "LORA"), ("prior_lora", "prior", "LORA"),
+                            ("decoder_lora", "decoder", "IA3")):
         config = json.loads((tmp_path / run / part / "adapter_config.json").read_text())
-        assert config["r"] == 2 and (tmp_path / run / part / "adapter_model.safetensors").is_file()
+        assert config["peft_type"] == kind and (tmp_path / run / part / "adapter_model.safetensors").is_file()
         assert not (tmp_path / run / part / "config.json").exists()  # an adapter, not a full copy
 
     pipe = TextToImagePipeline.from_pretrained(out)

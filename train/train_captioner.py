@@ -4,8 +4,9 @@
         --train_data_dir data/train --output_dir runs/captioner
 
 Ends with `CaptionPipeline.save_pretrained(output_dir)`; checkpoints go to `output_dir/checkpoint-<step>`.
-With `--rank R` (and `--pretrained_model_name_or_path`) only a LoRA adapter on the ViT's and GPT-2's attention
-trains, and `output_dir` ends with the adapter in PEFT's format, for `CaptionPipeline.load_lora_weights`.
+With `--rank R` (LoRA on the ViT's and GPT-2's attention) or `--adapter ia3`, and
+`--pretrained_model_name_or_path`, only the adapter trains, and `output_dir` ends with it in PEFT's format,
+for `CaptionPipeline.load_lora_weights`.
 """
 
 import json
@@ -92,7 +93,7 @@ def main(argv=None):
     losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)
 
     # 4. save the final pipeline, or the adapter (EMA weights when EMA is on)
-    if accelerator.is_main_process and args.rank is not None:
+    if accelerator.is_main_process and args.adapter is not None:
         save_adapter(model, output_dir)
         (output_dir / "train_losses.json").write_text(json.dumps(losses))
     elif accelerator.is_main_process:

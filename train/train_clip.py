@@ -6,8 +6,9 @@ Symmetric InfoNCE with a learnable temperature, as CLIP. Two scenes with the sam
 both counted as matches of each other's text (the world repeats captions like "a red apple"), so the loss
 does not push apart pairs that the captions cannot tell apart. Each step draws one of a scene's phrasings.
 Ends with the model, tokenizer and image processor saved in the Hugging Face CLIP layout in `output_dir`;
-with `--rank R` (and `--pretrained_model_name_or_path`) only a LoRA adapter on both towers' attention trains,
-saved in PEFT's format as `output_dir/clip/` for `TextToImagePipeline.load_lora_weights(output_dir)`.
+with `--rank R` (LoRA on both towers' attention) or `--adapter ia3`, and `--pretrained_model_name_or_path`,
+only the adapter trains, saved in PEFT's format as `output_dir/clip/` for
+`TextToImagePipeline.load_lora_weights(output_dir)`.
 """
 
 import json
@@ -110,7 +111,7 @@ def main(argv=None):
     losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)
 
     # 4. save in the Hugging Face CLIP layout, or the adapter as `clip/` (EMA weights when EMA is on)
-    if accelerator.is_main_process and args.rank is not None:
+    if accelerator.is_main_process and args.adapter is not None:
         save_adapter(model, output_dir / "clip")
         (output_dir / "train_losses.json").write_text(json.dumps(losses))
     elif accelerator.is_main_process:

@@ -10,8 +10,8 @@ the loss of each sample is weighted by min(SNR, gamma) / SNR (Min-SNR weighting,
 shifts effort from the nearly clean timesteps to the ones that lay out the scene. CLIP features and latents
 are computed once. Ends with `conditioner/`, `decoder/` and `decoder_scheduler/` in `output_dir`.
 `--pretrained_model_name_or_path` continues from a saved conditioner and UNet (a pipeline or run folder);
-with `--rank R` only a LoRA adapter on the UNet's attention trains, saved in PEFT's format as
-`output_dir/decoder/`.
+with `--rank R` (LoRA on the UNet's attention) or `--adapter ia3` only the adapter trains, saved in PEFT's
+format as `output_dir/decoder/`.
 """
 
 import json
@@ -111,7 +111,7 @@ def main(argv=None):
                                         arch.image_tokens)
         unet = build_decoder_unet(arch, latents.shape[-1], latents.shape[1], image_embeds.shape[1])
     model = DecoderStep(conditioner, unet)
-    if args.rank is not None:
+    if args.adapter is not None:
         conditioner.requires_grad_(False)
         add_training_adapter(accelerator, unet, "decoder", args)
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -138,7 +138,7 @@ def main(argv=None):
     losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)
 
     # 4. save the conditioner and UNet, or the adapter as `decoder/` (EMA weights when EMA is on)
-    if accelerator.is_main_process and args.rank is not None:
+    if accelerator.is_main_process and args.adapter is not None:
         save_adapter(unet, Path(args.output_dir) / "decoder")
         (Path(args.output_dir) / "train_losses.json").write_text(json.dumps(losses))
     elif accelerator.is_main_process:

@@ -7,7 +7,7 @@ once. As in unCLIP, the prior predicts the (standardised) image embedding itself
 is replaced by the empty prompt's for `--conditioning_dropout` of the samples (classifier-free guidance).
 Ends with the prior and its scheduler saved in `output_dir` (`prior/`, `prior_scheduler/`).
 `--pretrained_model_name_or_path` continues from a saved prior (its folder, or a pipeline's); with `--rank R`
-only a LoRA adapter on its attention trains, saved in PEFT's format as `output_dir/prior/`.
+(LoRA on its attention) or `--adapter ia3` only the adapter trains, saved in PEFT's format as `output_dir/prior/`.
 """
 
 import json
@@ -87,7 +87,7 @@ def main(argv=None):
     losses = train_loop(accelerator, args, prior, parameters, len(records), compute_loss)
 
     # 4. save the prior, or the adapter as `prior/` (EMA weights when EMA is on)
-    if accelerator.is_main_process and args.rank is not None:
+    if accelerator.is_main_process and args.adapter is not None:
         save_adapter(prior, Path(args.output_dir) / "prior")
         (Path(args.output_dir) / "train_losses.json").write_text(json.dumps(losses))
     elif accelerator.is_main_process:
