@@ -12,6 +12,8 @@ only re-plans the computation:
 import torch
 import torch.nn.functional as F
 
+from ..attention import attend, attention_backend
+
 
 class CachedDecoder:
     def __init__(self, model, encoder_states: torch.Tensor, max_length: int, rows_per_image: int = 1):
@@ -30,6 +32,7 @@ class CachedDecoder:
         ]
         # GPT-2's "gelu_new" is the tanh approximation; torch's fused kernel computes it in one op
         self.tanh_gelu = config.activation_function in ("gelu_new", "gelu_pytorch_tanh")
+        self.backend = attention_backend(model)  # the model's attention backend: sdpa, xformers or eager
         if max_length > config.n_positions:
             raise ValueError(
                 f"decoding needs {max_length} positions but the decoder has only n_positions={config.n_positions}"
@@ -59,7 +62,7 @@ class CachedDecoder:
         images = key.shape[0]
         # stack the beams' queries as query rows of their image: (B, H, beams * T, D)
         query = query.view(images, rows // images * steps, self.heads, self.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(query, key, value, scale=self.scales[layer])
+        out = attend(query, key, value, self.backend, scale=self.scales[layer])
         out = out.transpose(1, 2).reshape(rows, steps, channels)
         return block.crossattention.c_proj(out)
 
@@ -70,10 +73,8 @@ class CachedDecoder:
         self.keys[layer][:, :, start:end] = self._split_heads(key)
         self.values[layer][:, :, start:end] = self._split_heads(value)
         query = self._split_heads(query)
-        out = F.scaled_dot_product_attention(
-            query, self.keys[layer][:, :, :end], self.values[layer][:, :, :end],
-            is_causal=steps > 1, scale=self.scales[layer],
-        )
+        out = attend(query, self.keys[layer][:, :, :end], self.values[layer][:, :, :end], self.backend,
+                     is_causal=steps > 1, scale=self.scales[layer])
         # a multi-token step only happens at the start (prefill), where causal masking from 0 is exact
         out = out.transpose(1, 2).reshape(rows, steps, channels)
         return block.attn.c_proj(out)

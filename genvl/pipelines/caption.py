@@ -7,6 +7,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from ..attention import AttentionBackendMixin
 from ..cache import EmbeddingCacheMixin
 from ..generation import GenerationSettings, generate
 from ..generation.decoder import encode_images
@@ -22,7 +23,7 @@ class CaptionOutput(BaseOutput):
     scores: list[list[float]] = field(default_factory=list)
 
 
-class CaptionPipeline(LoraMixin, EmbeddingCacheMixin, DiffusionPipeline):
+class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, DiffusionPipeline):
     """Caption images with a ViT-GPT2 VisionEncoderDecoder model.
 
     Loads a genvl pipeline folder (model_index.json with model/, tokenizer/, image_processor/) or a flat

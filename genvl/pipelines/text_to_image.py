@@ -14,6 +14,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..attention import AttentionBackendMixin
 from ..cache import EmbeddingCacheMixin
 from ..images import load_image
 from ..lora import LoraMixin
@@ -39,7 +40,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return torch.sin((1.0 - t) * omega) / so * a + torch.sin(t * omega) / so * b
 
 
-class TextToImagePipeline(LoraMixin, EmbeddingCacheMixin, DiffusionPipeline):
+class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, DiffusionPipeline):
     """Text-to-image in the unCLIP style, plus image variations, interpolation and image-text scoring.
 
     Components: `clip` (transformers `CLIPModel`), `tokenizer`, `image_processor` (CLIP's), `prior`
@@ -73,18 +74,6 @@ class TextToImagePipeline(LoraMixin, EmbeddingCacheMixin, DiffusionPipeline):
         self.check_no_adapters()
         kwargs.setdefault("safe_serialization", True)
         super().save_pretrained(save_directory, **kwargs)
-
-    def enable_xformers_memory_efficient_attention(self, attention_op=None):
-        """Use xformers' attention in the diffusers models (the prior and the decoder); SDPA is the default."""
-        try:
-            import xformers.ops  # noqa: F401
-        except ImportError:
-            raise ImportError(
-                "enable_xformers_memory_efficient_attention needs xformers: pip install 'genvl[xformers]'"
-            ) from None
-        for model in (self.prior, self.decoder, self.vae):
-            if model is not None:
-                model.enable_xformers_memory_efficient_attention(attention_op)
 
     # ---- encoders -------------------------------------------------------------------------------------
 
