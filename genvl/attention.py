@@ -111,17 +111,23 @@ def attention_backend(module: torch.nn.Module) -> str:
     return "sdpa"
 
 
-def enable_gradient_checkpointing(module: torch.nn.Module) -> None:
-    """Recompute activations in the backward pass, in every transformers / diffusers model in `module`."""
+def enable_gradient_checkpointing(module: torch.nn.Module) -> int:
+    """Recompute activations in the backward pass, in every transformers / diffusers model in `module` that
+    supports it; returns how many do."""
     from diffusers import ModelMixin
 
+    enabled = 0
     for model in models_in(module):
-        if isinstance(model, ModelMixin):
-            if model._supports_gradient_checkpointing:
-                model.enable_gradient_checkpointing()
-        elif model.supports_gradient_checkpointing:  # transformers 5 renamed it; the old name still works
+        if isinstance(model, ModelMixin) and model._supports_gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        elif not isinstance(model, ModelMixin) and model.supports_gradient_checkpointing:
+            # transformers 5 renamed it; the old name still works
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             enable()
+        else:
+            continue
+        enabled += 1
+    return enabled
 
 
 class AttentionBackendMixin:

@@ -134,6 +134,8 @@ class TrainArgs:
     seed: int = 0
     logging_steps: int = 50
     report_to: str | None = None
+    enable_xformers_memory_efficient_attention: bool = False
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -225,12 +227,20 @@ def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, 
     micro-batch (drawn in a per-epoch order fixed
     by the seed, so a resumed run sees the same samples as an uninterrupted one) and the optimiser step, and
     returns the loss. Handles AdamW, the LR schedule, clipping, EMA (its weights are copied into `parameters`
-    at the end), logging, crash-safe checkpoints and `--resume_from_checkpoint`.
+    at the end), logging, crash-safe checkpoints, `--resume_from_checkpoint`, and the memory switches
+    `--enable_xformers_memory_efficient_attention` and `--gradient_checkpointing`.
     """
     import time
 
     import numpy as np
     import torch
+
+    from .attention import enable_gradient_checkpointing, set_attention_backend
+
+    if args.enable_xformers_memory_efficient_attention:
+        set_attention_backend(model, "xformers")
+    if args.gradient_checkpointing and not enable_gradient_checkpointing(model):
+        raise ValueError("--gradient_checkpointing: none of the models trained here supports it")
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 

@@ -184,3 +184,16 @@ def test_lora_fine_tunes_of_clip_prior_and_decoder_load_into_the_pipeline(traine
     assert np.abs(draw() - plain).max() > 1e-4
     pipe.unload_lora_weights()
     np.testing.assert_allclose(draw(), plain, atol=1e-5)
+
+
+def test_gradient_checkpointing_flag_trains_the_same(trained, tmp_path):
+    root, data, losses = trained
+    args = ["--clip_model_name_or_path", str(root / "clip"), "--vae_model_name_or_path", str(root / "ae" / "vae"),
+            "--architecture", str(root / "unclip.json")]
+    checkpointed = train_decoder.main(common(data, tmp_path / "decoder") + args + ["--gradient_checkpointing"])
+    assert checkpointed == pytest.approx(losses["decoder"], rel=1e-4)
+    try:
+        import xformers  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="needs xformers"):
+            train_decoder.main(common(data, tmp_path / "x") + args + ["--enable_xformers_memory_efficient_attention"])
