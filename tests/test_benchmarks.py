@@ -43,3 +43,20 @@ def test_t2i_speed_reports_every_configuration(tmp_path):
         assert all(times[stage] > 0 for stage in ("text", "prior", "decoder", "vae"))
         assert 0 <= config["judge"]["overall"] <= 1
     assert report["bf16_speedup"] > 0 and set(report["precision"]) == {"fp32", "bf16"}
+
+
+def test_memory_benchmark_measures_every_configuration(tmp_path, tiny_pipeline_dir):
+    TextToImagePipeline(**get_dummy_unclip_components()).save_pretrained(tmp_path / "t2i")
+    memory = load_benchmark("memory")
+    common = ["--captioner", str(tiny_pipeline_dir), "--t2i", str(tmp_path / "t2i"), "--batch-size", "4"]
+    report = memory.main(common + ["--networks", "decoder", "--backends", "sdpa", "--json",
+                                   str(tmp_path / "memory.json")])
+    rows = report["rows"]
+    assert [(r["mode"], r["gradient_checkpointing"]) for r in rows] == [
+        ("inference", False), ("train", False), ("train", True)]
+    assert json.loads((tmp_path / "memory.json").read_text())["rows"] == rows
+    assert all(row["peak_mib"] >= 0 for row in rows) and rows[0]["ratio"] == rows[1]["ratio"] == 1.0
+    for network in ("captioner", "clip", "prior"):  # the other networks build and train, in this process
+        for backend in ("eager", "sdpa"):
+            args = memory.parse_args(common + ["--worker", network, backend, "on", "train"])
+            assert memory.worker(args)["peak_mib"] >= 0
