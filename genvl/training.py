@@ -206,11 +206,14 @@ def load_images(data_dir, records, image_column: str, resolution: int):
 def make_accelerator(args: TrainArgs, project: str):
     """An Accelerator for `args`, the seed set, the run config saved and trackers started."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=args.report_to,
+        # some weights take no part in the loss (the ViT pooler, the prior's embedding statistics, frozen
+        # layers around an adapter): DDP must not wait for their gradients
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(args.seed)
     if accelerator.is_main_process:

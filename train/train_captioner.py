@@ -46,11 +46,13 @@ def tokenize_captions(tokenizer, captions, max_length: int):
     return inputs, labels
 
 
-def caption_loss(model, pixel_values, decoder_input_ids, labels):
+def caption_loss(model, pixel_values, decoder_input_ids, labels, tokens: torch.Tensor | float | None = None):
+    """Token cross-entropy, summed and divided by `tokens` (default: this batch's label tokens, i.e. the mean)."""
     mask = (labels != -100).long()
     # keep BOS visible: the attention mask covers BOS + tokens, i.e. the label positions
     logits = model(pixel_values=pixel_values, decoder_input_ids=decoder_input_ids, decoder_attention_mask=mask).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+    total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+    return total / (mask.sum() if tokens is None else tokens)
 
 
 def main(argv=None):
@@ -88,7 +90,11 @@ def main(argv=None):
 
     def compute_loss(model, batch, step):
         pixel_values = images[batch].float().div_(127.5).sub_(1.0).to(device)
-        return caption_loss(model, pixel_values, decoder_input_ids[batch].to(device), labels[batch].to(device))
+        batch_labels = labels[batch].to(device)
+        # the mean over the label tokens of every process's micro-batch: DDP averages the processes' gradients,
+        # so each divides its sum by the global count / processes, and any process layout trains the same
+        tokens = accelerator.reduce((batch_labels != -100).sum(), "sum") / accelerator.num_processes
+        return caption_loss(model, pixel_values, decoder_input_ids[batch].to(device), batch_labels, tokens)
 
     losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)
 

@@ -1,0 +1,50 @@
+"""Training runs unchanged as several processes: two CPU processes (gloo, launched by accelerate) follow the
+same loss trajectory as one process at the same global batch."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genvl.world.dataset import write_imagefolder
+
+from .conftest import TINY
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(command, **env):
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_two_cpu_processes_match_one(tmp_path):
+    data = write_imagefolder(tmp_path / "world", 48, seed=0, split="train", resolution=32)
+    (tmp_path / "arch.json").write_text(json.dumps(TINY.to_dict()))
+    common = ["--train_data_dir", str(data), "--architecture", str(tmp_path / "arch.json"), "--resolution", "32",
+              "--vocab_size", "300", "--max_train_steps", "4", "--checkpointing_steps", "2", "--lr_warmup_steps", "1",
+              "--logging_steps", "1", "--learning_rate", "3e-3"]
+    run([sys.executable, "train/train_captioner.py", *common, "--train_batch_size", "8",
+         "--output_dir", str(tmp_path / "one")])
+    # accelerate's --cpu launcher starts one process; torchrun's (--multi_gpu) with ACCELERATE_USE_CPU runs
+    # the processes on the CPU, joined by gloo
+    run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--main_process_port", str(free_port()), "train/train_captioner.py", *common, "--train_batch_size", "4",
+         "--output_dir", str(tmp_path / "two")], ACCELERATE_USE_CPU="true")
+    one = json.loads((tmp_path / "one" / "train_losses.json").read_text())
+    two = json.loads((tmp_path / "two" / "train_losses.json").read_text())
+    assert len(one) == len(two) == 4 and one[-1] < one[0]
+    assert two == pytest.approx(one, rel=1e-5)
+    assert (tmp_path / "two" / "checkpoint-4").is_dir() and (tmp_path / "two" / "model_index.json").is_file()
