@@ -253,7 +253,12 @@ def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, 
         args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
+    names = {id(p): name for name, p in model.named_parameters()}
+    trained = [names[id(p)] for p in parameters]
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # FSDP replaces the parameters with sharded ones: clipping and EMA must follow the model's current ones
+    current = dict(accelerator.unwrap_model(model).named_parameters())
+    parameters = [current[name] for name in trained]
     ema = EMAModel(parameters, decay=args.ema_decay) if args.use_ema else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)

@@ -48,3 +48,13 @@ def test_two_cpu_processes_match_one(tmp_path):
     assert len(one) == len(two) == 4 and one[-1] < one[0]
     assert two == pytest.approx(one, rel=1e-5)
     assert (tmp_path / "two" / "checkpoint-4").is_dir() and (tmp_path / "two" / "model_index.json").is_file()
+
+
+@pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("deepspeed_zero2", "DEEPSPEED")])
+def test_example_accelerate_configs_load(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type.value == kind and config.num_processes == 8
+    if kind == "FSDP":
+        assert config.fsdp_config["fsdp_version"] == 2
