@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_lora_flag(caption)
     add_runtime_flags(caption, "captioner folder (default: the shipped genvl-caption-small)")
     caption.add_argument("--json", action="store_true", help="one JSON record per image on stdout")
+    caption.add_argument("--output", help="write the JSON records to this JSONL file instead (needed when run as "
+                                          "several processes with accelerate launch: each takes a share)")
 
     data = commands.add_parser("data", help="make datasets").add_subparsers(dest="data_command", required=True)
     scenes = data.add_parser(
@@ -175,16 +177,21 @@ def load_caption_pipeline(args):
     pipeline = CaptionPipeline.from_pretrained(path, dtype=torch_dtype(args))
     load_loras(pipeline, getattr(args, "lora", []))
     pipeline.set_progress_bar_config(disable=args.quiet)
-    return pipeline.to(args.device)
+    device = args.device
+    if device == "cuda" and process_layout()[0] > 1:  # one GPU per process
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+    return pipeline.to(device)
 
 
 def run_caption(args) -> int:
-    import torch
-    from tqdm import tqdm
-
     from .images import find_images
 
     paths = find_images(args.images)
+    processes, rank = process_layout()
+    if processes > 1 and not args.output:
+        raise UsageError("several processes write one file: pass --output FILE")
+    # each process captions one contiguous share; image i keeps its global index (and sampling seed)
+    first, last = rank * len(paths) // processes, (rank + 1) * len(paths) // processes
     pipeline = load_caption_pipeline(args)
     settings = checked_settings(pipeline, args)
     overrides = decoding_overrides(args)
@@ -195,29 +202,71 @@ def run_caption(args) -> int:
         # image i is sampled with its own generator seeded base + i: captions do not depend on the batch
         # size, and the recorded per-image seed reproduces that image's captions on its own
         base_seed = settings.seed if settings.seed is not None else random.randrange(2**31)
+        if processes > 1 and settings.seed is None:
+            raise UsageError("sampling in several processes needs --seed, so that they share one base seed")
         overrides.pop("seed", None)
-    batches = [paths[i : i + args.batch_size] for i in range(0, len(paths), args.batch_size)]
+    records = caption_records(pipeline, paths[first:last], first, base_seed, args, overrides)
+    if not args.output:
+        for record in records:
+            print_record(record, args.json)
+        return 0
+    output = Path(args.output)
+    part = output.with_name(f"{output.name}.part{rank}.tmp")
+    with open(part, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    wait_for_processes(processes)
+    if rank == 0:  # join the shares in order, then move the file into place
+        joined = output.with_name(f"{output.name}.tmp")
+        with open(joined, "w") as f:
+            for k in range(processes):
+                shard = output.with_name(f"{output.name}.part{k}.tmp")
+                f.write(shard.read_text())
+                shard.unlink()
+        joined.replace(output)
+    return 0
+
+
+def process_layout() -> tuple[int, int]:
+    """(processes, this process's rank) when started by accelerate launch / torchrun, else (1, 0)."""
+    return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+
+
+def wait_for_processes(processes: int) -> None:
+    if processes > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+
+
+def caption_records(pipeline, paths, first: int, base_seed, args, overrides):
+    """One record per image: {"path", "captions": [{"text", "score"}], "seed" when sampling}."""
+    import torch
+    from tqdm import tqdm
+
     bar = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=args.quiet or len(paths) <= 8)
-    done = 0
-    for batch in batches:
-        seeds = [base_seed + done + i for i in range(len(batch))] if base_seed is not None else None
+    for start in range(0, len(paths), args.batch_size):
+        batch = paths[start : start + args.batch_size]
+        seeds = [base_seed + first + start + i for i in range(len(batch))] if base_seed is not None else None
         generators = [torch.Generator().manual_seed(seed) for seed in seeds] if seeds else None
         output = pipeline(batch, prefix=args.prefix, generator=generators, **overrides)
         for i, (path, captions, scores) in enumerate(zip(batch, output.captions, output.scores)):
-            if args.json:
-                record = {"path": str(path), "captions": [{"text": c, "score": s} for c, s in zip(captions, scores)]}
-                if seeds:
-                    record["seed"] = seeds[i]
-                print(json.dumps(record), flush=True)
-            elif len(captions) == 1:
-                print(f"{path}\t{captions[0]}", flush=True)
-            else:
-                for caption, score in zip(captions, scores):
-                    print(f"{path}\t{caption}\t{score:.3f}", flush=True)
-        done += len(batch)
+            record = {"path": str(path), "captions": [{"text": c, "score": s} for c, s in zip(captions, scores)]}
+            if seeds:
+                record["seed"] = seeds[i]
+            yield record
         bar.update(len(batch))
     bar.close()
-    return 0
+
+
+def print_record(record: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(record), flush=True)
+    elif len(record["captions"]) == 1:
+        print(f"{record['path']}\t{record['captions'][0]['text']}", flush=True)
+    else:
+        for caption in record["captions"]:
+            print(f"{record['path']}\t{caption['text']}\t{caption['score']:.3f}", flush=True)
 
 
 def progress_bar(args, unit: str):

@@ -58,3 +58,35 @@ def test_example_accelerate_configs_load(name, kind):
     assert config.distributed_type.value == kind and config.num_processes == 8
     if kind == "FSDP":
         assert config.fsdp_config["fsdp_version"] == 2
+
+
+def test_caption_as_two_processes_writes_one_file_without_gaps(tmp_path, tiny_pipeline_dir, scene_images):
+    from genvl.cli import main
+
+    for i, image in enumerate(scene_images + scene_images[:1]):  # 7 images: the shares are uneven
+        image.save(tmp_path / f"img{i}.png")
+    args = ["caption", str(tmp_path), "--model", str(tiny_pipeline_dir), "--max-new-tokens", "6", "--beam", "2",
+            "--quiet"]
+    assert main([*args, "--output", str(tmp_path / "one.jsonl")]) == 0
+    genvl = Path(sys.executable).parent / "genvl"
+    run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--main_process_port", str(free_port()), str(genvl), *args, "--output", str(tmp_path / "two.jsonl")],
+        ACCELERATE_USE_CPU="true")
+    one = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in one] == sorted(str(p) for p in tmp_path.glob("img*.png"))
+    assert [r["path"] for r in two] == [r["path"] for r in one]
+    assert [[c["text"] for c in r["captions"]] for r in two] == [[c["text"] for c in r["captions"]] for r in one]
+    assert not list(tmp_path.glob("*.tmp"))
+    assert main(["caption", str(tmp_path), "--model", str(tiny_pipeline_dir)]) == 0  # one process: stdout is fine
+
+
+def test_several_processes_need_an_output_file(tmp_path, tiny_pipeline_dir, scene_images, monkeypatch, capsys):
+    from genvl.cli import main
+
+    scene_images[0].save(tmp_path / "img.png")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["caption", str(tmp_path), "--model", str(tiny_pipeline_dir)])
+    assert exit_info.value.code == 2 and "--output" in capsys.readouterr().err
