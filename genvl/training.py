@@ -332,28 +332,38 @@ def phrasing_table(records, caption_column: str):
     return texts, index
 
 
-def pick_phrasings(index, batch, seed: int, step: int, process_index: int = 0):
-    """One phrasing per sample of `batch`, drawn from (seed, step, process) so a resumed run draws the same."""
+def pick_phrasings(index, batch, seed: int, step: int, process_index: int = 0, num_processes: int = 1):
+    """One phrasing per sample of `batch`, drawn from (seed, step) so a resumed run draws the same. The draw
+    covers the global batch and each process takes its rows, so the choice does not depend on the processes."""
     import torch
 
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 64 + process_index)
-    choice = torch.randint(0, index.shape[1], (len(batch),), generator=generator)
-    return index[batch, choice]
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 64)
+    choice = torch.randint(0, index.shape[1], (len(batch) * num_processes,), generator=generator)
+    return index[batch, choice[process_index * len(batch) : (process_index + 1) * len(batch)]]
 
 
-def step_generator(seed: int, step: int, process_index: int = 0):
+def step_generator(seed: int, step: int):
     """The generator of a step's random draws (dropout, noise, timesteps), so a resumed run draws the same."""
     import torch
 
-    return torch.Generator().manual_seed(seed * 7_919 + step * 64 + process_index)
+    return torch.Generator().manual_seed(seed * 7_919 + step * 64)
 
 
-def add_training_noise(scheduler, x0, generator):
-    """(noise, timesteps, noisy x0): one uniform timestep per sample, as diffusion models are trained."""
+def process_rows(batch_size: int, accelerator) -> tuple[slice, int]:
+    """This process's rows of the global batch, and the global batch size."""
+    index = accelerator.process_index
+    return slice(index * batch_size, (index + 1) * batch_size), batch_size * accelerator.num_processes
+
+
+def add_training_noise(scheduler, x0, generator, rows: slice | None = None, total: int | None = None):
+    """(noise, timesteps, noisy x0): one uniform timestep per sample, as diffusion models are trained. Given
+    `rows` and `total`, the draws cover the global batch of `total` samples and this process keeps its rows, so
+    every sample gets the same randomness however the batch is split over processes."""
     import torch
 
-    noise = torch.randn(x0.shape, generator=generator)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
+    rows, total = rows or slice(None), total or len(x0)
+    noise = torch.randn((total, *x0.shape[1:]), generator=generator)[rows]
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (total,), generator=generator)[rows]
     return noise, t, scheduler.add_noise(x0, noise, t)
 
 
@@ -383,7 +393,7 @@ def cached_features(path, key: dict, compute) -> dict:
                 return load_file(str(path))
     tensors = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several processes may write it at once
     save_file({name: value.contiguous() for name, value in tensors.items()}, str(tmp), metadata={"key": stamp})
     tmp.replace(path)
     return tensors

@@ -90,3 +90,27 @@ def test_several_processes_need_an_output_file(tmp_path, tiny_pipeline_dir, scen
     with pytest.raises(SystemExit) as exit_info:
         main(["caption", str(tmp_path), "--model", str(tiny_pipeline_dir)])
     assert exit_info.value.code == 2 and "--output" in capsys.readouterr().err
+
+
+def test_prior_as_two_processes_matches_one(tmp_path):
+    from .conftest import TINY_CLIP
+    from .test_train_text_to_image import TINY_UNCLIP, common, train_clip
+
+    data = write_imagefolder(tmp_path / "world", 32, seed=0, split="train", resolution=32)
+    (tmp_path / "clip.json").write_text(json.dumps(TINY_CLIP))
+    (tmp_path / "unclip.json").write_text(json.dumps(TINY_UNCLIP))
+    train_clip.main(common(data, tmp_path / "clip", steps=2) + ["--architecture", str(tmp_path / "clip.json"),
+                                                                 "--vocab_size", "300"])
+    args = common(data, tmp_path / "x", steps=4) + ["--clip_model_name_or_path", str(tmp_path / "clip"),
+                                                   "--architecture", str(tmp_path / "unclip.json")]
+    del args[args.index("--output_dir") : args.index("--output_dir") + 2]
+    args[args.index("--train_batch_size") + 1] = "8"
+    run([sys.executable, "train/train_prior.py", *args, "--output_dir", str(tmp_path / "one")])
+    args[args.index("--train_batch_size") + 1] = "4"
+    run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--main_process_port", str(free_port()), "train/train_prior.py", *args, "--output_dir", str(tmp_path / "two")],
+        ACCELERATE_USE_CPU="true")
+    one = json.loads((tmp_path / "one" / "train_losses.json").read_text())
+    two = json.loads((tmp_path / "two" / "train_losses.json").read_text())
+    assert len(two) == 4 and two == pytest.approx(one, rel=1e-4)

@@ -95,7 +95,8 @@ def main(argv=None):
     device = accelerator.device
 
     def compute_loss(model, batch, step):
-        chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index)
+        chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index,
+                                accelerator.num_processes)
         input_ids, length = ids[chosen], lengths[chosen]
         input_ids = input_ids[:, : int(length.max())]
         attention_mask = (torch.arange(input_ids.shape[1]) < length[:, None]).long()

@@ -27,7 +27,7 @@ from genvl.lora import save_adapter
 from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet
 from genvl.training import (
     LoraTrainArgs, add_training_adapter, add_training_noise, cached_features, file_stamp, frozen_clip_features,
-    load_images, make_accelerator, parse_args, pick_phrasings, step_generator, train_loop,
+    load_images, make_accelerator, parse_args, pick_phrasings, process_rows, step_generator, train_loop,
 )
 from genvl.world.dataset import read_metadata
 
@@ -120,13 +120,16 @@ def main(argv=None):
 
     # 3. train
     def compute_loss(model, batch, step):
-        chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index)
-        generator = step_generator(args.seed, step, accelerator.process_index)
-        drop_text = torch.rand(len(batch), generator=generator) < args.text_dropout
-        drop_image = torch.rand(len(batch), generator=generator) < args.image_dropout
+        # every draw covers the global batch (this process keeps its rows): any process layout trains the same
+        rows, total = process_rows(len(batch), accelerator)
+        chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index,
+                                accelerator.num_processes)
+        generator = step_generator(args.seed, step)
+        drop_text = torch.rand(total, generator=generator)[rows] < args.text_dropout
+        drop_image = torch.rand(total, generator=generator)[rows] < args.image_dropout
         chosen = torch.where(drop_text, torch.full_like(chosen, empty), chosen)
         embeds = image_embeds[batch].masked_fill(drop_image[:, None], 0.0)
-        noise, t, noisy = add_training_noise(scheduler, latents[batch], generator)
+        noise, t, noisy = add_training_noise(scheduler, latents[batch], generator, rows, total)
         prediction = model(noisy.to(device), t.to(device), embeds.to(device), states[chosen].to(device, torch.float32),
                            masks[chosen].to(device))
         if args.snr_gamma is None:

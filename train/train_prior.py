@@ -22,7 +22,7 @@ from genvl.models.unclip import UnclipArchitecture, build_prior
 from genvl.lora import save_adapter
 from genvl.training import (
     LoraTrainArgs, add_training_adapter, add_training_noise, frozen_clip_features, make_accelerator, parse_args,
-    pick_phrasings, pretrained_part, step_generator, train_loop,
+    pick_phrasings, pretrained_part, process_rows, step_generator, train_loop,
 )
 from genvl.world.dataset import read_metadata
 
@@ -72,12 +72,15 @@ def main(argv=None):
 
     # 3. train
     def compute_loss(model, batch, step):
-        chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index)
-        generator = step_generator(args.seed, step, accelerator.process_index)
-        drop = torch.rand(len(batch), generator=generator) < args.conditioning_dropout
+        # every draw covers the global batch (this process keeps its rows): any process layout trains the same
+        rows, total = process_rows(len(batch), accelerator)
+        chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index,
+                                accelerator.num_processes)
+        generator = step_generator(args.seed, step)
+        drop = torch.rand(total, generator=generator)[rows] < args.conditioning_dropout
         chosen = torch.where(drop, torch.full_like(chosen, empty), chosen)
         x0 = (targets[batch] - mean) / std
-        _, t, noisy = add_training_noise(scheduler, x0, generator)
+        _, t, noisy = add_training_noise(scheduler, x0, generator, rows, total)
         prediction = model(noisy.to(device), timestep=t.to(device), proj_embedding=text_embeds[chosen].to(device),
                            encoder_hidden_states=states[chosen].to(device, torch.float32),
                            attention_mask=masks[chosen].bool().to(device)).predicted_image_embedding
