@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from genvl.attention import attend, attention_backend, enable_gradient_checkpointing, models_in, set_attention_backend
+from genvl.attention import attend, attention_backend, enable_gradient_checkpointing, models_in
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.pipelines.text_to_image import TextToImagePipeline
 

@@ -99,14 +99,14 @@ def main(argv=None):
     losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)
 
     # 4. save the final pipeline, or the adapter (EMA weights when EMA is on)
-    if accelerator.is_main_process and args.adapter is not None:
-        save_adapter(model, output_dir)
-        (output_dir / "train_losses.json").write_text(json.dumps(losses))
-    elif accelerator.is_main_process:
+    if accelerator.is_main_process:
         from genvl.pipelines.caption import CaptionPipeline
 
-        pipeline = CaptionPipeline(model=model, tokenizer=tokenizer, image_processor=build_image_processor(arch))
-        pipeline.save_pretrained(output_dir)
+        if args.adapter is not None:
+            save_adapter(model, output_dir)
+        else:
+            pipeline = CaptionPipeline(model=model, tokenizer=tokenizer, image_processor=build_image_processor(arch))
+            pipeline.save_pretrained(output_dir)
         (output_dir / "train_losses.json").write_text(json.dumps(losses))
     accelerator.end_training()
     return losses

@@ -112,13 +112,13 @@ def main(argv=None):
     losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)
 
     # 4. save in the Hugging Face CLIP layout, or the adapter as `clip/` (EMA weights when EMA is on)
-    if accelerator.is_main_process and args.adapter is not None:
-        save_adapter(model, output_dir / "clip")
-        (output_dir / "train_losses.json").write_text(json.dumps(losses))
-    elif accelerator.is_main_process:
-        model.save_pretrained(output_dir, safe_serialization=True)
-        tokenizer.save_pretrained(output_dir)
-        image_processor.save_pretrained(output_dir)
+    if accelerator.is_main_process:
+        if args.adapter is not None:
+            save_adapter(model, output_dir / "clip")
+        else:
+            model.save_pretrained(output_dir, safe_serialization=True)
+            tokenizer.save_pretrained(output_dir)
+            image_processor.save_pretrained(output_dir)
         (output_dir / "train_losses.json").write_text(json.dumps(losses))
     accelerator.end_training()
     return losses

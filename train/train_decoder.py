@@ -141,14 +141,14 @@ def main(argv=None):
     losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)
 
     # 4. save the conditioner and UNet, or the adapter as `decoder/` (EMA weights when EMA is on)
-    if accelerator.is_main_process and args.adapter is not None:
-        save_adapter(unet, Path(args.output_dir) / "decoder")
-        (Path(args.output_dir) / "train_losses.json").write_text(json.dumps(losses))
-    elif accelerator.is_main_process:
+    if accelerator.is_main_process:
         output_dir = Path(args.output_dir)
-        conditioner.save_pretrained(output_dir / "conditioner", safe_serialization=True)
-        unet.save_pretrained(output_dir / "decoder", safe_serialization=True)
-        scheduler.save_pretrained(output_dir / "decoder_scheduler")
+        if args.adapter is not None:
+            save_adapter(unet, output_dir / "decoder")
+        else:
+            conditioner.save_pretrained(output_dir / "conditioner", safe_serialization=True)
+            unet.save_pretrained(output_dir / "decoder", safe_serialization=True)
+            scheduler.save_pretrained(output_dir / "decoder_scheduler")
         (output_dir / "train_losses.json").write_text(json.dumps(losses))
     accelerator.end_training()
     return losses

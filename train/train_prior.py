@@ -90,13 +90,13 @@ def main(argv=None):
     losses = train_loop(accelerator, args, prior, parameters, len(records), compute_loss)
 
     # 4. save the prior, or the adapter as `prior/` (EMA weights when EMA is on)
-    if accelerator.is_main_process and args.adapter is not None:
-        save_adapter(prior, Path(args.output_dir) / "prior")
-        (Path(args.output_dir) / "train_losses.json").write_text(json.dumps(losses))
-    elif accelerator.is_main_process:
+    if accelerator.is_main_process:
         output_dir = Path(args.output_dir)
-        prior.save_pretrained(output_dir / "prior", safe_serialization=True)
-        scheduler.save_pretrained(output_dir / "prior_scheduler")
+        if args.adapter is not None:
+            save_adapter(prior, output_dir / "prior")
+        else:
+            prior.save_pretrained(output_dir / "prior", safe_serialization=True)
+            scheduler.save_pretrained(output_dir / "prior_scheduler")
         (output_dir / "train_losses.json").write_text(json.dumps(losses))
     accelerator.end_training()
     return losses
