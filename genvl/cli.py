@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "caption", help="caption images", description="Caption images and folders of images.",
         epilog="example: genvl caption examples/images/ --beam 5 --json",
     )
-    caption.add_argument("images", nargs="+", help="image files or folders")
+    caption.add_argument("images", nargs="+", help="image files, folders, or tar shards (data/{000..009}.tar)")
     add_decoding_flags(caption)
     add_lora_flag(caption)
     add_runtime_flags(caption, "captioner folder (default: the shipped genvl-caption-small)")
@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     scenes.add_argument("--split", choices=["train", "val", "test"], default="train")
     scenes.add_argument("--resolution", type=_positive(int), default=64)
     scenes.add_argument("--quiet", action="store_true")
+    shards = data.add_parser(
+        "shards", help="pack an imagefolder into WebDataset tar shards",
+        epilog="example: genvl data shards --data data/world/test --out 'shards/test-%%06d.tar'",
+    )
+    shards.add_argument("--data", required=True, help="imagefolder with metadata.jsonl")
+    shards.add_argument("--out", required=True, help="shard name with a %%d field for the shard's number")
+    shards.add_argument("--samples-per-shard", type=_positive(int), default=1000)
 
     evaluate = commands.add_parser("eval", help="evaluate models").add_subparsers(dest="eval_command", required=True)
     eval_caption = evaluate.add_parser(
@@ -183,10 +190,51 @@ def load_caption_pipeline(args):
     return pipeline.to(device)
 
 
-def run_caption(args) -> int:
+def find_inputs(specs) -> list:
+    """Image files, folders (searched recursively) and tar shard specs -> Paths and (shard, key) refs."""
     from .images import find_images
+    from .shards import is_shard_spec, list_image_samples, shard_paths
 
-    paths = find_images(args.images)
+    items = []
+    for spec in specs:
+        if is_shard_spec(spec):
+            refs = list_image_samples(shard_paths(spec))
+            if not refs:
+                raise ValueError(f"{spec}: the shards hold no images")
+            items.extend(refs)
+        else:
+            items.extend(find_images([spec]))
+    return items
+
+
+def open_inputs(items):
+    """Yield (label, image) per item: a path as it is (the pipeline opens it), a shard sample decoded, each run
+    of samples of one shard set read as a stream."""
+    import io
+
+    from PIL import Image
+
+    from .images import load_image
+    from .shards import read_sample_images
+
+    start = 0
+    while start < len(items):
+        end, is_ref = start, isinstance(items[start], tuple)
+        while end < len(items) and isinstance(items[end], tuple) == is_ref:
+            end += 1
+        if not is_ref:
+            yield from ((str(path), path) for path in items[start:end])
+        for (path, key), data in zip(items[start:end] if is_ref else [], read_sample_images(items[start:end])):
+            try:
+                image = load_image(Image.open(io.BytesIO(data)))
+            except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+                raise ValueError(f"{path}#{key}: not a readable image ({err})") from None
+            yield f"{path}#{key}", image
+        start = end
+
+
+def run_caption(args) -> int:
+    paths = find_inputs(args.images)
     processes, rank = process_layout()
     if processes > 1 and not args.output:
         raise UsageError("several processes write one file: pass --output FILE")
@@ -241,17 +289,20 @@ def wait_for_processes(processes: int) -> None:
 
 def caption_records(pipeline, paths, first: int, base_seed, args, overrides):
     """One record per image: {"path", "captions": [{"text", "score"}], "seed" when sampling}."""
+    import itertools
+
     import torch
     from tqdm import tqdm
 
     bar = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=args.quiet or len(paths) <= 8)
+    inputs = open_inputs(paths)
     for start in range(0, len(paths), args.batch_size):
-        batch = paths[start : start + args.batch_size]
+        labels, batch = zip(*itertools.islice(inputs, args.batch_size))
         seeds = [base_seed + first + start + i for i in range(len(batch))] if base_seed is not None else None
         generators = [torch.Generator().manual_seed(seed) for seed in seeds] if seeds else None
-        output = pipeline(batch, prefix=args.prefix, generator=generators, **overrides)
-        for i, (path, captions, scores) in enumerate(zip(batch, output.captions, output.scores)):
-            record = {"path": str(path), "captions": [{"text": c, "score": s} for c, s in zip(captions, scores)]}
+        output = pipeline(list(batch), prefix=args.prefix, generator=generators, **overrides)
+        for i, (label, captions, scores) in enumerate(zip(labels, output.captions, output.scores)):
+            record = {"path": label, "captions": [{"text": c, "score": s} for c, s in zip(captions, scores)]}
             if seeds:
                 record["seed"] = seeds[i]
             yield record
@@ -288,6 +339,24 @@ def run_data_scenes(args) -> int:
     return 0
 
 
+def run_data_shards(args) -> int:
+    from .images import load_image
+    from .shards import write_shards
+    from .world.dataset import read_metadata
+
+    try:
+        args.out % 0
+    except (TypeError, ValueError):
+        raise UsageError(f"--out {args.out}: expected one %d field for the shard number, e.g. out/train-%06d.tar")
+    records = read_metadata(args.data)
+    written = write_shards(records, lambda r: load_image(Path(args.data) / r["file_name"]), args.out,
+                           args.samples_per_shard)
+    for path in written:
+        print(path)
+    print(f"{len(records)} samples in {len(written)} shards", file=sys.stderr)
+    return 0
+
+
 def run_eval_caption(args) -> int:
     from .evaluation.captioning import evaluate_captioner
 
@@ -315,7 +384,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from .cli_image import HANDLERS, run_eval_retrieval, run_eval_t2i
 
-    handlers = {"caption": run_caption, "data": run_data_scenes, **HANDLERS}
+    handlers = {"caption": run_caption, **HANDLERS}
+    if args.command == "data":
+        handlers["data"] = {"scenes": run_data_scenes, "shards": run_data_shards}[args.data_command]
     if args.command == "eval":
         evaluators = {"caption": run_eval_caption, "retrieval": run_eval_retrieval, "t2i": run_eval_t2i}
         handlers["eval"] = evaluators[args.eval_command]

@@ -187,6 +187,83 @@ def pretrained_part(path, subfolder: str) -> Path:
     return path / subfolder if (path / subfolder).is_dir() else path
 
 
+def open_record_image(data_dir, record: dict, image_column: str):
+    """The PIL image of a record: its bytes when it came from a shard, else the file it names under data_dir."""
+    import io
+
+    from PIL import Image
+
+    if "image_bytes" in record:
+        return Image.open(io.BytesIO(record["image_bytes"]))
+    return Image.open(Path(data_dir) / record[image_column])
+
+
+def read_training_records(source, caption_column: str, image_column: str, log=None) -> tuple[list, list]:
+    """(records, skipped) of an imagefolder or of WebDataset shards (`data/train-{000..009}.tar`).
+
+    Every sample is checked as it is read: one whose image cannot be decoded or whose caption is missing or
+    empty is reported through `log`, listed in `skipped` as {"sample", "reason"} and left out.
+    """
+    from PIL import Image
+
+    from .shards import is_shard_spec, iter_samples, sample_record, shard_paths
+    from .world.dataset import read_metadata
+
+    skipped = []
+
+    def skip(where, reason):
+        skipped.append({"sample": where, "reason": reason})
+        if log is not None:
+            log(f"skipping {where}: {reason}")
+
+    def check(record, where):
+        caption = record.get(caption_column)
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError(f"caption column {caption_column!r} is empty")
+        try:
+            with open_record_image(source, record, image_column) as image:
+                image.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise ValueError(f"not a readable image ({err})") from None
+
+    records = []
+    if is_shard_spec(source):
+        candidates = ((f"{s['__url__']}#{s['__key__']}", s) for s in iter_samples(shard_paths(source), skip))
+    else:
+        candidates = ((f"{Path(source) / r[image_column]}", r) for r in read_metadata(source, caption_column,
+                                                                                      image_column))
+    for where, item in candidates:
+        try:
+            record = sample_record(item, image_column, caption_column) if "__key__" in item else item
+            check(record, where)
+        except ValueError as err:
+            skip(where, str(err))
+            continue
+        records.append(record)
+    if not records:
+        raise ValueError(f"{source}: no usable samples ({len(skipped)} skipped)")
+    return records, skipped
+
+
+def read_training_data(accelerator, args: "TrainArgs") -> list[dict]:
+    """The records of `--train_data_dir` (imagefolder or shards) with bad samples logged on stderr by the main
+    process, counted, and listed in `output_dir/data_summary.json`."""
+    import sys
+
+    def log(message):
+        if accelerator.is_main_process:
+            print(message, file=sys.stderr, flush=True)
+
+    records, skipped = read_training_records(args.train_data_dir, args.caption_column, args.image_column, log)
+    accelerator.print(f"{len(records)} samples read from {args.train_data_dir}, {len(skipped)} bad ones skipped")
+    if accelerator.is_main_process:
+        summary = {"source": str(args.train_data_dir), "samples": len(records), "skipped": len(skipped),
+                   "skipped_samples": skipped}
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.output_dir) / "data_summary.json").write_text(json.dumps(summary, indent=2))
+    return records
+
+
 def load_images(data_dir, records, image_column: str, resolution: int):
     """All images of `records` as one uint8 tensor (N, 3, R, R): the world's datasets fit in memory."""
     import numpy as np
@@ -195,7 +272,7 @@ def load_images(data_dir, records, image_column: str, resolution: int):
 
     images = np.empty((len(records), resolution, resolution, 3), dtype=np.uint8)
     for i, record in enumerate(records):
-        with Image.open(Path(data_dir) / record[image_column]) as image:
+        with open_record_image(data_dir, record, image_column) as image:
             image = image.convert("RGB")
             if image.size != (resolution, resolution):
                 image = image.resize((resolution, resolution), Image.Resampling.BILINEAR)
@@ -399,6 +476,15 @@ def cached_features(path, key: dict, compute) -> dict:
     return tensors
 
 
+def data_stamp(source) -> dict:
+    """`file_stamp` of an imagefolder's metadata.jsonl, or of every shard a shard spec names."""
+    from .shards import is_shard_spec, shard_paths
+
+    if is_shard_spec(source):
+        return {"shards": [file_stamp(path) for path in shard_paths(source)]}
+    return file_stamp(Path(source) / "metadata.jsonl")
+
+
 def file_stamp(path) -> dict:
     """Where a model or data folder is and when its files last changed, to key cached features on."""
     path = Path(path).resolve()
@@ -432,7 +518,7 @@ def frozen_clip_features(clip_dir, data_dir, records, image_column: str, caption
     if cache_dir is None:
         features = compute()
     else:
-        key = {"clip": file_stamp(clip_dir), "data": file_stamp(Path(data_dir) / "metadata.jsonl"),
+        key = {"clip": file_stamp(clip_dir), "data": data_stamp(data_dir),
                "records": len(records), "texts": len(texts), "image_column": image_column,
                "caption_column": caption_column}
         features = cached_features(Path(cache_dir) / "clip_features.safetensors", key, compute)

@@ -63,10 +63,15 @@ def test_example_accelerate_configs_load(name, kind):
 def test_caption_as_two_processes_writes_one_file_without_gaps(tmp_path, tiny_pipeline_dir, scene_images):
     from genvl.cli import main
 
+    from genvl.shards import write_shards
+
     for i, image in enumerate(scene_images + scene_images[:1]):  # 7 images: the shares are uneven
         image.save(tmp_path / f"img{i}.png")
-    args = ["caption", str(tmp_path), "--model", str(tiny_pipeline_dir), "--max-new-tokens", "6", "--beam", "2",
-            "--quiet"]
+    # and 5 more as tar shards of 2: a process's share may start inside one shard and end in another
+    records = [{"text": "x", "i": i} for i in range(5)]
+    write_shards(records, lambda r: scene_images[r["i"]], str(tmp_path / "shards" / "s-%d.tar"), 2)
+    args = ["caption", str(tmp_path), f"{tmp_path}/shards/s-{{0..2}}.tar", "--model", str(tiny_pipeline_dir),
+            "--max-new-tokens", "6", "--beam", "2", "--quiet"]
     assert main([*args, "--output", str(tmp_path / "one.jsonl")]) == 0
     genvl = Path(sys.executable).parent / "genvl"
     run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -75,7 +80,10 @@ def test_caption_as_two_processes_writes_one_file_without_gaps(tmp_path, tiny_pi
         ACCELERATE_USE_CPU="true")
     one = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
     two = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
-    assert [r["path"] for r in one] == sorted(str(p) for p in tmp_path.glob("img*.png"))
+    shard_keys = [f"{tmp_path}/shards/s-{i // 2}.tar#{i:08d}" for i in range(5)]
+    assert [r["path"] for r in one] == sorted(str(p) for p in tmp_path.glob("img*.png")) + shard_keys
+    # a sample captions the same from a shard as from a file
+    assert one[7]["captions"] == one[0]["captions"]
     assert [r["path"] for r in two] == [r["path"] for r in one]
     assert [[c["text"] for c in r["captions"]] for r in two] == [[c["text"] for c in r["captions"]] for r in one]
     assert not list(tmp_path.glob("*.tmp"))

@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from genvl.models.unclip import UnclipArchitecture, build_autoencoder
-from genvl.training import TrainArgs, load_images, make_accelerator, parse_args, train_loop
-from genvl.world.dataset import read_metadata
+from genvl.training import TrainArgs, load_images, make_accelerator, parse_args, read_training_data, train_loop
 
 
 @dataclass
@@ -65,7 +64,7 @@ def main(argv=None):
     args = parse_args(TrainAutoencoderArgs, argv)
     accelerator = make_accelerator(args, "train_autoencoder")
     data_dir = Path(args.train_data_dir)
-    records = read_metadata(data_dir, args.caption_column, args.image_column)
+    records = read_training_data(accelerator, args)
     images = load_images(data_dir, records, args.image_column, args.resolution)
     if args.pretrained_model_name_or_path:
         vae = AutoencoderKL.from_pretrained(args.pretrained_model_name_or_path)

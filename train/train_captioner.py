@@ -20,9 +20,8 @@ from genvl.lora import save_adapter
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
 from genvl.training import (
     LoraTrainArgs, add_training_adapter, load_images, load_or_train_tokenizer, make_accelerator, parse_args,
-    train_loop,
+    read_training_data, train_loop,
 )
-from genvl.world.dataset import read_metadata
 
 
 @dataclass
@@ -60,7 +59,7 @@ def main(argv=None):
     accelerator = make_accelerator(args, "train_captioner")
     output_dir = Path(args.output_dir)
     data_dir = Path(args.train_data_dir)
-    records = read_metadata(data_dir, args.caption_column, args.image_column)
+    records = read_training_data(accelerator, args)
     captions = [r[args.caption_column] for r in records]
 
     # 1. tokenizer and model: fine-tune a saved captioner, or build a fresh one with its own tokenizer

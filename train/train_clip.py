@@ -26,9 +26,8 @@ from genvl.models.clip import (
 from genvl.lora import save_adapter
 from genvl.training import (
     LoraTrainArgs, add_training_adapter, load_images, load_or_train_tokenizer, make_accelerator, parse_args,
-    phrasing_table, pick_phrasings, pretrained_part, train_loop,
+    phrasing_table, pick_phrasings, pretrained_part, read_training_data, train_loop,
 )
-from genvl.world.dataset import read_metadata
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature so that logits scale by at most 100
 
@@ -68,7 +67,7 @@ def main(argv=None):
     accelerator = make_accelerator(args, "train_clip")
     output_dir = Path(args.output_dir)
     data_dir = Path(args.train_data_dir)
-    records = read_metadata(data_dir, args.caption_column, args.image_column)
+    records = read_training_data(accelerator, args)
 
     # 1. tokenizer and model: fine-tune a saved CLIP (its folder, or a pipeline's), or build a fresh one
     if args.pretrained_model_name_or_path:

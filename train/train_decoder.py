@@ -26,10 +26,10 @@ from diffusers.training_utils import compute_snr
 from genvl.lora import save_adapter
 from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet
 from genvl.training import (
-    LoraTrainArgs, add_training_adapter, add_training_noise, cached_features, file_stamp, frozen_clip_features,
-    load_images, make_accelerator, parse_args, pick_phrasings, process_rows, step_generator, train_loop,
+    LoraTrainArgs, add_training_adapter, add_training_noise, cached_features, data_stamp, file_stamp,
+    frozen_clip_features, load_images, make_accelerator, parse_args, pick_phrasings, process_rows, read_training_data,
+    step_generator, train_loop,
 )
-from genvl.world.dataset import read_metadata
 
 
 @dataclass
@@ -86,7 +86,7 @@ def main(argv=None):
     args = parse_args(TrainDecoderArgs, argv)
     accelerator = make_accelerator(args, "train_decoder")
     data_dir = Path(args.train_data_dir)
-    records = read_metadata(data_dir, args.caption_column, args.image_column)
+    records = read_training_data(accelerator, args)
 
     # 1. frozen features: CLIP image embeddings, text features of every phrasing plus "", latents
     _, image_embeds, phrasings, _, states, masks = frozen_clip_features(
@@ -98,7 +98,7 @@ def main(argv=None):
         return {"latents": encode_latents(vae, load_images(data_dir, records, args.image_column, args.resolution))}
 
     key = {"vae": file_stamp(args.vae_model_name_or_path) if args.vae_model_name_or_path else None,
-           "data": file_stamp(data_dir / "metadata.jsonl"), "records": len(records), "resolution": args.resolution}
+           "data": data_stamp(data_dir), "records": len(records), "resolution": args.resolution}
     latents = cached_features(Path(args.output_dir) / "latents.safetensors", key, compute_latents)["latents"]
 
     # 2. the conditioner and the UNet

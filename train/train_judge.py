@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from genvl.evaluation.judge import SceneJudge
 from genvl.evaluation.text_to_image import judge_images
-from genvl.training import TrainArgs, load_images, make_accelerator, parse_args, train_loop
+from genvl.training import TrainArgs, load_images, make_accelerator, parse_args, read_training_data, train_loop
 from genvl.world.dataset import read_metadata
 from genvl.world.sprites import COLOURS, OBJECTS
 
@@ -62,7 +62,7 @@ def main(argv=None):
     args = parse_args(TrainJudgeArgs, argv)
     accelerator = make_accelerator(args, "train_judge")
     data_dir = Path(args.train_data_dir)
-    records = read_metadata(data_dir, args.caption_column, args.image_column)
+    records = read_training_data(accelerator, args)
     images = load_images(data_dir, records, args.image_column, args.resolution)
     width = args.width
     judge = SceneJudge(object_names=sorted(OBJECTS), colour_names=sorted(COLOURS),

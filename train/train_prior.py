@@ -22,9 +22,8 @@ from genvl.models.unclip import UnclipArchitecture, build_prior
 from genvl.lora import save_adapter
 from genvl.training import (
     LoraTrainArgs, add_training_adapter, add_training_noise, frozen_clip_features, make_accelerator, parse_args,
-    pick_phrasings, pretrained_part, process_rows, step_generator, train_loop,
+    pick_phrasings, pretrained_part, process_rows, read_training_data, step_generator, train_loop,
 )
-from genvl.world.dataset import read_metadata
 
 
 @dataclass
@@ -48,7 +47,7 @@ def main(argv=None):
     args = parse_args(TrainPriorArgs, argv)
     accelerator = make_accelerator(args, "train_prior")
     data_dir = Path(args.train_data_dir)
-    records = read_metadata(data_dir, args.caption_column, args.image_column)
+    records = read_training_data(accelerator, args)
 
     # 1. frozen CLIP features: image embeddings, and text features of every distinct phrasing plus ""
     clip, targets, phrasings, text_embeds, states, masks = frozen_clip_features(

@@ -1,0 +1,183 @@
+"""WebDataset tar shards: brace-expanded names, samples grouped by key, read as a stream.
+
+A shard is a plain tar whose members are `<key>.<ext>`; the members of one sample sit next to each other
+(`000017.png`, `000017.txt`, `000017.json`), as img2dataset writes them and open_clip reads them. Shards are
+read with the standard library's `tarfile` in streaming mode: nothing is extracted, nothing is seeked.
+"""
+
+import io
+import json
+import re
+import tarfile
+from pathlib import Path
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp")
+_SHARD_NAME = re.compile(r"\.(tar|tgz|tar\.gz)$")
+_BRACES = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """`a-{000..002}.tar` -> a-000.tar a-001.tar a-002.tar; `{x,y}` lists alternatives; braces may repeat."""
+    match = _BRACES.search(pattern)
+    if match is None:
+        return [pattern]
+    head, body, tail = pattern[: match.start()], match.group(1), pattern[match.end() :]
+    bounds = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if bounds:
+        low, high = bounds.groups()
+        if int(low) > int(high):
+            raise ValueError(f"{pattern}: range {{{body}}} runs backwards")
+        width = len(low) if low.startswith("0") or len(low) == len(high) else 0
+        choices = [str(n).zfill(width) for n in range(int(low), int(high) + 1)]
+    elif "," in body:
+        choices = body.split(",")
+    else:
+        raise ValueError(f"{pattern}: expected {{A..B}} or {{x,y,...}} in braces, got {{{body}}}")
+    return [head + choice + rest for choice in choices for rest in expand_braces(tail)]
+
+
+def is_shard_spec(spec) -> bool:
+    """Whether `spec` names tar shards (`::`-separated, brace patterns allowed) rather than a folder or image."""
+    return all(_SHARD_NAME.search(part) for part in str(spec).split("::"))
+
+
+def shard_paths(spec) -> list[Path]:
+    """The shard files `spec` names, in order; a missing one is an error, not something to skip."""
+    paths = [Path(p) for part in str(spec).split("::") for p in expand_braces(part)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise FileNotFoundError(f"{missing[0]}: no such shard{more}")
+    return paths
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """`dir/000017.seg.png` -> (`dir/000017`, `seg.png`): the key ends at the first dot of the file name."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def iter_samples(paths, on_error):
+    """Yield the samples of the shards in `paths`, each a dict {"__key__", "__url__", ext: bytes}.
+
+    A shard that breaks off part way (truncated, corrupt) is reported through `on_error(where, reason)` and
+    reading goes on with the next shard.
+    """
+    for path in paths:
+        sample = None
+        try:
+            with tarfile.open(path, mode="r|*") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    key, ext = split_member_name(member.name)
+                    if sample is not None and sample["__key__"] != key:
+                        yield sample
+                        sample = None
+                    if sample is None:
+                        sample = {"__key__": key, "__url__": str(path)}
+                    sample[ext] = tar.extractfile(member).read()
+        except (tarfile.TarError, OSError, EOFError) as err:
+            on_error(str(path), f"shard unreadable past this point ({err})")
+            sample = None  # its members may be incomplete
+        if sample is not None:
+            yield sample
+
+
+def sample_image(sample: dict) -> bytes:
+    """The encoded image of a sample; ValueError when it holds none."""
+    for ext in IMAGE_EXTENSIONS:
+        if ext in sample:
+            return sample[ext]
+    raise ValueError(f"no image member (expected one of .{', .'.join(IMAGE_EXTENSIONS)})")
+
+
+def sample_record(sample: dict, image_column: str, caption_column: str) -> dict:
+    """An imagefolder-like record for a sample: the `.json` member's fields, the caption (`.txt`, else the
+    JSON's `caption_column`), `image_column` naming `shard#key`, and the encoded image under "image_bytes".
+    Raises ValueError naming what is wrong with the sample."""
+    record = {}
+    if "json" in sample:
+        try:
+            record = json.loads(sample["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f".json member is not valid JSON ({err})") from None
+        if not isinstance(record, dict):
+            raise ValueError(".json member is not an object")
+    if "txt" in sample:
+        try:
+            record[caption_column] = sample["txt"].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ValueError(".txt member is not UTF-8") from None
+    if not isinstance(record.get(caption_column), str) or not record[caption_column].strip():
+        raise ValueError(f"no caption (expected a .txt member or {caption_column!r} in the .json member)")
+    record["image_bytes"] = sample_image(sample)
+    record[image_column] = f"{sample['__url__']}#{sample['__key__']}"
+    return record
+
+
+def write_shards(records, open_image, pattern: str, samples_per_shard: int, caption_column: str = "text") -> list:
+    """Write `records` as shards named `pattern % index` (e.g. `out/train-%06d.tar`): per sample a `.png`, a
+    `.txt` caption and a `.json` of the record's other fields. Each shard is written beside its name and
+    renamed into place. `open_image(record)` returns the record's PIL image."""
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    written = []
+    for index, start in enumerate(range(0, len(records), samples_per_shard)):
+        path = Path(pattern % index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with tarfile.open(tmp, "w") as tar:
+            for number, record in enumerate(records[start : start + samples_per_shard], start):
+                image = io.BytesIO()
+                open_image(record).save(image, format="PNG")
+                fields = {k: v for k, v in record.items() if k not in ("file_name", "image_bytes")}
+                members = {"png": image.getvalue(), "txt": record[caption_column].encode(),
+                           "json": json.dumps(fields).encode()}
+                for ext, data in members.items():
+                    info = tarfile.TarInfo(f"{number:08d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
+def list_image_samples(paths) -> list[tuple[Path, str]]:
+    """(shard, key) of every sample holding an image, in order, from the tar headers alone."""
+    found = []
+    for path in paths:
+        try:
+            with tarfile.open(path) as tar:
+                keys = [split_member_name(m.name) for m in tar.getmembers() if m.isfile()]
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise ValueError(f"{path}: not a readable tar shard ({err})") from None
+        seen = set()
+        for key, ext in keys:
+            if ext in IMAGE_EXTENSIONS and key not in seen:
+                seen.add(key)
+                found.append((path, key))
+    return found
+
+
+def read_sample_images(refs):
+    """Yield the encoded image of each (shard, key) of `refs` (in shard order, as `list_image_samples` gives
+    them), reading each run of refs into one shard as a single stream."""
+
+    def fail(where, reason):
+        raise ValueError(f"{where}: {reason}")
+
+    start = 0
+    while start < len(refs):
+        path, end = refs[start][0], start
+        while end < len(refs) and refs[end][0] == path:
+            end += 1
+        for sample in iter_samples([path], fail):
+            if sample["__key__"] == refs[start][1]:
+                yield sample_image(sample)
+                start += 1
+                if start == end:
+                    break
+        if start < end:
+            raise ValueError(f"{path}#{refs[start][1]}: sample not found in the shard")

@@ -1,0 +1,159 @@
+"""WebDataset tar shards: brace expansion, streaming reads, and bad samples logged, counted and skipped."""
+
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from genvl.shards import expand_braces, is_shard_spec, list_image_samples, read_sample_images, shard_paths, write_shards
+from genvl.training import load_images, read_training_records
+from genvl.world.dataset import read_metadata, write_imagefolder
+
+from .conftest import TINY
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "train"))
+import train_captioner  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_imagefolder(tmp_path_factory.mktemp("world"), 20, seed=1, split="train", resolution=32)
+
+
+def pack(folder, pattern, per_shard):
+    records = read_metadata(folder)
+    return write_shards(records, lambda r: Image.open(folder / r["file_name"]), pattern, per_shard)
+
+
+def png_bytes(colour="red", size=8):
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def write_tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def cut_inside(path, member_name):
+    """Truncate a tar half way through one member's data, as an interrupted download would."""
+    with tarfile.open(path) as tar:
+        member = tar.getmember(member_name)
+    path.write_bytes(path.read_bytes()[: member.offset_data + member.size // 2])
+
+
+def test_brace_expansion():
+    assert expand_braces("d/s-{008..011}.tar") == ["d/s-008.tar", "d/s-009.tar", "d/s-010.tar", "d/s-011.tar"]
+    assert expand_braces("{a,b}-{1..2}.tar") == ["a-1.tar", "a-2.tar", "b-1.tar", "b-2.tar"]
+    assert expand_braces("{9..10}.tar") == ["9.tar", "10.tar"]
+    assert expand_braces("plain.tar") == ["plain.tar"]
+    with pytest.raises(ValueError, match="runs backwards"):
+        expand_braces("{5..2}.tar")
+    with pytest.raises(ValueError, match=r"expected \{A..B\}"):
+        expand_braces("{x}.tar")
+    assert is_shard_spec("a/{0..3}.tar::b/c.tar.gz") and not is_shard_spec("data/world/train")
+
+
+def test_missing_shard_is_an_error_not_a_skip(tmp_path):
+    write_tar(tmp_path / "s-0.tar", [("0.png", png_bytes()), ("0.txt", b"a red square")])
+    with pytest.raises(FileNotFoundError, match=r"s-1.tar: no such shard"):
+        shard_paths(f"{tmp_path}/s-{{0..1}}.tar")
+
+
+def test_shards_read_like_the_imagefolder(folder, tmp_path):
+    written = pack(folder, str(tmp_path / "train-%03d.tar"), 8)
+    assert [p.name for p in written] == ["train-000.tar", "train-001.tar", "train-002.tar"]
+    from_folder, skipped_folder = read_training_records(folder, "text", "file_name")
+    from_shards, skipped_shards = read_training_records(f"{tmp_path}/train-{{000..002}}.tar", "text", "file_name")
+    assert skipped_folder == skipped_shards == []
+    assert [r["text"] for r in from_shards] == [r["text"] for r in from_folder]
+    assert [r["scene"] for r in from_shards] == [r["scene"] for r in from_folder]
+    assert from_shards[9]["file_name"] == f"{tmp_path / 'train-001.tar'}#00000009"
+    assert torch.equal(load_images(None, from_shards, "file_name", 32), load_images(folder, from_folder, "file_name", 32))
+
+
+def test_bad_samples_are_logged_counted_and_skipped(tmp_path):
+    good, logged = png_bytes(), []
+    write_tar(tmp_path / "a.tar", [
+        ("ok1.png", good), ("ok1.txt", b"a red square"),
+        ("noimage.txt", b"a caption without its image"),
+        ("corrupt.png", good[:30]), ("corrupt.txt", b"a cut-off image"),
+        ("notpng.png", b"this is text, not a png"), ("notpng.txt", b"text with an image extension"),
+        ("nocaption.png", good),
+        ("emptycaption.png", good), ("emptycaption.txt", b"   "),
+        ("latin1.png", good), ("latin1.txt", "caf\u00e9".encode("latin-1")),
+        ("badjson.png", good), ("badjson.json", b"{not json"),
+        ("ok2.png", good), ("ok2.json", json.dumps({"text": "a caption from the json"}).encode()),
+    ])
+    # the second shard breaks off inside its last member
+    write_tar(tmp_path / "b.tar", [("ok3.png", good), ("ok3.txt", b"three"), ("cut.png", good), ("cut.txt", b"x")])
+    cut_inside(tmp_path / "b.tar", "cut.png")
+    records, skipped = read_training_records(f"{tmp_path}/{{a,b}}.tar", "text", "file_name", logged.append)
+    assert [r["text"] for r in records] == ["a red square", "a caption from the json", "three"]
+    reasons = {s["sample"].rsplit("#", 1)[-1]: s["reason"] for s in skipped}
+    assert set(reasons) == {"noimage", "corrupt", "notpng", "nocaption", "emptycaption", "latin1", "badjson",
+                            str(tmp_path / "b.tar")}
+    assert "no image member" in reasons["noimage"] and "not a readable image" in reasons["corrupt"]
+    assert "not UTF-8" in reasons["latin1"] and "not valid JSON" in reasons["badjson"]
+    assert "no caption" in reasons["nocaption"] and "unreadable" in reasons[str(tmp_path / "b.tar")]
+    assert len(logged) == len(skipped) and all(line.startswith("skipping ") for line in logged)
+
+
+def test_imagefolder_bad_samples_are_skipped(folder, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    (copy / "000003.png").write_bytes(b"")
+    (copy / "000005.png").unlink()
+    records, skipped = read_training_records(copy, "text", "file_name")
+    assert len(records) == 18 and sorted(Path(s["sample"]).name for s in skipped) == ["000003.png", "000005.png"]
+
+
+def test_no_usable_samples_is_an_error(tmp_path):
+    write_tar(tmp_path / "a.tar", [("x.txt", b"only text")])
+    with pytest.raises(ValueError, match=r"a.tar: no usable samples \(1 skipped\)"):
+        read_training_records(str(tmp_path / "a.tar"), "text", "file_name")
+
+
+def test_sample_images_stream_in_order(folder, tmp_path):
+    written = pack(folder, str(tmp_path / "s-%d.tar"), 7)
+    refs = list_image_samples(written)
+    assert len(refs) == 20 and refs[7] == (written[1], "00000007")
+    share = refs[5:16]  # crosses two shard boundaries
+    images = [Image.open(io.BytesIO(data)) for data in read_sample_images(share)]
+    expected = [Image.open(folder / f"{i:06d}.png") for i in range(5, 16)]
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(images, expected)) and len(images) == 11
+
+
+def test_captioner_trains_the_same_on_shards(folder, tmp_path):
+    pack(folder, str(tmp_path / "train-%02d.tar"), 6)
+    cut_inside(tmp_path / "train-03.tar", "00000018.png")  # a shard broken off part way
+    arch = tmp_path / "arch.json"
+    arch.write_text(json.dumps(TINY.to_dict()))
+
+    def args(data, out):
+        return ["--train_data_dir", str(data), "--output_dir", str(out), "--architecture", str(arch),
+                "--resolution", "32", "--vocab_size", "300", "--train_batch_size", "6", "--max_train_steps", "3",
+                "--lr_warmup_steps", "1", "--logging_steps", "1", "--checkpointing_steps", "10"]
+
+    from_shards = train_captioner.main(args(f"{tmp_path}/train-{{00..03}}.tar", tmp_path / "a"))
+    summary = json.loads((tmp_path / "a" / "data_summary.json").read_text())
+    assert summary["skipped"] == 1 and summary["samples"] == 18
+    # the same 18 samples as an imagefolder train the same
+    trimmed = tmp_path / "trimmed"
+    trimmed.mkdir()
+    lines = (folder / "metadata.jsonl").read_text().splitlines()[:18]
+    (trimmed / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    for line in lines:
+        name = json.loads(line)["file_name"]
+        (trimmed / name).write_bytes((folder / name).read_bytes())
+    assert train_captioner.main(args(trimmed, tmp_path / "b")) == pytest.approx(from_shards, rel=1e-5)
