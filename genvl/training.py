@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -424,6 +425,36 @@ def step_generator(seed: int, step: int):
     import torch
 
     return torch.Generator().manual_seed(seed * 7_919 + step * 64)
+
+
+def gather_with_grad(x, accelerator):
+    """Every process's `x` (the same shape on each), concatenated in process order, with gradients flowing
+    back to the process each row came from: the sum over processes of the loss gradients for its rows."""
+    if accelerator.num_processes == 1:
+        return x
+    return _gather_function().apply(x)
+
+
+@functools.cache
+def _gather_function():
+    import torch
+    import torch.distributed as dist
+
+    class GatherWithGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+            parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, x.contiguous())
+            return torch.cat(parts)
+
+        @staticmethod
+        def backward(ctx, grad):
+            grad = grad.contiguous()
+            dist.all_reduce(grad)  # a sum; gloo has no reduce-scatter
+            return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+    return GatherWithGrad
 
 
 def process_rows(batch_size: int, accelerator) -> tuple[slice, int]:

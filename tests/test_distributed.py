@@ -100,25 +100,35 @@ def test_several_processes_need_an_output_file(tmp_path, tiny_pipeline_dir, scen
     assert exit_info.value.code == 2 and "--output" in capsys.readouterr().err
 
 
-def test_prior_as_two_processes_matches_one(tmp_path):
+def losses_of_one_and_two_processes(script, args, batch, tmp_path):
+    """Train losses of `script` as one process at batch `batch` and as two CPU processes at `batch // 2`."""
+    args = list(args)
+    del args[args.index("--output_dir") : args.index("--output_dir") + 2]
+    args[args.index("--train_batch_size") + 1] = str(batch)
+    run([sys.executable, script, *args, "--output_dir", str(tmp_path / "one")])
+    args[args.index("--train_batch_size") + 1] = str(batch // 2)
+    run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--main_process_port", str(free_port()), script, *args, "--output_dir", str(tmp_path / "two")],
+        ACCELERATE_USE_CPU="true")
+    return [json.loads((tmp_path / name / "train_losses.json").read_text()) for name in ("one", "two")]
+
+
+def test_clip_and_prior_as_two_processes_match_one(tmp_path):
     from .conftest import TINY_CLIP
-    from .test_train_text_to_image import TINY_UNCLIP, common, train_clip
+    from .test_train_text_to_image import TINY_UNCLIP, common
 
     data = write_imagefolder(tmp_path / "world", 32, seed=0, split="train", resolution=32)
     (tmp_path / "clip.json").write_text(json.dumps(TINY_CLIP))
     (tmp_path / "unclip.json").write_text(json.dumps(TINY_UNCLIP))
-    train_clip.main(common(data, tmp_path / "clip", steps=2) + ["--architecture", str(tmp_path / "clip.json"),
-                                                                 "--vocab_size", "300"])
-    args = common(data, tmp_path / "x", steps=4) + ["--clip_model_name_or_path", str(tmp_path / "clip"),
-                                                   "--architecture", str(tmp_path / "unclip.json")]
-    del args[args.index("--output_dir") : args.index("--output_dir") + 2]
-    args[args.index("--train_batch_size") + 1] = "8"
-    run([sys.executable, "train/train_prior.py", *args, "--output_dir", str(tmp_path / "one")])
-    args[args.index("--train_batch_size") + 1] = "4"
-    run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "--main_process_port", str(free_port()), "train/train_prior.py", *args, "--output_dir", str(tmp_path / "two")],
-        ACCELERATE_USE_CPU="true")
-    one = json.loads((tmp_path / "one" / "train_losses.json").read_text())
-    two = json.loads((tmp_path / "two" / "train_losses.json").read_text())
+    # CLIP: the contrastive loss of each process's rows runs over the gathered embeddings of both
+    clip_args = common(data, tmp_path / "x", steps=4) + ["--architecture", str(tmp_path / "clip.json"),
+                                                       "--vocab_size", "300"]
+    one, two = losses_of_one_and_two_processes("train/train_clip.py", clip_args, 8, tmp_path / "clip_runs")
+    assert len(two) == 4 and two == pytest.approx(one, rel=1e-4)
+    assert one[-1] != pytest.approx(one[0], rel=1e-3)  # it trained
+
+    prior_args = common(data, tmp_path / "x", steps=4) + [
+        "--clip_model_name_or_path", str(tmp_path / "clip_runs" / "one"), "--architecture", str(tmp_path / "unclip.json")]
+    one, two = losses_of_one_and_two_processes("train/train_prior.py", prior_args, 8, tmp_path / "prior_runs")
     assert len(two) == 4 and two == pytest.approx(one, rel=1e-4)

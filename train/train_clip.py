@@ -26,7 +26,7 @@ from genvl.models.clip import (
 from genvl.lora import save_adapter
 from genvl.training import (
     LoraTrainArgs, add_training_adapter, load_images, load_or_train_tokenizer, make_accelerator, parse_args,
-    phrasing_table, pick_phrasings, pretrained_part, read_training_data, train_loop,
+    gather_with_grad, phrasing_table, pick_phrasings, pretrained_part, read_training_data, train_loop,
 )
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature so that logits scale by at most 100
@@ -53,13 +53,20 @@ def tokenize(tokenizer, texts, max_length: int):
     return ids, lengths
 
 
-def contrastive_loss(logits_per_image: torch.Tensor, same_caption: torch.Tensor) -> torch.Tensor:
-    """Symmetric cross-entropy against targets spread evenly over every match in the batch."""
-    targets = same_caption.float()
+def contrastive_loss(image_embeds, text_embeds, logit_scale, caption_ids, accelerator) -> torch.Tensor:
+    """Symmetric cross-entropy of this process's images and texts against the whole global batch's texts and
+    images, with targets spread evenly over every pair sharing a caption.
+
+    Each process scores its own rows against every process's embeddings (gathered with their gradients), so
+    the loss averaged over processes, and its gradient, are those of one process holding the global batch.
+    """
+    all_images, all_texts = gather_with_grad(image_embeds, accelerator), gather_with_grad(text_embeds, accelerator)
+    all_ids = accelerator.gather(caption_ids)
+    targets = (caption_ids[:, None] == all_ids[None, :]).float()
     targets = targets / targets.sum(dim=1, keepdim=True)
-    image_loss = torch.sum(-targets * F.log_softmax(logits_per_image, dim=1), dim=1).mean()
-    text_loss = torch.sum(-targets.T * F.log_softmax(logits_per_image.T, dim=1), dim=1).mean()
-    return (image_loss + text_loss) / 2
+    image_loss = torch.sum(-targets * F.log_softmax(logit_scale * image_embeds @ all_texts.T, dim=1), dim=1)
+    text_loss = torch.sum(-targets * F.log_softmax(logit_scale * text_embeds @ all_images.T, dim=1), dim=1)
+    return (image_loss.mean() + text_loss.mean()) / 2
 
 
 def main(argv=None):
@@ -100,12 +107,13 @@ def main(argv=None):
         input_ids = input_ids[:, : int(length.max())]
         attention_mask = (torch.arange(input_ids.shape[1]) < length[:, None]).long()
         pixel_values = normalize_pixels(images[batch], image_processor)
+        logit_scale = accelerator.unwrap_model(model).logit_scale
         with torch.no_grad():
-            accelerator.unwrap_model(model).logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                     pixel_values=pixel_values.to(device))
-        same = (caption_ids[batch][:, None] == caption_ids[batch][None, :]).to(device)
-        return contrastive_loss(out.logits_per_image.float(), same)
+        return contrastive_loss(out.image_embeds.float(), out.text_embeds.float(), logit_scale.exp().float(),
+                                caption_ids[batch].to(device), accelerator)
 
     parameters = add_training_adapter(accelerator, model, "clip", args)
     losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)
