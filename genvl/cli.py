@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     scenes.add_argument("--seed", type=int, default=0)
     scenes.add_argument("--split", choices=["train", "val", "test"], default="train")
     scenes.add_argument("--resolution", type=_positive(int), default=64)
+    scenes.add_argument("--require", metavar="OBJECT",
+                        help="keep only scenes holding this object, which may be a held-out one (e.g. robot)")
     scenes.add_argument("--quiet", action="store_true")
     shards = data.add_parser(
         "shards", help="pack an imagefolder into WebDataset tar shards",
@@ -117,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_caption.add_argument("--limit", type=_positive(int), help="evaluate the first N images only")
     eval_caption.add_argument("--output", help="also write the report as JSON to this file")
     add_decoding_flags(eval_caption)
+    add_lora_flag(eval_caption)
     add_runtime_flags(eval_caption, "captioner folder (default: the shipped genvl-caption-small)")
 
     from .cli_image import add_parsers
@@ -334,7 +337,7 @@ def run_data_scenes(args) -> int:
 
     progress = progress_bar(args, "img")
     out = write_imagefolder(args.out, args.num_images, seed=args.seed, split=args.split,
-                            resolution=args.resolution, progress=progress)
+                            resolution=args.resolution, progress=progress, require=args.require)
     print(out)
     return 0
 

@@ -98,6 +98,7 @@ def add_parsers(commands, evaluate):
     t2i.add_argument("--stages", action="store_true",
                      help="also score the prior (against the real renders' embeddings) and the decoder (drawing "
                           "from the real renders' embeddings) on their own")
+    add_lora_flag(t2i)
     add_sampling_flags(t2i, outputs=False)
     add_t2i_runtime_flags(t2i)
 

@@ -60,10 +60,11 @@ def ia3_config(network: str):
     return IA3Config(target_modules=targets, feedforward_modules=feedforward, fan_in_fan_out=network == "captioner")
 
 
-def adapter_config(method: str, network: str, rank: int | None = None, lora_alpha: float | None = None):
+def adapter_config(method: str, network: str, rank: int | None = None, lora_alpha: float | None = None,
+                   target_modules=None):
     """The config of a fresh `method` ("lora" or "ia3") adapter for `network`."""
     if method == "lora":
-        return lora_config(network, rank or 8, lora_alpha)
+        return lora_config(network, rank or 8, lora_alpha, target_modules)
     if method == "ia3":
         return ia3_config(network)
     raise ValueError(f"unknown adapter method {method!r}; expected one of {list(ADAPTER_METHODS)}")

@@ -155,6 +155,7 @@ class LoraTrainArgs(TrainArgs):
     adapter: str | None = None  # "lora" or "ia3"; --rank alone means lora
     rank: int | None = None  # LoRA rank (default 8)
     lora_alpha: float | None = None  # LoRA scale numerator (default: the rank)
+    lora_target_modules: str | None = None  # comma-separated module names (default: genvl.lora.LORA_TARGETS)
 
     def __post_init__(self):
         super().__post_init__()
@@ -162,8 +163,9 @@ class LoraTrainArgs(TrainArgs):
             self.adapter = "lora"
         if self.adapter not in (None, "lora", "ia3"):
             raise ValueError(f"--adapter must be lora or ia3, got {self.adapter!r}")
-        if self.adapter != "lora" and (self.rank is not None or self.lora_alpha is not None):
-            raise ValueError(f"--rank and --lora_alpha are LoRA settings; --adapter is {self.adapter}")
+        if self.adapter != "lora" and (self.rank, self.lora_alpha, self.lora_target_modules) != (None,) * 3:
+            raise ValueError(f"--rank, --lora_alpha and --lora_target_modules are LoRA settings; --adapter is "
+                             f"{self.adapter}")
         if self.rank is not None and self.rank < 1:
             raise ValueError(f"--rank must be >= 1, got {self.rank}")
         if self.adapter is not None and not self.pretrained_model_name_or_path:
@@ -175,7 +177,8 @@ def add_training_adapter(accelerator, model, network: str, args: LoraTrainArgs) 
     if args.adapter is not None:
         from .lora import add_adapter, adapter_config
 
-        add_adapter(model, adapter_config(args.adapter, network, args.rank, args.lora_alpha))
+        targets = args.lora_target_modules.split(",") if args.lora_target_modules else None
+        add_adapter(model, adapter_config(args.adapter, network, args.rank, args.lora_alpha, targets))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         accelerator.print(f"{args.adapter} adapter on the {network}: {trainable:,} trainable parameters "
                           f"({trainable / sum(p.numel() for p in model.parameters()):.2%})")

@@ -159,6 +159,12 @@ def test_parse_lora_spec():
     assert parse_lora_spec("C:/adapters/red") == ("C:/adapters/red", 1.0)
 
 
+def scene_folder(tmp_path):
+    from genvl.world.dataset import write_imagefolder
+
+    return write_imagefolder(tmp_path / "scenes", 4, seed=0, split="test", resolution=32)
+
+
 def test_caption_cli_loads_adapters_with_a_scale(tiny_pipeline_dir, adapter_dir, scene_images, tmp_path, capsys):
     image = tmp_path / "img.png"
     scene_images[0].save(image)
@@ -171,6 +177,14 @@ def test_caption_cli_loads_adapters_with_a_scale(tiny_pipeline_dir, adapter_dir,
     plain = score()
     assert score("--lora", f"{adapter_dir}:0") == pytest.approx(plain, abs=1e-5)
     assert score("--lora", str(adapter_dir)) != pytest.approx(plain, abs=1e-3)
+    # the evaluator takes adapters too
+    evaluate = ["eval", "caption", "--data", str(scene_folder(tmp_path)), "--model", str(tiny_pipeline_dir), "--quiet",
+                "--max-new-tokens", "6", "--output"]
+    assert main([*evaluate, str(tmp_path / "plain.json")]) == 0
+    assert main([*evaluate, str(tmp_path / "lora.json"), "--lora", str(adapter_dir)]) == 0
+    reports = [json.loads((tmp_path / name).read_text()) for name in ("plain.json", "lora.json")]
+    assert [e["prediction"] for e in reports[0]["examples"]] != [e["prediction"] for e in reports[1]["examples"]]
+    capsys.readouterr()
     assert main(["caption", str(image), "--model", str(tiny_pipeline_dir), "--lora", str(tmp_path / "none")]) == 1
     err = capsys.readouterr().err.strip()
     assert "--lora" in err and len(err.splitlines()) == 1

@@ -79,3 +79,20 @@ def test_imagefolder_is_deterministic(tmp_path):
     assert records[0]["text"] == records[0]["captions"][0]
     assert (first / records[0]["file_name"]).read_bytes() == (second / records[0]["file_name"]).read_bytes()
     assert not list(tmp_path.glob("a/.*tmp*"))  # no leftovers of the temporary folder
+
+
+def test_held_out_objects_stay_out_of_default_scenes_and_can_be_required():
+    from genvl.world.sprites import HELD_OUT_OBJECTS
+
+    assert HELD_OUT_OBJECTS and not set(HELD_OUT_OBJECTS) & set(OBJECTS)
+    held_out = set(HELD_OUT_OBJECTS)
+    assert all(not {o["name"] for o in s["objects"]} & held_out for s in generate_scenes(500, seed=0, split="train"))
+    scenes = list(generate_scenes(40, seed=0, split="test", require="robot"))
+    assert all("robot" in {o["name"] for o in s["objects"]} for s in scenes)
+    assert {s["layout"] for s in scenes} == {"single", "pair_h", "pair_v", "count", "row"}
+    assert glyph("robot")[..., 3].sum() > 500
+    for scene in scenes:  # the parser reads the new object's captions, plurals included
+        for caption in scene_captions(scene):
+            assert parse_caption(caption) == scene_facts(scene), caption
+    with pytest.raises(ValueError, match="unknown object 'robott'; held-out ones: \\['robot'\\]"):
+        next(generate_scenes(1, seed=0, split="test", require="robott"))

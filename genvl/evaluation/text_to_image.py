@@ -17,7 +17,7 @@ from PIL import Image
 from ..models.clip import embed_images, embed_texts
 from ..training import load_images
 from ..world.dataset import read_metadata
-from ..world.sprites import OBJECTS
+from ..world.sprites import ALL_OBJECTS
 from .judge import category_accuracy, judge_scene
 
 DISTRACTORS = 99
@@ -68,7 +68,7 @@ def r_precision(image_embeds: torch.Tensor, text_embeds: torch.Tensor, prompt_of
 def names_all_objects(caption: str, scene: dict) -> bool:
     """Whether a caption names every object of a scene (in the singular or the plural)."""
     words = set(re.findall(r"[a-z]+", caption.lower()))
-    return all({obj["name"], OBJECTS[obj["name"]][1]} & words for obj in scene["objects"])
+    return all({obj["name"], ALL_OBJECTS[obj["name"]][1]} & words for obj in scene["objects"])
 
 
 def judge_images(judge, images: torch.Tensor, scenes: list[dict], prompt_of_image: list[int],

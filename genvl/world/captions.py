@@ -7,7 +7,7 @@ for the caption metrics. `parse_caption` accepts every phrasing produced here.
 import random
 import re
 
-from .sprites import COLOURS, OBJECTS
+from .sprites import ALL_OBJECTS, COLOURS
 
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 WORD_NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3}
@@ -15,7 +15,7 @@ POSITION_PHRASES = {
     "left": "on the left", "right": "on the right", "top": "at the top",
     "bottom": "at the bottom", "centre": "in the centre",
 }
-PLURALS = {plural: name for name, (_, plural) in OBJECTS.items()}
+PLURALS = {plural: name for name, (_, plural) in ALL_OBJECTS.items()}
 
 
 def article(word: str) -> str:
@@ -41,7 +41,7 @@ def scene_captions(scene: dict, rng: random.Random | None = None) -> list[str]:
         captions = [f"{first} {forward} {second}", f"{second} {backward} {first}", f"there is {first} {forward} {second}"]
     elif layout == "count":
         obj = objects[0]
-        group = f"{NUMBER_WORDS[len(objects)]} {obj['colour']} {OBJECTS[obj['name']][1]}"
+        group = f"{NUMBER_WORDS[len(objects)]} {obj['colour']} {ALL_OBJECTS[obj['name']][1]}"
         captions = [group, f"there are {group}", f"a row of {group}"]
     elif layout == "row":
         a, b, c = (_noun_phrase(o) for o in objects)
@@ -55,7 +55,7 @@ def scene_captions(scene: dict, rng: random.Random | None = None) -> list[str]:
     return captions
 
 
-_NAMES = sorted(list(OBJECTS) + list(PLURALS), key=len, reverse=True)
+_NAMES = sorted(list(ALL_OBJECTS) + list(PLURALS), key=len, reverse=True)
 _MENTION = re.compile(
     r"\b(a|an|one|two|three)\s+(?:(small|large)\s+)?(" + "|".join(COLOURS) + r")\s+(" + "|".join(_NAMES) + r")\b"
 )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .captions import scene_captions
 from .scenes import render_scene, sample_scene
+from .sprites import ALL_OBJECTS, HELD_OUT_OBJECTS, OBJECTS
 
 SPLIT_BUCKETS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}
 
@@ -29,21 +30,31 @@ def split_of(scene: dict) -> str:
     return next(split for split, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
 
 
-def generate_scenes(num_images: int, seed: int, split: str, names=None, colours=None):
-    """Yield `num_images` scene graphs belonging to `split`, deterministically for a seed."""
+def generate_scenes(num_images: int, seed: int, split: str, names=None, colours=None, require=None):
+    """Yield `num_images` scene graphs belonging to `split`, deterministically for a seed.
+
+    With `require` (an object name, held-out ones included), only scenes holding that object are kept, drawn
+    from the default objects plus it.
+    """
     if split not in SPLIT_BUCKETS:
         raise ValueError(f"split must be one of {sorted(SPLIT_BUCKETS)}, got {split!r}")
-    rng = random.Random(f"{seed}-{split}")
+    if require is not None:
+        if require not in ALL_OBJECTS:
+            raise ValueError(f"unknown object {require!r}; held-out ones: {sorted(HELD_OUT_OBJECTS)}")
+        names = sorted(set(names or OBJECTS) | {require})
+    rng = random.Random(f"{seed}-{split}" + (f"-{require}" if require else ""))
     made = 0
     while made < num_images:
         scene = sample_scene(rng, names=names, colours=colours)
+        if require is not None and all(obj["name"] != require for obj in scene["objects"]):
+            continue
         if split_of(scene) == split:
             made += 1
             yield scene
 
 
 def write_imagefolder(out_dir, num_images: int, seed: int = 0, split: str = "train", resolution: int = 64,
-                      names=None, colours=None, progress=None) -> Path:
+                      names=None, colours=None, progress=None, require=None) -> Path:
     """Render scenes into `out_dir/<split>/` with a `metadata.jsonl` (file_name, text, captions, scene).
 
     The folder is built beside its destination and renamed into place, so an interrupted run leaves nothing
@@ -60,7 +71,7 @@ def write_imagefolder(out_dir, num_images: int, seed: int = 0, split: str = "tra
     caption_rng = random.Random(f"{seed}-{split}-captions")
     try:
         with open(tmp / "metadata.jsonl", "w") as meta:
-            scenes = generate_scenes(num_images, seed, split, names=names, colours=colours)
+            scenes = generate_scenes(num_images, seed, split, names=names, colours=colours, require=require)
             for index, scene in enumerate(progress(scenes, total=num_images) if progress else scenes):
                 file_name = f"{index:06d}.png"
                 render_scene(scene, resolution).save(tmp / file_name)

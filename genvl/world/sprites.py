@@ -90,6 +90,13 @@ OBJECTS = {
     "trophy": ("\U0001F3C6", "trophies"),
 }
 
+# Objects the shipped models never saw: kept out of the default scenes, for teaching a new concept with an
+# adapter (examples/teach_new_object.py). Scenes may name them explicitly.
+HELD_OUT_OBJECTS = {
+    "robot": ("\U0001F916", "robots"),
+}
+ALL_OBJECTS = {**OBJECTS, **HELD_OUT_OBJECTS}
+
 # colour word -> RGB. Chosen to stay apart from each other and from the pale backgrounds.
 COLOURS = {
     "red": (214, 39, 40),
@@ -124,7 +131,7 @@ def _font() -> ImageFont.FreeTypeFont:
 @lru_cache(maxsize=None)
 def glyph(name: str) -> np.ndarray:
     """The object's glyph, cropped to its ink, as a float RGBA array in [0, 1] of shape (H, W, 4)."""
-    emoji = OBJECTS[name][0]
+    emoji = ALL_OBJECTS[name][0]
     canvas = Image.new("RGBA", (GLYPH_SIZE * 2, GLYPH_SIZE * 2), (0, 0, 0, 0))
     ImageDraw.Draw(canvas).text((GLYPH_SIZE // 4, GLYPH_SIZE // 4), emoji, font=_font(), embedded_color=True)
     box = canvas.getbbox()
