@@ -225,15 +225,16 @@ def open_inputs(items):
         end, is_ref = start, isinstance(items[start], tuple)
         while end < len(items) and isinstance(items[end], tuple) == is_ref:
             end += 1
+        run, start = items[start:end], end
         if not is_ref:
-            yield from ((str(path), path) for path in items[start:end])
-        for (path, key), data in zip(items[start:end] if is_ref else [], read_sample_images(items[start:end])):
+            yield from ((str(path), path) for path in run)
+            continue
+        for (path, key), data in zip(run, read_sample_images(run)):
             try:
                 image = load_image(Image.open(io.BytesIO(data)))
             except (OSError, SyntaxError, Image.DecompressionBombError) as err:
                 raise ValueError(f"{path}#{key}: not a readable image ({err})") from None
             yield f"{path}#{key}", image
-        start = end
 
 
 def run_caption(args) -> int:

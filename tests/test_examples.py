@@ -1,0 +1,54 @@
+"""The worked example's measuring and its adapters' size: peak memory of a child process read from its own
+accounting, and the default adapters within 2% of each network's weights."""
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
+import teach_new_object  # noqa: E402
+import teach_new_object_generator  # noqa: E402
+
+
+def test_peak_memory_is_the_child_own(tmp_path):
+    script = tmp_path / "fake_train.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys
+        block = bytearray(300 * 2**20)  # touched, so resident
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        json.dump([1.5, 0.5], open(sys.argv[1] + "/train_losses.json", "w"))
+    """))
+    ballast = bytearray(400 * 2**20)  # this process's memory must not count
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    result = teach_new_object.run_measured([sys.executable, str(script), str(tmp_path)], tmp_path)
+    assert 300 < result["peak_rss_mib"] < 380 and result["final_loss"] == 0.5
+    script.write_text("raise SystemExit(3)")
+    with pytest.raises(RuntimeError, match="train_stdout.log"):
+        teach_new_object.run_measured([sys.executable, str(script), str(tmp_path)], tmp_path)
+
+
+def test_default_adapters_stay_under_two_percent():
+    from diffusers import PriorTransformer, UNet2DConditionModel
+
+    from genvl.lora import add_adapter, lora_config
+    from genvl.pipelines.caption import CaptionPipeline
+
+    captioner = teach_new_object.parse_args([])
+    generator = teach_new_object_generator.parse_args([])
+    shipped = Path(generator.model)
+    cases = [
+        (CaptionPipeline.from_pretrained(captioner.model).model, "captioner", captioner.rank,
+         captioner.targets.split(",")),
+        (PriorTransformer.from_pretrained(shipped / "prior"), "prior", generator.prior_rank, None),
+        (UNet2DConditionModel.from_pretrained(shipped / "decoder"), "decoder", generator.decoder_rank, None),
+    ]
+    for model, network, rank, targets in cases:
+        total = sum(p.numel() for p in model.parameters())
+        add_adapter(model, lora_config(network, rank, target_modules=targets))
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert 0 < trainable <= 0.02 * total, (network, trainable / total)
