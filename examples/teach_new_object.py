@@ -124,16 +124,21 @@ finally:
 
 
 def trainable_weights(args, out: Path, lora: bool) -> dict:
-    from safetensors import safe_open
-
     from genvl.pipelines.caption import CaptionPipeline
 
-    total = sum(p.numel() for p in CaptionPipeline.from_pretrained(args.model).model.parameters())
+    model = CaptionPipeline.from_pretrained(args.model).model
     if not lora:
-        return {"count": total, "fraction": 1.0}
-    with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
+        return {"count": sum(p.numel() for p in model.parameters()), "fraction": 1.0}
+    return adapter_weights(out / "adapter_model.safetensors", model)
+
+
+def adapter_weights(adapter_file: Path, model) -> dict:
+    """The weights an adapter file holds, and their share of `model`'s."""
+    from safetensors import safe_open
+
+    with safe_open(str(adapter_file), "pt") as f:
         count = sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
-    return {"count": count, "fraction": round(count / total, 4)}
+    return {"count": count, "fraction": round(count / sum(p.numel() for p in model.parameters()), 4)}
 
 
 def evaluate(args, folders: dict, model: str, lora: str | None = None) -> dict:

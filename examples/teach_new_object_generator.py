@@ -13,13 +13,12 @@ scores apply as usual.
 
 import argparse
 import json
-import math
 import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teach_new_object import REPO, run_measured  # noqa: E402
+from teach_new_object import REPO, adapter_weights, run_measured  # noqa: E402
 
 SHIPPED = REPO / "pipelines" / "genvl-unclip-small"
 JUDGE = REPO / "pipelines" / "genvl-judge-small"
@@ -63,12 +62,9 @@ def train_stage(args, stage: str, data: Path, out: Path, lora: bool) -> dict:
 
 def trainable_fraction(args, stage: str, adapter: Path) -> float:
     from diffusers import PriorTransformer, UNet2DConditionModel
-    from safetensors import safe_open
 
     model = (PriorTransformer if stage == "prior" else UNet2DConditionModel).from_pretrained(Path(args.model) / stage)
-    with safe_open(str(adapter), "pt") as f:
-        count = sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
-    return round(count / sum(p.numel() for p in model.parameters()), 4)
+    return adapter_weights(adapter, model)["fraction"]
 
 
 def full_pipeline(args, runs: dict, out: Path) -> Path:

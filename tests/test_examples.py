@@ -32,10 +32,10 @@ def test_peak_memory_is_the_child_own(tmp_path):
         teach_new_object.run_measured([sys.executable, str(script), str(tmp_path)], tmp_path)
 
 
-def test_default_adapters_stay_under_two_percent():
+def test_default_adapters_stay_under_two_percent(tmp_path):
     from diffusers import PriorTransformer, UNet2DConditionModel
 
-    from genvl.lora import add_adapter, lora_config
+    from genvl.lora import add_adapter, lora_config, save_adapter
     from genvl.pipelines.caption import CaptionPipeline
 
     captioner = teach_new_object.parse_args([])
@@ -52,3 +52,7 @@ def test_default_adapters_stay_under_two_percent():
         add_adapter(model, lora_config(network, rank, target_modules=targets))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         assert 0 < trainable <= 0.02 * total, (network, trainable / total)
+        # the example counts the saved file's weights: the same ones
+        save_adapter(model, tmp_path / network)
+        counted = teach_new_object.adapter_weights(tmp_path / network / "adapter_model.safetensors", model)
+        assert counted["count"] == trainable
