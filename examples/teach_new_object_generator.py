@@ -105,7 +105,8 @@ def main(argv=None):
     captioner = out / "full"
     if not (folders["train"] / "metadata.jsonl").is_file() or not (captioner / "model_index.json").is_file():
         raise SystemExit(f"{out}: run examples/teach_new_object.py --output {out} first")
-    report = {"steps": {"prior": args.prior_steps, "decoder": args.decoder_steps}, "rank": {"prior": args.prior_rank, "decoder": args.decoder_rank},
+    report = {"steps": {"prior": args.prior_steps, "decoder": args.decoder_steps},
+              "rank": {"prior": args.prior_rank, "decoder": args.decoder_rank},
               "shipped": {"scores": evaluate(args, Path(args.model), None, folders, captioner)}}
     for name, lora in (("lora", True), ("full", False)):
         runs = {stage: out / f"t2i_{name}_{stage}" for stage in ("prior", "decoder")}

@@ -54,7 +54,7 @@ def shard_paths(spec) -> list[Path]:
 def split_member_name(name: str) -> tuple[str, str]:
     """`dir/000017.seg.png` -> (`dir/000017`, `seg.png`): the key ends at the first dot of the file name."""
     folder, _, base = name.rpartition("/")
-    stem, dot, ext = base.partition(".")
+    stem, _, ext = base.partition(".")
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 

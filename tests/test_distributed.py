@@ -129,6 +129,7 @@ def test_clip_and_prior_as_two_processes_match_one(tmp_path):
     assert one[-1] != pytest.approx(one[0], rel=1e-3)  # it trained
 
     prior_args = common(data, tmp_path / "x", steps=4) + [
-        "--clip_model_name_or_path", str(tmp_path / "clip_runs" / "one"), "--architecture", str(tmp_path / "unclip.json")]
+        "--clip_model_name_or_path", str(tmp_path / "clip_runs" / "one"),
+        "--architecture", str(tmp_path / "unclip.json")]
     one, two = losses_of_one_and_two_processes("train/train_prior.py", prior_args, 8, tmp_path / "prior_runs")
     assert len(two) == 4 and two == pytest.approx(one, rel=1e-4)

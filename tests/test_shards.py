@@ -78,7 +78,8 @@ def test_shards_read_like_the_imagefolder(folder, tmp_path):
     assert [r["text"] for r in from_shards] == [r["text"] for r in from_folder]
     assert [r["scene"] for r in from_shards] == [r["scene"] for r in from_folder]
     assert from_shards[9]["file_name"] == f"{tmp_path / 'train-001.tar'}#00000009"
-    assert torch.equal(load_images(None, from_shards, "file_name", 32), load_images(folder, from_folder, "file_name", 32))
+    assert torch.equal(load_images(None, from_shards, "file_name", 32),
+                       load_images(folder, from_folder, "file_name", 32))
 
 
 def test_bad_samples_are_logged_counted_and_skipped(tmp_path):

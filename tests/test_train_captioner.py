@@ -82,7 +82,8 @@ def test_lora_fine_tune_saves_an_adapter(tiny_data, tmp_path):
     assert all(torch.equal(base_weights[k], v)
                for k, v in load_file(tmp_path / "base" / "model" / "model.safetensors").items())
     # the target modules can be chosen: GPT-2's MLP as well
-    train_captioner.main(train_args(tiny_data, tmp_path / "mlp", 1, arch_file, rank=2, lora_target_modules="c_attn,c_fc",
+    train_captioner.main(train_args(tiny_data, tmp_path / "mlp", 1, arch_file, rank=2,
+                                    lora_target_modules="c_attn,c_fc",
                                     pretrained_model_name_or_path=tmp_path / "base"))
     assert sorted(json.loads((tmp_path / "mlp" / "adapter_config.json").read_text())["target_modules"]) == [
         "c_attn", "c_fc"]
