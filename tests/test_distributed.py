@@ -114,7 +114,7 @@ def losses_of_one_and_two_processes(script, args, batch, tmp_path):
     return [json.loads((tmp_path / name / "train_losses.json").read_text()) for name in ("one", "two")]
 
 
-def test_clip_and_prior_as_two_processes_match_one(tmp_path):
+def test_clip_prior_and_decoder_as_two_processes_match_one(tmp_path):
     from .conftest import TINY_CLIP
     from .test_train_text_to_image import TINY_UNCLIP, common
 
@@ -132,4 +132,9 @@ def test_clip_and_prior_as_two_processes_match_one(tmp_path):
         "--clip_model_name_or_path", str(tmp_path / "clip_runs" / "one"),
         "--architecture", str(tmp_path / "unclip.json")]
     one, two = losses_of_one_and_two_processes("train/train_prior.py", prior_args, 8, tmp_path / "prior_runs")
+    assert len(two) == 4 and two == pytest.approx(one, rel=1e-4)
+
+    # the decoder, in pixel space (no autoencoder) with Min-SNR weighting
+    decoder_args = prior_args + ["--vae_model_name_or_path", "", "--snr_gamma", "5"]
+    one, two = losses_of_one_and_two_processes("train/train_decoder.py", decoder_args, 8, tmp_path / "decoder_runs")
     assert len(two) == 4 and two == pytest.approx(one, rel=1e-4)
