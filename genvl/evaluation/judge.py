@@ -7,6 +7,7 @@ above a threshold are the detections.
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,18 @@ class SceneJudge(ModelMixin, ConfigMixin):
             _conv(c2, c3, stride=2), _conv(c3, c3), _conv(c3, c3, dilation=2),
         )
         self.head = nn.Conv2d(c3, 1 + len(object_names) + len(colour_names) + 2, 1)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        from ..folders import check_diffusers_weights, check_model_folder, loading_errors
+
+        path = Path(pretrained_model_name_or_path)
+        if not path.is_dir():
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        check_model_folder(path)
+        check_diffusers_weights(cls, path)
+        with loading_errors(path):
+            return super().from_pretrained(path, **kwargs)
 
     @property
     def cell(self) -> float:

@@ -94,14 +94,16 @@ def load_clip(path):
     or from a text-to-image pipeline folder (its `clip/`, `tokenizer/` and `image_processor/`)."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-    path = Path(path)
+    from ..folders import check_model_folder, load_transformers_model
+
+    path = check_model_folder(path)
     if (path / "model_index.json").is_file() and (path / "clip" / "config.json").is_file():
-        return (CLIPModel.from_pretrained(path / "clip"), AutoTokenizer.from_pretrained(path / "tokenizer"),
+        return (load_transformers_model(CLIPModel, path / "clip"), AutoTokenizer.from_pretrained(path / "tokenizer"),
                 AutoImageProcessor.from_pretrained(path / "image_processor"))
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a CLIP model folder (no config.json)")
     processor = AutoImageProcessor.from_pretrained(path)
-    return CLIPModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), processor
+    return load_transformers_model(CLIPModel, path), AutoTokenizer.from_pretrained(path), processor
 
 
 def normalize_pixels(images, image_processor):

@@ -9,6 +9,7 @@ from diffusers.utils import BaseOutput
 
 from ..attention import AttentionBackendMixin
 from ..cache import EmbeddingCacheMixin
+from ..folders import check_model_folder, check_pipeline_folder, load_transformers_model, loading_errors
 from ..generation import GenerationSettings, generate
 from ..generation.decoder import encode_images
 from ..images import load_image
@@ -42,16 +43,23 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         path = Path(pretrained_model_name_or_path)
-        if path.is_dir() and not (path / "model_index.json").exists() and (path / "config.json").exists():
+        if path.is_dir() and not (path / "model_index.json").exists():
+            if not (path / "config.json").exists():
+                raise FileNotFoundError(f"{path}: not a captioner folder (no model_index.json or config.json)")
             return cls._from_flat_folder(path, **kwargs)
         kwargs.setdefault("local_files_only", True)
+        if path.is_dir():
+            components = check_pipeline_folder(path, kwargs.get("dtype"))
+            with loading_errors(path):
+                return super().from_pretrained(path, **components, **kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def _from_flat_folder(cls, path: Path, dtype=None, **kwargs):
         from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
-        model = VisionEncoderDecoderModel.from_pretrained(path, dtype=dtype or torch.float32)
+        check_model_folder(path)
+        model = load_transformers_model(VisionEncoderDecoderModel, path, dtype or torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path)
         image_processor = AutoImageProcessor.from_pretrained(path)
         return cls(model=model, tokenizer=tokenizer, image_processor=image_processor)

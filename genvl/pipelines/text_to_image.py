@@ -5,6 +5,7 @@ supports the models' prediction types can be swapped in (DDPM, DDIM, DPMSolverMu
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -16,6 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..attention import AttentionBackendMixin
 from ..cache import EmbeddingCacheMixin
+from ..folders import check_pipeline_folder, loading_errors
 from ..images import load_image
 from ..lora import LoraMixin
 from ..models import unclip  # noqa: F401  (from_pretrained finds UnclipConditioner by its module's name)
@@ -68,7 +70,14 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         kwargs.setdefault("local_files_only", True)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        path = Path(pretrained_model_name_or_path)
+        if not path.is_dir():
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if not (path / "model_index.json").is_file():
+            raise FileNotFoundError(f"{path}: not a text-to-image pipeline folder (no model_index.json)")
+        components = check_pipeline_folder(path, kwargs.get("dtype"))
+        with loading_errors(path):
+            return super().from_pretrained(path, **components, **kwargs)
 
     def save_pretrained(self, save_directory, **kwargs):
         self.check_no_adapters()
