@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -18,6 +19,17 @@ class UsageError(Exception):
 
 def default_caption_model() -> str:
     return os.environ.get("GENVL_CAPTION_MODEL", str(DEFAULT_CAPTION_MODEL))
+
+
+def check_text(text: str, name: str) -> str:
+    """Text from the command line: valid UTF-8 and not blank, else a usage error naming it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # argv bytes that were not UTF-8 arrive as lone surrogates
+        raise UsageError(f"{name} is not valid UTF-8 text") from None
+    if not text.strip():
+        raise UsageError(f"{name} is empty")
+    return text
 
 
 def _positive(kind):
@@ -54,6 +66,13 @@ def add_runtime_flags(parser, model_help):
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--batch-size", type=_positive(int), default=16)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or logs on stderr")
+    add_image_limit_flag(parser)
+
+
+def add_image_limit_flag(parser):
+    parser.add_argument("--max-image-pixels", type=_positive(int), metavar="N",
+                        help="refuse images over N pixels as possible decompression bombs (default: Pillow's "
+                             "limit, about 179 million)")
 
 
 def add_lora_flag(parser):
@@ -71,8 +90,15 @@ def load_loras(pipeline, specs) -> None:
         pipeline.load_lora_weights(path, weight=scale)
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming the flag, exit code 2 (argparse would print the whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genvl", description="Caption images and generate images from text.")
+    parser = Parser(prog="genvl", description="Caption images and generate images from text.")
     parser.add_argument("--version", action="version", version=f"genvl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--output", help="write the JSON records to this JSONL file instead (needed when run as "
                                           "several processes with accelerate launch: each takes a share)")
 
-    data = commands.add_parser("data", help="make datasets").add_subparsers(dest="data_command", required=True)
+    data = commands.add_parser("data", help="make datasets").add_subparsers(dest="data_command", required=True, metavar="{scenes,shards}")
     scenes = data.add_parser(
         "scenes", help="render procedural scenes as an imagefolder",
         epilog="example: genvl data scenes --out data/world --num-images 1000 --split test",
@@ -110,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--out", required=True, help="shard name with a %%d field for the shard's number")
     shards.add_argument("--samples-per-shard", type=_positive(int), default=1000)
 
-    evaluate = commands.add_parser("eval", help="evaluate models").add_subparsers(dest="eval_command", required=True)
+    evaluate = commands.add_parser("eval", help="evaluate models").add_subparsers(dest="eval_command", required=True, metavar="{caption,retrieval,t2i}")
     eval_caption = evaluate.add_parser(
         "caption", help="caption metrics and scene-graph accuracy on a held-out imagefolder",
         epilog="example: genvl eval caption --data data/world/test --beam 3",
@@ -144,6 +170,8 @@ def decoding_overrides(args) -> dict:
 
 def checked_settings(pipeline, args):
     """The decoding settings (model defaults, then flags); a bad combination is a usage error naming flags."""
+    if args.prefix is not None:
+        check_text(args.prefix, "--prefix")
     try:
         settings = pipeline.settings(**decoding_overrides(args))
     except (TypeError, ValueError) as err:
@@ -213,10 +241,6 @@ def find_inputs(specs) -> list:
 def open_inputs(items):
     """Yield (label, image) per item: a path as it is (the pipeline opens it), a shard sample decoded, each run
     of samples of one shard set read as a stream."""
-    import io
-
-    from PIL import Image
-
     from .images import load_image
     from .shards import read_sample_images
 
@@ -230,11 +254,7 @@ def open_inputs(items):
             yield from ((str(path), path) for path in run)
             continue
         for (path, key), data in zip(run, read_sample_images(run)):
-            try:
-                image = load_image(Image.open(io.BytesIO(data)))
-            except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-                raise ValueError(f"{path}#{key}: not a readable image ({err})") from None
-            yield f"{path}#{key}", image
+            yield f"{path}#{key}", load_image(data, name=f"{path}#{key}")
 
 
 def run_caption(args) -> int:
@@ -261,12 +281,19 @@ def run_caption(args) -> int:
     if not args.output:
         for record in records:
             print_record(record, args.json)
+        summarize(args, f"captioned {last - first} images")
         return 0
     output = Path(args.output)
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"--output {output}: no such folder {output.parent}")
     part = output.with_name(f"{output.name}.part{rank}.tmp")
-    with open(part, "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
+    try:
+        with open(part, "w") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+    except BaseException:  # nothing half-written is left behind
+        part.unlink(missing_ok=True)
+        raise
     wait_for_processes(processes)
     if rank == 0:  # join the shares in order, then move the file into place
         joined = output.with_name(f"{output.name}.tmp")
@@ -276,7 +303,14 @@ def run_caption(args) -> int:
                 f.write(shard.read_text())
                 shard.unlink()
         joined.replace(output)
+        summarize(args, f"captioned {len(paths)} images into {output}")
     return 0
+
+
+def summarize(args, done: str) -> None:
+    """The closing line of a run on stderr: what was done and how long it took (not with --quiet)."""
+    if not args.quiet:
+        print(f"genvl: {done} in {time.perf_counter() - args.started:.1f} s", file=sys.stderr)
 
 
 def process_layout() -> tuple[int, int]:
@@ -386,6 +420,8 @@ def print_report(report: dict, output=None):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.started = time.perf_counter()
+    log_warnings()
     from .cli_image import HANDLERS, run_eval_retrieval, run_eval_t2i
 
     handlers = {"caption": run_caption, **HANDLERS}
@@ -394,18 +430,54 @@ def main(argv=None) -> int:
     if args.command == "eval":
         evaluators = {"caption": run_eval_caption, "retrieval": run_eval_retrieval, "t2i": run_eval_t2i}
         handlers["eval"] = evaluators[args.eval_command]
+    if getattr(args, "max_image_pixels", None) is not None:
+        from .images import set_max_image_pixels
+
+        set_max_image_pixels(args.max_image_pixels)
     try:
         return handlers[args.command](args)
     except UsageError as err:
         if args.debug:
             raise
-        parser.exit(2, f"genvl: error: {err}\n")
-    except (ValueError, OSError, RuntimeError) as err:  # OSError covers missing files
+        parser.exit(2, f"genvl: error: {one_line(err)}\n")
+    except KeyboardInterrupt:
+        print("genvl: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `genvl caption ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
+    except Exception as err:  # noqa: BLE001  (one line, not a traceback; --debug shows it)
         if args.debug:
             raise
-        print(f"genvl: error: {err}", file=sys.stderr)
+        known = isinstance(err, (ValueError, OSError, RuntimeError))  # OSError covers missing files
+        prefix = "" if known else f"unexpected {type(err).__name__}: "
+        hint = "" if known else " (run with --debug for the traceback)"
+        print(f"genvl: error: {prefix}{one_line(err)}{hint}", file=sys.stderr)
         return 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def log_warnings() -> None:
+    """genvl's own warnings (e.g. a prompt longer than the model reads) go to stderr as `genvl: warning: ...`."""
+    import logging
+
+    class StderrHandler(logging.StreamHandler):
+        stream = property(lambda self: sys.stderr, lambda self, value: None)  # sys.stderr as it is when writing
+
+    logger = logging.getLogger("genvl")
+    if not logger.handlers:
+        handler = StderrHandler()
+        handler.setFormatter(logging.Formatter("genvl: warning: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def one_line(err: Exception) -> str:
+    """The first non-empty line of an error's message (libraries' messages can run to many lines)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+if __name__ == "__main__":  # run as `python -m genvl.cli`: use the module's one import, whose errors the rest raise
+    from genvl.cli import main as package_main
+
+    sys.exit(package_main())

@@ -5,7 +5,11 @@ import json
 import os
 import random
 import re
+import sys
+import time
 from pathlib import Path
+
+from .cli import UsageError, add_image_limit_flag, add_lora_flag, check_text
 
 DEFAULT_T2I_MODEL = Path(__file__).resolve().parent.parent / "pipelines" / "genvl-unclip-small"
 DEFAULT_JUDGE = DEFAULT_T2I_MODEL.parent / "genvl-judge-small"
@@ -29,6 +33,8 @@ def add_sampling_flags(parser, prior: bool = True, outputs: bool = True):
     if outputs:
         group.add_argument("--seed", type=int, help="image i uses seed S + i (recorded in the PNG); default random")
         group.add_argument("--out", default="outputs", help="folder for the PNGs (default: outputs)")
+        group.add_argument("--json", action="store_true",
+                           help="one JSON record per image on stdout (path, seed, settings) instead of its path")
 
 
 def add_t2i_runtime_flags(parser):
@@ -39,12 +45,11 @@ def add_t2i_runtime_flags(parser):
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--quiet", action="store_true", help="no progress bars or logs on stderr")
+    add_image_limit_flag(parser)
 
 
 def add_parsers(commands, evaluate):
     """Register the text-to-image commands on the `genvl` subparsers and the `genvl eval` subparsers."""
-    from .cli import add_lora_flag
-
     generate = commands.add_parser("generate", help="generate images from a prompt",
                                    epilog='example: genvl generate "a red apple" -n 4 --seed 0')
     generate.add_argument("prompt")
@@ -104,12 +109,17 @@ def add_parsers(commands, evaluate):
 
 
 def check_positive(args, *names):
-    from .cli import UsageError
-
     for name in names:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def check_guidance(args):
+    for name in ("guidance", "prior_guidance", "decoder_guidance"):
+        value = getattr(args, name, None)
+        if value is not None and value < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (1 means no guidance), got {value}")
 
 
 def load_t2i_pipeline(args):
@@ -133,6 +143,7 @@ def load_t2i_pipeline(args):
 
 def stage_settings(args, prior: bool = True) -> dict:
     check_positive(args, "steps", "prior_steps", "decoder_steps", "num_images", "frames")
+    check_guidance(args)
     def either(value, default):
         return default if value is None else value
 
@@ -170,18 +181,21 @@ def seeded_generators(args, count: int):
 
 
 def write_images(args, images, name: str, seeds, metadata: dict):
+    """Save the PNGs, print each one's path (or JSON record), and end with a summary line on stderr."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, (image, seed) in enumerate(zip(images, seeds)):
         path = save_png(image, out / f"{name}-{seed}-{i}.png", {**metadata, "seed": str(seed)})
-        print(path, flush=True)
+        print(json.dumps({"path": str(path), **metadata, "seed": seed}) if args.json else path, flush=True)
+    if not args.quiet:
+        print(f"genvl: wrote {len(images)} images to {out} in {time.perf_counter() - args.started:.1f} s",
+              file=sys.stderr)
 
 
 def run_generate(args) -> int:
-    from .cli import UsageError
-
-    if not args.prompt.strip():
-        raise UsageError("PROMPT is empty")
+    check_text(args.prompt, "PROMPT")
+    if args.negative:
+        check_text(args.negative, "--negative")
     settings = stage_settings(args)
     pipeline = load_t2i_pipeline(args)
     seeds, generators = seeded_generators(args, args.num_images)
@@ -213,8 +227,8 @@ def run_interpolate(args) -> int:
 
     settings = stage_settings(args)
     ends = []
-    for end in (args.start, args.end):
-        ends.append(load_image(end) if Path(end).suffix.lower() in IMAGE_SUFFIXES else end)
+    for end, name in ((args.start, "START"), (args.end, "END")):
+        ends.append(load_image(end) if Path(end).suffix.lower() in IMAGE_SUFFIXES else check_text(end, name))
     pipeline = load_t2i_pipeline(args)
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     frames = pipeline.interpolate(ends[0], ends[1], frames=args.frames, generator=torch.Generator().manual_seed(seed),
@@ -245,6 +259,8 @@ def run_score(args) -> int:
     from .images import load_image
     from .models.clip import clip_similarity
 
+    for text in args.texts:
+        check_text(text, "TEXT")
     image = load_image(args.image)
     scores = clip_similarity(*load_clip_parts(args), [image], args.texts)[0].tolist()
     if args.json:

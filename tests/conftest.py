@@ -191,3 +191,13 @@ def write_public_clip_folder(path, seed=0):
     CLIPModel(config).save_pretrained(path, safe_serialization=True)
     build_clip_image_processor(224).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def t2i_dir(tmp_path_factory):
+    """A tiny random text-to-image pipeline, saved."""
+    from genvl.pipelines.text_to_image import TextToImagePipeline
+
+    path = tmp_path_factory.mktemp("t2i_pipeline")
+    TextToImagePipeline(**get_dummy_unclip_components()).save_pretrained(path)
+    return path

@@ -11,20 +11,11 @@ from PIL import Image
 
 from genvl.cli import main
 from genvl.evaluation.retrieval import retrieval_ranks
-from genvl.pipelines.text_to_image import TextToImagePipeline
 from genvl.world.dataset import write_imagefolder
 
-from .conftest import get_dummy_unclip_components
 from .test_cli import NO_TORCH
 
 FAST = ["--steps", "2", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def t2i_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("t2i_pipeline")
-    TextToImagePipeline(**get_dummy_unclip_components()).save_pretrained(path)
-    return path
 
 
 @pytest.mark.parametrize("argv", [["generate", "--help"], ["score", "--help"], ["eval", "retrieval", "--help"],

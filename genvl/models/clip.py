@@ -1,9 +1,12 @@
 """The CLIP dual encoder, in the Hugging Face CLIP format so that public CLIP folders load in its place."""
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from .architecture import JsonArchitecture
+
+logger = logging.getLogger(__name__)
 
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
@@ -106,6 +109,14 @@ def load_clip(path):
     return load_transformers_model(CLIPModel, path), AutoTokenizer.from_pretrained(path), processor
 
 
+def warn_if_truncated(tokenizer, texts, max_length: int) -> None:
+    """Log a warning for each text longer than the `max_length` tokens that the text tower reads."""
+    for text, ids in zip(texts, tokenizer(list(texts)).input_ids):
+        if len(ids) > max_length:
+            shown = text if len(text) <= 40 else text[:40] + "..."
+            logger.warning(f'text "{shown}" is {len(ids)} tokens long; only its first {max_length} are read')
+
+
 def normalize_pixels(images, image_processor):
     """uint8 images (N, 3, H, W) already at the model's size -> CLIP pixel values, as the processor would give."""
     import torch
@@ -153,6 +164,7 @@ def clip_similarity(clip, tokenizer, image_processor, images, texts):
     with torch.no_grad():
         pixels = image_processor(images=list(images), return_tensors="pt").pixel_values.to(clip.device, clip.dtype)
         image_embeds = clip.visual_projection(clip.vision_model(pixel_values=pixels).pooler_output)
+        warn_if_truncated(tokenizer, texts, tokenizer.model_max_length)
         tokens = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(clip.device)
         text_embeds = clip.text_projection(clip.text_model(**tokens).pooler_output)
     image_embeds = torch.nn.functional.normalize(image_embeds.float(), dim=-1)

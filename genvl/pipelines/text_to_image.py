@@ -21,6 +21,7 @@ from ..folders import check_pipeline_folder, loading_errors
 from ..images import load_image
 from ..lora import LoraMixin
 from ..models import unclip  # noqa: F401  (from_pretrained finds UnclipConditioner by its module's name)
+from ..models.clip import warn_if_truncated
 
 
 @dataclass
@@ -99,6 +100,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             if not isinstance(prompt, str):
                 raise TypeError(f"prompts must be strings, got {type(prompt).__name__}")
         length = self.prior.config.num_embeddings
+        warn_if_truncated(self.tokenizer, prompts, length)
         tokens = self.tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
                                 return_tensors="pt")
         device = self.clip.device
