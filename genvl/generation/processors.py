@@ -13,7 +13,8 @@ def repetition_penalty(scores: torch.Tensor, input_ids: torch.Tensor, penalty: f
     """Make tokens already in `input_ids` (R, T) less likely: divide positive scores, multiply negative ones."""
     seen = torch.gather(scores, 1, input_ids)
     seen = torch.where(seen < 0, seen * penalty, seen / penalty)
-    return scores.scatter(1, input_ids, seen)
+    # a penalty far below 1 could push a score to +inf, and +inf turns the softmax into NaN
+    return scores.scatter(1, input_ids, seen.clamp(max=torch.finfo(seen.dtype).max))
 
 
 def no_repeat_ngram(scores: torch.Tensor, input_ids: torch.Tensor, size: int) -> torch.Tensor:
@@ -67,7 +68,8 @@ def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
 def sampling_filters(scores: torch.Tensor, settings) -> torch.Tensor:
     """Temperature, then top-k, then top-p."""
     if settings.temperature != 1.0:
-        scores = scores / settings.temperature
+        # shifted so that the best score is 0 first: the same distribution, and no overflow at tiny temperatures
+        scores = (scores - scores.amax(dim=-1, keepdim=True)) / settings.temperature
     if settings.top_k > 0:
         scores = top_k_filter(scores, settings.top_k)
     if settings.top_p < 1.0:

@@ -1,5 +1,6 @@
 """Decoding settings: one validated dataclass, filled from a model's generation_config and user overrides."""
 
+import math
 from dataclasses import dataclass, fields
 
 
@@ -25,6 +26,9 @@ class GenerationSettings:
     seed: int | None = None
 
     def __post_init__(self):
+        for name in ("temperature", "top_p", "repetition_penalty", "length_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         checks = [
             (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
             (self.min_new_tokens >= 0, "min_new_tokens must be >= 0"),
