@@ -13,6 +13,8 @@ from .cli import UsageError, add_image_limit_flag, add_lora_flag, check_text
 
 DEFAULT_T2I_MODEL = Path(__file__).resolve().parent.parent / "pipelines" / "genvl-unclip-small"
 DEFAULT_JUDGE = DEFAULT_T2I_MODEL.parent / "genvl-judge-small"
+BATCH_HELP = ("images per pipeline call (default 1). With 1, the seed recorded in a PNG reproduces it exactly; "
+              "larger batches are faster, but run other float kernels, so a pixel may differ by one level")
 SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
 
 
@@ -54,6 +56,7 @@ def add_parsers(commands, evaluate):
                                    epilog='example: genvl generate "a red apple" -n 4 --seed 0')
     generate.add_argument("prompt")
     generate.add_argument("-n", "--num-images", type=int, default=1)
+    generate.add_argument("--batch-size", type=int, default=1, help=BATCH_HELP)
     generate.add_argument("--negative", default=None, help="negative prompt (default: the empty prompt)")
     add_lora_flag(generate)
     add_sampling_flags(generate)
@@ -62,6 +65,7 @@ def add_parsers(commands, evaluate):
     vary = commands.add_parser("vary", help="variations of an image", epilog="example: genvl vary img.png -n 4")
     vary.add_argument("image")
     vary.add_argument("-n", "--num-images", type=int, default=4)
+    vary.add_argument("--batch-size", type=int, default=1, help=BATCH_HELP)
     add_sampling_flags(vary, prior=False)
     add_t2i_runtime_flags(vary)
 
@@ -142,7 +146,7 @@ def load_t2i_pipeline(args):
 
 
 def stage_settings(args, prior: bool = True) -> dict:
-    check_positive(args, "steps", "prior_steps", "decoder_steps", "num_images", "frames")
+    check_positive(args, "steps", "prior_steps", "decoder_steps", "num_images", "frames", "batch_size")
     check_guidance(args)
     def either(value, default):
         return default if value is None else value
@@ -180,16 +184,27 @@ def seeded_generators(args, count: int):
     return seeds, [torch.Generator().manual_seed(seed) for seed in seeds]
 
 
-def write_images(args, images, name: str, seeds, metadata: dict):
-    """Save the PNGs, print each one's path (or JSON record), and end with a summary line on stderr."""
+def write_images(args, images, name: str, metadata: dict):
+    """Save each (index, seed, image) as it comes, print its path (or JSON record), then a summary on stderr."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for i, (image, seed) in enumerate(zip(images, seeds)):
+    count = 0
+    for i, seed, image in images:
         path = save_png(image, out / f"{name}-{seed}-{i}.png", {**metadata, "seed": str(seed)})
         print(json.dumps({"path": str(path), **metadata, "seed": seed}) if args.json else path, flush=True)
+        count += 1
     if not args.quiet:
-        print(f"genvl: wrote {len(images)} images to {out} in {time.perf_counter() - args.started:.1f} s",
+        print(f"genvl: wrote {count} images to {out} in {time.perf_counter() - args.started:.1f} s",
               file=sys.stderr)
+
+
+def in_batches(args, make):
+    """(index, seed, image) of `args.num_images` images, made `args.batch_size` at a time by `make(generators)`.
+    Image i has its own generator seeded S + i, so it does not depend on the batch size."""
+    seeds, generators = seeded_generators(args, args.num_images)
+    for start in range(0, args.num_images, args.batch_size):
+        for i, image in enumerate(make(generators[start : start + args.batch_size]), start):
+            yield i, seeds[i], image
 
 
 def run_generate(args) -> int:
@@ -198,12 +213,12 @@ def run_generate(args) -> int:
         check_text(args.negative, "--negative")
     settings = stage_settings(args)
     pipeline = load_t2i_pipeline(args)
-    seeds, generators = seeded_generators(args, args.num_images)
-    images = pipeline(args.prompt, negative_prompt=args.negative, num_images_per_prompt=args.num_images,
-                      generator=generators, **settings).images
+    images = in_batches(args, lambda generators: pipeline(
+        args.prompt, negative_prompt=args.negative, num_images_per_prompt=len(generators), generator=generators,
+        **settings).images)
     metadata = {"prompt": args.prompt, "negative_prompt": args.negative or "", "scheduler": args.scheduler,
                 "settings": settings, "model": str(args.model or default_t2i_model())}
-    write_images(args, images, slug(args.prompt), seeds, metadata)
+    write_images(args, images, slug(args.prompt), metadata)
     return 0
 
 
@@ -213,10 +228,10 @@ def run_vary(args) -> int:
     settings = stage_settings(args, prior=False)
     image = load_image(args.image)
     pipeline = load_t2i_pipeline(args)
-    seeds, generators = seeded_generators(args, args.num_images)
-    images = pipeline.image_variation(image, num_images=args.num_images, generator=generators, **settings).images
+    images = in_batches(args, lambda generators: pipeline.image_variation(
+        image, num_images=len(generators), generator=generators, **settings).images)
     metadata = {"source": str(args.image), "scheduler": args.scheduler, "settings": settings}
-    write_images(args, images, slug(Path(args.image).stem) + "-variation", seeds, metadata)
+    write_images(args, images, slug(Path(args.image).stem) + "-variation", metadata)
     return 0
 
 
@@ -234,8 +249,8 @@ def run_interpolate(args) -> int:
     frames = pipeline.interpolate(ends[0], ends[1], frames=args.frames, generator=torch.Generator().manual_seed(seed),
                                   **settings).images
     metadata = {"start": args.start, "end": args.end, "scheduler": args.scheduler, "settings": settings}
-    write_images(args, frames, slug(f"{Path(args.start).stem}-to-{Path(args.end).stem}"), [seed] * len(frames),
-                 metadata)
+    write_images(args, [(i, seed, frame) for i, frame in enumerate(frames)],
+                 slug(f"{Path(args.start).stem}-to-{Path(args.end).stem}"), metadata)
     return 0
 
 
