@@ -90,6 +90,14 @@ def load_loras(pipeline, specs) -> None:
         pipeline.load_lora_weights(path, weight=scale)
 
 
+EXAMPLES = """examples:
+  genvl caption examples/images/ --beam 5
+  genvl generate "a red bicycle" -n 4 --seed 0
+  genvl score img.png "a red apple" "a blue car"
+
+Results go to stdout, logs and progress bars to stderr. Exit codes: 0 done, 1 failed, 2 bad usage."""
+
+
 class Parser(argparse.ArgumentParser):
     """Usage errors as one line naming the flag, exit code 2 (argparse would print the whole usage first)."""
 
@@ -98,7 +106,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="genvl", description="Caption images and generate images from text.")
+    parser = Parser(prog="genvl", description="Caption images and generate images from text.",
+                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
     parser.add_argument("--version", action="version", version=f"genvl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -115,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--output", help="write the JSON records to this JSONL file instead (needed when run as "
                                           "several processes with accelerate launch: each takes a share)")
 
-    data = commands.add_parser("data", help="make datasets").add_subparsers(dest="data_command", required=True, metavar="{scenes,shards}")
+    data = commands.add_parser(
+        "data", help="make datasets", epilog="example: genvl data scenes --out data/world --num-images 1000",
+    ).add_subparsers(dest="data_command", required=True, metavar="{scenes,shards}")
     scenes = data.add_parser(
         "scenes", help="render procedural scenes as an imagefolder",
         epilog="example: genvl data scenes --out data/world --num-images 1000 --split test",
@@ -136,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--out", required=True, help="shard name with a %%d field for the shard's number")
     shards.add_argument("--samples-per-shard", type=_positive(int), default=1000)
 
-    evaluate = commands.add_parser("eval", help="evaluate models").add_subparsers(dest="eval_command", required=True, metavar="{caption,retrieval,t2i}")
+    evaluate = commands.add_parser(
+        "eval", help="evaluate models", epilog="example: genvl eval caption --data data/world/test --beam 3",
+    ).add_subparsers(dest="eval_command", required=True, metavar="{caption,retrieval,t2i}")
     eval_caption = evaluate.add_parser(
         "caption", help="caption metrics and scene-graph accuracy on a held-out imagefolder",
         epilog="example: genvl eval caption --data data/world/test --beam 3",

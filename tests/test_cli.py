@@ -85,3 +85,24 @@ def test_data_scenes_writes_imagefolder(tmp_path, capsys):
     lines = (tmp_path / "val" / "metadata.jsonl").read_text().splitlines()
     assert len(lines) == 5
     assert all((tmp_path / "val" / json.loads(line)["file_name"]).is_file() for line in lines)
+
+
+COMMANDS = [[], ["caption"], ["data"], ["data", "scenes"], ["data", "shards"], ["eval"], ["eval", "caption"],
+            ["eval", "retrieval"], ["eval", "t2i"], ["generate"], ["vary"], ["interpolate"], ["score"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "genvl")
+def test_every_command_has_help_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    out, err = capsys.readouterr()
+    assert "example" in out and err == ""
+
+
+def test_version(capsys):
+    from genvl import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"genvl {__version__}"
