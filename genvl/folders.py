@@ -13,19 +13,30 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def check_model_folder(path) -> Path:
-    """Raise if `path` is not a folder, holds pickle files, or holds a JSON file that does not parse."""
+    """Raise if `path` is not a folder, or if the files that loading reads (the folder's own, and those of the
+    components model_index.json names) include pickles or JSON that does not parse. Other subfolders, such as a
+    training run's accelerate checkpoints, are not looked at."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such model folder")
-    for file in sorted(path.rglob("*")):
-        if file.suffix in PICKLE_SUFFIXES:
-            raise ValueError(f"{file}: pickle files are refused; genvl loads safetensors weights only")
-        if file.suffix == ".json" and file.is_file():
-            try:
-                json.loads(file.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise ValueError(f"{file}: not valid JSON ({err})") from None
+    folders = [path]
+    if (path / "model_index.json").is_file():
+        index = _read_json(path / "model_index.json")
+        folders += [path / name for name in index if not name.startswith("_") and (path / name).is_dir()]
+    for folder in folders:
+        for file in sorted(folder.iterdir()):
+            if file.suffix in PICKLE_SUFFIXES:
+                raise ValueError(f"{file}: pickle files are refused; genvl loads safetensors weights only")
+            if file.suffix == ".json" and file.is_file():
+                _read_json(file)
     return path
+
+
+def _read_json(file: Path):
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file}: not valid JSON ({err})") from None
 
 
 def safetensors_shapes(folder) -> dict[str, tuple]:

@@ -59,29 +59,54 @@ def complete_checkpoints(output_dir) -> list[Path]:
 
 
 def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None, extra: dict | None = None):
-    """Save accelerate state to a temporary folder, mark it complete, rename it into place, then rotate."""
+    """Save accelerate state to a temporary folder, flush it to disk, mark it complete, rename it into place, then
+    rotate: a `checkpoint-N` folder holding the marker is whole at every moment."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".checkpoint-{step}.tmp"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # what a killed save or rotation left behind (one run at a time writes to output_dir)
+        for stale in [*output_dir.glob(".checkpoint-*.tmp"), *output_dir.glob(".checkpoint-*.old")]:
+            shutil.rmtree(stale)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()  # every process has written its part before the folder is marked
     if accelerator.is_main_process:
+        for path in tmp.rglob("*"):  # the data reaches the disk before the marker that vouches for it
+            fsync_path(path)
         marker = {"step": step, **(extra or {})}
         with open(tmp / COMPLETE_MARKER, "w") as f:
             json.dump(marker, f)
             f.flush()
             os.fsync(f.fileno())
+        fsync_path(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            discard_checkpoint(final)
         tmp.rename(final)
+        fsync_path(output_dir)
         if total_limit:
             for old in complete_checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old)
+                discard_checkpoint(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def discard_checkpoint(path: Path):
+    """Delete a checkpoint folder after renaming it to `.checkpoint-N.old`: a deletion cut short leaves a folder
+    that `latest` ignores, never a marked one with files missing."""
+    trash = path.with_name(f".{path.name}.old")
+    shutil.rmtree(trash, ignore_errors=True)
+    path.rename(trash)
+    shutil.rmtree(trash)
+
+
+def fsync_path(path):
+    """Flush a file's data, or a folder's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def resolve_resume(output_dir, resume_from_checkpoint: str | None) -> Path | None:
@@ -348,8 +373,12 @@ def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, 
     resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
     if resume is not None:
         accelerator.load_state(str(resume))
+        if ema is not None:  # accelerate loads it onto the CPU; its update mixes it with the parameters
+            ema.to(accelerator.device)
         global_step = checkpoint_step(resume)
         accelerator.print(f"resumed from {resume} at step {global_step}")
+    elif args.resume_from_checkpoint:
+        accelerator.print(f"no complete checkpoint in {args.output_dir}: starting from step 0")
 
     per_step = args.train_batch_size * accelerator.num_processes
     batches_per_epoch = num_items // per_step
@@ -487,7 +516,12 @@ def load_or_train_tokenizer(accelerator, output_dir, train):
         return AutoTokenizer.from_pretrained(tokenizer_dir)
     tokenizer = train()
     if accelerator.is_main_process:
-        tokenizer.save_pretrained(tokenizer_dir)
+        # written aside and renamed into place: a run killed while saving it still resumes
+        tmp = tokenizer_dir.with_name(".tokenizer.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(tokenizer_dir, ignore_errors=True)  # one without tokenizer.json: a save cut short
+        tmp.rename(tokenizer_dir)
     return tokenizer
 
 

@@ -374,3 +374,13 @@ def test_closed_stdout_is_not_an_error(tiny_pipeline_dir, tmp_path):
     result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1 and result.stderr == ""
+
+
+def test_a_training_run_folder_with_accelerate_checkpoints_still_loads(tiny_pipeline_dir, tmp_path, capsys):
+    folder = tmp_path / "run"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    (folder / "checkpoint-5").mkdir()
+    torch.save({}, folder / "checkpoint-5" / "optimizer.bin")  # accelerate's own, never read by from_pretrained
+    scene().save(tmp_path / "x.png")
+    code, out, _ = run(["caption", str(tmp_path / "x.png"), "--model", str(folder), "--quiet"], capsys)
+    assert code == 0 and out.startswith(str(tmp_path / "x.png"))
