@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .folders import first_line
 
 DEFAULT_CAPTION_MODEL = Path(__file__).resolve().parent.parent / "pipelines" / "genvl-caption-small"
 
@@ -452,7 +453,7 @@ def main(argv=None) -> int:
     except UsageError as err:
         if args.debug:
             raise
-        parser.exit(2, f"genvl: error: {one_line(err)}\n")
+        parser.exit(2, f"genvl: error: {first_line(err)}\n")
     except KeyboardInterrupt:
         print("genvl: interrupted", file=sys.stderr)
         return 130
@@ -465,7 +466,7 @@ def main(argv=None) -> int:
         known = isinstance(err, (ValueError, OSError, RuntimeError))  # OSError covers missing files
         prefix = "" if known else f"unexpected {type(err).__name__}: "
         hint = "" if known else " (run with --debug for the traceback)"
-        print(f"genvl: error: {prefix}{one_line(err)}{hint}", file=sys.stderr)
+        print(f"genvl: error: {prefix}{first_line(err)}{hint}", file=sys.stderr)
         return 1
 
 
@@ -484,11 +485,6 @@ def log_warnings() -> None:
         logger.addHandler(handler)
         logger.propagate = False
 
-
-def one_line(err: Exception) -> str:
-    """The first non-empty line of an error's message (libraries' messages can run to many lines)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 if __name__ == "__main__":  # run as `python -m genvl.cli`: use the module's one import, whose errors the rest raise
     from genvl.cli import main as package_main

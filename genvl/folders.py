@@ -153,6 +153,10 @@ def loading_errors(path):
     try:
         yield
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        reason = lines[0] if lines else type(err).__name__
-        raise ValueError(f"{path}: could not load the model ({reason})") from err
+        raise ValueError(f"{path}: could not load the model ({first_line(err)})") from err
+
+
+def first_line(err: Exception) -> str:
+    """The first non-empty line of an error's message (libraries' messages can run to many lines)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__

@@ -120,7 +120,8 @@ def palette_with_transparency(path):
 
 VALID_IMAGES = {
     # name: (writer, (x, y) pixel to check, its expected RGB value, expected size)
-    "palette.png": (lambda p: scene().convert("P", palette=Image.Palette.ADAPTIVE).save(p), (15, 15), (220, 40, 40), (48, 40)),
+    "palette.png": (lambda p: scene().convert("P", palette=Image.Palette.ADAPTIVE).save(p), (15, 15), (220, 40, 40),
+                    (48, 40)),
     "palette_transparent.png": (palette_with_transparency, (0, 0), (255, 255, 255), (16, 16)),
     "la.png": (lambda p: Image.new("LA", (8, 8), (0, 0)).save(p), (0, 0), (255, 255, 255), (8, 8)),
     "rgba.png": (lambda p: Image.new("RGBA", (8, 8), (10, 20, 30, 255)).save(p), (0, 0), (10, 20, 30), (8, 8)),
