@@ -302,7 +302,7 @@ def run_eval_t2i(args) -> int:
     from .evaluation.text_to_image import evaluate_text_to_image
     from .pipelines.caption import CaptionPipeline
 
-    check_positive(args, "prompts", "images_per_prompt", "batch_size")
+    check_positive(args, "prompts", "images_per_prompt")  # stage_settings checks --batch-size
     settings = stage_settings(args)
     pipeline = load_t2i_pipeline(args)
     pipeline.set_progress_bar_config(disable=True)

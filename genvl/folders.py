@@ -127,7 +127,7 @@ def check_pipeline_folder(path, dtype=None) -> dict:
     import transformers
 
     path = check_model_folder(path)
-    index = json.loads((path / "model_index.json").read_text())
+    index = _read_json(path / "model_index.json")
     loaded = {}
     for name, spec in index.items():
         if name.startswith("_") or not isinstance(spec, list) or len(spec) != 2 or None in spec:
