@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from .folders import first_line
+from .outputs import check_output_file, temporary_name, written_atomically
 
 DEFAULT_CAPTION_MODEL = Path(__file__).resolve().parent.parent / "pipelines" / "genvl-caption-small"
 
@@ -40,7 +41,19 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
 
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value: 'x'"
     return parse
+
+
+def seed_number(text: str) -> int:
+    """A seed for torch.Generator.manual_seed: an integer in [0, 2**63), so that S + i still fits."""
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text}")
+    return value
+
+
+seed_number.__name__ = "int"
 
 
 def add_decoding_flags(parser):
@@ -57,7 +70,7 @@ def add_decoding_flags(parser):
     group.add_argument("--max-new-tokens", type=_positive(int))
     group.add_argument("--min-new-tokens", type=int)
     group.add_argument("--prefix", help='text every caption must continue, e.g. "a photo of"')
-    group.add_argument("--seed", type=int, help="seed for sampling (recorded in --json output)")
+    group.add_argument("--seed", type=seed_number, help="seed for sampling (recorded in --json output)")
 
 
 def add_runtime_flags(parser, model_help):
@@ -134,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scenes.add_argument("--out", required=True, help="dataset root; the split goes to OUT/SPLIT/")
     scenes.add_argument("--num-images", type=_positive(int), required=True)
-    scenes.add_argument("--seed", type=int, default=0)
+    scenes.add_argument("--seed", type=seed_number, default=0)
     scenes.add_argument("--split", choices=["train", "val", "test"], default="train")
     scenes.add_argument("--resolution", type=_positive(int), default=64)
     scenes.add_argument("--require", metavar="OBJECT",
@@ -147,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--data", required=True, help="imagefolder with metadata.jsonl")
     shards.add_argument("--out", required=True, help="shard name with a %%d field for the shard's number")
     shards.add_argument("--samples-per-shard", type=_positive(int), default=1000)
+    shards.add_argument("--quiet", action="store_true", help="no summary line on stderr")
 
     evaluate = commands.add_parser(
         "eval", help="evaluate models", epilog="example: genvl eval caption --data data/world/test --beam 3",
@@ -278,6 +292,7 @@ def run_caption(args) -> int:
         raise UsageError("several processes write one file: pass --output FILE")
     # each process captions one contiguous share; image i keeps its global index (and sampling seed)
     first, last = rank * len(paths) // processes, (rank + 1) * len(paths) // processes
+    output = check_output_file(args.output, "--output") if args.output else None
     pipeline = load_caption_pipeline(args)
     settings = checked_settings(pipeline, args)
     overrides = decoding_overrides(args)
@@ -292,33 +307,41 @@ def run_caption(args) -> int:
             raise UsageError("sampling in several processes needs --seed, so that they share one base seed")
         overrides.pop("seed", None)
     records = caption_records(pipeline, paths[first:last], first, base_seed, args, overrides)
-    if not args.output:
+    if output is None:
         for record in records:
             print_record(record, args.json)
-        summarize(args, f"captioned {last - first} images")
+        summarize(args, f"captioned {plural(last - first, 'image')}")
         return 0
-    output = Path(args.output)
-    if not output.parent.is_dir():
-        raise FileNotFoundError(f"--output {output}: no such folder {output.parent}")
-    part = output.with_name(f"{output.name}.part{rank}.tmp")
-    try:
-        with open(part, "w") as f:
-            for record in records:
-                f.write(json.dumps(record) + "\n")
-    except BaseException:  # nothing half-written is left behind
-        part.unlink(missing_ok=True)
-        raise
+    write_part(records, output, rank)
     wait_for_processes(processes)
     if rank == 0:  # join the shares in order, then move the file into place
-        joined = output.with_name(f"{output.name}.tmp")
-        with open(joined, "w") as f:
+        with written_atomically(output, "--output") as joined, open(joined, "w") as f:
             for k in range(processes):
-                shard = output.with_name(f"{output.name}.part{k}.tmp")
-                f.write(shard.read_text())
-                shard.unlink()
-        joined.replace(output)
-        summarize(args, f"captioned {len(paths)} images into {output}")
+                part = temporary_name(output, f".part{k}.tmp")
+                f.write(part.read_text())
+                part.unlink()
+        summarize(args, f"captioned {plural(len(paths), 'image')} into {output}")
     return 0
+
+
+def write_part(records, output: Path, rank: int) -> None:
+    """Write this process's share of the records beside `output`; nothing is left behind if anything fails."""
+    part = temporary_name(output, f".part{rank}.tmp")
+    try:
+        f = open(part, "w")
+    except OSError as err:
+        raise type(err)(f"--output {output}: cannot write it ({err.strerror or err})") from err
+    try:
+        with f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def summarize(args, done: str) -> None:
@@ -346,20 +369,20 @@ def caption_records(pipeline, paths, first: int, base_seed, args, overrides):
     import torch
     from tqdm import tqdm
 
-    bar = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=args.quiet or len(paths) <= 8)
     inputs = open_inputs(paths)
-    for start in range(0, len(paths), args.batch_size):
-        labels, batch = zip(*itertools.islice(inputs, args.batch_size))
-        seeds = [base_seed + first + start + i for i in range(len(batch))] if base_seed is not None else None
-        generators = [torch.Generator().manual_seed(seed) for seed in seeds] if seeds else None
-        output = pipeline(list(batch), prefix=args.prefix, generator=generators, **overrides)
-        for i, (label, captions, scores) in enumerate(zip(labels, output.captions, output.scores)):
-            record = {"path": label, "captions": [{"text": c, "score": s} for c, s in zip(captions, scores)]}
-            if seeds:
-                record["seed"] = seeds[i]
-            yield record
-        bar.update(len(batch))
-    bar.close()
+    # closed by `with` on an error too, so that the error is not printed onto the bar's line
+    with tqdm(total=len(paths), unit="img", file=sys.stderr, disable=args.quiet or len(paths) <= 8) as bar:
+        for start in range(0, len(paths), args.batch_size):
+            labels, batch = zip(*itertools.islice(inputs, args.batch_size))
+            seeds = [base_seed + first + start + i for i in range(len(batch))] if base_seed is not None else None
+            generators = [torch.Generator().manual_seed(seed) for seed in seeds] if seeds else None
+            output = pipeline(list(batch), prefix=args.prefix, generator=generators, **overrides)
+            for i, (label, captions, scores) in enumerate(zip(labels, output.captions, output.scores)):
+                record = {"path": label, "captions": [{"text": c, "score": s} for c, s in zip(captions, scores)]}
+                if seeds:
+                    record["seed"] = seeds[i]
+                yield record
+            bar.update(len(batch))
 
 
 def print_record(record: dict, as_json: bool) -> None:
@@ -405,13 +428,15 @@ def run_data_shards(args) -> int:
                            args.samples_per_shard)
     for path in written:
         print(path)
-    print(f"{len(records)} samples in {len(written)} shards", file=sys.stderr)
+    summarize(args, f"packed {plural(len(records), 'sample')} into {plural(len(written), 'shard')}")
     return 0
 
 
 def run_eval_caption(args) -> int:
     from .evaluation.captioning import evaluate_captioner
 
+    if args.output:
+        check_output_file(args.output, "--output")
     pipeline = load_caption_pipeline(args)
     checked_settings(pipeline, args)
     progress = progress_bar(args, "batch")
@@ -422,13 +447,13 @@ def run_eval_caption(args) -> int:
 
 
 def print_report(report: dict, output=None):
-    """Print `report` as JSON; with `output`, also write it there (to a temporary file, then renamed)."""
+    """Print `report` as JSON, then with `output` also write it there (whole or not at all): should the write
+    fail, the report is still on stdout."""
     text = json.dumps(report, indent=2)
+    print(text, flush=True)
     if output:
-        tmp = Path(output).with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(output)
-    print(text)
+        with written_atomically(output, "--output") as tmp:
+            tmp.write_text(text + "\n")
 
 
 def main(argv=None) -> int:

@@ -2,14 +2,14 @@
 
 import argparse
 import json
+import math
 import os
 import random
 import re
-import sys
-import time
 from pathlib import Path
 
-from .cli import UsageError, add_image_limit_flag, add_lora_flag, check_text
+from .cli import UsageError, add_image_limit_flag, add_lora_flag, check_text, plural, seed_number, summarize
+from .outputs import check_output_file, written_atomically
 
 DEFAULT_T2I_MODEL = Path(__file__).resolve().parent.parent / "pipelines" / "genvl-unclip-small"
 DEFAULT_JUDGE = DEFAULT_T2I_MODEL.parent / "genvl-judge-small"
@@ -33,7 +33,7 @@ def add_sampling_flags(parser, prior: bool = True, outputs: bool = True):
     group.add_argument("--decoder-guidance", type=float, help="decoder guidance (default: --guidance)")
     group.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddpm", help="diffusers scheduler to use")
     if outputs:
-        group.add_argument("--seed", type=int, help="image i uses seed S + i (recorded in the PNG); default random")
+        group.add_argument("--seed", type=seed_number, help="image i uses seed S + i (recorded in the PNG); default random")
         group.add_argument("--out", default="outputs", help="folder for the PNGs (default: outputs)")
         group.add_argument("--json", action="store_true",
                            help="one JSON record per image on stdout (path, seed, settings) instead of its path")
@@ -101,7 +101,7 @@ def add_parsers(commands, evaluate):
     t2i.add_argument("--images-per-prompt", type=int, default=4)
     t2i.add_argument("--judge", default=str(DEFAULT_JUDGE), help="judge folder (default: genvl-judge-small)")
     t2i.add_argument("--captioner", default=None, help="captioner for the round trip (default: the shipped one)")
-    t2i.add_argument("--seed", type=int, default=0, help="image k of the run uses seed S + k")
+    t2i.add_argument("--seed", type=seed_number, default=0, help="image k of the run uses seed S + k")
     t2i.add_argument("--batch-size", type=int, default=64, help="images per pipeline call")
     t2i.add_argument("--output", help="also write the report as JSON to this file")
     t2i.add_argument("--stages", action="store_true",
@@ -122,8 +122,8 @@ def check_positive(args, *names):
 def check_guidance(args):
     for name in ("guidance", "prior_guidance", "decoder_guidance"):
         value = getattr(args, name, None)
-        if value is not None and value < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (1 means no guidance), got {value}")
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"--{name.replace('_', '-')} must be a number >= 0 (1 means no guidance), got {value}")
 
 
 def load_t2i_pipeline(args):
@@ -170,9 +170,8 @@ def save_png(image, path: Path, metadata: dict) -> Path:
     info = PngInfo()
     for key, value in metadata.items():
         info.add_text(key, value if isinstance(value, str) else json.dumps(value))
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    tmp.replace(path)
+    with written_atomically(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
     return path
 
 
@@ -187,15 +186,15 @@ def seeded_generators(args, count: int):
 def write_images(args, images, name: str, metadata: dict):
     """Save each (index, seed, image) as it comes, print its path (or JSON record), then a summary on stderr."""
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out}: is a file; expected a folder for the PNGs")
     out.mkdir(parents=True, exist_ok=True)
     count = 0
     for i, seed, image in images:
         path = save_png(image, out / f"{name}-{seed}-{i}.png", {**metadata, "seed": str(seed)})
         print(json.dumps({"path": str(path), **metadata, "seed": seed}) if args.json else path, flush=True)
         count += 1
-    if not args.quiet:
-        print(f"genvl: wrote {count} images to {out} in {time.perf_counter() - args.started:.1f} s",
-              file=sys.stderr)
+    summarize(args, f"wrote {plural(count, 'image')} to {out}")
 
 
 def in_batches(args, make):
@@ -291,6 +290,8 @@ def run_eval_retrieval(args) -> int:
     from .evaluation.retrieval import evaluate_retrieval
 
     check_positive(args, "limit", "batch_size")
+    if args.output:
+        check_output_file(args.output, "--output")
     report = evaluate_retrieval(*load_clip_parts(args), args.data, limit=args.limit, batch_size=args.batch_size)
     print_report(report, args.output)
     return 0
@@ -304,6 +305,8 @@ def run_eval_t2i(args) -> int:
 
     check_positive(args, "prompts", "images_per_prompt")  # stage_settings checks --batch-size
     settings = stage_settings(args)
+    if args.output:
+        check_output_file(args.output, "--output")
     pipeline = load_t2i_pipeline(args)
     pipeline.set_progress_bar_config(disable=True)
     quiet_libraries(args)

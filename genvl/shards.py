@@ -11,6 +11,8 @@ import re
 import tarfile
 from pathlib import Path
 
+from .outputs import written_atomically
+
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp")
 _SHARD_NAME = re.compile(r"\.(tar|tgz|tar\.gz)$")
 _BRACES = re.compile(r"\{([^{}]*)\}")
@@ -127,8 +129,7 @@ def write_shards(records, open_image, pattern: str, samples_per_shard: int, capt
     for index, start in enumerate(range(0, len(records), samples_per_shard)):
         path = Path(pattern % index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with tarfile.open(tmp, "w") as tar:
+        with written_atomically(path) as tmp, tarfile.open(tmp, "w") as tar:
             for number, record in enumerate(records[start : start + samples_per_shard], start):
                 image = io.BytesIO()
                 open_image(record).save(image, format="PNG")
@@ -139,7 +140,6 @@ def write_shards(records, open_image, pattern: str, samples_per_shard: int, capt
                     info = tarfile.TarInfo(f"{number:08d}.{ext}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
-        tmp.replace(path)
         written.append(path)
     return written
 

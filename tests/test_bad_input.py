@@ -220,6 +220,57 @@ def test_output_in_a_missing_folder_is_named(tiny_pipeline_dir, tmp_path, capsys
     assert_one_line_error(err, "--output", "missing")
 
 
+def output_cases(tmp_path):
+    """(--output value, what the error names): a folder, and a file name under a file."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    return [(tmp_path / "folder", "is a folder"), (tmp_path / "file.txt" / "out.json", "no such folder")]
+
+
+@pytest.mark.parametrize("command", [["caption", "IMAGE"], ["eval", "caption", "--data", "DATA"],
+                                     ["eval", "retrieval", "--data", "DATA"], ["eval", "t2i", "--data", "DATA"]])
+def test_unwritable_output_is_refused_before_any_work(command, tmp_path, capsys):
+    """The model folder does not exist: --output is checked first, so no run is lost at its end."""
+    scene().save(tmp_path / "x.png")
+    argv = [str(tmp_path / "x.png") if a == "IMAGE" else str(tmp_path) if a == "DATA" else a for a in command]
+    for output, fragment in output_cases(tmp_path):
+        before = sorted(tmp_path.rglob("*"))
+        code, out, err = run([*argv, "--model", str(tmp_path / "no_model"), "--output", str(output)], capsys)
+        assert code == 1 and out == ""
+        assert_one_line_error(err, f"--output {output}", fragment)
+        assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_generate_out_that_is_a_file_is_named(t2i_dir, tmp_path, capsys):
+    (tmp_path / "out").write_text("a file")
+    code, out, err = run(["generate", "an apple", "--model", str(t2i_dir), "--out", str(tmp_path / "out"),
+                          "--steps", "1", "--quiet"], capsys)
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "--out", "is a file")
+    assert (tmp_path / "out").read_text() == "a file" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_output_file_that_cannot_be_created_is_named(tiny_pipeline_dir, tmp_path, capsys, monkeypatch):
+    """A write that fails after the checks (here: open() refused) names --output, not the temporary file."""
+    import builtins
+
+    real_open = builtins.open
+
+    def refusing_open(file, mode="r", *args, **kwargs):
+        if str(file).endswith(".tmp") and "w" in mode:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    scene().save(tmp_path / "x.png")
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    code, out, err = run(["caption", str(tmp_path / "x.png"), "--model", str(tiny_pipeline_dir), "--quiet",
+                          "--output", str(tmp_path / "out.jsonl")], capsys)
+    assert code == 1 and out == ""
+    assert_one_line_error(err, f"--output {tmp_path / 'out.jsonl'}: cannot write it (Permission denied)")
+    assert ".tmp" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+
+
 # ---- tampered model folders: refused, naming the file -----------------------------------------------------------
 
 def tamper_weights(path, change):
@@ -300,8 +351,10 @@ def test_tampered_text_to_image_component_is_refused(component, weights, t2i_dir
     (["--beam", "2", "--num-captions", "3"], "--num-captions"),
     (["--batch-size", "0"], "--batch-size"),
     (["--max-image-pixels", "-5"], "--max-image-pixels"),
-    (["--beam", "two"], "--beam"),
+    (["--beam", "two"], "invalid int value"),
     (["--dtype", "fp8"], "--dtype"),
+    (["--temperature", "1", "--seed", str(2**64)], "--seed"),  # past what torch.Generator takes
+    (["--temperature", "1", "--seed", "-1"], "--seed"),
 ])
 def test_bad_caption_flags_are_usage_errors(flags, fragment, tiny_pipeline_dir, tmp_path, capsys):
     scene().save(tmp_path / "x.png")
@@ -316,6 +369,10 @@ def test_bad_caption_flags_are_usage_errors(flags, fragment, tiny_pipeline_dir, 
     (["--decoder-steps", "-4"], "--decoder-steps"),
     (["-n", "0"], "--num-images"),
     (["--guidance", "-1"], "--guidance"),
+    (["--guidance", "nan"], "--guidance"),  # NaN and inf guidance made black images
+    (["--decoder-guidance", "inf"], "--decoder-guidance"),
+    (["--prior-guidance", "-inf"], "--prior-guidance"),
+    (["--seed", str(2**63)], "--seed"),
     (["--scheduler", "euler"], "--scheduler"),
 ])
 def test_bad_generate_flags_are_usage_errors(flags, fragment, t2i_dir, tmp_path, capsys):

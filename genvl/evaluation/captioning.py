@@ -5,9 +5,13 @@ compare with published ones. Its PTB tokenizer and METEOR run in Java.
 """
 
 import math
+import os
 import shutil
 import subprocess
+import sys
+import tempfile
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 from pycocoevalcap.bleu.bleu import Bleu
@@ -75,13 +79,32 @@ def _tokenize(predictions: dict, references: dict) -> tuple[dict, dict]:
     captions = {("ref", key): [{"caption": " ".join(text.split())} for text in refs]
                 for key, refs in references.items()}
     captions.update({("pred", key): [{"caption": " ".join(text.split())}] for key, text in predictions.items()})
-    tokens = PTBTokenizer().tokenize(captions)
+    with _captured_stderr() as log:  # the Java tokenizer logs a speed line to the stderr it inherits
+        tokens = PTBTokenizer().tokenize(captions)
     if any(len(tokens.get(key, ())) != len(texts) for key, texts in captions.items()):
         raise RuntimeError("pycocoevalcap's PTB tokenizer returned fewer captions than it was given; "
-                           "check that `java -version` works")
+                           f"check that `java -version` works. Its log: {log[0][-500:]}")
     gts = {key: tokens[("ref", key)] for key in references}
     res = {key: tokens[("pred", key)] for key in references}
     return gts, res
+
+
+@contextmanager
+def _captured_stderr():
+    """Point file descriptor 2 (which subprocesses inherit) at a temporary file for the block. Yields a list that
+    holds what was written, once the block has ended."""
+    written = []
+    with tempfile.TemporaryFile("w+", errors="replace") as log:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield written
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            written.append(log.read())
 
 
 def _meteor_score(gts: dict, res: dict) -> float:

@@ -1,0 +1,60 @@
+"""Output files are written whole or not at all, and the CLI's quiet runs are quiet down to file descriptor 2."""
+
+import json
+
+import pytest
+
+from genvl.cli import main
+from genvl.outputs import check_output_file, written_atomically
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with written_atomically(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("failed half way")
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    with written_atomically(path) as tmp:
+        assert tmp.name == "report.json.tmp"  # not with_suffix: "report.tmp" could be someone else's file
+        tmp.write_text("new")
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_write_errors_name_the_output_and_other_errors_pass_through(tmp_path):
+    (tmp_path / "taken").mkdir()  # renaming a file onto a folder fails
+    with pytest.raises(OSError, match=r"^--output .*taken: cannot write it") as info:
+        with written_atomically(tmp_path / "taken", "--output") as tmp:
+            tmp.write_text("x")
+    assert ".tmp" not in str(info.value) and not (tmp_path / "taken.tmp").exists()
+    with pytest.raises(FileNotFoundError, match="input.png"):  # an input that failed is not blamed on the output
+        with written_atomically(tmp_path / "out.json") as tmp:
+            open(tmp_path / "input.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_check_output_file(tmp_path):
+    assert check_output_file(tmp_path / "a.json", "--output") == tmp_path / "a.json"
+    with pytest.raises(IsADirectoryError, match="--output"):
+        check_output_file(tmp_path, "--output")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        check_output_file(tmp_path / "missing" / "a.json", "--output")
+
+
+def test_quiet_eval_and_shards_print_nothing_on_stderr(tiny_pipeline_dir, tmp_path, capfd):
+    """capfd reads file descriptor 2, where the Java PTB tokenizer of the caption metrics logs."""
+    from genvl.world.dataset import write_imagefolder
+
+    data = write_imagefolder(tmp_path / "scenes", 3, seed=0, split="test", resolution=32)
+    report = tmp_path / "report.json"
+    assert main(["eval", "caption", "--data", str(data), "--model", str(tiny_pipeline_dir), "--quiet",
+                 "--max-new-tokens", "4", "--output", str(report)]) == 0
+    out, err = capfd.readouterr()
+    assert err == ""
+    assert json.loads(out) == json.loads(report.read_text()) and json.loads(out)["num_images"] == 3
+    assert main(["data", "shards", "--data", str(data), "--out", str(tmp_path / "s-%d.tar"), "--quiet"]) == 0
+    out, err = capfd.readouterr()
+    assert out.split() == [str(tmp_path / "s-0.tar")] and err == ""
+    assert main(["data", "shards", "--data", str(data), "--out", str(tmp_path / "s-%d.tar")]) == 0
+    assert "packed 3 samples into 1 shard in" in capfd.readouterr().err
