@@ -33,7 +33,8 @@ def add_sampling_flags(parser, prior: bool = True, outputs: bool = True):
     group.add_argument("--decoder-guidance", type=float, help="decoder guidance (default: --guidance)")
     group.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddpm", help="diffusers scheduler to use")
     if outputs:
-        group.add_argument("--seed", type=seed_number, help="image i uses seed S + i (recorded in the PNG); default random")
+        group.add_argument("--seed", type=seed_number,
+                           help="image i uses seed S + i (recorded in the PNG); default random")
         group.add_argument("--out", default="outputs", help="folder for the PNGs (default: outputs)")
         group.add_argument("--json", action="store_true",
                            help="one JSON record per image on stdout (path, seed, settings) instead of its path")

@@ -297,6 +297,7 @@ def load_images(data_dir, records, image_column: str, resolution: int):
     """All images of `records` as one uint8 tensor (N, 3, R, R): the world's datasets fit in memory."""
     import numpy as np
     import torch
+    from einops import rearrange
     from PIL import Image
 
     images = np.empty((len(records), resolution, resolution, 3), dtype=np.uint8)
@@ -306,7 +307,7 @@ def load_images(data_dir, records, image_column: str, resolution: int):
             if image.size != (resolution, resolution):
                 image = image.resize((resolution, resolution), Image.Resampling.BILINEAR)
             images[i] = np.asarray(image)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    return rearrange(torch.from_numpy(images), "b h w c -> b c h w").contiguous()
 
 
 def make_accelerator(args: TrainArgs, project: str):

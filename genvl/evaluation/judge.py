@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from einops import rearrange
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
@@ -67,7 +68,7 @@ class SceneJudge(ModelMixin, ConfigMixin):
         return 64 / (self.config.image_size // 8)
 
     def forward(self, images: torch.Tensor) -> dict:
-        out = self.head(self.body(images)).permute(0, 2, 3, 1)  # (B, G, G, K)
+        out = rearrange(self.head(self.body(images)), "b k h w -> b h w k")  # K scores per grid cell
         n, c = len(self.config.object_names), len(self.config.colour_names)
         return {"objectness": out[..., 0], "objects": out[..., 1 : 1 + n], "colours": out[..., 1 + n : 1 + n + c],
                 "offsets": out[..., 1 + n + c :]}

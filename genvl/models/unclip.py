@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from einops import rearrange
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
@@ -53,8 +54,7 @@ class UnclipConditioner(ModelMixin, ConfigMixin):
 
     def forward(self, image_embeds: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:
         """(B, E) image embeddings and (B, T, H) text states -> (B, image_tokens + T, C) context."""
-        width = self.config.cross_attention_dim
-        image = self.image_to_tokens(image_embeds).view(image_embeds.shape[0], self.config.image_tokens, width)
+        image = rearrange(self.image_to_tokens(image_embeds), "b (n c) -> b n c", n=self.config.image_tokens)
         return self.norm(torch.cat([image, self.text_proj(text_states)], dim=1))
 
 

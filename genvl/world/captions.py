@@ -38,7 +38,8 @@ def scene_captions(scene: dict, rng: random.Random | None = None) -> list[str]:
     elif layout in ("pair_h", "pair_v"):
         first, second = (_noun_phrase(o) for o in objects)
         forward, backward = ("to the left of", "to the right of") if layout == "pair_h" else ("above", "below")
-        captions = [f"{first} {forward} {second}", f"{second} {backward} {first}", f"there is {first} {forward} {second}"]
+        captions = [f"{first} {forward} {second}", f"{second} {backward} {first}",
+                    f"there is {first} {forward} {second}"]
     elif layout == "count":
         obj = objects[0]
         group = f"{NUMBER_WORDS[len(objects)]} {obj['colour']} {ALL_OBJECTS[obj['name']][1]}"
