@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from .folders import first_line
-from .outputs import check_output_file, temporary_name, written_atomically
+from .outputs import cannot_write, check_output_file, temporary_name, written_atomically
 
 DEFAULT_CAPTION_MODEL = Path(__file__).resolve().parent.parent / "pipelines" / "genvl-caption-small"
 
@@ -330,7 +330,7 @@ def write_part(records, output: Path, rank: int) -> None:
     try:
         f = open(part, "w")
     except OSError as err:
-        raise type(err)(f"--output {output}: cannot write it ({err.strerror or err})") from err
+        raise cannot_write(err, f"--output {output}") from err
     try:
         with f:
             for record in records:

@@ -17,6 +17,11 @@ def check_output_file(path, flag: str) -> Path:
     return path
 
 
+def cannot_write(err: OSError, where: str) -> OSError:
+    """`err` (of the same type) reworded to name `where` rather than a temporary file."""
+    return type(err)(f"{where}: cannot write it ({err.strerror or err})")
+
+
 def temporary_name(path, suffix: str = ".tmp") -> Path:
     path = Path(path)
     return path.with_name(path.name + suffix)
@@ -35,8 +40,7 @@ def written_atomically(path, flag: str | None = None):
         tmp.unlink(missing_ok=True)
         if err.filename is None or str(err.filename) not in (str(tmp), str(path)):
             raise  # not about this file, e.g. an input that failed to read
-        where = f"{flag} {path}" if flag else str(path)
-        raise type(err)(f"{where}: cannot write it ({err.strerror or err})") from err
+        raise cannot_write(err, f"{flag} {path}" if flag else str(path)) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
