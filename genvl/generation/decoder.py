@@ -41,10 +41,9 @@ class CachedDecoder:
         # (B, H, N, D) per layer, shared by all beams of an image
         self.cross = [self._cross_kv(block, encoder_states) for block in self.transformer.h]
         rows = images * rows_per_image
-        shape = (rows, self.heads, max_length, self.head_dim)
-        dtype, device = encoder_states.dtype, encoder_states.device
-        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in self.transformer.h]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in self.transformer.h]
+        # one tensor (layer, key/value, row, head, position, D), so that reordering rows is one copy
+        shape = (config.n_layer, 2, rows, self.heads, max_length, self.head_dim)
+        self.cache = torch.empty(shape, dtype=encoder_states.dtype, device=encoder_states.device)
         self.length = 0
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,10 +69,11 @@ class CachedDecoder:
         rows, steps, channels = hidden.shape
         query, key, value = block.attn.c_attn(hidden).split(block.attn.split_size, dim=2)
         end = start + steps
-        self.keys[layer][:, :, start:end] = self._split_heads(key)
-        self.values[layer][:, :, start:end] = self._split_heads(value)
+        keys, values = self.cache[layer]
+        keys[:, :, start:end] = self._split_heads(key)
+        values[:, :, start:end] = self._split_heads(value)
         query = self._split_heads(query)
-        out = attend(query, self.keys[layer][:, :, :end], self.values[layer][:, :, :end], self.backend,
+        out = attend(query, keys[:, :, :end], values[:, :, :end], self.backend,
                      is_causal=steps > 1, scale=self.scales[layer])
         # a multi-token step only happens at the start (prefill), where causal masking from 0 is exact
         out = out.transpose(1, 2).reshape(rows, steps, channels)
@@ -101,19 +101,16 @@ class CachedDecoder:
 
     def expand(self, copies: int):
         """Give every row `copies` identical rows (after a prefill of one row per image, for beam search)."""
-        self.keys = [t.repeat_interleave(copies, dim=0) for t in self.keys]
-        self.values = [t.repeat_interleave(copies, dim=0) for t in self.values]
+        self.cache = self.cache.repeat_interleave(copies, dim=2)
 
     def reorder(self, rows: torch.Tensor):
         """Row r of the cache takes the history of row `rows[r]` (beam reordering)."""
-        for cache in (self.keys, self.values):
-            for tensor in cache:
-                tensor[:, :, : self.length] = tensor[rows, :, : self.length]
+        history = self.cache[:, :, :, :, : self.length]
+        history.copy_(history.index_select(2, rows))
 
     def keep(self, rows: torch.Tensor, images: torch.Tensor):
         """Drop finished rows: keep `rows` of the self-attention cache and `images` of the cross cache."""
-        self.keys = [t[rows] for t in self.keys]
-        self.values = [t[rows] for t in self.values]
+        self.cache = self.cache[:, :, rows]
         self.cross = [(k[images], v[images]) for k, v in self.cross]
 
 
