@@ -122,8 +122,13 @@ def resolve_resume(output_dir, resume_from_checkpoint: str | None) -> Path | Non
     return path
 
 
+def read_marker(path: Path) -> dict:
+    """The completion marker of a checkpoint: {"step": N, ...what the run added, such as "losses"}."""
+    return json.loads((path / COMPLETE_MARKER).read_text())
+
+
 def checkpoint_step(path: Path) -> int:
-    return json.loads((path / COMPLETE_MARKER).read_text())["step"]
+    return read_marker(path)["step"]
 
 
 def epoch_order(num_items: int, seed: int, epoch: int):
@@ -331,7 +336,8 @@ def make_accelerator(args: TrainArgs, project: str):
 
 
 def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, compute_loss) -> list[float]:
-    """Optimise `parameters` of `model` for `args.max_train_steps` steps; returns the per-step losses.
+    """Optimise `parameters` of `model` for `args.max_train_steps` steps; returns the per-step losses (from step 1,
+    also when resumed: they are kept in the checkpoints).
 
     `compute_loss(model, batch, step)` gets the prepared (possibly wrapped) model, the indices of one process's
     micro-batch (drawn in a per-epoch order fixed
@@ -370,13 +376,14 @@ def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, 
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
 
-    global_step = 0
+    global_step, losses = 0, []
     resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
     if resume is not None:
         accelerator.load_state(str(resume))
         if ema is not None:  # accelerate loads it onto the CPU; its update mixes it with the parameters
             ema.to(accelerator.device)
-        global_step = checkpoint_step(resume)
+        marker = read_marker(resume)
+        global_step, losses = marker["step"], marker.get("losses", [])  # older checkpoints hold no losses
         accelerator.print(f"resumed from {resume} at step {global_step}")
     elif args.resume_from_checkpoint:
         accelerator.print(f"no complete checkpoint in {args.output_dir}: starting from step 0")
@@ -387,7 +394,7 @@ def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, 
         raise ValueError(f"{num_items} samples cannot fill one batch of {per_step}")
     micro_step = global_step * args.gradient_accumulation_steps
     model.train()
-    started, running_loss, losses = time.time(), 0.0, []
+    started, first_step, running_loss = time.time(), global_step, 0.0
     while global_step < args.max_train_steps:
         epoch, index = divmod(micro_step, batches_per_epoch)
         order = epoch_order(num_items, args.seed, epoch)
@@ -411,13 +418,15 @@ def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, 
         losses.append(running_loss)
         running_loss = 0.0
         if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
-            rate = len(losses) / max(1e-9, time.time() - started)
+            rate = (global_step - first_step) / max(1e-9, time.time() - started)
             recent = float(np.mean(losses[-args.logging_steps:]))
             accelerator.print(f"step {global_step}/{args.max_train_steps} loss {recent:.4f} "
                               f"lr {scheduler.get_last_lr()[0]:.2e} ({rate:.2f} steps/s)", flush=True)
             accelerator.log({"loss": recent, "lr": scheduler.get_last_lr()[0]}, step=global_step)
         if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-            save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+            # the losses so far travel with the checkpoint, so a resumed run reports its whole history
+            save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit,
+                            extra={"losses": losses})
     accelerator.wait_for_everyone()
     if ema is not None:
         ema.copy_to(parameters)
