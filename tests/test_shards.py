@@ -109,14 +109,20 @@ def test_bad_samples_are_logged_counted_and_skipped(tmp_path):
     assert len(logged) == len(skipped) and all(line.startswith("skipping ") for line in logged)
 
 
-def test_imagefolder_bad_samples_are_skipped(folder, tmp_path):
+def test_imagefolder_bad_samples_are_skipped(folder, tmp_path, monkeypatch):
     import shutil
 
     copy = shutil.copytree(folder, tmp_path / "copy")
     (copy / "000003.png").write_bytes(b"")
     (copy / "000005.png").unlink()
+    # between Pillow's limit and twice it Pillow only warns; training refuses it, as the CLI does
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1200)  # the 32 x 32 scenes stay under it
+    Image.new("RGB", (40, 40)).save(copy / "000007.png")
     records, skipped = read_training_records(copy, "text", "file_name")
-    assert len(records) == 18 and sorted(Path(s["sample"]).name for s in skipped) == ["000003.png", "000005.png"]
+    reasons = {Path(s["sample"]).name: s["reason"] for s in skipped}
+    assert len(records) == 17 and sorted(reasons) == ["000003.png", "000005.png", "000007.png"]
+    assert "not a readable image" in reasons["000003.png"] and "no such image file" in reasons["000005.png"]
+    assert "decompression bomb" in reasons["000007.png"]
 
 
 def test_no_usable_samples_is_an_error(tmp_path):
