@@ -45,6 +45,18 @@ def test_t2i_speed_reports_every_configuration(tmp_path):
     assert report["bf16_speedup"] > 0 and set(report["precision"]) == {"fp32", "bf16"}
 
 
+def test_batch_sizes_benchmark_compares_splits_with_one_call(t2i_dir, tmp_path):
+    out = tmp_path / "report.json"
+    load_benchmark("batch_sizes").main(["--model", str(t2i_dir), "--images", "3", "--splits", "3", "1,2",
+                                        "--steps", "2", "--runs", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    same, split = report["splits"]
+    # the same call again gives the same images bit for bit: only other batch shapes may differ
+    assert same == {"sizes": [3], "max_difference": 0.0, "subpixels_off": 0}
+    assert split["sizes"] == [1, 2] and 0 <= split["subpixels_off"] <= report["subpixels"] // 100
+    assert report["batched_seconds"] > 0 and report["one_per_call_seconds"] > 0
+
+
 def test_memory_benchmark_measures_every_configuration(tmp_path, tiny_pipeline_dir):
     TextToImagePipeline(**get_dummy_unclip_components()).save_pretrained(tmp_path / "t2i")
     memory = load_benchmark("memory")
