@@ -1,4 +1,5 @@
-"""The text-to-image speed benchmark runs end to end and counts network evaluations correctly."""
+"""The benchmark scripts run end to end and report what they measure (network evaluations, image
+differences across batch sizes, the encoder's share of captioning time, peak memory)."""
 
 import importlib.util
 import json
@@ -55,6 +56,19 @@ def test_batch_sizes_benchmark_compares_splits_with_one_call(t2i_dir, tmp_path):
     assert same == {"sizes": [3], "max_difference": 0.0, "subpixels_off": 0}
     assert split["sizes"] == [1, 2] and 0 <= split["subpixels_off"] <= report["subpixels"] // 100
     assert report["batched_seconds"] > 0 and report["one_per_call_seconds"] > 0
+
+
+def test_caption_speed_splits_encoding_from_decoding(tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "report.json"
+    images = ROOT / "examples" / "images"
+    load_benchmark("caption_speed").main(["--model", str(tiny_pipeline_dir), "--images", str(images), "--batch-size",
+                                          "2", "--beams", "2", "--max-new-tokens", "4", "--runs", "2", "--warmup",
+                                          "0", "--json", str(out)])
+    modes = json.loads(out.read_text())["modes"]
+    assert set(modes) == {"greedy", "beam 2"}
+    for mode in modes.values():
+        assert mode["tokens_identical"] and mode["encoder_median_ms"] > 0
+        assert mode["speedup_bound"] == mode["transformers_median_ms"] / mode["encoder_median_ms"]
 
 
 def test_memory_benchmark_measures_every_configuration(tmp_path, tiny_pipeline_dir):
