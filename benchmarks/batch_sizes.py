@@ -1,11 +1,13 @@
 """Text-to-image across batch sizes: how far images made in batches are from the same seeds made one call at a
-time, and how much faster batching is.
+time, how much faster batching is, and what the CLI's exact way (each image alone on one thread, several at
+once) costs.
 
 Image i always has its own generator seeded S + i, so the only differences left are the float kernels, which
 round some rows differently for other batch shapes and thread splits. Each split of the images into pipeline
-calls is compared, subpixel by subpixel, with one call of the whole batch. Times are medians of `--runs`.
+calls is compared, subpixel by subpixel, with one call of the whole batch; the CLI's way is run with 1 and with
+`--workers` threads and must give the same images bit for bit. Times are medians of `--runs`.
 
-    python benchmarks/batch_sizes.py --images 5 --splits 1,1,1,1,1 2,2,1 3,2
+    python benchmarks/batch_sizes.py --images 5 --splits 1,1,1,1,1 2,2,1 3,2 --workers 2
 """
 
 import argparse
@@ -15,6 +17,7 @@ import time
 
 import torch
 
+from genvl.cli_image import one_image_each
 from genvl.pipelines.text_to_image import TextToImagePipeline
 
 
@@ -26,7 +29,9 @@ def parse_args(argv=None):
     parser.add_argument("--splits", nargs="+", default=["1,1,1,1,1", "2,2,1", "3,2"],
                         help="batch sizes of the calls, summing to --images, e.g. 2,2,1")
     parser.add_argument("--steps", type=int, default=25, help="steps of each stage")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs of one batch and of one image per call")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs of each way")
+    parser.add_argument("--workers", type=int, default=torch.get_num_threads(),
+                        help="threads of the CLI's way (default: one per core)")
     parser.add_argument("--json", default=None, help="write the measured numbers to this JSON file")
     args = parser.parse_args(argv)
     args.splits = [[int(size) for size in split.split(",")] for split in args.splits]
@@ -46,6 +51,15 @@ def in_calls(pipeline, args, sizes):
                                prior_num_inference_steps=args.steps, decoder_num_inference_steps=args.steps).images)
         start += size
     return torch.cat(images)
+
+
+def one_per_thread(pipeline, args, workers):
+    """The images of `genvl generate --batch-size WORKERS`: each alone on one thread, WORKERS at once."""
+    options = argparse.Namespace(seed=0, num_images=args.images, batch_size=workers, quiet=True)
+    make = lambda pipe, generators: pipe(  # noqa: E731
+        args.prompt, generator=generators, output_type="pt", prior_num_inference_steps=args.steps,
+        decoder_num_inference_steps=args.steps).images
+    return torch.stack([image for _, _, image in one_image_each(options, pipeline, make)])
 
 
 def median_seconds(function, runs):
@@ -76,7 +90,12 @@ def main(argv=None):
     batched = median_seconds(lambda: in_calls(pipeline, args, [args.images]), args.runs)
     alone = median_seconds(lambda: in_calls(pipeline, args, [1] * args.images), args.runs)
     print(f"one call: {batched:.2f} s, one image per call: {alone:.2f} s, batching is {alone / batched:.2f}x faster")
-    report.update(batched_seconds=batched, one_per_call_seconds=alone)
+    exact = torch.equal(one_per_thread(pipeline, args, 1), one_per_thread(pipeline, args, args.workers))
+    threaded = median_seconds(lambda: one_per_thread(pipeline, args, args.workers), args.runs)
+    print(f"the CLI's way, {args.workers} threads of one image each: {threaded:.2f} s ({threaded / batched:.2f}x "
+          f"one call's time), the same bits as with 1 thread: {'yes' if exact else 'NO'}")
+    report.update(batched_seconds=batched, one_per_call_seconds=alone, one_per_thread_seconds=threaded,
+                  workers=args.workers, one_per_thread_exact=exact)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -6,6 +6,7 @@ import math
 import os
 import random
 import re
+import sys
 from pathlib import Path
 
 from .cli import UsageError, add_image_limit_flag, add_lora_flag, check_text, plural, seed_number, summarize
@@ -13,8 +14,8 @@ from .outputs import check_output_file, written_atomically
 
 DEFAULT_T2I_MODEL = Path(__file__).resolve().parent.parent / "pipelines" / "genvl-unclip-small"
 DEFAULT_JUDGE = DEFAULT_T2I_MODEL.parent / "genvl-judge-small"
-BATCH_HELP = ("images per pipeline call (default 1). With 1, the seed recorded in a PNG reproduces it exactly; "
-              "larger batches are faster, but run other float kernels, so a pixel may differ by one level")
+BATCH_HELP = ("images made at once, each alone on one CPU thread (default: one per core). An image is the same "
+              "bit for bit whatever this is, so the seed recorded in its PNG reproduces it")
 SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
 
 
@@ -57,7 +58,7 @@ def add_parsers(commands, evaluate):
                                    epilog='example: genvl generate "a red apple" -n 4 --seed 0')
     generate.add_argument("prompt")
     generate.add_argument("-n", "--num-images", type=int, default=1)
-    generate.add_argument("--batch-size", type=int, default=1, help=BATCH_HELP)
+    generate.add_argument("--batch-size", type=int, help=BATCH_HELP)
     generate.add_argument("--negative", default=None, help="negative prompt (default: the empty prompt)")
     add_lora_flag(generate)
     add_sampling_flags(generate)
@@ -66,7 +67,7 @@ def add_parsers(commands, evaluate):
     vary = commands.add_parser("vary", help="variations of an image", epilog="example: genvl vary img.png -n 4")
     vary.add_argument("image")
     vary.add_argument("-n", "--num-images", type=int, default=4)
-    vary.add_argument("--batch-size", type=int, default=1, help=BATCH_HELP)
+    vary.add_argument("--batch-size", type=int, help=BATCH_HELP)
     add_sampling_flags(vary, prior=False)
     add_t2i_runtime_flags(vary)
 
@@ -198,13 +199,38 @@ def write_images(args, images, name: str, metadata: dict):
     summarize(args, f"wrote {plural(count, 'image')} to {out}")
 
 
-def in_batches(args, make):
-    """(index, seed, image) of `args.num_images` images, made `args.batch_size` at a time by `make(generators)`.
-    Image i has its own generator seeded S + i, so it does not depend on the batch size."""
+def one_image_each(args, pipeline, make):
+    """(index, seed, image) of `args.num_images` images, in order, each made alone by `make(pipeline, generators)`
+    with its own generator seeded S + i, on one CPU thread. Matrix kernels round differently for other batch
+    shapes and thread splits, so this is what makes an image the same bit for bit whatever --batch-size is and
+    however many cores run it. --batch-size images (default: one per core) are made at once, one per thread, each
+    thread with its own copy of the pipeline's schedulers."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    from tqdm import tqdm
+
     seeds, generators = seeded_generators(args, args.num_images)
-    for start in range(0, args.num_images, args.batch_size):
-        for i, image in enumerate(make(generators[start : start + args.batch_size]), start):
-            yield i, seeds[i], image
+    threads = torch.get_num_threads()
+    local = threading.local()
+
+    def one(i):
+        if not hasattr(local, "pipeline"):
+            local.pipeline = pipeline.for_another_thread()
+            local.pipeline.set_progress_bar_config(disable=True)  # one bar over the images instead
+        return make(local.pipeline, [generators[i]])[0]
+
+    torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(min(args.batch_size or threads, args.num_images))
+    try:
+        with tqdm(total=args.num_images, unit="img", file=sys.stderr, disable=args.quiet) as bar:
+            for i, image in enumerate(pool.map(one, range(args.num_images))):
+                bar.update()
+                yield i, seeds[i], image
+    finally:  # on an error or Ctrl-C, images not yet started are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
 
 
 def run_generate(args) -> int:
@@ -213,9 +239,8 @@ def run_generate(args) -> int:
         check_text(args.negative, "--negative")
     settings = stage_settings(args)
     pipeline = load_t2i_pipeline(args)
-    images = in_batches(args, lambda generators: pipeline(
-        args.prompt, negative_prompt=args.negative, num_images_per_prompt=len(generators), generator=generators,
-        **settings).images)
+    images = one_image_each(args, pipeline, lambda pipe, generators: pipe(
+        args.prompt, negative_prompt=args.negative, generator=generators, **settings).images)
     metadata = {"prompt": args.prompt, "negative_prompt": args.negative or "", "scheduler": args.scheduler,
                 "settings": settings, "model": str(args.model or default_t2i_model())}
     write_images(args, images, slug(args.prompt), metadata)
@@ -228,8 +253,8 @@ def run_vary(args) -> int:
     settings = stage_settings(args, prior=False)
     image = load_image(args.image)
     pipeline = load_t2i_pipeline(args)
-    images = in_batches(args, lambda generators: pipeline.image_variation(
-        image, num_images=len(generators), generator=generators, **settings).images)
+    images = one_image_each(args, pipeline, lambda pipe, generators: pipe.image_variation(
+        image, generator=generators, **settings).images)
     metadata = {"source": str(args.image), "scheduler": args.scheduler, "settings": settings}
     write_images(args, images, slug(Path(args.image).stem) + "-variation", metadata)
     return 0

@@ -49,13 +49,15 @@ def test_t2i_speed_reports_every_configuration(tmp_path):
 def test_batch_sizes_benchmark_compares_splits_with_one_call(t2i_dir, tmp_path):
     out = tmp_path / "report.json"
     load_benchmark("batch_sizes").main(["--model", str(t2i_dir), "--images", "3", "--splits", "3", "1,2",
-                                        "--steps", "2", "--runs", "1", "--json", str(out)])
+                                        "--steps", "2", "--runs", "1", "--workers", "2", "--json", str(out)])
     report = json.loads(out.read_text())
     same, split = report["splits"]
     # the same call again gives the same images bit for bit: only other batch shapes may differ
     assert same == {"sizes": [3], "max_difference": 0.0, "subpixels_off": 0}
     assert split["sizes"] == [1, 2] and 0 <= split["subpixels_off"] <= report["subpixels"] // 100
     assert report["batched_seconds"] > 0 and report["one_per_call_seconds"] > 0
+    # the CLI's way gives the same images with one thread and with two
+    assert report["one_per_thread_exact"] is True and report["one_per_thread_seconds"] > 0
 
 
 def test_caption_speed_splits_encoding_from_decoding(tiny_pipeline_dir, tmp_path):

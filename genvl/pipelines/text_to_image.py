@@ -4,6 +4,7 @@ Built from diffusers models and schedulers and a transformers `CLIPModel`; any d
 supports the models' prediction types can be swapped in (DDPM, DDIM, DPMSolverMultistep, ...).
 """
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,14 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         self.prior_scheduler = scheduler_class.from_config(self.prior_scheduler.config, **config)
         self.decoder_scheduler = scheduler_class.from_config(self.decoder_scheduler.config, **config)
         return self
+
+    def for_another_thread(self) -> "TextToImagePipeline":
+        """A copy that shares the networks and their weights but has its own schedulers (whose step state a
+        shared one would mix up), for calls from several threads at once."""
+        twin = copy.copy(self)
+        twin.prior_scheduler = copy.deepcopy(self.prior_scheduler)
+        twin.decoder_scheduler = copy.deepcopy(self.decoder_scheduler)
+        return twin
 
     def encode_prompt(self, prompts: list[str]):
         """(text_embeds (B, E) unit length, token_states (B, T, H), mask (B, T)) from CLIP's text tower."""
@@ -223,7 +232,9 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
                  prior_latents=None, latents=None, output_type: str = "pil", return_dict: bool = True):
         """Generate `num_images_per_prompt` images per prompt.
 
-        `generator` may be a list with one `torch.Generator` per image (per-image reproducibility);
+        `generator` may be a list with one `torch.Generator` per image, so that each image's noise depends on its
+        own generator only (its pixels then match a call of another batch size up to float rounding; made alone
+        on one thread, as `genvl generate` does, they match bit for bit);
         `prior_latents` (N, E) and `latents` (N, C, h, w) fix the starting noise of the two stages.
         """
         prompts = self._as_list(prompt, "prompt")
