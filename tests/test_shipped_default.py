@@ -26,6 +26,28 @@ def test_shipped_captioner_states_the_example_scenes():
     assert sum(right) >= len(paths) - 1, list(zip([p.name for p in paths], captions))
 
 
+def test_shipped_captioner_samples_the_same_captions_whatever_the_batch_size():
+    """Each image samples with its own generator seeded S + i: the texts do not depend on the batch (the scores
+    may, by float rounding: the batch changes the matrix kernels' shapes)."""
+    pipeline = CaptionPipeline.from_pretrained(DEFAULT_CAPTION_MODEL)
+    paths = sorted(EXAMPLES.glob("*.png"))
+
+    def sample(sizes):
+        texts, start = [], 0
+        for size in sizes:
+            generators = [torch.Generator().manual_seed(seed) for seed in range(start, start + size)]
+            out = pipeline(paths[start : start + size], do_sample=True, temperature=1.5, num_return_sequences=2,
+                           generator=generators)
+            texts += out.captions
+            start += size
+        return texts
+
+    whole = sample([len(paths)])
+    assert len({tuple(t) for t in whole}) > 1  # hot sampling: the images get different captions
+    for sizes in ([1] * len(paths), [4, len(paths) - 4]):
+        assert sample(sizes) == whole
+
+
 def test_shipped_folder_is_safetensors_only():
     files = [p.name for p in DEFAULT_CAPTION_MODEL.rglob("*") if p.is_file()]
     assert "model.safetensors" in files and "README.md" in files
