@@ -1,5 +1,7 @@
 """TextToImagePipeline on tiny random components: outputs, reproducibility, saving, schedulers, variations."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -43,6 +45,19 @@ def test_per_image_generators_do_not_depend_on_the_batch(pipeline):
     np.testing.assert_allclose(batch[1], alone[0], atol=1e-4)
     other = pipeline("two blue cars", generator=generators(9), output_type="np", **STEPS).images
     assert np.abs(other[0] - alone[0]).max() > 1e-3
+
+
+def test_copies_for_other_threads_encode_prompts_at_once(pipeline):
+    # a shared fast tokenizer lets one thread's unpadded call unpad another's batch ("Unable to create tensor")
+    twins = [pipeline.for_another_thread() for _ in range(4)]
+    assert twins[0].decoder is pipeline.decoder and twins[0].tokenizer is not pipeline.tokenizer
+    assert twins[0].decoder_scheduler is not pipeline.decoder_scheduler
+    prompts = ["", "two blue cars on the left of a green tree"]
+    expected = pipeline.encode_prompt(prompts)[0]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda twin: [twin.encode_prompt(prompts)[0] for _ in range(300)], twins))
+    for embeds in (e for result in results for e in result):
+        torch.testing.assert_close(embeds, expected)
 
 
 def test_save_and_load_round_trip(pipeline, tmp_path):

@@ -97,8 +97,11 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
 
     def for_another_thread(self) -> "TextToImagePipeline":
         """A copy that shares the networks and their weights but has its own schedulers (whose step state a
-        shared one would mix up), for calls from several threads at once."""
+        shared one would mix up) and its own tokenizer (a fast tokenizer keeps its padding and truncation
+        settings between calls, so another thread's call can unpad this one's batch), for calls from several
+        threads at once."""
         twin = copy.copy(self)
+        twin.tokenizer = copy.deepcopy(self.tokenizer)
         twin.prior_scheduler = copy.deepcopy(self.prior_scheduler)
         twin.decoder_scheduler = copy.deepcopy(self.decoder_scheduler)
         return twin
