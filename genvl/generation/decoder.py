@@ -15,13 +15,43 @@ import torch.nn.functional as F
 from ..attention import attend, attention_backend
 
 
+def _direct(module):
+    """A callable that equals `module` on 2-D input. A plain GPT-2 `Conv1D`, `nn.Linear` or `nn.LayerNorm` without
+    hooks becomes its one kernel call, skipping the module call's overhead (which costs as much as the small
+    matrix products of a decoding step); anything else, such as a LoRA-wrapped layer, stays the module."""
+    from transformers.pytorch_utils import Conv1D
+
+    if module._forward_hooks or module._forward_pre_hooks:
+        return module
+    if type(module) is Conv1D:
+        weight, bias = module.weight, module.bias
+        return lambda x: torch.addmm(bias, x, weight)
+    if type(module) is torch.nn.Linear:
+        return lambda x: F.linear(x, module.weight, module.bias)
+    if type(module) is torch.nn.LayerNorm:
+        return lambda x: F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
+    return module
+
+
+class _Block:
+    """One GPT-2 block's layers as direct callables (see `_direct`)."""
+
+    def __init__(self, block, tanh_gelu: bool):
+        self.ln_1, self.ln_cross, self.ln_2 = map(_direct, (block.ln_1, block.ln_cross_attn, block.ln_2))
+        self.c_attn, self.attn_proj = _direct(block.attn.c_attn), _direct(block.attn.c_proj)
+        self.q_attn, self.cross_proj = _direct(block.crossattention.q_attn), _direct(block.crossattention.c_proj)
+        self.cross_kv, self.split = block.crossattention.c_attn, block.crossattention.split_size
+        c_fc, c_proj = _direct(block.mlp.c_fc), _direct(block.mlp.c_proj)
+        # GPT-2's "gelu_new" is the tanh approximation; torch's fused kernel computes it in one op
+        self.mlp = (lambda x: c_proj(F.gelu(c_fc(x), approximate="tanh"))) if tanh_gelu else block.mlp
+
+
 class CachedDecoder:
     def __init__(self, model, encoder_states: torch.Tensor, max_length: int, rows_per_image: int = 1):
         """`encoder_states`: (B, N, C) encoder output; the decoder runs B * rows_per_image rows (image-major)
         of up to `max_length` tokens."""
         decoder = model.decoder
-        self.transformer = decoder.transformer
-        self.lm_head = decoder.lm_head
+        transformer = decoder.transformer
         config = decoder.config
         self.heads = config.n_head
         self.head_dim = config.n_embd // config.n_head
@@ -30,16 +60,19 @@ class CachedDecoder:
             / (float(i + 1) if config.scale_attn_by_inverse_layer_idx else 1.0)
             for i in range(config.n_layer)
         ]
-        # GPT-2's "gelu_new" is the tanh approximation; torch's fused kernel computes it in one op
-        self.tanh_gelu = config.activation_function in ("gelu_new", "gelu_pytorch_tanh")
+        tanh_gelu = config.activation_function in ("gelu_new", "gelu_pytorch_tanh")
+        self.blocks = [_Block(block, tanh_gelu) for block in transformer.h]
+        self.wte, self.wpe = transformer.wte, transformer.wpe
+        self.ln_f, self.lm_head = _direct(transformer.ln_f), _direct(decoder.lm_head)
         self.backend = attention_backend(model)  # the model's attention backend: sdpa, xformers or eager
         if max_length > config.n_positions:
             raise ValueError(
                 f"decoding needs {max_length} positions but the decoder has only n_positions={config.n_positions}"
             )
+        self.positions = torch.arange(max_length, device=encoder_states.device)
         images = encoder_states.shape[0]
         # (B, H, N, D) per layer, shared by all beams of an image
-        self.cross = [self._cross_kv(block, encoder_states) for block in self.transformer.h]
+        self.cross = [self._cross_kv(block, encoder_states) for block in self.blocks]
         rows = images * rows_per_image
         # one tensor (layer, key/value, row, head, position, D), so that reordering rows is one copy
         shape = (config.n_layer, 2, rows, self.heads, max_length, self.head_dim)
@@ -51,52 +84,42 @@ class CachedDecoder:
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
 
     def _cross_kv(self, block, encoder_states):
-        key, value = block.crossattention.c_attn(encoder_states).split(block.crossattention.split_size, dim=2)
+        key, value = block.cross_kv(encoder_states).split(block.split, dim=2)
         return self._split_heads(key), self._split_heads(value)
 
-    def _cross_attention(self, block, layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        rows, steps, channels = hidden.shape
-        query = block.crossattention.q_attn(hidden)  # (R, T, C)
+    def _cross_attention(self, block, layer: int, hidden: torch.Tensor, rows: int, steps: int) -> torch.Tensor:
         key, value = self.cross[layer]  # (B, H, N, D)
         images = key.shape[0]
         # stack the beams' queries as query rows of their image: (B, H, beams * T, D)
-        query = query.view(images, rows // images * steps, self.heads, self.head_dim).transpose(1, 2)
+        query = block.q_attn(hidden).view(images, rows // images * steps, self.heads, self.head_dim).transpose(1, 2)
         out = attend(query, key, value, self.backend, scale=self.scales[layer])
-        out = out.transpose(1, 2).reshape(rows, steps, channels)
-        return block.crossattention.c_proj(out)
+        return block.cross_proj(out.transpose(1, 2).reshape(rows * steps, -1))
 
-    def _self_attention(self, block, layer: int, hidden: torch.Tensor, start: int) -> torch.Tensor:
-        rows, steps, channels = hidden.shape
-        query, key, value = block.attn.c_attn(hidden).split(block.attn.split_size, dim=2)
+    def _self_attention(self, block, layer: int, hidden: torch.Tensor, rows: int, steps: int, start: int):
         end = start + steps
-        keys, values = self.cache[layer]
-        keys[:, :, start:end] = self._split_heads(key)
-        values[:, :, start:end] = self._split_heads(value)
-        query = self._split_heads(query)
-        out = attend(query, keys[:, :, :end], values[:, :, :end], self.backend,
+        # (R * T, 3C) -> (3, R, H, T, D): query, key, value
+        qkv = block.c_attn(hidden).view(rows, steps, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        cache = self.cache[layer]
+        cache[:, :, :, start:end] = qkv[1:]  # keys and values in one copy
+        out = attend(qkv[0], cache[0, :, :, :end], cache[1, :, :, :end], self.backend,
                      is_causal=steps > 1, scale=self.scales[layer])
         # a multi-token step only happens at the start (prefill), where causal masking from 0 is exact
-        out = out.transpose(1, 2).reshape(rows, steps, channels)
-        return block.attn.c_proj(out)
-
-    def _mlp(self, mlp, hidden: torch.Tensor) -> torch.Tensor:
-        if not self.tanh_gelu:
-            return mlp(hidden)
-        return mlp.c_proj(F.gelu(mlp.c_fc(hidden), approximate="tanh"))
+        return block.attn_proj(out.transpose(1, 2).reshape(rows * steps, -1))
 
     def step(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Feed (R, T) new tokens; return the next-token logits (R, V) in float32."""
         start = self.length
-        if input_ids.shape[1] > 1 and start > 0:
+        rows, steps = input_ids.shape
+        if steps > 1 and start > 0:
             raise ValueError("only the first step may feed several tokens")
-        positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
-        hidden = self.transformer.wte(input_ids) + self.transformer.wpe(positions)
-        for layer, block in enumerate(self.transformer.h):
-            hidden = hidden + self._self_attention(block, layer, block.ln_1(hidden), start)
-            hidden = hidden + self._cross_attention(block, layer, block.ln_cross_attn(hidden))
-            hidden = hidden + self._mlp(block.mlp, block.ln_2(hidden))
-        self.length = start + input_ids.shape[1]
-        hidden = self.transformer.ln_f(hidden[:, -1])
+        # the rows' T positions as one (R * T, C) matrix, so each linear layer is one matrix product
+        hidden = (self.wte(input_ids) + self.wpe(self.positions[start : start + steps])).view(rows * steps, -1)
+        for layer, block in enumerate(self.blocks):
+            hidden = hidden + self._self_attention(block, layer, block.ln_1(hidden), rows, steps, start)
+            hidden = hidden + self._cross_attention(block, layer, block.ln_cross(hidden), rows, steps)
+            hidden = hidden + block.mlp(block.ln_2(hidden))
+        self.length = start + steps
+        hidden = self.ln_f(hidden.view(rows, steps, -1)[:, -1])
         return self.lm_head(hidden).float()
 
     def expand(self, copies: int):
