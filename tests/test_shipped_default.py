@@ -4,10 +4,12 @@ the text-to-image judge on fresh held-out renders."""
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from genvl.cli import DEFAULT_CAPTION_MODEL
 from genvl.cli_image import DEFAULT_JUDGE
+from genvl.generation import generate
 from genvl.evaluation.judge import SceneJudge, category_accuracy, judge_scene
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.world import parse_caption, render_scene
@@ -46,6 +48,35 @@ def test_shipped_captioner_samples_the_same_captions_whatever_the_batch_size():
     assert len({tuple(t) for t in whole}) > 1  # hot sampling: the images get different captions
     for sizes in ([1] * len(paths), [4, len(paths) - 4]):
         assert sample(sizes) == whole
+
+
+@pytest.mark.parametrize("case", [dict(num_beams=5), dict(num_beams=4, early_stopping=True, length_penalty=0.6),
+                                  dict(num_beams=3, early_stopping="never", num_return_sequences=2)])
+def test_shipped_captioner_beam_search_drops_settled_images_and_matches_transformers(case, monkeypatch):
+    """Captions of different lengths settle at different steps; the settled images leave the decoder, and the
+    rest must still decode exactly as transformers' beam search does."""
+    from genvl.generation.decoder import CachedDecoder
+    from genvl.images import load_image
+
+    pipeline = CaptionPipeline.from_pretrained(DEFAULT_CAPTION_MODEL)
+    paths = sorted(EXAMPLES.glob("*.png"))
+    pixel_values = pipeline.preprocess([load_image(p) for p in paths])
+    drops = []
+    keep = CachedDecoder.keep
+    monkeypatch.setattr(CachedDecoder, "keep", lambda self, rows, images: drops.append(len(images)) or keep(
+        self, rows, images))
+    settings = pipeline.settings(**case)
+    ours = generate(pipeline.model, pixel_values, settings)
+    assert drops and min(drops) < len(paths)
+    eos = settings.eos_token_id
+    with torch.no_grad():
+        theirs = pipeline.model.generate(pixel_values=pixel_values, max_new_tokens=settings.max_new_tokens,
+                                         do_sample=False, return_dict_in_generate=True, output_scores=True, **case)
+    expected = [row[1:].tolist() for row in theirs.sequences]
+    expected = [row[: row.index(eos)] if eos in row else row for row in expected]
+    assert [seq for seqs in ours.sequences for seq in seqs] == expected
+    torch.testing.assert_close(torch.tensor([s for row in ours.scores for s in row]), theirs.sequences_scores,
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_shipped_folder_is_safetensors_only():

@@ -124,13 +124,15 @@ def beam_search(model, states, prompt, settings) -> GenerationResult:
     done = torch.zeros(images, beams, dtype=torch.bool, device=device)
     improvable = torch.ones(images, 1, dtype=torch.bool, device=device)
     first_k = torch.arange(keep, device=device) < beams
-    row_offset = torch.arange(images, device=device)[:, None] * beams
+    live = torch.arange(images, device=device)  # the images still searching (the decoder holds only their rows)
+    result_seqs, result_scores = done_seqs.clone(), done_scores.clone()
     cur_len = prompt_len
     while True:
+        row_offset = torch.arange(len(live), device=device)[:, None] * beams
         # 1. accumulate log-probabilities over every (beam, token) continuation
         log_probs = logits.log_softmax(dim=-1)
         log_probs = apply_penalties(log_probs, running[:, :, :cur_len].flatten(0, 1), cur_len - prompt_len, settings)
-        totals = (log_probs.view(images, beams, vocab) + running_scores[:, :, None]).view(images, -1)
+        totals = (log_probs.view(len(live), beams, vocab) + running_scores[:, :, None]).view(len(live), -1)
         top_scores, top_index = torch.topk(totals, keep)  # (B, 2K)
         source = top_index // vocab
         candidates = torch.take_along_dim(running, source[:, :, None], dim=1)
@@ -153,7 +155,8 @@ def beam_search(model, states, prompt, settings) -> GenerationResult:
         done_scores = torch.take_along_dim(merged_scores, best, dim=1)
         done = torch.take_along_dim(torch.cat([done, ended], dim=1), best, dim=1)
         cur_len += 1
-        # 4. stop when no running beam can beat the finished ones (transformers' heuristic)
+        # 4. an image is settled when no running beam can beat its finished ones (transformers' heuristic) or,
+        # with early_stopping=True, when it has num_beams finished ones: its finished set cannot change any more
         if settings.early_stopping == "never" and settings.length_penalty > 0.0:
             best_length = max_length - prompt_len
         else:
@@ -161,13 +164,23 @@ def beam_search(model, states, prompt, settings) -> GenerationResult:
         best_running = running_scores[:, :1] / (best_length**settings.length_penalty)
         worst_done = torch.where(done, done_scores.min(dim=1, keepdim=True).values, -1.0e9)
         improvable = improvable & (best_running > worst_done).any(dim=-1, keepdim=True)
-        all_full = bool(done.all()) and settings.early_stopping is True
-        if not bool(improvable.any()) or all_full or bool(hits.all()):
+        settled = ~improvable[:, 0] | (done.all(dim=1) & (settings.early_stopping is True))
+        if bool(settled.all()) or bool(hits.all()):
             break
-        decoder.reorder((parents + row_offset).flatten())
+        rows = parents + row_offset  # the rows whose histories the next step's beams continue
+        if bool(settled.any()):
+            # store the settled images' results and stop decoding them
+            result_seqs[live[settled]], result_scores[live[settled]] = done_seqs[settled], done_scores[settled]
+            kept = (~settled).nonzero().squeeze(1)
+            decoder.keep(rows[kept].flatten(), kept)
+            live, running, running_scores = live[kept], running[kept], running_scores[kept]
+            done_seqs, done_scores, done, improvable = done_seqs[kept], done_scores[kept], done[kept], improvable[kept]
+        else:
+            decoder.reorder(rows.flatten())
         logits = decoder.step(running[:, :, cur_len - 1].reshape(-1, 1))
+    result_seqs[live], result_scores[live] = done_seqs, done_scores
 
     count = settings.num_return_sequences
-    sequences = [[_trim(done_seqs[i, j, prompt_len:].tolist(), eos) for j in range(count)] for i in range(images)]
-    scores = [[float(done_scores[i, j]) for j in range(count)] for i in range(images)]
+    sequences = [[_trim(result_seqs[i, j, prompt_len:].tolist(), eos) for j in range(count)] for i in range(images)]
+    scores = [[float(result_scores[i, j]) for j in range(count)] for i in range(images)]
     return GenerationResult(sequences=sequences, scores=scores)
