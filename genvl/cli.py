@@ -3,6 +3,7 @@
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -34,15 +35,27 @@ def check_text(text: str, name: str) -> str:
     return text
 
 
-def _positive(kind):
+def _checked(kind, ok, rule: str):
+    """An argparse type: `kind(text)`, refused unless `ok(value)`, with "must be {rule}" as the message."""
+
     def parse(text):
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        if isinstance(value, int) and value > sys.maxsize:
+            raise argparse.ArgumentTypeError(f"must be at most {sys.maxsize}, got {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in "invalid int value: 'x'"
     return parse
+
+
+def _positive(kind):
+    return _checked(kind, lambda value: value > 0, "> 0")
+
+
+def _non_negative(kind):
+    return _checked(kind, lambda value: value >= 0, ">= 0")
 
 
 def seed_number(text: str) -> int:
@@ -60,15 +73,15 @@ def add_decoding_flags(parser):
     group = parser.add_argument_group("decoding (defaults come from the model's generation_config.json)")
     group.add_argument("--beam", type=_positive(int), dest="num_beams", help="beam search with N beams")
     group.add_argument("--temperature", type=_positive(float), help="sample with this temperature")
-    group.add_argument("--top-k", type=int, help="sample from the K most likely tokens")
-    group.add_argument("--top-p", type=float, help="nucleus sampling: smallest token set with this probability")
+    group.add_argument("--top-k", type=_non_negative(int), help="sample from the K most likely tokens")
+    group.add_argument("--top-p", type=_checked(float, lambda p: 0 < p <= 1, "in (0, 1]"), help="nucleus sampling: smallest token set with this probability")
     group.add_argument("--repetition-penalty", type=_positive(float))
-    group.add_argument("--no-repeat-ngram-size", type=int)
-    group.add_argument("--length-penalty", type=float)
+    group.add_argument("--no-repeat-ngram-size", type=_non_negative(int))
+    group.add_argument("--length-penalty", type=_checked(float, lambda _: True, "a finite number"))
     group.add_argument("--num-captions", type=_positive(int), dest="num_return_sequences",
                        help="captions per image (<= --beam, or with sampling)")
     group.add_argument("--max-new-tokens", type=_positive(int))
-    group.add_argument("--min-new-tokens", type=int)
+    group.add_argument("--min-new-tokens", type=_non_negative(int))
     group.add_argument("--prefix", help='text every caption must continue, e.g. "a photo of"')
     group.add_argument("--seed", type=seed_number, help="seed for sampling (recorded in --json output)")
 

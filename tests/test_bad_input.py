@@ -364,6 +364,23 @@ def test_bad_caption_flags_are_usage_errors(flags, fragment, tiny_pipeline_dir, 
 
 
 @pytest.mark.parametrize("flags, fragment", [
+    (["--top-p", "1.5"], "--top-p"),
+    (["--top-k", "-1"], "--top-k"),
+    (["--temperature", "nan"], "--temperature"),
+    (["--repetition-penalty", "inf"], "--repetition-penalty"),
+    (["--length-penalty", "nan"], "--length-penalty"),
+    (["--min-new-tokens", "-1"], "--min-new-tokens"),
+    (["--no-repeat-ngram-size", "-2"], "--no-repeat-ngram-size"),
+    (["--batch-size", str(2**70)], "--batch-size"),  # islice failed on it after the model had loaded
+])
+def test_bad_caption_values_are_refused_before_the_model_loads(flags, fragment, tmp_path, capsys):
+    scene().save(tmp_path / "x.png")
+    code, out, err = run(["caption", str(tmp_path / "x.png"), "--model", str(tmp_path / "no_model"), *flags], capsys)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, fragment)
+
+
+@pytest.mark.parametrize("flags, fragment", [
     (["--steps", "-1"], "--steps"),
     (["--steps", "0"], "--steps"),
     (["--decoder-steps", "-4"], "--decoder-steps"),
