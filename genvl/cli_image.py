@@ -248,13 +248,22 @@ def run_generate(args) -> int:
 
 
 def run_vary(args) -> int:
+    import torch
+
     from .images import load_image
 
     settings = stage_settings(args, prior=False)
     image = load_image(args.image)
     pipeline = load_t2i_pipeline(args)
+    # encoded once, on one thread like each image's own work, so that it is the same whatever the core count
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        embeds = pipeline.encode_image([image])
+    finally:
+        torch.set_num_threads(threads)
     images = one_image_each(args, pipeline, lambda pipe, generators: pipe.image_variation(
-        image, generator=generators, **settings).images)
+        image_embeds=embeds, generator=generators, **settings).images)
     metadata = {"source": str(args.image), "scheduler": args.scheduler, "settings": settings}
     write_images(args, images, slug(Path(args.image).stem) + "-variation", metadata)
     return 0

@@ -82,7 +82,14 @@ def test_vary_and_interpolate(t2i_dir, tmp_path, capsys):
     Image.new("RGB", (48, 48), "blue").save(source)
     assert main(["vary", str(source), "-n", "3", "--seed", "1", "--out", str(tmp_path / "v"), "--model", str(t2i_dir),
                  *FAST]) == 0
-    assert len(list((tmp_path / "v").glob("*.png"))) == 3
+    made = sorted((tmp_path / "v").glob("*.png"))
+    assert len(made) == 3
+    # the source is encoded once for all images, and images do not depend on the batch size
+    assert main(["vary", str(source), "-n", "3", "--seed", "1", "--batch-size", "1", "--out", str(tmp_path / "v1"),
+                 "--model", str(t2i_dir), *FAST]) == 0
+    for path in made:
+        with Image.open(path) as image, Image.open(tmp_path / "v1" / path.name) as alone:
+            np.testing.assert_array_equal(np.asarray(image), np.asarray(alone))
     assert main(["interpolate", "a red apple", str(source), "--frames", "4", "--seed", "1", "--out",
                  str(tmp_path / "i"), "--model", str(t2i_dir), *FAST]) == 0
     frames = sorted((tmp_path / "i").glob("*.png"))

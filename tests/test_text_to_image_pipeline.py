@@ -119,6 +119,13 @@ def test_variation_interpolation_and_score(pipeline, tmp_path):
                                           decoder_num_inference_steps=3, output_type="np")
     assert variations.images.shape == (2, 32, 32, 3)
     assert torch.allclose(variations.image_embeds[0], pipeline.encode_image([image])[0], atol=1e-5)
+    # an encoding passed in is used as it is
+    again = pipeline.image_variation(image_embeds=variations.image_embeds[:1], num_images=2,
+                                     generator=generators(0, 1), decoder_num_inference_steps=3, output_type="np")
+    np.testing.assert_array_equal(again.images, variations.images)
+    for both_or_neither in (dict(image=image, image_embeds=again.image_embeds[:1]), {}):
+        with pytest.raises(ValueError, match="either image or image_embeds"):
+            pipeline.image_variation(**both_or_neither)
     frames = pipeline.interpolate("a red apple", image, frames=4, generator=torch.Generator().manual_seed(0),
                                   output_type="np", **STEPS)
     assert frames.images.shape == (4, 32, 32, 3)

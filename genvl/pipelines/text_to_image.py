@@ -260,11 +260,14 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         return self._finish(images, image_embeds, output_type, return_dict)
 
     @torch.no_grad()
-    def image_variation(self, image, num_images: int = 1, decoder_num_inference_steps: int = 25,
+    def image_variation(self, image=None, num_images: int = 1, decoder_num_inference_steps: int = 25,
                         decoder_guidance_scale: float = 4.0, generator=None, latents=None,
-                        output_type: str = "pil", return_dict: bool = True):
-        """Variations of `image` (PIL image or path): decode its CLIP image embedding with fresh noise."""
-        embeds = self.encode_image([image]).repeat(num_images, 1)
+                        output_type: str = "pil", return_dict: bool = True, image_embeds=None):
+        """Variations of `image` (PIL image or path): decode its CLIP image embedding with fresh noise. Pass
+        `image_embeds` (1, E) from `encode_image` instead of `image` to reuse an encoding."""
+        if (image is None) == (image_embeds is None):
+            raise ValueError("pass either image or image_embeds")
+        embeds = (self.encode_image([image]) if image_embeds is None else image_embeds).repeat(num_images, 1)
         images = self.run_decoder(embeds, self.encode_prompt([""] * 2 * num_images), decoder_num_inference_steps,
                                   decoder_guidance_scale, generator, latents)
         return self._finish(images, embeds, output_type, return_dict)
