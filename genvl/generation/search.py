@@ -64,12 +64,16 @@ def greedy_or_sample(model, states, prompt, settings, generator=None) -> Generat
         logits = logits.repeat_interleave(copies, dim=0)
     rows = images * copies
     device = states.device
-    input_ids = prompt.expand(rows, -1)
+    # per-row state of the rows the decoder still holds; `live` are their indices in the full batch, and rows
+    # whose image has finished move to `all_tokens` / `all_totals`
+    live = torch.arange(rows, device=device)
     tokens = torch.full((rows, settings.max_new_tokens), pad, dtype=torch.long, device=device)
     totals = torch.zeros(rows, device=device)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    live = torch.arange(rows, device=device)  # rows of the full batch that the decoder still holds
+    all_tokens, all_totals = tokens.clone(), totals.clone()
+    history = settings.repetition_penalty != 1.0 or settings.no_repeat_ngram_size > 0  # penalties read it
     for step in range(settings.max_new_tokens):
+        input_ids = torch.cat([prompt.expand(len(live), -1), tokens[:, :step]], dim=1) if history else None
         scores = apply_penalties(logits, input_ids, step, settings)
         log_probs = scores.log_softmax(dim=-1)
         if settings.do_sample:
@@ -77,27 +81,35 @@ def greedy_or_sample(model, states, prompt, settings, generator=None) -> Generat
             next_tokens = _sample(probs, generator, live // copies)
         else:
             next_tokens = scores.argmax(dim=-1)
-        done = finished[live]
-        next_tokens = next_tokens.masked_fill(done, pad)
-        tokens[live, step] = next_tokens
-        totals[live] += log_probs.gather(1, next_tokens[:, None]).squeeze(1).masked_fill(done, 0.0)
-        finished[live] |= next_tokens == eos
-        if bool(finished.all()) or step == settings.max_new_tokens - 1:
+        picked = log_probs.gather(1, next_tokens[:, None]).squeeze(1)
+        if copies > 1:  # a row that has finished while its image's other rows go on only pads
+            next_tokens = next_tokens.masked_fill(finished, pad)
+            picked = picked.masked_fill(finished, 0.0)
+        tokens[:, step] = next_tokens
+        totals += picked
+        finished |= next_tokens == eos
+        if step == settings.max_new_tokens - 1:
             break
-        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=1)
-        # drop images whose rows have all finished
-        open_images = ~finished[live].view(-1, copies).all(dim=1)
+        open_images = ~finished.view(-1, copies).all(dim=1)
         if not bool(open_images.all()):
-            keep_rows = open_images.repeat_interleave(copies).nonzero().squeeze(1)
+            if not bool(open_images.any()):
+                break
+            # drop images whose rows have all finished
+            keep_rows = open_images.repeat_interleave(copies)
+            gone = ~keep_rows
+            all_tokens[live[gone]], all_totals[live[gone]] = tokens[gone], totals[gone]
+            keep_rows = keep_rows.nonzero().squeeze(1)
             decoder.keep(keep_rows, open_images.nonzero().squeeze(1))
-            live, input_ids, next_tokens = live[keep_rows], input_ids[keep_rows], next_tokens[keep_rows]
+            live, tokens, totals, finished = live[keep_rows], tokens[keep_rows], totals[keep_rows], finished[keep_rows]
+            next_tokens = next_tokens[keep_rows]
         logits = decoder.step(next_tokens[:, None])
+    all_tokens[live], all_totals[live] = tokens, totals
     sequences, scores = [], []
     for image in range(images):
         block = range(image * copies, (image + 1) * copies)
-        ranked = sorted(block, key=lambda r: -float(totals[r]))
-        sequences.append([_trim(tokens[r].tolist(), eos) for r in ranked])
-        scores.append([float(totals[r]) for r in ranked])
+        ranked = sorted(block, key=lambda r: -float(all_totals[r]))
+        sequences.append([_trim(all_tokens[r].tolist(), eos) for r in ranked])
+        scores.append([float(all_totals[r]) for r in ranked])
     return GenerationResult(sequences=sequences, scores=scores)
 
 
