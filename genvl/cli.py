@@ -74,7 +74,8 @@ def add_decoding_flags(parser):
     group.add_argument("--beam", type=_positive(int), dest="num_beams", help="beam search with N beams")
     group.add_argument("--temperature", type=_positive(float), help="sample with this temperature")
     group.add_argument("--top-k", type=_non_negative(int), help="sample from the K most likely tokens")
-    group.add_argument("--top-p", type=_checked(float, lambda p: 0 < p <= 1, "in (0, 1]"), help="nucleus sampling: smallest token set with this probability")
+    group.add_argument("--top-p", type=_checked(float, lambda p: 0 < p <= 1, "in (0, 1]"),
+                       help="nucleus sampling: smallest token set with this probability")
     group.add_argument("--repetition-penalty", type=_positive(float))
     group.add_argument("--no-repeat-ngram-size", type=_non_negative(int))
     group.add_argument("--length-penalty", type=_checked(float, lambda _: True, "a finite number"))
