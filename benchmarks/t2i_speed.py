@@ -34,6 +34,8 @@ def parse_args(argv=None):
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--steps", type=int, default=25, help="DDPM steps of each stage (the unCLIP default)")
     parser.add_argument("--dpm-steps", type=int, default=12, help="DPM-Solver++ steps of each stage")
+    parser.add_argument("--dpm-timestep-spacing", choices=["leading", "trailing", "linspace"], default=None,
+                        help="DPM-Solver++'s timestep spacing (default: the model's scheduler config)")
     parser.add_argument("--bf16-prompts", type=int, default=25,
                         help="prompts for the bf16-vs-fp32 timing and accuracy (bf16 is slow on CPUs without AMX)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per pipeline call")
@@ -48,12 +50,14 @@ def parse_args(argv=None):
     return args
 
 
-def with_scheduler(pipeline: TextToImagePipeline, kind: str) -> TextToImagePipeline:
-    """A pipeline sharing `pipeline`'s models, with DDPM ("ddpm") or DPM-Solver++ ("dpm") schedulers."""
+def with_scheduler(pipeline: TextToImagePipeline, kind: str, spacing: str | None = None) -> TextToImagePipeline:
+    """A pipeline sharing `pipeline`'s models, with DDPM ("ddpm") or DPM-Solver++ ("dpm") schedulers; `spacing`
+    overrides DPM-Solver++'s timestep spacing."""
     other = TextToImagePipeline(**pipeline.components)
     other.set_progress_bar_config(disable=True)
     if kind == "dpm":
-        other.set_schedulers(DPMSolverMultistepScheduler, algorithm_type="dpmsolver++")
+        other.set_schedulers(DPMSolverMultistepScheduler, algorithm_type="dpmsolver++",
+                             **({"timestep_spacing": spacing} if spacing else {}))
     return other
 
 
@@ -132,13 +136,14 @@ def main(argv=None):
 
     configs = [("ddpm", args.steps), ("dpm", args.dpm_steps)]
     for kind, steps in configs:
-        pipeline = with_scheduler(base, kind)
+        pipeline = with_scheduler(base, kind, args.dpm_timestep_spacing)
         counter = EvaluationCounter(pipeline)
         pipeline(timing_prompts[:1], prior_num_inference_steps=steps, decoder_num_inference_steps=steps)
         evaluations = dict(counter.counts)
         accuracy = judged(pipeline, judge, records, args.images_per_prompt, args.batch_size, args.seed, steps)
         report["configs"][f"{kind}-{steps}"] = {
             "scheduler": kind, "steps_per_stage": steps, "network_evaluations": evaluations,
+            "timestep_spacing": pipeline.decoder_scheduler.config.timestep_spacing,
             "seconds_per_image": stage_times(pipeline, timing_prompts, steps, args.runs, args.seed),
             "judge": accuracy,
         }
