@@ -7,6 +7,7 @@ import os
 import random
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .cli import UsageError, add_image_limit_flag, add_lora_flag, check_text, plural, seed_number, summarize
@@ -199,20 +200,32 @@ def write_images(args, images, name: str, metadata: dict):
     summarize(args, f"wrote {plural(count, 'image')} to {out}")
 
 
+@contextmanager
+def one_torch_thread():
+    """torch's intra-op threads set to 1 inside (yielding the previous count), restored afterwards: kernels then
+    split their work the same way however many cores the machine has."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
+
+
 def one_image_each(args, pipeline, make):
     """(index, seed, image) of `args.num_images` images, in order, each made alone by `make(pipeline, generators)`
     with its own generator seeded S + i, on one CPU thread. Matrix kernels round differently for other batch
     shapes and thread splits, so this is what makes an image the same bit for bit whatever --batch-size is and
     however many cores run it. --batch-size images (default: one per core) are made at once, one per thread, each
-    thread with its own copy of the pipeline's schedulers."""
+    thread with its own copy of the pipeline's schedulers and tokenizer."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import torch
     from tqdm import tqdm
 
     seeds, generators = seeded_generators(args, args.num_images)
-    threads = torch.get_num_threads()
     local = threading.local()
 
     def one(i):
@@ -221,16 +234,15 @@ def one_image_each(args, pipeline, make):
             local.pipeline.set_progress_bar_config(disable=True)  # one bar over the images instead
         return make(local.pipeline, [generators[i]])[0]
 
-    torch.set_num_threads(1)
-    pool = ThreadPoolExecutor(min(args.batch_size or threads, args.num_images))
-    try:
-        with tqdm(total=args.num_images, unit="img", file=sys.stderr, disable=args.quiet) as bar:
-            for i, image in enumerate(pool.map(one, range(args.num_images))):
-                bar.update()
-                yield i, seeds[i], image
-    finally:  # on an error or Ctrl-C, images not yet started are dropped
-        pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(threads)
+    with one_torch_thread() as threads:
+        pool = ThreadPoolExecutor(min(args.batch_size or threads, args.num_images))
+        try:
+            with tqdm(total=args.num_images, unit="img", file=sys.stderr, disable=args.quiet) as bar:
+                for i, image in enumerate(pool.map(one, range(args.num_images))):
+                    bar.update()
+                    yield i, seeds[i], image
+        finally:  # on an error or Ctrl-C, images not yet started are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_generate(args) -> int:
@@ -248,20 +260,13 @@ def run_generate(args) -> int:
 
 
 def run_vary(args) -> int:
-    import torch
-
     from .images import load_image
 
     settings = stage_settings(args, prior=False)
     image = load_image(args.image)
     pipeline = load_t2i_pipeline(args)
-    # encoded once, on one thread like each image's own work, so that it is the same whatever the core count
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():  # encoded once, on one thread like each image's own work
         embeds = pipeline.encode_image([image])
-    finally:
-        torch.set_num_threads(threads)
     images = one_image_each(args, pipeline, lambda pipe, generators: pipe.image_variation(
         image_embeds=embeds, generator=generators, **settings).images)
     metadata = {"source": str(args.image), "scheduler": args.scheduler, "settings": settings}
