@@ -9,8 +9,8 @@ import torch
 
 from genvl.cli import DEFAULT_CAPTION_MODEL
 from genvl.cli_image import DEFAULT_JUDGE
-from genvl.generation import generate
 from genvl.evaluation.judge import SceneJudge, category_accuracy, judge_scene
+from genvl.generation import generate
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.world import parse_caption, render_scene
 from genvl.world.dataset import generate_scenes
@@ -61,10 +61,13 @@ def test_shipped_captioner_beam_search_drops_settled_images_and_matches_transfor
     pipeline = CaptionPipeline.from_pretrained(DEFAULT_CAPTION_MODEL)
     paths = sorted(EXAMPLES.glob("*.png"))
     pixel_values = pipeline.preprocess([load_image(p) for p in paths])
-    drops = []
-    keep = CachedDecoder.keep
-    monkeypatch.setattr(CachedDecoder, "keep", lambda self, rows, images: drops.append(len(images)) or keep(
-        self, rows, images))
+    drops, keep = [], CachedDecoder.keep
+
+    def counted_keep(self, rows, images):
+        drops.append(len(images))
+        return keep(self, rows, images)
+
+    monkeypatch.setattr(CachedDecoder, "keep", counted_keep)
     settings = pipeline.settings(**case)
     ours = generate(pipeline.model, pixel_values, settings)
     assert drops and min(drops) < len(paths)
