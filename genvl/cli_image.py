@@ -260,12 +260,14 @@ def run_generate(args) -> int:
 
 
 def run_vary(args) -> int:
+    import torch
+
     from .images import load_image
 
     settings = stage_settings(args, prior=False)
     image = load_image(args.image)
     pipeline = load_t2i_pipeline(args)
-    with one_torch_thread():  # encoded once, on one thread like each image's own work
+    with one_torch_thread(), torch.no_grad():  # encoded once, on one thread like each image's own work
         embeds = pipeline.encode_image([image])
     images = one_image_each(args, pipeline, lambda pipe, generators: pipe.image_variation(
         image_embeds=embeds, generator=generators, **settings).images)

@@ -56,6 +56,28 @@ def test_tokens_match_transformers_generate(tiny_tokenizer, case, seed):
         assert len(ours.sequences[0]) == count
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_offloaded_and_hooked_layers_still_run_as_modules(tiny_tokenizer, num_beams):
+    """The decoder calls plain layers' kernels directly; layers whose call does more (accelerate's offloading
+    hooks keep the weights on the meta device until the call, or a forward hook) must still be called."""
+    from accelerate import cpu_offload
+
+    eos = tiny_tokenizer.eos_token_id
+    pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    settings = GenerationSettings(eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos, max_new_tokens=8,
+                                  num_beams=num_beams)
+    expected = generate(get_dummy_components(tiny_tokenizer)[0], pixel_values, settings).sequences
+    offloaded, _ = get_dummy_components(tiny_tokenizer)
+    cpu_offload(offloaded, execution_device=torch.device("cpu"))
+    assert offloaded.decoder.lm_head.weight.device.type == "meta"
+    assert generate(offloaded, pixel_values, settings).sequences == expected
+    hooked, _ = get_dummy_components(tiny_tokenizer)
+    calls = []
+    hooked.decoder.transformer.h[0].mlp.c_fc.register_forward_hook(lambda *_: calls.append(1))
+    assert generate(hooked, pixel_values, settings).sequences == expected
+    assert calls
+
+
 def test_greedy_score_is_sum_of_token_log_probs(tiny_tokenizer):
     model, _ = get_dummy_components(tiny_tokenizer)
     eos = tiny_tokenizer.eos_token_id

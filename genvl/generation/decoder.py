@@ -15,13 +15,25 @@ import torch.nn.functional as F
 from ..attention import attend, attention_backend
 
 
+def _wrapped(module) -> bool:
+    """Whether calling `module` does more than its class's forward: hooks (its own or global ones), or a forward
+    replaced on the instance, as accelerate's offloading hooks do (their weights wait on the meta device)."""
+    from torch.nn.modules import module as torch_module
+
+    global_hooks = (getattr(torch_module, name, None) for name in ("_global_forward_hooks",
+                                                                    "_global_forward_pre_hooks"))
+    return bool(module._forward_hooks or module._forward_pre_hooks or "forward" in vars(module)
+                or hasattr(module, "_hf_hook") or any(global_hooks))
+
+
 def _direct(module):
-    """A callable that equals `module` on 2-D input. A plain GPT-2 `Conv1D`, `nn.Linear` or `nn.LayerNorm` without
-    hooks becomes its one kernel call, skipping the module call's overhead (which costs as much as the small
-    matrix products of a decoding step); anything else, such as a LoRA-wrapped layer, stays the module."""
+    """A callable that equals `module` on 2-D input. A plain GPT-2 `Conv1D`, `nn.Linear` or `nn.LayerNorm`
+    becomes its one kernel call, skipping the module call's overhead (which costs as much as the small matrix
+    products of a decoding step); anything else, such as a LoRA-wrapped, hooked or offloaded layer, stays the
+    module."""
     from transformers.pytorch_utils import Conv1D
 
-    if module._forward_hooks or module._forward_pre_hooks:
+    if _wrapped(module):
         return module
     if type(module) is Conv1D:
         weight, bias = module.weight, module.bias
