@@ -58,15 +58,8 @@ def _non_negative(kind):
     return _checked(kind, lambda value: value >= 0, ">= 0")
 
 
-def seed_number(text: str) -> int:
-    """A seed for torch.Generator.manual_seed: an integer in [0, 2**63), so that S + i still fits."""
-    value = int(text)
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text}")
-    return value
-
-
-seed_number.__name__ = "int"
+# a seed for torch.Generator.manual_seed: an integer in [0, 2**63), so that S + i still fits
+seed_number = _checked(int, lambda value: 0 <= value < 2**63, "an integer in [0, 2**63)")
 
 
 def add_decoding_flags(parser):
