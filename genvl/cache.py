@@ -12,6 +12,7 @@ LoRA, say) makes its entries stale: call `clear()` afterwards.
 """
 
 import hashlib
+import threading
 import uuid
 import weakref
 from collections import OrderedDict
@@ -38,47 +39,53 @@ class EmbeddingCache:
         self.misses = 0
         self._entries: OrderedDict = OrderedDict()
         self._tokens: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def clear(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
 
     def namespace(self, encoder: torch.nn.Module, *details) -> str:
         """A key for `encoder` (the object, not its class) plus details such as its preprocessing."""
-        token = self._tokens.setdefault(encoder, uuid.uuid4().hex)
+        with self._lock:
+            token = self._tokens.setdefault(encoder, uuid.uuid4().hex)
         return ":".join([token, *map(str, details)])
 
     def forget(self, encoder: torch.nn.Module) -> None:
         """Give `encoder` a fresh key, for when its weights change (e.g. a LoRA adapter is loaded); its old
         entries are never hit again and age out."""
-        self._tokens.pop(encoder, None)
+        with self._lock:
+            self._tokens.pop(encoder, None)
 
     def encode(self, namespace: str, images: list, encode_fn) -> torch.Tensor:
         """Encodings (B, ...) of PIL `images`; only the images not cached go through `encode_fn(images)`, which
-        must return one row per image it is given."""
+        must return one row per image it is given. Safe to call from several threads; the encoder runs outside
+        the lock, so two threads may both encode an image that neither had yet."""
         keys = [(namespace, image_digest(image)) for image in images]
-        missing = {}
-        for key, image in zip(keys, images):
-            if key in self._entries:
+        with self._lock:
+            # take the cached rows now: another thread may evict them while this one encodes the rest
+            found = {key: self._entries[key] for key in keys if key in self._entries}
+            for key in found:
                 self._entries.move_to_end(key)
-            else:
-                missing.setdefault(key, image)
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
-        fresh = {}
+            missing = {key: image for key, image in zip(keys, images) if key not in found}
+            self.hits += len(keys) - len(missing)
+            self.misses += len(missing)
         if missing:
             rows = encode_fn(list(missing.values()))
             if rows.shape[0] != len(missing):
                 raise RuntimeError(f"the encoder returned {rows.shape[0]} rows for {len(missing)} images")
             fresh = dict(zip(missing, rows.detach()))
-        out = torch.stack([fresh[key] if key in fresh else self._entries[key] for key in keys])
-        for key, row in fresh.items():
-            self._entries[key] = row
-            if len(self._entries) > self.max_items:
-                self._entries.popitem(last=False)
-        return out
+            with self._lock:
+                for key, row in fresh.items():
+                    self._entries[key] = row
+                    self._entries.move_to_end(key)
+                    if len(self._entries) > self.max_items:
+                        self._entries.popitem(last=False)
+            found.update(fresh)
+        return torch.stack([found[key] for key in keys])
 
 
 class EmbeddingCacheMixin:

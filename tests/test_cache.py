@@ -1,5 +1,7 @@
 """The embedding cache shared by the captioner and the text-to-image pipeline."""
 
+import threading
+
 import pytest
 import torch
 from PIL import Image
@@ -45,6 +47,44 @@ def test_least_recently_used_entries_are_dropped():
     assert encoder.seen == 3
     cache.encode("ns", images("blue"), encoder)
     assert encoder.seen == 4
+
+
+def test_rows_found_stay_valid_while_the_rest_is_encoded():
+    # the encoder of a call may run while other work evicts the entries that call found: here the encoder
+    # itself fills the one-entry cache with another image
+    cache, encoder = EmbeddingCache(max_items=1), CountingEncoder()
+    cache.encode("ns", images("red"), encoder)
+
+    def evicting_encoder(batch):
+        cache.encode("ns", images("green"), encoder)
+        return encoder(batch)
+
+    out = cache.encode("ns", images("red", "blue"), evicting_encoder)
+    assert out.tolist() == [[255, 0, 0], [0, 0, 255]]
+    assert len(cache) == 1 and (cache.hits, cache.misses) == (1, 3)
+
+
+def test_threads_share_one_cache():
+    cache, colours = EmbeddingCache(max_items=3), ["red", "blue", "green", "yellow", "white", "black"]
+    expected = {colour: CountingEncoder()(images(colour))[0] for colour in colours}
+    errors = []
+
+    def work(offset):
+        try:
+            for i in range(200):
+                picked = [colours[(offset + i + j) % len(colours)] for j in range(3)]
+                out = cache.encode("ns", images(*picked), CountingEncoder())
+                assert all(torch.equal(row, expected[colour]) for row, colour in zip(out, picked))
+        except Exception as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(offset,)) for offset in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(cache) == 3
+    assert cache.hits + cache.misses == 4 * 200 * 3
 
 
 def test_bad_encoder_output_and_arguments_are_refused():
