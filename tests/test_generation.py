@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from genvl.generation import GenerationSettings, generate
+from genvl.generation import decoder as decoder_module
 from genvl.generation.processors import no_repeat_ngram, top_k_filter, top_p_filter
 
 from .conftest import get_dummy_components
@@ -54,6 +55,35 @@ def test_tokens_match_transformers_generate(tiny_tokenizer, case, seed):
         torch.testing.assert_close(torch.tensor([s for row in ours.scores for s in row]),
                                    theirs.sequences_scores, rtol=1e-4, atol=1e-4)
         assert len(ours.sequences[0]) == count
+
+
+def test_tall_linear_equals_linear():
+    weight, bias = torch.randn(300, 48), torch.randn(300)
+    for rows in (1, 8, decoder_module._TALL_ROWS + 1):
+        x = torch.randn(rows, 48)
+        for b in (bias, None):
+            out = decoder_module._linear(weight, b, tall=True)(x)
+            assert out.is_contiguous()
+            torch.testing.assert_close(out, torch.nn.functional.linear(x, weight, b))
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[4]], ids=["greedy", "beam"])
+def test_tall_output_layer_keeps_tokens_identical(tiny_tokenizer, monkeypatch, case):
+    """A large output layer runs as W @ x^T (faster for big vocabularies); tokens must not change."""
+    model, _ = get_dummy_components(tiny_tokenizer, seed=0)
+    eos = tiny_tokenizer.eos_token_id
+    pixel_values = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    settings = GenerationSettings(eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos,
+                                  max_new_tokens=12, **case)
+    monkeypatch.setattr(decoder_module, "_TALL_BYTES", 0)  # the tiny model's output layer counts as large
+    calls = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: calls.append(a.shape) or mm(a, b))
+    got = [seq for seqs in generate(model, pixel_values, settings).sequences for seq in seqs]
+    assert tuple(model.decoder.lm_head.weight.shape) in calls
+    monkeypatch.setattr(torch, "mm", mm)
+    expected = hf_sequences(model, pixel_values, torch.tensor([[eos]]), case, 12).sequences
+    assert got == [trimmed(row, 1, eos) for row in expected]
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])

@@ -39,10 +39,33 @@ def _direct(module):
         weight, bias = module.weight, module.bias
         return lambda x: torch.addmm(bias, x, weight)
     if type(module) is torch.nn.Linear:
-        return lambda x: F.linear(x, module.weight, module.bias)
+        return _linear(module.weight, module.bias)
     if type(module) is torch.nn.LayerNorm:
         return lambda x: F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
     return module
+
+
+# A weight this large is streamed from memory at every step. With few rows, MKL reads it about twice as fast as
+# the tall operand of W @ x^T as the wide operand of x @ W^T (measured here on GPT-2's 50257 x 768 output
+# layer: 14 against 27 ms for 8 rows, 8 against 26 ms for 4); small weights stay on `F.linear`, which is
+# faster for them.
+_TALL_BYTES = 16 * 2**20
+_TALL_ROWS = 32
+
+
+def _linear(weight, bias, tall: bool | None = None):
+    """`F.linear(x, weight, bias)` for 2-D `x`, as W @ x^T for large fp32 weights on the CPU and few rows
+    (`tall` forces the choice for every row count up to `_TALL_ROWS`)."""
+    if tall is None:
+        tall = weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.numel() * 4 >= _TALL_BYTES
+
+    def linear(x):
+        if not tall or x.shape[0] > _TALL_ROWS:
+            return F.linear(x, weight, bias)
+        out = torch.mm(weight, x.t()) if bias is None else torch.addmm(bias[:, None], weight, x.t())
+        return out.t().contiguous()
+
+    return linear
 
 
 class _Block:
