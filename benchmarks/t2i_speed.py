@@ -34,6 +34,8 @@ def parse_args(argv=None):
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--steps", type=int, default=25, help="DDPM steps of each stage (the unCLIP default)")
     parser.add_argument("--dpm-steps", type=int, default=12, help="DPM-Solver++ steps of each stage")
+    parser.add_argument("--dpm-algorithm", choices=["dpmsolver++", "sde-dpmsolver++"], default="dpmsolver++",
+                        help="DPM-Solver++'s algorithm_type: the ODE solver, or its stochastic variant")
     parser.add_argument("--dpm-timestep-spacing", choices=["leading", "trailing", "linspace"], default=None,
                         help="DPM-Solver++'s timestep spacing (default: the model's scheduler config)")
     parser.add_argument("--bf16-prompts", type=int, default=25,
@@ -50,13 +52,14 @@ def parse_args(argv=None):
     return args
 
 
-def with_scheduler(pipeline: TextToImagePipeline, kind: str, spacing: str | None = None) -> TextToImagePipeline:
+def with_scheduler(pipeline: TextToImagePipeline, kind: str, spacing: str | None = None,
+                   algorithm: str = "dpmsolver++") -> TextToImagePipeline:
     """A pipeline sharing `pipeline`'s models, with DDPM ("ddpm") or DPM-Solver++ ("dpm") schedulers; `spacing`
-    overrides DPM-Solver++'s timestep spacing."""
+    overrides DPM-Solver++'s timestep spacing, `algorithm` is its algorithm_type."""
     other = TextToImagePipeline(**pipeline.components)
     other.set_progress_bar_config(disable=True)
     if kind == "dpm":
-        other.set_schedulers(DPMSolverMultistepScheduler, algorithm_type="dpmsolver++",
+        other.set_schedulers(DPMSolverMultistepScheduler, algorithm_type=algorithm,
                              **({"timestep_spacing": spacing} if spacing else {}))
     return other
 
@@ -136,7 +139,7 @@ def main(argv=None):
 
     configs = [("ddpm", args.steps), ("dpm", args.dpm_steps)]
     for kind, steps in configs:
-        pipeline = with_scheduler(base, kind, args.dpm_timestep_spacing)
+        pipeline = with_scheduler(base, kind, args.dpm_timestep_spacing, args.dpm_algorithm)
         counter = EvaluationCounter(pipeline)
         pipeline(timing_prompts[:1], prior_num_inference_steps=steps, decoder_num_inference_steps=steps)
         evaluations = dict(counter.counts)
@@ -144,6 +147,7 @@ def main(argv=None):
         report["configs"][f"{kind}-{steps}"] = {
             "scheduler": kind, "steps_per_stage": steps, "network_evaluations": evaluations,
             "timestep_spacing": pipeline.decoder_scheduler.config.timestep_spacing,
+            "algorithm_type": pipeline.decoder_scheduler.config.get("algorithm_type"),
             "seconds_per_image": stage_times(pipeline, timing_prompts, steps, args.runs, args.seed),
             "judge": accuracy,
         }

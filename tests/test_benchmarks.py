@@ -33,12 +33,15 @@ def test_t2i_speed_reports_every_configuration(tmp_path):
     load_benchmark("t2i_speed").main([
         "--model", str(tmp_path / "model"), "--judge", str(tmp_path / "judge"), "--data", str(data),
         "--prompts", "4", "--images-per-prompt", "2", "--steps", "4", "--dpm-steps", "2", "--bf16-prompts", "2",
-        "--batch-size", "4", "--runs", "1", "--dpm-timestep-spacing", "trailing", "--json", str(out),
+        "--batch-size", "4", "--runs", "1", "--dpm-timestep-spacing", "trailing", "--dpm-algorithm", "sde-dpmsolver++",
+        "--json", str(out),
     ])
     report = json.loads(out.read_text())
     assert report["configs"]["ddpm-4"]["network_evaluations"] == {"prior": 4, "decoder": 4}
     assert report["configs"]["ddpm-4"]["timestep_spacing"] == "leading"
     assert report["configs"]["dpm-2"]["timestep_spacing"] == "trailing"
+    assert report["configs"]["dpm-2"]["algorithm_type"] == "sde-dpmsolver++"
+    assert report["configs"]["ddpm-4"]["algorithm_type"] is None
     assert report["configs"]["dpm-2"]["network_evaluations"] == {"prior": 2, "decoder": 2}
     assert report["evaluation_ratio"] == 2.0
     for config in report["configs"].values():
