@@ -59,10 +59,16 @@ def test_generate_writes_pngs_with_their_settings(t2i_dir, tmp_path, capsys):
 
 
 def test_generate_with_another_scheduler(t2i_dir, tmp_path):
-    assert main(["generate", "a red apple", "--scheduler", "dpm", "--seed", "0", "--out", str(tmp_path),
-                 "--model", str(t2i_dir), *FAST]) == 0
-    with Image.open(tmp_path / "a_red_apple-0-0.png") as image:
-        assert image.text["scheduler"] == "dpm"
+    pixels = {}
+    for scheduler, out in (("dpm", "a"), ("dpm-sde", "b"), ("dpm-sde", "c")):
+        assert main(["generate", "a red apple", "--scheduler", scheduler, "--seed", "0", "--out", str(tmp_path / out),
+                     "--model", str(t2i_dir), *FAST]) == 0
+        with Image.open(tmp_path / out / "a_red_apple-0-0.png") as image:
+            assert image.text["scheduler"] == scheduler
+            pixels[out] = np.asarray(image)
+    # the stochastic variant draws fresh noise at each step from the image's seeded generator
+    np.testing.assert_array_equal(pixels["b"], pixels["c"])
+    assert not np.array_equal(pixels["a"], pixels["b"])
 
 
 def test_generate_usage_errors(t2i_dir, tmp_path, capsys):
