@@ -17,8 +17,8 @@ DEFAULT_T2I_MODEL = Path(__file__).resolve().parent.parent / "pipelines" / "genv
 DEFAULT_JUDGE = DEFAULT_T2I_MODEL.parent / "genvl-judge-small"
 BATCH_HELP = ("images made at once, each alone on one CPU thread (default: one per core). An image is the same "
               "bit for bit whatever this is, so the seed recorded in its PNG reproduces it")
-# name -> (diffusers scheduler class, config overrides); "dpm-sde" is DPM-Solver++'s stochastic variant, which kept
-# the judged accuracy of DDPM 25 + 25 best at 12 + 12 steps (see the unCLIP model card)
+# name -> (diffusers scheduler class, config overrides); "dpm-sde" is DPM-Solver++'s stochastic variant, which came
+# closest to DDPM 25 + 25's judged accuracy at 12 + 12 steps (see the unCLIP model card)
 SCHEDULERS = {"ddpm": ("DDPMScheduler", {}), "ddim": ("DDIMScheduler", {}),
               "dpm": ("DPMSolverMultistepScheduler", {}),
               "dpm-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"})}
