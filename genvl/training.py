@@ -10,6 +10,11 @@ import typing
 from pathlib import Path
 
 COMPLETE_MARKER = "checkpoint_complete.json"
+# the EMA in a checkpoint: its weights as safetensors, its counters as the file's metadata. accelerate would pickle
+# it as a registered object and unpickle it with weights_only=False on resume, running whatever the file holds;
+# checkpoints written that way (LEGACY_EMA_STATE) can still be exported, reading only tensors and plain values.
+EMA_WEIGHTS = "ema.safetensors"
+LEGACY_EMA_STATE = "custom_checkpoint_0.pkl"
 
 
 def parse_args(args_class, argv=None):
@@ -58,9 +63,11 @@ def complete_checkpoints(output_dir) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
-def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None, extra: dict | None = None):
-    """Save accelerate state to a temporary folder, flush it to disk, mark it complete, rename it into place, then
-    rotate: a `checkpoint-N` folder holding the marker is whole at every moment."""
+def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None, extra: dict | None = None,
+                    ema=None):
+    """Save accelerate state (and `ema`'s, a diffusers `EMAModel`) to a temporary folder, flush it to disk, mark
+    it complete, rename it into place, then rotate: a `checkpoint-N` folder holding the marker is whole at every
+    moment."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".checkpoint-{step}.tmp"
@@ -70,6 +77,8 @@ def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None,
             shutil.rmtree(stale)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if ema is not None and accelerator.is_main_process:
+        save_ema_state(ema, tmp)
     accelerator.wait_for_everyone()  # every process has written its part before the folder is marked
     if accelerator.is_main_process:
         for path in tmp.rglob("*"):  # the data reaches the disk before the marker that vouches for it
@@ -120,6 +129,42 @@ def resolve_resume(output_dir, resume_from_checkpoint: str | None) -> Path | Non
     if not (path / COMPLETE_MARKER).is_file():
         raise FileNotFoundError(f"--resume_from_checkpoint {path}: not a complete checkpoint folder")
     return path
+
+
+def save_ema_state(ema, folder: Path) -> None:
+    """Write `ema` (a diffusers `EMAModel`) into checkpoint folder `folder` as `EMA_WEIGHTS`."""
+    from safetensors.torch import save_file
+
+    state = ema.state_dict()
+    tensors = {str(i): p.detach().to("cpu").contiguous() for i, p in enumerate(state.pop("shadow_params"))}
+    save_file(tensors, str(Path(folder) / EMA_WEIGHTS), metadata={"state": json.dumps(state)})
+
+
+def read_ema_state(folder: Path) -> dict:
+    """The EMA state dict a checkpoint folder holds (CPU tensors), from `EMA_WEIGHTS` or, in checkpoints written
+    before it, from `LEGACY_EMA_STATE` read with weights_only=True."""
+    import torch
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    if (folder / EMA_WEIGHTS).is_file():
+        with safe_open(str(folder / EMA_WEIGHTS), framework="pt") as f:
+            state = json.loads(f.metadata()["state"])
+            state["shadow_params"] = [f.get_tensor(str(i)) for i in range(len(f.keys()))]
+        return state
+    if (folder / LEGACY_EMA_STATE).is_file():
+        return torch.load(folder / LEGACY_EMA_STATE, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{folder}: no EMA state ({EMA_WEIGHTS})")
+
+
+def load_ema_state(ema, folder: Path) -> None:
+    """Restore `ema` (a diffusers `EMAModel`) from checkpoint folder `folder`, on the CPU."""
+    state = read_ema_state(folder)
+    shapes = [tuple(p.shape) for p in state["shadow_params"]]
+    if shapes != [tuple(p.shape) for p in ema.shadow_params]:
+        raise ValueError(f"{folder}: its EMA holds {len(shapes)} tensors that do not match the "
+                         f"{len(ema.shadow_params)} parameters being trained")
+    ema.load_state_dict(state)
 
 
 def read_marker(path: Path) -> dict:
@@ -372,14 +417,16 @@ def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, 
     current = dict(accelerator.unwrap_model(model).named_parameters())
     parameters = [current[name] for name in trained]
     ema = EMAModel(parameters, decay=args.ema_decay) if args.use_ema else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
 
     global_step, losses = 0, []
     resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
     if resume is not None:
+        if (resume / LEGACY_EMA_STATE).is_file():
+            raise ValueError(f"{resume}: its EMA was saved by an older genvl as a pickle, which resuming would "
+                             f"have to unpickle; export its weights (train/export_*.py) and start a run from them")
         accelerator.load_state(str(resume))
-        if ema is not None:  # accelerate loads it onto the CPU; its update mixes it with the parameters
+        if ema is not None:  # loaded onto the CPU; its update mixes it with the parameters
+            load_ema_state(ema, resume)
             ema.to(accelerator.device)
         marker = read_marker(resume)
         global_step, losses = marker["step"], marker.get("losses", [])  # older checkpoints hold no losses
@@ -425,7 +472,7 @@ def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, 
         if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
             # the losses so far travel with the checkpoint, so a resumed run reports its whole history
             save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit,
-                            extra={"losses": losses})
+                            extra={"losses": losses}, ema=ema)
     accelerator.wait_for_everyone()
     if ema is not None:
         ema.copy_to(parameters)

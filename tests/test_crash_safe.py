@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -158,3 +159,58 @@ def test_rotation_keeps_the_newest_complete_checkpoints(tmp_path):
     assert saved_value(tmp_path / "checkpoint-8") == 9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-6", "checkpoint-7", "checkpoint-8"]
 
+
+
+class RunsOnLoad:
+    """Unpickling this object calls `mark`: what a checkpoint file from someone else could do."""
+
+    def __reduce__(self):
+        return (mark, ("unpickled",))
+
+
+LOADED = []
+
+
+def mark(what):
+    LOADED.append(what)
+    return what
+
+
+def test_ema_state_is_resumed_without_unpickling_objects(tmp_path):
+    from genvl.training import (EMA_WEIGHTS, LEGACY_EMA_STATE, TrainArgs, load_ema_state, make_accelerator,
+                                read_ema_state, train_loop)
+
+    def run(steps, resume=None):
+        args = TrainArgs(output_dir=str(tmp_path), train_batch_size=2, max_train_steps=steps, checkpointing_steps=2,
+                         lr_warmup_steps=0, logging_steps=1, ema_decay=0.5, resume_from_checkpoint=resume)
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        data = torch.arange(12.0).view(4, 3)
+        train_loop(make_accelerator(args, "ema"), args, model, model.parameters(), 4,
+                   lambda net, batch, step: net(data[torch.as_tensor(batch)]).pow(2).mean())
+        return model
+
+    uninterrupted = run(4)
+    checkpoint = tmp_path / "checkpoint-2"
+    assert (checkpoint / EMA_WEIGHTS).is_file() and not list(checkpoint.glob("custom_checkpoint_*"))
+    state = read_ema_state(checkpoint)
+    assert state["optimization_step"] == 2 and state["decay"] == 0.5
+    assert [tuple(p.shape) for p in state["shadow_params"]] == [(1, 3), (1,)]
+    resumed = run(4, resume=str(checkpoint))  # the EMA goes on from step 2's state
+    assert all(torch.equal(a, b) for a, b in zip(uninterrupted.parameters(), resumed.parameters()))
+
+    # a checkpoint written by an older genvl holds the EMA as a pickle: resuming refuses it before unpickling,
+    # and reading it for an export unpickles tensors and plain values only
+    (checkpoint / EMA_WEIGHTS).unlink()
+    torch.save({**state, "shadow_params": [RunsOnLoad(), RunsOnLoad()]}, checkpoint / LEGACY_EMA_STATE)
+    with pytest.raises(ValueError, match="saved by an older genvl as a pickle"):
+        run(4, resume=str(checkpoint))
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        read_ema_state(checkpoint)
+    assert LOADED == []
+    torch.save({**state, "shadow_params": state["shadow_params"][:1]}, checkpoint / LEGACY_EMA_STATE)
+    with pytest.raises(ValueError, match="1 tensors that do not match the 2 parameters"):
+        load_ema_state(SimpleNamespace(shadow_params=list(uninterrupted.parameters())), checkpoint)
+    (checkpoint / LEGACY_EMA_STATE).unlink()
+    with pytest.raises(FileNotFoundError, match="no EMA state"):
+        read_ema_state(checkpoint)

@@ -15,9 +15,7 @@ from transformers import AutoTokenizer
 
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor
 from genvl.pipelines.caption import CaptionPipeline
-from genvl.training import checkpoint_step, resolve_resume
-
-EMA_STATE = "custom_checkpoint_0.pkl"  # accelerate's name for the first object registered for checkpointing
+from genvl.training import checkpoint_step, read_ema_state, resolve_resume
 
 
 def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
@@ -35,9 +33,10 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
         raise ValueError(f"{path}: weights do not match the run's architecture "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     if use_ema:
-        if not (path / EMA_STATE).is_file():
-            raise FileNotFoundError(f"{path}: no EMA state ({EMA_STATE}); pass --no-ema to export raw weights")
-        shadow = torch.load(path / EMA_STATE, weights_only=True)["shadow_params"]
+        try:
+            shadow = read_ema_state(path)["shadow_params"]
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{error}; pass --no-ema to export raw weights") from None
         params = list(model.parameters())
         if len(shadow) != len(params):
             raise ValueError(f"{path}: EMA holds {len(shadow)} tensors, the model has {len(params)} parameters")
