@@ -157,14 +157,31 @@ def read_ema_state(folder: Path) -> dict:
     raise FileNotFoundError(f"{folder}: no EMA state ({EMA_WEIGHTS})")
 
 
-def load_ema_state(ema, folder: Path) -> None:
-    """Restore `ema` (a diffusers `EMAModel`) from checkpoint folder `folder`, on the CPU."""
+def _matching_ema_state(folder: Path, parameters: list) -> dict:
+    """`read_ema_state(folder)`, checked to hold one tensor of the right shape per parameter."""
     state = read_ema_state(folder)
     shapes = [tuple(p.shape) for p in state["shadow_params"]]
-    if shapes != [tuple(p.shape) for p in ema.shadow_params]:
+    if shapes != [tuple(p.shape) for p in parameters]:
         raise ValueError(f"{folder}: its EMA holds {len(shapes)} tensors that do not match the "
-                         f"{len(ema.shadow_params)} parameters being trained")
+                         f"{len(parameters)} parameters being trained")
+    return state
+
+
+def load_ema_state(ema, folder: Path) -> None:
+    """Restore `ema` (a diffusers `EMAModel`) from checkpoint folder `folder`, on the CPU."""
+    state = _matching_ema_state(folder, ema.shadow_params)
     ema.load_state_dict(state)
+
+
+def copy_ema_weights(parameters, folder: Path) -> None:
+    """Copy the EMA weights of checkpoint folder `folder` into `parameters` (for exporting a checkpoint)."""
+    import torch
+
+    parameters = list(parameters)
+    shadow = _matching_ema_state(folder, parameters)["shadow_params"]
+    with torch.no_grad():
+        for parameter, value in zip(parameters, shadow):
+            parameter.copy_(value)
 
 
 def read_marker(path: Path) -> dict:

@@ -9,13 +9,12 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor
 from genvl.pipelines.caption import CaptionPipeline
-from genvl.training import checkpoint_step, read_ema_state, resolve_resume
+from genvl.training import checkpoint_step, copy_ema_weights, resolve_resume
 
 
 def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
@@ -34,15 +33,9 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     if use_ema:
         try:
-            shadow = read_ema_state(path)["shadow_params"]
+            copy_ema_weights(model.parameters(), path)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{error}; pass --no-ema to export raw weights") from None
-        params = list(model.parameters())
-        if len(shadow) != len(params):
-            raise ValueError(f"{path}: EMA holds {len(shadow)} tensors, the model has {len(params)} parameters")
-        with torch.no_grad():
-            for param, value in zip(params, shadow):
-                param.copy_(value)
     model.tie_weights()
     out = Path(out or run_dir / f"export-{checkpoint_step(path)}")
     pipeline = CaptionPipeline(model=model.eval(), tokenizer=tokenizer, image_processor=build_image_processor(arch))

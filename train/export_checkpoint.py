@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import CLIPConfig
 
 from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet, build_prior
-from genvl.training import EMA_WEIGHTS, LEGACY_EMA_STATE, read_ema_state, resolve_resume
+from genvl.training import copy_ema_weights, resolve_resume
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_decoder import DecoderStep, decoder_scheduler  # noqa: E402
@@ -37,11 +37,11 @@ def parse_args(argv=None):
 def checkpoint_weights(model: torch.nn.Module, path: Path, use_ema: bool) -> torch.nn.Module:
     """Load a checkpoint's weights into `model`: its EMA weights when the run kept them, else the raw ones."""
     model.load_state_dict(load_file(path / "model.safetensors"))
-    if use_ema and ((path / EMA_WEIGHTS).is_file() or (path / LEGACY_EMA_STATE).is_file()):
-        shadow = read_ema_state(path)["shadow_params"]
-        with torch.no_grad():
-            for parameter, value in zip(model.parameters(), shadow, strict=True):
-                parameter.copy_(value)
+    if use_ema:
+        try:
+            copy_ema_weights(model.parameters(), path)
+        except FileNotFoundError:  # the checkpoint holds no EMA: its raw weights
+            pass
     return model
 
 
