@@ -158,8 +158,13 @@ class CachedDecoder:
         return self.lm_head(hidden).float()
 
     def expand(self, copies: int):
-        """Give every row `copies` identical rows (after a prefill of one row per image, for beam search)."""
-        self.cache = self.cache.repeat_interleave(copies, dim=2)
+        """Give every row `copies` identical rows (after a prefill of one row per image, for beam search).
+        Only the positions written so far are copied, not the whole preallocated length."""
+        shape = list(self.cache.shape)
+        shape[2] *= copies
+        cache = self.cache.new_empty(shape)
+        cache[:, :, :, :, : self.length] = self.cache[:, :, :, :, : self.length].repeat_interleave(copies, dim=2)
+        self.cache = cache
 
     def reorder(self, rows: torch.Tensor):
         """Row r of the cache takes the history of row `rows[r]` (beam reordering)."""

@@ -114,7 +114,11 @@ def greedy_or_sample(model, states, prompt, settings, generator=None) -> Generat
 
 
 def beam_search(model, states, prompt, settings) -> GenerationResult:
-    """Beam search with transformers' semantics (top 2K candidates, length penalty, early stopping rules)."""
+    """Beam search with transformers' semantics (top 2K candidates, length penalty, early stopping rules).
+
+    Masked scores are pushed down by adding -1e9, in the same order as transformers, so that ties and the
+    scores reported for unfinished beams come out the same.
+    """
     images, beams = states.shape[0], settings.num_beams
     eos, pad = settings.eos_token_id, settings.pad_token_id
     prompt_len = len(prompt)
@@ -126,6 +130,7 @@ def beam_search(model, states, prompt, settings) -> GenerationResult:
     logits = logits.repeat_interleave(beams, dim=0)  # (B * K, V)
     vocab = logits.shape[-1]
     keep = 2 * beams
+    history = settings.repetition_penalty != 1.0 or settings.no_repeat_ngram_size > 0  # penalties read it
 
     running = torch.full((images, beams, max_length), pad, dtype=torch.long, device=device)
     running[:, :, :prompt_len] = prompt
@@ -134,38 +139,39 @@ def beam_search(model, states, prompt, settings) -> GenerationResult:
     done_seqs = running.clone()
     done_scores = torch.full((images, beams), -1e9, device=device)
     done = torch.zeros(images, beams, dtype=torch.bool, device=device)
-    improvable = torch.ones(images, 1, dtype=torch.bool, device=device)
     first_k = torch.arange(keep, device=device) < beams
+    row_offset = torch.arange(images, device=device)[:, None] * beams  # first decoder row of each image
     live = torch.arange(images, device=device)  # the images still searching (the decoder holds only their rows)
     result_seqs, result_scores = done_seqs.clone(), done_scores.clone()
     cur_len = prompt_len
     while True:
-        row_offset = torch.arange(len(live), device=device)[:, None] * beams
         # 1. accumulate log-probabilities over every (beam, token) continuation
         log_probs = logits.log_softmax(dim=-1)
-        log_probs = apply_penalties(log_probs, running[:, :, :cur_len].flatten(0, 1), cur_len - prompt_len, settings)
+        input_ids = running[:, :, :cur_len].flatten(0, 1) if history else None
+        log_probs = apply_penalties(log_probs, input_ids, cur_len - prompt_len, settings)
         totals = (log_probs.view(len(live), beams, vocab) + running_scores[:, :, None]).view(len(live), -1)
         top_scores, top_index = torch.topk(totals, keep)  # (B, 2K)
-        source = top_index // vocab
+        source, tokens = top_index // vocab, top_index % vocab
         candidates = torch.take_along_dim(running, source[:, :, None], dim=1)
-        candidates[:, :, cur_len] = top_index % vocab
-        hits = (top_index % vocab == eos) | (cur_len + 1 >= max_length)
+        candidates[:, :, cur_len] = tokens
+        hits = tokens == eos
+        if cur_len + 1 >= max_length:
+            hits.fill_(True)
         # 2. the best K candidates that have not ended keep running
-        open_scores = top_scores + hits.float() * -1e9
+        open_scores = top_scores.add(hits, alpha=-1e9)
         pick = torch.topk(open_scores, beams).indices
         running = torch.take_along_dim(candidates, pick[:, :, None], dim=1)
-        running_scores = torch.take_along_dim(open_scores, pick, dim=1)
-        parents = torch.take_along_dim(source, pick, dim=1)
-        # 3. ended candidates among the top K join the finished set if they beat it
-        ended = hits & first_k[None, :]
-        final_scores = top_scores / ((cur_len + 1 - prompt_len) ** settings.length_penalty)
-        full = done.all(dim=1, keepdim=True) & (settings.early_stopping is True)
-        final_scores = final_scores + full.float() * -1e9 + (~improvable).float() * -1e9 + (~ended).float() * -1e9
+        running_scores = open_scores.gather(1, pick)
+        parents = source.gather(1, pick)
+        # 3. ended candidates among the top K join the finished set if they beat it (every image here can still
+        # improve and, with early_stopping=True, is not full: the others were settled and dropped below)
+        ended = hits & first_k
+        final_scores = (top_scores / ((cur_len + 1 - prompt_len) ** settings.length_penalty)).add(~ended, alpha=-1e9)
         merged_scores = torch.cat([done_scores, final_scores], dim=1)
         best = torch.topk(merged_scores, beams).indices
         done_seqs = torch.take_along_dim(torch.cat([done_seqs, candidates], dim=1), best[:, :, None], dim=1)
-        done_scores = torch.take_along_dim(merged_scores, best, dim=1)
-        done = torch.take_along_dim(torch.cat([done, ended], dim=1), best, dim=1)
+        done_scores = merged_scores.gather(1, best)
+        done = torch.cat([done, ended], dim=1).gather(1, best)
         cur_len += 1
         # 4. an image is settled when no running beam can beat its finished ones (transformers' heuristic) or,
         # with early_stopping=True, when it has num_beams finished ones: its finished set cannot change any more
@@ -175,18 +181,19 @@ def beam_search(model, states, prompt, settings) -> GenerationResult:
             best_length = cur_len - prompt_len
         best_running = running_scores[:, :1] / (best_length**settings.length_penalty)
         worst_done = torch.where(done, done_scores.min(dim=1, keepdim=True).values, -1.0e9)
-        improvable = improvable & (best_running > worst_done).any(dim=-1, keepdim=True)
-        settled = ~improvable[:, 0] | (done.all(dim=1) & (settings.early_stopping is True))
+        settled = ~(best_running > worst_done).any(dim=1)
+        if settings.early_stopping is True:
+            settled |= done.all(dim=1)
         if bool(settled.all()) or bool(hits.all()):
             break
-        rows = parents + row_offset  # the rows whose histories the next step's beams continue
+        rows = parents + row_offset[: len(live)]  # the rows whose histories the next step's beams continue
         if bool(settled.any()):
             # store the settled images' results and stop decoding them
             result_seqs[live[settled]], result_scores[live[settled]] = done_seqs[settled], done_scores[settled]
             kept = (~settled).nonzero().squeeze(1)
             decoder.keep(rows[kept].flatten(), kept)
             live, running, running_scores = live[kept], running[kept], running_scores[kept]
-            done_seqs, done_scores, done, improvable = done_seqs[kept], done_scores[kept], done[kept], improvable[kept]
+            done_seqs, done_scores, done = done_seqs[kept], done_scores[kept], done[kept]
         else:
             decoder.reorder(rows.flatten())
         logits = decoder.step(running[:, :, cur_len - 1].reshape(-1, 1))
