@@ -27,10 +27,10 @@ def _wrapped(module) -> bool:
 
 
 def _direct(module):
-    """A callable that equals `module` on 2-D input. A plain GPT-2 `Conv1D`, `nn.Linear` or `nn.LayerNorm`
-    becomes its one kernel call, skipping the module call's overhead (which costs as much as the small matrix
-    products of a decoding step); anything else, such as a LoRA-wrapped, hooked or offloaded layer, stays the
-    module."""
+    """A callable that equals `module` on 2-D input. A plain GPT-2 `Conv1D`, `nn.Linear`, `nn.LayerNorm` or
+    `nn.Embedding` becomes its one kernel call, skipping the module call's overhead (which costs as much as the
+    small matrix products of a decoding step); anything else, such as a LoRA-wrapped, hooked or offloaded layer,
+    stays the module."""
     from transformers.pytorch_utils import Conv1D
 
     if _wrapped(module):
@@ -42,6 +42,8 @@ def _direct(module):
         return _linear(module.weight, module.bias)
     if type(module) is torch.nn.LayerNorm:
         return lambda x: F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
+    if type(module) is torch.nn.Embedding and module.max_norm is None:
+        return lambda ids: F.embedding(ids, module.weight)
     return module
 
 
@@ -97,7 +99,7 @@ class CachedDecoder:
         ]
         tanh_gelu = config.activation_function in ("gelu_new", "gelu_pytorch_tanh")
         self.blocks = [_Block(block, tanh_gelu) for block in transformer.h]
-        self.wte, self.wpe = transformer.wte, transformer.wpe
+        self.wte, self.wpe = _direct(transformer.wte), _direct(transformer.wpe)
         self.ln_f, self.lm_head = _direct(transformer.ln_f), _direct(decoder.lm_head)
         self.backend = attention_backend(model)  # the model's attention backend: sdpa, xformers or eager
         if max_length > config.n_positions:
