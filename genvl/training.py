@@ -161,9 +161,13 @@ def _matching_ema_state(folder: Path, parameters: list) -> dict:
     """`read_ema_state(folder)`, checked to hold one tensor of the right shape per parameter."""
     state = read_ema_state(folder)
     shapes = [tuple(p.shape) for p in state["shadow_params"]]
-    if shapes != [tuple(p.shape) for p in parameters]:
-        raise ValueError(f"{folder}: its EMA holds {len(shapes)} tensors that do not match the "
-                         f"{len(parameters)} parameters being trained")
+    wanted = [tuple(p.shape) for p in parameters]
+    if shapes != wanted:
+        first = next((i for i, (a, b) in enumerate(zip(shapes, wanted)) if a != b), min(len(shapes), len(wanted)))
+        ours = shapes[first] if first < len(shapes) else "nothing"
+        theirs = wanted[first] if first < len(wanted) else "nothing"
+        raise ValueError(f"{folder}: its EMA holds {len(shapes)} tensors that do not match the model's "
+                         f"{len(wanted)} parameters (tensor {first}: {ours} in the EMA, {theirs} in the model)")
     return state
 
 

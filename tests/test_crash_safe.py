@@ -177,8 +177,8 @@ def mark(what):
 
 
 def test_ema_state_is_resumed_without_unpickling_objects(tmp_path):
-    from genvl.training import (EMA_WEIGHTS, LEGACY_EMA_STATE, TrainArgs, load_ema_state, make_accelerator,
-                                read_ema_state, train_loop)
+    from genvl.training import (EMA_WEIGHTS, LEGACY_EMA_STATE, TrainArgs, copy_ema_weights, load_ema_state,
+                                make_accelerator, read_ema_state, train_loop)
 
     def run(steps, resume=None):
         args = TrainArgs(output_dir=str(tmp_path), train_batch_size=2, max_train_steps=steps, checkpointing_steps=2,
@@ -209,8 +209,14 @@ def test_ema_state_is_resumed_without_unpickling_objects(tmp_path):
         read_ema_state(checkpoint)
     assert LOADED == []
     torch.save({**state, "shadow_params": state["shadow_params"][:1]}, checkpoint / LEGACY_EMA_STATE)
-    with pytest.raises(ValueError, match="1 tensors that do not match the 2 parameters"):
+    with pytest.raises(ValueError, match=r"1 tensors that do not match the model's 2 parameters \(tensor 1: "
+                                         r"nothing in the EMA, \(1,\) in the model\)"):
         load_ema_state(SimpleNamespace(shadow_params=list(uninterrupted.parameters())), checkpoint)
+    torch.save({**state, "shadow_params": [torch.zeros(1, 4), torch.zeros(1)]}, checkpoint / LEGACY_EMA_STATE)
+    before = [p.clone() for p in uninterrupted.parameters()]
+    with pytest.raises(ValueError, match=r"tensor 0: \(1, 4\) in the EMA, \(1, 3\) in the model"):
+        copy_ema_weights(uninterrupted.parameters(), checkpoint)
+    assert all(torch.equal(a, b) for a, b in zip(before, uninterrupted.parameters()))  # nothing half-copied
     (checkpoint / LEGACY_EMA_STATE).unlink()
     with pytest.raises(FileNotFoundError, match="no EMA state"):
         read_ema_state(checkpoint)
