@@ -5,6 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from genvl.evaluation.judge import SceneJudge
@@ -76,6 +77,8 @@ def test_caption_speed_splits_encoding_from_decoding(tiny_pipeline_dir, tmp_path
     for mode in modes.values():
         assert mode["tokens_identical"] and mode["encoder_median_ms"] > 0
         assert mode["speedup_bound"] == mode["transformers_median_ms"] / mode["encoder_median_ms"]
+        ratios = sorted(theirs / ours for ours, theirs in zip(mode["genvl_ms"], mode["transformers_ms"]))
+        assert len(ratios) == 2 and mode["paired_speedup"] == pytest.approx((ratios[0] + ratios[1]) / 2)
 
 
 def test_memory_benchmark_measures_every_configuration(tmp_path, tiny_pipeline_dir):
