@@ -164,10 +164,10 @@ def _matching_ema_state(folder: Path, parameters: list) -> dict:
     wanted = [tuple(p.shape) for p in parameters]
     if shapes != wanted:
         first = next((i for i, (a, b) in enumerate(zip(shapes, wanted)) if a != b), min(len(shapes), len(wanted)))
-        ours = shapes[first] if first < len(shapes) else "nothing"
-        theirs = wanted[first] if first < len(wanted) else "nothing"
+        in_ema = shapes[first] if first < len(shapes) else "nothing"
+        in_model = wanted[first] if first < len(wanted) else "nothing"
         raise ValueError(f"{folder}: its EMA holds {len(shapes)} tensors that do not match the model's "
-                         f"{len(wanted)} parameters (tensor {first}: {ours} in the EMA, {theirs} in the model)")
+                         f"{len(wanted)} parameters (tensor {first}: {in_ema} in the EMA, {in_model} in the model)")
     return state
 
 
