@@ -174,7 +174,7 @@ def compare_fp32(model, pixel_values, settings, args) -> dict:
         ours_median, theirs_median = statistics.median(ours_ms), statistics.median(theirs_ms)
         # each run times the two back to back: the median of the runs' own ratios is steadier than the ratio of
         # the medians when the shared machine speeds up or slows down during the measurement
-        paired = statistics.median(theirs / ours for ours, theirs in zip(ours_ms, theirs_ms))
+        paired = statistics.median(their_ms / our_ms for our_ms, their_ms in zip(ours_ms, theirs_ms))
         mean_length = sum(map(len, ours)) / len(ours)
         results[mode] = dict(genvl_ms=ours_ms, transformers_ms=theirs_ms, genvl_median_ms=ours_median,
                              transformers_median_ms=theirs_median, speedup=theirs_median / ours_median,
