@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     scenes.add_argument("--seed", type=seed_number, default=0)
     scenes.add_argument("--split", choices=["train", "val", "test"], default="train")
     scenes.add_argument("--resolution", type=_positive(int), default=64)
+    scenes.add_argument("--workers", type=_positive(int), default=1, help="processes rendering the images")
     scenes.add_argument("--require", metavar="OBJECT",
                         help="keep only scenes holding this object, which may be a held-out one (e.g. robot)")
     scenes.add_argument("--quiet", action="store_true")
@@ -416,7 +417,8 @@ def run_data_scenes(args) -> int:
 
     progress = progress_bar(args, "img")
     out = write_imagefolder(args.out, args.num_images, seed=args.seed, split=args.split,
-                            resolution=args.resolution, progress=progress, require=args.require)
+                            resolution=args.resolution, progress=progress, require=args.require,
+                            workers=args.workers)
     print(out)
     return 0
 

@@ -81,6 +81,17 @@ def test_imagefolder_is_deterministic(tmp_path):
     assert not list(tmp_path.glob("a/.*tmp*"))  # no leftovers of the temporary folder
 
 
+def test_imagefolder_rendered_by_several_processes_is_the_same(tmp_path):
+    one = write_imagefolder(tmp_path / "one", 20, seed=5, split="train", resolution=32)
+    two = write_imagefolder(tmp_path / "two", 20, seed=5, split="train", resolution=32, workers=2)
+    files = sorted(path.name for path in one.iterdir())
+    assert files == sorted(path.name for path in two.iterdir()) and len(files) == 21
+    assert all((one / name).read_bytes() == (two / name).read_bytes() for name in files)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        write_imagefolder(tmp_path / "none", 2, workers=0)
+    assert not (tmp_path / "none").exists()
+
+
 def test_held_out_objects_stay_out_of_default_scenes_and_can_be_required():
     from genvl.world.sprites import HELD_OUT_OBJECTS
 

@@ -6,7 +6,9 @@ they were written with.
 """
 
 import hashlib
+import io
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -53,13 +55,23 @@ def generate_scenes(num_images: int, seed: int, split: str, names=None, colours=
             yield scene
 
 
+def _png_bytes(job) -> bytes:
+    scene, resolution = job
+    buffer = io.BytesIO()
+    render_scene(scene, resolution).save(buffer, format="png")
+    return buffer.getvalue()
+
+
 def write_imagefolder(out_dir, num_images: int, seed: int = 0, split: str = "train", resolution: int = 64,
-                      names=None, colours=None, progress=None, require=None) -> Path:
+                      names=None, colours=None, progress=None, require=None, workers: int = 1) -> Path:
     """Render scenes into `out_dir/<split>/` with a `metadata.jsonl` (file_name, text, captions, scene).
 
-    The folder is built beside its destination and renamed into place, so an interrupted run leaves nothing
-    half-written. An existing split folder is replaced.
+    With `workers` > 1 the images are rendered by that many processes; the files are the same. The folder is
+    built beside its destination and renamed into place, so an interrupted run leaves nothing half-written. An
+    existing split folder is replaced.
     """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     if resolution < 16:
@@ -69,12 +81,18 @@ def write_imagefolder(out_dir, num_images: int, seed: int = 0, split: str = "tra
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     caption_rng = random.Random(f"{seed}-{split}-captions")
+    pool = None
     try:
+        scenes = list(generate_scenes(num_images, seed, split, names=names, colours=colours, require=require))
+        jobs = ((scene, resolution) for scene in scenes)
+        pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+        pngs = pool.imap(_png_bytes, jobs, chunksize=64) if pool else map(_png_bytes, jobs)
+        if progress:
+            pngs = progress(pngs, total=num_images)
         with open(tmp / "metadata.jsonl", "w") as meta:
-            scenes = generate_scenes(num_images, seed, split, names=names, colours=colours, require=require)
-            for index, scene in enumerate(progress(scenes, total=num_images) if progress else scenes):
+            for index, (scene, png) in enumerate(zip(scenes, pngs)):
                 file_name = f"{index:06d}.png"
-                render_scene(scene, resolution).save(tmp / file_name)
+                (tmp / file_name).write_bytes(png)
                 captions = scene_captions(scene, caption_rng)
                 record = {"file_name": file_name, "text": captions[0], "captions": captions,
                           "scene_id": scene_id(scene), "scene": scene}
@@ -83,6 +101,8 @@ def write_imagefolder(out_dir, num_images: int, seed: int = 0, split: str = "tra
             shutil.rmtree(final)
         tmp.rename(final)
     finally:
+        if pool is not None:
+            pool.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
     return final
 
