@@ -637,9 +637,10 @@ def file_stamp(path) -> dict:
     return {"path": str(path), "mtime": max((p.stat().st_mtime for p in files), default=0.0)}
 
 
-def frozen_clip_features(clip_dir, data_dir, records, image_column: str, caption_column: str, cache_dir=None):
-    """Features of a frozen CLIP for training the prior or the decoder, computed once (and, with `cache_dir`,
-    kept in `cache_dir/clip_features.safetensors` for resumed runs).
+def frozen_clip_features(clip_dir, data_dir, records, image_column: str, caption_column: str, cache_dir=None,
+                         device=None):
+    """Features of a frozen CLIP for training the prior or the decoder, computed once (on `device`, the CPU by
+    default, and, with `cache_dir`, kept in `cache_dir/clip_features.safetensors` for resumed runs).
 
     Returns (clip, image_embeds (N, E), phrasings (N, P) indices into the text rows, text_embeds, token states,
     masks); the text rows are the distinct phrasings followed by the empty prompt (the last row). The token
@@ -656,9 +657,11 @@ def frozen_clip_features(clip_dir, data_dir, records, image_column: str, caption
     def compute():
         images = load_images(data_dir, records, image_column, clip.config.vision_config.image_size)
         length = clip.config.text_config.max_position_embeddings
+        clip.to(device or "cpu")
         text_embeds, states, masks = embed_texts(clip, tokenizer, texts + [""], length, states_dtype=torch.float16)
-        return {"image_embeds": embed_images(clip, image_processor, images), "text_embeds": text_embeds,
-                "states": states, "masks": masks}
+        image_embeds = embed_images(clip, image_processor, images)
+        clip.to("cpu")  # the features come back on the CPU, and so does the model that made them
+        return {"image_embeds": image_embeds, "text_embeds": text_embeds, "states": states, "masks": masks}
 
     if cache_dir is None:
         features = compute()

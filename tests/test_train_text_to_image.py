@@ -154,6 +154,26 @@ def test_checkpoint_export_gives_the_final_ema_weights(trained, tmp_path):
         assert any(not torch.equal(final[name], weights[name]) for name in final), stage
 
 
+def test_decoder_run_on_a_pipeline_folders_clip_exports(trained, tmp_path):
+    """A decoder trained on the CLIP inside a text-to-image pipeline folder (its `clip/`, `tokenizer/` and
+    `image_processor/`) exports from its checkpoint like one trained on a CLIP folder."""
+    from diffusers import UNet2DConditionModel
+
+    root, data, _ = trained
+    pipeline = tmp_path / "pipeline"
+    export_text_to_image.main(["--clip", str(root / "clip"), "--prior", str(root / "prior"), "--decoder",
+                               str(root / "decoder"), "--autoencoder", str(root / "ae" / "vae"), "--output",
+                               str(pipeline)])
+    run = tmp_path / "decoder"
+    train_decoder.main(common(data, run, steps=2) + [
+        "--clip_model_name_or_path", str(pipeline), "--vae_model_name_or_path", str(root / "ae" / "vae"),
+        "--architecture", str(root / "unclip.json")])
+    export_checkpoint.main(["--stage", "decoder", "--run", str(run), "--output", str(tmp_path / "export")])
+    final = UNet2DConditionModel.from_pretrained(run / "decoder").state_dict()
+    exported = UNet2DConditionModel.from_pretrained(tmp_path / "export" / "decoder").state_dict()
+    assert all(torch.equal(final[name], exported[name]) for name in final)
+
+
 def test_lora_fine_tunes_of_clip_prior_and_decoder_load_into_the_pipeline(trained, tmp_path):
     root, data, _ = trained
     out = tmp_path / "pipeline"

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import CLIPConfig
 
 from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet, build_prior
-from genvl.training import copy_ema_weights, resolve_resume
+from genvl.training import copy_ema_weights, pretrained_part, resolve_resume
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_decoder import DecoderStep, decoder_scheduler  # noqa: E402
@@ -51,7 +51,7 @@ def run_parts(run_dir, checkpoint: str):
     path = resolve_resume(run_dir, checkpoint)
     if path is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint")
-    clip = CLIPConfig.from_pretrained(config["clip_model_name_or_path"])
+    clip = CLIPConfig.from_pretrained(pretrained_part(config["clip_model_name_or_path"], "clip"))
     return config, path, clip, UnclipArchitecture.from_json(config["architecture"])
 
 

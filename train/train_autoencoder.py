@@ -54,8 +54,9 @@ class ReconstructionStep(torch.nn.Module):
 
 @torch.no_grad()
 def latent_scaling_factor(vae, images, count: int = 1024, batch_size: int = 128) -> float:
-    """1 / standard deviation of the latent means of up to `count` images (uint8, N x 3 x H x W)."""
-    latents = [vae.encode(images[i : i + batch_size].float() / 127.5 - 1).latent_dist.mean
+    """1 / standard deviation of the latent means of up to `count` images (uint8, N x 3 x H x W), encoded on
+    the autoencoder's device."""
+    latents = [vae.encode(images[i : i + batch_size].to(vae.device).float() / 127.5 - 1).latent_dist.mean
                for i in range(0, min(count, len(images)), batch_size)]
     return 1.0 / float(torch.cat(latents).std())
 

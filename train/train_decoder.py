@@ -74,10 +74,11 @@ class DecoderStep(torch.nn.Module):
 
 @torch.no_grad()
 def encode_latents(vae, images, batch_size: int = 128) -> torch.Tensor:
-    """Scaled latent means (N, C, h, w) of uint8 images, or pixels in [-1, 1] without an autoencoder."""
+    """Scaled latent means (N, C, h, w), on the CPU, of uint8 images (encoded on the autoencoder's device), or
+    pixels in [-1, 1] without an autoencoder."""
     if vae is None:
         return images.float() / 127.5 - 1
-    out = [vae.encode(images[i : i + batch_size].float() / 127.5 - 1).latent_dist.mean
+    out = [vae.encode(images[i : i + batch_size].to(vae.device).float() / 127.5 - 1).latent_dist.mean.cpu()
            for i in range(0, len(images), batch_size)]
     return torch.cat(out) * vae.config.scaling_factor
 
@@ -90,11 +91,14 @@ def main(argv=None):
 
     # 1. frozen features: CLIP image embeddings, text features of every phrasing plus "", latents
     _, image_embeds, phrasings, _, states, masks = frozen_clip_features(
-        args.clip_model_name_or_path, data_dir, records, args.image_column, args.caption_column, args.output_dir)
+        args.clip_model_name_or_path, data_dir, records, args.image_column, args.caption_column, args.output_dir,
+        accelerator.device)
     empty = len(states) - 1
 
     def compute_latents():
-        vae = AutoencoderKL.from_pretrained(args.vae_model_name_or_path).eval() if args.vae_model_name_or_path else None
+        vae = None
+        if args.vae_model_name_or_path:
+            vae = AutoencoderKL.from_pretrained(args.vae_model_name_or_path).eval().to(accelerator.device)
         return {"latents": encode_latents(vae, load_images(data_dir, records, args.image_column, args.resolution))}
 
     key = {"vae": file_stamp(args.vae_model_name_or_path) if args.vae_model_name_or_path else None,

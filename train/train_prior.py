@@ -51,7 +51,8 @@ def main(argv=None):
 
     # 1. frozen CLIP features: image embeddings, and text features of every distinct phrasing plus ""
     clip, targets, phrasings, text_embeds, states, masks = frozen_clip_features(
-        args.clip_model_name_or_path, data_dir, records, args.image_column, args.caption_column, args.output_dir)
+        args.clip_model_name_or_path, data_dir, records, args.image_column, args.caption_column, args.output_dir,
+        accelerator.device)
     with torch.no_grad():  # the prior attends in the embedding space
         states = torch.cat([clip.text_projection(states[i : i + 4096].float()).half()
                             for i in range(0, len(states), 4096)])
