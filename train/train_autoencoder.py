@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from genvl.models.unclip import UnclipArchitecture, build_autoencoder
-from genvl.training import TrainArgs, load_images, make_accelerator, parse_args, read_training_data, train_loop
+from genvl.training import (
+    TrainArgs, latent_means, load_images, make_accelerator, parse_args, read_training_data, train_loop,
+)
 
 
 @dataclass
@@ -52,13 +54,9 @@ class ReconstructionStep(torch.nn.Module):
         return self.vae.decode(posterior.sample(generator=generator)).sample, posterior.kl().mean()
 
 
-@torch.no_grad()
-def latent_scaling_factor(vae, images, count: int = 1024, batch_size: int = 128) -> float:
-    """1 / standard deviation of the latent means of up to `count` images (uint8, N x 3 x H x W), encoded on
-    the autoencoder's device."""
-    latents = [vae.encode(images[i : i + batch_size].to(vae.device).float() / 127.5 - 1).latent_dist.mean
-               for i in range(0, min(count, len(images)), batch_size)]
-    return 1.0 / float(torch.cat(latents).std())
+def latent_scaling_factor(vae, images, count: int = 1024) -> float:
+    """1 / standard deviation of the latent means of up to `count` images (uint8, N x 3 x H x W)."""
+    return 1.0 / float(latent_means(vae, images[:count]).std())
 
 
 def main(argv=None):

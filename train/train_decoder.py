@@ -27,8 +27,8 @@ from genvl.lora import save_adapter
 from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet
 from genvl.training import (
     LoraTrainArgs, add_training_adapter, add_training_noise, cached_features, data_stamp, file_stamp,
-    frozen_clip_features, load_images, make_accelerator, parse_args, pick_phrasings, process_rows, read_training_data,
-    step_generator, train_loop,
+    frozen_clip_features, latent_means, load_images, make_accelerator, parse_args, pick_phrasings, process_rows,
+    read_training_data, step_generator, train_loop,
 )
 
 
@@ -72,15 +72,12 @@ class DecoderStep(torch.nn.Module):
                          encoder_attention_mask=mask).sample
 
 
-@torch.no_grad()
-def encode_latents(vae, images, batch_size: int = 128) -> torch.Tensor:
-    """Scaled latent means (N, C, h, w), on the CPU, of uint8 images (encoded on the autoencoder's device), or
-    pixels in [-1, 1] without an autoencoder."""
+def encode_latents(vae, images) -> torch.Tensor:
+    """Scaled latent means (N, C, h, w), on the CPU, of uint8 images, or pixels in [-1, 1] without an
+    autoencoder."""
     if vae is None:
         return images.float() / 127.5 - 1
-    out = [vae.encode(images[i : i + batch_size].to(vae.device).float() / 127.5 - 1).latent_dist.mean.cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out) * vae.config.scaling_factor
+    return latent_means(vae, images) * vae.config.scaling_factor
 
 
 def main(argv=None):
