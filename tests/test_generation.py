@@ -122,6 +122,31 @@ def test_greedy_score_is_sum_of_token_log_probs(tiny_tokenizer):
         assert result.scores[image][0] == pytest.approx(float(expected), abs=1e-3)
 
 
+def test_greedy_batch_with_captions_ending_at_different_steps(tiny_tokenizer, monkeypatch):
+    """Finished captions stay in the batch as padding until half of them are done, then leave it: tokens must
+    match transformers and each image's score its score decoded alone."""
+    model, _ = get_dummy_components(tiny_tokenizer)
+    eos = tiny_tokenizer.eos_token_id
+    # swap EOS's output row with a token this model emits at different steps for different images
+    lm_head = model.decoder.lm_head.weight.data
+    lm_head[[eos, 239]] = lm_head[[239, eos]]
+    pixel_values = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    settings = GenerationSettings(eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos, max_new_tokens=12)
+    kept = []
+    keep = decoder_module.CachedDecoder.keep
+    monkeypatch.setattr(decoder_module.CachedDecoder, "keep",
+                        lambda self, rows, images: kept.append(len(images)) or keep(self, rows, images))
+    result = generate(model, pixel_values, settings)
+    lengths = [len(seqs[0]) for seqs in result.sequences]
+    assert len(set(lengths)) >= 3 and kept  # captions end at several steps and some images leave the batch
+    theirs = hf_sequences(model, pixel_values, torch.tensor([[eos]]), {}, 12)
+    assert [seqs[0] for seqs in result.sequences] == [trimmed(row, 1, eos) for row in theirs.sequences]
+    for image in range(8):
+        alone = generate(model, pixel_values[image : image + 1], settings)
+        assert alone.sequences[0] == result.sequences[image]
+        assert result.scores[image][0] == pytest.approx(alone.scores[0][0], abs=1e-4)
+
+
 def test_sampling_is_reproducible_and_per_image(tiny_tokenizer):
     model, _ = get_dummy_components(tiny_tokenizer)
     eos = tiny_tokenizer.eos_token_id

@@ -174,8 +174,13 @@ class CachedDecoder:
         history.copy_(history.index_select(2, rows))
 
     def keep(self, rows: torch.Tensor, images: torch.Tensor):
-        """Drop finished rows: keep `rows` of the self-attention cache and `images` of the cross cache."""
-        self.cache = self.cache[:, :, rows]
+        """Drop finished rows: keep `rows` of the self-attention cache and `images` of the cross cache. As in
+        `expand`, only the positions written so far are copied."""
+        shape = list(self.cache.shape)
+        shape[2] = len(rows)
+        cache = self.cache.new_empty(shape)
+        cache[:, :, :, :, : self.length] = self.cache[:, :, :, :, : self.length].index_select(2, rows)
+        self.cache = cache
         self.cross = [(k[images], v[images]) for k, v in self.cross]
 
 
