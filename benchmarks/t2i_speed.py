@@ -36,6 +36,9 @@ def parse_args(argv=None):
     parser.add_argument("--dpm-steps", type=int, default=12, help="DPM-Solver++ steps of each stage")
     parser.add_argument("--dpm-algorithm", choices=["dpmsolver++", "sde-dpmsolver++"], default="dpmsolver++",
                         help="DPM-Solver++'s algorithm_type: the ODE solver, or its stochastic variant")
+    parser.add_argument("--dpm-solver-order", type=int, choices=[1, 2, 3], default=2,
+                        help="DPM-Solver++'s solver_order (1: first order, which with the stochastic variant adds "
+                             "fresh noise at every step as DDPM does)")
     parser.add_argument("--dpm-timestep-spacing", choices=["leading", "trailing", "linspace"], default=None,
                         help="DPM-Solver++'s timestep spacing (default: the model's scheduler config)")
     parser.add_argument("--bf16-prompts", type=int, default=25,
@@ -53,13 +56,13 @@ def parse_args(argv=None):
 
 
 def with_scheduler(pipeline: TextToImagePipeline, kind: str, spacing: str | None = None,
-                   algorithm: str = "dpmsolver++") -> TextToImagePipeline:
+                   algorithm: str = "dpmsolver++", order: int = 2) -> TextToImagePipeline:
     """A pipeline sharing `pipeline`'s models, with DDPM ("ddpm") or DPM-Solver++ ("dpm") schedulers; `spacing`
-    overrides DPM-Solver++'s timestep spacing, `algorithm` is its algorithm_type."""
+    overrides DPM-Solver++'s timestep spacing, `algorithm` is its algorithm_type and `order` its solver_order."""
     other = TextToImagePipeline(**pipeline.components)
     other.set_progress_bar_config(disable=True)
     if kind == "dpm":
-        other.set_schedulers(DPMSolverMultistepScheduler, algorithm_type=algorithm,
+        other.set_schedulers(DPMSolverMultistepScheduler, algorithm_type=algorithm, solver_order=order,
                              **({"timestep_spacing": spacing} if spacing else {}))
     return other
 
@@ -139,7 +142,7 @@ def main(argv=None):
 
     configs = [("ddpm", args.steps), ("dpm", args.dpm_steps)]
     for kind, steps in configs:
-        pipeline = with_scheduler(base, kind, args.dpm_timestep_spacing, args.dpm_algorithm)
+        pipeline = with_scheduler(base, kind, args.dpm_timestep_spacing, args.dpm_algorithm, args.dpm_solver_order)
         counter = EvaluationCounter(pipeline)
         pipeline(timing_prompts[:1], prior_num_inference_steps=steps, decoder_num_inference_steps=steps)
         evaluations = dict(counter.counts)
@@ -148,6 +151,7 @@ def main(argv=None):
             "scheduler": kind, "steps_per_stage": steps, "network_evaluations": evaluations,
             "timestep_spacing": pipeline.decoder_scheduler.config.timestep_spacing,
             "algorithm_type": pipeline.decoder_scheduler.config.get("algorithm_type"),
+            "solver_order": pipeline.decoder_scheduler.config.get("solver_order"),
             "seconds_per_image": stage_times(pipeline, timing_prompts, steps, args.runs, args.seed),
             "judge": accuracy,
         }

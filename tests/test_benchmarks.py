@@ -35,6 +35,7 @@ def test_t2i_speed_reports_every_configuration(tmp_path):
         "--model", str(tmp_path / "model"), "--judge", str(tmp_path / "judge"), "--data", str(data),
         "--prompts", "4", "--images-per-prompt", "2", "--steps", "4", "--dpm-steps", "2", "--bf16-prompts", "2",
         "--batch-size", "4", "--runs", "1", "--dpm-timestep-spacing", "trailing", "--dpm-algorithm", "sde-dpmsolver++",
+        "--dpm-solver-order", "1",
         "--json", str(out),
     ])
     report = json.loads(out.read_text())
@@ -43,6 +44,7 @@ def test_t2i_speed_reports_every_configuration(tmp_path):
     assert report["configs"]["dpm-2"]["timestep_spacing"] == "trailing"
     assert report["configs"]["dpm-2"]["algorithm_type"] == "sde-dpmsolver++"
     assert report["configs"]["ddpm-4"]["algorithm_type"] is None
+    assert report["configs"]["dpm-2"]["solver_order"] == 1
     assert report["configs"]["dpm-2"]["network_evaluations"] == {"prior": 2, "decoder": 2}
     assert report["evaluation_ratio"] == 2.0
     for config in report["configs"].values():

@@ -83,6 +83,22 @@ def test_schedulers_are_swappable(scheduler_class):
     assert pipe.config.decoder_scheduler[1] == scheduler_class.__name__  # what save_pretrained will record
 
 
+def test_dpm_solver_from_the_last_cosine_step_stays_bounded():
+    """Trailing spacing starts DPM-Solver++ at the squared-cosine schedule's last step, whose alpha is 2e-9: the
+    first step from pure noise, with a slightly wrong noise prediction, must not blow up."""
+    pipe = TextToImagePipeline(**get_dummy_unclip_components())
+    pipe.set_schedulers(DPMSolverMultistepScheduler, timestep_spacing="trailing")
+    scheduler = pipe.decoder_scheduler
+    scheduler.set_timesteps(12)
+    noise = torch.randn(4096, generator=torch.Generator().manual_seed(0))
+    error = 0.05 * torch.randn(4096, generator=torch.Generator().manual_seed(1))
+    first = scheduler.step(noise + error, scheduler.timesteps[0], noise).prev_sample
+    assert first.std() < 3.0
+    # an explicit setting wins
+    pipe.set_schedulers(DPMSolverMultistepScheduler, lambda_min_clipped=-1.0)
+    assert pipe.prior_scheduler.config.lambda_min_clipped == -1.0
+
+
 def test_guidance_changes_the_result(pipeline):
     plain = pipeline("a red apple", generator=generators(0), output_type="np", prior_guidance_scale=1.0,
                      decoder_guidance_scale=1.0, **STEPS).images

@@ -5,6 +5,7 @@ supports the models' prediction types can be swapped in (DDPM, DDIM, DPMSolverMu
 """
 
 import copy
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,11 @@ from ..images import load_image
 from ..lora import LoraMixin
 from ..models import unclip  # noqa: F401  (from_pretrained finds UnclipConditioner by its module's name)
 from ..models.clip import warn_if_truncated
+
+
+# the lowest log signal-to-noise ratio a DPM-Solver step may start from on the squared-cosine schedule (diffusers'
+# advice for that schedule; about timestep 995 of 1,000)
+COSINE_LAMBDA_MIN = -5.1
 
 
 @dataclass
@@ -90,9 +96,18 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
 
     def set_schedulers(self, scheduler_class, **config):
         """Swap both stages' schedulers for `scheduler_class` (a diffusers scheduler class), built from the
-        current ones' configs with `config` overriding, e.g. `set_schedulers(DPMSolverMultistepScheduler)`."""
-        self.prior_scheduler = scheduler_class.from_config(self.prior_scheduler.config, **config)
-        self.decoder_scheduler = scheduler_class.from_config(self.decoder_scheduler.config, **config)
+        current ones' configs with `config` overriding, e.g. `set_schedulers(DPMSolverMultistepScheduler)`.
+
+        On the squared-cosine schedule, a scheduler that takes `lambda_min_clipped` (DPM-Solver++) gets -5.1
+        unless `config` says otherwise: without it, a solver that starts at the last training step (as with
+        `timestep_spacing="trailing"`) divides by an alpha of 2e-9 there and its first step blows up."""
+        for name in ("prior_scheduler", "decoder_scheduler"):
+            current = getattr(self, name).config
+            extra = {}
+            if (current.get("beta_schedule") == "squaredcos_cap_v2"
+                    and "lambda_min_clipped" in inspect.signature(scheduler_class.__init__).parameters):
+                extra["lambda_min_clipped"] = COSINE_LAMBDA_MIN
+            setattr(self, name, scheduler_class.from_config(current, **{**extra, **config}))
         return self
 
     def for_another_thread(self) -> "TextToImagePipeline":
