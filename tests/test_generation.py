@@ -123,8 +123,8 @@ def test_greedy_score_is_sum_of_token_log_probs(tiny_tokenizer):
 
 
 def test_greedy_batch_with_captions_ending_at_different_steps(tiny_tokenizer, monkeypatch):
-    """Finished captions stay in the batch as padding until half of them are done, then leave it: tokens must
-    match transformers and each image's score its score decoded alone."""
+    """Images whose captions have ended leave the batch while the others go on: tokens must match transformers
+    and each image's tokens and score those of the image decoded alone."""
     model, _ = get_dummy_components(tiny_tokenizer)
     eos = tiny_tokenizer.eos_token_id
     # swap EOS's output row with a token this model emits at different steps for different images

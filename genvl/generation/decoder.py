@@ -159,14 +159,19 @@ class CachedDecoder:
         hidden = self.ln_f(hidden.view(rows, steps, -1)[:, -1])
         return self.lm_head(hidden).float()
 
-    def expand(self, copies: int):
-        """Give every row `copies` identical rows (after a prefill of one row per image, for beam search).
-        Only the positions written so far are copied, not the whole preallocated length."""
+    def _gathered(self, rows: torch.Tensor) -> torch.Tensor:
+        """A new cache whose row r holds the history of row `rows[r]`, with room for the whole preallocated length
+        but only the positions written so far copied."""
         shape = list(self.cache.shape)
-        shape[2] *= copies
+        shape[2] = len(rows)
         cache = self.cache.new_empty(shape)
-        cache[:, :, :, :, : self.length] = self.cache[:, :, :, :, : self.length].repeat_interleave(copies, dim=2)
-        self.cache = cache
+        cache[:, :, :, :, : self.length] = self.cache[:, :, :, :, : self.length].index_select(2, rows)
+        return cache
+
+    def expand(self, copies: int):
+        """Give every row `copies` identical rows (after a prefill of one row per image, for beam search)."""
+        rows = torch.arange(self.cache.shape[2], device=self.cache.device).repeat_interleave(copies)
+        self.cache = self._gathered(rows)
 
     def reorder(self, rows: torch.Tensor):
         """Row r of the cache takes the history of row `rows[r]` (beam reordering)."""
@@ -174,13 +179,8 @@ class CachedDecoder:
         history.copy_(history.index_select(2, rows))
 
     def keep(self, rows: torch.Tensor, images: torch.Tensor):
-        """Drop finished rows: keep `rows` of the self-attention cache and `images` of the cross cache. As in
-        `expand`, only the positions written so far are copied."""
-        shape = list(self.cache.shape)
-        shape[2] = len(rows)
-        cache = self.cache.new_empty(shape)
-        cache[:, :, :, :, : self.length] = self.cache[:, :, :, :, : self.length].index_select(2, rows)
-        self.cache = cache
+        """Drop finished rows: keep `rows` of the self-attention cache and `images` of the cross cache."""
+        self.cache = self._gathered(rows)
         self.cross = [(k[images], v[images]) for k, v in self.cross]
 
 

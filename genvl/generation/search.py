@@ -72,7 +72,6 @@ def greedy_or_sample(model, states, prompt, settings, generator=None) -> Generat
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     all_tokens, all_totals = tokens.clone(), totals.clone()
     history = settings.repetition_penalty != 1.0 or settings.no_repeat_ngram_size > 0  # penalties read it
-    holds_finished = copies > 1  # whether some rows in the batch have finished
     for step in range(settings.max_new_tokens):
         input_ids = torch.cat([prompt.expand(len(live), -1), tokens[:, :step]], dim=1) if history else None
         scores = apply_penalties(logits, input_ids, step, settings)
@@ -83,7 +82,7 @@ def greedy_or_sample(model, states, prompt, settings, generator=None) -> Generat
         else:
             next_tokens = scores.argmax(dim=-1)
         picked = log_probs.gather(1, next_tokens[:, None]).squeeze(1)
-        if holds_finished:  # a finished row still in the batch only pads
+        if copies > 1:  # a row that has finished while its image's other rows go on only pads
             next_tokens = next_tokens.masked_fill(finished, pad)
             picked = picked.masked_fill(finished, 0.0)
         tokens[:, step] = next_tokens
@@ -92,15 +91,10 @@ def greedy_or_sample(model, states, prompt, settings, generator=None) -> Generat
         if step == settings.max_new_tokens - 1:
             break
         open_images = ~finished.view(-1, copies).all(dim=1)
-        held, still_open = len(open_images), int(open_images.sum())
-        if still_open == 0:
-            break
-        holds_finished = copies > 1 or still_open < held
-        # Drop the images whose rows have all finished once they are at least half of the batch: dropping copies
-        # the kept rows' caches, which costs about as much as a few steps of the dropped rows, so dropping one
-        # image at a time would cost more than it saves.
-        if 2 * still_open <= held:
-            holds_finished = copies > 1
+        if not bool(open_images.all()):
+            if not bool(open_images.any()):
+                break
+            # drop images whose rows have all finished
             keep_rows = open_images.repeat_interleave(copies)
             gone = ~keep_rows
             all_tokens[live[gone]], all_totals[live[gone]] = tokens[gone], totals[gone]
