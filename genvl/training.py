@@ -448,7 +448,8 @@ def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, 
     # FSDP replaces the parameters with sharded ones: clipping and EMA must follow the model's current ones
     current = dict(accelerator.unwrap_model(model).named_parameters())
     parameters = [current[name] for name in trained]
-    ema = EMAModel(parameters, decay=args.ema_decay) if args.use_ema else None
+    # foreach: one fused update for all the weights instead of a few small kernels per tensor
+    ema = EMAModel(parameters, decay=args.ema_decay, foreach=True) if args.use_ema else None
 
     global_step, losses = 0, []
     resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
@@ -472,7 +473,15 @@ def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, 
         raise ValueError(f"{num_items} samples cannot fill one batch of {per_step}")
     micro_step = global_step * args.gradient_accumulation_steps
     model.train()
-    started, first_step, running_loss = time.time(), global_step, 0.0
+    # the step losses stay on the device until they are logged or saved: reading each one at once would make
+    # the host wait for the device every step
+    started, first_step, running_loss, pending = time.time(), global_step, 0.0, []
+
+    def flush_losses():
+        if pending:
+            losses.extend(torch.stack(pending).float().tolist())
+            pending.clear()
+
     while global_step < args.max_train_steps:
         epoch, index = divmod(micro_step, batches_per_epoch)
         order = epoch_order(num_items, args.seed, epoch)
@@ -487,15 +496,16 @@ def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, 
             scheduler.step()
             optimizer.zero_grad()
         micro_step += 1
-        running_loss += accelerator.gather(loss.detach()).mean().item() / args.gradient_accumulation_steps
+        running_loss = running_loss + accelerator.gather(loss.detach()).mean() / args.gradient_accumulation_steps
         if not accelerator.sync_gradients:
             continue
         if ema is not None:
             ema.step(parameters)
         global_step += 1
-        losses.append(running_loss)
+        pending.append(running_loss)
         running_loss = 0.0
         if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
+            flush_losses()
             rate = (global_step - first_step) / max(1e-9, time.time() - started)
             recent = float(np.mean(losses[-args.logging_steps:]))
             accelerator.print(f"step {global_step}/{args.max_train_steps} loss {recent:.4f} "
@@ -503,6 +513,7 @@ def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, 
             accelerator.log({"loss": recent, "lr": scheduler.get_last_lr()[0]}, step=global_step)
         if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
             # the losses so far travel with the checkpoint, so a resumed run reports its whole history
+            flush_losses()
             save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit,
                             extra={"losses": losses}, ema=ema)
     accelerator.wait_for_everyone()
@@ -590,8 +601,8 @@ def add_training_noise(scheduler, x0, generator, rows: slice | None = None, tota
     import torch
 
     rows, total = rows or slice(None), total or len(x0)
-    noise = torch.randn((total, *x0.shape[1:]), generator=generator)[rows]
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (total,), generator=generator)[rows]
+    noise = torch.randn((total, *x0.shape[1:]), generator=generator)[rows].to(x0.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (total,), generator=generator)[rows].to(x0.device)
     return noise, t, scheduler.add_noise(x0, noise, t)
 
 

@@ -101,6 +101,11 @@ def main(argv=None):
     key = {"vae": file_stamp(args.vae_model_name_or_path) if args.vae_model_name_or_path else None,
            "data": data_stamp(data_dir), "records": len(records), "resolution": args.resolution}
     latents = cached_features(Path(args.output_dir) / "latents.safetensors", key, compute_latents)["latents"]
+    if accelerator.device.type != "cpu":
+        # on an accelerator the features live there (a few GB for 100,000 images): a step then indexes them in
+        # place instead of gathering and copying its batch on the host
+        image_embeds, states, masks, latents = (
+            x.to(accelerator.device) for x in (image_embeds, states, masks, latents))
 
     # 2. the conditioner and the UNet
     arch = UnclipArchitecture.from_json(args.architecture)
@@ -129,7 +134,7 @@ def main(argv=None):
         drop_text = torch.rand(total, generator=generator)[rows] < args.text_dropout
         drop_image = torch.rand(total, generator=generator)[rows] < args.image_dropout
         chosen = torch.where(drop_text, torch.full_like(chosen, empty), chosen)
-        embeds = image_embeds[batch].masked_fill(drop_image[:, None], 0.0)
+        embeds = image_embeds[batch].masked_fill(drop_image[:, None].to(image_embeds.device), 0.0)
         noise, t, noisy = add_training_noise(scheduler, latents[batch], generator, rows, total)
         prediction = model(noisy.to(device), t.to(device), embeds.to(device), states[chosen].to(device, torch.float32),
                            masks[chosen].to(device))
