@@ -33,7 +33,9 @@ def parse_args(argv=None):
     parser.add_argument("--prompts", type=int, default=250, help="prompts for the judged accuracy")
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--steps", type=int, default=25, help="DDPM steps of each stage (the unCLIP default)")
-    parser.add_argument("--dpm-steps", type=int, default=12, help="DPM-Solver++ steps of each stage")
+    parser.add_argument("--dpm-steps", type=int, default=12, help="DPM-Solver++ steps of the decoder")
+    parser.add_argument("--dpm-prior-steps", type=int, default=None,
+                        help="DPM-Solver++ steps of the prior (default: --dpm-steps)")
     parser.add_argument("--dpm-algorithm", choices=["dpmsolver++", "sde-dpmsolver++"], default="dpmsolver++",
                         help="DPM-Solver++'s algorithm_type: the ODE solver, or its stochastic variant")
     parser.add_argument("--dpm-solver-order", type=int, choices=[1, 2, 3], default=2,
@@ -49,7 +51,10 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write every measured number to this JSON file")
     args = parser.parse_args(argv)
-    for name in ("prompts", "images_per_prompt", "steps", "dpm_steps", "bf16_prompts", "batch_size", "runs"):
+    if args.dpm_prior_steps is None:
+        args.dpm_prior_steps = args.dpm_steps
+    for name in ("prompts", "images_per_prompt", "steps", "dpm_steps", "dpm_prior_steps", "bf16_prompts",
+                 "batch_size", "runs"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
@@ -82,8 +87,9 @@ class EvaluationCounter:
         self.counts = dict.fromkeys(self.counts, 0)
 
 
-def stage_times(pipeline, prompts: list[str], steps: int, runs: int, seed: int) -> dict:
-    """Median seconds per image of each stage: text encoder, prior, decoder UNet loop, autoencoder decode."""
+def stage_times(pipeline, prompts: list[str], steps: tuple[int, int], runs: int, seed: int) -> dict:
+    """Median seconds per image of each stage (text encoder, prior, decoder UNet loop, autoencoder decode) with
+    `steps` = (prior steps, decoder steps)."""
     generators = lambda: [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]  # noqa: E731
     samples = {"text": [], "prior": [], "decoder": [], "vae": []}
     for run in range(runs + 1):  # the first run warms up
@@ -91,7 +97,7 @@ def stage_times(pipeline, prompts: list[str], steps: int, runs: int, seed: int) 
             start = time.perf_counter()
             text = pipeline.encode_prompt([""] * len(prompts) + prompts)
             after_text = time.perf_counter()
-            embeds = pipeline.run_prior(text, steps, 4.0, generators())
+            embeds = pipeline.run_prior(text, steps[0], 4.0, generators())
             after_prior = time.perf_counter()
             if pipeline.vae is None:
                 raise ValueError("stage timing expects a latent decoder with an autoencoder")
@@ -105,7 +111,7 @@ def stage_times(pipeline, prompts: list[str], steps: int, runs: int, seed: int) 
 
             pipeline.vae.decode = timed_decode
             try:
-                pipeline.run_decoder(embeds, text, steps, 4.0, generators())
+                pipeline.run_decoder(embeds, text, steps[1], 4.0, generators())
             finally:
                 del pipeline.vae.decode
             end = time.perf_counter()
@@ -119,10 +125,10 @@ def stage_times(pipeline, prompts: list[str], steps: int, runs: int, seed: int) 
     return times
 
 
-def judged(pipeline, judge, records, images_per_prompt, batch_size, seed, steps) -> dict:
+def judged(pipeline, judge, records, images_per_prompt, batch_size, seed, steps: tuple[int, int]) -> dict:
     prompts, scenes = [r["text"] for r in records], [r["scene"] for r in records]
     images = generate_for_prompts(pipeline, prompts, images_per_prompt, batch_size, seed,
-                                  prior_num_inference_steps=steps, decoder_num_inference_steps=steps)
+                                  prior_num_inference_steps=steps[0], decoder_num_inference_steps=steps[1])
     rows = [p for p in range(len(prompts)) for _ in range(images_per_prompt)]
     return judge_images(judge, images, scenes, rows)
 
@@ -140,24 +146,26 @@ def main(argv=None):
     report = {"model": args.model, "threads": torch.get_num_threads(), "timing_batch": len(timing_prompts),
               "prompts": len(records), "images_per_prompt": args.images_per_prompt, "configs": {}}
 
-    configs = [("ddpm", args.steps), ("dpm", args.dpm_steps)]
-    for kind, steps in configs:
+    # (scheduler, (prior steps, decoder steps)); a config is named by its steps, "dpm-12" or "dpm-8+17"
+    configs = [("ddpm", (args.steps, args.steps)), ("dpm", (args.dpm_prior_steps, args.dpm_steps))]
+    names = [f"{kind}-{p}" if p == d else f"{kind}-{p}+{d}" for kind, (p, d) in configs]
+    for name, (kind, steps) in zip(names, configs):
         pipeline = with_scheduler(base, kind, args.dpm_timestep_spacing, args.dpm_algorithm, args.dpm_solver_order)
         counter = EvaluationCounter(pipeline)
-        pipeline(timing_prompts[:1], prior_num_inference_steps=steps, decoder_num_inference_steps=steps)
+        pipeline(timing_prompts[:1], prior_num_inference_steps=steps[0], decoder_num_inference_steps=steps[1])
         evaluations = dict(counter.counts)
         accuracy = judged(pipeline, judge, records, args.images_per_prompt, args.batch_size, args.seed, steps)
-        report["configs"][f"{kind}-{steps}"] = {
-            "scheduler": kind, "steps_per_stage": steps, "network_evaluations": evaluations,
+        report["configs"][name] = {
+            "scheduler": kind, "steps": {"prior": steps[0], "decoder": steps[1]}, "network_evaluations": evaluations,
             "timestep_spacing": pipeline.decoder_scheduler.config.timestep_spacing,
             "algorithm_type": pipeline.decoder_scheduler.config.get("algorithm_type"),
             "solver_order": pipeline.decoder_scheduler.config.get("solver_order"),
             "seconds_per_image": stage_times(pipeline, timing_prompts, steps, args.runs, args.seed),
             "judge": accuracy,
         }
-        print(f"{kind} {steps}+{steps}: evaluations {evaluations}, judged overall {accuracy['overall']:.4f}",
+        print(f"{kind} {steps[0]}+{steps[1]}: evaluations {evaluations}, judged overall {accuracy['overall']:.4f}",
               flush=True)
-    default, fast = (report["configs"][f"{kind}-{steps}"] for kind, steps in configs)
+    default, fast = (report["configs"][name] for name in names)
     evaluations = [sum(config["network_evaluations"].values()) for config in (default, fast)]
     report["evaluation_ratio"] = evaluations[0] / evaluations[1]
     report["accuracy_points_lost"] = 100 * (default["judge"]["overall"] - fast["judge"]["overall"])
@@ -167,9 +175,10 @@ def main(argv=None):
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         pipeline = with_scheduler(base, "ddpm").to(dtype=dtype)
         precision[name] = {
-            "seconds_per_image": stage_times(pipeline, [r["text"] for r in subset], args.steps,
+            "seconds_per_image": stage_times(pipeline, [r["text"] for r in subset], (args.steps, args.steps),
                                              max(1, args.runs // 2), args.seed),
-            "judge": judged(pipeline, judge, subset, args.images_per_prompt, args.batch_size, args.seed, args.steps),
+            "judge": judged(pipeline, judge, subset, args.images_per_prompt, args.batch_size, args.seed,
+                            (args.steps, args.steps)),
         }
         print(f"{name}: {precision[name]['seconds_per_image']['total']:.4f} s/image, judged overall "
               f"{precision[name]['judge']['overall']:.4f} on {len(subset)} prompts", flush=True)

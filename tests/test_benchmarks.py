@@ -33,19 +33,20 @@ def test_t2i_speed_reports_every_configuration(tmp_path):
     out = tmp_path / "report.json"
     load_benchmark("t2i_speed").main([
         "--model", str(tmp_path / "model"), "--judge", str(tmp_path / "judge"), "--data", str(data),
-        "--prompts", "4", "--images-per-prompt", "2", "--steps", "4", "--dpm-steps", "2", "--bf16-prompts", "2",
+        "--prompts", "4", "--images-per-prompt", "2", "--steps", "4", "--dpm-steps", "3", "--bf16-prompts", "2",
         "--batch-size", "4", "--runs", "1", "--dpm-timestep-spacing", "trailing", "--dpm-algorithm", "sde-dpmsolver++",
-        "--dpm-solver-order", "1",
+        "--dpm-solver-order", "1", "--dpm-prior-steps", "1",
         "--json", str(out),
     ])
     report = json.loads(out.read_text())
     assert report["configs"]["ddpm-4"]["network_evaluations"] == {"prior": 4, "decoder": 4}
     assert report["configs"]["ddpm-4"]["timestep_spacing"] == "leading"
-    assert report["configs"]["dpm-2"]["timestep_spacing"] == "trailing"
-    assert report["configs"]["dpm-2"]["algorithm_type"] == "sde-dpmsolver++"
+    assert report["configs"]["dpm-1+3"]["timestep_spacing"] == "trailing"
+    assert report["configs"]["dpm-1+3"]["algorithm_type"] == "sde-dpmsolver++"
     assert report["configs"]["ddpm-4"]["algorithm_type"] is None
-    assert report["configs"]["dpm-2"]["solver_order"] == 1
-    assert report["configs"]["dpm-2"]["network_evaluations"] == {"prior": 2, "decoder": 2}
+    assert report["configs"]["dpm-1+3"]["solver_order"] == 1
+    assert report["configs"]["dpm-1+3"]["network_evaluations"] == {"prior": 1, "decoder": 3}
+    assert report["configs"]["dpm-1+3"]["steps"] == {"prior": 1, "decoder": 3}
     assert report["evaluation_ratio"] == 2.0
     for config in report["configs"].values():
         times = config["seconds_per_image"]
