@@ -147,7 +147,8 @@ def main(argv=None):
               "prompts": len(records), "images_per_prompt": args.images_per_prompt, "configs": {}}
 
     # (scheduler, (prior steps, decoder steps)); a config is named by its steps, "dpm-12" or "dpm-8+17"
-    configs = [("ddpm", (args.steps, args.steps)), ("dpm", (args.dpm_prior_steps, args.dpm_steps))]
+    ddpm_steps = (args.steps, args.steps)
+    configs = [("ddpm", ddpm_steps), ("dpm", (args.dpm_prior_steps, args.dpm_steps))]
     names = [f"{kind}-{p}" if p == d else f"{kind}-{p}+{d}" for kind, (p, d) in configs]
     for name, (kind, steps) in zip(names, configs):
         pipeline = with_scheduler(base, kind, args.dpm_timestep_spacing, args.dpm_algorithm, args.dpm_solver_order)
@@ -175,10 +176,9 @@ def main(argv=None):
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         pipeline = with_scheduler(base, "ddpm").to(dtype=dtype)
         precision[name] = {
-            "seconds_per_image": stage_times(pipeline, [r["text"] for r in subset], (args.steps, args.steps),
+            "seconds_per_image": stage_times(pipeline, [r["text"] for r in subset], ddpm_steps,
                                              max(1, args.runs // 2), args.seed),
-            "judge": judged(pipeline, judge, subset, args.images_per_prompt, args.batch_size, args.seed,
-                            (args.steps, args.steps)),
+            "judge": judged(pipeline, judge, subset, args.images_per_prompt, args.batch_size, args.seed, ddpm_steps),
         }
         print(f"{name}: {precision[name]['seconds_per_image']['total']:.4f} s/image, judged overall "
               f"{precision[name]['judge']['overall']:.4f} on {len(subset)} prompts", flush=True)
