@@ -29,7 +29,8 @@ def default_t2i_model() -> str:
     return os.environ.get("GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))
 
 
-def add_sampling_flags(parser, prior: bool = True, outputs: bool = True):
+def add_sampling_flags(parser, prior: bool = True, outputs: bool = True, text: bool = False):
+    """`text`: the command decodes prompts' words too (generate, eval t2i), so it takes --decoder-text-guidance."""
     group = parser.add_argument_group("sampling")
     group.add_argument("--steps", type=int, default=25, help="inference steps of each stage (default 25)")
     group.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale of each stage")
@@ -38,6 +39,11 @@ def add_sampling_flags(parser, prior: bool = True, outputs: bool = True):
         group.add_argument("--prior-guidance", type=float, help="prior guidance (default: --guidance)")
     group.add_argument("--decoder-steps", type=int, help="decoder steps (default: --steps)")
     group.add_argument("--decoder-guidance", type=float, help="decoder guidance (default: --guidance)")
+    if text:
+        group.add_argument("--decoder-text-guidance", type=float,
+                           help="guide the decoder towards the prompt's words apart from the image embedding, at "
+                                "this scale (--decoder-guidance then guides towards the embedding alone; one more "
+                                "network evaluation per step). Default: both together at --decoder-guidance")
     group.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddpm",
                        help="diffusers scheduler: ddpm (default), ddim, dpm (DPM-Solver++), dpm-sde (its "
                             "stochastic variant, first order: with --prior-steps 8 --decoder-steps 17 it halves the "
@@ -70,7 +76,7 @@ def add_parsers(commands, evaluate):
     generate.add_argument("--batch-size", type=int, help=BATCH_HELP)
     generate.add_argument("--negative", default=None, help="negative prompt (default: the empty prompt)")
     add_lora_flag(generate)
-    add_sampling_flags(generate)
+    add_sampling_flags(generate, text=True)
     add_t2i_runtime_flags(generate)
 
     vary = commands.add_parser("vary", help="variations of an image", epilog="example: genvl vary img.png -n 4")
@@ -119,7 +125,7 @@ def add_parsers(commands, evaluate):
                      help="also score the prior (against the real renders' embeddings) and the decoder (drawing "
                           "from the real renders' embeddings) on their own")
     add_lora_flag(t2i)
-    add_sampling_flags(t2i, outputs=False)
+    add_sampling_flags(t2i, outputs=False, text=True)
     add_t2i_runtime_flags(t2i)
 
 
@@ -131,7 +137,7 @@ def check_positive(args, *names):
 
 
 def check_guidance(args):
-    for name in ("guidance", "prior_guidance", "decoder_guidance"):
+    for name in ("guidance", "prior_guidance", "decoder_guidance", "decoder_text_guidance"):
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise UsageError(f"--{name.replace('_', '-')} must be a number >= 0 (1 means no guidance), got {value}")
@@ -168,6 +174,8 @@ def stage_settings(args, prior: bool = True) -> dict:
     if prior:
         settings.update(prior_num_inference_steps=either(args.prior_steps, args.steps),
                         prior_guidance_scale=either(args.prior_guidance, args.guidance))
+        if getattr(args, "decoder_text_guidance", None) is not None:
+            settings["decoder_text_guidance_scale"] = args.decoder_text_guidance
     return settings
 
 

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from genvl.cli import main
-from genvl.evaluation.retrieval import retrieval_ranks
+from genvl.evaluation import retrieval
+from genvl.evaluation.retrieval import retrieval_ranks, swapped_caption
 from genvl.world.dataset import write_imagefolder
 
 from .test_cli import NO_TORCH
@@ -71,6 +72,23 @@ def test_generate_with_another_scheduler(t2i_dir, tmp_path):
     assert not np.array_equal(pixels["a"], pixels["b"])
 
 
+def test_generate_with_text_guidance(t2i_dir, tmp_path, capsys):
+    pixels = {}
+    for name, extra in (("joint", []), ("apart", ["--decoder-text-guidance", "8"])):
+        assert main(["generate", "a red apple", "--seed", "0", "--out", str(tmp_path / name), "--model", str(t2i_dir),
+                     *FAST, *extra]) == 0
+        with Image.open(tmp_path / name / "a_red_apple-0-0.png") as image:
+            settings = json.loads(image.text["settings"])
+            pixels[name] = np.asarray(image)
+    assert settings["decoder_text_guidance_scale"] == 8.0
+    assert not np.array_equal(pixels["joint"], pixels["apart"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "a red apple", "--decoder-text-guidance", "nan", "--model", str(t2i_dir),
+              "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2 and "--decoder-text-guidance must be a number >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_generate_usage_errors(t2i_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "  ", "--model", str(t2i_dir), "--out", str(tmp_path)])
@@ -125,6 +143,40 @@ def test_retrieval_ranks_count_identical_captions_as_matches():
     assert text_to_image.tolist() == [1, 2]  # caption 1: image 2 (0.7) scores above its image 1 (0.2)
 
 
+def test_swapped_caption_exchanges_the_two_objects():
+    apple = {"name": "apple", "colour": "red", "size": "medium", "position": "left"}
+    car = {"name": "car", "colour": "blue", "size": "medium", "position": "right"}
+    assert swapped_caption({"layout": "pair_v", "objects": [apple, car]}) == "a blue car above a red apple"
+    assert swapped_caption({"layout": "pair_h", "objects": [car, apple]}) == "a red apple to the left of a blue car"
+    assert swapped_caption({"layout": "pair_h", "objects": [apple, dict(apple)]}) is None  # they look alike
+    assert swapped_caption({"layout": "single", "objects": [apple]}) is None
+
+
+def test_order_accuracy_compares_each_image_with_its_own_caption_and_its_twin(monkeypatch):
+    from genvl.world.captions import scene_captions
+
+    def obj(name, colour):
+        return {"name": name, "colour": colour, "size": "medium", "position": "left"}
+
+    scenes = [{"layout": "pair_h", "objects": [obj("apple", "red"), obj("car", "blue")]},
+              {"layout": "single", "objects": [obj("cat", "green")]},
+              {"layout": "pair_v", "objects": [obj("dog", "brown"), obj("cup", "red")]},
+              {"layout": "pair_v", "objects": [obj("bell", "pink"), obj("tent", "gray")]}]
+    records = [{"text": scene_captions(scene)[0], "scene": scene} for scene in scenes]
+    texts = sorted({r["text"] for r in records} | {swapped_caption(sc) for sc in scenes if swapped_caption(sc)})
+
+    def one_hot_texts(clip, tokenizer, batch, length, batch_size):  # each distinct text its own axis
+        return (torch.eye(len(texts))[[texts.index(t) for t in batch]],)
+
+    monkeypatch.setattr(retrieval, "embed_texts", one_hot_texts)
+    # images 0 and 3 look like their own captions, image 2 like its twin; image 1 has no twin
+    looks_like = [records[0]["text"], records[1]["text"], swapped_caption(scenes[2]), records[3]["text"]]
+    image_embeds = torch.eye(len(texts))[[texts.index(t) for t in looks_like]]
+    report = retrieval.order_accuracy(None, None, records, image_embeds, length=8, batch_size=4)
+    assert report == {"order_images": 3, "order_accuracy": pytest.approx(2 / 3)}
+    assert retrieval.order_accuracy(None, None, records[1:2], image_embeds[1:2], 8, 4) == {}
+
+
 def test_eval_retrieval_report(t2i_dir, tmp_path, capsys):
     data = write_imagefolder(tmp_path / "world", 12, seed=0, split="test", resolution=32)
     report_path = tmp_path / "report.json"
@@ -134,6 +186,9 @@ def test_eval_retrieval_report(t2i_dir, tmp_path, capsys):
     assert report["images"] == 12
     assert 0 <= report["image_to_text_R@1"] <= report["image_to_text_R@5"] <= report["image_to_text_R@10"] <= 1
     assert 1 <= report["text_to_image_median_rank"] <= 12
+    pairs = [r for r in map(json.loads, (data / "metadata.jsonl").read_text().splitlines())
+             if swapped_caption(r["scene"])]
+    assert report.get("order_images", 0) == len(pairs) and 0 <= report.get("order_accuracy", 0) <= 1
 
 
 def test_eval_t2i_report(t2i_dir, tiny_pipeline_dir, tmp_path, capsys):
@@ -150,6 +205,9 @@ def test_eval_t2i_report(t2i_dir, tiny_pipeline_dir, tmp_path, capsys):
     assert main(argv) == 0
     report = json.loads(report_path.read_text())
     assert report["images"] == 10 and report["settings"]["decoder_num_inference_steps"] == 2
+    assert main(argv + ["--stages", "--decoder-text-guidance", "6"]) == 0  # text guidance reaches both paths
+    guided = json.loads(report_path.read_text())
+    assert guided["settings"]["decoder_text_guidance_scale"] == 6.0 and "decoder_from_real_embeddings" in guided["stages"]
     assert set(report["generated"]) == {"judge", "r_precision", "round_trip", "frechet_distance"}
     with pytest.raises(SystemExit) as exit_info:
         main(argv[:-3] + ["--prompts", "0"])

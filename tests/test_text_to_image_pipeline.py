@@ -106,6 +106,49 @@ def test_guidance_changes_the_result(pipeline):
     assert np.abs(plain - guided).max() > 1e-4
 
 
+def test_text_guidance_guides_the_prompt_apart_from_the_image_embedding(pipeline, monkeypatch):
+    """With a text guidance scale of its own, the decoder sees three row blocks: [no image, negative prompt;
+    image, negative prompt; image, prompt], combined as u + s_image (i - u) + s_text (it - i)."""
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+    seen, predictions = [], []
+
+    def fake_forward(self, sample, timestep, encoder_hidden_states, class_labels, encoder_attention_mask):
+        seen.append((encoder_hidden_states, class_labels))
+        values = torch.tensor([1.0, 10.0, 100.0]).repeat_interleave(len(sample) // 3)  # u, i, it
+        return UNet2DConditionOutput(sample=values[:, None, None, None].expand_as(sample).clone())
+
+    def record_step(prediction, t, latents, generator=None):
+        predictions.append(prediction)
+        return type("Out", (), {"prev_sample": latents})()
+
+    monkeypatch.setattr(type(pipeline.decoder), "forward", fake_forward)
+    monkeypatch.setattr(pipeline.decoder_scheduler, "step", record_step)
+    embeds = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)
+    text = pipeline.encode_prompt(["", "", "a red apple", "two blue cars"])
+    pipeline.run_decoder(embeds, text, 2, 4.0, generators(0, 1), text_guidance_scale=8.0)
+
+    assert len(predictions) == 2
+    for prediction in predictions:  # 1 + 4 (10 - 1) + 8 (100 - 10)
+        assert torch.allclose(prediction, torch.full_like(prediction, 757.0))
+    context, labels = seen[0]
+    assert labels.shape[0] == 6 and labels[:2].abs().max() == 0
+    assert torch.equal(labels[2:4], embeds) and torch.equal(labels[4:], embeds)
+    tokens = pipeline.conditioner.config.image_tokens
+    assert torch.equal(context[:2, tokens:], context[2:4, tokens:])  # both with the negative prompt
+    assert not torch.allclose(context[2:4, tokens:], context[4:, tokens:])  # the prompt's words
+
+
+def test_equal_text_and_image_guidance_is_the_default(pipeline):
+    default = pipeline("a red apple", generator=generators(0), output_type="np", **STEPS).images
+    equal = pipeline("a red apple", generator=generators(0), output_type="np", decoder_text_guidance_scale=4.0,
+                     **STEPS).images
+    apart = pipeline("a red apple", generator=generators(0), output_type="np", decoder_text_guidance_scale=8.0,
+                     **STEPS).images
+    np.testing.assert_array_equal(default, equal)
+    assert np.abs(apart - default).max() > 1e-4
+
+
 def test_bad_arguments_are_named(pipeline):
     with pytest.raises(ValueError, match="latents must have shape"):
         pipeline("a red apple", latents=torch.zeros(1, 4, 4, 4), **STEPS)

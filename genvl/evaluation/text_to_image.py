@@ -126,7 +126,7 @@ def generate_for_prompts(pipeline, prompts: list[str], images_per_prompt: int, b
 def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_embeds: torch.Tensor,
                  batch_size: int = 64, seed: int = 0, prior_num_inference_steps: int = 25,
                  decoder_num_inference_steps: int = 25, prior_guidance_scale: float = 4.0,
-                 decoder_guidance_scale: float = 4.0) -> dict:
+                 decoder_guidance_scale: float = 4.0, decoder_text_guidance_scale: float | None = None) -> dict:
     """Which stage loses accuracy. The prior: mean cosine between its embedding for each prompt and the CLIP
     embedding of that prompt's real render, and how often that render is the nearest of all the prompts'
     renders. The decoder: the judge's accuracy of images drawn from the real renders' embeddings (the prior
@@ -141,7 +141,8 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
                                          [torch.Generator().manual_seed(s) for s in seeds]).cpu())
         embeds = real_embeds[start : start + batch_size].to(pipeline.clip.device, pipeline.clip.dtype)
         drawn = pipeline.run_decoder(embeds, text, decoder_num_inference_steps, decoder_guidance_scale,
-                                     [torch.Generator().manual_seed(s) for s in seeds])
+                                     [torch.Generator().manual_seed(s) for s in seeds],
+                                     text_guidance_scale=decoder_text_guidance_scale)
         images.append(((drawn.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
     prior = torch.cat(priors).float()
     similarity = prior @ real_embeds.T
