@@ -121,9 +121,10 @@ def test_clip_prior_and_decoder_as_two_processes_match_one(tmp_path):
     data = write_imagefolder(tmp_path / "world", 32, seed=0, split="train", resolution=32)
     (tmp_path / "clip.json").write_text(json.dumps(TINY_CLIP))
     (tmp_path / "unclip.json").write_text(json.dumps(TINY_UNCLIP))
-    # CLIP: the contrastive loss of each process's rows runs over the gathered embeddings of both
+    # CLIP: the contrastive loss of each process's rows runs over the gathered embeddings of both, the
+    # object-swapped negative captions included
     clip_args = common(data, tmp_path / "x", steps=4) + ["--architecture", str(tmp_path / "clip.json"),
-                                                       "--vocab_size", "300"]
+                                                       "--vocab_size", "300", "--swap_negatives"]
     one, two = losses_of_one_and_two_processes("train/train_clip.py", clip_args, 8, tmp_path / "clip_runs")
     assert len(two) == 4 and two == pytest.approx(one, rel=1e-4)
     assert one[-1] != pytest.approx(one[0], rel=1e-3)  # it trained

@@ -65,6 +65,60 @@ def test_each_stage_trains_and_saves(trained):
     assert json.loads((root / "ae" / "vae" / "config.json").read_text())["scaling_factor"] != 0.18215
 
 
+class _OneProcess:
+    num_processes = 1
+
+    @staticmethod
+    def gather(x):
+        return x
+
+
+def test_swapped_captions_are_extra_negatives_of_the_image_side():
+    torch.manual_seed(0)
+    images, texts, negatives = (torch.nn.functional.normalize(torch.randn(3, 4), dim=-1) for _ in range(3))
+    caption_ids = torch.tensor([0, 1, 2])
+    negative_ids = torch.tensor([5, -1, 0])  # row 1 has no twin; row 2's twin is row 0's own caption
+    loss = train_clip.contrastive_loss(images, texts, 10.0, caption_ids, _OneProcess(), negatives, negative_ids)
+
+    image_logits = 10.0 * images @ torch.cat([texts, negatives[[0, 2]]]).T  # row 1's negative is left out
+    targets = torch.tensor([[1.0, 0, 0, 0, 1], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0]])
+    image_loss = -(targets / targets.sum(1, keepdim=True) * image_logits.log_softmax(1)).sum(1)
+    text_loss = torch.nn.functional.cross_entropy(10.0 * texts @ images.T, caption_ids, reduction="none")
+    assert loss.item() == pytest.approx(((image_loss.mean() + text_loss.mean()) / 2).item(), rel=1e-5)
+    no_twins = train_clip.contrastive_loss(images, texts, 10.0, caption_ids, _OneProcess(), negatives,
+                                           torch.full((3,), -1))
+    plain = train_clip.contrastive_loss(images, texts, 10.0, caption_ids, _OneProcess())
+    assert no_twins.item() == pytest.approx(plain.item(), rel=1e-6) and loss.item() != pytest.approx(plain.item())
+
+
+def test_swap_negatives_fine_tune(trained, tmp_path):
+    root, data, _ = trained
+    records = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+    texts, phrasings = train_clip.phrasing_table(records, "text")
+    canonical = {r["text"]: i for i, r in enumerate(records)}
+    swapped, ids = train_clip.swapped_phrasings(records, texts, phrasings, canonical)
+    row = next(i for i, r in enumerate(records) if r["scene"]["layout"] == "pair_v"
+               and r["scene"]["objects"][0]["name"] != r["scene"]["objects"][1]["name"])
+    first, second = (f"{o['colour']} {o['name']}" for o in records[row]["scene"]["objects"])
+    assert texts[swapped[row, 0]].endswith(f"{second} above a {first}") or texts[swapped[row, 0]].endswith(
+        f"{second} above an {first}")
+    assert (ids >= 0).sum() == sum(train_clip.swapped_caption(r["scene"]) is not None for r in records)
+    assert all(swapped[i, 0] == -1 for i, r in enumerate(records) if r["scene"]["layout"] == "single")
+
+    losses = train_clip.main(common(data, tmp_path / "clip_swap", steps=2) + [
+        "--pretrained_model_name_or_path", str(root / "clip"), "--swap_negatives"])
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    singles = tmp_path / "singles"
+    singles.mkdir()
+    single_records = [r for r in records if r["scene"]["layout"] == "single"]
+    (singles / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in single_records))
+    for r in single_records:
+        shutil.copy(data / r["file_name"], singles / r["file_name"])
+    with pytest.raises(ValueError, match="no record .* has a two-object scene graph"):
+        train_clip.main(common(singles, tmp_path / "clip_none", steps=2) + [
+            "--pretrained_model_name_or_path", str(root / "clip"), "--swap_negatives"])
+
+
 def test_min_snr_weighting(trained, tmp_path):
     scheduler = train_decoder.decoder_scheduler()
     t = torch.tensor([0, 500, 999])

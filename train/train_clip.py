@@ -5,6 +5,11 @@
 Symmetric InfoNCE with a learnable temperature, as CLIP. Two scenes with the same canonical caption are
 both counted as matches of each other's text (the world repeats captions like "a red apple"), so the loss
 does not push apart pairs that the captions cannot tell apart. Each step draws one of a scene's phrasings.
+
+With `--swap_negatives`, each two-object scene's image is also scored against its caption with the two objects
+exchanged ("a blue car above a red apple" for "a red apple above a blue car", in the same phrasing), as an
+extra negative text of the image-to-text side (as NegCLIP does with word-order negatives). The captions differ
+only in word order, so the text tower has to read it, and the image tower to see which object is where.
 Ends with the model, tokenizer and image processor saved in the Hugging Face CLIP layout in `output_dir`;
 with `--rank R` (LoRA on both towers' attention) or `--adapter ia3`, and `--pretrained_model_name_or_path`,
 only the adapter trains, saved in PEFT's format as `output_dir/clip/` for
@@ -20,9 +25,12 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPModel
 
+from genvl.world.captions import scene_captions
+
 from genvl.models.clip import (
     ClipArchitecture, build_clip, build_clip_image_processor, normalize_pixels, train_clip_tokenizer,
 )
+from genvl.evaluation.retrieval import swapped_caption
 from genvl.lora import save_adapter
 from genvl.training import (
     LoraTrainArgs, add_training_adapter, load_images, load_or_train_tokenizer, make_accelerator, parse_args,
@@ -40,6 +48,7 @@ class TrainClipArgs(LoraTrainArgs):
     architecture: str = "configs/clip_small.json"
     vocab_size: int = 1024
     train_batch_size: int = 128
+    swap_negatives: bool = False  # score two-object images against their object-swapped captions too
 
 
 def tokenize(tokenizer, texts, max_length: int):
@@ -53,9 +62,14 @@ def tokenize(tokenizer, texts, max_length: int):
     return ids, lengths
 
 
-def contrastive_loss(image_embeds, text_embeds, logit_scale, caption_ids, accelerator) -> torch.Tensor:
+def contrastive_loss(image_embeds, text_embeds, logit_scale, caption_ids, accelerator, negative_embeds=None,
+                     negative_ids=None) -> torch.Tensor:
     """Symmetric cross-entropy of this process's images and texts against the whole global batch's texts and
     images, with targets spread evenly over every pair sharing a caption.
+
+    `negative_embeds` (B, E) are extra texts for the image-to-text side, one per row, with the canonical caption
+    ids `negative_ids` (-1: the row has none, and its text is left out). A negative that is some image's own
+    caption still counts as that image's match.
 
     Each process scores its own rows against every process's embeddings (gathered with their gradients), so
     the loss averaged over processes, and its gradient, are those of one process holding the global batch.
@@ -63,10 +77,46 @@ def contrastive_loss(image_embeds, text_embeds, logit_scale, caption_ids, accele
     all_images, all_texts = gather_with_grad(image_embeds, accelerator), gather_with_grad(text_embeds, accelerator)
     all_ids = accelerator.gather(caption_ids)
     targets = (caption_ids[:, None] == all_ids[None, :]).float()
-    targets = targets / targets.sum(dim=1, keepdim=True)
-    image_loss = torch.sum(-targets * F.log_softmax(logit_scale * image_embeds @ all_texts.T, dim=1), dim=1)
-    text_loss = torch.sum(-targets * F.log_softmax(logit_scale * text_embeds @ all_images.T, dim=1), dim=1)
+    text_logits = logit_scale * text_embeds @ all_images.T
+    image_logits = logit_scale * image_embeds @ all_texts.T
+    image_targets = targets
+    if negative_embeds is not None:
+        all_negative_ids = accelerator.gather(negative_ids)
+        present = all_negative_ids >= 0
+        negative_logits = logit_scale * image_embeds @ gather_with_grad(negative_embeds, accelerator).T
+        image_logits = torch.cat([image_logits, negative_logits.masked_fill(~present, float("-inf"))], dim=1)
+        image_targets = torch.cat([targets, (caption_ids[:, None] == all_negative_ids[None, :]).float()], dim=1)
+    image_loss = _soft_cross_entropy(image_logits, image_targets)
+    text_loss = _soft_cross_entropy(text_logits, targets)
     return (image_loss.mean() + text_loss.mean()) / 2
+
+
+def _soft_cross_entropy(logits, targets):
+    """Cross-entropy of each row's logits against its targets spread evenly over its matches; columns that are
+    no row's match may be -inf."""
+    log_probs = F.log_softmax(logits, dim=1)
+    targets = targets / targets.sum(dim=1, keepdim=True)
+    return -torch.where(targets > 0, targets * log_probs, 0.0).sum(dim=1)
+
+
+def swapped_phrasings(records, texts, phrasings, canonical: dict):
+    """For each record, the phrasings (indices into `texts`, extended in place) of its scene with the two objects
+    exchanged, in the same order as its own, and the swapped scene's canonical caption id (new ids are added
+    to `canonical`); (-1 rows, -1) for records that are not two distinct objects."""
+    index = torch.full_like(phrasings, -1)
+    ids = torch.full((len(records),), -1, dtype=torch.long)
+    position = {text: i for i, text in enumerate(texts)}
+    for row, record in enumerate(records):
+        scene = record.get("scene")
+        if not isinstance(scene, dict) or swapped_caption(scene) is None:
+            continue
+        twins = scene_captions({**scene, "objects": scene["objects"][::-1]})
+        for column, text in enumerate(twins[: phrasings.shape[1]]):
+            index[row, column] = position.setdefault(text, len(texts))
+            if index[row, column] == len(texts):
+                texts.append(text)
+        ids[row] = canonical.setdefault(twins[0], len(canonical))
+    return index, ids
 
 
 def main(argv=None):
@@ -93,9 +143,14 @@ def main(argv=None):
     # 2. data in memory: images, every phrasing tokenised, and which records share a canonical caption
     images = load_images(data_dir, records, args.image_column, image_size)
     texts, phrasings = phrasing_table(records, args.caption_column)
-    ids, lengths = tokenize(tokenizer, texts, model.config.text_config.max_position_embeddings)
     canonical = {}
     caption_ids = torch.tensor([canonical.setdefault(r[args.caption_column], len(canonical)) for r in records])
+    if args.swap_negatives:
+        swapped, swapped_ids = swapped_phrasings(records, texts, phrasings, canonical)
+        if not (swapped_ids >= 0).any():
+            raise ValueError(f"--swap_negatives: no record of {data_dir} has a two-object scene graph to swap")
+        accelerator.print(f"swap negatives for {int((swapped_ids >= 0).sum())} of {len(records)} records")
+    ids, lengths = tokenize(tokenizer, texts, model.config.text_config.max_position_embeddings)
 
     # 3. train
     device = accelerator.device
@@ -103,6 +158,10 @@ def main(argv=None):
     def compute_loss(model, batch, step):
         chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index,
                                 accelerator.num_processes)
+        rows = len(batch)
+        if args.swap_negatives:  # the same phrasing of the swapped scene (the row's own text where it has none)
+            twin = swapped[batch].gather(1, (phrasings[batch] == chosen[:, None]).long().argmax(1, keepdim=True))[:, 0]
+            chosen = torch.cat([chosen, torch.where(twin >= 0, twin, chosen)])
         input_ids, length = ids[chosen], lengths[chosen]
         input_ids = input_ids[:, : int(length.max())]
         attention_mask = (torch.arange(input_ids.shape[1]) < length[:, None]).long()
@@ -112,8 +171,12 @@ def main(argv=None):
             logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                     pixel_values=pixel_values.to(device))
-        return contrastive_loss(out.image_embeds.float(), out.text_embeds.float(), logit_scale.exp().float(),
-                                caption_ids[batch].to(device), accelerator)
+        text_embeds = out.text_embeds.float()
+        negatives = {}
+        if args.swap_negatives:
+            negatives = dict(negative_embeds=text_embeds[rows:], negative_ids=swapped_ids[batch].to(device))
+        return contrastive_loss(out.image_embeds.float(), text_embeds[:rows], logit_scale.exp().float(),
+                                caption_ids[batch].to(device), accelerator, **negatives)
 
     parameters = add_training_adapter(accelerator, model, "clip", args)
     losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)
