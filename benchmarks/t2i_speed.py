@@ -21,7 +21,7 @@ from diffusers import DPMSolverMultistepScheduler
 
 from genvl.evaluation.judge import SceneJudge
 from genvl.evaluation.text_to_image import generate_for_prompts, judge_images, select_prompts
-from genvl.pipelines.text_to_image import TextToImagePipeline
+from genvl.pipelines.text_to_image import DEFAULT_TEXT_GUIDANCE, TextToImagePipeline
 from genvl.world.dataset import read_metadata
 
 
@@ -43,6 +43,9 @@ def parse_args(argv=None):
                              "fresh noise at every step as DDPM does)")
     parser.add_argument("--dpm-timestep-spacing", choices=["leading", "trailing", "linspace"], default=None,
                         help="DPM-Solver++'s timestep spacing (default: the model's scheduler config)")
+    parser.add_argument("--decoder-text-guidance", type=float, default=DEFAULT_TEXT_GUIDANCE,
+                        help="the decoder's guidance towards the prompt's words, in every configuration (default: "
+                             "the pipeline's; 4 guides them together with the image embedding, as before)")
     parser.add_argument("--bf16-prompts", type=int, default=25,
                         help="prompts for the bf16-vs-fp32 timing and accuracy (bf16 is slow on CPUs without AMX)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per pipeline call")
@@ -87,7 +90,8 @@ class EvaluationCounter:
         self.counts = dict.fromkeys(self.counts, 0)
 
 
-def stage_times(pipeline, prompts: list[str], steps: tuple[int, int], runs: int, seed: int) -> dict:
+def stage_times(pipeline, prompts: list[str], steps: tuple[int, int], runs: int, seed: int,
+                text_guidance: float) -> dict:
     """Median seconds per image of each stage (text encoder, prior, decoder UNet loop, autoencoder decode) with
     `steps` = (prior steps, decoder steps)."""
     generators = lambda: [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]  # noqa: E731
@@ -111,7 +115,7 @@ def stage_times(pipeline, prompts: list[str], steps: tuple[int, int], runs: int,
 
             pipeline.vae.decode = timed_decode
             try:
-                pipeline.run_decoder(embeds, text, steps[1], 4.0, generators())
+                pipeline.run_decoder(embeds, text, steps[1], 4.0, generators(), text_guidance_scale=text_guidance)
             finally:
                 del pipeline.vae.decode
             end = time.perf_counter()
@@ -125,10 +129,12 @@ def stage_times(pipeline, prompts: list[str], steps: tuple[int, int], runs: int,
     return times
 
 
-def judged(pipeline, judge, records, images_per_prompt, batch_size, seed, steps: tuple[int, int]) -> dict:
+def judged(pipeline, judge, records, images_per_prompt, batch_size, seed, steps: tuple[int, int],
+           text_guidance: float) -> dict:
     prompts, scenes = [r["text"] for r in records], [r["scene"] for r in records]
     images = generate_for_prompts(pipeline, prompts, images_per_prompt, batch_size, seed,
-                                  prior_num_inference_steps=steps[0], decoder_num_inference_steps=steps[1])
+                                  prior_num_inference_steps=steps[0], decoder_num_inference_steps=steps[1],
+                                  decoder_text_guidance_scale=text_guidance)
     rows = [p for p in range(len(prompts)) for _ in range(images_per_prompt)]
     return judge_images(judge, images, scenes, rows)
 
@@ -143,8 +149,10 @@ def main(argv=None):
     judge = SceneJudge.from_pretrained(args.judge).eval()
     records = select_prompts(read_metadata(Path(args.data)), args.prompts)
     timing_prompts = [r["text"] for r in records[: args.batch_size]]
+    text_guidance = args.decoder_text_guidance
     report = {"model": args.model, "threads": torch.get_num_threads(), "timing_batch": len(timing_prompts),
-              "prompts": len(records), "images_per_prompt": args.images_per_prompt, "configs": {}}
+              "prompts": len(records), "images_per_prompt": args.images_per_prompt,
+              "guidance": {"prior": 4.0, "decoder": 4.0, "decoder_text": text_guidance}, "configs": {}}
 
     # (scheduler, (prior steps, decoder steps)); a config is named by its steps, "dpm-12" or "dpm-8+17"
     ddpm_steps = (args.steps, args.steps)
@@ -153,15 +161,17 @@ def main(argv=None):
     for name, (kind, steps) in zip(names, configs):
         pipeline = with_scheduler(base, kind, args.dpm_timestep_spacing, args.dpm_algorithm, args.dpm_solver_order)
         counter = EvaluationCounter(pipeline)
-        pipeline(timing_prompts[:1], prior_num_inference_steps=steps[0], decoder_num_inference_steps=steps[1])
+        pipeline(timing_prompts[:1], prior_num_inference_steps=steps[0], decoder_num_inference_steps=steps[1],
+                 decoder_text_guidance_scale=text_guidance)
         evaluations = dict(counter.counts)
-        accuracy = judged(pipeline, judge, records, args.images_per_prompt, args.batch_size, args.seed, steps)
+        accuracy = judged(pipeline, judge, records, args.images_per_prompt, args.batch_size, args.seed, steps,
+                          text_guidance)
         report["configs"][name] = {
             "scheduler": kind, "steps": {"prior": steps[0], "decoder": steps[1]}, "network_evaluations": evaluations,
             "timestep_spacing": pipeline.decoder_scheduler.config.timestep_spacing,
             "algorithm_type": pipeline.decoder_scheduler.config.get("algorithm_type"),
             "solver_order": pipeline.decoder_scheduler.config.get("solver_order"),
-            "seconds_per_image": stage_times(pipeline, timing_prompts, steps, args.runs, args.seed),
+            "seconds_per_image": stage_times(pipeline, timing_prompts, steps, args.runs, args.seed, text_guidance),
             "judge": accuracy,
         }
         print(f"{kind} {steps[0]}+{steps[1]}: evaluations {evaluations}, judged overall {accuracy['overall']:.4f}",
@@ -177,8 +187,9 @@ def main(argv=None):
         pipeline = with_scheduler(base, "ddpm").to(dtype=dtype)
         precision[name] = {
             "seconds_per_image": stage_times(pipeline, [r["text"] for r in subset], ddpm_steps,
-                                             max(1, args.runs // 2), args.seed),
-            "judge": judged(pipeline, judge, subset, args.images_per_prompt, args.batch_size, args.seed, ddpm_steps),
+                                             max(1, args.runs // 2), args.seed, text_guidance),
+            "judge": judged(pipeline, judge, subset, args.images_per_prompt, args.batch_size, args.seed, ddpm_steps,
+                            text_guidance),
         }
         print(f"{name}: {precision[name]['seconds_per_image']['total']:.4f} s/image, judged overall "
               f"{precision[name]['judge']['overall']:.4f} on {len(subset)} prompts", flush=True)

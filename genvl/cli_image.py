@@ -33,17 +33,18 @@ def add_sampling_flags(parser, prior: bool = True, outputs: bool = True, text: b
     """`text`: the command decodes prompts' words too (generate, eval t2i), so it takes --decoder-text-guidance."""
     group = parser.add_argument_group("sampling")
     group.add_argument("--steps", type=int, default=25, help="inference steps of each stage (default 25)")
-    group.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale of each stage")
+    group.add_argument("--guidance", type=float, default=4.0,
+                       help="classifier-free guidance scale of each stage (the decoder's towards the image embedding)")
     if prior:
         group.add_argument("--prior-steps", type=int, help="prior steps (default: --steps)")
         group.add_argument("--prior-guidance", type=float, help="prior guidance (default: --guidance)")
     group.add_argument("--decoder-steps", type=int, help="decoder steps (default: --steps)")
     group.add_argument("--decoder-guidance", type=float, help="decoder guidance (default: --guidance)")
     if text:
-        group.add_argument("--decoder-text-guidance", type=float,
-                           help="guide the decoder towards the prompt's words apart from the image embedding, at "
-                                "this scale (--decoder-guidance then guides towards the embedding alone; one more "
-                                "network evaluation per step). Default: both together at --decoder-guidance")
+        group.add_argument("--decoder-text-guidance", type=float, default=8.0,  # the pipeline's DEFAULT_TEXT_GUIDANCE
+                           help="decoder guidance towards the prompt's words, on top of --decoder-guidance's towards "
+                                "the image embedding (default 8; the same value as --decoder-guidance guides both "
+                                "together, one network evaluation fewer per step)")
     group.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddpm",
                        help="diffusers scheduler: ddpm (default), ddim, dpm (DPM-Solver++), dpm-sde (its "
                             "stochastic variant, first order: with --prior-steps 8 --decoder-steps 17 it halves the "
@@ -174,7 +175,7 @@ def stage_settings(args, prior: bool = True) -> dict:
     if prior:
         settings.update(prior_num_inference_steps=either(args.prior_steps, args.steps),
                         prior_guidance_scale=either(args.prior_guidance, args.guidance))
-        if getattr(args, "decoder_text_guidance", None) is not None:
+        if hasattr(args, "decoder_text_guidance"):
             settings["decoder_text_guidance_scale"] = args.decoder_text_guidance
     return settings
 

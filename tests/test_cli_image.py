@@ -74,13 +74,15 @@ def test_generate_with_another_scheduler(t2i_dir, tmp_path):
 
 def test_generate_with_text_guidance(t2i_dir, tmp_path, capsys):
     pixels = {}
-    for name, extra in (("joint", []), ("apart", ["--decoder-text-guidance", "8"])):
+    settings = {}
+    for name, extra in (("apart", []), ("joint", ["--decoder-text-guidance", "4"])):  # default: 8, apart from 4
         assert main(["generate", "a red apple", "--seed", "0", "--out", str(tmp_path / name), "--model", str(t2i_dir),
                      *FAST, *extra]) == 0
         with Image.open(tmp_path / name / "a_red_apple-0-0.png") as image:
-            settings = json.loads(image.text["settings"])
+            settings[name] = json.loads(image.text["settings"])
             pixels[name] = np.asarray(image)
-    assert settings["decoder_text_guidance_scale"] == 8.0
+    assert settings["apart"]["decoder_text_guidance_scale"] == 8.0
+    assert settings["joint"]["decoder_text_guidance_scale"] == settings["joint"]["decoder_guidance_scale"] == 4.0
     assert not np.array_equal(pixels["joint"], pixels["apart"])
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "a red apple", "--decoder-text-guidance", "nan", "--model", str(t2i_dir),

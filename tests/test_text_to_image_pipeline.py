@@ -101,7 +101,7 @@ def test_dpm_solver_from_the_last_cosine_step_stays_bounded():
 
 def test_guidance_changes_the_result(pipeline):
     plain = pipeline("a red apple", generator=generators(0), output_type="np", prior_guidance_scale=1.0,
-                     decoder_guidance_scale=1.0, **STEPS).images
+                     decoder_guidance_scale=1.0, decoder_text_guidance_scale=1.0, **STEPS).images
     guided = pipeline("a red apple", generator=generators(0), output_type="np", **STEPS).images
     assert np.abs(plain - guided).max() > 1e-4
 
@@ -139,14 +139,22 @@ def test_text_guidance_guides_the_prompt_apart_from_the_image_embedding(pipeline
     assert not torch.allclose(context[2:4, tokens:], context[4:, tokens:])  # the prompt's words
 
 
-def test_equal_text_and_image_guidance_is_the_default(pipeline):
-    default = pipeline("a red apple", generator=generators(0), output_type="np", **STEPS).images
+def test_text_guidance_none_or_equal_is_the_joint_guidance(pipeline):
+    joint = pipeline("a red apple", generator=generators(0), output_type="np", decoder_text_guidance_scale=None,
+                     **STEPS).images
     equal = pipeline("a red apple", generator=generators(0), output_type="np", decoder_text_guidance_scale=4.0,
                      **STEPS).images
-    apart = pipeline("a red apple", generator=generators(0), output_type="np", decoder_text_guidance_scale=8.0,
-                     **STEPS).images
-    np.testing.assert_array_equal(default, equal)
-    assert np.abs(apart - default).max() > 1e-4
+    default = pipeline("a red apple", generator=generators(0), output_type="np", **STEPS).images  # text at 8
+    np.testing.assert_array_equal(joint, equal)
+    assert np.abs(default - joint).max() > 1e-4
+
+
+def test_cli_text_guidance_default_is_the_pipelines():
+    from genvl.cli import build_parser
+    from genvl.pipelines.text_to_image import DEFAULT_TEXT_GUIDANCE
+
+    for command in (["generate", "a red apple"], ["eval", "t2i", "--data", "d"]):
+        assert build_parser().parse_args(command).decoder_text_guidance == DEFAULT_TEXT_GUIDANCE
 
 
 def test_bad_arguments_are_named(pipeline):

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ..models.clip import embed_images, embed_texts
+from ..pipelines.text_to_image import DEFAULT_TEXT_GUIDANCE
 from ..training import load_images
 from ..world.dataset import read_metadata
 from ..world.sprites import ALL_OBJECTS
@@ -126,7 +127,8 @@ def generate_for_prompts(pipeline, prompts: list[str], images_per_prompt: int, b
 def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_embeds: torch.Tensor,
                  batch_size: int = 64, seed: int = 0, prior_num_inference_steps: int = 25,
                  decoder_num_inference_steps: int = 25, prior_guidance_scale: float = 4.0,
-                 decoder_guidance_scale: float = 4.0, decoder_text_guidance_scale: float | None = None) -> dict:
+                 decoder_guidance_scale: float = 4.0,
+                 decoder_text_guidance_scale: float | None = DEFAULT_TEXT_GUIDANCE) -> dict:
     """Which stage loses accuracy. The prior: mean cosine between its embedding for each prompt and the CLIP
     embedding of that prompt's real render, and how often that render is the nearest of all the prompts'
     renders. The decoder: the judge's accuracy of images drawn from the real renders' embeddings (the prior
