@@ -161,9 +161,21 @@ def test_stage_scores_line_up_prompts_and_renders(judge, tmp_path):
     real_embeds = embed_images(pipeline.clip, pipeline.image_processor, real)
     args = dict(prompts=[r["text"] for r in records], scenes=[r["scene"] for r in records], batch_size=4,
                 prior_num_inference_steps=2, decoder_num_inference_steps=2)
+    decoded, run_decoder = [], pipeline.run_decoder
+
+    def recording_decoder(embeds, text, *rest, **kwargs):
+        negative, prompt = text[1].chunk(2)
+        decoded.append((len(embeds), torch.equal(negative, prompt)))
+        return run_decoder(embeds, text, *rest, **kwargs)
+
+    pipeline.run_decoder = recording_decoder
     scores = stage_scores(pipeline, judge, real_embeds=real_embeds, **args)
+    del pipeline.run_decoder
     assert -1 <= scores["prior_cosine_to_real"] < 0.99
     assert 0 <= scores["decoder_from_real_embeddings"]["overall"] <= 1
+    assert 0 <= scores["decoder_from_real_embeddings_without_prompt"]["overall"] <= 1
+    # each batch is drawn twice from the same embeddings: with its prompts, then with the empty prompt only
+    assert decoded == [(4, False), (4, True), (2, False), (2, True)]
     # a prior that returns each prompt's own render embedding scores 1 on both of its counts
     chunks = iter((real_embeds / real_embeds.norm(dim=-1, keepdim=True)).split(4))
     pipeline.run_prior = lambda *a, **k: next(chunks)

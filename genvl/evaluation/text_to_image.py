@@ -132,27 +132,35 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
     """Which stage loses accuracy. The prior: mean cosine between its embedding for each prompt and the CLIP
     embedding of that prompt's real render, and how often that render is the nearest of all the prompts'
     renders. The decoder: the judge's accuracy of images drawn from the real renders' embeddings (the prior
-    bypassed). Prompt k uses seed `seed + k`."""
+    bypassed), with their prompts, and with the empty prompt as image variations are drawn. Prompt k uses
+    seed `seed + k`."""
     real_embeds = real_embeds / real_embeds.norm(dim=-1, keepdim=True)
-    priors, images = [], []
+    priors, images, variations = [], [], []
+
+    def uint8(drawn):
+        return ((drawn.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         text = pipeline.encode_prompt([""] * len(chunk) + chunk)
         seeds = range(seed + start, seed + start + len(chunk))
-        priors.append(pipeline.run_prior(text, prior_num_inference_steps, prior_guidance_scale,
-                                         [torch.Generator().manual_seed(s) for s in seeds]).cpu())
+        generators = lambda: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+        priors.append(pipeline.run_prior(text, prior_num_inference_steps, prior_guidance_scale, generators()).cpu())
         embeds = real_embeds[start : start + batch_size].to(pipeline.clip.device, pipeline.clip.dtype)
-        drawn = pipeline.run_decoder(embeds, text, decoder_num_inference_steps, decoder_guidance_scale,
-                                     [torch.Generator().manual_seed(s) for s in seeds],
-                                     text_guidance_scale=decoder_text_guidance_scale)
-        images.append(((drawn.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+        images.append(uint8(pipeline.run_decoder(embeds, text, decoder_num_inference_steps, decoder_guidance_scale,
+                                                 generators(), text_guidance_scale=decoder_text_guidance_scale)))
+        no_prompt = pipeline.encode_prompt([""] * 2 * len(chunk))
+        variations.append(uint8(pipeline.run_decoder(embeds, no_prompt, decoder_num_inference_steps,
+                                                     decoder_guidance_scale, generators())))
     prior = torch.cat(priors).float()
     similarity = prior @ real_embeds.T
     own = torch.arange(len(prompts))
     return {"prior_cosine_to_real": similarity[own, own].mean().item(),
             "prior_nearest_is_own_render": (similarity.argmax(dim=1) == own).float().mean().item(),
             "decoder_from_real_embeddings": judge_images(judge, torch.cat(images), scenes, own.tolist(),
-                                                         batch_size)}
+                                                         batch_size),
+            "decoder_from_real_embeddings_without_prompt": judge_images(judge, torch.cat(variations), scenes,
+                                                                        own.tolist(), batch_size)}
 
 
 def evaluate_text_to_image(pipeline, judge, data_dir, captioner=None, num_prompts: int = 250,
