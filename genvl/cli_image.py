@@ -44,7 +44,7 @@ def add_sampling_flags(parser, prior: bool = True, outputs: bool = True, text: b
         group.add_argument("--decoder-text-guidance", type=float, default=8.0,  # the pipeline's DEFAULT_TEXT_GUIDANCE
                            help="decoder guidance towards the prompt's words, on top of --decoder-guidance's towards "
                                 "the image embedding (default 8; the same value as --decoder-guidance guides both "
-                                "together, one network evaluation fewer per step)")
+                                "together, with two rows per image in each decoder step instead of three)")
     group.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddpm",
                        help="diffusers scheduler: ddpm (default), ddim, dpm (DPM-Solver++), dpm-sde (its "
                             "stochastic variant, first order: with --prior-steps 8 --decoder-steps 17 it halves the "

@@ -209,7 +209,8 @@ def test_eval_t2i_report(t2i_dir, tiny_pipeline_dir, tmp_path, capsys):
     assert report["images"] == 10 and report["settings"]["decoder_num_inference_steps"] == 2
     assert main(argv + ["--stages", "--decoder-text-guidance", "6"]) == 0  # text guidance reaches both paths
     guided = json.loads(report_path.read_text())
-    assert guided["settings"]["decoder_text_guidance_scale"] == 6.0 and "decoder_from_real_embeddings" in guided["stages"]
+    assert guided["settings"]["decoder_text_guidance_scale"] == 6.0
+    assert "decoder_from_real_embeddings" in guided["stages"]
     assert set(report["generated"]) == {"judge", "r_precision", "round_trip", "frechet_distance"}
     with pytest.raises(SystemExit) as exit_info:
         main(argv[:-3] + ["--prompts", "0"])

@@ -213,7 +213,8 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         negative prompt) towards the conditional one (image embedding and prompt). With a `text_guidance_scale`
         of its own, the image embedding and the text are guided apart, as `uncond + guidance_scale (image -
         uncond) + text_guidance_scale (image and prompt - image)`, where "image" sees the embedding with the
-        negative prompt: three network evaluations per step instead of two. Equal scales give the default."""
+        negative prompt: each step's network evaluation then runs three blocks of rows instead of two. Equal
+        scales give the joint guidance."""
         negative_states, states = text[1].chunk(2)
         negative_mask, mask = text[2].chunk(2)
         n = image_embeds.shape[0]
@@ -276,7 +277,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
 
         The decoder is guided towards the image embedding at `decoder_guidance_scale` and, on top of it, towards
         the prompt's words at `decoder_text_guidance_scale` (see `run_decoder`); `None` (or an equal scale) guides
-        the two together at `decoder_guidance_scale`, one network evaluation fewer per step.
+        the two together at `decoder_guidance_scale`, with two blocks of rows per decoder step instead of three.
 
         `generator` may be a list with one `torch.Generator` per image, so that each image's noise depends on its
         own generator only (its pixels then match a call of another batch size up to float rounding; made alone
