@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from genvl.pipelines.text_to_image import TextToImagePipeline
+from genvl.world.captions import swapped_caption
 from genvl.world.dataset import write_imagefolder
 
 from .conftest import TINY_CLIP
@@ -102,7 +103,7 @@ def test_swap_negatives_fine_tune(trained, tmp_path):
     first, second = (f"{o['colour']} {o['name']}" for o in records[row]["scene"]["objects"])
     assert texts[swapped[row, 0]].endswith(f"{second} above a {first}") or texts[swapped[row, 0]].endswith(
         f"{second} above an {first}")
-    assert (ids >= 0).sum() == sum(train_clip.swapped_caption(r["scene"]) is not None for r in records)
+    assert (ids >= 0).sum() == sum(swapped_caption(r["scene"]) is not None for r in records)
     assert all(swapped[i, 0] == -1 for i, r in enumerate(records) if r["scene"]["layout"] == "single")
 
     losses = train_clip.main(common(data, tmp_path / "clip_swap", steps=2) + [

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from genvl.world import COLOURS, OBJECTS, parse_caption, render_scene, sample_scene, scene_captions, scene_facts
+from genvl.world.captions import swapped_caption
 from genvl.world.dataset import generate_scenes, scene_id, write_imagefolder
 from genvl.world.sprites import glyph, sprite
 
@@ -107,3 +108,12 @@ def test_held_out_objects_stay_out_of_default_scenes_and_can_be_required():
             assert parse_caption(caption) == scene_facts(scene), caption
     with pytest.raises(ValueError, match="unknown object 'robott'; held-out ones: \\['robot'\\]"):
         next(generate_scenes(1, seed=0, split="test", require="robott"))
+
+
+def test_swapped_caption_exchanges_the_two_objects():
+    apple = {"name": "apple", "colour": "red", "size": "medium", "position": "left"}
+    car = {"name": "car", "colour": "blue", "size": "medium", "position": "right"}
+    assert swapped_caption({"layout": "pair_v", "objects": [apple, car]}) == "a blue car above a red apple"
+    assert swapped_caption({"layout": "pair_h", "objects": [car, apple]}) == "a red apple to the left of a blue car"
+    assert swapped_caption({"layout": "pair_h", "objects": [apple, dict(apple)]}) is None  # they look alike
+    assert swapped_caption({"layout": "single", "objects": [apple]}) is None

@@ -25,17 +25,15 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPModel
 
-from genvl.world.captions import scene_captions
-
 from genvl.models.clip import (
     ClipArchitecture, build_clip, build_clip_image_processor, normalize_pixels, train_clip_tokenizer,
 )
-from genvl.evaluation.retrieval import swapped_caption
 from genvl.lora import save_adapter
 from genvl.training import (
     LoraTrainArgs, add_training_adapter, load_images, load_or_train_tokenizer, make_accelerator, parse_args,
     gather_with_grad, phrasing_table, pick_phrasings, pretrained_part, read_training_data, train_loop,
 )
+from genvl.world.captions import scene_captions, swapped_caption
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature so that logits scale by at most 100
 

@@ -15,7 +15,7 @@ import torch
 
 from ..models.clip import embed_images, embed_texts
 from ..training import load_images
-from ..world.captions import scene_captions
+from ..world.captions import swapped_caption
 from ..world.dataset import read_metadata
 
 
@@ -37,17 +37,6 @@ def retrieval_ranks(similarity: torch.Tensor, caption_of_image: torch.Tensor):
         (similarity[:, c] > similarity[rows, c].max()).sum() + 1 for c, rows in enumerate(images_of)
     ])
     return image_to_text, text_to_image
-
-
-def swapped_caption(scene: dict) -> str | None:
-    """The canonical caption of a two-object scene with the objects' places exchanged, or None for other layouts
-    and for two objects that look alike (same name and colour)."""
-    if scene.get("layout") not in ("pair_h", "pair_v"):
-        return None
-    first, second = scene["objects"]
-    if (first["name"], first["colour"]) == (second["name"], second["colour"]):
-        return None
-    return scene_captions({**scene, "objects": [second, first]})[0]
 
 
 def order_accuracy(clip, tokenizer, records, image_embeds, length: int, batch_size: int,

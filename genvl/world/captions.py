@@ -56,6 +56,17 @@ def scene_captions(scene: dict, rng: random.Random | None = None) -> list[str]:
     return captions
 
 
+def swapped_caption(scene: dict) -> str | None:
+    """The canonical caption of a two-object scene with the objects' places exchanged, or None for other layouts
+    and for two objects that look alike (same name and colour)."""
+    if scene.get("layout") not in ("pair_h", "pair_v"):
+        return None
+    first, second = scene["objects"]
+    if (first["name"], first["colour"]) == (second["name"], second["colour"]):
+        return None
+    return scene_captions({**scene, "objects": [second, first]})[0]
+
+
 _NAMES = sorted(list(ALL_OBJECTS) + list(PLURALS), key=len, reverse=True)
 _MENTION = re.compile(
     r"\b(a|an|one|two|three)\s+(?:(small|large)\s+)?(" + "|".join(COLOURS) + r")\s+(" + "|".join(_NAMES) + r")\b"
