@@ -103,6 +103,9 @@ def test_swap_negatives_fine_tune(trained, tmp_path):
     first, second = (f"{o['colour']} {o['name']}" for o in records[row]["scene"]["objects"])
     assert texts[swapped[row, 0]].endswith(f"{second} above a {first}") or texts[swapped[row, 0]].endswith(
         f"{second} above an {first}")
+    for column in range(phrasings.shape[1]):  # each twin has the same words as its phrasing, in another order
+        own, twin = texts[phrasings[row, column]], texts[swapped[row, column]]
+        assert sorted(own.split()) == sorted(twin.split()) and own != twin
     assert (ids >= 0).sum() == sum(swapped_caption(r["scene"]) is not None for r in records)
     assert all(swapped[i, 0] == -1 for i, r in enumerate(records) if r["scene"]["layout"] == "single")
 

@@ -98,9 +98,10 @@ def _soft_cross_entropy(logits, targets):
 
 
 def swapped_phrasings(records, texts, phrasings, canonical: dict):
-    """For each record, the phrasings (indices into `texts`, extended in place) of its scene with the two objects
-    exchanged, in the same order as its own, and the swapped scene's canonical caption id (new ids are added
-    to `canonical`); (-1 rows, -1) for records that are not two distinct objects."""
+    """For each record, its phrasings' twins (indices into `texts`, extended in place): the same phrasing of its
+    scene with the two objects exchanged, "there is a blue car above a red apple" for "there is a red apple above
+    a blue car"; and the swapped scene's canonical caption id (new ids are added to `canonical`). Rows are -1
+    where a record is not two distinct objects, and columns where a phrasing is not one of the world's."""
     index = torch.full_like(phrasings, -1)
     ids = torch.full((len(records),), -1, dtype=torch.long)
     position = {text: i for i, text in enumerate(texts)}
@@ -108,11 +109,14 @@ def swapped_phrasings(records, texts, phrasings, canonical: dict):
         scene = record.get("scene")
         if not isinstance(scene, dict) or swapped_caption(scene) is None:
             continue
+        own = scene_captions(scene)  # unshuffled, so that phrasing k of the scene and of its twin match
         twins = scene_captions({**scene, "objects": scene["objects"][::-1]})
-        for column, text in enumerate(twins[: phrasings.shape[1]]):
-            index[row, column] = position.setdefault(text, len(texts))
-            if index[row, column] == len(texts):
-                texts.append(text)
+        for column, text_index in enumerate(phrasings[row].tolist()):
+            if texts[text_index] in own:
+                twin = twins[own.index(texts[text_index])]
+                index[row, column] = position.setdefault(twin, len(texts))
+                if index[row, column] == len(texts):
+                    texts.append(twin)
         ids[row] = canonical.setdefault(twins[0], len(canonical))
     return index, ids
 
