@@ -161,9 +161,10 @@ def main(argv=None):
         chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index,
                                 accelerator.num_processes)
         rows = len(batch)
-        if args.swap_negatives:  # the same phrasing of the swapped scene (the row's own text where it has none)
+        if args.swap_negatives:  # the same phrasing of the swapped scene; a row without one gets its own text, unused
             twin = swapped[batch].gather(1, (phrasings[batch] == chosen[:, None]).long().argmax(1, keepdim=True))[:, 0]
             chosen = torch.cat([chosen, torch.where(twin >= 0, twin, chosen)])
+            negative_ids = torch.where(twin >= 0, swapped_ids[batch], -1)
         input_ids, length = ids[chosen], lengths[chosen]
         input_ids = input_ids[:, : int(length.max())]
         attention_mask = (torch.arange(input_ids.shape[1]) < length[:, None]).long()
@@ -176,7 +177,7 @@ def main(argv=None):
         text_embeds = out.text_embeds.float()
         negatives = {}
         if args.swap_negatives:
-            negatives = dict(negative_embeds=text_embeds[rows:], negative_ids=swapped_ids[batch].to(device))
+            negatives = dict(negative_embeds=text_embeds[rows:], negative_ids=negative_ids.to(device))
         return contrastive_loss(out.image_embeds.float(), text_embeds[:rows], logit_scale.exp().float(),
                                 caption_ids[batch].to(device), accelerator, **negatives)
 
