@@ -33,7 +33,7 @@ from genvl.training import (
     LoraTrainArgs, add_training_adapter, load_images, load_or_train_tokenizer, make_accelerator, parse_args,
     gather_with_grad, phrasing_table, pick_phrasings, pretrained_part, read_training_data, train_loop,
 )
-from genvl.world.captions import scene_captions, swapped_caption
+from genvl.world.captions import scene_captions, swapped_captions
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature so that logits scale by at most 100
 
@@ -107,10 +107,10 @@ def swapped_phrasings(records, texts, phrasings, canonical: dict):
     position = {text: i for i, text in enumerate(texts)}
     for row, record in enumerate(records):
         scene = record.get("scene")
-        if not isinstance(scene, dict) or swapped_caption(scene) is None:
+        twins = swapped_captions(scene) if isinstance(scene, dict) else None
+        if twins is None:
             continue
         own = scene_captions(scene)  # unshuffled, so that phrasing k of the scene and of its twin match
-        twins = scene_captions({**scene, "objects": scene["objects"][::-1]})
         for column, text_index in enumerate(phrasings[row].tolist()):
             if texts[text_index] in own:
                 twin = twins[own.index(texts[text_index])]

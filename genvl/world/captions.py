@@ -56,15 +56,21 @@ def scene_captions(scene: dict, rng: random.Random | None = None) -> list[str]:
     return captions
 
 
-def swapped_caption(scene: dict) -> str | None:
-    """The canonical caption of a two-object scene with the objects' places exchanged, or None for other layouts
-    and for two objects that look alike (same name and colour)."""
+def swapped_captions(scene: dict) -> list[str] | None:
+    """The phrasings of a two-object scene with the objects' places exchanged, in `scene_captions`' order, or
+    None for other layouts and for two objects that look alike (same name and colour)."""
     if scene.get("layout") not in ("pair_h", "pair_v"):
         return None
     first, second = scene["objects"]
     if (first["name"], first["colour"]) == (second["name"], second["colour"]):
         return None
-    return scene_captions({**scene, "objects": [second, first]})[0]
+    return scene_captions({**scene, "objects": [second, first]})
+
+
+def swapped_caption(scene: dict) -> str | None:
+    """The canonical caption of the scene with its two objects exchanged (see `swapped_captions`), or None."""
+    twins = swapped_captions(scene)
+    return twins[0] if twins else None
 
 
 _NAMES = sorted(list(ALL_OBJECTS) + list(PLURALS), key=len, reverse=True)
