@@ -171,6 +171,32 @@ def test_order_accuracy_compares_each_image_with_its_own_caption_and_its_twin(mo
     assert retrieval.order_accuracy(None, None, records[1:2], image_embeds[1:2], 8, 4) == {}
 
 
+def test_mirror_scores_compare_each_left_right_image_with_its_mirror(monkeypatch):
+    def obj(name):
+        return {"name": name, "colour": "red", "size": "medium", "position": "left"}
+
+    pair_h = {"layout": "pair_h", "objects": [obj("apple"), obj("car")]}
+    records = [{"scene": pair_h}, {"scene": pair_h}, {"scene": {**pair_h, "layout": "pair_v"}},
+               {"scene": pair_h}, {"scene": {"layout": "pair_h", "objects": [obj("apple"), obj("apple")]}}]
+    # a 1 x 2 image's embedding is its two pixels (left, right) of channel 0, so mirroring swaps them
+    images = torch.tensor([[2, 1], [1, 2], [2, 1], [1, 1], [2, 1]], dtype=torch.uint8)[:, None, None].expand(-1, 3, 1, 2)
+
+    def pixels(clip, processor, batch, batch_size):
+        features = batch[:, 0, 0].float()
+        return features / features.norm(dim=-1, keepdim=True)
+
+    monkeypatch.setattr(retrieval, "embed_images", pixels)
+    text_embeds = torch.tensor([[1.0, 0.0]])  # the one caption: "the brighter one on the left"
+    report = retrieval.mirror_scores(None, None, records, images, pixels(None, None, images, 8), text_embeds,
+                                     torch.zeros(5, dtype=torch.long), batch_size=8)
+    # rows 0, 1 and 3 count (row 2 is above/below, row 4 has no distinct twin); only row 0 wins, row 3 ties
+    assert report["mirror_images"] == 3
+    assert report["mirror_accuracy"] == pytest.approx(1 / 3)
+    assert report["mirror_cosine"] == pytest.approx((0.8 + 0.8 + 1.0) / 3)
+    assert retrieval.mirror_scores(None, None, records[2:3], images[2:3], images[2:3].float(), text_embeds,
+                                   torch.zeros(1, dtype=torch.long), 8) == {}
+
+
 def test_eval_retrieval_report(t2i_dir, tmp_path, capsys):
     data = write_imagefolder(tmp_path / "world", 12, seed=0, split="test", resolution=32)
     report_path = tmp_path / "report.json"
@@ -183,6 +209,10 @@ def test_eval_retrieval_report(t2i_dir, tmp_path, capsys):
     pairs = [r for r in map(json.loads, (data / "metadata.jsonl").read_text().splitlines())
              if swapped_caption(r["scene"])]
     assert report.get("order_images", 0) == len(pairs) and 0 <= report.get("order_accuracy", 0) <= 1
+    left_right = [r for r in pairs if r["scene"]["layout"] == "pair_h"]
+    assert report.get("mirror_images", 0) == len(left_right)
+    if left_right:
+        assert 0 <= report["mirror_accuracy"] <= 1 and -1 <= report["mirror_cosine"] <= 1
 
 
 def test_eval_t2i_report(t2i_dir, tiny_pipeline_dir, tmp_path, capsys):

@@ -6,7 +6,10 @@ images and takes the best-placed one with that caption.
 
 Where the folder has scene graphs, word order is tested too: for each two-object scene, does CLIP score its
 caption above the same caption with the two objects exchanged ("a red apple above a blue car" against "a blue
-car above a red apple")? A model that reads captions as bags of words scores 0.5.
+car above a red apple")? A model that reads captions as bags of words scores 0.5. And for each left/right
+scene, does CLIP score its caption higher against the image than against the image mirrored left to right
+(the objects' places exchanged, the sprites mirrored too)? An image tower blind to where objects are scores 0.5
+there, and its embedding of the mirrored image is nearly the same (`mirror_cosine` near 1).
 """
 
 from pathlib import Path
@@ -53,6 +56,22 @@ def order_accuracy(clip, tokenizer, records, image_embeds, length: int, batch_si
     return {"order_images": len(rows), "order_accuracy": float(wins.float().mean())}
 
 
+def mirror_scores(clip, image_processor, records, images, image_embeds, text_embeds, caption_of_image,
+                  batch_size: int) -> dict:
+    """Over left/right two-object images (`pair_h` scenes with a distinct twin): the share whose own caption
+    scores higher against the image than against its left-right mirror, and the mean cosine of the two images'
+    embeddings."""
+    rows = [i for i, r in enumerate(records) if isinstance(r.get("scene"), dict)
+            and r["scene"].get("layout") == "pair_h" and swapped_caption(r["scene"]) is not None]
+    if not rows:
+        return {}
+    mirrored = embed_images(clip, image_processor, images[rows].flip(-1), batch_size).float()
+    own, texts = image_embeds[rows].float(), text_embeds[caption_of_image[rows]].float()
+    wins = (own * texts).sum(-1) > (mirrored * texts).sum(-1)
+    return {"mirror_images": len(rows), "mirror_accuracy": float(wins.float().mean()),
+            "mirror_cosine": float((own * mirrored).sum(-1).mean())}
+
+
 def evaluate_retrieval(clip, tokenizer, image_processor, data_dir, limit=None, batch_size: int = 256,
                        caption_column: str = "text", image_column: str = "file_name") -> dict:
     records = read_metadata(Path(data_dir), caption_column, image_column)[:limit]
@@ -69,4 +88,6 @@ def evaluate_retrieval(clip, tokenizer, image_processor, data_dir, limit=None, b
     report.update(rank_metrics(image_to_text, "image_to_text"))
     report.update(rank_metrics(text_to_image, "text_to_image"))
     report.update(order_accuracy(clip, tokenizer, records, image_embeds, length, batch_size, caption_column))
+    report.update(mirror_scores(clip, image_processor, records, images, image_embeds, text_embeds, caption_of_image,
+                                batch_size))
     return report
