@@ -92,6 +92,21 @@ def test_swapped_captions_are_extra_negatives_of_the_image_side():
     assert no_twins.item() == pytest.approx(plain.item(), rel=1e-6) and loss.item() != pytest.approx(plain.item())
 
 
+def test_mirrored_images_are_extra_negatives_of_the_text_side():
+    torch.manual_seed(0)
+    images, texts, mirrored = (torch.nn.functional.normalize(torch.randn(3, 4), dim=-1) for _ in range(3))
+    caption_ids = torch.tensor([0, 1, 2])
+    mirror_ids = torch.tensor([-1, 2, 7])  # row 0 has no mirror; row 1's mirror shows row 2's caption
+    loss = train_clip.contrastive_loss(images, texts, 10.0, caption_ids, _OneProcess(), mirror_embeds=mirrored,
+                                       mirror_ids=mirror_ids)
+
+    text_logits = 10.0 * texts @ torch.cat([images, mirrored[[1, 2]]]).T
+    targets = torch.tensor([[1.0, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 1, 0]])
+    text_loss = -(targets / targets.sum(1, keepdim=True) * text_logits.log_softmax(1)).sum(1)
+    image_loss = torch.nn.functional.cross_entropy(10.0 * images @ texts.T, caption_ids, reduction="none")
+    assert loss.item() == pytest.approx(((image_loss.mean() + text_loss.mean()) / 2).item(), rel=1e-5)
+
+
 def test_swap_negatives_fine_tune(trained, tmp_path):
     root, data, _ = trained
     records = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
@@ -110,7 +125,7 @@ def test_swap_negatives_fine_tune(trained, tmp_path):
     assert all(swapped[i, 0] == -1 for i, r in enumerate(records) if r["scene"]["layout"] == "single")
 
     losses = train_clip.main(common(data, tmp_path / "clip_swap", steps=2) + [
-        "--pretrained_model_name_or_path", str(root / "clip"), "--swap_negatives"])
+        "--pretrained_model_name_or_path", str(root / "clip"), "--swap_negatives", "--mirror_negatives"])
     assert len(losses) == 2 and all(np.isfinite(losses))
     singles = tmp_path / "singles"
     singles.mkdir()
@@ -118,9 +133,9 @@ def test_swap_negatives_fine_tune(trained, tmp_path):
     (singles / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in single_records))
     for r in single_records:
         shutil.copy(data / r["file_name"], singles / r["file_name"])
-    with pytest.raises(ValueError, match="no record .* has a two-object scene graph"):
+    with pytest.raises(ValueError, match="--mirror_negatives: no record .* has a two-object scene graph"):
         train_clip.main(common(singles, tmp_path / "clip_none", steps=2) + [
-            "--pretrained_model_name_or_path", str(root / "clip"), "--swap_negatives"])
+            "--pretrained_model_name_or_path", str(root / "clip"), "--mirror_negatives"])
 
 
 def test_min_snr_weighting(trained, tmp_path):

@@ -10,6 +10,9 @@ With `--swap_negatives`, each two-object scene's image is also scored against it
 exchanged ("a blue car above a red apple" for "a red apple above a blue car", in the same phrasing), as an
 extra negative text of the image-to-text side (as NegCLIP does with word-order negatives). The captions differ
 only in word order, so the text tower has to read it, and the image tower to see which object is where.
+With `--mirror_negatives`, each such caption is also scored against its image mirrored across the relation's
+axis (left-right for "to the left of", top-bottom for "above"), which shows the swapped scene, as an extra
+negative image of the text-to-image side: the image tower then has to see which object is where.
 Ends with the model, tokenizer and image processor saved in the Hugging Face CLIP layout in `output_dir`;
 with `--rank R` (LoRA on both towers' attention) or `--adapter ia3`, and `--pretrained_model_name_or_path`,
 only the adapter trains, saved in PEFT's format as `output_dir/clip/` for
@@ -47,6 +50,7 @@ class TrainClipArgs(LoraTrainArgs):
     vocab_size: int = 1024
     train_batch_size: int = 128
     swap_negatives: bool = False  # score two-object images against their object-swapped captions too
+    mirror_negatives: bool = False  # score two-object captions against their images mirrored too
 
 
 def tokenize(tokenizer, texts, max_length: int):
@@ -61,13 +65,14 @@ def tokenize(tokenizer, texts, max_length: int):
 
 
 def contrastive_loss(image_embeds, text_embeds, logit_scale, caption_ids, accelerator, negative_embeds=None,
-                     negative_ids=None) -> torch.Tensor:
+                     negative_ids=None, mirror_embeds=None, mirror_ids=None) -> torch.Tensor:
     """Symmetric cross-entropy of this process's images and texts against the whole global batch's texts and
     images, with targets spread evenly over every pair sharing a caption.
 
     `negative_embeds` (B, E) are extra texts for the image-to-text side, one per row, with the canonical caption
     ids `negative_ids` (-1: the row has none, and its text is left out). A negative that is some image's own
-    caption still counts as that image's match.
+    caption still counts as that image's match. `mirror_embeds` and `mirror_ids` are extra images for the
+    text-to-image side, in the same way.
 
     Each process scores its own rows against every process's embeddings (gathered with their gradients), so
     the loss averaged over processes, and its gradient, are those of one process holding the global batch.
@@ -75,18 +80,26 @@ def contrastive_loss(image_embeds, text_embeds, logit_scale, caption_ids, accele
     all_images, all_texts = gather_with_grad(image_embeds, accelerator), gather_with_grad(text_embeds, accelerator)
     all_ids = accelerator.gather(caption_ids)
     targets = (caption_ids[:, None] == all_ids[None, :]).float()
-    text_logits = logit_scale * text_embeds @ all_images.T
-    image_logits = logit_scale * image_embeds @ all_texts.T
-    image_targets = targets
+    image_logits, image_targets = logit_scale * image_embeds @ all_texts.T, targets
+    text_logits, text_targets = logit_scale * text_embeds @ all_images.T, targets
     if negative_embeds is not None:
-        all_negative_ids = accelerator.gather(negative_ids)
-        present = all_negative_ids >= 0
-        negative_logits = logit_scale * image_embeds @ gather_with_grad(negative_embeds, accelerator).T
-        image_logits = torch.cat([image_logits, negative_logits.masked_fill(~present, float("-inf"))], dim=1)
-        image_targets = torch.cat([targets, (caption_ids[:, None] == all_negative_ids[None, :]).float()], dim=1)
+        image_logits, image_targets = _extra_columns(image_logits, image_targets, image_embeds, negative_embeds,
+                                                     negative_ids, caption_ids, logit_scale, accelerator)
+    if mirror_embeds is not None:
+        text_logits, text_targets = _extra_columns(text_logits, text_targets, text_embeds, mirror_embeds,
+                                                   mirror_ids, caption_ids, logit_scale, accelerator)
     image_loss = _soft_cross_entropy(image_logits, image_targets)
-    text_loss = _soft_cross_entropy(text_logits, targets)
+    text_loss = _soft_cross_entropy(text_logits, text_targets)
     return (image_loss.mean() + text_loss.mean()) / 2
+
+
+def _extra_columns(logits, targets, queries, extra_embeds, extra_ids, caption_ids, logit_scale, accelerator):
+    """`logits` and `targets` with a column per global row of `extra_embeds` appended; rows whose id is -1 are
+    left out (-inf), and an extra column is a match of the queries sharing its caption id."""
+    all_extra_ids = accelerator.gather(extra_ids)
+    extra_logits = logit_scale * queries @ gather_with_grad(extra_embeds, accelerator).T
+    logits = torch.cat([logits, extra_logits.masked_fill(~(all_extra_ids >= 0), float("-inf"))], dim=1)
+    return logits, torch.cat([targets, (caption_ids[:, None] == all_extra_ids[None, :]).float()], dim=1)
 
 
 def _soft_cross_entropy(logits, targets):
@@ -147,11 +160,16 @@ def main(argv=None):
     texts, phrasings = phrasing_table(records, args.caption_column)
     canonical = {}
     caption_ids = torch.tensor([canonical.setdefault(r[args.caption_column], len(canonical)) for r in records])
-    if args.swap_negatives:
+    if args.swap_negatives or args.mirror_negatives:
         swapped, swapped_ids = swapped_phrasings(records, texts, phrasings, canonical)
         if not (swapped_ids >= 0).any():
-            raise ValueError(f"--swap_negatives: no record of {data_dir} has a two-object scene graph to swap")
+            flag = "--swap_negatives" if args.swap_negatives else "--mirror_negatives"
+            raise ValueError(f"{flag}: no record of {data_dir} has a two-object scene graph to swap")
         accelerator.print(f"swap negatives for {int((swapped_ids >= 0).sum())} of {len(records)} records")
+        # the image dimension to flip to show the swapped scene: width (-1) for left/right, height (-2) for above
+        axes = torch.tensor([{"pair_h": -1, "pair_v": -2}.get((r.get("scene") or {}).get("layout"), 0)
+                             for r in records])
+        mirror_axes = torch.where(swapped_ids >= 0, axes, 0)
     ids, lengths = tokenize(tokenizer, texts, model.config.text_config.max_position_embeddings)
 
     # 3. train
@@ -168,17 +186,26 @@ def main(argv=None):
         input_ids, length = ids[chosen], lengths[chosen]
         input_ids = input_ids[:, : int(length.max())]
         attention_mask = (torch.arange(input_ids.shape[1]) < length[:, None]).long()
-        pixel_values = normalize_pixels(images[batch], image_processor)
+        pixels = images[batch]
+        if args.mirror_negatives:  # each row's image mirrored to show the swapped scene, where it has one
+            has_mirror = (mirror_axes[batch] != 0).nonzero().squeeze(1)
+            mirror_ids = torch.where(mirror_axes[batch] != 0, swapped_ids[batch], -1)
+            pixels = torch.cat([pixels, *(pixels[i : i + 1].flip(int(mirror_axes[batch[i]])) for i in has_mirror)])
+        pixel_values = normalize_pixels(pixels, image_processor)
         logit_scale = accelerator.unwrap_model(model).logit_scale
         with torch.no_grad():
             logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                     pixel_values=pixel_values.to(device))
-        text_embeds = out.text_embeds.float()
+        text_embeds, image_embeds = out.text_embeds.float(), out.image_embeds.float()
         negatives = {}
         if args.swap_negatives:
-            negatives = dict(negative_embeds=text_embeds[rows:], negative_ids=negative_ids.to(device))
-        return contrastive_loss(out.image_embeds.float(), text_embeds[:rows], logit_scale.exp().float(),
+            negatives.update(negative_embeds=text_embeds[rows:], negative_ids=negative_ids.to(device))
+        if args.mirror_negatives:  # one row per batch row (zeros where there is none, left out by its id -1)
+            mirrored = image_embeds.new_zeros(rows, image_embeds.shape[1])
+            mirrored = mirrored.index_copy(0, has_mirror.to(device), image_embeds[rows:])
+            negatives.update(mirror_embeds=mirrored, mirror_ids=mirror_ids.to(device))
+        return contrastive_loss(image_embeds[:rows], text_embeds[:rows], logit_scale.exp().float(),
                                 caption_ids[batch].to(device), accelerator, **negatives)
 
     parameters = add_training_adapter(accelerator, model, "clip", args)
