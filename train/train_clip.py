@@ -166,10 +166,9 @@ def main(argv=None):
             flag = "--swap_negatives" if args.swap_negatives else "--mirror_negatives"
             raise ValueError(f"{flag}: no record of {data_dir} has a two-object scene graph to swap")
         accelerator.print(f"swap negatives for {int((swapped_ids >= 0).sum())} of {len(records)} records")
-        # the image dimension to flip to show the swapped scene: width (-1) for left/right, height (-2) for above
-        axes = torch.tensor([{"pair_h": -1, "pair_v": -2}.get((r.get("scene") or {}).get("layout"), 0)
-                             for r in records])
-        mirror_axes = torch.where(swapped_ids >= 0, axes, 0)
+    if args.mirror_negatives:  # the image dimension to flip to show the swapped scene (0: none)
+        mirror_axes = torch.tensor([{"pair_h": -1, "pair_v": -2}[r["scene"]["layout"]] if twin >= 0 else 0
+                                    for r, twin in zip(records, swapped_ids.tolist())])
     ids, lengths = tokenize(tokenizer, texts, model.config.text_config.max_position_embeddings)
 
     # 3. train
