@@ -35,7 +35,7 @@ def check_text(text: str, name: str) -> str:
     return text
 
 
-def _checked(kind, ok, rule: str):
+def checked_type(kind, ok, rule: str):
     """An argparse type: `kind(text)`, refused unless `ok(value)`, with "must be {rule}" as the message."""
 
     def parse(text):
@@ -50,32 +50,32 @@ def _checked(kind, ok, rule: str):
     return parse
 
 
-def _positive(kind):
-    return _checked(kind, lambda value: value > 0, "> 0")
+def positive(kind):
+    return checked_type(kind, lambda value: value > 0, "> 0")
 
 
-def _non_negative(kind):
-    return _checked(kind, lambda value: value >= 0, ">= 0")
+def non_negative(kind):
+    return checked_type(kind, lambda value: value >= 0, ">= 0")
 
 
 # a seed for torch.Generator.manual_seed: an integer in [0, 2**63), so that S + i still fits
-seed_number = _checked(int, lambda value: 0 <= value < 2**63, "an integer in [0, 2**63)")
+seed_number = checked_type(int, lambda value: 0 <= value < 2**63, "an integer in [0, 2**63)")
 
 
 def add_decoding_flags(parser):
     group = parser.add_argument_group("decoding (defaults come from the model's generation_config.json)")
-    group.add_argument("--beam", type=_positive(int), dest="num_beams", help="beam search with N beams")
-    group.add_argument("--temperature", type=_positive(float), help="sample with this temperature")
-    group.add_argument("--top-k", type=_non_negative(int), help="sample from the K most likely tokens")
-    group.add_argument("--top-p", type=_checked(float, lambda p: 0 < p <= 1, "in (0, 1]"),
+    group.add_argument("--beam", type=positive(int), dest="num_beams", help="beam search with N beams")
+    group.add_argument("--temperature", type=positive(float), help="sample with this temperature")
+    group.add_argument("--top-k", type=non_negative(int), help="sample from the K most likely tokens")
+    group.add_argument("--top-p", type=checked_type(float, lambda p: 0 < p <= 1, "in (0, 1]"),
                        help="nucleus sampling: smallest token set with this probability")
-    group.add_argument("--repetition-penalty", type=_positive(float))
-    group.add_argument("--no-repeat-ngram-size", type=_non_negative(int))
-    group.add_argument("--length-penalty", type=_checked(float, lambda _: True, "a finite number"))
-    group.add_argument("--num-captions", type=_positive(int), dest="num_return_sequences",
+    group.add_argument("--repetition-penalty", type=positive(float))
+    group.add_argument("--no-repeat-ngram-size", type=non_negative(int))
+    group.add_argument("--length-penalty", type=checked_type(float, lambda _: True, "a finite number"))
+    group.add_argument("--num-captions", type=positive(int), dest="num_return_sequences",
                        help="captions per image (<= --beam, or with sampling)")
-    group.add_argument("--max-new-tokens", type=_positive(int))
-    group.add_argument("--min-new-tokens", type=_non_negative(int))
+    group.add_argument("--max-new-tokens", type=positive(int))
+    group.add_argument("--min-new-tokens", type=non_negative(int))
     group.add_argument("--prefix", help='text every caption must continue, e.g. "a photo of"')
     group.add_argument("--seed", type=seed_number, help="seed for sampling (recorded in --json output)")
 
@@ -85,13 +85,13 @@ def add_runtime_flags(parser, model_help):
     parser.add_argument("--model", default=None, help=model_help)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--batch-size", type=_positive(int), default=16)
+    parser.add_argument("--batch-size", type=positive(int), default=16)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or logs on stderr")
     add_image_limit_flag(parser)
 
 
 def add_image_limit_flag(parser):
-    parser.add_argument("--max-image-pixels", type=_positive(int), metavar="N",
+    parser.add_argument("--max-image-pixels", type=positive(int), metavar="N",
                         help="refuse images over N pixels as possible decompression bombs (default: Pillow's "
                              "limit, about 179 million)")
 
@@ -153,11 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: genvl data scenes --out data/world --num-images 1000 --split test",
     )
     scenes.add_argument("--out", required=True, help="dataset root; the split goes to OUT/SPLIT/")
-    scenes.add_argument("--num-images", type=_positive(int), required=True)
+    scenes.add_argument("--num-images", type=positive(int), required=True)
     scenes.add_argument("--seed", type=seed_number, default=0)
     scenes.add_argument("--split", choices=["train", "val", "test"], default="train")
-    scenes.add_argument("--resolution", type=_positive(int), default=64)
-    scenes.add_argument("--workers", type=_positive(int), default=1, help="processes rendering the images")
+    scenes.add_argument("--resolution", type=positive(int), default=64)
+    scenes.add_argument("--workers", type=positive(int), default=1, help="processes rendering the images")
     scenes.add_argument("--require", metavar="OBJECT",
                         help="keep only scenes holding this object, which may be a held-out one (e.g. robot)")
     scenes.add_argument("--quiet", action="store_true")
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shards.add_argument("--data", required=True, help="imagefolder with metadata.jsonl")
     shards.add_argument("--out", required=True, help="shard name with a %%d field for the shard's number")
-    shards.add_argument("--samples-per-shard", type=_positive(int), default=1000)
+    shards.add_argument("--samples-per-shard", type=positive(int), default=1000)
     shards.add_argument("--quiet", action="store_true", help="no summary line on stderr")
 
     evaluate = commands.add_parser(
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: genvl eval caption --data data/world/test --beam 3",
     )
     eval_caption.add_argument("--data", required=True, help="imagefolder with metadata.jsonl")
-    eval_caption.add_argument("--limit", type=_positive(int), help="evaluate the first N images only")
+    eval_caption.add_argument("--limit", type=positive(int), help="evaluate the first N images only")
     eval_caption.add_argument("--output", help="also write the report as JSON to this file")
     add_decoding_flags(eval_caption)
     add_lora_flag(eval_caption)

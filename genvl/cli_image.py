@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import math
 import os
 import random
 import re
@@ -10,7 +9,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from .cli import UsageError, add_image_limit_flag, add_lora_flag, check_text, plural, seed_number, summarize
+from .cli import (UsageError, add_image_limit_flag, add_lora_flag, check_text, checked_type, plural, positive,
+                  seed_number, summarize)
 from .outputs import check_output_file, written_atomically
 
 DEFAULT_T2I_MODEL = Path(__file__).resolve().parent.parent / "pipelines" / "genvl-unclip-small"
@@ -25,6 +25,9 @@ SCHEDULERS = {"ddpm": ("DDPMScheduler", {}), "ddim": ("DDIMScheduler", {}),
               "dpm-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 1})}
 
 
+GUIDANCE = checked_type(float, lambda value: value >= 0, "a number >= 0 (1 means no guidance)")
+
+
 def default_t2i_model() -> str:
     return os.environ.get("GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))
 
@@ -32,16 +35,17 @@ def default_t2i_model() -> str:
 def add_sampling_flags(parser, prior: bool = True, outputs: bool = True, text: bool = False):
     """`text`: the command decodes prompts' words too (generate, eval t2i), so it takes --decoder-text-guidance."""
     group = parser.add_argument_group("sampling")
-    group.add_argument("--steps", type=int, default=25, help="inference steps of each stage (default 25)")
-    group.add_argument("--guidance", type=float, default=4.0,
+    group.add_argument("--steps", type=positive(int), default=25, help="inference steps of each stage (default 25)")
+    group.add_argument("--guidance", type=GUIDANCE, default=4.0,
                        help="classifier-free guidance scale of each stage (the decoder's towards the image embedding)")
     if prior:
-        group.add_argument("--prior-steps", type=int, help="prior steps (default: --steps)")
-        group.add_argument("--prior-guidance", type=float, help="prior guidance (default: --guidance)")
-    group.add_argument("--decoder-steps", type=int, help="decoder steps (default: --steps)")
-    group.add_argument("--decoder-guidance", type=float, help="decoder guidance (default: --guidance)")
+        group.add_argument("--prior-steps", type=positive(int), help="prior steps (default: --steps)")
+        group.add_argument("--prior-guidance", type=GUIDANCE, help="prior guidance (default: --guidance)")
+    group.add_argument("--decoder-steps", type=positive(int), help="decoder steps (default: --steps)")
+    group.add_argument("--decoder-guidance", type=GUIDANCE, help="decoder guidance (default: --guidance)")
     if text:
-        group.add_argument("--decoder-text-guidance", type=float, default=8.0,  # the pipeline's DEFAULT_TEXT_GUIDANCE
+        # 8.0 is the pipeline's DEFAULT_TEXT_GUIDANCE, not imported here to keep torch out of the parser
+        group.add_argument("--decoder-text-guidance", type=GUIDANCE, default=8.0,
                            help="decoder guidance towards the prompt's words, on top of --decoder-guidance's towards "
                                 "the image embedding (default 8; the same value as --decoder-guidance guides both "
                                 "together, with two rows per image in each decoder step instead of three)")
@@ -73,8 +77,8 @@ def add_parsers(commands, evaluate):
     generate = commands.add_parser("generate", help="generate images from a prompt",
                                    epilog='example: genvl generate "a red apple" -n 4 --seed 0')
     generate.add_argument("prompt")
-    generate.add_argument("-n", "--num-images", type=int, default=1)
-    generate.add_argument("--batch-size", type=int, help=BATCH_HELP)
+    generate.add_argument("-n", "--num-images", type=positive(int), default=1)
+    generate.add_argument("--batch-size", type=positive(int), help=BATCH_HELP)
     generate.add_argument("--negative", default=None, help="negative prompt (default: the empty prompt)")
     add_lora_flag(generate)
     add_sampling_flags(generate, text=True)
@@ -82,8 +86,8 @@ def add_parsers(commands, evaluate):
 
     vary = commands.add_parser("vary", help="variations of an image", epilog="example: genvl vary img.png -n 4")
     vary.add_argument("image")
-    vary.add_argument("-n", "--num-images", type=int, default=4)
-    vary.add_argument("--batch-size", type=int, help=BATCH_HELP)
+    vary.add_argument("-n", "--num-images", type=positive(int), default=4)
+    vary.add_argument("--batch-size", type=positive(int), help=BATCH_HELP)
     add_sampling_flags(vary, prior=False)
     add_t2i_runtime_flags(vary)
 
@@ -92,7 +96,7 @@ def add_parsers(commands, evaluate):
         epilog='example: genvl interpolate "a red apple" "a blue car" --frames 6')
     interpolate.add_argument("start", help="a prompt or an image file")
     interpolate.add_argument("end", help="a prompt or an image file")
-    interpolate.add_argument("--frames", type=int, default=5)
+    interpolate.add_argument("--frames", type=positive(int), default=5)
     add_sampling_flags(interpolate)
     add_t2i_runtime_flags(interpolate)
 
@@ -106,21 +110,21 @@ def add_parsers(commands, evaluate):
     retrieval = evaluate.add_parser("retrieval", help="CLIP image<->text retrieval on a held-out imagefolder",
                                     epilog="example: genvl eval retrieval --data data/world/test")
     retrieval.add_argument("--data", required=True, help="imagefolder with metadata.jsonl")
-    retrieval.add_argument("--limit", type=int, help="evaluate the first N images only")
+    retrieval.add_argument("--limit", type=positive(int), help="evaluate the first N images only")
     retrieval.add_argument("--output", help="also write the report as JSON to this file")
-    retrieval.add_argument("--batch-size", type=int, default=256)
+    retrieval.add_argument("--batch-size", type=positive(int), default=256)
     add_t2i_runtime_flags(retrieval)
 
     t2i = evaluate.add_parser(
         "t2i", help="judge generated images of held-out prompts (GenEval-style), R-precision, FD, round trip",
         epilog="example: genvl eval t2i --data data/world/test --prompts 250 --images-per-prompt 4")
     t2i.add_argument("--data", required=True, help="held-out imagefolder with scene graphs (genvl data scenes)")
-    t2i.add_argument("--prompts", type=int, default=250, help="held-out prompts, spread over the layouts")
-    t2i.add_argument("--images-per-prompt", type=int, default=4)
+    t2i.add_argument("--prompts", type=positive(int), default=250, help="held-out prompts, spread over the layouts")
+    t2i.add_argument("--images-per-prompt", type=positive(int), default=4)
     t2i.add_argument("--judge", default=str(DEFAULT_JUDGE), help="judge folder (default: genvl-judge-small)")
     t2i.add_argument("--captioner", default=None, help="captioner for the round trip (default: the shipped one)")
     t2i.add_argument("--seed", type=seed_number, default=0, help="image k of the run uses seed S + k")
-    t2i.add_argument("--batch-size", type=int, default=64, help="images per pipeline call")
+    t2i.add_argument("--batch-size", type=positive(int), default=64, help="images per pipeline call")
     t2i.add_argument("--output", help="also write the report as JSON to this file")
     t2i.add_argument("--stages", action="store_true",
                      help="also score the prior (against the real renders' embeddings) and the decoder (drawing "
@@ -128,20 +132,6 @@ def add_parsers(commands, evaluate):
     add_lora_flag(t2i)
     add_sampling_flags(t2i, outputs=False, text=True)
     add_t2i_runtime_flags(t2i)
-
-
-def check_positive(args, *names):
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-
-
-def check_guidance(args):
-    for name in ("guidance", "prior_guidance", "decoder_guidance", "decoder_text_guidance"):
-        value = getattr(args, name, None)
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise UsageError(f"--{name.replace('_', '-')} must be a number >= 0 (1 means no guidance), got {value}")
 
 
 def load_t2i_pipeline(args):
@@ -165,8 +155,6 @@ def load_t2i_pipeline(args):
 
 
 def stage_settings(args, prior: bool = True) -> dict:
-    check_positive(args, "steps", "prior_steps", "decoder_steps", "num_images", "frames", "batch_size")
-    check_guidance(args)
     def either(value, default):
         return default if value is None else value
 
@@ -349,7 +337,6 @@ def run_eval_retrieval(args) -> int:
     from .cli import print_report
     from .evaluation.retrieval import evaluate_retrieval
 
-    check_positive(args, "limit", "batch_size")
     if args.output:
         check_output_file(args.output, "--output")
     report = evaluate_retrieval(*load_clip_parts(args), args.data, limit=args.limit, batch_size=args.batch_size)
@@ -363,7 +350,6 @@ def run_eval_t2i(args) -> int:
     from .evaluation.text_to_image import evaluate_text_to_image
     from .pipelines.caption import CaptionPipeline
 
-    check_positive(args, "prompts", "images_per_prompt")  # stage_settings checks --batch-size
     settings = stage_settings(args)
     if args.output:
         check_output_file(args.output, "--output")

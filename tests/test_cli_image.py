@@ -88,7 +88,8 @@ def test_generate_with_text_guidance(t2i_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "a red apple", "--decoder-text-guidance", "nan", "--model", str(t2i_dir),
               "--out", str(tmp_path / "bad")])
-    assert exit_info.value.code == 2 and "--decoder-text-guidance must be a number >= 0" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "argument --decoder-text-guidance: must be a number >= 0" in error
     assert not (tmp_path / "bad").exists()
 
 
@@ -98,7 +99,7 @@ def test_generate_usage_errors(t2i_dir, tmp_path, capsys):
     assert exit_info.value.code == 2 and "PROMPT is empty" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "a red apple", "--steps", "0", "--model", str(t2i_dir), "--out", str(tmp_path)])
-    assert exit_info.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "argument --steps: must be > 0, got 0" in capsys.readouterr().err
     assert main(["generate", "a red apple", "--model", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 1
     assert "not a text-to-image pipeline folder" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png"))
@@ -236,6 +237,6 @@ def test_eval_t2i_report(t2i_dir, tiny_pipeline_dir, tmp_path, capsys):
     assert set(report["generated"]) == {"judge", "r_precision", "round_trip", "frechet_distance"}
     with pytest.raises(SystemExit) as exit_info:
         main(argv[:-3] + ["--prompts", "0"])
-    assert exit_info.value.code == 2 and "--prompts must be >= 1" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "argument --prompts: must be > 0, got 0" in capsys.readouterr().err
     assert main(argv[:6] + ["--judge", str(tmp_path), "--quiet"]) == 1
     assert "not a judge folder" in capsys.readouterr().err
