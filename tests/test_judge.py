@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from genvl.evaluation.judge import Detection, SceneJudge, category_accuracy, judge_scene
+from genvl.evaluation.retrieval import mirror_rows
 from genvl.evaluation.text_to_image import (
     evaluate_text_to_image, frechet_distance, names_all_objects, r_precision, select_prompts, stage_scores,
 )
@@ -134,20 +135,24 @@ def test_select_prompts_spreads_over_layouts_without_repeats():
 
 
 def test_evaluate_text_to_image_reports_every_score(judge, tmp_path, tiny_pipeline_dir):
-    data = write_imagefolder(tmp_path, 24, seed=0, split="test", resolution=32)
+    data = write_imagefolder(tmp_path, 24, seed=1, split="test", resolution=32)
     pipeline = TextToImagePipeline(**get_dummy_unclip_components())
     pipeline.set_progress_bar_config(disable=True)
     captioner = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
     report = evaluate_text_to_image(pipeline, judge, data, captioner=captioner, num_prompts=10, images_per_prompt=2,
-                                    batch_size=8, prior_num_inference_steps=2, decoder_num_inference_steps=2)
+                                    batch_size=8, stages=True, prior_num_inference_steps=2,
+                                    decoder_num_inference_steps=2)
     assert report["images"] == 20 and report["prompts"] == 10 and report["reference_images"] == 14
     for side in ("generated", "real_renders"):
         scores = report[side]
         assert 0 <= scores["r_precision"] <= 1 and 0 <= scores["round_trip"] <= 1
         assert scores["frechet_distance"] >= 0 and 0 <= scores["judge"]["overall"] <= 1
-    layouts = {r["scene"]["layout"] for r in select_prompts(read_metadata(data), 10)}
-    if "count" in layouts:
+    records = select_prompts(read_metadata(data), 10)
+    if "count" in {r["scene"]["layout"] for r in records}:
         assert "counting" in report["generated"]["judge"]
+    stages = report["stages"]  # the prompts include two left/right pairs, whose renders are mirrored for the prior
+    assert stages["prior_mirror_prompts"] == len(mirror_rows(records)) == 2
+    assert 0 <= stages["prior_mirror_accuracy"] <= 1
     with pytest.raises(ValueError, match="num_prompts"):
         evaluate_text_to_image(pipeline, judge, data, num_prompts=1)
 
@@ -177,11 +182,22 @@ def test_stage_scores_line_up_prompts_and_renders(judge, tmp_path):
     # each batch is drawn twice from the same embeddings: with its prompts, then with the empty prompt only
     assert decoded == [(4, False), (4, True), (2, False), (2, True)]
     # a prior that returns each prompt's own render embedding scores 1 on both of its counts
-    chunks = iter((real_embeds / real_embeds.norm(dim=-1, keepdim=True)).split(4))
+    # and is closer to each left/right render than to its mirror; a prior that returns the mirrors scores 0 there
+    rows = mirror_rows(records)
+    assert rows, "the six prompts spread over the layouts include a left/right pair"
+    mirrored_embeds = embed_images(pipeline.clip, pipeline.image_processor, real[rows].flip(-1))
+    args.update(mirror_prompts=rows, mirrored_embeds=mirrored_embeds)
+    own = torch.nn.functional.normalize(real_embeds, dim=-1)
+    chunks = iter(own.split(4))
     pipeline.run_prior = lambda *a, **k: next(chunks)
     scores = stage_scores(pipeline, judge, real_embeds=real_embeds, **args)
     assert scores["prior_cosine_to_real"] == pytest.approx(1.0, abs=1e-5)
     assert scores["prior_nearest_is_own_render"] == 1.0
+    assert scores["prior_mirror_prompts"] == len(rows) and scores["prior_mirror_accuracy"] == 1.0
+    swapped = own.clone()
+    swapped[rows] = torch.nn.functional.normalize(mirrored_embeds, dim=-1)
+    chunks = iter(swapped.split(4))
+    assert stage_scores(pipeline, judge, real_embeds=real_embeds, **args)["prior_mirror_accuracy"] == 0.0
 
 
 def test_train_judge_saves_a_judge_with_a_chosen_threshold(tmp_path):

@@ -56,13 +56,18 @@ def order_accuracy(clip, tokenizer, records, image_embeds, length: int, batch_si
     return {"order_images": len(rows), "order_accuracy": float(wins.float().mean())}
 
 
+def mirror_rows(records) -> list[int]:
+    """Indices of the left/right two-object scenes (`pair_h`) whose object-swapped twin differs from them."""
+    return [i for i, r in enumerate(records) if isinstance(r.get("scene"), dict)
+            and r["scene"].get("layout") == "pair_h" and swapped_caption(r["scene"]) is not None]
+
+
 def mirror_scores(clip, image_processor, records, images, image_embeds, text_embeds, caption_of_image,
                   batch_size: int) -> dict:
-    """Over left/right two-object images (`pair_h` scenes with a distinct twin): the share whose own caption
+    """Over left/right two-object images (`mirror_rows`): the share whose own caption
     scores higher against the image than against its left-right mirror, and the mean cosine of the two images'
     embeddings."""
-    rows = [i for i, r in enumerate(records) if isinstance(r.get("scene"), dict)
-            and r["scene"].get("layout") == "pair_h" and swapped_caption(r["scene"]) is not None]
+    rows = mirror_rows(records)
     if not rows:
         return {}
     mirrored = embed_images(clip, image_processor, images[rows].flip(-1), batch_size).float()

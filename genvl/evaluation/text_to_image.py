@@ -20,6 +20,7 @@ from ..training import load_images
 from ..world.dataset import read_metadata
 from ..world.sprites import ALL_OBJECTS
 from .judge import category_accuracy, judge_scene
+from .retrieval import mirror_rows
 
 DISTRACTORS = 99
 
@@ -84,6 +85,15 @@ def judge_images(judge, images: torch.Tensor, scenes: list[dict], prompt_of_imag
     return category_accuracy(judgements)
 
 
+def embed_at_clip_size(clip, processor, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """CLIP embeddings of uint8 images (N, 3, H, W), resized to the image tower's input size first."""
+    size = clip.config.vision_config.image_size
+    if images.shape[-1] != size:
+        images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
+                                                 antialias=True).round().clamp(0, 255)
+    return embed_images(clip, processor, images, batch_size)
+
+
 def score_images(images: torch.Tensor, scenes: list[dict], prompt_of_image: list[int], text_embeds,
                  judge, clip, clip_processor, captioner=None, batch_size: int = 64, seed: int = 0) -> dict:
     """Every score of uint8 images (N, 3, H, W), image i made for (or rendered from) `scenes[prompt_of_image[i]]`.
@@ -95,10 +105,7 @@ def score_images(images: torch.Tensor, scenes: list[dict], prompt_of_image: list
             pil = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in images[start : start + batch_size]]
             captions = captioner(pil).captions
             round_trips += [names_all_objects(c[0], scenes[p]) for c, p in zip(captions, rows)]
-    size = clip.config.vision_config.image_size
-    resized = images if images.shape[-1] == size else torch.nn.functional.interpolate(
-        images.float(), size=(size, size), mode="bilinear", antialias=True).round().clamp(0, 255)
-    image_embeds = embed_images(clip, clip_processor, resized, batch_size)
+    image_embeds = embed_at_clip_size(clip, clip_processor, images, batch_size)
     report = {"judge": judge_images(judge, images, scenes, prompt_of_image, batch_size),
               "r_precision": r_precision(image_embeds, text_embeds, prompt_of_image, seed)}
     if captioner is not None:
@@ -128,10 +135,13 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
                  batch_size: int = 64, seed: int = 0, prior_num_inference_steps: int = 25,
                  decoder_num_inference_steps: int = 25, prior_guidance_scale: float = 4.0,
                  decoder_guidance_scale: float = 4.0,
-                 decoder_text_guidance_scale: float | None = DEFAULT_TEXT_GUIDANCE) -> dict:
+                 decoder_text_guidance_scale: float | None = DEFAULT_TEXT_GUIDANCE, mirror_prompts: list[int] = (),
+                 mirrored_embeds: torch.Tensor | None = None) -> dict:
     """Which stage loses accuracy. The prior: mean cosine between its embedding for each prompt and the CLIP
     embedding of that prompt's real render, and how often that render is the nearest of all the prompts'
-    renders. The decoder: the judge's accuracy of images drawn from the real renders' embeddings (the prior
+    renders; and for the left/right prompts `mirror_prompts` (indices), given `mirrored_embeds` (their renders
+    mirrored left to right, in that order), how often the prior's embedding is closer to the render than to its
+    mirror: whether the image embedding the prior hands the decoder says which object is on the left. The decoder: the judge's accuracy of images drawn from the real renders' embeddings (the prior
     bypassed), with their prompts, and with the empty prompt as image variations are drawn. Prompt k uses
     seed `seed + k`."""
     real_embeds = real_embeds / real_embeds.norm(dim=-1, keepdim=True)
@@ -155,12 +165,17 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
     prior = torch.cat(priors).float()
     similarity = prior @ real_embeds.T
     own = torch.arange(len(prompts))
-    return {"prior_cosine_to_real": similarity[own, own].mean().item(),
-            "prior_nearest_is_own_render": (similarity.argmax(dim=1) == own).float().mean().item(),
-            "decoder_from_real_embeddings": judge_images(judge, torch.cat(images), scenes, own.tolist(),
-                                                         batch_size),
-            "decoder_from_real_embeddings_without_prompt": judge_images(judge, torch.cat(variations), scenes,
-                                                                        own.tolist(), batch_size)}
+    out = {"prior_cosine_to_real": similarity[own, own].mean().item(),
+           "prior_nearest_is_own_render": (similarity.argmax(dim=1) == own).float().mean().item()}
+    if len(mirror_prompts):
+        rows = list(mirror_prompts)
+        mirrored = torch.nn.functional.normalize(mirrored_embeds.float(), dim=-1)
+        closer = similarity[rows, rows] > (prior[rows] * mirrored).sum(-1)
+        out.update(prior_mirror_prompts=len(rows), prior_mirror_accuracy=closer.float().mean().item())
+    out["decoder_from_real_embeddings"] = judge_images(judge, torch.cat(images), scenes, own.tolist(), batch_size)
+    out["decoder_from_real_embeddings_without_prompt"] = judge_images(judge, torch.cat(variations), scenes,
+                                                                      own.tolist(), batch_size)
+    return out
 
 
 def evaluate_text_to_image(pipeline, judge, data_dir, captioner=None, num_prompts: int = 250,
@@ -207,5 +222,8 @@ def evaluate_text_to_image(pipeline, judge, data_dir, captioner=None, num_prompt
     out = {"prompts": len(prompts), "images_per_prompt": images_per_prompt, "images": len(generated),
            "reference_images": len(others), "generated": report, "real_renders": real_report}
     if stages:
-        out["stages"] = stage_scores(pipeline, judge, prompts, scenes, real_embeds, batch_size, seed, **sampling)
+        rows = mirror_rows(records)
+        mirrored = embed_at_clip_size(clip, processor, real[rows].flip(-1), batch_size) if rows else None
+        out["stages"] = stage_scores(pipeline, judge, prompts, scenes, real_embeds, batch_size, seed,
+                                     mirror_prompts=rows, mirrored_embeds=mirrored, **sampling)
     return out
