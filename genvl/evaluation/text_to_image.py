@@ -141,9 +141,9 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
     embedding of that prompt's real render, and how often that render is the nearest of all the prompts'
     renders; and for the left/right prompts `mirror_prompts` (indices), given `mirrored_embeds` (their renders
     mirrored left to right, in that order), how often the prior's embedding is closer to the render than to its
-    mirror: whether the image embedding the prior hands the decoder says which object is on the left. The decoder: the judge's accuracy of images drawn from the real renders' embeddings (the prior
-    bypassed), with their prompts, and with the empty prompt as image variations are drawn. Prompt k uses
-    seed `seed + k`."""
+    mirror: whether the image embedding the prior hands the decoder says which object is on the left. The
+    decoder: the judge's accuracy of images drawn from the real renders' embeddings (the prior bypassed), with
+    their prompts, and with the empty prompt as image variations are drawn. Prompt k uses seed `seed + k`."""
     real_embeds = real_embeds / real_embeds.norm(dim=-1, keepdim=True)
     priors, images, variations = [], [], []
 
