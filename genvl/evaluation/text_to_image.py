@@ -159,7 +159,7 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
         embeds = real_embeds[start : start + batch_size].to(pipeline.clip.device, pipeline.clip.dtype)
         images.append(uint8(pipeline.run_decoder(embeds, text, decoder_num_inference_steps, decoder_guidance_scale,
                                                  generators(), text_guidance_scale=decoder_text_guidance_scale)))
-        no_prompt = pipeline.encode_prompt([""] * 2 * len(chunk))
+        no_prompt = tuple(torch.cat([part[: len(chunk)]] * 2) for part in text)  # the empty prompt's rows, twice
         variations.append(uint8(pipeline.run_decoder(embeds, no_prompt, decoder_num_inference_steps,
                                                      decoder_guidance_scale, generators())))
     prior = torch.cat(priors).float()
