@@ -64,9 +64,8 @@ def mirror_rows(records) -> list[int]:
 
 def mirror_scores(clip, image_processor, records, images, image_embeds, text_embeds, caption_of_image,
                   batch_size: int) -> dict:
-    """Over left/right two-object images (`mirror_rows`): the share whose own caption
-    scores higher against the image than against its left-right mirror, and the mean cosine of the two images'
-    embeddings."""
+    """Over left/right two-object images (`mirror_rows`): the share whose own caption scores higher against the
+    image than against its left-right mirror, and the mean cosine of the two images' embeddings."""
     rows = mirror_rows(records)
     if not rows:
         return {}
