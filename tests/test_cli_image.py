@@ -180,7 +180,8 @@ def test_mirror_scores_compare_each_left_right_image_with_its_mirror(monkeypatch
     records = [{"scene": pair_h}, {"scene": pair_h}, {"scene": {**pair_h, "layout": "pair_v"}},
                {"scene": pair_h}, {"scene": {"layout": "pair_h", "objects": [obj("apple"), obj("apple")]}}]
     # a 1 x 2 image's embedding is its two pixels (left, right) of channel 0, so mirroring swaps them
-    images = torch.tensor([[2, 1], [1, 2], [2, 1], [1, 1], [2, 1]], dtype=torch.uint8)[:, None, None].expand(-1, 3, 1, 2)
+    images = torch.tensor([[2, 1], [1, 2], [2, 1], [1, 1], [2, 1]], dtype=torch.uint8)
+    images = images[:, None, None].expand(-1, 3, 1, 2)
 
     def pixels(clip, processor, batch, batch_size):
         features = batch[:, 0, 0].float()
