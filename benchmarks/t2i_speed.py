@@ -100,6 +100,7 @@ def stage_times(pipeline, prompts: list[str], steps: tuple[int, int], runs: int,
         with torch.no_grad():
             start = time.perf_counter()
             text = pipeline.encode_prompt([""] * len(prompts) + prompts)
+            decoder_text = pipeline.encode_decoder_prompt([""] * len(prompts) + prompts, text)
             after_text = time.perf_counter()
             embeds = pipeline.run_prior(text, steps[0], 4.0, generators())
             after_prior = time.perf_counter()
@@ -115,7 +116,8 @@ def stage_times(pipeline, prompts: list[str], steps: tuple[int, int], runs: int,
 
             pipeline.vae.decode = timed_decode
             try:
-                pipeline.run_decoder(embeds, text, steps[1], 4.0, generators(), text_guidance_scale=text_guidance)
+                pipeline.run_decoder(embeds, decoder_text, steps[1], 4.0, generators(),
+                                     text_guidance_scale=text_guidance)
             finally:
                 del pipeline.vae.decode
             end = time.perf_counter()

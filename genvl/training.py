@@ -643,6 +643,33 @@ def cached_features(path, key: dict, compute) -> dict:
     return tensors
 
 
+def frozen_text_states(text_dir, data_dir, records, caption_column: str, cache_dir=None, device=None):
+    """(token states (N, L, H) in float16, masks (N, L)) of the text tower `load_decoder_text_encoder(text_dir)`
+    reads, over the rows of `frozen_clip_features` (every distinct phrasing, then ""); kept, with `cache_dir`, in
+    `cache_dir/text_states.safetensors`."""
+    import torch
+
+    from .models.clip import embed_texts, load_decoder_text_encoder
+
+    text_encoder, tokenizer = load_decoder_text_encoder(text_dir)
+    texts, _ = phrasing_table(records, caption_column)
+
+    def compute():
+        length = getattr(text_encoder.config, "text_config", text_encoder.config).max_position_embeddings
+        text_encoder.eval().to(device or "cpu")
+        _, states, masks = embed_texts(text_encoder, tokenizer, texts + [""], length, states_dtype=torch.float16)
+        text_encoder.to("cpu")
+        return {"states": states, "masks": masks}
+
+    if cache_dir is None:
+        features = compute()
+    else:
+        key = {"text_encoder": file_stamp(text_dir), "data": data_stamp(data_dir), "records": len(records),
+               "texts": len(texts), "caption_column": caption_column}
+        features = cached_features(Path(cache_dir) / "text_states.safetensors", key, compute)
+    return features["states"], features["masks"]
+
+
 def data_stamp(source) -> dict:
     """`file_stamp` of an imagefolder's metadata.jsonl, or of every shard a shard spec names."""
     from .shards import is_shard_spec, shard_paths

@@ -169,7 +169,7 @@ def test_stage_scores_line_up_prompts_and_renders(judge, tmp_path):
     decoded, run_decoder = [], pipeline.run_decoder
 
     def recording_decoder(embeds, text, *rest, **kwargs):
-        negative, prompt = text[1].chunk(2)
+        negative, prompt = text[0].chunk(2)
         decoded.append((len(embeds), torch.equal(negative, prompt)))
         return run_decoder(embeds, text, *rest, **kwargs)
 

@@ -1,5 +1,6 @@
 """TextToImagePipeline on tiny random components: outputs, reproducibility, saving, schedulers, variations."""
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -125,7 +126,7 @@ def test_text_guidance_guides_the_prompt_apart_from_the_image_embedding(pipeline
     monkeypatch.setattr(type(pipeline.decoder), "forward", fake_forward)
     monkeypatch.setattr(pipeline.decoder_scheduler, "step", record_step)
     embeds = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)
-    text = pipeline.encode_prompt(["", "", "a red apple", "two blue cars"])
+    text = pipeline.encode_decoder_prompt(["", "", "a red apple", "two blue cars"])
     pipeline.run_decoder(embeds, text, 2, 4.0, generators(0, 1), text_guidance_scale=8.0)
 
     assert len(predictions) == 2
@@ -233,3 +234,41 @@ def test_a_saved_pipeline_loads_in_a_fresh_process(pipeline, tmp_path):
             f"print(type(TextToImagePipeline.from_pretrained({str(tmp_path)!r}).conditioner).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "UnclipConditioner", out.stderr[-2000:]
+
+
+def test_decoder_text_encoder_gives_the_decoder_its_token_states(pipeline, tmp_path):
+    """With a `decoder_text_encoder`, the prior reads CLIP's text tower and the decoder the other one."""
+    from transformers import CLIPTextModelWithProjection
+
+    from genvl.models.clip import text_tower_of
+
+    components = get_dummy_unclip_components()
+    other = get_dummy_unclip_components(seed=1)
+    text_encoder = text_tower_of(other["clip"]).eval()
+    with pytest.raises(ValueError, match="go together"):
+        TextToImagePipeline(**components, decoder_text_encoder=text_encoder)
+    pipe = TextToImagePipeline(**components, decoder_text_encoder=text_encoder, decoder_tokenizer=other["tokenizer"])
+    pipe.set_progress_bar_config(disable=True)
+
+    prompts = ["", "a red apple to the left of a blue car"]
+    states, mask = pipe.encode_decoder_prompt(prompts)
+    tokens = other["tokenizer"](prompts, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = other["clip"].text_model(**tokens).last_hidden_state
+    torch.testing.assert_close(states, expected)
+    assert torch.equal(mask, tokens.attention_mask)
+    assert not torch.allclose(states, pipeline.encode_decoder_prompt(prompts)[0])  # not CLIP's own states
+    # the prior's conditioning is unchanged: same image embedding, other images
+    a = pipeline("a red apple", generator=generators(3), output_type="pt", **STEPS)
+    b = pipe("a red apple", generator=generators(3), output_type="pt", **STEPS)
+    torch.testing.assert_close(a.image_embeds, b.image_embeds)
+    assert (a.images - b.images).abs().max() > 1e-3
+
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["decoder_text_encoder"] == ["transformers", "CLIPTextModelWithProjection"]
+    loaded = TextToImagePipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.decoder_text_encoder, CLIPTextModelWithProjection)
+    c = loaded("a red apple", generator=generators(3), output_type="pt", **STEPS)
+    torch.testing.assert_close(c.images, b.images, atol=1e-5, rtol=0)

@@ -290,3 +290,56 @@ def test_gradient_checkpointing_flag_trains_the_same(trained, tmp_path):
     except ImportError:
         with pytest.raises(ImportError, match="needs xformers"):
             train_decoder.main(common(data, tmp_path / "x") + args + ["--enable_xformers_memory_efficient_attention"])
+
+
+def test_decoder_on_another_text_tower_exports_and_generates(trained, tmp_path):
+    """A decoder trained on a public CLIP's text tower (its own tokenizer, 77 positions) and the tiny CLIP's image
+    embeddings goes into a pipeline as its `decoder_text_encoder`; a run from that pipeline reads the same tower."""
+    from .conftest import write_public_clip_folder
+
+    root, data, _ = trained
+    public = write_public_clip_folder(tmp_path / "public_clip")
+    args = ["--clip_model_name_or_path", str(root / "clip"), "--vae_model_name_or_path", str(root / "ae" / "vae"),
+            "--architecture", str(root / "unclip.json")]
+    losses = train_decoder.main(common(data, tmp_path / "decoder", steps=2) + args + [
+        "--text_encoder_model_name_or_path", str(public)])
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    states = train_decoder.frozen_text_states(public, data, [{"text": "a red apple"}], "text")[0]
+    assert states.shape[1:] == (77, 32)
+    export_checkpoint.main(["--stage", "decoder", "--run", str(tmp_path / "decoder"), "--output",
+                            str(tmp_path / "export")])
+    out = tmp_path / "pipeline"
+    export_text_to_image.main(["--clip", str(root / "clip"), "--prior", str(root / "prior"), "--decoder",
+                               str(tmp_path / "export"), "--autoencoder", str(root / "ae" / "vae"),
+                               "--decoder_text_encoder", str(public), "--output", str(out)])
+    pipe = TextToImagePipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.encode_decoder_prompt(["", "a red apple"])[0].shape == (2, 77, 32)
+    images = pipe("a red apple", prior_num_inference_steps=2, decoder_num_inference_steps=2,
+                  generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
+    # a decoder run on this pipeline takes the token states of its decoder_text_encoder, not of its CLIP
+    again = train_decoder.main(common(data, tmp_path / "again", steps=2) + [
+        "--clip_model_name_or_path", str(out), "--vae_model_name_or_path", str(out / "vae"),
+        "--pretrained_model_name_or_path", str(out), "--architecture", str(root / "unclip.json")])
+    assert all(np.isfinite(again)) and (tmp_path / "again" / "text_states.safetensors").is_file()
+
+
+def test_reset_image_embedding_starts_from_the_image_dropped_decoder(trained, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from genvl.models.unclip import UnclipConditioner
+
+    root, data, _ = trained
+    args = ["--clip_model_name_or_path", str(root / "clip"), "--vae_model_name_or_path", str(root / "ae" / "vae"),
+            "--architecture", str(root / "unclip.json"), "--pretrained_model_name_or_path", str(root / "decoder"),
+            "--learning_rate", "0"]
+    for reset in (False, True):
+        out = tmp_path / f"reset_{reset}"
+        train_decoder.main(common(data, out, steps=1) + args + (["--reset_image_embedding"] if reset else []))
+        reader = UnclipConditioner.from_pretrained(out / "conditioner").image_to_tokens.weight
+        unet = UNet2DConditionModel.from_pretrained(out / "decoder")
+        before = UNet2DConditionModel.from_pretrained(root / "decoder" / "decoder")
+        assert bool((reader == 0).all()) == reset
+        assert bool((unet.class_embedding.linear_1.weight == 0).all()) == reset
+        torch.testing.assert_close(unet.conv_in.weight, before.conv_in.weight)  # the rest is kept

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPConfig
 
+from genvl.models.clip import load_decoder_text_encoder
 from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet, build_prior
 from genvl.training import copy_ema_weights, pretrained_part, resolve_resume
 
@@ -69,8 +70,11 @@ def export_decoder(run_dir, checkpoint: str, output: Path) -> None:
         channels, size = vae["latent_channels"], config["resolution"] // 2 ** (len(vae["block_out_channels"]) - 1)
     else:
         channels, size = 3, config["resolution"]
-    conditioner = UnclipConditioner(clip.projection_dim, clip.text_config.hidden_size, arch.decoder_cross_dim,
-                                    arch.image_tokens)
+    text_hidden = clip.text_config.hidden_size
+    if config.get("text_encoder_model_name_or_path"):  # the decoder read another text tower's token states
+        text_config = load_decoder_text_encoder(config["text_encoder_model_name_or_path"])[0].config
+        text_hidden = getattr(text_config, "text_config", text_config).hidden_size
+    conditioner = UnclipConditioner(clip.projection_dim, text_hidden, arch.decoder_cross_dim, arch.image_tokens)
     model = DecoderStep(conditioner, build_decoder_unet(arch, size, channels, clip.projection_dim))
     checkpoint_weights(model, path, config["use_ema"])
     model.conditioner.save_pretrained(output / "conditioner", safe_serialization=True)

@@ -2,14 +2,18 @@
 
     python train/export_text_to_image.py --clip runs/clip --prior runs/prior --autoencoder runs/autoencoder/vae \
         --decoder runs/decoder --output pipelines/genvl-unclip-small
+
+`--decoder_text_encoder` (a CLIP, text encoder or pipeline folder) adds the text tower whose token states the
+decoder was trained on (`train_decoder.py --text_encoder_model_name_or_path`), when it is not the CLIP's own.
 """
 
 import argparse
 from pathlib import Path
 
 from diffusers import AutoencoderKL, DDPMScheduler, PriorTransformer, UNet2DConditionModel
+from transformers import CLIPModel
 
-from genvl.models.clip import load_clip
+from genvl.models.clip import load_clip, load_decoder_text_encoder, text_tower_of
 from genvl.models.unclip import UnclipConditioner
 from genvl.pipelines.text_to_image import TextToImagePipeline
 
@@ -20,13 +24,20 @@ def parse_args(argv=None):
     parser.add_argument("--prior", required=True, help="train_prior.py output folder")
     parser.add_argument("--decoder", required=True, help="train_decoder.py output folder")
     parser.add_argument("--autoencoder", default=None, help="the decoder's AutoencoderKL folder (omit for pixels)")
+    parser.add_argument("--decoder_text_encoder", default=None,
+                        help="the text tower the decoder reads, when it is not the CLIP's own")
     parser.add_argument("--output", required=True)
     return parser.parse_args(argv)
 
 
-def assemble(clip_dir, prior_dir, decoder_dir, autoencoder_dir=None) -> TextToImagePipeline:
+def assemble(clip_dir, prior_dir, decoder_dir, autoencoder_dir=None, text_encoder_dir=None) -> TextToImagePipeline:
     clip, tokenizer, image_processor = load_clip(clip_dir)
     prior_dir, decoder_dir = Path(prior_dir), Path(decoder_dir)
+    text_encoder = decoder_tokenizer = None
+    if text_encoder_dir:
+        text_encoder, decoder_tokenizer = load_decoder_text_encoder(text_encoder_dir)
+        if isinstance(text_encoder, CLIPModel):
+            text_encoder = text_tower_of(text_encoder)
     return TextToImagePipeline(
         clip=clip, tokenizer=tokenizer, image_processor=image_processor,
         prior=PriorTransformer.from_pretrained(prior_dir / "prior"),
@@ -35,12 +46,13 @@ def assemble(clip_dir, prior_dir, decoder_dir, autoencoder_dir=None) -> TextToIm
         decoder=UNet2DConditionModel.from_pretrained(decoder_dir / "decoder"),
         decoder_scheduler=DDPMScheduler.from_pretrained(decoder_dir / "decoder_scheduler"),
         vae=AutoencoderKL.from_pretrained(autoencoder_dir) if autoencoder_dir else None,
+        decoder_text_encoder=text_encoder, decoder_tokenizer=decoder_tokenizer,
     )
 
 
 def main(argv=None):
     args = parse_args(argv)
-    pipeline = assemble(args.clip, args.prior, args.decoder, args.autoencoder)
+    pipeline = assemble(args.clip, args.prior, args.decoder, args.autoencoder, args.decoder_text_encoder)
     pipeline.save_pretrained(args.output)
     print(f"wrote {args.output}")
 

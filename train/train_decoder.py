@@ -12,6 +12,14 @@ are computed once. Ends with `conditioner/`, `decoder/` and `decoder_scheduler/`
 `--pretrained_model_name_or_path` continues from a saved conditioner and UNet (a pipeline or run folder);
 with `--rank R` (LoRA on the UNet's attention) or `--adapter ia3` only the adapter trains, saved in PEFT's
 format as `output_dir/decoder/`.
+
+`--text_encoder_model_name_or_path` takes the token states from another text tower (a CLIP, a text encoder or a
+pipeline folder, with its own tokenizer), as the pipeline's `decoder_text_encoder` gives them: the image
+embeddings stay `--clip_model_name_or_path`'s. A pipeline with a `decoder_text_encoder` passed as
+`--clip_model_name_or_path` uses that text tower by default.
+`--reset_image_embedding` zeroes the weights that read the image embedding (the conditioner's image tokens and
+the UNet's class embedding) of a pretrained decoder, which then starts as its image-dropped self: for moving a
+decoder onto another CLIP's image embeddings while it keeps its text tower.
 """
 
 import json
@@ -27,8 +35,8 @@ from genvl.lora import save_adapter
 from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet
 from genvl.training import (
     LoraTrainArgs, add_training_adapter, add_training_noise, cached_features, data_stamp, file_stamp,
-    frozen_clip_features, latent_means, load_images, make_accelerator, parse_args, pick_phrasings, process_rows,
-    read_training_data, step_generator, train_loop,
+    frozen_clip_features, frozen_text_states, latent_means, load_images, make_accelerator, parse_args,
+    pick_phrasings, process_rows, read_training_data, step_generator, train_loop,
 )
 
 
@@ -45,6 +53,8 @@ class TrainDecoderArgs(LoraTrainArgs):
     text_dropout: float = 0.5
     num_train_timesteps: int = 1000
     snr_gamma: float | None = None
+    text_encoder_model_name_or_path: str | None = None
+    reset_image_embedding: bool = False
 
 
 def decoder_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
@@ -90,6 +100,12 @@ def main(argv=None):
     _, image_embeds, phrasings, _, states, masks = frozen_clip_features(
         args.clip_model_name_or_path, data_dir, records, args.image_column, args.caption_column, args.output_dir,
         accelerator.device)
+    text_dir = args.text_encoder_model_name_or_path
+    if text_dir is None and (Path(args.clip_model_name_or_path) / "decoder_text_encoder").is_dir():
+        text_dir = args.clip_model_name_or_path  # a pipeline whose decoder reads a text tower of its own
+    if text_dir:
+        states, masks = frozen_text_states(text_dir, data_dir, records, args.caption_column, args.output_dir,
+                                           accelerator.device)
     empty = len(states) - 1
 
     def compute_latents():
@@ -112,6 +128,10 @@ def main(argv=None):
     if args.pretrained_model_name_or_path:
         conditioner = UnclipConditioner.from_pretrained(Path(args.pretrained_model_name_or_path) / "conditioner")
         unet = UNet2DConditionModel.from_pretrained(Path(args.pretrained_model_name_or_path) / "decoder")
+        if args.reset_image_embedding:
+            with torch.no_grad():
+                conditioner.image_to_tokens.weight.zero_()
+                unet.class_embedding.linear_1.weight.zero_()
     else:
         conditioner = UnclipConditioner(image_embeds.shape[1], states.shape[2], arch.decoder_cross_dim,
                                         arch.image_tokens)

@@ -153,13 +153,15 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         text = pipeline.encode_prompt([""] * len(chunk) + chunk)
+        decoder_text = pipeline.encode_decoder_prompt([""] * len(chunk) + chunk, text)
         seeds = range(seed + start, seed + start + len(chunk))
         generators = lambda: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
         priors.append(pipeline.run_prior(text, prior_num_inference_steps, prior_guidance_scale, generators()).cpu())
         embeds = real_embeds[start : start + batch_size].to(pipeline.clip.device, pipeline.clip.dtype)
-        images.append(uint8(pipeline.run_decoder(embeds, text, decoder_num_inference_steps, decoder_guidance_scale,
-                                                 generators(), text_guidance_scale=decoder_text_guidance_scale)))
-        no_prompt = tuple(torch.cat([part[: len(chunk)]] * 2) for part in text)  # the empty prompt's rows, twice
+        images.append(uint8(pipeline.run_decoder(embeds, decoder_text, decoder_num_inference_steps,
+                                                 decoder_guidance_scale, generators(),
+                                                 text_guidance_scale=decoder_text_guidance_scale)))
+        no_prompt = tuple(torch.cat([part[: len(chunk)]] * 2) for part in decoder_text)  # the empty prompt, twice
         variations.append(uint8(pipeline.run_decoder(embeds, no_prompt, decoder_num_inference_steps,
                                                      decoder_guidance_scale, generators())))
     prior = torch.cat(priors).float()

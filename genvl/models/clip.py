@@ -1,5 +1,6 @@
 """The CLIP dual encoder, in the Hugging Face CLIP format so that public CLIP folders load in its place."""
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -106,6 +107,35 @@ def load_clip(path):
         raise FileNotFoundError(f"{path}: not a CLIP model folder (no config.json)")
     processor = AutoImageProcessor.from_pretrained(path)
     return load_transformers_model(CLIPModel, path), AutoTokenizer.from_pretrained(path), processor
+
+
+def load_decoder_text_encoder(path):
+    """(text tower, tokenizer) whose token states a text-to-image decoder reads: a pipeline folder's
+    `decoder_text_encoder/` and `decoder_tokenizer/` when it has them, else its CLIP's; a
+    `CLIPTextModelWithProjection` folder; or a CLIP folder (its `CLIPModel`, whose text tower is used)."""
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection
+
+    from ..folders import check_model_folder, load_transformers_model
+
+    path = check_model_folder(path)
+    if (path / "decoder_text_encoder" / "config.json").is_file():
+        return (load_transformers_model(CLIPTextModelWithProjection, path / "decoder_text_encoder"),
+                AutoTokenizer.from_pretrained(path / "decoder_tokenizer"))
+    config = path / "config.json"
+    if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("model_type") == "clip_text_model":
+        return load_transformers_model(CLIPTextModelWithProjection, path), AutoTokenizer.from_pretrained(path)
+    clip, tokenizer, _ = load_clip(path)
+    return clip, tokenizer
+
+
+def text_tower_of(clip):
+    """A `CLIPTextModelWithProjection` with the text tower and text projection of a `CLIPModel`."""
+    from transformers import CLIPTextModelWithProjection
+
+    text_encoder = CLIPTextModelWithProjection(clip.config.text_config)
+    text_encoder.text_model.load_state_dict(clip.text_model.state_dict())
+    text_encoder.text_projection.load_state_dict(clip.text_projection.state_dict())
+    return text_encoder.to(clip.device, clip.dtype)
 
 
 def warn_if_truncated(tokenizer, texts, max_length: int) -> None:

@@ -60,22 +60,28 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     Components: `clip` (transformers `CLIPModel`), `tokenizer`, `image_processor` (CLIP's), `prior`
     (`PriorTransformer` predicting the standardised image embedding), `prior_scheduler`, `conditioner`
     (`UnclipConditioner`), `decoder` (`UNet2DConditionModel`), `decoder_scheduler`, and `vae`
-    (`AutoencoderKL`, optional: without it the decoder works in pixel space). With `set_embedding_cache`,
+    (`AutoencoderKL`, optional: without it the decoder works in pixel space), and, optionally, a
+    `decoder_text_encoder` (transformers `CLIPTextModelWithProjection`) with its `decoder_tokenizer`, whose token
+    states the decoder reads instead of CLIP's own (as Kandinsky's decoder reads a text encoder of its own): the
+    prior and the image embeddings stay CLIP's. With `set_embedding_cache`,
     CLIP image embeddings are kept in a shared `EmbeddingCache`. LoRA adapters (PEFT format) load with
     `load_lora_weights`: one adapter folder for the decoder, or subfolders `decoder/`, `prior/`, `clip/`.
     """
 
     lora_components = ("decoder", "prior", "clip")
-    model_cpu_offload_seq = "clip->prior->conditioner->decoder->vae"
-    _optional_components = ["vae"]
+    model_cpu_offload_seq = "clip->decoder_text_encoder->prior->conditioner->decoder->vae"
+    _optional_components = ["vae", "decoder_text_encoder", "decoder_tokenizer"]
 
     def __init__(self, clip, tokenizer, image_processor, prior, prior_scheduler, conditioner, decoder,
-                 decoder_scheduler, vae=None):
+                 decoder_scheduler, vae=None, decoder_text_encoder=None, decoder_tokenizer=None):
         super().__init__()
+        if (decoder_text_encoder is None) != (decoder_tokenizer is None):
+            raise ValueError("decoder_text_encoder and decoder_tokenizer go together: pass both or neither")
         self.register_modules(
             clip=clip, tokenizer=tokenizer, image_processor=image_processor, prior=prior,
             prior_scheduler=prior_scheduler, conditioner=conditioner, decoder=decoder,
-            decoder_scheduler=decoder_scheduler, vae=vae,
+            decoder_scheduler=decoder_scheduler, vae=vae, decoder_text_encoder=decoder_text_encoder,
+            decoder_tokenizer=decoder_tokenizer,
         )
         self.output_processor = VaeImageProcessor(do_resize=False)
 
@@ -121,24 +127,22 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         threads at once."""
         twin = copy.copy(self)
         twin.tokenizer = copy.deepcopy(self.tokenizer)
+        twin.decoder_tokenizer = copy.deepcopy(self.decoder_tokenizer)
         twin.prior_scheduler = copy.deepcopy(self.prior_scheduler)
         twin.decoder_scheduler = copy.deepcopy(self.decoder_scheduler)
         return twin
 
     def encode_prompt(self, prompts: list[str]):
         """(text_embeds (B, E) unit length, token_states (B, T, H), mask (B, T)) from CLIP's text tower."""
-        for prompt in prompts:
-            if not isinstance(prompt, str):
-                raise TypeError(f"prompts must be strings, got {type(prompt).__name__}")
-        length = self.prior.config.num_embeddings
-        warn_if_truncated(self.tokenizer, prompts, length)
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
-                                return_tensors="pt")
-        device = self.clip.device
-        text = self.clip.text_model(input_ids=tokens.input_ids.to(device),
-                                    attention_mask=tokens.attention_mask.to(device))
-        embeds = self.clip.text_projection(text.pooler_output)
-        return embeds / embeds.norm(dim=-1, keepdim=True), text.last_hidden_state, tokens.attention_mask.to(device)
+        return _encode_text(self.clip, self.tokenizer, prompts, self.prior.config.num_embeddings)
+
+    def encode_decoder_prompt(self, prompts: list[str], text=None):
+        """(token_states (B, T, H), mask (B, T)) that the decoder reads: the `decoder_text_encoder`'s, or else
+        CLIP's (taken from `text`, `encode_prompt(prompts)`, when it is given)."""
+        if self.decoder_text_encoder is None:
+            return (text or self.encode_prompt(prompts))[1:]
+        length = self.decoder_text_encoder.config.max_position_embeddings
+        return _encode_text(self.decoder_text_encoder, self.decoder_tokenizer, prompts, length)[1:]
 
     def encode_image(self, images) -> torch.Tensor:
         """CLIP image embeddings (B, E), unit length, of PIL images or paths."""
@@ -207,7 +211,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     def run_decoder(self, image_embeds, text, num_inference_steps, guidance_scale, generator, latents=None,
                     text_guidance_scale=None):
         """Images (N, 3, H, W) in [-1, 1] from unit image embeddings and the text tokens of
-        `text = encode_prompt(negative prompts + prompts)`.
+        `text = encode_decoder_prompt(negative prompts + prompts)`.
 
         Guidance: by default `guidance_scale` pushes from the unconditional prediction (no image embedding, the
         negative prompt) towards the conditional one (image embedding and prompt). With a `text_guidance_scale`
@@ -215,8 +219,8 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         uncond) + text_guidance_scale (image and prompt - image)`, where "image" sees the embedding with the
         negative prompt: each step's network evaluation then runs three blocks of rows instead of two. Equal
         scales give the joint guidance."""
-        negative_states, states = text[1].chunk(2)
-        negative_mask, mask = text[2].chunk(2)
+        negative_states, states = text[0].chunk(2)
+        negative_mask, mask = text[1].chunk(2)
         n = image_embeds.shape[0]
         no_image = torch.zeros_like(image_embeds)
         if text_guidance_scale is not None and text_guidance_scale != guidance_scale:
@@ -226,7 +230,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             mask = torch.cat([negative_mask, negative_mask, mask])
         elif guidance_scale > 1.0:
             scales = (guidance_scale,)
-            embeds, states, mask = torch.cat([no_image, image_embeds]), text[1], text[2]
+            embeds, (states, mask) = torch.cat([no_image, image_embeds]), text
         else:
             scales, embeds = (), image_embeds
         context = self.conditioner(embeds, states)
@@ -299,8 +303,9 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         text = self.encode_prompt(negatives + prompts)
         image_embeds = self.run_prior(text, prior_num_inference_steps, prior_guidance_scale, generator,
                                       prior_latents)
-        images = self.run_decoder(image_embeds, text, decoder_num_inference_steps, decoder_guidance_scale,
-                                  generator, latents, decoder_text_guidance_scale)
+        images = self.run_decoder(image_embeds, self.encode_decoder_prompt(negatives + prompts, text),
+                                  decoder_num_inference_steps, decoder_guidance_scale, generator, latents,
+                                  decoder_text_guidance_scale)
         return self._finish(images, image_embeds, output_type, return_dict)
 
     @torch.no_grad()
@@ -312,8 +317,8 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         if (image is None) == (image_embeds is None):
             raise ValueError("pass either image or image_embeds")
         embeds = (self.encode_image([image]) if image_embeds is None else image_embeds).repeat(num_images, 1)
-        images = self.run_decoder(embeds, self.encode_prompt([""] * 2 * num_images), decoder_num_inference_steps,
-                                  decoder_guidance_scale, generator, latents)
+        images = self.run_decoder(embeds, self.encode_decoder_prompt([""] * 2 * num_images),
+                                  decoder_num_inference_steps, decoder_guidance_scale, generator, latents)
         return self._finish(images, embeds, output_type, return_dict)
 
     @torch.no_grad()
@@ -337,9 +342,24 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         config = self.decoder.config
         noise = randn_tensor((1, config.in_channels, config.sample_size, config.sample_size), generator=generator,
                              device=embeds.device, dtype=embeds.dtype).repeat(frames, 1, 1, 1)
-        images = self.run_decoder(embeds, self.encode_prompt([""] * 2 * frames), decoder_num_inference_steps,
-                                  decoder_guidance_scale, generator, noise)
+        images = self.run_decoder(embeds, self.encode_decoder_prompt([""] * 2 * frames),
+                                  decoder_num_inference_steps, decoder_guidance_scale, generator, noise)
         return self._finish(images, embeds, output_type, return_dict)
+
+
+def _encode_text(text_encoder, tokenizer, prompts: list[str], length: int):
+    """(unit embeddings, token states, mask) of `prompts` from a CLIP text tower (a `CLIPModel`'s or a
+    `CLIPTextModelWithProjection`), every prompt padded or cut to `length` tokens."""
+    for prompt in prompts:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompts must be strings, got {type(prompt).__name__}")
+    warn_if_truncated(tokenizer, prompts, length)
+    tokens = tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    device = text_encoder.device
+    text = text_encoder.text_model(input_ids=tokens.input_ids.to(device),
+                                   attention_mask=tokens.attention_mask.to(device))
+    embeds = text_encoder.text_projection(text.pooler_output)
+    return embeds / embeds.norm(dim=-1, keepdim=True), text.last_hidden_state, tokens.attention_mask.to(device)
 
 
 def _is_image_path(text: str) -> bool:
