@@ -343,3 +343,5 @@ def test_reset_image_embedding_starts_from_the_image_dropped_decoder(trained, tm
         assert bool((reader == 0).all()) == reset
         assert bool((unet.class_embedding.linear_1.weight == 0).all()) == reset
         torch.testing.assert_close(unet.conv_in.weight, before.conv_in.weight)  # the rest is kept
+    with pytest.raises(SystemExit):  # nothing to reset
+        train_decoder.main(common(data, tmp_path / "bad") + args[:6] + ["--reset_image_embedding"])

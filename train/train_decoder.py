@@ -56,6 +56,11 @@ class TrainDecoderArgs(LoraTrainArgs):
     text_encoder_model_name_or_path: str | None = None
     reset_image_embedding: bool = False
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.reset_image_embedding and not self.pretrained_model_name_or_path:
+            raise ValueError("--reset_image_embedding needs --pretrained_model_name_or_path, the decoder to reset")
+
 
 def decoder_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
