@@ -49,6 +49,9 @@ def add_sampling_flags(parser, prior: bool = True, outputs: bool = True, text: b
                            help="decoder guidance towards the prompt's words, on top of --decoder-guidance's towards "
                                 "the image embedding (default 8; the same value as --decoder-guidance guides both "
                                 "together, with two rows per image in each decoder step instead of three)")
+        group.add_argument("--candidates", type=positive(int), default=1,
+                           help="draw K images for each one kept, and keep the one the pipeline's reranker (or "
+                                "else its CLIP) scores most alike the prompt: K times the work (default 1)")
     group.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddpm",
                        help="diffusers scheduler: ddpm (default), ddim, dpm (DPM-Solver++), dpm-sde (its "
                             "stochastic variant, first order: with --prior-steps 8 --decoder-steps 17 it halves the "
@@ -165,6 +168,7 @@ def stage_settings(args, prior: bool = True) -> dict:
                         prior_guidance_scale=either(args.prior_guidance, args.guidance))
         if hasattr(args, "decoder_text_guidance"):
             settings["decoder_text_guidance_scale"] = args.decoder_text_guidance
+            settings["num_candidates"] = args.candidates
     return settings
 
 

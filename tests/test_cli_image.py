@@ -93,6 +93,27 @@ def test_generate_with_text_guidance(t2i_dir, tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_generate_best_of_candidates(t2i_dir, tmp_path, capsys):
+    from genvl.pipelines.text_to_image import TextToImagePipeline
+
+    assert main(["generate", "a red apple", "--seed", "4", "--candidates", "3", "--out", str(tmp_path),
+                 "--model", str(t2i_dir), *FAST]) == 0
+    with Image.open(tmp_path / "a_red_apple-4-0.png") as image:
+        assert json.loads(image.text["settings"])["num_candidates"] == 3
+        kept = np.asarray(image).astype(int)
+    pipe = TextToImagePipeline.from_pretrained(t2i_dir)
+    pipe.set_progress_bar_config(disable=True)
+    candidates = pipe("a red apple", num_images_per_prompt=3, generator=torch.Generator().manual_seed(4),
+                      prior_num_inference_steps=2, decoder_num_inference_steps=2, output_type="np").images
+    best = pipe("a red apple", num_candidates=3, generator=torch.Generator().manual_seed(4),
+                prior_num_inference_steps=2, decoder_num_inference_steps=2, output_type="np").images[0]
+    distances = [np.abs(kept - (c * 255).round()).max() for c in candidates]
+    assert np.abs(kept - (best * 255).round()).max() <= 1 and min(distances) <= 1  # one of the three, the best
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "a red apple", "--candidates", "0", "--model", str(t2i_dir), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "argument --candidates: must be > 0, got 0" in capsys.readouterr().err
+
+
 def test_generate_usage_errors(t2i_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "  ", "--model", str(t2i_dir), "--out", str(tmp_path)])
@@ -231,9 +252,11 @@ def test_eval_t2i_report(t2i_dir, tiny_pipeline_dir, tmp_path, capsys):
     assert main(argv) == 0
     report = json.loads(report_path.read_text())
     assert report["images"] == 10 and report["settings"]["decoder_num_inference_steps"] == 2
-    assert main(argv + ["--stages", "--decoder-text-guidance", "6"]) == 0  # text guidance reaches both paths
+    # text guidance reaches both paths; candidates only the generated images (the stages draw one image each)
+    assert main(argv + ["--stages", "--decoder-text-guidance", "6", "--candidates", "2"]) == 0
     guided = json.loads(report_path.read_text())
     assert guided["settings"]["decoder_text_guidance_scale"] == 6.0
+    assert guided["settings"]["num_candidates"] == 2 and guided["images"] == 10
     assert "decoder_from_real_embeddings" in guided["stages"]
     assert set(report["generated"]) == {"judge", "r_precision", "round_trip", "frechet_distance"}
     with pytest.raises(SystemExit) as exit_info:

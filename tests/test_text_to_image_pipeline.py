@@ -272,3 +272,54 @@ def test_decoder_text_encoder_gives_the_decoder_its_token_states(pipeline, tmp_p
     assert isinstance(loaded.decoder_text_encoder, CLIPTextModelWithProjection)
     c = loaded("a red apple", generator=generators(3), output_type="pt", **STEPS)
     torch.testing.assert_close(c.images, b.images, atol=1e-5, rtol=0)
+
+
+def independent_best(clip, tokenizer, image_processor, images, prompts, num_candidates):
+    """The eval's own scoring path (uint8 images, `embed_at_clip_size`, `embed_texts`), not `rerank`'s."""
+    from genvl.evaluation.text_to_image import embed_at_clip_size
+    from genvl.models.clip import embed_texts
+
+    uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    image_embeds = embed_at_clip_size(clip, image_processor, uint8)
+    text_embeds = embed_texts(clip, tokenizer, prompts, clip.config.text_config.max_position_embeddings)[0]
+    scores = (image_embeds.view(len(prompts), num_candidates, -1) * text_embeds[:, None]).sum(-1)
+    return [k * num_candidates + int(scores[k].argmax()) for k in range(len(prompts))], scores
+
+
+def test_candidates_keep_the_one_the_reranker_scores_best(pipeline, tmp_path):
+    components, other = get_dummy_unclip_components(), get_dummy_unclip_components(seed=1)
+    with pytest.raises(ValueError, match="go together"):
+        TextToImagePipeline(**components, reranker=other["clip"])
+    pipe = TextToImagePipeline(**components, reranker=other["clip"], reranker_tokenizer=other["tokenizer"])
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a red apple", "two blue cars above a green tree"]
+    for model, scorer in ((pipe, other), (pipeline, components)):  # without a reranker, CLIP scores them
+        # a single generator draws the same rows as the plain call of 3 images per prompt
+        plain = model(prompts, num_images_per_prompt=3, generator=torch.Generator().manual_seed(0), output_type="pt",
+                      **STEPS)
+        best = model(prompts, num_candidates=3, generator=torch.Generator().manual_seed(0), output_type="pt", **STEPS)
+        rows, scores = independent_best(scorer["clip"], scorer["tokenizer"], components["image_processor"],
+                                        plain.images, prompts, 3)
+        assert best.images.shape == (2, 3, 32, 32) and best.image_embeds.shape == (2, 16)
+        torch.testing.assert_close(best.images, plain.images[rows], atol=1e-5, rtol=0)
+        torch.testing.assert_close(best.image_embeds, plain.image_embeds[rows], atol=1e-5, rtol=0)
+        assert (scores.max(1).values - scores.min(1).values).min() > 1e-4  # the candidates do score apart
+
+    # each image's candidates come from its own generator only
+    both = pipe(prompts, num_candidates=2, generator=generators(5, 6), output_type="pt", **STEPS).images
+    alone = pipe(prompts[1], num_candidates=2, generator=generators(6), output_type="pt", **STEPS).images
+    torch.testing.assert_close(both[1], alone[0], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="num_candidates must be an integer >= 1"):
+        pipe("a red apple", num_candidates=0, **STEPS)
+    with pytest.raises(ValueError, match="got 2 generators for 1 images"):
+        pipe("a red apple", num_candidates=2, generator=generators(0, 1), **STEPS)
+    with pytest.raises(ValueError, match=r"prior latents must have shape \(2, 16\)"):
+        pipe("a red apple", num_candidates=2, prior_latents=torch.zeros(1, 16), **STEPS)
+
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["reranker"] == ["transformers", "CLIPModel"]
+    loaded = TextToImagePipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    again = loaded(prompts[1], num_candidates=2, generator=generators(6), output_type="pt", **STEPS).images
+    torch.testing.assert_close(again, alone, atol=1e-5, rtol=0)

@@ -163,6 +163,19 @@ def test_assembled_pipeline_generates(trained):
     images = pipe("a red apple", num_images_per_prompt=2, prior_num_inference_steps=2, decoder_num_inference_steps=2,
                   generator=torch.Generator().manual_seed(0), output_type="np").images
     assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
+    assert pipe.reranker is None
+
+    # a reranker: any CLIP folder, here the same CLIP again
+    export_text_to_image.main(["--clip", str(root / "clip"), "--prior", str(root / "prior"), "--decoder",
+                               str(root / "decoder"), "--autoencoder", str(root / "ae" / "vae"), "--reranker",
+                               str(root / "clip"), "--output", str(root / "reranked")])
+    reranked = TextToImagePipeline.from_pretrained(root / "reranked")
+    reranked.set_progress_bar_config(disable=True)
+    assert type(reranked.reranker).__name__ == "CLIPModel"
+    torch.testing.assert_close(reranked.reranker.logit_scale, pipe.clip.logit_scale)
+    best = reranked("a red apple", num_candidates=2, prior_num_inference_steps=2, decoder_num_inference_steps=2,
+                    generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert any(np.abs(best[0] - image).max() < 1e-5 for image in images)  # the same two candidates as above
 
 
 def test_prior_resume_retraces_the_straight_run(trained, tmp_path):

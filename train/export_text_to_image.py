@@ -5,6 +5,7 @@
 
 `--decoder_text_encoder` (a CLIP, text encoder or pipeline folder) adds the text tower whose token states the
 decoder was trained on (`train_decoder.py --text_encoder_model_name_or_path`), when it is not the CLIP's own.
+`--reranker` (a CLIP folder) adds the CLIP that picks the best of `num_candidates` images.
 """
 
 import argparse
@@ -26,11 +27,14 @@ def parse_args(argv=None):
     parser.add_argument("--autoencoder", default=None, help="the decoder's AutoencoderKL folder (omit for pixels)")
     parser.add_argument("--decoder_text_encoder", default=None,
                         help="the text tower the decoder reads, when it is not the CLIP's own")
+    parser.add_argument("--reranker", default=None,
+                        help="a CLIP folder that scores candidate images against the prompt (num_candidates)")
     parser.add_argument("--output", required=True)
     return parser.parse_args(argv)
 
 
-def assemble(clip_dir, prior_dir, decoder_dir, autoencoder_dir=None, text_encoder_dir=None) -> TextToImagePipeline:
+def assemble(clip_dir, prior_dir, decoder_dir, autoencoder_dir=None, text_encoder_dir=None,
+             reranker_dir=None) -> TextToImagePipeline:
     clip, tokenizer, image_processor = load_clip(clip_dir)
     prior_dir, decoder_dir = Path(prior_dir), Path(decoder_dir)
     text_encoder = decoder_tokenizer = None
@@ -38,6 +42,7 @@ def assemble(clip_dir, prior_dir, decoder_dir, autoencoder_dir=None, text_encode
         text_encoder, decoder_tokenizer = load_decoder_text_encoder(text_encoder_dir)
         if isinstance(text_encoder, CLIPModel):
             text_encoder = text_tower_of(text_encoder)
+    reranker, reranker_tokenizer = load_clip(reranker_dir)[:2] if reranker_dir else (None, None)
     return TextToImagePipeline(
         clip=clip, tokenizer=tokenizer, image_processor=image_processor,
         prior=PriorTransformer.from_pretrained(prior_dir / "prior"),
@@ -46,13 +51,15 @@ def assemble(clip_dir, prior_dir, decoder_dir, autoencoder_dir=None, text_encode
         decoder=UNet2DConditionModel.from_pretrained(decoder_dir / "decoder"),
         decoder_scheduler=DDPMScheduler.from_pretrained(decoder_dir / "decoder_scheduler"),
         vae=AutoencoderKL.from_pretrained(autoencoder_dir) if autoencoder_dir else None,
-        decoder_text_encoder=text_encoder, decoder_tokenizer=decoder_tokenizer,
+        decoder_text_encoder=text_encoder, decoder_tokenizer=decoder_tokenizer, reranker=reranker,
+        reranker_tokenizer=reranker_tokenizer,
     )
 
 
 def main(argv=None):
     args = parse_args(argv)
-    pipeline = assemble(args.clip, args.prior, args.decoder, args.autoencoder, args.decoder_text_encoder)
+    pipeline = assemble(args.clip, args.prior, args.decoder, args.autoencoder, args.decoder_text_encoder,
+                        args.reranker)
     pipeline.save_pretrained(args.output)
     print(f"wrote {args.output}")
 

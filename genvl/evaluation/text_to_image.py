@@ -116,8 +116,9 @@ def score_images(images: torch.Tensor, scenes: list[dict], prompt_of_image: list
 @torch.no_grad()
 def generate_for_prompts(pipeline, prompts: list[str], images_per_prompt: int, batch_size: int, seed: int,
                          progress=None, **sampling) -> torch.Tensor:
-    """uint8 images (len(prompts) * images_per_prompt, 3, H, W); image k is drawn with seed `seed + k`."""
-    per_call = max(1, batch_size // images_per_prompt)
+    """uint8 images (len(prompts) * images_per_prompt, 3, H, W); image k is drawn with seed `seed + k`. A call
+    makes about `batch_size` images, candidates (`num_candidates` in `sampling`) included."""
+    per_call = max(1, batch_size // (images_per_prompt * sampling.get("num_candidates", 1)))
     starts = list(range(0, len(prompts), per_call))
     out = []
     for start in progress(starts, total=len(starts)) if progress else starts:
@@ -226,6 +227,7 @@ def evaluate_text_to_image(pipeline, judge, data_dir, captioner=None, num_prompt
     if stages:
         rows = mirror_rows(records)
         mirrored = embed_at_clip_size(clip, processor, real[rows].flip(-1), batch_size) if rows else None
+        stage_sampling = {k: v for k, v in sampling.items() if k != "num_candidates"}  # one image per prompt there
         out["stages"] = stage_scores(pipeline, judge, prompts, scenes, real_embeds, batch_size, seed,
-                                     mirror_prompts=rows, mirrored_embeds=mirrored, **sampling)
+                                     mirror_prompts=rows, mirrored_embeds=mirrored, **stage_sampling)
     return out

@@ -63,25 +63,29 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     (`AutoencoderKL`, optional: without it the decoder works in pixel space), and, optionally, a
     `decoder_text_encoder` (transformers `CLIPTextModelWithProjection`) with its `decoder_tokenizer`, whose token
     states the decoder reads instead of CLIP's own (as Kandinsky's decoder reads a text encoder of its own): the
-    prior and the image embeddings stay CLIP's. With `set_embedding_cache`,
+    prior and the image embeddings stay CLIP's; and, optionally, a `reranker` (another `CLIPModel`) with its
+    `reranker_tokenizer`, which picks the best of `num_candidates` images (see `rerank`). With `set_embedding_cache`,
     CLIP image embeddings are kept in a shared `EmbeddingCache`. LoRA adapters (PEFT format) load with
     `load_lora_weights`: one adapter folder for the decoder, or subfolders `decoder/`, `prior/`, `clip/`.
     """
 
     lora_components = ("decoder", "prior", "clip")
-    model_cpu_offload_seq = "clip->decoder_text_encoder->prior->conditioner->decoder->vae"
-    _optional_components = ["vae", "decoder_text_encoder", "decoder_tokenizer"]
+    model_cpu_offload_seq = "clip->decoder_text_encoder->prior->conditioner->decoder->vae->reranker"
+    _optional_components = ["vae", "decoder_text_encoder", "decoder_tokenizer", "reranker", "reranker_tokenizer"]
 
     def __init__(self, clip, tokenizer, image_processor, prior, prior_scheduler, conditioner, decoder,
-                 decoder_scheduler, vae=None, decoder_text_encoder=None, decoder_tokenizer=None):
+                 decoder_scheduler, vae=None, decoder_text_encoder=None, decoder_tokenizer=None, reranker=None,
+                 reranker_tokenizer=None):
         super().__init__()
         if (decoder_text_encoder is None) != (decoder_tokenizer is None):
             raise ValueError("decoder_text_encoder and decoder_tokenizer go together: pass both or neither")
+        if (reranker is None) != (reranker_tokenizer is None):
+            raise ValueError("reranker and reranker_tokenizer go together: pass both or neither")
         self.register_modules(
             clip=clip, tokenizer=tokenizer, image_processor=image_processor, prior=prior,
             prior_scheduler=prior_scheduler, conditioner=conditioner, decoder=decoder,
             decoder_scheduler=decoder_scheduler, vae=vae, decoder_text_encoder=decoder_text_encoder,
-            decoder_tokenizer=decoder_tokenizer,
+            decoder_tokenizer=decoder_tokenizer, reranker=reranker, reranker_tokenizer=reranker_tokenizer,
         )
         self.output_processor = VaeImageProcessor(do_resize=False)
 
@@ -128,6 +132,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         twin = copy.copy(self)
         twin.tokenizer = copy.deepcopy(self.tokenizer)
         twin.decoder_tokenizer = copy.deepcopy(self.decoder_tokenizer)
+        twin.reranker_tokenizer = copy.deepcopy(self.reranker_tokenizer)
         twin.prior_scheduler = copy.deepcopy(self.prior_scheduler)
         twin.decoder_scheduler = copy.deepcopy(self.decoder_scheduler)
         return twin
@@ -166,6 +171,30 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
                      self.clip.config.text_config.max_position_embeddings)
         text_embeds = embed_texts(self.clip, self.tokenizer, list(texts), length)[0].to(image_embeds.device)
         return image_embeds @ text_embeds.float().T
+
+    @torch.no_grad()
+    def rerank(self, images: torch.Tensor, prompts: list[str], num_candidates: int) -> torch.Tensor:
+        """Which image of each run of `num_candidates` (rows k * num_candidates ... of `images`, (N, 3, H, W) in
+        [-1, 1]) the `reranker` scores most alike its prompt `prompts[k]` (cosine similarity, the images rounded
+        to 8 bits and resized to its image tower's input as a saved PNG would be): row indices (N / num_candidates,).
+        Without a `reranker`, the pipeline's own CLIP scores them."""
+        from ..models.clip import normalize_pixels
+
+        model, tokenizer = (self.clip, self.tokenizer) if self.reranker is None else (self.reranker,
+                                                                                        self.reranker_tokenizer)
+        pixels = ((images.float() + 1) * 127.5).round().clamp(0, 255)
+        size = model.config.vision_config.image_size
+        if pixels.shape[-1] != size:
+            pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True)
+            pixels = pixels.round().clamp(0, 255)
+        pixels = normalize_pixels(pixels.cpu(), self.image_processor).to(model.device, model.dtype)
+        image_embeds = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+        image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
+        length = min(getattr(tokenizer, "model_max_length", 77), model.config.text_config.max_position_embeddings)
+        text_embeds = _encode_text(model, tokenizer, prompts, length)[0]
+        similarity = (image_embeds.float().view(len(prompts), num_candidates, -1) * text_embeds.float()[:, None])
+        best = similarity.sum(-1).argmax(dim=1)
+        return best.cpu() + torch.arange(len(prompts)) * num_candidates
 
     # ---- the two diffusion stages ---------------------------------------------------------------------
 
@@ -276,7 +305,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
                  prior_num_inference_steps: int = 25, decoder_num_inference_steps: int = 25,
                  prior_guidance_scale: float = 4.0, decoder_guidance_scale: float = 4.0, generator=None,
                  prior_latents=None, latents=None, output_type: str = "pil", return_dict: bool = True,
-                 decoder_text_guidance_scale: float | None = DEFAULT_TEXT_GUIDANCE):
+                 decoder_text_guidance_scale: float | None = DEFAULT_TEXT_GUIDANCE, num_candidates: int = 1):
         """Generate `num_images_per_prompt` images per prompt.
 
         The decoder is guided towards the image embedding at `decoder_guidance_scale` and, on top of it, towards
@@ -287,6 +316,11 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         own generator only (its pixels then match a call of another batch size up to float rounding; made alone
         on one thread, as `genvl generate` does, they match bit for bit);
         `prior_latents` (N, E) and `latents` (N, C, h, w) fix the starting noise of the two stages.
+
+        With `num_candidates` K > 1, each image is the best of K drawn for it, as `rerank` scores them against the
+        prompt (the `reranker`, or else CLIP): K times the work per image. The K candidates of image i are drawn
+        one after another from its generator, so a list of generators still gives per-image reproducibility, and
+        `prior_latents` and `latents` then take K rows per image (N * K rows, image i's candidates together).
         """
         prompts = self._as_list(prompt, "prompt")
         negatives = self._as_list(negative_prompt, "negative_prompt") if negative_prompt is not None else [""]
@@ -296,16 +330,24 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts")
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
-        if isinstance(generator, list) and len(generator) != len(prompts):
-            raise ValueError(f"got {len(generator)} generators for {len(prompts)} images")
+        if not isinstance(num_candidates, int) or num_candidates < 1:
+            raise ValueError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
+        if isinstance(generator, list) and len(generator) != len(prompts) * num_images_per_prompt:
+            raise ValueError(f"got {len(generator)} generators for {len(prompts) * num_images_per_prompt} images")
+        rows = num_images_per_prompt * num_candidates
+        prompts = [p for p in prompts for _ in range(rows)]
+        negatives = [p for p in negatives for _ in range(rows)]
+        if isinstance(generator, list):
+            generator = [g for g in generator for _ in range(num_candidates)]
         text = self.encode_prompt(negatives + prompts)
         image_embeds = self.run_prior(text, prior_num_inference_steps, prior_guidance_scale, generator,
                                       prior_latents)
         images = self.run_decoder(image_embeds, self.encode_decoder_prompt(negatives + prompts, text),
                                   decoder_num_inference_steps, decoder_guidance_scale, generator, latents,
                                   decoder_text_guidance_scale)
+        if num_candidates > 1:
+            best = self.rerank(images, prompts[::num_candidates], num_candidates)
+            images, image_embeds = images[best.to(images.device)], image_embeds[best.to(image_embeds.device)]
         return self._finish(images, image_embeds, output_type, return_dict)
 
     @torch.no_grad()
