@@ -175,9 +175,10 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     @torch.no_grad()
     def rerank(self, images: torch.Tensor, prompts: list[str], num_candidates: int) -> torch.Tensor:
         """Which image of each run of `num_candidates` (rows k * num_candidates ... of `images`, (N, 3, H, W) in
-        [-1, 1]) the `reranker` scores most alike its prompt `prompts[k]` (cosine similarity, the images rounded
-        to 8 bits and resized to its image tower's input as a saved PNG would be): row indices (N / num_candidates,).
-        Without a `reranker`, the pipeline's own CLIP scores them."""
+        [-1, 1]) the `reranker` scores most alike its prompt `prompts[k]`: row indices (N / num_candidates,), by
+        cosine similarity, the images rounded to 8 bits as a saved PNG would be, resized to the reranker's input
+        size and normalised with the mean and std of the pipeline's `image_processor`. Without a `reranker`, the
+        pipeline's own CLIP scores them."""
         from ..models.clip import normalize_pixels
 
         model, tokenizer = (self.clip, self.tokenizer) if self.reranker is None else (self.reranker,
