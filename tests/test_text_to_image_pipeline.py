@@ -275,9 +275,8 @@ def test_decoder_text_encoder_gives_the_decoder_its_token_states(pipeline, tmp_p
 
 
 def independent_best(clip, tokenizer, image_processor, images, prompts, num_candidates):
-    """The eval's own scoring path (uint8 images, `embed_at_clip_size`, `embed_texts`), not `rerank`'s."""
-    from genvl.evaluation.text_to_image import embed_at_clip_size
-    from genvl.models.clip import embed_texts
+    """The eval's scoring of uint8 images (`embed_at_clip_size`, `embed_texts`), with the grouping done here."""
+    from genvl.models.clip import embed_at_clip_size, embed_texts
 
     uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)
     image_embeds = embed_at_clip_size(clip, image_processor, uint8)

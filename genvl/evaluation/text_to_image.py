@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..models.clip import embed_images, embed_texts
+from ..models.clip import embed_at_clip_size, embed_images, embed_texts
 from ..pipelines.text_to_image import DEFAULT_TEXT_GUIDANCE
 from ..training import load_images
 from ..world.dataset import read_metadata
@@ -83,15 +83,6 @@ def judge_images(judge, images: torch.Tensor, scenes: list[dict], prompt_of_imag
         rows = prompt_of_image[start : start + batch_size]
         judgements += [judge_scene(scenes[p], d) for p, d in zip(rows, detections)]
     return category_accuracy(judgements)
-
-
-def embed_at_clip_size(clip, processor, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """CLIP embeddings of uint8 images (N, 3, H, W), resized to the image tower's input size first."""
-    size = clip.config.vision_config.image_size
-    if images.shape[-1] != size:
-        images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
-                                                 antialias=True).round().clamp(0, 255)
-    return embed_images(clip, processor, images, batch_size)
 
 
 def score_images(images: torch.Tensor, scenes: list[dict], prompt_of_image: list[int], text_embeds,

@@ -162,10 +162,23 @@ def embed_images(clip, image_processor, images, batch_size: int = 256):
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            pixels = normalize_pixels(images[start : start + batch_size], image_processor).to(clip.device)
+            pixels = normalize_pixels(images[start : start + batch_size], image_processor)
+            pixels = pixels.to(clip.device, clip.dtype)
             embeds = clip.visual_projection(clip.vision_model(pixel_values=pixels).pooler_output)
-            out.append(torch.nn.functional.normalize(embeds, dim=-1).cpu())
+            out.append(torch.nn.functional.normalize(embeds.float(), dim=-1).cpu())
     return torch.cat(out)
+
+
+def embed_at_clip_size(clip, image_processor, images, batch_size: int = 64):
+    """Unit CLIP image embeddings (N, E) of uint8 images (N, 3, H, W) at any size, resized to the image tower's
+    input size first (bilinear, antialiased, rounded back to 8-bit levels)."""
+    import torch
+
+    size = clip.config.vision_config.image_size
+    if images.shape[-1] != size:
+        images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
+                                                 antialias=True).round().clamp(0, 255)
+    return embed_images(clip, image_processor, images, batch_size)
 
 
 def embed_texts(clip, tokenizer, texts, max_length: int, batch_size: int = 256, states_dtype=None):

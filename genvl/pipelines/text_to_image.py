@@ -179,23 +179,16 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         cosine similarity, the images rounded to 8 bits as a saved PNG would be, resized to the reranker's input
         size and normalised with the mean and std of the pipeline's `image_processor`. Without a `reranker`, the
         pipeline's own CLIP scores them."""
-        from ..models.clip import normalize_pixels
+        from ..models.clip import embed_at_clip_size
 
         model, tokenizer = (self.clip, self.tokenizer) if self.reranker is None else (self.reranker,
                                                                                         self.reranker_tokenizer)
-        pixels = ((images.float() + 1) * 127.5).round().clamp(0, 255)
-        size = model.config.vision_config.image_size
-        if pixels.shape[-1] != size:
-            pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True)
-            pixels = pixels.round().clamp(0, 255)
-        pixels = normalize_pixels(pixels.cpu(), self.image_processor).to(model.device, model.dtype)
-        image_embeds = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
-        image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
+        uint8 = ((images.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        image_embeds = embed_at_clip_size(model, self.image_processor, uint8, batch_size=len(uint8))
         length = min(getattr(tokenizer, "model_max_length", 77), model.config.text_config.max_position_embeddings)
-        text_embeds = _encode_text(model, tokenizer, prompts, length)[0]
-        similarity = (image_embeds.float().view(len(prompts), num_candidates, -1) * text_embeds.float()[:, None])
-        best = similarity.sum(-1).argmax(dim=1)
-        return best.cpu() + torch.arange(len(prompts)) * num_candidates
+        text_embeds = _encode_text(model, tokenizer, prompts, length)[0].float().cpu()
+        similarity = (image_embeds.view(len(prompts), num_candidates, -1) * text_embeds[:, None]).sum(-1)
+        return similarity.argmax(dim=1) + torch.arange(len(prompts)) * num_candidates
 
     # ---- the two diffusion stages ---------------------------------------------------------------------
 
