@@ -164,12 +164,8 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     @torch.no_grad()
     def score(self, images, texts: list[str]) -> torch.Tensor:
         """CLIP cosine similarity of every image with every text: (len(images), len(texts))."""
-        from ..models.clip import embed_texts
-
         image_embeds = self.encode_image(images).float()
-        length = min(getattr(self.tokenizer, "model_max_length", 77),
-                     self.clip.config.text_config.max_position_embeddings)
-        text_embeds = embed_texts(self.clip, self.tokenizer, list(texts), length)[0].to(image_embeds.device)
+        text_embeds = _clip_text_embeds(self.clip, self.tokenizer, texts).to(image_embeds.device)
         return image_embeds @ text_embeds.float().T
 
     @torch.no_grad()
@@ -185,8 +181,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
                                                                                         self.reranker_tokenizer)
         uint8 = ((images.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         image_embeds = embed_at_clip_size(model, self.image_processor, uint8, batch_size=len(uint8))
-        length = min(getattr(tokenizer, "model_max_length", 77), model.config.text_config.max_position_embeddings)
-        text_embeds = _encode_text(model, tokenizer, prompts, length)[0].float().cpu()
+        text_embeds = _clip_text_embeds(model, tokenizer, prompts).float()
         similarity = (image_embeds.view(len(prompts), num_candidates, -1) * text_embeds[:, None]).sum(-1)
         return similarity.argmax(dim=1) + torch.arange(len(prompts)) * num_candidates
 
@@ -381,6 +376,15 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         images = self.run_decoder(embeds, self.encode_decoder_prompt([""] * 2 * frames),
                                   decoder_num_inference_steps, decoder_guidance_scale, generator, noise)
         return self._finish(images, embeds, output_type, return_dict)
+
+
+def _clip_text_embeds(clip, tokenizer, texts) -> torch.Tensor:
+    """Unit text embeddings (N, E), on the CPU, of `texts` from a `CLIPModel`, each text cut to what both its
+    tokenizer and its text tower read."""
+    from ..models.clip import embed_texts
+
+    length = min(getattr(tokenizer, "model_max_length", 77), clip.config.text_config.max_position_embeddings)
+    return embed_texts(clip, tokenizer, list(texts), length)[0]
 
 
 def _encode_text(text_encoder, tokenizer, prompts: list[str], length: int):
