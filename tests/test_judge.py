@@ -1,6 +1,7 @@
 """The text-to-image judge (targets, detection decoding, GenEval-style checks) and the scores of eval t2i."""
 
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ import torch
 from genvl.evaluation.judge import Detection, SceneJudge, category_accuracy, judge_scene
 from genvl.evaluation.retrieval import mirror_rows
 from genvl.evaluation.text_to_image import (
-    evaluate_text_to_image, frechet_distance, names_all_objects, r_precision, select_prompts, stage_scores,
+    autoencoder_round_trip, evaluate_text_to_image, frechet_distance, judge_images, names_all_objects, r_precision,
+    select_prompts, stage_scores,
 )
 from genvl.models.clip import embed_images
 from genvl.pipelines.caption import CaptionPipeline
@@ -198,6 +200,57 @@ def test_stage_scores_line_up_prompts_and_renders(judge, tmp_path):
     swapped[rows] = torch.nn.functional.normalize(mirrored_embeds, dim=-1)
     chunks = iter(swapped.split(4))
     assert stage_scores(pipeline, judge, real_embeds=real_embeds, **args)["prior_mirror_accuracy"] == 0.0
+    assert "autoencoder_round_trip" not in scores  # no renders given
+
+
+class _IdentityAutoencoder(torch.nn.Module):
+    """encode and decode as the identity, in the shape of diffusers' AutoencoderKL outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def encode(self, x):
+        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: x))
+
+    def decode(self, z):
+        return SimpleNamespace(sample=z)
+
+    device, dtype = torch.device("cpu"), torch.float32
+
+
+def test_autoencoder_round_trip_judges_the_renders_as_the_autoencoder_gives_them_back(judge, tmp_path, monkeypatch):
+    import genvl.evaluation.text_to_image as t2i
+
+    data = write_imagefolder(tmp_path, 12, seed=1, split="test", resolution=32)
+    records = select_prompts(read_metadata(data), 6)
+    real = load_images(data, records, "file_name", 32)
+    # through an autoencoder that gives every image back unchanged, the renders come back exactly, batch by batch
+    assert torch.equal(autoencoder_round_trip(_IdentityAutoencoder(), real, batch_size=4), real)
+
+    pipeline = TextToImagePipeline(**get_dummy_unclip_components())
+    pipeline.set_progress_bar_config(disable=True)
+    scenes = [r["scene"] for r in records]
+    args = dict(prompts=[r["text"] for r in records], scenes=scenes, batch_size=4, prior_num_inference_steps=1,
+                decoder_num_inference_steps=1, real_embeds=embed_images(pipeline.clip, pipeline.image_processor, real))
+    judged = []
+
+    def recording_judge(judge, images, *rest):
+        judged.append(images)
+        return judge_images(judge, images, *rest)
+
+    monkeypatch.setattr(t2i, "judge_images", recording_judge)
+    scores = stage_scores(pipeline, judge, real_images=real, **args)
+    with torch.no_grad():
+        decoded = pipeline.vae.decode(pipeline.vae.encode(real.float() / 127.5 - 1).latent_dist.mean).sample
+    expected = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    # the last images judged are the renders as the pipeline's autoencoder gives them back, in prompt order
+    assert len(judged) == 3 and torch.equal(judged[-1], expected)
+    assert scores["autoencoder_round_trip"] == judge_images(judge, expected, scenes, list(range(len(scenes))), 4)
+    # a pixel decoder has no autoencoder to judge
+    pixel_pipeline = TextToImagePipeline(**get_dummy_unclip_components(latent=False))
+    pixel_pipeline.set_progress_bar_config(disable=True)
+    assert "autoencoder_round_trip" not in stage_scores(pixel_pipeline, judge, real_images=real, **args)
 
 
 def test_train_judge_saves_a_judge_with_a_chosen_threshold(tmp_path):

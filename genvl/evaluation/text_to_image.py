@@ -4,7 +4,8 @@ Scores: the judge's GenEval-style accuracy per category, CLIP R-precision (the t
 itself and 99 others), the Fréchet distance between generated and real images in CLIP's image-embedding space,
 and the caption round trip (the captioner's caption of a generated image names every object of the prompt).
 The same scores on the real renders of the same prompts come alongside, as the ceiling to read them against.
-With `stages=True` the two diffusion stages are also scored on their own (`stage_scores`).
+With `stages=True` the two diffusion stages, and a latent decoder's autoencoder, are also scored on their own
+(`stage_scores`).
 """
 
 import re
@@ -105,6 +106,18 @@ def score_images(images: torch.Tensor, scenes: list[dict], prompt_of_image: list
 
 
 @torch.no_grad()
+def autoencoder_round_trip(vae, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) encoded to their latent means and decoded again by the decoder's autoencoder:
+    the most a latent decoder can give back of them."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        pixels = images[start : start + batch_size].to(vae.device, vae.dtype) / 127.5 - 1
+        decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+        out.append(((decoded.float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def generate_for_prompts(pipeline, prompts: list[str], images_per_prompt: int, batch_size: int, seed: int,
                          progress=None, **sampling) -> torch.Tensor:
     """uint8 images (len(prompts) * images_per_prompt, 3, H, W); image k is drawn with seed `seed + k`. A call
@@ -128,14 +141,16 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
                  decoder_num_inference_steps: int = 25, prior_guidance_scale: float = 4.0,
                  decoder_guidance_scale: float = 4.0,
                  decoder_text_guidance_scale: float | None = DEFAULT_TEXT_GUIDANCE, mirror_prompts: list[int] = (),
-                 mirrored_embeds: torch.Tensor | None = None) -> dict:
+                 mirrored_embeds: torch.Tensor | None = None, real_images: torch.Tensor | None = None) -> dict:
     """Which stage loses accuracy. The prior: mean cosine between its embedding for each prompt and the CLIP
     embedding of that prompt's real render, and how often that render is the nearest of all the prompts'
     renders; and for the left/right prompts `mirror_prompts` (indices), given `mirrored_embeds` (their renders
     mirrored left to right, in that order), how often the prior's embedding is closer to the render than to its
     mirror: whether the image embedding the prior hands the decoder says which object is on the left. The
     decoder: the judge's accuracy of images drawn from the real renders' embeddings (the prior bypassed), with
-    their prompts, and with the empty prompt as image variations are drawn. Prompt k uses seed `seed + k`."""
+    their prompts, and with the empty prompt as image variations are drawn. The autoencoder, for a latent
+    decoder given the prompts' real renders `real_images` (uint8): the judge's accuracy of those renders after
+    a round trip through it (`autoencoder_round_trip`), the decoder's ceiling. Prompt k uses seed `seed + k`."""
     real_embeds = real_embeds / real_embeds.norm(dim=-1, keepdim=True)
     priors, images, variations = [], [], []
 
@@ -169,6 +184,9 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
     out["decoder_from_real_embeddings"] = judge_images(judge, torch.cat(images), scenes, own.tolist(), batch_size)
     out["decoder_from_real_embeddings_without_prompt"] = judge_images(judge, torch.cat(variations), scenes,
                                                                       own.tolist(), batch_size)
+    if real_images is not None and pipeline.vae is not None:
+        round_trip = autoencoder_round_trip(pipeline.vae, real_images, batch_size)
+        out["autoencoder_round_trip"] = judge_images(judge, round_trip, scenes, own.tolist(), batch_size)
     return out
 
 
@@ -220,5 +238,6 @@ def evaluate_text_to_image(pipeline, judge, data_dir, captioner=None, num_prompt
         mirrored = embed_at_clip_size(clip, processor, real[rows].flip(-1), batch_size) if rows else None
         stage_sampling = {k: v for k, v in sampling.items() if k != "num_candidates"}  # one image per prompt there
         out["stages"] = stage_scores(pipeline, judge, prompts, scenes, real_embeds, batch_size, seed,
-                                     mirror_prompts=rows, mirrored_embeds=mirrored, **stage_sampling)
+                                     mirror_prompts=rows, mirrored_embeds=mirrored, real_images=real,
+                                     **stage_sampling)
     return out
