@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ..models.clip import embed_at_clip_size, embed_images, embed_texts
-from ..pipelines.text_to_image import DEFAULT_TEXT_GUIDANCE
+from ..pipelines.text_to_image import DEFAULT_TEXT_GUIDANCE, pixels_to_uint8
 from ..training import load_images
 from ..world.dataset import read_metadata
 from ..world.sprites import ALL_OBJECTS
@@ -113,7 +113,7 @@ def autoencoder_round_trip(vae, images: torch.Tensor, batch_size: int = 64) -> t
     for start in range(0, len(images), batch_size):
         pixels = images[start : start + batch_size].to(vae.device, vae.dtype) / 127.5 - 1
         decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
-        out.append(((decoded.float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+        out.append(pixels_to_uint8(decoded))
     return torch.cat(out)
 
 
@@ -154,9 +154,6 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
     real_embeds = real_embeds / real_embeds.norm(dim=-1, keepdim=True)
     priors, images, variations = [], [], []
 
-    def uint8(drawn):
-        return ((drawn.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         text = pipeline.encode_prompt([""] * len(chunk) + chunk)
@@ -165,12 +162,12 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
         generators = lambda: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
         priors.append(pipeline.run_prior(text, prior_num_inference_steps, prior_guidance_scale, generators()).cpu())
         embeds = real_embeds[start : start + batch_size].to(pipeline.clip.device, pipeline.clip.dtype)
-        images.append(uint8(pipeline.run_decoder(embeds, decoder_text, decoder_num_inference_steps,
-                                                 decoder_guidance_scale, generators(),
-                                                 text_guidance_scale=decoder_text_guidance_scale)))
+        images.append(pixels_to_uint8(pipeline.run_decoder(embeds, decoder_text, decoder_num_inference_steps,
+                                                           decoder_guidance_scale, generators(),
+                                                           text_guidance_scale=decoder_text_guidance_scale)))
         no_prompt = tuple(torch.cat([part[: len(chunk)]] * 2) for part in decoder_text)  # the empty prompt, twice
-        variations.append(uint8(pipeline.run_decoder(embeds, no_prompt, decoder_num_inference_steps,
-                                                     decoder_guidance_scale, generators())))
+        variations.append(pixels_to_uint8(pipeline.run_decoder(embeds, no_prompt, decoder_num_inference_steps,
+                                                               decoder_guidance_scale, generators())))
     prior = torch.cat(priors).float()
     similarity = prior @ real_embeds.T
     own = torch.arange(len(prompts))

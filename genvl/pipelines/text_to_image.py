@@ -35,6 +35,11 @@ DEFAULT_TEXT_GUIDANCE = 8.0
 COSINE_LAMBDA_MIN = -5.1
 
 
+def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] as 8-bit values on the CPU, rounded as a saved PNG would be."""
+    return ((pixels.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 @dataclass
 class TextToImageOutput(BaseOutput):
     """`images`: a list of PIL images, an (N, H, W, 3) array or an (N, 3, H, W) tensor in [0, 1];
@@ -179,7 +184,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
 
         model, tokenizer = (self.clip, self.tokenizer) if self.reranker is None else (self.reranker,
                                                                                         self.reranker_tokenizer)
-        uint8 = ((images.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        uint8 = pixels_to_uint8(images)
         image_embeds = embed_at_clip_size(model, self.image_processor, uint8, batch_size=len(uint8))
         text_embeds = _clip_text_embeds(model, tokenizer, prompts).float()
         similarity = (image_embeds.view(len(prompts), num_candidates, -1) * text_embeds[:, None]).sum(-1)
