@@ -203,20 +203,16 @@ def test_stage_scores_line_up_prompts_and_renders(judge, tmp_path):
     assert "autoencoder_round_trip" not in scores  # no renders given
 
 
-class _IdentityAutoencoder(torch.nn.Module):
+class _IdentityAutoencoder:
     """encode and decode as the identity, in the shape of diffusers' AutoencoderKL outputs."""
 
-    def __init__(self):
-        super().__init__()
-        self.anchor = torch.nn.Parameter(torch.zeros(()))
+    device, dtype = torch.device("cpu"), torch.float32
 
     def encode(self, x):
         return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: x))
 
     def decode(self, z):
         return SimpleNamespace(sample=z)
-
-    device, dtype = torch.device("cpu"), torch.float32
 
 
 def test_autoencoder_round_trip_judges_the_renders_as_the_autoencoder_gives_them_back(judge, tmp_path, monkeypatch):
