@@ -382,11 +382,11 @@ def load_images(data_dir, records, image_column: str, resolution: int):
 
 def latent_means(vae, images, batch_size: int = 128):
     """Unscaled latent means (N, C, h, w), on the CPU, of uint8 images (N, 3, H, W), encoded on the autoencoder's
-    device in batches."""
+    device and in its dtype, in batches."""
     import torch
 
     with torch.no_grad():
-        out = [vae.encode(images[i : i + batch_size].to(vae.device).float() / 127.5 - 1).latent_dist.mean.cpu()
+        out = [vae.encode(images[i : i + batch_size].to(vae.device, vae.dtype) / 127.5 - 1).latent_dist.mean.cpu()
                for i in range(0, len(images), batch_size)]
     return torch.cat(out)
 

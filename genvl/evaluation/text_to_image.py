@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..models.clip import embed_at_clip_size, embed_images, embed_texts
 from ..pipelines.text_to_image import DEFAULT_TEXT_GUIDANCE, pixels_to_uint8
-from ..training import load_images
+from ..training import latent_means, load_images
 from ..world.dataset import read_metadata
 from ..world.sprites import ALL_OBJECTS
 from .judge import category_accuracy, judge_scene
@@ -109,12 +109,8 @@ def score_images(images: torch.Tensor, scenes: list[dict], prompt_of_image: list
 def autoencoder_round_trip(vae, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """uint8 images (N, 3, H, W) encoded to their latent means and decoded again by the decoder's autoencoder:
     the most a latent decoder can give back of them."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        pixels = images[start : start + batch_size].to(vae.device, vae.dtype) / 127.5 - 1
-        decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
-        out.append(pixels_to_uint8(decoded))
-    return torch.cat(out)
+    latents = latent_means(vae, images, batch_size)
+    return torch.cat([pixels_to_uint8(vae.decode(z.to(vae.device)).sample) for z in latents.split(batch_size)])
 
 
 @torch.no_grad()
