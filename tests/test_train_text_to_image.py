@@ -205,6 +205,28 @@ def test_autoencoder_decoder_only_fine_tune_keeps_the_latents(trained, tmp_path)
         train_autoencoder.main(common(data, tmp_path / "bad") + ["--train_decoder_only"])
 
 
+def test_foreground_weight_counts_saturated_pixels_more():
+    import torch.nn.functional as F
+
+    pixels = torch.full((1, 3, 2, 2), 0.8)  # pale grey background
+    pixels[0, :, 0, 0] = torch.tensor([1.0, -1.0, -1.0])  # one saturated red pixel
+    off = torch.zeros_like(pixels)
+    on_object, on_background = off.clone(), off.clone()
+    on_object[0, 1, 0, 0] = 0.5
+    on_background[0, 1, 1, 1] = 0.5
+    loss = train_autoencoder.reconstruction_loss
+    plain = loss(pixels + on_object, pixels)
+    assert plain == pytest.approx(float(F.l1_loss(pixels + on_object, pixels) + F.mse_loss(pixels + on_object, pixels)))
+    assert loss(pixels + on_background, pixels) == pytest.approx(float(plain))
+    weighted_object, weighted_background = (loss(pixels + e, pixels, 4.0) for e in (on_object, on_background))
+    assert weighted_object > plain > weighted_background
+    assert float(weighted_object) == pytest.approx(0.75 / 12 * 5 / 2)  # (0.5 + 0.25) * 5 / (3 * (5 + 3))
+    uniform = torch.full_like(pixels, 0.1)
+    assert loss(pixels + uniform, pixels, 4.0) == pytest.approx(float(loss(pixels + uniform, pixels)))
+    with pytest.raises(ValueError, match="foreground_weight"):
+        train_autoencoder.TrainAutoencoderArgs(foreground_weight=-1)
+
+
 def test_features_are_cached_for_resumed_runs(trained, tmp_path):
     from genvl.training import cached_features
 
@@ -238,6 +260,26 @@ def test_checkpoint_export_gives_the_final_ema_weights(trained, tmp_path):
                                 str(root / stage / "checkpoint-2"), "--output", str(early)])
         weights = cls.from_pretrained(early / folder).state_dict()
         assert any(not torch.equal(final[name], weights[name]) for name in final), stage
+
+
+def test_autoencoder_checkpoint_export_matches_the_runs_own_folder(trained, tmp_path):
+    from diffusers import AutoencoderKL
+
+    root, data, _ = trained
+    train_autoencoder.main(common(data, tmp_path / "ft", steps=3) + [
+        "--pretrained_model_name_or_path", str(root / "ae" / "vae"), "--train_decoder_only",
+        "--foreground_weight", "2"])
+    for run in (root / "ae", tmp_path / "ft"):  # from scratch (scaling factor measured again) and fine-tuned
+        out = tmp_path / f"{run.name}-export"
+        export_checkpoint.main(["--stage", "autoencoder", "--run", str(run), "--output", str(out)])
+        final, exported = (AutoencoderKL.from_pretrained(folder / "vae") for folder in (run, out))
+        assert exported.config.scaling_factor == pytest.approx(final.config.scaling_factor, rel=1e-5)
+        assert all(torch.equal(value, exported.state_dict()[name]) for name, value in final.state_dict().items())
+        early = tmp_path / f"{run.name}-early"
+        export_checkpoint.main(["--stage", "autoencoder", "--run", str(run), "--checkpoint",
+                                str(run / "checkpoint-2"), "--output", str(early)])
+        weights = AutoencoderKL.from_pretrained(early / "vae").state_dict()
+        assert any(not torch.equal(value, weights[name]) for name, value in final.state_dict().items())
 
 
 def test_decoder_run_on_a_pipeline_folders_clip_exports(trained, tmp_path):

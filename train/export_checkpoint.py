@@ -3,9 +3,12 @@ them: for taking the weights out of a run that is still going or was stopped bef
 
     python train/export_checkpoint.py --stage prior --run runs/prior --output runs/prior_export
     python train/export_checkpoint.py --stage decoder --run runs/decoder --output runs/decoder_export
+    python train/export_checkpoint.py --stage autoencoder --run runs/autoencoder --output runs/autoencoder_export
 
-The output folder has the layout the training script writes at its end (`prior/` and `prior_scheduler/`, or
-`conditioner/`, `decoder/` and `decoder_scheduler/`), so `export_text_to_image.py` takes it as is.
+The output folder has the layout the training script writes at its end (`prior/` and `prior_scheduler/`,
+`conditioner/`, `decoder/` and `decoder_scheduler/`, or `vae/`), so `export_text_to_image.py` takes it as is.
+An autoencoder trained from scratch gets its latents' scaling factor measured on the run's first training
+images, as at the end of its run; a decoder-only fine-tune keeps the one it started from.
 """
 
 import argparse
@@ -15,43 +18,54 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from diffusers import AutoencoderKL
 from transformers import CLIPConfig
 
 from genvl.models.clip import load_decoder_text_encoder
-from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet, build_prior
-from genvl.training import copy_ema_weights, pretrained_part, resolve_resume
+from genvl.models.unclip import (
+    UnclipArchitecture, UnclipConditioner, build_autoencoder, build_decoder_unet, build_prior,
+)
+from genvl.training import copy_ema_weights, load_images, pretrained_part, read_training_records, resolve_resume
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_autoencoder import ReconstructionStep, latent_scaling_factor, trainable_parameters  # noqa: E402
 from train_decoder import DecoderStep, decoder_scheduler  # noqa: E402
 from train_prior import prior_scheduler  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", required=True, choices=["prior", "decoder"])
-    parser.add_argument("--run", required=True, help="the output_dir of a train_prior.py or train_decoder.py run")
+    parser.add_argument("--stage", required=True, choices=["prior", "decoder", "autoencoder"])
+    parser.add_argument("--run", required=True, help="the output_dir of a train_prior.py, train_decoder.py or "
+                        "train_autoencoder.py run")
     parser.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint folder")
     parser.add_argument("--output", required=True, help="folder for the stage's parts")
     return parser.parse_args(argv)
 
 
-def checkpoint_weights(model: torch.nn.Module, path: Path, use_ema: bool) -> torch.nn.Module:
-    """Load a checkpoint's weights into `model`: its EMA weights when the run kept them, else the raw ones."""
+def checkpoint_weights(model: torch.nn.Module, path: Path, use_ema: bool, trained=None) -> torch.nn.Module:
+    """Load a checkpoint's weights into `model`: its EMA weights when the run kept them, else the raw ones.
+    `trained`: the parameters the EMA follows when the run trained only some (default: all of them)."""
     model.load_state_dict(load_file(path / "model.safetensors"))
     if use_ema:
         try:
-            copy_ema_weights(model.parameters(), path)
+            copy_ema_weights(model.parameters() if trained is None else trained, path)
         except FileNotFoundError:  # the checkpoint holds no EMA: its raw weights
             pass
     return model
 
 
-def run_parts(run_dir, checkpoint: str):
+def run_checkpoint(run_dir, checkpoint: str) -> tuple[dict, Path]:
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "train_config.json").read_text())
     path = resolve_resume(run_dir, checkpoint)
     if path is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint")
+    return config, path
+
+
+def run_parts(run_dir, checkpoint: str):
+    config, path = run_checkpoint(run_dir, checkpoint)
     clip = CLIPConfig.from_pretrained(pretrained_part(config["clip_model_name_or_path"], "clip"))
     return config, path, clip, UnclipArchitecture.from_json(config["architecture"])
 
@@ -82,9 +96,25 @@ def export_decoder(run_dir, checkpoint: str, output: Path) -> None:
     decoder_scheduler(config["num_train_timesteps"]).save_pretrained(output / "decoder_scheduler")
 
 
+def export_autoencoder(run_dir, checkpoint: str, output: Path) -> None:
+    config, path = run_checkpoint(run_dir, checkpoint)
+    if config["pretrained_model_name_or_path"]:
+        vae = AutoencoderKL.from_pretrained(config["pretrained_model_name_or_path"])
+    else:
+        vae = build_autoencoder(UnclipArchitecture.from_json(config["architecture"]))
+    trained = trainable_parameters(vae, config["train_decoder_only"])
+    checkpoint_weights(ReconstructionStep(vae), path, config["use_ema"], trained)
+    if not config["train_decoder_only"]:
+        records, _ = read_training_records(config["train_data_dir"], config["caption_column"],
+                                           config["image_column"])
+        images = load_images(config["train_data_dir"], records[:1024], config["image_column"], config["resolution"])
+        vae.register_to_config(scaling_factor=latent_scaling_factor(vae.eval(), images))
+    vae.save_pretrained(output / "vae", safe_serialization=True)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    export = export_prior if args.stage == "prior" else export_decoder
+    export = {"prior": export_prior, "decoder": export_decoder, "autoencoder": export_autoencoder}[args.stage]
     export(args.run, args.checkpoint, Path(args.output))
     print(f"wrote {args.output}")
 

@@ -2,9 +2,11 @@
 
     accelerate launch train/train_autoencoder.py --config configs/train_autoencoder.json
 
-Loss: L1 + MSE reconstruction plus a small KL term. At the end the latents' scaling factor (1 / their standard
-deviation, as in Stable Diffusion) is measured on the training images and written into the model's config;
-the model is saved in `output_dir/vae`.
+Loss: L1 + MSE reconstruction plus a small KL term. `--foreground_weight w` weighs each pixel by
+1 + w * its saturation (max minus min channel, 0 to 1) in the target, so that the coloured objects count
+more than the pale background they stand on; 0 (the default) weighs all pixels alike. At the end the
+latents' scaling factor (1 / their standard deviation, as in Stable Diffusion) is measured on the training
+images and written into the model's config; the model is saved in `output_dir/vae`.
 
 `--pretrained_model_name_or_path` continues from a saved autoencoder; with `--train_decoder_only` its
 encoder (and so its latents and scaling factor) stays frozen and only the decoder learns, so that a
@@ -16,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from genvl.models.unclip import UnclipArchitecture, build_autoencoder
@@ -35,11 +36,14 @@ class TrainAutoencoderArgs(TrainArgs):
     kl_weight: float = 1e-6
     pretrained_model_name_or_path: str | None = None
     train_decoder_only: bool = False
+    foreground_weight: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
         if self.train_decoder_only and not self.pretrained_model_name_or_path:
             raise ValueError("--train_decoder_only needs --pretrained_model_name_or_path")
+        if self.foreground_weight < 0:
+            raise ValueError(f"--foreground_weight must be 0 or more, got {self.foreground_weight}")
 
 
 class ReconstructionStep(torch.nn.Module):
@@ -52,6 +56,26 @@ class ReconstructionStep(torch.nn.Module):
     def forward(self, pixels, generator):
         posterior = self.vae.encode(pixels).latent_dist
         return self.vae.decode(posterior.sample(generator=generator)).sample, posterior.kl().mean()
+
+
+def trainable_parameters(vae, decoder_only: bool) -> list:
+    """The parameters a run trains (and keeps an EMA of): all, or with `decoder_only` the decoder's, the
+    encoder and its quant_conv frozen."""
+    if decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    return [p for p in vae.parameters() if p.requires_grad]
+
+
+def reconstruction_loss(recon, pixels, foreground_weight: float = 0.0):
+    """L1 + MSE between `recon` and `pixels` (both in [-1, 1]), each pixel weighed by 1 + `foreground_weight` *
+    the target's saturation; a weighted mean, so the loss keeps its scale as the weight grows."""
+    error = (recon - pixels).abs() + (recon - pixels) ** 2
+    if not foreground_weight:
+        return error.mean()
+    saturation = (pixels.amax(dim=1, keepdim=True) - pixels.amin(dim=1, keepdim=True)) / 2
+    weight = 1 + foreground_weight * saturation
+    return (error * weight).mean() / weight.mean()
 
 
 def latent_scaling_factor(vae, images, count: int = 1024) -> float:
@@ -69,17 +93,13 @@ def main(argv=None):
         vae = AutoencoderKL.from_pretrained(args.pretrained_model_name_or_path)
     else:
         vae = build_autoencoder(UnclipArchitecture.from_json(args.architecture))
-    parameters = vae.parameters()
-    if args.train_decoder_only:
-        vae.encoder.requires_grad_(False)
-        vae.quant_conv.requires_grad_(False)
-        parameters = [p for p in vae.parameters() if p.requires_grad]
+    parameters = trainable_parameters(vae, args.train_decoder_only)
     device = accelerator.device
 
     def compute_loss(model, batch, step):
         pixels = (images[batch].float() / 127.5 - 1).to(device)
         recon, kl = model(pixels, torch.Generator(device).manual_seed(args.seed * 7_919 + step))
-        return F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + args.kl_weight * kl
+        return reconstruction_loss(recon, pixels, args.foreground_weight) + args.kl_weight * kl
 
     losses = train_loop(accelerator, args, ReconstructionStep(vae), parameters, len(records), compute_loss)
 
