@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from diffusers import AutoencoderKL
+from safetensors.torch import load_file
 from transformers import CLIPConfig
 
 from genvl.models.clip import load_decoder_text_encoder
