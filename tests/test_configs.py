@@ -26,15 +26,20 @@ ARGS = {
 CONFIGS = sorted((ROOT / "configs").glob("train_*.json"))
 
 
+def stage_of(path: Path) -> str:
+    """train_autoencoder_finetune.json -> autoencoder"""
+    return path.stem.removeprefix("train_").split("_")[0]
+
+
 def test_every_stage_has_configs():
-    stages = {path.stem.removeprefix("train_").split("_")[0] for path in CONFIGS}
+    stages = {stage_of(path) for path in CONFIGS}
     assert stages == set(ARGS)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
 def test_config_parses(path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    stage = path.stem.removeprefix("train_").split("_")[0]
+    stage = stage_of(path)
     args = parse_args(ARGS[stage], ["--config", str(path.relative_to(ROOT))])
     if stage in ("prior", "autoencoder", "decoder"):
         UnclipArchitecture.from_json(args.architecture)

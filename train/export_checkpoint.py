@@ -28,7 +28,9 @@ from genvl.models.unclip import (
 from genvl.training import copy_ema_weights, load_images, pretrained_part, read_training_records, resolve_resume
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_autoencoder import ReconstructionStep, latent_scaling_factor, trainable_parameters  # noqa: E402
+from train_autoencoder import (  # noqa: E402
+    SCALING_IMAGES, ReconstructionStep, latent_scaling_factor, trainable_parameters,
+)
 from train_decoder import DecoderStep, decoder_scheduler  # noqa: E402
 from train_prior import prior_scheduler  # noqa: E402
 
@@ -107,7 +109,8 @@ def export_autoencoder(run_dir, checkpoint: str, output: Path) -> None:
     if not config["train_decoder_only"]:
         records, _ = read_training_records(config["train_data_dir"], config["caption_column"],
                                            config["image_column"])
-        images = load_images(config["train_data_dir"], records[:1024], config["image_column"], config["resolution"])
+        images = load_images(config["train_data_dir"], records[:SCALING_IMAGES], config["image_column"],
+                             config["resolution"])
         vae.register_to_config(scaling_factor=latent_scaling_factor(vae.eval(), images))
     vae.save_pretrained(output / "vae", safe_serialization=True)
 

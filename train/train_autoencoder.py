@@ -70,7 +70,8 @@ def trainable_parameters(vae, decoder_only: bool) -> list:
 def reconstruction_loss(recon, pixels, foreground_weight: float = 0.0):
     """L1 + MSE between `recon` and `pixels` (both in [-1, 1]), each pixel weighed by 1 + `foreground_weight` *
     the target's saturation; a weighted mean, so the loss keeps its scale as the weight grows."""
-    error = (recon - pixels).abs() + (recon - pixels) ** 2
+    diff = recon - pixels
+    error = diff.abs() + diff**2
     if not foreground_weight:
         return error.mean()
     saturation = (pixels.amax(dim=1, keepdim=True) - pixels.amin(dim=1, keepdim=True)) / 2
@@ -78,7 +79,10 @@ def reconstruction_loss(recon, pixels, foreground_weight: float = 0.0):
     return (error * weight).mean() / weight.mean()
 
 
-def latent_scaling_factor(vae, images, count: int = 1024) -> float:
+SCALING_IMAGES = 1024  # the first training images the latents' scaling factor is measured on
+
+
+def latent_scaling_factor(vae, images, count: int = SCALING_IMAGES) -> float:
     """1 / standard deviation of the latent means of up to `count` images (uint8, N x 3 x H x W)."""
     return 1.0 / float(latent_means(vae, images[:count]).std())
 
