@@ -82,8 +82,10 @@ def test_caption_as_two_processes_writes_one_file_without_gaps(tmp_path, tiny_pi
     two = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
     shard_keys = [f"{tmp_path}/shards/s-{i // 2}.tar#{i:08d}" for i in range(5)]
     assert [r["path"] for r in one] == sorted(str(p) for p in tmp_path.glob("img*.png")) + shard_keys
-    # a sample captions the same from a shard as from a file
-    assert one[7]["captions"] == one[0]["captions"]
+    # a sample captions the same from a shard as from a file; its score only to rounding, since the two sit in
+    # batches of other sizes and a CPU's matmul kernels may sum in another order
+    assert [c["text"] for c in one[7]["captions"]] == [c["text"] for c in one[0]["captions"]]
+    assert [c["score"] for c in one[7]["captions"]] == pytest.approx([c["score"] for c in one[0]["captions"]], rel=1e-5)
     assert [r["path"] for r in two] == [r["path"] for r in one]
     assert [[c["text"] for c in r["captions"]] for r in two] == [[c["text"] for c in r["captions"]] for r in one]
     assert not list(tmp_path.glob("*.tmp"))
