@@ -131,8 +131,8 @@ def add_parsers(commands, evaluate):
     t2i.add_argument("--output", help="also write the report as JSON to this file")
     t2i.add_argument("--stages", action="store_true",
                      help="also score the prior (against the real renders' embeddings), the decoder (drawing "
-                          "from the real renders' embeddings) and its autoencoder (the real renders' round trip) "
-                          "on their own")
+                          "from the real renders' embeddings) and its autoencoder (the real renders' round trip, "
+                          "judged and captioned) on their own")
     add_lora_flag(t2i)
     add_sampling_flags(t2i, outputs=False, text=True)
     add_t2i_runtime_flags(t2i)

@@ -3,6 +3,7 @@
 import random
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -235,14 +236,27 @@ def test_autoencoder_round_trip_judges_the_renders_as_the_autoencoder_gives_them
         judged.append(images)
         return judge_images(judge, images, *rest)
 
+    captioned = []
+
+    def captioner(images):
+        # names its scene's objects for the first three renders only
+        captioned.extend(torch.from_numpy(np.asarray(image)).permute(2, 0, 1) for image in images)
+        texts = [records[len(captioned) - len(images) + k]["text"] if len(captioned) - len(images) + k < 3
+                 else "a plain background" for k in range(len(images))]
+        return SimpleNamespace(captions=[[text] for text in texts])
+
     monkeypatch.setattr(t2i, "judge_images", recording_judge)
-    scores = stage_scores(pipeline, judge, real_images=real, **args)
+    scores = stage_scores(pipeline, judge, real_images=real, captioner=captioner, **args)
     with torch.no_grad():
         decoded = pipeline.vae.decode(pipeline.vae.encode(real.float() / 127.5 - 1).latent_dist.mean).sample
     expected = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     # the last images judged are the renders as the pipeline's autoencoder gives them back, in prompt order
     assert len(judged) == 3 and torch.equal(judged[-1], expected)
     assert scores["autoencoder_round_trip"] == judge_images(judge, expected, scenes, list(range(len(scenes))), 4)
+    # and the captioner reads those same images: 3 of the 6 captions name their scene's objects
+    assert torch.equal(torch.stack(captioned), expected)
+    assert scores["autoencoder_caption_round_trip"] == 0.5
+    assert "autoencoder_caption_round_trip" not in stage_scores(pipeline, judge, real_images=real, **args)
     # a pixel decoder has no autoencoder to judge
     pixel_pipeline = TextToImagePipeline(**get_dummy_unclip_components(latent=False))
     pixel_pipeline.set_progress_bar_config(disable=True)

@@ -86,22 +86,27 @@ def judge_images(judge, images: torch.Tensor, scenes: list[dict], prompt_of_imag
     return category_accuracy(judgements)
 
 
+def caption_round_trip(captioner, images: torch.Tensor, scenes: list[dict], prompt_of_image: list[int],
+                       batch_size: int = 64) -> float:
+    """How often `captioner`'s caption of uint8 image i (N, 3, H, W) names every object of
+    `scenes[prompt_of_image[i]]`."""
+    named = []
+    for start in range(0, len(images), batch_size):
+        rows = prompt_of_image[start : start + batch_size]
+        pil = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in images[start : start + batch_size]]
+        named += [names_all_objects(c[0], scenes[p]) for c, p in zip(captioner(pil).captions, rows)]
+    return float(np.mean(named))
+
+
 def score_images(images: torch.Tensor, scenes: list[dict], prompt_of_image: list[int], text_embeds,
                  judge, clip, clip_processor, captioner=None, batch_size: int = 64, seed: int = 0) -> dict:
     """Every score of uint8 images (N, 3, H, W), image i made for (or rendered from) `scenes[prompt_of_image[i]]`.
     Returns the report and the images' CLIP embeddings."""
-    round_trips = []
-    if captioner is not None:
-        for start in range(0, len(images), batch_size):
-            rows = prompt_of_image[start : start + batch_size]
-            pil = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in images[start : start + batch_size]]
-            captions = captioner(pil).captions
-            round_trips += [names_all_objects(c[0], scenes[p]) for c, p in zip(captions, rows)]
     image_embeds = embed_at_clip_size(clip, clip_processor, images, batch_size)
     report = {"judge": judge_images(judge, images, scenes, prompt_of_image, batch_size),
               "r_precision": r_precision(image_embeds, text_embeds, prompt_of_image, seed)}
     if captioner is not None:
-        report["round_trip"] = float(np.mean(round_trips))
+        report["round_trip"] = caption_round_trip(captioner, images, scenes, prompt_of_image, batch_size)
     return report, image_embeds
 
 
@@ -137,7 +142,8 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
                  decoder_num_inference_steps: int = 25, prior_guidance_scale: float = 4.0,
                  decoder_guidance_scale: float = 4.0,
                  decoder_text_guidance_scale: float | None = DEFAULT_TEXT_GUIDANCE, mirror_prompts: list[int] = (),
-                 mirrored_embeds: torch.Tensor | None = None, real_images: torch.Tensor | None = None) -> dict:
+                 mirrored_embeds: torch.Tensor | None = None, real_images: torch.Tensor | None = None,
+                 captioner=None) -> dict:
     """Which stage loses accuracy. The prior: mean cosine between its embedding for each prompt and the CLIP
     embedding of that prompt's real render, and how often that render is the nearest of all the prompts'
     renders; and for the left/right prompts `mirror_prompts` (indices), given `mirrored_embeds` (their renders
@@ -146,7 +152,8 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
     decoder: the judge's accuracy of images drawn from the real renders' embeddings (the prior bypassed), with
     their prompts, and with the empty prompt as image variations are drawn. The autoencoder, for a latent
     decoder given the prompts' real renders `real_images` (uint8): the judge's accuracy of those renders after
-    a round trip through it (`autoencoder_round_trip`), the decoder's ceiling. Prompt k uses seed `seed + k`."""
+    a round trip through it (`autoencoder_round_trip`), the decoder's ceiling, and with a `captioner` the caption
+    round trip of those images (`autoencoder_caption_round_trip`). Prompt k uses seed `seed + k`."""
     real_embeds = real_embeds / real_embeds.norm(dim=-1, keepdim=True)
     priors, images, variations = [], [], []
 
@@ -180,6 +187,9 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
     if real_images is not None and pipeline.vae is not None:
         round_trip = autoencoder_round_trip(pipeline.vae, real_images, batch_size)
         out["autoencoder_round_trip"] = judge_images(judge, round_trip, scenes, own.tolist(), batch_size)
+        if captioner is not None:
+            out["autoencoder_caption_round_trip"] = caption_round_trip(captioner, round_trip, scenes, own.tolist(),
+                                                                       batch_size)
     return out
 
 
@@ -232,5 +242,5 @@ def evaluate_text_to_image(pipeline, judge, data_dir, captioner=None, num_prompt
         stage_sampling = {k: v for k, v in sampling.items() if k != "num_candidates"}  # one image per prompt there
         out["stages"] = stage_scores(pipeline, judge, prompts, scenes, real_embeds, batch_size, seed,
                                      mirror_prompts=rows, mirrored_embeds=mirrored, real_images=real,
-                                     **stage_sampling)
+                                     captioner=captioner, **stage_sampling)
     return out
