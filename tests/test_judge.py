@@ -240,9 +240,9 @@ def test_autoencoder_round_trip_judges_the_renders_as_the_autoencoder_gives_them
 
     def captioner(images):
         # names its scene's objects for the first three renders only
+        first = len(captioned)
         captioned.extend(torch.from_numpy(np.asarray(image)).permute(2, 0, 1) for image in images)
-        texts = [records[len(captioned) - len(images) + k]["text"] if len(captioned) - len(images) + k < 3
-                 else "a plain background" for k in range(len(images))]
+        texts = [records[i]["text"] if i < 3 else "a plain background" for i in range(first, len(captioned))]
         return SimpleNamespace(captions=[[text] for text in texts])
 
     monkeypatch.setattr(t2i, "judge_images", recording_judge)
