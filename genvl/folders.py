@@ -1,60 +1,129 @@
-"""Checks on model folders: safetensors only, readable JSON, and weights that match the model built from the config.
+"""Checks on model folders: safetensors only, readable JSON, regular files, and weights that match the model built
+from the config in names, shapes, kinds and values.
 
 transformers fills weights missing from a checkpoint with random values and drops unexpected ones with no more
-than a log line, and loads pickled `pytorch_model.bin` files; genvl refuses all three, naming the file.
+than a log line, casts integer weights to floats, and loads pickled `pytorch_model.bin` files; genvl refuses all
+of these, naming the file.
 """
 
 import json
 import re
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
+from .paths import kind_of, path_status
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")  # as safetensors headers name them
+
+# sizes a config sets that no weight bounds, but that decide how much memory running the model takes: a decoder
+# draws latents of sample_size x sample_size (the largest published unCLIP decoder stage, Karlo's super-resolution
+# UNet, draws at 256); an autoencoder's sample_size is only a tiling hint. Weight-bound sizes (positions, vocabulary,
+# widths) need no limit: the model is checked against its weights before it is built.
+RUNTIME_LIMITS = {"sample_size": 4096, "num_train_timesteps": 100_000}
+UNET_SAMPLE_SIZE_LIMIT = 256
 
 
 def check_model_folder(path) -> Path:
     """Raise if `path` is not a folder, or if the files that loading reads (the folder's own, and those of the
-    components model_index.json names) include pickles or JSON that does not parse. Other subfolders, such as a
-    training run's accelerate checkpoints, are not looked at."""
+    components model_index.json names) include pickles, JSON that does not parse, or anything but regular files
+    (a FIFO would block the read forever). Component folders must be real folders inside `path`: a symlink could
+    point anywhere. Other subfolders, such as a training run's accelerate checkpoints, are not looked at."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such model folder")
     folders = [path]
-    if (path / "model_index.json").is_file():
-        index = _read_json(path / "model_index.json")
-        folders += [path / name for name in index if not name.startswith("_") and (path / name).is_dir()]
+    if (path / "model_index.json").exists():
+        index = read_json(path / "model_index.json")
+        if not isinstance(index, dict):
+            raise ValueError(f"{path / 'model_index.json'}: expected a JSON object")
+        for name in index:
+            folder = path / name
+            if name.startswith("_") or not folder.exists() and not folder.is_symlink():
+                continue
+            if "/" in name or name in (".", "..") or folder.is_symlink() or not folder.is_dir():
+                raise ValueError(f"{folder}: model_index.json names it as a component, which must be a folder "
+                                 "inside the model folder (not a symlink or a file)")
+            folders.append(folder)
     for folder in folders:
         for file in sorted(folder.iterdir()):
+            mode = path_status(file).st_mode  # follows symlinks (the hub's cache links files to blobs), not loops
+            if stat.S_ISDIR(mode):
+                continue
+            if not stat.S_ISREG(mode):
+                raise ValueError(f"{file}: is {kind_of(mode)}, not a regular file")
             if file.suffix in PICKLE_SUFFIXES:
                 raise ValueError(f"{file}: pickle files are refused; genvl loads safetensors weights only")
-            if file.suffix == ".json" and file.is_file():
-                _read_json(file)
+            if file.suffix == ".json":
+                read_json(file)
     return path
 
 
-def _read_json(file: Path):
+def read_json(file: Path):
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
+        return json.loads(Path(file).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{file}: not valid JSON ({err})") from None
 
 
-def safetensors_shapes(folder) -> dict[str, tuple]:
-    """{tensor name: shape} over every .safetensors file in `folder`, read from their headers only."""
+def safetensors_headers(folder) -> dict[str, tuple[tuple, str]]:
+    """{tensor name: (shape, dtype)} over every .safetensors file in `folder`, read from their headers only."""
     from safetensors import safe_open
 
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{folder}: no .safetensors weights")
-    shapes = {}
+    headers = {}
     for file in files:
         try:
             with safe_open(str(file), framework="pt") as f:
                 for key in f.keys():
-                    shapes[key] = tuple(f.get_slice(key).get_shape())
+                    tensor = f.get_slice(key)
+                    headers[key] = (tuple(tensor.get_shape()), tensor.get_dtype())
         except Exception as err:  # safetensors raises its own SafetensorError on a damaged header
             raise ValueError(f"{file}: not a readable safetensors file ({err})") from None
-    return shapes
+    return headers
+
+
+def check_runtime_sizes(folder, model_class, config: dict) -> None:
+    """Refuse config values no weight bounds (see RUNTIME_LIMITS) outside their range, before a model is built."""
+    limits = dict(RUNTIME_LIMITS)
+    if "UNet" in model_class.__name__:
+        limits["sample_size"] = UNET_SAMPLE_SIZE_LIMIT
+    for key, limit in limits.items():
+        values = config.get(key)
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise ValueError(f"{Path(folder) / 'config.json'}: {key} must be an integer in [1, {limit}], "
+                                 f"got {value!r}")
+
+
+def check_size(folder, model, stored: dict) -> None:
+    """Refuse a model, built on the meta device, that holds far more numbers than its weights could fill: the
+    config describes something else, and building it for real could take any amount of memory. The margin (twice,
+    plus a million) leaves room for what a checkpoint may rightly leave out: tied, renamed or pooling weights."""
+    import math
+
+    wanted = sum(p.numel() for p in {id(p): p for p in model.state_dict().values()}.values())
+    held = sum(math.prod(shape) for shape, _ in stored.values())
+    if wanted > 2 * held + 1_000_000:
+        raise ValueError(f"{folder}: config.json describes {wanted:,} weights but the safetensors hold only {held:,}")
+
+
+def check_weight_values(folder, model, stored: dict) -> None:
+    """Refuse weights stored as integers or booleans where the model has floats (loading would cast them
+    silently), and floating weights that hold NaN or infinities."""
+    import torch
+
+    for key, value in model.state_dict().items():
+        if key in stored and value.is_floating_point() and stored[key][1] not in FLOAT_DTYPES:
+            raise ValueError(f"{folder}: weight {key} is stored as {stored[key][1]}; the model needs floats")
+    for key, value in model.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{folder}: weight {key} holds NaN or infinite values")
 
 
 def _ignored_patterns(module, attribute: str) -> list[str]:
@@ -79,18 +148,25 @@ def raise_for_weights(folder, missing, unexpected, mismatched) -> None:
                          "does not describe")
 
 
-def check_diffusers_weights(model_class, folder) -> None:
+def check_diffusers_weights(model_class, folder) -> dict:
     """Raise unless the safetensors in `folder` hold every tensor of the diffusers model its config.json
-    describes, each with its shape, and nothing else. The model is built on the meta device: names and shapes
-    only, no memory spent on values."""
+    describes, each with its shape, and nothing else; returns their headers. The model is built on the meta
+    device: names and shapes only, no memory spent on values."""
     import torch
 
-    stored = safetensors_shapes(folder)
+    stored = safetensors_headers(folder)
+    try:
+        config = model_class.load_config(folder)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{folder}: could not read its config.json ({first_line(err)})") from None
+    check_runtime_sizes(folder, model_class, config)
     try:
         with torch.device("meta"):
-            model = model_class.from_config(model_class.load_config(folder))
+            model = model_class.from_config(config)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
-        raise ValueError(f"{folder}: config.json does not describe a {model_class.__name__} ({err})") from None
+        raise ValueError(f"{folder}: config.json does not describe a {model_class.__name__} ({first_line(err)})") \
+            from None
+    check_size(folder, model, stored)
     state = model.state_dict(keep_vars=True)
     saved = {id(state[k]) for k in stored if k in state}  # a tied tensor may be stored under one of its names
     ignore_missing = _ignored_patterns(model, "_keys_to_ignore_on_load_missing")
@@ -100,51 +176,41 @@ def check_diffusers_weights(model_class, folder) -> None:
         missing=[k for k, v in state.items()
                  if k not in stored and id(v) not in saved and not any(re.search(p, k) for p in ignore_missing)],
         unexpected=[k for k in stored if k not in state and not any(re.search(p, k) for p in ignore_unexpected)],
-        mismatched=[(k, stored[k], v.shape) for k, v in state.items() if k in stored and stored[k] != v.shape],
+        mismatched=[(k, stored[k][0], v.shape) for k, v in state.items() if k in stored and stored[k][0] != v.shape],
     )
+    return stored
 
 
-def load_transformers_model(model_class, folder, dtype=None):
-    """`model_class.from_pretrained(folder)`, refusing weights that are missing, unexpected or misshaped
-    (transformers itself would fill or drop them with a log line). Key renames of older layouts still apply."""
-    safetensors_shapes(folder)  # safetensors present and readable
-    kwargs = {"dtype": dtype} if dtype is not None else {}
+def load_diffusers_model(model_class, folder, dtype=None):
+    """`model_class.from_pretrained(folder)` for a diffusers model, after `check_diffusers_weights`, and with its
+    weights' kinds and values checked."""
+    stored = check_diffusers_weights(model_class, folder)
     with loading_errors(folder):
-        model, info = model_class.from_pretrained(folder, output_loading_info=True, ignore_mismatched_sizes=True,
-                                                  **kwargs)
-    raise_for_weights(folder, sorted(info["missing_keys"]), sorted(info["unexpected_keys"]),
-                      sorted(info["mismatched_keys"]))
+        model = model_class.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True)
+    check_weight_values(folder, model, stored)
     return model
 
 
-def check_pipeline_folder(path, dtype=None) -> dict:
-    """Check a pipeline folder before `DiffusionPipeline.from_pretrained`: `check_model_folder`, then every model
-    named in model_index.json; transformers models are loaded here (the only way to see their loading report)
-    and returned by name, to be passed to `from_pretrained` as ready components."""
-    import importlib
-
+def load_transformers_model(model_class, folder, dtype=None):
+    """`model_class.from_pretrained(folder)`, refusing weights that are missing, unexpected, misshaped, of the
+    wrong kind or not finite (transformers itself would fill, drop or cast them with a log line), and a config
+    that describes a model larger than its weights before anything is allocated. Key renames of older layouts
+    still apply."""
     import torch
-    import transformers
 
-    path = check_model_folder(path)
-    index = _read_json(path / "model_index.json")
-    loaded = {}
-    for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list) or len(spec) != 2 or None in spec:
-            continue
-        try:
-            component_class = getattr(importlib.import_module(spec[0]), spec[1])
-        except (ImportError, AttributeError):
-            raise ValueError(f"{path / 'model_index.json'}: {name} names an unknown class {'.'.join(spec)}") from None
-        if not (isinstance(component_class, type) and issubclass(component_class, torch.nn.Module)):
-            continue
-        if not (path / name).is_dir():
-            raise FileNotFoundError(f"{path / name}: no such folder, which model_index.json names")
-        if issubclass(component_class, transformers.PreTrainedModel):
-            loaded[name] = load_transformers_model(component_class, path / name, dtype)
-        else:
-            check_diffusers_weights(component_class, path / name)
-    return loaded
+    stored = safetensors_headers(folder)  # safetensors present and readable
+    with loading_errors(folder):
+        with torch.device("meta"):
+            model = model_class(model_class.config_class.from_pretrained(folder))
+    check_size(folder, model, stored)
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    with loading_errors(folder):
+        model, info = model_class.from_pretrained(folder, output_loading_info=True, ignore_mismatched_sizes=True,
+                                                  use_safetensors=True, local_files_only=True, **kwargs)
+    raise_for_weights(folder, sorted(info["missing_keys"]), sorted(info["unexpected_keys"]),
+                      sorted(info["mismatched_keys"]))
+    check_weight_values(folder, model, stored)
+    return model
 
 
 @contextmanager

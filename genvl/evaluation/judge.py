@@ -53,15 +53,17 @@ class SceneJudge(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        from ..folders import check_diffusers_weights, check_model_folder, loading_errors
+        from ..folders import check_diffusers_weights, check_model_folder, check_weight_values, loading_errors
 
         path = Path(pretrained_model_name_or_path)
         if not path.is_dir():
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         check_model_folder(path)
-        check_diffusers_weights(cls, path)
+        stored = check_diffusers_weights(cls, path)
         with loading_errors(path):
-            return super().from_pretrained(path, **kwargs)
+            model = super().from_pretrained(path, use_safetensors=True, **kwargs)
+        check_weight_values(path, model, stored)
+        return model
 
     @property
     def cell(self) -> float:

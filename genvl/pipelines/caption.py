@@ -9,7 +9,8 @@ from diffusers.utils import BaseOutput
 
 from ..attention import AttentionBackendMixin
 from ..cache import EmbeddingCacheMixin
-from ..folders import check_model_folder, check_pipeline_folder, load_transformers_model, loading_errors
+from ..components import check_tokenizer, local_folder, pipeline_from_folder
+from ..folders import check_model_folder, load_transformers_model, loading_errors
 from ..generation import GenerationSettings, generate
 from ..generation.decoder import encode_images
 from ..images import load_image
@@ -41,27 +42,30 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         self.register_modules(model=model, tokenizer=tokenizer, image_processor=image_processor)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        path = Path(pretrained_model_name_or_path)
-        if path.is_dir() and not (path / "model_index.json").exists():
+    def from_pretrained(cls, pretrained_model_name_or_path, dtype=None, torch_dtype=None, local_files_only=True):
+        """Load a genvl pipeline folder or a flat VisionEncoderDecoder folder (a local path, or a hub id already
+        in the Hugging Face cache). Components are resolved from an allow-list of classes (see
+        `genvl.components`): nothing the folder names is imported."""
+        dtype = dtype or torch_dtype
+        path = local_folder(pretrained_model_name_or_path, local_files_only)
+        if not (path / "model_index.json").exists():
             if not (path / "config.json").exists():
                 raise FileNotFoundError(f"{path}: not a captioner folder (no model_index.json or config.json)")
-            return cls._from_flat_folder(path, **kwargs)
-        kwargs.setdefault("local_files_only", True)
-        if path.is_dir():
-            components = check_pipeline_folder(path, kwargs.get("dtype"))
-            with loading_errors(path):
-                return super().from_pretrained(path, **components, **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            return cls._from_flat_folder(path, dtype)
+        pipeline = pipeline_from_folder(cls, path, dtype)
+        check_tokenizer(path / "tokenizer", pipeline.tokenizer, pipeline.model.decoder.config.vocab_size)
+        return pipeline
 
     @classmethod
-    def _from_flat_folder(cls, path: Path, dtype=None, **kwargs):
+    def _from_flat_folder(cls, path: Path, dtype=None):
         from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
         check_model_folder(path)
         model = load_transformers_model(VisionEncoderDecoderModel, path, dtype or torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        image_processor = AutoImageProcessor.from_pretrained(path)
+        with loading_errors(path):  # no custom code: the classes come from transformers itself
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+            image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+        check_tokenizer(path, tokenizer, model.decoder.config.vocab_size)
         return cls(model=model, tokenizer=tokenizer, image_processor=image_processor)
 
     def save_pretrained(self, save_directory, **kwargs):

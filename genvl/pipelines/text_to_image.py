@@ -19,7 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..attention import AttentionBackendMixin
 from ..cache import EmbeddingCacheMixin
-from ..folders import check_pipeline_folder, loading_errors
+from ..components import check_tokenizer, pipeline_from_folder
 from ..images import load_image
 from ..lora import LoraMixin
 from ..models import unclip  # noqa: F401  (from_pretrained finds UnclipConditioner by its module's name)
@@ -95,16 +95,17 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         self.output_processor = VaeImageProcessor(do_resize=False)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        kwargs.setdefault("local_files_only", True)
-        path = Path(pretrained_model_name_or_path)
-        if not path.is_dir():
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        if not (path / "model_index.json").is_file():
-            raise FileNotFoundError(f"{path}: not a text-to-image pipeline folder (no model_index.json)")
-        components = check_pipeline_folder(path, kwargs.get("dtype"))
-        with loading_errors(path):
-            return super().from_pretrained(path, **components, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, dtype=None, torch_dtype=None, local_files_only=True):
+        """Load a pipeline folder (a local path, or a hub id already in the Hugging Face cache). Components are
+        resolved from an allow-list of classes (see `genvl.components`): nothing the folder names is imported."""
+        pipeline = pipeline_from_folder(cls, pretrained_model_name_or_path, dtype or torch_dtype, local_files_only)
+        for tokenizer, model in (("tokenizer", "clip"), ("decoder_tokenizer", "decoder_text_encoder"),
+                                 ("reranker_tokenizer", "reranker")):
+            if getattr(pipeline, model) is not None:
+                config = getattr(pipeline, model).config
+                check_tokenizer(Path(pretrained_model_name_or_path) / tokenizer, getattr(pipeline, tokenizer),
+                                getattr(config, "text_config", config).vocab_size)
+        return pipeline
 
     def save_pretrained(self, save_directory, **kwargs):
         self.check_no_adapters()

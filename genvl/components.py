@@ -1,0 +1,144 @@
+"""Loading a pipeline folder's components from an allow-list of classes, never by importing what the folder names.
+
+diffusers' `DiffusionPipeline.from_pretrained` imports whatever module `model_index.json` names (even for the
+components passed in ready-made, to check their class), and runs a `<library>.py` it finds in a component
+folder: a downloaded folder could so run code. genvl reads `model_index.json` itself. Each entry must name a
+public class of transformers or diffusers, or one of genvl's own components, of a kind genvl knows how to load
+(a model, a tokenizer, an image processor, a scheduler); the class is looked up by name in the library's
+namespace, and no module the folder chooses is imported.
+"""
+
+import inspect
+from pathlib import Path
+
+from .folders import check_model_folder, load_diffusers_model, load_transformers_model, loading_errors, read_json
+
+LIBRARIES = ("transformers", "diffusers")
+# genvl's own components, as model_index.json names them: (module, class) -> where the class is defined
+GENVL_COMPONENTS = {("genvl.models.unclip", "UnclipConditioner"): "genvl.models.unclip"}
+
+
+def component_kinds() -> dict:
+    """{base class: how to load a subclass from a folder, given (class, folder, dtype)}, in the order tried."""
+    import diffusers
+    import transformers
+    from transformers.feature_extraction_utils import FeatureExtractionMixin
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    def plain(component_class, folder, dtype):
+        with loading_errors(folder):
+            return component_class.from_pretrained(folder, local_files_only=True)
+
+    def tokenizer(component_class, folder, dtype):
+        loaded = plain(component_class, folder, dtype)
+        check_tokenizer(folder, loaded)
+        return loaded
+
+    return {transformers.PreTrainedModel: load_transformers_model, diffusers.ModelMixin: load_diffusers_model,
+            transformers.PreTrainedTokenizerBase: tokenizer, ImageProcessingMixin: plain,
+            FeatureExtractionMixin: plain, diffusers.SchedulerMixin: plain}
+
+
+def check_tokenizer(folder, tokenizer, vocab_size: int | None = None) -> None:
+    """Refuse a tokenizer with no vocabulary beyond its special tokens (transformers builds one when the vocabulary
+    files are missing, and every caption then decodes to nothing), or, given the model's `vocab_size`, one whose
+    ids the model cannot embed."""
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise ValueError(f"{folder}: the tokenizer has no vocabulary (are its vocabulary files missing?)")
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise ValueError(f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model only {vocab_size}")
+
+
+def resolve_component(library, class_name, where: str) -> type:
+    """The class `[library, class_name]` names, if the allow-list holds it; else a ValueError naming `where`."""
+    import importlib
+
+    refused = ValueError(f"{where} names {library}.{class_name}, which genvl does not load: components must be "
+                         "models, tokenizers, image processors or schedulers of transformers or diffusers, or "
+                         "genvl's own")
+    if not (isinstance(library, str) and isinstance(class_name, str)):
+        raise refused
+    if library in LIBRARIES and class_name.isidentifier() and not class_name.startswith("_"):
+        try:  # the library's own public names (a lazy module imports the library's submodule defining it)
+            found = getattr(importlib.import_module(library), class_name, None)
+        except ImportError:  # a class of a backend that is not installed
+            raise refused from None
+    elif (library, class_name) in GENVL_COMPONENTS:
+        found = getattr(importlib.import_module(GENVL_COMPONENTS[library, class_name]), class_name)
+    else:
+        raise refused
+    if not (isinstance(found, type) and issubclass(found, tuple(component_kinds()))):
+        raise refused
+    return found
+
+
+def load_component(component_class, folder: Path, dtype=None):
+    """An instance of `component_class` (from `resolve_component`) loaded from `folder`."""
+    for base, load in component_kinds().items():
+        if issubclass(component_class, base):
+            return load(component_class, folder, dtype)
+    raise AssertionError(f"{component_class} passed resolve_component")
+
+
+def load_pipeline_components(path, pipeline_class, dtype=None) -> dict:
+    """The components of the pipeline folder `path`, loaded, by `pipeline_class.__init__`'s argument names.
+
+    model_index.json must say it is a `pipeline_class` folder, name every required component and nothing the
+    pipeline does not take; an optional one may be absent or `[null, null]`."""
+    path = check_model_folder(path)
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise FileNotFoundError(f"{path}: not a pipeline folder (no model_index.json)")
+    index = read_json(index_file)
+    found = index.get("_class_name")
+    if found != pipeline_class.__name__:
+        raise ValueError(f"{path}: a {found} folder, not a {pipeline_class.__name__} one (model_index.json's "
+                         "_class_name)")
+    parameters = inspect.signature(pipeline_class.__init__).parameters
+    names = [name for name in parameters if name != "self"]
+    unknown = sorted(name for name in index if not name.startswith("_") and name not in names)
+    if unknown:
+        raise ValueError(f"{index_file}: names {unknown[0]}, which a {pipeline_class.__name__} does not take")
+    components = {}
+    for name in names:
+        spec = index.get(name)
+        optional = parameters[name].default is None
+        if spec is None or spec == [None, None]:
+            if not optional:
+                raise ValueError(f"{index_file}: lacks the component {name}")
+            components[name] = None
+            continue
+        if not (isinstance(spec, list) and len(spec) == 2):
+            raise ValueError(f"{index_file}: {name} must be [library, class], got {spec!r}")
+        component_class = resolve_component(*spec, where=f"{index_file}: {name}")
+        if not (path / name).is_dir():
+            raise FileNotFoundError(f"{path / name}: no such folder, which model_index.json names")
+        components[name] = load_component(component_class, path / name, dtype)
+    return components
+
+
+def local_folder(name, local_files_only: bool = True) -> Path:
+    """The folder `name` names: a local folder, or a hub id (`owner/name`) already in the Hugging Face cache
+    (downloaded only when `local_files_only` is False)."""
+    from .folders import first_line
+
+    path = Path(name)
+    if path.is_dir():
+        return path
+    if not path.exists() and str(name).count("/") == 1 and not str(name).startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(str(name), local_files_only=local_files_only))
+        except Exception as err:  # noqa: BLE001  (the hub's errors are many and many lines long)
+            raise FileNotFoundError(f"{name}: no such model folder, nor a model in the Hugging Face cache "
+                                    f"({first_line(err)})") from None
+    raise FileNotFoundError(f"{name}: no such model folder")
+
+
+def pipeline_from_folder(pipeline_class, name, dtype=None, local_files_only: bool = True):
+    """A `pipeline_class` built from the components of the pipeline folder `name` (see `local_folder`)."""
+    path = local_folder(name, local_files_only)
+    pipeline = pipeline_class(**load_pipeline_components(path, pipeline_class, dtype))
+    pipeline.register_to_config(_name_or_path=str(name))
+    return pipeline
