@@ -1,20 +1,26 @@
-"""Pieces shared by the training scripts in `train/`: typed arguments, crash-safe checkpoints, EMA, data order."""
+"""Pieces shared by the training scripts in `train/`: typed arguments, the loop, data reading and order (the
+checkpoints are in `genvl.checkpoints`)."""
 
 import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 import shutil
+import sys
 import typing
 from pathlib import Path
 
-COMPLETE_MARKER = "checkpoint_complete.json"
-# the EMA in a checkpoint: its weights as safetensors, its counters as the file's metadata. accelerate would pickle
-# it as a registered object and unpickle it with weights_only=False on resume, running whatever the file holds;
-# checkpoints written that way (LEGACY_EMA_STATE) can still be exported, reading only tensors and plain values.
-EMA_WEIGHTS = "ema.safetensors"
-LEGACY_EMA_STATE = "custom_checkpoint_0.pkl"
+from .checkpoints import (  # noqa: F401  (also imported from here by the training scripts and tests)
+    COMPLETE_MARKER, EMA_WEIGHTS, LEGACY_EMA_STATE, checkpoint_damage, checkpoint_step, complete_checkpoints,
+    copy_ema_weights, load_accelerator_state, load_ema_state, read_ema_state, read_marker, resolve_resume,
+    save_checkpoint, save_ema_state, warn,
+)
+
+# the schedules of diffusers' get_scheduler that need nothing but the warmup and total steps (piecewise_constant
+# needs step rules)
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 
 def parse_args(args_class, argv=None):
@@ -49,152 +55,31 @@ def parse_args(args_class, argv=None):
         parser.error(str(err))
 
 
+def run_script(main) -> None:
+    """Run a training or export script's `main()` so that it never ends in a traceback: a failure is one line on
+    stderr and exit code 1 (GENVL_DEBUG=1 shows the traceback), Ctrl-C exit code 130; argparse's usage errors
+    keep their exit code 2."""
+    from .folders import first_line
+
+    script = Path(sys.argv[0]).name
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(f"{script}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001  (one line, not a traceback; GENVL_DEBUG=1 shows it)
+        if os.environ.get("GENVL_DEBUG", "0") not in ("", "0"):
+            raise
+        known = isinstance(err, (OSError, ValueError, RuntimeError))  # OSError covers missing files
+        prefix = "" if known else f"unexpected {type(err).__name__}: "
+        hint = "" if known else " (GENVL_DEBUG=1 shows the traceback)"
+        print(f"{script}: error: {prefix}{first_line(err)}{hint}", file=sys.stderr)
+        sys.exit(1)
+
+
 def save_run_config(args, output_dir):
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / "train_config.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
-
-
-def complete_checkpoints(output_dir) -> list[Path]:
-    """Checkpoints marked complete, oldest first; half-written ones are ignored."""
-    found = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        if (path / COMPLETE_MARKER).is_file() and path.name.split("-")[-1].isdigit():
-            found.append(path)
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None, extra: dict | None = None,
-                    ema=None):
-    """Save accelerate state (and `ema`'s, a diffusers `EMAModel`) to a temporary folder, flush it to disk, mark
-    it complete, rename it into place, then rotate: a `checkpoint-N` folder holding the marker is whole at every
-    moment."""
-    output_dir = Path(output_dir)
-    final = output_dir / f"checkpoint-{step}"
-    tmp = output_dir / f".checkpoint-{step}.tmp"
-    if accelerator.is_main_process:
-        # what a killed save or rotation left behind (one run at a time writes to output_dir)
-        for stale in [*output_dir.glob(".checkpoint-*.tmp"), *output_dir.glob(".checkpoint-*.old")]:
-            shutil.rmtree(stale)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if ema is not None and accelerator.is_main_process:
-        save_ema_state(ema, tmp)
-    accelerator.wait_for_everyone()  # every process has written its part before the folder is marked
-    if accelerator.is_main_process:
-        for path in tmp.rglob("*"):  # the data reaches the disk before the marker that vouches for it
-            fsync_path(path)
-        marker = {"step": step, **(extra or {})}
-        with open(tmp / COMPLETE_MARKER, "w") as f:
-            json.dump(marker, f)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_path(tmp)
-        if final.exists():
-            discard_checkpoint(final)
-        tmp.rename(final)
-        fsync_path(output_dir)
-        if total_limit:
-            for old in complete_checkpoints(output_dir)[:-total_limit]:
-                discard_checkpoint(old)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def discard_checkpoint(path: Path):
-    """Delete a checkpoint folder after renaming it to `.checkpoint-N.old`: a deletion cut short leaves a folder
-    that `latest` ignores, never a marked one with files missing."""
-    trash = path.with_name(f".{path.name}.old")
-    shutil.rmtree(trash, ignore_errors=True)
-    path.rename(trash)
-    shutil.rmtree(trash)
-
-
-def fsync_path(path):
-    """Flush a file's data, or a folder's entries, to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def resolve_resume(output_dir, resume_from_checkpoint: str | None) -> Path | None:
-    """`latest` means the newest complete checkpoint in `output_dir` (None if there is none)."""
-    if not resume_from_checkpoint:
-        return None
-    if resume_from_checkpoint == "latest":
-        found = complete_checkpoints(output_dir)
-        return found[-1] if found else None
-    path = Path(resume_from_checkpoint)
-    if not (path / COMPLETE_MARKER).is_file():
-        raise FileNotFoundError(f"--resume_from_checkpoint {path}: not a complete checkpoint folder")
-    return path
-
-
-def save_ema_state(ema, folder: Path) -> None:
-    """Write `ema` (a diffusers `EMAModel`) into checkpoint folder `folder` as `EMA_WEIGHTS`."""
-    from safetensors.torch import save_file
-
-    state = ema.state_dict()
-    tensors = {str(i): p.detach().to("cpu").contiguous() for i, p in enumerate(state.pop("shadow_params"))}
-    save_file(tensors, str(Path(folder) / EMA_WEIGHTS), metadata={"state": json.dumps(state)})
-
-
-def read_ema_state(folder: Path) -> dict:
-    """The EMA state dict a checkpoint folder holds (CPU tensors), from `EMA_WEIGHTS` or, in checkpoints written
-    before it, from `LEGACY_EMA_STATE` read with weights_only=True."""
-    import torch
-    from safetensors import safe_open
-
-    folder = Path(folder)
-    if (folder / EMA_WEIGHTS).is_file():
-        with safe_open(str(folder / EMA_WEIGHTS), framework="pt") as f:
-            state = json.loads(f.metadata()["state"])
-            state["shadow_params"] = [f.get_tensor(str(i)) for i in range(len(f.keys()))]
-        return state
-    if (folder / LEGACY_EMA_STATE).is_file():
-        return torch.load(folder / LEGACY_EMA_STATE, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{folder}: no EMA state ({EMA_WEIGHTS})")
-
-
-def _matching_ema_state(folder: Path, parameters: list) -> dict:
-    """`read_ema_state(folder)`, checked to hold one tensor of the right shape per parameter."""
-    state = read_ema_state(folder)
-    shapes = [tuple(p.shape) for p in state["shadow_params"]]
-    wanted = [tuple(p.shape) for p in parameters]
-    if shapes != wanted:
-        first = next((i for i, (a, b) in enumerate(zip(shapes, wanted)) if a != b), min(len(shapes), len(wanted)))
-        in_ema = shapes[first] if first < len(shapes) else "nothing"
-        in_model = wanted[first] if first < len(wanted) else "nothing"
-        raise ValueError(f"{folder}: its EMA holds {len(shapes)} tensors that do not match the model's "
-                         f"{len(wanted)} parameters (tensor {first}: {in_ema} in the EMA, {in_model} in the model)")
-    return state
-
-
-def load_ema_state(ema, folder: Path) -> None:
-    """Restore `ema` (a diffusers `EMAModel`) from checkpoint folder `folder`, on the CPU."""
-    state = _matching_ema_state(folder, ema.shadow_params)
-    ema.load_state_dict(state)
-
-
-def copy_ema_weights(parameters, folder: Path) -> None:
-    """Copy the EMA weights of checkpoint folder `folder` into `parameters` (for exporting a checkpoint)."""
-    import torch
-
-    parameters = list(parameters)
-    shadow = _matching_ema_state(folder, parameters)["shadow_params"]
-    with torch.no_grad():
-        for parameter, value in zip(parameters, shadow):
-            parameter.copy_(value)
-
-
-def read_marker(path: Path) -> dict:
-    """The completion marker of a checkpoint: {"step": N, ...what the run added, such as "losses"}."""
-    return json.loads((path / COMPLETE_MARKER).read_text())
-
-
-def checkpoint_step(path: Path) -> int:
-    return read_marker(path)["step"]
 
 
 def epoch_order(num_items: int, seed: int, epoch: int):
@@ -235,11 +120,65 @@ class TrainArgs:
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
+        check_numbers(self)  # the subclasses' fields too: a --config file can hold any JSON value
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "resolution"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"--lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
+        check_at_least(self, 1, "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "resolution",
+                       "checkpointing_steps", "logging_steps", "checkpoints_total_limit")
+        check_at_least(self, 0, "lr_warmup_steps", "adam_weight_decay", "seed")
+        check_above(self, 0, "max_grad_norm")
+        check_at_least(self, 0, "learning_rate")  # 0 is allowed: it trains nothing, e.g. to check a starting point
+        check_fraction(self, "ema_decay")
+        if self.seed >= 2**32:  # set_seed seeds numpy, whose seeds are 32 bits
+            raise ValueError(f"--seed must be < 2**32, got {self.seed}")
+
+
+def check_numbers(args) -> None:
+    """Raise unless every bool, int and float field of dataclass `args` holds a value of its type (an int will
+    do for a float), every float a finite one."""
+    hints = typing.get_type_hints(type(args))
+    for field in dataclasses.fields(args):
+        value, kinds = getattr(args, field.name), typing.get_args(hints[field.name]) or (hints[field.name],)
+        if value is None and type(None) in kinds:
+            continue
+        kind = kinds[0]
+        if kind not in (bool, int, float):
+            continue
+        if kind is bool:
+            fits = isinstance(value, bool)
+        else:  # True is an int to Python, not a number to a flag
+            fits = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+        if not fits:
+            raise ValueError(f"--{field.name} must be {'a number' if kind is float else kind.__name__}, "
+                             f"got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"--{field.name} must be a finite number, got {value}")
+
+
+def check_at_least(args, low, *names: str) -> None:
+    """Raise unless each field `names` of `args` that is set is >= `low`."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise ValueError(f"--{name} must be >= {low}, got {value}")
+
+
+def check_above(args, low, *names: str) -> None:
+    """Raise unless each field `names` of `args` that is set is > `low`."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value <= low:
+            raise ValueError(f"--{name} must be > {low}, got {value}")
+
+
+def check_fraction(args, *names: str) -> None:
+    """Raise unless each field `names` of `args` that is set lies in [0, 1]."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not 0 <= value <= 1:
+            raise ValueError(f"--{name} must be between 0 and 1, got {value}")
 
 
 @dataclasses.dataclass
@@ -262,8 +201,7 @@ class LoraTrainArgs(TrainArgs):
         if self.adapter != "lora" and (self.rank, self.lora_alpha, self.lora_target_modules) != (None,) * 3:
             raise ValueError(f"--rank, --lora_alpha and --lora_target_modules are LoRA settings; --adapter is "
                              f"{self.adapter}")
-        if self.rank is not None and self.rank < 1:
-            raise ValueError(f"--rank must be >= 1, got {self.rank}")
+        check_at_least(self, 1, "rank")
         if self.adapter is not None and not self.pretrained_model_name_or_path:
             raise ValueError(f"--adapter {self.adapter} needs --pretrained_model_name_or_path, the model to adapt")
 
@@ -347,12 +285,8 @@ def read_training_records(source, caption_column: str, image_column: str, log=No
 def read_training_data(accelerator, args: "TrainArgs") -> list[dict]:
     """The records of `--train_data_dir` (imagefolder or shards) with bad samples logged on stderr by the main
     process, counted, and listed in `output_dir/data_summary.json`."""
-    import sys
-
-    def log(message):
-        if accelerator.is_main_process:
-            print(message, file=sys.stderr, flush=True)
-
+    check_data_source(args.train_data_dir, "--train_data_dir")
+    log = functools.partial(warn, accelerator=accelerator)
     records, skipped = read_training_records(args.train_data_dir, args.caption_column, args.image_column, log)
     accelerator.print(f"{len(records)} samples read from {args.train_data_dir}, {len(skipped)} bad ones skipped")
     if accelerator.is_main_process:
@@ -361,6 +295,20 @@ def read_training_data(accelerator, args: "TrainArgs") -> list[dict]:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.output_dir) / "data_summary.json").write_text(json.dumps(summary, indent=2))
     return records
+
+
+def check_data_source(source, flag: str) -> None:
+    """Raise, naming `flag`, unless `source` is a folder or names shards that all exist: before any work is done
+    rather than once the data is read."""
+    from .shards import is_shard_spec, shard_paths
+
+    if is_shard_spec(source):
+        shard_paths(source)  # names the first missing shard
+    elif not Path(source).exists():
+        raise FileNotFoundError(f"{flag} {source}: no such folder")
+    elif not Path(source).is_dir():
+        raise NotADirectoryError(f"{flag} {source}: not a folder; expected an imagefolder (a folder with a "
+                                 f"metadata.jsonl) or tar shards such as data/train-{{000..009}}.tar")
 
 
 def load_images(data_dir, records, image_column: str, resolution: int):
@@ -452,12 +400,13 @@ def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, 
     ema = EMAModel(parameters, decay=args.ema_decay, foreach=True) if args.use_ema else None
 
     global_step, losses = 0, []
-    resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
+    resume = resolve_resume(args.output_dir, args.resume_from_checkpoint,
+                            log=functools.partial(warn, accelerator=accelerator))
     if resume is not None:
         if (resume / LEGACY_EMA_STATE).is_file():
             raise ValueError(f"{resume}: its EMA was saved by an older genvl as a pickle, which resuming would "
                              f"have to unpickle; export its weights (train/export_*.py) and start a run from them")
-        accelerator.load_state(str(resume))
+        load_accelerator_state(accelerator, resume)
         if ema is not None:  # loaded onto the CPU; its update mixes it with the parameters
             load_ema_state(ema, resume)
             ema.to(accelerator.device)

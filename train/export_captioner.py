@@ -14,12 +14,12 @@ from transformers import AutoTokenizer
 
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor
 from genvl.pipelines.caption import CaptionPipeline
-from genvl.training import checkpoint_step, copy_ema_weights, resolve_resume
+from genvl.training import checkpoint_step, copy_ema_weights, resolve_resume, run_script
 
 
 def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
     run_dir = Path(run_dir)
-    path = resolve_resume(run_dir, checkpoint)
+    path = resolve_resume(run_dir, checkpoint, flag="--checkpoint")
     if path is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint to export")
     config = json.loads((run_dir / "train_config.json").read_text())
@@ -55,4 +55,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

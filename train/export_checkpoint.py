@@ -25,7 +25,9 @@ from genvl.models.clip import load_decoder_text_encoder
 from genvl.models.unclip import (
     UnclipArchitecture, UnclipConditioner, build_autoencoder, build_decoder_unet, build_prior,
 )
-from genvl.training import copy_ema_weights, load_images, pretrained_part, read_training_records, resolve_resume
+from genvl.training import (
+    copy_ema_weights, load_images, pretrained_part, read_training_records, resolve_resume, run_script,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_autoencoder import (  # noqa: E402
@@ -60,7 +62,7 @@ def checkpoint_weights(model: torch.nn.Module, path: Path, use_ema: bool, traine
 def run_checkpoint(run_dir, checkpoint: str) -> tuple[dict, Path]:
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "train_config.json").read_text())
-    path = resolve_resume(run_dir, checkpoint)
+    path = resolve_resume(run_dir, checkpoint, flag="--checkpoint")
     if path is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint")
     return config, path
@@ -123,4 +125,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

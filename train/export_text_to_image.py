@@ -17,6 +17,7 @@ from transformers import CLIPModel
 from genvl.models.clip import load_clip, load_decoder_text_encoder, text_tower_of
 from genvl.models.unclip import UnclipConditioner
 from genvl.pipelines.text_to_image import TextToImagePipeline
+from genvl.training import run_script
 
 
 def parse_args(argv=None):
@@ -65,4 +66,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -22,7 +22,8 @@ from diffusers import AutoencoderKL
 
 from genvl.models.unclip import UnclipArchitecture, build_autoencoder
 from genvl.training import (
-    TrainArgs, latent_means, load_images, make_accelerator, parse_args, read_training_data, train_loop,
+    TrainArgs, check_at_least, latent_means, load_images, make_accelerator, parse_args, read_training_data,
+    run_script, train_loop,
 )
 
 
@@ -42,8 +43,7 @@ class TrainAutoencoderArgs(TrainArgs):
         super().__post_init__()
         if self.train_decoder_only and not self.pretrained_model_name_or_path:
             raise ValueError("--train_decoder_only needs --pretrained_model_name_or_path")
-        if self.foreground_weight < 0:
-            raise ValueError(f"--foreground_weight must be 0 or more, got {self.foreground_weight}")
+        check_at_least(self, 0, "foreground_weight", "kl_weight")
 
 
 class ReconstructionStep(torch.nn.Module):
@@ -120,4 +120,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

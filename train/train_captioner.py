@@ -20,7 +20,7 @@ from genvl.lora import save_adapter
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
 from genvl.training import (
     LoraTrainArgs, add_training_adapter, load_images, load_or_train_tokenizer, make_accelerator, parse_args,
-    read_training_data, train_loop,
+    check_at_least, read_training_data, run_script, train_loop,
 )
 
 
@@ -31,6 +31,10 @@ class TrainCaptionerArgs(LoraTrainArgs):
     output_dir: str = "runs/captioner"
     architecture: str = "configs/captioner_small.json"
     vocab_size: int = 1024
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_at_least(self, 1, "vocab_size")  # a negative size overflows the tokenizer trainer
 
 
 def tokenize_captions(tokenizer, captions, max_length: int):
@@ -112,4 +116,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

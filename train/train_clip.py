@@ -34,7 +34,8 @@ from genvl.models.clip import (
 from genvl.lora import save_adapter
 from genvl.training import (
     LoraTrainArgs, add_training_adapter, load_images, load_or_train_tokenizer, make_accelerator, parse_args,
-    gather_with_grad, phrasing_table, pick_phrasings, pretrained_part, read_training_data, train_loop,
+    check_at_least, gather_with_grad, phrasing_table, pick_phrasings, pretrained_part, read_training_data,
+    run_script, train_loop,
 )
 from genvl.world.captions import scene_captions, swapped_captions
 
@@ -51,6 +52,10 @@ class TrainClipArgs(LoraTrainArgs):
     train_batch_size: int = 128
     swap_negatives: bool = False  # score two-object images against their object-swapped captions too
     mirror_negatives: bool = False  # score two-object captions against their images mirrored too
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_at_least(self, 1, "vocab_size")  # a negative size overflows the tokenizer trainer
 
 
 def tokenize(tokenizer, texts, max_length: int):
@@ -224,4 +229,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

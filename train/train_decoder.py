@@ -36,7 +36,8 @@ from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_dec
 from genvl.training import (
     LoraTrainArgs, add_training_adapter, add_training_noise, cached_features, data_stamp, file_stamp,
     frozen_clip_features, frozen_text_states, latent_means, load_images, make_accelerator, parse_args,
-    pick_phrasings, process_rows, read_training_data, step_generator, train_loop,
+    check_above, check_at_least, check_fraction, pick_phrasings, process_rows, read_training_data, run_script,
+    step_generator, train_loop,
 )
 
 
@@ -58,6 +59,9 @@ class TrainDecoderArgs(LoraTrainArgs):
 
     def __post_init__(self):
         super().__post_init__()
+        check_fraction(self, "image_dropout", "text_dropout")
+        check_at_least(self, 1, "num_train_timesteps")
+        check_above(self, 0, "snr_gamma")  # the loss weights min(SNR, gamma) / SNR would be 0 or negative
         if self.reset_image_embedding and not self.pretrained_model_name_or_path:
             raise ValueError("--reset_image_embedding needs --pretrained_model_name_or_path, the decoder to reset")
 
@@ -186,4 +190,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

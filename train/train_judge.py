@@ -17,7 +17,10 @@ import torch.nn.functional as F
 
 from genvl.evaluation.judge import SceneJudge
 from genvl.evaluation.text_to_image import judge_images
-from genvl.training import TrainArgs, load_images, make_accelerator, parse_args, read_training_data, train_loop
+from genvl.training import (
+    TrainArgs, check_data_source, load_images, make_accelerator, parse_args, read_training_data, run_script,
+    train_loop,
+)
 from genvl.world.dataset import read_metadata
 from genvl.world.sprites import COLOURS, OBJECTS
 
@@ -30,6 +33,11 @@ class TrainJudgeArgs(TrainArgs):
     eval_data_dir: str | None = "data/world/val"
     train_batch_size: int = 64
     width: int = 32  # channels of the three stages: width, 2 x width, 4 x width
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.width < 8 or self.width % 8:  # the stages normalise their channels in 8 groups
+            raise ValueError(f"--width must be a positive multiple of 8, got {self.width}")
 
 
 def degrade(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -60,6 +68,8 @@ def judge_real_images(judge: SceneJudge, data_dir, batch_size: int = 256) -> dic
 
 def main(argv=None):
     args = parse_args(TrainJudgeArgs, argv)
+    if args.eval_data_dir:  # read only once training is over: a wrong path should not cost the run
+        check_data_source(args.eval_data_dir, "--eval_data_dir")
     accelerator = make_accelerator(args, "train_judge")
     data_dir = Path(args.train_data_dir)
     records = read_training_data(accelerator, args)
@@ -95,4 +105,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -22,7 +22,8 @@ from genvl.models.unclip import UnclipArchitecture, build_prior
 from genvl.lora import save_adapter
 from genvl.training import (
     LoraTrainArgs, add_training_adapter, add_training_noise, frozen_clip_features, make_accelerator, parse_args,
-    pick_phrasings, pretrained_part, process_rows, read_training_data, step_generator, train_loop,
+    check_at_least, check_fraction, pick_phrasings, pretrained_part, process_rows, read_training_data, run_script,
+    step_generator, train_loop,
 )
 
 
@@ -36,6 +37,11 @@ class TrainPriorArgs(LoraTrainArgs):
     train_batch_size: int = 256
     conditioning_dropout: float = 0.1
     num_train_timesteps: int = 1000
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_fraction(self, "conditioning_dropout")
+        check_at_least(self, 1, "num_train_timesteps")
 
 
 def prior_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
@@ -103,4 +109,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
