@@ -1,35 +1,67 @@
-"""Loading images from paths or Pillow objects, converted deliberately to RGB."""
+"""Loading images from paths or Pillow objects, converted deliberately to RGB.
+
+Every image genvl decodes is held to one pixel limit, checked from the file's header before any pixel is decoded:
+Pillow's `Image.MAX_IMAGE_PIXELS` (set with `set_max_image_pixels`, the CLI's `--max-image-pixels`), whose default
+is `DEFAULT_MAX_IMAGE_PIXELS`. Pillow itself only warns between its limit and twice it; genvl refuses there too.
+"""
 
 import io
+import os
+import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .paths import check_input_file, path_status
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Pillow's own default (a quarter GiB of 24-bit pixels), written out so that --help states the number it enforces
+DEFAULT_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+
+
+class ImageTooLarge(ValueError):
+    """An image over the pixel limit: a possible decompression bomb, refused before its pixels are decoded."""
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An encoded image not decoded yet, and the name its errors give (e.g. `shard.tar#key`): lets a list of
+    inputs stay small until `load_image` decodes them one at a time."""
+
+    data: bytes
+    name: str
 
 
 def set_max_image_pixels(pixels: int) -> None:
-    """Images over `pixels` pixels are refused as possible decompression bombs (Pillow's guard; its default
-    limit is about 179 million pixels)."""
+    """Images over `pixels` pixels are refused as possible decompression bombs (default DEFAULT_MAX_IMAGE_PIXELS)."""
     Image.MAX_IMAGE_PIXELS = pixels
 
 
+def max_image_pixels() -> int | None:
+    """The pixel limit in force (None: no limit, as Pillow allows)."""
+    return Image.MAX_IMAGE_PIXELS
+
+
 def load_image(image, name: str | None = None) -> Image.Image:
-    """A Pillow image, a path or encoded bytes -> RGB Pillow image, with EXIF orientation applied.
+    """A Pillow image, a path, encoded bytes or an `EncodedImage` -> RGB Pillow image, EXIF orientation applied.
 
     Transparent images are composited on white rather than having their alpha dropped, so that transparent
     pixels do not turn black. Errors name the file (or `name`, for bytes).
     """
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such image file")
+        if not os.path.lexists(image):
+            raise FileNotFoundError(f"{image}: no such image file")
+        # a FIFO would block the open, and a symlink loop or a device would read as "no such file"
+        path = check_input_file(image, "an image file")
         image = _decode(path, str(path))
     elif isinstance(image, bytes):
         image = _decode(io.BytesIO(image), name or "image bytes")
+    elif isinstance(image, EncodedImage):
+        image = _decode(io.BytesIO(image.data), image.name)
     elif not isinstance(image, Image.Image):
-        raise TypeError(f"expected a PIL image or a path, got {type(image).__name__}")
+        raise TypeError(f"expected a PIL image, a path or encoded bytes, got {type(image).__name__}")
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -40,31 +72,110 @@ def load_image(image, name: str | None = None) -> Image.Image:
 
 
 def _decode(source, name: str) -> Image.Image:
+    limit = max_image_pixels()
     try:
         with warnings.catch_warnings():
-            # Pillow only warns between its limit and twice it; genvl holds to the limit itself
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as opened:
+            # Pillow only warns between its limit and twice it: genvl refuses from the size checked below instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as opened:  # lazy: the header is read, the pixels are not
+                if limit is not None and opened.size[0] * opened.size[1] > limit:
+                    raise ImageTooLarge(_too_many_pixels(name, opened.size[0] * opened.size[1], limit))
                 opened.load()
                 return ImageOps.exif_transpose(opened)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ValueError(f"{name}: {err} Raise the limit with --max-image-pixels if the file is trusted.") from None
+    except ImageTooLarge:
+        raise
+    except Image.DecompressionBombError as err:  # over twice the limit, Pillow refuses inside Image.open
+        raise ImageTooLarge(_too_many_pixels(name, _refused_pixels(err), limit)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"{name}: not a readable image ({err})") from None
 
 
+def _too_many_pixels(name: str, pixels: int | None, limit: int) -> str:
+    """The one wording of a refusal, whatever the image came from (a path, a shard member, bytes)."""
+    found = f"over twice the limit of {limit:,} pixels" if pixels is None else \
+        f"{pixels:,} pixels, over the limit of {limit:,}"
+    return f"{name}: {found} (a possible decompression bomb); raise --max-image-pixels if the file is trusted"
+
+
+def _refused_pixels(err: Exception) -> int | None:
+    """The pixel count in Pillow's refusal ("Image size (N pixels) exceeds limit of ..."), or None."""
+    import re
+
+    match = re.search(r"\((\d+) pixels\)", str(err))
+    return int(match.group(1)) if match else None
+
+
 def find_images(paths) -> list[Path]:
-    """Expand files and folders (searched recursively) into a sorted list of image files."""
+    """Expand files and folders (searched recursively) into a sorted list of image files.
+
+    A path that is not a regular file or folder is an error saying what it is. In a folder, entries without an
+    image suffix are ignored, and one with an image suffix that is not a regular file (a FIFO, a device, a broken
+    symlink, a symlink loop) is an error rather than an image silently left out; nothing is opened.
+    """
     found = []
     for item in paths:
         path = Path(item)
-        if path.is_dir():
-            images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if stat.S_ISDIR(path_status(path).st_mode):  # missing, a broken link or a loop: an error saying so
+            images = _images_in(path)
             if not images:
                 raise ValueError(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
             found.extend(images)
-        elif path.is_file():
-            found.append(path)
         else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
+            found.append(check_input_file(path, "an image file or a folder"))
     return found
+
+
+def _images_in(folder: Path) -> list[Path]:
+    def unreadable(err: OSError):
+        raise OSError(f"{err.filename}: cannot read the folder ({err.strerror})")
+
+    images = []
+    # symlinked folders are not followed (as Path.rglob does not): a link to a parent cannot loop the walk
+    for root, _, names in os.walk(folder, onerror=unreadable):
+        for name in names:  # symlinks to folders are listed as folders, broken links and loops as names
+            if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                images.append(check_input_file(Path(root) / name, "an image file"))
+    return sorted(images)
+
+
+_NAMED_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def printable_path(text: str) -> str:
+    """`text` (a path or a `shard#key` label) safe on one line of `path<TAB>caption` output.
+
+    Tab, newline and return become \\t \\n \\r; other C0 and C1 controls, DEL, and the line separators U+2028 and
+    U+2029 become \\xNN or \\uNNNN; bytes that were not UTF-8 in a file name (surrogate escapes) become \\xNN.
+    A backslash is doubled only when something else was escaped, so ordinary names print as they are and an
+    escaped name still reads back unambiguously.
+    """
+    if all(_printable(char) for char in text):
+        return text
+    return "".join(_escaped(char) for char in text)
+
+
+def _printable(char: str) -> bool:
+    code = ord(char)
+    return not (code < 0x20 or 0x7F <= code <= 0x9F or code in (0x2028, 0x2029) or 0xD800 <= code <= 0xDFFF)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if char == "\\":
+        return "\\\\"
+    if _printable(char):
+        return char
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for the byte code - 0xDC00
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def preprocess_each(image_processor, images):
+    """Pixel values (B, 3, H, W) of PIL images or paths, each loaded and run through `image_processor` on its own:
+    a batch never holds more than one image at full size. The same values as one call on the whole batch."""
+    import torch
+
+    return torch.cat([image_processor(images=[load_image(image)], return_tensors="pt").pixel_values
+                      for image in images])

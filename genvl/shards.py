@@ -3,17 +3,27 @@
 A shard is a plain tar whose members are `<key>.<ext>`; the members of one sample sit next to each other
 (`000017.png`, `000017.txt`, `000017.json`), as img2dataset writes them and open_clip reads them. Shards are
 read with the standard library's `tarfile` in streaming mode: nothing is extracted, nothing is seeked.
+
+A member is read into memory only after its size in the tar header is checked against a cap
+(`member_byte_cap`), so that one huge member (a 2 GB "image") is refused without being read.
 """
 
 import io
 import json
+import os
 import re
 import tarfile
 from pathlib import Path
 
+from .images import max_image_pixels
 from .outputs import written_atomically
+from .paths import check_input_file
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp")
+# an encoded image is rarely larger than its raw pixels, and the largest raw pixel of these formats is 16-bit RGBA
+IMAGE_BYTES_PER_PIXEL = 8
+IMAGE_MEMBER_SLACK = 2**20  # headers and metadata (EXIF, ICC profile) that a small image may carry
+TEXT_MEMBER_BYTES = 16 * 2**20  # captions and JSON records: far above any real one
 _SHARD_NAME = re.compile(r"\.(tar|tgz|tar\.gz)$")
 _BRACES = re.compile(r"\{([^{}]*)\}")
 
@@ -46,11 +56,11 @@ def is_shard_spec(spec) -> bool:
 def shard_paths(spec) -> list[Path]:
     """The shard files `spec` names, in order; a missing one is an error, not something to skip."""
     paths = [Path(p) for part in str(spec).split("::") for p in expand_braces(part)]
-    missing = [str(p) for p in paths if not p.is_file()]
+    missing = [str(p) for p in paths if not os.path.lexists(p)]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise FileNotFoundError(f"{missing[0]}: no such shard{more}")
-    return paths
+    return [check_input_file(p, "a tar shard") for p in paths]  # a FIFO or a loop: said so, never opened
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -60,14 +70,41 @@ def split_member_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def iter_samples(paths, on_error):
+def member_byte_cap(ext: str) -> int | None:
+    """The most bytes a member `<key>.<ext>` may hold: for an image, IMAGE_BYTES_PER_PIXEL per pixel of the pixel
+    limit in force plus IMAGE_MEMBER_SLACK (None when there is no pixel limit); for any other member,
+    TEXT_MEMBER_BYTES."""
+    if not _is_image(ext):
+        return TEXT_MEMBER_BYTES
+    limit = max_image_pixels()
+    return None if limit is None else IMAGE_BYTES_PER_PIXEL * limit + IMAGE_MEMBER_SLACK
+
+
+def _is_image(ext: str) -> bool:
+    return ext.rpartition(".")[2] in IMAGE_EXTENSIONS  # `seg.png` too: an image, if not the sample's own
+
+
+def member_too_large(ext: str, size: int) -> str | None:
+    """Why a member of `size` bytes (from its tar header) is refused, or None when it is within its cap."""
+    cap = member_byte_cap(ext)
+    if cap is None or size <= cap:
+        return None
+    if _is_image(ext):
+        return (f".{ext} member is {size:,} bytes, over the cap of {cap:,} for an image within the limit of "
+                f"{max_image_pixels():,} pixels; raise --max-image-pixels if the shard is trusted")
+    return f".{ext} member is {size:,} bytes, over the cap of {cap:,} for a member that is not an image"
+
+
+def iter_samples(paths, on_error, want=None):
     """Yield the samples of the shards in `paths`, each a dict {"__key__", "__url__", ext: bytes}.
 
     A shard that breaks off part way (truncated, corrupt) is reported through `on_error(where, reason)` and
-    reading goes on with the next shard.
+    reading goes on with the next shard. A sample with a member over its cap (`member_byte_cap`) is reported as
+    `shard#key` and left out; that member is never read. `want(key, ext)`, when given, picks the members to
+    read; the others are skipped unread, and a sample none of whose members is picked is not yielded.
     """
     for path in paths:
-        sample = None
+        sample, refused = None, None
         try:
             with tarfile.open(path, mode="r|*") as tar:
                 for member in tar:
@@ -77,6 +114,13 @@ def iter_samples(paths, on_error):
                     if sample is not None and sample["__key__"] != key:
                         yield sample
                         sample = None
+                    if key == refused or (want is not None and not want(key, ext)):
+                        continue
+                    reason = member_too_large(ext, member.size)
+                    if reason is not None:
+                        sample, refused = None, key
+                        on_error(f"{path}#{key}", reason)
+                        continue
                     if sample is None:
                         sample = {"__key__": key, "__url__": str(path)}
                     sample[ext] = tar.extractfile(member).read()
@@ -145,25 +189,32 @@ def write_shards(records, open_image, pattern: str, samples_per_shard: int, capt
 
 
 def list_image_samples(paths) -> list[tuple[Path, str]]:
-    """(shard, key) of every sample holding an image, in order, from the tar headers alone."""
+    """(shard, key) of every sample holding an image, in order, from the tar headers alone. An image member over
+    its cap (`member_byte_cap`) is an error naming `shard#key`, raised before any image is read."""
     found = []
     for path in paths:
+        seen = set()
         try:
             with tarfile.open(path) as tar:
-                keys = [split_member_name(m.name) for m in tar.getmembers() if m.isfile()]
+                for member in tar:  # stops at a refused member: its header may claim more than the file holds
+                    key, ext = split_member_name(member.name)
+                    if not member.isfile() or ext not in IMAGE_EXTENSIONS:
+                        continue
+                    reason = member_too_large(ext, member.size)
+                    if reason is not None:
+                        raise ValueError(f"{path}#{key}: {reason}")
+                    if key not in seen:
+                        seen.add(key)
+                        found.append((path, key))
         except (tarfile.TarError, OSError, EOFError) as err:
             raise ValueError(f"{path}: not a readable tar shard ({err})") from None
-        seen = set()
-        for key, ext in keys:
-            if ext in IMAGE_EXTENSIONS and key not in seen:
-                seen.add(key)
-                found.append((path, key))
     return found
 
 
 def read_sample_images(refs):
     """Yield the encoded image of each (shard, key) of `refs` (in shard order, as `list_image_samples` gives
-    them), reading each run of refs into one shard as a single stream."""
+    them), reading each run of refs into one shard as a single stream. Only the image members of these samples
+    are read; one over its cap is an error naming `shard#key`."""
 
     def fail(where, reason):
         raise ValueError(f"{where}: {reason}")
@@ -173,7 +224,8 @@ def read_sample_images(refs):
         path, end = refs[start][0], start
         while end < len(refs) and refs[end][0] == path:
             end += 1
-        for sample in iter_samples([path], fail):
+        keys = {key for _, key in refs[start:end]}
+        for sample in iter_samples([path], fail, want=lambda key, ext: key in keys and ext in IMAGE_EXTENSIONS):
             if sample["__key__"] == refs[start][1]:
                 yield sample_image(sample)
                 start += 1
