@@ -53,10 +53,12 @@ def make_data(args, out: Path) -> dict:
     from genvl.pipelines.caption import CaptionPipeline
     from genvl.world.dataset import read_metadata, write_imagefolder
 
-    new = write_imagefolder(out / "new", args.train_images, seed=0, split="train", require=args.object)
-    new_test = write_imagefolder(out / "new", args.test_images, seed=0, split="test", require=args.object)
-    old_test = write_imagefolder(out / "old", args.old_test_images, seed=0, split="test")
-    ordinary = write_imagefolder(out / "ordinary", args.ordinary_images, seed=1, split="train")
+    # a rerun replaces the splits an earlier run wrote (and nothing else: see write_imagefolder)
+    new = write_imagefolder(out / "new", args.train_images, seed=0, split="train", require=args.object, overwrite=True)
+    new_test = write_imagefolder(out / "new", args.test_images, seed=0, split="test", require=args.object,
+                                 overwrite=True)
+    old_test = write_imagefolder(out / "old", args.old_test_images, seed=0, split="test", overwrite=True)
+    ordinary = write_imagefolder(out / "ordinary", args.ordinary_images, seed=1, split="train", overwrite=True)
 
     pipeline = CaptionPipeline.from_pretrained(args.model)
     ordinary_records = read_metadata(ordinary)

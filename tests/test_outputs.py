@@ -1,6 +1,7 @@
 """Output files are written whole or not at all, and the CLI's quiet runs are quiet down to file descriptor 2."""
 
 import json
+import os
 
 import pytest
 
@@ -17,7 +18,9 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
             raise RuntimeError("failed half way")
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
     with written_atomically(path) as tmp:
-        assert tmp.name == "report.json.tmp"  # not with_suffix: "report.tmp" could be someone else's file
+        # hidden, beside it, and this process's own: not with_suffix ("report.tmp" could be someone else's file)
+        assert tmp.parent == tmp_path and tmp.name.startswith(".report.json.")
+        assert tmp.name.endswith(f"-{os.getpid()}.tmp")
         tmp.write_text("new")
     assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
 

@@ -86,7 +86,7 @@ def test_imagefolder_rendered_by_several_processes_is_the_same(tmp_path):
     one = write_imagefolder(tmp_path / "one", 20, seed=5, split="train", resolution=32)
     two = write_imagefolder(tmp_path / "two", 20, seed=5, split="train", resolution=32, workers=2)
     files = sorted(path.name for path in one.iterdir())
-    assert files == sorted(path.name for path in two.iterdir()) and len(files) == 21
+    assert files == sorted(path.name for path in two.iterdir()) and len(files) == 22  # + metadata and manifest
     assert all((one / name).read_bytes() == (two / name).read_bytes() for name in files)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         write_imagefolder(tmp_path / "none", 2, workers=0)

@@ -14,10 +14,12 @@ import random
 import shutil
 from pathlib import Path
 
+from ..outputs import cannot_write, failed_writing, remove_stale_temporaries, temporary_name
 from .captions import scene_captions
 from .scenes import render_scene, sample_scene
 from .sprites import ALL_OBJECTS, HELD_OUT_OBJECTS, OBJECTS
 
+MANIFEST = "genvl_dataset.json"  # in every split folder genvl writes: how it was made and every file it holds
 SPLIT_BUCKETS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}
 
 
@@ -63,12 +65,16 @@ def _png_bytes(job) -> bytes:
 
 
 def write_imagefolder(out_dir, num_images: int, seed: int = 0, split: str = "train", resolution: int = 64,
-                      names=None, colours=None, progress=None, require=None, workers: int = 1) -> Path:
-    """Render scenes into `out_dir/<split>/` with a `metadata.jsonl` (file_name, text, captions, scene).
+                      names=None, colours=None, progress=None, require=None, workers: int = 1,
+                      overwrite: bool = False) -> Path:
+    """Render scenes into `out_dir/<split>/` with a `metadata.jsonl` (file_name, text, captions, scene) and a
+    `genvl_dataset.json` manifest (seed, split, count, resolution, and the name of every file written).
 
     With `workers` > 1 the images are rendered by that many processes; the files are the same. The folder is
-    built beside its destination and renamed into place, so an interrupted run leaves nothing half-written. An
-    existing split folder is replaced.
+    built beside its destination, in a hidden `.<split>.<host>-<pid>.tmp` folder, and renamed into place, so an
+    interrupted run leaves nothing half-written; such a folder left by a killed run is removed by the next run.
+    An existing split folder is refused unless `overwrite`, and even then replaced only if it holds nothing but
+    the files its manifest lists: genvl never deletes what it did not write.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -77,34 +83,97 @@ def write_imagefolder(out_dir, num_images: int, seed: int = 0, split: str = "tra
     if resolution < 16:
         raise ValueError(f"resolution must be >= 16, got {resolution}")
     final = Path(out_dir) / split
-    tmp = Path(out_dir) / f".{split}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    caption_rng = random.Random(f"{seed}-{split}-captions")
-    pool = None
+    if os.path.lexists(final):
+        check_replaceable(final, overwrite)  # before any work
+    remove_stale_temporaries(final)
+    tmp = temporary_name(final)
     try:
+        shutil.rmtree(tmp, ignore_errors=True)  # this name is this process's own: left by an earlier one, if at all
+        tmp.mkdir(parents=True)
         scenes = list(generate_scenes(num_images, seed, split, names=names, colours=colours, require=require))
+        files = _render_into(tmp, scenes, random.Random(f"{seed}-{split}-captions"), resolution, progress, workers)
+        manifest = {"seed": seed, "split": split, "count": num_images, "resolution": resolution,
+                    "require": require, "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        _move_into_place(tmp, final, overwrite)
+    except OSError as err:
+        if not failed_writing(err, tmp, final):
+            raise
+        raise cannot_write(err, str(final)) from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _render_into(folder: Path, scenes, caption_rng, resolution: int, progress, workers: int) -> list[str]:
+    """Write the scenes' PNGs and `metadata.jsonl` into `folder`; returns the names of the files written."""
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    try:
         jobs = ((scene, resolution) for scene in scenes)
-        pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
         pngs = pool.imap(_png_bytes, jobs, chunksize=64) if pool else map(_png_bytes, jobs)
         if progress:
-            pngs = progress(pngs, total=num_images)
-        with open(tmp / "metadata.jsonl", "w") as meta:
+            pngs = progress(pngs, total=len(scenes))
+        files = ["metadata.jsonl"]
+        with open(folder / "metadata.jsonl", "w") as meta:
             for index, (scene, png) in enumerate(zip(scenes, pngs)):
                 file_name = f"{index:06d}.png"
-                (tmp / file_name).write_bytes(png)
+                (folder / file_name).write_bytes(png)
+                files.append(file_name)
                 captions = scene_captions(scene, caption_rng)
                 record = {"file_name": file_name, "text": captions[0], "captions": captions,
                           "scene_id": scene_id(scene), "scene": scene}
                 meta.write(json.dumps(record) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        return files
     finally:
         if pool is not None:
             pool.terminate()
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+
+def check_replaceable(folder: Path, overwrite: bool) -> None:
+    """Raise unless the existing split folder `folder` may be replaced: `overwrite` is set, and it holds nothing
+    but the files its manifest lists (and the manifest)."""
+    if not overwrite:
+        raise FileExistsError(f"{folder}: already exists; pass --overwrite to replace a split folder genvl wrote")
+    if folder.is_symlink() or not folder.is_dir():
+        raise FileExistsError(f"{folder}: is not a folder genvl wrote (a symlink or a file); not replacing it")
+    manifest = folder / MANIFEST
+    if manifest.is_symlink() or not manifest.is_file():
+        raise FileExistsError(f"{folder}: holds no {MANIFEST}, so genvl did not write it; not replacing it")
+    try:
+        listed = set(json.loads(manifest.read_text())["files"]) | {MANIFEST}
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{manifest}: not a genvl manifest ({err!r}); not replacing {folder}") from None
+    for entry in sorted(os.scandir(folder), key=lambda entry: entry.name):
+        if entry.name not in listed or not entry.is_file(follow_symlinks=False):
+            raise FileExistsError(f"{entry.path}: not written by genvl (not in {MANIFEST}); not replacing {folder}")
+
+
+def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Rename the built folder `tmp` to `final`. An existing `final` is checked again (something may have appeared
+    while rendering), moved aside, and deleted only once the new folder is in place."""
+    if not os.path.lexists(final):
+        tmp.rename(final)
+        return
+    check_replaceable(final, overwrite)
+    aside = temporary_name(final, "replaced")
+    final.rename(aside)
+    try:
+        tmp.rename(final)
+    except BaseException:
+        aside.rename(final)
+        raise
+    shutil.rmtree(aside)
+
+
+def imagefolder_files(data_dir):
+    """Yield the files of an imagefolder that its readers open: `metadata.jsonl` and the images under it. A
+    generator, so that a caller needing none of them (`check_output_file`, when its output is a new name) reads
+    no folder."""
+    from ..images import IMAGE_SUFFIXES
+
+    yield Path(data_dir) / "metadata.jsonl"
+    for folder, _, files in os.walk(data_dir):
+        yield from (Path(folder) / name for name in sorted(files) if Path(name).suffix.lower() in IMAGE_SUFFIXES)
 
 
 def read_metadata(data_dir, caption_column: str = "text", image_column: str = "file_name") -> list[dict]:
