@@ -21,8 +21,12 @@ import torch
 from PIL import Image
 
 
-def image_digest(image: Image.Image) -> str:
-    """A digest of an image's size, mode and pixels."""
+def image_digest(image: Image.Image | torch.Tensor) -> str:
+    """A digest of an image's size, mode and pixels, or of a preprocessed image's pixel values."""
+    if isinstance(image, torch.Tensor):
+        digest = hashlib.sha1(f"{image.dtype}{tuple(image.shape)}".encode())
+        digest.update(image.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
     digest = hashlib.sha1(f"{image.mode}{image.size}".encode())
     digest.update(image.tobytes())
     return digest.hexdigest()
@@ -61,7 +65,7 @@ class EmbeddingCache:
             self._tokens.pop(encoder, None)
 
     def encode(self, namespace: str, images: list, encode_fn) -> torch.Tensor:
-        """Encodings (B, ...) of PIL `images`; only the images not cached go through `encode_fn(images)`, which
+        """Encodings (B, ...) of `images` (PIL images, or preprocessed pixel values, one tensor per image); only the images not cached go through `encode_fn(images)`, which
         must return one row per image it is given. Safe to call from several threads; the encoder runs outside
         the lock, so two threads may both encode an image that neither had yet."""
         keys = [(namespace, image_digest(image)) for image in images]

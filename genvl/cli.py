@@ -6,12 +6,15 @@ import json
 import math
 import os
 import sys
+import threading
 import time
+import unicodedata
 from pathlib import Path
 
 from . import __version__
 from .folders import first_line
-from .outputs import cannot_write, check_output_file, temporary_name, written_atomically
+from .outputs import (check_output_file, process_tag, temporary_file, temporary_name, terminate_cleanly,
+                      written_atomically)
 
 DEFAULT_CAPTION_MODEL = Path(__file__).resolve().parent.parent / "pipelines" / "genvl-caption-small"
 
@@ -24,15 +27,49 @@ def default_caption_model() -> str:
     return os.environ.get("GENVL_CAPTION_MODEL", str(DEFAULT_CAPTION_MODEL))
 
 
+def model_source(args, variable: str, default: str) -> tuple[Path, str]:
+    """(the model folder a command uses, how to name it in an error): --model, else the environment variable
+    `variable`, else the shipped `default`."""
+    if args.model:
+        return Path(args.model), f"--model {args.model}"
+    if os.environ.get(variable):
+        return Path(os.environ[variable]), f"{variable}={os.environ[variable]}"
+    return Path(default), f"the shipped model {default}"
+
+
+def check_device(name: str) -> None:
+    """A usage error unless `name` is a torch device this machine has (torch would fail after the model loaded)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name}: not a device; expected cpu, cuda or mps (cuda:1 for a second GPU)") \
+            from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name}: genvl runs on cpu, cuda or mps")
+
+
 def check_text(text: str, name: str) -> str:
     """Text from the command line: valid UTF-8 and not blank, else a usage error naming it."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # argv bytes that were not UTF-8 arrive as lone surrogates
         raise UsageError(f"{name} is not valid UTF-8 text") from None
-    if not text.strip():
-        raise UsageError(f"{name} is empty")
+    if all(char.isspace() or unicodedata.category(char) in INVISIBLE for char in text):
+        raise UsageError(f"{name} is empty" + (" (it holds only invisible characters)" if text else ""))
     return text
+
+
+# Unicode categories that draw nothing: format characters (zero-width spaces and joiners, direction marks),
+# controls, and unassigned or private code points; a prompt of these and spaces is as good as empty
+INVISIBLE = ("Cf", "Cc", "Cn", "Co", "Cs")
 
 
 def checked_type(kind, ok, rule: str):
@@ -91,14 +128,29 @@ def add_runtime_flags(parser, model_help):
 
 
 def add_image_limit_flag(parser):
-    parser.add_argument("--max-image-pixels", type=positive(int), metavar="N",
-                        help="refuse images over N pixels as possible decompression bombs (default: Pillow's "
-                             "limit, about 179 million)")
+    from .images import DEFAULT_MAX_IMAGE_PIXELS
+
+    # the default is applied, not left to Pillow, so that the number --help states is the one every refusal states
+    parser.add_argument("--max-image-pixels", type=positive(int), metavar="N", default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help="refuse images over N pixels as possible decompression bombs (default: "
+                             f"{DEFAULT_MAX_IMAGE_PIXELS:,}, Pillow's limit)")
+
+
+def lora_spec(text: str) -> str:
+    """An argparse type: `PATH[:SCALE]` whose scale, if any, is in range (the text is kept as it is)."""
+    from .lora import parse_lora_spec
+
+    try:
+        parse_lora_spec(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def add_lora_flag(parser):
-    parser.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
-                        help="load a LoRA adapter folder (PEFT format), scaled by SCALE (default 1); repeatable")
+    parser.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", type=lora_spec,
+                        help="load a LoRA adapter folder (PEFT format), scaled by SCALE (default 1, at most 10 "
+                             "either way); repeatable")
 
 
 def load_loras(pipeline, specs) -> None:
@@ -160,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     scenes.add_argument("--workers", type=positive(int), default=1, help="processes rendering the images")
     scenes.add_argument("--require", metavar="OBJECT",
                         help="keep only scenes holding this object, which may be a held-out one (e.g. robot)")
+    scenes.add_argument("--overwrite", action="store_true",
+                        help="replace an existing OUT/SPLIT/ that genvl wrote (refused if it holds anything else)")
     scenes.add_argument("--quiet", action="store_true")
     shards = data.add_parser(
         "shards", help="pack an imagefolder into WebDataset tar shards",
@@ -205,9 +259,15 @@ def decoding_overrides(args) -> dict:
 
 
 def checked_settings(pipeline, args):
-    """The decoding settings (model defaults, then flags); a bad combination is a usage error naming flags."""
+    """The decoding settings (model defaults, then flags). A bad value from the model folder is an error naming
+    its generation config (exit 1); a bad combination with the flags is a usage error naming the flags."""
     if args.prefix is not None:
         check_text(args.prefix, "--prefix")
+    folder = model_source(args, "GENVL_CAPTION_MODEL", str(DEFAULT_CAPTION_MODEL))[0]
+    try:
+        defaults = pipeline.settings()
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{folder}: its generation config is not usable ({first_line(err)})") from None
     try:
         settings = pipeline.settings(**decoding_overrides(args))
     except (TypeError, ValueError) as err:
@@ -215,11 +275,21 @@ def checked_settings(pipeline, args):
         for name, flag in FLAG_NAMES.items():
             message = message.replace(name, flag)
         raise UsageError(message) from None
-    used = 1 + (len(pipeline.tokenizer(args.prefix).input_ids) if args.prefix else 0)
+    prefix = len(pipeline.tokenizer(args.prefix).input_ids) if args.prefix else 0
     positions = pipeline.model.config.decoder.n_positions
-    if used + settings.max_new_tokens > positions:
-        raise UsageError(f"--max-new-tokens {settings.max_new_tokens} is too many: with the start and prefix "
-                         f"tokens ({used}) the model's decoder has only {positions} positions")
+    if 1 + prefix + settings.max_new_tokens > positions:
+        if args.max_new_tokens is not None:
+            raise UsageError(f"--max-new-tokens {settings.max_new_tokens} is too many: with the start and prefix "
+                             f"tokens ({1 + prefix}) the model's decoder has only {positions} positions")
+        if 1 + prefix + defaults.max_new_tokens <= positions:  # the flags changed the default (e.g. --beam)
+            raise UsageError(f"these flags make {settings.max_new_tokens} new tokens, more than the model's decoder "
+                             f"has positions for ({positions}); pass a smaller --max-new-tokens")
+        if prefix:
+            raise UsageError(f"--prefix is {prefix} tokens long: with the {settings.max_new_tokens} new tokens of "
+                             f"the model's generation config it passes the decoder's {positions} positions; pass a "
+                             "shorter --prefix or a smaller --max-new-tokens")
+        raise ValueError(f"{folder}: its generation config asks for {settings.max_new_tokens} new tokens, but the "
+                         f"decoder has only {positions} positions; pass a smaller --max-new-tokens")
     return settings
 
 
@@ -245,9 +315,9 @@ def load_caption_pipeline(args):
     from .pipelines.caption import CaptionPipeline
 
     quiet_libraries(args)
-    path = Path(args.model or default_caption_model())
+    path, name = model_source(args, "GENVL_CAPTION_MODEL", str(DEFAULT_CAPTION_MODEL))
     if not path.is_dir():
-        raise FileNotFoundError(f"--model {path}: no such model folder")
+        raise FileNotFoundError(f"{name}: no such model folder")
     pipeline = CaptionPipeline.from_pretrained(path, dtype=torch_dtype(args))
     load_loras(pipeline, getattr(args, "lora", []))
     pipeline.set_progress_bar_config(disable=args.quiet)
@@ -275,9 +345,10 @@ def find_inputs(specs) -> list:
 
 
 def open_inputs(items):
-    """Yield (label, image) per item: a path as it is (the pipeline opens it), a shard sample decoded, each run
-    of samples of one shard set read as a stream."""
-    from .images import load_image
+    """Yield (label, image) per item, nothing decoded: a path as it is, a shard sample as an `EncodedImage`
+    named `shard#key` (the pipeline decodes both, one at a time), each run of samples of one shard set read as
+    a stream."""
+    from .images import EncodedImage
     from .shards import read_sample_images
 
     start = 0
@@ -290,7 +361,7 @@ def open_inputs(items):
             yield from ((str(path), path) for path in run)
             continue
         for (path, key), data in zip(run, read_sample_images(run)):
-            yield f"{path}#{key}", load_image(data, name=f"{path}#{key}")
+            yield f"{path}#{key}", EncodedImage(data, name=f"{path}#{key}")
 
 
 def run_caption(args) -> int:
@@ -300,7 +371,14 @@ def run_caption(args) -> int:
         raise UsageError("several processes write one file: pass --output FILE")
     # each process captions one contiguous share; image i keeps its global index (and sampling seed)
     first, last = rank * len(paths) // processes, (rank + 1) * len(paths) // processes
-    output = check_output_file(args.output, "--output") if args.output else None
+    output = None
+    if args.output:
+        from .lora import parse_lora_spec
+
+        # an image, a shard, a model or adapter file: the inputs --output must not overwrite
+        inputs = [*dict.fromkeys(item[0] if isinstance(item, tuple) else item for item in paths),
+                  args.model or default_caption_model(), *(parse_lora_spec(spec)[0] for spec in args.lora)]
+        output = check_output_file(args.output, "--output", inputs)
     pipeline = load_caption_pipeline(args)
     settings = checked_settings(pipeline, args)
     overrides = decoding_overrides(args)
@@ -320,32 +398,45 @@ def run_caption(args) -> int:
             print_record(record, args.json)
         summarize(args, f"captioned {plural(last - first, 'image')}")
         return 0
-    write_part(records, output, rank)
-    wait_for_processes(processes)
-    if rank == 0:  # join the shares in order, then move the file into place
-        with written_atomically(output, "--output") as joined, open(joined, "w") as f:
-            for k in range(processes):
-                part = temporary_name(output, f".part{k}.tmp")
-                f.write(part.read_text())
-                part.unlink()
+    write_part(records, output, processes, rank)
+    if rank == 0:
         summarize(args, f"captioned {plural(len(paths), 'image')} into {output}")
     return 0
 
 
-def write_part(records, output: Path, rank: int) -> None:
-    """Write this process's share of the records beside `output`; nothing is left behind if anything fails."""
-    part = temporary_name(output, f".part{rank}.tmp")
-    try:
-        f = open(part, "w")
-    except OSError as err:
-        raise cannot_write(err, f"--output {output}") from err
-    try:
-        with f:
+def write_part(records, output: Path, processes: int, rank: int) -> None:
+    """Write the JSONL records to `output`, whole or not at all, leaving no temporary behind.
+
+    As several processes, each writes its share to a part file beside `output`, and rank 0 joins the parts in
+    order into `output` and removes them all, whether the join succeeds or not. The parts are named after rank 0's
+    process (broadcast to the others): a name they agree on that no other run uses, and that tells a later run
+    whether they are stale.
+    """
+    if processes == 1:
+        with written_atomically(output, "--output") as tmp, open(tmp, "w") as f:
             for record in records:
                 f.write(json.dumps(record) + "\n")
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+        return
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list, parse_flag_from_env
+
+    # join the process group (the one wait_for_processes then uses); on the CPU only when the launcher says so, as
+    # Accelerator would: PartialState() alone would see no group there, and neither broadcast nor wait
+    PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    owner = broadcast_object_list([process_tag()], from_process=0)[0]
+    parts = [temporary_name(output, f"part{k}", owner) for k in range(processes)]
+    with temporary_file(output, "--output", parts[rank]) as part, open(part, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    wait_for_processes(processes)
+    if rank == 0:
+        try:
+            with written_atomically(output, "--output") as joined, open(joined, "w") as f:
+                for part in parts:
+                    f.write(part.read_text())
+        finally:
+            for part in parts:
+                part.unlink(missing_ok=True)
 
 
 def plural(count: int, noun: str) -> str:
@@ -386,6 +477,9 @@ def caption_records(pipeline, paths, first: int, base_seed, args, overrides):
             generators = [torch.Generator().manual_seed(seed) for seed in seeds] if seeds else None
             output = pipeline(list(batch), prefix=args.prefix, generator=generators, **overrides)
             for i, (label, captions, scores) in enumerate(zip(labels, output.captions, output.scores)):
+                if not all(math.isfinite(score) for score in scores):  # NaN is not JSON, nor a caption's score
+                    raise RuntimeError(f"{label}: the model gave non-finite caption scores (its weights or --dtype "
+                                       "overflow?)")
                 record = {"path": label, "captions": [{"text": c, "score": s} for c, s in zip(captions, scores)]}
                 if seeds:
                     record["seed"] = seeds[i]
@@ -394,13 +488,19 @@ def caption_records(pipeline, paths, first: int, base_seed, args, overrides):
 
 
 def print_record(record: dict, as_json: bool) -> None:
+    """One JSON line, or `path<TAB>caption` lines with control characters in the path or caption escaped, so
+    that a file name holding a tab or newline cannot split or forge a line."""
+    from .images import printable_path
+
     if as_json:
         print(json.dumps(record), flush=True)
-    elif len(record["captions"]) == 1:
-        print(f"{record['path']}\t{record['captions'][0]['text']}", flush=True)
+        return
+    path = printable_path(record["path"])
+    if len(record["captions"]) == 1:
+        print(f"{path}\t{printable_path(record['captions'][0]['text'])}", flush=True)
     else:
         for caption in record["captions"]:
-            print(f"{record['path']}\t{caption['text']}\t{caption['score']:.3f}", flush=True)
+            print(f"{path}\t{printable_path(caption['text'])}\t{caption['score']:.3f}", flush=True)
 
 
 def progress_bar(args, unit: str):
@@ -418,7 +518,7 @@ def run_data_scenes(args) -> int:
     progress = progress_bar(args, "img")
     out = write_imagefolder(args.out, args.num_images, seed=args.seed, split=args.split,
                             resolution=args.resolution, progress=progress, require=args.require,
-                            workers=args.workers)
+                            workers=args.workers, overwrite=args.overwrite)
     print(out)
     return 0
 
@@ -433,6 +533,10 @@ def run_data_shards(args) -> int:
     except (TypeError, ValueError):
         raise UsageError(f"--out {args.out}: expected one %d field for the shard number, e.g. out/train-%06d.tar")
     records = read_metadata(args.data)
+    for index in range(math.ceil(len(records) / args.samples_per_shard)):  # every shard's name, before any work
+        shard = Path(args.out % index)
+        if shard.parent.is_dir():
+            check_output_file(shard, "--out", inputs=[args.data])
     written = write_shards(records, lambda r: load_image(Path(args.data) / r["file_name"]), args.out,
                            args.samples_per_shard)
     for path in written:
@@ -445,7 +549,13 @@ def run_eval_caption(args) -> int:
     from .evaluation.captioning import evaluate_captioner
 
     if args.output:
-        check_output_file(args.output, "--output")
+        from itertools import chain
+
+        from .lora import parse_lora_spec
+        from .world.dataset import imagefolder_files
+
+        models = [args.model or default_caption_model(), *(parse_lora_spec(spec)[0] for spec in args.lora)]
+        check_output_file(args.output, "--output", chain(imagefolder_files(args.data), models))
     pipeline = load_caption_pipeline(args)
     checked_settings(pipeline, args)
     progress = progress_bar(args, "batch")
@@ -470,6 +580,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.started = time.perf_counter()
     log_warnings()
+    if threading.current_thread() is threading.main_thread():  # only there can a signal handler be set
+        terminate_cleanly()  # SIGTERM unwinds like Ctrl-C: temporaries are removed on the way out
     from .cli_image import HANDLERS, run_eval_retrieval, run_eval_t2i
 
     handlers = {"caption": run_caption, **HANDLERS}
@@ -478,6 +590,11 @@ def main(argv=None) -> int:
     if args.command == "eval":
         evaluators = {"caption": run_eval_caption, "retrieval": run_eval_retrieval, "t2i": run_eval_t2i}
         handlers["eval"] = evaluators[args.eval_command]
+    if getattr(args, "device", None) is not None:
+        try:
+            check_device(args.device)
+        except UsageError as err:
+            parser.exit(2, f"genvl: error: {err}\n")
     if getattr(args, "max_image_pixels", None) is not None:
         from .images import set_max_image_pixels
 

@@ -99,7 +99,7 @@ def add_parsers(commands, evaluate):
         epilog='example: genvl interpolate "a red apple" "a blue car" --frames 6')
     interpolate.add_argument("start", help="a prompt or an image file")
     interpolate.add_argument("end", help="a prompt or an image file")
-    interpolate.add_argument("--frames", type=positive(int), default=5)
+    interpolate.add_argument("--frames", type=checked_type(int, lambda frames: frames >= 2, ">= 2"), default=5)
     add_sampling_flags(interpolate)
     add_t2i_runtime_flags(interpolate)
 
@@ -141,13 +141,14 @@ def add_parsers(commands, evaluate):
 def load_t2i_pipeline(args):
     import diffusers
 
-    from .cli import load_loras, quiet_libraries, torch_dtype
+    from .cli import load_loras, model_source, quiet_libraries, torch_dtype
     from .pipelines.text_to_image import TextToImagePipeline
 
     quiet_libraries(args)
-    path = Path(args.model or default_t2i_model())
+    path, name = model_source(args, "GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))
     if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"--model {path}: not a text-to-image pipeline folder (no model_index.json)")
+        raise FileNotFoundError(f"{name}: not a text-to-image pipeline folder (no model_index.json)")
+    check_step_counts(args, path)
     pipeline = TextToImagePipeline.from_pretrained(path, dtype=torch_dtype(args))
     load_loras(pipeline, getattr(args, "lora", []))
     scheduler = getattr(args, "scheduler", "ddpm")
@@ -156,6 +157,23 @@ def load_t2i_pipeline(args):
         pipeline.set_schedulers(getattr(diffusers, name), **config)
     pipeline.set_progress_bar_config(disable=args.quiet)
     return pipeline.to(args.device)
+
+
+def check_step_counts(args, path: Path) -> None:
+    """A usage error, before the networks load, for more inference steps than a stage's scheduler has timesteps."""
+    from .folders import read_json
+
+    if not hasattr(args, "steps"):  # score and eval retrieval run no diffusion
+        return
+    for stage in ("prior", "decoder"):
+        steps = getattr(args, f"{stage}_steps", None)
+        flag, count = (f"--{stage}-steps", steps) if steps is not None else ("--steps", args.steps)
+        config = path / f"{stage}_scheduler" / "scheduler_config.json"
+        if not hasattr(args, f"{stage}_steps") or not config.is_file():
+            continue
+        limit = read_json(config).get("num_train_timesteps", 1000)
+        if isinstance(limit, int) and count > limit:
+            raise UsageError(f"{flag} {count}: the {stage}'s scheduler has only {limit} timesteps")
 
 
 def stage_settings(args, prior: bool = True) -> dict:
@@ -177,35 +195,46 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:60] or "image"
 
 
-def save_png(image, path: Path, metadata: dict) -> Path:
-    """Write `image` with `metadata` as PNG text chunks; written to a temporary name, then renamed."""
+def save_png(image, path: Path, metadata: dict, flag: str = "--out", inputs=()) -> Path:
+    """Write `image` with `metadata` as PNG text chunks; written to a temporary name, then renamed. `path` is
+    checked first as `check_output_file(path, flag, inputs)` does: an existing file is replaced only if it is a
+    regular file and none of `inputs`."""
     from PIL.PngImagePlugin import PngInfo
 
+    check_output_file(path, flag, inputs)
     info = PngInfo()
     for key, value in metadata.items():
         info.add_text(key, value if isinstance(value, str) else json.dumps(value))
-    with written_atomically(path) as tmp:
+    with written_atomically(path, flag) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
     return path
 
 
-def seeded_generators(args, count: int):
-    import torch
-
-    base = args.seed if args.seed is not None else random.randrange(2**31)
-    seeds = [base + i for i in range(count)]
-    return seeds, [torch.Generator().manual_seed(seed) for seed in seeds]
+def base_seed(args) -> int:
+    """--seed, or a fresh random one: image i of the run uses base + i."""
+    return args.seed if args.seed is not None else random.randrange(2**31)
 
 
 def write_images(args, images, name: str, metadata: dict):
     """Save each (index, seed, image) as it comes, print its path (or JSON record), then a summary on stderr."""
+    from .lora import parse_lora_spec
+
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out}: is a file; expected a folder for the PNGs")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise type(err)(f"--out {out}: cannot make the folder ({err.strerror or err})") from None
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"--out {out}: cannot write in it")
+    # the source image (vary), image ends (interpolate), model and adapters: files a PNG must not overwrite
+    sources = [getattr(args, name, None) for name in ("image", "start", "end")]
+    inputs = [*filter(None, sources), args.model or default_t2i_model(),
+              *(parse_lora_spec(spec)[0] for spec in getattr(args, "lora", []))]
     count = 0
     for i, seed, image in images:
-        path = save_png(image, out / f"{name}-{seed}-{i}.png", {**metadata, "seed": str(seed)})
+        path = save_png(image, out / f"{name}-{seed}-{i}.png", {**metadata, "seed": str(seed)}, "--out", inputs)
         print(json.dumps({"path": str(path), **metadata, "seed": seed}) if args.json else path, flush=True)
         count += 1
     summarize(args, f"wrote {plural(count, 'image')} to {out}")
@@ -231,27 +260,36 @@ def one_image_each(args, pipeline, make):
     shapes and thread splits, so this is what makes an image the same bit for bit whatever --batch-size is and
     however many cores run it. --batch-size images (default: one per core) are made at once, one per thread, each
     thread with its own copy of the pipeline's schedulers and tokenizer."""
+    import collections
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    import torch
     from tqdm import tqdm
 
-    seeds, generators = seeded_generators(args, args.num_images)
+    base = base_seed(args)
     local = threading.local()
 
     def one(i):
         if not hasattr(local, "pipeline"):
             local.pipeline = pipeline.for_another_thread()
             local.pipeline.set_progress_bar_config(disable=True)  # one bar over the images instead
-        return make(local.pipeline, [generators[i]])[0]
+        return make(local.pipeline, [torch.Generator().manual_seed(base + i)])[0]
 
     with one_torch_thread() as threads:
-        pool = ThreadPoolExecutor(min(args.batch_size or threads, args.num_images))
+        workers = min(args.batch_size or threads, args.num_images)
+        pool = ThreadPoolExecutor(workers)
+        # at most two images per thread are under way or waiting to be written, whatever -n is
+        pending = collections.deque()
         try:
             with tqdm(total=args.num_images, unit="img", file=sys.stderr, disable=args.quiet) as bar:
-                for i, image in enumerate(pool.map(one, range(args.num_images))):
-                    bar.update()
-                    yield i, seeds[i], image
+                for i in range(args.num_images):
+                    pending.append(pool.submit(one, i))
+                    while pending and (len(pending) >= 2 * workers or i == args.num_images - 1):
+                        index = i - len(pending) + 1
+                        image = pending.popleft().result()
+                        bar.update()
+                        yield index, base + index, image
         finally:  # on an error or Ctrl-C, images not yet started are dropped
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -287,22 +325,34 @@ def run_vary(args) -> int:
     return 0
 
 
+def interpolation_end(text: str, name: str):
+    """An image (a path that exists, or one that looks like a file name) or else a prompt."""
+    from .images import load_image
+
+    if Path(text).exists() or os.path.lexists(text) or (" " not in text.strip() and Path(text).suffix):
+        return load_image(text)
+    return check_text(text, name)
+
+
 def run_interpolate(args) -> int:
     import torch
 
-    from .images import IMAGE_SUFFIXES, load_image
-
     settings = stage_settings(args)
-    ends = []
-    for end, name in ((args.start, "START"), (args.end, "END")):
-        ends.append(load_image(end) if Path(end).suffix.lower() in IMAGE_SUFFIXES else check_text(end, name))
+    ends = [interpolation_end(args.start, "START"), interpolation_end(args.end, "END")]
     pipeline = load_t2i_pipeline(args)
-    seed = args.seed if args.seed is not None else random.randrange(2**31)
-    frames = pipeline.interpolate(ends[0], ends[1], frames=args.frames, generator=torch.Generator().manual_seed(seed),
-                                  **settings).images
+    seed = base_seed(args)
+    chunks = pipeline.interpolation_frames(ends[0], ends[1], frames=args.frames,
+                                           generator=torch.Generator().manual_seed(seed), **settings)
+
+    def frames():  # written as each batch of frames is decoded, never all held at once
+        index = 0
+        for images, _ in chunks:
+            for frame in pipeline.output_processor.postprocess(images.float(), output_type="pil"):
+                yield index, seed, frame
+                index += 1
+
     metadata = {"start": args.start, "end": args.end, "scheduler": args.scheduler, "settings": settings}
-    write_images(args, [(i, seed, frame) for i, frame in enumerate(frames)],
-                 slug(f"{Path(args.start).stem}-to-{Path(args.end).stem}"), metadata)
+    write_images(args, frames(), slug(f"{Path(args.start).stem}-to-{Path(args.end).stem}"), metadata)
     return 0
 
 
@@ -343,7 +393,12 @@ def run_eval_retrieval(args) -> int:
     from .evaluation.retrieval import evaluate_retrieval
 
     if args.output:
-        check_output_file(args.output, "--output")
+        from itertools import chain
+
+        from .world.dataset import imagefolder_files
+
+        model = args.model or default_t2i_model()
+        check_output_file(args.output, "--output", chain(imagefolder_files(args.data), [model]))
     report = evaluate_retrieval(*load_clip_parts(args), args.data, limit=args.limit, batch_size=args.batch_size)
     print_report(report, args.output)
     return 0
@@ -357,7 +412,14 @@ def run_eval_t2i(args) -> int:
 
     settings = stage_settings(args)
     if args.output:
-        check_output_file(args.output, "--output")
+        from itertools import chain
+
+        from .lora import parse_lora_spec
+        from .world.dataset import imagefolder_files
+
+        models = [args.model or default_t2i_model(), args.judge, args.captioner or default_caption_model(),
+                  *(parse_lora_spec(spec)[0] for spec in args.lora)]
+        check_output_file(args.output, "--output", chain(imagefolder_files(args.data), models))
     pipeline = load_t2i_pipeline(args)
     pipeline.set_progress_bar_config(disable=True)
     quiet_libraries(args)

@@ -11,7 +11,8 @@ namespace, and no module the folder chooses is imported.
 import inspect
 from pathlib import Path
 
-from .folders import check_model_folder, load_diffusers_model, load_transformers_model, loading_errors, read_json
+from .folders import (check_model_folder, check_runtime_sizes, load_diffusers_model, load_transformers_model,
+                      loading_errors, read_json)
 
 LIBRARIES = ("transformers", "diffusers")
 # genvl's own components, as model_index.json names them: (module, class) -> where the class is defined
@@ -34,9 +35,15 @@ def component_kinds() -> dict:
         check_tokenizer(folder, loaded)
         return loaded
 
+    def scheduler(component_class, folder, dtype):
+        with loading_errors(folder):
+            config = component_class.load_config(folder)
+        check_runtime_sizes(folder, component_class, config, "scheduler_config.json")  # its tables are that long
+        return plain(component_class, folder, dtype)
+
     return {transformers.PreTrainedModel: load_transformers_model, diffusers.ModelMixin: load_diffusers_model,
             transformers.PreTrainedTokenizerBase: tokenizer, ImageProcessingMixin: plain,
-            FeatureExtractionMixin: plain, diffusers.SchedulerMixin: plain}
+            FeatureExtractionMixin: plain, diffusers.SchedulerMixin: scheduler}
 
 
 def check_tokenizer(folder, tokenizer, vocab_size: int | None = None) -> None:

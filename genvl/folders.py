@@ -33,7 +33,8 @@ def check_model_folder(path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such model folder")
-    folders = [path]
+    check_files(path)
+    folders = []
     if (path / "model_index.json").exists():
         index = read_json(path / "model_index.json")
         if not isinstance(index, dict):
@@ -47,17 +48,23 @@ def check_model_folder(path) -> Path:
                                  "inside the model folder (not a symlink or a file)")
             folders.append(folder)
     for folder in folders:
-        for file in sorted(folder.iterdir()):
-            mode = path_status(file).st_mode  # follows symlinks (the hub's cache links files to blobs), not loops
-            if stat.S_ISDIR(mode):
-                continue
-            if not stat.S_ISREG(mode):
-                raise ValueError(f"{file}: is {kind_of(mode)}, not a regular file")
-            if file.suffix in PICKLE_SUFFIXES:
-                raise ValueError(f"{file}: pickle files are refused; genvl loads safetensors weights only")
-            if file.suffix == ".json":
-                read_json(file)
+        check_files(folder)
     return path
+
+
+def check_files(folder: Path) -> None:
+    """Refuse, in `folder` (not its subfolders), anything but regular files and folders, pickles, and JSON that
+    does not parse."""
+    for file in sorted(folder.iterdir()):
+        mode = path_status(file).st_mode  # follows symlinks (the hub's cache links files to blobs), not loops
+        if stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{file}: is {kind_of(mode)}, not a regular file")
+        if file.suffix in PICKLE_SUFFIXES:
+            raise ValueError(f"{file}: pickle files are refused; genvl loads safetensors weights only")
+        if file.suffix == ".json":
+            read_json(file)
 
 
 def read_json(file: Path):
@@ -86,7 +93,7 @@ def safetensors_headers(folder) -> dict[str, tuple[tuple, str]]:
     return headers
 
 
-def check_runtime_sizes(folder, model_class, config: dict) -> None:
+def check_runtime_sizes(folder, model_class, config: dict, file: str = "config.json") -> None:
     """Refuse config values no weight bounds (see RUNTIME_LIMITS) outside their range, before a model is built."""
     limits = dict(RUNTIME_LIMITS)
     if "UNet" in model_class.__name__:
@@ -97,7 +104,7 @@ def check_runtime_sizes(folder, model_class, config: dict) -> None:
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
-                raise ValueError(f"{Path(folder) / 'config.json'}: {key} must be an integer in [1, {limit}], "
+                raise ValueError(f"{Path(folder) / file}: {key} must be an integer in [1, {limit}], "
                                  f"got {value!r}")
 
 

@@ -7,10 +7,14 @@ round. The models stay the transformers / diffusers modules they were: PEFT wrap
 everything that calls those layers (genvl's decoding engine included) sees the adapters.
 """
 
+from __future__ import annotations  # torch.nn.Module in signatures: the CLI checks --lora without importing torch
+
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -35,6 +39,20 @@ IA3_TARGETS = {
     "decoder": (["to_k", "to_v", "ff.net.2"], ["ff.net.2"]),
 }
 ADAPTER_METHODS = ("lora", "ia3")
+# an adapter's weight (its scale) is refused beyond this: past a few times its trained scale an adapter only
+# breaks the model (inf, nan and -1e30 made empty captions and black images)
+MAX_ADAPTER_WEIGHT = 10.0
+
+
+def check_adapter_weight(weight, name: str = "adapter weight") -> float:
+    """`weight` as a float if it is a finite number in [-MAX_ADAPTER_WEIGHT, MAX_ADAPTER_WEIGHT]."""
+    import math
+
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+            or abs(weight) > MAX_ADAPTER_WEIGHT:
+        raise ValueError(f"{name} must be a number in [-{MAX_ADAPTER_WEIGHT:g}, {MAX_ADAPTER_WEIGHT:g}], "
+                         f"got {weight!r}")
+    return float(weight)
 
 
 def lora_config(network: str, rank: int = 8, lora_alpha: float | None = None, target_modules=None,
@@ -122,15 +140,23 @@ def save_adapter(model: torch.nn.Module, save_directory, adapter_name: str = "de
 
 def load_adapter(model: torch.nn.Module, path, adapter_name: str = "default") -> torch.nn.Module:
     """Add the PEFT adapter saved in folder `path` to `model` under `adapter_name`, in place."""
+    import torch
     from peft import PeftConfig, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    path = Path(path)
+    from .folders import check_model_folder, loading_errors, safetensors_headers
+
+    path = check_model_folder(path)
     if not (path / ADAPTER_CONFIG).is_file() or not (path / ADAPTER_WEIGHTS).is_file():
         raise FileNotFoundError(f"{path}: not a PEFT adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
-    config = PeftConfig.from_pretrained(path)
+    safetensors_headers(path)  # readable, before anything is read from it
+    with loading_errors(path):
+        config = PeftConfig.from_pretrained(path)
+        state = {key.removeprefix(PEFT_PREFIX): value for key, value in load_file(path / ADAPTER_WEIGHTS).items()}
     config.inference_mode = True
-    state = {key.removeprefix(PEFT_PREFIX): value for key, value in load_file(path / ADAPTER_WEIGHTS).items()}
+    for key, value in state.items():
+        if not value.is_floating_point() or not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{path / ADAPTER_WEIGHTS}: weight {key} is not finite floating-point numbers")
     try:
         add_adapter(model, config, adapter_name)
     except ValueError as err:  # PEFT says which target modules it could not find
@@ -201,14 +227,15 @@ def remove_adapters(model: torch.nn.Module) -> None:
 
 
 def parse_lora_spec(spec: str) -> tuple[str, float]:
-    """`PATH[:SCALE]` -> (path, scale); the scale defaults to 1."""
+    """`PATH[:SCALE]` -> (path, scale); the scale defaults to 1, and must pass `check_adapter_weight`."""
     path, sep, scale = spec.rpartition(":")
     if not sep or not scale or "/" in scale or not path:
         return spec, 1.0
     try:
-        return path, float(scale)
+        value = float(scale)
     except ValueError:
         return spec, 1.0
+    return path, check_adapter_weight(value, f"the scale of {path}")
 
 
 class LoraMixin:
@@ -239,6 +266,7 @@ class LoraMixin:
         path = Path(path)
         weights = self._adapter_weights()
         name = adapter_name or f"default_{len(weights)}"
+        weight = check_adapter_weight(weight, "weight")
         if name in weights:
             raise ValueError(f"an adapter named {name!r} is already loaded")
         if (path / ADAPTER_CONFIG).is_file():
@@ -279,6 +307,7 @@ class LoraMixin:
             adapter_weights = [weights[n] for n in names]
         elif not isinstance(adapter_weights, (list, tuple)):
             adapter_weights = [adapter_weights] * len(names)
+        adapter_weights = [check_adapter_weight(w, "adapter_weights") for w in adapter_weights]
         for model in self._lora_models().values():
             present = [(n, w) for n, w in zip(names, adapter_weights) if n in adapter_names_of(model)]
             if present or adapter_names_of(model):
@@ -289,6 +318,7 @@ class LoraMixin:
 
     def fuse_lora(self, lora_scale: float = 1.0):
         """Fold the active adapters, scaled by `lora_scale`, into the weights (faster inference)."""
+        check_adapter_weight(lora_scale, "lora_scale")
         layers = [layer for model in self._lora_models().values() for layer in adapter_layers(model)]
         if lora_scale != 1.0 and not all(hasattr(layer, "scale_layer") for layer in layers):
             raise ValueError("only LoRA adapters can be fused at a lora_scale other than 1")

@@ -13,7 +13,7 @@ from ..components import check_tokenizer, local_folder, pipeline_from_folder
 from ..folders import check_model_folder, load_transformers_model, loading_errors
 from ..generation import GenerationSettings, generate
 from ..generation.decoder import encode_images
-from ..images import load_image
+from ..images import preprocess_each
 from ..lora import LoraMixin
 
 
@@ -78,10 +78,10 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         save_gpt2_vocab_files(self.tokenizer, Path(save_directory) / "tokenizer")
 
     def preprocess(self, images) -> torch.Tensor:
-        """PIL images or paths -> pixel values (B, 3, H, W) on the model's device and dtype."""
-        images = [load_image(image) for image in images]
-        pixel_values = self.image_processor(images=images, return_tensors="pt").pixel_values
-        return pixel_values.to(device=self.model.device, dtype=self.model.dtype)
+        """PIL images or paths -> pixel values (B, 3, H, W) on the model's device and dtype. Each image is loaded
+        and preprocessed on its own, so that no more than one is held at full size (a batch of large photos would
+        otherwise take gigabytes)."""
+        return preprocess_each(self.image_processor, images).to(device=self.model.device, dtype=self.model.dtype)
 
     def settings(self, **overrides) -> GenerationSettings:
         """Decoding settings: the model's generation_config, then the given overrides."""
@@ -101,10 +101,10 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         if not isinstance(images, (list, tuple)):
             images = [images]
         settings = self.settings(**decoding)
-        # 1. encode images (through the embedding cache when one is set)
-        images = [load_image(image) for image in images]
-        states = self.cached_encode(self.model, images, lambda batch: encode_images(self.model, self.preprocess(batch)),
-                                    self.image_processor.size)
+        # 1. encode images, preprocessed one by one (through the embedding cache when one is set)
+        pixel_values = self.preprocess(images)
+        states = self.cached_encode(self.model, list(pixel_values),
+                                    lambda rows: encode_images(self.model, torch.stack(rows)), self.image_processor.size)
         # 2. decode
         prefix_ids = self.tokenizer(prefix).input_ids if prefix else []
         result = generate(self.model, None, settings, prefix_ids=prefix_ids, generator=generator,

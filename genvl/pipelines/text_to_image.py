@@ -20,7 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..attention import AttentionBackendMixin
 from ..cache import EmbeddingCacheMixin
 from ..components import check_tokenizer, pipeline_from_folder
-from ..images import load_image
+from ..images import preprocess_each
 from ..lora import LoraMixin
 from ..models import unclip  # noqa: F401  (from_pretrained finds UnclipConditioner by its module's name)
 from ..models.clip import warn_if_truncated
@@ -29,6 +29,10 @@ from ..models.clip import warn_if_truncated
 # the decoder's guidance towards the prompt's words on top of the image embedding's: on the shipped pipeline it
 # judged better than the joint guidance of both at 4 in every category (see the unCLIP model card)
 DEFAULT_TEXT_GUIDANCE = 8.0
+
+# candidates (num_candidates) drawn at once for each image: memory stays that of this many images per image,
+# however many candidates are asked for
+CANDIDATE_CHUNK = 8
 
 # the lowest log signal-to-noise ratio a DPM-Solver step may start from on the squared-cosine schedule (diffusers'
 # advice for that schedule; about timestep 995 of 1,000)
@@ -156,16 +160,16 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         return _encode_text(self.decoder_text_encoder, self.decoder_tokenizer, prompts, length)[1:]
 
     def encode_image(self, images) -> torch.Tensor:
-        """CLIP image embeddings (B, E), unit length, of PIL images or paths."""
+        """CLIP image embeddings (B, E), unit length, of PIL images or paths (each loaded and preprocessed on its
+        own, so that no more than one is held at full size)."""
 
-        def encode(batch):
-            pixel_values = self.image_processor(images=batch, return_tensors="pt").pixel_values
-            pixel_values = pixel_values.to(device=self.clip.device, dtype=self.clip.dtype)
+        def encode(rows):
+            pixel_values = torch.stack(rows).to(device=self.clip.device, dtype=self.clip.dtype)
             embeds = self.clip.visual_projection(self.clip.vision_model(pixel_values=pixel_values).pooler_output)
             return embeds / embeds.norm(dim=-1, keepdim=True)
 
-        images = [load_image(image) for image in images]
-        return self.cached_encode(self.clip, images, encode, self.image_processor.size)
+        rows = list(preprocess_each(self.image_processor, images))
+        return self.cached_encode(self.clip, rows, encode, self.image_processor.size)
 
     @torch.no_grad()
     def score(self, images, texts: list[str]) -> torch.Tensor:
@@ -175,12 +179,12 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         return image_embeds @ text_embeds.float().T
 
     @torch.no_grad()
-    def rerank(self, images: torch.Tensor, prompts: list[str], num_candidates: int) -> torch.Tensor:
+    def rerank(self, images: torch.Tensor, prompts: list[str], num_candidates: int):
         """Which image of each run of `num_candidates` (rows k * num_candidates ... of `images`, (N, 3, H, W) in
-        [-1, 1]) the `reranker` scores most alike its prompt `prompts[k]`: row indices (N / num_candidates,), by
-        cosine similarity, the images rounded to 8 bits as a saved PNG would be, resized to the reranker's input
-        size and normalised with the mean and std of the pipeline's `image_processor`. Without a `reranker`, the
-        pipeline's own CLIP scores them."""
+        [-1, 1]) the `reranker` scores most alike its prompt `prompts[k]`: (row indices (N / num_candidates,), their
+        scores), by cosine similarity, the images rounded to 8 bits as a saved PNG would be, resized to the
+        reranker's input size and normalised with the mean and std of the pipeline's `image_processor`. Without a
+        `reranker`, the pipeline's own CLIP scores them."""
         from ..models.clip import embed_at_clip_size
 
         model, tokenizer = (self.clip, self.tokenizer) if self.reranker is None else (self.reranker,
@@ -189,7 +193,8 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         image_embeds = embed_at_clip_size(model, self.image_processor, uint8, batch_size=len(uint8))
         text_embeds = _clip_text_embeds(model, tokenizer, prompts).float()
         similarity = (image_embeds.view(len(prompts), num_candidates, -1) * text_embeds[:, None]).sum(-1)
-        return similarity.argmax(dim=1) + torch.arange(len(prompts)) * num_candidates
+        scores, best = similarity.max(dim=1)
+        return best + torch.arange(len(prompts)) * num_candidates, scores
 
     # ---- the two diffusion stages ---------------------------------------------------------------------
 
@@ -313,9 +318,11 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         `prior_latents` (N, E) and `latents` (N, C, h, w) fix the starting noise of the two stages.
 
         With `num_candidates` K > 1, each image is the best of K drawn for it, as `rerank` scores them against the
-        prompt (the `reranker`, or else CLIP): K times the work per image. The K candidates of image i are drawn
-        one after another from its generator, so a list of generators still gives per-image reproducibility, and
-        `prior_latents` and `latents` then take K rows per image (N * K rows, image i's candidates together).
+        prompt (the `reranker`, or else CLIP): K times the work per image, but the memory of at most
+        `CANDIDATE_CHUNK` (8) candidates per image, which are drawn at once, the best so far kept between draws.
+        The K candidates of image i are drawn one after another from its generator, so a list of generators still
+        gives per-image reproducibility, and `prior_latents` and `latents` then take K rows per image (N * K rows,
+        image i's candidates together).
         """
         prompts = self._as_list(prompt, "prompt")
         negatives = self._as_list(negative_prompt, "negative_prompt") if negative_prompt is not None else [""]
@@ -329,21 +336,47 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             raise ValueError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
         if isinstance(generator, list) and len(generator) != len(prompts) * num_images_per_prompt:
             raise ValueError(f"got {len(generator)} generators for {len(prompts) * num_images_per_prompt} images")
-        rows = num_images_per_prompt * num_candidates
-        prompts = [p for p in prompts for _ in range(rows)]
-        negatives = [p for p in negatives for _ in range(rows)]
-        if isinstance(generator, list):
-            generator = [g for g in generator for _ in range(num_candidates)]
-        text = self.encode_prompt(negatives + prompts)
-        image_embeds = self.run_prior(text, prior_num_inference_steps, prior_guidance_scale, generator,
-                                      prior_latents)
-        images = self.run_decoder(image_embeds, self.encode_decoder_prompt(negatives + prompts, text),
-                                  decoder_num_inference_steps, decoder_guidance_scale, generator, latents,
-                                  decoder_text_guidance_scale)
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
+        dim = self.prior.config.embedding_dim
+        for name, given, shape in (("prior latents", prior_latents, (len(prompts) * num_candidates, dim)),
+                                   ("latents", latents, (len(prompts) * num_candidates, *self.latent_shape()))):
+            if given is not None and tuple(given.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(given.shape)}")
+        best = None  # (images, image_embeds, scores) of the best candidates so far, one row per image
+        for start in range(0, num_candidates, CANDIDATE_CHUNK):
+            count = min(CANDIDATE_CHUNK, num_candidates - start)
+            # rows of image i's candidates start ... start + count, together, as the latents hold them
+            take = torch.tensor([i * num_candidates + k for i in range(len(prompts))
+                                 for k in range(start, start + count)])
+            chunk_generator = [g for g in generator for _ in range(count)] if isinstance(generator, list) else generator
+            images, image_embeds = self._draw(
+                [p for p in prompts for _ in range(count)], [p for p in negatives for _ in range(count)],
+                chunk_generator, None if prior_latents is None else prior_latents[take],
+                None if latents is None else latents[take], prior_num_inference_steps, decoder_num_inference_steps,
+                prior_guidance_scale, decoder_guidance_scale, decoder_text_guidance_scale)
+            if num_candidates == 1:
+                break
+            rows, scores = self.rerank(images, prompts, count)
+            chosen = (images[rows.to(images.device)], image_embeds[rows.to(image_embeds.device)], scores)
+            best = chosen if best is None else _keep_better(best, chosen)
         if num_candidates > 1:
-            best = self.rerank(images, prompts[::num_candidates], num_candidates)
-            images, image_embeds = images[best.to(images.device)], image_embeds[best.to(image_embeds.device)]
+            images, image_embeds, _ = best
         return self._finish(images, image_embeds, output_type, return_dict)
+
+    def latent_shape(self) -> tuple:
+        """(C, h, w) of the decoder's starting noise for one image."""
+        config = self.decoder.config
+        return config.in_channels, config.sample_size, config.sample_size
+
+    def _draw(self, prompts, negatives, generator, prior_latents, latents, prior_steps, decoder_steps,
+              prior_guidance, decoder_guidance, decoder_text_guidance):
+        """(images (N, 3, H, W) in [-1, 1], image embeddings (N, E)) of one image per prompt: prior, then decoder."""
+        text = self.encode_prompt(negatives + prompts)
+        image_embeds = self.run_prior(text, prior_steps, prior_guidance, generator, prior_latents)
+        images = self.run_decoder(image_embeds, self.encode_decoder_prompt(negatives + prompts, text), decoder_steps,
+                                  decoder_guidance, generator, latents, decoder_text_guidance)
+        return images, image_embeds
 
     @torch.no_grad()
     def image_variation(self, image=None, num_images: int = 1, decoder_num_inference_steps: int = 25,
@@ -362,11 +395,26 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     def interpolate(self, start, end, frames: int = 5, prior_num_inference_steps: int = 25,
                     decoder_num_inference_steps: int = 25, prior_guidance_scale: float = 4.0,
                     decoder_guidance_scale: float = 4.0, generator=None, output_type: str = "pil",
-                    return_dict: bool = True):
+                    return_dict: bool = True, batch_size: int = 8):
         """`frames` images along the slerp in CLIP image-embedding space between two ends; each end is a
-        prompt (str, through the prior) or an image (PIL image or path). All frames share one decoder noise."""
+        prompt (str, through the prior) or an image (PIL image or path). All frames share one decoder noise. The
+        frames are decoded `batch_size` at a time (see `interpolation_frames`, which yields them as they come)."""
+        parts = list(self.interpolation_frames(start, end, frames, prior_num_inference_steps,
+                                               decoder_num_inference_steps, prior_guidance_scale,
+                                               decoder_guidance_scale, generator, batch_size))
+        images, embeds = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return self._finish(images, embeds, output_type, return_dict)
+
+    @torch.no_grad()
+    def interpolation_frames(self, start, end, frames: int = 5, prior_num_inference_steps: int = 25,
+                             decoder_num_inference_steps: int = 25, prior_guidance_scale: float = 4.0,
+                             decoder_guidance_scale: float = 4.0, generator=None, batch_size: int = 8):
+        """Yield (images (n, 3, H, W) in [-1, 1], image embeddings (n, E)) of `interpolate`'s frames in order,
+        `batch_size` at a time: the memory of a batch, however many frames."""
         if frames < 2:
             raise ValueError(f"frames must be >= 2, got {frames}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         ends = []
         for end_point in (start, end):
             if isinstance(end_point, str) and not _is_image_path(end_point):
@@ -374,14 +422,23 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
                                            prior_guidance_scale, generator))
             else:
                 ends.append(self.encode_image([end_point]))
-        embeds = torch.cat([slerp(ends[0], ends[1], i / (frames - 1)) for i in range(frames)])
-        embeds = embeds / embeds.norm(dim=-1, keepdim=True)
-        config = self.decoder.config
-        noise = randn_tensor((1, config.in_channels, config.sample_size, config.sample_size), generator=generator,
-                             device=embeds.device, dtype=embeds.dtype).repeat(frames, 1, 1, 1)
-        images = self.run_decoder(embeds, self.encode_decoder_prompt([""] * 2 * frames),
-                                  decoder_num_inference_steps, decoder_guidance_scale, generator, noise)
-        return self._finish(images, embeds, output_type, return_dict)
+        noise = randn_tensor((1, *self.latent_shape()), generator=generator, device=ends[0].device,
+                             dtype=ends[0].dtype)
+        for first in range(0, frames, batch_size):
+            count = min(batch_size, frames - first)
+            embeds = torch.cat([slerp(ends[0], ends[1], i / (frames - 1)) for i in range(first, first + count)])
+            embeds = embeds / embeds.norm(dim=-1, keepdim=True)
+            images = self.run_decoder(embeds, self.encode_decoder_prompt([""] * 2 * count),
+                                      decoder_num_inference_steps, decoder_guidance_scale, generator,
+                                      noise.repeat(count, 1, 1, 1))
+            yield images, embeds
+
+
+def _keep_better(best, chosen):
+    """Row by row, the (images, image embeddings, scores) of `chosen` where they score higher than `best`'s."""
+    better = chosen[2] > best[2]
+    return tuple(torch.where(better.view(-1, *[1] * (new.dim() - 1)).to(new.device), new, old)
+                 for old, new in zip(best, chosen))
 
 
 def _clip_text_embeds(clip, tokenizer, texts) -> torch.Tensor:
