@@ -358,6 +358,17 @@ def test_tokenizer_without_vocabulary_is_refused(removed, captioner, image, tmp_
     assert len(err.strip().splitlines()) == 1 and str(captioner / "tokenizer") in err
 
 
+@pytest.mark.parametrize("file, text", [
+    ("tokenizer.json", '{"model": "not a tokenizer"}'),
+    ("tokenizer.json", "{oops"),
+    ("tokenizer_config.json", '{"model_max_length": "many"'),
+])
+def test_malformed_tokenizer_is_named(file, text, captioner, image, tmp_path, capsys):
+    (captioner / "tokenizer" / file).write_text(text)
+    code, out, err = run(["caption", str(image), "--model", str(captioner)], capsys, tmp_path)
+    assert_refused(code, out, err, str(captioner / "tokenizer"))
+
+
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused(captioner, public_folder, image, tmp_path, capsys):
     for name in ("vocab.json", "merges.txt", "tokenizer.json"):
         shutil.copy(public_folder / name, captioner / "tokenizer" / name)
