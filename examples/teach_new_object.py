@@ -160,6 +160,12 @@ def evaluate(args, folders: dict, model: str, lora: str | None = None) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.output)
+    # a rerun replaces the subfolders an earlier run made: never those of a folder this example did not make
+    marker = out / "teach_new_object.json"
+    if out.exists() and any(out.iterdir()) and not marker.is_file():
+        raise SystemExit(f"{out}: exists and was not made by this example; choose a new --output")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"object": args.object}) + "\n")
     folders = make_data(args, out / "data")
     report = {"object": args.object, "train_images": args.train_images, "steps": args.steps,
               "batch_size": args.batch_size, "rank": args.rank, "targets": args.targets,

@@ -103,7 +103,7 @@ def main(argv=None):
     folders = {"train": out / "data" / "train", "new_test": out / "data" / "new" / "test",
                "old_test": out / "data" / "old" / "test"}
     captioner = out / "full"
-    if not (folders["train"] / "metadata.jsonl").is_file() or not (captioner / "model_index.json").is_file():
+    if not (out / "teach_new_object.json").is_file() or not (captioner / "model_index.json").is_file():
         raise SystemExit(f"{out}: run examples/teach_new_object.py --output {out} first")
     report = {"steps": {"prior": args.prior_steps, "decoder": args.decoder_steps},
               "rank": {"prior": args.prior_rank, "decoder": args.decoder_rank},

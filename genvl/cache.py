@@ -65,9 +65,10 @@ class EmbeddingCache:
             self._tokens.pop(encoder, None)
 
     def encode(self, namespace: str, images: list, encode_fn) -> torch.Tensor:
-        """Encodings (B, ...) of `images` (PIL images, or preprocessed pixel values, one tensor per image); only the images not cached go through `encode_fn(images)`, which
-        must return one row per image it is given. Safe to call from several threads; the encoder runs outside
-        the lock, so two threads may both encode an image that neither had yet."""
+        """Encodings (B, ...) of `images` (PIL images, or preprocessed pixel values, one tensor per image); only
+        the images not cached go through `encode_fn(images)`, which must return one row per image it is given.
+        Safe to call from several threads; the encoder runs outside the lock, so two threads may both encode an
+        image that neither had yet."""
         keys = [(namespace, image_digest(image)) for image in images]
         with self._lock:
             # take the cached rows now: another thread may evict them while this one encodes the rest

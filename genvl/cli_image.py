@@ -142,12 +142,14 @@ def load_t2i_pipeline(args):
     import diffusers
 
     from .cli import load_loras, model_source, quiet_libraries, torch_dtype
+    from .folders import check_model_folder
     from .pipelines.text_to_image import TextToImagePipeline
 
     quiet_libraries(args)
     path, name = model_source(args, "GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{name}: not a text-to-image pipeline folder (no model_index.json)")
+    check_model_folder(path)  # its files are regular before the step counts read any
     check_step_counts(args, path)
     pipeline = TextToImagePipeline.from_pretrained(path, dtype=torch_dtype(args))
     load_loras(pipeline, getattr(args, "lora", []))
@@ -171,7 +173,8 @@ def check_step_counts(args, path: Path) -> None:
         config = path / f"{stage}_scheduler" / "scheduler_config.json"
         if not hasattr(args, f"{stage}_steps") or not config.is_file():
             continue
-        limit = read_json(config).get("num_train_timesteps", 1000)
+        settings = read_json(config)
+        limit = settings.get("num_train_timesteps", 1000) if isinstance(settings, dict) else None  # else: the loader
         if isinstance(limit, int) and count > limit:
             raise UsageError(f"{flag} {count}: the {stage}'s scheduler has only {limit} timesteps")
 
@@ -229,7 +232,7 @@ def write_images(args, images, name: str, metadata: dict):
     if not os.access(out, os.W_OK):
         raise PermissionError(f"--out {out}: cannot write in it")
     # the source image (vary), image ends (interpolate), model and adapters: files a PNG must not overwrite
-    sources = [getattr(args, name, None) for name in ("image", "start", "end")]
+    sources = [getattr(args, end, None) for end in ("image", "start", "end")]
     inputs = [*filter(None, sources), args.model or default_t2i_model(),
               *(parse_lora_spec(spec)[0] for spec in getattr(args, "lora", []))]
     count = 0
@@ -326,12 +329,10 @@ def run_vary(args) -> int:
 
 
 def interpolation_end(text: str, name: str):
-    """An image (a path that exists, or one that looks like a file name) or else a prompt."""
-    from .images import load_image
+    """An image (see `names_an_image_file`) or else a prompt."""
+    from .images import load_image, names_an_image_file
 
-    if Path(text).exists() or os.path.lexists(text) or (" " not in text.strip() and Path(text).suffix):
-        return load_image(text)
-    return check_text(text, name)
+    return load_image(text) if names_an_image_file(text) else check_text(text, name)
 
 
 def run_interpolate(args) -> int:
@@ -347,7 +348,7 @@ def run_interpolate(args) -> int:
     def frames():  # written as each batch of frames is decoded, never all held at once
         index = 0
         for images, _ in chunks:
-            for frame in pipeline.output_processor.postprocess(images.float(), output_type="pil"):
+            for frame in pipeline.postprocess(images, "pil"):
                 yield index, seed, frame
                 index += 1
 

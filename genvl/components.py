@@ -11,8 +11,8 @@ namespace, and no module the folder chooses is imported.
 import inspect
 from pathlib import Path
 
-from .folders import (check_model_folder, check_runtime_sizes, load_diffusers_model, load_transformers_model,
-                      loading_errors, read_json)
+from .folders import (SCHEDULER_LIMITS, check_config, check_model_folder, check_processor_config,
+                      load_diffusers_model, load_transformers_model, loading_errors, read_json)
 
 LIBRARIES = ("transformers", "diffusers")
 # genvl's own components, as model_index.json names them: (module, class) -> where the class is defined
@@ -20,7 +20,7 @@ GENVL_COMPONENTS = {("genvl.models.unclip", "UnclipConditioner"): "genvl.models.
 
 
 def component_kinds() -> dict:
-    """{base class: how to load a subclass from a folder, given (class, folder, dtype)}, in the order tried."""
+    """{kind: {base class: how to load a subclass from a folder, given (class, folder, dtype)}}."""
     import diffusers
     import transformers
     from transformers.feature_extraction_utils import FeatureExtractionMixin
@@ -30,6 +30,10 @@ def component_kinds() -> dict:
         with loading_errors(folder):
             return component_class.from_pretrained(folder, local_files_only=True)
 
+    def processor(component_class, folder, dtype):
+        check_processor_config(folder)
+        return plain(component_class, folder, dtype)
+
     def tokenizer(component_class, folder, dtype):
         loaded = plain(component_class, folder, dtype)
         check_tokenizer(folder, loaded)
@@ -38,12 +42,22 @@ def component_kinds() -> dict:
     def scheduler(component_class, folder, dtype):
         with loading_errors(folder):
             config = component_class.load_config(folder)
-        check_runtime_sizes(folder, component_class, config, "scheduler_config.json")  # its tables are that long
+        check_config(Path(folder) / "scheduler_config.json", config, SCHEDULER_LIMITS)
         return plain(component_class, folder, dtype)
 
-    return {transformers.PreTrainedModel: load_transformers_model, diffusers.ModelMixin: load_diffusers_model,
-            transformers.PreTrainedTokenizerBase: tokenizer, ImageProcessingMixin: plain,
-            FeatureExtractionMixin: plain, diffusers.SchedulerMixin: scheduler}
+    return {"model": {transformers.PreTrainedModel: load_transformers_model,
+                      diffusers.ModelMixin: load_diffusers_model},
+            "tokenizer": {transformers.PreTrainedTokenizerBase: tokenizer},
+            "image processor": {ImageProcessingMixin: processor, FeatureExtractionMixin: processor},
+            "scheduler": {diffusers.SchedulerMixin: scheduler}}
+
+
+def slot_kind(name: str) -> str:
+    """The kind of component a pipeline's argument `name` takes, from its name (`decoder_tokenizer`, say)."""
+    for kind, word in (("tokenizer", "tokenizer"), ("scheduler", "scheduler"), ("image processor", "processor")):
+        if word in name:
+            return kind
+    return "model"
 
 
 def check_tokenizer(folder, tokenizer, vocab_size: int | None = None) -> None:
@@ -56,8 +70,29 @@ def check_tokenizer(folder, tokenizer, vocab_size: int | None = None) -> None:
         raise ValueError(f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model only {vocab_size}")
 
 
-def resolve_component(library, class_name, where: str) -> type:
-    """The class `[library, class_name]` names, if the allow-list holds it; else a ValueError naming `where`."""
+def load_tokenizer(folder, vocab_size: int | None = None):
+    """The tokenizer of a flat model folder, by transformers' own classes only (no custom code), checked with
+    `check_tokenizer`."""
+    from transformers import AutoTokenizer
+
+    with loading_errors(folder):
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+    check_tokenizer(folder, tokenizer, vocab_size)
+    return tokenizer
+
+
+def load_image_processor(folder):
+    """The image processor of a flat model folder, by transformers' own classes only, its sizes checked."""
+    from transformers import AutoImageProcessor
+
+    check_processor_config(folder)
+    with loading_errors(folder):
+        return AutoImageProcessor.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+
+
+def resolve_component(library, class_name, where: str, kind: str) -> type:
+    """The class `[library, class_name]` names, if the allow-list holds it and it is a component of `kind` (see
+    `component_kinds`); else a ValueError naming `where`."""
     import importlib
 
     refused = ValueError(f"{where} names {library}.{class_name}, which genvl does not load: components must be "
@@ -74,14 +109,15 @@ def resolve_component(library, class_name, where: str) -> type:
         found = getattr(importlib.import_module(GENVL_COMPONENTS[library, class_name]), class_name)
     else:
         raise refused
-    if not (isinstance(found, type) and issubclass(found, tuple(component_kinds()))):
-        raise refused
+    if not (isinstance(found, type) and issubclass(found, tuple(component_kinds()[kind]))):
+        raise ValueError(f"{where} names {library}.{class_name}, which is not a {kind} of transformers or diffusers "
+                         "(or genvl's own): genvl does not load it there")
     return found
 
 
-def load_component(component_class, folder: Path, dtype=None):
-    """An instance of `component_class` (from `resolve_component`) loaded from `folder`."""
-    for base, load in component_kinds().items():
+def load_component(component_class, folder: Path, kind: str, dtype=None):
+    """An instance of `component_class` (from `resolve_component` for `kind`) loaded from `folder`."""
+    for base, load in component_kinds()[kind].items():
         if issubclass(component_class, base):
             return load(component_class, folder, dtype)
     raise AssertionError(f"{component_class} passed resolve_component")
@@ -117,10 +153,11 @@ def load_pipeline_components(path, pipeline_class, dtype=None) -> dict:
             continue
         if not (isinstance(spec, list) and len(spec) == 2):
             raise ValueError(f"{index_file}: {name} must be [library, class], got {spec!r}")
-        component_class = resolve_component(*spec, where=f"{index_file}: {name}")
+        kind = slot_kind(name)
+        component_class = resolve_component(*spec, where=f"{index_file}: {name}", kind=kind)
         if not (path / name).is_dir():
             raise FileNotFoundError(f"{path / name}: no such folder, which model_index.json names")
-        components[name] = load_component(component_class, path / name, dtype)
+        components[name] = load_component(component_class, path / name, kind, dtype)
     return components
 
 

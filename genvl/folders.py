@@ -17,12 +17,21 @@ from .paths import kind_of, path_status
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")  # as safetensors headers name them
 
-# sizes a config sets that no weight bounds, but that decide how much memory running the model takes: a decoder
-# draws latents of sample_size x sample_size (the largest published unCLIP decoder stage, Karlo's super-resolution
-# UNet, draws at 256); an autoencoder's sample_size is only a tiling hint. Weight-bound sizes (positions, vocabulary,
-# widths) need no limit: the model is checked against its weights before it is built.
-RUNTIME_LIMITS = {"sample_size": 4096, "num_train_timesteps": 100_000}
+# Sizes a config sets that no weight bounds, checked before anything is built from it (weight-bound sizes such as
+# positions, vocabularies and widths need no limit: a model is compared with its weights before it is built).
+# Layer counts: the model is first built on the meta device layer by layer. A decoder draws latents of
+# sample_size x sample_size (the largest published unCLIP decoder stage, Karlo's super-resolution UNet, draws at
+# 256); an autoencoder's sample_size is only a tiling hint.
+MODEL_LIMITS = {"n_layer": 1024, "num_hidden_layers": 1024, "num_layers": 1024, "layers_per_block": 1024,
+                "sample_size": 4096}
 UNET_SAMPLE_SIZE_LIMIT = 256
+SCHEDULER_LIMITS = {"num_train_timesteps": 100_000}  # the length of the schedule's tables
+# the side an image processor resizes or crops to: every image of a batch becomes that many floats squared (the
+# largest public ViT and CLIP inputs are about 1,000)
+PROCESSOR_LIMITS = dict.fromkeys(("size", "crop_size", "shortest_edge", "longest_edge", "height", "width"), 2048)
+# attention implementations transformers has built in; any other name in a config is a kernel repository on the
+# hub that transformers would download and import
+ATTENTION_IMPLEMENTATIONS = (None, "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 def check_model_folder(path) -> Path:
@@ -64,7 +73,23 @@ def check_files(folder: Path) -> None:
         if file.suffix in PICKLE_SUFFIXES:
             raise ValueError(f"{file}: pickle files are refused; genvl loads safetensors weights only")
         if file.suffix == ".json":
-            read_json(file)
+            data = read_json(file)
+            if file.name.endswith(".index.json"):
+                check_shard_index(file, data)
+
+
+def check_shard_index(file: Path, index) -> None:
+    """A sharded checkpoint's index may only name regular files of its own folder: transformers would follow a
+    name into a subfolder, past the checks above (onto a FIFO, say)."""
+    weight_map = index.get("weight_map", {}) if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{file}: expected a weight_map object")
+    for name in sorted(set(map(str, weight_map.values()))):
+        if Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"{file}: names the weights file {name!r}, which is not a file of this folder")
+        mode = path_status(file.parent / name).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{file.parent / name}: is {kind_of(mode)}, not a regular file")
 
 
 def read_json(file: Path):
@@ -93,19 +118,34 @@ def safetensors_headers(folder) -> dict[str, tuple[tuple, str]]:
     return headers
 
 
-def check_runtime_sizes(folder, model_class, config: dict, file: str = "config.json") -> None:
-    """Refuse config values no weight bounds (see RUNTIME_LIMITS) outside their range, before a model is built."""
-    limits = dict(RUNTIME_LIMITS)
-    if "UNet" in model_class.__name__:
-        limits["sample_size"] = UNET_SAMPLE_SIZE_LIMIT
-    for key, limit in limits.items():
-        values = config.get(key)
-        for value in values if isinstance(values, (list, tuple)) else [values]:
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
-                raise ValueError(f"{Path(folder) / file}: {key} must be an integer in [1, {limit}], "
-                                 f"got {value!r}")
+def check_config(file, config, limits: dict) -> None:
+    """Refuse, anywhere in a config (sub-configs and nested size dicts included), a value of a key in `limits`
+    that is not an integer in [1, limit], and an attention implementation transformers would fetch from the hub."""
+    if isinstance(config, list):
+        for item in config:
+            check_config(file, item, limits)
+    if not isinstance(config, dict):
+        return
+    for key, value in config.items():
+        if "attn_implementation" in key and value not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"{file}: {key} {value!r} is not one of transformers' own attention implementations")
+        if key in limits and not isinstance(value, dict):
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                if item is not None and (isinstance(item, bool) or not isinstance(item, int)
+                                         or not 1 <= item <= limits[key]):
+                    raise ValueError(f"{file}: {key} must be an integer in [1, {limits[key]}], got {item!r}")
+        check_config(file, value, limits)
+
+
+def model_limits(model_class) -> dict:
+    return {**MODEL_LIMITS, "sample_size": UNET_SAMPLE_SIZE_LIMIT} if "UNet" in model_class.__name__ else MODEL_LIMITS
+
+
+def check_processor_config(folder) -> None:
+    """`check_config` of the image processor config in `folder`, if it has one."""
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        if (Path(folder) / name).is_file():
+            check_config(Path(folder) / name, read_json(Path(folder) / name), PROCESSOR_LIMITS)
 
 
 def check_size(folder, model, stored: dict) -> None:
@@ -114,7 +154,7 @@ def check_size(folder, model, stored: dict) -> None:
     plus a million) leaves room for what a checkpoint may rightly leave out: tied, renamed or pooling weights."""
     import math
 
-    wanted = sum(p.numel() for p in {id(p): p for p in model.state_dict().values()}.values())
+    wanted = sum(p.numel() for p in {id(p): p for p in model.state_dict(keep_vars=True).values()}.values())
     held = sum(math.prod(shape) for shape, _ in stored.values())
     if wanted > 2 * held + 1_000_000:
         raise ValueError(f"{folder}: config.json describes {wanted:,} weights but the safetensors hold only {held:,}")
@@ -166,7 +206,7 @@ def check_diffusers_weights(model_class, folder) -> dict:
         config = model_class.load_config(folder)
     except (OSError, ValueError) as err:
         raise ValueError(f"{folder}: could not read its config.json ({first_line(err)})") from None
-    check_runtime_sizes(folder, model_class, config)
+    check_config(Path(folder) / "config.json", config, model_limits(model_class))
     try:
         with torch.device("meta"):
             model = model_class.from_config(config)
@@ -206,6 +246,7 @@ def load_transformers_model(model_class, folder, dtype=None):
     import torch
 
     stored = safetensors_headers(folder)  # safetensors present and readable
+    check_config(Path(folder) / "config.json", read_json(Path(folder) / "config.json"), model_limits(model_class))
     with loading_errors(folder):
         with torch.device("meta"):
             model = model_class(model_class.config_class.from_pretrained(folder))

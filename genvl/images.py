@@ -105,6 +105,13 @@ def _refused_pixels(err: Exception) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def names_an_image_file(text: str) -> bool:
+    """Whether `text`, an argument that may be a prompt or an image, names an image file: something other than a
+    folder exists there (an SVG or a FIFO too: loading says what is wrong with it), or it ends in an image suffix.
+    A prompt is anything else."""
+    return (os.path.lexists(text) and not os.path.isdir(text)) or Path(text).suffix.lower() in IMAGE_SUFFIXES
+
+
 def find_images(paths) -> list[Path]:
     """Expand files and folders (searched recursively) into a sorted list of image files.
 

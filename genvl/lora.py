@@ -42,6 +42,8 @@ ADAPTER_METHODS = ("lora", "ia3")
 # an adapter's weight (its scale) is refused beyond this: past a few times its trained scale an adapter only
 # breaks the model (inf, nan and -1e30 made empty captions and black images)
 MAX_ADAPTER_WEIGHT = 10.0
+# the most an adapter's own config may scale it (lora_alpha / r); trained adapters use 1 to a few
+MAX_CONFIG_SCALE = 64.0
 
 
 def check_adapter_weight(weight, name: str = "adapter weight") -> float:
@@ -157,11 +159,17 @@ def load_adapter(model: torch.nn.Module, path, adapter_name: str = "default") ->
     for key, value in state.items():
         if not value.is_floating_point() or not bool(torch.isfinite(value).all()):
             raise ValueError(f"{path / ADAPTER_WEIGHTS}: weight {key} is not finite floating-point numbers")
+    check_lora_config(path / ADAPTER_CONFIG, config, state)
     try:
         add_adapter(model, config, adapter_name)
     except ValueError as err:  # PEFT says which target modules it could not find
         raise ValueError(f"{path}: the adapter does not fit this model: {err}") from None
-    result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
+    try:
+        result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
+    except (RuntimeError, ValueError, KeyError) as err:  # e.g. a rank that is not the weights' own
+        delete_adapter(model, adapter_name)
+        raise ValueError(f"{path}: the adapter's weights do not fit its config or this model "
+                         f"({' '.join(str(err).split())[:200]})") from None
     unexpected = [key for key in result.unexpected_keys if any(m in key for m in ADAPTER_PARAMETERS)]
     missing = [key for key in result.missing_keys if is_adapter_weight(key, adapter_name)]
     if unexpected or missing:
@@ -170,6 +178,27 @@ def load_adapter(model: torch.nn.Module, path, adapter_name: str = "default") ->
                          f"{len(unexpected)} unexpected, e.g. {(missing + unexpected)[0]})")
     model.requires_grad_(False)
     return model
+
+
+def check_lora_config(file: Path, config, state: dict) -> None:
+    """Refuse a LoRA config whose ranks its weights do not bound (PEFT allocates each layer at the config's rank
+    before the weights are compared) or whose own scale, alpha / rank, is not finite or beyond
+    MAX_CONFIG_SCALE (a huge alpha made every output infinite)."""
+    import math
+
+    if not hasattr(config, "lora_alpha"):
+        return
+    stored = max((value.shape[0] for key, value in state.items() if "lora_A" in key and value.ndim >= 1), default=0)
+    ranks = [config.r, *(getattr(config, "rank_pattern", None) or {}).values()]
+    alphas = [config.lora_alpha, *(getattr(config, "alpha_pattern", None) or {}).values()]
+    for rank in ranks:
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= max(stored, 1):
+            raise ValueError(f"{file}: rank {rank!r} must be an integer in [1, {stored}], the rank of the weights")
+    for alpha in alphas:
+        if (not isinstance(alpha, (int, float)) or not math.isfinite(alpha)
+                or abs(alpha) > MAX_CONFIG_SCALE * min(ranks)):
+            raise ValueError(f"{file}: lora_alpha {alpha!r} must be finite and at most {MAX_CONFIG_SCALE:g} times the "
+                             "rank")
 
 
 def set_adapters(model: torch.nn.Module, names: list[str], weights: list[float], trainable: bool = False) -> None:

@@ -19,6 +19,8 @@ from .images import max_image_pixels
 from .outputs import written_atomically
 from .paths import check_input_file
 
+# members one sample may hold (an image, a caption, its JSON and a few more are usual)
+MAX_SAMPLE_MEMBERS = 16
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp")
 # an encoded image is rarely larger than its raw pixels, and the largest raw pixel of these formats is 16-bit RGBA
 IMAGE_BYTES_PER_PIXEL = 8
@@ -108,6 +110,7 @@ def iter_samples(paths, on_error, want=None):
         try:
             with tarfile.open(path, mode="r|*") as tar:
                 for member in tar:
+                    tar.members.clear()  # tarfile keeps every header it has read: memory would grow per member
                     if not member.isfile():
                         continue
                     key, ext = split_member_name(member.name)
@@ -123,6 +126,10 @@ def iter_samples(paths, on_error, want=None):
                         continue
                     if sample is None:
                         sample = {"__key__": key, "__url__": str(path)}
+                    if len(sample) - 2 >= MAX_SAMPLE_MEMBERS:  # each under its cap, but without end together
+                        sample, refused = None, key
+                        on_error(f"{path}#{key}", f"more than {MAX_SAMPLE_MEMBERS} members")
+                        continue
                     sample[ext] = tar.extractfile(member).read()
         except (tarfile.TarError, OSError, EOFError) as err:
             on_error(str(path), f"shard unreadable past this point ({err})")
@@ -197,6 +204,7 @@ def list_image_samples(paths) -> list[tuple[Path, str]]:
         try:
             with tarfile.open(path) as tar:
                 for member in tar:  # stops at a refused member: its header may claim more than the file holds
+                    tar.members.clear()  # tarfile keeps every header it has read: memory would grow per member
                     key, ext = split_member_name(member.name)
                     if not member.isfile() or ext not in IMAGE_EXTENSIONS:
                         continue

@@ -103,7 +103,8 @@ def test_candidates_in_chunks_keep_the_best_of_all(t2i_dir, monkeypatch):
     rows, scores = pipe.rerank(every.images * 2 - 1, ["an apple"], 5)
     seen = []
     decode = pipe.run_decoder
-    monkeypatch.setattr(pipe, "run_decoder", lambda embeds, *a, **k: seen.append(len(embeds)) or decode(embeds, *a, **k))
+    monkeypatch.setattr(pipe, "run_decoder",
+                        lambda embeds, *a, **k: seen.append(len(embeds)) or decode(embeds, *a, **k))
     monkeypatch.setattr(text_to_image, "CANDIDATE_CHUNK", 2)
     best = pipe("an apple", num_candidates=5, prior_latents=prior_latents, latents=latents, **steps)
     assert seen == [2, 2, 1]

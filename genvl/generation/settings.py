@@ -4,6 +4,10 @@ import math
 from dataclasses import dataclass, fields
 
 
+# beams, or sequences returned, per image: each is a row of the decoder's batch and cache
+MAX_SEQUENCES = 256
+
+
 @dataclass
 class GenerationSettings:
     """How to decode. Names and meanings follow transformers' `GenerationConfig`."""
@@ -34,6 +38,8 @@ class GenerationSettings:
             (self.min_new_tokens >= 0, "min_new_tokens must be >= 0"),
             (self.min_new_tokens <= self.max_new_tokens, "min_new_tokens must be <= max_new_tokens"),
             (self.num_beams >= 1, "num_beams must be >= 1"),
+            (self.num_beams <= MAX_SEQUENCES, f"num_beams must be <= {MAX_SEQUENCES}"),
+            (self.num_return_sequences <= MAX_SEQUENCES, f"num_return_sequences must be <= {MAX_SEQUENCES}"),
             (self.temperature > 0, "temperature must be > 0"),
             (self.top_k >= 0, "top_k must be >= 0 (0 disables it)"),
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),

@@ -92,21 +92,28 @@ def build_clip_image_processor(image_size: int):
     )
 
 
+def text_vocabulary(model) -> int:
+    """The vocabulary size of a CLIP model's (or a text tower's) token embedding."""
+    return getattr(model.config, "text_config", model.config).vocab_size
+
+
 def load_clip(path):
     """(CLIPModel, tokenizer, image processor) from a folder in the Hugging Face CLIP layout (ours or public),
     or from a text-to-image pipeline folder (its `clip/`, `tokenizer/` and `image_processor/`)."""
     from transformers import CLIPModel
 
+    from ..components import load_image_processor, load_tokenizer
     from ..folders import check_model_folder, load_transformers_model
 
     path = check_model_folder(path)
     if (path / "model_index.json").is_file() and (path / "clip" / "config.json").is_file():
         clip = load_transformers_model(CLIPModel, path / "clip")
-        return clip, load_tokenizer(path / "tokenizer", clip), load_image_processor(path / "image_processor")
+        tokenizer = load_tokenizer(path / "tokenizer", text_vocabulary(clip))
+        return clip, tokenizer, load_image_processor(path / "image_processor")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a CLIP model folder (no config.json)")
     clip = load_transformers_model(CLIPModel, path)
-    return clip, load_tokenizer(path, clip), load_image_processor(path)
+    return clip, load_tokenizer(path, text_vocabulary(clip)), load_image_processor(path)
 
 
 def load_decoder_text_encoder(path):
@@ -115,41 +122,19 @@ def load_decoder_text_encoder(path):
     `CLIPTextModelWithProjection` folder; or a CLIP folder (its `CLIPModel`, whose text tower is used)."""
     from transformers import CLIPTextModelWithProjection
 
+    from ..components import load_tokenizer
     from ..folders import check_model_folder, load_transformers_model
 
     path = check_model_folder(path)
     if (path / "decoder_text_encoder" / "config.json").is_file():
         text_encoder = load_transformers_model(CLIPTextModelWithProjection, path / "decoder_text_encoder")
-        return text_encoder, load_tokenizer(path / "decoder_tokenizer", text_encoder)
+        return text_encoder, load_tokenizer(path / "decoder_tokenizer", text_vocabulary(text_encoder))
     config = path / "config.json"
     if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("model_type") == "clip_text_model":
         text_encoder = load_transformers_model(CLIPTextModelWithProjection, path)
-        return text_encoder, load_tokenizer(path, text_encoder)
+        return text_encoder, load_tokenizer(path, text_vocabulary(text_encoder))
     clip, tokenizer, _ = load_clip(path)
     return clip, tokenizer
-
-
-def load_tokenizer(folder, model):
-    """The tokenizer in `folder` (transformers' own classes only, no custom code), checked against `model`'s
-    vocabulary."""
-    from transformers import AutoTokenizer
-
-    from ..components import check_tokenizer
-    from ..folders import loading_errors
-
-    with loading_errors(folder):
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
-    check_tokenizer(folder, tokenizer, getattr(model.config, "text_config", model.config).vocab_size)
-    return tokenizer
-
-
-def load_image_processor(folder):
-    from transformers import AutoImageProcessor
-
-    from ..folders import loading_errors
-
-    with loading_errors(folder):
-        return AutoImageProcessor.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
 
 
 def text_tower_of(clip):

@@ -9,8 +9,8 @@ from diffusers.utils import BaseOutput
 
 from ..attention import AttentionBackendMixin
 from ..cache import EmbeddingCacheMixin
-from ..components import check_tokenizer, local_folder, pipeline_from_folder
-from ..folders import check_model_folder, load_transformers_model, loading_errors
+from ..components import check_tokenizer, load_image_processor, load_tokenizer, local_folder, pipeline_from_folder
+from ..folders import check_model_folder, load_transformers_model
 from ..generation import GenerationSettings, generate
 from ..generation.decoder import encode_images
 from ..images import preprocess_each
@@ -58,15 +58,12 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
 
     @classmethod
     def _from_flat_folder(cls, path: Path, dtype=None):
-        from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+        from transformers import VisionEncoderDecoderModel
 
         check_model_folder(path)
         model = load_transformers_model(VisionEncoderDecoderModel, path, dtype or torch.float32)
-        with loading_errors(path):  # no custom code: the classes come from transformers itself
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
-            image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=False, local_files_only=True)
-        check_tokenizer(path, tokenizer, model.decoder.config.vocab_size)
-        return cls(model=model, tokenizer=tokenizer, image_processor=image_processor)
+        tokenizer = load_tokenizer(path, model.decoder.config.vocab_size)
+        return cls(model=model, tokenizer=tokenizer, image_processor=load_image_processor(path))
 
     def save_pretrained(self, save_directory, **kwargs):
         """Save in genvl's layout; weights as safetensors, the tokenizer also as vocab.json + merges.txt."""
@@ -82,6 +79,10 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         and preprocessed on its own, so that no more than one is held at full size (a batch of large photos would
         otherwise take gigabytes)."""
         return preprocess_each(self.image_processor, images).to(device=self.model.device, dtype=self.model.dtype)
+
+    def _encode_rows(self, rows: list) -> torch.Tensor:
+        """Encoder states (B, N, C) of preprocessed images, one (3, H, W) tensor each."""
+        return encode_images(self.model, torch.stack(rows))
 
     def settings(self, **overrides) -> GenerationSettings:
         """Decoding settings: the model's generation_config, then the given overrides."""
@@ -103,8 +104,7 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         settings = self.settings(**decoding)
         # 1. encode images, preprocessed one by one (through the embedding cache when one is set)
         pixel_values = self.preprocess(images)
-        states = self.cached_encode(self.model, list(pixel_values),
-                                    lambda rows: encode_images(self.model, torch.stack(rows)), self.image_processor.size)
+        states = self.cached_encode(self.model, list(pixel_values), self._encode_rows, self.image_processor.size)
         # 2. decode
         prefix_ids = self.tokenizer(prefix).input_ids if prefix else []
         result = generate(self.model, None, settings, prefix_ids=prefix_ids, generator=generator,

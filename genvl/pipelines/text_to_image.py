@@ -7,7 +7,6 @@ supports the models' prediction types can be swapped in (DDPM, DDIM, DPMSolverMu
 import copy
 import inspect
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -19,11 +18,11 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..attention import AttentionBackendMixin
 from ..cache import EmbeddingCacheMixin
-from ..components import check_tokenizer, pipeline_from_folder
-from ..images import preprocess_each
+from ..components import check_tokenizer, local_folder, pipeline_from_folder
+from ..images import names_an_image_file, preprocess_each
 from ..lora import LoraMixin
 from ..models import unclip  # noqa: F401  (from_pretrained finds UnclipConditioner by its module's name)
-from ..models.clip import warn_if_truncated
+from ..models.clip import text_vocabulary, warn_if_truncated
 
 
 # the decoder's guidance towards the prompt's words on top of the image embedding's: on the shipped pipeline it
@@ -102,13 +101,13 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     def from_pretrained(cls, pretrained_model_name_or_path, dtype=None, torch_dtype=None, local_files_only=True):
         """Load a pipeline folder (a local path, or a hub id already in the Hugging Face cache). Components are
         resolved from an allow-list of classes (see `genvl.components`): nothing the folder names is imported."""
-        pipeline = pipeline_from_folder(cls, pretrained_model_name_or_path, dtype or torch_dtype, local_files_only)
+        path = local_folder(pretrained_model_name_or_path, local_files_only)
+        pipeline = pipeline_from_folder(cls, path, dtype or torch_dtype)
         for tokenizer, model in (("tokenizer", "clip"), ("decoder_tokenizer", "decoder_text_encoder"),
                                  ("reranker_tokenizer", "reranker")):
-            if getattr(pipeline, model) is not None:
-                config = getattr(pipeline, model).config
-                check_tokenizer(Path(pretrained_model_name_or_path) / tokenizer, getattr(pipeline, tokenizer),
-                                getattr(config, "text_config", config).vocab_size)
+            model = getattr(pipeline, model)
+            if model is not None:
+                check_tokenizer(path / tokenizer, getattr(pipeline, tokenizer), text_vocabulary(model))
         return pipeline
 
     def save_pretrained(self, save_directory, **kwargs):
@@ -281,10 +280,14 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             return latents.clamp(-1, 1)
         return self.vae.decode(latents / self.vae.config.scaling_factor).sample.clamp(-1, 1)
 
+    def postprocess(self, images: torch.Tensor, output_type: str = "pil"):
+        """Images (N, 3, H, W) in [-1, 1] as PIL images, an (N, H, W, 3) array ("np") or a tensor in [0, 1] ("pt")."""
+        return self.output_processor.postprocess(images.float(), output_type=output_type)
+
     def _finish(self, images, image_embeds, output_type, return_dict):
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-        images = self.output_processor.postprocess(images.float(), output_type=output_type)
+        images = self.postprocess(images, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
@@ -417,7 +420,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         ends = []
         for end_point in (start, end):
-            if isinstance(end_point, str) and not _is_image_path(end_point):
+            if isinstance(end_point, str) and not names_an_image_file(end_point):
                 ends.append(self.run_prior(self.encode_prompt(["", end_point]), prior_num_inference_steps,
                                            prior_guidance_scale, generator))
             else:
@@ -465,9 +468,4 @@ def _encode_text(text_encoder, tokenizer, prompts: list[str], length: int):
     return embeds / embeds.norm(dim=-1, keepdim=True), text.last_hidden_state, tokens.attention_mask.to(device)
 
 
-def _is_image_path(text: str) -> bool:
-    from pathlib import Path
 
-    from ..images import IMAGE_SUFFIXES
-
-    return Path(text).suffix.lower() in IMAGE_SUFFIXES and Path(text).is_file()

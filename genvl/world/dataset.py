@@ -138,7 +138,8 @@ def check_replaceable(folder: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{folder}: is not a folder genvl wrote (a symlink or a file); not replacing it")
     manifest = folder / MANIFEST
     if manifest.is_symlink() or not manifest.is_file():
-        raise FileExistsError(f"{folder}: holds no {MANIFEST}, so genvl did not write it; not replacing it")
+        raise FileExistsError(f"{folder}: holds no {MANIFEST}, so this genvl did not write it (older versions kept "
+                              "none); not replacing it: remove it yourself if it is yours to remove")
     try:
         listed = set(json.loads(manifest.read_text())["files"]) | {MANIFEST}
     except (ValueError, KeyError, TypeError) as err:
