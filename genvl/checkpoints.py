@@ -43,7 +43,7 @@ def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None,
     if accelerator.is_main_process:
         # what a killed save or rotation left behind (one run at a time writes to output_dir)
         for stale in [*output_dir.glob(".checkpoint-*.tmp"), *output_dir.glob(".checkpoint-*.old")]:
-            shutil.rmtree(stale)
+            shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if ema is not None and accelerator.is_main_process:
@@ -74,6 +74,16 @@ def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None,
                     discard_checkpoint(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def check_checkpoint_names(output_dir, steps) -> None:
+    """Refuse a `checkpoint-N` in `output_dir`, for a step N a run will save, that is not a checkpoint genvl
+    completed (no completion marker): saving would replace it, and genvl deletes only what it wrote."""
+    for step in steps:
+        path = Path(output_dir) / f"checkpoint-{step}"
+        if os.path.lexists(path) and (path.is_symlink() or not (path / COMPLETE_MARKER).is_file()):
+            raise FileExistsError(f"{path}: exists and is not a checkpoint genvl completed; saving step {step} "
+                                  "would replace it: move it away or choose another --output_dir")
 
 
 def discard_checkpoint(path: Path):

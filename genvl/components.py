@@ -11,7 +11,7 @@ namespace, and no module the folder chooses is imported.
 import inspect
 from pathlib import Path
 
-from .folders import (SCHEDULER_LIMITS, check_config, check_model_folder, check_processor_config,
+from .folders import (SCHEDULER_LIMITS, check_config, check_files, check_model_folder, check_processor_config,
                       load_diffusers_model, load_transformers_model, loading_errors, read_json)
 
 LIBRARIES = ("transformers", "diffusers")
@@ -68,6 +68,20 @@ def check_tokenizer(folder, tokenizer, vocab_size: int | None = None) -> None:
         raise ValueError(f"{folder}: the tokenizer has no vocabulary (are its vocabulary files missing?)")
     if vocab_size is not None and len(tokenizer) > vocab_size:
         raise ValueError(f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model only {vocab_size}")
+
+
+def load_pretrained(component_class, folder, dtype=None):
+    """`component_class.from_pretrained(folder)` with every check a pipeline folder's component gets, for a class
+    of a kind `component_kinds` holds, from a local folder only (the training scripts load their starting points
+    this way)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such model folder")
+    check_files(folder)
+    for kind, bases in component_kinds().items():
+        if issubclass(component_class, tuple(bases)):
+            return load_component(component_class, folder, kind, dtype)
+    raise TypeError(f"{component_class.__name__} is not a model, tokenizer, image processor or scheduler")
 
 
 def load_tokenizer(folder, vocab_size: int | None = None):

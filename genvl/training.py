@@ -13,7 +13,8 @@ import typing
 from pathlib import Path
 
 from .checkpoints import (  # noqa: F401  (also imported from here by the training scripts and tests)
-    COMPLETE_MARKER, EMA_WEIGHTS, LEGACY_EMA_STATE, checkpoint_damage, checkpoint_step, complete_checkpoints,
+    COMPLETE_MARKER, EMA_WEIGHTS, LEGACY_EMA_STATE, check_checkpoint_names, checkpoint_damage, checkpoint_step,
+    complete_checkpoints,
     copy_ema_weights, load_accelerator_state, load_ema_state, read_ema_state, read_marker, resolve_resume,
     save_checkpoint, save_ema_state, warn,
 )
@@ -416,6 +417,9 @@ def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, 
     elif args.resume_from_checkpoint:
         accelerator.print(f"no complete checkpoint in {args.output_dir}: starting from step 0")
 
+    saved = [*range(global_step + args.checkpointing_steps - global_step % args.checkpointing_steps,
+                    args.max_train_steps, args.checkpointing_steps), args.max_train_steps]
+    check_checkpoint_names(args.output_dir, saved)  # before any work, not when the first one is saved
     per_step = args.train_batch_size * accelerator.num_processes
     batches_per_epoch = num_items // per_step
     if batches_per_epoch < 1:
@@ -557,11 +561,11 @@ def add_training_noise(scheduler, x0, generator, rows: slice | None = None, tota
 
 def load_or_train_tokenizer(accelerator, output_dir, train):
     """This run's tokenizer: `output_dir/tokenizer` when resuming, else `train()`'s, saved there."""
-    from transformers import AutoTokenizer
+    from .components import load_tokenizer
 
     tokenizer_dir = Path(output_dir) / "tokenizer"
     if (tokenizer_dir / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(tokenizer_dir)
+        return load_tokenizer(tokenizer_dir)
     tokenizer = train()
     if accelerator.is_main_process:
         # written aside and renamed into place: a run killed while saving it still resumes

@@ -217,6 +217,10 @@ ADAPTER_TRICKS = {
     "pickle_weights": (lambda d: torch.save({}, d / "adapter_model.bin"), "pickle files are refused"),
     "config_for_another_model": (lambda d: edit_json(d / "adapter_config.json",
                                                      lambda c: c.update(target_modules=["to_q"])), "does not fit"),
+    "alpha_huge": (lambda d: edit_json(d / "adapter_config.json", lambda c: c.update(lora_alpha=1e38)),
+                   "lora_alpha"),  # every output became inf
+    "rank_beyond_weights": (lambda d: edit_json(d / "adapter_config.json", lambda c: c.update(r=10**6)), "rank"),
+    "rank_not_the_weights": (lambda d: edit_json(d / "adapter_config.json", lambda c: c.update(r=1)), "do not fit"),
 }
 
 
@@ -266,3 +270,24 @@ def test_control_characters_in_file_names_do_not_split_lines(name, tiny_pipeline
     assert len(out.splitlines()) == 1 and out.count("\t") == 1
     code, out, _ = run(["caption", str(path), "--model", str(tiny_pipeline_dir), "--quiet", "--json"], capsys)
     assert json.loads(out)["path"] == str(path)
+
+
+def test_an_adapter_that_fails_to_load_leaves_nothing_behind(adapter, tiny_pipeline_dir, scene_images):
+    from genvl.lora import adapter_names_of
+    from genvl.pipelines.caption import CaptionPipeline
+
+    edit_json(adapter / "adapter_config.json", lambda c: c.update(r=1, init_lora_weights=False))
+    pipe = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
+    before = pipe(scene_images[:2], max_new_tokens=5).captions
+    with pytest.raises(ValueError, match="do not fit"):
+        pipe.load_lora_weights(adapter)
+    assert adapter_names_of(pipe.model) == []
+    assert pipe(scene_images[:2], max_new_tokens=5).captions == before
+
+
+@pytest.mark.parametrize("text", ["robot.v2", "v1.5 of a red apple", "apple"])
+def test_interpolate_ends_that_name_no_file_are_prompts(text, t2i_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(["interpolate", text, "a car", "--frames", "2", "--steps", "1", "--model", str(t2i_dir),
+                        "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    assert code == 0 and len(out.splitlines()) == 2

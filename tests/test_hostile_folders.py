@@ -381,3 +381,51 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_refused(captioner, public
         pytest.skip("the public tokenizer fixture is not larger than the tiny model's vocabulary")
     code, out, err = run(["caption", str(image), "--model", str(captioner)], capsys, tmp_path)
     assert_refused(code, out, err, str(captioner / "tokenizer"), "tokens but the model only")
+
+
+# ---- what a config can still ask for: hub kernels, huge sizes, files outside the folder -------------------------
+
+@pytest.mark.parametrize("where, change, fragment", [
+    ("model/config.json", lambda c: c.update(attn_implementation="evil/kernel"), "attention implementation"),
+    ("model/config.json", lambda c: c["decoder"].update(attn_implementation="kernels-community/flash-attn"),
+     "attention implementation"),
+    ("model/config.json", lambda c: c["encoder"].update(num_hidden_layers=10**7), "num_hidden_layers must be"),
+    ("model/config.json", lambda c: c["decoder"].update(n_layer=5000), "n_layer must be"),
+    ("image_processor/preprocessor_config.json", lambda c: c.update(size={"height": 6000, "width": 6000}),
+     "height must be"),
+    ("image_processor/preprocessor_config.json", lambda c: c.update(size=-3), "size must be"),
+    ("model/generation_config.json", lambda c: c.update(num_beams=100000), "num_beams must be <= 256"),
+])
+def test_captioner_config_requests_are_bounded(where, change, fragment, captioner, image, tmp_path, capsys):
+    edit_json(captioner / where, change)
+    code, out, err = run(["caption", str(image), "--model", str(captioner)], capsys, tmp_path, timeout=60)
+    assert_refused(code, out, err, str(captioner), fragment)
+
+
+def test_a_shard_index_pointing_into_a_subfolder_is_refused(captioner, image, tmp_path, capsys):
+    model = captioner / "model"
+    (model / "sub").mkdir()
+    make_fifo(model / "sub" / "b.safetensors")
+    names = list(load_file(model / "model.safetensors"))
+    (model / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {name: ("sub/b.safetensors" if i else "model.safetensors")
+                                        for i, name in enumerate(names)}}))
+    code, out, err = run(["caption", str(image), "--model", str(captioner)], capsys, tmp_path, timeout=60)
+    assert_refused(code, out, err, "model.safetensors.index.json", "not a file of this folder")
+
+
+@pytest.mark.parametrize("slot, spec", [("tokenizer", ["transformers", "CLIPModel"]),
+                                        ("decoder_scheduler", ["diffusers", "UNet2DConditionModel"]),
+                                        ("decoder", ["diffusers", "DDPMScheduler"])])
+def test_a_component_of_the_wrong_kind_is_refused(slot, spec, unclip, tmp_path, capsys):
+    edit_json(unclip / "model_index.json", lambda index: index.update({slot: spec}))
+    code, out, err = run(["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out",
+                          str(tmp_path / "out")], capsys, tmp_path)
+    assert_refused(code, out, err, str(unclip / "model_index.json"), "which is not a")
+
+
+def test_a_scheduler_config_that_is_not_an_object_is_one_line(unclip, tmp_path, capsys):
+    (unclip / "prior_scheduler" / "scheduler_config.json").write_text("[]")
+    code, out, err = run(["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out",
+                          str(tmp_path / "out")], capsys, tmp_path)
+    assert_refused(code, out, err, str(unclip / "prior_scheduler"))

@@ -353,3 +353,19 @@ def test_printable_path(text, printed):
     assert printable_path(text) == printed
     assert len(f"{printable_path(text)}\ta caption".splitlines()) == 1
     printable_path(text).encode("utf-8")  # no lone surrogate left to break printing
+
+
+def test_a_sample_with_too_many_members_is_skipped(tmp_path):
+    """Each member under its cap, but a thousand of them under one key would add up to the whole shard."""
+    shard = tmp_path / "many.tar"
+    with tarfile.open(shard, "w") as tar:
+        members = {"000000.png": png_bytes((8, 8)), "000000.txt": b"a red apple",
+                   **{f"000000.extra{i}": b"x" * 100 for i in range(20)},
+                   "000001.png": png_bytes((8, 8)), "000001.txt": b"a blue car"}
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    records, skipped = read_training_records(str(shard), "text", "file_name")
+    assert [r["text"] for r in records] == ["a blue car"]
+    assert skipped == [{"sample": f"{shard}#000000", "reason": "more than 16 members"}]

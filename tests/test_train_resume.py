@@ -304,3 +304,15 @@ def test_rotation_keeps_the_checkpoint_just_written(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-6", "checkpoint-8"]
     assert checkpoint_damage(tmp_path / "checkpoint-6") is None
     assert checkpoint_damage(tmp_path / "checkpoint-8") == "state.json is empty"
+
+
+def test_a_folder_named_like_a_checkpoint_it_would_save_is_refused_before_training(trained, tmp_path):
+    """A `checkpoint-N` that genvl did not complete (no marker) would be replaced by the save of step N."""
+    out = tmp_path / "run"
+    mine = out / "checkpoint-2"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    done = launch(trained, out)
+    assert done.returncode == 1
+    assert last_line(done.stderr).startswith(f"train_autoencoder.py: error: {mine}: exists and is not a checkpoint")
+    assert (mine / "notes.txt").read_text() == "mine" and not (out / "vae").exists()

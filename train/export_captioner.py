@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
 
+from genvl.components import load_tokenizer
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.training import checkpoint_step, copy_ema_weights, resolve_resume, run_script
@@ -25,7 +25,7 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
     config = json.loads((run_dir / "train_config.json").read_text())
     arch = CaptionerArchitecture.from_json(config["architecture"])
     arch.image_size = config["resolution"]
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    tokenizer = load_tokenizer(run_dir / "tokenizer")
     model = build_captioner(arch, tokenizer)
     missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
     if unexpected or any(key != "decoder.lm_head.weight" for key in missing):  # lm_head is tied to wte

@@ -21,6 +21,7 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 from transformers import CLIPConfig
 
+from genvl.components import load_pretrained
 from genvl.models.clip import load_decoder_text_encoder
 from genvl.models.unclip import (
     UnclipArchitecture, UnclipConditioner, build_autoencoder, build_decoder_unet, build_prior,
@@ -103,7 +104,7 @@ def export_decoder(run_dir, checkpoint: str, output: Path) -> None:
 def export_autoencoder(run_dir, checkpoint: str, output: Path) -> None:
     config, path = run_checkpoint(run_dir, checkpoint)
     if config["pretrained_model_name_or_path"]:
-        vae = AutoencoderKL.from_pretrained(config["pretrained_model_name_or_path"])
+        vae = load_pretrained(AutoencoderKL, config["pretrained_model_name_or_path"])
     else:
         vae = build_autoencoder(UnclipArchitecture.from_json(config["architecture"]))
     trained = trainable_parameters(vae, config["train_decoder_only"])

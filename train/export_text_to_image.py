@@ -14,6 +14,7 @@ from pathlib import Path
 from diffusers import AutoencoderKL, DDPMScheduler, PriorTransformer, UNet2DConditionModel
 from transformers import CLIPModel
 
+from genvl.components import load_pretrained
 from genvl.models.clip import load_clip, load_decoder_text_encoder, text_tower_of
 from genvl.models.unclip import UnclipConditioner
 from genvl.pipelines.text_to_image import TextToImagePipeline
@@ -46,12 +47,12 @@ def assemble(clip_dir, prior_dir, decoder_dir, autoencoder_dir=None, text_encode
     reranker, reranker_tokenizer = load_clip(reranker_dir)[:2] if reranker_dir else (None, None)
     return TextToImagePipeline(
         clip=clip, tokenizer=tokenizer, image_processor=image_processor,
-        prior=PriorTransformer.from_pretrained(prior_dir / "prior"),
-        prior_scheduler=DDPMScheduler.from_pretrained(prior_dir / "prior_scheduler"),
-        conditioner=UnclipConditioner.from_pretrained(decoder_dir / "conditioner"),
-        decoder=UNet2DConditionModel.from_pretrained(decoder_dir / "decoder"),
-        decoder_scheduler=DDPMScheduler.from_pretrained(decoder_dir / "decoder_scheduler"),
-        vae=AutoencoderKL.from_pretrained(autoencoder_dir) if autoencoder_dir else None,
+        prior=load_pretrained(PriorTransformer, prior_dir / "prior"),
+        prior_scheduler=load_pretrained(DDPMScheduler, prior_dir / "prior_scheduler"),
+        conditioner=load_pretrained(UnclipConditioner, decoder_dir / "conditioner"),
+        decoder=load_pretrained(UNet2DConditionModel, decoder_dir / "decoder"),
+        decoder_scheduler=load_pretrained(DDPMScheduler, decoder_dir / "decoder_scheduler"),
+        vae=load_pretrained(AutoencoderKL, autoencoder_dir) if autoencoder_dir else None,
         decoder_text_encoder=text_encoder, decoder_tokenizer=decoder_tokenizer, reranker=reranker,
         reranker_tokenizer=reranker_tokenizer,
     )

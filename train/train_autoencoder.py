@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
+from genvl.components import load_pretrained
 from genvl.models.unclip import UnclipArchitecture, build_autoencoder
 from genvl.training import (
     TrainArgs, check_at_least, latent_means, load_images, make_accelerator, parse_args, read_training_data,
@@ -94,7 +95,7 @@ def main(argv=None):
     records = read_training_data(accelerator, args)
     images = load_images(data_dir, records, args.image_column, args.resolution)
     if args.pretrained_model_name_or_path:
-        vae = AutoencoderKL.from_pretrained(args.pretrained_model_name_or_path)
+        vae = load_pretrained(AutoencoderKL, args.pretrained_model_name_or_path)
     else:
         vae = build_autoencoder(UnclipArchitecture.from_json(args.architecture))
     parameters = trainable_parameters(vae, args.train_decoder_only)

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoTokenizer, CLIPModel
+from transformers import CLIPModel
 
+from genvl.components import load_pretrained, load_tokenizer
 from genvl.models.clip import (
     ClipArchitecture, build_clip, build_clip_image_processor, normalize_pixels, train_clip_tokenizer,
 )
@@ -148,8 +149,9 @@ def main(argv=None):
 
     # 1. tokenizer and model: fine-tune a saved CLIP (its folder, or a pipeline's), or build a fresh one
     if args.pretrained_model_name_or_path:
-        model = CLIPModel.from_pretrained(pretrained_part(args.pretrained_model_name_or_path, "clip"))
-        tokenizer = AutoTokenizer.from_pretrained(pretrained_part(args.pretrained_model_name_or_path, "tokenizer"))
+        model = load_pretrained(CLIPModel, pretrained_part(args.pretrained_model_name_or_path, "clip"))
+        tokenizer = load_tokenizer(pretrained_part(args.pretrained_model_name_or_path, "tokenizer"),
+                                   model.config.text_config.vocab_size)
     else:
         arch = ClipArchitecture.from_json(args.architecture)
         arch.image_size = args.resolution

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import compute_snr
 
+from genvl.components import load_pretrained
 from genvl.lora import save_adapter
 from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet
 from genvl.training import (
@@ -120,7 +121,7 @@ def main(argv=None):
     def compute_latents():
         vae = None
         if args.vae_model_name_or_path:
-            vae = AutoencoderKL.from_pretrained(args.vae_model_name_or_path).eval().to(accelerator.device)
+            vae = load_pretrained(AutoencoderKL, args.vae_model_name_or_path).eval().to(accelerator.device)
         return {"latents": encode_latents(vae, load_images(data_dir, records, args.image_column, args.resolution))}
 
     key = {"vae": file_stamp(args.vae_model_name_or_path) if args.vae_model_name_or_path else None,
@@ -135,8 +136,8 @@ def main(argv=None):
     # 2. the conditioner and the UNet
     arch = UnclipArchitecture.from_json(args.architecture)
     if args.pretrained_model_name_or_path:
-        conditioner = UnclipConditioner.from_pretrained(Path(args.pretrained_model_name_or_path) / "conditioner")
-        unet = UNet2DConditionModel.from_pretrained(Path(args.pretrained_model_name_or_path) / "decoder")
+        conditioner = load_pretrained(UnclipConditioner, Path(args.pretrained_model_name_or_path) / "conditioner")
+        unet = load_pretrained(UNet2DConditionModel, Path(args.pretrained_model_name_or_path) / "decoder")
         if args.reset_image_embedding:
             with torch.no_grad():
                 conditioner.image_to_tokens.weight.zero_()

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, PriorTransformer
 
+from genvl.components import load_pretrained
 from genvl.models.unclip import UnclipArchitecture, build_prior
 from genvl.lora import save_adapter
 from genvl.training import (
@@ -66,7 +67,7 @@ def main(argv=None):
 
     # 2. the prior, standardising image embeddings with the data's statistics (a saved prior keeps its own)
     if args.pretrained_model_name_or_path:
-        prior = PriorTransformer.from_pretrained(pretrained_part(args.pretrained_model_name_or_path, "prior"))
+        prior = load_pretrained(PriorTransformer, pretrained_part(args.pretrained_model_name_or_path, "prior"))
     else:
         prior = build_prior(UnclipArchitecture.from_json(args.architecture), targets.shape[1], states.shape[1])
         with torch.no_grad():

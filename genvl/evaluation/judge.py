@@ -57,7 +57,7 @@ class SceneJudge(ModelMixin, ConfigMixin):
 
         path = Path(pretrained_model_name_or_path)
         if not path.is_dir():
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            raise FileNotFoundError(f"{path}: no such judge folder")
         check_model_folder(path)
         stored = check_diffusers_weights(cls, path)
         with loading_errors(path):
