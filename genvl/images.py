@@ -153,8 +153,8 @@ def printable_path(text: str) -> str:
 
     Tab, newline and return become \\t \\n \\r; other C0 and C1 controls, DEL, and the line separators U+2028 and
     U+2029 become \\xNN or \\uNNNN; bytes that were not UTF-8 in a file name (surrogate escapes) become \\xNN.
-    A backslash is doubled only when something else was escaped, so ordinary names print as they are and an
-    escaped name still reads back unambiguously.
+    A backslash is doubled only when something else was escaped, so ordinary names print as they are (a name
+    holding a literal backslash-t then reads like an escaped tab: `--json` gives every name exactly).
     """
     if all(_printable(char) for char in text):
         return text
