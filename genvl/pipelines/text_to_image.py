@@ -398,7 +398,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     def interpolate(self, start, end, frames: int = 5, prior_num_inference_steps: int = 25,
                     decoder_num_inference_steps: int = 25, prior_guidance_scale: float = 4.0,
                     decoder_guidance_scale: float = 4.0, generator=None, output_type: str = "pil",
-                    return_dict: bool = True, batch_size: int = 8):
+                    return_dict: bool = True, batch_size: int = 32):
         """`frames` images along the slerp in CLIP image-embedding space between two ends; each end is a
         prompt (str, through the prior) or an image (PIL image or path). All frames share one decoder noise. The
         frames are decoded `batch_size` at a time (see `interpolation_frames`, which yields them as they come)."""
@@ -411,7 +411,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     @torch.no_grad()
     def interpolation_frames(self, start, end, frames: int = 5, prior_num_inference_steps: int = 25,
                              decoder_num_inference_steps: int = 25, prior_guidance_scale: float = 4.0,
-                             decoder_guidance_scale: float = 4.0, generator=None, batch_size: int = 8):
+                             decoder_guidance_scale: float = 4.0, generator=None, batch_size: int = 32):
         """Yield (images (n, 3, H, W) in [-1, 1], image embeddings (n, E)) of `interpolate`'s frames in order,
         `batch_size` at a time: the memory of a batch, however many frames."""
         if frames < 2:
