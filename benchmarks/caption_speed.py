@@ -23,7 +23,7 @@ import transformers
 
 from genvl.generation import GenerationSettings, generate
 from genvl.generation.decoder import encode_images
-from genvl.images import IMAGE_SUFFIXES, load_image
+from genvl.io.images import IMAGE_SUFFIXES, load_image
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.world import render_scene, sample_scene
 

@@ -22,7 +22,7 @@ from diffusers import DPMSolverMultistepScheduler
 from genvl.evaluation.judge import SceneJudge
 from genvl.evaluation.text_to_image import generate_for_prompts, judge_images, select_prompts
 from genvl.pipelines.text_to_image import DEFAULT_TEXT_GUIDANCE, TextToImagePipeline
-from genvl.world.dataset import read_metadata
+from genvl.io.imagefolder import read_metadata
 
 
 def parse_args(argv=None):

@@ -51,7 +51,8 @@ def parse_args(argv=None):
 def make_data(args, out: Path) -> dict:
     """Imagefolders: `train` (new-object scenes + self-captioned ordinary ones), `new_test`, `old_test`."""
     from genvl.pipelines.caption import CaptionPipeline
-    from genvl.world.dataset import read_metadata, write_imagefolder
+    from genvl.world.dataset import write_imagefolder
+    from genvl.io.imagefolder import read_metadata
 
     # a rerun replaces the splits an earlier run wrote (and nothing else: see write_imagefolder)
     new = write_imagefolder(out / "new", args.train_images, seed=0, split="train", require=args.object, overwrite=True)

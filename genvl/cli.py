@@ -12,8 +12,8 @@ import unicodedata
 from pathlib import Path
 
 from . import __version__
-from .folders import first_line
-from .outputs import (check_output_file, process_tag, temporary_file, temporary_name, terminate_cleanly,
+from .io.folders import first_line
+from .io.outputs import (check_output_file, process_tag, temporary_file, temporary_name, terminate_cleanly,
                       written_atomically)
 
 DEFAULT_CAPTION_MODEL = Path(__file__).resolve().parent.parent / "pipelines" / "genvl-caption-small"
@@ -128,7 +128,7 @@ def add_runtime_flags(parser, model_help):
 
 
 def add_image_limit_flag(parser):
-    from .images import DEFAULT_MAX_IMAGE_PIXELS
+    from .io.images import DEFAULT_MAX_IMAGE_PIXELS
 
     # the default is applied, not left to Pillow, so that the number --help states is the one every refusal states
     parser.add_argument("--max-image-pixels", type=positive(int), metavar="N", default=DEFAULT_MAX_IMAGE_PIXELS,
@@ -329,8 +329,8 @@ def load_caption_pipeline(args):
 
 def find_inputs(specs) -> list:
     """Image files, folders (searched recursively) and tar shard specs -> Paths and (shard, key) refs."""
-    from .images import find_images
-    from .shards import is_shard_spec, list_image_samples, shard_paths
+    from .io.images import find_images
+    from .io.shards import is_shard_spec, list_image_samples, shard_paths
 
     items = []
     for spec in specs:
@@ -348,8 +348,8 @@ def open_inputs(items):
     """Yield (label, image) per item, nothing decoded: a path as it is, a shard sample as an `EncodedImage`
     named `shard#key` (the pipeline decodes both, one at a time), each run of samples of one shard set read as
     a stream."""
-    from .images import EncodedImage
-    from .shards import read_sample_images
+    from .io.images import EncodedImage
+    from .io.shards import read_sample_images
 
     start = 0
     while start < len(items):
@@ -490,7 +490,7 @@ def caption_records(pipeline, paths, first: int, base_seed, args, overrides):
 def print_record(record: dict, as_json: bool) -> None:
     """One JSON line, or `path<TAB>caption` lines with control characters in the path or caption escaped, so
     that a file name holding a tab or newline cannot split or forge a line."""
-    from .images import printable_path
+    from .io.images import printable_path
 
     if as_json:
         print(json.dumps(record), flush=True)
@@ -524,9 +524,9 @@ def run_data_scenes(args) -> int:
 
 
 def run_data_shards(args) -> int:
-    from .images import load_image
-    from .shards import write_shards
-    from .world.dataset import read_metadata
+    from .io.images import load_image
+    from .io.shards import write_shards
+    from .io.imagefolder import read_metadata
 
     try:
         args.out % 0
@@ -552,7 +552,7 @@ def run_eval_caption(args) -> int:
         from itertools import chain
 
         from .lora import parse_lora_spec
-        from .world.dataset import imagefolder_files
+        from .io.imagefolder import imagefolder_files
 
         models = [args.model or default_caption_model(), *(parse_lora_spec(spec)[0] for spec in args.lora)]
         check_output_file(args.output, "--output", chain(imagefolder_files(args.data), models))
@@ -596,7 +596,7 @@ def main(argv=None) -> int:
         except UsageError as err:
             parser.exit(2, f"genvl: error: {err}\n")
     if getattr(args, "max_image_pixels", None) is not None:
-        from .images import set_max_image_pixels
+        from .io.images import set_max_image_pixels
 
         set_max_image_pixels(args.max_image_pixels)
     try:

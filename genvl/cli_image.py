@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .cli import (UsageError, add_image_limit_flag, add_lora_flag, check_text, checked_type, plural, positive,
                   seed_number, summarize)
-from .outputs import check_output_file, written_atomically
+from .io.outputs import check_output_file, written_atomically
 
 DEFAULT_T2I_MODEL = Path(__file__).resolve().parent.parent / "pipelines" / "genvl-unclip-small"
 DEFAULT_JUDGE = DEFAULT_T2I_MODEL.parent / "genvl-judge-small"
@@ -142,7 +142,7 @@ def load_t2i_pipeline(args):
     import diffusers
 
     from .cli import load_loras, model_source, quiet_libraries, torch_dtype
-    from .folders import check_model_folder
+    from .io.folders import check_model_folder
     from .pipelines.text_to_image import TextToImagePipeline
 
     quiet_libraries(args)
@@ -163,7 +163,7 @@ def load_t2i_pipeline(args):
 
 def check_step_counts(args, path: Path) -> None:
     """A usage error, before the networks load, for more inference steps than a stage's scheduler has timesteps."""
-    from .folders import read_json
+    from .io.folders import read_json
 
     if not hasattr(args, "steps"):  # score and eval retrieval run no diffusion
         return
@@ -314,7 +314,7 @@ def run_generate(args) -> int:
 def run_vary(args) -> int:
     import torch
 
-    from .images import load_image
+    from .io.images import load_image
 
     settings = stage_settings(args, prior=False)
     image = load_image(args.image)
@@ -330,7 +330,7 @@ def run_vary(args) -> int:
 
 def interpolation_end(text: str, name: str):
     """An image (see `names_an_image_file`) or else a prompt."""
-    from .images import load_image, names_an_image_file
+    from .io.images import load_image, names_an_image_file
 
     return load_image(text) if names_an_image_file(text) else check_text(text, name)
 
@@ -374,7 +374,7 @@ def load_clip_parts(args):
 
 
 def run_score(args) -> int:
-    from .images import load_image
+    from .io.images import load_image
     from .models.clip import clip_similarity
 
     for text in args.texts:
@@ -396,7 +396,7 @@ def run_eval_retrieval(args) -> int:
     if args.output:
         from itertools import chain
 
-        from .world.dataset import imagefolder_files
+        from .io.imagefolder import imagefolder_files
 
         model = args.model or default_t2i_model()
         check_output_file(args.output, "--output", chain(imagefolder_files(args.data), [model]))
@@ -416,7 +416,7 @@ def run_eval_t2i(args) -> int:
         from itertools import chain
 
         from .lora import parse_lora_spec
-        from .world.dataset import imagefolder_files
+        from .io.imagefolder import imagefolder_files
 
         models = [args.model or default_t2i_model(), args.judge, args.captioner or default_caption_model(),
                   *(parse_lora_spec(spec)[0] for spec in args.lora)]

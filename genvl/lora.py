@@ -146,7 +146,7 @@ def load_adapter(model: torch.nn.Module, path, adapter_name: str = "default") ->
     from peft import PeftConfig, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from .folders import check_model_folder, loading_errors, safetensors_headers
+    from .io.folders import check_model_folder, loading_errors, safetensors_headers
 
     path = check_model_folder(path)
     if not (path / ADAPTER_CONFIG).is_file() or not (path / ADAPTER_WEIGHTS).is_file():

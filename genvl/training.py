@@ -60,7 +60,7 @@ def run_script(main) -> None:
     """Run a training or export script's `main()` so that it never ends in a traceback: a failure is one line on
     stderr and exit code 1 (GENVL_DEBUG=1 shows the traceback), Ctrl-C exit code 130; argparse's usage errors
     keep their exit code 2."""
-    from .folders import first_line
+    from .io.folders import first_line
 
     script = Path(sys.argv[0]).name
     try:
@@ -226,26 +226,15 @@ def pretrained_part(path, subfolder: str) -> Path:
     return path / subfolder if (path / subfolder).is_dir() else path
 
 
-def open_record_image(data_dir, record: dict, image_column: str):
-    """The PIL image of a record: its bytes when it came from a shard, else the file it names under data_dir."""
-    import io
-
-    from PIL import Image
-
-    if "image_bytes" in record:
-        return Image.open(io.BytesIO(record["image_bytes"]))
-    return Image.open(Path(data_dir) / record[image_column])
-
-
 def read_training_records(source, caption_column: str, image_column: str, log=None) -> tuple[list, list]:
     """(records, skipped) of an imagefolder or of WebDataset shards (`data/train-{000..009}.tar`).
 
     Every sample is checked as it is read: one whose image cannot be decoded or whose caption is missing or
     empty is reported through `log`, listed in `skipped` as {"sample", "reason"} and left out.
     """
-    from .images import load_image
-    from .shards import is_shard_spec, iter_samples, sample_record, shard_paths
-    from .world.dataset import read_metadata
+    from .io.images import load_image
+    from .io.shards import is_shard_spec, iter_samples, sample_record, shard_paths
+    from .io.imagefolder import read_metadata
 
     skipped = []
 
@@ -301,7 +290,7 @@ def read_training_data(accelerator, args: "TrainArgs") -> list[dict]:
 def check_data_source(source, flag: str) -> None:
     """Raise, naming `flag`, unless `source` is a folder or names shards that all exist: before any work is done
     rather than once the data is read."""
-    from .shards import is_shard_spec, shard_paths
+    from .io.shards import is_shard_spec, shard_paths
 
     if is_shard_spec(source):
         shard_paths(source)  # names the first missing shard
@@ -310,34 +299,6 @@ def check_data_source(source, flag: str) -> None:
     elif not Path(source).is_dir():
         raise NotADirectoryError(f"{flag} {source}: not a folder; expected an imagefolder (a folder with a "
                                  f"metadata.jsonl) or tar shards such as data/train-{{000..009}}.tar")
-
-
-def load_images(data_dir, records, image_column: str, resolution: int):
-    """All images of `records` as one uint8 tensor (N, 3, R, R): the world's datasets fit in memory."""
-    import numpy as np
-    import torch
-    from einops import rearrange
-    from PIL import Image
-
-    images = np.empty((len(records), resolution, resolution, 3), dtype=np.uint8)
-    for i, record in enumerate(records):
-        with open_record_image(data_dir, record, image_column) as image:
-            image = image.convert("RGB")
-            if image.size != (resolution, resolution):
-                image = image.resize((resolution, resolution), Image.Resampling.BILINEAR)
-            images[i] = np.asarray(image)
-    return rearrange(torch.from_numpy(images), "b h w c -> b c h w").contiguous()
-
-
-def latent_means(vae, images, batch_size: int = 128):
-    """Unscaled latent means (N, C, h, w), on the CPU, of uint8 images (N, 3, H, W), encoded on the autoencoder's
-    device and in its dtype, in batches."""
-    import torch
-
-    with torch.no_grad():
-        out = [vae.encode(images[i : i + batch_size].to(vae.device, vae.dtype) / 127.5 - 1).latent_dist.mean.cpu()
-               for i in range(0, len(images), batch_size)]
-    return torch.cat(out)
 
 
 def make_accelerator(args: TrainArgs, project: str):
@@ -561,7 +522,7 @@ def add_training_noise(scheduler, x0, generator, rows: slice | None = None, tota
 
 def load_or_train_tokenizer(accelerator, output_dir, train):
     """This run's tokenizer: `output_dir/tokenizer` when resuming, else `train()`'s, saved there."""
-    from .components import load_tokenizer
+    from .io.components import load_tokenizer
 
     tokenizer_dir = Path(output_dir) / "tokenizer"
     if (tokenizer_dir / "tokenizer.json").exists():
@@ -625,7 +586,7 @@ def frozen_text_states(text_dir, data_dir, records, caption_column: str, cache_d
 
 def data_stamp(source) -> dict:
     """`file_stamp` of an imagefolder's metadata.jsonl, or of every shard a shard spec names."""
-    from .shards import is_shard_spec, shard_paths
+    from .io.shards import is_shard_spec, shard_paths
 
     if is_shard_spec(source):
         return {"shards": [file_stamp(path) for path in shard_paths(source)]}
@@ -650,6 +611,7 @@ def frozen_clip_features(clip_dir, data_dir, records, image_column: str, caption
     """
     import torch
 
+    from .io.imagefolder import load_images
     from .models.clip import embed_images, embed_texts, load_clip
 
     clip, tokenizer, image_processor = load_clip(clip_dir)

@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from genvl.cli import main
-from genvl.images import load_image
+from genvl.io.images import load_image
 
 
 def run(argv, capsys):

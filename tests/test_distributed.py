@@ -63,7 +63,7 @@ def test_example_accelerate_configs_load(name, kind):
 def test_caption_as_two_processes_writes_one_file_without_gaps(tmp_path, tiny_pipeline_dir, scene_images):
     from genvl.cli import main
 
-    from genvl.shards import write_shards
+    from genvl.io.shards import write_shards
 
     for i, image in enumerate(scene_images + scene_images[:1]):  # 7 images: the shares are uneven
         image.save(tmp_path / f"img{i}.png")

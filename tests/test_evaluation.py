@@ -8,7 +8,8 @@ import pytest
 
 from genvl.evaluation import caption_metrics, captioning, evaluate_captioner, scene_graph_accuracy
 from genvl.world import sample_scene, scene_captions
-from genvl.world.dataset import read_metadata, write_imagefolder
+from genvl.world.dataset import write_imagefolder
+from genvl.io.imagefolder import read_metadata
 
 
 def single(name, colour, size, position):

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from genvl.images import load_image
+from genvl.io.images import load_image
 from genvl.pipelines.caption import CaptionPipeline
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genvl.images import find_images, load_image
+from genvl.io.images import find_images, load_image
 
 
 def test_transparent_pixels_become_white(tmp_path):

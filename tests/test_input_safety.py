@@ -17,10 +17,10 @@ import zlib
 import pytest
 from PIL import Image
 
-from genvl import images as genvl_images
+from genvl.io import images as genvl_images
 from genvl.cli import open_inputs
-from genvl.images import EncodedImage, load_image, printable_path
-from genvl.shards import TEXT_MEMBER_BYTES, list_image_samples, member_byte_cap, read_sample_images
+from genvl.io.images import EncodedImage, load_image, printable_path
+from genvl.io.shards import TEXT_MEMBER_BYTES, list_image_samples, member_byte_cap, read_sample_images
 from genvl.training import read_training_records
 
 from .test_bad_input import assert_one_line_error, run
@@ -295,9 +295,9 @@ def test_reading_samples_checks_the_cap_itself(tmp_path, extracted):
 
 @pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
 def test_training_skips_samples_with_a_member_over_the_cap(suffix, tmp_path, monkeypatch):
-    import genvl.shards
+    import genvl.io.shards
 
-    monkeypatch.setattr(genvl.shards, "TEXT_MEMBER_BYTES", 1000)
+    monkeypatch.setattr(genvl.io.shards, "TEXT_MEMBER_BYTES", 1000)
     genvl_images.set_max_image_pixels(LIMIT)
     shard = tmp_path / f"s{suffix}"
     big = 4 * 2**20

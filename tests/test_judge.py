@@ -16,8 +16,9 @@ from genvl.evaluation.text_to_image import (
 from genvl.models.clip import embed_images
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.pipelines.text_to_image import TextToImagePipeline
-from genvl.training import load_images
-from genvl.world.dataset import read_metadata, write_imagefolder
+from genvl.io.imagefolder import load_images
+from genvl.world.dataset import write_imagefolder
+from genvl.io.imagefolder import read_metadata
 from genvl.world.scenes import sample_scene
 
 from .conftest import get_dummy_unclip_components

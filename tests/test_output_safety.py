@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from genvl.cli_image import slug
-from genvl.outputs import process_tag
+from genvl.io.outputs import process_tag
 from genvl.world.dataset import MANIFEST, write_imagefolder
 
 from .test_bad_input import assert_one_line_error, run, scene
@@ -381,7 +381,7 @@ def test_terminate_cleanly_unwinds_a_write(tmp_path):
     """The mechanism on its own: SIGTERM becomes SystemExit(143), and the write's cleanup runs."""
     script = (
         "import sys, time\n"
-        "from genvl.outputs import terminate_cleanly, written_atomically\n"
+        "from genvl.io.outputs import terminate_cleanly, written_atomically\n"
         "terminate_cleanly()\n"
         f"with written_atomically({str(tmp_path / 'out.txt')!r}) as tmp:\n"
         "    tmp.write_text('half')\n"

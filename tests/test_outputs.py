@@ -6,7 +6,7 @@ import os
 import pytest
 
 from genvl.cli import main
-from genvl.outputs import check_output_file, written_atomically
+from genvl.io.outputs import check_output_file, written_atomically
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):

@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from genvl.shards import expand_braces, is_shard_spec, list_image_samples, read_sample_images, shard_paths, write_shards
-from genvl.training import load_images, read_training_records
-from genvl.world.dataset import read_metadata, write_imagefolder
+from genvl.io.shards import expand_braces, is_shard_spec, list_image_samples, read_sample_images, shard_paths, write_shards
+from genvl.training import read_training_records
+from genvl.io.imagefolder import load_images
+from genvl.world.dataset import write_imagefolder
+from genvl.io.imagefolder import read_metadata
 
 from .conftest import TINY
 

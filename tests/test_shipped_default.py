@@ -57,7 +57,7 @@ def test_shipped_captioner_drops_finished_images_and_matches_transformers(case, 
     """Captions of different lengths end (greedy) or settle (beam search) at different steps; those images leave
     the decoder, and the rest must still decode exactly as transformers' generate() does."""
     from genvl.generation.decoder import CachedDecoder
-    from genvl.images import load_image
+    from genvl.io.images import load_image
 
     pipeline = CaptionPipeline.from_pretrained(DEFAULT_CAPTION_MODEL)
     paths = sorted(EXAMPLES.glob("*.png"))

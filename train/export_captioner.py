@@ -11,7 +11,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from genvl.components import load_tokenizer
+from genvl.io.components import load_tokenizer
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.training import checkpoint_step, copy_ema_weights, resolve_resume, run_script

@@ -21,14 +21,13 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 from transformers import CLIPConfig
 
-from genvl.components import load_pretrained
+from genvl.io.components import load_pretrained
 from genvl.models.clip import load_decoder_text_encoder
 from genvl.models.unclip import (
     UnclipArchitecture, UnclipConditioner, build_autoencoder, build_decoder_unet, build_prior,
 )
-from genvl.training import (
-    copy_ema_weights, load_images, pretrained_part, read_training_records, resolve_resume, run_script,
-)
+from genvl.training import copy_ema_weights, pretrained_part, read_training_records, resolve_resume, run_script
+from genvl.io.imagefolder import load_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_autoencoder import (  # noqa: E402

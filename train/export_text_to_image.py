@@ -14,7 +14,7 @@ from pathlib import Path
 from diffusers import AutoencoderKL, DDPMScheduler, PriorTransformer, UNet2DConditionModel
 from transformers import CLIPModel
 
-from genvl.components import load_pretrained
+from genvl.io.components import load_pretrained
 from genvl.models.clip import load_clip, load_decoder_text_encoder, text_tower_of
 from genvl.models.unclip import UnclipConditioner
 from genvl.pipelines.text_to_image import TextToImagePipeline

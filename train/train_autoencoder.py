@@ -20,12 +20,11 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from genvl.components import load_pretrained
+from genvl.io.components import load_pretrained
 from genvl.models.unclip import UnclipArchitecture, build_autoencoder
-from genvl.training import (
-    TrainArgs, check_at_least, latent_means, load_images, make_accelerator, parse_args, read_training_data,
-    run_script, train_loop,
-)
+from genvl.training import TrainArgs, check_at_least, make_accelerator, parse_args, read_training_data, run_script, train_loop
+from genvl.io.imagefolder import load_images
+from genvl.models.unclip import latent_means
 
 
 @dataclass

@@ -18,10 +18,8 @@ import torch.nn.functional as F
 
 from genvl.lora import save_adapter
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
-from genvl.training import (
-    LoraTrainArgs, add_training_adapter, load_images, load_or_train_tokenizer, make_accelerator, parse_args,
-    check_at_least, read_training_data, run_script, train_loop,
-)
+from genvl.training import LoraTrainArgs, add_training_adapter, load_or_train_tokenizer, make_accelerator, parse_args, check_at_least, read_training_data, run_script, train_loop
+from genvl.io.imagefolder import load_images
 
 
 @dataclass

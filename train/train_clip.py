@@ -28,16 +28,13 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPModel
 
-from genvl.components import load_pretrained, load_tokenizer
+from genvl.io.components import load_pretrained, load_tokenizer
 from genvl.models.clip import (
     ClipArchitecture, build_clip, build_clip_image_processor, normalize_pixels, train_clip_tokenizer,
 )
 from genvl.lora import save_adapter
-from genvl.training import (
-    LoraTrainArgs, add_training_adapter, load_images, load_or_train_tokenizer, make_accelerator, parse_args,
-    check_at_least, gather_with_grad, phrasing_table, pick_phrasings, pretrained_part, read_training_data,
-    run_script, train_loop,
-)
+from genvl.training import LoraTrainArgs, add_training_adapter, load_or_train_tokenizer, make_accelerator, parse_args, check_at_least, gather_with_grad, phrasing_table, pick_phrasings, pretrained_part, read_training_data, run_script, train_loop
+from genvl.io.imagefolder import load_images
 from genvl.world.captions import scene_captions, swapped_captions
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature so that logits scale by at most 100

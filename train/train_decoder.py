@@ -31,15 +31,12 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import compute_snr
 
-from genvl.components import load_pretrained
+from genvl.io.components import load_pretrained
 from genvl.lora import save_adapter
 from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet
-from genvl.training import (
-    LoraTrainArgs, add_training_adapter, add_training_noise, cached_features, data_stamp, file_stamp,
-    frozen_clip_features, frozen_text_states, latent_means, load_images, make_accelerator, parse_args,
-    check_above, check_at_least, check_fraction, pick_phrasings, process_rows, read_training_data, run_script,
-    step_generator, train_loop,
-)
+from genvl.training import LoraTrainArgs, add_training_adapter, add_training_noise, cached_features, data_stamp, file_stamp, frozen_clip_features, frozen_text_states, make_accelerator, parse_args, check_above, check_at_least, check_fraction, pick_phrasings, process_rows, read_training_data, run_script, step_generator, train_loop
+from genvl.io.imagefolder import load_images
+from genvl.models.unclip import latent_means
 
 
 @dataclass

@@ -17,11 +17,9 @@ import torch.nn.functional as F
 
 from genvl.evaluation.judge import SceneJudge
 from genvl.evaluation.text_to_image import judge_images
-from genvl.training import (
-    TrainArgs, check_data_source, load_images, make_accelerator, parse_args, read_training_data, run_script,
-    train_loop,
-)
-from genvl.world.dataset import read_metadata
+from genvl.training import TrainArgs, check_data_source, make_accelerator, parse_args, read_training_data, run_script, train_loop
+from genvl.io.imagefolder import load_images
+from genvl.io.imagefolder import read_metadata
 from genvl.world.sprites import COLOURS, OBJECTS
 
 

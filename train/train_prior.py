@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, PriorTransformer
 
-from genvl.components import load_pretrained
+from genvl.io.components import load_pretrained
 from genvl.models.unclip import UnclipArchitecture, build_prior
 from genvl.lora import save_adapter
 from genvl.training import (

@@ -53,7 +53,7 @@ class SceneJudge(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        from ..folders import check_diffusers_weights, check_model_folder, check_weight_values, loading_errors
+        from ..io.folders import check_diffusers_weights, check_model_folder, check_weight_values, loading_errors
 
         path = Path(pretrained_model_name_or_path)
         if not path.is_dir():

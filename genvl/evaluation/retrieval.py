@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from ..models.clip import embed_images, embed_texts
-from ..training import load_images
+from ..io.imagefolder import load_images
 from ..world.captions import swapped_caption
-from ..world.dataset import read_metadata
+from ..io.imagefolder import read_metadata
 
 
 def rank_metrics(ranks: torch.Tensor, prefix: str) -> dict:

@@ -17,8 +17,9 @@ from PIL import Image
 
 from ..models.clip import embed_at_clip_size, embed_images, embed_texts
 from ..pipelines.text_to_image import DEFAULT_TEXT_GUIDANCE, pixels_to_uint8
-from ..training import latent_means, load_images
-from ..world.dataset import read_metadata
+from ..io.imagefolder import load_images
+from ..models.unclip import latent_means
+from ..io.imagefolder import read_metadata
 from ..world.sprites import ALL_OBJECTS
 from .judge import category_accuracy, judge_scene
 from .retrieval import mirror_rows

@@ -102,8 +102,8 @@ def load_clip(path):
     or from a text-to-image pipeline folder (its `clip/`, `tokenizer/` and `image_processor/`)."""
     from transformers import CLIPModel
 
-    from ..components import load_image_processor, load_tokenizer
-    from ..folders import check_model_folder, load_transformers_model
+    from ..io.components import load_image_processor, load_tokenizer
+    from ..io.folders import check_model_folder, load_transformers_model
 
     path = check_model_folder(path)
     if (path / "model_index.json").is_file() and (path / "clip" / "config.json").is_file():
@@ -122,8 +122,8 @@ def load_decoder_text_encoder(path):
     `CLIPTextModelWithProjection` folder; or a CLIP folder (its `CLIPModel`, whose text tower is used)."""
     from transformers import CLIPTextModelWithProjection
 
-    from ..components import load_tokenizer
-    from ..folders import check_model_folder, load_transformers_model
+    from ..io.components import load_tokenizer
+    from ..io.folders import check_model_folder, load_transformers_model
 
     path = check_model_folder(path)
     if (path / "decoder_text_encoder" / "config.json").is_file():

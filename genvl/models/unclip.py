@@ -85,3 +85,14 @@ def build_autoencoder(arch: UnclipArchitecture):
         block_out_channels=tuple(arch.autoencoder_channels), layers_per_block=1,
         norm_num_groups=arch.autoencoder_norm_groups,
     )
+
+
+def latent_means(vae, images, batch_size: int = 128):
+    """Unscaled latent means (N, C, h, w), on the CPU, of uint8 images (N, 3, H, W), encoded on the autoencoder's
+    device and in its dtype, in batches."""
+    import torch
+
+    with torch.no_grad():
+        out = [vae.encode(images[i : i + batch_size].to(vae.device, vae.dtype) / 127.5 - 1).latent_dist.mean.cpu()
+               for i in range(0, len(images), batch_size)]
+    return torch.cat(out)

@@ -9,11 +9,11 @@ from diffusers.utils import BaseOutput
 
 from ..attention import AttentionBackendMixin
 from ..cache import EmbeddingCacheMixin
-from ..components import check_tokenizer, load_image_processor, load_tokenizer, local_folder, pipeline_from_folder
-from ..folders import check_model_folder, load_transformers_model
+from ..io.components import check_tokenizer, load_image_processor, load_tokenizer, local_folder, pipeline_from_folder
+from ..io.folders import check_model_folder, load_transformers_model
 from ..generation import GenerationSettings, generate
 from ..generation.decoder import encode_images
-from ..images import preprocess_each
+from ..io.images import preprocess_each
 from ..lora import LoraMixin
 
 
@@ -45,7 +45,7 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
     def from_pretrained(cls, pretrained_model_name_or_path, dtype=None, torch_dtype=None, local_files_only=True):
         """Load a genvl pipeline folder or a flat VisionEncoderDecoder folder (a local path, or a hub id already
         in the Hugging Face cache). Components are resolved from an allow-list of classes (see
-        `genvl.components`): nothing the folder names is imported."""
+        `genvl.io.components`): nothing the folder names is imported."""
         dtype = dtype or torch_dtype
         path = local_folder(pretrained_model_name_or_path, local_files_only)
         if not (path / "model_index.json").exists():

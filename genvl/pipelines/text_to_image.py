@@ -18,8 +18,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..attention import AttentionBackendMixin
 from ..cache import EmbeddingCacheMixin
-from ..components import check_tokenizer, local_folder, pipeline_from_folder
-from ..images import names_an_image_file, preprocess_each
+from ..io.components import check_tokenizer, local_folder, pipeline_from_folder
+from ..io.images import names_an_image_file, preprocess_each
 from ..lora import LoraMixin
 from ..models import unclip  # noqa: F401  (from_pretrained finds UnclipConditioner by its module's name)
 from ..models.clip import text_vocabulary, warn_if_truncated
@@ -100,7 +100,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, dtype=None, torch_dtype=None, local_files_only=True):
         """Load a pipeline folder (a local path, or a hub id already in the Hugging Face cache). Components are
-        resolved from an allow-list of classes (see `genvl.components`): nothing the folder names is imported."""
+        resolved from an allow-list of classes (see `genvl.io.components`): nothing the folder names is imported."""
         path = local_folder(pretrained_model_name_or_path, local_files_only)
         pipeline = pipeline_from_folder(cls, path, dtype or torch_dtype)
         for tokenizer, model in (("tokenizer", "clip"), ("decoder_tokenizer", "decoder_text_encoder"),

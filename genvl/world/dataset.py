@@ -14,7 +14,7 @@ import random
 import shutil
 from pathlib import Path
 
-from ..outputs import cannot_write, failed_writing, remove_stale_temporaries, temporary_name
+from ..io.outputs import cannot_write, failed_writing, remove_stale_temporaries, temporary_name
 from .captions import scene_captions
 from .scenes import render_scene, sample_scene
 from .sprites import ALL_OBJECTS, HELD_OUT_OBJECTS, OBJECTS
@@ -165,38 +165,3 @@ def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
         raise
     shutil.rmtree(aside)
 
-
-def imagefolder_files(data_dir):
-    """Yield the files of an imagefolder that its readers open: `metadata.jsonl` and the images under it. A
-    generator, so that a caller needing none of them (`check_output_file`, when its output is a new name) reads
-    no folder."""
-    from ..images import IMAGE_SUFFIXES
-
-    yield Path(data_dir) / "metadata.jsonl"
-    for folder, _, files in os.walk(data_dir):
-        yield from (Path(folder) / name for name in sorted(files) if Path(name).suffix.lower() in IMAGE_SUFFIXES)
-
-
-def read_metadata(data_dir, caption_column: str = "text", image_column: str = "file_name") -> list[dict]:
-    """Records of an imagefolder's `metadata.jsonl`; checks the named columns exist in every record."""
-    path = Path(data_dir) / "metadata.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: expected an imagefolder with a metadata.jsonl")
-    records = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({err})") from None
-            for column in (image_column, caption_column):
-                if column not in record:
-                    raise ValueError(
-                        f"{path}:{line_no}: column {column!r} not found; available columns: {sorted(record)}"
-                    )
-            records.append(record)
-    if not records:
-        raise ValueError(f"{path} holds no records")
-    return records

@@ -1,0 +1,70 @@
+"""Reading Hugging Face imagefolders (images plus `metadata.jsonl`): the records, the files a reader opens, and
+the images as one tensor."""
+
+import json
+import os
+from pathlib import Path
+
+
+def read_metadata(data_dir, caption_column: str = "text", image_column: str = "file_name") -> list[dict]:
+    """Records of an imagefolder's `metadata.jsonl`; checks the named columns exist in every record."""
+    path = Path(data_dir) / "metadata.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: expected an imagefolder with a metadata.jsonl")
+    records = []
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({err})") from None
+            for column in (image_column, caption_column):
+                if column not in record:
+                    raise ValueError(
+                        f"{path}:{line_no}: column {column!r} not found; available columns: {sorted(record)}"
+                    )
+            records.append(record)
+    if not records:
+        raise ValueError(f"{path} holds no records")
+    return records
+
+
+def imagefolder_files(data_dir):
+    """Yield the files of an imagefolder that its readers open: `metadata.jsonl` and the images under it. A
+    generator, so that a caller needing none of them (`check_output_file`, when its output is a new name) reads
+    no folder."""
+    from .images import IMAGE_SUFFIXES
+
+    yield Path(data_dir) / "metadata.jsonl"
+    for folder, _, files in os.walk(data_dir):
+        yield from (Path(folder) / name for name in sorted(files) if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+
+
+def open_record_image(data_dir, record: dict, image_column: str):
+    """The PIL image of a record: its bytes when it came from a shard, else the file it names under data_dir."""
+    import io
+
+    from PIL import Image
+
+    if "image_bytes" in record:
+        return Image.open(io.BytesIO(record["image_bytes"]))
+    return Image.open(Path(data_dir) / record[image_column])
+
+
+def load_images(data_dir, records, image_column: str, resolution: int):
+    """All images of `records` as one uint8 tensor (N, 3, R, R): the world's datasets fit in memory."""
+    import numpy as np
+    import torch
+    from einops import rearrange
+    from PIL import Image
+
+    images = np.empty((len(records), resolution, resolution, 3), dtype=np.uint8)
+    for i, record in enumerate(records):
+        with open_record_image(data_dir, record, image_column) as image:
+            image = image.convert("RGB")
+            if image.size != (resolution, resolution):
+                image = image.resize((resolution, resolution), Image.Resampling.BILINEAR)
+            images[i] = np.asarray(image)
+    return rearrange(torch.from_numpy(images), "b h w c -> b c h w").contiguous()
