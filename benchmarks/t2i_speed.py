@@ -19,7 +19,7 @@ import torch
 import transformers
 from diffusers import DPMSolverMultistepScheduler
 
-from genvl.evaluation.judge import SceneJudge
+from genvl.models.judge import SceneJudge
 from genvl.evaluation.text_to_image import generate_for_prompts, judge_images, select_prompts
 from genvl.pipelines.text_to_image import DEFAULT_TEXT_GUIDANCE, TextToImagePipeline
 from genvl.io.imagefolder import read_metadata

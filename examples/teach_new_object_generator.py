@@ -78,7 +78,7 @@ def full_pipeline(args, runs: dict, out: Path) -> Path:
 
 
 def evaluate(args, model: Path, adapter: Path | None, folders: dict, captioner: Path) -> dict:
-    from genvl.evaluation.judge import SceneJudge
+    from genvl.models.judge import SceneJudge
     from genvl.evaluation.text_to_image import evaluate_text_to_image
     from genvl.pipelines.caption import CaptionPipeline
     from genvl.pipelines.text_to_image import TextToImagePipeline

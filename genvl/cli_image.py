@@ -407,7 +407,7 @@ def run_eval_retrieval(args) -> int:
 
 def run_eval_t2i(args) -> int:
     from .cli import default_caption_model, print_report, progress_bar, quiet_libraries
-    from .evaluation.judge import SceneJudge
+    from .models.judge import SceneJudge
     from .evaluation.text_to_image import evaluate_text_to_image
     from .pipelines.caption import CaptionPipeline
 

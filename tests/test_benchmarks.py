@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from genvl.evaluation.judge import SceneJudge
+from genvl.models.judge import SceneJudge
 from genvl.pipelines.text_to_image import TextToImagePipeline
 from genvl.world.dataset import write_imagefolder
 

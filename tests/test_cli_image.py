@@ -239,7 +239,7 @@ def test_eval_retrieval_report(t2i_dir, tmp_path, capsys):
 
 
 def test_eval_t2i_report(t2i_dir, tiny_pipeline_dir, tmp_path, capsys):
-    from genvl.evaluation.judge import SceneJudge
+    from genvl.models.judge import SceneJudge
 
     data = write_imagefolder(tmp_path / "world", 16, seed=0, split="test", resolution=32)
     torch.manual_seed(0)

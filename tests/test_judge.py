@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from genvl.evaluation.judge import Detection, SceneJudge, category_accuracy, judge_scene
+from genvl.evaluation.judge import category_accuracy, judge_scene
+from genvl.models.judge import Detection, SceneJudge
 from genvl.evaluation.retrieval import mirror_rows
 from genvl.evaluation.text_to_image import (
     autoencoder_round_trip, evaluate_text_to_image, frechet_distance, judge_images, names_all_objects, r_precision,

@@ -9,7 +9,8 @@ import torch
 
 from genvl.cli import DEFAULT_CAPTION_MODEL
 from genvl.cli_image import DEFAULT_JUDGE
-from genvl.evaluation.judge import SceneJudge, category_accuracy, judge_scene
+from genvl.evaluation.judge import category_accuracy, judge_scene
+from genvl.models.judge import SceneJudge
 from genvl.generation import generate
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.world import parse_caption, render_scene

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from genvl.evaluation.judge import SceneJudge
+from genvl.models.judge import SceneJudge
 from genvl.evaluation.text_to_image import judge_images
 from genvl.training import TrainArgs, check_data_source, make_accelerator, parse_args, read_training_data, run_script, train_loop
 from genvl.io.imagefolder import load_images

@@ -1,0 +1,124 @@
+"""The text-to-image judge's network: a small grid detector of the world's objects, trained only on real renders
+(never on generated images). `genvl.evaluation.judge` compares its detections with a prompt's scene graph.
+
+The detector splits a 64x64 image into an 8x8 grid. Every cell predicts whether an object's centre lies in
+it, which object and which colour it is, and where in the cell the centre is. Local maxima of the objectness
+above a threshold are the detections.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from einops import rearrange
+from torch import nn
+
+
+def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation),
+        nn.GroupNorm(8, cout), nn.SiLU(),
+    )
+
+
+@dataclass
+class Detection:
+    name: str
+    colour: str
+    x: float  # centre, in the world's 64-unit coordinates
+    y: float
+    score: float
+
+
+class SceneJudge(ModelMixin, ConfigMixin):
+    """Grid detector of the world's objects: (B, 3, 64, 64) images in [-1, 1] -> per-cell predictions."""
+
+    @register_to_config
+    def __init__(self, object_names: list, colour_names: list, channels: tuple = (32, 64, 128),
+                 image_size: int = 64, threshold: float = 0.5):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.body = nn.Sequential(
+            _conv(3, c1, stride=2), _conv(c1, c1),
+            _conv(c1, c2, stride=2), _conv(c2, c2),
+            _conv(c2, c3, stride=2), _conv(c3, c3), _conv(c3, c3, dilation=2),
+        )
+        self.head = nn.Conv2d(c3, 1 + len(object_names) + len(colour_names) + 2, 1)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        from ..io.folders import check_diffusers_weights, check_model_folder, check_weight_values, loading_errors
+
+        path = Path(pretrained_model_name_or_path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no such judge folder")
+        check_model_folder(path)
+        stored = check_diffusers_weights(cls, path)
+        with loading_errors(path):
+            model = super().from_pretrained(path, use_safetensors=True, **kwargs)
+        check_weight_values(path, model, stored)
+        return model
+
+    @property
+    def cell(self) -> float:
+        return 64 / (self.config.image_size // 8)
+
+    def forward(self, images: torch.Tensor) -> dict:
+        out = rearrange(self.head(self.body(images)), "b k h w -> b h w k")  # K scores per grid cell
+        n, c = len(self.config.object_names), len(self.config.colour_names)
+        return {"objectness": out[..., 0], "objects": out[..., 1 : 1 + n], "colours": out[..., 1 + n : 1 + n + c],
+                "offsets": out[..., 1 + n + c :]}
+
+    def targets(self, scenes: list[dict]) -> dict:
+        """Per-cell training targets of scene graphs (their boxes are in 64-unit coordinates)."""
+        grid = self.config.image_size // 8
+        objectness = torch.zeros(len(scenes), grid, grid)
+        objects = torch.full((len(scenes), grid, grid), -100, dtype=torch.long)  # -100: ignored by the losses
+        colours = torch.full_like(objects, -100)
+        offsets = torch.zeros(len(scenes), grid, grid, 2)
+        names = {name: i for i, name in enumerate(self.config.object_names)}
+        colour_ids = {colour: i for i, colour in enumerate(self.config.colour_names)}
+        for b, scene in enumerate(scenes):
+            for obj in scene["objects"]:
+                x0, y0, x1, y1 = obj["bbox"]
+                cx, cy = (x0 + x1) / 2 / self.cell, (y0 + y1) / 2 / self.cell
+                i, j = min(grid - 1, int(cy)), min(grid - 1, int(cx))
+                objectness[b, i, j] = 1.0
+                objects[b, i, j] = names[obj["name"]]
+                colours[b, i, j] = colour_ids[obj["colour"]]
+                offsets[b, i, j] = torch.tensor([cx - j, cy - i])
+        return {"objectness": objectness, "objects": objects, "colours": colours, "offsets": offsets}
+
+    def loss(self, outputs: dict, targets: dict) -> torch.Tensor:
+        positive = targets["objectness"] > 0
+        loss = F.binary_cross_entropy_with_logits(outputs["objectness"], targets["objectness"], pos_weight=
+                                                  torch.tensor(4.0, device=positive.device))
+        loss = loss + F.cross_entropy(outputs["objects"][positive], targets["objects"][positive])
+        loss = loss + F.cross_entropy(outputs["colours"][positive], targets["colours"][positive])
+        return loss + F.l1_loss(outputs["offsets"][positive].sigmoid(), targets["offsets"][positive])
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor, threshold: float | None = None) -> list[list[Detection]]:
+        """Detections in (B, 3, H, W) images in [-1, 1] (resized to the judge's size when needed); objectness
+        above `threshold` (default: the one in the config, chosen on real validation renders) counts."""
+        threshold = self.config.threshold if threshold is None else threshold
+        size = self.config.image_size
+        if images.shape[-1] != size or images.shape[-2] != size:
+            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        outputs = self(images.to(device=self.device, dtype=self.dtype))
+        score = outputs["objectness"].float().sigmoid()
+        peak = score == F.max_pool2d(score[:, None], 3, stride=1, padding=1)[:, 0]
+        found = (peak & (score > threshold)).nonzero().tolist()
+        detections = [[] for _ in range(images.shape[0])]
+        names, colours = self.config.object_names, self.config.colour_names
+        for b, i, j in found:
+            dx, dy = outputs["offsets"][b, i, j].float().sigmoid().tolist()
+            detections[b].append(Detection(
+                name=names[int(outputs["objects"][b, i, j].argmax())],
+                colour=colours[int(outputs["colours"][b, i, j].argmax())],
+                x=(j + dx) * self.cell, y=(i + dy) * self.cell, score=float(score[b, i, j]),
+            ))
+        return detections
