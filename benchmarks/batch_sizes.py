@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from genvl.cli_image import one_image_each
 from genvl.pipelines.text_to_image import TextToImagePipeline
+from genvl.pipelines.threads import one_image_each
 
 
 def parse_args(argv=None):
@@ -55,11 +55,11 @@ def in_calls(pipeline, args, sizes):
 
 def one_per_thread(pipeline, args, workers):
     """The images of `genvl generate --batch-size WORKERS`: each alone on one thread, WORKERS at once."""
-    options = argparse.Namespace(seed=0, num_images=args.images, batch_size=workers, quiet=True)
     make = lambda pipe, generators: pipe(  # noqa: E731
         args.prompt, generator=generators, output_type="pt", prior_num_inference_steps=args.steps,
         decoder_num_inference_steps=args.steps).images
-    return torch.stack([image for _, _, image in one_image_each(options, pipeline, make)])
+    images = one_image_each(pipeline, make, args.images, base_seed=0, batch_size=workers, quiet=True)
+    return torch.stack([image for _, _, image in images])
 
 
 def median_seconds(function, runs):

@@ -15,13 +15,12 @@
 
 import argparse
 import json
-import math
-import re
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from genvl.lora import adapter_share
+from genvl.training.measure import run_measured
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "pipelines" / "genvl-caption-small"
@@ -97,51 +96,13 @@ def train(args, data: Path, out: Path, lora: bool) -> dict:
             "trainable": trainable_weights(args, out, lora)}
 
 
-def run_measured(command: list, out: Path) -> dict:
-    """Run a training command in its own process: wall time, peak resident memory, last loss; its output
-    goes to `out/train_stdout.log`."""
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    # the peak is read from the child's own VmHWM: getrusage would also count this process's memory, which
-    # the child's address space held between fork and exec
-    result = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, *command[1:]], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    seconds = time.perf_counter() - started
-    (out / "train_stdout.log").write_text(result.stdout)
-    if result.returncode != 0:
-        raise RuntimeError(f"training failed; its output is in {out / 'train_stdout.log'}")
-    peak_kib = int(re.findall(r"^peak_rss_kib (\d+)$", result.stdout, re.MULTILINE)[-1])
-    return {"seconds": round(seconds, 1), "peak_rss_mib": round(peak_kib / 1024, 1),
-            "final_loss": json.loads((out / "train_losses.json").read_text())[-1]}
-
-
-PEAK_WRAPPER = """
-import runpy, sys
-sys.argv = sys.argv[1:]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-finally:
-    status = open("/proc/self/status").read()
-    print("\\npeak_rss_kib", status.split("VmHWM:")[1].split()[0], flush=True)
-"""
-
-
 def trainable_weights(args, out: Path, lora: bool) -> dict:
     from genvl.pipelines.caption import CaptionPipeline
 
     model = CaptionPipeline.from_pretrained(args.model).model
     if not lora:
         return {"count": sum(p.numel() for p in model.parameters()), "fraction": 1.0}
-    return adapter_weights(out / "adapter_model.safetensors", model)
-
-
-def adapter_weights(adapter_file: Path, model) -> dict:
-    """The weights an adapter file holds, and their share of `model`'s."""
-    from safetensors import safe_open
-
-    with safe_open(str(adapter_file), "pt") as f:
-        count = sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
-    return {"count": count, "fraction": round(count / sum(p.numel() for p in model.parameters()), 4)}
+    return adapter_share(out / "adapter_model.safetensors", model)
 
 
 def evaluate(args, folders: dict, model: str, lora: str | None = None) -> dict:

@@ -17,9 +17,10 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teach_new_object import REPO, adapter_weights, run_measured  # noqa: E402
+from genvl.lora import adapter_share
+from genvl.training.measure import run_measured
 
+REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "pipelines" / "genvl-unclip-small"
 JUDGE = REPO / "pipelines" / "genvl-judge-small"
 JUDGED = ("overall", "single_object", "colours", "two_objects")
@@ -64,7 +65,7 @@ def trainable_fraction(args, stage: str, adapter: Path) -> float:
     from diffusers import PriorTransformer, UNet2DConditionModel
 
     model = (PriorTransformer if stage == "prior" else UNet2DConditionModel).from_pretrained(Path(args.model) / stage)
-    return adapter_weights(adapter, model)["fraction"]
+    return adapter_share(adapter, model)["fraction"]
 
 
 def full_pipeline(args, runs: dict, out: Path) -> Path:

@@ -255,6 +255,18 @@ def remove_adapters(model: torch.nn.Module) -> None:
         del model.peft_config
 
 
+def adapter_share(adapter_file, model) -> dict:
+    """{"count": the weights the adapter file holds, "fraction": their share of `model`'s}, read from the file's
+    header."""
+    import math
+
+    from safetensors import safe_open
+
+    with safe_open(str(adapter_file), "pt") as f:
+        count = sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+    return {"count": count, "fraction": round(count / sum(p.numel() for p in model.parameters()), 4)}
+
+
 def parse_lora_spec(spec: str) -> tuple[str, float]:
     """`PATH[:SCALE]` -> (path, scale); the scale defaults to 1, and must pass `check_adapter_weight`."""
     path, sep, scale = spec.rpartition(":")

@@ -1,27 +1,23 @@
 """Every training config in configs/ is read by its script's argument parser (which rejects unknown keys), and
 the architecture file it names exists (and loads, for the unCLIP stages)."""
 
-import sys
+import json
 from pathlib import Path
 
 import pytest
 
 from genvl.models.unclip import UnclipArchitecture
-from genvl.training import parse_args
+from genvl.training.args import parse_args, save_run_config
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "train"))
-import train_autoencoder  # noqa: E402
-import train_captioner  # noqa: E402
-import train_clip  # noqa: E402
-import train_decoder  # noqa: E402
-import train_judge  # noqa: E402
-import train_prior  # noqa: E402
+from .scripts import ROOT, load_script
 
 ARGS = {
-    "autoencoder": train_autoencoder.TrainAutoencoderArgs, "captioner": train_captioner.TrainCaptionerArgs,
-    "clip": train_clip.TrainClipArgs, "decoder": train_decoder.TrainDecoderArgs,
-    "judge": train_judge.TrainJudgeArgs, "prior": train_prior.TrainPriorArgs,
+    "autoencoder": load_script("train/train_autoencoder.py").TrainAutoencoderArgs,
+    "captioner": load_script("train/train_captioner.py").TrainCaptionerArgs,
+    "clip": load_script("train/train_clip.py").TrainClipArgs,
+    "decoder": load_script("train/train_decoder.py").TrainDecoderArgs,
+    "judge": load_script("train/train_judge.py").TrainJudgeArgs,
+    "prior": load_script("train/train_prior.py").TrainPriorArgs,
 }
 CONFIGS = sorted((ROOT / "configs").glob("train_*.json"))
 
@@ -45,3 +41,23 @@ def test_config_parses(path, monkeypatch):
         UnclipArchitecture.from_json(args.architecture)
     elif hasattr(args, "architecture"):
         assert Path(args.architecture).is_file()
+
+
+def test_a_saved_run_config_is_a_config(tmp_path, monkeypatch):
+    """train_config.json holds the run's flags and the architecture it resolved; given back as --config, the flags
+    come back (the architecture is read again from its path)."""
+    monkeypatch.chdir(ROOT)
+    args = parse_args(ARGS["decoder"], ["--config", "configs/train_decoder.json", "--seed", "7"])
+    architecture = UnclipArchitecture.from_json(args.architecture)
+    save_run_config(args, tmp_path, architecture)
+    saved = json.loads((tmp_path / "train_config.json").read_text())
+    assert saved["architecture"] == args.architecture
+    assert UnclipArchitecture.from_dict(saved["architecture_config"]) == architecture
+    assert parse_args(ARGS["decoder"], ["--config", str(tmp_path / "train_config.json")]) == args
+    # a script without an architecture keeps no architecture_config, and takes none
+    judge = parse_args(ARGS["judge"], [])
+    save_run_config(judge, tmp_path / "judge")
+    assert "architecture_config" not in json.loads((tmp_path / "judge" / "train_config.json").read_text())
+    (tmp_path / "bad.json").write_text(json.dumps({"architecture_config": {}}))
+    with pytest.raises(SystemExit):
+        parse_args(ARGS["judge"], ["--config", str(tmp_path / "bad.json")])

@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from genvl.training import COMPLETE_MARKER, complete_checkpoints, resolve_resume, save_checkpoint
+from genvl.training.checkpoints import COMPLETE_MARKER, complete_checkpoints, resolve_resume, save_checkpoint
 from genvl.world.dataset import write_imagefolder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,8 +177,15 @@ def mark(what):
 
 
 def test_ema_state_is_resumed_without_unpickling_objects(tmp_path):
-    from genvl.training import (EMA_WEIGHTS, LEGACY_EMA_STATE, TrainArgs, copy_ema_weights, load_ema_state,
-                                make_accelerator, read_ema_state, train_loop)
+    from genvl.training.args import TrainArgs
+    from genvl.training.checkpoints import (
+        EMA_WEIGHTS,
+        LEGACY_EMA_STATE,
+        copy_ema_weights,
+        load_ema_state,
+        read_ema_state,
+    )
+    from genvl.training.loop import make_accelerator, train_loop
 
     def run(steps, resume=None):
         args = TrainArgs(output_dir=str(tmp_path), train_batch_size=2, max_train_steps=steps, checkpointing_steps=2,

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-sys.path.insert(0, str(EXAMPLES))
-import teach_new_object  # noqa: E402
-import teach_new_object_generator  # noqa: E402
+from genvl.lora import adapter_share
+from genvl.training.measure import run_measured
+
+from .scripts import load_script
+
+teach_new_object = load_script("examples/teach_new_object.py")
+teach_new_object_generator = load_script("examples/teach_new_object_generator.py")
 
 
 def test_peak_memory_is_the_child_own(tmp_path):
@@ -25,11 +28,11 @@ def test_peak_memory_is_the_child_own(tmp_path):
     ballast = bytearray(400 * 2**20)  # this process's memory must not count
     for i in range(0, len(ballast), 4096):
         ballast[i] = 1
-    result = teach_new_object.run_measured([sys.executable, str(script), str(tmp_path)], tmp_path)
+    result = run_measured([sys.executable, str(script), str(tmp_path)], tmp_path)
     assert 300 < result["peak_rss_mib"] < 380 and result["final_loss"] == 0.5
     script.write_text("raise SystemExit(3)")
     with pytest.raises(RuntimeError, match="train_stdout.log"):
-        teach_new_object.run_measured([sys.executable, str(script), str(tmp_path)], tmp_path)
+        run_measured([sys.executable, str(script), str(tmp_path)], tmp_path)
 
 
 def test_default_adapters_stay_under_two_percent(tmp_path):
@@ -54,5 +57,5 @@ def test_default_adapters_stay_under_two_percent(tmp_path):
         assert 0 < trainable <= 0.02 * total, (network, trainable / total)
         # the example counts the saved file's weights: the same ones
         save_adapter(model, tmp_path / network)
-        counted = teach_new_object.adapter_weights(tmp_path / network / "adapter_model.safetensors", model)
+        counted = adapter_share(tmp_path / network / "adapter_model.safetensors", model)
         assert counted["count"] == trainable

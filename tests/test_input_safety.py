@@ -17,11 +17,11 @@ import zlib
 import pytest
 from PIL import Image
 
+from genvl.cli.caption import open_inputs
 from genvl.io import images as genvl_images
-from genvl.cli import open_inputs
 from genvl.io.images import EncodedImage, load_image, printable_path
 from genvl.io.shards import TEXT_MEMBER_BYTES, list_image_samples, member_byte_cap, read_sample_images
-from genvl.training import read_training_records
+from genvl.training.data import read_training_records
 
 from .test_bad_input import assert_one_line_error, run
 

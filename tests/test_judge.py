@@ -174,7 +174,7 @@ def test_stage_scores_line_up_prompts_and_renders(judge, tmp_path):
     decoded, run_decoder = [], pipeline.run_decoder
 
     def recording_decoder(embeds, text, *rest, **kwargs):
-        negative, prompt = text[0].chunk(2)
+        negative, prompt = text.negatives().states, text.prompts().states
         decoded.append((len(embeds), torch.equal(negative, prompt)))
         return run_decoder(embeds, text, *rest, **kwargs)
 
@@ -267,11 +267,10 @@ def test_autoencoder_round_trip_judges_the_renders_as_the_autoencoder_gives_them
 
 def test_train_judge_saves_a_judge_with_a_chosen_threshold(tmp_path):
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "train"))
-    import train_judge
+    from .scripts import load_script
+
+    train_judge = load_script("train/train_judge.py")
 
     train = write_imagefolder(tmp_path, 16, seed=0, split="train", resolution=32)
     val = write_imagefolder(tmp_path, 8, seed=0, split="val", resolution=32)

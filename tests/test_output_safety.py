@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from genvl.cli_image import slug
+from genvl.cli.image import slug
 from genvl.io.outputs import process_tag
 from genvl.world.dataset import MANIFEST, write_imagefolder
 
@@ -430,7 +430,7 @@ def test_several_processes_join_their_parts_and_remove_them_even_on_failure(tiny
                                                                              monkeypatch):
     """Rank 0 of two (the other rank's part written beforehand): the join is whole, and when it fails no part is
     left behind."""
-    import genvl.cli
+    import genvl.cli.caption
 
     for i in range(4):
         scene().save(tmp_path / f"{i}.png")
@@ -438,7 +438,7 @@ def test_several_processes_join_their_parts_and_remove_them_even_on_failure(tiny
     out.mkdir()
     output = out / "captions.jsonl"
     other = out / f".captions.jsonl.{process_tag()}.part1.tmp"  # rank 0 is this process: the parts carry its tag
-    monkeypatch.setattr(genvl.cli, "process_layout", lambda: (2, 0))
+    monkeypatch.setattr(genvl.cli.caption, "process_layout", lambda: (2, 0))
     argv = ["caption", str(tmp_path), "--model", str(tiny_pipeline_dir), "--max-new-tokens", "3",
             "--output", str(output), "--quiet"]
     other.write_text('{"path": "from rank 1"}\n')

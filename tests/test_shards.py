@@ -2,7 +2,6 @@
 
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 
@@ -11,15 +10,15 @@ import torch
 from PIL import Image
 
 from genvl.io.shards import expand_braces, is_shard_spec, list_image_samples, read_sample_images, shard_paths, write_shards
-from genvl.training import read_training_records
+from genvl.training.data import read_training_records
 from genvl.io.imagefolder import load_images
 from genvl.world.dataset import write_imagefolder
 from genvl.io.imagefolder import read_metadata
 
 from .conftest import TINY
+from .scripts import load_script
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "train"))
-import train_captioner  # noqa: E402
+train_captioner = load_script("train/train_captioner.py")
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from genvl.cli import DEFAULT_CAPTION_MODEL
-from genvl.cli_image import DEFAULT_JUDGE
+from genvl.cli.caption import DEFAULT_CAPTION_MODEL
+from genvl.cli.image import DEFAULT_JUDGE
 from genvl.evaluation.judge import category_accuracy, judge_scene
 from genvl.models.judge import SceneJudge
 from genvl.generation import generate
@@ -107,7 +107,7 @@ def test_shipped_judge_reads_held_out_renders():
 
 
 def test_shipped_text_to_image_pipeline():
-    from genvl.cli_image import DEFAULT_T2I_MODEL
+    from genvl.cli.image import DEFAULT_T2I_MODEL
     from genvl.pipelines.text_to_image import TextToImagePipeline
 
     files = [p.name for p in DEFAULT_T2I_MODEL.rglob("*") if p.is_file()]
@@ -120,7 +120,7 @@ def test_shipped_text_to_image_pipeline():
     with torch.no_grad():
         text = pipe.encode_prompt([""] * len(prompts) + prompts)
         embeds = pipe.run_prior(text, 25, 4.0, [torch.Generator().manual_seed(i) for i in range(len(prompts))])
-    similarity = embeds @ text[0][len(prompts):].T
+    similarity = embeds @ text.prompts().embeds.T
     assert (similarity.argmax(dim=1) == torch.arange(len(prompts))).all(), similarity
     images = pipe(prompts[:1], num_images_per_prompt=2, prior_num_inference_steps=4, decoder_num_inference_steps=4,
                   generator=[torch.Generator().manual_seed(i) for i in range(2)], output_type="np").images
@@ -130,7 +130,7 @@ def test_shipped_text_to_image_pipeline():
 def test_shipped_reranker_reads_which_object_is_where():
     """The shipped pipeline's reranker prefers a fresh two-object render's caption to the caption with the two
     objects exchanged, which its CLIP cannot (it reads captions as bags of words)."""
-    from genvl.cli_image import DEFAULT_T2I_MODEL
+    from genvl.cli.image import DEFAULT_T2I_MODEL
     from genvl.evaluation.retrieval import order_accuracy
     from genvl.models.clip import embed_images
     from genvl.pipelines.text_to_image import TextToImagePipeline

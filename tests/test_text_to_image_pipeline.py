@@ -10,7 +10,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from PIL import Image
 
 from genvl.models.clip import load_clip
-from genvl.pipelines.text_to_image import TextToImagePipeline, slerp
+from genvl.pipelines.text_to_image import PromptEncoding, TextToImagePipeline, slerp
 
 from .conftest import get_dummy_unclip_components, write_public_clip_folder
 
@@ -54,9 +54,9 @@ def test_copies_for_other_threads_encode_prompts_at_once(pipeline):
     assert twins[0].decoder is pipeline.decoder and twins[0].tokenizer is not pipeline.tokenizer
     assert twins[0].decoder_scheduler is not pipeline.decoder_scheduler
     prompts = ["", "two blue cars on the left of a green tree"]
-    expected = pipeline.encode_prompt(prompts)[0]
+    expected = pipeline.encode_prompt(prompts).embeds
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda twin: [twin.encode_prompt(prompts)[0] for _ in range(300)], twins))
+        results = list(pool.map(lambda twin: [twin.encode_prompt(prompts).embeds for _ in range(300)], twins))
     for embeds in (e for result in results for e in result):
         torch.testing.assert_close(embeds, expected)
 
@@ -138,6 +138,21 @@ def test_text_guidance_guides_the_prompt_apart_from_the_image_embedding(pipeline
     tokens = pipeline.conditioner.config.image_tokens
     assert torch.equal(context[:2, tokens:], context[2:4, tokens:])  # both with the negative prompt
     assert not torch.allclose(context[2:4, tokens:], context[4:, tokens:])  # the prompt's words
+
+
+def test_prompt_encoding_splits_negative_prompts_from_prompts(pipeline):
+    text = pipeline.encode_prompt(["", "a green tree", "a red apple", "two blue cars"])
+    assert text.count == 2 and text.states.shape[0] == 4
+    prompts = pipeline.encode_prompt(["a red apple", "two blue cars"])
+    negatives = pipeline.encode_prompt(["", "a green tree"])
+    torch.testing.assert_close(text.prompts().states, prompts.states)
+    torch.testing.assert_close(text.negatives().embeds, negatives.embeds)
+    assert torch.equal(text.prompts().mask, prompts.mask) and not torch.equal(text.negatives().mask, prompts.mask)
+    joined = PromptEncoding.join(text.negatives(), text.prompts())
+    assert all(torch.equal(a, b) for a, b in ((joined.embeds, text.embeds), (joined.states, text.states),
+                                              (joined.mask, text.mask)))
+    with pytest.raises(ValueError, match="got 3 rows"):
+        pipeline.encode_prompt(["", "", "a red apple"]).prompts()
 
 
 def test_text_guidance_none_or_equal_is_the_joint_guidance(pipeline):
@@ -251,13 +266,14 @@ def test_decoder_text_encoder_gives_the_decoder_its_token_states(pipeline, tmp_p
     pipe.set_progress_bar_config(disable=True)
 
     prompts = ["", "a red apple to the left of a blue car"]
-    states, mask = pipe.encode_decoder_prompt(prompts)
+    text = pipe.encode_decoder_prompt(prompts)
+    states, mask = text.states, text.mask
     tokens = other["tokenizer"](prompts, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
     with torch.no_grad():
         expected = other["clip"].text_model(**tokens).last_hidden_state
     torch.testing.assert_close(states, expected)
     assert torch.equal(mask, tokens.attention_mask)
-    assert not torch.allclose(states, pipeline.encode_decoder_prompt(prompts)[0])  # not CLIP's own states
+    assert not torch.allclose(states, pipeline.encode_decoder_prompt(prompts).states)  # not CLIP's own states
     # the prior's conditioning is unchanged: same image embedding, other images
     a = pipeline("a red apple", generator=generators(3), output_type="pt", **STEPS)
     b = pipe("a red apple", generator=generators(3), output_type="pt", **STEPS)

@@ -2,18 +2,18 @@
 
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
+from genvl.models.captioner import CaptionerArchitecture
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.world.dataset import write_imagefolder
 
 from .conftest import TINY
+from .scripts import load_script
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "train"))
-import train_captioner  # noqa: E402
+export_captioner = load_script("train/export_captioner.py")
+train_captioner = load_script("train/train_captioner.py")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,25 @@ def test_train_save_load_and_resume(tiny_data, tmp_path):
     resumed = train_captioner.main(train_args(tiny_data, cut, 6, arch_file, resume_from_checkpoint="latest"))
     # the losses of steps 1-4 come from the checkpoint, so the run reports its whole history
     assert resumed[:4] == losses[:4] and resumed == pytest.approx(losses, rel=1e-4)
+
+
+def test_export_builds_the_architecture_the_run_saved(tiny_data, tmp_path):
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(TINY.to_dict()))
+    run = tmp_path / "run"
+    train_captioner.main(train_args(tiny_data, run, 2, arch_file))
+    config = json.loads((run / "train_config.json").read_text())
+    saved = CaptionerArchitecture.from_dict(config["architecture_config"])
+    assert saved == CaptionerArchitecture(**{**TINY.to_dict(), "image_size": 32})  # --resolution 32 applied
+    # the file it was read from changes or goes away: the export still builds what the run trained
+    arch_file.write_text(json.dumps({**TINY.to_dict(), "decoder_layers": TINY.decoder_layers + 1}))
+    out = export_captioner.main(["--run", str(run), "--out", str(tmp_path / "export")])
+    assert CaptionPipeline.from_pretrained(out).model.config.decoder.n_layer == TINY.decoder_layers
+    # a run saved before runs kept their architecture is built from the file its config names
+    del config["architecture_config"]
+    (run / "train_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="weights do not match the run's architecture"):
+        export_captioner.main(["--run", str(run), "--out", str(tmp_path / "old")])
 
 
 def test_unknown_caption_column_is_named(tiny_data, tmp_path):

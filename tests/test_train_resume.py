@@ -15,17 +15,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from genvl.training import COMPLETE_MARKER, checkpoint_damage, run_script, save_checkpoint
+from genvl.training.args import parse_args, run_script
+from genvl.training.checkpoints import COMPLETE_MARKER, checkpoint_damage, save_checkpoint
 from genvl.world.dataset import write_imagefolder
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "train"))
-import export_checkpoint  # noqa: E402
-import train_autoencoder  # noqa: E402
-import train_captioner  # noqa: E402
-import train_decoder  # noqa: E402
-import train_judge  # noqa: E402
-import train_prior  # noqa: E402
+from .scripts import ROOT, load_script
+
+export_checkpoint = load_script("train/export_checkpoint.py")
+train_autoencoder = load_script("train/train_autoencoder.py")
+train_captioner = load_script("train/train_captioner.py")
+train_decoder = load_script("train/train_decoder.py")
+train_judge = load_script("train/train_judge.py")
+train_prior = load_script("train/train_prior.py")
 
 STEPS, EVERY = 4, 2
 # what a checkpoint of train_loop holds: accelerate's state (safetensors weights, torch.save zips) and genvl's EMA
@@ -248,8 +249,6 @@ BAD_FLAGS = [
                          ids=[" ".join(flags) if isinstance(flags, list) else f"config {flags}"
                               for _, flags, _ in BAD_FLAGS])
 def test_bad_flags_are_usage_errors(tmp_path, capsys, args_class, flags, message):
-    from genvl.training import parse_args
-
     if isinstance(flags, dict):  # a --config file's values, which argparse has not converted
         (tmp_path / "config.json").write_text(json.dumps(flags))
         flags = ["--config", str(tmp_path / "config.json")]

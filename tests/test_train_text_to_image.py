@@ -3,26 +3,29 @@ the assembled pipeline generates images."""
 
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from genvl.pipelines.text_to_image import TextToImagePipeline
+from genvl.training.autoencoder import reconstruction_loss
+from genvl.training.contrastive import contrastive_loss, swapped_phrasings
+from genvl.training.data import phrasing_table
+from genvl.training.diffusion import decoder_scheduler, min_snr_weight
+from genvl.training.features import cached_features, frozen_text_states
 from genvl.world.captions import swapped_caption
 from genvl.world.dataset import write_imagefolder
 
 from .conftest import TINY_CLIP
+from .scripts import load_script
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "train"))
-import export_checkpoint  # noqa: E402
-import export_text_to_image  # noqa: E402
-import train_autoencoder  # noqa: E402
-import train_clip  # noqa: E402
-import train_decoder  # noqa: E402
-import train_prior  # noqa: E402
+export_checkpoint = load_script("train/export_checkpoint.py")
+export_text_to_image = load_script("train/export_text_to_image.py")
+train_autoencoder = load_script("train/train_autoencoder.py")
+train_clip = load_script("train/train_clip.py")
+train_decoder = load_script("train/train_decoder.py")
+train_prior = load_script("train/train_prior.py")
 
 TINY_UNCLIP = dict(prior_layers=1, prior_heads=2, prior_head_dim=8, decoder_channels=[16, 32],
                    decoder_attention=[False, True], decoder_head_dim=8, decoder_cross_dim=16, image_tokens=2,
@@ -79,16 +82,16 @@ def test_swapped_captions_are_extra_negatives_of_the_image_side():
     images, texts, negatives = (torch.nn.functional.normalize(torch.randn(3, 4), dim=-1) for _ in range(3))
     caption_ids = torch.tensor([0, 1, 2])
     negative_ids = torch.tensor([5, -1, 0])  # row 1 has no twin; row 2's twin is row 0's own caption
-    loss = train_clip.contrastive_loss(images, texts, 10.0, caption_ids, _OneProcess(), negatives, negative_ids)
+    loss = contrastive_loss(images, texts, 10.0, caption_ids, _OneProcess(), negatives, negative_ids)
 
     image_logits = 10.0 * images @ torch.cat([texts, negatives[[0, 2]]]).T  # row 1's negative is left out
     targets = torch.tensor([[1.0, 0, 0, 0, 1], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0]])
     image_loss = -(targets / targets.sum(1, keepdim=True) * image_logits.log_softmax(1)).sum(1)
     text_loss = torch.nn.functional.cross_entropy(10.0 * texts @ images.T, caption_ids, reduction="none")
     assert loss.item() == pytest.approx(((image_loss.mean() + text_loss.mean()) / 2).item(), rel=1e-5)
-    no_twins = train_clip.contrastive_loss(images, texts, 10.0, caption_ids, _OneProcess(), negatives,
+    no_twins = contrastive_loss(images, texts, 10.0, caption_ids, _OneProcess(), negatives,
                                            torch.full((3,), -1))
-    plain = train_clip.contrastive_loss(images, texts, 10.0, caption_ids, _OneProcess())
+    plain = contrastive_loss(images, texts, 10.0, caption_ids, _OneProcess())
     assert no_twins.item() == pytest.approx(plain.item(), rel=1e-6) and loss.item() != pytest.approx(plain.item())
 
 
@@ -97,7 +100,7 @@ def test_mirrored_images_are_extra_negatives_of_the_text_side():
     images, texts, mirrored = (torch.nn.functional.normalize(torch.randn(3, 4), dim=-1) for _ in range(3))
     caption_ids = torch.tensor([0, 1, 2])
     mirror_ids = torch.tensor([-1, 2, 7])  # row 0 has no mirror; row 1's mirror shows row 2's caption
-    loss = train_clip.contrastive_loss(images, texts, 10.0, caption_ids, _OneProcess(), mirror_embeds=mirrored,
+    loss = contrastive_loss(images, texts, 10.0, caption_ids, _OneProcess(), mirror_embeds=mirrored,
                                        mirror_ids=mirror_ids)
 
     text_logits = 10.0 * texts @ torch.cat([images, mirrored[[1, 2]]]).T
@@ -110,9 +113,9 @@ def test_mirrored_images_are_extra_negatives_of_the_text_side():
 def test_swap_negatives_fine_tune(trained, tmp_path):
     root, data, _ = trained
     records = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
-    texts, phrasings = train_clip.phrasing_table(records, "text")
+    texts, phrasings = phrasing_table(records, "text")
     canonical = {r["text"]: i for i, r in enumerate(records)}
-    swapped, ids = train_clip.swapped_phrasings(records, texts, phrasings, canonical)
+    swapped, ids = swapped_phrasings(records, texts, phrasings, canonical)
     row = next(i for i, r in enumerate(records) if r["scene"]["layout"] == "pair_v"
                and r["scene"]["objects"][0]["name"] != r["scene"]["objects"][1]["name"])
     first, second = (f"{o['colour']} {o['name']}" for o in records[row]["scene"]["objects"])
@@ -139,9 +142,9 @@ def test_swap_negatives_fine_tune(trained, tmp_path):
 
 
 def test_min_snr_weighting(trained, tmp_path):
-    scheduler = train_decoder.decoder_scheduler()
+    scheduler = decoder_scheduler()
     t = torch.tensor([0, 500, 999])
-    weight = train_decoder.min_snr_weight(scheduler, t, 5.0)
+    weight = min_snr_weight(scheduler, t, 5.0)
     snr = scheduler.alphas_cumprod[t] / (1 - scheduler.alphas_cumprod[t])
     assert weight[0] == pytest.approx(5.0 / snr[0].item(), rel=1e-4) and weight[0] < 0.01
     assert weight[2] == 1.0  # at the noisiest step SNR < gamma: unweighted
@@ -214,7 +217,7 @@ def test_foreground_weight_counts_saturated_pixels_more():
     on_object, on_background = off.clone(), off.clone()
     on_object[0, 1, 0, 0] = 0.5
     on_background[0, 1, 1, 1] = 0.5
-    loss = train_autoencoder.reconstruction_loss
+    loss = reconstruction_loss
     plain = loss(pixels + on_object, pixels)
     assert plain == pytest.approx(float(F.l1_loss(pixels + on_object, pixels) + F.mse_loss(pixels + on_object, pixels)))
     assert loss(pixels + on_background, pixels) == pytest.approx(float(plain))
@@ -228,8 +231,6 @@ def test_foreground_weight_counts_saturated_pixels_more():
 
 
 def test_features_are_cached_for_resumed_runs(trained, tmp_path):
-    from genvl.training import cached_features
-
     root, _, _ = trained
     assert (root / "prior" / "clip_features.safetensors").is_file()
     assert (root / "decoder" / "latents.safetensors").is_file()
@@ -260,6 +261,34 @@ def test_checkpoint_export_gives_the_final_ema_weights(trained, tmp_path):
                                 str(root / stage / "checkpoint-2"), "--output", str(early)])
         weights = cls.from_pretrained(early / folder).state_dict()
         assert any(not torch.equal(final[name], weights[name]) for name in final), stage
+
+
+def test_checkpoint_export_builds_the_architecture_the_run_saved(trained, tmp_path):
+    """The export reads the architecture from the run's train_config.json, not from the file the run was given,
+    which may have changed or gone since; a run saved before runs kept it is built from that file."""
+    from diffusers import AutoencoderKL, PriorTransformer, UNet2DConditionModel
+
+    from genvl.models.unclip import UnclipArchitecture
+
+    root, _, _ = trained
+    for stage, run_dir, cls, folder in (("prior", "prior", PriorTransformer, "prior"),
+                                        ("decoder", "decoder", UNet2DConditionModel, "decoder"),
+                                        ("autoencoder", "ae", AutoencoderKL, "vae")):
+        run = tmp_path / run_dir
+        shutil.copytree(root / run_dir, run, ignore=shutil.ignore_patterns("*features*", "latents*"))
+        config = json.loads((run / "train_config.json").read_text())
+        saved = UnclipArchitecture.from_dict(config["architecture_config"])
+        assert saved == UnclipArchitecture.from_json(root / "unclip.json"), stage
+        config["architecture"] = str(tmp_path / "gone.json")
+        (run / "train_config.json").write_text(json.dumps(config))
+        export_checkpoint.main(["--stage", stage, "--run", str(run), "--output", str(tmp_path / f"{stage}-export")])
+        final = cls.from_pretrained(root / run_dir / folder).state_dict()
+        exported = cls.from_pretrained(tmp_path / f"{stage}-export" / folder).state_dict()
+        assert all(torch.equal(final[name], exported[name]) for name in final), stage
+        del config["architecture_config"]
+        (run / "train_config.json").write_text(json.dumps(config))
+        with pytest.raises(FileNotFoundError, match="gone.json"):
+            export_checkpoint.main(["--stage", stage, "--run", str(run), "--output", str(tmp_path / "old")])
 
 
 def test_autoencoder_checkpoint_export_matches_the_runs_own_folder(trained, tmp_path):
@@ -359,7 +388,7 @@ def test_decoder_on_another_text_tower_exports_and_generates(trained, tmp_path):
     losses = train_decoder.main(common(data, tmp_path / "decoder", steps=2) + args + [
         "--text_encoder_model_name_or_path", str(public)])
     assert len(losses) == 2 and all(np.isfinite(losses))
-    states = train_decoder.frozen_text_states(public, data, [{"text": "a red apple"}], "text")[0]
+    states = frozen_text_states(public, data, [{"text": "a red apple"}], "text")[0]
     assert states.shape[1:] == (77, 32)
     export_checkpoint.main(["--stage", "decoder", "--run", str(tmp_path / "decoder"), "--output",
                             str(tmp_path / "export")])
@@ -369,7 +398,7 @@ def test_decoder_on_another_text_tower_exports_and_generates(trained, tmp_path):
                                "--decoder_text_encoder", str(public), "--output", str(out)])
     pipe = TextToImagePipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
-    assert pipe.encode_decoder_prompt(["", "a red apple"])[0].shape == (2, 77, 32)
+    assert pipe.encode_decoder_prompt(["", "a red apple"]).states.shape == (2, 77, 32)
     images = pipe("a red apple", prior_num_inference_steps=2, decoder_num_inference_steps=2,
                   generator=torch.Generator().manual_seed(0), output_type="np").images
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()

@@ -6,7 +6,6 @@ Useful to evaluate a run while it trains, or to ship a checkpoint without waitin
 """
 
 import argparse
-import json
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -14,7 +13,8 @@ from safetensors.torch import load_file
 from genvl.io.components import load_tokenizer
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor
 from genvl.pipelines.caption import CaptionPipeline
-from genvl.training import checkpoint_step, copy_ema_weights, resolve_resume, run_script
+from genvl.training.args import read_run_config, run_architecture, run_script
+from genvl.training.checkpoints import checkpoint_step, copy_ema_weights, resolve_resume
 
 
 def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
@@ -22,9 +22,9 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
     path = resolve_resume(run_dir, checkpoint, flag="--checkpoint")
     if path is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint to export")
-    config = json.loads((run_dir / "train_config.json").read_text())
-    arch = CaptionerArchitecture.from_json(config["architecture"])
-    arch.image_size = config["resolution"]
+    config = read_run_config(run_dir)
+    arch = run_architecture(config, CaptionerArchitecture)
+    arch.image_size = config["resolution"]  # the run's images; older runs' configs hold it only here
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     model = build_captioner(arch, tokenizer)
     missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)

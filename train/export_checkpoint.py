@@ -13,7 +13,6 @@ images, as at the end of its run; a decoder-only fine-tune keeps the one it star
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -22,19 +21,21 @@ from safetensors.torch import load_file
 from transformers import CLIPConfig
 
 from genvl.io.components import load_pretrained
+from genvl.io.imagefolder import load_images
 from genvl.models.clip import load_decoder_text_encoder
 from genvl.models.unclip import (
-    UnclipArchitecture, UnclipConditioner, build_autoencoder, build_decoder_unet, build_prior,
+    UnclipArchitecture,
+    UnclipConditioner,
+    build_autoencoder,
+    build_decoder_unet,
+    build_prior,
 )
-from genvl.training import copy_ema_weights, pretrained_part, read_training_records, resolve_resume, run_script
-from genvl.io.imagefolder import load_images
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_autoencoder import (  # noqa: E402
-    SCALING_IMAGES, ReconstructionStep, latent_scaling_factor, trainable_parameters,
-)
-from train_decoder import DecoderStep, decoder_scheduler  # noqa: E402
-from train_prior import prior_scheduler  # noqa: E402
+from genvl.training.args import read_run_config, run_architecture, run_script
+from genvl.training.autoencoder import SCALING_IMAGES, ReconstructionStep, autoencoder_parameters, latent_scaling_factor
+from genvl.training.checkpoints import copy_ema_weights, resolve_resume
+from genvl.training.data import read_training_records
+from genvl.training.diffusion import DecoderStep, decoder_scheduler, prior_scheduler
+from genvl.training.pretrained import pretrained_part
 
 
 def parse_args(argv=None):
@@ -61,7 +62,7 @@ def checkpoint_weights(model: torch.nn.Module, path: Path, use_ema: bool, traine
 
 def run_checkpoint(run_dir, checkpoint: str) -> tuple[dict, Path]:
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "train_config.json").read_text())
+    config = read_run_config(run_dir)
     path = resolve_resume(run_dir, checkpoint, flag="--checkpoint")
     if path is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint")
@@ -71,7 +72,7 @@ def run_checkpoint(run_dir, checkpoint: str) -> tuple[dict, Path]:
 def run_parts(run_dir, checkpoint: str):
     config, path = run_checkpoint(run_dir, checkpoint)
     clip = CLIPConfig.from_pretrained(pretrained_part(config["clip_model_name_or_path"], "clip"))
-    return config, path, clip, UnclipArchitecture.from_json(config["architecture"])
+    return config, path, clip, run_architecture(config, UnclipArchitecture)
 
 
 def export_prior(run_dir, checkpoint: str, output: Path) -> None:
@@ -105,8 +106,8 @@ def export_autoencoder(run_dir, checkpoint: str, output: Path) -> None:
     if config["pretrained_model_name_or_path"]:
         vae = load_pretrained(AutoencoderKL, config["pretrained_model_name_or_path"])
     else:
-        vae = build_autoencoder(UnclipArchitecture.from_json(config["architecture"]))
-    trained = trainable_parameters(vae, config["train_decoder_only"])
+        vae = build_autoencoder(run_architecture(config, UnclipArchitecture))
+    trained = autoencoder_parameters(vae, config["train_decoder_only"])
     checkpoint_weights(ReconstructionStep(vae), path, config["use_ema"], trained)
     if not config["train_decoder_only"]:
         records, _ = read_training_records(config["train_data_dir"], config["caption_column"],

@@ -18,7 +18,7 @@ from genvl.io.components import load_pretrained
 from genvl.models.clip import load_clip, load_decoder_text_encoder, text_tower_of
 from genvl.models.unclip import UnclipConditioner
 from genvl.pipelines.text_to_image import TextToImagePipeline
-from genvl.training import run_script
+from genvl.training.args import run_script
 
 
 def parse_args(argv=None):

@@ -17,14 +17,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from diffusers import AutoencoderKL
 
 from genvl.io.components import load_pretrained
-from genvl.models.unclip import UnclipArchitecture, build_autoencoder
-from genvl.training import TrainArgs, check_at_least, make_accelerator, parse_args, read_training_data, run_script, train_loop
 from genvl.io.imagefolder import load_images
-from genvl.models.unclip import latent_means
+from genvl.models.unclip import UnclipArchitecture, build_autoencoder
+from genvl.training.args import TrainArgs, check_at_least, parse_args, run_script, save_architecture
+from genvl.training.autoencoder import (
+    ReconstructionStep,
+    autoencoder_parameters,
+    latent_scaling_factor,
+    reconstruction_loss,
+)
+from genvl.training.data import read_training_data
+from genvl.training.loop import make_accelerator, train_loop
+from genvl.training.seeds import AUGMENTATION, step_generator
 
 
 @dataclass
@@ -46,47 +53,6 @@ class TrainAutoencoderArgs(TrainArgs):
         check_at_least(self, 0, "foreground_weight", "kl_weight")
 
 
-class ReconstructionStep(torch.nn.Module):
-    """Encode, sample the posterior, decode: one forward for accelerate to wrap. Returns (recon, mean KL)."""
-
-    def __init__(self, vae):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, pixels, generator):
-        posterior = self.vae.encode(pixels).latent_dist
-        return self.vae.decode(posterior.sample(generator=generator)).sample, posterior.kl().mean()
-
-
-def trainable_parameters(vae, decoder_only: bool) -> list:
-    """The parameters a run trains (and keeps an EMA of): all, or with `decoder_only` the decoder's, the
-    encoder and its quant_conv frozen."""
-    if decoder_only:
-        vae.encoder.requires_grad_(False)
-        vae.quant_conv.requires_grad_(False)
-    return [p for p in vae.parameters() if p.requires_grad]
-
-
-def reconstruction_loss(recon, pixels, foreground_weight: float = 0.0):
-    """L1 + MSE between `recon` and `pixels` (both in [-1, 1]), each pixel weighed by 1 + `foreground_weight` *
-    the target's saturation; a weighted mean, so the loss keeps its scale as the weight grows."""
-    diff = recon - pixels
-    error = diff.abs() + diff**2
-    if not foreground_weight:
-        return error.mean()
-    saturation = (pixels.amax(dim=1, keepdim=True) - pixels.amin(dim=1, keepdim=True)) / 2
-    weight = 1 + foreground_weight * saturation
-    return (error * weight).mean() / weight.mean()
-
-
-SCALING_IMAGES = 1024  # the first training images the latents' scaling factor is measured on
-
-
-def latent_scaling_factor(vae, images, count: int = SCALING_IMAGES) -> float:
-    """1 / standard deviation of the latent means of up to `count` images (uint8, N x 3 x H x W)."""
-    return 1.0 / float(latent_means(vae, images[:count]).std())
-
-
 def main(argv=None):
     args = parse_args(TrainAutoencoderArgs, argv)
     accelerator = make_accelerator(args, "train_autoencoder")
@@ -96,13 +62,15 @@ def main(argv=None):
     if args.pretrained_model_name_or_path:
         vae = load_pretrained(AutoencoderKL, args.pretrained_model_name_or_path)
     else:
-        vae = build_autoencoder(UnclipArchitecture.from_json(args.architecture))
-    parameters = trainable_parameters(vae, args.train_decoder_only)
+        arch = UnclipArchitecture.from_json(args.architecture)
+        save_architecture(accelerator, args, arch)
+        vae = build_autoencoder(arch)
+    parameters = autoencoder_parameters(vae, args.train_decoder_only)
     device = accelerator.device
 
     def compute_loss(model, batch, step):
         pixels = (images[batch].float() / 127.5 - 1).to(device)
-        recon, kl = model(pixels, torch.Generator(device).manual_seed(args.seed * 7_919 + step))
+        recon, kl = model(pixels, step_generator(args.seed, step, AUGMENTATION, device))
         return reconstruction_loss(recon, pixels, args.foreground_weight) + args.kl_weight * kl
 
     losses = train_loop(accelerator, args, ReconstructionStep(vae), parameters, len(records), compute_loss)

@@ -16,10 +16,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from genvl.io.imagefolder import load_images
 from genvl.lora import save_adapter
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
-from genvl.training import LoraTrainArgs, add_training_adapter, load_or_train_tokenizer, make_accelerator, parse_args, check_at_least, read_training_data, run_script, train_loop
-from genvl.io.imagefolder import load_images
+from genvl.training.args import LoraTrainArgs, check_at_least, parse_args, run_script, save_architecture
+from genvl.training.data import read_training_data
+from genvl.training.features import load_or_train_tokenizer
+from genvl.training.loop import make_accelerator, train_loop
+from genvl.training.pretrained import add_training_adapter
 
 
 @dataclass
@@ -74,6 +78,7 @@ def main(argv=None):
     else:
         arch = CaptionerArchitecture.from_json(args.architecture)
         arch.image_size = args.resolution
+        save_architecture(accelerator, args, arch)
         texts = [c for r in records for c in r.get("captions", [r[args.caption_column]])]
         tokenizer = load_or_train_tokenizer(accelerator, output_dir, lambda: train_tokenizer(texts, args.vocab_size))
         model = build_captioner(arch, tokenizer)

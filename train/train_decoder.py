@@ -28,15 +28,27 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from diffusers.training_utils import compute_snr
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from genvl.io.components import load_pretrained
-from genvl.lora import save_adapter
-from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet
-from genvl.training import LoraTrainArgs, add_training_adapter, add_training_noise, cached_features, data_stamp, file_stamp, frozen_clip_features, frozen_text_states, make_accelerator, parse_args, check_above, check_at_least, check_fraction, pick_phrasings, process_rows, read_training_data, run_script, step_generator, train_loop
 from genvl.io.imagefolder import load_images
-from genvl.models.unclip import latent_means
+from genvl.lora import save_adapter
+from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet, latent_means
+from genvl.training.args import (
+    LoraTrainArgs,
+    check_above,
+    check_at_least,
+    check_fraction,
+    parse_args,
+    run_script,
+    save_architecture,
+)
+from genvl.training.data import pick_phrasings, read_training_data
+from genvl.training.diffusion import DecoderStep, add_training_noise, decoder_scheduler, min_snr_weight, process_rows
+from genvl.training.features import cached_features, data_stamp, file_stamp, frozen_clip_features, frozen_text_states
+from genvl.training.loop import make_accelerator, train_loop
+from genvl.training.pretrained import add_training_adapter
+from genvl.training.seeds import NOISE, step_generator
 
 
 @dataclass
@@ -64,31 +76,6 @@ class TrainDecoderArgs(LoraTrainArgs):
             raise ValueError("--reset_image_embedding needs --pretrained_model_name_or_path, the decoder to reset")
 
 
-def decoder_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-                         prediction_type="epsilon", clip_sample=False)
-
-
-def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Loss weight min(SNR, gamma) / SNR of each timestep, for a model that predicts the noise."""
-    snr = compute_snr(scheduler, t)
-    return snr.clamp(max=gamma) / snr
-
-
-class DecoderStep(torch.nn.Module):
-    """The conditioner and the UNet as one module (one forward for accelerate to wrap)."""
-
-    def __init__(self, conditioner, unet):
-        super().__init__()
-        self.conditioner, self.unet = conditioner, unet
-
-    def forward(self, noisy, t, image_embeds, text_states, text_mask):
-        context = self.conditioner(image_embeds, text_states)
-        mask = torch.cat([text_mask.new_ones(len(text_mask), self.conditioner.config.image_tokens), text_mask], 1)
-        return self.unet(noisy, t, encoder_hidden_states=context, class_labels=image_embeds,
-                         encoder_attention_mask=mask).sample
-
-
 def encode_latents(vae, images) -> torch.Tensor:
     """Scaled latent means (N, C, h, w), on the CPU, of uint8 images, or pixels in [-1, 1] without an
     autoencoder."""
@@ -104,9 +91,9 @@ def main(argv=None):
     records = read_training_data(accelerator, args)
 
     # 1. frozen features: CLIP image embeddings, text features of every phrasing plus "", latents
-    _, image_embeds, phrasings, _, states, masks = frozen_clip_features(
-        args.clip_model_name_or_path, data_dir, records, args.image_column, args.caption_column, args.output_dir,
-        accelerator.device)
+    features = frozen_clip_features(args.clip_model_name_or_path, data_dir, records, args.image_column,
+                                    args.caption_column, args.output_dir, accelerator.device)
+    image_embeds, phrasings, states, masks = features.image_embeds, features.phrasings, features.states, features.masks
     text_dir = args.text_encoder_model_name_or_path
     if text_dir is None and (Path(args.clip_model_name_or_path) / "decoder_text_encoder").is_dir():
         text_dir = args.clip_model_name_or_path  # a pipeline whose decoder reads a text tower of its own
@@ -140,6 +127,7 @@ def main(argv=None):
                 conditioner.image_to_tokens.weight.zero_()
                 unet.class_embedding.linear_1.weight.zero_()
     else:
+        save_architecture(accelerator, args, arch)
         conditioner = UnclipConditioner(image_embeds.shape[1], states.shape[2], arch.decoder_cross_dim,
                                         arch.image_tokens)
         unet = build_decoder_unet(arch, latents.shape[-1], latents.shape[1], image_embeds.shape[1])
@@ -157,7 +145,7 @@ def main(argv=None):
         rows, total = process_rows(len(batch), accelerator)
         chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index,
                                 accelerator.num_processes)
-        generator = step_generator(args.seed, step)
+        generator = step_generator(args.seed, step, NOISE)
         drop_text = torch.rand(total, generator=generator)[rows] < args.text_dropout
         drop_image = torch.rand(total, generator=generator)[rows] < args.image_dropout
         chosen = torch.where(drop_text, torch.full_like(chosen, empty), chosen)

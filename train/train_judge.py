@@ -15,11 +15,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from genvl.models.judge import SceneJudge
 from genvl.evaluation.text_to_image import judge_images
-from genvl.training import TrainArgs, check_data_source, make_accelerator, parse_args, read_training_data, run_script, train_loop
-from genvl.io.imagefolder import load_images
-from genvl.io.imagefolder import read_metadata
+from genvl.io.imagefolder import load_images, read_metadata
+from genvl.models.judge import SceneJudge
+from genvl.training.args import TrainArgs, parse_args, run_script
+from genvl.training.data import check_data_source, read_training_data
+from genvl.training.loop import make_accelerator, train_loop
+from genvl.training.seeds import AUGMENTATION, step_generator
 from genvl.world.sprites import COLOURS, OBJECTS
 
 
@@ -79,7 +81,7 @@ def main(argv=None):
     device = accelerator.device
 
     def compute_loss(model, batch, step):
-        generator = torch.Generator().manual_seed(args.seed * 7_919 + step)
+        generator = step_generator(args.seed, step, AUGMENTATION)
         pixels = degrade(images[batch].float() / 127.5 - 1, generator).to(device)
         batch_targets = {name: value[batch].to(device) for name, value in targets.items()}
         return judge.loss(model(pixels), batch_targets)

@@ -16,16 +16,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, PriorTransformer
+from diffusers import PriorTransformer
 
 from genvl.io.components import load_pretrained
-from genvl.models.unclip import UnclipArchitecture, build_prior
 from genvl.lora import save_adapter
-from genvl.training import (
-    LoraTrainArgs, add_training_adapter, add_training_noise, frozen_clip_features, make_accelerator, parse_args,
-    check_at_least, check_fraction, pick_phrasings, pretrained_part, process_rows, read_training_data, run_script,
-    step_generator, train_loop,
-)
+from genvl.models.unclip import UnclipArchitecture, build_prior
+from genvl.training.args import LoraTrainArgs, check_at_least, check_fraction, parse_args, run_script, save_architecture
+from genvl.training.data import pick_phrasings, read_training_data
+from genvl.training.diffusion import add_training_noise, prior_scheduler, process_rows
+from genvl.training.features import frozen_clip_features
+from genvl.training.loop import make_accelerator, train_loop
+from genvl.training.pretrained import add_training_adapter, pretrained_part
+from genvl.training.seeds import NOISE, step_generator
 
 
 @dataclass
@@ -45,11 +47,6 @@ class TrainPriorArgs(LoraTrainArgs):
         check_at_least(self, 1, "num_train_timesteps")
 
 
-def prior_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-                         prediction_type="sample", clip_sample=False)
-
-
 def main(argv=None):
     args = parse_args(TrainPriorArgs, argv)
     accelerator = make_accelerator(args, "train_prior")
@@ -57,19 +54,22 @@ def main(argv=None):
     records = read_training_data(accelerator, args)
 
     # 1. frozen CLIP features: image embeddings, and text features of every distinct phrasing plus ""
-    clip, targets, phrasings, text_embeds, states, masks = frozen_clip_features(
-        args.clip_model_name_or_path, data_dir, records, args.image_column, args.caption_column, args.output_dir,
-        accelerator.device)
+    features = frozen_clip_features(args.clip_model_name_or_path, data_dir, records, args.image_column,
+                                    args.caption_column, args.output_dir, accelerator.device)
+    targets, phrasings, text_embeds, masks = (features.image_embeds, features.phrasings, features.text_embeds,
+                                              features.masks)
     with torch.no_grad():  # the prior attends in the embedding space
-        states = torch.cat([clip.text_projection(states[i : i + 4096].float()).half()
-                            for i in range(0, len(states), 4096)])
-    empty = len(text_embeds) - 1
+        states = torch.cat([features.clip.text_projection(features.states[i : i + 4096].float()).half()
+                            for i in range(0, len(features.states), 4096)])
+    empty = features.empty_prompt
 
     # 2. the prior, standardising image embeddings with the data's statistics (a saved prior keeps its own)
     if args.pretrained_model_name_or_path:
         prior = load_pretrained(PriorTransformer, pretrained_part(args.pretrained_model_name_or_path, "prior"))
     else:
-        prior = build_prior(UnclipArchitecture.from_json(args.architecture), targets.shape[1], states.shape[1])
+        arch = UnclipArchitecture.from_json(args.architecture)
+        save_architecture(accelerator, args, arch)
+        prior = build_prior(arch, targets.shape[1], states.shape[1])
         with torch.no_grad():
             prior.clip_mean.copy_(targets.mean(0, keepdim=True))
             prior.clip_std.copy_(targets.std(0, keepdim=True))
@@ -83,7 +83,7 @@ def main(argv=None):
         rows, total = process_rows(len(batch), accelerator)
         chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index,
                                 accelerator.num_processes)
-        generator = step_generator(args.seed, step)
+        generator = step_generator(args.seed, step, NOISE)
         drop = torch.rand(total, generator=generator)[rows] < args.conditioning_dropout
         chosen = torch.where(drop, torch.full_like(chosen, empty), chosen)
         x0 = (targets[batch] - mean) / std

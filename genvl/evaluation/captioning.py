@@ -20,8 +20,8 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from ..world.captions import parse_caption, scene_facts
 from ..io.imagefolder import read_metadata
+from ..world.captions import parse_caption, scene_facts
 from ..world.scenes import LAYOUTS
 
 # which parts of the `scene_facts` tuples (name, colour, count, size, position) each field compares: every

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
-from ..models.clip import embed_images, embed_texts
-from ..io.imagefolder import load_images
+from ..io.imagefolder import load_images, read_metadata
+from ..models.clip import clip_text_length, embed_images, embed_texts
 from ..world.captions import swapped_caption
-from ..io.imagefolder import read_metadata
 
 
 def rank_metrics(ranks: torch.Tensor, prefix: str) -> dict:
@@ -84,8 +83,7 @@ def evaluate_retrieval(clip, tokenizer, image_processor, data_dir, limit=None, b
     caption_of_image = torch.tensor([index[r[caption_column]] for r in records])
     images = load_images(data_dir, records, image_column, clip.config.vision_config.image_size)
     image_embeds = embed_images(clip, image_processor, images, batch_size)
-    length = getattr(tokenizer, "model_max_length", 77)
-    length = min(length, clip.config.text_config.max_position_embeddings)
+    length = clip_text_length(clip, tokenizer)
     text_embeds = embed_texts(clip, tokenizer, captions, length, batch_size)[0]
     image_to_text, text_to_image = retrieval_ranks(image_embeds.float() @ text_embeds.float().T, caption_of_image)
     report = {"images": len(records), "distinct_captions": len(captions)}

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..io.imagefolder import load_images, read_metadata
 from ..models.clip import embed_at_clip_size, embed_images, embed_texts
-from ..pipelines.text_to_image import DEFAULT_TEXT_GUIDANCE, pixels_to_uint8
-from ..io.imagefolder import load_images
 from ..models.unclip import latent_means
-from ..io.imagefolder import read_metadata
+from ..pipelines.defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_TEXT_GUIDANCE
+from ..pipelines.text_to_image import PromptEncoding, pixels_to_uint8
 from ..world.sprites import ALL_OBJECTS
 from .judge import category_accuracy, judge_scene
 from .retrieval import mirror_rows
@@ -139,9 +139,10 @@ def generate_for_prompts(pipeline, prompts: list[str], images_per_prompt: int, b
 
 @torch.no_grad()
 def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_embeds: torch.Tensor,
-                 batch_size: int = 64, seed: int = 0, prior_num_inference_steps: int = 25,
-                 decoder_num_inference_steps: int = 25, prior_guidance_scale: float = 4.0,
-                 decoder_guidance_scale: float = 4.0,
+                 batch_size: int = 64, seed: int = 0, prior_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+                 decoder_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+                 prior_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                 decoder_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
                  decoder_text_guidance_scale: float | None = DEFAULT_TEXT_GUIDANCE, mirror_prompts: list[int] = (),
                  mirrored_embeds: torch.Tensor | None = None, real_images: torch.Tensor | None = None,
                  captioner=None) -> dict:
@@ -169,7 +170,8 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
         images.append(pixels_to_uint8(pipeline.run_decoder(embeds, decoder_text, decoder_num_inference_steps,
                                                            decoder_guidance_scale, generators(),
                                                            text_guidance_scale=decoder_text_guidance_scale)))
-        no_prompt = tuple(torch.cat([part[: len(chunk)]] * 2) for part in decoder_text)  # the empty prompt, twice
+        empty = decoder_text.negatives()  # the empty prompt, as negative prompt and as prompt
+        no_prompt = PromptEncoding.join(empty, empty)
         variations.append(pixels_to_uint8(pipeline.run_decoder(embeds, no_prompt, decoder_num_inference_steps,
                                                                decoder_guidance_scale, generators())))
     prior = torch.cat(priors).float()

@@ -12,6 +12,11 @@ import torch
 from .decoder import CachedDecoder, encode_images
 from .processors import apply_penalties, sampling_filters
 
+# what beam search adds to the score of a candidate it masks out (an ended one among the running beams, a running
+# one among the finished, an empty finished slot): transformers adds -1e9 rather than -inf, and the ties and the
+# scores it reports for unfinished beams come out the same only with this value
+MASKED = -1e9
+
 
 @dataclass
 class GenerationResult:
@@ -113,93 +118,141 @@ def greedy_or_sample(model, states, prompt, settings, generator=None) -> Generat
     return GenerationResult(sequences=sequences, scores=scores)
 
 
+@dataclass
+class _Beams:
+    """The search state of the images still searching, one row per image and K beams each, every sequence
+    `max_length` tokens long (prompt included, padded)."""
+
+    running: torch.Tensor  # (B, K, max_length) the beams still running
+    running_scores: torch.Tensor  # (B, K) their summed log-probabilities
+    done_seqs: torch.Tensor  # (B, K, max_length) the best finished sequences so far
+    done_scores: torch.Tensor  # (B, K) their length-normalised scores, MASKED in a slot not yet filled
+    done: torch.Tensor  # (B, K) which slots hold a finished sequence
+
+    def select(self, images: torch.Tensor) -> "_Beams":
+        """The state of `images` (indices into the rows) only."""
+        return _Beams(self.running[images], self.running_scores[images], self.done_seqs[images],
+                      self.done_scores[images], self.done[images])
+
+
+@dataclass
+class _Candidates:
+    """The best 2K continuations (a beam and one more token) of each image at one step, best first."""
+
+    scores: torch.Tensor  # (B, 2K) summed log-probabilities
+    parents: torch.Tensor  # (B, 2K) the beam each one continues
+    sequences: torch.Tensor  # (B, 2K, max_length) the beam's tokens with the new one
+    ended: torch.Tensor  # (B, 2K) whether the new token is EOS or the last one there is room for
+
+
+def _best_continuations(logits, beams: _Beams, cur_len: int, prompt_len: int, settings, history: bool) -> _Candidates:
+    """Phase 1: add each next token's log-probability (B * K, V) to its beam's score and keep the best 2K."""
+    images, num_beams, max_length = beams.running.shape
+    vocab = logits.shape[-1]
+    log_probs = logits.log_softmax(dim=-1)
+    input_ids = beams.running[:, :, :cur_len].flatten(0, 1) if history else None
+    log_probs = apply_penalties(log_probs, input_ids, cur_len - prompt_len, settings)
+    totals = (log_probs.view(images, num_beams, vocab) + beams.running_scores[:, :, None]).view(images, -1)
+    top_scores, top_index = torch.topk(totals, 2 * num_beams)
+    parents, tokens = top_index // vocab, top_index % vocab
+    sequences = torch.take_along_dim(beams.running, parents[:, :, None], dim=1)
+    sequences[:, :, cur_len] = tokens
+    ended = tokens == settings.eos_token_id
+    if cur_len + 1 >= max_length:
+        ended.fill_(True)
+    return _Candidates(top_scores, parents, sequences, ended)
+
+
+def _keep_running(beams: _Beams, candidates: _Candidates) -> torch.Tensor:
+    """Phase 2: the best K candidates that have not ended become the running beams. Returns each new beam's parent
+    beam (B, K)."""
+    num_beams = beams.running.shape[1]
+    open_scores = candidates.scores.add(candidates.ended, alpha=MASKED)
+    pick = torch.topk(open_scores, num_beams).indices
+    beams.running = torch.take_along_dim(candidates.sequences, pick[:, :, None], dim=1)
+    beams.running_scores = open_scores.gather(1, pick)
+    return candidates.parents.gather(1, pick)
+
+
+def _keep_finished(beams: _Beams, candidates: _Candidates, generated: int, length_penalty: float) -> None:
+    """Phase 3: ended candidates among the top K, scored per `generated` tokens to the `length_penalty`, join the
+    finished set if they beat it (every image here can still improve and, with early_stopping=True, is not full:
+    the others were settled and dropped)."""
+    num_beams = beams.running.shape[1]
+    ended = candidates.ended & (torch.arange(2 * num_beams, device=candidates.ended.device) < num_beams)
+    final_scores = (candidates.scores / (generated**length_penalty)).add(~ended, alpha=MASKED)
+    merged_scores = torch.cat([beams.done_scores, final_scores], dim=1)
+    best = torch.topk(merged_scores, num_beams).indices
+    beams.done_seqs = torch.take_along_dim(torch.cat([beams.done_seqs, candidates.sequences], dim=1),
+                                           best[:, :, None], dim=1)
+    beams.done_scores = merged_scores.gather(1, best)
+    beams.done = torch.cat([beams.done, ended], dim=1).gather(1, best)
+
+
+def _settled(beams: _Beams, generated: int, most_generated: int, settings) -> torch.Tensor:
+    """Phase 4: which images (B,) are settled, after `generated` of at most `most_generated` new tokens: no running
+    beam can beat their finished ones (transformers' heuristic) or, with early_stopping=True, they have num_beams
+    finished ones. Their finished sets cannot change any more."""
+    if settings.early_stopping == "never" and settings.length_penalty > 0.0:
+        best_length = most_generated
+    else:
+        best_length = generated
+    best_running = beams.running_scores[:, :1] / (best_length**settings.length_penalty)
+    worst_done = torch.where(beams.done, beams.done_scores.min(dim=1, keepdim=True).values, MASKED)
+    settled = ~(best_running > worst_done).any(dim=1)
+    if settings.early_stopping is True:
+        settled |= beams.done.all(dim=1)
+    return settled
+
+
 def beam_search(model, states, prompt, settings) -> GenerationResult:
     """Beam search with transformers' semantics (top 2K candidates, length penalty, early stopping rules).
 
-    Masked scores are pushed down by adding -1e9, in the same order as transformers, so that ties and the
+    Masked scores are pushed down by adding `MASKED`, in the same order as transformers, so that ties and the
     scores reported for unfinished beams come out the same.
     """
-    images, beams = states.shape[0], settings.num_beams
-    eos, pad = settings.eos_token_id, settings.pad_token_id
+    images, num_beams = states.shape[0], settings.num_beams
     prompt_len = len(prompt)
     max_length = prompt_len + settings.max_new_tokens
     device = states.device
     decoder = CachedDecoder(model, states, max_length)
     logits = decoder.step(prompt.expand(images, -1))  # one row per image: all beams start identical
-    decoder.expand(beams)
-    logits = logits.repeat_interleave(beams, dim=0)  # (B * K, V)
-    vocab = logits.shape[-1]
-    keep = 2 * beams
+    decoder.expand(num_beams)
+    logits = logits.repeat_interleave(num_beams, dim=0)  # (B * K, V)
     history = settings.repetition_penalty != 1.0 or settings.no_repeat_ngram_size > 0  # penalties read it
 
-    running = torch.full((images, beams, max_length), pad, dtype=torch.long, device=device)
+    running = torch.full((images, num_beams, max_length), settings.pad_token_id, dtype=torch.long, device=device)
     running[:, :, :prompt_len] = prompt
-    running_scores = torch.zeros(images, beams, device=device)
-    running_scores[:, 1:] = -1e9  # only the first beam may expand at the first step
-    done_seqs = running.clone()
-    done_scores = torch.full((images, beams), -1e9, device=device)
-    done = torch.zeros(images, beams, dtype=torch.bool, device=device)
-    first_k = torch.arange(keep, device=device) < beams
-    row_offset = torch.arange(images, device=device)[:, None] * beams  # first decoder row of each image
+    running_scores = torch.zeros(images, num_beams, device=device)
+    running_scores[:, 1:] = MASKED  # only the first beam may expand at the first step
+    beams = _Beams(running, running_scores, running.clone(), torch.full((images, num_beams), MASKED, device=device),
+                   torch.zeros(images, num_beams, dtype=torch.bool, device=device))
+    row_offset = torch.arange(images, device=device)[:, None] * num_beams  # first decoder row of each image
     live = torch.arange(images, device=device)  # the images still searching (the decoder holds only their rows)
-    result_seqs, result_scores = done_seqs.clone(), done_scores.clone()
+    result_seqs, result_scores = beams.done_seqs.clone(), beams.done_scores.clone()
     cur_len = prompt_len
     while True:
-        # 1. accumulate log-probabilities over every (beam, token) continuation
-        log_probs = logits.log_softmax(dim=-1)
-        input_ids = running[:, :, :cur_len].flatten(0, 1) if history else None
-        log_probs = apply_penalties(log_probs, input_ids, cur_len - prompt_len, settings)
-        totals = (log_probs.view(len(live), beams, vocab) + running_scores[:, :, None]).view(len(live), -1)
-        top_scores, top_index = torch.topk(totals, keep)  # (B, 2K)
-        source, tokens = top_index // vocab, top_index % vocab
-        candidates = torch.take_along_dim(running, source[:, :, None], dim=1)
-        candidates[:, :, cur_len] = tokens
-        hits = tokens == eos
-        if cur_len + 1 >= max_length:
-            hits.fill_(True)
-        # 2. the best K candidates that have not ended keep running
-        open_scores = top_scores.add(hits, alpha=-1e9)
-        pick = torch.topk(open_scores, beams).indices
-        running = torch.take_along_dim(candidates, pick[:, :, None], dim=1)
-        running_scores = open_scores.gather(1, pick)
-        parents = source.gather(1, pick)
-        # 3. ended candidates among the top K join the finished set if they beat it (every image here can still
-        # improve and, with early_stopping=True, is not full: the others were settled and dropped below)
-        ended = hits & first_k
-        final_scores = (top_scores / ((cur_len + 1 - prompt_len) ** settings.length_penalty)).add(~ended, alpha=-1e9)
-        merged_scores = torch.cat([done_scores, final_scores], dim=1)
-        best = torch.topk(merged_scores, beams).indices
-        done_seqs = torch.take_along_dim(torch.cat([done_seqs, candidates], dim=1), best[:, :, None], dim=1)
-        done_scores = merged_scores.gather(1, best)
-        done = torch.cat([done, ended], dim=1).gather(1, best)
+        candidates = _best_continuations(logits, beams, cur_len, prompt_len, settings, history)
+        parents = _keep_running(beams, candidates)
+        _keep_finished(beams, candidates, cur_len + 1 - prompt_len, settings.length_penalty)
         cur_len += 1
-        # 4. an image is settled when no running beam can beat its finished ones (transformers' heuristic) or,
-        # with early_stopping=True, when it has num_beams finished ones: its finished set cannot change any more
-        if settings.early_stopping == "never" and settings.length_penalty > 0.0:
-            best_length = max_length - prompt_len
-        else:
-            best_length = cur_len - prompt_len
-        best_running = running_scores[:, :1] / (best_length**settings.length_penalty)
-        worst_done = torch.where(done, done_scores.min(dim=1, keepdim=True).values, -1.0e9)
-        settled = ~(best_running > worst_done).any(dim=1)
-        if settings.early_stopping is True:
-            settled |= done.all(dim=1)
-        if bool(settled.all()) or bool(hits.all()):
+        settled = _settled(beams, cur_len - prompt_len, max_length - prompt_len, settings)
+        if bool(settled.all()) or bool(candidates.ended.all()):
             break
         rows = parents + row_offset[: len(live)]  # the rows whose histories the next step's beams continue
         if bool(settled.any()):
             # store the settled images' results and stop decoding them
-            result_seqs[live[settled]], result_scores[live[settled]] = done_seqs[settled], done_scores[settled]
+            finished = beams.select(settled)
+            result_seqs[live[settled]], result_scores[live[settled]] = finished.done_seqs, finished.done_scores
             kept = (~settled).nonzero().squeeze(1)
             decoder.keep(rows[kept].flatten(), kept)
-            live, running, running_scores = live[kept], running[kept], running_scores[kept]
-            done_seqs, done_scores, done = done_seqs[kept], done_scores[kept], done[kept]
+            live, beams = live[kept], beams.select(kept)
         else:
             decoder.reorder(rows.flatten())
-        logits = decoder.step(running[:, :, cur_len - 1].reshape(-1, 1))
-    result_seqs[live], result_scores[live] = done_seqs, done_scores
+        logits = decoder.step(beams.running[:, :, cur_len - 1].reshape(-1, 1))
+    result_seqs[live], result_scores[live] = beams.done_seqs, beams.done_scores
 
-    count = settings.num_return_sequences
+    eos, count = settings.eos_token_id, settings.num_return_sequences
     sequences = [[_trim(result_seqs[i, j, prompt_len:].tolist(), eos) for j in range(count)] for i in range(images)]
     scores = [[float(result_scores[i, j]) for j in range(count)] for i in range(images)]
     return GenerationResult(sequences=sequences, scores=scores)

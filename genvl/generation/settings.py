@@ -3,7 +3,6 @@
 import math
 from dataclasses import dataclass, fields
 
-
 # beams, or sequences returned, per image: each is a row of the decoder's batch and cache
 MAX_SEQUENCES = 256
 

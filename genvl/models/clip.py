@@ -3,8 +3,12 @@
 import json
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .architecture import JsonArchitecture
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +101,10 @@ def text_vocabulary(model) -> int:
     return getattr(model.config, "text_config", model.config).vocab_size
 
 
-def load_clip(path):
+def load_clip(path, dtype=None):
     """(CLIPModel, tokenizer, image processor) from a folder in the Hugging Face CLIP layout (ours or public),
-    or from a text-to-image pipeline folder (its `clip/`, `tokenizer/` and `image_processor/`)."""
+    or from a text-to-image pipeline folder (its `clip/`, `tokenizer/` and `image_processor/`): the one way to
+    load a CLIP. `dtype`: the weights' dtype (default: as stored)."""
     from transformers import CLIPModel
 
     from ..io.components import load_image_processor, load_tokenizer
@@ -107,12 +112,13 @@ def load_clip(path):
 
     path = check_model_folder(path)
     if (path / "model_index.json").is_file() and (path / "clip" / "config.json").is_file():
-        clip = load_transformers_model(CLIPModel, path / "clip")
+        clip = load_transformers_model(CLIPModel, path / "clip", dtype)
         tokenizer = load_tokenizer(path / "tokenizer", text_vocabulary(clip))
         return clip, tokenizer, load_image_processor(path / "image_processor")
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a CLIP model folder (no config.json)")
-    clip = load_transformers_model(CLIPModel, path)
+        raise FileNotFoundError(f"{path}: neither a text-to-image pipeline nor a CLIP folder (no model_index.json "
+                                "with clip/config.json, no config.json)")
+    clip = load_transformers_model(CLIPModel, path, dtype)
     return clip, load_tokenizer(path, text_vocabulary(clip)), load_image_processor(path)
 
 
@@ -164,17 +170,25 @@ def normalize_pixels(images, image_processor):
     return (images.float() - mean) / std
 
 
+def embed_pixels(clip, pixel_values, dtype=None):
+    """Unit CLIP image embeddings (N, E), on the model's device, of pixel values (N, 3, S, S) as CLIP's image
+    processor gives them. They are normalised in `dtype` (default: the model's)."""
+    pixel_values = pixel_values.to(clip.device, clip.dtype)
+    embeds = clip.visual_projection(clip.vision_model(pixel_values=pixel_values).pooler_output)
+    if dtype is not None:
+        embeds = embeds.to(dtype)
+    return embeds / embeds.norm(dim=-1, keepdim=True)
+
+
 def embed_images(clip, image_processor, images, batch_size: int = 256):
-    """Unit CLIP image embeddings (N, E) of uint8 images (N, 3, H, W) at the model's size."""
+    """Unit CLIP image embeddings (N, E), float32 on the CPU, of uint8 images (N, 3, H, W) at the model's size."""
     import torch
 
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             pixels = normalize_pixels(images[start : start + batch_size], image_processor)
-            pixels = pixels.to(clip.device, clip.dtype)
-            embeds = clip.visual_projection(clip.vision_model(pixel_values=pixels).pooler_output)
-            out.append(torch.nn.functional.normalize(embeds.float(), dim=-1).cpu())
+            out.append(embed_pixels(clip, pixels, torch.float32).cpu())
     return torch.cat(out)
 
 
@@ -190,33 +204,74 @@ def embed_at_clip_size(clip, image_processor, images, batch_size: int = 64):
     return embed_images(clip, image_processor, images, batch_size)
 
 
+@dataclass
+class TextEncoding:
+    """What a CLIP text tower reads from N texts: unit text embeddings `embeds` (N, E), the last layer's token
+    states `states` (N, T, H), and the attention `mask` (N, T) of the padded tokens (1 for a text's tokens)."""
+
+    embeds: "torch.Tensor"
+    states: "torch.Tensor"
+    mask: "torch.Tensor"
+
+
+def encode_texts(text_encoder, tokenizer, texts, length: int, dtype=None, padding: str = "max_length") -> TextEncoding:
+    """The `TextEncoding` of `texts`, on the device of `text_encoder` (a `CLIPModel`, or a
+    `CLIPTextModelWithProjection`), every text cut to `length` tokens and padded to `length` (`padding`
+    "max_length") or to the longest text ("longest": fewer tokens to run, but the kernels see another shape, so
+    the embeddings differ from "max_length"'s in the last bits). The embeddings are normalised in `dtype`
+    (default: the model's); the states stay in the model's."""
+    tokens = tokenizer(list(texts), padding=padding, max_length=length, truncation=True, return_tensors="pt")
+    device = text_encoder.device
+    mask = tokens.attention_mask.to(device)
+    out = text_encoder.text_model(input_ids=tokens.input_ids.to(device), attention_mask=mask)
+    embeds = text_encoder.text_projection(out.pooler_output)
+    if dtype is not None:
+        embeds = embeds.to(dtype)
+    return TextEncoding(embeds / embeds.norm(dim=-1, keepdim=True), out.last_hidden_state, mask)
+
+
+def clip_text_length(clip, tokenizer) -> int:
+    """The tokens a `CLIPModel` reads of each text: as many as both its tokenizer and its text tower take."""
+    return min(getattr(tokenizer, "model_max_length", 77), clip.config.text_config.max_position_embeddings)
+
+
 def embed_texts(clip, tokenizer, texts, max_length: int, batch_size: int = 256, states_dtype=None):
-    """CLIP text features of `texts`: (unit embeddings (N, E), token states (N, L, H), attention masks (N, L)),
-    every text padded to `max_length` tokens; the states are kept in `states_dtype` (default: the model's)."""
+    """CLIP text features of `texts`, on the CPU: (unit embeddings (N, E), token states (N, L, H), attention
+    masks (N, L)), every text padded to `max_length` tokens; the states are kept in `states_dtype` (default: the
+    model's)."""
     import torch
 
     embeds, states, masks = [], [], []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
-            tokens = tokenizer(list(texts[start : start + batch_size]), padding="max_length", truncation=True,
-                               max_length=max_length, return_tensors="pt")
-            out = clip.text_model(input_ids=tokens.input_ids.to(clip.device),
-                                  attention_mask=tokens.attention_mask.to(clip.device))
-            embeds.append(torch.nn.functional.normalize(clip.text_projection(out.pooler_output), dim=-1).cpu())
-            states.append(out.last_hidden_state.to(states_dtype or out.last_hidden_state.dtype).cpu())
-            masks.append(tokens.attention_mask)
+            text = encode_texts(clip, tokenizer, texts[start : start + batch_size], max_length)
+            embeds.append(text.embeds.cpu())
+            states.append(text.states.to(states_dtype or text.states.dtype).cpu())
+            masks.append(text.mask.cpu())
     return torch.cat(embeds), torch.cat(states), torch.cat(masks)
 
 
+def text_similarity(clip, tokenizer, image_embeds, texts, padding: str = "max_length", batch_size: int = 256):
+    """Cosine similarity (N, len(texts)), float32 on the device of `image_embeds`, of unit CLIP image embeddings
+    (N, E) with `texts`, each read as far as `clip_text_length`, embedded `batch_size` at a time in the dtype of
+    `image_embeds` (see `encode_texts` for `padding`)."""
+    import torch
+
+    length = clip_text_length(clip, tokenizer)
+    texts = list(texts)
+    warn_if_truncated(tokenizer, texts, length)
+    with torch.no_grad():
+        text_embeds = torch.cat([encode_texts(clip, tokenizer, texts[start : start + batch_size], length,
+                                              image_embeds.dtype, padding).embeds
+                                 for start in range(0, len(texts), batch_size)])
+    return image_embeds.float() @ text_embeds.to(image_embeds.device).float().T
+
+
 def clip_similarity(clip, tokenizer, image_processor, images, texts):
-    """Cosine similarity (len(images), len(texts)) of PIL images with texts."""
+    """Cosine similarity (len(images), len(texts)) of PIL images with texts, the embeddings normalised in float32
+    and the texts padded to the longest."""
     import torch
 
     with torch.no_grad():
-        pixels = image_processor(images=list(images), return_tensors="pt").pixel_values.to(clip.device, clip.dtype)
-        image_embeds = clip.visual_projection(clip.vision_model(pixel_values=pixels).pooler_output)
-        warn_if_truncated(tokenizer, texts, tokenizer.model_max_length)
-        tokens = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(clip.device)
-        text_embeds = clip.text_projection(clip.text_model(**tokens).pooler_output)
-    image_embeds = torch.nn.functional.normalize(image_embeds.float(), dim=-1)
-    return image_embeds @ torch.nn.functional.normalize(text_embeds.float(), dim=-1).T
+        pixels = image_processor(images=list(images), return_tensors="pt").pixel_values
+        return text_similarity(clip, tokenizer, embed_pixels(clip, pixels, torch.float32), texts, padding="longest")

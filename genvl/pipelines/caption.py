@@ -9,10 +9,10 @@ from diffusers.utils import BaseOutput
 
 from ..attention import AttentionBackendMixin
 from ..cache import EmbeddingCacheMixin
-from ..io.components import check_tokenizer, load_image_processor, load_tokenizer, local_folder, pipeline_from_folder
-from ..io.folders import check_model_folder, load_transformers_model
 from ..generation import GenerationSettings, generate
 from ..generation.decoder import encode_images
+from ..io.components import check_tokenizer, load_image_processor, load_tokenizer, local_folder, pipeline_from_folder
+from ..io.folders import check_model_folder, load_transformers_model
 from ..io.images import preprocess_each
 from ..lora import LoraMixin
 

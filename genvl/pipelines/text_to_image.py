@@ -22,12 +22,18 @@ from ..io.components import check_tokenizer, local_folder, pipeline_from_folder
 from ..io.images import names_an_image_file, preprocess_each
 from ..lora import LoraMixin
 from ..models import unclip  # noqa: F401  (from_pretrained finds UnclipConditioner by its module's name)
-from ..models.clip import text_vocabulary, warn_if_truncated
-
-
-# the decoder's guidance towards the prompt's words on top of the image embedding's: on the shipped pipeline it
-# judged better than the joint guidance of both at 4 in every category (see the unCLIP model card)
-DEFAULT_TEXT_GUIDANCE = 8.0
+from ..models.clip import (
+    TextEncoding,
+    clip_text_length,
+    embed_at_clip_size,
+    embed_pixels,
+    embed_texts,
+    encode_texts,
+    text_similarity,
+    text_vocabulary,
+    warn_if_truncated,
+)
+from .defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_TEXT_GUIDANCE
 
 # candidates (num_candidates) drawn at once for each image: memory stays that of this many images per image,
 # however many candidates are asked for
@@ -50,6 +56,33 @@ class TextToImageOutput(BaseOutput):
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     image_embeds: torch.Tensor | None = None
+
+
+@dataclass
+class PromptEncoding(TextEncoding):
+    """The `TextEncoding` of negative prompts and prompts, equally many, in the rows that classifier-free guidance
+    pairs up: the negative prompts' rows first, then the prompts'."""
+
+    @classmethod
+    def join(cls, negatives: TextEncoding, prompts: TextEncoding) -> "PromptEncoding":
+        """The rows of `negatives` followed by those of `prompts`."""
+        return cls(torch.cat([negatives.embeds, prompts.embeds]), torch.cat([negatives.states, prompts.states]),
+                   torch.cat([negatives.mask, prompts.mask]))
+
+    @property
+    def count(self) -> int:
+        """How many prompts (and negative prompts) it holds."""
+        if len(self.mask) % 2:
+            raise ValueError(f"a PromptEncoding holds negative prompts and as many prompts, got {len(self.mask)} rows")
+        return len(self.mask) // 2
+
+    def negatives(self) -> TextEncoding:
+        """The negative prompts' rows."""
+        return TextEncoding(self.embeds[: self.count], self.states[: self.count], self.mask[: self.count])
+
+    def prompts(self) -> TextEncoding:
+        """The prompts' rows."""
+        return TextEncoding(self.embeds[self.count :], self.states[self.count :], self.mask[self.count :])
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
@@ -146,36 +179,31 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         twin.decoder_scheduler = copy.deepcopy(self.decoder_scheduler)
         return twin
 
-    def encode_prompt(self, prompts: list[str]):
-        """(text_embeds (B, E) unit length, token_states (B, T, H), mask (B, T)) from CLIP's text tower."""
-        return _encode_text(self.clip, self.tokenizer, prompts, self.prior.config.num_embeddings)
+    def encode_prompt(self, prompts: list[str]) -> PromptEncoding:
+        """CLIP's `PromptEncoding` of `prompts`, the negative prompts followed by as many prompts, that the prior
+        reads."""
+        return _encode_prompts(self.clip, self.tokenizer, prompts, self.prior.config.num_embeddings)
 
-    def encode_decoder_prompt(self, prompts: list[str], text=None):
-        """(token_states (B, T, H), mask (B, T)) that the decoder reads: the `decoder_text_encoder`'s, or else
-        CLIP's (taken from `text`, `encode_prompt(prompts)`, when it is given)."""
+    def encode_decoder_prompt(self, prompts: list[str], text: PromptEncoding | None = None) -> PromptEncoding:
+        """The `PromptEncoding` of `prompts` (negative prompts, then prompts) whose token states the decoder reads:
+        the `decoder_text_encoder`'s, or else CLIP's (`text`, the `encode_prompt(prompts)` already made, when it
+        is given)."""
         if self.decoder_text_encoder is None:
-            return (text or self.encode_prompt(prompts))[1:]
+            return text if text is not None else self.encode_prompt(prompts)
         length = self.decoder_text_encoder.config.max_position_embeddings
-        return _encode_text(self.decoder_text_encoder, self.decoder_tokenizer, prompts, length)[1:]
+        return _encode_prompts(self.decoder_text_encoder, self.decoder_tokenizer, prompts, length)
 
     def encode_image(self, images) -> torch.Tensor:
         """CLIP image embeddings (B, E), unit length, of PIL images or paths (each loaded and preprocessed on its
         own, so that no more than one is held at full size)."""
-
-        def encode(rows):
-            pixel_values = torch.stack(rows).to(device=self.clip.device, dtype=self.clip.dtype)
-            embeds = self.clip.visual_projection(self.clip.vision_model(pixel_values=pixel_values).pooler_output)
-            return embeds / embeds.norm(dim=-1, keepdim=True)
-
         rows = list(preprocess_each(self.image_processor, images))
-        return self.cached_encode(self.clip, rows, encode, self.image_processor.size)
+        return self.cached_encode(self.clip, rows, lambda batch: embed_pixels(self.clip, torch.stack(batch)),
+                                  self.image_processor.size)
 
     @torch.no_grad()
     def score(self, images, texts: list[str]) -> torch.Tensor:
         """CLIP cosine similarity of every image with every text: (len(images), len(texts))."""
-        image_embeds = self.encode_image(images).float()
-        text_embeds = _clip_text_embeds(self.clip, self.tokenizer, texts).to(image_embeds.device)
-        return image_embeds @ text_embeds.float().T
+        return text_similarity(self.clip, self.tokenizer, self.encode_image(images), texts)
 
     @torch.no_grad()
     def rerank(self, images: torch.Tensor, prompts: list[str], num_candidates: int):
@@ -184,13 +212,11 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         scores), by cosine similarity, the images rounded to 8 bits as a saved PNG would be, resized to the
         reranker's input size and normalised with the mean and std of the pipeline's `image_processor`. Without a
         `reranker`, the pipeline's own CLIP scores them."""
-        from ..models.clip import embed_at_clip_size
-
         model, tokenizer = (self.clip, self.tokenizer) if self.reranker is None else (self.reranker,
                                                                                         self.reranker_tokenizer)
         uint8 = pixels_to_uint8(images)
         image_embeds = embed_at_clip_size(model, self.image_processor, uint8, batch_size=len(uint8))
-        text_embeds = _clip_text_embeds(model, tokenizer, prompts).float()
+        text_embeds = embed_texts(model, tokenizer, prompts, clip_text_length(model, tokenizer))[0].float()
         similarity = (image_embeds.view(len(prompts), num_candidates, -1) * text_embeds[:, None]).sum(-1)
         scores, best = similarity.max(dim=1)
         return best + torch.arange(len(prompts)) * num_candidates, scores
@@ -214,30 +240,30 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
         return latents
 
-    def run_prior(self, text, num_inference_steps, guidance_scale, generator, latents=None):
+    def run_prior(self, text: PromptEncoding, num_inference_steps, guidance_scale, generator, latents=None):
         """Image embeddings (N, E), unit length. `text` is `encode_prompt(negative prompts + prompts)`, one
         prompt per image."""
-        embeds, states, mask = text
-        states = self.clip.text_projection(states)  # the prior attends in the embedding space
-        n, dim = len(embeds) // 2, self.prior.config.embedding_dim
+        # the prior attends in the embedding space
+        text = PromptEncoding(text.embeds, self.clip.text_projection(text.states), text.mask)
+        n, dim = text.count, self.prior.config.embedding_dim
         if latents is None:
-            latents = randn_tensor((n, dim), generator=generator, device=self.clip.device, dtype=embeds.dtype)
+            latents = randn_tensor((n, dim), generator=generator, device=self.clip.device, dtype=text.embeds.dtype)
         elif latents.shape != (n, dim):
             raise ValueError(f"prior latents must have shape {(n, dim)}, got {tuple(latents.shape)}")
 
         scales = (guidance_scale,) if guidance_scale > 1.0 else ()
-        rows = slice(None) if scales else slice(n, None)
+        rows = text if scales else text.prompts()  # without guidance the negative prompts are not read
 
         def model_fn(x, t):
-            return self.prior(x, timestep=t, proj_embedding=embeds[rows], encoder_hidden_states=states[rows],
-                              attention_mask=mask[rows].bool()).predicted_image_embedding
+            return self.prior(x, timestep=t, proj_embedding=rows.embeds, encoder_hidden_states=rows.states,
+                              attention_mask=rows.mask.bool()).predicted_image_embedding
 
         latents = self._denoise(self.prior_scheduler, model_fn, latents, num_inference_steps, scales, generator)
         image_embeds = self.prior.post_process_latents(latents)
         return image_embeds / image_embeds.norm(dim=-1, keepdim=True)
 
-    def run_decoder(self, image_embeds, text, num_inference_steps, guidance_scale, generator, latents=None,
-                    text_guidance_scale=None):
+    def run_decoder(self, image_embeds, text: PromptEncoding, num_inference_steps, guidance_scale, generator,
+                    latents=None, text_guidance_scale=None):
         """Images (N, 3, H, W) in [-1, 1] from unit image embeddings and the text tokens of
         `text = encode_decoder_prompt(negative prompts + prompts)`.
 
@@ -247,20 +273,19 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         uncond) + text_guidance_scale (image and prompt - image)`, where "image" sees the embedding with the
         negative prompt: each step's network evaluation then runs three blocks of rows instead of two. Equal
         scales give the joint guidance."""
-        negative_states, states = text[0].chunk(2)
-        negative_mask, mask = text[1].chunk(2)
+        negatives, prompts = text.negatives(), text.prompts()
         n = image_embeds.shape[0]
         no_image = torch.zeros_like(image_embeds)
         if text_guidance_scale is not None and text_guidance_scale != guidance_scale:
             scales = (guidance_scale, text_guidance_scale)
             embeds = torch.cat([no_image, image_embeds, image_embeds])
-            states = torch.cat([negative_states, negative_states, states])
-            mask = torch.cat([negative_mask, negative_mask, mask])
+            states = torch.cat([negatives.states, negatives.states, prompts.states])
+            mask = torch.cat([negatives.mask, negatives.mask, prompts.mask])
         elif guidance_scale > 1.0:
             scales = (guidance_scale,)
-            embeds, (states, mask) = torch.cat([no_image, image_embeds]), text
+            embeds, states, mask = torch.cat([no_image, image_embeds]), text.states, text.mask
         else:
-            scales, embeds = (), image_embeds
+            scales, embeds, states, mask = (), image_embeds, prompts.states, prompts.mask
         context = self.conditioner(embeds, states)
         tokens = self.conditioner.config.image_tokens
         context_mask = torch.cat([mask.new_ones(len(mask), tokens), mask], dim=1)
@@ -305,8 +330,10 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
 
     @torch.no_grad()
     def __call__(self, prompt, negative_prompt=None, num_images_per_prompt: int = 1,
-                 prior_num_inference_steps: int = 25, decoder_num_inference_steps: int = 25,
-                 prior_guidance_scale: float = 4.0, decoder_guidance_scale: float = 4.0, generator=None,
+                 prior_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+                 decoder_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+                 prior_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                 decoder_guidance_scale: float = DEFAULT_GUIDANCE_SCALE, generator=None,
                  prior_latents=None, latents=None, output_type: str = "pil", return_dict: bool = True,
                  decoder_text_guidance_scale: float | None = DEFAULT_TEXT_GUIDANCE, num_candidates: int = 1):
         """Generate `num_images_per_prompt` images per prompt.
@@ -382,8 +409,9 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         return images, image_embeds
 
     @torch.no_grad()
-    def image_variation(self, image=None, num_images: int = 1, decoder_num_inference_steps: int = 25,
-                        decoder_guidance_scale: float = 4.0, generator=None, latents=None,
+    def image_variation(self, image=None, num_images: int = 1,
+                        decoder_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+                        decoder_guidance_scale: float = DEFAULT_GUIDANCE_SCALE, generator=None, latents=None,
                         output_type: str = "pil", return_dict: bool = True, image_embeds=None):
         """Variations of `image` (PIL image or path): decode its CLIP image embedding with fresh noise. Pass
         `image_embeds` (1, E) from `encode_image` instead of `image` to reuse an encoding."""
@@ -395,9 +423,10 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         return self._finish(images, embeds, output_type, return_dict)
 
     @torch.no_grad()
-    def interpolate(self, start, end, frames: int = 5, prior_num_inference_steps: int = 25,
-                    decoder_num_inference_steps: int = 25, prior_guidance_scale: float = 4.0,
-                    decoder_guidance_scale: float = 4.0, generator=None, output_type: str = "pil",
+    def interpolate(self, start, end, frames: int = 5, prior_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+                    decoder_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+                    prior_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                    decoder_guidance_scale: float = DEFAULT_GUIDANCE_SCALE, generator=None, output_type: str = "pil",
                     return_dict: bool = True, batch_size: int = 32):
         """`frames` images along the slerp in CLIP image-embedding space between two ends; each end is a
         prompt (str, through the prior) or an image (PIL image or path). All frames share one decoder noise. The
@@ -409,9 +438,12 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         return self._finish(images, embeds, output_type, return_dict)
 
     @torch.no_grad()
-    def interpolation_frames(self, start, end, frames: int = 5, prior_num_inference_steps: int = 25,
-                             decoder_num_inference_steps: int = 25, prior_guidance_scale: float = 4.0,
-                             decoder_guidance_scale: float = 4.0, generator=None, batch_size: int = 32):
+    def interpolation_frames(self, start, end, frames: int = 5,
+                             prior_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+                             decoder_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+                             prior_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                             decoder_guidance_scale: float = DEFAULT_GUIDANCE_SCALE, generator=None,
+                             batch_size: int = 32):
         """Yield (images (n, 3, H, W) in [-1, 1], image embeddings (n, E)) of `interpolate`'s frames in order,
         `batch_size` at a time: the memory of a batch, however many frames."""
         if frames < 2:
@@ -444,28 +476,12 @@ def _keep_better(best, chosen):
                  for old, new in zip(best, chosen))
 
 
-def _clip_text_embeds(clip, tokenizer, texts) -> torch.Tensor:
-    """Unit text embeddings (N, E), on the CPU, of `texts` from a `CLIPModel`, each text cut to what both its
-    tokenizer and its text tower read."""
-    from ..models.clip import embed_texts
-
-    length = min(getattr(tokenizer, "model_max_length", 77), clip.config.text_config.max_position_embeddings)
-    return embed_texts(clip, tokenizer, list(texts), length)[0]
-
-
-def _encode_text(text_encoder, tokenizer, prompts: list[str], length: int):
-    """(unit embeddings, token states, mask) of `prompts` from a CLIP text tower (a `CLIPModel`'s or a
-    `CLIPTextModelWithProjection`), every prompt padded or cut to `length` tokens."""
+def _encode_prompts(text_encoder, tokenizer, prompts: list[str], length: int) -> PromptEncoding:
+    """The `PromptEncoding` of `prompts` (negative prompts, then prompts) from a CLIP text tower (a `CLIPModel`'s
+    or a `CLIPTextModelWithProjection`), every prompt padded or cut to `length` tokens."""
     for prompt in prompts:
         if not isinstance(prompt, str):
             raise TypeError(f"prompts must be strings, got {type(prompt).__name__}")
     warn_if_truncated(tokenizer, prompts, length)
-    tokens = tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-    device = text_encoder.device
-    text = text_encoder.text_model(input_ids=tokens.input_ids.to(device),
-                                   attention_mask=tokens.attention_mask.to(device))
-    embeds = text_encoder.text_projection(text.pooler_output)
-    return embeds / embeds.norm(dim=-1, keepdim=True), text.last_hidden_state, tokens.attention_mask.to(device)
-
-
-
+    text = encode_texts(text_encoder, tokenizer, prompts, length)
+    return PromptEncoding(text.embeds, text.states, text.mask)

@@ -10,7 +10,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from .io.folders import first_line
+from ..io.folders import first_line
 
 COMPLETE_MARKER = "checkpoint_complete.json"
 # the EMA in a checkpoint: its weights as safetensors, its counters as the file's metadata. accelerate would pickle

@@ -1,0 +1,344 @@
+"""The text-to-image commands of `genvl`: generate, vary, interpolate and score, and the sampling flags and
+pipeline loading that `genvl eval t2i` shares."""
+
+import argparse
+import json
+import os
+import random
+import re
+from pathlib import Path
+
+from ..io.outputs import check_output_file, written_atomically
+from ..pipelines.defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_TEXT_GUIDANCE
+from .common import (
+    UsageError,
+    add_image_limit_flag,
+    add_lora_flag,
+    check_text,
+    checked_type,
+    load_loras,
+    lora_folders,
+    model_source,
+    plural,
+    positive,
+    quiet_libraries,
+    seed_number,
+    summarize,
+    torch_dtype,
+)
+
+DEFAULT_T2I_MODEL = Path(__file__).resolve().parents[2] / "pipelines" / "genvl-unclip-small"
+DEFAULT_JUDGE = DEFAULT_T2I_MODEL.parent / "genvl-judge-small"
+BATCH_HELP = ("images made at once, each alone on one CPU thread (default: one per core). An image is the same "
+              "bit for bit whatever this is, so the seed recorded in its PNG reproduces it")
+# name -> (diffusers scheduler class, config overrides); "dpm-sde" is DPM-Solver++'s stochastic variant at first
+# order, which came closest to DDPM 25 + 25's judged accuracy at 12 + 12 steps; the second order and the ODE solver
+# lose more (see the unCLIP model card)
+SCHEDULERS = {"ddpm": ("DDPMScheduler", {}), "ddim": ("DDIMScheduler", {}),
+              "dpm": ("DPMSolverMultistepScheduler", {}),
+              "dpm-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 1})}
+
+
+GUIDANCE = checked_type(float, lambda value: value >= 0, "a number >= 0 (1 means no guidance)")
+
+
+def default_t2i_model() -> str:
+    return os.environ.get("GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))
+
+
+# ---- flags ---------------------------------------------------------------------------------------------------
+
+
+def add_parsers(commands) -> None:
+    """Register generate, vary, interpolate and score on the `genvl` subparsers."""
+    generate = commands.add_parser("generate", help="generate images from a prompt",
+                                   epilog='example: genvl generate "a red apple" -n 4 --seed 0')
+    generate.add_argument("prompt")
+    generate.add_argument("-n", "--num-images", type=positive(int), default=1)
+    generate.add_argument("--batch-size", type=positive(int), help=BATCH_HELP)
+    generate.add_argument("--negative", default=None, help="negative prompt (default: the empty prompt)")
+    add_lora_flag(generate)
+    add_sampling_flags(generate, text=True)
+    add_t2i_runtime_flags(generate)
+
+    vary = commands.add_parser("vary", help="variations of an image", epilog="example: genvl vary img.png -n 4")
+    vary.add_argument("image")
+    vary.add_argument("-n", "--num-images", type=positive(int), default=4)
+    vary.add_argument("--batch-size", type=positive(int), help=BATCH_HELP)
+    add_sampling_flags(vary, prior=False)
+    add_t2i_runtime_flags(vary)
+
+    interpolate = commands.add_parser(
+        "interpolate", help="frames between two prompts or images (slerp in CLIP space)",
+        epilog='example: genvl interpolate "a red apple" "a blue car" --frames 6')
+    interpolate.add_argument("start", help="a prompt or an image file")
+    interpolate.add_argument("end", help="a prompt or an image file")
+    interpolate.add_argument("--frames", type=checked_type(int, lambda frames: frames >= 2, ">= 2"), default=5)
+    add_sampling_flags(interpolate)
+    add_t2i_runtime_flags(interpolate)
+
+    score = commands.add_parser("score", help="CLIP similarity of an image with texts",
+                                epilog='example: genvl score img.png "a red apple" "a blue car"')
+    score.add_argument("image")
+    score.add_argument("texts", nargs="+")
+    score.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add_t2i_runtime_flags(score)
+
+
+def add_sampling_flags(parser, prior: bool = True, outputs: bool = True, text: bool = False):
+    """`text`: the command decodes prompts' words too (generate, eval t2i), so it takes --decoder-text-guidance."""
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--steps", type=positive(int), default=DEFAULT_NUM_INFERENCE_STEPS,
+                       help=f"inference steps of each stage (default {DEFAULT_NUM_INFERENCE_STEPS})")
+    group.add_argument("--guidance", type=GUIDANCE, default=DEFAULT_GUIDANCE_SCALE,
+                       help="classifier-free guidance scale of each stage (the decoder's towards the image embedding)")
+    if prior:
+        group.add_argument("--prior-steps", type=positive(int), help="prior steps (default: --steps)")
+        group.add_argument("--prior-guidance", type=GUIDANCE, help="prior guidance (default: --guidance)")
+    group.add_argument("--decoder-steps", type=positive(int), help="decoder steps (default: --steps)")
+    group.add_argument("--decoder-guidance", type=GUIDANCE, help="decoder guidance (default: --guidance)")
+    if text:
+        group.add_argument("--decoder-text-guidance", type=GUIDANCE, default=DEFAULT_TEXT_GUIDANCE,
+                           help="decoder guidance towards the prompt's words, on top of --decoder-guidance's towards "
+                                f"the image embedding (default {DEFAULT_TEXT_GUIDANCE:g}; the same value as "
+                                "--decoder-guidance guides both together, with two rows per image in each decoder "
+                                "step instead of three)")
+        group.add_argument("--candidates", type=positive(int), default=1,
+                           help="draw K images for each one kept, and keep the one the pipeline's reranker (or "
+                                "else its CLIP) scores most alike the prompt: K times the work (default 1)")
+    group.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddpm",
+                       help="diffusers scheduler: ddpm (default), ddim, dpm (DPM-Solver++), dpm-sde (its "
+                            "stochastic variant, first order: with --prior-steps 8 --decoder-steps 17 it halves the "
+                            "network evaluations)")
+    if outputs:
+        group.add_argument("--seed", type=seed_number,
+                           help="image i uses seed S + i (recorded in the PNG); default random")
+        group.add_argument("--out", default="outputs", help="folder for the PNGs (default: outputs)")
+        group.add_argument("--json", action="store_true",
+                           help="one JSON record per image on stdout (path, seed, settings) instead of its path")
+
+
+def add_t2i_runtime_flags(parser):
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    parser.add_argument("--model", default=None,
+                        help="text-to-image pipeline folder (default: genvl-unclip-small); score and eval retrieval "
+                             "also take a CLIP folder")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or logs on stderr")
+    add_image_limit_flag(parser)
+
+
+# ---- the pipeline and its settings ---------------------------------------------------------------------------
+
+
+def load_t2i_pipeline(args):
+    import diffusers
+
+    from ..io.folders import check_model_folder
+    from ..pipelines.text_to_image import TextToImagePipeline
+
+    quiet_libraries(args)
+    path, name = model_source(args, "GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"{name}: not a text-to-image pipeline folder (no model_index.json)")
+    check_model_folder(path)  # its files are regular before the step counts read any
+    check_step_counts(args, path)
+    pipeline = TextToImagePipeline.from_pretrained(path, dtype=torch_dtype(args))
+    load_loras(pipeline, getattr(args, "lora", []))
+    scheduler = getattr(args, "scheduler", "ddpm")
+    if scheduler != "ddpm":
+        name, config = SCHEDULERS[scheduler]
+        pipeline.set_schedulers(getattr(diffusers, name), **config)
+    pipeline.set_progress_bar_config(disable=args.quiet)
+    return pipeline.to(args.device)
+
+
+def check_step_counts(args, path: Path) -> None:
+    """A usage error, before the networks load, for more inference steps than a stage's scheduler has timesteps."""
+    from ..io.folders import read_json
+
+    if not hasattr(args, "steps"):  # score and eval retrieval run no diffusion
+        return
+    for stage in ("prior", "decoder"):
+        steps = getattr(args, f"{stage}_steps", None)
+        flag, count = (f"--{stage}-steps", steps) if steps is not None else ("--steps", args.steps)
+        config = path / f"{stage}_scheduler" / "scheduler_config.json"
+        if not hasattr(args, f"{stage}_steps") or not config.is_file():
+            continue
+        settings = read_json(config)
+        limit = settings.get("num_train_timesteps", 1000) if isinstance(settings, dict) else None  # else: the loader
+        if isinstance(limit, int) and count > limit:
+            raise UsageError(f"{flag} {count}: the {stage}'s scheduler has only {limit} timesteps")
+
+
+def stage_settings(args, prior: bool = True) -> dict:
+    def either(value, default):
+        return default if value is None else value
+
+    settings = dict(decoder_num_inference_steps=either(args.decoder_steps, args.steps),
+                    decoder_guidance_scale=either(args.decoder_guidance, args.guidance))
+    if prior:
+        settings.update(prior_num_inference_steps=either(args.prior_steps, args.steps),
+                        prior_guidance_scale=either(args.prior_guidance, args.guidance))
+        if hasattr(args, "decoder_text_guidance"):
+            settings["decoder_text_guidance_scale"] = args.decoder_text_guidance
+            settings["num_candidates"] = args.candidates
+    return settings
+
+
+def base_seed(args) -> int:
+    """--seed, or a fresh random one: image i of the run uses base + i."""
+    return args.seed if args.seed is not None else random.randrange(2**31)
+
+
+# ---- the images out ------------------------------------------------------------------------------------------
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:60] or "image"
+
+
+def save_png(image, path: Path, metadata: dict, flag: str = "--out", inputs=()) -> Path:
+    """Write `image` with `metadata` as PNG text chunks; written to a temporary name, then renamed. `path` is
+    checked first as `check_output_file(path, flag, inputs)` does: an existing file is replaced only if it is a
+    regular file and none of `inputs`."""
+    from PIL.PngImagePlugin import PngInfo
+
+    check_output_file(path, flag, inputs)
+    info = PngInfo()
+    for key, value in metadata.items():
+        info.add_text(key, value if isinstance(value, str) else json.dumps(value))
+    with written_atomically(path, flag) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+    return path
+
+
+def output_folder(args) -> Path:
+    """The folder --out names, made if missing; an error naming --out if it cannot hold the PNGs."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out}: is a file; expected a folder for the PNGs")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise type(err)(f"--out {out}: cannot make the folder ({err.strerror or err})") from None
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"--out {out}: cannot write in it")
+    return out
+
+
+def write_images(args, images, name: str, metadata: dict):
+    """Save each (index, seed, image) as it comes, print its path (or JSON record), then a summary on stderr."""
+    out = output_folder(args)
+    # the source image (vary), image ends (interpolate), model and adapters: files a PNG must not overwrite
+    sources = [getattr(args, end, None) for end in ("image", "start", "end")]
+    inputs = [*filter(None, sources), args.model or default_t2i_model(), *lora_folders(args)]
+    count = 0
+    for i, seed, image in images:
+        path = save_png(image, out / f"{name}-{seed}-{i}.png", {**metadata, "seed": str(seed)}, "--out", inputs)
+        print(json.dumps({"path": str(path), **metadata, "seed": seed}) if args.json else path, flush=True)
+        count += 1
+    summarize(args, f"wrote {plural(count, 'image')} to {out}")
+
+
+# ---- the commands --------------------------------------------------------------------------------------------
+
+
+def each_alone(args, pipeline, make):
+    """The images of `make`, each alone on one CPU thread with its own seed (see `one_image_each`)."""
+    from ..pipelines.threads import one_image_each
+
+    return one_image_each(pipeline, make, args.num_images, base_seed(args), args.batch_size, args.quiet)
+
+
+def run_generate(args) -> int:
+    check_text(args.prompt, "PROMPT")
+    if args.negative:
+        check_text(args.negative, "--negative")
+    settings = stage_settings(args)
+    pipeline = load_t2i_pipeline(args)
+    images = each_alone(args, pipeline, lambda pipe, generators: pipe(
+        args.prompt, negative_prompt=args.negative, generator=generators, **settings).images)
+    metadata = {"prompt": args.prompt, "negative_prompt": args.negative or "", "scheduler": args.scheduler,
+                "settings": settings, "model": str(args.model or default_t2i_model())}
+    write_images(args, images, slug(args.prompt), metadata)
+    return 0
+
+
+def run_vary(args) -> int:
+    import torch
+
+    from ..io.images import load_image
+    from ..pipelines.threads import one_torch_thread
+
+    settings = stage_settings(args, prior=False)
+    image = load_image(args.image)
+    pipeline = load_t2i_pipeline(args)
+    with one_torch_thread(), torch.no_grad():  # encoded once, on one thread like each image's own work
+        embeds = pipeline.encode_image([image])
+    images = each_alone(args, pipeline, lambda pipe, generators: pipe.image_variation(
+        image_embeds=embeds, generator=generators, **settings).images)
+    metadata = {"source": str(args.image), "scheduler": args.scheduler, "settings": settings}
+    write_images(args, images, slug(Path(args.image).stem) + "-variation", metadata)
+    return 0
+
+
+def interpolation_end(text: str, name: str):
+    """An image (see `names_an_image_file`) or else a prompt."""
+    from ..io.images import load_image, names_an_image_file
+
+    return load_image(text) if names_an_image_file(text) else check_text(text, name)
+
+
+def run_interpolate(args) -> int:
+    import torch
+
+    settings = stage_settings(args)
+    ends = [interpolation_end(args.start, "START"), interpolation_end(args.end, "END")]
+    pipeline = load_t2i_pipeline(args)
+    seed = base_seed(args)
+    chunks = pipeline.interpolation_frames(ends[0], ends[1], frames=args.frames,
+                                           generator=torch.Generator().manual_seed(seed), **settings)
+
+    def frames():  # written as each batch of frames is decoded, never all held at once
+        index = 0
+        for images, _ in chunks:
+            for frame in pipeline.postprocess(images, "pil"):
+                yield index, seed, frame
+                index += 1
+
+    metadata = {"start": args.start, "end": args.end, "scheduler": args.scheduler, "settings": settings}
+    write_images(args, frames(), slug(f"{Path(args.start).stem}-to-{Path(args.end).stem}"), metadata)
+    return 0
+
+
+def load_clip_parts(args):
+    """(clip, tokenizer, image processor) of --model: a text-to-image pipeline folder or a CLIP folder."""
+    from ..models.clip import load_clip
+
+    path, name = model_source(args, "GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))
+    if not path.is_dir():
+        raise FileNotFoundError(f"{name}: no such model folder")
+    quiet_libraries(args)
+    clip, tokenizer, processor = load_clip(path, torch_dtype(args))
+    return clip.to(args.device).eval(), tokenizer, processor
+
+
+def run_score(args) -> int:
+    from ..io.images import load_image
+    from ..models.clip import clip_similarity
+
+    for text in args.texts:
+        check_text(text, "TEXT")
+    image = load_image(args.image)
+    scores = clip_similarity(*load_clip_parts(args), [image], args.texts)[0].tolist()
+    if args.json:
+        print(json.dumps({"image": args.image, "scores": dict(zip(args.texts, scores))}))
+    else:
+        for text, value in sorted(zip(args.texts, scores), key=lambda pair: -pair[1]):
+            print(f"{value:.4f}\t{text}")
+    return 0
+
+
+RUNS = {"generate": run_generate, "vary": run_vary, "interpolate": run_interpolate, "score": run_score}

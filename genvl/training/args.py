@@ -1,0 +1,229 @@
+"""The training scripts' arguments: typed dataclasses parsed from flags and a `--config` file, their checks, the
+run config saved in the output folder (with the architecture the run resolved), and `run_script`, which ends a
+script's failure in one line."""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import typing
+from pathlib import Path
+
+# the schedules of diffusers' get_scheduler that need nothing but the warmup and total steps (piecewise_constant
+# needs step rules)
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+RUN_CONFIG = "train_config.json"
+# the key of RUN_CONFIG holding the content of the architecture the run built its model from (None when it
+# started from a saved model instead); runs saved before it existed hold only the path, `architecture`
+ARCHITECTURE_CONFIG = "architecture_config"
+
+
+def parse_args(args_class, argv=None):
+    """Build an argparse parser from a dataclass, with `--config FILE` giving defaults (unknown keys rejected).
+    A run's saved `train_config.json` is a valid `--config`: the architecture it resolved is read again from its
+    `architecture` path."""
+    parser = argparse.ArgumentParser(description=args_class.__doc__)
+    parser.add_argument("--config", default=None, help="JSON file of argument values; flags override it")
+    hints = typing.get_type_hints(args_class)
+    for field in dataclasses.fields(args_class):
+        kind = hints[field.name]
+        origin = typing.get_args(kind)
+        if kind is bool:
+            parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=None)
+        elif origin:  # Optional[X]
+            parser.add_argument(f"--{field.name}", type=origin[0], default=None)
+        else:
+            parser.add_argument(f"--{field.name}", type=kind, default=None)
+    ns = parser.parse_args(argv)
+    values = {}
+    if ns.config:
+        try:
+            values = json.loads(Path(ns.config).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            parser.error(f"--config {ns.config}: {err}")
+        known = {f.name for f in dataclasses.fields(args_class)}
+        if "architecture" in known and isinstance(values, dict):
+            values.pop(ARCHITECTURE_CONFIG, None)  # what a saved run resolved, not a flag
+        unknown = sorted(set(values) - known)
+        if unknown:
+            parser.error(f"{ns.config}: unknown keys {unknown}")
+    values.update({k: v for k, v in vars(ns).items() if v is not None and k != "config"})
+    try:
+        return args_class(**values)
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+
+
+def run_script(main) -> None:
+    """Run a training or export script's `main()` so that it never ends in a traceback: a failure is one line on
+    stderr and exit code 1 (GENVL_DEBUG=1 shows the traceback), Ctrl-C exit code 130; argparse's usage errors
+    keep their exit code 2."""
+    from ..io.folders import first_line
+
+    script = Path(sys.argv[0]).name
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(f"{script}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001  (one line, not a traceback; GENVL_DEBUG=1 shows it)
+        if os.environ.get("GENVL_DEBUG", "0") not in ("", "0"):
+            raise
+        known = isinstance(err, (OSError, ValueError, RuntimeError))  # OSError covers missing files
+        prefix = "" if known else f"unexpected {type(err).__name__}: "
+        hint = "" if known else " (GENVL_DEBUG=1 shows the traceback)"
+        print(f"{script}: error: {prefix}{first_line(err)}{hint}", file=sys.stderr)
+        sys.exit(1)
+
+
+def save_run_config(args, output_dir, architecture=None) -> None:
+    """Write `args` into `output_dir/train_config.json`; for a script with an `--architecture`, with the content
+    of `architecture` (a `JsonArchitecture`, as resolved: None until the script has built its model) beside the
+    path, so that the run says what it built without the file it was read from."""
+    config = dataclasses.asdict(args)
+    if "architecture" in config:
+        config[ARCHITECTURE_CONFIG] = None if architecture is None else architecture.to_dict()
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / RUN_CONFIG).write_text(json.dumps(config, indent=2))
+
+
+def save_architecture(accelerator, args, architecture) -> None:
+    """Record in the run config the architecture the script resolved and builds its model from (main process)."""
+    if accelerator.is_main_process:
+        save_run_config(args, args.output_dir, architecture)
+
+
+def read_run_config(run_dir) -> dict:
+    """The `train_config.json` a training run saved in `run_dir`."""
+    path = Path(run_dir) / RUN_CONFIG
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def run_architecture(config: dict, architecture_class):
+    """The architecture a run built its model from: the content its run config holds or, for a run saved before
+    runs kept it (or one that started from a saved model), the file its `architecture` path names."""
+    content = config.get(ARCHITECTURE_CONFIG)
+    if content is not None:
+        return architecture_class.from_dict(content, source=f"{RUN_CONFIG} {ARCHITECTURE_CONFIG}")
+    return architecture_class.from_json(config["architecture"])
+
+
+@dataclasses.dataclass
+class TrainArgs:
+    """Flags every training script shares (the diffusers examples' names)."""
+
+    train_data_dir: str = "data/train"
+    output_dir: str = "runs/model"
+    image_column: str = "file_name"
+    caption_column: str = "text"
+    resolution: int = 64
+    train_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    adam_weight_decay: float = 0.01
+    lr_scheduler: str = "cosine"
+    lr_warmup_steps: int = 500
+    max_train_steps: int = 6000
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None
+    use_ema: bool = True
+    ema_decay: float = 0.999
+    seed: int = 0
+    logging_steps: int = 50
+    report_to: str | None = None
+    enable_xformers_memory_efficient_attention: bool = False
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        check_numbers(self)  # the subclasses' fields too: a --config file can hold any JSON value
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"--lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
+        check_at_least(self, 1, "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "resolution",
+                       "checkpointing_steps", "logging_steps", "checkpoints_total_limit")
+        check_at_least(self, 0, "lr_warmup_steps", "adam_weight_decay", "seed")
+        check_above(self, 0, "max_grad_norm")
+        check_at_least(self, 0, "learning_rate")  # 0 is allowed: it trains nothing, e.g. to check a starting point
+        check_fraction(self, "ema_decay")
+        if self.seed >= 2**32:  # set_seed seeds numpy, whose seeds are 32 bits
+            raise ValueError(f"--seed must be < 2**32, got {self.seed}")
+
+
+@dataclasses.dataclass
+class LoraTrainArgs(TrainArgs):
+    """TrainArgs plus a model to start from and, with `adapter` (or `rank`), a PEFT adapter to train on it
+    instead of every weight."""
+
+    pretrained_model_name_or_path: str | None = None
+    adapter: str | None = None  # "lora" or "ia3"; --rank alone means lora
+    rank: int | None = None  # LoRA rank (default 8)
+    lora_alpha: float | None = None  # LoRA scale numerator (default: the rank)
+    lora_target_modules: str | None = None  # comma-separated module names (default: genvl.lora.LORA_TARGETS)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.adapter is None and self.rank is not None:
+            self.adapter = "lora"
+        if self.adapter not in (None, "lora", "ia3"):
+            raise ValueError(f"--adapter must be lora or ia3, got {self.adapter!r}")
+        if self.adapter != "lora" and (self.rank, self.lora_alpha, self.lora_target_modules) != (None,) * 3:
+            raise ValueError(f"--rank, --lora_alpha and --lora_target_modules are LoRA settings; --adapter is "
+                             f"{self.adapter}")
+        check_at_least(self, 1, "rank")
+        if self.adapter is not None and not self.pretrained_model_name_or_path:
+            raise ValueError(f"--adapter {self.adapter} needs --pretrained_model_name_or_path, the model to adapt")
+
+
+def check_numbers(args) -> None:
+    """Raise unless every bool, int and float field of dataclass `args` holds a value of its type (an int will
+    do for a float), every float a finite one."""
+    hints = typing.get_type_hints(type(args))
+    for field in dataclasses.fields(args):
+        value, kinds = getattr(args, field.name), typing.get_args(hints[field.name]) or (hints[field.name],)
+        if value is None and type(None) in kinds:
+            continue
+        kind = kinds[0]
+        if kind not in (bool, int, float):
+            continue
+        if kind is bool:
+            fits = isinstance(value, bool)
+        else:  # True is an int to Python, not a number to a flag
+            fits = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+        if not fits:
+            raise ValueError(f"--{field.name} must be {'a number' if kind is float else kind.__name__}, "
+                             f"got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"--{field.name} must be a finite number, got {value}")
+
+
+def check_at_least(args, low, *names: str) -> None:
+    """Raise unless each field `names` of `args` that is set is >= `low`."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise ValueError(f"--{name} must be >= {low}, got {value}")
+
+
+def check_above(args, low, *names: str) -> None:
+    """Raise unless each field `names` of `args` that is set is > `low`."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value <= low:
+            raise ValueError(f"--{name} must be > {low}, got {value}")
+
+
+def check_fraction(args, *names: str) -> None:
+    """Raise unless each field `names` of `args` that is set lies in [0, 1]."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not 0 <= value <= 1:
+            raise ValueError(f"--{name} must be between 0 and 1, got {value}")

@@ -1,0 +1,147 @@
+"""What a run computes once from frozen models and keeps beside its checkpoints: the features of a frozen CLIP or
+text tower, and the tokenizer it trained, so that a resumed run reuses them."""
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .data import phrasing_table
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import CLIPModel
+
+
+@dataclasses.dataclass
+class ClipFeatures:
+    """A frozen CLIP's features of a run's records. The text rows are the distinct phrasings followed by the empty
+    prompt (the last row); the token states are kept in float16: at 3 phrasings per image they are the largest
+    tensor of a run."""
+
+    clip: "CLIPModel"  # the model that made them, on the CPU
+    image_embeds: "torch.Tensor"  # (N, E)
+    phrasings: "torch.Tensor"  # (N, P) indices into the text rows
+    text_embeds: "torch.Tensor"  # (T + 1, E), T distinct phrasings
+    states: "torch.Tensor"  # (T + 1, L, H) token states in float16
+    masks: "torch.Tensor"  # (T + 1, L)
+
+    @property
+    def empty_prompt(self) -> int:
+        """The text row of the empty prompt, which replaces a dropped caption."""
+        return len(self.text_embeds) - 1
+
+
+def load_or_train_tokenizer(accelerator, output_dir, train):
+    """This run's tokenizer: `output_dir/tokenizer` when resuming, else `train()`'s, saved there."""
+    from ..io.components import load_tokenizer
+
+    tokenizer_dir = Path(output_dir) / "tokenizer"
+    if (tokenizer_dir / "tokenizer.json").exists():
+        return load_tokenizer(tokenizer_dir)
+    tokenizer = train()
+    if accelerator.is_main_process:
+        # written aside and renamed into place: a run killed while saving it still resumes
+        tmp = tokenizer_dir.with_name(".tokenizer.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(tokenizer_dir, ignore_errors=True)  # one without tokenizer.json: a save cut short
+        tmp.rename(tokenizer_dir)
+    return tokenizer
+
+
+def cached_features(path, key: dict, compute) -> dict:
+    """The tensors of `compute()` (a dict), kept in the safetensors file `path` with `key` in its metadata: a
+    later run with the same key (a resumed one, say) loads them instead of computing them again."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path, stamp = Path(path), json.dumps(key, sort_keys=True)
+    if path.is_file():
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("key") == stamp:
+                return load_file(str(path))
+    tensors = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several processes may write it at once
+    save_file({name: value.contiguous() for name, value in tensors.items()}, str(tmp), metadata={"key": stamp})
+    tmp.replace(path)
+    return tensors
+
+
+def data_stamp(source) -> dict:
+    """`file_stamp` of an imagefolder's metadata.jsonl, or of every shard a shard spec names."""
+    from ..io.shards import is_shard_spec, shard_paths
+
+    if is_shard_spec(source):
+        return {"shards": [file_stamp(path) for path in shard_paths(source)]}
+    return file_stamp(Path(source) / "metadata.jsonl")
+
+
+def file_stamp(path) -> dict:
+    """Where a model or data folder is and when its files last changed, to key cached features on."""
+    path = Path(path).resolve()
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    return {"path": str(path), "mtime": max((p.stat().st_mtime for p in files), default=0.0)}
+
+
+def frozen_clip_features(clip_dir, data_dir, records, image_column: str, caption_column: str, cache_dir=None,
+                         device=None) -> ClipFeatures:
+    """Features of a frozen CLIP for training the prior or the decoder, computed once (on `device`, the CPU by
+    default, and, with `cache_dir`, kept in `cache_dir/clip_features.safetensors` for resumed runs)."""
+    import torch
+
+    from ..io.imagefolder import load_images
+    from ..models.clip import embed_images, embed_texts, load_clip
+
+    clip, tokenizer, image_processor = load_clip(clip_dir)
+    clip.eval()
+    texts, phrasings = phrasing_table(records, caption_column)
+
+    def compute():
+        images = load_images(data_dir, records, image_column, clip.config.vision_config.image_size)
+        length = clip.config.text_config.max_position_embeddings
+        clip.to(device or "cpu")
+        text_embeds, states, masks = embed_texts(clip, tokenizer, texts + [""], length, states_dtype=torch.float16)
+        image_embeds = embed_images(clip, image_processor, images)
+        clip.to("cpu")  # the features come back on the CPU, and so does the model that made them
+        return {"image_embeds": image_embeds, "text_embeds": text_embeds, "states": states, "masks": masks}
+
+    if cache_dir is None:
+        features = compute()
+    else:
+        key = {"clip": file_stamp(clip_dir), "data": data_stamp(data_dir),
+               "records": len(records), "texts": len(texts), "image_column": image_column,
+               "caption_column": caption_column}
+        features = cached_features(Path(cache_dir) / "clip_features.safetensors", key, compute)
+    return ClipFeatures(clip=clip, image_embeds=features["image_embeds"], phrasings=phrasings,
+                        text_embeds=features["text_embeds"], states=features["states"], masks=features["masks"])
+
+
+def frozen_text_states(text_dir, data_dir, records, caption_column: str, cache_dir=None, device=None):
+    """(token states (N, L, H) in float16, masks (N, L)) of the text tower `load_decoder_text_encoder(text_dir)`
+    reads, over the text rows of `frozen_clip_features` (every distinct phrasing, then ""); kept, with
+    `cache_dir`, in `cache_dir/text_states.safetensors`."""
+    import torch
+
+    from ..models.clip import embed_texts, load_decoder_text_encoder
+
+    text_encoder, tokenizer = load_decoder_text_encoder(text_dir)
+    texts, _ = phrasing_table(records, caption_column)
+
+    def compute():
+        length = getattr(text_encoder.config, "text_config", text_encoder.config).max_position_embeddings
+        text_encoder.eval().to(device or "cpu")
+        _, states, masks = embed_texts(text_encoder, tokenizer, texts + [""], length, states_dtype=torch.float16)
+        text_encoder.to("cpu")
+        return {"states": states, "masks": masks}
+
+    if cache_dir is None:
+        features = compute()
+    else:
+        key = {"text_encoder": file_stamp(text_dir), "data": data_stamp(data_dir), "records": len(records),
+               "texts": len(texts), "caption_column": caption_column}
+        features = cached_features(Path(cache_dir) / "text_states.safetensors", key, compute)
+    return features["states"], features["masks"]
