@@ -26,12 +26,17 @@ def parse_args(argv=None):
     parser.add_argument("--model", default="pipelines/genvl-unclip-small", help="a TextToImagePipeline folder")
     parser.add_argument("--prompt", default="a red apple")
     parser.add_argument("--images", type=int, default=5, help="images, seeds 0 .. N-1")
-    parser.add_argument("--splits", nargs="+", default=["1,1,1,1,1", "2,2,1", "3,2"],
-                        help="batch sizes of the calls, summing to --images, e.g. 2,2,1")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=["1,1,1,1,1", "2,2,1", "3,2"],
+        help="batch sizes of the calls, summing to --images, e.g. 2,2,1",
+    )
     parser.add_argument("--steps", type=int, default=25, help="steps of each stage")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each way")
-    parser.add_argument("--workers", type=int, default=torch.get_num_threads(),
-                        help="threads of the CLI's way (default: one per core)")
+    parser.add_argument(
+        "--workers", type=int, default=torch.get_num_threads(), help="threads of the CLI's way (default: one per core)"
+    )
     parser.add_argument("--json", default=None, help="write the measured numbers to this JSON file")
     args = parser.parse_args(argv)
     args.splits = [[int(size) for size in split.split(",")] for split in args.splits]
@@ -47,17 +52,27 @@ def in_calls(pipeline, args, sizes):
     images, start = [], 0
     for size in sizes:
         generators = [torch.Generator().manual_seed(seed) for seed in range(start, start + size)]
-        images.append(pipeline(args.prompt, num_images_per_prompt=size, generator=generators, output_type="pt",
-                               prior_num_inference_steps=args.steps, decoder_num_inference_steps=args.steps).images)
+        images.append(
+            pipeline(
+                args.prompt,
+                num_images_per_prompt=size,
+                generator=generators,
+                output_type="pt",
+                prior_num_inference_steps=args.steps,
+                decoder_num_inference_steps=args.steps,
+            ).images
+        )
         start += size
     return torch.cat(images)
 
 
 def one_per_thread(pipeline, args, workers):
     """The images of `genvl generate --batch-size WORKERS`: each alone on one thread, WORKERS at once."""
-    make = lambda pipe, generators: pipe(  # noqa: E731
-        args.prompt, generator=generators, output_type="pt", prior_num_inference_steps=args.steps,
-        decoder_num_inference_steps=args.steps).images
+
+    def make(pipe, generators):
+        steps = dict(prior_num_inference_steps=args.steps, decoder_num_inference_steps=args.steps)
+        return pipe(args.prompt, generator=generators, output_type="pt", **steps).images
+
     images = one_image_each(pipeline, make, args.images, base_seed=0, batch_size=workers, quiet=True)
     return torch.stack([image for _, _, image in images])
 
@@ -77,8 +92,10 @@ def main(argv=None):
     pipeline.set_progress_bar_config(disable=True)
     whole = in_calls(pipeline, args, [args.images])
     levels = (whole * 255).round()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.images} images of "
-          f"{tuple(whole.shape[1:])}, {args.steps} + {args.steps} steps")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.images} images of "
+        f"{tuple(whole.shape[1:])}, {args.steps} + {args.steps} steps"
+    )
     print(f"{'calls':>16}  {'max difference':>14}  subpixels one level or more off (of {levels.numel()})")
     report = {"images": args.images, "subpixels": levels.numel(), "threads": torch.get_num_threads(), "splits": []}
     for sizes in args.splits:
@@ -92,10 +109,17 @@ def main(argv=None):
     print(f"one call: {batched:.2f} s, one image per call: {alone:.2f} s, batching is {alone / batched:.2f}x faster")
     exact = torch.equal(one_per_thread(pipeline, args, 1), one_per_thread(pipeline, args, args.workers))
     threaded = median_seconds(lambda: one_per_thread(pipeline, args, args.workers), args.runs)
-    print(f"the CLI's way, {args.workers} threads of one image each: {threaded:.2f} s ({threaded / batched:.2f}x "
-          f"one call's time), the same bits as with 1 thread: {'yes' if exact else 'NO'}")
-    report.update(batched_seconds=batched, one_per_call_seconds=alone, one_per_thread_seconds=threaded,
-                  workers=args.workers, one_per_thread_exact=exact)
+    print(
+        f"the CLI's way, {args.workers} threads of one image each: {threaded:.2f} s ({threaded / batched:.2f}x "
+        f"one call's time), the same bits as with 1 thread: {'yes' if exact else 'NO'}"
+    )
+    report.update(
+        batched_seconds=batched,
+        one_per_call_seconds=alone,
+        one_per_thread_seconds=threaded,
+        workers=args.workers,
+        one_per_thread_exact=exact,
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -33,18 +33,30 @@ GPT2_EOS = 50256
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="pipelines/genvl-caption-small", help="a CaptionPipeline folder")
-    parser.add_argument("--random-vit-b16-gpt2", action="store_true",
-                        help="benchmark a random-weight ViT-B/16 (224 px) + GPT-2 small model instead of --model")
-    parser.add_argument("--images", default="examples/images",
-                        help="folder of images; rendered scenes are used when it holds none")
+    parser.add_argument(
+        "--random-vit-b16-gpt2",
+        action="store_true",
+        help="benchmark a random-weight ViT-B/16 (224 px) + GPT-2 small model instead of --model",
+    )
+    parser.add_argument(
+        "--images", default="examples/images", help="folder of images; rendered scenes are used when it holds none"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--beams", type=int, default=5, help="num_beams of the beam-search mode")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
-                        help="default: the model's generation_config.max_new_tokens, else 20")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="default: the model's generation_config.max_new_tokens, else 20",
+    )
     parser.add_argument("--runs", type=int, default=5, help="timed runs per implementation and mode")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per implementation and mode")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                        help="bf16: also time genvl with the model cast to bfloat16, against its fp32 run")
+    parser.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: also time genvl with the model cast to bfloat16, against its fp32 run",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write every measured number to this JSON file")
@@ -65,21 +77,42 @@ def build_random_vit_b16_gpt2(seed: int):
     The LM head is untied from the input embedding and scaled up: a random tied model mostly repeats its
     input token, while untied, peaked logits give varied tokens and well-separated argmaxes, like a trained model.
     """
-    from transformers import GenerationConfig, GPT2Config, ViTConfig, VisionEncoderDecoderConfig
-    from transformers import VisionEncoderDecoderModel
+    from transformers import (
+        GenerationConfig,
+        GPT2Config,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+    )
 
     torch.manual_seed(seed)
-    encoder = ViTConfig(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12,
-                        num_attention_heads=12, intermediate_size=3072)
-    decoder = GPT2Config(vocab_size=GPT2_EOS + 1, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
-                         add_cross_attention=True, is_decoder=True, bos_token_id=GPT2_EOS, eos_token_id=GPT2_EOS)
+    encoder = ViTConfig(
+        image_size=224,
+        patch_size=16,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+    )
+    decoder = GPT2Config(
+        vocab_size=GPT2_EOS + 1,
+        n_positions=1024,
+        n_embd=768,
+        n_layer=12,
+        n_head=12,
+        add_cross_attention=True,
+        is_decoder=True,
+        bos_token_id=GPT2_EOS,
+        eos_token_id=GPT2_EOS,
+    )
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
     config.decoder_start_token_id = config.pad_token_id = config.eos_token_id = GPT2_EOS
     model = VisionEncoderDecoderModel(config=config).eval()
     model.decoder.config.tie_word_embeddings = False
     model.decoder.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.decoder.lm_head.weight) * 0.5)
-    model.generation_config = GenerationConfig(decoder_start_token_id=GPT2_EOS, bos_token_id=GPT2_EOS,
-                                               eos_token_id=GPT2_EOS, pad_token_id=GPT2_EOS)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=GPT2_EOS, bos_token_id=GPT2_EOS, eos_token_id=GPT2_EOS, pad_token_id=GPT2_EOS
+    )
     return model
 
 
@@ -101,15 +134,24 @@ def load_pixel_values(pipeline, folder: str, batch_size: int, seed: int) -> torc
 
 def transformers_tokens(model, pixel_values, settings) -> list[list[int]]:
     """transformers' generate() with the same settings; rows trimmed after the prompt and at the first EOS."""
-    options = dict(num_beams=settings.num_beams, min_new_tokens=settings.min_new_tokens,
-                   repetition_penalty=settings.repetition_penalty, no_repeat_ngram_size=settings.no_repeat_ngram_size)
+    options = dict(
+        num_beams=settings.num_beams,
+        min_new_tokens=settings.min_new_tokens,
+        repetition_penalty=settings.repetition_penalty,
+        no_repeat_ngram_size=settings.no_repeat_ngram_size,
+    )
     if settings.num_beams > 1:
         options.update(length_penalty=settings.length_penalty, early_stopping=settings.early_stopping)
     prompt = torch.full((pixel_values.shape[0], 1), settings.decoder_start_token_id, device=pixel_values.device)
     sequences = model.generate(
-        pixel_values=pixel_values, decoder_input_ids=prompt, max_new_tokens=settings.max_new_tokens,
-        do_sample=False, num_return_sequences=1, eos_token_id=settings.eos_token_id,
-        pad_token_id=settings.pad_token_id, **options,
+        pixel_values=pixel_values,
+        decoder_input_ids=prompt,
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=False,
+        num_return_sequences=1,
+        eos_token_id=settings.eos_token_id,
+        pad_token_id=settings.pad_token_id,
+        **options,
     )
     rows = [row[1:].tolist() for row in sequences]  # drop the start token, the whole prompt here
     return [row[: row.index(settings.eos_token_id)] if settings.eos_token_id in row else row for row in rows]
@@ -157,8 +199,13 @@ def load_model_and_inputs(args):
         overrides = dict(num_beams=beams, max_new_tokens=max_new_tokens, do_sample=False, num_return_sequences=1)
         if pipeline is None:
             # a random model may end captions at any step: force a fixed length so both decode the same work
-            settings[mode] = GenerationSettings(eos_token_id=GPT2_EOS, decoder_start_token_id=GPT2_EOS,
-                                                pad_token_id=GPT2_EOS, min_new_tokens=max_new_tokens, **overrides)
+            settings[mode] = GenerationSettings(
+                eos_token_id=GPT2_EOS,
+                decoder_start_token_id=GPT2_EOS,
+                pad_token_id=GPT2_EOS,
+                min_new_tokens=max_new_tokens,
+                **overrides,
+            )
         else:
             settings[mode] = pipeline.settings(**overrides)
     return model, pixel_values, source, settings
@@ -176,17 +223,34 @@ def compare_fp32(model, pixel_values, settings, args) -> dict:
         # the medians when the shared machine speeds up or slows down during the measurement
         paired = statistics.median(their_ms / our_ms for our_ms, their_ms in zip(ours_ms, theirs_ms))
         mean_length = sum(map(len, ours)) / len(ours)
-        results[mode] = dict(genvl_ms=ours_ms, transformers_ms=theirs_ms, genvl_median_ms=ours_median,
-                             transformers_median_ms=theirs_median, speedup=theirs_median / ours_median,
-                             paired_speedup=paired, tokens_identical=ours == theirs, mean_length=mean_length,
-                             genvl_tokens=ours)
+        results[mode] = dict(
+            genvl_ms=ours_ms,
+            transformers_ms=theirs_ms,
+            genvl_median_ms=ours_median,
+            transformers_median_ms=theirs_median,
+            speedup=theirs_median / ours_median,
+            paired_speedup=paired,
+            tokens_identical=ours == theirs,
+            mean_length=mean_length,
+            genvl_tokens=ours,
+        )
         if ours != theirs:
             results[mode]["transformers_tokens"] = theirs
-        rows.append([mode, f"{ours_median:.1f}", f"{theirs_median:.1f}", f"{theirs_median / ours_median:.2f}x",
-                     f"{paired:.2f}x", "yes" if ours == theirs else "NO", f"{mean_length:.1f}"])
+        rows.append(
+            [
+                mode,
+                f"{ours_median:.1f}",
+                f"{theirs_median:.1f}",
+                f"{theirs_median / ours_median:.2f}x",
+                f"{paired:.2f}x",
+                "yes" if ours == theirs else "NO",
+                f"{mean_length:.1f}",
+            ]
+        )
     print()
-    print_table(["mode", "genvl ms", "transformers ms", "speed-up", "paired speed-up", "tokens identical",
-                 "mean tokens"], rows)
+    print_table(
+        ["mode", "genvl ms", "transformers ms", "speed-up", "paired speed-up", "tokens identical", "mean tokens"], rows
+    )
     return results
 
 
@@ -194,18 +258,29 @@ def encoder_share(model, pixel_values, args, results: dict):
     """Time the vision encoder alone (the same transformers module in both implementations) and split each
     mode's medians into encoding and decoding; the encoder bounds the speed-up any decoder can reach."""
     encode = {"encoder": lambda model, pixel_values, settings: encode_images(model, pixel_values)}
-    encoder_ms = statistics.median(time_alternating(encode, model, pixel_values, None, args.runs, args.warmup)
-                                   ["encoder"][0])
+    encoder_ms = statistics.median(
+        time_alternating(encode, model, pixel_values, None, args.runs, args.warmup)["encoder"][0]
+    )
     rows = []
     for mode, result in results.items():
         ours, theirs = result["genvl_median_ms"] - encoder_ms, result["transformers_median_ms"] - encoder_ms
         bound = result["transformers_median_ms"] / encoder_ms
         result.update(encoder_median_ms=encoder_ms, speedup_bound=bound)
-        rows.append([mode, f"{encoder_ms:.1f}", f"{ours:.1f}", f"{theirs:.1f}", f"{theirs / ours:.2f}x",
-                     f"{bound:.2f}x"])
+        rows.append(
+            [mode, f"{encoder_ms:.1f}", f"{ours:.1f}", f"{theirs:.1f}", f"{theirs / ours:.2f}x", f"{bound:.2f}x"]
+        )
     print()
-    print_table(["mode", "encoder ms", "genvl decoding ms", "transformers decoding ms", "decoding speed-up",
-                 "bound with free decoding"], rows)
+    print_table(
+        [
+            "mode",
+            "encoder ms",
+            "genvl decoding ms",
+            "transformers decoding ms",
+            "decoding speed-up",
+            "bound with free decoding",
+        ],
+        rows,
+    )
 
 
 def compare_bf16(model, pixel_values, settings, args, results: dict):
@@ -222,10 +297,15 @@ def compare_bf16(model, pixel_values, settings, args, results: dict):
         fp32 = results[mode]["genvl_tokens"]
         identical = sum(a == b for a, b in zip(bf16, fp32)) / len(fp32)
         fp32_median, bf16_median = results[mode]["genvl_median_ms"], statistics.median(bf16_ms)
-        results[mode].update(genvl_bf16_ms=bf16_ms, genvl_bf16_median_ms=bf16_median,
-                             bf16_speedup=fp32_median / bf16_median, bf16_identical_fraction=identical)
-        rows.append([mode, f"{fp32_median:.1f}", f"{bf16_median:.1f}", f"{fp32_median / bf16_median:.2f}x",
-                     f"{identical:.0%}"])
+        results[mode].update(
+            genvl_bf16_ms=bf16_ms,
+            genvl_bf16_median_ms=bf16_median,
+            bf16_speedup=fp32_median / bf16_median,
+            bf16_identical_fraction=identical,
+        )
+        rows.append(
+            [mode, f"{fp32_median:.1f}", f"{bf16_median:.1f}", f"{fp32_median / bf16_median:.2f}x", f"{identical:.0%}"]
+        )
     print()
     print_table(["mode", "genvl fp32 ms", "genvl bf16 ms", "bf16 speed-up", "same tokens as fp32"], rows)
 
@@ -238,18 +318,29 @@ def main(argv=None):
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()})")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()})"
+    )
 
     # 1. model and inputs
     model, pixel_values, source, settings = load_model_and_inputs(args)
     max_new_tokens = next(iter(settings.values())).max_new_tokens
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"model: {source} ({params:.1f}M parameters), batch {args.batch_size}, "
-          f"pixels {tuple(pixel_values.shape[1:])}, max_new_tokens {max_new_tokens}")
-    report = dict(torch=torch.__version__, transformers=transformers.__version__, threads=torch.get_num_threads(),
-                  model=source, batch_size=args.batch_size, max_new_tokens=max_new_tokens, runs=args.runs,
-                  warmup=args.warmup)
+    print(
+        f"model: {source} ({params:.1f}M parameters), batch {args.batch_size}, "
+        f"pixels {tuple(pixel_values.shape[1:])}, max_new_tokens {max_new_tokens}"
+    )
+    report = dict(
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        threads=torch.get_num_threads(),
+        model=source,
+        batch_size=args.batch_size,
+        max_new_tokens=max_new_tokens,
+        runs=args.runs,
+        warmup=args.warmup,
+    )
 
     with torch.inference_mode():
         # 2. genvl against transformers, fp32

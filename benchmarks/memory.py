@@ -24,13 +24,17 @@ def parse_args(argv=None):
     parser.add_argument("--captioner", default="pipelines/genvl-caption-small", help="a CaptionPipeline folder")
     parser.add_argument("--t2i", default="pipelines/genvl-unclip-small", help="a TextToImagePipeline folder")
     parser.add_argument("--networks", default=",".join(NETWORKS), help=f"comma-separated, from {NETWORKS}")
-    parser.add_argument("--backends", default="sdpa,eager,xformers",
-                        help="comma-separated attention backends (xformers is skipped when not installed)")
+    parser.add_argument(
+        "--backends",
+        default="sdpa,eager,xformers",
+        help="comma-separated attention backends (xformers is skipped when not installed)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, help="write every measured number to this JSON file")
-    parser.add_argument("--worker", nargs=4, metavar=("NETWORK", "BACKEND", "CHECKPOINTING", "MODE"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", nargs=4, metavar=("NETWORK", "BACKEND", "CHECKPOINTING", "MODE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.networks.split(",")) - set(NETWORKS))
     if unknown:
@@ -57,8 +61,10 @@ def build(network: str, args):
 
         model = CaptionPipeline.from_pretrained(args.captioner).model
         size, vocab = model.config.encoder.image_size, model.config.decoder.vocab_size
-        inputs = dict(pixel_values=torch.randn(b, 3, size, size, generator=g),
-                      decoder_input_ids=torch.randint(0, vocab, (b, 24), generator=g))
+        inputs = dict(
+            pixel_values=torch.randn(b, 3, size, size, generator=g),
+            decoder_input_ids=torch.randint(0, vocab, (b, 24), generator=g),
+        )
         return model, inputs, lambda m, x: m(**x).logits.float().logsumexp(-1).mean()
     from genvl.pipelines.text_to_image import TextToImagePipeline
 
@@ -66,23 +72,31 @@ def build(network: str, args):
     if network == "clip":
         clip = pipe.clip
         size, length = clip.config.vision_config.image_size, clip.config.text_config.max_position_embeddings
-        inputs = dict(pixel_values=torch.randn(b, 3, size, size, generator=g),
-                      input_ids=torch.randint(0, clip.config.text_config.vocab_size, (b, length), generator=g))
+        inputs = dict(
+            pixel_values=torch.randn(b, 3, size, size, generator=g),
+            input_ids=torch.randint(0, clip.config.text_config.vocab_size, (b, length), generator=g),
+        )
         return clip, inputs, lambda m, x: F.cross_entropy(m(**x).logits_per_image, torch.arange(b))
     if network == "prior":
         prior, dim = pipe.prior, pipe.prior.config.embedding_dim
         tokens = pipe.prior.config.num_embeddings
-        inputs = dict(hidden_states=torch.randn(b, dim, generator=g), timestep=torch.randint(0, 1000, (b,)),
-                      proj_embedding=torch.randn(b, dim, generator=g),
-                      encoder_hidden_states=torch.randn(b, tokens, dim, generator=g))
+        inputs = dict(
+            hidden_states=torch.randn(b, dim, generator=g),
+            timestep=torch.randint(0, 1000, (b,)),
+            proj_embedding=torch.randn(b, dim, generator=g),
+            encoder_hidden_states=torch.randn(b, tokens, dim, generator=g),
+        )
         return prior, inputs, lambda m, x: m(**x).predicted_image_embedding.square().mean()
     unet, conditioner = pipe.decoder, pipe.conditioner
     config = unet.config
     dim = conditioner.config.embedding_dim
     context = torch.randn(b, conditioner.config.image_tokens + 8, config.cross_attention_dim, generator=g)
-    inputs = dict(sample=torch.randn(b, config.in_channels, config.sample_size, config.sample_size, generator=g),
-                  timestep=torch.randint(0, 1000, (b,)), encoder_hidden_states=context,
-                  class_labels=torch.randn(b, dim, generator=g))
+    inputs = dict(
+        sample=torch.randn(b, config.in_channels, config.sample_size, config.sample_size, generator=g),
+        timestep=torch.randint(0, 1000, (b,)),
+        encoder_hidden_states=context,
+        class_labels=torch.randn(b, dim, generator=g),
+    )
     return unet, inputs, lambda m, x: m(**x).sample.square().mean()
 
 
@@ -143,25 +157,48 @@ def main(argv=None):
             backends.remove("xformers")
     if "sdpa" not in backends:
         raise ValueError("--backends must include sdpa, the baseline of the ratios")
-    common = ["--captioner", args.captioner, "--t2i", args.t2i, "--batch-size", str(args.batch_size),
-              "--device", args.device]
+    common = [
+        "--captioner",
+        args.captioner,
+        "--t2i",
+        args.t2i,
+        "--batch-size",
+        str(args.batch_size),
+        "--device",
+        args.device,
+    ]
     rows = []
     for network, backend, checkpointing, mode in configurations(args.networks.split(","), backends):
-        out = subprocess.run([sys.executable, str(Path(__file__).resolve()), *common, "--worker", network, backend,
-                              checkpointing, mode], capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), *common, "--worker", network, backend, checkpointing, mode],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"{network} {backend} {mode}: {out.stderr.strip().splitlines()[-1]}")
         peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
-        rows.append({"network": network, "backend": backend, "gradient_checkpointing": checkpointing == "on",
-                     "mode": mode, "peak_mib": peak})
-    baseline = {(r["network"], r["mode"]): r["peak_mib"] for r in rows
-                if r["backend"] == "sdpa" and not r["gradient_checkpointing"]}
+        rows.append(
+            {
+                "network": network,
+                "backend": backend,
+                "gradient_checkpointing": checkpointing == "on",
+                "mode": mode,
+                "peak_mib": peak,
+            }
+        )
+    baseline = {
+        (r["network"], r["mode"]): r["peak_mib"]
+        for r in rows
+        if r["backend"] == "sdpa" and not r["gradient_checkpointing"]
+    }
     print(f"batch {args.batch_size}, {args.device}; ratio = peak / peak of sdpa without checkpointing")
     print(f"{'network':10} {'mode':9} {'backend':9} {'checkpointing':13} {'peak MiB':>9} {'ratio':>6}")
     for row in rows:
         row["ratio"] = row["peak_mib"] / max(baseline[(row["network"], row["mode"])], 1e-9)
-        print(f"{row['network']:10} {row['mode']:9} {row['backend']:9} {str(row['gradient_checkpointing']):13} "
-              f"{row['peak_mib']:9.1f} {row['ratio']:6.2f}")
+        print(
+            f"{row['network']:10} {row['mode']:9} {row['backend']:9} {str(row['gradient_checkpointing']):13} "
+            f"{row['peak_mib']:9.1f} {row['ratio']:6.2f}"
+        )
     report = {"batch_size": args.batch_size, "device": args.device, "backends": backends, "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

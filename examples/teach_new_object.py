@@ -33,15 +33,22 @@ def parse_args(argv=None):
     parser.add_argument("--output", default="runs/teach_robot")
     parser.add_argument("--model", default=str(SHIPPED), help="captioner pipeline folder to adapt")
     parser.add_argument("--train-images", type=int, default=400, help="scenes holding the new object")
-    parser.add_argument("--ordinary-images", type=int, default=800,
-                        help="ordinary scenes captioned by the model itself, mixed in for prior preservation")
+    parser.add_argument(
+        "--ordinary-images",
+        type=int,
+        default=800,
+        help="ordinary scenes captioned by the model itself, mixed in for prior preservation",
+    )
     parser.add_argument("--test-images", type=int, default=300)
     parser.add_argument("--old-test-images", type=int, default=1000, help="ordinary test scenes")
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rank", type=int, default=4)
-    parser.add_argument("--targets", default="q_proj,v_proj,c_attn,q_attn,c_proj,c_fc",
-                        help="LoRA target modules: the ViT's queries and values, all of GPT-2's projections")
+    parser.add_argument(
+        "--targets",
+        default="q_proj,v_proj,c_attn,q_attn,c_proj,c_fc",
+        help="LoRA target modules: the ViT's queries and values, all of GPT-2's projections",
+    )
     parser.add_argument("--lora-lr", type=float, default=2e-3)
     parser.add_argument("--full-lr", type=float, default=3e-4)
     return parser.parse_args(argv)
@@ -49,14 +56,15 @@ def parse_args(argv=None):
 
 def make_data(args, out: Path) -> dict:
     """Imagefolders: `train` (new-object scenes + self-captioned ordinary ones), `new_test`, `old_test`."""
+    from genvl.io.imagefolder import read_metadata
     from genvl.pipelines.caption import CaptionPipeline
     from genvl.world.dataset import write_imagefolder
-    from genvl.io.imagefolder import read_metadata
 
     # a rerun replaces the splits an earlier run wrote (and nothing else: see write_imagefolder)
     new = write_imagefolder(out / "new", args.train_images, seed=0, split="train", require=args.object, overwrite=True)
-    new_test = write_imagefolder(out / "new", args.test_images, seed=0, split="test", require=args.object,
-                                 overwrite=True)
+    new_test = write_imagefolder(
+        out / "new", args.test_images, seed=0, split="test", require=args.object, overwrite=True
+    )
     old_test = write_imagefolder(out / "old", args.old_test_images, seed=0, split="test", overwrite=True)
     ordinary = write_imagefolder(out / "ordinary", args.ordinary_images, seed=1, split="train", overwrite=True)
 
@@ -79,21 +87,50 @@ def make_data(args, out: Path) -> dict:
 
 def train(args, data: Path, out: Path, lora: bool) -> dict:
     """Run train/train_captioner.py in its own process; returns wall time, peak RSS and trainable weights."""
-    command = [sys.executable, str(REPO / "train" / "train_captioner.py"), "--pretrained_model_name_or_path",
-               args.model, "--train_data_dir", str(data), "--output_dir", str(out), "--train_batch_size",
-               str(args.batch_size), "--max_train_steps", str(args.steps), "--lr_warmup_steps", "30",
-               "--no-use_ema", "--checkpointing_steps", str(args.steps), "--checkpoints_total_limit", "1",
-               "--logging_steps", "50", "--seed", "0"]
+    command = [
+        sys.executable,
+        str(REPO / "train" / "train_captioner.py"),
+        "--pretrained_model_name_or_path",
+        args.model,
+        "--train_data_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--train_batch_size",
+        str(args.batch_size),
+        "--max_train_steps",
+        str(args.steps),
+        "--lr_warmup_steps",
+        "30",
+        "--no-use_ema",
+        "--checkpointing_steps",
+        str(args.steps),
+        "--checkpoints_total_limit",
+        "1",
+        "--logging_steps",
+        "50",
+        "--seed",
+        "0",
+    ]
     if lora:
-        command += ["--rank", str(args.rank), "--lora_target_modules", args.targets, "--learning_rate",
-                    str(args.lora_lr)]
+        command += [
+            "--rank",
+            str(args.rank),
+            "--lora_target_modules",
+            args.targets,
+            "--learning_rate",
+            str(args.lora_lr),
+        ]
     else:
         command += ["--learning_rate", str(args.full_lr)]
     result = run_measured(command, out)
     shutil.rmtree(out / f"checkpoint-{args.steps}", ignore_errors=True)
     weights = out / ("adapter_model.safetensors" if lora else "model/model.safetensors")
-    return {**result, "saved_mib": round(weights.stat().st_size / 2**20, 3),
-            "trainable": trainable_weights(args, out, lora)}
+    return {
+        **result,
+        "saved_mib": round(weights.stat().st_size / 2**20, 3),
+        "trainable": trainable_weights(args, out, lora),
+    }
 
 
 def trainable_weights(args, out: Path, lora: bool) -> dict:
@@ -129,9 +166,15 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"object": args.object}) + "\n")
     folders = make_data(args, out / "data")
-    report = {"object": args.object, "train_images": args.train_images, "steps": args.steps,
-              "batch_size": args.batch_size, "rank": args.rank, "targets": args.targets,
-              "shipped": {"scores": evaluate(args, folders, args.model)}}
+    report = {
+        "object": args.object,
+        "train_images": args.train_images,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "rank": args.rank,
+        "targets": args.targets,
+        "shipped": {"scores": evaluate(args, folders, args.model)},
+    }
     for name, lora in (("lora", True), ("full", False)):
         run = out / name
         report[name] = train(args, folders["train"], run, lora)
@@ -143,15 +186,23 @@ def main(argv=None):
 
 
 def print_table(report: dict):
-    rows = [("new object: exact match", "new_test", "scene_exact_match"), ("new object: names", "new_test", "names"),
-            ("old objects: exact match", "old_test", "scene_exact_match"), ("old objects: names", "old_test", "names")]
+    rows = [
+        ("new object: exact match", "new_test", "scene_exact_match"),
+        ("new object: names", "new_test", "names"),
+        ("old objects: exact match", "old_test", "scene_exact_match"),
+        ("old objects: names", "old_test", "names"),
+    ]
     print(f"| | shipped | LoRA (rank {report['rank']}) | full fine-tuning |")
     print("| --- | --- | --- | --- |")
     for label, split, score in rows:
         values = [report[k]["scores"][split][score] for k in ("shipped", "lora", "full")]
         print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
-    for label, key in (("trainable weights", "trainable"), ("saved file (MiB)", "saved_mib"),
-                       ("peak RSS (MiB)", "peak_rss_mib"), ("training time (s)", "seconds")):
+    for label, key in (
+        ("trainable weights", "trainable"),
+        ("saved file (MiB)", "saved_mib"),
+        ("peak RSS (MiB)", "peak_rss_mib"),
+        ("training time (s)", "seconds"),
+    ):
         values = [report[k][key] for k in ("lora", "full")]
         if key == "trainable":
             values = [f"{v['count']:,} ({v['fraction']:.2%})" for v in values]

@@ -43,16 +43,39 @@ def parse_args(argv=None):
 
 def train_stage(args, stage: str, data: Path, out: Path, lora: bool) -> dict:
     steps = args.prior_steps if stage == "prior" else args.decoder_steps
-    command = [sys.executable, str(REPO / "train" / f"train_{stage}.py"), "--pretrained_model_name_or_path",
-               args.model, "--clip_model_name_or_path", args.model, "--train_data_dir", str(data),
-               "--output_dir", str(out), "--max_train_steps", str(steps), "--lr_warmup_steps", "30",
-               "--no-use_ema", "--checkpointing_steps", str(steps), "--checkpoints_total_limit", "1",
-               "--logging_steps", "50", "--seed", "0", "--train_batch_size", "64" if stage == "prior" else "32"]
+    command = [
+        sys.executable,
+        str(REPO / "train" / f"train_{stage}.py"),
+        "--pretrained_model_name_or_path",
+        args.model,
+        "--clip_model_name_or_path",
+        args.model,
+        "--train_data_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--max_train_steps",
+        str(steps),
+        "--lr_warmup_steps",
+        "30",
+        "--no-use_ema",
+        "--checkpointing_steps",
+        str(steps),
+        "--checkpoints_total_limit",
+        "1",
+        "--logging_steps",
+        "50",
+        "--seed",
+        "0",
+        "--train_batch_size",
+        "64" if stage == "prior" else "32",
+    ]
     if stage == "decoder":
         command += ["--vae_model_name_or_path", str(Path(args.model) / "vae"), "--snr_gamma", "5"]
     rank = args.prior_rank if stage == "prior" else args.decoder_rank
-    command += (["--rank", str(rank), "--learning_rate", str(args.lora_lr)] if lora
-                else ["--learning_rate", str(args.full_lr)])
+    command += (
+        ["--rank", str(rank), "--learning_rate", str(args.lora_lr)] if lora else ["--learning_rate", str(args.full_lr)]
+    )
     result = run_measured(command, out)
     shutil.rmtree(out / f"checkpoint-{steps}", ignore_errors=True)
     weights = out / stage / ("adapter_model.safetensors" if lora else "diffusion_pytorch_model.safetensors")
@@ -79,8 +102,8 @@ def full_pipeline(args, runs: dict, out: Path) -> Path:
 
 
 def evaluate(args, model: Path, adapter: Path | None, folders: dict, captioner: Path) -> dict:
-    from genvl.models.judge import SceneJudge
     from genvl.evaluation.text_to_image import evaluate_text_to_image
+    from genvl.models.judge import SceneJudge
     from genvl.pipelines.caption import CaptionPipeline
     from genvl.pipelines.text_to_image import TextToImagePipeline
 
@@ -90,25 +113,39 @@ def evaluate(args, model: Path, adapter: Path | None, folders: dict, captioner: 
     judge, reader = SceneJudge.from_pretrained(JUDGE), CaptionPipeline.from_pretrained(captioner)
     scores = {}
     for split in ("new_test", "old_test"):
-        report = evaluate_text_to_image(pipeline, judge, folders[split], captioner=reader, num_prompts=args.prompts,
-                                        images_per_prompt=args.images_per_prompt)
+        report = evaluate_text_to_image(
+            pipeline,
+            judge,
+            folders[split],
+            captioner=reader,
+            num_prompts=args.prompts,
+            images_per_prompt=args.images_per_prompt,
+        )
         generated = report["generated"]
-        scores[split] = {"round_trip": generated["round_trip"], "r_precision": generated["r_precision"],
-                         **{f"judged_{name}": generated["judge"].get(name) for name in JUDGED}}
+        scores[split] = {
+            "round_trip": generated["round_trip"],
+            "r_precision": generated["r_precision"],
+            **{f"judged_{name}": generated["judge"].get(name) for name in JUDGED},
+        }
     return scores
 
 
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.output)
-    folders = {"train": out / "data" / "train", "new_test": out / "data" / "new" / "test",
-               "old_test": out / "data" / "old" / "test"}
+    folders = {
+        "train": out / "data" / "train",
+        "new_test": out / "data" / "new" / "test",
+        "old_test": out / "data" / "old" / "test",
+    }
     captioner = out / "full"
     if not (out / "teach_new_object.json").is_file() or not (captioner / "model_index.json").is_file():
         raise SystemExit(f"{out}: run examples/teach_new_object.py --output {out} first")
-    report = {"steps": {"prior": args.prior_steps, "decoder": args.decoder_steps},
-              "rank": {"prior": args.prior_rank, "decoder": args.decoder_rank},
-              "shipped": {"scores": evaluate(args, Path(args.model), None, folders, captioner)}}
+    report = {
+        "steps": {"prior": args.prior_steps, "decoder": args.decoder_steps},
+        "rank": {"prior": args.prior_rank, "decoder": args.decoder_rank},
+        "shipped": {"scores": evaluate(args, Path(args.model), None, folders, captioner)},
+    }
     for name, lora in (("lora", True), ("full", False)):
         runs = {stage: out / f"t2i_{name}_{stage}" for stage in ("prior", "decoder")}
         report[name] = {stage: train_stage(args, stage, folders["train"], runs[stage], lora) for stage in runs}
@@ -119,8 +156,9 @@ def main(argv=None):
                 shutil.copytree(run / stage, adapter / stage)
             report[name]["scores"] = evaluate(args, Path(args.model), adapter, folders, captioner)
         else:
-            report[name]["scores"] = evaluate(args, full_pipeline(args, runs, out / "t2i_full"), None, folders,
-                                              captioner)
+            report[name]["scores"] = evaluate(
+                args, full_pipeline(args, runs, out / "t2i_full"), None, folders, captioner
+            )
         print(json.dumps({name: report[name]}), flush=True)
     (out / "report_generator.json").write_text(json.dumps(report, indent=2))
 

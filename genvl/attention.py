@@ -35,8 +35,13 @@ def xformers_attention(module, query, key, value, attention_mask, scaling=None, 
     elif kwargs.get("is_causal", getattr(module, "is_causal", False)) and query.shape[2] > 1:
         bias = ops.LowerTriangularMask()
     out = ops.memory_efficient_attention(
-        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_bias=bias,
-        p=dropout if module.training else 0.0, scale=scaling)
+        query.transpose(1, 2),
+        key.transpose(1, 2),
+        value.transpose(1, 2),
+        attn_bias=bias,
+        p=dropout if module.training else 0.0,
+        scale=scaling,
+    )
     return out, None
 
 
@@ -51,8 +56,13 @@ def attend(query, key, value, backend: str = "sdpa", is_causal: bool = False, sc
         return weights.softmax(dim=-1) @ value
     if backend == "xformers":
         ops = require_xformers()
-        out = ops.memory_efficient_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                                             attn_bias=ops.LowerTriangularMask() if is_causal else None, scale=scale)
+        out = ops.memory_efficient_attention(
+            query.transpose(1, 2),
+            key.transpose(1, 2),
+            value.transpose(1, 2),
+            attn_bias=ops.LowerTriangularMask() if is_causal else None,
+            scale=scale,
+        )
         return out.transpose(1, 2)
     return F.scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scale)
 
@@ -135,7 +145,7 @@ class AttentionBackendMixin:
     (transformers or diffusers) follows."""
 
     def set_attention_backend(self, backend: str):
-        """"sdpa" (default), "xformers" (needs xformers installed) or "eager"."""
+        """ "sdpa" (default), "xformers" (needs xformers installed) or "eager"."""
         for component in self.components.values():
             if isinstance(component, torch.nn.Module):
                 set_attention_backend(component, backend)

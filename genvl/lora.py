@@ -50,15 +50,21 @@ def check_adapter_weight(weight, name: str = "adapter weight") -> float:
     """`weight` as a float if it is a finite number in [-MAX_ADAPTER_WEIGHT, MAX_ADAPTER_WEIGHT]."""
     import math
 
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
-            or abs(weight) > MAX_ADAPTER_WEIGHT:
-        raise ValueError(f"{name} must be a number in [-{MAX_ADAPTER_WEIGHT:g}, {MAX_ADAPTER_WEIGHT:g}], "
-                         f"got {weight!r}")
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, (int, float))
+        or not math.isfinite(weight)
+        or abs(weight) > MAX_ADAPTER_WEIGHT
+    ):
+        raise ValueError(
+            f"{name} must be a number in [-{MAX_ADAPTER_WEIGHT:g}, {MAX_ADAPTER_WEIGHT:g}], got {weight!r}"
+        )
     return float(weight)
 
 
-def lora_config(network: str, rank: int = 8, lora_alpha: float | None = None, target_modules=None,
-                dropout: float = 0.0):
+def lora_config(
+    network: str, rank: int = 8, lora_alpha: float | None = None, target_modules=None, dropout: float = 0.0
+):
     """A `peft.LoraConfig` with `network`'s default target modules (see `LORA_TARGETS`); alpha defaults to rank."""
     from peft import LoraConfig
 
@@ -66,8 +72,13 @@ def lora_config(network: str, rank: int = 8, lora_alpha: float | None = None, ta
         raise ValueError(f"unknown network {network!r}; expected one of {sorted(LORA_TARGETS)}")
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
-    return LoraConfig(r=rank, lora_alpha=lora_alpha or rank, target_modules=target_modules or LORA_TARGETS[network],
-                      lora_dropout=dropout, fan_in_fan_out=network == "captioner")
+    return LoraConfig(
+        r=rank,
+        lora_alpha=lora_alpha or rank,
+        target_modules=target_modules or LORA_TARGETS[network],
+        lora_dropout=dropout,
+        fan_in_fan_out=network == "captioner",
+    )
 
 
 def ia3_config(network: str):
@@ -80,8 +91,9 @@ def ia3_config(network: str):
     return IA3Config(target_modules=targets, feedforward_modules=feedforward, fan_in_fan_out=network == "captioner")
 
 
-def adapter_config(method: str, network: str, rank: int | None = None, lora_alpha: float | None = None,
-                   target_modules=None):
+def adapter_config(
+    method: str, network: str, rank: int | None = None, lora_alpha: float | None = None, target_modules=None
+):
     """The config of a fresh `method` ("lora" or "ia3") adapter for `network`."""
     if method == "lora":
         return lora_config(network, rank or 8, lora_alpha, target_modules)
@@ -168,14 +180,17 @@ def load_adapter(model: torch.nn.Module, path, adapter_name: str = "default") ->
         result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
     except (RuntimeError, ValueError, KeyError) as err:  # e.g. a rank that is not the weights' own
         delete_adapter(model, adapter_name)
-        raise ValueError(f"{path}: the adapter's weights do not fit its config or this model "
-                         f"({' '.join(str(err).split())[:200]})") from None
+        raise ValueError(
+            f"{path}: the adapter's weights do not fit its config or this model ({' '.join(str(err).split())[:200]})"
+        ) from None
     unexpected = [key for key in result.unexpected_keys if any(m in key for m in ADAPTER_PARAMETERS)]
     missing = [key for key in result.missing_keys if is_adapter_weight(key, adapter_name)]
     if unexpected or missing:
         delete_adapter(model, adapter_name)
-        raise ValueError(f"{path}: the adapter does not fit this model ({len(missing)} adapter weights missing, "
-                         f"{len(unexpected)} unexpected, e.g. {(missing + unexpected)[0]})")
+        raise ValueError(
+            f"{path}: the adapter does not fit this model ({len(missing)} adapter weights missing, "
+            f"{len(unexpected)} unexpected, e.g. {(missing + unexpected)[0]})"
+        )
     model.requires_grad_(False)
     return model
 
@@ -195,10 +210,14 @@ def check_lora_config(file: Path, config, state: dict) -> None:
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= max(stored, 1):
             raise ValueError(f"{file}: rank {rank!r} must be an integer in [1, {stored}], the rank of the weights")
     for alpha in alphas:
-        if (not isinstance(alpha, (int, float)) or not math.isfinite(alpha)
-                or abs(alpha) > MAX_CONFIG_SCALE * min(ranks)):
-            raise ValueError(f"{file}: lora_alpha {alpha!r} must be finite and at most {MAX_CONFIG_SCALE:g} times the "
-                             "rank")
+        if (
+            not isinstance(alpha, (int, float))
+            or not math.isfinite(alpha)
+            or abs(alpha) > MAX_CONFIG_SCALE * min(ranks)
+        ):
+            raise ValueError(
+                f"{file}: lora_alpha {alpha!r} must be finite and at most {MAX_CONFIG_SCALE:g} times the rank"
+            )
 
 
 def set_adapters(model: torch.nn.Module, names: list[str], weights: list[float], trainable: bool = False) -> None:
@@ -213,8 +232,10 @@ def set_adapters(model: torch.nn.Module, names: list[str], weights: list[float],
         scalable = hasattr(layer, "set_scale")
         bad = [(n, w) for n, w in zip(names, weights) if not scalable and w not in (0.0, 1.0)]
         if bad:
-            raise ValueError(f"adapter {bad[0][0]!r} is {model.peft_config[bad[0][0]].peft_type.value}, which "
-                             f"cannot be weighted {bad[0][1]}: use 0 or 1")
+            raise ValueError(
+                f"adapter {bad[0][0]!r} is {model.peft_config[bad[0][0]].peft_type.value}, which "
+                f"cannot be weighted {bad[0][1]}: use 0 or 1"
+            )
         layer.set_adapter([n for n, w in zip(names, weights) if scalable or w == 1.0], inference_mode=not trainable)
         for name, weight in zip(names, weights):
             if scalable and name in layer.lora_A:
@@ -315,8 +336,10 @@ class LoraMixin:
         else:
             parts = {c: path / c for c in self.lora_components if (path / c / ADAPTER_CONFIG).is_file()}
             if not parts:
-                raise FileNotFoundError(f"{path}: no {ADAPTER_CONFIG} in it or in a subfolder named after one of "
-                                        f"{list(self.lora_components)}")
+                raise FileNotFoundError(
+                    f"{path}: no {ADAPTER_CONFIG} in it or in a subfolder named after one of "
+                    f"{list(self.lora_components)}"
+                )
         models = self._lora_models()
         loaded = []
         try:
@@ -391,5 +414,7 @@ class LoraMixin:
     def check_no_adapters(self):
         loaded = [c for c, m in self._lora_models().items() if adapter_names_of(m)]
         if loaded:
-            raise ValueError(f"{', '.join(loaded)} carry LoRA adapters; call unload_lora_weights() before "
-                             "save_pretrained (save adapters with genvl.lora.save_adapter)")
+            raise ValueError(
+                f"{', '.join(loaded)} carry LoRA adapters; call unload_lora_weights() before "
+                "save_pretrained (save adapters with genvl.lora.save_adapter)"
+            )

@@ -8,15 +8,27 @@ import pytest
 import torch
 
 from genvl.models.captioner import (
-    CaptionerArchitecture, build_captioner, build_image_processor, save_gpt2_vocab_files, train_tokenizer,
+    CaptionerArchitecture,
+    build_captioner,
+    build_image_processor,
+    save_gpt2_vocab_files,
+    train_tokenizer,
 )
 from genvl.world import sample_scene, scene_captions
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything the tests load is local
 
 TINY = CaptionerArchitecture(
-    image_size=32, patch_size=8, encoder_hidden_size=32, encoder_layers=2, encoder_heads=2,
-    decoder_hidden_size=32, decoder_layers=2, decoder_heads=2, max_positions=32, vocab_size=300,
+    image_size=32,
+    patch_size=8,
+    encoder_hidden_size=32,
+    encoder_layers=2,
+    encoder_heads=2,
+    decoder_hidden_size=32,
+    decoder_layers=2,
+    decoder_heads=2,
+    max_positions=32,
+    vocab_size=300,
 )
 
 
@@ -67,8 +79,13 @@ def write_public_vit_gpt2_folder(path, seed=0):
     extractor config at 224 pixels, and a generation_config.json. Sizes are small; the layout is exact.
     """
     from transformers import (
-        GenerationConfig, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, ViTConfig, ViTModel,
+        GenerationConfig,
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPT2TokenizerFast,
         VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTModel,
     )
 
     trained = train_tokenizer(world_texts(200, seed=seed + 1), 400)
@@ -83,24 +100,57 @@ def write_public_vit_gpt2_folder(path, seed=0):
     save_gpt2_vocab_files(tokenizer, path)
 
     torch.manual_seed(seed)
-    encoder = ViTModel(ViTConfig(image_size=224, patch_size=16, hidden_size=48, num_hidden_layers=2,
-                                 num_attention_heads=3, intermediate_size=96))
-    decoder = GPT2LMHeadModel(GPT2Config(vocab_size=eos + 1, n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                                         add_cross_attention=True, is_decoder=True, bos_token_id=eos,
-                                         eos_token_id=eos))
+    encoder = ViTModel(
+        ViTConfig(
+            image_size=224,
+            patch_size=16,
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            intermediate_size=96,
+        )
+    )
+    decoder = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=eos + 1,
+            n_positions=64,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            add_cross_attention=True,
+            is_decoder=True,
+            bos_token_id=eos,
+            eos_token_id=eos,
+        )
+    )
     model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder).eval()
     untie_and_sharpen(model)
     model.config.decoder_start_token_id = eos
     model.config.pad_token_id = eos
     model.config.eos_token_id = eos
     model.generation_config = GenerationConfig(
-        decoder_start_token_id=eos, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, max_length=16, num_beams=4,
+        decoder_start_token_id=eos,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        max_length=16,
+        num_beams=4,
     )
     model.save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(json.dumps({
-        "do_normalize": True, "do_resize": True, "feature_extractor_type": "ViTFeatureExtractor",
-        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2, "size": 224,
-    }, indent=2))
+    (path / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "do_normalize": True,
+                "do_resize": True,
+                "feature_extractor_type": "ViTFeatureExtractor",
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.5, 0.5, 0.5],
+                "resample": 2,
+                "size": 224,
+            },
+            indent=2,
+        )
+    )
     return path
 
 
@@ -117,8 +167,19 @@ def scene_images():
     return [render_scene(sample_scene(rng), 32) for _ in range(6)]
 
 
-TINY_CLIP = dict(image_size=32, patch_size=8, vision_hidden_size=32, vision_layers=1, vision_heads=2,
-                 text_hidden_size=32, text_layers=1, text_heads=2, max_positions=16, projection_dim=16, vocab_size=300)
+TINY_CLIP = dict(
+    image_size=32,
+    patch_size=8,
+    vision_hidden_size=32,
+    vision_layers=1,
+    vision_heads=2,
+    text_hidden_size=32,
+    text_layers=1,
+    text_heads=2,
+    max_positions=16,
+    projection_dim=16,
+    vocab_size=300,
+)
 
 
 def get_dummy_unclip_components(seed=0, latent=True):
@@ -127,16 +188,29 @@ def get_dummy_unclip_components(seed=0, latent=True):
 
     from genvl.models.clip import ClipArchitecture, build_clip, build_clip_image_processor, train_clip_tokenizer
     from genvl.models.unclip import (
-        UnclipArchitecture, UnclipConditioner, build_autoencoder, build_decoder_unet, build_prior,
+        UnclipArchitecture,
+        UnclipConditioner,
+        build_autoencoder,
+        build_decoder_unet,
+        build_prior,
     )
 
     torch.manual_seed(seed)
     clip_arch = ClipArchitecture(**TINY_CLIP)
     tokenizer = train_clip_tokenizer(world_texts(100), clip_arch.vocab_size, clip_arch.max_positions)
     clip = build_clip(clip_arch, tokenizer).eval()
-    arch = UnclipArchitecture(prior_layers=1, prior_heads=2, prior_head_dim=8, decoder_channels=(16, 32),
-                              decoder_attention=(False, True), decoder_head_dim=8, decoder_cross_dim=16,
-                              image_tokens=2, latent_channels=4, autoencoder_channels=(16, 16, 16))
+    arch = UnclipArchitecture(
+        prior_layers=1,
+        prior_heads=2,
+        prior_head_dim=8,
+        decoder_channels=(16, 32),
+        decoder_attention=(False, True),
+        decoder_head_dim=8,
+        decoder_cross_dim=16,
+        image_tokens=2,
+        latent_channels=4,
+        autoencoder_channels=(16, 16, 16),
+    )
     embed = clip_arch.projection_dim
     prior = build_prior(arch, embed, clip_arch.max_positions).eval()
     torch.nn.init.ones_(prior.clip_std)
@@ -145,10 +219,15 @@ def get_dummy_unclip_components(seed=0, latent=True):
     decoder = build_decoder_unet(arch, size, 4 if latent else 3, embed).eval()
     conditioner = UnclipConditioner(embed, clip_arch.text_hidden_size, arch.decoder_cross_dim, arch.image_tokens)
     return dict(
-        clip=clip, tokenizer=tokenizer, image_processor=build_clip_image_processor(32), prior=prior,
+        clip=clip,
+        tokenizer=tokenizer,
+        image_processor=build_clip_image_processor(32),
+        prior=prior,
         prior_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="sample", clip_sample=False),
-        conditioner=conditioner.eval(), decoder=decoder,
-        decoder_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False), vae=vae,
+        conditioner=conditioner.eval(),
+        decoder=decoder,
+        decoder_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False),
+        vae=vae,
     )
 
 
@@ -181,11 +260,27 @@ def write_public_clip_folder(path, seed=0):
     (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=2,
-                         pad_token_id=1, projection_dim=24),
-        vision_config=dict(image_size=224, patch_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2, projection_dim=24),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+            projection_dim=24,
+        ),
+        vision_config=dict(
+            image_size=224,
+            patch_size=32,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            projection_dim=24,
+        ),
         projection_dim=24,
     )
     CLIPModel(config).save_pretrained(path, safe_serialization=True)

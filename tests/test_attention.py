@@ -43,8 +43,9 @@ def fake_xformers(monkeypatch):
             weights = weights + attn_bias
         return (weights.softmax(-1) @ v).transpose(1, 2)
 
-    ops = types.SimpleNamespace(memory_efficient_attention=memory_efficient_attention,
-                                LowerTriangularMask=LowerTriangularMask)
+    ops = types.SimpleNamespace(
+        memory_efficient_attention=memory_efficient_attention, LowerTriangularMask=LowerTriangularMask
+    )
     module = types.ModuleType("xformers")
     module.ops = ops
     monkeypatch.setitem(sys.modules, "xformers", module)
@@ -76,8 +77,13 @@ def test_text_to_image_backends_agree():
     pipe.set_progress_bar_config(disable=True)
 
     def draw():
-        return pipe("a red apple", prior_num_inference_steps=2, decoder_num_inference_steps=2,
-                    generator=torch.Generator().manual_seed(0), output_type="np").images
+        return pipe(
+            "a red apple",
+            prior_num_inference_steps=2,
+            decoder_num_inference_steps=2,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        ).images
 
     reference = draw()
     pipe.set_attention_backend("eager")
@@ -91,6 +97,7 @@ def test_text_to_image_backends_agree():
 def test_missing_xformers_is_a_clear_error(tiny_tokenizer):
     try:
         import xformers  # noqa: F401
+
         pytest.skip("xformers is installed")
     except ImportError:
         pass
@@ -104,8 +111,9 @@ def test_missing_xformers_is_a_clear_error(tiny_tokenizer):
 def test_eager_attend_matches_sdpa():
     q, k, v = torch.randn(3, 2, 2, 5, 8).unbind(0)
     for causal in (False, True):
-        torch.testing.assert_close(attend(q, k, v, "eager", is_causal=causal, scale=0.3),
-                                   attend(q, k, v, "sdpa", is_causal=causal, scale=0.3))
+        torch.testing.assert_close(
+            attend(q, k, v, "eager", is_causal=causal, scale=0.3), attend(q, k, v, "sdpa", is_causal=causal, scale=0.3)
+        )
 
 
 def test_gradient_checkpointing_keeps_the_gradients(tiny_tokenizer):

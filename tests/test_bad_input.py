@@ -70,8 +70,20 @@ def test_unreadable_image_among_good_ones_writes_no_output_file(tiny_pipeline_di
     scene().save(tmp_path / "a.png")
     (tmp_path / "b.png").write_bytes(b"")
     output = tmp_path / "captions.jsonl"
-    code, _, err = run(["caption", str(tmp_path), "--model", str(tiny_pipeline_dir), "--output", str(output),
-                        "--batch-size", "1", "--quiet"], capsys)
+    code, _, err = run(
+        [
+            "caption",
+            str(tmp_path),
+            "--model",
+            str(tiny_pipeline_dir),
+            "--output",
+            str(output),
+            "--batch-size",
+            "1",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 1
     assert_one_line_error(err, "b.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
@@ -79,12 +91,14 @@ def test_unreadable_image_among_good_ones_writes_no_output_file(tiny_pipeline_di
 
 # ---- decompression bombs: Pillow's guard stays on, its limit configurable ---------------------------------------
 
+
 @pytest.mark.parametrize("limit", [1000, 7000])  # over twice the limit Pillow raises, between once and twice it warns
 def test_decompression_bomb_is_refused(limit, tiny_pipeline_dir, tmp_path, capsys):
     path = tmp_path / "bomb.png"
     Image.new("1", (100, 100)).save(path)  # 10,000 pixels in a few hundred bytes
-    code, out, err = run(["caption", str(path), "--model", str(tiny_pipeline_dir), "--max-image-pixels", str(limit),
-                          "--quiet"], capsys)
+    code, out, err = run(
+        ["caption", str(path), "--model", str(tiny_pipeline_dir), "--max-image-pixels", str(limit), "--quiet"], capsys
+    )
     assert code == 1 and out == ""
     assert_one_line_error(err, str(path), "--max-image-pixels")
 
@@ -92,8 +106,9 @@ def test_decompression_bomb_is_refused(limit, tiny_pipeline_dir, tmp_path, capsy
 def test_raising_the_pixel_limit_lets_a_trusted_image_through(tiny_pipeline_dir, tmp_path, capsys):
     path = tmp_path / "big.png"
     Image.new("1", (100, 100)).save(path)
-    code, out, _ = run(["caption", str(path), "--model", str(tiny_pipeline_dir), "--max-image-pixels", "20000",
-                        "--quiet"], capsys)
+    code, out, _ = run(
+        ["caption", str(path), "--model", str(tiny_pipeline_dir), "--max-image-pixels", "20000", "--quiet"], capsys
+    )
     assert code == 0 and out.startswith(str(path))
 
 
@@ -105,6 +120,7 @@ def restore_pixel_limit():
 
 
 # ---- unusual but valid images: converted deliberately, then captioned ------------------------------------------
+
 
 def exif_rotated(path):
     exif = Image.Exif()
@@ -120,18 +136,25 @@ def palette_with_transparency(path):
 
 VALID_IMAGES = {
     # name: (writer, (x, y) pixel to check, its expected RGB value, expected size)
-    "palette.png": (lambda p: scene().convert("P", palette=Image.Palette.ADAPTIVE).save(p), (15, 15), (220, 40, 40),
-                    (48, 40)),
+    "palette.png": (
+        lambda p: scene().convert("P", palette=Image.Palette.ADAPTIVE).save(p),
+        (15, 15),
+        (220, 40, 40),
+        (48, 40),
+    ),
     "palette_transparent.png": (palette_with_transparency, (0, 0), (255, 255, 255), (16, 16)),
     "la.png": (lambda p: Image.new("LA", (8, 8), (0, 0)).save(p), (0, 0), (255, 255, 255), (8, 8)),
     "rgba.png": (lambda p: Image.new("RGBA", (8, 8), (10, 20, 30, 255)).save(p), (0, 0), (10, 20, 30), (8, 8)),
-    "cmyk.jpg": (lambda p: Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(p, quality=100), (0, 0), (255, 255, 255),
-                 (8, 8)),
+    "cmyk.jpg": (
+        lambda p: Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(p, quality=100),
+        (0, 0),
+        (255, 255, 255),
+        (8, 8),
+    ),
     "grey16.png": (lambda p: Image.new("I;16", (8, 8), 65535).save(p), (0, 0), (255, 255, 255), (8, 8)),
     "exif_rotated.jpg": (exif_rotated, None, None, (20, 40)),
     "one_pixel.png": (lambda p: Image.new("RGB", (1, 1), (0, 255, 0)).save(p), (0, 0), (0, 255, 0), (1, 1)),
-    "large.png": (lambda p: Image.new("RGB", (4000, 3000), (9, 9, 9)).save(p), (3999, 2999), (9, 9, 9),
-                  (4000, 3000)),
+    "large.png": (lambda p: Image.new("RGB", (4000, 3000), (9, 9, 9)).save(p), (3999, 2999), (9, 9, 9), (4000, 3000)),
 }
 
 
@@ -151,16 +174,21 @@ def test_unusual_images_are_converted_and_captioned(name, tiny_pipeline_dir, tmp
 
 # ---- prompts ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["generate", ""], "PROMPT is empty"),
-    (["generate", " \t\n "], "PROMPT is empty"),
-    (["generate", "\udcff\udcfe apple"], "PROMPT is not valid UTF-8"),  # how Python passes non-UTF-8 argv bytes
-    (["generate", "an apple", "--negative", "\udcff"], "--negative is not valid UTF-8"),
-    (["interpolate", "an apple", "   "], "END is empty"),
-])
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["generate", ""], "PROMPT is empty"),
+        (["generate", " \t\n "], "PROMPT is empty"),
+        (["generate", "\udcff\udcfe apple"], "PROMPT is not valid UTF-8"),  # how Python passes non-UTF-8 argv bytes
+        (["generate", "an apple", "--negative", "\udcff"], "--negative is not valid UTF-8"),
+        (["interpolate", "an apple", "   "], "END is empty"),
+    ],
+)
 def test_bad_prompts_are_usage_errors(argv, fragment, t2i_dir, tmp_path, capsys):
-    code, out, err = run([*argv, "--model", str(t2i_dir), "--steps", "2", "--out", str(tmp_path / "out"),
-                          "--quiet"], capsys)
+    code, out, err = run(
+        [*argv, "--model", str(t2i_dir), "--steps", "2", "--out", str(tmp_path / "out"), "--quiet"], capsys
+    )
     assert code == 2 and out == ""
     assert_one_line_error(err, fragment)
     assert not (tmp_path / "out").exists()
@@ -171,8 +199,9 @@ def test_bad_score_texts_and_caption_prefix_are_usage_errors(t2i_dir, tiny_pipel
     code, _, err = run(["score", str(tmp_path / "x.png"), "an apple", "\udcff", "--model", str(t2i_dir)], capsys)
     assert code == 2
     assert_one_line_error(err, "TEXT is not valid UTF-8")
-    code, _, err = run(["caption", str(tmp_path / "x.png"), "--prefix", "\udcff", "--model", str(tiny_pipeline_dir)],
-                       capsys)
+    code, _, err = run(
+        ["caption", str(tmp_path / "x.png"), "--prefix", "\udcff", "--model", str(tiny_pipeline_dir)], capsys
+    )
     assert code == 2
     assert_one_line_error(err, "--prefix is not valid UTF-8")
 
@@ -187,14 +216,14 @@ def test_overlong_prompt_is_truncated_with_a_warning(t2i_dir, tmp_path, capsys):
 
 def test_non_utf8_argv_bytes_from_a_shell(t2i_dir, tmp_path):
     scene().save(tmp_path / "x.png")
-    argv = [sys.executable, "-m", "genvl", "score", str(tmp_path / "x.png"), b"\xff\xfe apple",
-            "--model", str(t2i_dir)]
+    argv = [sys.executable, "-m", "genvl", "score", str(tmp_path / "x.png"), b"\xff\xfe apple", "--model", str(t2i_dir)]
     result = subprocess.run(argv, capture_output=True)
     assert result.returncode == 2 and result.stdout == b""
     assert result.stderr.decode().strip() == "genvl: error: TEXT is not valid UTF-8 text"
 
 
 # ---- paths ------------------------------------------------------------------------------------------------------
+
 
 def test_missing_paths_and_empty_folders_are_named(tiny_pipeline_dir, tmp_path, capsys):
     code, _, err = run(["caption", str(tmp_path / "nope.png"), "--model", str(tiny_pipeline_dir)], capsys)
@@ -205,8 +234,9 @@ def test_missing_paths_and_empty_folders_are_named(tiny_pipeline_dir, tmp_path, 
     code, _, err = run(["caption", str(tmp_path / "empty"), "--model", str(tiny_pipeline_dir)], capsys)
     assert code == 1
     assert_one_line_error(err, "empty", "holds no images")
-    code, _, err = run(["caption", str(tmp_path / "empty" / "notes.txt"), "--model", str(tmp_path / "no_model")],
-                       capsys)
+    code, _, err = run(
+        ["caption", str(tmp_path / "empty" / "notes.txt"), "--model", str(tmp_path / "no_model")], capsys
+    )
     assert code == 1
     assert_one_line_error(err, "no_model")
 
@@ -214,8 +244,10 @@ def test_missing_paths_and_empty_folders_are_named(tiny_pipeline_dir, tmp_path, 
 def test_output_in_a_missing_folder_is_named(tiny_pipeline_dir, tmp_path, capsys):
     scene().save(tmp_path / "x.png")
     output = tmp_path / "missing" / "captions.jsonl"
-    code, _, err = run(["caption", str(tmp_path / "x.png"), "--model", str(tiny_pipeline_dir), "--output",
-                        str(output), "--quiet"], capsys)
+    code, _, err = run(
+        ["caption", str(tmp_path / "x.png"), "--model", str(tiny_pipeline_dir), "--output", str(output), "--quiet"],
+        capsys,
+    )
     assert code == 1
     assert_one_line_error(err, "--output", "missing")
 
@@ -227,8 +259,15 @@ def output_cases(tmp_path):
     return [(tmp_path / "folder", "is a folder"), (tmp_path / "file.txt" / "out.json", "no such folder")]
 
 
-@pytest.mark.parametrize("command", [["caption", "IMAGE"], ["eval", "caption", "--data", "DATA"],
-                                     ["eval", "retrieval", "--data", "DATA"], ["eval", "t2i", "--data", "DATA"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["caption", "IMAGE"],
+        ["eval", "caption", "--data", "DATA"],
+        ["eval", "retrieval", "--data", "DATA"],
+        ["eval", "t2i", "--data", "DATA"],
+    ],
+)
 def test_unwritable_output_is_refused_before_any_work(command, tmp_path, capsys):
     """The model folder does not exist: --output is checked first, so no run is lost at its end."""
     scene().save(tmp_path / "x.png")
@@ -243,8 +282,10 @@ def test_unwritable_output_is_refused_before_any_work(command, tmp_path, capsys)
 
 def test_generate_out_that_is_a_file_is_named(t2i_dir, tmp_path, capsys):
     (tmp_path / "out").write_text("a file")
-    code, out, err = run(["generate", "an apple", "--model", str(t2i_dir), "--out", str(tmp_path / "out"),
-                          "--steps", "1", "--quiet"], capsys)
+    code, out, err = run(
+        ["generate", "an apple", "--model", str(t2i_dir), "--out", str(tmp_path / "out"), "--steps", "1", "--quiet"],
+        capsys,
+    )
     assert code == 1 and out == ""
     assert_one_line_error(err, "--out", "is a file")
     assert (tmp_path / "out").read_text() == "a file" and len(list(tmp_path.iterdir())) == 1
@@ -263,8 +304,18 @@ def test_output_file_that_cannot_be_created_is_named(tiny_pipeline_dir, tmp_path
 
     scene().save(tmp_path / "x.png")
     monkeypatch.setattr(builtins, "open", refusing_open)
-    code, out, err = run(["caption", str(tmp_path / "x.png"), "--model", str(tiny_pipeline_dir), "--quiet",
-                          "--output", str(tmp_path / "out.jsonl")], capsys)
+    code, out, err = run(
+        [
+            "caption",
+            str(tmp_path / "x.png"),
+            "--model",
+            str(tiny_pipeline_dir),
+            "--quiet",
+            "--output",
+            str(tmp_path / "out.jsonl"),
+        ],
+        capsys,
+    )
     assert code == 1 and out == ""
     assert_one_line_error(err, f"--output {tmp_path / 'out.jsonl'}: cannot write it (Permission denied)")
     assert ".tmp" not in err
@@ -272,6 +323,7 @@ def test_output_file_that_cannot_be_created_is_named(tiny_pipeline_dir, tmp_path
 
 
 # ---- tampered model folders: refused, naming the file -----------------------------------------------------------
+
 
 def tamper_weights(path, change):
     state = load_file(path)
@@ -286,20 +338,42 @@ def first_matrix(state):
 TAMPERINGS = {
     # name: (component folder, change to the folder, fragment of the error)
     "weights_deleted": ("model", lambda d: (d / "model.safetensors").unlink(), "no .safetensors"),
-    "tensor_missing": ("model", lambda d: tamper_weights(d / "model.safetensors", lambda s: s.pop(first_matrix(s))),
-                       "the weights lack"),
-    "tensor_reshaped": ("model", lambda d: tamper_weights(
-        d / "model.safetensors", lambda s: s.update({first_matrix(s): s[first_matrix(s)][:, :-1].contiguous()})),
-        "has shape"),
-    "tensor_extra": ("model", lambda d: tamper_weights(d / "model.safetensors", lambda s: s.update(x=torch.ones(2))),
-                     "the weights hold x"),
-    "config_more_layers": ("model", lambda d: edit_json(d / "config.json", lambda c: c["decoder"].update(
-        n_layer=c["decoder"]["n_layer"] + 1)), "the weights lack"),
-    "pickle_weights": ("model", lambda d: (torch.save(load_file(d / "model.safetensors"), d / "pytorch_model.bin"),
-                                           (d / "model.safetensors").unlink()), "pickle files are refused"),
+    "tensor_missing": (
+        "model",
+        lambda d: tamper_weights(d / "model.safetensors", lambda s: s.pop(first_matrix(s))),
+        "the weights lack",
+    ),
+    "tensor_reshaped": (
+        "model",
+        lambda d: tamper_weights(
+            d / "model.safetensors", lambda s: s.update({first_matrix(s): s[first_matrix(s)][:, :-1].contiguous()})
+        ),
+        "has shape",
+    ),
+    "tensor_extra": (
+        "model",
+        lambda d: tamper_weights(d / "model.safetensors", lambda s: s.update(x=torch.ones(2))),
+        "the weights hold x",
+    ),
+    "config_more_layers": (
+        "model",
+        lambda d: edit_json(d / "config.json", lambda c: c["decoder"].update(n_layer=c["decoder"]["n_layer"] + 1)),
+        "the weights lack",
+    ),
+    "pickle_weights": (
+        "model",
+        lambda d: (
+            torch.save(load_file(d / "model.safetensors"), d / "pytorch_model.bin"),
+            (d / "model.safetensors").unlink(),
+        ),
+        "pickle files are refused",
+    ),
     "pickle_beside_safetensors": ("model", lambda d: torch.save({}, d / "extra.pt"), "pickle files are refused"),
-    "safetensors_truncated": ("model", lambda d: (d / "model.safetensors").write_bytes(b"\x10\x00"),
-                              "not a readable safetensors"),
+    "safetensors_truncated": (
+        "model",
+        lambda d: (d / "model.safetensors").write_bytes(b"\x10\x00"),
+        "not a readable safetensors",
+    ),
     "index_not_json": ("", lambda d: (d / "model_index.json").write_text("{oops"), "not valid JSON"),
     "config_not_json": ("model", lambda d: (d / "config.json").write_text("[1, 2"), "not valid JSON"),
     "component_missing": ("", lambda d: shutil.rmtree(d / "model"), "no such folder"),
@@ -324,14 +398,17 @@ def test_tampered_captioner_folder_is_refused(name, tiny_pipeline_dir, tmp_path,
     assert_one_line_error(err, str(folder), fragment)
 
 
-@pytest.mark.parametrize("component, weights", [("decoder", "diffusion_pytorch_model.safetensors"),
-                                                ("clip", "model.safetensors")])
+@pytest.mark.parametrize(
+    "component, weights", [("decoder", "diffusion_pytorch_model.safetensors"), ("clip", "model.safetensors")]
+)
 def test_tampered_text_to_image_component_is_refused(component, weights, t2i_dir, tmp_path, capsys):
     folder = tmp_path / "t2i"
     shutil.copytree(t2i_dir, folder)
     tamper_weights(folder / component / weights, lambda s: s.pop(sorted(s)[0]))
-    code, out, err = run(["generate", "an apple", "--model", str(folder), "--steps", "2", "--out",
-                          str(tmp_path / "out"), "--quiet"], capsys)
+    code, out, err = run(
+        ["generate", "an apple", "--model", str(folder), "--steps", "2", "--out", str(tmp_path / "out"), "--quiet"],
+        capsys,
+    )
     assert code == 1 and out == ""
     assert_one_line_error(err, str(folder / component), "the weights lack")
     assert not (tmp_path / "out").exists()
@@ -339,23 +416,27 @@ def test_tampered_text_to_image_component_is_refused(component, weights, t2i_dir
 
 # ---- nonsensical flags: exit 2, naming the flag ----------------------------------------------------------------
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--beam", "0"], "--beam"),
-    (["--beam", "-3"], "--beam"),
-    (["--top-p", "1.5"], "--top-p"),
-    (["--top-p", "0"], "--top-p"),
-    (["--top-k", "-1"], "--top-k"),
-    (["--temperature", "0"], "--temperature"),
-    (["--max-new-tokens", "0"], "--max-new-tokens"),
-    (["--max-new-tokens", "500"], "--max-new-tokens"),
-    (["--beam", "2", "--num-captions", "3"], "--num-captions"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--max-image-pixels", "-5"], "--max-image-pixels"),
-    (["--beam", "two"], "invalid int value"),
-    (["--dtype", "fp8"], "--dtype"),
-    (["--temperature", "1", "--seed", str(2**64)], "--seed"),  # past what torch.Generator takes
-    (["--temperature", "1", "--seed", "-1"], "--seed"),
-])
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--beam", "0"], "--beam"),
+        (["--beam", "-3"], "--beam"),
+        (["--top-p", "1.5"], "--top-p"),
+        (["--top-p", "0"], "--top-p"),
+        (["--top-k", "-1"], "--top-k"),
+        (["--temperature", "0"], "--temperature"),
+        (["--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--max-new-tokens", "500"], "--max-new-tokens"),
+        (["--beam", "2", "--num-captions", "3"], "--num-captions"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--max-image-pixels", "-5"], "--max-image-pixels"),
+        (["--beam", "two"], "invalid int value"),
+        (["--dtype", "fp8"], "--dtype"),
+        (["--temperature", "1", "--seed", str(2**64)], "--seed"),  # past what torch.Generator takes
+        (["--temperature", "1", "--seed", "-1"], "--seed"),
+    ],
+)
 def test_bad_caption_flags_are_usage_errors(flags, fragment, tiny_pipeline_dir, tmp_path, capsys):
     scene().save(tmp_path / "x.png")
     code, out, err = run(["caption", str(tmp_path / "x.png"), "--model", str(tiny_pipeline_dir), *flags], capsys)
@@ -363,16 +444,19 @@ def test_bad_caption_flags_are_usage_errors(flags, fragment, tiny_pipeline_dir, 
     assert_one_line_error(err, fragment)
 
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--top-p", "1.5"], "--top-p"),
-    (["--top-k", "-1"], "--top-k"),
-    (["--temperature", "nan"], "--temperature"),
-    (["--repetition-penalty", "inf"], "--repetition-penalty"),
-    (["--length-penalty", "nan"], "--length-penalty"),
-    (["--min-new-tokens", "-1"], "--min-new-tokens"),
-    (["--no-repeat-ngram-size", "-2"], "--no-repeat-ngram-size"),
-    (["--batch-size", str(2**70)], "--batch-size"),  # islice failed on it after the model had loaded
-])
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--top-p", "1.5"], "--top-p"),
+        (["--top-k", "-1"], "--top-k"),
+        (["--temperature", "nan"], "--temperature"),
+        (["--repetition-penalty", "inf"], "--repetition-penalty"),
+        (["--length-penalty", "nan"], "--length-penalty"),
+        (["--min-new-tokens", "-1"], "--min-new-tokens"),
+        (["--no-repeat-ngram-size", "-2"], "--no-repeat-ngram-size"),
+        (["--batch-size", str(2**70)], "--batch-size"),  # islice failed on it after the model had loaded
+    ],
+)
 def test_bad_caption_values_are_refused_before_the_model_loads(flags, fragment, tmp_path, capsys):
     scene().save(tmp_path / "x.png")
     code, out, err = run(["caption", str(tmp_path / "x.png"), "--model", str(tmp_path / "no_model"), *flags], capsys)
@@ -380,27 +464,32 @@ def test_bad_caption_values_are_refused_before_the_model_loads(flags, fragment, 
     assert_one_line_error(err, fragment)
 
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--steps", "-1"], "--steps"),
-    (["--steps", "0"], "--steps"),
-    (["--decoder-steps", "-4"], "--decoder-steps"),
-    (["-n", "0"], "--num-images"),
-    (["--guidance", "-1"], "--guidance"),
-    (["--guidance", "nan"], "--guidance"),  # NaN and inf guidance made black images
-    (["--decoder-guidance", "inf"], "--decoder-guidance"),
-    (["--prior-guidance", "-inf"], "--prior-guidance"),
-    (["--seed", str(2**63)], "--seed"),
-    (["--scheduler", "euler"], "--scheduler"),
-])
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--steps", "-1"], "--steps"),
+        (["--steps", "0"], "--steps"),
+        (["--decoder-steps", "-4"], "--decoder-steps"),
+        (["-n", "0"], "--num-images"),
+        (["--guidance", "-1"], "--guidance"),
+        (["--guidance", "nan"], "--guidance"),  # NaN and inf guidance made black images
+        (["--decoder-guidance", "inf"], "--decoder-guidance"),
+        (["--prior-guidance", "-inf"], "--prior-guidance"),
+        (["--seed", str(2**63)], "--seed"),
+        (["--scheduler", "euler"], "--scheduler"),
+    ],
+)
 def test_bad_generate_flags_are_usage_errors(flags, fragment, t2i_dir, tmp_path, capsys):
-    code, out, err = run(["generate", "an apple", "--model", str(t2i_dir), "--out", str(tmp_path / "out"),
-                          *flags], capsys)
+    code, out, err = run(
+        ["generate", "an apple", "--model", str(t2i_dir), "--out", str(tmp_path / "out"), *flags], capsys
+    )
     assert code == 2 and out == ""
     assert_one_line_error(err, fragment)
     assert not (tmp_path / "out").exists()
 
 
 # ---- interruptions and surprises ---------------------------------------------------------------------------------
+
 
 def test_interrupted_caption_run_leaves_no_output(tiny_pipeline_dir, tmp_path, capsys, monkeypatch):
     from genvl.pipelines.caption import CaptionPipeline
@@ -419,8 +508,20 @@ def test_interrupted_caption_run_leaves_no_output(tiny_pipeline_dir, tmp_path, c
     monkeypatch.setattr(CaptionPipeline, "__call__", interrupt)
     output = tmp_path / "out" / "captions.jsonl"
     output.parent.mkdir()
-    code, _, err = run(["caption", str(tmp_path), "--model", str(tiny_pipeline_dir), "--output", str(output),
-                        "--batch-size", "1", "--quiet"], capsys)
+    code, _, err = run(
+        [
+            "caption",
+            str(tmp_path),
+            "--model",
+            str(tiny_pipeline_dir),
+            "--output",
+            str(output),
+            "--batch-size",
+            "1",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 130 and err.strip() == "genvl: interrupted"
     assert list(output.parent.iterdir()) == []
 
@@ -444,8 +545,9 @@ def test_unexpected_errors_are_one_line_unless_debugging(tiny_pipeline_dir, tmp_
 def test_closed_stdout_is_not_an_error(tiny_pipeline_dir, tmp_path):
     for i in range(40):
         scene().save(tmp_path / f"{i:02d}.png")
-    command = (f"{sys.executable} -m genvl caption {tmp_path} --model {tiny_pipeline_dir} --batch-size 4 "
-               "--quiet | head -1")
+    command = (
+        f"{sys.executable} -m genvl caption {tmp_path} --model {tiny_pipeline_dir} --batch-size 4 --quiet | head -1"
+    )
     result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1 and result.stderr == ""

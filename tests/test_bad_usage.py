@@ -33,26 +33,34 @@ def edit_json(path, change):
 
 # ---- --device: checked before anything loads (the model folder here does not even exist) ----------------------
 
-@pytest.mark.parametrize("device, fragment", [
-    ("banana", "not a device"),
-    ("cuda", "CUDA is not available"),
-    ("cuda:7", "CUDA is not available" if not torch.cuda.is_available() else "CUDA devices"),
-    ("mps", "MPS is not available"),
-    ("meta", "genvl runs on cpu, cuda or mps"),
-    ("cpu:x", "not a device"),
-])
+
+@pytest.mark.parametrize(
+    "device, fragment",
+    [
+        ("banana", "not a device"),
+        ("cuda", "CUDA is not available"),
+        ("cuda:7", "CUDA is not available" if not torch.cuda.is_available() else "CUDA devices"),
+        ("mps", "MPS is not available"),
+        ("meta", "genvl runs on cpu, cuda or mps"),
+        ("cpu:x", "not a device"),
+    ],
+)
 @pytest.mark.parametrize("command", ["caption", "generate", "score"])
 def test_bad_device_is_a_usage_error_before_loading(device, fragment, command, image, tmp_path, capsys):
     if device == "mps" and torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
-    argv = {"caption": ["caption", str(image)], "generate": ["generate", "an apple", "--out", str(tmp_path / "o")],
-            "score": ["score", str(image), "an apple"]}[command]
+    argv = {
+        "caption": ["caption", str(image)],
+        "generate": ["generate", "an apple", "--out", str(tmp_path / "o")],
+        "score": ["score", str(image), "an apple"],
+    }[command]
     code, out, err = run([*argv, "--model", str(tmp_path / "no_model"), "--device", device], capsys)
     assert code == 2 and out == ""
     one_line(err, f"--device {device}", fragment)
 
 
 # ---- prompts that draw nothing -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("text", ["\u3000\u200b", "\u200b", "\u2060\ufeff", " \u200d\u200c ", "\u202e", "\x00\x01"])
 def test_invisible_prompts_are_empty(text, t2i_dir, tmp_path, capsys):
@@ -63,48 +71,78 @@ def test_invisible_prompts_are_empty(text, t2i_dir, tmp_path, capsys):
 
 
 def test_invisible_negative_prefix_and_score_text_are_empty(t2i_dir, tiny_pipeline_dir, image, tmp_path, capsys):
-    for argv, name in ((["generate", "an apple", "--negative", "\u200b\u200b", "--out", str(tmp_path / "o"),
-                         "--model", str(t2i_dir)], "--negative"),
-                       (["score", str(image), "a car", "\ufeff", "--model", str(t2i_dir)], "TEXT"),
-                       (["caption", str(image), "--prefix", "\u2060", "--model", str(tiny_pipeline_dir)], "--prefix")):
+    for argv, name in (
+        (
+            [
+                "generate",
+                "an apple",
+                "--negative",
+                "\u200b\u200b",
+                "--out",
+                str(tmp_path / "o"),
+                "--model",
+                str(t2i_dir),
+            ],
+            "--negative",
+        ),
+        (["score", str(image), "a car", "\ufeff", "--model", str(t2i_dir)], "TEXT"),
+        (["caption", str(image), "--prefix", "\u2060", "--model", str(tiny_pipeline_dir)], "--prefix"),
+    ):
         code, out, err = run(argv, capsys)
         assert code == 2 and out == ""
         one_line(err, f"{name} is empty")
 
 
 def test_a_prompt_with_visible_text_among_invisible_characters_is_kept(t2i_dir, tmp_path, capsys):
-    code, out, _ = run(["generate", "\u200ban apple\u200b", "--model", str(t2i_dir), "--steps", "1", "--out",
-                        str(tmp_path / "o"), "--quiet"], capsys)
+    code, out, _ = run(
+        [
+            "generate",
+            "\u200ban apple\u200b",
+            "--model",
+            str(t2i_dir),
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0 and len(out.splitlines()) == 1
 
 
 # ---- step and frame counts: usage errors naming the flag, before the networks load ----------------------------
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--steps", "100000"], "--steps 100000: the prior's scheduler has only 1000 timesteps"),
-    (["--prior-steps", "5000"], "--prior-steps 5000: the prior's scheduler"),
-    (["--decoder-steps", "1001"], "--decoder-steps 1001: the decoder's scheduler"),
-    (["--steps", "2", "--decoder-steps", "2000"], "--decoder-steps 2000"),
-])
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--steps", "100000"], "--steps 100000: the prior's scheduler has only 1000 timesteps"),
+        (["--prior-steps", "5000"], "--prior-steps 5000: the prior's scheduler"),
+        (["--decoder-steps", "1001"], "--decoder-steps 1001: the decoder's scheduler"),
+        (["--steps", "2", "--decoder-steps", "2000"], "--decoder-steps 2000"),
+    ],
+)
 def test_too_many_steps_is_a_usage_error_before_loading(flags, fragment, t2i_dir, tmp_path, capsys):
     folder = tmp_path / "t2i"
     shutil.copytree(t2i_dir, folder)
     (folder / "decoder" / "diffusion_pytorch_model.safetensors").unlink()  # loading it would fail: it is not read
-    code, out, err = run(["generate", "an apple", "--model", str(folder), "--out", str(tmp_path / "o"), *flags],
-                         capsys)
+    code, out, err = run(["generate", "an apple", "--model", str(folder), "--out", str(tmp_path / "o"), *flags], capsys)
     assert code == 2 and out == ""
     one_line(err, fragment)
 
 
 @pytest.mark.parametrize("frames", ["1", "0", "-3"])
 def test_interpolate_needs_two_frames(frames, tmp_path, capsys):
-    code, out, err = run(["interpolate", "an apple", "a car", "--frames", frames, "--model", str(tmp_path / "none")],
-                         capsys)
+    code, out, err = run(
+        ["interpolate", "an apple", "a car", "--frames", frames, "--model", str(tmp_path / "none")], capsys
+    )
     assert code == 2 and out == ""
     one_line(err, "--frames", ">= 2")
 
 
 # ---- the model folder's own settings are not the user's flags -------------------------------------------------
+
 
 @pytest.fixture
 def captioner(tiny_pipeline_dir, tmp_path):
@@ -113,12 +151,15 @@ def captioner(tiny_pipeline_dir, tmp_path):
     return folder
 
 
-@pytest.mark.parametrize("change, fragment", [
-    (lambda c: c.update(temperature=float("nan"), do_sample=True), "generation config is not usable"),
-    (lambda c: c.update(top_p=7.0, do_sample=True), "generation config is not usable"),
-    (lambda c: c.update(num_beams=0), "generation config is not usable"),
-    (lambda c: c.update(max_new_tokens=500), "its generation config asks for 500 new tokens"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda c: c.update(temperature=float("nan"), do_sample=True), "generation config is not usable"),
+        (lambda c: c.update(top_p=7.0, do_sample=True), "generation config is not usable"),
+        (lambda c: c.update(num_beams=0), "generation config is not usable"),
+        (lambda c: c.update(max_new_tokens=500), "its generation config asks for 500 new tokens"),
+    ],
+)
 def test_a_bad_generation_config_names_the_folder_not_a_flag(change, fragment, captioner, image, capsys):
     edit_json(captioner / "model" / "generation_config.json", change)
     code, out, err = run(["caption", str(image), "--model", str(captioner)], capsys)
@@ -135,22 +176,28 @@ def test_a_long_prefix_names_the_prefix(captioner, image, capsys):
 
 
 def test_a_long_prefix_with_max_new_tokens_names_max_new_tokens(captioner, image, capsys):
-    code, _, err = run(["caption", str(image), "--model", str(captioner), "--prefix", "a red apple " * 6,
-                        "--max-new-tokens", "20"], capsys)
+    code, _, err = run(
+        ["caption", str(image), "--model", str(captioner), "--prefix", "a red apple " * 6, "--max-new-tokens", "20"],
+        capsys,
+    )
     assert code == 2
     one_line(err, "--max-new-tokens 20 is too many")
 
 
-@pytest.mark.parametrize("variable, argv", [
-    ("GENVL_CAPTION_MODEL", ["caption", "IMAGE"]),
-    ("GENVL_CAPTION_MODEL", ["eval", "caption", "--data", "DATA"]),
-    ("GENVL_T2I_MODEL", ["generate", "an apple", "--out", "OUT"]),
-])
-def test_a_missing_model_from_the_environment_names_the_variable(variable, argv, image, tmp_path, capsys,
-                                                                   monkeypatch):
+@pytest.mark.parametrize(
+    "variable, argv",
+    [
+        ("GENVL_CAPTION_MODEL", ["caption", "IMAGE"]),
+        ("GENVL_CAPTION_MODEL", ["eval", "caption", "--data", "DATA"]),
+        ("GENVL_T2I_MODEL", ["generate", "an apple", "--out", "OUT"]),
+    ],
+)
+def test_a_missing_model_from_the_environment_names_the_variable(variable, argv, image, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(variable, str(tmp_path / "gone"))
-    argv = [str(image) if a == "IMAGE" else str(tmp_path) if a == "DATA" else str(tmp_path / "o") if a == "OUT" else a
-            for a in argv]
+    argv = [
+        str(image) if a == "IMAGE" else str(tmp_path) if a == "DATA" else str(tmp_path / "o") if a == "OUT" else a
+        for a in argv
+    ]
     code, out, err = run(argv, capsys)
     assert code == 1 and out == ""
     one_line(err, f"{variable}={tmp_path / 'gone'}")
@@ -165,14 +212,18 @@ def test_a_missing_model_flag_names_the_flag(image, tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["generate", "caption"])
 def test_a_folder_of_the_other_kind_is_one_line(command, tiny_pipeline_dir, t2i_dir, image, tmp_path, capsys):
-    argv = (["generate", "an apple", "--model", str(tiny_pipeline_dir), "--out", str(tmp_path / "o")]
-            if command == "generate" else ["caption", str(image), "--model", str(t2i_dir)])
+    argv = (
+        ["generate", "an apple", "--model", str(tiny_pipeline_dir), "--out", str(tmp_path / "o")]
+        if command == "generate"
+        else ["caption", str(image), "--model", str(t2i_dir)]
+    )
     code, out, err = run(argv, capsys)
     assert code == 1 and out == ""
     one_line(err, "folder, not a")
 
 
 # ---- LoRA scales and adapter folders --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("scale", ["inf", "nan", "-1e30", "11", "-10.5", "1e309"])
 @pytest.mark.parametrize("command", ["caption", "generate"])
@@ -206,19 +257,37 @@ def adapter(tiny_pipeline_dir, tmp_path):
 
 ADAPTER_TRICKS = {
     "config_not_json": (lambda d: (d / "adapter_config.json").write_text("{oops"), "adapter_config.json"),
-    "weights_nan": (lambda d: save_file({k: v * math.nan for k, v in load_file(d / "adapter_model.safetensors")
-                                         .items()}, d / "adapter_model.safetensors"), "not finite"),
-    "weights_int": (lambda d: save_file({k: v.to(torch.int64) for k, v in load_file(d / "adapter_model.safetensors")
-                                         .items()}, d / "adapter_model.safetensors"), "not finite floating"),
-    "weights_truncated": (lambda d: (d / "adapter_model.safetensors").write_bytes(b"\x08\x00"),
-                          "not a readable safetensors"),
-    "weights_fifo": (lambda d: ((d / "adapter_model.safetensors").unlink(),
-                                os.mkfifo(d / "adapter_model.safetensors")), "FIFO"),
+    "weights_nan": (
+        lambda d: save_file(
+            {k: v * math.nan for k, v in load_file(d / "adapter_model.safetensors").items()},
+            d / "adapter_model.safetensors",
+        ),
+        "not finite",
+    ),
+    "weights_int": (
+        lambda d: save_file(
+            {k: v.to(torch.int64) for k, v in load_file(d / "adapter_model.safetensors").items()},
+            d / "adapter_model.safetensors",
+        ),
+        "not finite floating",
+    ),
+    "weights_truncated": (
+        lambda d: (d / "adapter_model.safetensors").write_bytes(b"\x08\x00"),
+        "not a readable safetensors",
+    ),
+    "weights_fifo": (
+        lambda d: ((d / "adapter_model.safetensors").unlink(), os.mkfifo(d / "adapter_model.safetensors")),
+        "FIFO",
+    ),
     "pickle_weights": (lambda d: torch.save({}, d / "adapter_model.bin"), "pickle files are refused"),
-    "config_for_another_model": (lambda d: edit_json(d / "adapter_config.json",
-                                                     lambda c: c.update(target_modules=["to_q"])), "does not fit"),
-    "alpha_huge": (lambda d: edit_json(d / "adapter_config.json", lambda c: c.update(lora_alpha=1e38)),
-                   "lora_alpha"),  # every output became inf
+    "config_for_another_model": (
+        lambda d: edit_json(d / "adapter_config.json", lambda c: c.update(target_modules=["to_q"])),
+        "does not fit",
+    ),
+    "alpha_huge": (
+        lambda d: edit_json(d / "adapter_config.json", lambda c: c.update(lora_alpha=1e38)),
+        "lora_alpha",
+    ),  # every output became inf
     "rank_beyond_weights": (lambda d: edit_json(d / "adapter_config.json", lambda c: c.update(r=10**6)), "rank"),
     "rank_not_the_weights": (lambda d: edit_json(d / "adapter_config.json", lambda c: c.update(r=1)), "do not fit"),
 }
@@ -235,11 +304,15 @@ def test_a_bad_adapter_folder_is_named(case, adapter, tiny_pipeline_dir, image, 
 
 # ---- interpolate: which end is an image ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("end, fragment", [
-    ("drawing.svg", "not a readable image"),  # an existing file that is no image was taken as a prompt
-    ("missing.png", "no such"),
-    ("notes.txt", "not a readable image"),
-])
+
+@pytest.mark.parametrize(
+    "end, fragment",
+    [
+        ("drawing.svg", "not a readable image"),  # an existing file that is no image was taken as a prompt
+        ("missing.png", "no such"),
+        ("notes.txt", "not a readable image"),
+    ],
+)
 def test_interpolate_ends_that_name_files_are_images(end, fragment, t2i_dir, tmp_path, capsys, monkeypatch):
     (tmp_path / "drawing.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
     (tmp_path / "notes.txt").write_text("a red apple")
@@ -251,11 +324,17 @@ def test_interpolate_ends_that_name_files_are_images(end, fragment, t2i_dir, tmp
 
 # ---- output that is not JSON, or that a file name splits ------------------------------------------------------
 
+
 def test_non_finite_caption_scores_are_an_error_not_json_nan(tiny_pipeline_dir, image, capsys, monkeypatch):
     from genvl.pipelines.caption import CaptionOutput, CaptionPipeline
 
-    monkeypatch.setattr(CaptionPipeline, "__call__", lambda self, images, **kw: CaptionOutput(
-        captions=[["a red apple"] for _ in images], scores=[[float("nan")] for _ in images]))
+    monkeypatch.setattr(
+        CaptionPipeline,
+        "__call__",
+        lambda self, images, **kw: CaptionOutput(
+            captions=[["a red apple"] for _ in images], scores=[[float("nan")] for _ in images]
+        ),
+    )
     code, out, err = run(["caption", str(image), "--model", str(tiny_pipeline_dir), "--json", "--quiet"], capsys)
     assert code == 1 and out == ""
     one_line(err, str(image), "non-finite caption scores")
@@ -288,6 +367,21 @@ def test_an_adapter_that_fails_to_load_leaves_nothing_behind(adapter, tiny_pipel
 @pytest.mark.parametrize("text", ["robot.v2", "v1.5 of a red apple", "apple"])
 def test_interpolate_ends_that_name_no_file_are_prompts(text, t2i_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, _ = run(["interpolate", text, "a car", "--frames", "2", "--steps", "1", "--model", str(t2i_dir),
-                        "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    code, out, _ = run(
+        [
+            "interpolate",
+            text,
+            "a car",
+            "--frames",
+            "2",
+            "--steps",
+            "1",
+            "--model",
+            str(t2i_dir),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0 and len(out.splitlines()) == 2

@@ -14,6 +14,8 @@ from genvl.world.dataset import write_imagefolder
 
 from .conftest import get_dummy_unclip_components
 
+pytestmark = pytest.mark.slow  # the benchmark scripts, run whole
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,16 +30,44 @@ def test_t2i_speed_reports_every_configuration(tmp_path):
     TextToImagePipeline(**get_dummy_unclip_components()).save_pretrained(tmp_path / "model")
     torch.manual_seed(0)
     SceneJudge(object_names=["apple", "car"], colour_names=["red"], channels=(8, 8, 16)).save_pretrained(
-        tmp_path / "judge")
+        tmp_path / "judge"
+    )
     data = write_imagefolder(tmp_path / "data", 12, seed=0, split="test", resolution=32)
     out = tmp_path / "report.json"
-    load_benchmark("t2i_speed").main([
-        "--model", str(tmp_path / "model"), "--judge", str(tmp_path / "judge"), "--data", str(data),
-        "--prompts", "4", "--images-per-prompt", "2", "--steps", "4", "--dpm-steps", "3", "--bf16-prompts", "2",
-        "--batch-size", "4", "--runs", "1", "--dpm-timestep-spacing", "trailing", "--dpm-algorithm", "sde-dpmsolver++",
-        "--dpm-solver-order", "1", "--dpm-prior-steps", "1",
-        "--json", str(out),
-    ])
+    load_benchmark("t2i_speed").main(
+        [
+            "--model",
+            str(tmp_path / "model"),
+            "--judge",
+            str(tmp_path / "judge"),
+            "--data",
+            str(data),
+            "--prompts",
+            "4",
+            "--images-per-prompt",
+            "2",
+            "--steps",
+            "4",
+            "--dpm-steps",
+            "3",
+            "--bf16-prompts",
+            "2",
+            "--batch-size",
+            "4",
+            "--runs",
+            "1",
+            "--dpm-timestep-spacing",
+            "trailing",
+            "--dpm-algorithm",
+            "sde-dpmsolver++",
+            "--dpm-solver-order",
+            "1",
+            "--dpm-prior-steps",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     assert report["configs"]["ddpm-4"]["network_evaluations"] == {"prior": 4, "decoder": 4}
     assert report["configs"]["ddpm-4"]["timestep_spacing"] == "leading"
@@ -57,8 +87,25 @@ def test_t2i_speed_reports_every_configuration(tmp_path):
 
 def test_batch_sizes_benchmark_compares_splits_with_one_call(t2i_dir, tmp_path):
     out = tmp_path / "report.json"
-    load_benchmark("batch_sizes").main(["--model", str(t2i_dir), "--images", "3", "--splits", "3", "1,2",
-                                        "--steps", "2", "--runs", "1", "--workers", "2", "--json", str(out)])
+    load_benchmark("batch_sizes").main(
+        [
+            "--model",
+            str(t2i_dir),
+            "--images",
+            "3",
+            "--splits",
+            "3",
+            "1,2",
+            "--steps",
+            "2",
+            "--runs",
+            "1",
+            "--workers",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     same, split = report["splits"]
     # the same call again gives the same images bit for bit: only other batch shapes may differ
@@ -72,9 +119,26 @@ def test_batch_sizes_benchmark_compares_splits_with_one_call(t2i_dir, tmp_path):
 def test_caption_speed_splits_encoding_from_decoding(tiny_pipeline_dir, tmp_path):
     out = tmp_path / "report.json"
     images = ROOT / "examples" / "images"
-    load_benchmark("caption_speed").main(["--model", str(tiny_pipeline_dir), "--images", str(images), "--batch-size",
-                                          "2", "--beams", "2", "--max-new-tokens", "4", "--runs", "2", "--warmup",
-                                          "0", "--json", str(out)])
+    load_benchmark("caption_speed").main(
+        [
+            "--model",
+            str(tiny_pipeline_dir),
+            "--images",
+            str(images),
+            "--batch-size",
+            "2",
+            "--beams",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--runs",
+            "2",
+            "--warmup",
+            "0",
+            "--json",
+            str(out),
+        ]
+    )
     modes = json.loads(out.read_text())["modes"]
     assert set(modes) == {"greedy", "beam 2"}
     for mode in modes.values():
@@ -88,11 +152,15 @@ def test_memory_benchmark_measures_every_configuration(tmp_path, tiny_pipeline_d
     TextToImagePipeline(**get_dummy_unclip_components()).save_pretrained(tmp_path / "t2i")
     memory = load_benchmark("memory")
     common = ["--captioner", str(tiny_pipeline_dir), "--t2i", str(tmp_path / "t2i"), "--batch-size", "4"]
-    report = memory.main(common + ["--networks", "decoder", "--backends", "sdpa", "--json",
-                                   str(tmp_path / "memory.json")])
+    report = memory.main(
+        common + ["--networks", "decoder", "--backends", "sdpa", "--json", str(tmp_path / "memory.json")]
+    )
     rows = report["rows"]
     assert [(r["mode"], r["gradient_checkpointing"]) for r in rows] == [
-        ("inference", False), ("train", False), ("train", True)]
+        ("inference", False),
+        ("train", False),
+        ("train", True),
+    ]
     assert json.loads((tmp_path / "memory.json").read_text())["rows"] == rows
     assert all(row["peak_mib"] >= 0 for row in rows) and rows[0]["ratio"] == rows[1]["ratio"] == 1.0
     for network in ("captioner", "clip", "prior"):  # the other networks build and train, in this process

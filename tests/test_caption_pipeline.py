@@ -24,8 +24,14 @@ def test_save_and_reload_gives_same_captions(tiny_pipeline_dir, scene_images, tm
 def test_public_vit_gpt2_layout_loads_unchanged(public_folder, scene_images):
     from transformers import AutoTokenizer, VisionEncoderDecoderModel
 
-    assert {"config.json", "vocab.json", "merges.txt", "preprocessor_config.json", "generation_config.json",
-            "model.safetensors"} <= {p.name for p in public_folder.iterdir()}
+    assert {
+        "config.json",
+        "vocab.json",
+        "merges.txt",
+        "preprocessor_config.json",
+        "generation_config.json",
+        "model.safetensors",
+    } <= {p.name for p in public_folder.iterdir()}
     pipeline = CaptionPipeline.from_pretrained(public_folder)
     settings = pipeline.settings()
     assert (settings.num_beams, settings.max_new_tokens) == (4, 15)  # generation_config: num_beams=4, max_length=16
@@ -50,8 +56,9 @@ def test_prefix_is_continued(tiny_pipeline_dir, scene_images):
     prefix = pipeline.tokenizer("a red").input_ids
     start = torch.tensor([[pipeline.tokenizer.eos_token_id, *prefix]] * 3)
     with torch.no_grad():
-        ids = pipeline.model.generate(pixel_values=pipeline.preprocess(scene_images[:3]), decoder_input_ids=start,
-                                      max_new_tokens=5, num_beams=1)
+        ids = pipeline.model.generate(
+            pixel_values=pipeline.preprocess(scene_images[:3]), decoder_input_ids=start, max_new_tokens=5, num_beams=1
+        )
     expected = [t.strip() for t in pipeline.tokenizer.batch_decode(ids, skip_special_tokens=True)]
     assert [c[0] for c in out.captions] == expected
     assert all(text.startswith("a red") for text in expected)

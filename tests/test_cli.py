@@ -27,16 +27,31 @@ def test_help_does_not_import_torch(argv):
 
 
 def test_caption_json_records(tiny_pipeline_dir, tmp_path, capsys):
-    from genvl.world import render_scene, sample_scene
     import random
+
+    from genvl.world import render_scene, sample_scene
 
     rng = random.Random(0)
     paths = []
     for i in range(3):
         paths.append(tmp_path / f"img{i}.png")
         render_scene(sample_scene(rng), 32).save(paths[-1])
-    code = main(["caption", str(tmp_path), "--model", str(tiny_pipeline_dir), "--beam", "3", "--num-captions", "2",
-                 "--max-new-tokens", "6", "--json", "--quiet"])
+    code = main(
+        [
+            "caption",
+            str(tmp_path),
+            "--model",
+            str(tiny_pipeline_dir),
+            "--beam",
+            "3",
+            "--num-captions",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--json",
+            "--quiet",
+        ]
+    )
     assert code == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["path"] for r in records] == [str(p) for p in paths]
@@ -57,12 +72,15 @@ def test_sampling_records_per_image_seeds_that_reproduce(tiny_pipeline_dir, tmp_
     assert json.loads(capsys.readouterr().out)["captions"] == records[2]["captions"]
 
 
-@pytest.mark.parametrize("flags, code, message", [
-    (["--beam", "0"], 2, "--beam"),
-    (["--top-p", "1.5"], 2, "--top-p"),
-    (["--beam", "2", "--num-captions", "3"], 2, "--num-captions"),
-    (["--max-new-tokens", "500"], 2, "--max-new-tokens"),
-])
+@pytest.mark.parametrize(
+    "flags, code, message",
+    [
+        (["--beam", "0"], 2, "--beam"),
+        (["--top-p", "1.5"], 2, "--top-p"),
+        (["--beam", "2", "--num-captions", "3"], 2, "--num-captions"),
+        (["--max-new-tokens", "500"], 2, "--max-new-tokens"),
+    ],
+)
 def test_bad_flags_exit_2_with_one_line(tiny_pipeline_dir, tmp_path, capsys, flags, code, message):
     from PIL import Image
 
@@ -87,8 +105,21 @@ def test_data_scenes_writes_imagefolder(tmp_path, capsys):
     assert all((tmp_path / "val" / json.loads(line)["file_name"]).is_file() for line in lines)
 
 
-COMMANDS = [[], ["caption"], ["data"], ["data", "scenes"], ["data", "shards"], ["eval"], ["eval", "caption"],
-            ["eval", "retrieval"], ["eval", "t2i"], ["generate"], ["vary"], ["interpolate"], ["score"]]
+COMMANDS = [
+    [],
+    ["caption"],
+    ["data"],
+    ["data", "scenes"],
+    ["data", "shards"],
+    ["eval"],
+    ["eval", "caption"],
+    ["eval", "retrieval"],
+    ["eval", "t2i"],
+    ["generate"],
+    ["vary"],
+    ["interpolate"],
+    ["score"],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "genvl")

@@ -21,8 +21,9 @@ from .test_cli import NO_TORCH
 FAST = ["--steps", "2", "--quiet"]
 
 
-@pytest.mark.parametrize("argv", [["generate", "--help"], ["score", "--help"], ["eval", "retrieval", "--help"],
-                                  ["eval", "t2i", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["generate", "--help"], ["score", "--help"], ["eval", "retrieval", "--help"], ["eval", "t2i", "--help"]]
+)
 def test_help_does_not_import_torch(argv):
     out = subprocess.run([sys.executable, "-c", NO_TORCH.format(argv=argv)], capture_output=True, text=True)
     assert out.stdout.strip().endswith("LIGHT []"), out.stdout + out.stderr
@@ -30,8 +31,10 @@ def test_help_does_not_import_torch(argv):
 
 def test_generate_writes_pngs_with_their_settings(t2i_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["generate", "a red apple", "-n", "2", "--seed", "5", "--out", str(out), "--model", str(t2i_dir),
-                 *FAST]) == 0
+    assert (
+        main(["generate", "a red apple", "-n", "2", "--seed", "5", "--out", str(out), "--model", str(t2i_dir), *FAST])
+        == 0
+    )
     paths = capsys.readouterr().out.split()
     assert [p.split("/")[-1] for p in paths] == ["a_red_apple-5-0.png", "a_red_apple-6-1.png"]
     with Image.open(paths[1]) as image:
@@ -50,8 +53,27 @@ def test_generate_writes_pngs_with_their_settings(t2i_dir, tmp_path, capsys):
     for batch_size in ("2", "3"):
         batched = tmp_path / f"batched{batch_size}"
         capsys.readouterr()
-        assert main(["generate", "a red apple", "-n", "3", "--seed", "5", "--batch-size", batch_size, "--json",
-                     "--out", str(batched), "--model", str(t2i_dir), *FAST]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    "a red apple",
+                    "-n",
+                    "3",
+                    "--seed",
+                    "5",
+                    "--batch-size",
+                    batch_size,
+                    "--json",
+                    "--out",
+                    str(batched),
+                    "--model",
+                    str(t2i_dir),
+                    *FAST,
+                ]
+            )
+            == 0
+        )
         records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert [r["seed"] for r in records] == [5, 6, 7] and records[0]["prompt"] == "a red apple"
         with Image.open(records[1]["path"]) as image:
@@ -63,8 +85,24 @@ def test_generate_writes_pngs_with_their_settings(t2i_dir, tmp_path, capsys):
 def test_generate_with_another_scheduler(t2i_dir, tmp_path):
     pixels = {}
     for scheduler, out in (("dpm", "a"), ("dpm-sde", "b"), ("dpm-sde", "c")):
-        assert main(["generate", "a red apple", "--scheduler", scheduler, "--seed", "0", "--out", str(tmp_path / out),
-                     "--model", str(t2i_dir), *FAST]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    "a red apple",
+                    "--scheduler",
+                    scheduler,
+                    "--seed",
+                    "0",
+                    "--out",
+                    str(tmp_path / out),
+                    "--model",
+                    str(t2i_dir),
+                    *FAST,
+                ]
+            )
+            == 0
+        )
         with Image.open(tmp_path / out / "a_red_apple-0-0.png") as image:
             assert image.text["scheduler"] == scheduler
             pixels[out] = np.asarray(image)
@@ -77,8 +115,23 @@ def test_generate_with_text_guidance(t2i_dir, tmp_path, capsys):
     pixels = {}
     settings = {}
     for name, extra in (("apart", []), ("joint", ["--decoder-text-guidance", "4"])):  # default: 8, apart from 4
-        assert main(["generate", "a red apple", "--seed", "0", "--out", str(tmp_path / name), "--model", str(t2i_dir),
-                     *FAST, *extra]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    "a red apple",
+                    "--seed",
+                    "0",
+                    "--out",
+                    str(tmp_path / name),
+                    "--model",
+                    str(t2i_dir),
+                    *FAST,
+                    *extra,
+                ]
+            )
+            == 0
+        )
         with Image.open(tmp_path / name / "a_red_apple-0-0.png") as image:
             settings[name] = json.loads(image.text["settings"])
             pixels[name] = np.asarray(image)
@@ -86,8 +139,18 @@ def test_generate_with_text_guidance(t2i_dir, tmp_path, capsys):
     assert settings["joint"]["decoder_text_guidance_scale"] == settings["joint"]["decoder_guidance_scale"] == 4.0
     assert not np.array_equal(pixels["joint"], pixels["apart"])
     with pytest.raises(SystemExit) as exit_info:
-        main(["generate", "a red apple", "--decoder-text-guidance", "nan", "--model", str(t2i_dir),
-              "--out", str(tmp_path / "bad")])
+        main(
+            [
+                "generate",
+                "a red apple",
+                "--decoder-text-guidance",
+                "nan",
+                "--model",
+                str(t2i_dir),
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and "argument --decoder-text-guidance: must be a number >= 0" in error
     assert not (tmp_path / "bad").exists()
@@ -96,17 +159,45 @@ def test_generate_with_text_guidance(t2i_dir, tmp_path, capsys):
 def test_generate_best_of_candidates(t2i_dir, tmp_path, capsys):
     from genvl.pipelines.text_to_image import TextToImagePipeline
 
-    assert main(["generate", "a red apple", "--seed", "4", "--candidates", "3", "--out", str(tmp_path),
-                 "--model", str(t2i_dir), *FAST]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "a red apple",
+                "--seed",
+                "4",
+                "--candidates",
+                "3",
+                "--out",
+                str(tmp_path),
+                "--model",
+                str(t2i_dir),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     with Image.open(tmp_path / "a_red_apple-4-0.png") as image:
         assert json.loads(image.text["settings"])["num_candidates"] == 3
         kept = np.asarray(image).astype(int)
     pipe = TextToImagePipeline.from_pretrained(t2i_dir)
     pipe.set_progress_bar_config(disable=True)
-    candidates = pipe("a red apple", num_images_per_prompt=3, generator=torch.Generator().manual_seed(4),
-                      prior_num_inference_steps=2, decoder_num_inference_steps=2, output_type="np").images
-    best = pipe("a red apple", num_candidates=3, generator=torch.Generator().manual_seed(4),
-                prior_num_inference_steps=2, decoder_num_inference_steps=2, output_type="np").images[0]
+    candidates = pipe(
+        "a red apple",
+        num_images_per_prompt=3,
+        generator=torch.Generator().manual_seed(4),
+        prior_num_inference_steps=2,
+        decoder_num_inference_steps=2,
+        output_type="np",
+    ).images
+    best = pipe(
+        "a red apple",
+        num_candidates=3,
+        generator=torch.Generator().manual_seed(4),
+        prior_num_inference_steps=2,
+        decoder_num_inference_steps=2,
+        output_type="np",
+    ).images[0]
     distances = [np.abs(kept - (c * 255).round()).max() for c in candidates]
     assert np.abs(kept - (best * 255).round()).max() <= 1 and min(distances) <= 1  # one of the three, the best
     with pytest.raises(SystemExit) as exit_info:
@@ -129,18 +220,69 @@ def test_generate_usage_errors(t2i_dir, tmp_path, capsys):
 def test_vary_and_interpolate(t2i_dir, tmp_path, capsys):
     source = tmp_path / "source.png"
     Image.new("RGB", (48, 48), "blue").save(source)
-    assert main(["vary", str(source), "-n", "3", "--seed", "1", "--out", str(tmp_path / "v"), "--model", str(t2i_dir),
-                 *FAST]) == 0
+    assert (
+        main(
+            [
+                "vary",
+                str(source),
+                "-n",
+                "3",
+                "--seed",
+                "1",
+                "--out",
+                str(tmp_path / "v"),
+                "--model",
+                str(t2i_dir),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     made = sorted((tmp_path / "v").glob("*.png"))
     assert len(made) == 3
     # the source is encoded once for all images, and images do not depend on the batch size
-    assert main(["vary", str(source), "-n", "3", "--seed", "1", "--batch-size", "1", "--out", str(tmp_path / "v1"),
-                 "--model", str(t2i_dir), *FAST]) == 0
+    assert (
+        main(
+            [
+                "vary",
+                str(source),
+                "-n",
+                "3",
+                "--seed",
+                "1",
+                "--batch-size",
+                "1",
+                "--out",
+                str(tmp_path / "v1"),
+                "--model",
+                str(t2i_dir),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     for path in made:
         with Image.open(path) as image, Image.open(tmp_path / "v1" / path.name) as alone:
             np.testing.assert_array_equal(np.asarray(image), np.asarray(alone))
-    assert main(["interpolate", "a red apple", str(source), "--frames", "4", "--seed", "1", "--out",
-                 str(tmp_path / "i"), "--model", str(t2i_dir), *FAST]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                "a red apple",
+                str(source),
+                "--frames",
+                "4",
+                "--seed",
+                "1",
+                "--out",
+                str(tmp_path / "i"),
+                "--model",
+                str(t2i_dir),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     frames = sorted((tmp_path / "i").glob("*.png"))
     assert len(frames) == 4
     with Image.open(frames[0]) as image:
@@ -150,8 +292,9 @@ def test_vary_and_interpolate(t2i_dir, tmp_path, capsys):
 def test_score_orders_texts(t2i_dir, tmp_path, capsys):
     source = tmp_path / "source.png"
     Image.new("RGB", (48, 48), "red").save(source)
-    assert main(["score", str(source), "a red apple", "two blue cars", "--model", str(t2i_dir), "--json",
-                 "--quiet"]) == 0
+    assert (
+        main(["score", str(source), "a red apple", "two blue cars", "--model", str(t2i_dir), "--json", "--quiet"]) == 0
+    )
     scores = json.loads(capsys.readouterr().out)["scores"]
     assert set(scores) == {"a red apple", "two blue cars"} and all(-1 <= v <= 1 for v in scores.values())
     assert main(["score", str(source), "a red apple", "two blue cars", "--model", str(t2i_dir), "--quiet"]) == 0
@@ -174,10 +317,12 @@ def test_order_accuracy_compares_each_image_with_its_own_caption_and_its_twin(mo
     def obj(name, colour):
         return {"name": name, "colour": colour, "size": "medium", "position": "left"}
 
-    scenes = [{"layout": "pair_h", "objects": [obj("apple", "red"), obj("car", "blue")]},
-              {"layout": "single", "objects": [obj("cat", "green")]},
-              {"layout": "pair_v", "objects": [obj("dog", "brown"), obj("cup", "red")]},
-              {"layout": "pair_v", "objects": [obj("bell", "pink"), obj("tent", "gray")]}]
+    scenes = [
+        {"layout": "pair_h", "objects": [obj("apple", "red"), obj("car", "blue")]},
+        {"layout": "single", "objects": [obj("cat", "green")]},
+        {"layout": "pair_v", "objects": [obj("dog", "brown"), obj("cup", "red")]},
+        {"layout": "pair_v", "objects": [obj("bell", "pink"), obj("tent", "gray")]},
+    ]
     records = [{"text": scene_captions(scene)[0], "scene": scene} for scene in scenes]
     texts = sorted({r["text"] for r in records} | {swapped_caption(sc) for sc in scenes if swapped_caption(sc)})
 
@@ -198,8 +343,13 @@ def test_mirror_scores_compare_each_left_right_image_with_its_mirror(monkeypatch
         return {"name": name, "colour": "red", "size": "medium", "position": "left"}
 
     pair_h = {"layout": "pair_h", "objects": [obj("apple"), obj("car")]}
-    records = [{"scene": pair_h}, {"scene": pair_h}, {"scene": {**pair_h, "layout": "pair_v"}},
-               {"scene": pair_h}, {"scene": {"layout": "pair_h", "objects": [obj("apple"), obj("apple")]}}]
+    records = [
+        {"scene": pair_h},
+        {"scene": pair_h},
+        {"scene": {**pair_h, "layout": "pair_v"}},
+        {"scene": pair_h},
+        {"scene": {"layout": "pair_h", "objects": [obj("apple"), obj("apple")]}},
+    ]
     # a 1 x 2 image's embedding is its two pixels (left, right) of channel 0, so mirroring swaps them
     images = torch.tensor([[2, 1], [1, 2], [2, 1], [1, 1], [2, 1]], dtype=torch.uint8)
     images = images[:, None, None].expand(-1, 3, 1, 2)
@@ -210,27 +360,44 @@ def test_mirror_scores_compare_each_left_right_image_with_its_mirror(monkeypatch
 
     monkeypatch.setattr(retrieval, "embed_images", pixels)
     text_embeds = torch.tensor([[1.0, 0.0]])  # the one caption: "the brighter one on the left"
-    report = retrieval.mirror_scores(None, None, records, images, pixels(None, None, images, 8), text_embeds,
-                                     torch.zeros(5, dtype=torch.long), batch_size=8)
+    report = retrieval.mirror_scores(
+        None,
+        None,
+        records,
+        images,
+        pixels(None, None, images, 8),
+        text_embeds,
+        torch.zeros(5, dtype=torch.long),
+        batch_size=8,
+    )
     # rows 0, 1 and 3 count (row 2 is above/below, row 4 has no distinct twin); only row 0 wins, row 3 ties
     assert report["mirror_images"] == 3
     assert report["mirror_accuracy"] == pytest.approx(1 / 3)
     assert report["mirror_cosine"] == pytest.approx((0.8 + 0.8 + 1.0) / 3)
-    assert retrieval.mirror_scores(None, None, records[2:3], images[2:3], images[2:3].float(), text_embeds,
-                                   torch.zeros(1, dtype=torch.long), 8) == {}
+    assert (
+        retrieval.mirror_scores(
+            None, None, records[2:3], images[2:3], images[2:3].float(), text_embeds, torch.zeros(1, dtype=torch.long), 8
+        )
+        == {}
+    )
 
 
 def test_eval_retrieval_report(t2i_dir, tmp_path, capsys):
     data = write_imagefolder(tmp_path / "world", 12, seed=0, split="test", resolution=32)
     report_path = tmp_path / "report.json"
-    assert main(["eval", "retrieval", "--data", str(data), "--model", str(t2i_dir), "--output", str(report_path),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            ["eval", "retrieval", "--data", str(data), "--model", str(t2i_dir), "--output", str(report_path), "--quiet"]
+        )
+        == 0
+    )
     report = json.loads(report_path.read_text())
     assert report["images"] == 12
     assert 0 <= report["image_to_text_R@1"] <= report["image_to_text_R@5"] <= report["image_to_text_R@10"] <= 1
     assert 1 <= report["text_to_image_median_rank"] <= 12
-    pairs = [r for r in map(json.loads, (data / "metadata.jsonl").read_text().splitlines())
-             if swapped_caption(r["scene"])]
+    pairs = [
+        r for r in map(json.loads, (data / "metadata.jsonl").read_text().splitlines()) if swapped_caption(r["scene"])
+    ]
     assert report.get("order_images", 0) == len(pairs) and 0 <= report.get("order_accuracy", 0) <= 1
     left_right = [r for r in pairs if r["scene"]["layout"] == "pair_h"]
     assert report.get("mirror_images", 0) == len(left_right)
@@ -244,11 +411,30 @@ def test_eval_t2i_report(t2i_dir, tiny_pipeline_dir, tmp_path, capsys):
     data = write_imagefolder(tmp_path / "world", 16, seed=0, split="test", resolution=32)
     torch.manual_seed(0)
     SceneJudge(object_names=["apple", "car"], colour_names=["red"], channels=(8, 8, 16)).save_pretrained(
-        tmp_path / "judge")
+        tmp_path / "judge"
+    )
     report_path = tmp_path / "report.json"
-    argv = ["eval", "t2i", "--data", str(data), "--model", str(t2i_dir), "--judge", str(tmp_path / "judge"),
-            "--captioner", str(tiny_pipeline_dir), "--prompts", "5", "--images-per-prompt", "2", "--steps", "2",
-            "--output", str(report_path), "--quiet"]
+    argv = [
+        "eval",
+        "t2i",
+        "--data",
+        str(data),
+        "--model",
+        str(t2i_dir),
+        "--judge",
+        str(tmp_path / "judge"),
+        "--captioner",
+        str(tiny_pipeline_dir),
+        "--prompts",
+        "5",
+        "--images-per-prompt",
+        "2",
+        "--steps",
+        "2",
+        "--output",
+        str(report_path),
+        "--quiet",
+    ]
     assert main(argv) == 0
     report = json.loads(report_path.read_text())
     assert report["images"] == 10 and report["settings"]["decoder_num_inference_steps"] == 2

@@ -25,6 +25,8 @@ from safetensors.torch import load_file, save_file
 from genvl.training.checkpoints import COMPLETE_MARKER, complete_checkpoints, resolve_resume, save_checkpoint
 from genvl.world.dataset import write_imagefolder
 
+pytestmark = pytest.mark.slow  # subprocess training runs killed with SIGKILL
+
 ROOT = Path(__file__).resolve().parent.parent
 MAX_STEPS, EVERY = 24, 4  # 48 samples in batches of 8: four epochs, a checkpoint every 4 steps
 
@@ -38,14 +40,40 @@ def inputs(tmp_path_factory):
 
 def launch(inputs, out, *extra, stdout=subprocess.PIPE):
     data, arch = inputs
-    args = ["--train_data_dir", str(data), "--output_dir", str(out), "--architecture", str(arch), "--resolution",
-            "32", "--train_batch_size", "8", "--max_train_steps", str(MAX_STEPS), "--checkpointing_steps",
-            str(EVERY), "--checkpoints_total_limit", "2", "--lr_warmup_steps", "2", "--logging_steps", "1",
-            "--learning_rate", "3e-3", *extra]
+    args = [
+        "--train_data_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--architecture",
+        str(arch),
+        "--resolution",
+        "32",
+        "--train_batch_size",
+        "8",
+        "--max_train_steps",
+        str(MAX_STEPS),
+        "--checkpointing_steps",
+        str(EVERY),
+        "--checkpoints_total_limit",
+        "2",
+        "--lr_warmup_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--learning_rate",
+        "3e-3",
+        *extra,
+    ]
     # one thread per run: the runs compare bit for bit, and two of them share the machine for a while
-    return subprocess.Popen([sys.executable, "train/train_autoencoder.py", *args],
-                            cwd=ROOT, stdout=stdout, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        [sys.executable, "train/train_autoencoder.py", *args],
+        cwd=ROOT,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def kill_at(process, step: int, out: Path | None = None) -> str:
@@ -58,9 +86,14 @@ def kill_at(process, step: int, out: Path | None = None) -> str:
         for line in process.stdout:
             log.append(line)
             if line.startswith(f"step {step}/"):
-                while out is not None and process.poll() is None and not (
+                while (
+                    out is not None
+                    and process.poll() is None
+                    and not (
                         (out / f".checkpoint-{step}.tmp" / "model.safetensors").exists()
-                        or (out / f"checkpoint-{step}").exists()):
+                        or (out / f"checkpoint-{step}").exists()
+                    )
+                ):
                     time.sleep(0.001)
                 os.kill(process.pid, signal.SIGKILL)
                 break
@@ -109,8 +142,10 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(inputs, tmp_p
         assert got.keys() == want.keys()
         assert all(torch.equal(got[name], want[name]) for name in want), weights
     # rotation kept the newest two; the killed save's temporary folder is gone
-    assert sorted(p.name for p in out.glob("*checkpoint-*")) == [f"checkpoint-{MAX_STEPS - EVERY}",
-                                                                 f"checkpoint-{MAX_STEPS}"]
+    assert sorted(p.name for p in out.glob("*checkpoint-*")) == [
+        f"checkpoint-{MAX_STEPS - EVERY}",
+        f"checkpoint-{MAX_STEPS}",
+    ]
 
 
 class OneProcess:
@@ -160,7 +195,6 @@ def test_rotation_keeps_the_newest_complete_checkpoints(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-6", "checkpoint-7", "checkpoint-8"]
 
 
-
 class RunsOnLoad:
     """Unpickling this object calls `mark`: what a checkpoint file from someone else could do."""
 
@@ -188,13 +222,27 @@ def test_ema_state_is_resumed_without_unpickling_objects(tmp_path):
     from genvl.training.loop import make_accelerator, train_loop
 
     def run(steps, resume=None):
-        args = TrainArgs(output_dir=str(tmp_path), train_batch_size=2, max_train_steps=steps, checkpointing_steps=2,
-                         lr_warmup_steps=0, logging_steps=1, ema_decay=0.5, resume_from_checkpoint=resume)
+        args = TrainArgs(
+            output_dir=str(tmp_path),
+            train_batch_size=2,
+            max_train_steps=steps,
+            checkpointing_steps=2,
+            lr_warmup_steps=0,
+            logging_steps=1,
+            ema_decay=0.5,
+            resume_from_checkpoint=resume,
+        )
         torch.manual_seed(0)
         model = torch.nn.Linear(3, 1)
         data = torch.arange(12.0).view(4, 3)
-        train_loop(make_accelerator(args, "ema"), args, model, model.parameters(), 4,
-                   lambda net, batch, step: net(data[torch.as_tensor(batch)]).pow(2).mean())
+        train_loop(
+            make_accelerator(args, "ema"),
+            args,
+            model,
+            model.parameters(),
+            4,
+            lambda net, batch, step: net(data[torch.as_tensor(batch)]).pow(2).mean(),
+        )
         return model
 
     uninterrupted = run(4)
@@ -216,8 +264,11 @@ def test_ema_state_is_resumed_without_unpickling_objects(tmp_path):
         read_ema_state(checkpoint)
     assert LOADED == []
     torch.save({**state, "shadow_params": state["shadow_params"][:1]}, checkpoint / LEGACY_EMA_STATE)
-    with pytest.raises(ValueError, match=r"1 tensors that do not match the model's 2 parameters \(tensor 1: "
-                                         r"nothing in the EMA, \(1,\) in the model\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 tensors that do not match the model's 2 parameters \(tensor 1: "
+        r"nothing in the EMA, \(1,\) in the model\)",
+    ):
         load_ema_state(SimpleNamespace(shadow_params=list(uninterrupted.parameters())), checkpoint)
     torch.save({**state, "shadow_params": [torch.zeros(1, 4), torch.zeros(1)]}, checkpoint / LEGACY_EMA_STATE)
     before = [p.clone() for p in uninterrupted.parameters()]

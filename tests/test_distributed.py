@@ -14,6 +14,8 @@ from genvl.world.dataset import write_imagefolder
 
 from .conftest import TINY
 
+pytestmark = pytest.mark.slow  # several processes per test
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -24,25 +26,78 @@ def free_port() -> int:
 
 
 def run(command, **env):
-    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    out = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
 
 
 def test_two_cpu_processes_match_one(tmp_path):
     data = write_imagefolder(tmp_path / "world", 48, seed=0, split="train", resolution=32)
     (tmp_path / "arch.json").write_text(json.dumps(TINY.to_dict()))
-    common = ["--train_data_dir", str(data), "--architecture", str(tmp_path / "arch.json"), "--resolution", "32",
-              "--vocab_size", "300", "--max_train_steps", "4", "--checkpointing_steps", "2", "--lr_warmup_steps", "1",
-              "--logging_steps", "1", "--learning_rate", "3e-3"]
-    run([sys.executable, "train/train_captioner.py", *common, "--train_batch_size", "8",
-         "--output_dir", str(tmp_path / "one")])
+    common = [
+        "--train_data_dir",
+        str(data),
+        "--architecture",
+        str(tmp_path / "arch.json"),
+        "--resolution",
+        "32",
+        "--vocab_size",
+        "300",
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+        "--lr_warmup_steps",
+        "1",
+        "--logging_steps",
+        "1",
+        "--learning_rate",
+        "3e-3",
+    ]
+    run(
+        [
+            sys.executable,
+            "train/train_captioner.py",
+            *common,
+            "--train_batch_size",
+            "8",
+            "--output_dir",
+            str(tmp_path / "one"),
+        ]
+    )
     # accelerate's --cpu launcher starts one process; torchrun's (--multi_gpu) with ACCELERATE_USE_CPU runs
     # the processes on the CPU, joined by gloo
-    run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "--main_process_port", str(free_port()), "train/train_captioner.py", *common, "--train_batch_size", "4",
-         "--output_dir", str(tmp_path / "two")], ACCELERATE_USE_CPU="true")
+    run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            "train/train_captioner.py",
+            *common,
+            "--train_batch_size",
+            "4",
+            "--output_dir",
+            str(tmp_path / "two"),
+        ],
+        ACCELERATE_USE_CPU="true",
+    )
     one = json.loads((tmp_path / "one" / "train_losses.json").read_text())
     two = json.loads((tmp_path / "two" / "train_losses.json").read_text())
     assert len(one) == len(two) == 4 and one[-1] < one[0]
@@ -62,7 +117,6 @@ def test_example_accelerate_configs_load(name, kind):
 
 def test_caption_as_two_processes_writes_one_file_without_gaps(tmp_path, tiny_pipeline_dir, scene_images):
     from genvl.cli import main
-
     from genvl.io.shards import write_shards
 
     for i, image in enumerate(scene_images + scene_images[:1]):  # 7 images: the shares are uneven
@@ -70,14 +124,43 @@ def test_caption_as_two_processes_writes_one_file_without_gaps(tmp_path, tiny_pi
     # and 5 more as tar shards of 2: a process's share may start inside one shard and end in another
     records = [{"text": "x", "i": i} for i in range(5)]
     write_shards(records, lambda r: scene_images[r["i"]], str(tmp_path / "shards" / "s-%d.tar"), 2)
-    args = ["caption", str(tmp_path), f"{tmp_path}/shards/s-{{0..2}}.tar", "--model", str(tiny_pipeline_dir),
-            "--max-new-tokens", "6", "--beam", "2", "--quiet"]
+    args = [
+        "caption",
+        str(tmp_path),
+        f"{tmp_path}/shards/s-{{0..2}}.tar",
+        "--model",
+        str(tiny_pipeline_dir),
+        "--max-new-tokens",
+        "6",
+        "--beam",
+        "2",
+        "--quiet",
+    ]
     assert main([*args, "--output", str(tmp_path / "one.jsonl")]) == 0
     genvl = Path(sys.executable).parent / "genvl"
-    run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "--main_process_port", str(free_port()), str(genvl), *args, "--output", str(tmp_path / "two.jsonl")],
-        ACCELERATE_USE_CPU="true")
+    run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            str(genvl),
+            *args,
+            "--output",
+            str(tmp_path / "two.jsonl"),
+        ],
+        ACCELERATE_USE_CPU="true",
+    )
     one = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
     two = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
     shard_keys = [f"{tmp_path}/shards/s-{i // 2}.tar#{i:08d}" for i in range(5)]
@@ -109,10 +192,29 @@ def losses_of_one_and_two_processes(script, args, batch, tmp_path):
     args[args.index("--train_batch_size") + 1] = str(batch)
     run([sys.executable, script, *args, "--output_dir", str(tmp_path / "one")])
     args[args.index("--train_batch_size") + 1] = str(batch // 2)
-    run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "--main_process_port", str(free_port()), script, *args, "--output_dir", str(tmp_path / "two")],
-        ACCELERATE_USE_CPU="true")
+    run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            script,
+            *args,
+            "--output_dir",
+            str(tmp_path / "two"),
+        ],
+        ACCELERATE_USE_CPU="true",
+    )
     return [json.loads((tmp_path / name / "train_losses.json").read_text()) for name in ("one", "two")]
 
 
@@ -125,15 +227,23 @@ def test_clip_prior_and_decoder_as_two_processes_match_one(tmp_path):
     (tmp_path / "unclip.json").write_text(json.dumps(TINY_UNCLIP))
     # CLIP: the contrastive loss of each process's rows runs over the gathered embeddings of both, the
     # object-swapped negative captions included
-    clip_args = common(data, tmp_path / "x", steps=4) + ["--architecture", str(tmp_path / "clip.json"),
-                                                       "--vocab_size", "300", "--swap_negatives"]
+    clip_args = common(data, tmp_path / "x", steps=4) + [
+        "--architecture",
+        str(tmp_path / "clip.json"),
+        "--vocab_size",
+        "300",
+        "--swap_negatives",
+    ]
     one, two = losses_of_one_and_two_processes("train/train_clip.py", clip_args, 8, tmp_path / "clip_runs")
     assert len(two) == 4 and two == pytest.approx(one, rel=1e-4)
     assert one[-1] != pytest.approx(one[0], rel=1e-3)  # it trained
 
     prior_args = common(data, tmp_path / "x", steps=4) + [
-        "--clip_model_name_or_path", str(tmp_path / "clip_runs" / "one"),
-        "--architecture", str(tmp_path / "unclip.json")]
+        "--clip_model_name_or_path",
+        str(tmp_path / "clip_runs" / "one"),
+        "--architecture",
+        str(tmp_path / "unclip.json"),
+    ]
     one, two = losses_of_one_and_two_processes("train/train_prior.py", prior_args, 8, tmp_path / "prior_runs")
     assert len(two) == 4 and two == pytest.approx(one, rel=1e-4)
 

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 
 from genvl.evaluation import caption_metrics, captioning, evaluate_captioner, scene_graph_accuracy
+from genvl.io.imagefolder import read_metadata
 from genvl.world import sample_scene, scene_captions
 from genvl.world.dataset import write_imagefolder
-from genvl.io.imagefolder import read_metadata
 
 
 def single(name, colour, size, position):
@@ -24,8 +24,9 @@ def group(layout, *objects):
 SMALL_RED_APPLE_LEFT = single("apple", "red", "small", "left")
 PAIR = group("pair_h", ("banana", "yellow", "medium", "left"), ("pear", "purple", "medium", "right"))
 THREE_LEMONS = group("count", *[("lemon", "green", "group", "row")] * 3)
-ROW = group("row", ("apple", "red", "group", "left"), ("pear", "blue", "group", "centre"),
-            ("tree", "green", "group", "right"))
+ROW = group(
+    "row", ("apple", "red", "group", "left"), ("pear", "blue", "group", "centre"), ("tree", "green", "group", "right")
+)
 FIELDS = ("scene_exact_match", "parse_rate", "names", "colours", "counts", "positions")
 
 # (caption, scene, expected 0/1 for FIELDS, expected single_name_colour (None: not a single scene))
@@ -177,8 +178,9 @@ def test_evaluate_captioner_scores_the_best_caption_of_every_image(test_split, r
     assert list(predictions.values()) == [r["text"] for r in records]
     assert list(references.values()) == [r["captions"] for r in records]
     assert len(references["0"]) == 3
-    assert report["examples"][:2] == [{"file_name": r["file_name"], "prediction": r["text"], "reference": r["text"]}
-                                      for r in records[:2]]
+    assert report["examples"][:2] == [
+        {"file_name": r["file_name"], "prediction": r["text"], "reference": r["text"]} for r in records[:2]
+    ]
     assert len(report["examples"]) == 5
 
 

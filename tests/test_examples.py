@@ -12,19 +12,23 @@ from genvl.training.measure import run_measured
 
 from .scripts import load_script
 
+pytestmark = pytest.mark.slow  # subprocesses measured
+
 teach_new_object = load_script("examples/teach_new_object.py")
 teach_new_object_generator = load_script("examples/teach_new_object_generator.py")
 
 
 def test_peak_memory_is_the_child_own(tmp_path):
     script = tmp_path / "fake_train.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import json, sys
         block = bytearray(300 * 2**20)  # touched, so resident
         for i in range(0, len(block), 4096):
             block[i] = 1
         json.dump([1.5, 0.5], open(sys.argv[1] + "/train_losses.json", "w"))
-    """))
+    """)
+    )
     ballast = bytearray(400 * 2**20)  # this process's memory must not count
     for i in range(0, len(ballast), 4096):
         ballast[i] = 1
@@ -45,8 +49,12 @@ def test_default_adapters_stay_under_two_percent(tmp_path):
     generator = teach_new_object_generator.parse_args([])
     shipped = Path(generator.model)
     cases = [
-        (CaptionPipeline.from_pretrained(captioner.model).model, "captioner", captioner.rank,
-         captioner.targets.split(",")),
+        (
+            CaptionPipeline.from_pretrained(captioner.model).model,
+            "captioner",
+            captioner.rank,
+            captioner.targets.split(","),
+        ),
         (PriorTransformer.from_pretrained(shipped / "prior"), "prior", generator.prior_rank, None),
         (UNet2DConditionModel.from_pretrained(shipped / "decoder"), "decoder", generator.decoder_rank, None),
     ]

@@ -22,8 +22,15 @@ def encoded(fmt: str, mode: str) -> bytes:
     return buffer.getvalue()
 
 
-SEEDS = [encoded("PNG", "RGB"), encoded("PNG", "P"), encoded("JPEG", "RGB"), encoded("GIF", "L"),
-         encoded("BMP", "RGB"), encoded("WEBP", "RGB"), encoded("TIFF", "CMYK")]
+SEEDS = [
+    encoded("PNG", "RGB"),
+    encoded("PNG", "P"),
+    encoded("JPEG", "RGB"),
+    encoded("GIF", "L"),
+    encoded("BMP", "RGB"),
+    encoded("WEBP", "RGB"),
+    encoded("TIFF", "CMYK"),
+]
 
 
 @st.composite
@@ -68,20 +75,23 @@ def test_image_loader_reads_files_the_same_way(data, tmp_path_factory):
 
 
 finite_or_not = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-3, 3))
-DECODING = st.fixed_dictionaries({}, optional={
-    "num_beams": st.integers(-2, 4),
-    "do_sample": st.booleans(),
-    "temperature": finite_or_not,
-    "top_k": st.integers(-3, 400),
-    "top_p": finite_or_not,
-    "repetition_penalty": finite_or_not,
-    "no_repeat_ngram_size": st.integers(-1, 4),
-    "length_penalty": finite_or_not,
-    "num_return_sequences": st.integers(-1, 4),
-    "max_new_tokens": st.integers(-1, 8),
-    "min_new_tokens": st.integers(-1, 8),
-    "early_stopping": st.sampled_from([True, False, "never", "sometimes"]),
-})
+DECODING = st.fixed_dictionaries(
+    {},
+    optional={
+        "num_beams": st.integers(-2, 4),
+        "do_sample": st.booleans(),
+        "temperature": finite_or_not,
+        "top_k": st.integers(-3, 400),
+        "top_p": finite_or_not,
+        "repetition_penalty": finite_or_not,
+        "no_repeat_ngram_size": st.integers(-1, 4),
+        "length_penalty": finite_or_not,
+        "num_return_sequences": st.integers(-1, 4),
+        "max_new_tokens": st.integers(-1, 8),
+        "min_new_tokens": st.integers(-1, 8),
+        "early_stopping": st.sampled_from([True, False, "never", "sometimes"]),
+    },
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +99,7 @@ def pipeline(tiny_pipeline_dir):
     return CaptionPipeline.from_pretrained(tiny_pipeline_dir)
 
 
-@settings(max_examples=80, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(decoding=DECODING, seed=st.integers(0, 2**31 - 1))
 def test_decoding_settings_are_refused_or_decode(decoding, seed, pipeline):
     image = Image.new("RGB", (32, 32), (seed % 256, 80, 160))

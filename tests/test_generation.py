@@ -22,9 +22,13 @@ CASES = [
 
 def hf_sequences(model, pixel_values, prompt, case, max_new_tokens):
     out = model.generate(
-        pixel_values=pixel_values, decoder_input_ids=prompt.expand(pixel_values.shape[0], -1),
-        max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True,
-        output_scores=case.get("num_beams", 1) > 1, **case,
+        pixel_values=pixel_values,
+        decoder_input_ids=prompt.expand(pixel_values.shape[0], -1),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_scores=case.get("num_beams", 1) > 1,
+        **case,
     )
     return out
 
@@ -42,8 +46,9 @@ def test_tokens_match_transformers_generate(tiny_tokenizer, case, seed):
     pixel_values = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
     prefix = tiny_tokenizer("a red").input_ids if seed == 1 else []
     prompt = torch.tensor([[eos, *prefix]])
-    settings = GenerationSettings(eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos,
-                                  max_new_tokens=12, **case)
+    settings = GenerationSettings(
+        eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos, max_new_tokens=12, **case
+    )
     ours = generate(model, pixel_values, settings, prefix_ids=prefix)
     theirs = hf_sequences(model, pixel_values, prompt, case, 12)
     count = settings.num_return_sequences
@@ -52,8 +57,9 @@ def test_tokens_match_transformers_generate(tiny_tokenizer, case, seed):
     assert got == expected
     assert any(len(seq) > 1 for seq in got)  # a degenerate model would make this comparison vacuous
     if settings.num_beams > 1:
-        torch.testing.assert_close(torch.tensor([s for row in ours.scores for s in row]),
-                                   theirs.sequences_scores, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            torch.tensor([s for row in ours.scores for s in row]), theirs.sequences_scores, rtol=1e-4, atol=1e-4
+        )
         assert len(ours.sequences[0]) == count
 
 
@@ -73,8 +79,9 @@ def test_tall_output_layer_keeps_tokens_identical(tiny_tokenizer, monkeypatch, c
     model, _ = get_dummy_components(tiny_tokenizer, seed=0)
     eos = tiny_tokenizer.eos_token_id
     pixel_values = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    settings = GenerationSettings(eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos,
-                                  max_new_tokens=12, **case)
+    settings = GenerationSettings(
+        eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos, max_new_tokens=12, **case
+    )
     monkeypatch.setattr(decoder_module, "_TALL_BYTES", 0)  # the tiny model's output layer counts as large
     calls = []
     mm = torch.mm
@@ -94,8 +101,9 @@ def test_offloaded_and_hooked_layers_still_run_as_modules(tiny_tokenizer, num_be
 
     eos = tiny_tokenizer.eos_token_id
     pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    settings = GenerationSettings(eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos, max_new_tokens=8,
-                                  num_beams=num_beams)
+    settings = GenerationSettings(
+        eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos, max_new_tokens=8, num_beams=num_beams
+    )
     expected = generate(get_dummy_components(tiny_tokenizer)[0], pixel_values, settings).sequences
     offloaded, _ = get_dummy_components(tiny_tokenizer)
     cpu_offload(offloaded, execution_device=torch.device("cpu"))
@@ -134,8 +142,11 @@ def test_greedy_batch_with_captions_ending_at_different_steps(tiny_tokenizer, mo
     settings = GenerationSettings(eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos, max_new_tokens=12)
     kept = []
     keep = decoder_module.CachedDecoder.keep
-    monkeypatch.setattr(decoder_module.CachedDecoder, "keep",
-                        lambda self, rows, images: kept.append(len(images)) or keep(self, rows, images))
+    monkeypatch.setattr(
+        decoder_module.CachedDecoder,
+        "keep",
+        lambda self, rows, images: kept.append(len(images)) or keep(self, rows, images),
+    )
     result = generate(model, pixel_values, settings)
     lengths = [len(seqs[0]) for seqs in result.sequences]
     assert len(set(lengths)) >= 3 and kept  # captions end at several steps and some images leave the batch
@@ -152,9 +163,17 @@ def test_sampling_is_reproducible_and_per_image(tiny_tokenizer):
     eos = tiny_tokenizer.eos_token_id
     model.decoder.lm_head.weight.data.div_(4.0)  # flatter distributions so that seeds matter
     pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-    settings = GenerationSettings(eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos,
-                                  max_new_tokens=10, do_sample=True, top_k=20, top_p=0.9, temperature=1.2,
-                                  num_return_sequences=2)
+    settings = GenerationSettings(
+        eos_token_id=eos,
+        decoder_start_token_id=eos,
+        pad_token_id=eos,
+        max_new_tokens=10,
+        do_sample=True,
+        top_k=20,
+        top_p=0.9,
+        temperature=1.2,
+        num_return_sequences=2,
+    )
     first = generate(model, pixel_values, settings, generator=torch.Generator().manual_seed(0))
     again = generate(model, pixel_values, settings, generator=torch.Generator().manual_seed(0))
     other = generate(model, pixel_values, settings, generator=torch.Generator().manual_seed(1))
@@ -184,10 +203,16 @@ def test_top_k_and_top_p_filters():
     assert not torch.isinf(top_p_filter(scores, 1.0)).any()
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(num_beams=0), "num_beams"), (dict(top_p=1.5), "top_p"), (dict(temperature=0), "temperature"),
-    (dict(max_new_tokens=0), "max_new_tokens"), (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(num_beams=0), "num_beams"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(temperature=0), "temperature"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
+    ],
+)
 def test_bad_settings_are_rejected(bad, message):
     with pytest.raises(ValueError, match=message):
         GenerationSettings(eos_token_id=0, decoder_start_token_id=0, pad_token_id=0, **bad)

@@ -166,18 +166,24 @@ def test_captioner_index_naming_code_is_refused(case, captioner, image, tmp_path
     assert_refused(code, out, err, str(captioner / "model_index.json"), "genvl does not load")
 
 
-@pytest.mark.parametrize("component, spec", [
-    ("conditioner", ["genvl_helper", "UnclipConditioner"]),
-    ("conditioner", ["evil_lib", "Evil"]),
-    ("conditioner", ["genvl.models.unclip", "torch"]),  # genvl's module, but not a component of it
-    ("decoder", ["diffusers", "DiffusionPipeline"]),
-    ("tokenizer", ["transformers", "AutoTokenizer"]),
-    ("decoder_scheduler", ["os", "system"]),
-])
+@pytest.mark.parametrize(
+    "component, spec",
+    [
+        ("conditioner", ["genvl_helper", "UnclipConditioner"]),
+        ("conditioner", ["evil_lib", "Evil"]),
+        ("conditioner", ["genvl.models.unclip", "torch"]),  # genvl's module, but not a component of it
+        ("decoder", ["diffusers", "DiffusionPipeline"]),
+        ("tokenizer", ["transformers", "AutoTokenizer"]),
+        ("decoder_scheduler", ["os", "system"]),
+    ],
+)
 def test_text_to_image_index_naming_code_is_refused(component, spec, unclip, tmp_path, capsys):
     edit_json(unclip / "model_index.json", lambda index: index.update({component: spec}))
-    code, out, err = run(["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out",
-                          str(tmp_path / "out")], capsys, tmp_path)
+    code, out, err = run(
+        ["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out", str(tmp_path / "out")],
+        capsys,
+        tmp_path,
+    )
     assert_refused(code, out, err, str(unclip / "model_index.json"), "genvl does not load")
     assert not (tmp_path / "out").exists()
 
@@ -185,9 +191,14 @@ def test_text_to_image_index_naming_code_is_refused(component, spec, unclip, tmp
 def test_python_m_genvl_in_the_folder_runs_nothing_planted(captioner, image, tmp_path):
     """`python -m genvl` puts the working folder first on sys.path: a planted genvl_helper.py there ran."""
     edit_json(captioner / "model_index.json", lambda index: index.update(model=["genvl_helper", "X"]))
-    result = subprocess.run([sys.executable, "-m", "genvl", "caption", str(image), "--model", str(captioner)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-m", "genvl", "caption", str(image), "--model", str(captioner)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 1 and result.stdout == ""
     assert "genvl does not load" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.rglob("*.SENTINEL"))
@@ -197,11 +208,15 @@ def test_python_m_genvl_in_the_folder_runs_nothing_planted(captioner, image, tmp
 
 INDEX_CHANGES = {
     "spec_a_string": (lambda i: i.update(model="transformers.VisionEncoderDecoderModel"), "must be [library, class]"),
-    "spec_three_items": (lambda i: i.update(model=["transformers", "VisionEncoderDecoderModel", "x"]),
-                         "must be [library, class]"),
+    "spec_three_items": (
+        lambda i: i.update(model=["transformers", "VisionEncoderDecoderModel", "x"]),
+        "must be [library, class]",
+    ),
     "unknown_component": (lambda i: i.update(evil=["transformers", "CLIPModel"]), "does not take"),
-    "component_escaping": (lambda i: i.update({"../captioner/model": ["transformers", "CLIPModel"]}),
-                           "inside the model folder"),
+    "component_escaping": (
+        lambda i: i.update({"../captioner/model": ["transformers", "CLIPModel"]}),
+        "inside the model folder",
+    ),
     "component_outside": (lambda i: i.update({"../elsewhere": ["transformers", "CLIPModel"]}), "does not take"),
     "wrong_pipeline": (lambda i: i.update(_class_name="TextToImagePipeline"), "not a CaptionPipeline"),
     "no_class_name": (lambda i: i.pop("_class_name"), "not a CaptionPipeline"),
@@ -226,10 +241,14 @@ def test_index_that_is_not_an_object_is_refused(captioner, image, tmp_path, caps
 
 # ---- flat folders (the public ViT-GPT2 layout): custom code named in configs is never run ---------------------
 
-@pytest.mark.parametrize("config_file, auto_map", [
-    ("tokenizer_config.json", {"AutoTokenizer": ["evil_tokenizer.Evil", None]}),
-    ("preprocessor_config.json", {"AutoImageProcessor": "evil_tokenizer.Evil"}),
-])
+
+@pytest.mark.parametrize(
+    "config_file, auto_map",
+    [
+        ("tokenizer_config.json", {"AutoTokenizer": ["evil_tokenizer.Evil", None]}),
+        ("preprocessor_config.json", {"AutoImageProcessor": "evil_tokenizer.Evil"}),
+    ],
+)
 def test_flat_folder_auto_map_runs_no_code(config_file, auto_map, public_folder, image, tmp_path, capsys):
     folder = tmp_path / "public"
     shutil.copytree(public_folder, folder)
@@ -242,6 +261,7 @@ def test_flat_folder_auto_map_runs_no_code(config_file, auto_map, public_folder,
 
 
 # ---- files that are not what they claim: refused without hanging ---------------------------------------------
+
 
 def make_fifo(path: Path):
     path.unlink(missing_ok=True)
@@ -261,12 +281,17 @@ FILE_TRICKS = {
     "tokenizer_fifo": ("tokenizer/tokenizer.json", make_fifo, "FIFO"),
     "index_fifo": ("model_index.json", make_fifo, "FIFO"),
     "weights_symlink_loop": ("model/model.safetensors", loop, "symlink loop"),
-    "weights_dangling_symlink": ("model/model.safetensors",
-                                 lambda p: (p.unlink(), os.symlink("/nonexistent/weights", p)), "does not exist"),
-    "weights_device": ("model/model.safetensors", lambda p: (p.unlink(), os.symlink("/dev/zero", p)),
-                       "character device"),
-    "tokenizer_symlink_to_root": ("tokenizer", lambda p: (shutil.rmtree(p), os.symlink("/", p)),
-                                  "not a symlink"),
+    "weights_dangling_symlink": (
+        "model/model.safetensors",
+        lambda p: (p.unlink(), os.symlink("/nonexistent/weights", p)),
+        "does not exist",
+    ),
+    "weights_device": (
+        "model/model.safetensors",
+        lambda p: (p.unlink(), os.symlink("/dev/zero", p)),
+        "character device",
+    ),
+    "tokenizer_symlink_to_root": ("tokenizer", lambda p: (shutil.rmtree(p), os.symlink("/", p)), "not a symlink"),
     "component_is_a_file": ("image_processor", lambda p: (shutil.rmtree(p), p.write_text("{}")), "not a symlink"),
     "pickle_beside": ("model/optimizer.pt", lambda p: torch.save({"x": 1}, p), "pickle files are refused"),
 }
@@ -281,6 +306,7 @@ def test_files_that_are_not_regular_are_refused(case, captioner, image, tmp_path
 
 
 # ---- weights and configs: wrong kinds, non-finite values, sizes that would exhaust memory ---------------------
+
 
 def tamper(path: Path, change):
     state = load_file(path)
@@ -309,13 +335,21 @@ def test_captioner_weights_of_the_wrong_kind_or_not_finite_are_refused(case, cap
     assert_refused(code, out, err, str(captioner / "model"), fragment)
 
 
-@pytest.mark.parametrize("component, weights", [("decoder", "diffusion_pytorch_model.safetensors"),
-                                                ("prior", "diffusion_pytorch_model.safetensors"),
-                                                ("clip", "model.safetensors")])
+@pytest.mark.parametrize(
+    "component, weights",
+    [
+        ("decoder", "diffusion_pytorch_model.safetensors"),
+        ("prior", "diffusion_pytorch_model.safetensors"),
+        ("clip", "model.safetensors"),
+    ],
+)
 def test_text_to_image_nan_weights_are_refused(component, weights, unclip, tmp_path, capsys):
     tamper(unclip / component / weights, WEIGHT_TRICKS["nan"][0])
-    code, out, err = run(["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out",
-                          str(tmp_path / "out")], capsys, tmp_path)
+    code, out, err = run(
+        ["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out", str(tmp_path / "out")],
+        capsys,
+        tmp_path,
+    )
     assert_refused(code, out, err, str(unclip / component), "NaN or infinite")
 
 
@@ -324,8 +358,11 @@ CONFIG_TRICKS = {
     "decoder_sample_size": ("decoder", lambda c: c.update(sample_size=4096), "sample_size must be an integer in"),
     "decoder_sample_size_negative": ("decoder", lambda c: c.update(sample_size=-8), "sample_size must be"),
     "decoder_sample_size_text": ("decoder", lambda c: c.update(sample_size="64"), "sample_size must be"),
-    "scheduler_timesteps": ("decoder_scheduler", lambda c: c.update(num_train_timesteps=10**12),
-                            "num_train_timesteps must be"),
+    "scheduler_timesteps": (
+        "decoder_scheduler",
+        lambda c: c.update(num_train_timesteps=10**12),
+        "num_train_timesteps must be",
+    ),
     "clip_vocabulary": ("clip", lambda c: c["text_config"].update(vocab_size=10**9), "describes"),
     "prior_width": ("prior", lambda c: c.update(num_attention_heads=4096), "describes"),
 }
@@ -336,8 +373,11 @@ def test_text_to_image_config_sizes_are_checked_before_building(case, unclip, tm
     component, change, fragment = CONFIG_TRICKS[case]
     config = unclip / component / ("scheduler_config.json" if "scheduler" in component else "config.json")
     edit_json(config, change)
-    code, out, err = run(["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out",
-                          str(tmp_path / "out")], capsys, tmp_path)
+    code, out, err = run(
+        ["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out", str(tmp_path / "out")],
+        capsys,
+        tmp_path,
+    )
     assert_refused(code, out, err, str(unclip / component), fragment)
 
 
@@ -349,6 +389,7 @@ def test_captioner_config_larger_than_its_weights_is_refused_before_building(cap
 
 # ---- tokenizers: a missing vocabulary gave blank captions with exit 0 ------------------------------------------
 
+
 @pytest.mark.parametrize("removed", [("vocab.json", "merges.txt", "tokenizer.json"), ("vocab.json", "tokenizer.json")])
 def test_tokenizer_without_vocabulary_is_refused(removed, captioner, image, tmp_path, capsys):
     for name in removed:
@@ -358,11 +399,14 @@ def test_tokenizer_without_vocabulary_is_refused(removed, captioner, image, tmp_
     assert len(err.strip().splitlines()) == 1 and str(captioner / "tokenizer") in err
 
 
-@pytest.mark.parametrize("file, text", [
-    ("tokenizer.json", '{"model": "not a tokenizer"}'),
-    ("tokenizer.json", "{oops"),
-    ("tokenizer_config.json", '{"model_max_length": "many"'),
-])
+@pytest.mark.parametrize(
+    "file, text",
+    [
+        ("tokenizer.json", '{"model": "not a tokenizer"}'),
+        ("tokenizer.json", "{oops"),
+        ("tokenizer_config.json", '{"model_max_length": "many"'),
+    ],
+)
 def test_malformed_tokenizer_is_named(file, text, captioner, image, tmp_path, capsys):
     (captioner / "tokenizer" / file).write_text(text)
     code, out, err = run(["caption", str(image), "--model", str(captioner)], capsys, tmp_path)
@@ -385,17 +429,27 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_refused(captioner, public
 
 # ---- what a config can still ask for: hub kernels, huge sizes, files outside the folder -------------------------
 
-@pytest.mark.parametrize("where, change, fragment", [
-    ("model/config.json", lambda c: c.update(attn_implementation="evil/kernel"), "attention implementation"),
-    ("model/config.json", lambda c: c["decoder"].update(attn_implementation="kernels-community/flash-attn"),
-     "attention implementation"),
-    ("model/config.json", lambda c: c["encoder"].update(num_hidden_layers=10**7), "num_hidden_layers must be"),
-    ("model/config.json", lambda c: c["decoder"].update(n_layer=5000), "n_layer must be"),
-    ("image_processor/preprocessor_config.json", lambda c: c.update(size={"height": 6000, "width": 6000}),
-     "height must be"),
-    ("image_processor/preprocessor_config.json", lambda c: c.update(size=-3), "size must be"),
-    ("model/generation_config.json", lambda c: c.update(num_beams=100000), "num_beams must be <= 256"),
-])
+
+@pytest.mark.parametrize(
+    "where, change, fragment",
+    [
+        ("model/config.json", lambda c: c.update(attn_implementation="evil/kernel"), "attention implementation"),
+        (
+            "model/config.json",
+            lambda c: c["decoder"].update(attn_implementation="kernels-community/flash-attn"),
+            "attention implementation",
+        ),
+        ("model/config.json", lambda c: c["encoder"].update(num_hidden_layers=10**7), "num_hidden_layers must be"),
+        ("model/config.json", lambda c: c["decoder"].update(n_layer=5000), "n_layer must be"),
+        (
+            "image_processor/preprocessor_config.json",
+            lambda c: c.update(size={"height": 6000, "width": 6000}),
+            "height must be",
+        ),
+        ("image_processor/preprocessor_config.json", lambda c: c.update(size=-3), "size must be"),
+        ("model/generation_config.json", lambda c: c.update(num_beams=100000), "num_beams must be <= 256"),
+    ],
+)
 def test_captioner_config_requests_are_bounded(where, change, fragment, captioner, image, tmp_path, capsys):
     edit_json(captioner / where, change)
     code, out, err = run(["caption", str(image), "--model", str(captioner)], capsys, tmp_path, timeout=60)
@@ -407,25 +461,43 @@ def test_a_shard_index_pointing_into_a_subfolder_is_refused(captioner, image, tm
     (model / "sub").mkdir()
     make_fifo(model / "sub" / "b.safetensors")
     names = list(load_file(model / "model.safetensors"))
-    (model / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": {name: ("sub/b.safetensors" if i else "model.safetensors")
-                                        for i, name in enumerate(names)}}))
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {
+                "metadata": {},
+                "weight_map": {
+                    name: ("sub/b.safetensors" if i else "model.safetensors") for i, name in enumerate(names)
+                },
+            }
+        )
+    )
     code, out, err = run(["caption", str(image), "--model", str(captioner)], capsys, tmp_path, timeout=60)
     assert_refused(code, out, err, "model.safetensors.index.json", "not a file of this folder")
 
 
-@pytest.mark.parametrize("slot, spec", [("tokenizer", ["transformers", "CLIPModel"]),
-                                        ("decoder_scheduler", ["diffusers", "UNet2DConditionModel"]),
-                                        ("decoder", ["diffusers", "DDPMScheduler"])])
+@pytest.mark.parametrize(
+    "slot, spec",
+    [
+        ("tokenizer", ["transformers", "CLIPModel"]),
+        ("decoder_scheduler", ["diffusers", "UNet2DConditionModel"]),
+        ("decoder", ["diffusers", "DDPMScheduler"]),
+    ],
+)
 def test_a_component_of_the_wrong_kind_is_refused(slot, spec, unclip, tmp_path, capsys):
     edit_json(unclip / "model_index.json", lambda index: index.update({slot: spec}))
-    code, out, err = run(["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out",
-                          str(tmp_path / "out")], capsys, tmp_path)
+    code, out, err = run(
+        ["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out", str(tmp_path / "out")],
+        capsys,
+        tmp_path,
+    )
     assert_refused(code, out, err, str(unclip / "model_index.json"), "which is not a")
 
 
 def test_a_scheduler_config_that_is_not_an_object_is_one_line(unclip, tmp_path, capsys):
     (unclip / "prior_scheduler" / "scheduler_config.json").write_text("[]")
-    code, out, err = run(["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out",
-                          str(tmp_path / "out")], capsys, tmp_path)
+    code, out, err = run(
+        ["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out", str(tmp_path / "out")],
+        capsys,
+        tmp_path,
+    )
     assert_refused(code, out, err, str(unclip / "prior_scheduler"))

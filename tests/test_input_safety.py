@@ -105,6 +105,7 @@ def caption(inputs, model, *flags, capsys):
 
 # ---- paths that are not regular files: named for what they are, never opened ------------------------------------
 
+
 def make_fifo(path):
     os.mkfifo(path)  # nothing ever writes to it: opening it for reading would block for good
 
@@ -161,8 +162,9 @@ def test_missing_image_is_still_no_such_file(tiny_pipeline_dir, tmp_path, capsys
 
 
 @pytest.mark.parametrize("kind", sorted(NOT_REGULAR))
-def test_folder_entry_with_an_image_name_that_is_not_a_regular_file_is_refused(kind, tiny_pipeline_dir, tmp_path,
-                                                                               capsys):
+def test_folder_entry_with_an_image_name_that_is_not_a_regular_file_is_refused(
+    kind, tiny_pipeline_dir, tmp_path, capsys
+):
     """Refused rather than skipped: an image the user expects captioned is not silently left out."""
     make, fragment = NOT_REGULAR[kind]
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
@@ -193,9 +195,12 @@ def test_shard_that_is_a_fifo_is_named(tiny_pipeline_dir, tmp_path, capsys):
 
 # ---- decompression bombs: one limit, one wording, checked from the header ---------------------------------------
 
+
 def bomb_message(name: str, width: int, height: int, limit: int) -> str:
-    return (f"{name}: {width * height:,} pixels, over the limit of {limit:,} "
-            "(a possible decompression bomb); raise --max-image-pixels if the file is trusted")
+    return (
+        f"{name}: {width * height:,} pixels, over the limit of {limit:,} "
+        "(a possible decompression bomb); raise --max-image-pixels if the file is trusted"
+    )
 
 
 def bomb_as_path(tmp_path, data, limit, model, capsys):
@@ -232,8 +237,12 @@ def test_help_states_the_limit_that_refusals_state(tiny_pipeline_dir, tmp_path, 
     code, out, _ = run(["caption", "--help"], capsys)
     assert code == 0
     stated = re.search(r"\(default:\s+([\d,]+),", out).group(1)
-    pillow = subprocess.run([sys.executable, "-c", "import PIL.Image; print(PIL.Image.MAX_IMAGE_PIXELS)"],
-                            capture_output=True, text=True, check=True).stdout.strip()
+    pillow = subprocess.run(
+        [sys.executable, "-c", "import PIL.Image; print(PIL.Image.MAX_IMAGE_PIXELS)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert stated == f"{int(pillow):,}"
     # over the default limit by the header alone: the data holds no pixels, so decoding would fail differently
     path = tmp_path / "huge.png"
@@ -267,8 +276,9 @@ def test_shard_member_over_the_cap_is_refused_unread(suffix, claimed, tiny_pipel
     write_shard(shard, [("a.png", png_bytes()), ("a.txt", b"a square"), ("big.png", big)])
     code, out, err = caption([shard], tiny_pipeline_dir, "--max-image-pixels", str(LIMIT), capsys=capsys)
     assert code == 1 and out == ""
-    assert_one_line_error(err, f"{shard}#big: .png member is {size:,} bytes, over the cap of {CAP:,}",
-                          "--max-image-pixels")
+    assert_one_line_error(
+        err, f"{shard}#big: .png member is {size:,} bytes, over the cap of {CAP:,}", "--max-image-pixels"
+    )
     assert "big.png" not in extracted
 
 
@@ -301,10 +311,19 @@ def test_training_skips_samples_with_a_member_over_the_cap(suffix, tmp_path, mon
     genvl_images.set_max_image_pixels(LIMIT)
     shard = tmp_path / f"s{suffix}"
     big = 4 * 2**20
-    write_shard(shard, [("a.png", png_bytes()), ("a.txt", b"first"),
-                        ("big.png", random.Random(0).randbytes(big)), ("big.txt", b"an image too big"),
-                        ("long.png", png_bytes()), ("long.txt", b"x" * 1001),
-                        ("b.png", png_bytes()), ("b.txt", b"last")])
+    write_shard(
+        shard,
+        [
+            ("a.png", png_bytes()),
+            ("a.txt", b"first"),
+            ("big.png", random.Random(0).randbytes(big)),
+            ("big.txt", b"an image too big"),
+            ("long.png", png_bytes()),
+            ("long.txt", b"x" * 1001),
+            ("b.png", png_bytes()),
+            ("b.txt", b"last"),
+        ],
+    )
     tracemalloc.start()  # random bytes: gzip cannot shrink them into a few blocks that inflate all at once
     try:
         records, skipped = read_training_records(str(shard), "text", "file_name")
@@ -319,6 +338,7 @@ def test_training_skips_samples_with_a_member_over_the_cap(suffix, tmp_path, mon
 
 
 # ---- memory: shard samples stay encoded until the pipeline decodes them one at a time ----------------------------
+
 
 def test_shard_samples_are_not_decoded_by_the_cli(tmp_path, monkeypatch):
     shard = tmp_path / "s.tar"
@@ -335,20 +355,24 @@ def test_shard_samples_are_not_decoded_by_the_cli(tmp_path, monkeypatch):
 
 # ---- file names that would split a `path<TAB>caption` line -------------------------------------------------------
 
-@pytest.mark.parametrize("text, printed", [
-    ("photos/a b.png", "photos/a b.png"),
-    ("caf\u00e9/\u4e2d.png", "caf\u00e9/\u4e2d.png"),
-    ("C:\\photos\\a.png", "C:\\photos\\a.png"),  # nothing to escape: backslashes as they are
-    ("a\tb.png", "a\\tb.png"),
-    ("a\nb.png", "a\\nb.png"),
-    ("a\r\nb.png", "a\\r\\nb.png"),
-    ("a\x00\x1b\x7fb", "a\\x00\\x1b\\x7fb"),
-    ("a\x85\x9fb", "a\\x85\\x9fb"),  # C1 controls; U+0085 is a line break to str.splitlines
-    ("a\u2028b", "a\\u2028b"),
-    ("dir\\x\ty", "dir\\\\x\\ty"),  # once anything is escaped, a backslash is too
-    ("caf\udce9.png", "caf\\xe9.png"),  # a file name byte that is not UTF-8, as os.fsdecode gives it
-    ("s.tar#key\nwith\tbreaks", "s.tar#key\\nwith\\tbreaks"),
-])
+
+@pytest.mark.parametrize(
+    "text, printed",
+    [
+        ("photos/a b.png", "photos/a b.png"),
+        ("caf\u00e9/\u4e2d.png", "caf\u00e9/\u4e2d.png"),
+        ("C:\\photos\\a.png", "C:\\photos\\a.png"),  # nothing to escape: backslashes as they are
+        ("a\tb.png", "a\\tb.png"),
+        ("a\nb.png", "a\\nb.png"),
+        ("a\r\nb.png", "a\\r\\nb.png"),
+        ("a\x00\x1b\x7fb", "a\\x00\\x1b\\x7fb"),
+        ("a\x85\x9fb", "a\\x85\\x9fb"),  # C1 controls; U+0085 is a line break to str.splitlines
+        ("a\u2028b", "a\\u2028b"),
+        ("dir\\x\ty", "dir\\\\x\\ty"),  # once anything is escaped, a backslash is too
+        ("caf\udce9.png", "caf\\xe9.png"),  # a file name byte that is not UTF-8, as os.fsdecode gives it
+        ("s.tar#key\nwith\tbreaks", "s.tar#key\\nwith\\tbreaks"),
+    ],
+)
 def test_printable_path(text, printed):
     assert printable_path(text) == printed
     assert len(f"{printable_path(text)}\ta caption".splitlines()) == 1
@@ -359,9 +383,13 @@ def test_a_sample_with_too_many_members_is_skipped(tmp_path):
     """Each member under its cap, but a thousand of them under one key would add up to the whole shard."""
     shard = tmp_path / "many.tar"
     with tarfile.open(shard, "w") as tar:
-        members = {"000000.png": png_bytes((8, 8)), "000000.txt": b"a red apple",
-                   **{f"000000.extra{i}": b"x" * 100 for i in range(20)},
-                   "000001.png": png_bytes((8, 8)), "000001.txt": b"a blue car"}
+        members = {
+            "000000.png": png_bytes((8, 8)),
+            "000000.txt": b"a red apple",
+            **{f"000000.extra{i}": b"x" * 100 for i in range(20)},
+            "000001.png": png_bytes((8, 8)),
+            "000001.txt": b"a blue car",
+        }
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)

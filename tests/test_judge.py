@@ -8,18 +8,23 @@ import pytest
 import torch
 
 from genvl.evaluation.judge import category_accuracy, judge_scene
-from genvl.models.judge import Detection, SceneJudge
 from genvl.evaluation.retrieval import mirror_rows
 from genvl.evaluation.text_to_image import (
-    autoencoder_round_trip, evaluate_text_to_image, frechet_distance, judge_images, names_all_objects, r_precision,
-    select_prompts, stage_scores,
+    autoencoder_round_trip,
+    evaluate_text_to_image,
+    frechet_distance,
+    judge_images,
+    names_all_objects,
+    r_precision,
+    select_prompts,
+    stage_scores,
 )
+from genvl.io.imagefolder import load_images, read_metadata
 from genvl.models.clip import embed_images
+from genvl.models.judge import Detection, SceneJudge
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.pipelines.text_to_image import TextToImagePipeline
-from genvl.io.imagefolder import load_images
 from genvl.world.dataset import write_imagefolder
-from genvl.io.imagefolder import read_metadata
 from genvl.world.scenes import sample_scene
 
 from .conftest import get_dummy_unclip_components
@@ -28,8 +33,13 @@ NAMES, COLOURS = ["apple", "car", "cat"], ["blue", "red"]
 
 
 def obj(name, colour, x, y, size=20):
-    return {"name": name, "colour": colour, "size": "group", "position": "row",
-            "bbox": [x - size / 2, y - size / 2, x + size / 2, y + size / 2]}
+    return {
+        "name": name,
+        "colour": colour,
+        "size": "group",
+        "position": "row",
+        "bbox": [x - size / 2, y - size / 2, x + size / 2, y + size / 2],
+    }
 
 
 @pytest.fixture
@@ -50,10 +60,14 @@ def test_targets_mark_the_centre_cell_of_every_object(judge):
 
 def test_detect_keeps_local_maxima_above_the_threshold(judge, monkeypatch):
     def fake_forward(images):
-        out = {"objectness": torch.full((1, 8, 8), -9.0), "objects": torch.zeros(1, 8, 8, 3),
-               "colours": torch.zeros(1, 8, 8, 2), "offsets": torch.zeros(1, 8, 8, 2)}
-        out["objectness"][0, 4, 2] = 3.0   # a detection
-        out["objectness"][0, 4, 3] = 2.0   # its weaker neighbour: suppressed
+        out = {
+            "objectness": torch.full((1, 8, 8), -9.0),
+            "objects": torch.zeros(1, 8, 8, 3),
+            "colours": torch.zeros(1, 8, 8, 2),
+            "offsets": torch.zeros(1, 8, 8, 2),
+        }
+        out["objectness"][0, 4, 2] = 3.0  # a detection
+        out["objectness"][0, 4, 3] = 2.0  # its weaker neighbour: suppressed
         out["objectness"][0, 1, 6] = -1.0  # below the threshold
         out["objects"][0, 4, 2, 2] = 5.0
         out["colours"][0, 4, 2, 1] = 5.0
@@ -96,8 +110,9 @@ def test_judge_scene_checks_each_category():
 
 
 def test_category_accuracy_averages_geneval_categories_only():
-    report = category_accuracy([{"single_object": True, "colours": False}, {"single_object": False, "colours": False},
-                                {"three_objects": True}])
+    report = category_accuracy(
+        [{"single_object": True, "colours": False}, {"single_object": False, "colours": False}, {"three_objects": True}]
+    )
     assert report["single_object"] == 0.5 and report["colours"] == 0.0 and report["three_objects"] == 1.0
     assert report["overall"] == 0.25
 
@@ -144,9 +159,18 @@ def test_evaluate_text_to_image_reports_every_score(judge, tmp_path, tiny_pipeli
     pipeline = TextToImagePipeline(**get_dummy_unclip_components())
     pipeline.set_progress_bar_config(disable=True)
     captioner = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
-    report = evaluate_text_to_image(pipeline, judge, data, captioner=captioner, num_prompts=10, images_per_prompt=2,
-                                    batch_size=8, stages=True, prior_num_inference_steps=2,
-                                    decoder_num_inference_steps=2)
+    report = evaluate_text_to_image(
+        pipeline,
+        judge,
+        data,
+        captioner=captioner,
+        num_prompts=10,
+        images_per_prompt=2,
+        batch_size=8,
+        stages=True,
+        prior_num_inference_steps=2,
+        decoder_num_inference_steps=2,
+    )
     assert report["images"] == 20 and report["prompts"] == 10 and report["reference_images"] == 14
     for side in ("generated", "real_renders"):
         scores = report[side]
@@ -169,8 +193,13 @@ def test_stage_scores_line_up_prompts_and_renders(judge, tmp_path):
     records = select_prompts(read_metadata(data), 6)
     real = load_images(data, records, "file_name", pipeline.clip.config.vision_config.image_size)
     real_embeds = embed_images(pipeline.clip, pipeline.image_processor, real)
-    args = dict(prompts=[r["text"] for r in records], scenes=[r["scene"] for r in records], batch_size=4,
-                prior_num_inference_steps=2, decoder_num_inference_steps=2)
+    args = dict(
+        prompts=[r["text"] for r in records],
+        scenes=[r["scene"] for r in records],
+        batch_size=4,
+        prior_num_inference_steps=2,
+        decoder_num_inference_steps=2,
+    )
     decoded, run_decoder = [], pipeline.run_decoder
 
     def recording_decoder(embeds, text, *rest, **kwargs):
@@ -230,8 +259,14 @@ def test_autoencoder_round_trip_judges_the_renders_as_the_autoencoder_gives_them
     pipeline = TextToImagePipeline(**get_dummy_unclip_components())
     pipeline.set_progress_bar_config(disable=True)
     scenes = [r["scene"] for r in records]
-    args = dict(prompts=[r["text"] for r in records], scenes=scenes, batch_size=4, prior_num_inference_steps=1,
-                decoder_num_inference_steps=1, real_embeds=embed_images(pipeline.clip, pipeline.image_processor, real))
+    args = dict(
+        prompts=[r["text"] for r in records],
+        scenes=scenes,
+        batch_size=4,
+        prior_num_inference_steps=1,
+        decoder_num_inference_steps=1,
+        real_embeds=embed_images(pipeline.clip, pipeline.image_processor, real),
+    )
     judged = []
 
     def recording_judge(judge, images, *rest):
@@ -274,9 +309,28 @@ def test_train_judge_saves_a_judge_with_a_chosen_threshold(tmp_path):
 
     train = write_imagefolder(tmp_path, 16, seed=0, split="train", resolution=32)
     val = write_imagefolder(tmp_path, 8, seed=0, split="val", resolution=32)
-    losses = train_judge.main(["--train_data_dir", str(train), "--eval_data_dir", str(val), "--output_dir",
-                               str(tmp_path / "run"), "--resolution", "32", "--train_batch_size", "8", "--width", "8",
-                               "--max_train_steps", "3", "--lr_warmup_steps", "1", "--logging_steps", "1"])
+    losses = train_judge.main(
+        [
+            "--train_data_dir",
+            str(train),
+            "--eval_data_dir",
+            str(val),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--resolution",
+            "32",
+            "--train_batch_size",
+            "8",
+            "--width",
+            "8",
+            "--max_train_steps",
+            "3",
+            "--lr_warmup_steps",
+            "1",
+            "--logging_steps",
+            "1",
+        ]
+    )
     assert len(losses) == 3
     report = json.loads((tmp_path / "run" / "real_accuracy.json").read_text())
     judge = SceneJudge.from_pretrained(tmp_path / "run" / "judge")

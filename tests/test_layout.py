@@ -13,10 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {
     "io": 0,
     "world": 1,
-    "models": 2, "attention": 2, "cache": 2, "lora": 2,
+    "models": 2,
+    "attention": 2,
+    "cache": 2,
+    "lora": 2,
     "generation": 3,
     "pipelines": 4,
-    "evaluation": 5, "training": 5,
+    "evaluation": 5,
+    "training": 5,
     "cli": 6,
     "__main__": 7,
 }
@@ -58,8 +62,9 @@ def genvl_files():
 
 
 def test_every_module_is_in_a_layer():
-    unplaced = sorted(module for _, module, _ in genvl_files()
-                      if module != "genvl.__init__" and layer_of(module) is None)
+    unplaced = sorted(
+        module for _, module, _ in genvl_files() if module != "genvl.__init__" and layer_of(module) is None
+    )
     assert unplaced == [], f"give these a layer in LAYERS: {unplaced}"
 
 
@@ -86,11 +91,13 @@ def script_files():
 def test_scripts_import_genvl_only_never_each_other(path):
     siblings = {p.stem for p in script_files()}
     source = path.read_text(encoding="utf-8")
-    wrong = [f"line {line}: {module}" for line, module in imported_modules(path, "")
-             if module.split(".")[0] in siblings]
+    wrong = [
+        f"line {line}: {module}" for line, module in imported_modules(path, "") if module.split(".")[0] in siblings
+    ]
     assert wrong == [], f"{path.relative_to(ROOT)} imports another script: {wrong}"
-    assert "sys.path.insert" not in source and "sys.path.append" not in source, \
+    assert "sys.path.insert" not in source and "sys.path.append" not in source, (
         f"{path.relative_to(ROOT)} changes sys.path to import something that is not genvl"
+    )
 
 
 def test_the_layer_check_sees_a_wrong_import(tmp_path):

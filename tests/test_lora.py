@@ -12,7 +12,13 @@ from safetensors.torch import load_file
 from genvl.cache import EmbeddingCache
 from genvl.cli import main
 from genvl.lora import (
-    LORA_TARGETS, adapter_layers, add_adapter, lora_config, parse_lora_spec, remove_adapters, save_adapter,
+    LORA_TARGETS,
+    adapter_layers,
+    add_adapter,
+    lora_config,
+    parse_lora_spec,
+    remove_adapters,
+    save_adapter,
 )
 from genvl.pipelines.caption import CaptionPipeline
 
@@ -75,8 +81,9 @@ def test_adapter_is_saved_in_peft_format(adapter_dir, tiny_tokenizer, pixels):
     # PEFT itself loads it, and gives the same outputs as genvl's loader
     base, _ = get_dummy_components(tiny_tokenizer)
     reference = logits(PeftModel.from_pretrained(base, adapter_dir).eval(), pixels)
-    pipe = CaptionPipeline(model=get_dummy_components(tiny_tokenizer)[0], tokenizer=tiny_tokenizer,
-                           image_processor=None)
+    pipe = CaptionPipeline(
+        model=get_dummy_components(tiny_tokenizer)[0], tokenizer=tiny_tokenizer, image_processor=None
+    )
     plain = logits(pipe.model, pixels)
     pipe.load_lora_weights(adapter_dir)
     torch.testing.assert_close(logits(pipe.model, pixels), reference)
@@ -126,10 +133,12 @@ def test_engine_decodes_through_the_adapter(adapter_dir, tiny_tokenizer, scene_i
     remove_adapters(merged)
     assert not adapter_layers(merged)
     reference = CaptionPipeline(model=merged, tokenizer=tiny_tokenizer, image_processor=processor)(
-        scene_images, max_new_tokens=8)
+        scene_images, max_new_tokens=8
+    )
     assert adapted.captions == reference.captions
     assert [s for row in adapted.scores for s in row] == pytest.approx(
-        [s for row in reference.scores for s in row], abs=1e-4)
+        [s for row in reference.scores for s in row], abs=1e-4
+    )
 
 
 def test_bad_adapters_are_refused_and_leave_nothing(tmp_path, tiny_tokenizer, pixels):
@@ -178,8 +187,18 @@ def test_caption_cli_loads_adapters_with_a_scale(tiny_pipeline_dir, adapter_dir,
     assert score("--lora", f"{adapter_dir}:0") == pytest.approx(plain, abs=1e-5)
     assert score("--lora", str(adapter_dir)) != pytest.approx(plain, abs=1e-3)
     # the evaluator takes adapters too
-    evaluate = ["eval", "caption", "--data", str(scene_folder(tmp_path)), "--model", str(tiny_pipeline_dir), "--quiet",
-                "--max-new-tokens", "6", "--output"]
+    evaluate = [
+        "eval",
+        "caption",
+        "--data",
+        str(scene_folder(tmp_path)),
+        "--model",
+        str(tiny_pipeline_dir),
+        "--quiet",
+        "--max-new-tokens",
+        "6",
+        "--output",
+    ]
     assert main([*evaluate, str(tmp_path / "plain.json")]) == 0
     assert main([*evaluate, str(tmp_path / "lora.json"), "--lora", str(adapter_dir)]) == 0
     reports = [json.loads((tmp_path / name).read_text()) for name in ("plain.json", "lora.json")]
@@ -196,8 +215,14 @@ def test_text_to_image_adapters_per_component(tmp_path):
     from .conftest import get_dummy_unclip_components
 
     def image(pipe, **kwargs):
-        out = pipe("a red apple", generator=torch.Generator().manual_seed(0), output_type="np",
-                   prior_num_inference_steps=2, decoder_num_inference_steps=2, **kwargs)
+        out = pipe(
+            "a red apple",
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+            prior_num_inference_steps=2,
+            decoder_num_inference_steps=2,
+            **kwargs,
+        )
         return torch.from_numpy(out.images)
 
     source = TextToImagePipeline(**get_dummy_unclip_components())
@@ -230,8 +255,25 @@ def test_text_to_image_adapters_per_component(tmp_path):
 
     def generated(*flags):
         out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
-        assert main(["generate", "a red apple", "--model", str(tmp_path / "pipe"), "--seed", "0", "--steps", "2",
-                     "--out", str(out), "--quiet", *flags]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    "a red apple",
+                    "--model",
+                    str(tmp_path / "pipe"),
+                    "--seed",
+                    "0",
+                    "--steps",
+                    "2",
+                    "--out",
+                    str(out),
+                    "--quiet",
+                    *flags,
+                ]
+            )
+            == 0
+        )
         with Image.open(next(out.glob("*.png"))) as png:
             return np.asarray(png, dtype=int)
 

@@ -24,6 +24,8 @@ from PIL import Image
 from genvl.pipelines import text_to_image
 from genvl.pipelines.text_to_image import TextToImagePipeline
 
+pytestmark = pytest.mark.slow  # subprocesses under a memory cap
+
 LIMIT = int(2.5 * 2**30)
 
 
@@ -33,8 +35,15 @@ def capped():
 
 def launch(argv, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "genvl", *argv], cwd=cwd, preexec_fn=capped, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "genvl", *argv],
+        cwd=cwd,
+        preexec_fn=capped,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(argv, cwd, timeout=300):
@@ -66,25 +75,76 @@ def assert_no_temporaries(folder: Path):
 
 
 def test_a_million_images_start_at_once_and_stream(t2i_dir, tmp_path):
-    seen = interrupt_after(["generate", "an apple", "-n", "1000000", "--model", str(t2i_dir), "--steps", "1",
-                            "--out", str(tmp_path / "out"), "--seed", "0", "--batch-size", "2", "--quiet"],
-                           tmp_path, lines=6)
+    seen = interrupt_after(
+        [
+            "generate",
+            "an apple",
+            "-n",
+            "1000000",
+            "--model",
+            str(t2i_dir),
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+            "--seed",
+            "0",
+            "--batch-size",
+            "2",
+            "--quiet",
+        ],
+        tmp_path,
+        lines=6,
+    )
     assert [Path(line.strip()).name for line in seen] == [f"an_apple-{i}-{i}.png" for i in range(6)]
     assert all(Path(line.strip()).is_file() for line in seen)
     assert_no_temporaries(tmp_path / "out")
 
 
 def test_a_hundred_thousand_frames_are_decoded_a_batch_at_a_time(t2i_dir, tmp_path):
-    seen = interrupt_after(["interpolate", "an apple", "a car", "--frames", "100000", "--model", str(t2i_dir),
-                            "--steps", "1", "--out", str(tmp_path / "out"), "--seed", "3", "--quiet"],
-                           tmp_path, lines=12)
+    seen = interrupt_after(
+        [
+            "interpolate",
+            "an apple",
+            "a car",
+            "--frames",
+            "100000",
+            "--model",
+            str(t2i_dir),
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+            "--seed",
+            "3",
+            "--quiet",
+        ],
+        tmp_path,
+        lines=12,
+    )
     assert [Path(line.strip()).name for line in seen] == [f"an_apple_to_a_car-3-{i}.png" for i in range(12)]
     assert_no_temporaries(tmp_path / "out")
 
 
 def test_many_candidates_are_drawn_a_chunk_at_a_time(t2i_dir, tmp_path):
-    code, out, _ = finish(["generate", "an apple", "--candidates", "300", "--model", str(t2i_dir), "--steps", "1",
-                           "--out", str(tmp_path / "out"), "--seed", "0", "--quiet"], tmp_path)
+    code, out, _ = finish(
+        [
+            "generate",
+            "an apple",
+            "--candidates",
+            "300",
+            "--model",
+            str(t2i_dir),
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+            "--seed",
+            "0",
+            "--quiet",
+        ],
+        tmp_path,
+    )
     assert code == 0 and len(out.splitlines()) == 1 and Path(out.strip()).is_file()
 
 
@@ -103,8 +163,9 @@ def test_candidates_in_chunks_keep_the_best_of_all(t2i_dir, monkeypatch):
     rows, scores = pipe.rerank(every.images * 2 - 1, ["an apple"], 5)
     seen = []
     decode = pipe.run_decoder
-    monkeypatch.setattr(pipe, "run_decoder",
-                        lambda embeds, *a, **k: seen.append(len(embeds)) or decode(embeds, *a, **k))
+    monkeypatch.setattr(
+        pipe, "run_decoder", lambda embeds, *a, **k: seen.append(len(embeds)) or decode(embeds, *a, **k)
+    )
     monkeypatch.setattr(text_to_image, "CANDIDATE_CHUNK", 2)
     best = pipe("an apple", num_candidates=5, prior_latents=prior_latents, latents=latents, **steps)
     assert seen == [2, 2, 1]
@@ -117,8 +178,10 @@ def test_a_decoder_config_with_a_huge_sample_size_is_refused(t2i_dir, tmp_path):
     config = json.loads((folder / "decoder" / "config.json").read_text())
     config["sample_size"] = 4096
     (folder / "decoder" / "config.json").write_text(json.dumps(config))
-    code, out, err = finish(["generate", "an apple", "--model", str(folder), "--steps", "1", "--out",
-                             str(tmp_path / "out"), "--quiet"], tmp_path)
+    code, out, err = finish(
+        ["generate", "an apple", "--model", str(folder), "--steps", "1", "--out", str(tmp_path / "out"), "--quiet"],
+        tmp_path,
+    )
     assert code == 1 and out == "" and "sample_size must be an integer in [1, 256]" in err
     assert len(err.strip().splitlines()) == 1
 
@@ -130,8 +193,21 @@ def test_a_batch_of_large_photos_is_captioned_one_full_size_image_at_a_time(tiny
     Image.new("RGB", (9000, 9000), (30, 140, 60)).save(first, compress_level=1)
     for i in range(1, 12):
         os.link(first, first.with_name(f"{i:02d}.png"))
-    code, out, err = finish(["caption", str(first.parent), "--model", str(tiny_pipeline_dir), "--batch-size", "12",
-                             "--max-new-tokens", "3", "--quiet"], tmp_path, timeout=600)
+    code, out, err = finish(
+        [
+            "caption",
+            str(first.parent),
+            "--model",
+            str(tiny_pipeline_dir),
+            "--batch-size",
+            "12",
+            "--max-new-tokens",
+            "3",
+            "--quiet",
+        ],
+        tmp_path,
+        timeout=600,
+    )
     assert code == 0, err
     assert len(out.splitlines()) == 12
 
@@ -143,7 +219,8 @@ def test_a_shard_member_over_the_cap_is_refused_unread(suffix, tiny_pipeline_dir
     big.write_bytes(b"\x89PNG" + bytes(40 * 2**20))  # 40 MB claimed as an image
     with tarfile.open(shard, "w:gz" if suffix == ".tar.gz" else "w") as tar:
         tar.add(big, arcname="000000.png")
-    code, out, err = finish(["caption", str(shard), "--model", str(tiny_pipeline_dir), "--max-image-pixels",
-                             "10000", "--quiet"], tmp_path)
+    code, out, err = finish(
+        ["caption", str(shard), "--model", str(tiny_pipeline_dir), "--max-image-pixels", "10000", "--quiet"], tmp_path
+    )
     assert code == 1 and out == ""
     assert f"{shard}#000000" in err and len(err.strip().splitlines()) == 1

@@ -36,7 +36,7 @@ def snapshot(root: Path) -> dict:
         for name in folders + files:
             path = Path(folder) / name
             mode = os.lstat(path).st_mode
-            content = (os.readlink(path) if stat.S_ISLNK(mode) else path.read_bytes() if stat.S_ISREG(mode) else None)
+            content = os.readlink(path) if stat.S_ISLNK(mode) else path.read_bytes() if stat.S_ISREG(mode) else None
             found[path] = (stat.S_IFMT(mode), content)
     return found
 
@@ -54,11 +54,18 @@ def dead_pid() -> int:
 
 def genvl_process(*argv, **popen):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "genvl", *map(str, argv)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "genvl", *map(str, argv)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **popen,
+    )
 
 
 # ---- refusals of --output, before any work -----------------------------------------------------------------------
+
 
 def fake_folders(tmp_path):
     """Stand-ins for what the commands read: refusals come before any of them is loaded, so none need be real."""
@@ -84,10 +91,16 @@ OUTPUT_COMMANDS = {
 
 # what is at the output's name -> what the error says about it
 REFUSALS = {
-    "symlink": "is a symlink", "dangling symlink": "is a symlink", "device": "is a character device",
-    "fifo": "is a FIFO", "socket": "is a socket", "folder": "is a folder",
-    "input": "is the same file as the input", "hardlinked input": "is the same file as the input",
-    "model file": "is the same file as the input", "missing folder": "no such folder",
+    "symlink": "is a symlink",
+    "dangling symlink": "is a symlink",
+    "device": "is a character device",
+    "fifo": "is a FIFO",
+    "socket": "is a socket",
+    "folder": "is a folder",
+    "input": "is the same file as the input",
+    "hardlinked input": "is the same file as the input",
+    "model file": "is the same file as the input",
+    "missing folder": "no such folder",
     "unwritable folder": "cannot write in",
 }
 
@@ -125,8 +138,13 @@ def make_refused_output(kind: str, path: Path, an_input: Path, model_file: Path,
         path.parent.chmod(0o555)
         real_access = os.access
         if os.geteuid() == 0:  # root writes wherever the permission bits forbid: answer as they say for others
-            monkeypatch.setattr(os, "access", lambda where, mode, **kw: (
-                not (mode & os.W_OK and Path(where) == path.parent) and real_access(where, mode, **kw)))
+            monkeypatch.setattr(
+                os,
+                "access",
+                lambda where, mode, **kw: (
+                    not (mode & os.W_OK and Path(where) == path.parent) and real_access(where, mode, **kw)
+                ),
+            )
     return path
 
 
@@ -137,8 +155,13 @@ def test_output_refusals(command, kind, tmp_path, capsys, monkeypatch):
     an_input = images / "x.png" if command == "caption" else data / "metadata.jsonl"
     model_file = tmp_path / "model" / "config.json"
     output = make_refused_output(kind, tmp_path / "out.json", an_input, model_file, tmp_path, monkeypatch)
-    places = {"IMAGES": images, "DATA": data, "MODEL": tmp_path / "model", "JUDGE": tmp_path / "judge",
-              "CAPTIONER": tmp_path / "captioner"}
+    places = {
+        "IMAGES": images,
+        "DATA": data,
+        "MODEL": tmp_path / "model",
+        "JUDGE": tmp_path / "judge",
+        "CAPTIONER": tmp_path / "captioner",
+    }
     argv = [str(places.get(a, a)) for a in OUTPUT_COMMANDS[command]]
     before = snapshot(tmp_path)
     code, out, err = run([*argv, "--output", str(output), "--quiet"], capsys)
@@ -151,8 +174,17 @@ def test_an_existing_regular_output_is_still_replaced(tiny_pipeline_dir, tmp_pat
     scene().save(tmp_path / "x.png")
     output = tmp_path / "captions.jsonl"
     output.write_text("an earlier run's\n")
-    argv = ["caption", str(tmp_path / "x.png"), "--model", str(tiny_pipeline_dir), "--output", str(output),
-            "--max-new-tokens", "3", "--quiet"]
+    argv = [
+        "caption",
+        str(tmp_path / "x.png"),
+        "--model",
+        str(tiny_pipeline_dir),
+        "--output",
+        str(output),
+        "--max-new-tokens",
+        "3",
+        "--quiet",
+    ]
     for _ in range(2):  # and re-running keeps working
         code, _, err = run(argv, capsys)
         assert code == 0, err
@@ -161,6 +193,7 @@ def test_an_existing_regular_output_is_still_replaced(tiny_pipeline_dir, tmp_pat
 
 
 # ---- refusals of the PNGs generate, vary and interpolate write ---------------------------------------------------
+
 
 def png_command(command: str, tmp_path: Path, t2i_dir) -> tuple[list, Path, Path]:
     """(argv, the PNG it writes first, an input file of it) for one image with one step."""
@@ -211,17 +244,22 @@ def test_generate_out_that_cannot_be_written_names_the_flag(problem, t2i_dir, tm
     else:
         out.mkdir()
         real_access = os.access
-        monkeypatch.setattr(os, "access", lambda where, mode, **kw: (
-            not (mode & os.W_OK and Path(where) == out) and real_access(where, mode, **kw)))
+        monkeypatch.setattr(
+            os,
+            "access",
+            lambda where, mode, **kw: not (mode & os.W_OK and Path(where) == out) and real_access(where, mode, **kw),
+        )
         expected = f"--out {out}: cannot write in it"
-    code, out_text, err = run(["generate", "an apple", "--model", str(t2i_dir), "--out", str(out), "--steps", "1",
-                               "--quiet"], capsys)
+    code, out_text, err = run(
+        ["generate", "an apple", "--model", str(t2i_dir), "--out", str(out), "--steps", "1", "--quiet"], capsys
+    )
     assert code == 1 and out_text == ""
     assert_one_line_error(err, expected)
     assert not list(out.parent.rglob("*.png"))
 
 
 # ---- write failures: one line naming the flag and the final path, nothing left behind ----------------------------
+
 
 class FullDiskFile:
     """A file whose writes fail as on a full disk: ENOSPC, with no file name attached, as the kernel reports it."""
@@ -263,22 +301,44 @@ def world(tmp_path_factory):
 
 
 @pytest.mark.parametrize("command", ["caption", "eval caption", "eval retrieval", "generate", "data scenes"])
-def test_a_full_disk_is_named_and_leaves_nothing(command, tiny_pipeline_dir, t2i_dir, world, tmp_path, capsys,
-                                                  monkeypatch):
+def test_a_full_disk_is_named_and_leaves_nothing(
+    command, tiny_pipeline_dir, t2i_dir, world, tmp_path, capsys, monkeypatch
+):
     scene().save(tmp_path / "x.png")
     output = tmp_path / "report.json"
     output.write_text("an earlier run's\n")
     argv, where = {
-        "caption": (["caption", tmp_path / "x.png", "--model", tiny_pipeline_dir, "--output", output],
-                    f"--output {output}"),
-        "eval caption": (["eval", "caption", "--data", world, "--model", tiny_pipeline_dir, "--max-new-tokens", "3",
-                          "--output", output], f"--output {output}"),
-        "eval retrieval": (["eval", "retrieval", "--data", world, "--model", t2i_dir, "--output", output],
-                           f"--output {output}"),
-        "generate": (["generate", "an apple", "--model", t2i_dir, "--steps", "1", "--seed", "0", "--out",
-                      tmp_path / "out"], f"--out {tmp_path / 'out' / 'an_apple-0-0.png'}"),
-        "data scenes": (["data", "scenes", "--out", tmp_path / "data", "--num-images", "2", "--resolution", "32"],
-                        str(tmp_path / "data" / "train")),
+        "caption": (
+            ["caption", tmp_path / "x.png", "--model", tiny_pipeline_dir, "--output", output],
+            f"--output {output}",
+        ),
+        "eval caption": (
+            [
+                "eval",
+                "caption",
+                "--data",
+                world,
+                "--model",
+                tiny_pipeline_dir,
+                "--max-new-tokens",
+                "3",
+                "--output",
+                output,
+            ],
+            f"--output {output}",
+        ),
+        "eval retrieval": (
+            ["eval", "retrieval", "--data", world, "--model", t2i_dir, "--output", output],
+            f"--output {output}",
+        ),
+        "generate": (
+            ["generate", "an apple", "--model", t2i_dir, "--steps", "1", "--seed", "0", "--out", tmp_path / "out"],
+            f"--out {tmp_path / 'out' / 'an_apple-0-0.png'}",
+        ),
+        "data scenes": (
+            ["data", "scenes", "--out", tmp_path / "data", "--num-images", "2", "--resolution", "32"],
+            str(tmp_path / "data" / "train"),
+        ),
     }[command]
     fill_the_disk(monkeypatch)
     code, _, err = run([*map(str, argv), "--quiet"], capsys)
@@ -292,12 +352,15 @@ def test_a_full_disk_is_named_and_leaves_nothing(command, tiny_pipeline_dir, t2i
 def limit_file_size(limit: int):
     """A preexec_fn: files may not grow past `limit` bytes, and a write past it fails with EFBIG (SIGXFSZ, which
     would kill the process instead, is ignored) as a write to a full disk fails with ENOSPC."""
+
     def limit_it():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return limit_it
 
 
+@pytest.mark.slow  # subprocesses
 @pytest.mark.parametrize("command", ["caption", "generate", "data scenes"])
 def test_a_file_size_limit_is_named_and_leaves_nothing(command, tiny_pipeline_dir, t2i_dir, tmp_path):
     images = tmp_path / "images"
@@ -305,12 +368,27 @@ def test_a_file_size_limit_is_named_and_leaves_nothing(command, tiny_pipeline_di
     for i in range(60):  # about 9 KB of JSONL
         scene().save(images / f"{i:03d}.png")
     argv, where = {
-        "caption": (["caption", images, "--model", tiny_pipeline_dir, "--max-new-tokens", "4",
-                     "--output", tmp_path / "captions.jsonl"], f"--output {tmp_path / 'captions.jsonl'}"),
-        "generate": (["generate", "an apple", "--model", t2i_dir, "--steps", "1", "--seed", "0", "--out",
-                      tmp_path / "out"], f"--out {tmp_path / 'out' / 'an_apple-0-0.png'}"),
-        "data scenes": (["data", "scenes", "--out", tmp_path / "data", "--num-images", "40", "--resolution", "32"],
-                        str(tmp_path / "data" / "train")),
+        "caption": (
+            [
+                "caption",
+                images,
+                "--model",
+                tiny_pipeline_dir,
+                "--max-new-tokens",
+                "4",
+                "--output",
+                tmp_path / "captions.jsonl",
+            ],
+            f"--output {tmp_path / 'captions.jsonl'}",
+        ),
+        "generate": (
+            ["generate", "an apple", "--model", t2i_dir, "--steps", "1", "--seed", "0", "--out", tmp_path / "out"],
+            f"--out {tmp_path / 'out' / 'an_apple-0-0.png'}",
+        ),
+        "data scenes": (
+            ["data", "scenes", "--out", tmp_path / "data", "--num-images", "40", "--resolution", "32"],
+            str(tmp_path / "data" / "train"),
+        ),
     }[command]
     before = snapshot(images)
     process = genvl_process(*argv, "--quiet", preexec_fn=limit_file_size(2048))
@@ -325,6 +403,7 @@ def test_a_file_size_limit_is_named_and_leaves_nothing(command, tiny_pipeline_di
 
 # ---- concurrent writers, SIGTERM and stale temporaries ------------------------------------------------------------
 
+
 def caption_images(folder: Path, count: int) -> Path:
     folder.mkdir()
     scene().save(folder / "000.png")
@@ -333,11 +412,23 @@ def caption_images(folder: Path, count: int) -> Path:
     return folder
 
 
+@pytest.mark.slow  # subprocesses
 def test_two_runs_writing_one_output_each_leave_a_whole_file(tiny_pipeline_dir, tmp_path):
     images = caption_images(tmp_path / "images", 120)
     output = tmp_path / "same.jsonl"
-    argv = ["caption", images, "--model", tiny_pipeline_dir, "--output", output, "--batch-size", "1",
-            "--max-new-tokens", "4", "--quiet"]
+    argv = [
+        "caption",
+        images,
+        "--model",
+        tiny_pipeline_dir,
+        "--output",
+        output,
+        "--batch-size",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--quiet",
+    ]
     runs = [genvl_process(*argv) for _ in range(2)]
     results = [process.communicate(timeout=600) for process in runs]
     assert [process.returncode for process in runs] == [0, 0], results
@@ -354,22 +445,37 @@ def wait_for(condition, process, timeout=300):
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # subprocesses
 @pytest.mark.parametrize("command", ["caption", "data scenes"])
 def test_sigterm_mid_run_leaves_no_temporary(command, tiny_pipeline_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     if command == "caption":
         images = caption_images(tmp_path / "images", 400)
-        process = genvl_process("caption", images, "--model", tiny_pipeline_dir, "--output", out / "captions.jsonl",
-                                "--batch-size", "1", "--max-new-tokens", "8", "--quiet")
+        process = genvl_process(
+            "caption",
+            images,
+            "--model",
+            tiny_pipeline_dir,
+            "--output",
+            out / "captions.jsonl",
+            "--batch-size",
+            "1",
+            "--max-new-tokens",
+            "8",
+            "--quiet",
+        )
+
         def started():  # the first records are written: the temporary's first buffer is flushed
             return any(p.stat().st_size > 0 for p in temporaries(out))
     else:
-        process = genvl_process("data", "scenes", "--out", out, "--num-images", "20000", "--resolution", "32",
-                                "--quiet")
+        process = genvl_process(
+            "data", "scenes", "--out", out, "--num-images", "20000", "--resolution", "32", "--quiet"
+        )
 
         def started():  # the first images are in the hidden folder the split is built in
             return any(p.is_dir() and len(list(p.iterdir())) > 10 for p in temporaries(out))
+
     wait_for(started, process)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
@@ -402,16 +508,32 @@ def test_stale_temporaries_of_dead_processes_are_removed(tiny_pipeline_dir, tmp_
     out = tmp_path / "out"
     out.mkdir()
     stale = [f".captions.jsonl.{host}-{dead}.tmp", f".captions.jsonl.{host}-{dead}.part1.tmp"]
-    kept = [f".captions.jsonl.{host}-{alive}.tmp",  # a run still going
-            f".captions.jsonl.otherhost-{dead}.tmp",  # another machine's process: cannot tell
-            f".other.jsonl.{host}-{dead}.tmp",  # another target's
-            ".captions.jsonl.backup", "captions.jsonl.tmp", f"captions.jsonl.{host}-{dead}.tmp"]  # not genvl's
+    kept = [
+        f".captions.jsonl.{host}-{alive}.tmp",  # a run still going
+        f".captions.jsonl.otherhost-{dead}.tmp",  # another machine's process: cannot tell
+        f".other.jsonl.{host}-{dead}.tmp",  # another target's
+        ".captions.jsonl.backup",
+        "captions.jsonl.tmp",
+        f"captions.jsonl.{host}-{dead}.tmp",
+    ]  # not genvl's
     for name in stale + kept:
         (out / name).write_text("left behind\n")
     (out / f".captions.jsonl.{host}-{dead}.link.tmp").symlink_to(tmp_path / "x.png")  # never a symlink
     kept.append(f".captions.jsonl.{host}-{dead}.link.tmp")
-    code, _, err = run(["caption", str(tmp_path / "x.png"), "--model", str(tiny_pipeline_dir), "--max-new-tokens", "3",
-                        "--output", str(out / "captions.jsonl"), "--quiet"], capsys)
+    code, _, err = run(
+        [
+            "caption",
+            str(tmp_path / "x.png"),
+            "--model",
+            str(tiny_pipeline_dir),
+            "--max-new-tokens",
+            "3",
+            "--output",
+            str(out / "captions.jsonl"),
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == sorted(kept + ["captions.jsonl"])
 
@@ -420,14 +542,16 @@ def test_stale_temporaries_of_dead_processes_are_removed(tiny_pipeline_dir, tmp_
     for name in (f".train.{host}-{dead}.tmp", f".train.{host}-{alive}.tmp"):
         (data / name).mkdir()
         (data / name / "000000.png").write_bytes(b"half")
-    code, _, err = run(["data", "scenes", "--out", str(data), "--num-images", "2", "--resolution", "32", "--quiet"],
-                       capsys)
+    code, _, err = run(
+        ["data", "scenes", "--out", str(data), "--num-images", "2", "--resolution", "32", "--quiet"], capsys
+    )
     assert code == 0, err
     assert sorted(p.name for p in data.iterdir()) == [f".train.{host}-{alive}.tmp", "train"]
 
 
-def test_several_processes_join_their_parts_and_remove_them_even_on_failure(tiny_pipeline_dir, tmp_path, capsys,
-                                                                             monkeypatch):
+def test_several_processes_join_their_parts_and_remove_them_even_on_failure(
+    tiny_pipeline_dir, tmp_path, capsys, monkeypatch
+):
     """Rank 0 of two (the other rank's part written beforehand): the join is whole, and when it fails no part is
     left behind."""
     import genvl.cli.caption
@@ -439,8 +563,17 @@ def test_several_processes_join_their_parts_and_remove_them_even_on_failure(tiny
     output = out / "captions.jsonl"
     other = out / f".captions.jsonl.{process_tag()}.part1.tmp"  # rank 0 is this process: the parts carry its tag
     monkeypatch.setattr(genvl.cli.caption, "process_layout", lambda: (2, 0))
-    argv = ["caption", str(tmp_path), "--model", str(tiny_pipeline_dir), "--max-new-tokens", "3",
-            "--output", str(output), "--quiet"]
+    argv = [
+        "caption",
+        str(tmp_path),
+        "--model",
+        str(tiny_pipeline_dir),
+        "--max-new-tokens",
+        "3",
+        "--output",
+        str(output),
+        "--quiet",
+    ]
     other.write_text('{"path": "from rank 1"}\n')
     code, _, err = run(argv, capsys)
     assert code == 0, err
@@ -458,6 +591,7 @@ def test_several_processes_join_their_parts_and_remove_them_even_on_failure(tiny
 
 
 # ---- data scenes replaces only what genvl wrote ------------------------------------------------------------------
+
 
 def scenes_argv(root: Path, *more: str) -> list[str]:
     return ["data", "scenes", "--out", str(root), "--num-images", "2", "--resolution", "32", "--quiet", *more]
@@ -482,8 +616,12 @@ def test_data_scenes_overwrite_replaces_its_own_split(tmp_path, capsys):
     assert code == 0, err
     assert out.strip() == str(root / "train")
     manifest = json.loads((root / "train" / MANIFEST).read_text())
-    assert {key: manifest[key] for key in ("seed", "split", "count", "resolution")} == \
-        {"seed": 0, "split": "train", "count": 3, "resolution": 32}
+    assert {key: manifest[key] for key in ("seed", "split", "count", "resolution")} == {
+        "seed": 0,
+        "split": "train",
+        "count": 3,
+        "resolution": 32,
+    }
     assert sorted(manifest["files"] + [MANIFEST]) == sorted(p.name for p in (root / "train").iterdir())
     assert len(manifest["files"]) == 4 and sorted(p.name for p in root.iterdir()) == ["train"]
 
@@ -515,8 +653,17 @@ def foreign(kind: str, split: Path, tmp_path: Path) -> Path:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["a user's file", "a user's folder", "a symlink in place of a listed file",
-                                  "no manifest", "a broken manifest", "the split is a symlink"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "a user's file",
+        "a user's folder",
+        "a symlink in place of a listed file",
+        "no manifest",
+        "a broken manifest",
+        "the split is a symlink",
+    ],
+)
 def test_data_scenes_overwrite_refuses_a_split_holding_what_genvl_did_not_write(kind, tmp_path, capsys):
     root = tmp_path / "proj"
     assert run(scenes_argv(root), capsys)[0] == 0

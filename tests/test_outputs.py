@@ -51,8 +51,24 @@ def test_quiet_eval_and_shards_print_nothing_on_stderr(tiny_pipeline_dir, tmp_pa
 
     data = write_imagefolder(tmp_path / "scenes", 3, seed=0, split="test", resolution=32)
     report = tmp_path / "report.json"
-    assert main(["eval", "caption", "--data", str(data), "--model", str(tiny_pipeline_dir), "--quiet",
-                 "--max-new-tokens", "4", "--output", str(report)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "caption",
+                "--data",
+                str(data),
+                "--model",
+                str(tiny_pipeline_dir),
+                "--quiet",
+                "--max-new-tokens",
+                "4",
+                "--output",
+                str(report),
+            ]
+        )
+        == 0
+    )
     out, err = capfd.readouterr()
     assert err == ""
     assert json.loads(out) == json.loads(report.read_text()) and json.loads(out)["num_images"] == 3

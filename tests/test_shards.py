@@ -9,11 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from genvl.io.shards import expand_braces, is_shard_spec, list_image_samples, read_sample_images, shard_paths, write_shards
+from genvl.io.imagefolder import load_images, read_metadata
+from genvl.io.shards import (
+    expand_braces,
+    is_shard_spec,
+    list_image_samples,
+    read_sample_images,
+    shard_paths,
+    write_shards,
+)
 from genvl.training.data import read_training_records
-from genvl.io.imagefolder import load_images
 from genvl.world.dataset import write_imagefolder
-from genvl.io.imagefolder import read_metadata
 
 from .conftest import TINY
 from .scripts import load_script
@@ -79,31 +85,50 @@ def test_shards_read_like_the_imagefolder(folder, tmp_path):
     assert [r["text"] for r in from_shards] == [r["text"] for r in from_folder]
     assert [r["scene"] for r in from_shards] == [r["scene"] for r in from_folder]
     assert from_shards[9]["file_name"] == f"{tmp_path / 'train-001.tar'}#00000009"
-    assert torch.equal(load_images(None, from_shards, "file_name", 32),
-                       load_images(folder, from_folder, "file_name", 32))
+    assert torch.equal(
+        load_images(None, from_shards, "file_name", 32), load_images(folder, from_folder, "file_name", 32)
+    )
 
 
 def test_bad_samples_are_logged_counted_and_skipped(tmp_path):
     good, logged = png_bytes(), []
-    write_tar(tmp_path / "a.tar", [
-        ("ok1.png", good), ("ok1.txt", b"a red square"),
-        ("noimage.txt", b"a caption without its image"),
-        ("corrupt.png", good[:30]), ("corrupt.txt", b"a cut-off image"),
-        ("notpng.png", b"this is text, not a png"), ("notpng.txt", b"text with an image extension"),
-        ("nocaption.png", good),
-        ("emptycaption.png", good), ("emptycaption.txt", b"   "),
-        ("latin1.png", good), ("latin1.txt", "caf\u00e9".encode("latin-1")),
-        ("badjson.png", good), ("badjson.json", b"{not json"),
-        ("ok2.png", good), ("ok2.json", json.dumps({"text": "a caption from the json"}).encode()),
-    ])
+    write_tar(
+        tmp_path / "a.tar",
+        [
+            ("ok1.png", good),
+            ("ok1.txt", b"a red square"),
+            ("noimage.txt", b"a caption without its image"),
+            ("corrupt.png", good[:30]),
+            ("corrupt.txt", b"a cut-off image"),
+            ("notpng.png", b"this is text, not a png"),
+            ("notpng.txt", b"text with an image extension"),
+            ("nocaption.png", good),
+            ("emptycaption.png", good),
+            ("emptycaption.txt", b"   "),
+            ("latin1.png", good),
+            ("latin1.txt", "caf\u00e9".encode("latin-1")),
+            ("badjson.png", good),
+            ("badjson.json", b"{not json"),
+            ("ok2.png", good),
+            ("ok2.json", json.dumps({"text": "a caption from the json"}).encode()),
+        ],
+    )
     # the second shard breaks off inside its last member
     write_tar(tmp_path / "b.tar", [("ok3.png", good), ("ok3.txt", b"three"), ("cut.png", good), ("cut.txt", b"x")])
     cut_inside(tmp_path / "b.tar", "cut.png")
     records, skipped = read_training_records(f"{tmp_path}/{{a,b}}.tar", "text", "file_name", logged.append)
     assert [r["text"] for r in records] == ["a red square", "a caption from the json", "three"]
     reasons = {s["sample"].rsplit("#", 1)[-1]: s["reason"] for s in skipped}
-    assert set(reasons) == {"noimage", "corrupt", "notpng", "nocaption", "emptycaption", "latin1", "badjson",
-                            str(tmp_path / "b.tar")}
+    assert set(reasons) == {
+        "noimage",
+        "corrupt",
+        "notpng",
+        "nocaption",
+        "emptycaption",
+        "latin1",
+        "badjson",
+        str(tmp_path / "b.tar"),
+    }
     assert "no image member" in reasons["noimage"] and "not a readable image" in reasons["corrupt"]
     assert "not UTF-8" in reasons["latin1"] and "not valid JSON" in reasons["badjson"]
     assert "no caption" in reasons["nocaption"] and "unreadable" in reasons[str(tmp_path / "b.tar")]
@@ -149,9 +174,28 @@ def test_captioner_trains_the_same_on_shards(folder, tmp_path):
     arch.write_text(json.dumps(TINY.to_dict()))
 
     def args(data, out):
-        return ["--train_data_dir", str(data), "--output_dir", str(out), "--architecture", str(arch),
-                "--resolution", "32", "--vocab_size", "300", "--train_batch_size", "6", "--max_train_steps", "3",
-                "--lr_warmup_steps", "1", "--logging_steps", "1", "--checkpointing_steps", "10"]
+        return [
+            "--train_data_dir",
+            str(data),
+            "--output_dir",
+            str(out),
+            "--architecture",
+            str(arch),
+            "--resolution",
+            "32",
+            "--vocab_size",
+            "300",
+            "--train_batch_size",
+            "6",
+            "--max_train_steps",
+            "3",
+            "--lr_warmup_steps",
+            "1",
+            "--logging_steps",
+            "1",
+            "--checkpointing_steps",
+            "10",
+        ]
 
     from_shards = train_captioner.main(args(f"{tmp_path}/train-{{00..03}}.tar", tmp_path / "a"))
     summary = json.loads((tmp_path / "a" / "data_summary.json").read_text())

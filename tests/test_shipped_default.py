@@ -10,8 +10,8 @@ import torch
 from genvl.cli.caption import DEFAULT_CAPTION_MODEL
 from genvl.cli.image import DEFAULT_JUDGE
 from genvl.evaluation.judge import category_accuracy, judge_scene
-from genvl.models.judge import SceneJudge
 from genvl.generation import generate
+from genvl.models.judge import SceneJudge
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.world import parse_caption, render_scene
 from genvl.world.dataset import generate_scenes
@@ -39,8 +39,13 @@ def test_shipped_captioner_samples_the_same_captions_whatever_the_batch_size():
         texts, start = [], 0
         for size in sizes:
             generators = [torch.Generator().manual_seed(seed) for seed in range(start, start + size)]
-            out = pipeline(paths[start : start + size], do_sample=True, temperature=1.5, num_return_sequences=2,
-                           generator=generators)
+            out = pipeline(
+                paths[start : start + size],
+                do_sample=True,
+                temperature=1.5,
+                num_return_sequences=2,
+                generator=generators,
+            )
             texts += out.captions
             start += size
         return texts
@@ -51,9 +56,15 @@ def test_shipped_captioner_samples_the_same_captions_whatever_the_batch_size():
         assert sample(sizes) == whole
 
 
-@pytest.mark.parametrize("case", [dict(num_beams=1), dict(num_beams=5),
-                                  dict(num_beams=4, early_stopping=True, length_penalty=0.6),
-                                  dict(num_beams=3, early_stopping="never", num_return_sequences=2)])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(num_beams=1),
+        dict(num_beams=5),
+        dict(num_beams=4, early_stopping=True, length_penalty=0.6),
+        dict(num_beams=3, early_stopping="never", num_return_sequences=2),
+    ],
+)
 def test_shipped_captioner_drops_finished_images_and_matches_transformers(case, monkeypatch):
     """Captions of different lengths end (greedy) or settle (beam search) at different steps; those images leave
     the decoder, and the rest must still decode exactly as transformers' generate() does."""
@@ -75,8 +86,14 @@ def test_shipped_captioner_drops_finished_images_and_matches_transformers(case, 
     assert drops and min(drops) < len(paths)
     eos = settings.eos_token_id
     with torch.no_grad():
-        theirs = pipeline.model.generate(pixel_values=pixel_values, max_new_tokens=settings.max_new_tokens,
-                                         do_sample=False, return_dict_in_generate=True, output_scores=True, **case)
+        theirs = pipeline.model.generate(
+            pixel_values=pixel_values,
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_scores=True,
+            **case,
+        )
     expected = [row[1:].tolist() for row in theirs.sequences]
     expected = [row[: row.index(eos)] if eos in row else row for row in expected]
     assert [seq for seqs in ours.sequences for seq in seqs] == expected
@@ -114,16 +131,26 @@ def test_shipped_text_to_image_pipeline():
     assert "README.md" in files and not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
     pipe = TextToImagePipeline.from_pretrained(DEFAULT_T2I_MODEL)
     pipe.set_progress_bar_config(disable=True)
-    prompts = ["a large red apple at the top", "three blue cars", "a green cat to the left of a yellow star",
-               "a pink heart, a gray key and a brown dog"]
+    prompts = [
+        "a large red apple at the top",
+        "three blue cars",
+        "a green cat to the left of a yellow star",
+        "a pink heart, a gray key and a brown dog",
+    ]
     # the prior's image embedding of each prompt is closest to that prompt's text embedding
     with torch.no_grad():
         text = pipe.encode_prompt([""] * len(prompts) + prompts)
         embeds = pipe.run_prior(text, 25, 4.0, [torch.Generator().manual_seed(i) for i in range(len(prompts))])
     similarity = embeds @ text.prompts().embeds.T
     assert (similarity.argmax(dim=1) == torch.arange(len(prompts))).all(), similarity
-    images = pipe(prompts[:1], num_images_per_prompt=2, prior_num_inference_steps=4, decoder_num_inference_steps=4,
-                  generator=[torch.Generator().manual_seed(i) for i in range(2)], output_type="np").images
+    images = pipe(
+        prompts[:1],
+        num_images_per_prompt=2,
+        prior_num_inference_steps=4,
+        decoder_num_inference_steps=4,
+        generator=[torch.Generator().manual_seed(i) for i in range(2)],
+        output_type="np",
+    ).images
     assert images.shape == (2, 64, 64, 3) and np.isfinite(images).all() and images.std() > 0.01
 
 
@@ -141,8 +168,10 @@ def test_shipped_reranker_reads_which_object_is_where():
     records = [{"scene": scene, "text": scene_captions(scene)[0]} for scene in scenes]
     images = torch.stack([torch.from_numpy(np.asarray(render_scene(scene, 64))).permute(2, 0, 1) for scene in scenes])
     accuracy = {}
-    for name, model, tokenizer in (("reranker", pipe.reranker, pipe.reranker_tokenizer),
-                                   ("clip", pipe.clip, pipe.tokenizer)):
+    for name, model, tokenizer in (
+        ("reranker", pipe.reranker, pipe.reranker_tokenizer),
+        ("clip", pipe.clip, pipe.tokenizer),
+    ):
         embeds = embed_images(model, pipe.image_processor, images)
         accuracy[name] = order_accuracy(model, tokenizer, records, embeds, 32, 256)
     assert accuracy["reranker"]["order_images"] >= 100, accuracy

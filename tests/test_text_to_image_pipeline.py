@@ -29,8 +29,13 @@ def generators(*seeds):
 
 
 def test_output_types_and_shapes(pipeline):
-    out = pipeline(["a red apple", "two blue cars"], num_images_per_prompt=2, generator=generators(0, 1, 2, 3),
-                   output_type="np", **STEPS)
+    out = pipeline(
+        ["a red apple", "two blue cars"],
+        num_images_per_prompt=2,
+        generator=generators(0, 1, 2, 3),
+        output_type="np",
+        **STEPS,
+    )
     assert out.images.shape == (4, 32, 32, 3) and out.images.min() >= 0 and out.images.max() <= 1
     assert out.image_embeds.shape == (4, 16)
     assert torch.allclose(out.image_embeds.norm(dim=-1), torch.ones(4), atol=1e-5)
@@ -101,8 +106,15 @@ def test_dpm_solver_from_the_last_cosine_step_stays_bounded():
 
 
 def test_guidance_changes_the_result(pipeline):
-    plain = pipeline("a red apple", generator=generators(0), output_type="np", prior_guidance_scale=1.0,
-                     decoder_guidance_scale=1.0, decoder_text_guidance_scale=1.0, **STEPS).images
+    plain = pipeline(
+        "a red apple",
+        generator=generators(0),
+        output_type="np",
+        prior_guidance_scale=1.0,
+        decoder_guidance_scale=1.0,
+        decoder_text_guidance_scale=1.0,
+        **STEPS,
+    ).images
     guided = pipeline("a red apple", generator=generators(0), output_type="np", **STEPS).images
     assert np.abs(plain - guided).max() > 1e-4
 
@@ -149,17 +161,21 @@ def test_prompt_encoding_splits_negative_prompts_from_prompts(pipeline):
     torch.testing.assert_close(text.negatives().embeds, negatives.embeds)
     assert torch.equal(text.prompts().mask, prompts.mask) and not torch.equal(text.negatives().mask, prompts.mask)
     joined = PromptEncoding.join(text.negatives(), text.prompts())
-    assert all(torch.equal(a, b) for a, b in ((joined.embeds, text.embeds), (joined.states, text.states),
-                                              (joined.mask, text.mask)))
+    assert all(
+        torch.equal(a, b)
+        for a, b in ((joined.embeds, text.embeds), (joined.states, text.states), (joined.mask, text.mask))
+    )
     with pytest.raises(ValueError, match="got 3 rows"):
         pipeline.encode_prompt(["", "", "a red apple"]).prompts()
 
 
 def test_text_guidance_none_or_equal_is_the_joint_guidance(pipeline):
-    joint = pipeline("a red apple", generator=generators(0), output_type="np", decoder_text_guidance_scale=None,
-                     **STEPS).images
-    equal = pipeline("a red apple", generator=generators(0), output_type="np", decoder_text_guidance_scale=4.0,
-                     **STEPS).images
+    joint = pipeline(
+        "a red apple", generator=generators(0), output_type="np", decoder_text_guidance_scale=None, **STEPS
+    ).images
+    equal = pipeline(
+        "a red apple", generator=generators(0), output_type="np", decoder_text_guidance_scale=4.0, **STEPS
+    ).images
     default = pipeline("a red apple", generator=generators(0), output_type="np", **STEPS).images  # text at 8
     np.testing.assert_array_equal(joint, equal)
     assert np.abs(default - joint).max() > 1e-4
@@ -188,6 +204,7 @@ def test_xformers_missing_is_a_clear_error(pipeline):
     pytest.importorskip("torch")
     try:
         import xformers  # noqa: F401
+
         pytest.skip("xformers is installed")
     except ImportError:
         pass
@@ -198,19 +215,26 @@ def test_xformers_missing_is_a_clear_error(pipeline):
 def test_variation_interpolation_and_score(pipeline, tmp_path):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
     image.save(tmp_path / "a.png")
-    variations = pipeline.image_variation(tmp_path / "a.png", num_images=2, generator=generators(0, 1),
-                                          decoder_num_inference_steps=3, output_type="np")
+    variations = pipeline.image_variation(
+        tmp_path / "a.png", num_images=2, generator=generators(0, 1), decoder_num_inference_steps=3, output_type="np"
+    )
     assert variations.images.shape == (2, 32, 32, 3)
     assert torch.allclose(variations.image_embeds[0], pipeline.encode_image([image])[0], atol=1e-5)
     # an encoding passed in is used as it is
-    again = pipeline.image_variation(image_embeds=variations.image_embeds[:1], num_images=2,
-                                     generator=generators(0, 1), decoder_num_inference_steps=3, output_type="np")
+    again = pipeline.image_variation(
+        image_embeds=variations.image_embeds[:1],
+        num_images=2,
+        generator=generators(0, 1),
+        decoder_num_inference_steps=3,
+        output_type="np",
+    )
     np.testing.assert_array_equal(again.images, variations.images)
     for both_or_neither in (dict(image=image, image_embeds=again.image_embeds[:1]), {}):
         with pytest.raises(ValueError, match="either image or image_embeds"):
             pipeline.image_variation(**both_or_neither)
-    frames = pipeline.interpolate("a red apple", image, frames=4, generator=torch.Generator().manual_seed(0),
-                                  output_type="np", **STEPS)
+    frames = pipeline.interpolate(
+        "a red apple", image, frames=4, generator=torch.Generator().manual_seed(0), output_type="np", **STEPS
+    )
     assert frames.images.shape == (4, 32, 32, 3)
     assert torch.allclose(frames.image_embeds[-1], pipeline.encode_image([image])[0], atol=1e-5)
     scores = pipeline.score([image, image], ["a red apple", "two blue cars", "a cat"])
@@ -245,8 +269,10 @@ def test_a_saved_pipeline_loads_in_a_fresh_process(pipeline, tmp_path):
     import sys
 
     pipeline.save_pretrained(tmp_path)
-    code = ("from genvl.pipelines.text_to_image import TextToImagePipeline; "
-            f"print(type(TextToImagePipeline.from_pretrained({str(tmp_path)!r}).conditioner).__name__)")
+    code = (
+        "from genvl.pipelines.text_to_image import TextToImagePipeline; "
+        f"print(type(TextToImagePipeline.from_pretrained({str(tmp_path)!r}).conditioner).__name__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "UnclipConditioner", out.stderr[-2000:]
 
@@ -310,11 +336,13 @@ def test_candidates_keep_the_one_the_reranker_scores_best(pipeline, tmp_path):
     prompts = ["a red apple", "two blue cars above a green tree"]
     for model, scorer in ((pipe, other), (pipeline, components)):  # without a reranker, CLIP scores them
         # a single generator draws the same rows as the plain call of 3 images per prompt
-        plain = model(prompts, num_images_per_prompt=3, generator=torch.Generator().manual_seed(0), output_type="pt",
-                      **STEPS)
+        plain = model(
+            prompts, num_images_per_prompt=3, generator=torch.Generator().manual_seed(0), output_type="pt", **STEPS
+        )
         best = model(prompts, num_candidates=3, generator=torch.Generator().manual_seed(0), output_type="pt", **STEPS)
-        rows, scores = independent_best(scorer["clip"], scorer["tokenizer"], components["image_processor"],
-                                        plain.images, prompts, 3)
+        rows, scores = independent_best(
+            scorer["clip"], scorer["tokenizer"], components["image_processor"], plain.images, prompts, 3
+        )
         assert best.images.shape == (2, 3, 32, 32) and best.image_embeds.shape == (2, 16)
         torch.testing.assert_close(best.images, plain.images[rows], atol=1e-5, rtol=0)
         torch.testing.assert_close(best.image_embeds, plain.image_embeds[rows], atol=1e-5, rtol=0)

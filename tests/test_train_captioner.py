@@ -23,9 +23,30 @@ def tiny_data(tmp_path_factory):
 
 
 def train_args(data, out, steps, arch_file, **extra):
-    args = ["--train_data_dir", str(data), "--output_dir", str(out), "--architecture", str(arch_file),
-            "--resolution", "32", "--vocab_size", "300", "--train_batch_size", "8", "--max_train_steps", str(steps),
-            "--checkpointing_steps", "2", "--lr_warmup_steps", "1", "--logging_steps", "1", "--learning_rate", "3e-3"]
+    args = [
+        "--train_data_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--architecture",
+        str(arch_file),
+        "--resolution",
+        "32",
+        "--vocab_size",
+        "300",
+        "--train_batch_size",
+        "8",
+        "--max_train_steps",
+        str(steps),
+        "--checkpointing_steps",
+        "2",
+        "--lr_warmup_steps",
+        "1",
+        "--logging_steps",
+        "1",
+        "--learning_rate",
+        "3e-3",
+    ]
     for key, value in extra.items():
         args += [f"--{key}", str(value)]
     return args
@@ -73,8 +94,9 @@ def test_export_builds_the_architecture_the_run_saved(tiny_data, tmp_path):
 
 def test_unknown_caption_column_is_named(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="column 'caption' not found; available columns"):
-        train_captioner.main(train_args(tiny_data, tmp_path / "run", 2, "configs/captioner_small.json",
-                                        caption_column="caption"))
+        train_captioner.main(
+            train_args(tiny_data, tmp_path / "run", 2, "configs/captioner_small.json", caption_column="caption")
+        )
 
 
 def test_lora_fine_tune_saves_an_adapter(tiny_data, tmp_path):
@@ -85,9 +107,19 @@ def test_lora_fine_tune_saves_an_adapter(tiny_data, tmp_path):
     arch_file.write_text(json.dumps(TINY.to_dict()))
     train_captioner.main(train_args(tiny_data, tmp_path / "base", 2, arch_file))
     base_weights = load_file(tmp_path / "base" / "model" / "model.safetensors")
-    losses = train_captioner.main(train_args(tiny_data, tmp_path / "lora", 6, arch_file, rank=2, lora_alpha=4,
-                                             pretrained_model_name_or_path=tmp_path / "base",
-                                             learning_rate=1e-2) + ["--no-use_ema"])
+    losses = train_captioner.main(
+        train_args(
+            tiny_data,
+            tmp_path / "lora",
+            6,
+            arch_file,
+            rank=2,
+            lora_alpha=4,
+            pretrained_model_name_or_path=tmp_path / "base",
+            learning_rate=1e-2,
+        )
+        + ["--no-use_ema"]
+    )
     assert len(losses) == 6 and all(loss == loss for loss in losses)
     adapter = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
     assert adapter["r"] == 2 and adapter["lora_alpha"] == 4
@@ -99,16 +131,30 @@ def test_lora_fine_tune_saves_an_adapter(tiny_data, tmp_path):
     pipeline.load_lora_weights(tmp_path / "lora")
     assert (pipeline.model(pixel_values=pixels, decoder_input_ids=ids).logits - before).abs().max() > 1e-4
     # only the adapter trained: the base folder is untouched
-    assert all(torch.equal(base_weights[k], v)
-               for k, v in load_file(tmp_path / "base" / "model" / "model.safetensors").items())
+    assert all(
+        torch.equal(base_weights[k], v) for k, v in load_file(tmp_path / "base" / "model" / "model.safetensors").items()
+    )
     # the target modules can be chosen: GPT-2's MLP as well
-    train_captioner.main(train_args(tiny_data, tmp_path / "mlp", 1, arch_file, rank=2,
-                                    lora_target_modules="c_attn,c_fc",
-                                    pretrained_model_name_or_path=tmp_path / "base"))
+    train_captioner.main(
+        train_args(
+            tiny_data,
+            tmp_path / "mlp",
+            1,
+            arch_file,
+            rank=2,
+            lora_target_modules="c_attn,c_fc",
+            pretrained_model_name_or_path=tmp_path / "base",
+        )
+    )
     assert sorted(json.loads((tmp_path / "mlp" / "adapter_config.json").read_text())["target_modules"]) == [
-        "c_attn", "c_fc"]
-    for bad in (dict(rank=2), dict(adapter="ia3", rank=2, pretrained_model_name_or_path=tmp_path / "base"),
-                dict(adapter="ia3", lora_target_modules="c_fc", pretrained_model_name_or_path=tmp_path / "base"),
-                dict(adapter="prefix", pretrained_model_name_or_path=tmp_path / "base")):
+        "c_attn",
+        "c_fc",
+    ]
+    for bad in (
+        dict(rank=2),
+        dict(adapter="ia3", rank=2, pretrained_model_name_or_path=tmp_path / "base"),
+        dict(adapter="ia3", lora_target_modules="c_fc", pretrained_model_name_or_path=tmp_path / "base"),
+        dict(adapter="prefix", pretrained_model_name_or_path=tmp_path / "base"),
+    ):
         with pytest.raises(SystemExit):
             train_captioner.main(train_args(tiny_data, tmp_path / "bad", 2, arch_file, **bad))

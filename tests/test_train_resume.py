@@ -21,6 +21,8 @@ from genvl.world.dataset import write_imagefolder
 
 from .scripts import ROOT, load_script
 
+pytestmark = pytest.mark.slow  # subprocess training runs
+
 export_checkpoint = load_script("train/export_checkpoint.py")
 train_autoencoder = load_script("train/train_autoencoder.py")
 train_captioner = load_script("train/train_captioner.py")
@@ -31,11 +33,20 @@ train_prior = load_script("train/train_prior.py")
 STEPS, EVERY = 4, 2
 # what a checkpoint of train_loop holds: accelerate's state (safetensors weights, torch.save zips) and genvl's EMA
 # and completion marker
-FILES = ["model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "ema.safetensors",
-         COMPLETE_MARKER]
+FILES = [
+    "model.safetensors",
+    "optimizer.bin",
+    "scheduler.bin",
+    "random_states_0.pkl",
+    "ema.safetensors",
+    COMPLETE_MARKER,
+]
 ZIPS = ["optimizer.bin", "scheduler.bin", "random_states_0.pkl"]
-DAMAGE = {"truncated": lambda data: data[: len(data) // 2], "zeroed": lambda data: bytes(len(data)),
-          "emptied": lambda data: b""}
+DAMAGE = {
+    "truncated": lambda data: data[: len(data) // 2],
+    "zeroed": lambda data: bytes(len(data)),
+    "emptied": lambda data: b"",
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +54,9 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     arch = root / "arch.json"
     arch.write_text(json.dumps({"autoencoder_channels": [8, 8], "autoencoder_norm_groups": 4}))
-    run = SimpleNamespace(data=write_imagefolder(root / "world", 16, seed=0, split="train", resolution=32),
-                          arch=arch, out=root / "run")
+    run = SimpleNamespace(
+        data=write_imagefolder(root / "world", 16, seed=0, split="train", resolution=32), arch=arch, out=root / "run"
+    )
     done = launch(run, run.out)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in run.out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
@@ -52,17 +64,40 @@ def trained(tmp_path_factory):
 
 
 def arguments(run, out, *extra) -> list[str]:
-    return ["--train_data_dir", str(run.data), "--output_dir", str(out), "--architecture", str(run.arch),
-            "--resolution", "32", "--train_batch_size", "8", "--max_train_steps", str(STEPS), "--checkpointing_steps",
-            str(EVERY), "--lr_warmup_steps", "1", "--logging_steps", "1", *extra]
+    return [
+        "--train_data_dir",
+        str(run.data),
+        "--output_dir",
+        str(out),
+        "--architecture",
+        str(run.arch),
+        "--resolution",
+        "32",
+        "--train_batch_size",
+        "8",
+        "--max_train_steps",
+        str(STEPS),
+        "--checkpointing_steps",
+        str(EVERY),
+        "--lr_warmup_steps",
+        "1",
+        "--logging_steps",
+        "1",
+        *extra,
+    ]
 
 
 def launch(run, out, *extra) -> subprocess.CompletedProcess:
     """Run train/train_autoencoder.py as a user would, without GENVL_DEBUG."""
     env = {k: v for k, v in os.environ.items() if k != "GENVL_DEBUG"}
-    return subprocess.run([sys.executable, "train/train_autoencoder.py", *arguments(run, out, *extra)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
-                          env={**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, "train/train_autoencoder.py", *arguments(run, out, *extra)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def damaged_copy(run, tmp_path, file: str | None, damage=None, step: int = STEPS) -> Path:
@@ -105,8 +140,9 @@ def test_a_damaged_newest_checkpoint_as_a_user_sees_it(trained, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     saved = (trained.out / "checkpoint-4" / "optimizer.bin").stat().st_size
-    assert (f"skipping {out / 'checkpoint-4'}: optimizer.bin is damaged ({saved // 2} bytes, {saved} when it was "
-            f"saved)") in done.stderr.splitlines()
+    assert (
+        f"skipping {out / 'checkpoint-4'}: optimizer.bin is damaged ({saved // 2} bytes, {saved} when it was saved)"
+    ) in done.stderr.splitlines()
     assert f"resumed from {out / 'checkpoint-2'} at step 2" in done.stdout
     assert (out / "vae" / "diffusion_pytorch_model.safetensors").is_file()
 
@@ -148,8 +184,9 @@ def test_marker_must_give_the_folders_step(trained, tmp_path):
     out = damaged_copy(trained, tmp_path, None)
     shutil.rmtree(out / "checkpoint-4")
     shutil.copytree(out / "checkpoint-2", out / "checkpoint-4")  # a folder copied or renamed by hand
-    assert checkpoint_damage(out / "checkpoint-4") == (f"{COMPLETE_MARKER} is damaged (its step is 2, the folder's "
-                                                       f"name says 4)")
+    assert checkpoint_damage(out / "checkpoint-4") == (
+        f"{COMPLETE_MARKER} is damaged (its step is 2, the folder's name says 4)"
+    )
 
 
 def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(trained, tmp_path, capsys):
@@ -158,8 +195,11 @@ def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(trained, tmp_pat
     target.write_bytes(target.read_bytes()[:100])
     with pytest.raises(ValueError, match=r"^--resume_from_checkpoint latest: all 2 checkpoints in \S+ are damaged"):
         train_autoencoder.main(arguments(trained, out, "--resume_from_checkpoint", "latest"))
-    skipped = [line.split(": ")[1].split(" ")[0] for line in capsys.readouterr().err.splitlines()
-               if line.startswith("skipping")]
+    skipped = [
+        line.split(": ")[1].split(" ")[0]
+        for line in capsys.readouterr().err.splitlines()
+        if line.startswith("skipping")
+    ]
     assert skipped == ["ema.safetensors", "model.safetensors"]
     assert not (out / "vae").exists()
 
@@ -170,8 +210,18 @@ def test_export_skips_a_damaged_newest_checkpoint(trained, tmp_path, capsys):
     assert f"skipping {out / 'checkpoint-4'}: ema.safetensors is empty" in capsys.readouterr().err
     assert (tmp_path / "export" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
     with pytest.raises(ValueError, match=r"^--checkpoint \S+checkpoint-4: ema.safetensors is empty$"):
-        export_checkpoint.main(["--stage", "autoencoder", "--run", str(out), "--checkpoint",
-                                str(out / "checkpoint-4"), "--output", str(tmp_path / "export4")])
+        export_checkpoint.main(
+            [
+                "--stage",
+                "autoencoder",
+                "--run",
+                str(out),
+                "--checkpoint",
+                str(out / "checkpoint-4"),
+                "--output",
+                str(tmp_path / "export4"),
+            ]
+        )
 
 
 def other_architecture(run, tmp_path) -> list[str]:
@@ -182,19 +232,28 @@ def other_architecture(run, tmp_path) -> list[str]:
 
 # case: (the file of checkpoint-4 to zero, the run's extra flags, the start of stderr's last line)
 RUNTIME_ERRORS = {
-    "missing data folder": (None, lambda run, tmp: ["--train_data_dir", str(tmp / "nowhere")],
-                            "train_autoencoder.py: error: --train_data_dir {tmp}/nowhere: no such folder"),
-    "data folder is a file": (None, lambda run, tmp: ["--train_data_dir", str(run.arch)],
-                              "train_autoencoder.py: error: --train_data_dir {arch}: not a folder; expected an "
-                              "imagefolder"),
-    "damaged checkpoint chosen": ("scheduler.bin",
-                                  lambda run, tmp: ["--resume_from_checkpoint", str(tmp / "run" / "checkpoint-4")],
-                                  "train_autoencoder.py: error: --resume_from_checkpoint {tmp}/run/checkpoint-4: "
-                                  "scheduler.bin is damaged ("),
-    "checkpoint of another model": (None, other_architecture,
-                                    "train_autoencoder.py: error: {tmp}/run/checkpoint-4: could not load this "
-                                    "checkpoint (RuntimeError: Error(s) in loading state_dict for "
-                                    "ReconstructionStep: size mismatch for"),
+    "missing data folder": (
+        None,
+        lambda run, tmp: ["--train_data_dir", str(tmp / "nowhere")],
+        "train_autoencoder.py: error: --train_data_dir {tmp}/nowhere: no such folder",
+    ),
+    "data folder is a file": (
+        None,
+        lambda run, tmp: ["--train_data_dir", str(run.arch)],
+        "train_autoencoder.py: error: --train_data_dir {arch}: not a folder; expected an imagefolder",
+    ),
+    "damaged checkpoint chosen": (
+        "scheduler.bin",
+        lambda run, tmp: ["--resume_from_checkpoint", str(tmp / "run" / "checkpoint-4")],
+        "train_autoencoder.py: error: --resume_from_checkpoint {tmp}/run/checkpoint-4: scheduler.bin is damaged (",
+    ),
+    "checkpoint of another model": (
+        None,
+        other_architecture,
+        "train_autoencoder.py: error: {tmp}/run/checkpoint-4: could not load this "
+        "checkpoint (RuntimeError: Error(s) in loading state_dict for "
+        "ReconstructionStep: size mismatch for",
+    ),
 }
 
 
@@ -218,26 +277,34 @@ BAD_FLAGS = [
     (AE, ["--logging_steps", "0"], "--logging_steps must be >= 1, got 0"),
     (AE, ["--ema_decay", "2"], "--ema_decay must be between 0 and 1, got 2.0"),
     (AE, ["--lr_warmup_steps", "-1"], "--lr_warmup_steps must be >= 0, got -1"),
-    (AE, ["--checkpoints_total_limit", "0"],
-     "--checkpoints_total_limit must be >= 1, got 0"),
+    (AE, ["--checkpoints_total_limit", "0"], "--checkpoints_total_limit must be >= 1, got 0"),
     (AE, ["--adam_weight_decay", "-0.1"], "--adam_weight_decay must be >= 0, got -0.1"),
     (AE, ["--max_grad_norm", "0"], "--max_grad_norm must be > 0, got 0.0"),
     (AE, ["--seed", "-1"], "--seed must be >= 0, got -1"),
     (AE, ["--seed", str(2**32)], f"--seed must be < 2**32, got {2**32}"),
-    (AE, ["--lr_scheduler", "piecewise_constant"],
-     "--lr_scheduler must be one of linear, cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup, "
-     "got 'piecewise_constant'"),
+    (
+        AE,
+        ["--lr_scheduler", "piecewise_constant"],
+        "--lr_scheduler must be one of linear, cosine, cosine_with_restarts, polynomial, constant, "
+        "constant_with_warmup, got 'piecewise_constant'",
+    ),
     (AE, ["--kl_weight=-inf"], "--kl_weight must be a finite number, got -inf"),
     (AE, ["--foreground_weight", "-1"], "--foreground_weight must be >= 0, got -1.0"),
     (train_decoder.TrainDecoderArgs, ["--image_dropout", "1.5"], "--image_dropout must be between 0 and 1, got 1.5"),
     (train_decoder.TrainDecoderArgs, ["--snr_gamma", "0"], "--snr_gamma must be > 0, got 0.0"),
     (train_decoder.TrainDecoderArgs, ["--num_train_timesteps", "0"], "--num_train_timesteps must be >= 1, got 0"),
-    (train_prior.TrainPriorArgs, ["--conditioning_dropout", "-0.1"],
-     "--conditioning_dropout must be between 0 and 1, got -0.1"),
+    (
+        train_prior.TrainPriorArgs,
+        ["--conditioning_dropout", "-0.1"],
+        "--conditioning_dropout must be between 0 and 1, got -0.1",
+    ),
     (train_judge.TrainJudgeArgs, ["--width", "12"], "--width must be a positive multiple of 8, got 12"),
     (train_captioner.TrainCaptionerArgs, ["--vocab_size", "-5"], "--vocab_size must be >= 1, got -5"),
-    (train_captioner.TrainCaptionerArgs, ["--rank", "2", "--lora_alpha", "nan", "--pretrained_model_name_or_path", "x"],
-     "--lora_alpha must be a finite number, got nan"),
+    (
+        train_captioner.TrainCaptionerArgs,
+        ["--rank", "2", "--lora_alpha", "nan", "--pretrained_model_name_or_path", "x"],
+        "--lora_alpha must be a finite number, got nan",
+    ),
     (AE, {"learning_rate": "fast"}, "--learning_rate must be a number, got 'fast'"),
     (AE, {"train_batch_size": True}, "--train_batch_size must be int, got True"),
     (AE, {"use_ema": "yes"}, "--use_ema must be bool, got 'yes'"),
@@ -245,9 +312,11 @@ BAD_FLAGS = [
 ]
 
 
-@pytest.mark.parametrize("args_class,flags,message", BAD_FLAGS,
-                         ids=[" ".join(flags) if isinstance(flags, list) else f"config {flags}"
-                              for _, flags, _ in BAD_FLAGS])
+@pytest.mark.parametrize(
+    "args_class,flags,message",
+    BAD_FLAGS,
+    ids=[" ".join(flags) if isinstance(flags, list) else f"config {flags}" for _, flags, _ in BAD_FLAGS],
+)
 def test_bad_flags_are_usage_errors(tmp_path, capsys, args_class, flags, message):
     if isinstance(flags, dict):  # a --config file's values, which argparse has not converted
         (tmp_path / "config.json").write_text(json.dumps(flags))
@@ -265,12 +334,18 @@ def test_run_script_exit_codes(monkeypatch, capsys):
     def raising(err):
         def main():
             raise err
+
         return main
 
-    cases = [(KeyboardInterrupt(), 130, "train_x.py: interrupted"),
-             (OSError("data/x.png: cannot read it"), 1, "train_x.py: error: data/x.png: cannot read it"),
-             (KeyError("file_name"), 1, "train_x.py: error: unexpected KeyError: 'file_name' (GENVL_DEBUG=1 shows "
-                                        "the traceback)")]
+    cases = [
+        (KeyboardInterrupt(), 130, "train_x.py: interrupted"),
+        (OSError("data/x.png: cannot read it"), 1, "train_x.py: error: data/x.png: cannot read it"),
+        (
+            KeyError("file_name"),
+            1,
+            "train_x.py: error: unexpected KeyError: 'file_name' (GENVL_DEBUG=1 shows the traceback)",
+        ),
+    ]
     for err, code, line in cases:
         with pytest.raises(SystemExit) as exit_:
             run_script(raising(err))

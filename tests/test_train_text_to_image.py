@@ -27,15 +27,41 @@ train_clip = load_script("train/train_clip.py")
 train_decoder = load_script("train/train_decoder.py")
 train_prior = load_script("train/train_prior.py")
 
-TINY_UNCLIP = dict(prior_layers=1, prior_heads=2, prior_head_dim=8, decoder_channels=[16, 32],
-                   decoder_attention=[False, True], decoder_head_dim=8, decoder_cross_dim=16, image_tokens=2,
-                   latent_channels=4, autoencoder_channels=[16, 16, 16])
+TINY_UNCLIP = dict(
+    prior_layers=1,
+    prior_heads=2,
+    prior_head_dim=8,
+    decoder_channels=[16, 32],
+    decoder_attention=[False, True],
+    decoder_head_dim=8,
+    decoder_cross_dim=16,
+    image_tokens=2,
+    latent_channels=4,
+    autoencoder_channels=[16, 16, 16],
+)
 
 
 def common(data, out, steps=3, batch=8):
-    return ["--train_data_dir", str(data), "--output_dir", str(out), "--resolution", "32", "--train_batch_size",
-            str(batch), "--max_train_steps", str(steps), "--checkpointing_steps", "2", "--lr_warmup_steps", "1",
-            "--logging_steps", "1", "--learning_rate", "3e-3"]
+    return [
+        "--train_data_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--resolution",
+        "32",
+        "--train_batch_size",
+        str(batch),
+        "--max_train_steps",
+        str(steps),
+        "--checkpointing_steps",
+        "2",
+        "--lr_warmup_steps",
+        "1",
+        "--logging_steps",
+        "1",
+        "--learning_rate",
+        "3e-3",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +71,27 @@ def trained(tmp_path_factory):
     (root / "clip.json").write_text(json.dumps(TINY_CLIP))
     (root / "unclip.json").write_text(json.dumps(TINY_UNCLIP))
     losses = {
-        "clip": train_clip.main(common(data, root / "clip", steps=6) + [
-            "--architecture", str(root / "clip.json"), "--vocab_size", "300"]),
-        "prior": train_prior.main(common(data, root / "prior") + [
-            "--clip_model_name_or_path", str(root / "clip"), "--architecture", str(root / "unclip.json")]),
-        "autoencoder": train_autoencoder.main(common(data, root / "ae") + [
-            "--architecture", str(root / "unclip.json")]),
-        "decoder": train_decoder.main(common(data, root / "decoder") + [
-            "--clip_model_name_or_path", str(root / "clip"), "--vae_model_name_or_path", str(root / "ae" / "vae"),
-            "--architecture", str(root / "unclip.json")]),
+        "clip": train_clip.main(
+            common(data, root / "clip", steps=6) + ["--architecture", str(root / "clip.json"), "--vocab_size", "300"]
+        ),
+        "prior": train_prior.main(
+            common(data, root / "prior")
+            + ["--clip_model_name_or_path", str(root / "clip"), "--architecture", str(root / "unclip.json")]
+        ),
+        "autoencoder": train_autoencoder.main(
+            common(data, root / "ae") + ["--architecture", str(root / "unclip.json")]
+        ),
+        "decoder": train_decoder.main(
+            common(data, root / "decoder")
+            + [
+                "--clip_model_name_or_path",
+                str(root / "clip"),
+                "--vae_model_name_or_path",
+                str(root / "ae" / "vae"),
+                "--architecture",
+                str(root / "unclip.json"),
+            ]
+        ),
     }
     return root, data, losses
 
@@ -89,8 +127,7 @@ def test_swapped_captions_are_extra_negatives_of_the_image_side():
     image_loss = -(targets / targets.sum(1, keepdim=True) * image_logits.log_softmax(1)).sum(1)
     text_loss = torch.nn.functional.cross_entropy(10.0 * texts @ images.T, caption_ids, reduction="none")
     assert loss.item() == pytest.approx(((image_loss.mean() + text_loss.mean()) / 2).item(), rel=1e-5)
-    no_twins = contrastive_loss(images, texts, 10.0, caption_ids, _OneProcess(), negatives,
-                                           torch.full((3,), -1))
+    no_twins = contrastive_loss(images, texts, 10.0, caption_ids, _OneProcess(), negatives, torch.full((3,), -1))
     plain = contrastive_loss(images, texts, 10.0, caption_ids, _OneProcess())
     assert no_twins.item() == pytest.approx(plain.item(), rel=1e-6) and loss.item() != pytest.approx(plain.item())
 
@@ -100,8 +137,9 @@ def test_mirrored_images_are_extra_negatives_of_the_text_side():
     images, texts, mirrored = (torch.nn.functional.normalize(torch.randn(3, 4), dim=-1) for _ in range(3))
     caption_ids = torch.tensor([0, 1, 2])
     mirror_ids = torch.tensor([-1, 2, 7])  # row 0 has no mirror; row 1's mirror shows row 2's caption
-    loss = contrastive_loss(images, texts, 10.0, caption_ids, _OneProcess(), mirror_embeds=mirrored,
-                                       mirror_ids=mirror_ids)
+    loss = contrastive_loss(
+        images, texts, 10.0, caption_ids, _OneProcess(), mirror_embeds=mirrored, mirror_ids=mirror_ids
+    )
 
     text_logits = 10.0 * texts @ torch.cat([images, mirrored[[1, 2]]]).T
     targets = torch.tensor([[1.0, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 1, 0]])
@@ -116,19 +154,25 @@ def test_swap_negatives_fine_tune(trained, tmp_path):
     texts, phrasings = phrasing_table(records, "text")
     canonical = {r["text"]: i for i, r in enumerate(records)}
     swapped, ids = swapped_phrasings(records, texts, phrasings, canonical)
-    row = next(i for i, r in enumerate(records) if r["scene"]["layout"] == "pair_v"
-               and r["scene"]["objects"][0]["name"] != r["scene"]["objects"][1]["name"])
+    row = next(
+        i
+        for i, r in enumerate(records)
+        if r["scene"]["layout"] == "pair_v" and r["scene"]["objects"][0]["name"] != r["scene"]["objects"][1]["name"]
+    )
     first, second = (f"{o['colour']} {o['name']}" for o in records[row]["scene"]["objects"])
     assert texts[swapped[row, 0]].endswith(f"{second} above a {first}") or texts[swapped[row, 0]].endswith(
-        f"{second} above an {first}")
+        f"{second} above an {first}"
+    )
     for column in range(phrasings.shape[1]):  # each twin has the same words as its phrasing, in another order
         own, twin = texts[phrasings[row, column]], texts[swapped[row, column]]
         assert sorted(own.split()) == sorted(twin.split()) and own != twin
     assert (ids >= 0).sum() == sum(swapped_caption(r["scene"]) is not None for r in records)
     assert all(swapped[i, 0] == -1 for i, r in enumerate(records) if r["scene"]["layout"] == "single")
 
-    losses = train_clip.main(common(data, tmp_path / "clip_swap", steps=2) + [
-        "--pretrained_model_name_or_path", str(root / "clip"), "--swap_negatives", "--mirror_negatives"])
+    losses = train_clip.main(
+        common(data, tmp_path / "clip_swap", steps=2)
+        + ["--pretrained_model_name_or_path", str(root / "clip"), "--swap_negatives", "--mirror_negatives"]
+    )
     assert len(losses) == 2 and all(np.isfinite(losses))
     singles = tmp_path / "singles"
     singles.mkdir()
@@ -137,8 +181,10 @@ def test_swap_negatives_fine_tune(trained, tmp_path):
     for r in single_records:
         shutil.copy(data / r["file_name"], singles / r["file_name"])
     with pytest.raises(ValueError, match="--mirror_negatives: no record .* has a two-object scene graph"):
-        train_clip.main(common(singles, tmp_path / "clip_none", steps=2) + [
-            "--pretrained_model_name_or_path", str(root / "clip"), "--mirror_negatives"])
+        train_clip.main(
+            common(singles, tmp_path / "clip_none", steps=2)
+            + ["--pretrained_model_name_or_path", str(root / "clip"), "--mirror_negatives"]
+        )
 
 
 def test_min_snr_weighting(trained, tmp_path):
@@ -149,9 +195,19 @@ def test_min_snr_weighting(trained, tmp_path):
     assert weight[0] == pytest.approx(5.0 / snr[0].item(), rel=1e-4) and weight[0] < 0.01
     assert weight[2] == 1.0  # at the noisiest step SNR < gamma: unweighted
     root, data, losses = trained
-    weighted = train_decoder.main(common(data, tmp_path / "decoder") + [
-        "--clip_model_name_or_path", str(root / "clip"), "--vae_model_name_or_path", str(root / "ae" / "vae"),
-        "--architecture", str(root / "unclip.json"), "--snr_gamma", "5"])
+    weighted = train_decoder.main(
+        common(data, tmp_path / "decoder")
+        + [
+            "--clip_model_name_or_path",
+            str(root / "clip"),
+            "--vae_model_name_or_path",
+            str(root / "ae" / "vae"),
+            "--architecture",
+            str(root / "unclip.json"),
+            "--snr_gamma",
+            "5",
+        ]
+    )
     # same seed, so the same batch, noise and timesteps: each weight is at most 1 and some are below
     assert weighted[0] < losses["decoder"][0]
 
@@ -159,25 +215,62 @@ def test_min_snr_weighting(trained, tmp_path):
 def test_assembled_pipeline_generates(trained):
     root, _, _ = trained
     out = root / "pipeline"
-    export_text_to_image.main(["--clip", str(root / "clip"), "--prior", str(root / "prior"), "--decoder",
-                               str(root / "decoder"), "--autoencoder", str(root / "ae" / "vae"), "--output", str(out)])
+    export_text_to_image.main(
+        [
+            "--clip",
+            str(root / "clip"),
+            "--prior",
+            str(root / "prior"),
+            "--decoder",
+            str(root / "decoder"),
+            "--autoencoder",
+            str(root / "ae" / "vae"),
+            "--output",
+            str(out),
+        ]
+    )
     pipe = TextToImagePipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
-    images = pipe("a red apple", num_images_per_prompt=2, prior_num_inference_steps=2, decoder_num_inference_steps=2,
-                  generator=torch.Generator().manual_seed(0), output_type="np").images
+    images = pipe(
+        "a red apple",
+        num_images_per_prompt=2,
+        prior_num_inference_steps=2,
+        decoder_num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
     assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
     assert pipe.reranker is None
 
     # a reranker: any CLIP folder, here the same CLIP again
-    export_text_to_image.main(["--clip", str(root / "clip"), "--prior", str(root / "prior"), "--decoder",
-                               str(root / "decoder"), "--autoencoder", str(root / "ae" / "vae"), "--reranker",
-                               str(root / "clip"), "--output", str(root / "reranked")])
+    export_text_to_image.main(
+        [
+            "--clip",
+            str(root / "clip"),
+            "--prior",
+            str(root / "prior"),
+            "--decoder",
+            str(root / "decoder"),
+            "--autoencoder",
+            str(root / "ae" / "vae"),
+            "--reranker",
+            str(root / "clip"),
+            "--output",
+            str(root / "reranked"),
+        ]
+    )
     reranked = TextToImagePipeline.from_pretrained(root / "reranked")
     reranked.set_progress_bar_config(disable=True)
     assert type(reranked.reranker).__name__ == "CLIPModel"
     torch.testing.assert_close(reranked.reranker.logit_scale, pipe.clip.logit_scale)
-    best = reranked("a red apple", num_candidates=2, prior_num_inference_steps=2, decoder_num_inference_steps=2,
-                    generator=torch.Generator().manual_seed(0), output_type="np").images
+    best = reranked(
+        "a red apple",
+        num_candidates=2,
+        prior_num_inference_steps=2,
+        decoder_num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
     assert any(np.abs(best[0] - image).max() < 1e-5 for image in images)  # the same two candidates as above
 
 
@@ -186,9 +279,17 @@ def test_prior_resume_retraces_the_straight_run(trained, tmp_path):
     cut = tmp_path / "prior"
     cut.mkdir()
     shutil.copytree(root / "prior" / "checkpoint-2", cut / "checkpoint-2")
-    resumed = train_prior.main(common(data, cut) + [
-        "--clip_model_name_or_path", str(root / "clip"), "--architecture", str(root / "unclip.json"),
-        "--resume_from_checkpoint", "latest"])
+    resumed = train_prior.main(
+        common(data, cut)
+        + [
+            "--clip_model_name_or_path",
+            str(root / "clip"),
+            "--architecture",
+            str(root / "unclip.json"),
+            "--resume_from_checkpoint",
+            "latest",
+        ]
+    )
     assert resumed[:2] == losses["prior"][:2] and resumed == pytest.approx(losses["prior"], rel=1e-4)
 
 
@@ -196,8 +297,10 @@ def test_autoencoder_decoder_only_fine_tune_keeps_the_latents(trained, tmp_path)
     from diffusers import AutoencoderKL
 
     root, data, _ = trained
-    train_autoencoder.main(common(data, tmp_path / "ft", steps=2) + [
-        "--pretrained_model_name_or_path", str(root / "ae" / "vae"), "--train_decoder_only"])
+    train_autoencoder.main(
+        common(data, tmp_path / "ft", steps=2)
+        + ["--pretrained_model_name_or_path", str(root / "ae" / "vae"), "--train_decoder_only"]
+    )
     before = AutoencoderKL.from_pretrained(root / "ae" / "vae")
     after = AutoencoderKL.from_pretrained(tmp_path / "ft" / "vae")
     for name, value in before.state_dict().items():
@@ -257,8 +360,18 @@ def test_checkpoint_export_gives_the_final_ema_weights(trained, tmp_path):
         exported = cls.from_pretrained(tmp_path / stage / folder).state_dict()
         assert all(torch.equal(final[name], exported[name]) for name in final), stage
         early = tmp_path / f"{stage}-early"
-        export_checkpoint.main(["--stage", stage, "--run", str(root / stage), "--checkpoint",
-                                str(root / stage / "checkpoint-2"), "--output", str(early)])
+        export_checkpoint.main(
+            [
+                "--stage",
+                stage,
+                "--run",
+                str(root / stage),
+                "--checkpoint",
+                str(root / stage / "checkpoint-2"),
+                "--output",
+                str(early),
+            ]
+        )
         weights = cls.from_pretrained(early / folder).state_dict()
         assert any(not torch.equal(final[name], weights[name]) for name in final), stage
 
@@ -271,9 +384,11 @@ def test_checkpoint_export_builds_the_architecture_the_run_saved(trained, tmp_pa
     from genvl.models.unclip import UnclipArchitecture
 
     root, _, _ = trained
-    for stage, run_dir, cls, folder in (("prior", "prior", PriorTransformer, "prior"),
-                                        ("decoder", "decoder", UNet2DConditionModel, "decoder"),
-                                        ("autoencoder", "ae", AutoencoderKL, "vae")):
+    for stage, run_dir, cls, folder in (
+        ("prior", "prior", PriorTransformer, "prior"),
+        ("decoder", "decoder", UNet2DConditionModel, "decoder"),
+        ("autoencoder", "ae", AutoencoderKL, "vae"),
+    ):
         run = tmp_path / run_dir
         shutil.copytree(root / run_dir, run, ignore=shutil.ignore_patterns("*features*", "latents*"))
         config = json.loads((run / "train_config.json").read_text())
@@ -295,9 +410,16 @@ def test_autoencoder_checkpoint_export_matches_the_runs_own_folder(trained, tmp_
     from diffusers import AutoencoderKL
 
     root, data, _ = trained
-    train_autoencoder.main(common(data, tmp_path / "ft", steps=3) + [
-        "--pretrained_model_name_or_path", str(root / "ae" / "vae"), "--train_decoder_only",
-        "--foreground_weight", "2"])
+    train_autoencoder.main(
+        common(data, tmp_path / "ft", steps=3)
+        + [
+            "--pretrained_model_name_or_path",
+            str(root / "ae" / "vae"),
+            "--train_decoder_only",
+            "--foreground_weight",
+            "2",
+        ]
+    )
     for run in (root / "ae", tmp_path / "ft"):  # from scratch (scaling factor measured again) and fine-tuned
         out = tmp_path / f"{run.name}-export"
         export_checkpoint.main(["--stage", "autoencoder", "--run", str(run), "--output", str(out)])
@@ -305,8 +427,18 @@ def test_autoencoder_checkpoint_export_matches_the_runs_own_folder(trained, tmp_
         assert exported.config.scaling_factor == pytest.approx(final.config.scaling_factor, rel=1e-5)
         assert all(torch.equal(value, exported.state_dict()[name]) for name, value in final.state_dict().items())
         early = tmp_path / f"{run.name}-early"
-        export_checkpoint.main(["--stage", "autoencoder", "--run", str(run), "--checkpoint",
-                                str(run / "checkpoint-2"), "--output", str(early)])
+        export_checkpoint.main(
+            [
+                "--stage",
+                "autoencoder",
+                "--run",
+                str(run),
+                "--checkpoint",
+                str(run / "checkpoint-2"),
+                "--output",
+                str(early),
+            ]
+        )
         weights = AutoencoderKL.from_pretrained(early / "vae").state_dict()
         assert any(not torch.equal(value, weights[name]) for name, value in final.state_dict().items())
 
@@ -318,13 +450,32 @@ def test_decoder_run_on_a_pipeline_folders_clip_exports(trained, tmp_path):
 
     root, data, _ = trained
     pipeline = tmp_path / "pipeline"
-    export_text_to_image.main(["--clip", str(root / "clip"), "--prior", str(root / "prior"), "--decoder",
-                               str(root / "decoder"), "--autoencoder", str(root / "ae" / "vae"), "--output",
-                               str(pipeline)])
+    export_text_to_image.main(
+        [
+            "--clip",
+            str(root / "clip"),
+            "--prior",
+            str(root / "prior"),
+            "--decoder",
+            str(root / "decoder"),
+            "--autoencoder",
+            str(root / "ae" / "vae"),
+            "--output",
+            str(pipeline),
+        ]
+    )
     run = tmp_path / "decoder"
-    train_decoder.main(common(data, run, steps=2) + [
-        "--clip_model_name_or_path", str(pipeline), "--vae_model_name_or_path", str(root / "ae" / "vae"),
-        "--architecture", str(root / "unclip.json")])
+    train_decoder.main(
+        common(data, run, steps=2)
+        + [
+            "--clip_model_name_or_path",
+            str(pipeline),
+            "--vae_model_name_or_path",
+            str(root / "ae" / "vae"),
+            "--architecture",
+            str(root / "unclip.json"),
+        ]
+    )
     export_checkpoint.main(["--stage", "decoder", "--run", str(run), "--output", str(tmp_path / "export")])
     final = UNet2DConditionModel.from_pretrained(run / "decoder").state_dict()
     exported = UNet2DConditionModel.from_pretrained(tmp_path / "export" / "decoder").state_dict()
@@ -334,16 +485,43 @@ def test_decoder_run_on_a_pipeline_folders_clip_exports(trained, tmp_path):
 def test_lora_fine_tunes_of_clip_prior_and_decoder_load_into_the_pipeline(trained, tmp_path):
     root, data, _ = trained
     out = tmp_path / "pipeline"
-    export_text_to_image.main(["--clip", str(root / "clip"), "--prior", str(root / "prior"), "--decoder",
-                               str(root / "decoder"), "--autoencoder", str(root / "ae" / "vae"), "--output", str(out)])
+    export_text_to_image.main(
+        [
+            "--clip",
+            str(root / "clip"),
+            "--prior",
+            str(root / "prior"),
+            "--decoder",
+            str(root / "decoder"),
+            "--autoencoder",
+            str(root / "ae" / "vae"),
+            "--output",
+            str(out),
+        ]
+    )
     lora = ["--rank", "2", "--lora_alpha", "4", "--pretrained_model_name_or_path", str(out), "--learning_rate", "5e-2"]
     train_clip.main(common(data, tmp_path / "clip_lora", steps=2) + lora)
     train_prior.main(common(data, tmp_path / "prior_lora", steps=2) + lora + ["--clip_model_name_or_path", str(out)])
-    train_decoder.main(common(data, tmp_path / "decoder_lora", steps=2) + [  # IA³ for the UNet
-        "--adapter", "ia3", "--pretrained_model_name_or_path", str(out), "--learning_rate", "5e-2",
-        "--clip_model_name_or_path", str(out), "--vae_model_name_or_path", str(out / "vae")])
-    for run, part, kind in (("clip_lora", "clip", "LORA"), ("prior_lora", "prior", "LORA"),
-                            ("decoder_lora", "decoder", "IA3")):
+    train_decoder.main(
+        common(data, tmp_path / "decoder_lora", steps=2)
+        + [  # IA³ for the UNet
+            "--adapter",
+            "ia3",
+            "--pretrained_model_name_or_path",
+            str(out),
+            "--learning_rate",
+            "5e-2",
+            "--clip_model_name_or_path",
+            str(out),
+            "--vae_model_name_or_path",
+            str(out / "vae"),
+        ]
+    )
+    for run, part, kind in (
+        ("clip_lora", "clip", "LORA"),
+        ("prior_lora", "prior", "LORA"),
+        ("decoder_lora", "decoder", "IA3"),
+    ):
         config = json.loads((tmp_path / run / part / "adapter_config.json").read_text())
         assert config["peft_type"] == kind and (tmp_path / run / part / "adapter_model.safetensors").is_file()
         assert not (tmp_path / run / part / "config.json").exists()  # an adapter, not a full copy
@@ -352,8 +530,13 @@ def test_lora_fine_tunes_of_clip_prior_and_decoder_load_into_the_pipeline(traine
     pipe.set_progress_bar_config(disable=True)
 
     def draw():
-        return pipe("a red apple", prior_num_inference_steps=2, decoder_num_inference_steps=2,
-                    generator=torch.Generator().manual_seed(0), output_type="np").images
+        return pipe(
+            "a red apple",
+            prior_num_inference_steps=2,
+            decoder_num_inference_steps=2,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        ).images
 
     plain = draw()
     for run in ("clip_lora", "prior_lora", "decoder_lora"):
@@ -365,8 +548,14 @@ def test_lora_fine_tunes_of_clip_prior_and_decoder_load_into_the_pipeline(traine
 
 def test_gradient_checkpointing_flag_trains_the_same(trained, tmp_path):
     root, data, losses = trained
-    args = ["--clip_model_name_or_path", str(root / "clip"), "--vae_model_name_or_path", str(root / "ae" / "vae"),
-            "--architecture", str(root / "unclip.json")]
+    args = [
+        "--clip_model_name_or_path",
+        str(root / "clip"),
+        "--vae_model_name_or_path",
+        str(root / "ae" / "vae"),
+        "--architecture",
+        str(root / "unclip.json"),
+    ]
     checkpointed = train_decoder.main(common(data, tmp_path / "decoder") + args + ["--gradient_checkpointing"])
     assert checkpointed == pytest.approx(losses["decoder"], rel=1e-4)
     try:
@@ -383,29 +572,65 @@ def test_decoder_on_another_text_tower_exports_and_generates(trained, tmp_path):
 
     root, data, _ = trained
     public = write_public_clip_folder(tmp_path / "public_clip")
-    args = ["--clip_model_name_or_path", str(root / "clip"), "--vae_model_name_or_path", str(root / "ae" / "vae"),
-            "--architecture", str(root / "unclip.json")]
-    losses = train_decoder.main(common(data, tmp_path / "decoder", steps=2) + args + [
-        "--text_encoder_model_name_or_path", str(public)])
+    args = [
+        "--clip_model_name_or_path",
+        str(root / "clip"),
+        "--vae_model_name_or_path",
+        str(root / "ae" / "vae"),
+        "--architecture",
+        str(root / "unclip.json"),
+    ]
+    losses = train_decoder.main(
+        common(data, tmp_path / "decoder", steps=2) + args + ["--text_encoder_model_name_or_path", str(public)]
+    )
     assert len(losses) == 2 and all(np.isfinite(losses))
     states = frozen_text_states(public, data, [{"text": "a red apple"}], "text")[0]
     assert states.shape[1:] == (77, 32)
-    export_checkpoint.main(["--stage", "decoder", "--run", str(tmp_path / "decoder"), "--output",
-                            str(tmp_path / "export")])
+    export_checkpoint.main(
+        ["--stage", "decoder", "--run", str(tmp_path / "decoder"), "--output", str(tmp_path / "export")]
+    )
     out = tmp_path / "pipeline"
-    export_text_to_image.main(["--clip", str(root / "clip"), "--prior", str(root / "prior"), "--decoder",
-                               str(tmp_path / "export"), "--autoencoder", str(root / "ae" / "vae"),
-                               "--decoder_text_encoder", str(public), "--output", str(out)])
+    export_text_to_image.main(
+        [
+            "--clip",
+            str(root / "clip"),
+            "--prior",
+            str(root / "prior"),
+            "--decoder",
+            str(tmp_path / "export"),
+            "--autoencoder",
+            str(root / "ae" / "vae"),
+            "--decoder_text_encoder",
+            str(public),
+            "--output",
+            str(out),
+        ]
+    )
     pipe = TextToImagePipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.encode_decoder_prompt(["", "a red apple"]).states.shape == (2, 77, 32)
-    images = pipe("a red apple", prior_num_inference_steps=2, decoder_num_inference_steps=2,
-                  generator=torch.Generator().manual_seed(0), output_type="np").images
+    images = pipe(
+        "a red apple",
+        prior_num_inference_steps=2,
+        decoder_num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
     # a decoder run on this pipeline takes the token states of its decoder_text_encoder, not of its CLIP
-    again = train_decoder.main(common(data, tmp_path / "again", steps=2) + [
-        "--clip_model_name_or_path", str(out), "--vae_model_name_or_path", str(out / "vae"),
-        "--pretrained_model_name_or_path", str(out), "--architecture", str(root / "unclip.json")])
+    again = train_decoder.main(
+        common(data, tmp_path / "again", steps=2)
+        + [
+            "--clip_model_name_or_path",
+            str(out),
+            "--vae_model_name_or_path",
+            str(out / "vae"),
+            "--pretrained_model_name_or_path",
+            str(out),
+            "--architecture",
+            str(root / "unclip.json"),
+        ]
+    )
     assert all(np.isfinite(again)) and (tmp_path / "again" / "text_states.safetensors").is_file()
 
 
@@ -415,9 +640,18 @@ def test_reset_image_embedding_starts_from_the_image_dropped_decoder(trained, tm
     from genvl.models.unclip import UnclipConditioner
 
     root, data, _ = trained
-    args = ["--clip_model_name_or_path", str(root / "clip"), "--vae_model_name_or_path", str(root / "ae" / "vae"),
-            "--architecture", str(root / "unclip.json"), "--pretrained_model_name_or_path", str(root / "decoder"),
-            "--learning_rate", "0"]
+    args = [
+        "--clip_model_name_or_path",
+        str(root / "clip"),
+        "--vae_model_name_or_path",
+        str(root / "ae" / "vae"),
+        "--architecture",
+        str(root / "unclip.json"),
+        "--pretrained_model_name_or_path",
+        str(root / "decoder"),
+        "--learning_rate",
+        "0",
+    ]
     for reset in (False, True):
         out = tmp_path / f"reset_{reset}"
         train_decoder.main(common(data, out, steps=1) + args + (["--reset_image_embedding"] if reset else []))

@@ -40,8 +40,17 @@ def test_every_phrasing_parses_back_to_the_scene():
     assert layouts == {"single", "pair_h", "pair_v", "count", "row"}
 
 
-@pytest.mark.parametrize("caption", ["two red apple", "a red apples on the left", "a red apple", "", "hello",
-                                     "a red apple to the left of two blue cars"])
+@pytest.mark.parametrize(
+    "caption",
+    [
+        "two red apple",
+        "a red apples on the left",
+        "a red apple",
+        "",
+        "hello",
+        "a red apple to the left of two blue cars",
+    ],
+)
 def test_malformed_captions_do_not_parse(caption):
     assert parse_caption(caption) is None
 
@@ -49,11 +58,12 @@ def test_malformed_captions_do_not_parse(caption):
 def test_counts_and_articles():
     scene = {"layout": "count", "objects": [{"name": "cherry", "colour": "orange"}] * 3}
     assert scene_captions(scene)[0] == "three orange cherries"
-    single = {"layout": "single", "objects": [{"name": "owl", "colour": "orange", "size": "large",
-                                               "position": "top"}]}
+    single = {"layout": "single", "objects": [{"name": "owl", "colour": "orange", "size": "large", "position": "top"}]}
     assert scene_captions(single)[0] == "a large orange owl at the top"
     assert parse_caption("an orange owl to the left of a red cow") == [
-        ("cow", "red", 1, None, "right"), ("owl", "orange", 1, None, "left")]
+        ("cow", "red", 1, None, "right"),
+        ("owl", "orange", 1, None, "left"),
+    ]
 
 
 def test_rendering_is_deterministic_and_resolution_configurable():

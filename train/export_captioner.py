@@ -29,8 +29,9 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
     model = build_captioner(arch, tokenizer)
     missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
     if unexpected or any(key != "decoder.lm_head.weight" for key in missing):  # lm_head is tied to wte
-        raise ValueError(f"{path}: weights do not match the run's architecture "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{path}: weights do not match the run's architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     if use_ema:
         try:
             copy_ema_weights(model.parameters(), path)

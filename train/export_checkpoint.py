@@ -41,8 +41,9 @@ from genvl.training.pretrained import pretrained_part
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", required=True, choices=["prior", "decoder", "autoencoder"])
-    parser.add_argument("--run", required=True, help="the output_dir of a train_prior.py, train_decoder.py or "
-                        "train_autoencoder.py run")
+    parser.add_argument(
+        "--run", required=True, help="the output_dir of a train_prior.py, train_decoder.py or train_autoencoder.py run"
+    )
     parser.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint folder")
     parser.add_argument("--output", required=True, help="folder for the stage's parts")
     return parser.parse_args(argv)
@@ -110,10 +111,10 @@ def export_autoencoder(run_dir, checkpoint: str, output: Path) -> None:
     trained = autoencoder_parameters(vae, config["train_decoder_only"])
     checkpoint_weights(ReconstructionStep(vae), path, config["use_ema"], trained)
     if not config["train_decoder_only"]:
-        records, _ = read_training_records(config["train_data_dir"], config["caption_column"],
-                                           config["image_column"])
-        images = load_images(config["train_data_dir"], records[:SCALING_IMAGES], config["image_column"],
-                             config["resolution"])
+        records, _ = read_training_records(config["train_data_dir"], config["caption_column"], config["image_column"])
+        images = load_images(
+            config["train_data_dir"], records[:SCALING_IMAGES], config["image_column"], config["resolution"]
+        )
         vae.register_to_config(scaling_factor=latent_scaling_factor(vae.eval(), images))
     vae.save_pretrained(output / "vae", safe_serialization=True)
 

@@ -27,16 +27,21 @@ def parse_args(argv=None):
     parser.add_argument("--prior", required=True, help="train_prior.py output folder")
     parser.add_argument("--decoder", required=True, help="train_decoder.py output folder")
     parser.add_argument("--autoencoder", default=None, help="the decoder's AutoencoderKL folder (omit for pixels)")
-    parser.add_argument("--decoder_text_encoder", default=None,
-                        help="the text tower the decoder reads, when it is not the CLIP's own")
-    parser.add_argument("--reranker", default=None,
-                        help="a CLIP folder that scores candidate images against the prompt (num_candidates)")
+    parser.add_argument(
+        "--decoder_text_encoder", default=None, help="the text tower the decoder reads, when it is not the CLIP's own"
+    )
+    parser.add_argument(
+        "--reranker",
+        default=None,
+        help="a CLIP folder that scores candidate images against the prompt (num_candidates)",
+    )
     parser.add_argument("--output", required=True)
     return parser.parse_args(argv)
 
 
-def assemble(clip_dir, prior_dir, decoder_dir, autoencoder_dir=None, text_encoder_dir=None,
-             reranker_dir=None) -> TextToImagePipeline:
+def assemble(
+    clip_dir, prior_dir, decoder_dir, autoencoder_dir=None, text_encoder_dir=None, reranker_dir=None
+) -> TextToImagePipeline:
     clip, tokenizer, image_processor = load_clip(clip_dir)
     prior_dir, decoder_dir = Path(prior_dir), Path(decoder_dir)
     text_encoder = decoder_tokenizer = None
@@ -46,22 +51,25 @@ def assemble(clip_dir, prior_dir, decoder_dir, autoencoder_dir=None, text_encode
             text_encoder = text_tower_of(text_encoder)
     reranker, reranker_tokenizer = load_clip(reranker_dir)[:2] if reranker_dir else (None, None)
     return TextToImagePipeline(
-        clip=clip, tokenizer=tokenizer, image_processor=image_processor,
+        clip=clip,
+        tokenizer=tokenizer,
+        image_processor=image_processor,
         prior=load_pretrained(PriorTransformer, prior_dir / "prior"),
         prior_scheduler=load_pretrained(DDPMScheduler, prior_dir / "prior_scheduler"),
         conditioner=load_pretrained(UnclipConditioner, decoder_dir / "conditioner"),
         decoder=load_pretrained(UNet2DConditionModel, decoder_dir / "decoder"),
         decoder_scheduler=load_pretrained(DDPMScheduler, decoder_dir / "decoder_scheduler"),
         vae=load_pretrained(AutoencoderKL, autoencoder_dir) if autoencoder_dir else None,
-        decoder_text_encoder=text_encoder, decoder_tokenizer=decoder_tokenizer, reranker=reranker,
+        decoder_text_encoder=text_encoder,
+        decoder_tokenizer=decoder_tokenizer,
+        reranker=reranker,
         reranker_tokenizer=reranker_tokenizer,
     )
 
 
 def main(argv=None):
     args = parse_args(argv)
-    pipeline = assemble(args.clip, args.prior, args.decoder, args.autoencoder, args.decoder_text_encoder,
-                        args.reranker)
+    pipeline = assemble(args.clip, args.prior, args.decoder, args.autoencoder, args.decoder_text_encoder, args.reranker)
     pipeline.save_pretrained(args.output)
     print(f"wrote {args.output}")
 

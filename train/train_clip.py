@@ -84,15 +84,17 @@ def main(argv=None):
     # 1. tokenizer and model: fine-tune a saved CLIP (its folder, or a pipeline's), or build a fresh one
     if args.pretrained_model_name_or_path:
         model = load_pretrained(CLIPModel, pretrained_part(args.pretrained_model_name_or_path, "clip"))
-        tokenizer = load_tokenizer(pretrained_part(args.pretrained_model_name_or_path, "tokenizer"),
-                                   model.config.text_config.vocab_size)
+        tokenizer = load_tokenizer(
+            pretrained_part(args.pretrained_model_name_or_path, "tokenizer"), model.config.text_config.vocab_size
+        )
     else:
         arch = ClipArchitecture.from_json(args.architecture)
         arch.image_size = args.resolution
         save_architecture(accelerator, args, arch)
         texts = [c for r in records for c in r.get("captions", [r[args.caption_column]])]
         tokenizer = load_or_train_tokenizer(
-            accelerator, output_dir, lambda: train_clip_tokenizer(texts, args.vocab_size, arch.max_positions))
+            accelerator, output_dir, lambda: train_clip_tokenizer(texts, args.vocab_size, arch.max_positions)
+        )
         model = build_clip(arch, tokenizer)
     image_size = model.config.vision_config.image_size
     image_processor = build_clip_image_processor(image_size)
@@ -109,16 +111,19 @@ def main(argv=None):
             raise ValueError(f"{flag}: no record of {data_dir} has a two-object scene graph to swap")
         accelerator.print(f"swap negatives for {int((swapped_ids >= 0).sum())} of {len(records)} records")
     if args.mirror_negatives:  # the image dimension to flip to show the swapped scene (0: none)
-        mirror_axes = torch.tensor([{"pair_h": -1, "pair_v": -2}[r["scene"]["layout"]] if twin >= 0 else 0
-                                    for r, twin in zip(records, swapped_ids.tolist())])
+        mirror_axes = torch.tensor(
+            [
+                {"pair_h": -1, "pair_v": -2}[r["scene"]["layout"]] if twin >= 0 else 0
+                for r, twin in zip(records, swapped_ids.tolist())
+            ]
+        )
     ids, lengths = tokenize(tokenizer, texts, model.config.text_config.max_position_embeddings)
 
     # 3. train
     device = accelerator.device
 
     def compute_loss(model, batch, step):
-        chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index,
-                                accelerator.num_processes)
+        chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index, accelerator.num_processes)
         rows = len(batch)
         if args.swap_negatives:  # the same phrasing of the swapped scene; a row without one gets its own text, unused
             twin = swapped[batch].gather(1, (phrasings[batch] == chosen[:, None]).long().argmax(1, keepdim=True))[:, 0]
@@ -136,8 +141,11 @@ def main(argv=None):
         logit_scale = accelerator.unwrap_model(model).logit_scale
         with torch.no_grad():
             logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-        out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                    pixel_values=pixel_values.to(device))
+        out = model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            pixel_values=pixel_values.to(device),
+        )
         text_embeds, image_embeds = out.text_embeds.float(), out.image_embeds.float()
         negatives = {}
         if args.swap_negatives:
@@ -146,8 +154,14 @@ def main(argv=None):
             mirrored = image_embeds.new_zeros(rows, image_embeds.shape[1])
             mirrored = mirrored.index_copy(0, has_mirror.to(device), image_embeds[rows:])
             negatives.update(mirror_embeds=mirrored, mirror_ids=mirror_ids.to(device))
-        return contrastive_loss(image_embeds[:rows], text_embeds[:rows], logit_scale.exp().float(),
-                                caption_ids[batch].to(device), accelerator, **negatives)
+        return contrastive_loss(
+            image_embeds[:rows],
+            text_embeds[:rows],
+            logit_scale.exp().float(),
+            caption_ids[batch].to(device),
+            accelerator,
+            **negatives,
+        )
 
     parameters = add_training_adapter(accelerator, model, "clip", args)
     losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)

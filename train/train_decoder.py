@@ -91,15 +91,23 @@ def main(argv=None):
     records = read_training_data(accelerator, args)
 
     # 1. frozen features: CLIP image embeddings, text features of every phrasing plus "", latents
-    features = frozen_clip_features(args.clip_model_name_or_path, data_dir, records, args.image_column,
-                                    args.caption_column, args.output_dir, accelerator.device)
+    features = frozen_clip_features(
+        args.clip_model_name_or_path,
+        data_dir,
+        records,
+        args.image_column,
+        args.caption_column,
+        args.output_dir,
+        accelerator.device,
+    )
     image_embeds, phrasings, states, masks = features.image_embeds, features.phrasings, features.states, features.masks
     text_dir = args.text_encoder_model_name_or_path
     if text_dir is None and (Path(args.clip_model_name_or_path) / "decoder_text_encoder").is_dir():
         text_dir = args.clip_model_name_or_path  # a pipeline whose decoder reads a text tower of its own
     if text_dir:
-        states, masks = frozen_text_states(text_dir, data_dir, records, args.caption_column, args.output_dir,
-                                           accelerator.device)
+        states, masks = frozen_text_states(
+            text_dir, data_dir, records, args.caption_column, args.output_dir, accelerator.device
+        )
     empty = len(states) - 1
 
     def compute_latents():
@@ -108,14 +116,19 @@ def main(argv=None):
             vae = load_pretrained(AutoencoderKL, args.vae_model_name_or_path).eval().to(accelerator.device)
         return {"latents": encode_latents(vae, load_images(data_dir, records, args.image_column, args.resolution))}
 
-    key = {"vae": file_stamp(args.vae_model_name_or_path) if args.vae_model_name_or_path else None,
-           "data": data_stamp(data_dir), "records": len(records), "resolution": args.resolution}
+    key = {
+        "vae": file_stamp(args.vae_model_name_or_path) if args.vae_model_name_or_path else None,
+        "data": data_stamp(data_dir),
+        "records": len(records),
+        "resolution": args.resolution,
+    }
     latents = cached_features(Path(args.output_dir) / "latents.safetensors", key, compute_latents)["latents"]
     if accelerator.device.type != "cpu":
         # on an accelerator the features live there (a few GB for 100,000 images): a step then indexes them in
         # place instead of gathering and copying its batch on the host
         image_embeds, states, masks, latents = (
-            x.to(accelerator.device) for x in (image_embeds, states, masks, latents))
+            x.to(accelerator.device) for x in (image_embeds, states, masks, latents)
+        )
 
     # 2. the conditioner and the UNet
     arch = UnclipArchitecture.from_json(args.architecture)
@@ -128,8 +141,9 @@ def main(argv=None):
                 unet.class_embedding.linear_1.weight.zero_()
     else:
         save_architecture(accelerator, args, arch)
-        conditioner = UnclipConditioner(image_embeds.shape[1], states.shape[2], arch.decoder_cross_dim,
-                                        arch.image_tokens)
+        conditioner = UnclipConditioner(
+            image_embeds.shape[1], states.shape[2], arch.decoder_cross_dim, arch.image_tokens
+        )
         unet = build_decoder_unet(arch, latents.shape[-1], latents.shape[1], image_embeds.shape[1])
     model = DecoderStep(conditioner, unet)
     if args.adapter is not None:
@@ -143,16 +157,20 @@ def main(argv=None):
     def compute_loss(model, batch, step):
         # every draw covers the global batch (this process keeps its rows): any process layout trains the same
         rows, total = process_rows(len(batch), accelerator)
-        chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index,
-                                accelerator.num_processes)
+        chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index, accelerator.num_processes)
         generator = step_generator(args.seed, step, NOISE)
         drop_text = torch.rand(total, generator=generator)[rows] < args.text_dropout
         drop_image = torch.rand(total, generator=generator)[rows] < args.image_dropout
         chosen = torch.where(drop_text, torch.full_like(chosen, empty), chosen)
         embeds = image_embeds[batch].masked_fill(drop_image[:, None].to(image_embeds.device), 0.0)
         noise, t, noisy = add_training_noise(scheduler, latents[batch], generator, rows, total)
-        prediction = model(noisy.to(device), t.to(device), embeds.to(device), states[chosen].to(device, torch.float32),
-                           masks[chosen].to(device))
+        prediction = model(
+            noisy.to(device),
+            t.to(device),
+            embeds.to(device),
+            states[chosen].to(device, torch.float32),
+            masks[chosen].to(device),
+        )
         if args.snr_gamma is None:
             return F.mse_loss(prediction.float(), noise.to(device))
         weight = min_snr_weight(scheduler, t, args.snr_gamma).to(device)

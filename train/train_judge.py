@@ -45,8 +45,9 @@ def degrade(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     b, _, h, w = pixels.shape
     draw = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
     factor = draw(b)
-    blurred = F.interpolate(F.interpolate(pixels, scale_factor=0.5, mode="bilinear", antialias=True),
-                            size=(h, w), mode="bilinear")
+    blurred = F.interpolate(
+        F.interpolate(pixels, scale_factor=0.5, mode="bilinear", antialias=True), size=(h, w), mode="bilinear"
+    )
     blur = (factor < 0.4).float().view(b, 1, 1, 1)
     pixels = blur * blurred + (1 - blur) * pixels
     pixels = pixels + draw(b, 1, 1, 1) * 0.15 * torch.randn(pixels.shape, generator=generator)
@@ -75,8 +76,12 @@ def main(argv=None):
     records = read_training_data(accelerator, args)
     images = load_images(data_dir, records, args.image_column, args.resolution)
     width = args.width
-    judge = SceneJudge(object_names=sorted(OBJECTS), colour_names=sorted(COLOURS),
-                       channels=(width, 2 * width, 4 * width), image_size=args.resolution)
+    judge = SceneJudge(
+        object_names=sorted(OBJECTS),
+        colour_names=sorted(COLOURS),
+        channels=(width, 2 * width, 4 * width),
+        image_size=args.resolution,
+    )
     targets = judge.targets([record["scene"] for record in records])
     device = accelerator.device
 

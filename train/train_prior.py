@@ -54,13 +54,28 @@ def main(argv=None):
     records = read_training_data(accelerator, args)
 
     # 1. frozen CLIP features: image embeddings, and text features of every distinct phrasing plus ""
-    features = frozen_clip_features(args.clip_model_name_or_path, data_dir, records, args.image_column,
-                                    args.caption_column, args.output_dir, accelerator.device)
-    targets, phrasings, text_embeds, masks = (features.image_embeds, features.phrasings, features.text_embeds,
-                                              features.masks)
+    features = frozen_clip_features(
+        args.clip_model_name_or_path,
+        data_dir,
+        records,
+        args.image_column,
+        args.caption_column,
+        args.output_dir,
+        accelerator.device,
+    )
+    targets, phrasings, text_embeds, masks = (
+        features.image_embeds,
+        features.phrasings,
+        features.text_embeds,
+        features.masks,
+    )
     with torch.no_grad():  # the prior attends in the embedding space
-        states = torch.cat([features.clip.text_projection(features.states[i : i + 4096].float()).half()
-                            for i in range(0, len(features.states), 4096)])
+        states = torch.cat(
+            [
+                features.clip.text_projection(features.states[i : i + 4096].float()).half()
+                for i in range(0, len(features.states), 4096)
+            ]
+        )
     empty = features.empty_prompt
 
     # 2. the prior, standardising image embeddings with the data's statistics (a saved prior keeps its own)
@@ -81,16 +96,19 @@ def main(argv=None):
     def compute_loss(model, batch, step):
         # every draw covers the global batch (this process keeps its rows): any process layout trains the same
         rows, total = process_rows(len(batch), accelerator)
-        chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index,
-                                accelerator.num_processes)
+        chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index, accelerator.num_processes)
         generator = step_generator(args.seed, step, NOISE)
         drop = torch.rand(total, generator=generator)[rows] < args.conditioning_dropout
         chosen = torch.where(drop, torch.full_like(chosen, empty), chosen)
         x0 = (targets[batch] - mean) / std
         _, t, noisy = add_training_noise(scheduler, x0, generator, rows, total)
-        prediction = model(noisy.to(device), timestep=t.to(device), proj_embedding=text_embeds[chosen].to(device),
-                           encoder_hidden_states=states[chosen].to(device, torch.float32),
-                           attention_mask=masks[chosen].bool().to(device)).predicted_image_embedding
+        prediction = model(
+            noisy.to(device),
+            timestep=t.to(device),
+            proj_embedding=text_embeds[chosen].to(device),
+            encoder_hidden_states=states[chosen].to(device, torch.float32),
+            attention_mask=masks[chosen].bool().to(device),
+        ).predicted_image_embedding
         return F.mse_loss(prediction.float(), x0.to(device))
 
     parameters = add_training_adapter(accelerator, prior, "prior", args)

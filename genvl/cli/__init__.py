@@ -23,13 +23,21 @@ EXAMPLES = """examples:
 Results go to stdout, logs and progress bars to stderr. Exit codes: 0 done, 1 failed, 2 bad usage."""
 
 # command -> its run function, or (the attribute naming its subcommand, subcommand -> run function)
-COMMANDS = {"caption": caption.run_caption, **image.RUNS, "data": ("data_command", data.RUNS),
-            "eval": ("eval_command", evaluate.RUNS)}
+COMMANDS = {
+    "caption": caption.run_caption,
+    **image.RUNS,
+    "data": ("data_command", data.RUNS),
+    "eval": ("eval_command", evaluate.RUNS),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="genvl", description="Caption images and generate images from text.",
-                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
+    parser = Parser(
+        prog="genvl",
+        description="Caption images and generate images from text.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
     parser.add_argument("--version", action="version", version=f"genvl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True)

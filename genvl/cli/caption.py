@@ -30,9 +30,15 @@ DEFAULT_CAPTION_MODEL = Path(__file__).resolve().parents[2] / "pipelines" / "gen
 
 # settings names as the user typed them, for error messages
 FLAG_NAMES = {
-    "num_return_sequences": "--num-captions", "num_beams": "--beam", "max_new_tokens": "--max-new-tokens",
-    "min_new_tokens": "--min-new-tokens", "top_k": "--top-k", "top_p": "--top-p", "temperature": "--temperature",
-    "repetition_penalty": "--repetition-penalty", "no_repeat_ngram_size": "--no-repeat-ngram-size",
+    "num_return_sequences": "--num-captions",
+    "num_beams": "--beam",
+    "max_new_tokens": "--max-new-tokens",
+    "min_new_tokens": "--min-new-tokens",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "temperature": "--temperature",
+    "repetition_penalty": "--repetition-penalty",
+    "no_repeat_ngram_size": "--no-repeat-ngram-size",
 }
 
 
@@ -43,7 +49,9 @@ def default_caption_model() -> str:
 def add_parser(commands) -> None:
     """Register `genvl caption` on the `genvl` subparsers."""
     caption = commands.add_parser(
-        "caption", help="caption images", description="Caption images and folders of images.",
+        "caption",
+        help="caption images",
+        description="Caption images and folders of images.",
         epilog="example: genvl caption examples/images/ --beam 5 --json",
     )
     caption.add_argument("images", nargs="+", help="image files, folders, or tar shards (data/{000..009}.tar)")
@@ -51,8 +59,11 @@ def add_parser(commands) -> None:
     add_lora_flag(caption)
     add_runtime_flags(caption, "captioner folder (default: the shipped genvl-caption-small)")
     caption.add_argument("--json", action="store_true", help="one JSON record per image on stdout")
-    caption.add_argument("--output", help="write the JSON records to this JSONL file instead (needed when run as "
-                                          "several processes with accelerate launch: each takes a share)")
+    caption.add_argument(
+        "--output",
+        help="write the JSON records to this JSONL file instead (needed when run as "
+        "several processes with accelerate launch: each takes a share)",
+    )
 
 
 def add_decoding_flags(parser):
@@ -60,13 +71,20 @@ def add_decoding_flags(parser):
     group.add_argument("--beam", type=positive(int), dest="num_beams", help="beam search with N beams")
     group.add_argument("--temperature", type=positive(float), help="sample with this temperature")
     group.add_argument("--top-k", type=non_negative(int), help="sample from the K most likely tokens")
-    group.add_argument("--top-p", type=checked_type(float, lambda p: 0 < p <= 1, "in (0, 1]"),
-                       help="nucleus sampling: smallest token set with this probability")
+    group.add_argument(
+        "--top-p",
+        type=checked_type(float, lambda p: 0 < p <= 1, "in (0, 1]"),
+        help="nucleus sampling: smallest token set with this probability",
+    )
     group.add_argument("--repetition-penalty", type=positive(float))
     group.add_argument("--no-repeat-ngram-size", type=non_negative(int))
     group.add_argument("--length-penalty", type=checked_type(float, lambda _: True, "a finite number"))
-    group.add_argument("--num-captions", type=positive(int), dest="num_return_sequences",
-                       help="captions per image (<= --beam, or with sampling)")
+    group.add_argument(
+        "--num-captions",
+        type=positive(int),
+        dest="num_return_sequences",
+        help="captions per image (<= --beam, or with sampling)",
+    )
     group.add_argument("--max-new-tokens", type=positive(int))
     group.add_argument("--min-new-tokens", type=non_negative(int))
     group.add_argument("--prefix", help='text every caption must continue, e.g. "a photo of"')
@@ -77,8 +95,19 @@ def add_decoding_flags(parser):
 
 
 def decoding_overrides(args) -> dict:
-    names = ["num_beams", "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size",
-             "length_penalty", "num_return_sequences", "max_new_tokens", "min_new_tokens", "seed"]
+    names = [
+        "num_beams",
+        "temperature",
+        "top_k",
+        "top_p",
+        "repetition_penalty",
+        "no_repeat_ngram_size",
+        "length_penalty",
+        "num_return_sequences",
+        "max_new_tokens",
+        "min_new_tokens",
+        "seed",
+    ]
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -110,17 +139,25 @@ def check_decoder_positions(args, folder, settings, defaults, prefix: int, posit
     if 1 + prefix + settings.max_new_tokens <= positions:
         return
     if args.max_new_tokens is not None:
-        raise UsageError(f"--max-new-tokens {settings.max_new_tokens} is too many: with the start and prefix "
-                         f"tokens ({1 + prefix}) the model's decoder has only {positions} positions")
+        raise UsageError(
+            f"--max-new-tokens {settings.max_new_tokens} is too many: with the start and prefix "
+            f"tokens ({1 + prefix}) the model's decoder has only {positions} positions"
+        )
     if 1 + prefix + defaults.max_new_tokens <= positions:  # the flags changed the default (e.g. --beam)
-        raise UsageError(f"these flags make {settings.max_new_tokens} new tokens, more than the model's decoder "
-                         f"has positions for ({positions}); pass a smaller --max-new-tokens")
+        raise UsageError(
+            f"these flags make {settings.max_new_tokens} new tokens, more than the model's decoder "
+            f"has positions for ({positions}); pass a smaller --max-new-tokens"
+        )
     if prefix:
-        raise UsageError(f"--prefix is {prefix} tokens long: with the {settings.max_new_tokens} new tokens of "
-                         f"the model's generation config it passes the decoder's {positions} positions; pass a "
-                         "shorter --prefix or a smaller --max-new-tokens")
-    raise ValueError(f"{folder}: its generation config asks for {settings.max_new_tokens} new tokens, but the "
-                     f"decoder has only {positions} positions; pass a smaller --max-new-tokens")
+        raise UsageError(
+            f"--prefix is {prefix} tokens long: with the {settings.max_new_tokens} new tokens of "
+            f"the model's generation config it passes the decoder's {positions} positions; pass a "
+            "shorter --prefix or a smaller --max-new-tokens"
+        )
+    raise ValueError(
+        f"{folder}: its generation config asks for {settings.max_new_tokens} new tokens, but the "
+        f"decoder has only {positions} positions; pass a smaller --max-new-tokens"
+    )
 
 
 def load_caption_pipeline(args):
@@ -192,8 +229,11 @@ def run_caption(args) -> int:
     output = None
     if args.output:
         # an image, a shard, a model or adapter file: the inputs --output must not overwrite
-        inputs = [*dict.fromkeys(item[0] if isinstance(item, tuple) else item for item in paths),
-                  args.model or default_caption_model(), *lora_folders(args)]
+        inputs = [
+            *dict.fromkeys(item[0] if isinstance(item, tuple) else item for item in paths),
+            args.model or default_caption_model(),
+            *lora_folders(args),
+        ]
         output = check_output_file(args.output, "--output", inputs)
     pipeline = load_caption_pipeline(args)
     settings = checked_settings(pipeline, args)
@@ -237,8 +277,9 @@ def caption_records(pipeline, paths, first: int, base_seed, args, overrides):
             output = pipeline(list(batch), prefix=args.prefix, generator=generators, **overrides)
             for i, (label, captions, scores) in enumerate(zip(labels, output.captions, output.scores)):
                 if not all(math.isfinite(score) for score in scores):  # NaN is not JSON, nor a caption's score
-                    raise RuntimeError(f"{label}: the model gave non-finite caption scores (its weights or --dtype "
-                                       "overflow?)")
+                    raise RuntimeError(
+                        f"{label}: the model gave non-finite caption scores (its weights or --dtype overflow?)"
+                    )
                 record = {"path": label, "captions": [{"text": c, "score": s} for c, s in zip(captions, scores)]}
                 if seeds:
                     record["seed"] = seeds[i]

@@ -98,15 +98,25 @@ def add_image_limit_flag(parser):
     from ..io.images import DEFAULT_MAX_IMAGE_PIXELS
 
     # the default is applied, not left to Pillow, so that the number --help states is the one every refusal states
-    parser.add_argument("--max-image-pixels", type=positive(int), metavar="N", default=DEFAULT_MAX_IMAGE_PIXELS,
-                        help="refuse images over N pixels as possible decompression bombs (default: "
-                             f"{DEFAULT_MAX_IMAGE_PIXELS:,}, Pillow's limit)")
+    parser.add_argument(
+        "--max-image-pixels",
+        type=positive(int),
+        metavar="N",
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="refuse images over N pixels as possible decompression bombs (default: "
+        f"{DEFAULT_MAX_IMAGE_PIXELS:,}, Pillow's limit)",
+    )
 
 
 def add_lora_flag(parser):
-    parser.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", type=lora_spec,
-                        help="load a LoRA adapter folder (PEFT format), scaled by SCALE (default 1, at most 10 "
-                             "either way); repeatable")
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:SCALE]",
+        type=lora_spec,
+        help="load a LoRA adapter folder (PEFT format), scaled by SCALE (default 1, at most 10 either way); repeatable",
+    )
 
 
 # ---- loading models ------------------------------------------------------------------------------------------
@@ -129,8 +139,9 @@ def check_device(name: str) -> None:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name}: not a device; expected cpu, cuda or mps (cuda:1 for a second GPU)") \
-            from None
+        raise UsageError(
+            f"--device {name}: not a device; expected cpu, cuda or mps (cuda:1 for a second GPU)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

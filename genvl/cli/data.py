@@ -10,10 +10,13 @@ from .common import UsageError, plural, positive, progress_bar, seed_number, sum
 def add_parser(commands) -> None:
     """Register `genvl data` and its subcommands on the `genvl` subparsers."""
     data = commands.add_parser(
-        "data", help="make datasets", epilog="example: genvl data scenes --out data/world --num-images 1000",
+        "data",
+        help="make datasets",
+        epilog="example: genvl data scenes --out data/world --num-images 1000",
     ).add_subparsers(dest="data_command", required=True, metavar="{scenes,shards}")
     scenes = data.add_parser(
-        "scenes", help="render procedural scenes as an imagefolder",
+        "scenes",
+        help="render procedural scenes as an imagefolder",
         epilog="example: genvl data scenes --out data/world --num-images 1000 --split test",
     )
     scenes.add_argument("--out", required=True, help="dataset root; the split goes to OUT/SPLIT/")
@@ -22,13 +25,20 @@ def add_parser(commands) -> None:
     scenes.add_argument("--split", choices=["train", "val", "test"], default="train")
     scenes.add_argument("--resolution", type=positive(int), default=64)
     scenes.add_argument("--workers", type=positive(int), default=1, help="processes rendering the images")
-    scenes.add_argument("--require", metavar="OBJECT",
-                        help="keep only scenes holding this object, which may be a held-out one (e.g. robot)")
-    scenes.add_argument("--overwrite", action="store_true",
-                        help="replace an existing OUT/SPLIT/ that genvl wrote (refused if it holds anything else)")
+    scenes.add_argument(
+        "--require",
+        metavar="OBJECT",
+        help="keep only scenes holding this object, which may be a held-out one (e.g. robot)",
+    )
+    scenes.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing OUT/SPLIT/ that genvl wrote (refused if it holds anything else)",
+    )
     scenes.add_argument("--quiet", action="store_true")
     shards = data.add_parser(
-        "shards", help="pack an imagefolder into WebDataset tar shards",
+        "shards",
+        help="pack an imagefolder into WebDataset tar shards",
         epilog="example: genvl data shards --data data/world/test --out 'shards/test-%%06d.tar'",
     )
     shards.add_argument("--data", required=True, help="imagefolder with metadata.jsonl")
@@ -41,9 +51,17 @@ def run_data_scenes(args) -> int:
     from ..world.dataset import write_imagefolder
 
     progress = progress_bar(args, "img")
-    out = write_imagefolder(args.out, args.num_images, seed=args.seed, split=args.split,
-                            resolution=args.resolution, progress=progress, require=args.require,
-                            workers=args.workers, overwrite=args.overwrite)
+    out = write_imagefolder(
+        args.out,
+        args.num_images,
+        seed=args.seed,
+        split=args.split,
+        resolution=args.resolution,
+        progress=progress,
+        require=args.require,
+        workers=args.workers,
+        overwrite=args.overwrite,
+    )
     print(out)
     return 0
 
@@ -62,8 +80,9 @@ def run_data_shards(args) -> int:
         shard = Path(args.out % index)
         if shard.parent.is_dir():
             check_output_file(shard, "--out", inputs=[args.data])
-    written = write_shards(records, lambda r: load_image(Path(args.data) / r["file_name"]), args.out,
-                           args.samples_per_shard)
+    written = write_shards(
+        records, lambda r: load_image(Path(args.data) / r["file_name"]), args.out, args.samples_per_shard
+    )
     for path in written:
         print(path)
     summarize(args, f"packed {plural(len(records), 'sample')} into {plural(len(written), 'shard')}")

@@ -35,10 +35,13 @@ from .image import (
 def add_parser(commands) -> None:
     """Register `genvl eval` and its subcommands on the `genvl` subparsers."""
     evaluate = commands.add_parser(
-        "eval", help="evaluate models", epilog="example: genvl eval caption --data data/world/test --beam 3",
+        "eval",
+        help="evaluate models",
+        epilog="example: genvl eval caption --data data/world/test --beam 3",
     ).add_subparsers(dest="eval_command", required=True, metavar="{caption,retrieval,t2i}")
     caption = evaluate.add_parser(
-        "caption", help="caption metrics and scene-graph accuracy on a held-out imagefolder",
+        "caption",
+        help="caption metrics and scene-graph accuracy on a held-out imagefolder",
         epilog="example: genvl eval caption --data data/world/test --beam 3",
     )
     caption.add_argument("--data", required=True, help="imagefolder with metadata.jsonl")
@@ -48,8 +51,11 @@ def add_parser(commands) -> None:
     add_lora_flag(caption)
     add_runtime_flags(caption, "captioner folder (default: the shipped genvl-caption-small)")
 
-    retrieval = evaluate.add_parser("retrieval", help="CLIP image<->text retrieval on a held-out imagefolder",
-                                    epilog="example: genvl eval retrieval --data data/world/test")
+    retrieval = evaluate.add_parser(
+        "retrieval",
+        help="CLIP image<->text retrieval on a held-out imagefolder",
+        epilog="example: genvl eval retrieval --data data/world/test",
+    )
     retrieval.add_argument("--data", required=True, help="imagefolder with metadata.jsonl")
     retrieval.add_argument("--limit", type=positive(int), help="evaluate the first N images only")
     retrieval.add_argument("--output", help="also write the report as JSON to this file")
@@ -57,8 +63,10 @@ def add_parser(commands) -> None:
     add_t2i_runtime_flags(retrieval)
 
     t2i = evaluate.add_parser(
-        "t2i", help="judge generated images of held-out prompts (GenEval-style), R-precision, FD, round trip",
-        epilog="example: genvl eval t2i --data data/world/test --prompts 250 --images-per-prompt 4")
+        "t2i",
+        help="judge generated images of held-out prompts (GenEval-style), R-precision, FD, round trip",
+        epilog="example: genvl eval t2i --data data/world/test --prompts 250 --images-per-prompt 4",
+    )
     t2i.add_argument("--data", required=True, help="held-out imagefolder with scene graphs (genvl data scenes)")
     t2i.add_argument("--prompts", type=positive(int), default=250, help="held-out prompts, spread over the layouts")
     t2i.add_argument("--images-per-prompt", type=positive(int), default=4)
@@ -67,10 +75,13 @@ def add_parser(commands) -> None:
     t2i.add_argument("--seed", type=seed_number, default=0, help="image k of the run uses seed S + k")
     t2i.add_argument("--batch-size", type=positive(int), default=64, help="images per pipeline call")
     t2i.add_argument("--output", help="also write the report as JSON to this file")
-    t2i.add_argument("--stages", action="store_true",
-                     help="also score the prior (against the real renders' embeddings), the decoder (drawing "
-                          "from the real renders' embeddings) and its autoencoder (the real renders' round trip, "
-                          "judged and captioned) on their own")
+    t2i.add_argument(
+        "--stages",
+        action="store_true",
+        help="also score the prior (against the real renders' embeddings), the decoder (drawing "
+        "from the real renders' embeddings) and its autoencoder (the real renders' round trip, "
+        "judged and captioned) on their own",
+    )
     add_lora_flag(t2i)
     add_sampling_flags(t2i, outputs=False, text=True)
     add_t2i_runtime_flags(t2i)
@@ -91,8 +102,15 @@ def run_eval_caption(args) -> int:
     pipeline = load_caption_pipeline(args)
     checked_settings(pipeline, args)
     progress = progress_bar(args, "batch")
-    report = evaluate_captioner(pipeline, args.data, batch_size=args.batch_size, limit=args.limit,
-                                progress=progress, prefix=args.prefix, **decoding_overrides(args))
+    report = evaluate_captioner(
+        pipeline,
+        args.data,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        progress=progress,
+        prefix=args.prefix,
+        **decoding_overrides(args),
+    )
     print_report(report, args.output)
     return 0
 
@@ -112,8 +130,10 @@ def run_eval_t2i(args) -> int:
     from ..pipelines.caption import CaptionPipeline
 
     settings = stage_settings(args)
-    check_report_file(args, [args.model or default_t2i_model(), args.judge, args.captioner or default_caption_model(),
-                             *lora_folders(args)])
+    check_report_file(
+        args,
+        [args.model or default_t2i_model(), args.judge, args.captioner or default_caption_model(), *lora_folders(args)],
+    )
     pipeline = load_t2i_pipeline(args)
     pipeline.set_progress_bar_config(disable=True)
     quiet_libraries(args)
@@ -122,9 +142,18 @@ def run_eval_t2i(args) -> int:
     judge = SceneJudge.from_pretrained(args.judge).to(args.device).eval()
     captioner = CaptionPipeline.from_pretrained(args.captioner or default_caption_model()).to(args.device)
     report = evaluate_text_to_image(
-        pipeline, judge, args.data, captioner=captioner, num_prompts=args.prompts,
-        images_per_prompt=args.images_per_prompt, batch_size=args.batch_size, seed=args.seed,
-        progress=progress_bar(args, "batch"), stages=args.stages, **settings)
+        pipeline,
+        judge,
+        args.data,
+        captioner=captioner,
+        num_prompts=args.prompts,
+        images_per_prompt=args.images_per_prompt,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=progress_bar(args, "batch"),
+        stages=args.stages,
+        **settings,
+    )
     report["settings"] = {"scheduler": args.scheduler, **settings}
     print_report(report, args.output)
     return 0

@@ -29,14 +29,19 @@ from .common import (
 
 DEFAULT_T2I_MODEL = Path(__file__).resolve().parents[2] / "pipelines" / "genvl-unclip-small"
 DEFAULT_JUDGE = DEFAULT_T2I_MODEL.parent / "genvl-judge-small"
-BATCH_HELP = ("images made at once, each alone on one CPU thread (default: one per core). An image is the same "
-              "bit for bit whatever this is, so the seed recorded in its PNG reproduces it")
+BATCH_HELP = (
+    "images made at once, each alone on one CPU thread (default: one per core). An image is the same "
+    "bit for bit whatever this is, so the seed recorded in its PNG reproduces it"
+)
 # name -> (diffusers scheduler class, config overrides); "dpm-sde" is DPM-Solver++'s stochastic variant at first
 # order, which came closest to DDPM 25 + 25's judged accuracy at 12 + 12 steps; the second order and the ODE solver
 # lose more (see the unCLIP model card)
-SCHEDULERS = {"ddpm": ("DDPMScheduler", {}), "ddim": ("DDIMScheduler", {}),
-              "dpm": ("DPMSolverMultistepScheduler", {}),
-              "dpm-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 1})}
+SCHEDULERS = {
+    "ddpm": ("DDPMScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpm": ("DPMSolverMultistepScheduler", {}),
+    "dpm-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 1}),
+}
 
 
 GUIDANCE = checked_type(float, lambda value: value >= 0, "a number >= 0 (1 means no guidance)")
@@ -51,8 +56,9 @@ def default_t2i_model() -> str:
 
 def add_parsers(commands) -> None:
     """Register generate, vary, interpolate and score on the `genvl` subparsers."""
-    generate = commands.add_parser("generate", help="generate images from a prompt",
-                                   epilog='example: genvl generate "a red apple" -n 4 --seed 0')
+    generate = commands.add_parser(
+        "generate", help="generate images from a prompt", epilog='example: genvl generate "a red apple" -n 4 --seed 0'
+    )
     generate.add_argument("prompt")
     generate.add_argument("-n", "--num-images", type=positive(int), default=1)
     generate.add_argument("--batch-size", type=positive(int), help=BATCH_HELP)
@@ -69,16 +75,21 @@ def add_parsers(commands) -> None:
     add_t2i_runtime_flags(vary)
 
     interpolate = commands.add_parser(
-        "interpolate", help="frames between two prompts or images (slerp in CLIP space)",
-        epilog='example: genvl interpolate "a red apple" "a blue car" --frames 6')
+        "interpolate",
+        help="frames between two prompts or images (slerp in CLIP space)",
+        epilog='example: genvl interpolate "a red apple" "a blue car" --frames 6',
+    )
     interpolate.add_argument("start", help="a prompt or an image file")
     interpolate.add_argument("end", help="a prompt or an image file")
     interpolate.add_argument("--frames", type=checked_type(int, lambda frames: frames >= 2, ">= 2"), default=5)
     add_sampling_flags(interpolate)
     add_t2i_runtime_flags(interpolate)
 
-    score = commands.add_parser("score", help="CLIP similarity of an image with texts",
-                                epilog='example: genvl score img.png "a red apple" "a blue car"')
+    score = commands.add_parser(
+        "score",
+        help="CLIP similarity of an image with texts",
+        epilog='example: genvl score img.png "a red apple" "a blue car"',
+    )
     score.add_argument("image")
     score.add_argument("texts", nargs="+")
     score.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -88,41 +99,68 @@ def add_parsers(commands) -> None:
 def add_sampling_flags(parser, prior: bool = True, outputs: bool = True, text: bool = False):
     """`text`: the command decodes prompts' words too (generate, eval t2i), so it takes --decoder-text-guidance."""
     group = parser.add_argument_group("sampling")
-    group.add_argument("--steps", type=positive(int), default=DEFAULT_NUM_INFERENCE_STEPS,
-                       help=f"inference steps of each stage (default {DEFAULT_NUM_INFERENCE_STEPS})")
-    group.add_argument("--guidance", type=GUIDANCE, default=DEFAULT_GUIDANCE_SCALE,
-                       help="classifier-free guidance scale of each stage (the decoder's towards the image embedding)")
+    group.add_argument(
+        "--steps",
+        type=positive(int),
+        default=DEFAULT_NUM_INFERENCE_STEPS,
+        help=f"inference steps of each stage (default {DEFAULT_NUM_INFERENCE_STEPS})",
+    )
+    group.add_argument(
+        "--guidance",
+        type=GUIDANCE,
+        default=DEFAULT_GUIDANCE_SCALE,
+        help="classifier-free guidance scale of each stage (the decoder's towards the image embedding)",
+    )
     if prior:
         group.add_argument("--prior-steps", type=positive(int), help="prior steps (default: --steps)")
         group.add_argument("--prior-guidance", type=GUIDANCE, help="prior guidance (default: --guidance)")
     group.add_argument("--decoder-steps", type=positive(int), help="decoder steps (default: --steps)")
     group.add_argument("--decoder-guidance", type=GUIDANCE, help="decoder guidance (default: --guidance)")
     if text:
-        group.add_argument("--decoder-text-guidance", type=GUIDANCE, default=DEFAULT_TEXT_GUIDANCE,
-                           help="decoder guidance towards the prompt's words, on top of --decoder-guidance's towards "
-                                f"the image embedding (default {DEFAULT_TEXT_GUIDANCE:g}; the same value as "
-                                "--decoder-guidance guides both together, with two rows per image in each decoder "
-                                "step instead of three)")
-        group.add_argument("--candidates", type=positive(int), default=1,
-                           help="draw K images for each one kept, and keep the one the pipeline's reranker (or "
-                                "else its CLIP) scores most alike the prompt: K times the work (default 1)")
-    group.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddpm",
-                       help="diffusers scheduler: ddpm (default), ddim, dpm (DPM-Solver++), dpm-sde (its "
-                            "stochastic variant, first order: with --prior-steps 8 --decoder-steps 17 it halves the "
-                            "network evaluations)")
+        group.add_argument(
+            "--decoder-text-guidance",
+            type=GUIDANCE,
+            default=DEFAULT_TEXT_GUIDANCE,
+            help="decoder guidance towards the prompt's words, on top of --decoder-guidance's towards "
+            f"the image embedding (default {DEFAULT_TEXT_GUIDANCE:g}; the same value as "
+            "--decoder-guidance guides both together, with two rows per image in each decoder "
+            "step instead of three)",
+        )
+        group.add_argument(
+            "--candidates",
+            type=positive(int),
+            default=1,
+            help="draw K images for each one kept, and keep the one the pipeline's reranker (or "
+            "else its CLIP) scores most alike the prompt: K times the work (default 1)",
+        )
+    group.add_argument(
+        "--scheduler",
+        choices=sorted(SCHEDULERS),
+        default="ddpm",
+        help="diffusers scheduler: ddpm (default), ddim, dpm (DPM-Solver++), dpm-sde (its "
+        "stochastic variant, first order: with --prior-steps 8 --decoder-steps 17 it halves the "
+        "network evaluations)",
+    )
     if outputs:
-        group.add_argument("--seed", type=seed_number,
-                           help="image i uses seed S + i (recorded in the PNG); default random")
+        group.add_argument(
+            "--seed", type=seed_number, help="image i uses seed S + i (recorded in the PNG); default random"
+        )
         group.add_argument("--out", default="outputs", help="folder for the PNGs (default: outputs)")
-        group.add_argument("--json", action="store_true",
-                           help="one JSON record per image on stdout (path, seed, settings) instead of its path")
+        group.add_argument(
+            "--json",
+            action="store_true",
+            help="one JSON record per image on stdout (path, seed, settings) instead of its path",
+        )
 
 
 def add_t2i_runtime_flags(parser):
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
-    parser.add_argument("--model", default=None,
-                        help="text-to-image pipeline folder (default: genvl-unclip-small); score and eval retrieval "
-                             "also take a CLIP folder")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="text-to-image pipeline folder (default: genvl-unclip-small); score and eval retrieval "
+        "also take a CLIP folder",
+    )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--quiet", action="store_true", help="no progress bars or logs on stderr")
@@ -176,11 +214,15 @@ def stage_settings(args, prior: bool = True) -> dict:
     def either(value, default):
         return default if value is None else value
 
-    settings = dict(decoder_num_inference_steps=either(args.decoder_steps, args.steps),
-                    decoder_guidance_scale=either(args.decoder_guidance, args.guidance))
+    settings = dict(
+        decoder_num_inference_steps=either(args.decoder_steps, args.steps),
+        decoder_guidance_scale=either(args.decoder_guidance, args.guidance),
+    )
     if prior:
-        settings.update(prior_num_inference_steps=either(args.prior_steps, args.steps),
-                        prior_guidance_scale=either(args.prior_guidance, args.guidance))
+        settings.update(
+            prior_num_inference_steps=either(args.prior_steps, args.steps),
+            prior_guidance_scale=either(args.prior_guidance, args.guidance),
+        )
         if hasattr(args, "decoder_text_guidance"):
             settings["decoder_text_guidance_scale"] = args.decoder_text_guidance
             settings["num_candidates"] = args.candidates
@@ -258,10 +300,20 @@ def run_generate(args) -> int:
         check_text(args.negative, "--negative")
     settings = stage_settings(args)
     pipeline = load_t2i_pipeline(args)
-    images = each_alone(args, pipeline, lambda pipe, generators: pipe(
-        args.prompt, negative_prompt=args.negative, generator=generators, **settings).images)
-    metadata = {"prompt": args.prompt, "negative_prompt": args.negative or "", "scheduler": args.scheduler,
-                "settings": settings, "model": str(args.model or default_t2i_model())}
+    images = each_alone(
+        args,
+        pipeline,
+        lambda pipe, generators: (
+            pipe(args.prompt, negative_prompt=args.negative, generator=generators, **settings).images
+        ),
+    )
+    metadata = {
+        "prompt": args.prompt,
+        "negative_prompt": args.negative or "",
+        "scheduler": args.scheduler,
+        "settings": settings,
+        "model": str(args.model or default_t2i_model()),
+    }
     write_images(args, images, slug(args.prompt), metadata)
     return 0
 
@@ -277,8 +329,11 @@ def run_vary(args) -> int:
     pipeline = load_t2i_pipeline(args)
     with one_torch_thread(), torch.no_grad():  # encoded once, on one thread like each image's own work
         embeds = pipeline.encode_image([image])
-    images = each_alone(args, pipeline, lambda pipe, generators: pipe.image_variation(
-        image_embeds=embeds, generator=generators, **settings).images)
+    images = each_alone(
+        args,
+        pipeline,
+        lambda pipe, generators: pipe.image_variation(image_embeds=embeds, generator=generators, **settings).images,
+    )
     metadata = {"source": str(args.image), "scheduler": args.scheduler, "settings": settings}
     write_images(args, images, slug(Path(args.image).stem) + "-variation", metadata)
     return 0
@@ -298,8 +353,9 @@ def run_interpolate(args) -> int:
     ends = [interpolation_end(args.start, "START"), interpolation_end(args.end, "END")]
     pipeline = load_t2i_pipeline(args)
     seed = base_seed(args)
-    chunks = pipeline.interpolation_frames(ends[0], ends[1], frames=args.frames,
-                                           generator=torch.Generator().manual_seed(seed), **settings)
+    chunks = pipeline.interpolation_frames(
+        ends[0], ends[1], frames=args.frames, generator=torch.Generator().manual_seed(seed), **settings
+    )
 
     def frames():  # written as each batch of frames is decoded, never all held at once
         index = 0

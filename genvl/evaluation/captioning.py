@@ -27,8 +27,13 @@ from ..world.scenes import LAYOUTS
 # which parts of the `scene_facts` tuples (name, colour, count, size, position) each field compares: every
 # attribute is compared together with the object's name, so a swapped colour or place counts as wrong
 FACT_FIELDS = {"names": (0,), "colours": (0, 1), "counts": (0, 2), "positions": (0, 4)}
-SCENE_METRICS = ("scene_exact_match", "parse_rate", *FACT_FIELDS, "single_name_colour",
-                 *(f"exact_{layout}" for layout in LAYOUTS))
+SCENE_METRICS = (
+    "scene_exact_match",
+    "parse_rate",
+    *FACT_FIELDS,
+    "single_name_colour",
+    *(f"exact_{layout}" for layout in LAYOUTS),
+)
 NUM_EXAMPLES = 5
 
 
@@ -60,8 +65,10 @@ def _check_ids(predictions: dict, references: dict) -> None:
     if predictions.keys() != references.keys():
         missing = sorted(map(str, references.keys() - predictions.keys()))[:5]
         extra = sorted(map(str, predictions.keys() - references.keys()))[:5]
-        raise ValueError(f"predictions and references must have the same ids; "
-                         f"ids without a prediction: {missing}, ids without references: {extra}")
+        raise ValueError(
+            f"predictions and references must have the same ids; "
+            f"ids without a prediction: {missing}, ids without references: {extra}"
+        )
     for key, refs in references.items():
         if isinstance(refs, str) or not refs:
             raise ValueError(f"references[{key!r}] must be a non-empty list of captions, got {refs!r}")
@@ -69,21 +76,26 @@ def _check_ids(predictions: dict, references: dict) -> None:
 
 def _require_java() -> None:
     if shutil.which("java") is None:
-        raise RuntimeError("METEOR and the PTB tokenizer of pycocoevalcap need Java: no `java` on PATH "
-                           "(install a JRE, e.g. apt-get install default-jre-headless)")
+        raise RuntimeError(
+            "METEOR and the PTB tokenizer of pycocoevalcap need Java: no `java` on PATH "
+            "(install a JRE, e.g. apt-get install default-jre-headless)"
+        )
 
 
 def _tokenize(predictions: dict, references: dict) -> tuple[dict, dict]:
     """PTB-tokenise references and predictions in one tokenizer run, which saves a Java start-up."""
     # the tokenizer reads one caption per line, so any line break inside a caption would shift all later ones
-    captions = {("ref", key): [{"caption": " ".join(text.split())} for text in refs]
-                for key, refs in references.items()}
+    captions = {
+        ("ref", key): [{"caption": " ".join(text.split())} for text in refs] for key, refs in references.items()
+    }
     captions.update({("pred", key): [{"caption": " ".join(text.split())}] for key, text in predictions.items()})
     with _captured_stderr() as log:  # the Java tokenizer logs a speed line to the stderr it inherits
         tokens = PTBTokenizer().tokenize(captions)
     if any(len(tokens.get(key, ())) != len(texts) for key, texts in captions.items()):
-        raise RuntimeError("pycocoevalcap's PTB tokenizer returned fewer captions than it was given; "
-                           f"check that `java -version` works. Its log: {log[0][-500:]}")
+        raise RuntimeError(
+            "pycocoevalcap's PTB tokenizer returned fewer captions than it was given; "
+            f"check that `java -version` works. Its log: {log[0][-500:]}"
+        )
     gts = {key: tokens[("ref", key)] for key in references}
     res = {key: tokens[("pred", key)] for key in references}
     return gts, res
@@ -182,8 +194,9 @@ def _field_counts(facts: list[tuple], parts: tuple[int, ...]) -> Counter:
     return Counter(tuple(fact[i] for i in parts) for fact in facts)
 
 
-def evaluate_captioner(pipeline, data_dir, batch_size: int = 32, limit: int | None = None, progress=None,
-                       **decoding) -> dict:
+def evaluate_captioner(
+    pipeline, data_dir, batch_size: int = 32, limit: int | None = None, progress=None, **decoding
+) -> dict:
     """Caption the images of an imagefolder and score the captions.
 
     Args:
@@ -206,14 +219,18 @@ def evaluate_captioner(pipeline, data_dir, batch_size: int = 32, limit: int | No
     records = read_metadata(data_dir)[:limit]
     for record in records:
         if "scene" not in record:
-            raise ValueError(f"{Path(data_dir) / 'metadata.jsonl'}: record {record['file_name']!r} has no 'scene'; "
-                             f"evaluate_captioner needs the scene graphs that write_imagefolder stores")
+            raise ValueError(
+                f"{Path(data_dir) / 'metadata.jsonl'}: record {record['file_name']!r} has no 'scene'; "
+                f"evaluate_captioner needs the scene graphs that write_imagefolder stores"
+            )
     paths = [str(Path(data_dir) / record["file_name"]) for record in records]
     predictions = _caption_images(pipeline, paths, batch_size, progress, decoding)
     # ids are positions, not file names, so that a repeated file name cannot merge two images
     references = {str(i): record.get("captions") or [record["text"]] for i, record in enumerate(records)}
-    examples = [{"file_name": record["file_name"], "prediction": prediction, "reference": record["text"]}
-                for record, prediction in zip(records[:NUM_EXAMPLES], predictions)]
+    examples = [
+        {"file_name": record["file_name"], "prediction": prediction, "reference": record["text"]}
+        for record, prediction in zip(records[:NUM_EXAMPLES], predictions)
+    ]
     return {
         "num_images": len(records),
         **caption_metrics(dict(zip(references, predictions)), references),
@@ -224,7 +241,7 @@ def evaluate_captioner(pipeline, data_dir, batch_size: int = 32, limit: int | No
 
 def _caption_images(pipeline, paths: list[str], batch_size: int, progress, decoding: dict) -> list[str]:
     """The best caption of every image, captioned `batch_size` images at a time."""
-    batches = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
+    batches = [paths[start : start + batch_size] for start in range(0, len(paths), batch_size)]
     predictions = []
     for batch in progress(batches, total=len(batches)) if progress else batches:
         captions = pipeline(batch, **decoding).captions

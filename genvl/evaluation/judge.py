@@ -27,8 +27,11 @@ def judge_scene(scene: dict, detections: list[Detection]) -> dict[str, bool]:
         first, second = found(objects[0]), found(objects[1])
         axis = PAIR_AXES[layout]
         ordered = any((a.x, a.y)[axis] < (b.x, b.y)[axis] for a in first for b in second)
-        return {"two_objects": bool(first and second), "position": ordered,
-                "colour_attribution": bool(found(objects[0], True) and found(objects[1], True))}
+        return {
+            "two_objects": bool(first and second),
+            "position": ordered,
+            "colour_attribution": bool(found(objects[0], True) and found(objects[1], True)),
+        }
     if layout == "count":
         return {"counting": len(found(objects[0])) == len(objects)}
     if layout == "row":

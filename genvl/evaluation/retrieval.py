@@ -35,14 +35,15 @@ def retrieval_ranks(similarity: torch.Tensor, caption_of_image: torch.Tensor):
     true = similarity.gather(1, caption_of_image[:, None])
     image_to_text = (similarity > true).sum(1) + 1
     images_of = [torch.nonzero(caption_of_image == c).squeeze(1) for c in range(similarity.shape[1])]
-    text_to_image = torch.stack([
-        (similarity[:, c] > similarity[rows, c].max()).sum() + 1 for c, rows in enumerate(images_of)
-    ])
+    text_to_image = torch.stack(
+        [(similarity[:, c] > similarity[rows, c].max()).sum() + 1 for c, rows in enumerate(images_of)]
+    )
     return image_to_text, text_to_image
 
 
-def order_accuracy(clip, tokenizer, records, image_embeds, length: int, batch_size: int,
-                   caption_column: str = "text") -> dict:
+def order_accuracy(
+    clip, tokenizer, records, image_embeds, length: int, batch_size: int, caption_column: str = "text"
+) -> dict:
     """Share of two-object images whose caption CLIP scores above its object-swapped twin (`swapped_caption`)."""
     rows = [(i, swapped_caption(r["scene"])) for i, r in enumerate(records) if isinstance(r.get("scene"), dict)]
     rows = [(i, swapped) for i, swapped in rows if swapped is not None]
@@ -57,12 +58,18 @@ def order_accuracy(clip, tokenizer, records, image_embeds, length: int, batch_si
 
 def mirror_rows(records) -> list[int]:
     """Indices of the left/right two-object scenes (`pair_h`) whose object-swapped twin differs from them."""
-    return [i for i, r in enumerate(records) if isinstance(r.get("scene"), dict)
-            and r["scene"].get("layout") == "pair_h" and swapped_caption(r["scene"]) is not None]
+    return [
+        i
+        for i, r in enumerate(records)
+        if isinstance(r.get("scene"), dict)
+        and r["scene"].get("layout") == "pair_h"
+        and swapped_caption(r["scene"]) is not None
+    ]
 
 
-def mirror_scores(clip, image_processor, records, images, image_embeds, text_embeds, caption_of_image,
-                  batch_size: int) -> dict:
+def mirror_scores(
+    clip, image_processor, records, images, image_embeds, text_embeds, caption_of_image, batch_size: int
+) -> dict:
     """Over left/right two-object images (`mirror_rows`): the share whose own caption scores higher against the
     image than against its left-right mirror, and the mean cosine of the two images' embeddings."""
     rows = mirror_rows(records)
@@ -71,12 +78,23 @@ def mirror_scores(clip, image_processor, records, images, image_embeds, text_emb
     mirrored = embed_images(clip, image_processor, images[rows].flip(-1), batch_size).float()
     own, texts = image_embeds[rows].float(), text_embeds[caption_of_image[rows]].float()
     wins = (own * texts).sum(-1) > (mirrored * texts).sum(-1)
-    return {"mirror_images": len(rows), "mirror_accuracy": float(wins.float().mean()),
-            "mirror_cosine": float((own * mirrored).sum(-1).mean())}
+    return {
+        "mirror_images": len(rows),
+        "mirror_accuracy": float(wins.float().mean()),
+        "mirror_cosine": float((own * mirrored).sum(-1).mean()),
+    }
 
 
-def evaluate_retrieval(clip, tokenizer, image_processor, data_dir, limit=None, batch_size: int = 256,
-                       caption_column: str = "text", image_column: str = "file_name") -> dict:
+def evaluate_retrieval(
+    clip,
+    tokenizer,
+    image_processor,
+    data_dir,
+    limit=None,
+    batch_size: int = 256,
+    caption_column: str = "text",
+    image_column: str = "file_name",
+) -> dict:
     records = read_metadata(Path(data_dir), caption_column, image_column)[:limit]
     captions = sorted({r[caption_column] for r in records})
     index = {c: i for i, c in enumerate(captions)}
@@ -90,6 +108,7 @@ def evaluate_retrieval(clip, tokenizer, image_processor, data_dir, limit=None, b
     report.update(rank_metrics(image_to_text, "image_to_text"))
     report.update(rank_metrics(text_to_image, "text_to_image"))
     report.update(order_accuracy(clip, tokenizer, records, image_embeds, length, batch_size, caption_column))
-    report.update(mirror_scores(clip, image_processor, records, images, image_embeds, text_embeds, caption_of_image,
-                                batch_size))
+    report.update(
+        mirror_scores(clip, image_processor, records, images, image_embeds, text_embeds, caption_of_image, batch_size)
+    )
     return report

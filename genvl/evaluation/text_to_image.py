@@ -55,8 +55,9 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(mean_term + cov_a.trace() + cov_b.trace() - 2 * cross)
 
 
-def r_precision(image_embeds: torch.Tensor, text_embeds: torch.Tensor, prompt_of_image: list[int],
-                seed: int = 0) -> float:
+def r_precision(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, prompt_of_image: list[int], seed: int = 0
+) -> float:
     """Share of images whose own prompt scores higher than each of `DISTRACTORS` other prompts (drawn with a
     fixed seed; all of the others when there are fewer)."""
     similarity = image_embeds.float() @ text_embeds.float().T
@@ -75,8 +76,14 @@ def names_all_objects(caption: str, scene: dict) -> bool:
     return all({obj["name"], ALL_OBJECTS[obj["name"]][1]} & words for obj in scene["objects"])
 
 
-def judge_images(judge, images: torch.Tensor, scenes: list[dict], prompt_of_image: list[int],
-                 batch_size: int = 64, threshold: float | None = None) -> dict[str, float]:
+def judge_images(
+    judge,
+    images: torch.Tensor,
+    scenes: list[dict],
+    prompt_of_image: list[int],
+    batch_size: int = 64,
+    threshold: float | None = None,
+) -> dict[str, float]:
     """The judge's GenEval-style accuracy per category of uint8 images (N, 3, H, W); `threshold` overrides
     the judge's own detection threshold."""
     judgements = []
@@ -87,8 +94,9 @@ def judge_images(judge, images: torch.Tensor, scenes: list[dict], prompt_of_imag
     return category_accuracy(judgements)
 
 
-def caption_round_trip(captioner, images: torch.Tensor, scenes: list[dict], prompt_of_image: list[int],
-                       batch_size: int = 64) -> float:
+def caption_round_trip(
+    captioner, images: torch.Tensor, scenes: list[dict], prompt_of_image: list[int], batch_size: int = 64
+) -> float:
     """How often `captioner`'s caption of uint8 image i (N, 3, H, W) names every object of
     `scenes[prompt_of_image[i]]`."""
     named = []
@@ -99,13 +107,25 @@ def caption_round_trip(captioner, images: torch.Tensor, scenes: list[dict], prom
     return float(np.mean(named))
 
 
-def score_images(images: torch.Tensor, scenes: list[dict], prompt_of_image: list[int], text_embeds,
-                 judge, clip, clip_processor, captioner=None, batch_size: int = 64, seed: int = 0) -> dict:
+def score_images(
+    images: torch.Tensor,
+    scenes: list[dict],
+    prompt_of_image: list[int],
+    text_embeds,
+    judge,
+    clip,
+    clip_processor,
+    captioner=None,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict:
     """Every score of uint8 images (N, 3, H, W), image i made for (or rendered from) `scenes[prompt_of_image[i]]`.
     Returns the report and the images' CLIP embeddings."""
     image_embeds = embed_at_clip_size(clip, clip_processor, images, batch_size)
-    report = {"judge": judge_images(judge, images, scenes, prompt_of_image, batch_size),
-              "r_precision": r_precision(image_embeds, text_embeds, prompt_of_image, seed)}
+    report = {
+        "judge": judge_images(judge, images, scenes, prompt_of_image, batch_size),
+        "r_precision": r_precision(image_embeds, text_embeds, prompt_of_image, seed),
+    }
     if captioner is not None:
         report["round_trip"] = caption_round_trip(captioner, images, scenes, prompt_of_image, batch_size)
     return report, image_embeds
@@ -120,8 +140,9 @@ def autoencoder_round_trip(vae, images: torch.Tensor, batch_size: int = 64) -> t
 
 
 @torch.no_grad()
-def generate_for_prompts(pipeline, prompts: list[str], images_per_prompt: int, batch_size: int, seed: int,
-                         progress=None, **sampling) -> torch.Tensor:
+def generate_for_prompts(
+    pipeline, prompts: list[str], images_per_prompt: int, batch_size: int, seed: int, progress=None, **sampling
+) -> torch.Tensor:
     """uint8 images (len(prompts) * images_per_prompt, 3, H, W); image k is drawn with seed `seed + k`. A call
     makes about `batch_size` images, candidates (`num_candidates` in `sampling`) included."""
     per_call = max(1, batch_size // (images_per_prompt * sampling.get("num_candidates", 1)))
@@ -131,21 +152,32 @@ def generate_for_prompts(pipeline, prompts: list[str], images_per_prompt: int, b
         chunk = prompts[start : start + per_call]
         first = start * images_per_prompt
         generators = [torch.Generator().manual_seed(seed + first + k) for k in range(len(chunk) * images_per_prompt)]
-        images = pipeline(chunk, num_images_per_prompt=images_per_prompt, generator=generators, output_type="pt",
-                          **sampling).images
+        images = pipeline(
+            chunk, num_images_per_prompt=images_per_prompt, generator=generators, output_type="pt", **sampling
+        ).images
         out.append((images.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
     return torch.cat(out)
 
 
 @torch.no_grad()
-def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_embeds: torch.Tensor,
-                 batch_size: int = 64, seed: int = 0, prior_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
-                 decoder_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
-                 prior_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-                 decoder_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-                 decoder_text_guidance_scale: float | None = DEFAULT_TEXT_GUIDANCE, mirror_prompts: list[int] = (),
-                 mirrored_embeds: torch.Tensor | None = None, real_images: torch.Tensor | None = None,
-                 captioner=None) -> dict:
+def stage_scores(
+    pipeline,
+    judge,
+    prompts: list[str],
+    scenes: list[dict],
+    real_embeds: torch.Tensor,
+    batch_size: int = 64,
+    seed: int = 0,
+    prior_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+    decoder_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+    prior_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    decoder_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    decoder_text_guidance_scale: float | None = DEFAULT_TEXT_GUIDANCE,
+    mirror_prompts: list[int] = (),
+    mirrored_embeds: torch.Tensor | None = None,
+    real_images: torch.Tensor | None = None,
+    captioner=None,
+) -> dict:
     """Which stage loses accuracy. The prior: mean cosine between its embedding for each prompt and the CLIP
     embedding of that prompt's real render, and how often that render is the nearest of all the prompts'
     renders; and for the left/right prompts `mirror_prompts` (indices), given `mirrored_embeds` (their renders
@@ -167,38 +199,66 @@ def stage_scores(pipeline, judge, prompts: list[str], scenes: list[dict], real_e
         generators = lambda: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
         priors.append(pipeline.run_prior(text, prior_num_inference_steps, prior_guidance_scale, generators()).cpu())
         embeds = real_embeds[start : start + batch_size].to(pipeline.clip.device, pipeline.clip.dtype)
-        images.append(pixels_to_uint8(pipeline.run_decoder(embeds, decoder_text, decoder_num_inference_steps,
-                                                           decoder_guidance_scale, generators(),
-                                                           text_guidance_scale=decoder_text_guidance_scale)))
+        images.append(
+            pixels_to_uint8(
+                pipeline.run_decoder(
+                    embeds,
+                    decoder_text,
+                    decoder_num_inference_steps,
+                    decoder_guidance_scale,
+                    generators(),
+                    text_guidance_scale=decoder_text_guidance_scale,
+                )
+            )
+        )
         empty = decoder_text.negatives()  # the empty prompt, as negative prompt and as prompt
         no_prompt = PromptEncoding.join(empty, empty)
-        variations.append(pixels_to_uint8(pipeline.run_decoder(embeds, no_prompt, decoder_num_inference_steps,
-                                                               decoder_guidance_scale, generators())))
+        variations.append(
+            pixels_to_uint8(
+                pipeline.run_decoder(
+                    embeds, no_prompt, decoder_num_inference_steps, decoder_guidance_scale, generators()
+                )
+            )
+        )
     prior = torch.cat(priors).float()
     similarity = prior @ real_embeds.T
     own = torch.arange(len(prompts))
-    out = {"prior_cosine_to_real": similarity[own, own].mean().item(),
-           "prior_nearest_is_own_render": (similarity.argmax(dim=1) == own).float().mean().item()}
+    out = {
+        "prior_cosine_to_real": similarity[own, own].mean().item(),
+        "prior_nearest_is_own_render": (similarity.argmax(dim=1) == own).float().mean().item(),
+    }
     if len(mirror_prompts):
         rows = list(mirror_prompts)
         mirrored = torch.nn.functional.normalize(mirrored_embeds.float(), dim=-1)
         closer = similarity[rows, rows] > (prior[rows] * mirrored).sum(-1)
         out.update(prior_mirror_prompts=len(rows), prior_mirror_accuracy=closer.float().mean().item())
     out["decoder_from_real_embeddings"] = judge_images(judge, torch.cat(images), scenes, own.tolist(), batch_size)
-    out["decoder_from_real_embeddings_without_prompt"] = judge_images(judge, torch.cat(variations), scenes,
-                                                                      own.tolist(), batch_size)
+    out["decoder_from_real_embeddings_without_prompt"] = judge_images(
+        judge, torch.cat(variations), scenes, own.tolist(), batch_size
+    )
     if real_images is not None and pipeline.vae is not None:
         round_trip = autoencoder_round_trip(pipeline.vae, real_images, batch_size)
         out["autoencoder_round_trip"] = judge_images(judge, round_trip, scenes, own.tolist(), batch_size)
         if captioner is not None:
-            out["autoencoder_caption_round_trip"] = caption_round_trip(captioner, round_trip, scenes, own.tolist(),
-                                                                       batch_size)
+            out["autoencoder_caption_round_trip"] = caption_round_trip(
+                captioner, round_trip, scenes, own.tolist(), batch_size
+            )
     return out
 
 
-def evaluate_text_to_image(pipeline, judge, data_dir, captioner=None, num_prompts: int = 250,
-                           images_per_prompt: int = 4, batch_size: int = 64, seed: int = 0, progress=None,
-                           stages: bool = False, **sampling) -> dict:
+def evaluate_text_to_image(
+    pipeline,
+    judge,
+    data_dir,
+    captioner=None,
+    num_prompts: int = 250,
+    images_per_prompt: int = 4,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress=None,
+    stages: bool = False,
+    **sampling,
+) -> dict:
     """Generate `images_per_prompt` images for `num_prompts` held-out prompts of an imagefolder and score them.
 
     Args:
@@ -224,8 +284,9 @@ def evaluate_text_to_image(pipeline, judge, data_dir, captioner=None, num_prompt
         raise ValueError(f"{data_dir} needs images beyond the {len(records)} prompts' for the Fréchet distance")
     clip, processor = pipeline.clip, pipeline.image_processor
     text_embeds = embed_texts(clip, pipeline.tokenizer, prompts, pipeline.prior.config.num_embeddings)[0]
-    score = dict(judge=judge, clip=clip, clip_processor=processor, captioner=captioner, batch_size=batch_size,
-                 seed=seed)
+    score = dict(
+        judge=judge, clip=clip, clip_processor=processor, captioner=captioner, batch_size=batch_size, seed=seed
+    )
 
     generated = generate_for_prompts(pipeline, prompts, images_per_prompt, batch_size, seed, progress, **sampling)
     rows = [p for p in range(len(prompts)) for _ in range(images_per_prompt)]
@@ -237,13 +298,30 @@ def evaluate_text_to_image(pipeline, judge, data_dir, captioner=None, num_prompt
     reference = embed_images(clip, processor, load_images(data_dir, others, "file_name", size))
     report["frechet_distance"] = frechet_distance(generated_embeds, reference)
     real_report["frechet_distance"] = frechet_distance(real_embeds, reference)
-    out = {"prompts": len(prompts), "images_per_prompt": images_per_prompt, "images": len(generated),
-           "reference_images": len(others), "generated": report, "real_renders": real_report}
+    out = {
+        "prompts": len(prompts),
+        "images_per_prompt": images_per_prompt,
+        "images": len(generated),
+        "reference_images": len(others),
+        "generated": report,
+        "real_renders": real_report,
+    }
     if stages:
         rows = mirror_rows(records)
         mirrored = embed_at_clip_size(clip, processor, real[rows].flip(-1), batch_size) if rows else None
         stage_sampling = {k: v for k, v in sampling.items() if k != "num_candidates"}  # one image per prompt there
-        out["stages"] = stage_scores(pipeline, judge, prompts, scenes, real_embeds, batch_size, seed,
-                                     mirror_prompts=rows, mirrored_embeds=mirrored, real_images=real,
-                                     captioner=captioner, **stage_sampling)
+        out["stages"] = stage_scores(
+            pipeline,
+            judge,
+            prompts,
+            scenes,
+            real_embeds,
+            batch_size,
+            seed,
+            mirror_prompts=rows,
+            mirrored_embeds=mirrored,
+            real_images=real,
+            captioner=captioner,
+            **stage_sampling,
+        )
     return out

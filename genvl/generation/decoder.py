@@ -20,10 +20,16 @@ def _wrapped(module) -> bool:
     replaced on the instance, as accelerate's offloading hooks do (their weights wait on the meta device)."""
     from torch.nn.modules import module as torch_module
 
-    global_hooks = (getattr(torch_module, name, None) for name in ("_global_forward_hooks",
-                                                                    "_global_forward_pre_hooks"))
-    return bool(module._forward_hooks or module._forward_pre_hooks or "forward" in vars(module)
-                or hasattr(module, "_hf_hook") or any(global_hooks))
+    global_hooks = (
+        getattr(torch_module, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks")
+    )
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or "forward" in vars(module)
+        or hasattr(module, "_hf_hook")
+        or any(global_hooks)
+    )
 
 
 def _direct(module):
@@ -138,8 +144,14 @@ class CachedDecoder:
         qkv = block.c_attn(hidden).view(rows, steps, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         cache = self.cache[layer]
         cache[:, :, :, start:end] = qkv[1:]  # keys and values in one copy
-        out = attend(qkv[0], cache[0, :, :, :end], cache[1, :, :, :end], self.backend,
-                     is_causal=steps > 1, scale=self.scales[layer])
+        out = attend(
+            qkv[0],
+            cache[0, :, :, :end],
+            cache[1, :, :, :end],
+            self.backend,
+            is_causal=steps > 1,
+            scale=self.scales[layer],
+        )
         # a multi-token step only happens at the start (prefill), where causal masking from 0 is exact
         return block.attn_proj(out.transpose(1, 2).reshape(rows * steps, -1))
 

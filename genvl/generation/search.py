@@ -53,8 +53,10 @@ def _sample(probs: torch.Tensor, generator, image_of_row: torch.Tensor) -> torch
     if not isinstance(generator, (list, tuple)):
         device = generator.device if generator is not None else probs.device
         return torch.multinomial(probs.to(device), 1, generator=generator).squeeze(1).to(probs.device)
-    picks = [torch.multinomial(p.to(generator[int(i)].device), 1, generator=generator[int(i)]).to(probs.device)
-             for p, i in zip(probs, image_of_row)]
+    picks = [
+        torch.multinomial(p.to(generator[int(i)].device), 1, generator=generator[int(i)]).to(probs.device)
+        for p, i in zip(probs, image_of_row)
+    ]
     return torch.cat(picks)
 
 
@@ -131,8 +133,13 @@ class _Beams:
 
     def select(self, images: torch.Tensor) -> "_Beams":
         """The state of `images` (indices into the rows) only."""
-        return _Beams(self.running[images], self.running_scores[images], self.done_seqs[images],
-                      self.done_scores[images], self.done[images])
+        return _Beams(
+            self.running[images],
+            self.running_scores[images],
+            self.done_seqs[images],
+            self.done_scores[images],
+            self.done[images],
+        )
 
 
 @dataclass
@@ -183,8 +190,9 @@ def _keep_finished(beams: _Beams, candidates: _Candidates, generated: int, lengt
     final_scores = (candidates.scores / (generated**length_penalty)).add(~ended, alpha=MASKED)
     merged_scores = torch.cat([beams.done_scores, final_scores], dim=1)
     best = torch.topk(merged_scores, num_beams).indices
-    beams.done_seqs = torch.take_along_dim(torch.cat([beams.done_seqs, candidates.sequences], dim=1),
-                                           best[:, :, None], dim=1)
+    beams.done_seqs = torch.take_along_dim(
+        torch.cat([beams.done_seqs, candidates.sequences], dim=1), best[:, :, None], dim=1
+    )
     beams.done_scores = merged_scores.gather(1, best)
     beams.done = torch.cat([beams.done, ended], dim=1).gather(1, best)
 
@@ -225,8 +233,13 @@ def beam_search(model, states, prompt, settings) -> GenerationResult:
     running[:, :, :prompt_len] = prompt
     running_scores = torch.zeros(images, num_beams, device=device)
     running_scores[:, 1:] = MASKED  # only the first beam may expand at the first step
-    beams = _Beams(running, running_scores, running.clone(), torch.full((images, num_beams), MASKED, device=device),
-                   torch.zeros(images, num_beams, dtype=torch.bool, device=device))
+    beams = _Beams(
+        running,
+        running_scores,
+        running.clone(),
+        torch.full((images, num_beams), MASKED, device=device),
+        torch.zeros(images, num_beams, dtype=torch.bool, device=device),
+    )
     row_offset = torch.arange(images, device=device)[:, None] * num_beams  # first decoder row of each image
     live = torch.arange(images, device=device)  # the images still searching (the decoder holds only their rows)
     result_seqs, result_scores = beams.done_seqs.clone(), beams.done_scores.clone()

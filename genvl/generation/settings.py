@@ -79,8 +79,11 @@ class GenerationSettings:
         start = getattr(generation_config, "decoder_start_token_id", None) if generation_config else None
         start = _first(start) if start is not None else _first(getattr(generation_config, "bos_token_id", None))
         pad = getattr(generation_config, "pad_token_id", None) if generation_config else None
-        values.update(eos_token_id=eos, decoder_start_token_id=start if start is not None else eos,
-                      pad_token_id=pad if pad is not None else eos)
+        values.update(
+            eos_token_id=eos,
+            decoder_start_token_id=start if start is not None else eos,
+            pad_token_id=pad if pad is not None else eos,
+        )
         if generation_config is not None:
             for name in known - {"eos_token_id", "decoder_start_token_id", "pad_token_id", "seed"}:
                 value = getattr(generation_config, name, None)

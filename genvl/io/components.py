@@ -11,8 +11,17 @@ namespace, and no module the folder chooses is imported.
 import inspect
 from pathlib import Path
 
-from .folders import (SCHEDULER_LIMITS, check_config, check_files, check_model_folder, check_processor_config,
-                      load_diffusers_model, load_transformers_model, loading_errors, read_json)
+from .folders import (
+    SCHEDULER_LIMITS,
+    check_config,
+    check_files,
+    check_model_folder,
+    check_processor_config,
+    load_diffusers_model,
+    load_transformers_model,
+    loading_errors,
+    read_json,
+)
 
 LIBRARIES = ("transformers", "diffusers")
 # genvl's own components, as model_index.json names them: (module, class) -> where the class is defined
@@ -45,11 +54,12 @@ def component_kinds() -> dict:
         check_config(Path(folder) / "scheduler_config.json", config, SCHEDULER_LIMITS)
         return plain(component_class, folder, dtype)
 
-    return {"model": {transformers.PreTrainedModel: load_transformers_model,
-                      diffusers.ModelMixin: load_diffusers_model},
-            "tokenizer": {transformers.PreTrainedTokenizerBase: tokenizer},
-            "image processor": {ImageProcessingMixin: processor, FeatureExtractionMixin: processor},
-            "scheduler": {diffusers.SchedulerMixin: scheduler}}
+    return {
+        "model": {transformers.PreTrainedModel: load_transformers_model, diffusers.ModelMixin: load_diffusers_model},
+        "tokenizer": {transformers.PreTrainedTokenizerBase: tokenizer},
+        "image processor": {ImageProcessingMixin: processor, FeatureExtractionMixin: processor},
+        "scheduler": {diffusers.SchedulerMixin: scheduler},
+    }
 
 
 def slot_kind(name: str) -> str:
@@ -109,9 +119,11 @@ def resolve_component(library, class_name, where: str, kind: str) -> type:
     `component_kinds`); else a ValueError naming `where`."""
     import importlib
 
-    refused = ValueError(f"{where} names {library}.{class_name}, which genvl does not load: components must be "
-                         "models, tokenizers, image processors or schedulers of transformers or diffusers, or "
-                         "genvl's own")
+    refused = ValueError(
+        f"{where} names {library}.{class_name}, which genvl does not load: components must be "
+        "models, tokenizers, image processors or schedulers of transformers or diffusers, or "
+        "genvl's own"
+    )
     if not (isinstance(library, str) and isinstance(class_name, str)):
         raise refused
     if library in LIBRARIES and class_name.isidentifier() and not class_name.startswith("_"):
@@ -124,8 +136,10 @@ def resolve_component(library, class_name, where: str, kind: str) -> type:
     else:
         raise refused
     if not (isinstance(found, type) and issubclass(found, tuple(component_kinds()[kind]))):
-        raise ValueError(f"{where} names {library}.{class_name}, which is not a {kind} of transformers or diffusers "
-                         "(or genvl's own): genvl does not load it there")
+        raise ValueError(
+            f"{where} names {library}.{class_name}, which is not a {kind} of transformers or diffusers "
+            "(or genvl's own): genvl does not load it there"
+        )
     return found
 
 
@@ -149,8 +163,9 @@ def load_pipeline_components(path, pipeline_class, dtype=None) -> dict:
     index = read_json(index_file)
     found = index.get("_class_name")
     if found != pipeline_class.__name__:
-        raise ValueError(f"{path}: a {found} folder, not a {pipeline_class.__name__} one (model_index.json's "
-                         "_class_name)")
+        raise ValueError(
+            f"{path}: a {found} folder, not a {pipeline_class.__name__} one (model_index.json's _class_name)"
+        )
     parameters = inspect.signature(pipeline_class.__init__).parameters
     names = [name for name in parameters if name != "self"]
     unknown = sorted(name for name in index if not name.startswith("_") and name not in names)
@@ -189,8 +204,9 @@ def local_folder(name, local_files_only: bool = True) -> Path:
         try:
             return Path(snapshot_download(str(name), local_files_only=local_files_only))
         except Exception as err:  # noqa: BLE001  (the hub's errors are many and many lines long)
-            raise FileNotFoundError(f"{name}: no such model folder, nor a model in the Hugging Face cache "
-                                    f"({first_line(err)})") from None
+            raise FileNotFoundError(
+                f"{name}: no such model folder, nor a model in the Hugging Face cache ({first_line(err)})"
+            ) from None
     raise FileNotFoundError(f"{name}: no such model folder")
 
 

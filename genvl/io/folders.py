@@ -22,8 +22,13 @@ FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")  # as safeten
 # Layer counts: the model is first built on the meta device layer by layer. A decoder draws latents of
 # sample_size x sample_size (the largest published unCLIP decoder stage, Karlo's super-resolution UNet, draws at
 # 256); an autoencoder's sample_size is only a tiling hint.
-MODEL_LIMITS = {"n_layer": 1024, "num_hidden_layers": 1024, "num_layers": 1024, "layers_per_block": 1024,
-                "sample_size": 4096}
+MODEL_LIMITS = {
+    "n_layer": 1024,
+    "num_hidden_layers": 1024,
+    "num_layers": 1024,
+    "layers_per_block": 1024,
+    "sample_size": 4096,
+}
 UNET_SAMPLE_SIZE_LIMIT = 256
 SCHEDULER_LIMITS = {"num_train_timesteps": 100_000}  # the length of the schedule's tables
 # the side an image processor resizes or crops to: every image of a batch becomes that many floats squared (the
@@ -53,8 +58,10 @@ def check_model_folder(path) -> Path:
             if name.startswith("_") or not folder.exists() and not folder.is_symlink():
                 continue
             if "/" in name or name in (".", "..") or folder.is_symlink() or not folder.is_dir():
-                raise ValueError(f"{folder}: model_index.json names it as a component, which must be a folder "
-                                 "inside the model folder (not a symlink or a file)")
+                raise ValueError(
+                    f"{folder}: model_index.json names it as a component, which must be a folder "
+                    "inside the model folder (not a symlink or a file)"
+                )
             folders.append(folder)
     for folder in folders:
         check_files(folder)
@@ -131,8 +138,9 @@ def check_config(file, config, limits: dict) -> None:
             raise ValueError(f"{file}: {key} {value!r} is not one of transformers' own attention implementations")
         if key in limits and not isinstance(value, dict):
             for item in value if isinstance(value, (list, tuple)) else [value]:
-                if item is not None and (isinstance(item, bool) or not isinstance(item, int)
-                                         or not 1 <= item <= limits[key]):
+                if item is not None and (
+                    isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= limits[key]
+                ):
                     raise ValueError(f"{file}: {key} must be an integer in [1, {limits[key]}], got {item!r}")
         check_config(file, value, limits)
 
@@ -185,14 +193,18 @@ def raise_for_weights(folder, missing, unexpected, mismatched) -> None:
     unexpected tensor names."""
     if mismatched:
         key, found, expected = mismatched[0]
-        raise ValueError(f"{folder}: weight {key} has shape {list(found)} but config.json gives {list(expected)} "
-                         f"({len(mismatched)} such)")
+        raise ValueError(
+            f"{folder}: weight {key} has shape {list(found)} but config.json gives {list(expected)} "
+            f"({len(mismatched)} such)"
+        )
     if missing:
-        raise ValueError(f"{folder}: the weights lack {missing[0]} ({len(missing)} missing), which config.json "
-                         "describes")
+        raise ValueError(
+            f"{folder}: the weights lack {missing[0]} ({len(missing)} missing), which config.json describes"
+        )
     if unexpected:
-        raise ValueError(f"{folder}: the weights hold {unexpected[0]} ({len(unexpected)} such), which config.json "
-                         "does not describe")
+        raise ValueError(
+            f"{folder}: the weights hold {unexpected[0]} ({len(unexpected)} such), which config.json does not describe"
+        )
 
 
 def check_diffusers_weights(model_class, folder) -> dict:
@@ -211,8 +223,9 @@ def check_diffusers_weights(model_class, folder) -> dict:
         with torch.device("meta"):
             model = model_class.from_config(config)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
-        raise ValueError(f"{folder}: config.json does not describe a {model_class.__name__} ({first_line(err)})") \
-            from None
+        raise ValueError(
+            f"{folder}: config.json does not describe a {model_class.__name__} ({first_line(err)})"
+        ) from None
     check_size(folder, model, stored)
     state = model.state_dict(keep_vars=True)
     saved = {id(state[k]) for k in stored if k in state}  # a tied tensor may be stored under one of its names
@@ -220,8 +233,11 @@ def check_diffusers_weights(model_class, folder) -> dict:
     ignore_unexpected = _ignored_patterns(model, "_keys_to_ignore_on_load_unexpected")
     raise_for_weights(
         folder,
-        missing=[k for k, v in state.items()
-                 if k not in stored and id(v) not in saved and not any(re.search(p, k) for p in ignore_missing)],
+        missing=[
+            k
+            for k, v in state.items()
+            if k not in stored and id(v) not in saved and not any(re.search(p, k) for p in ignore_missing)
+        ],
         unexpected=[k for k in stored if k not in state and not any(re.search(p, k) for p in ignore_unexpected)],
         mismatched=[(k, stored[k][0], v.shape) for k, v in state.items() if k in stored and stored[k][0] != v.shape],
     )
@@ -253,10 +269,17 @@ def load_transformers_model(model_class, folder, dtype=None):
     check_size(folder, model, stored)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     with loading_errors(folder):
-        model, info = model_class.from_pretrained(folder, output_loading_info=True, ignore_mismatched_sizes=True,
-                                                  use_safetensors=True, local_files_only=True, **kwargs)
-    raise_for_weights(folder, sorted(info["missing_keys"]), sorted(info["unexpected_keys"]),
-                      sorted(info["mismatched_keys"]))
+        model, info = model_class.from_pretrained(
+            folder,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
+            use_safetensors=True,
+            local_files_only=True,
+            **kwargs,
+        )
+    raise_for_weights(
+        folder, sorted(info["missing_keys"]), sorted(info["unexpected_keys"]), sorted(info["mismatched_keys"])
+    )
     check_weight_values(folder, model, stored)
     return model
 

@@ -92,8 +92,11 @@ def _decode(source, name: str) -> Image.Image:
 
 def _too_many_pixels(name: str, pixels: int | None, limit: int) -> str:
     """The one wording of a refusal, whatever the image came from (a path, a shard member, bytes)."""
-    found = f"over twice the limit of {limit:,} pixels" if pixels is None else \
-        f"{pixels:,} pixels, over the limit of {limit:,}"
+    found = (
+        f"over twice the limit of {limit:,} pixels"
+        if pixels is None
+        else f"{pixels:,} pixels, over the limit of {limit:,}"
+    )
     return f"{name}: {found} (a possible decompression bomb); raise --max-image-pixels if the file is trusted"
 
 
@@ -184,5 +187,6 @@ def preprocess_each(image_processor, images):
     a batch never holds more than one image at full size. The same values as one call on the whole batch."""
     import torch
 
-    return torch.cat([image_processor(images=[load_image(image)], return_tensors="pt").pixel_values
-                      for image in images])
+    return torch.cat(
+        [image_processor(images=[load_image(image)], return_tensors="pt").pixel_values for image in images]
+    )

@@ -59,6 +59,7 @@ def check_output_file(path, flag: str, inputs=()) -> Path:
 
 def _same_file_among(status: os.stat_result, inputs):
     """The first of `inputs` (a folder standing for the files under it) that is the file `status` describes."""
+
     def same(candidate) -> bool:
         try:
             other = os.stat(candidate)

@@ -9,8 +9,13 @@ import os
 import stat
 from pathlib import Path
 
-KINDS = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISCHR: "a character device",
-         stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
+KINDS = {
+    stat.S_ISDIR: "a folder",
+    stat.S_ISFIFO: "a FIFO (named pipe)",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+    stat.S_ISSOCK: "a socket",
+}
 
 
 def kind_of(mode: int) -> str:

@@ -92,8 +92,10 @@ def member_too_large(ext: str, size: int) -> str | None:
     if cap is None or size <= cap:
         return None
     if _is_image(ext):
-        return (f".{ext} member is {size:,} bytes, over the cap of {cap:,} for an image within the limit of "
-                f"{max_image_pixels():,} pixels; raise --max-image-pixels if the shard is trusted")
+        return (
+            f".{ext} member is {size:,} bytes, over the cap of {cap:,} for an image within the limit of "
+            f"{max_image_pixels():,} pixels; raise --max-image-pixels if the shard is trusted"
+        )
     return f".{ext} member is {size:,} bytes, over the cap of {cap:,} for a member that is not an image"
 
 
@@ -185,8 +187,11 @@ def write_shards(records, open_image, pattern: str, samples_per_shard: int, capt
                 image = io.BytesIO()
                 open_image(record).save(image, format="PNG")
                 fields = {k: v for k, v in record.items() if k not in ("file_name", "image_bytes")}
-                members = {"png": image.getvalue(), "txt": record[caption_column].encode(),
-                           "json": json.dumps(fields).encode()}
+                members = {
+                    "png": image.getvalue(),
+                    "txt": record[caption_column].encode(),
+                    "json": json.dumps(fields).encode(),
+                }
                 for ext, data in members.items():
                     info = tarfile.TarInfo(f"{number:08d}.{ext}")
                     info.size = len(data)

@@ -27,7 +27,6 @@ class CaptionerArchitecture(JsonArchitecture):
     vocab_size: int = 1024
 
 
-
 def train_tokenizer(texts, vocab_size: int = 1024):
     """Train a byte-level BPE tokenizer on captions and wrap it as a GPT-2 tokenizer.
 
@@ -47,8 +46,12 @@ def train_tokenizer(texts, vocab_size: int = 1024):
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return GPT2TokenizerFast(
-        tokenizer_object=tokenizer, bos_token=DEFAULT_BOS, eos_token=DEFAULT_BOS, pad_token=DEFAULT_BOS,
-        unk_token=DEFAULT_BOS, model_max_length=1024,
+        tokenizer_object=tokenizer,
+        bos_token=DEFAULT_BOS,
+        eos_token=DEFAULT_BOS,
+        pad_token=DEFAULT_BOS,
+        unk_token=DEFAULT_BOS,
+        model_max_length=1024,
     )
 
 
@@ -64,19 +67,38 @@ def save_gpt2_vocab_files(tokenizer, directory) -> None:
 
 def build_captioner(arch: CaptionerArchitecture, tokenizer):
     """A randomly initialised VisionEncoderDecoderModel (ViT + GPT2LMHeadModel with cross-attention)."""
-    from transformers import GPT2Config, GenerationConfig, ViTConfig, VisionEncoderDecoderConfig
-    from transformers import VisionEncoderDecoderModel
+    from transformers import (
+        GenerationConfig,
+        GPT2Config,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+    )
 
     encoder = ViTConfig(
-        image_size=arch.image_size, patch_size=arch.patch_size, hidden_size=arch.encoder_hidden_size,
-        num_hidden_layers=arch.encoder_layers, num_attention_heads=arch.encoder_heads,
-        intermediate_size=4 * arch.encoder_hidden_size, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        image_size=arch.image_size,
+        patch_size=arch.patch_size,
+        hidden_size=arch.encoder_hidden_size,
+        num_hidden_layers=arch.encoder_layers,
+        num_attention_heads=arch.encoder_heads,
+        intermediate_size=4 * arch.encoder_hidden_size,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     eos = tokenizer.eos_token_id
     decoder = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=arch.max_positions, n_embd=arch.decoder_hidden_size,
-        n_layer=arch.decoder_layers, n_head=arch.decoder_heads, add_cross_attention=True,
-        bos_token_id=eos, eos_token_id=eos, is_decoder=True, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=len(tokenizer),
+        n_positions=arch.max_positions,
+        n_embd=arch.decoder_hidden_size,
+        n_layer=arch.decoder_layers,
+        n_head=arch.decoder_heads,
+        add_cross_attention=True,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        is_decoder=True,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
     config.decoder_start_token_id = eos
@@ -85,8 +107,12 @@ def build_captioner(arch: CaptionerArchitecture, tokenizer):
     config.tie_word_embeddings = True
     model = VisionEncoderDecoderModel(config=config)
     model.generation_config = GenerationConfig(
-        decoder_start_token_id=eos, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
-        max_new_tokens=arch.max_positions - 8, num_beams=1,
+        decoder_start_token_id=eos,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        max_new_tokens=arch.max_positions - 8,
+        num_beams=1,
     )
     return model
 
@@ -96,6 +122,12 @@ def build_image_processor(arch: CaptionerArchitecture):
     from transformers import ViTImageProcessor
 
     return ViTImageProcessor(
-        do_resize=True, size={"height": arch.image_size, "width": arch.image_size}, resample=2,
-        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        do_resize=True,
+        size={"height": arch.image_size, "width": arch.image_size},
+        resample=2,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
     )

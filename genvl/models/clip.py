@@ -36,7 +36,6 @@ class ClipArchitecture(JsonArchitecture):
     vocab_size: int = 1024
 
 
-
 def train_clip_tokenizer(texts, vocab_size: int = 1024, max_length: int = 32):
     """Train a byte-level BPE tokenizer that frames every text as CLIP does: start token, text, end token.
 
@@ -49,20 +48,27 @@ def train_clip_tokenizer(texts, vocab_size: int = 1024, max_length: int = 32):
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[START_TOKEN, END_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=[START_TOKEN, END_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tokenizer.train_from_iterator((t.lower() for t in texts), trainer=trainer)
     start, end = tokenizer.token_to_id(START_TOKEN), tokenizer.token_to_id(END_TOKEN)
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{START_TOKEN} $A {END_TOKEN}", special_tokens=[(START_TOKEN, start), (END_TOKEN, end)],
+        single=f"{START_TOKEN} $A {END_TOKEN}",
+        special_tokens=[(START_TOKEN, start), (END_TOKEN, end)],
     )
     from tokenizers import normalizers
 
     tokenizer.normalizer = normalizers.Lowercase()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=START_TOKEN, eos_token=END_TOKEN, pad_token=END_TOKEN,
-        unk_token=END_TOKEN, model_max_length=max_length,
+        tokenizer_object=tokenizer,
+        bos_token=START_TOKEN,
+        eos_token=END_TOKEN,
+        pad_token=END_TOKEN,
+        unk_token=END_TOKEN,
+        model_max_length=max_length,
     )
 
 
@@ -71,15 +77,25 @@ def build_clip(arch: ClipArchitecture, tokenizer):
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
     text = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=arch.text_hidden_size, intermediate_size=4 * arch.text_hidden_size,
-        num_hidden_layers=arch.text_layers, num_attention_heads=arch.text_heads,
-        max_position_embeddings=arch.max_positions, projection_dim=arch.projection_dim,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=arch.text_hidden_size,
+        intermediate_size=4 * arch.text_hidden_size,
+        num_hidden_layers=arch.text_layers,
+        num_attention_heads=arch.text_heads,
+        max_position_embeddings=arch.max_positions,
+        projection_dim=arch.projection_dim,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     vision = CLIPVisionConfig(
-        image_size=arch.image_size, patch_size=arch.patch_size, hidden_size=arch.vision_hidden_size,
-        intermediate_size=4 * arch.vision_hidden_size, num_hidden_layers=arch.vision_layers,
-        num_attention_heads=arch.vision_heads, projection_dim=arch.projection_dim,
+        image_size=arch.image_size,
+        patch_size=arch.patch_size,
+        hidden_size=arch.vision_hidden_size,
+        intermediate_size=4 * arch.vision_hidden_size,
+        num_hidden_layers=arch.vision_layers,
+        num_attention_heads=arch.vision_heads,
+        projection_dim=arch.projection_dim,
     )
     config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=arch.projection_dim)
     return CLIPModel(config)
@@ -90,9 +106,17 @@ def build_clip_image_processor(image_size: int):
     from transformers import CLIPImageProcessor
 
     return CLIPImageProcessor(
-        do_resize=True, size={"shortest_edge": image_size}, resample=3, do_center_crop=True,
-        crop_size={"height": image_size, "width": image_size}, do_rescale=True, rescale_factor=1 / 255,
-        do_normalize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD, do_convert_rgb=True,
+        do_resize=True,
+        size={"shortest_edge": image_size},
+        resample=3,
+        do_center_crop=True,
+        crop_size={"height": image_size, "width": image_size},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        do_convert_rgb=True,
     )
 
 
@@ -116,8 +140,10 @@ def load_clip(path, dtype=None):
         tokenizer = load_tokenizer(path / "tokenizer", text_vocabulary(clip))
         return clip, tokenizer, load_image_processor(path / "image_processor")
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: neither a text-to-image pipeline nor a CLIP folder (no model_index.json "
-                                "with clip/config.json, no config.json)")
+        raise FileNotFoundError(
+            f"{path}: neither a text-to-image pipeline nor a CLIP folder (no model_index.json "
+            "with clip/config.json, no config.json)"
+        )
     clip = load_transformers_model(CLIPModel, path, dtype)
     return clip, load_tokenizer(path, text_vocabulary(clip)), load_image_processor(path)
 
@@ -199,8 +225,11 @@ def embed_at_clip_size(clip, image_processor, images, batch_size: int = 64):
 
     size = clip.config.vision_config.image_size
     if images.shape[-1] != size:
-        images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
-                                                 antialias=True).round().clamp(0, 255)
+        images = (
+            torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+            .round()
+            .clamp(0, 255)
+        )
     return embed_images(clip, image_processor, images, batch_size)
 
 
@@ -261,9 +290,14 @@ def text_similarity(clip, tokenizer, image_embeds, texts, padding: str = "max_le
     texts = list(texts)
     warn_if_truncated(tokenizer, texts, length)
     with torch.no_grad():
-        text_embeds = torch.cat([encode_texts(clip, tokenizer, texts[start : start + batch_size], length,
-                                              image_embeds.dtype, padding).embeds
-                                 for start in range(0, len(texts), batch_size)])
+        text_embeds = torch.cat(
+            [
+                encode_texts(
+                    clip, tokenizer, texts[start : start + batch_size], length, image_embeds.dtype, padding
+                ).embeds
+                for start in range(0, len(texts), batch_size)
+            ]
+        )
     return image_embeds.float() @ text_embeds.to(image_embeds.device).float().T
 
 

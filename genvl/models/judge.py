@@ -20,7 +20,8 @@ from torch import nn
 def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation),
-        nn.GroupNorm(8, cout), nn.SiLU(),
+        nn.GroupNorm(8, cout),
+        nn.SiLU(),
     )
 
 
@@ -37,14 +38,24 @@ class SceneJudge(ModelMixin, ConfigMixin):
     """Grid detector of the world's objects: (B, 3, 64, 64) images in [-1, 1] -> per-cell predictions."""
 
     @register_to_config
-    def __init__(self, object_names: list, colour_names: list, channels: tuple = (32, 64, 128),
-                 image_size: int = 64, threshold: float = 0.5):
+    def __init__(
+        self,
+        object_names: list,
+        colour_names: list,
+        channels: tuple = (32, 64, 128),
+        image_size: int = 64,
+        threshold: float = 0.5,
+    ):
         super().__init__()
         c1, c2, c3 = channels
         self.body = nn.Sequential(
-            _conv(3, c1, stride=2), _conv(c1, c1),
-            _conv(c1, c2, stride=2), _conv(c2, c2),
-            _conv(c2, c3, stride=2), _conv(c3, c3), _conv(c3, c3, dilation=2),
+            _conv(3, c1, stride=2),
+            _conv(c1, c1),
+            _conv(c1, c2, stride=2),
+            _conv(c2, c2),
+            _conv(c2, c3, stride=2),
+            _conv(c3, c3),
+            _conv(c3, c3, dilation=2),
         )
         self.head = nn.Conv2d(c3, 1 + len(object_names) + len(colour_names) + 2, 1)
 
@@ -69,8 +80,12 @@ class SceneJudge(ModelMixin, ConfigMixin):
     def forward(self, images: torch.Tensor) -> dict:
         out = rearrange(self.head(self.body(images)), "b k h w -> b h w k")  # K scores per grid cell
         n, c = len(self.config.object_names), len(self.config.colour_names)
-        return {"objectness": out[..., 0], "objects": out[..., 1 : 1 + n], "colours": out[..., 1 + n : 1 + n + c],
-                "offsets": out[..., 1 + n + c :]}
+        return {
+            "objectness": out[..., 0],
+            "objects": out[..., 1 : 1 + n],
+            "colours": out[..., 1 + n : 1 + n + c],
+            "offsets": out[..., 1 + n + c :],
+        }
 
     def targets(self, scenes: list[dict]) -> dict:
         """Per-cell training targets of scene graphs (their boxes are in 64-unit coordinates)."""
@@ -94,8 +109,9 @@ class SceneJudge(ModelMixin, ConfigMixin):
 
     def loss(self, outputs: dict, targets: dict) -> torch.Tensor:
         positive = targets["objectness"] > 0
-        loss = F.binary_cross_entropy_with_logits(outputs["objectness"], targets["objectness"], pos_weight=
-                                                  torch.tensor(4.0, device=positive.device))
+        loss = F.binary_cross_entropy_with_logits(
+            outputs["objectness"], targets["objectness"], pos_weight=torch.tensor(4.0, device=positive.device)
+        )
         loss = loss + F.cross_entropy(outputs["objects"][positive], targets["objects"][positive])
         loss = loss + F.cross_entropy(outputs["colours"][positive], targets["colours"][positive])
         return loss + F.l1_loss(outputs["offsets"][positive].sigmoid(), targets["offsets"][positive])
@@ -116,9 +132,13 @@ class SceneJudge(ModelMixin, ConfigMixin):
         names, colours = self.config.object_names, self.config.colour_names
         for b, i, j in found:
             dx, dy = outputs["offsets"][b, i, j].float().sigmoid().tolist()
-            detections[b].append(Detection(
-                name=names[int(outputs["objects"][b, i, j].argmax())],
-                colour=colours[int(outputs["colours"][b, i, j].argmax())],
-                x=(j + dx) * self.cell, y=(i + dy) * self.cell, score=float(score[b, i, j]),
-            ))
+            detections[b].append(
+                Detection(
+                    name=names[int(outputs["objects"][b, i, j].argmax())],
+                    colour=colours[int(outputs["colours"][b, i, j].argmax())],
+                    x=(j + dx) * self.cell,
+                    y=(i + dy) * self.cell,
+                    score=float(score[b, i, j]),
+                )
+            )
         return detections

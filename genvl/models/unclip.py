@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from einops import rearrange
 from diffusers.models.modeling_utils import ModelMixin
+from einops import rearrange
 from torch import nn
 
 from .architecture import JsonArchitecture
@@ -30,14 +30,17 @@ class UnclipArchitecture(JsonArchitecture):
     autoencoder_norm_groups: int = 16
 
 
-
 def build_prior(arch: UnclipArchitecture, embedding_dim: int, num_text_tokens: int):
     """A `PriorTransformer` mapping (text embedding, projected text token states) to a CLIP image embedding."""
     from diffusers import PriorTransformer
 
     return PriorTransformer(
-        num_attention_heads=arch.prior_heads, attention_head_dim=arch.prior_head_dim, num_layers=arch.prior_layers,
-        embedding_dim=embedding_dim, num_embeddings=num_text_tokens, additional_embeddings=4,
+        num_attention_heads=arch.prior_heads,
+        attention_head_dim=arch.prior_head_dim,
+        num_layers=arch.prior_layers,
+        embedding_dim=embedding_dim,
+        num_embeddings=num_text_tokens,
+        additional_embeddings=4,
     )
 
 
@@ -66,11 +69,18 @@ def build_decoder_unet(arch: UnclipArchitecture, sample_size: int, in_channels: 
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in arch.decoder_attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(arch.decoder_attention))
     return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
-        down_block_types=down, up_block_types=up, block_out_channels=tuple(arch.decoder_channels),
-        layers_per_block=arch.decoder_layers_per_block, attention_head_dim=arch.decoder_head_dim,
-        cross_attention_dim=arch.decoder_cross_dim, norm_num_groups=16,
-        class_embed_type="projection", projection_class_embeddings_input_dim=embedding_dim,
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=tuple(arch.decoder_channels),
+        layers_per_block=arch.decoder_layers_per_block,
+        attention_head_dim=arch.decoder_head_dim,
+        cross_attention_dim=arch.decoder_cross_dim,
+        norm_num_groups=16,
+        class_embed_type="projection",
+        projection_class_embeddings_input_dim=embedding_dim,
     )
 
 
@@ -80,9 +90,13 @@ def build_autoencoder(arch: UnclipArchitecture):
 
     levels = len(arch.autoencoder_channels)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=arch.latent_channels,
-        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=tuple(arch.autoencoder_channels), layers_per_block=1,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=arch.latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=tuple(arch.autoencoder_channels),
+        layers_per_block=1,
         norm_num_groups=arch.autoencoder_norm_groups,
     )
 
@@ -93,6 +107,8 @@ def latent_means(vae, images, batch_size: int = 128):
     import torch
 
     with torch.no_grad():
-        out = [vae.encode(images[i : i + batch_size].to(vae.device, vae.dtype) / 127.5 - 1).latent_dist.mean.cpu()
-               for i in range(0, len(images), batch_size)]
+        out = [
+            vae.encode(images[i : i + batch_size].to(vae.device, vae.dtype) / 127.5 - 1).latent_dist.mean.cpu()
+            for i in range(0, len(images), batch_size)
+        ]
     return torch.cat(out)

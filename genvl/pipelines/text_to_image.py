@@ -66,8 +66,11 @@ class PromptEncoding(TextEncoding):
     @classmethod
     def join(cls, negatives: TextEncoding, prompts: TextEncoding) -> "PromptEncoding":
         """The rows of `negatives` followed by those of `prompts`."""
-        return cls(torch.cat([negatives.embeds, prompts.embeds]), torch.cat([negatives.states, prompts.states]),
-                   torch.cat([negatives.mask, prompts.mask]))
+        return cls(
+            torch.cat([negatives.embeds, prompts.embeds]),
+            torch.cat([negatives.states, prompts.states]),
+            torch.cat([negatives.mask, prompts.mask]),
+        )
 
     @property
     def count(self) -> int:
@@ -114,19 +117,41 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     model_cpu_offload_seq = "clip->decoder_text_encoder->prior->conditioner->decoder->vae->reranker"
     _optional_components = ["vae", "decoder_text_encoder", "decoder_tokenizer", "reranker", "reranker_tokenizer"]
 
-    def __init__(self, clip, tokenizer, image_processor, prior, prior_scheduler, conditioner, decoder,
-                 decoder_scheduler, vae=None, decoder_text_encoder=None, decoder_tokenizer=None, reranker=None,
-                 reranker_tokenizer=None):
+    def __init__(
+        self,
+        clip,
+        tokenizer,
+        image_processor,
+        prior,
+        prior_scheduler,
+        conditioner,
+        decoder,
+        decoder_scheduler,
+        vae=None,
+        decoder_text_encoder=None,
+        decoder_tokenizer=None,
+        reranker=None,
+        reranker_tokenizer=None,
+    ):
         super().__init__()
         if (decoder_text_encoder is None) != (decoder_tokenizer is None):
             raise ValueError("decoder_text_encoder and decoder_tokenizer go together: pass both or neither")
         if (reranker is None) != (reranker_tokenizer is None):
             raise ValueError("reranker and reranker_tokenizer go together: pass both or neither")
         self.register_modules(
-            clip=clip, tokenizer=tokenizer, image_processor=image_processor, prior=prior,
-            prior_scheduler=prior_scheduler, conditioner=conditioner, decoder=decoder,
-            decoder_scheduler=decoder_scheduler, vae=vae, decoder_text_encoder=decoder_text_encoder,
-            decoder_tokenizer=decoder_tokenizer, reranker=reranker, reranker_tokenizer=reranker_tokenizer,
+            clip=clip,
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            prior=prior,
+            prior_scheduler=prior_scheduler,
+            conditioner=conditioner,
+            decoder=decoder,
+            decoder_scheduler=decoder_scheduler,
+            vae=vae,
+            decoder_text_encoder=decoder_text_encoder,
+            decoder_tokenizer=decoder_tokenizer,
+            reranker=reranker,
+            reranker_tokenizer=reranker_tokenizer,
         )
         self.output_processor = VaeImageProcessor(do_resize=False)
 
@@ -136,8 +161,11 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         resolved from an allow-list of classes (see `genvl.io.components`): nothing the folder names is imported."""
         path = local_folder(pretrained_model_name_or_path, local_files_only)
         pipeline = pipeline_from_folder(cls, path, dtype or torch_dtype)
-        for tokenizer, model in (("tokenizer", "clip"), ("decoder_tokenizer", "decoder_text_encoder"),
-                                 ("reranker_tokenizer", "reranker")):
+        for tokenizer, model in (
+            ("tokenizer", "clip"),
+            ("decoder_tokenizer", "decoder_text_encoder"),
+            ("reranker_tokenizer", "reranker"),
+        ):
             model = getattr(pipeline, model)
             if model is not None:
                 check_tokenizer(path / tokenizer, getattr(pipeline, tokenizer), text_vocabulary(model))
@@ -160,8 +188,10 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         for name in ("prior_scheduler", "decoder_scheduler"):
             current = getattr(self, name).config
             extra = {}
-            if (current.get("beta_schedule") == "squaredcos_cap_v2"
-                    and "lambda_min_clipped" in inspect.signature(scheduler_class.__init__).parameters):
+            if (
+                current.get("beta_schedule") == "squaredcos_cap_v2"
+                and "lambda_min_clipped" in inspect.signature(scheduler_class.__init__).parameters
+            ):
                 extra["lambda_min_clipped"] = COSINE_LAMBDA_MIN
             setattr(self, name, scheduler_class.from_config(current, **{**extra, **config}))
         return self
@@ -197,8 +227,9 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         """CLIP image embeddings (B, E), unit length, of PIL images or paths (each loaded and preprocessed on its
         own, so that no more than one is held at full size)."""
         rows = list(preprocess_each(self.image_processor, images))
-        return self.cached_encode(self.clip, rows, lambda batch: embed_pixels(self.clip, torch.stack(batch)),
-                                  self.image_processor.size)
+        return self.cached_encode(
+            self.clip, rows, lambda batch: embed_pixels(self.clip, torch.stack(batch)), self.image_processor.size
+        )
 
     @torch.no_grad()
     def score(self, images, texts: list[str]) -> torch.Tensor:
@@ -212,8 +243,9 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         scores), by cosine similarity, the images rounded to 8 bits as a saved PNG would be, resized to the
         reranker's input size and normalised with the mean and std of the pipeline's `image_processor`. Without a
         `reranker`, the pipeline's own CLIP scores them."""
-        model, tokenizer = (self.clip, self.tokenizer) if self.reranker is None else (self.reranker,
-                                                                                        self.reranker_tokenizer)
+        model, tokenizer = (
+            (self.clip, self.tokenizer) if self.reranker is None else (self.reranker, self.reranker_tokenizer)
+        )
         uint8 = pixels_to_uint8(images)
         image_embeds = embed_at_clip_size(model, self.image_processor, uint8, batch_size=len(uint8))
         text_embeds = embed_texts(model, tokenizer, prompts, clip_text_length(model, tokenizer))[0].float()
@@ -255,15 +287,28 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         rows = text if scales else text.prompts()  # without guidance the negative prompts are not read
 
         def model_fn(x, t):
-            return self.prior(x, timestep=t, proj_embedding=rows.embeds, encoder_hidden_states=rows.states,
-                              attention_mask=rows.mask.bool()).predicted_image_embedding
+            return self.prior(
+                x,
+                timestep=t,
+                proj_embedding=rows.embeds,
+                encoder_hidden_states=rows.states,
+                attention_mask=rows.mask.bool(),
+            ).predicted_image_embedding
 
         latents = self._denoise(self.prior_scheduler, model_fn, latents, num_inference_steps, scales, generator)
         image_embeds = self.prior.post_process_latents(latents)
         return image_embeds / image_embeds.norm(dim=-1, keepdim=True)
 
-    def run_decoder(self, image_embeds, text: PromptEncoding, num_inference_steps, guidance_scale, generator,
-                    latents=None, text_guidance_scale=None):
+    def run_decoder(
+        self,
+        image_embeds,
+        text: PromptEncoding,
+        num_inference_steps,
+        guidance_scale,
+        generator,
+        latents=None,
+        text_guidance_scale=None,
+    ):
         """Images (N, 3, H, W) in [-1, 1] from unit image embeddings and the text tokens of
         `text = encode_decoder_prompt(negative prompts + prompts)`.
 
@@ -297,8 +342,9 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
 
         def model_fn(x, t):
-            return self.decoder(x, t, encoder_hidden_states=context, class_labels=embeds,
-                                encoder_attention_mask=context_mask).sample
+            return self.decoder(
+                x, t, encoder_hidden_states=context, class_labels=embeds, encoder_attention_mask=context_mask
+            ).sample
 
         latents = self._denoise(self.decoder_scheduler, model_fn, latents, num_inference_steps, scales, generator)
         if self.vae is None:
@@ -329,13 +375,23 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     # ---- entry points ---------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def __call__(self, prompt, negative_prompt=None, num_images_per_prompt: int = 1,
-                 prior_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
-                 decoder_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
-                 prior_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-                 decoder_guidance_scale: float = DEFAULT_GUIDANCE_SCALE, generator=None,
-                 prior_latents=None, latents=None, output_type: str = "pil", return_dict: bool = True,
-                 decoder_text_guidance_scale: float | None = DEFAULT_TEXT_GUIDANCE, num_candidates: int = 1):
+    def __call__(
+        self,
+        prompt,
+        negative_prompt=None,
+        num_images_per_prompt: int = 1,
+        prior_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+        decoder_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+        prior_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        decoder_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        generator=None,
+        prior_latents=None,
+        latents=None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        decoder_text_guidance_scale: float | None = DEFAULT_TEXT_GUIDANCE,
+        num_candidates: int = 1,
+    ):
         """Generate `num_images_per_prompt` images per prompt.
 
         The decoder is guided towards the image embedding at `decoder_guidance_scale` and, on top of it, towards
@@ -369,22 +425,32 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
         dim = self.prior.config.embedding_dim
-        for name, given, shape in (("prior latents", prior_latents, (len(prompts) * num_candidates, dim)),
-                                   ("latents", latents, (len(prompts) * num_candidates, *self.latent_shape()))):
+        for name, given, shape in (
+            ("prior latents", prior_latents, (len(prompts) * num_candidates, dim)),
+            ("latents", latents, (len(prompts) * num_candidates, *self.latent_shape())),
+        ):
             if given is not None and tuple(given.shape) != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(given.shape)}")
         best = None  # (images, image_embeds, scores) of the best candidates so far, one row per image
         for start in range(0, num_candidates, CANDIDATE_CHUNK):
             count = min(CANDIDATE_CHUNK, num_candidates - start)
             # rows of image i's candidates start ... start + count, together, as the latents hold them
-            take = torch.tensor([i * num_candidates + k for i in range(len(prompts))
-                                 for k in range(start, start + count)])
+            take = torch.tensor(
+                [i * num_candidates + k for i in range(len(prompts)) for k in range(start, start + count)]
+            )
             chunk_generator = [g for g in generator for _ in range(count)] if isinstance(generator, list) else generator
             images, image_embeds = self._draw(
-                [p for p in prompts for _ in range(count)], [p for p in negatives for _ in range(count)],
-                chunk_generator, None if prior_latents is None else prior_latents[take],
-                None if latents is None else latents[take], prior_num_inference_steps, decoder_num_inference_steps,
-                prior_guidance_scale, decoder_guidance_scale, decoder_text_guidance_scale)
+                [p for p in prompts for _ in range(count)],
+                [p for p in negatives for _ in range(count)],
+                chunk_generator,
+                None if prior_latents is None else prior_latents[take],
+                None if latents is None else latents[take],
+                prior_num_inference_steps,
+                decoder_num_inference_steps,
+                prior_guidance_scale,
+                decoder_guidance_scale,
+                decoder_text_guidance_scale,
+            )
             if num_candidates == 1:
                 break
             rows, scores = self.rerank(images, prompts, count)
@@ -399,51 +465,108 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         config = self.decoder.config
         return config.in_channels, config.sample_size, config.sample_size
 
-    def _draw(self, prompts, negatives, generator, prior_latents, latents, prior_steps, decoder_steps,
-              prior_guidance, decoder_guidance, decoder_text_guidance):
+    def _draw(
+        self,
+        prompts,
+        negatives,
+        generator,
+        prior_latents,
+        latents,
+        prior_steps,
+        decoder_steps,
+        prior_guidance,
+        decoder_guidance,
+        decoder_text_guidance,
+    ):
         """(images (N, 3, H, W) in [-1, 1], image embeddings (N, E)) of one image per prompt: prior, then decoder."""
         text = self.encode_prompt(negatives + prompts)
         image_embeds = self.run_prior(text, prior_steps, prior_guidance, generator, prior_latents)
-        images = self.run_decoder(image_embeds, self.encode_decoder_prompt(negatives + prompts, text), decoder_steps,
-                                  decoder_guidance, generator, latents, decoder_text_guidance)
+        images = self.run_decoder(
+            image_embeds,
+            self.encode_decoder_prompt(negatives + prompts, text),
+            decoder_steps,
+            decoder_guidance,
+            generator,
+            latents,
+            decoder_text_guidance,
+        )
         return images, image_embeds
 
     @torch.no_grad()
-    def image_variation(self, image=None, num_images: int = 1,
-                        decoder_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
-                        decoder_guidance_scale: float = DEFAULT_GUIDANCE_SCALE, generator=None, latents=None,
-                        output_type: str = "pil", return_dict: bool = True, image_embeds=None):
+    def image_variation(
+        self,
+        image=None,
+        num_images: int = 1,
+        decoder_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+        decoder_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        generator=None,
+        latents=None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        image_embeds=None,
+    ):
         """Variations of `image` (PIL image or path): decode its CLIP image embedding with fresh noise. Pass
         `image_embeds` (1, E) from `encode_image` instead of `image` to reuse an encoding."""
         if (image is None) == (image_embeds is None):
             raise ValueError("pass either image or image_embeds")
         embeds = (self.encode_image([image]) if image_embeds is None else image_embeds).repeat(num_images, 1)
-        images = self.run_decoder(embeds, self.encode_decoder_prompt([""] * 2 * num_images),
-                                  decoder_num_inference_steps, decoder_guidance_scale, generator, latents)
+        images = self.run_decoder(
+            embeds,
+            self.encode_decoder_prompt([""] * 2 * num_images),
+            decoder_num_inference_steps,
+            decoder_guidance_scale,
+            generator,
+            latents,
+        )
         return self._finish(images, embeds, output_type, return_dict)
 
     @torch.no_grad()
-    def interpolate(self, start, end, frames: int = 5, prior_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
-                    decoder_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
-                    prior_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-                    decoder_guidance_scale: float = DEFAULT_GUIDANCE_SCALE, generator=None, output_type: str = "pil",
-                    return_dict: bool = True, batch_size: int = 32):
+    def interpolate(
+        self,
+        start,
+        end,
+        frames: int = 5,
+        prior_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+        decoder_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+        prior_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        decoder_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        generator=None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        batch_size: int = 32,
+    ):
         """`frames` images along the slerp in CLIP image-embedding space between two ends; each end is a
         prompt (str, through the prior) or an image (PIL image or path). All frames share one decoder noise. The
         frames are decoded `batch_size` at a time (see `interpolation_frames`, which yields them as they come)."""
-        parts = list(self.interpolation_frames(start, end, frames, prior_num_inference_steps,
-                                               decoder_num_inference_steps, prior_guidance_scale,
-                                               decoder_guidance_scale, generator, batch_size))
+        parts = list(
+            self.interpolation_frames(
+                start,
+                end,
+                frames,
+                prior_num_inference_steps,
+                decoder_num_inference_steps,
+                prior_guidance_scale,
+                decoder_guidance_scale,
+                generator,
+                batch_size,
+            )
+        )
         images, embeds = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         return self._finish(images, embeds, output_type, return_dict)
 
     @torch.no_grad()
-    def interpolation_frames(self, start, end, frames: int = 5,
-                             prior_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
-                             decoder_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
-                             prior_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-                             decoder_guidance_scale: float = DEFAULT_GUIDANCE_SCALE, generator=None,
-                             batch_size: int = 32):
+    def interpolation_frames(
+        self,
+        start,
+        end,
+        frames: int = 5,
+        prior_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+        decoder_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+        prior_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        decoder_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        generator=None,
+        batch_size: int = 32,
+    ):
         """Yield (images (n, 3, H, W) in [-1, 1], image embeddings (n, E)) of `interpolate`'s frames in order,
         `batch_size` at a time: the memory of a batch, however many frames."""
         if frames < 2:
@@ -453,27 +576,35 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         ends = []
         for end_point in (start, end):
             if isinstance(end_point, str) and not names_an_image_file(end_point):
-                ends.append(self.run_prior(self.encode_prompt(["", end_point]), prior_num_inference_steps,
-                                           prior_guidance_scale, generator))
+                ends.append(
+                    self.run_prior(
+                        self.encode_prompt(["", end_point]), prior_num_inference_steps, prior_guidance_scale, generator
+                    )
+                )
             else:
                 ends.append(self.encode_image([end_point]))
-        noise = randn_tensor((1, *self.latent_shape()), generator=generator, device=ends[0].device,
-                             dtype=ends[0].dtype)
+        noise = randn_tensor((1, *self.latent_shape()), generator=generator, device=ends[0].device, dtype=ends[0].dtype)
         for first in range(0, frames, batch_size):
             count = min(batch_size, frames - first)
             embeds = torch.cat([slerp(ends[0], ends[1], i / (frames - 1)) for i in range(first, first + count)])
             embeds = embeds / embeds.norm(dim=-1, keepdim=True)
-            images = self.run_decoder(embeds, self.encode_decoder_prompt([""] * 2 * count),
-                                      decoder_num_inference_steps, decoder_guidance_scale, generator,
-                                      noise.repeat(count, 1, 1, 1))
+            images = self.run_decoder(
+                embeds,
+                self.encode_decoder_prompt([""] * 2 * count),
+                decoder_num_inference_steps,
+                decoder_guidance_scale,
+                generator,
+                noise.repeat(count, 1, 1, 1),
+            )
             yield images, embeds
 
 
 def _keep_better(best, chosen):
     """Row by row, the (images, image embeddings, scores) of `chosen` where they score higher than `best`'s."""
     better = chosen[2] > best[2]
-    return tuple(torch.where(better.view(-1, *[1] * (new.dim() - 1)).to(new.device), new, old)
-                 for old, new in zip(best, chosen))
+    return tuple(
+        torch.where(better.view(-1, *[1] * (new.dim() - 1)).to(new.device), new, old) for old, new in zip(best, chosen)
+    )
 
 
 def _encode_prompts(text_encoder, tokenizer, prompts: list[str], length: int) -> PromptEncoding:

@@ -23,8 +23,7 @@ def one_torch_thread():
         torch.set_num_threads(threads)
 
 
-def one_image_each(pipeline, make, num_images: int, base_seed: int, batch_size: int | None = None,
-                   quiet: bool = False):
+def one_image_each(pipeline, make, num_images: int, base_seed: int, batch_size: int | None = None, quiet: bool = False):
     """Yield (index, seed, image) of `num_images` images, in order, image i made alone by
     `make(pipeline, generators)` with its own generator seeded `base_seed + i`, on one CPU thread.
 

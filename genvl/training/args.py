@@ -148,8 +148,17 @@ class TrainArgs:
             raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise ValueError(f"--lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
-        check_at_least(self, 1, "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "resolution",
-                       "checkpointing_steps", "logging_steps", "checkpoints_total_limit")
+        check_at_least(
+            self,
+            1,
+            "train_batch_size",
+            "gradient_accumulation_steps",
+            "max_train_steps",
+            "resolution",
+            "checkpointing_steps",
+            "logging_steps",
+            "checkpoints_total_limit",
+        )
         check_at_least(self, 0, "lr_warmup_steps", "adam_weight_decay", "seed")
         check_above(self, 0, "max_grad_norm")
         check_at_least(self, 0, "learning_rate")  # 0 is allowed: it trains nothing, e.g. to check a starting point
@@ -176,8 +185,9 @@ class LoraTrainArgs(TrainArgs):
         if self.adapter not in (None, "lora", "ia3"):
             raise ValueError(f"--adapter must be lora or ia3, got {self.adapter!r}")
         if self.adapter != "lora" and (self.rank, self.lora_alpha, self.lora_target_modules) != (None,) * 3:
-            raise ValueError(f"--rank, --lora_alpha and --lora_target_modules are LoRA settings; --adapter is "
-                             f"{self.adapter}")
+            raise ValueError(
+                f"--rank, --lora_alpha and --lora_target_modules are LoRA settings; --adapter is {self.adapter}"
+            )
         check_at_least(self, 1, "rank")
         if self.adapter is not None and not self.pretrained_model_name_or_path:
             raise ValueError(f"--adapter {self.adapter} needs --pretrained_model_name_or_path, the model to adapt")
@@ -199,8 +209,7 @@ def check_numbers(args) -> None:
         else:  # True is an int to Python, not a number to a flag
             fits = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
         if not fits:
-            raise ValueError(f"--{field.name} must be {'a number' if kind is float else kind.__name__}, "
-                             f"got {value!r}")
+            raise ValueError(f"--{field.name} must be {'a number' if kind is float else kind.__name__}, got {value!r}")
         if kind is float and not math.isfinite(value):
             raise ValueError(f"--{field.name} must be a finite number, got {value}")
 

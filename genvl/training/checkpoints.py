@@ -32,8 +32,7 @@ def complete_checkpoints(output_dir) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
-def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None, extra: dict | None = None,
-                    ema=None):
+def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None, extra: dict | None = None, ema=None):
     """Save accelerate state (and `ema`'s, a diffusers `EMAModel`) to a temporary folder, flush it to disk, mark
     it complete, rename it into place, then rotate: a `checkpoint-N` folder holding the marker is whole at every
     moment."""
@@ -82,8 +81,10 @@ def check_checkpoint_names(output_dir, steps) -> None:
     for step in steps:
         path = Path(output_dir) / f"checkpoint-{step}"
         if os.path.lexists(path) and (path.is_symlink() or not (path / COMPLETE_MARKER).is_file()):
-            raise FileExistsError(f"{path}: exists and is not a checkpoint genvl completed; saving step {step} "
-                                  "would replace it: move it away or choose another --output_dir")
+            raise FileExistsError(
+                f"{path}: exists and is not a checkpoint genvl completed; saving step {step} "
+                "would replace it: move it away or choose another --output_dir"
+            )
 
 
 def discard_checkpoint(path: Path):
@@ -110,8 +111,9 @@ def warn(message: str, accelerator=None) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def resolve_resume(output_dir, resume_from_checkpoint: str | None, log=warn,
-                   flag: str = "--resume_from_checkpoint") -> Path | None:
+def resolve_resume(
+    output_dir, resume_from_checkpoint: str | None, log=warn, flag: str = "--resume_from_checkpoint"
+) -> Path | None:
     """The checkpoint folder to resume from (None without `resume_from_checkpoint`).
 
     `latest` means the newest complete checkpoint in `output_dir` that `checkpoint_damage` finds whole; each newer
@@ -129,8 +131,10 @@ def resolve_resume(output_dir, resume_from_checkpoint: str | None, log=warn,
                 return path
             log(f"skipping {path}: {damage}")
         if found:
-            raise ValueError(f"{flag} latest: all {len(found)} checkpoints in {output_dir} are damaged (see above); "
-                             f"delete them to start over")
+            raise ValueError(
+                f"{flag} latest: all {len(found)} checkpoints in {output_dir} are damaged (see above); "
+                f"delete them to start over"
+            )
         return None
     path = Path(resume_from_checkpoint)
     if not (path / COMPLETE_MARKER).is_file():
@@ -263,8 +267,10 @@ def _matching_ema_state(folder: Path, parameters: list) -> dict:
         first = next((i for i, (a, b) in enumerate(zip(shapes, wanted)) if a != b), min(len(shapes), len(wanted)))
         in_ema = shapes[first] if first < len(shapes) else "nothing"
         in_model = wanted[first] if first < len(wanted) else "nothing"
-        raise ValueError(f"{folder}: its EMA holds {len(shapes)} tensors that do not match the model's "
-                         f"{len(wanted)} parameters (tensor {first}: {in_ema} in the EMA, {in_model} in the model)")
+        raise ValueError(
+            f"{folder}: its EMA holds {len(shapes)} tensors that do not match the model's "
+            f"{len(wanted)} parameters (tensor {first}: {in_ema} in the EMA, {in_model} in the model)"
+        )
     return state
 
 

@@ -37,8 +37,17 @@ def _gather_function():
     return GatherWithGrad
 
 
-def contrastive_loss(image_embeds, text_embeds, logit_scale, caption_ids, accelerator, negative_embeds=None,
-                     negative_ids=None, mirror_embeds=None, mirror_ids=None) -> torch.Tensor:
+def contrastive_loss(
+    image_embeds,
+    text_embeds,
+    logit_scale,
+    caption_ids,
+    accelerator,
+    negative_embeds=None,
+    negative_ids=None,
+    mirror_embeds=None,
+    mirror_ids=None,
+) -> torch.Tensor:
     """Symmetric cross-entropy of this process's images and texts against the whole global batch's texts and
     images, with targets spread evenly over every pair sharing a caption.
 
@@ -56,11 +65,20 @@ def contrastive_loss(image_embeds, text_embeds, logit_scale, caption_ids, accele
     image_logits, image_targets = logit_scale * image_embeds @ all_texts.T, targets
     text_logits, text_targets = logit_scale * text_embeds @ all_images.T, targets
     if negative_embeds is not None:
-        image_logits, image_targets = _extra_columns(image_logits, image_targets, image_embeds, negative_embeds,
-                                                     negative_ids, caption_ids, logit_scale, accelerator)
+        image_logits, image_targets = _extra_columns(
+            image_logits,
+            image_targets,
+            image_embeds,
+            negative_embeds,
+            negative_ids,
+            caption_ids,
+            logit_scale,
+            accelerator,
+        )
     if mirror_embeds is not None:
-        text_logits, text_targets = _extra_columns(text_logits, text_targets, text_embeds, mirror_embeds,
-                                                   mirror_ids, caption_ids, logit_scale, accelerator)
+        text_logits, text_targets = _extra_columns(
+            text_logits, text_targets, text_embeds, mirror_embeds, mirror_ids, caption_ids, logit_scale, accelerator
+        )
     image_loss = _soft_cross_entropy(image_logits, image_targets)
     text_loss = _soft_cross_entropy(text_logits, text_targets)
     return (image_loss.mean() + text_loss.mean()) / 2

@@ -40,8 +40,9 @@ def read_training_records(source, caption_column: str, image_column: str, log=No
     if is_shard_spec(source):
         candidates = ((f"{s['__url__']}#{s['__key__']}", s) for s in iter_samples(shard_paths(source), skip))
     else:
-        candidates = ((f"{Path(source) / r[image_column]}", r) for r in read_metadata(source, caption_column,
-                                                                                      image_column))
+        candidates = (
+            (f"{Path(source) / r[image_column]}", r) for r in read_metadata(source, caption_column, image_column)
+        )
     for where, item in candidates:
         try:
             record = sample_record(item, image_column, caption_column) if "__key__" in item else item
@@ -63,8 +64,12 @@ def read_training_data(accelerator, args) -> list[dict]:
     records, skipped = read_training_records(args.train_data_dir, args.caption_column, args.image_column, log)
     accelerator.print(f"{len(records)} samples read from {args.train_data_dir}, {len(skipped)} bad ones skipped")
     if accelerator.is_main_process:
-        summary = {"source": str(args.train_data_dir), "samples": len(records), "skipped": len(skipped),
-                   "skipped_samples": skipped}
+        summary = {
+            "source": str(args.train_data_dir),
+            "samples": len(records),
+            "skipped": len(skipped),
+            "skipped_samples": skipped,
+        }
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.output_dir) / "data_summary.json").write_text(json.dumps(summary, indent=2))
     return records
@@ -80,8 +85,10 @@ def check_data_source(source, flag: str) -> None:
     elif not Path(source).exists():
         raise FileNotFoundError(f"{flag} {source}: no such folder")
     elif not Path(source).is_dir():
-        raise NotADirectoryError(f"{flag} {source}: not a folder; expected an imagefolder (a folder with a "
-                                 f"metadata.jsonl) or tar shards such as data/train-{{000..009}}.tar")
+        raise NotADirectoryError(
+            f"{flag} {source}: not a folder; expected an imagefolder (a folder with a "
+            f"metadata.jsonl) or tar shards such as data/train-{{000..009}}.tar"
+        )
 
 
 def epoch_order(num_items: int, seed: int, epoch: int):

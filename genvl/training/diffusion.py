@@ -10,16 +10,24 @@ def prior_scheduler(num_train_timesteps: int = 1000):
     """The prior's schedule: cosine betas, predicting the clean (standardised) image embedding, as in unCLIP."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-                         prediction_type="sample", clip_sample=False)
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="sample",
+        clip_sample=False,
+    )
 
 
 def decoder_scheduler(num_train_timesteps: int = 1000):
     """The decoder's schedule: cosine betas, predicting the noise."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-                         prediction_type="epsilon", clip_sample=False)
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="epsilon",
+        clip_sample=False,
+    )
 
 
 def process_rows(batch_size: int, accelerator) -> tuple[slice, int]:
@@ -59,5 +67,6 @@ class DecoderStep(torch.nn.Module):
         (B, T) mask -> (B, C, h, w) predicted noise."""
         context = self.conditioner(image_embeds, text_states)
         mask = torch.cat([text_mask.new_ones(len(text_mask), self.conditioner.config.image_tokens), text_mask], 1)
-        return self.unet(noisy, t, encoder_hidden_states=context, class_labels=image_embeds,
-                         encoder_attention_mask=mask).sample
+        return self.unet(
+            noisy, t, encoder_hidden_states=context, class_labels=image_embeds, encoder_attention_mask=mask
+        ).sample

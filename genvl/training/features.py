@@ -87,8 +87,9 @@ def file_stamp(path) -> dict:
     return {"path": str(path), "mtime": max((p.stat().st_mtime for p in files), default=0.0)}
 
 
-def frozen_clip_features(clip_dir, data_dir, records, image_column: str, caption_column: str, cache_dir=None,
-                         device=None) -> ClipFeatures:
+def frozen_clip_features(
+    clip_dir, data_dir, records, image_column: str, caption_column: str, cache_dir=None, device=None
+) -> ClipFeatures:
     """Features of a frozen CLIP for training the prior or the decoder, computed once (on `device`, the CPU by
     default, and, with `cache_dir`, kept in `cache_dir/clip_features.safetensors` for resumed runs)."""
     import torch
@@ -112,12 +113,23 @@ def frozen_clip_features(clip_dir, data_dir, records, image_column: str, caption
     if cache_dir is None:
         features = compute()
     else:
-        key = {"clip": file_stamp(clip_dir), "data": data_stamp(data_dir),
-               "records": len(records), "texts": len(texts), "image_column": image_column,
-               "caption_column": caption_column}
+        key = {
+            "clip": file_stamp(clip_dir),
+            "data": data_stamp(data_dir),
+            "records": len(records),
+            "texts": len(texts),
+            "image_column": image_column,
+            "caption_column": caption_column,
+        }
         features = cached_features(Path(cache_dir) / "clip_features.safetensors", key, compute)
-    return ClipFeatures(clip=clip, image_embeds=features["image_embeds"], phrasings=phrasings,
-                        text_embeds=features["text_embeds"], states=features["states"], masks=features["masks"])
+    return ClipFeatures(
+        clip=clip,
+        image_embeds=features["image_embeds"],
+        phrasings=phrasings,
+        text_embeds=features["text_embeds"],
+        states=features["states"],
+        masks=features["masks"],
+    )
 
 
 def frozen_text_states(text_dir, data_dir, records, caption_column: str, cache_dir=None, device=None):
@@ -141,7 +153,12 @@ def frozen_text_states(text_dir, data_dir, records, caption_column: str, cache_d
     if cache_dir is None:
         features = compute()
     else:
-        key = {"text_encoder": file_stamp(text_dir), "data": data_stamp(data_dir), "records": len(records),
-               "texts": len(texts), "caption_column": caption_column}
+        key = {
+            "text_encoder": file_stamp(text_dir),
+            "data": data_stamp(data_dir),
+            "records": len(records),
+            "texts": len(texts),
+            "caption_column": caption_column,
+        }
         features = cached_features(Path(cache_dir) / "text_states.safetensors", key, compute)
     return features["states"], features["masks"]

@@ -25,7 +25,8 @@ def make_accelerator(args: TrainArgs, project: str):
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
     accelerator = Accelerator(
-        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=args.report_to,
         # some weights take no part in the loss (the ViT pooler, the prior's embedding statistics, frozen
         # layers around an adapter): DDP must not wait for their gradients
@@ -95,7 +96,9 @@ def prepare_run(accelerator, args: TrainArgs, model, parameters) -> TrainingRun:
     parameters = list(parameters)
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
     scheduler = get_scheduler(
-        args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
     names = {id(p): name for name, p in model.named_parameters()}
@@ -112,12 +115,15 @@ def prepare_run(accelerator, args: TrainArgs, model, parameters) -> TrainingRun:
 def resume_run(accelerator, args: TrainArgs, run: TrainingRun) -> None:
     """With `--resume_from_checkpoint`, load the checkpoint it resolves to into `run` (accelerate's state, the
     EMA, the step and the losses so far)."""
-    resume = resolve_resume(args.output_dir, args.resume_from_checkpoint,
-                            log=functools.partial(warn, accelerator=accelerator))
+    resume = resolve_resume(
+        args.output_dir, args.resume_from_checkpoint, log=functools.partial(warn, accelerator=accelerator)
+    )
     if resume is not None:
         if (resume / LEGACY_EMA_STATE).is_file():
-            raise ValueError(f"{resume}: its EMA was saved by an older genvl as a pickle, which resuming would "
-                             f"have to unpickle; export its weights (train/export_*.py) and start a run from them")
+            raise ValueError(
+                f"{resume}: its EMA was saved by an older genvl as a pickle, which resuming would "
+                f"have to unpickle; export its weights (train/export_*.py) and start a run from them"
+            )
         load_accelerator_state(accelerator, resume)
         if run.ema is not None:  # loaded onto the CPU; its update mixes it with the parameters
             load_ema_state(run.ema, resume)
@@ -132,8 +138,14 @@ def resume_run(accelerator, args: TrainArgs, run: TrainingRun) -> None:
 def check_plan(accelerator, args: TrainArgs, step: int, num_items: int) -> int:
     """Raise, before any work, if a checkpoint the run will save would replace a folder genvl did not complete or
     if `num_items` samples cannot fill one global batch; returns the batches of an epoch."""
-    saved = [*range(step + args.checkpointing_steps - step % args.checkpointing_steps, args.max_train_steps,
-                    args.checkpointing_steps), args.max_train_steps]
+    saved = [
+        *range(
+            step + args.checkpointing_steps - step % args.checkpointing_steps,
+            args.max_train_steps,
+            args.checkpointing_steps,
+        ),
+        args.max_train_steps,
+    ]
     check_checkpoint_names(args.output_dir, saved)
     per_step = args.train_batch_size * accelerator.num_processes
     batches_per_epoch = num_items // per_step
@@ -165,8 +177,9 @@ class StepLosses:
         return (self.run.step - self.first_step) / max(1e-9, time.time() - self.started)
 
 
-def run_steps(accelerator, args: TrainArgs, run: TrainingRun, num_items: int, batches_per_epoch: int,
-              compute_loss) -> None:
+def run_steps(
+    accelerator, args: TrainArgs, run: TrainingRun, num_items: int, batches_per_epoch: int, compute_loss
+) -> None:
     """Train `run` from its step to `args.max_train_steps`: each optimiser step's micro-batches in the epoch's
     order, gradients clipped when they are synchronised, then the EMA, the log and the checkpoints."""
     per_step = args.train_batch_size * accelerator.num_processes
@@ -206,13 +219,21 @@ def log_and_checkpoint(accelerator, args: TrainArgs, run: TrainingRun, losses: S
     last = run.step == args.max_train_steps
     if run.step % args.logging_steps == 0 or last:
         losses.flush()
-        recent = float(np.mean(run.losses[-args.logging_steps:]))
-        accelerator.print(f"step {run.step}/{args.max_train_steps} loss {recent:.4f} "
-                          f"lr {run.scheduler.get_last_lr()[0]:.2e} ({losses.steps_per_second():.2f} steps/s)",
-                          flush=True)
+        recent = float(np.mean(run.losses[-args.logging_steps :]))
+        accelerator.print(
+            f"step {run.step}/{args.max_train_steps} loss {recent:.4f} "
+            f"lr {run.scheduler.get_last_lr()[0]:.2e} ({losses.steps_per_second():.2f} steps/s)",
+            flush=True,
+        )
         accelerator.log({"loss": recent, "lr": run.scheduler.get_last_lr()[0]}, step=run.step)
     if run.step % args.checkpointing_steps == 0 or last:
         # the losses so far travel with the checkpoint, so a resumed run reports its whole history
         losses.flush()
-        save_checkpoint(accelerator, args.output_dir, run.step, args.checkpoints_total_limit,
-                        extra={"losses": run.losses}, ema=run.ema)
+        save_checkpoint(
+            accelerator,
+            args.output_dir,
+            run.step,
+            args.checkpoints_total_limit,
+            extra={"losses": run.losses},
+            ema=run.ema,
+        )

@@ -28,12 +28,16 @@ def run_measured(command: list, out: Path) -> dict:
     started = time.perf_counter()
     # the peak is read from the child's own VmHWM: getrusage would also count this process's memory, which
     # the child's address space held between fork and exec
-    result = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, *command[1:]], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_WRAPPER, *command[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     seconds = time.perf_counter() - started
     (out / "train_stdout.log").write_text(result.stdout)
     if result.returncode != 0:
         raise RuntimeError(f"training failed; its output is in {out / 'train_stdout.log'}")
     peak_kib = int(re.findall(r"^peak_rss_kib (\d+)$", result.stdout, re.MULTILINE)[-1])
-    return {"seconds": round(seconds, 1), "peak_rss_mib": round(peak_kib / 1024, 1),
-            "final_loss": json.loads((out / "train_losses.json").read_text())[-1]}
+    return {
+        "seconds": round(seconds, 1),
+        "peak_rss_mib": round(peak_kib / 1024, 1),
+        "final_loss": json.loads((out / "train_losses.json").read_text())[-1],
+    }

@@ -20,6 +20,8 @@ def add_training_adapter(accelerator, model, network: str, args: LoraTrainArgs) 
         targets = args.lora_target_modules.split(",") if args.lora_target_modules else None
         add_adapter(model, adapter_config(args.adapter, network, args.rank, args.lora_alpha, targets))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        accelerator.print(f"{args.adapter} adapter on the {network}: {trainable:,} trainable parameters "
-                          f"({trainable / sum(p.numel() for p in model.parameters()):.2%})")
+        accelerator.print(
+            f"{args.adapter} adapter on the {network}: {trainable:,} trainable parameters "
+            f"({trainable / sum(p.numel() for p in model.parameters()):.2%})"
+        )
     return [p for p in model.parameters() if p.requires_grad]

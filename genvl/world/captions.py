@@ -12,8 +12,11 @@ from .sprites import ALL_OBJECTS, COLOURS
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 WORD_NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3}
 POSITION_PHRASES = {
-    "left": "on the left", "right": "on the right", "top": "at the top",
-    "bottom": "at the bottom", "centre": "in the centre",
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+    "centre": "in the centre",
 }
 PLURALS = {plural: name for name, (_, plural) in ALL_OBJECTS.items()}
 
@@ -38,8 +41,11 @@ def scene_captions(scene: dict, rng: random.Random | None = None) -> list[str]:
     elif layout in ("pair_h", "pair_v"):
         first, second = (_noun_phrase(o) for o in objects)
         forward, backward = ("to the left of", "to the right of") if layout == "pair_h" else ("above", "below")
-        captions = [f"{first} {forward} {second}", f"{second} {backward} {first}",
-                    f"there is {first} {forward} {second}"]
+        captions = [
+            f"{first} {forward} {second}",
+            f"{second} {backward} {first}",
+            f"there is {first} {forward} {second}",
+        ]
     elif layout == "count":
         obj = objects[0]
         group = f"{NUMBER_WORDS[len(objects)]} {obj['colour']} {ALL_OBJECTS[obj['name']][1]}"
@@ -114,8 +120,12 @@ def parse_caption(text: str) -> list[tuple] | None:
             return None
         return [(name, colour, 1, size, where[0])]
     if len(mentions) == 2:
-        relations = {"to the left of": ("left", "right"), "to the right of": ("right", "left"),
-                     "above": ("top", "bottom"), "below": ("bottom", "top")}
+        relations = {
+            "to the left of": ("left", "right"),
+            "to the right of": ("right", "left"),
+            "above": ("top", "bottom"),
+            "below": ("bottom", "top"),
+        }
         found = [places for phrase, places in relations.items() if phrase in text]
         if len(found) != 1 or any(m[2] != 1 or m[3] is not None for m in mentions):
             return None

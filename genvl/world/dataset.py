@@ -64,9 +64,19 @@ def _png_bytes(job) -> bytes:
     return buffer.getvalue()
 
 
-def write_imagefolder(out_dir, num_images: int, seed: int = 0, split: str = "train", resolution: int = 64,
-                      names=None, colours=None, progress=None, require=None, workers: int = 1,
-                      overwrite: bool = False) -> Path:
+def write_imagefolder(
+    out_dir,
+    num_images: int,
+    seed: int = 0,
+    split: str = "train",
+    resolution: int = 64,
+    names=None,
+    colours=None,
+    progress=None,
+    require=None,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> Path:
     """Render scenes into `out_dir/<split>/` with a `metadata.jsonl` (file_name, text, captions, scene) and a
     `genvl_dataset.json` manifest (seed, split, count, resolution, and the name of every file written).
 
@@ -92,8 +102,14 @@ def write_imagefolder(out_dir, num_images: int, seed: int = 0, split: str = "tra
         tmp.mkdir(parents=True)
         scenes = list(generate_scenes(num_images, seed, split, names=names, colours=colours, require=require))
         files = _render_into(tmp, scenes, random.Random(f"{seed}-{split}-captions"), resolution, progress, workers)
-        manifest = {"seed": seed, "split": split, "count": num_images, "resolution": resolution,
-                    "require": require, "files": files}
+        manifest = {
+            "seed": seed,
+            "split": split,
+            "count": num_images,
+            "resolution": resolution,
+            "require": require,
+            "files": files,
+        }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         _move_into_place(tmp, final, overwrite)
     except OSError as err:
@@ -120,8 +136,13 @@ def _render_into(folder: Path, scenes, caption_rng, resolution: int, progress, w
                 (folder / file_name).write_bytes(png)
                 files.append(file_name)
                 captions = scene_captions(scene, caption_rng)
-                record = {"file_name": file_name, "text": captions[0], "captions": captions,
-                          "scene_id": scene_id(scene), "scene": scene}
+                record = {
+                    "file_name": file_name,
+                    "text": captions[0],
+                    "captions": captions,
+                    "scene_id": scene_id(scene),
+                    "scene": scene,
+                }
                 meta.write(json.dumps(record) + "\n")
         return files
     finally:
@@ -138,8 +159,10 @@ def check_replaceable(folder: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{folder}: is not a folder genvl wrote (a symlink or a file); not replacing it")
     manifest = folder / MANIFEST
     if manifest.is_symlink() or not manifest.is_file():
-        raise FileExistsError(f"{folder}: holds no {MANIFEST}, so this genvl did not write it (older versions kept "
-                              "none); not replacing it: remove it yourself if it is yours to remove")
+        raise FileExistsError(
+            f"{folder}: holds no {MANIFEST}, so this genvl did not write it (older versions kept "
+            "none); not replacing it: remove it yourself if it is yours to remove"
+        )
     try:
         listed = set(json.loads(manifest.read_text())["files"]) | {MANIFEST}
     except (ValueError, KeyError, TypeError) as err:
@@ -164,4 +187,3 @@ def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
         aside.rename(final)
         raise
     shutil.rmtree(aside)
-

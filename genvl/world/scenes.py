@@ -55,8 +55,13 @@ def sample_scene(rng: random.Random, names=None, colours=None) -> dict:
 
 def _object(name, colour, size, position, x, y):
     half = SIZES[size] / 2
-    return {"name": name, "colour": colour, "size": size, "position": position,
-            "bbox": [x - half, y - half, x + half, y + half]}
+    return {
+        "name": name,
+        "colour": colour,
+        "size": size,
+        "position": position,
+        "bbox": [x - half, y - half, x + half, y + half],
+    }
 
 
 def _background(rng: random.Random) -> dict:
