@@ -17,6 +17,7 @@ from .folders import (
     check_files,
     check_model_folder,
     check_processor_config,
+    first_line,
     load_diffusers_model,
     load_transformers_model,
     loading_errors,
@@ -193,8 +194,6 @@ def load_pipeline_components(path, pipeline_class, dtype=None) -> dict:
 def local_folder(name, local_files_only: bool = True) -> Path:
     """The folder `name` names: a local folder, or a hub id (`owner/name`) already in the Hugging Face cache
     (downloaded only when `local_files_only` is False)."""
-    from .folders import first_line
-
     path = Path(name)
     if path.is_dir():
         return path

@@ -45,11 +45,3 @@ def check_input_file(path, what: str = "file") -> Path:
     if not stat.S_ISREG(mode):
         raise ValueError(f"{path}: is {kind_of(mode)}, not a regular file; expected {what}")
     return Path(path)
-
-
-def is_regular_file(path) -> bool:
-    """Whether `path` is a regular file, without following a symlink loop or opening anything."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
