@@ -171,6 +171,11 @@ def test_evaluate_captioner_scores_the_best_caption_of_every_image(test_split, r
 
     assert report["num_images"] == 8
     assert report["scene_exact_match"] == 1.0 and report["parse_rate"] == 1.0
+    groups = [report[group] for group in ("in_family", "held_out_family") if group in report]
+    assert sum(group["num_images"] for group in groups) == 8
+    assert all(group["scene_exact_match"] == 1.0 for group in groups)
+    assert set(report["families"]) == {"background", "size", "palette"}
+    assert report["degenerate"] == 0 and report["degenerate_examples"] == []
     assert report["CIDEr-D"] == 1.5
     assert captioner.calls == [(3, {"num_beams": 2}), (3, {"num_beams": 2}), (2, {"num_beams": 2})]
     assert progress_totals == [3]
@@ -191,9 +196,15 @@ def test_evaluate_captioner_with_a_constant_wrong_caption(test_split, recorded_c
     assert report["num_images"] == 5 and captioner.calls == [(5, {})]
     assert report["parse_rate"] == 1.0
     assert report["scene_exact_match"] == 0.0
+    single = [family for values in report["families"].values() for family in values.values() if family["count"]]
+    assert single and all(family["name"] == 0.0 and family["exact"] == 0.0 for family in single)
 
 
-def test_evaluate_captioner_needs_scene_graphs(tmp_path):
-    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "0.png", "text": "a red apple"}) + "\n")
-    with pytest.raises(ValueError, match="has no 'scene'"):
+def test_evaluate_captioner_needs_scene_graphs_in_every_record_or_none(tmp_path):
+    records = [
+        {"file_name": "0.png", "text": "a red apple on the left", "scene": SMALL_RED_APPLE_LEFT},
+        {"file_name": "1.png", "text": "a red apple"},
+    ]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    with pytest.raises(ValueError, match="record '1.png' has no 'scene' but other records have one"):
         evaluate_captioner(FakeCaptioner(tmp_path, lambda record: "x"), tmp_path)

@@ -1,13 +1,23 @@
 """The text-to-image judge (targets, detection decoding, GenEval-style checks) and the scores of eval t2i."""
 
+import json
 import random
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from diffusers.configuration_utils import FrozenDict
 
-from genvl.evaluation.judge import category_accuracy, judge_scene
+from genvl.cli.image import DEFAULT_JUDGE
+from genvl.evaluation.judge import (
+    category_accuracy,
+    detection_report,
+    detection_report_for_folder,
+    detection_scores,
+    judge_scene,
+    match_detections,
+)
 from genvl.evaluation.retrieval import mirror_rows
 from genvl.evaluation.text_to_image import (
     autoencoder_round_trip,
@@ -21,11 +31,11 @@ from genvl.evaluation.text_to_image import (
 )
 from genvl.io.imagefolder import load_images, read_metadata
 from genvl.models.clip import embed_images
-from genvl.models.judge import Detection, SceneJudge
+from genvl.models.judge import ORIGINAL, Detection, SceneJudge, suppress_near
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.pipelines.text_to_image import TextToImagePipeline
 from genvl.world.dataset import write_imagefolder
-from genvl.world.scenes import sample_scene
+from genvl.world.scenes import render_scene, sample_scene
 
 from .conftest import get_dummy_unclip_components
 
@@ -86,6 +96,219 @@ def test_detect_runs_on_any_image_size(judge):
 
 def det(name, colour, x, y):
     return Detection(name, colour, x, y, 0.9)
+
+
+def test_targets_give_an_original_colour_its_own_class():
+    judge = SceneJudge(object_names=NAMES, colour_names=COLOURS + [ORIGINAL], channels=(8, 8, 16))
+    scene = {"layout": "pair_h", "objects": [obj("cat", None, 17, 33), obj("apple", "red", 47, 30)]}
+    targets = judge.targets([scene])
+    assert targets["colours"][0, 4, 2] == 2 and targets["colours"][0, 3, 5] == COLOURS.index("red")
+    assert judge.head.out_channels == 1 + 3 + 3 + 2
+
+
+def test_a_judge_without_the_original_class_leaves_such_colours_out_of_the_loss(judge):
+    scene = {"layout": "pair_h", "objects": [obj("cat", None, 17, 33), obj("apple", "red", 47, 30)]}
+    targets = judge.targets([scene])
+    assert targets["colours"][0, 4, 2] == -100 and targets["colours"][0, 3, 5] == COLOURS.index("red")
+    assert targets["objects"][0, 4, 2] == NAMES.index("cat")  # what and where it is are still learnt
+    only_original = judge.targets([{"layout": "single", "objects": [obj("cat", None, 17, 33)]}])
+    assert torch.isfinite(judge.loss(judge(torch.zeros(1, 3, 64, 64)), only_original))
+    with pytest.raises(ValueError, match="'green' is not one of the judge's"):
+        judge.targets([{"layout": "single", "objects": [obj("cat", "green", 17, 33)]}])
+
+
+def test_the_colour_loss_is_the_mean_over_the_coloured_objects(judge):
+    coloured = {"layout": "pair_h", "objects": [obj("cat", "blue", 17, 33), obj("apple", "red", 47, 30)]}
+    half = {"layout": "pair_h", "objects": [obj("cat", "blue", 17, 33), obj("apple", None, 47, 30)]}
+    with torch.no_grad():
+        outputs = judge(torch.zeros(1, 3, 64, 64))
+    colours = outputs["colours"][0]
+    both = torch.nn.functional.cross_entropy(colours[[4, 3], [2, 5]], torch.tensor([0, 1]))
+    one = torch.nn.functional.cross_entropy(colours[[4], [2]], torch.tensor([0]))
+    # the two losses differ by their colour terms only
+    difference = judge.loss(outputs, judge.targets([coloured])) - judge.loss(outputs, judge.targets([half]))
+    assert float(difference) == pytest.approx(float(both - one), abs=1e-5)
+
+
+def _fake_outputs(cells):
+    """Raw outputs of one 8x8 image whose cells {(i, j): (objectness logit, object, colour, (dx, dy))} stand out."""
+    out = {
+        "objectness": torch.full((1, 8, 8), -9.0),
+        "objects": torch.zeros(1, 8, 8, 3),
+        "colours": torch.zeros(1, 8, 8, 3),
+        "offsets": torch.zeros(1, 8, 8, 2),
+    }
+    for (i, j), (logit, name, colour, offset) in cells.items():
+        out["objectness"][0, i, j] = logit
+        out["objects"][0, i, j, name] = 5.0
+        out["colours"][0, i, j, colour] = 5.0
+        out["offsets"][0, i, j] = torch.logit(torch.tensor(offset))
+    return lambda images: out
+
+
+def test_suppression_by_distance_keeps_objects_in_neighbouring_cells(monkeypatch):
+    judge = SceneJudge(object_names=NAMES, colour_names=COLOURS + [ORIGINAL], channels=(8, 8, 16)).eval()
+    # two objects 12 px apart, in neighbouring cells, and a weaker duplicate 5 px from the first one
+    cells = {(4, 2): (3.0, 2, 2, (0.25, 0.5)), (4, 3): (2.0, 0, 1, (0.75, 0.5)), (3, 2): (1.0, 2, 2, (0.25, 0.875))}
+    monkeypatch.setattr(judge, "forward", _fake_outputs(cells))
+    (peaks,) = judge.detect(torch.zeros(1, 3, 64, 64))
+    assert [(d.name, d.colour) for d in peaks] == [("cat", ORIGINAL)]  # the 3x3 maximum alone
+    judge.register_to_config(nms_distance=6.0)
+    (kept,) = judge.detect(torch.zeros(1, 3, 64, 64))
+    assert [(d.name, d.colour) for d in kept] == [("cat", ORIGINAL), ("apple", "red")]
+    assert [(d.x, d.y) for d in kept] == [pytest.approx((18, 36)), pytest.approx((30, 36))]
+    # a threshold keeps those of the lower threshold's detections that score above it
+    (strong,) = judge.detect(torch.zeros(1, 3, 64, 64), threshold=0.9)
+    assert strong == [d for d in kept if d.score > 0.9] and len(strong) == 1
+
+
+def test_suppress_near_keeps_the_strongest_of_close_detections_in_their_order():
+    found = [
+        Detection("cat", "red", 10, 10, 0.5),
+        Detection("cat", "red", 14, 10, 0.8),
+        Detection("car", "red", 20, 10, 0.6),
+    ]
+    assert suppress_near(found, 6.0) == [found[1], found[2]]
+    assert suppress_near(found, 4.0) == found  # 4 px apart is not within 4 px
+    assert suppress_near([], 6.0) == []
+
+
+def test_judge_scene_compares_colour_none_with_the_original_colour():
+    single = {"layout": "single", "objects": [obj("cat", None, 32, 32)]}
+    assert judge_scene(single, [det("cat", ORIGINAL, 30, 30)]) == {"single_object": True, "colours": True}
+    assert judge_scene(single, [det("cat", "red", 30, 30)]) == {"single_object": True, "colours": False}
+    pair = {"layout": "pair_h", "objects": [obj("cat", None, 17, 32), obj("car", "blue", 47, 32)]}
+    good = judge_scene(pair, [det("cat", ORIGINAL, 17, 32), det("car", "blue", 47, 32)])
+    assert good == {"two_objects": True, "position": True, "colour_attribution": True}
+    assert not judge_scene(pair, [det("cat", "blue", 17, 32), det("car", "blue", 47, 32)])["colour_attribution"]
+
+
+def styled(objects, background="white", size="medium", palette="words", layout="single"):
+    return {"layout": layout, "style": {"background": background, "size": size, "palette": palette}, "objects": objects}
+
+
+def test_match_detections_pairs_the_closest_within_the_radius():
+    objects = [obj("cat", "red", 20, 20, size=10), obj("car", "red", 44, 20, size=30)]
+    # radius: 6 px for the 10-px cat, 15 px for the 30-px car; the closest pairs first
+    found = [
+        det("cat", "red", 26.5, 20),
+        det("car", "red", 30, 20),
+        det("car", "red", 40, 20),
+        det("cat", "red", 23, 20),
+    ]
+    assert match_detections(objects, found) == [(0, 3), (1, 2)]
+    assert match_detections(objects, found[:2]) == [(1, 1)]  # 6.5 px is too far from the cat
+    assert match_detections(objects, []) == []
+
+
+def test_detection_scores_count_hits_misses_extras_and_colours():
+    perfect = styled([obj("apple", "red", 20, 20)])
+    missed_and_extra = styled(
+        [obj("cat", "red", 16, 32), obj("car", "blue", 48, 32)], layout="pair_h", background="dark", size="small"
+    )
+    wrong_colour = styled([obj("dog", None, 32, 32, size=40)], background="gradient", size="large", palette="original")
+    wrong_name = styled([obj("cow", None, 32, 32)], palette="original")
+    scenes = [perfect, missed_and_extra, wrong_colour, wrong_name]
+    detections = [
+        [det("apple", "red", 21, 19)],
+        [det("cat", "red", 16, 30), det("bee", "red", 60, 60)],  # the car missed, a bee that is not there
+        [det("dog", "blue", 45, 32)],  # 13 px off, within half of 40 px: found, in the wrong colour
+        [det("pig", ORIGINAL, 32, 32)],  # in the right place, but not a cow
+    ]
+    report = detection_scores(scenes, detections)
+    overall = report["overall"]
+    assert {
+        k: overall[k] for k in ("images", "objects", "detections", "matched", "true_positives", "colour_correct")
+    } == {
+        "images": 4,
+        "objects": 5,
+        "detections": 5,
+        "matched": 4,
+        "true_positives": 3,
+        "colour_correct": 2,
+    }
+    assert overall["precision"] == overall["recall"] == overall["f1"] == pytest.approx(3 / 5)
+    assert overall["colour_accuracy"] == pytest.approx(2 / 3)
+
+    assert set(report["by_family"]) == {"background", "size", "palette"}
+    backgrounds = report["by_family"]["background"]
+    assert set(backgrounds) == {"white", "dark", "gradient"}
+    assert backgrounds["white"]["precision"] == backgrounds["white"]["recall"] == pytest.approx(1 / 2)
+    assert backgrounds["white"]["colour_accuracy"] == 1.0
+    dark = backgrounds["dark"]
+    assert (dark["precision"], dark["recall"], dark["f1"]) == (0.5, 0.5, 0.5)
+    words, original = report["by_family"]["palette"]["words"], report["by_family"]["palette"]["original"]
+    assert (words["objects"], words["true_positives"], words["colour_accuracy"]) == (3, 2, 1.0)
+    assert (original["objects"], original["true_positives"], original["colour_accuracy"]) == (2, 1, 0.0)
+    # gradient backgrounds are held out of training
+    assert report["held_out_family"]["images"] == 1 and report["held_out_family"]["colour_accuracy"] == 0.0
+    assert report["in_family"]["images"] == 3 and report["in_family"]["recall"] == pytest.approx(2 / 4)
+
+    perfect_only = detection_scores([perfect], detections[:1])
+    assert perfect_only["overall"]["f1"] == perfect_only["overall"]["colour_accuracy"] == 1.0
+    empty = perfect_only["held_out_family"]
+    assert empty["images"] == 0 and empty["precision"] is empty["recall"] is empty["f1"] is None
+    nothing_found = detection_scores([perfect], [[]])["overall"]
+    assert (nothing_found["precision"], nothing_found["recall"], nothing_found["f1"]) == (None, 0.0, 0.0)
+    classic = detection_scores([{"layout": "single", "objects": [obj("cat", "red", 20, 20)]}], [[]])
+    assert classic["by_family"] == {} and classic["in_family"]["images"] == 1
+
+
+class _ListedJudge:
+    """A judge whose detections are given in advance, image by image."""
+
+    config = FrozenDict(image_size=64, threshold=0.3, nms_distance=6.0)
+
+    def __init__(self, detections):
+        self.detections, self.calls = list(detections), []
+
+    def detect(self, images, threshold=None):
+        self.calls.append((len(images), threshold))
+        found, self.detections = self.detections[: len(images)], self.detections[len(images) :]
+        return found
+
+
+def test_detection_report_detects_batch_by_batch():
+    scenes = [styled([obj("apple", "red", 20, 20)]), styled([obj("cat", None, 40, 40)], palette="original")]
+    scenes.append(styled([obj("car", "blue", 30, 30)], background="dark"))
+    found = [[det("apple", "red", 20, 20)], [det("cat", ORIGINAL, 41, 40)], [det("car", "red", 30, 30)]]
+    judge = _ListedJudge(found)
+    report = detection_report(judge, torch.zeros(3, 3, 64, 64, dtype=torch.uint8), scenes, batch_size=2)
+    assert judge.calls == [(2, 0.3), (1, 0.3)]
+    assert report["threshold"] == 0.3 and report["nms_distance"] == 6.0
+    assert report["overall"] == detection_scores(scenes, found)["overall"]
+    assert report["overall"]["f1"] == 1.0 and report["overall"]["colour_accuracy"] == pytest.approx(2 / 3)
+    judge = _ListedJudge(found)
+    assert (
+        detection_report(judge, torch.zeros(3, 3, 64, 64, dtype=torch.uint8), scenes, threshold=0.7)["threshold"] == 0.7
+    )
+    assert judge.calls == [(3, 0.7)]
+
+
+def test_detection_report_for_folder_reads_the_renders_and_their_scenes(judge, tmp_path):
+    data = write_imagefolder(tmp_path, 6, seed=2, split="val", resolution=32)
+    records = read_metadata(data)
+    report = detection_report_for_folder(judge, data, batch_size=4, threshold=0.0)
+    assert report["data"] == str(data) and report["threshold"] == 0.0
+    assert report["overall"]["images"] == 6
+    assert report["overall"]["objects"] == sum(len(r["scene"]["objects"]) for r in records)
+    families = report["by_family"]
+    assert sum(group["images"] for group in families["background"].values()) == 6
+    assert set(families["palette"]) == {r["scene"]["style"]["palette"] for r in records}
+    assert report["held_out_family"]["images"] == 0  # validation renders hold no held-out family
+
+
+def test_the_shipped_judge_of_colour_words_still_loads_and_reads_a_wide_scene():
+    judge = SceneJudge.from_pretrained(DEFAULT_JUDGE).eval()
+    assert ORIGINAL not in judge.config.colour_names and judge.config.nms_distance is None
+    scene = sample_scene(random.Random(3), style={"palette": "original", "size": "big", "background": "white"})
+    image = torch.from_numpy(np.array(render_scene(scene, 64))).permute(2, 0, 1)[None]
+    (found,) = judge.detect(image.float() / 127.5 - 1)
+    assert all(d.colour in judge.config.colour_names for d in found)
+    assert scene["layout"] == "single" and scene["objects"][0]["colour"] is None
+    # it never names the colour "original", so it fails every object in OpenMoji's colours on colour
+    assert set(judge_scene(scene, found)) == {"single_object", "colours"} and not judge_scene(scene, found)["colours"]
+    assert (judge.targets([scene])["colours"] == -100).all()
 
 
 def test_judge_scene_checks_each_category():
@@ -155,7 +378,8 @@ def test_select_prompts_spreads_over_layouts_without_repeats():
 
 
 def test_evaluate_text_to_image_reports_every_score(judge, tmp_path, tiny_pipeline_dir):
-    data = write_imagefolder(tmp_path, 24, seed=1, split="test", resolution=32)
+    # the text-to-image models are trained on, and judged on the prompts of, the classic world
+    data = write_imagefolder(tmp_path, 24, seed=1, split="test", resolution=32, world="classic")
     pipeline = TextToImagePipeline(**get_dummy_unclip_components())
     pipeline.set_progress_bar_config(disable=True)
     captioner = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
@@ -187,7 +411,7 @@ def test_evaluate_text_to_image_reports_every_score(judge, tmp_path, tiny_pipeli
 
 
 def test_stage_scores_line_up_prompts_and_renders(judge, tmp_path):
-    data = write_imagefolder(tmp_path, 12, seed=1, split="test", resolution=32)
+    data = write_imagefolder(tmp_path, 12, seed=1, split="test", resolution=32, world="classic")
     pipeline = TextToImagePipeline(**get_dummy_unclip_components())
     pipeline.set_progress_bar_config(disable=True)
     records = select_prompts(read_metadata(data), 6)
@@ -250,7 +474,7 @@ class _IdentityAutoencoder:
 def test_autoencoder_round_trip_judges_the_renders_as_the_autoencoder_gives_them_back(judge, tmp_path, monkeypatch):
     import genvl.evaluation.text_to_image as t2i
 
-    data = write_imagefolder(tmp_path, 12, seed=1, split="test", resolution=32)
+    data = write_imagefolder(tmp_path, 12, seed=1, split="test", resolution=32, world="classic")
     records = select_prompts(read_metadata(data), 6)
     real = load_images(data, records, "file_name", 32)
     # through an autoencoder that gives every image back unchanged, the renders come back exactly, batch by batch
@@ -334,5 +558,34 @@ def test_train_judge_saves_a_judge_with_a_chosen_threshold(tmp_path):
     assert len(losses) == 3
     report = json.loads((tmp_path / "run" / "real_accuracy.json").read_text())
     judge = SceneJudge.from_pretrained(tmp_path / "run" / "judge")
+    assert judge.config.colour_names[-1] == ORIGINAL and len(judge.config.colour_names) == 10
     assert judge.config.threshold == report["threshold"] in train_judge.THRESHOLDS
+    assert judge.config.nms_distance == report["nms_distance"] in train_judge.NMS_DISTANCES
     assert report["accuracy"] == report["by_threshold"][str(report["threshold"])]
+    # the threshold and suppression of the highest detection F1 (then the higher threshold, then by distance)
+    rows = report["detection_f1"]
+    assert len(rows) == len(train_judge.THRESHOLDS) * len(train_judge.NMS_DISTANCES)
+    best = max(rows, key=lambda r: (r["f1"], r["threshold"], r["nms_distance"] or 0))
+    assert (best["threshold"], best["nms_distance"]) == (report["threshold"], report["nms_distance"])
+    detection = report["detection"]
+    assert detection["overall"]["f1"] == best["f1"] and detection["overall"]["images"] == 8
+    assert set(detection) == {"overall", "by_family", "in_family", "held_out_family"}
+    assert set(detection["by_family"]) == {"background", "size", "palette"}
+    assert report["data"] == str(val)
+
+
+def test_eval_judge_command_reports_each_family(tmp_path, capsys):
+    from genvl.cli import main
+
+    data = write_imagefolder(tmp_path / "renders", 6, seed=4, split="test", resolution=32)
+    out = tmp_path / "report.json"
+    assert main(["eval", "judge", "--data", str(data), "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report == json.loads(out.read_text())
+    assert report["overall"]["images"] == 6 and set(report["by_family"]) == {"background", "size", "palette"}
+    table = captured.err.splitlines()
+    assert table[0].split()[:3] == ["detection", "images", "objects"] and table[1].split()[:2] == ["all", "6"]
+    with pytest.raises(SystemExit) as usage:
+        main(["eval", "judge", "--data", str(data), "--threshold", "1.5"])
+    assert usage.value.code == 2 and "--threshold" in capsys.readouterr().err

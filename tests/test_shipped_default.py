@@ -114,7 +114,7 @@ def test_shipped_folder_is_safetensors_only():
 
 def test_shipped_judge_reads_held_out_renders():
     judge = SceneJudge.from_pretrained(DEFAULT_JUDGE).eval()
-    scenes = list(generate_scenes(200, seed=123, split="test"))
+    scenes = list(generate_scenes(200, seed=123, split="test", world="classic"))
     images = torch.stack([torch.from_numpy(np.asarray(render_scene(scene, 64))).permute(2, 0, 1) for scene in scenes])
     detections = judge.detect(images.float() / 127.5 - 1)
     report = category_accuracy([judge_scene(scene, found) for scene, found in zip(scenes, detections)])
@@ -164,7 +164,8 @@ def test_shipped_reranker_reads_which_object_is_where():
     from genvl.world.captions import scene_captions
 
     pipe = TextToImagePipeline.from_pretrained(DEFAULT_T2I_MODEL)
-    scenes = [s for s in generate_scenes(400, seed=321, split="test") if s["layout"] in ("pair_h", "pair_v")]
+    scenes = generate_scenes(400, seed=321, split="test", world="classic")
+    scenes = [s for s in scenes if s["layout"] in ("pair_h", "pair_v")]
     records = [{"scene": scene, "text": scene_captions(scene)[0]} for scene in scenes]
     images = torch.stack([torch.from_numpy(np.asarray(render_scene(scene, 64))).permute(2, 0, 1) for scene in scenes])
     accuracy = {}

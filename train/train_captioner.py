@@ -20,10 +20,13 @@ from genvl.io.imagefolder import load_images
 from genvl.lora import save_adapter
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
 from genvl.training.args import LoraTrainArgs, check_at_least, parse_args, run_script, save_architecture
+from genvl.training.augment import NEED_SCENES, augment_batch, mirrored_captions, parse_augmentations, shift_range
 from genvl.training.data import read_training_data
 from genvl.training.features import load_or_train_tokenizer
 from genvl.training.loop import make_accelerator, train_loop
 from genvl.training.pretrained import add_training_adapter
+from genvl.training.seeds import AUGMENTATION, step_generator
+from genvl.world.captions import scene_captions
 
 
 @dataclass
@@ -33,10 +36,12 @@ class TrainCaptionerArgs(LoraTrainArgs):
     output_dir: str = "runs/captioner"
     architecture: str = "configs/captioner_small.json"
     vocab_size: int = 1024
+    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light
 
     def __post_init__(self):
         super().__post_init__()
         check_at_least(self, 1, "vocab_size")  # a negative size overflows the tokenizer trainer
+        parse_augmentations(self.augment)
 
 
 def tokenize_captions(tokenizer, captions, max_length: int):
@@ -85,22 +90,35 @@ def main(argv=None):
     max_length = model.config.decoder.n_positions
     parameters = add_training_adapter(accelerator, model, "captioner", args)
 
-    # 2. data in memory
+    # 2. data in memory: images, tokens of the captions and, for flips, of the mirrored scenes' captions
     images = load_images(data_dir, records, args.image_column, args.resolution)
+    kinds = parse_augmentations(args.augment)
+    if any(kind in NEED_SCENES for kind in kinds) and not all("scene" in r for r in records):
+        raise ValueError(f"--augment {args.augment}: flip and shift need the scene graph of every training image")
+    if "flip" in kinds:
+        captions = captions + mirrored_captions([r["scene"] for r in records], lambda s: scene_captions(s)[0])
     decoder_input_ids, labels = tokenize_captions(tokenizer, captions, max_length)
     longest = int((labels != -100).sum(1).max())
     decoder_input_ids, labels = decoder_input_ids[:, :longest], labels[:, :longest]
+    ranges = torch.tensor([shift_range(r["scene"]) for r in records]) if "shift" in kinds else None
 
     # 3. train
     device = accelerator.device
 
     def compute_loss(model, batch, step):
-        pixel_values = images[batch].float().div_(127.5).sub_(1.0).to(device)
-        batch_labels = labels[batch].to(device)
+        pixel_values = images[batch].float().div_(127.5).sub_(1.0)
+        rows = torch.as_tensor(batch)
+        if kinds:
+            generator = step_generator(args.seed, step, AUGMENTATION)
+            batch_ranges = ranges[batch] if ranges is not None else None
+            pixel_values, flipped = augment_batch(pixel_values, batch_ranges, kinds, generator)
+            rows = rows + flipped.long() * len(records)  # the mirrored captions follow the others
+        pixel_values = pixel_values.to(device)
+        batch_labels = labels[rows].to(device)
         # the mean over the label tokens of every process's micro-batch: DDP averages the processes' gradients,
         # so each divides its sum by the global count / processes, and any process layout trains the same
         tokens = accelerator.reduce((batch_labels != -100).sum(), "sum") / accelerator.num_processes
-        return caption_loss(model, pixel_values, decoder_input_ids[batch].to(device), batch_labels, tokens)
+        return caption_loss(model, pixel_values, decoder_input_ids[rows].to(device), batch_labels, tokens)
 
     losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)
 

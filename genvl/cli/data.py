@@ -4,6 +4,8 @@ import math
 from pathlib import Path
 
 from ..io.outputs import check_output_file
+from ..world.backgrounds import BACKGROUND_FAMILIES
+from ..world.scenes import PALETTES, SIZE_BANDS
 from .common import UsageError, plural, positive, progress_bar, seed_number, summarize
 
 
@@ -31,6 +33,16 @@ def add_parser(commands) -> None:
         help="keep only scenes holding this object, which may be a held-out one (e.g. robot)",
     )
     scenes.add_argument(
+        "--world",
+        choices=["wide", "classic"],
+        default="wide",
+        help="wide: every style family (default); classic: the first world's scenes, which the shipped "
+        "text-to-image models were trained on",
+    )
+    scenes.add_argument("--background", choices=BACKGROUND_FAMILIES, help="draw every scene on this family")
+    scenes.add_argument("--size-band", choices=list(SIZE_BANDS), help="draw every scene's objects in this band")
+    scenes.add_argument("--palette", choices=PALETTES, help="words: colour words; original: OpenMoji's colours")
+    scenes.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an existing OUT/SPLIT/ that genvl wrote (refused if it holds anything else)",
@@ -50,6 +62,10 @@ def add_parser(commands) -> None:
 def run_data_scenes(args) -> int:
     from ..world.dataset import write_imagefolder
 
+    style = {"background": args.background, "size": args.size_band, "palette": args.palette}
+    style = {key: value for key, value in style.items() if value is not None}
+    if style and args.world != "wide":
+        raise UsageError("--background, --size-band and --palette choose style families of the wide world only")
     progress = progress_bar(args, "img")
     out = write_imagefolder(
         args.out,
@@ -61,6 +77,8 @@ def run_data_scenes(args) -> int:
         require=args.require,
         workers=args.workers,
         overwrite=args.overwrite,
+        world=args.world,
+        style=style or None,
     )
     print(out)
     return 0

@@ -1,5 +1,8 @@
-"""`genvl eval caption`, `genvl eval retrieval` and `genvl eval t2i`: scores of models on held-out data."""
+"""`genvl eval caption`, `genvl eval retrieval`, `genvl eval t2i` and `genvl eval judge`: scores of models on
+held-out data."""
 
+import math
+import sys
 from itertools import chain
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from .caption import (
     load_caption_pipeline,
 )
 from .common import (
+    UsageError,
     add_lora_flag,
     add_runtime_flags,
     lora_folders,
@@ -38,13 +42,21 @@ def add_parser(commands) -> None:
         "eval",
         help="evaluate models",
         epilog="example: genvl eval caption --data data/world/test --beam 3",
-    ).add_subparsers(dest="eval_command", required=True, metavar="{caption,retrieval,t2i}")
+    ).add_subparsers(dest="eval_command", required=True, metavar="{caption,retrieval,t2i,judge}")
     caption = evaluate.add_parser(
         "caption",
         help="caption metrics and scene-graph accuracy on a held-out imagefolder",
+        description="Caption an imagefolder and score the captions: the JSON report goes to stdout, a summary "
+        "table to stderr (not with --quiet). On a folder with scene graphs (genvl data scenes) it holds the "
+        "caption metrics, scene-graph accuracy overall, in the style families training sees (in_family) and "
+        "those it never sees (held_out_family), per family (families), and how many captions repeat a word "
+        "(degenerate). On a folder whose metadata.jsonl holds only reference captions (`captions` lists or "
+        "`text`), the caption metrics and degenerate captions.",
         epilog="example: genvl eval caption --data data/world/test --beam 3",
     )
-    caption.add_argument("--data", required=True, help="imagefolder with metadata.jsonl")
+    caption.add_argument(
+        "--data", required=True, help="imagefolder with metadata.jsonl (scene graphs, or reference captions only)"
+    )
     caption.add_argument("--limit", type=positive(int), help="evaluate the first N images only")
     caption.add_argument("--output", help="also write the report as JSON to this file")
     add_decoding_flags(caption)
@@ -86,6 +98,18 @@ def add_parser(commands) -> None:
     add_sampling_flags(t2i, outputs=False, text=True)
     add_t2i_runtime_flags(t2i)
 
+    judge = evaluate.add_parser(
+        "judge",
+        help="the judge's detection precision, recall and colour accuracy on real renders, per style family",
+        epilog="example: genvl eval judge --data data/wide/test",
+    )
+    judge.add_argument("--data", required=True, help="imagefolder of renders with scene graphs (genvl data scenes)")
+    judge.add_argument("--judge", default=str(DEFAULT_JUDGE), help="judge folder (default: genvl-judge-small)")
+    judge.add_argument("--threshold", type=float, help="objectness threshold (default: the judge's own)")
+    judge.add_argument("--batch-size", type=positive(int), default=256)
+    judge.add_argument("--output", help="also write the report as JSON to this file")
+    judge.add_argument("--quiet", action="store_true", help="no summary table on stderr")
+
 
 def check_report_file(args, models) -> None:
     """--output, checked before any work: it must not be a file of the data or of `models`."""
@@ -111,8 +135,75 @@ def run_eval_caption(args) -> int:
         prefix=args.prefix,
         **decoding_overrides(args),
     )
+    if not args.quiet:
+        print(caption_summary(report), file=sys.stderr, flush=True)
     print_report(report, args.output)
     return 0
+
+
+COCO_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")
+# scene-graph columns of the summary: (heading, report key)
+SCENE_COLUMNS = (
+    ("exact", "scene_exact_match"),
+    ("parse", "parse_rate"),
+    ("names", "names"),
+    ("colours", "colours"),
+    ("counts", "counts"),
+    ("places", "positions"),
+    ("1-obj name+colour", "single_name_colour"),
+)
+GROUPS = (("in family", "in_family"), ("held-out family", "held_out_family"))
+
+
+def caption_summary(report: dict) -> str:
+    """`evaluate_captioner`'s report as a few lines of text: the caption metrics, scene-graph accuracy overall and
+    per family group, one line per style family, and the degenerate captions."""
+    lines = [
+        f"{report['num_images']} images: " + "  ".join(f"{m} {_score(report[m])}" for m in COCO_METRICS if m in report)
+    ]
+    if "scene_graph_scores" in report:
+        lines.append(f"scene-graph scores {report['scene_graph_scores']}")
+    else:
+        lines += _group_lines(report) + _family_lines(report.get("families", {}))
+    examples = "".join(f"\n  {caption!r}" for caption in report["degenerate_examples"])
+    lines.append(f"degenerate captions (a word 3+ times in a row): {report['degenerate']}{examples}")
+    return "\n".join(lines)
+
+
+def _score(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _group_lines(report: dict) -> list[str]:
+    """Scene-graph accuracy of all images, of the in-family and of the held-out-family ones."""
+    widths = [max(len(heading), 5) for heading, _ in SCENE_COLUMNS]
+    header = f"{'scene graphs':<16} {'images':>6}" + "".join(
+        f" {heading:>{width}}" for (heading, _), width in zip(SCENE_COLUMNS, widths)
+    )
+    rows = [("all", {"num_images": report["num_images"], **report})]
+    rows += [(label, report[key]) for label, key in GROUPS if key in report]
+    lines = [header]
+    for label, scores in rows:
+        cells = "".join(f" {_score(scores[key]):>{width}}" for (_, key), width in zip(SCENE_COLUMNS, widths))
+        lines.append(f"{label:<16} {scores['num_images']:>6}{cells}")
+    return lines
+
+
+def _family_lines(families: dict) -> list[str]:
+    """One line per style family: its single-object scenes' name and name+colour accuracy, all its scenes' exact
+    match, each with the number of scenes it is over; held-out families are marked with *."""
+    if not families:
+        return []
+    lines = [f"{'family':<22} {'1-obj':>6} {'name':>6} {'coloured':>8} {'name+colour':>11} {'scenes':>6} {'exact':>6}"]
+    for attribute, values in families.items():
+        for family, scores in values.items():
+            label = f"{attribute} {family}{' *' if scores['held_out'] else ''}"
+            lines.append(
+                f"{label:<22} {scores['count']:>6} {_score(scores['name']):>6} {scores['name_colour_count']:>8} "
+                f"{_score(scores['name_colour']):>11} {scores['exact_count']:>6} {_score(scores['exact']):>6}"
+            )
+    lines.append("* a family training never sees")
+    return lines
 
 
 def run_eval_retrieval(args) -> int:
@@ -159,4 +250,35 @@ def run_eval_t2i(args) -> int:
     return 0
 
 
-RUNS = {"caption": run_eval_caption, "retrieval": run_eval_retrieval, "t2i": run_eval_t2i}
+def run_eval_judge(args) -> int:
+    from ..evaluation.judge import detection_report_for_folder
+    from ..models.judge import SceneJudge
+
+    check_report_file(args, [args.judge])
+    if args.threshold is not None and not 0 <= args.threshold < 1:
+        raise UsageError(f"--threshold must be in [0, 1), got {args.threshold}")
+    judge = SceneJudge.from_pretrained(args.judge).eval()
+    report = detection_report_for_folder(judge, args.data, args.batch_size, args.threshold)
+    if not args.quiet:
+        print(judge_summary(report), file=sys.stderr, flush=True)
+    print_report(report, args.output)
+    return 0
+
+
+def judge_summary(report: dict) -> str:
+    """The detection report as lines of text: overall, in and out of the training families, each family."""
+    rows = [("all", report["overall"])]
+    rows += [(label, report[key]) for label, key in GROUPS if report.get(key, {}).get("images")]
+    for attribute, values in report.get("by_family", {}).items():
+        rows += [(f"{attribute} {family}", scores) for family, scores in values.items()]
+    lines = [f"{'detection':<22} {'images':>6} {'objects':>7} {'precision':>9} {'recall':>6} {'F1':>6} {'colour':>6}"]
+    for label, scores in rows:
+        rates = (scores["precision"], scores["recall"], scores["f1"], scores["colour_accuracy"])
+        lines.append(
+            f"{label:<22} {scores['images']:>6} {scores['objects']:>7}"
+            + "".join(f" {_score(rate):>{width}}" for rate, width in zip(rates, (9, 6, 6, 6)))
+        )
+    return "\n".join(lines)
+
+
+RUNS = {"caption": run_eval_caption, "retrieval": run_eval_retrieval, "t2i": run_eval_t2i, "judge": run_eval_judge}

@@ -1,15 +1,18 @@
-"""Scoring captioners: the COCO caption metrics, and how often captions state their scene graph correctly.
+"""Scoring captioners: the COCO caption metrics, how often captions state their scene graph correctly (overall,
+in and out of the style families training sees, per family), and how often they degenerate into repeated words.
 
 The COCO metrics come from `pycocoevalcap`, the code behind the COCO caption leaderboard, so the numbers
 compare with published ones. Its PTB tokenizer and METEOR run in Java.
 """
 
+import json
 import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import unicodedata
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,8 +24,9 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from ..io.imagefolder import read_metadata
+from ..world.backgrounds import BACKGROUND_FAMILIES
 from ..world.captions import parse_caption, scene_facts
-from ..world.scenes import LAYOUTS
+from ..world.scenes import HELD_OUT_FAMILIES, LAYOUTS, PALETTES, SIZE_BANDS, families, held_out
 
 # which parts of the `scene_facts` tuples (name, colour, count, size, position) each field compares: every
 # attribute is compared together with the object's name, so a swapped colour or place counts as wrong
@@ -35,6 +39,9 @@ SCENE_METRICS = (
     *(f"exact_{layout}" for layout in LAYOUTS),
 )
 NUM_EXAMPLES = 5
+# the order the families of each style attribute are listed in; a value not named here comes after these
+FAMILY_ORDER = {"background": BACKGROUND_FAMILIES, "size": tuple(SIZE_BANDS), "palette": PALETTES}
+DEGENERATE_RUN = 3  # a caption that says one word this many times in a row has degenerated
 
 
 def caption_metrics(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
@@ -194,6 +201,152 @@ def _field_counts(facts: list[tuple], parts: tuple[int, ...]) -> Counter:
     return Counter(tuple(fact[i] for i in parts) for fact in facts)
 
 
+def family_group_accuracy(predictions: list[str], scenes: list[dict]) -> dict[str, dict]:
+    """`scene_graph_accuracy` apart over the scenes of the style families training sees and those it never sees.
+
+    Returns {"in_family": ..., "held_out_family": ...}, each `scene_graph_accuracy`'s dict plus `num_images`; a
+    group without scenes is left out. Scenes of the classic world (no style families) count as in-family.
+    """
+    groups = defaultdict(list)
+    for caption, scene in zip(predictions, scenes):
+        groups["held_out_family" if held_out(scene) else "in_family"].append((caption, scene))
+    report = {}
+    for name in ("in_family", "held_out_family"):
+        if groups[name]:
+            captions, group_scenes = zip(*groups[name])
+            report[name] = {"num_images": len(captions), **scene_graph_accuracy(list(captions), list(group_scenes))}
+    return report
+
+
+def family_accuracy(predictions: list[str], scenes: list[dict]) -> dict[str, dict[str, dict]]:
+    """How captions fare in each style family: attribute (background, size, palette) -> family -> scores.
+
+    Args:
+        predictions: one caption per scene.
+        scenes: the true scene graphs, in the same order.
+
+    For each family present among the scenes:
+        count: its single-object scenes.
+        name: over those, the caption parses into one object, of the right name.
+        name_colour_count: its single-object scenes whose object has a colour word (colour not None).
+        name_colour: over those, the parsed object's name and colour are both right.
+        exact_count: all its scenes, of any layout.
+        exact: over those, scene_exact_match.
+        held_out: whether training never sees the family.
+    A fraction over no scenes is nan. Scenes of the classic world belong to no family.
+    """
+    if len(predictions) != len(scenes):
+        raise ValueError(f"need one prediction per scene, got {len(predictions)} predictions for {len(scenes)} scenes")
+    hits = defaultdict(lambda: defaultdict(list))  # (attribute, family) -> metric -> hit per scene
+    for caption, scene in zip(predictions, scenes):
+        scene_hits = _family_hits(caption, scene)
+        for attribute, family in families(scene).items():
+            for metric, hit in scene_hits.items():
+                hits[attribute, str(family)][metric].append(hit)
+    report = {}
+    for attribute in HELD_OUT_FAMILIES:
+        present = sorted((family for key, family in hits if key == attribute), key=_family_rank(attribute))
+        if present:
+            report[attribute] = {
+                family: _family_scores(attribute, family, hits[attribute, family]) for family in present
+            }
+    return report
+
+
+def _family_hits(caption: str, scene: dict) -> dict[str, bool]:
+    """Which of the family metrics one caption gets right (only the metrics that cover this scene)."""
+    parsed = parse_caption(caption)
+    hits = {"exact": parsed == scene_facts(scene)}
+    if scene["layout"] == "single":
+        obj = scene["objects"][0]
+        hits["name"] = parsed is not None and len(parsed) == 1 and parsed[0][0] == obj["name"]
+        if obj["colour"] is not None:
+            hits["name_colour"] = hits["name"] and parsed[0][1] == obj["colour"]
+    return hits
+
+
+def _family_rank(attribute: str):
+    order = FAMILY_ORDER.get(attribute, ())
+    return lambda family: (order.index(family) if family in order else len(order), family)
+
+
+def _family_scores(attribute: str, family: str, hits: dict[str, list[bool]]) -> dict:
+    def fraction(metric):
+        return sum(hits[metric]) / len(hits[metric]) if hits[metric] else math.nan
+
+    return {
+        "count": len(hits["name"]),
+        "name": fraction("name"),
+        "name_colour_count": len(hits["name_colour"]),
+        "name_colour": fraction("name_colour"),
+        "exact_count": len(hits["exact"]),
+        "exact": fraction("exact"),
+        "held_out": family in HELD_OUT_FAMILIES.get(attribute, ()),
+    }
+
+
+def is_degenerate(caption: str) -> bool:
+    """Whether a caption says one word `DEGENERATE_RUN` (3) or more times in a row, e.g. "a ball ball ball".
+
+    Words are split on whitespace and compared lower-cased with their punctuation removed ("Ball, ball. BALL").
+    """
+    words = [_without_punctuation(word) for word in caption.lower().split()]
+    words = [word for word in words if word]
+    runs = (words[i : i + DEGENERATE_RUN] for i in range(len(words) - DEGENERATE_RUN + 1))
+    return any(len(set(run)) == 1 for run in runs)
+
+
+def _without_punctuation(word: str) -> str:
+    return "".join(char for char in word if not unicodedata.category(char).startswith("P"))
+
+
+def degenerate_captions(predictions: list[str]) -> dict:
+    """`degenerate`: how many captions repeat a word (`is_degenerate`); `degenerate_examples`: the first few."""
+    repeated = [caption for caption in predictions if is_degenerate(caption)]
+    return {"degenerate": len(repeated), "degenerate_examples": repeated[:NUM_EXAMPLES]}
+
+
+def read_caption_records(data_dir) -> tuple[list[dict], list[list[str]], bool]:
+    """The records of an imagefolder to score captions on, their reference captions, and whether they hold scene
+    graphs.
+
+    Either every record has a `scene` (a folder `write_imagefolder` wrote) or none has (a folder of the user's own
+    with reference captions only, e.g. COCO-style). Every record needs `file_name` and its references: `captions`
+    (a list of one or more) or, failing that, `text` (one). The whole folder is checked, so that a bad record is
+    named before any image is captioned.
+    """
+    path = Path(data_dir) / "metadata.jsonl"
+    # every record needs `file_name` (checked by read_metadata); its references may be `captions` or `text`
+    records = read_metadata(data_dir, caption_column="file_name")
+    without_scene = [record for record in records if "scene" not in record]
+    if without_scene and len(without_scene) < len(records):
+        raise ValueError(
+            f"{path}: record {without_scene[0]['file_name']!r} has no 'scene' but other records have one; "
+            "give every record a scene graph, or none (reference captions only)"
+        )
+    references = [_references(record, path) for record in records]
+    return records, references, not without_scene
+
+
+def _references(record: dict, path: Path) -> list[str]:
+    """The reference captions of one metadata record: its `captions`, else `[text]`."""
+    captions = record.get("captions")
+    if captions:
+        if isinstance(captions, list) and all(isinstance(c, str) and c.strip() for c in captions):
+            return captions
+        raise ValueError(
+            f"{path}: record {record['file_name']!r}: 'captions' must be a list of non-empty strings, "
+            f"got {json.dumps(captions)[:80]}"
+        )
+    text = record.get("text")
+    if isinstance(text, str) and text.strip():
+        return [text]
+    raise ValueError(
+        f"{path}: record {record['file_name']!r} has no reference caption: "
+        "give it 'captions' (a list of one or more) or 'text' (a non-empty string)"
+    )
+
+
 def evaluate_captioner(
     pipeline, data_dir, batch_size: int = 32, limit: int | None = None, progress=None, **decoding
 ) -> dict:
@@ -202,41 +355,56 @@ def evaluate_captioner(
     Args:
         pipeline: a `CaptionPipeline`, or any callable that takes a list of image paths and `**decoding` and
             returns an object whose `.captions[i]` lists the captions of image i, best first.
-        data_dir: an imagefolder as `write_imagefolder` writes it: metadata.jsonl records with `file_name`,
-            `text`, `captions` (reference phrasings; `[text]` if absent) and `scene`.
+        data_dir: an imagefolder whose metadata.jsonl records hold `file_name` and reference captions: `captions`
+            (a list; `[text]` if absent) or `text`. Either every record has a `scene` (as `write_imagefolder`
+            writes them) or none has: then only the caption metrics are scored.
         batch_size: images per pipeline call.
         limit: score only the first `limit` images.
         progress: a tqdm-like wrapper for the batch loop.
         decoding: passed on to the pipeline, e.g. `num_beams=4`.
 
-    Returns `num_images`, `caption_metrics` and `scene_graph_accuracy` of each image's best caption, and
-    `examples`: the first few images as {file_name, prediction, reference} with the canonical reference.
+    Returns, for each image's best caption:
+        num_images, and `caption_metrics` (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D).
+        With scene graphs: `scene_graph_accuracy`'s entries over all images; `in_family` and `held_out_family`
+            (`family_group_accuracy`); `families` (`family_accuracy`).
+        Without: `scene_graph_scores`, a line saying they were skipped and why.
+        degenerate, degenerate_examples (`degenerate_captions`).
+        examples: the first few images as {file_name, prediction, reference} with the canonical reference.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 or None, got {limit}")
-    records = read_metadata(data_dir)[:limit]
-    for record in records:
-        if "scene" not in record:
-            raise ValueError(
-                f"{Path(data_dir) / 'metadata.jsonl'}: record {record['file_name']!r} has no 'scene'; "
-                f"evaluate_captioner needs the scene graphs that write_imagefolder stores"
-            )
+    records, references, with_scenes = read_caption_records(data_dir)
+    records, references = records[:limit], references[:limit]
     paths = [str(Path(data_dir) / record["file_name"]) for record in records]
     predictions = _caption_images(pipeline, paths, batch_size, progress, decoding)
     # ids are positions, not file names, so that a repeated file name cannot merge two images
-    references = {str(i): record.get("captions") or [record["text"]] for i, record in enumerate(records)}
-    examples = [
-        {"file_name": record["file_name"], "prediction": prediction, "reference": record["text"]}
-        for record, prediction in zip(records[:NUM_EXAMPLES], predictions)
-    ]
-    return {
+    ids = [str(i) for i in range(len(records))]
+    report = {
         "num_images": len(records),
-        **caption_metrics(dict(zip(references, predictions)), references),
-        **scene_graph_accuracy(predictions, [record["scene"] for record in records]),
-        "examples": examples,
+        **caption_metrics(dict(zip(ids, predictions)), dict(zip(ids, references))),
     }
+    if with_scenes:
+        scenes = [record["scene"] for record in records]
+        report.update(scene_graph_accuracy(predictions, scenes))
+        report.update(family_group_accuracy(predictions, scenes))
+        report["families"] = family_accuracy(predictions, scenes)
+    else:
+        report["scene_graph_scores"] = (
+            f"skipped: {Path(data_dir) / 'metadata.jsonl'} has no scene graphs (reference captions only)"
+        )
+    report.update(degenerate_captions(predictions))
+    report["examples"] = [
+        {"file_name": record["file_name"], "prediction": prediction, "reference": _canonical(record, refs)}
+        for record, refs, prediction in zip(records[:NUM_EXAMPLES], references, predictions)
+    ]
+    return report
+
+
+def _canonical(record: dict, references: list[str]) -> str:
+    """The record's `text` where it has one, else its first reference."""
+    return record["text"] if isinstance(record.get("text"), str) else references[0]
 
 
 def _caption_images(pipeline, paths: list[str], batch_size: int, progress, decoding: dict) -> list[str]:

@@ -2,10 +2,18 @@
 (never on generated images). `genvl.evaluation.judge` compares its detections with a prompt's scene graph.
 
 The detector splits a 64x64 image into an 8x8 grid. Every cell predicts whether an object's centre lies in
-it, which object and which colour it is, and where in the cell the centre is. Local maxima of the objectness
-above a threshold are the detections.
+it, which object and which colour it is, and where in the cell the centre is. The colours are the judge's
+`colour_names` (its config lists them): the world's colour words and, for judges of the wide world, `ORIGINAL`,
+the class of objects drawn in OpenMoji's original colours (colour None in a scene graph).
+
+Cells whose objectness is above a threshold are candidates; non-maximum suppression keeps the detections
+among them. With `nms_distance` None (the first judges) a candidate is kept where it is the maximum of its 3x3
+neighbourhood. That drops one of two objects whose centres fall in neighbouring cells, which the wide world
+allows (centres only 12 px apart), so with `nms_distance` set, candidates are kept from the highest score
+down unless a kept one's centre lies within `nms_distance` px of theirs.
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +33,18 @@ def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequent
     )
 
 
+ORIGINAL = "original"  # the colour class of objects in OpenMoji's original colours (colour None in a scene graph)
+
+
+def colour_class(colour: str | None) -> str:
+    """The judge's colour class of a scene graph's colour: the colour word itself, `ORIGINAL` for None."""
+    return ORIGINAL if colour is None else colour
+
+
 @dataclass
 class Detection:
     name: str
-    colour: str
+    colour: str  # one of the judge's colour names: a colour word, or ORIGINAL
     x: float  # centre, in the world's 64-unit coordinates
     y: float
     score: float
@@ -45,6 +61,7 @@ class SceneJudge(ModelMixin, ConfigMixin):
         channels: tuple = (32, 64, 128),
         image_size: int = 64,
         threshold: float = 0.5,
+        nms_distance: float | None = None,
     ):
         super().__init__()
         c1, c2, c3 = channels
@@ -88,7 +105,11 @@ class SceneJudge(ModelMixin, ConfigMixin):
         }
 
     def targets(self, scenes: list[dict]) -> dict:
-        """Per-cell training targets of scene graphs (their boxes are in 64-unit coordinates)."""
+        """Per-cell training targets of scene graphs (their boxes are in 64-unit coordinates).
+
+        An object's colour None is the class `ORIGINAL`; a judge without that class (the first judges, of colour
+        words only) leaves such an object's colour out of the loss (target -100) and learns only what and where
+        it is. Any other colour must be one of the judge's."""
         grid = self.config.image_size // 8
         objectness = torch.zeros(len(scenes), grid, grid)
         objects = torch.full((len(scenes), grid, grid), -100, dtype=torch.long)  # -100: ignored by the losses
@@ -103,7 +124,11 @@ class SceneJudge(ModelMixin, ConfigMixin):
                 i, j = min(grid - 1, int(cy)), min(grid - 1, int(cx))
                 objectness[b, i, j] = 1.0
                 objects[b, i, j] = names[obj["name"]]
-                colours[b, i, j] = colour_ids[obj["colour"]]
+                colour = colour_class(obj["colour"])
+                if colour in colour_ids:
+                    colours[b, i, j] = colour_ids[colour]
+                elif colour != ORIGINAL:
+                    raise ValueError(f"colour {colour!r} is not one of the judge's: {', '.join(colour_ids)}")
                 offsets[b, i, j] = torch.tensor([cx - j, cy - i])
         return {"objectness": objectness, "objects": objects, "colours": colours, "offsets": offsets}
 
@@ -113,21 +138,28 @@ class SceneJudge(ModelMixin, ConfigMixin):
             outputs["objectness"], targets["objectness"], pos_weight=torch.tensor(4.0, device=positive.device)
         )
         loss = loss + F.cross_entropy(outputs["objects"][positive], targets["objects"][positive])
-        loss = loss + F.cross_entropy(outputs["colours"][positive], targets["colours"][positive])
+        colours = targets["colours"][positive]  # -100 where an object's colour is not learnt
+        colour_loss = F.cross_entropy(outputs["colours"][positive], colours, ignore_index=-100, reduction="sum")
+        loss = loss + colour_loss / (colours >= 0).sum().clamp(min=1)
         return loss + F.l1_loss(outputs["offsets"][positive].sigmoid(), targets["offsets"][positive])
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor, threshold: float | None = None) -> list[list[Detection]]:
         """Detections in (B, 3, H, W) images in [-1, 1] (resized to the judge's size when needed); objectness
-        above `threshold` (default: the one in the config, chosen on real validation renders) counts."""
+        above `threshold` (default: the one in the config, chosen on real validation renders) counts, and the
+        config's `nms_distance` chooses the suppression (see the module's docstring). The detections at a
+        threshold are exactly those at a lower one that score above it."""
         threshold = self.config.threshold if threshold is None else threshold
         size = self.config.image_size
         if images.shape[-1] != size or images.shape[-2] != size:
             images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         outputs = self(images.to(device=self.device, dtype=self.dtype))
         score = outputs["objectness"].float().sigmoid()
-        peak = score == F.max_pool2d(score[:, None], 3, stride=1, padding=1)[:, 0]
-        found = (peak & (score > threshold)).nonzero().tolist()
+        if self.config.nms_distance is None:
+            keep = score == F.max_pool2d(score[:, None], 3, stride=1, padding=1)[:, 0]
+        else:
+            keep = torch.ones_like(score, dtype=torch.bool)
+        found = (keep & (score.double() > threshold)).nonzero().tolist()  # as Python compares Detection.score
         detections = [[] for _ in range(images.shape[0])]
         names, colours = self.config.object_names, self.config.colour_names
         for b, i, j in found:
@@ -141,4 +173,18 @@ class SceneJudge(ModelMixin, ConfigMixin):
                     score=float(score[b, i, j]),
                 )
             )
+        if self.config.nms_distance is not None:
+            detections = [suppress_near(found, self.config.nms_distance) for found in detections]
         return detections
+
+
+def suppress_near(detections: list[Detection], distance: float) -> list[Detection]:
+    """Greedy non-maximum suppression by centre distance: from the highest score down (the earlier one first on a
+    tie), a detection is kept unless a kept one's centre lies within `distance` px of its own. The kept ones are
+    returned in their given order."""
+    kept = []
+    for index in sorted(range(len(detections)), key=lambda k: -detections[k].score):
+        d = detections[index]
+        if all(math.dist((d.x, d.y), (detections[k].x, detections[k].y)) >= distance for k in kept):
+            kept.append(index)
+    return [detections[k] for k in sorted(kept)]

@@ -7,16 +7,18 @@ for the caption metrics. `parse_caption` accepts every phrasing produced here.
 import random
 import re
 
+from .scenes import ROW_PLACES
 from .sprites import ALL_OBJECTS, COLOURS
 
-NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
-WORD_NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3}
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+WORD_NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4}
 POSITION_PHRASES = {
     "left": "on the left",
     "right": "on the right",
     "top": "at the top",
     "bottom": "at the bottom",
     "centre": "in the centre",
+    **{f"{row} {column}": f"at the {row} {column}" for row in ("top", "bottom") for column in ("left", "right")},
 }
 PLURALS = {plural: name for name, (_, plural) in ALL_OBJECTS.items()}
 
@@ -26,8 +28,15 @@ def article(word: str) -> str:
 
 
 def _noun_phrase(obj: dict, with_size: bool = False) -> str:
-    words = ([obj["size"]] if with_size else []) + [obj["colour"], obj["name"]]
+    """ "a large red apple", "a red apple", "an apple": the size word only if asked and true, the colour word
+    only for objects painted in one (None: OpenMoji's original colours)."""
+    words = [obj["size"] if with_size else None, obj["colour"], obj["name"]]
+    words = [word for word in words if word]
     return f"{article(words[0])} {' '.join(words)}"
+
+
+def _listed(phrases: list[str]) -> str:
+    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
 def scene_captions(scene: dict, rng: random.Random | None = None) -> list[str]:
@@ -48,11 +57,14 @@ def scene_captions(scene: dict, rng: random.Random | None = None) -> list[str]:
         ]
     elif layout == "count":
         obj = objects[0]
-        group = f"{NUMBER_WORDS[len(objects)]} {obj['colour']} {ALL_OBJECTS[obj['name']][1]}"
-        captions = [group, f"there are {group}", f"a row of {group}"]
+        words = [NUMBER_WORDS[len(objects)], obj["colour"], ALL_OBJECTS[obj["name"]][1]]
+        group = " ".join(word for word in words if word)
+        classic = scene.get("style", {}).get("world") == "classic"  # whose groups were always rows
+        captions = [group, f"there are {group}", f"{'a row' if classic else 'a group'} of {group}"]
     elif layout == "row":
-        a, b, c = (_noun_phrase(o) for o in objects)
-        captions = [f"{a}, {b} and {c}", f"from left to right, {a}, {b} and {c}", f"{a} beside {b} and {c}"]
+        first, *rest = (_noun_phrase(o) for o in objects)
+        every = _listed([first, *rest])
+        captions = [every, f"from left to right, {every}", f"{first} beside {_listed(rest)}"]
     else:
         raise ValueError(f"unknown scene layout {layout!r}")
     if rng is not None:
@@ -80,16 +92,22 @@ def swapped_caption(scene: dict) -> str | None:
 
 
 _NAMES = sorted(list(ALL_OBJECTS) + list(PLURALS), key=len, reverse=True)
-_MENTION = re.compile(
-    r"\b(a|an|one|two|three)\s+(?:(small|large)\s+)?(" + "|".join(COLOURS) + r")\s+(" + "|".join(_NAMES) + r")\b"
-)
+_COUNT, _SIZE = r"(a|an|one|two|three|four)\s+", r"(?:(small|large)\s+)?"
+_MENTION = re.compile(r"\b" + _COUNT + _SIZE + r"(?:(" + "|".join(COLOURS) + r")\s+)?(" + "|".join(_NAMES) + r")\b")
+_PLACE = re.compile(r"\b(" + "|".join(sorted(POSITION_PHRASES.values(), key=len, reverse=True)) + r")\b")
+PLACES = {phrase: place for place, phrase in POSITION_PHRASES.items()}
+
+
+def _sorted(facts) -> list[tuple]:
+    """Facts in a fixed order; None (no colour, size or place) sorts before any word."""
+    return sorted(facts, key=lambda fact: tuple((value is not None, value) for value in fact))
 
 
 def scene_facts(scene: dict) -> list[tuple]:
     """The comparable content of a scene graph: sorted (name, colour, count, size, position) tuples.
 
-    Size is only part of the facts for single-object scenes, the only ones whose captions state it; count
-    groups carry no position.
+    Size is only part of the facts for single-object scenes, the only ones whose captions state it (None where
+    no size word is true); colour is None for OpenMoji's original colours; count groups carry no position.
     """
     objects = scene["objects"]
     layout = scene["layout"]
@@ -97,7 +115,7 @@ def scene_facts(scene: dict) -> list[tuple]:
         obj = objects[0]
         return [(obj["name"], obj["colour"], len(objects), None, None)]
     size = objects[0]["size"] if layout == "single" else None
-    return sorted((o["name"], o["colour"], 1, size, o["position"]) for o in objects)
+    return _sorted((o["name"], o["colour"], 1, size, o["position"]) for o in objects)
 
 
 def parse_caption(text: str) -> list[tuple] | None:
@@ -115,10 +133,10 @@ def parse_caption(text: str) -> list[tuple] | None:
         name, colour, number, size = mentions[0]
         if number > 1:
             return [(name, colour, number, None, None)]
-        where = [pos for pos, phrase in POSITION_PHRASES.items() if phrase in text]
+        where = _PLACE.findall(text)
         if len(where) != 1:
             return None
-        return [(name, colour, 1, size, where[0])]
+        return [(name, colour, 1, size, PLACES[where[0]])]
     if len(mentions) == 2:
         relations = {
             "to the left of": ("left", "right"),
@@ -129,9 +147,9 @@ def parse_caption(text: str) -> list[tuple] | None:
         found = [places for phrase, places in relations.items() if phrase in text]
         if len(found) != 1 or any(m[2] != 1 or m[3] is not None for m in mentions):
             return None
-        return sorted((m[0], m[1], 1, None, place) for m, place in zip(mentions, found[0]))
-    if len(mentions) == 3:
+        return _sorted((m[0], m[1], 1, None, place) for m, place in zip(mentions, found[0]))
+    if len(mentions) in ROW_PLACES:
         if any(m[2] != 1 or m[3] is not None for m in mentions):
             return None
-        return sorted((m[0], m[1], 1, None, place) for m, place in zip(mentions, ("left", "centre", "right")))
+        return _sorted((m[0], m[1], 1, None, place) for m, place in zip(mentions, ROW_PLACES[len(mentions)]))
     return None

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from ..io.outputs import cannot_write, failed_writing, remove_stale_temporaries, temporary_name
 from .captions import scene_captions
-from .scenes import render_scene, sample_scene
+from .classic import sample_classic_scene
+from .scenes import held_out, render_scene, sample_scene
 from .sprites import ALL_OBJECTS, HELD_OUT_OBJECTS, OBJECTS
 
 MANIFEST = "genvl_dataset.json"  # in every split folder genvl writes: how it was made and every file it holds
 SPLIT_BUCKETS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}
+WORLDS = {"wide": sample_scene, "classic": sample_classic_scene}
 
 
 def scene_id(scene: dict) -> str:
@@ -34,23 +36,40 @@ def split_of(scene: dict) -> str:
     return next(split for split, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
 
 
-def generate_scenes(num_images: int, seed: int, split: str, names=None, colours=None, require=None):
+def generate_scenes(
+    num_images: int, seed: int, split: str, names=None, colours=None, require=None, world: str = "wide", style=None
+):
     """Yield `num_images` scene graphs belonging to `split`, deterministically for a seed.
 
-    With `require` (an object name, held-out ones included), only scenes holding that object are kept, drawn
-    from the default objects plus it.
+    The train and val splits never hold a scene of a held-out style family (`scenes.HELD_OUT_FAMILIES`); the
+    test split holds every family. `world` "classic" draws the world's first scenes instead (no style
+    families). `style` fixes some style families of the wide world, e.g. {"background": "dark"}. With `require`
+    (an object name, held-out ones included), only scenes holding that object are kept, drawn from the default
+    objects plus it.
     """
     if split not in SPLIT_BUCKETS:
         raise ValueError(f"split must be one of {sorted(SPLIT_BUCKETS)}, got {split!r}")
+    if world not in WORLDS:
+        raise ValueError(f"world must be one of {sorted(WORLDS)}, got {world!r}")
+    sample = WORLDS[world]
+    if style:
+        if world != "wide":
+            raise ValueError("style families exist in the wide world only")
+        if split != "test" and held_out({"style": style}):
+            raise ValueError(f"style {style} holds a family kept out of training; only the test split has it")
+        sample = lambda rng, names, colours: sample_scene(rng, names, colours, style)  # noqa: E731
     if require is not None:
         if require not in ALL_OBJECTS:
             raise ValueError(f"unknown object {require!r}; held-out ones: {sorted(HELD_OUT_OBJECTS)}")
         names = sorted(set(names or OBJECTS) | {require})
-    rng = random.Random(f"{seed}-{split}" + (f"-{require}" if require else ""))
+    prefix = "" if world == "classic" else f"{world}-"  # classic keeps its first seeds
+    rng = random.Random(f"{prefix}{seed}-{split}" + (f"-{require}" if require else ""))
     made = 0
     while made < num_images:
-        scene = sample_scene(rng, names=names, colours=colours)
+        scene = sample(rng, names, colours)
         if require is not None and all(obj["name"] != require for obj in scene["objects"]):
+            continue
+        if split != "test" and held_out(scene):
             continue
         if split_of(scene) == split:
             made += 1
@@ -76,9 +95,12 @@ def write_imagefolder(
     require=None,
     workers: int = 1,
     overwrite: bool = False,
+    world: str = "wide",
+    style: dict | None = None,
 ) -> Path:
     """Render scenes into `out_dir/<split>/` with a `metadata.jsonl` (file_name, text, captions, scene) and a
-    `genvl_dataset.json` manifest (seed, split, count, resolution, and the name of every file written).
+    `genvl_dataset.json` manifest (seed, split, count, resolution, world, style, and the name of every file
+    written). `world`, `style`: as for `generate_scenes`.
 
     With `workers` > 1 the images are rendered by that many processes; the files are the same. The folder is
     built beside its destination, in a hidden `.<split>.<host>-<pid>.tmp` folder, and renamed into place, so an
@@ -100,7 +122,7 @@ def write_imagefolder(
     try:
         shutil.rmtree(tmp, ignore_errors=True)  # this name is this process's own: left by an earlier one, if at all
         tmp.mkdir(parents=True)
-        scenes = list(generate_scenes(num_images, seed, split, names=names, colours=colours, require=require))
+        scenes = list(generate_scenes(num_images, seed, split, names, colours, require, world, style))
         files = _render_into(tmp, scenes, random.Random(f"{seed}-{split}-captions"), resolution, progress, workers)
         manifest = {
             "seed": seed,
@@ -108,6 +130,8 @@ def write_imagefolder(
             "count": num_images,
             "resolution": resolution,
             "require": require,
+            "world": world,
+            "style": style,
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

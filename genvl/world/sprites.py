@@ -129,19 +129,25 @@ def _font() -> ImageFont.FreeTypeFont:
 
 
 @lru_cache(maxsize=None)
-def glyph(name: str) -> np.ndarray:
-    """The object's glyph, cropped to its ink, as a float RGBA array in [0, 1] of shape (H, W, 4)."""
+def glyph(name: str, scale: int = 1) -> np.ndarray:
+    """The object's glyph, cropped to its ink, as a float RGBA array in [0, 1] of shape (H, W, 4). `scale` 2
+    renders the vector glyph twice as large, for sprites bigger than the glyph itself."""
     emoji = ALL_OBJECTS[name][0]
-    canvas = Image.new("RGBA", (GLYPH_SIZE * 2, GLYPH_SIZE * 2), (0, 0, 0, 0))
-    ImageDraw.Draw(canvas).text((GLYPH_SIZE // 4, GLYPH_SIZE // 4), emoji, font=_font(), embedded_color=True)
+    size = GLYPH_SIZE * scale
+    canvas = Image.new("RGBA", (size * 2, size * 2), (0, 0, 0, 0))
+    font = _font() if scale == 1 else ImageFont.truetype(str(font_path()), size)
+    ImageDraw.Draw(canvas).text((size // 4, size // 4), emoji, font=font, embedded_color=True)
     box = canvas.getbbox()
     if box is None:
         raise ValueError(f"the OpenMoji font has no glyph for {name!r} ({emoji!r})")
     return np.asarray(canvas.crop(box), dtype=np.float32) / 255.0
 
 
-def recolour(rgba: np.ndarray, colour: str) -> np.ndarray:
-    """Paint a glyph in one colour word, keeping its dark outlines and some of its shading."""
+def recolour(rgba: np.ndarray, colour: str | None) -> np.ndarray:
+    """Paint a glyph in one colour word, keeping its dark outlines and some of its shading. `None` keeps
+    OpenMoji's original colours."""
+    if colour is None:
+        return rgba
     rgb, alpha = rgba[..., :3], rgba[..., 3:]
     luma = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     target = np.asarray(COLOURS[colour], dtype=np.float32) / 255.0
@@ -152,11 +158,23 @@ def recolour(rgba: np.ndarray, colour: str) -> np.ndarray:
     return np.concatenate([out, alpha], axis=-1)
 
 
+@lru_cache(maxsize=512)
+def _painted(name: str, colour: str | None, scale: int) -> Image.Image:
+    rgba = recolour(glyph(name, scale), colour)
+    return Image.fromarray((rgba * 255.0 + 0.5).astype(np.uint8), mode="RGBA")
+
+
 @lru_cache(maxsize=4096)
-def sprite(name: str, colour: str, size: int) -> Image.Image:
-    """The recoloured object scaled so that its longer side is `size` pixels, as a Pillow RGBA image."""
-    rgba = recolour(glyph(name), colour)
-    image = Image.fromarray((rgba * 255.0 + 0.5).astype(np.uint8), mode="RGBA")
+def sprite(name: str, colour: str | None, size: int, angle: float = 0.0, mirror: bool = False) -> Image.Image:
+    """The object painted in a colour word (`None`: OpenMoji's original colours), scaled so that its longer side
+    is `size` pixels, mirrored left to right if `mirror`, then turned `angle` degrees anticlockwise, as a Pillow
+    RGBA image (a turned sprite's image is a little larger than `size`)."""
+    image = _painted(name, colour, 2 if size > GLYPH_SIZE else 1)
+    if mirror:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     scale = size / max(image.size)
     new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(new_size, Image.Resampling.LANCZOS)
+    image = image.resize(new_size, Image.Resampling.LANCZOS)
+    if angle:
+        image = image.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+    return image

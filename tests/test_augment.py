@@ -1,0 +1,76 @@
+"""Captioner augmentation keeps every caption true: flips train on the mirrored scene's caption, shifts keep every
+object in the frame and a single object in its third, light changes are small."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from genvl.training.augment import augment_batch, parse_augmentations, shift_range
+from genvl.world import parse_caption, render_scene, sample_scene, scene_captions, scene_facts
+from genvl.world.scenes import mirror_scene, place_word
+
+
+def pixels_of(scenes):
+    arrays = [np.asarray(render_scene(scene), dtype=np.float32) for scene in scenes]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1
+
+
+def ink(image: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """The (H, W) mask of the pixels that differ from a plain background."""
+    return (image - background.view(3, 1, 1)).abs().amax(0) > 0.1
+
+
+def box(mask: torch.Tensor):
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1
+
+
+def test_parse_augmentations():
+    assert parse_augmentations("") == ()
+    assert parse_augmentations("flip, shift,light") == ("flip", "shift", "light")
+    with pytest.raises(ValueError, match="unknown augmentation 'zoom'"):
+        parse_augmentations("flip,zoom")
+
+
+def test_flipped_images_are_the_mirrored_scenes():
+    scenes = [sample_scene(random.Random(i), style={"background": "white"}) for i in range(16)]
+    images = pixels_of(scenes)
+    out, flipped = augment_batch(images, None, ("flip",), torch.Generator().manual_seed(0))
+    assert 0 < int(flipped.sum()) < 16
+    for i, scene in enumerate(scenes):
+        if flipped[i]:
+            mirrored = pixels_of([mirror_scene(scene)])[0]
+            assert (out[i] - mirrored).abs().mean() < 0.1  # the same picture up to sub-pixel placement
+            caption = scene_captions(mirror_scene(scene))[0]
+            assert parse_caption(caption) == scene_facts(mirror_scene(scene))
+        else:
+            assert torch.equal(out[i], images[i])
+
+
+def test_shifts_keep_objects_in_frame_and_single_objects_in_their_third():
+    scenes = [sample_scene(random.Random(f"s{i}"), style={"background": "white"}) for i in range(24)]
+    images = pixels_of(scenes)
+    ranges = torch.tensor([shift_range(scene) for scene in scenes])
+    moved = 0
+    for seed in range(4):
+        out, flipped = augment_batch(images, ranges, ("flip", "shift"), torch.Generator().manual_seed(seed))
+        for i, scene in enumerate(scenes):
+            truth = mirror_scene(scene) if flipped[i] else scene
+            background = pixels_of([truth])[0]
+            before, after = ink(background, background[:, 0, 0]), ink(out[i], background[:, 0, 0])
+            assert abs(int(after.sum()) - int(before.sum())) <= 0.03 * int(before.sum())  # nothing pushed out
+            x0, y0, x1, y1 = box(after)
+            if truth["layout"] == "single":
+                assert place_word((x0 + x1) / 2, (y0 + y1) / 2) == truth["objects"][0]["position"]
+            moved += box(before) != (x0, y0, x1, y1)
+    assert moved > 20
+
+
+def test_light_changes_are_small_and_stay_in_range():
+    scenes = [sample_scene(random.Random(f"l{i}")) for i in range(8)]
+    images = pixels_of(scenes)
+    out, _ = augment_batch(images, None, ("light",), torch.Generator().manual_seed(1))
+    assert out.min() >= -1 and out.max() <= 1
+    assert 0 < (out - images).abs().mean() < 0.15
