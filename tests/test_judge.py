@@ -589,3 +589,32 @@ def test_eval_judge_command_reports_each_family(tmp_path, capsys):
     with pytest.raises(SystemExit) as usage:
         main(["eval", "judge", "--data", str(data), "--threshold", "1.5"])
     assert usage.value.code == 2 and "--threshold" in capsys.readouterr().err
+
+
+def test_a_large_detection_suppresses_its_own_echoes_but_not_a_neighbour():
+    large = Detection("cat", "red", 30, 30, 0.9, size=44.0)
+    echo = Detection("cat", "red", 40, 30, 0.6, size=40.0)  # 10 px away: inside 0.45 x 44
+    neighbour = Detection("dog", "red", 30, 52, 0.7, size=20.0)  # 22 px away: outside it
+    small = Detection("bee", "red", 12, 12, 0.5, size=12.0)
+    assert suppress_near([large, echo, neighbour, small], 6.0) == [large, neighbour, small]
+    assert suppress_near([large, echo], 6.0) == [large]
+    assert suppress_near([Detection("cat", "red", 30, 30, 0.9), echo], 6.0) == [
+        Detection("cat", "red", 30, 30, 0.9),
+        echo,
+    ]
+
+
+def test_size_predicting_judge_learns_and_reports_sizes():
+    judge = SceneJudge(["cat", "dog"], ["red", ORIGINAL], channels=(8, 8, 8), image_size=32, predict_size=True)
+    scene = {"objects": [{"name": "dog", "colour": None, "bbox": [4, 4, 36, 20]}]}
+    targets = judge.targets([scene])
+    assert targets["sizes"][0, 1, 2].item() == pytest.approx(0.0)  # log(32 / 32) at the centre's cell
+    outputs = judge(torch.zeros(1, 3, 32, 32))
+    assert outputs["sizes"].shape == (1, 4, 4)
+    loss = judge.loss(outputs, targets)
+    outputs_right = {**outputs, "sizes": targets["sizes"]}
+    assert judge.loss(outputs_right, targets) < loss  # the size is part of the loss
+    (found,) = judge.detect(torch.zeros(1, 3, 32, 32), threshold=0.0)
+    assert found and all(d.size is not None and d.size > 0 for d in found)
+    old = SceneJudge(["cat", "dog"], ["red"], channels=(8, 8, 8), image_size=32)
+    assert "sizes" not in old.targets([{"objects": []}]) and old(torch.zeros(1, 3, 32, 32))["sizes"] is None

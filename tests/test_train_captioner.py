@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +91,34 @@ def test_export_builds_the_architecture_the_run_saved(tiny_data, tmp_path):
     (run / "train_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="weights do not match the run's architecture"):
         export_captioner.main(["--run", str(run), "--out", str(tmp_path / "old")])
+
+
+def test_augmented_run_trains_and_resumes_to_the_same_losses(tiny_data, tmp_path):
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(TINY.to_dict()))
+    plain = train_captioner.main(train_args(tiny_data, tmp_path / "plain", 4, arch_file))
+    args = dict(augment="flip,shift,light")
+    losses = train_captioner.main(train_args(tiny_data, tmp_path / "run", 4, arch_file, **args))
+    assert len(losses) == 4 and losses != plain  # the images (and, flipped, the captions) differ
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    shutil.copytree(tmp_path / "run" / "checkpoint-2", cut / "checkpoint-2")
+    shutil.copytree(tmp_path / "run" / "tokenizer", cut / "tokenizer")
+    resumed = train_captioner.main(train_args(tiny_data, cut, 4, arch_file, resume_from_checkpoint="latest", **args))
+    assert resumed == pytest.approx(losses, rel=1e-4)  # the same draws after a resume
+
+
+def test_augmentations_that_read_scenes_need_them(tmp_path):
+    data = tmp_path / "plain"
+    data.mkdir()
+    shutil.copy(Path(__file__).parent.parent / "examples" / "images" / "three_green_butterflies.png", data / "a.png")
+    records = [{"file_name": "a.png", "text": "three green butterflies"}] * 1
+    (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = train_args(data, tmp_path / "run", 1, "configs/captioner_small.json", augment="flip", train_batch_size=1)
+    with pytest.raises(ValueError, match="flip and shift need the scene graph"):
+        train_captioner.main(args)
+    with pytest.raises(SystemExit):
+        train_captioner.main(train_args(data, tmp_path / "run2", 1, "configs/captioner_small.json", augment="zoom"))
 
 
 def test_unknown_caption_column_is_named(tiny_data, tmp_path):

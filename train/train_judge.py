@@ -127,6 +127,7 @@ def main(argv=None):
         colour_names=sorted(COLOURS) + [ORIGINAL],
         channels=(width, 2 * width, 4 * width),
         image_size=args.resolution,
+        predict_size=True,
     )
     targets = judge.targets([record["scene"] for record in records])
     device = accelerator.device

@@ -10,7 +10,10 @@ Cells whose objectness is above a threshold are candidates; non-maximum suppress
 among them. With `nms_distance` None (the first judges) a candidate is kept where it is the maximum of its 3x3
 neighbourhood. That drops one of two objects whose centres fall in neighbouring cells, which the wide world
 allows (centres only 12 px apart), so with `nms_distance` set, candidates are kept from the highest score
-down unless a kept one's centre lies within `nms_distance` px of theirs.
+down unless a kept one's centre lies within `nms_distance` px of theirs. A judge with `predict_size` also
+predicts each object's size (the longer side of its box), and a kept detection then suppresses the candidates
+within `SIZE_SUPPRESSION` of its size as well: a large object covers several cells that each see its centre
+nearby, while two objects of the world are never closer than 0.85 of the smaller one's size.
 """
 
 import math
@@ -34,6 +37,8 @@ def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequent
 
 
 ORIGINAL = "original"  # the colour class of objects in OpenMoji's original colours (colour None in a scene graph)
+SIZE_SUPPRESSION = 0.45  # of a kept detection's size: the radius within which it suppresses others
+REFERENCE_SIZE = 32.0  # predicted sizes are log(size / REFERENCE_SIZE)
 
 
 def colour_class(colour: str | None) -> str:
@@ -48,6 +53,7 @@ class Detection:
     x: float  # centre, in the world's 64-unit coordinates
     y: float
     score: float
+    size: float | None = None  # the longer side of its box, in 64-unit pixels (judges with predict_size)
 
 
 class SceneJudge(ModelMixin, ConfigMixin):
@@ -62,6 +68,7 @@ class SceneJudge(ModelMixin, ConfigMixin):
         image_size: int = 64,
         threshold: float = 0.5,
         nms_distance: float | None = None,
+        predict_size: bool = False,
     ):
         super().__init__()
         c1, c2, c3 = channels
@@ -74,7 +81,7 @@ class SceneJudge(ModelMixin, ConfigMixin):
             _conv(c3, c3),
             _conv(c3, c3, dilation=2),
         )
-        self.head = nn.Conv2d(c3, 1 + len(object_names) + len(colour_names) + 2, 1)
+        self.head = nn.Conv2d(c3, 1 + len(object_names) + len(colour_names) + 2 + int(predict_size), 1)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -101,7 +108,8 @@ class SceneJudge(ModelMixin, ConfigMixin):
             "objectness": out[..., 0],
             "objects": out[..., 1 : 1 + n],
             "colours": out[..., 1 + n : 1 + n + c],
-            "offsets": out[..., 1 + n + c :],
+            "offsets": out[..., 1 + n + c : 3 + n + c],
+            "sizes": out[..., 3 + n + c] if self.config.predict_size else None,
         }
 
     def targets(self, scenes: list[dict]) -> dict:
@@ -115,6 +123,7 @@ class SceneJudge(ModelMixin, ConfigMixin):
         objects = torch.full((len(scenes), grid, grid), -100, dtype=torch.long)  # -100: ignored by the losses
         colours = torch.full_like(objects, -100)
         offsets = torch.zeros(len(scenes), grid, grid, 2)
+        sizes = torch.zeros(len(scenes), grid, grid)
         names = {name: i for i, name in enumerate(self.config.object_names)}
         colour_ids = {colour: i for i, colour in enumerate(self.config.colour_names)}
         for b, scene in enumerate(scenes):
@@ -130,7 +139,9 @@ class SceneJudge(ModelMixin, ConfigMixin):
                 elif colour != ORIGINAL:
                     raise ValueError(f"colour {colour!r} is not one of the judge's: {', '.join(colour_ids)}")
                 offsets[b, i, j] = torch.tensor([cx - j, cy - i])
-        return {"objectness": objectness, "objects": objects, "colours": colours, "offsets": offsets}
+                sizes[b, i, j] = math.log(max(x1 - x0, y1 - y0) / REFERENCE_SIZE)
+        targets = {"objectness": objectness, "objects": objects, "colours": colours, "offsets": offsets}
+        return {**targets, "sizes": sizes} if self.config.predict_size else targets
 
     def loss(self, outputs: dict, targets: dict) -> torch.Tensor:
         positive = targets["objectness"] > 0
@@ -141,7 +152,10 @@ class SceneJudge(ModelMixin, ConfigMixin):
         colours = targets["colours"][positive]  # -100 where an object's colour is not learnt
         colour_loss = F.cross_entropy(outputs["colours"][positive], colours, ignore_index=-100, reduction="sum")
         loss = loss + colour_loss / (colours >= 0).sum().clamp(min=1)
-        return loss + F.l1_loss(outputs["offsets"][positive].sigmoid(), targets["offsets"][positive])
+        loss = loss + F.l1_loss(outputs["offsets"][positive].sigmoid(), targets["offsets"][positive])
+        if self.config.predict_size:
+            loss = loss + F.l1_loss(outputs["sizes"][positive], targets["sizes"][positive])
+        return loss
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor, threshold: float | None = None) -> list[list[Detection]]:
@@ -164,6 +178,7 @@ class SceneJudge(ModelMixin, ConfigMixin):
         names, colours = self.config.object_names, self.config.colour_names
         for b, i, j in found:
             dx, dy = outputs["offsets"][b, i, j].float().sigmoid().tolist()
+            sizes = outputs.get("sizes")
             detections[b].append(
                 Detection(
                     name=names[int(outputs["objects"][b, i, j].argmax())],
@@ -171,6 +186,7 @@ class SceneJudge(ModelMixin, ConfigMixin):
                     x=(j + dx) * self.cell,
                     y=(i + dy) * self.cell,
                     score=float(score[b, i, j]),
+                    size=None if sizes is None else REFERENCE_SIZE * math.exp(float(sizes[b, i, j])),
                 )
             )
         if self.config.nms_distance is not None:
@@ -180,11 +196,15 @@ class SceneJudge(ModelMixin, ConfigMixin):
 
 def suppress_near(detections: list[Detection], distance: float) -> list[Detection]:
     """Greedy non-maximum suppression by centre distance: from the highest score down (the earlier one first on a
-    tie), a detection is kept unless a kept one's centre lies within `distance` px of its own. The kept ones are
-    returned in their given order."""
+    tie), a detection is kept unless a kept one's centre lies within `distance` px of its own, or within
+    `SIZE_SUPPRESSION` of the kept one's predicted size. The kept ones are returned in their given order."""
+
+    def radius(d: Detection) -> float:
+        return distance if d.size is None else max(distance, SIZE_SUPPRESSION * d.size)
+
     kept = []
     for index in sorted(range(len(detections)), key=lambda k: -detections[k].score):
         d = detections[index]
-        if all(math.dist((d.x, d.y), (detections[k].x, detections[k].y)) >= distance for k in kept):
+        if all(math.dist((d.x, d.y), (detections[k].x, detections[k].y)) >= radius(detections[k]) for k in kept):
             kept.append(index)
     return [detections[k] for k in sorted(kept)]
