@@ -6,8 +6,10 @@ import torch
 from genvl.generation import GenerationSettings, generate
 from genvl.generation import decoder as decoder_module
 from genvl.generation.processors import no_repeat_ngram, top_k_filter, top_p_filter
+from genvl.models.captioner import CaptionerArchitecture
+from genvl.pipelines.caption import CaptionPipeline
 
-from .conftest import get_dummy_components
+from .conftest import TINY, get_dummy_components
 
 CASES = [
     dict(num_beams=1),
@@ -216,3 +218,27 @@ def test_top_k_and_top_p_filters():
 def test_bad_settings_are_rejected(bad, message):
     with pytest.raises(ValueError, match=message):
         GenerationSettings(eos_token_id=0, decoder_start_token_id=0, pad_token_id=0, **bad)
+
+
+TINY_SWIN = CaptionerArchitecture(
+    **{**TINY.to_dict(), "patch_size": 4, "encoder_hidden_size": 16, "encoder_type": "swin", "swin_depths": (1, 1)}
+)
+
+
+@pytest.mark.parametrize("case", CASES[:2] + CASES[3:4], ids=[str(c) for c in CASES[:2] + CASES[3:4]])
+def test_swin_encoder_tokens_match_transformers_generate(tiny_tokenizer, case, tmp_path):
+    model, processor = get_dummy_components(tiny_tokenizer, seed=3, arch=TINY_SWIN)
+    assert model.config.encoder.model_type == "swin"
+    eos = tiny_tokenizer.eos_token_id
+    pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    settings = GenerationSettings(
+        eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos, max_new_tokens=10, **case
+    )
+    got = [seq for seqs in generate(model, pixel_values, settings).sequences for seq in seqs]
+    theirs = hf_sequences(model, pixel_values, torch.tensor([[eos]]), case, 10)
+    assert got == [trimmed(row, 1, eos) for row in theirs.sequences]
+    assert any(len(seq) > 1 for seq in got)
+    # saved as a pipeline folder, it loads through genvl's checks as it was
+    CaptionPipeline(model=model, tokenizer=tiny_tokenizer, image_processor=processor).save_pretrained(tmp_path)
+    loaded = CaptionPipeline.from_pretrained(tmp_path)
+    assert generate(loaded.model, pixel_values, settings).sequences == generate(model, pixel_values, settings).sequences

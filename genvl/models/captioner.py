@@ -1,5 +1,5 @@
-"""The captioner: a ViT encoder and a GPT-2 decoder with cross-attention, in the Hugging Face
-VisionEncoderDecoder format, so that public ViT-GPT2 captioning folders load in its place.
+"""The captioner: a ViT (or Swin) encoder and a GPT-2 decoder with cross-attention, in the Hugging Face
+VisionEncoderDecoder format, so that public ViT-GPT2 (and Donut-style Swin) captioning folders load in its place.
 """
 
 import json
@@ -25,6 +25,12 @@ class CaptionerArchitecture(JsonArchitecture):
     decoder_heads: int = 3
     max_positions: int = 40
     vocab_size: int = 1024
+    # "vit", or "swin": a hierarchical encoder of local windows (patch_size pixels per token at the first
+    # stage, one stage per entry of swin_depths, each halving the grid and doubling the width from
+    # encoder_hidden_size)
+    encoder_type: str = "vit"
+    swin_depths: tuple = (2, 2, 6)
+    swin_window: int = 4
 
 
 def train_tokenizer(texts, vocab_size: int = 1024):
@@ -72,19 +78,9 @@ def build_captioner(arch: CaptionerArchitecture, tokenizer):
         GPT2Config,
         VisionEncoderDecoderConfig,
         VisionEncoderDecoderModel,
-        ViTConfig,
     )
 
-    encoder = ViTConfig(
-        image_size=arch.image_size,
-        patch_size=arch.patch_size,
-        hidden_size=arch.encoder_hidden_size,
-        num_hidden_layers=arch.encoder_layers,
-        num_attention_heads=arch.encoder_heads,
-        intermediate_size=4 * arch.encoder_hidden_size,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+    encoder = _encoder_config(arch)
     eos = tokenizer.eos_token_id
     decoder = GPT2Config(
         vocab_size=len(tokenizer),
@@ -115,6 +111,36 @@ def build_captioner(arch: CaptionerArchitecture, tokenizer):
         num_beams=1,
     )
     return model
+
+
+def _encoder_config(arch: CaptionerArchitecture):
+    from transformers import SwinConfig, ViTConfig
+
+    if arch.encoder_type == "vit":
+        return ViTConfig(
+            image_size=arch.image_size,
+            patch_size=arch.patch_size,
+            hidden_size=arch.encoder_hidden_size,
+            num_hidden_layers=arch.encoder_layers,
+            num_attention_heads=arch.encoder_heads,
+            intermediate_size=4 * arch.encoder_hidden_size,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    if arch.encoder_type == "swin":
+        depths = list(arch.swin_depths)
+        return SwinConfig(
+            image_size=arch.image_size,
+            patch_size=arch.patch_size,
+            embed_dim=arch.encoder_hidden_size,
+            depths=depths,
+            num_heads=[arch.encoder_heads * 2**stage for stage in range(len(depths))],
+            window_size=arch.swin_window,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            drop_path_rate=0.0,
+        )
+    raise ValueError(f"encoder_type must be 'vit' or 'swin', got {arch.encoder_type!r}")
 
 
 def build_image_processor(arch: CaptionerArchitecture):
