@@ -6,8 +6,9 @@ import random
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from genvl.training.augment import augment_batch, parse_augmentations, shift_range
+from genvl.training.augment import augment_batch, parse_augmentations, shift_images, shift_range
 from genvl.world import parse_caption, render_scene, sample_scene, scene_captions, scene_facts
 from genvl.world.scenes import mirror_scene, place_word
 
@@ -66,6 +67,15 @@ def test_shifts_keep_objects_in_frame_and_single_objects_in_their_third():
                 assert place_word((x0 + x1) / 2, (y0 + y1) / 2) == truth["objects"][0]["position"]
             moved += box(before) != (x0, y0, x1, y1)
     assert moved > 20
+
+
+def test_shift_repeats_the_edge_pixels_as_replicate_padding_does():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(8, 3, 64, 64, generator=generator)
+    dx, dy = torch.randint(-9, 10, (8,), generator=generator), torch.randint(-9, 10, (8,), generator=generator)
+    padded = F.pad(images, (10, 10, 10, 10), mode="replicate")
+    crops = [padded[i, :, 10 - dy[i] : 74 - dy[i], 10 - dx[i] : 74 - dx[i]] for i in range(8)]
+    assert torch.equal(shift_images(images, dx, dy), torch.stack(crops))
 
 
 def test_light_changes_are_small_and_stay_in_range():

@@ -11,10 +11,13 @@ from genvl.cli.caption import DEFAULT_CAPTION_MODEL
 from genvl.cli.image import DEFAULT_JUDGE
 from genvl.evaluation.judge import category_accuracy, judge_scene
 from genvl.generation import generate
+from genvl.io.components import load_tokenizer
+from genvl.models.captioner import NO_REPEAT_NGRAM_SIZE
 from genvl.models.judge import SceneJudge
 from genvl.pipelines.caption import CaptionPipeline
-from genvl.world import parse_caption, render_scene
+from genvl.world import parse_caption, render_scene, scene_captions
 from genvl.world.dataset import generate_scenes
+from genvl.world.scenes import mirror_scene
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 
@@ -104,6 +107,34 @@ def test_shipped_captioner_drops_finished_images_and_matches_transformers(case, 
     else:  # greedy scores are genvl's own (sums of log-probabilities): each must equal the image's score alone
         alone = [generate(pipeline.model, pixel_values[i : i + 1], settings).scores[0][0] for i in range(len(paths))]
         torch.testing.assert_close(scores, torch.tensor(alone), rtol=1e-5, atol=1e-5)
+
+
+def longest_repeated_run(ids: list[int]) -> int:
+    """The length of the longest run of tokens that occurs twice in `ids` (0 if none does)."""
+    return max(
+        (
+            n
+            for n in range(1, len(ids))
+            if len({tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)}) < len(ids) - n + 1
+        ),
+        default=0,
+    )
+
+
+def test_default_decoding_never_bars_a_true_caption():
+    """The shipped captioner's default `no_repeat_ngram_size` bans a run of tokens from coming twice: no caption the
+    world writes, in any phrasing or mirrored, repeats such a run, so the ban only stops one word repeated to the
+    token limit. A run one shorter does repeat (rows: ", a red ... , a red"), so a smaller ban would bar true ones."""
+    pipeline = CaptionPipeline.from_pretrained(DEFAULT_CAPTION_MODEL)
+    assert pipeline.settings().no_repeat_ngram_size == NO_REPEAT_NGRAM_SIZE
+    tokenizer = load_tokenizer(DEFAULT_CAPTION_MODEL / "tokenizer")
+    longest = 0
+    for world in ("wide", "classic"):
+        for split in ("train", "test"):
+            for scene in generate_scenes(1500, seed=3, split=split, world=world):
+                for caption in scene_captions(scene) + scene_captions(mirror_scene(scene)):
+                    longest = max(longest, longest_repeated_run(tokenizer(caption).input_ids))
+    assert longest == NO_REPEAT_NGRAM_SIZE - 1
 
 
 def test_shipped_folder_is_safetensors_only():

@@ -106,14 +106,14 @@ def main(argv=None):
     device = accelerator.device
 
     def compute_loss(model, batch, step):
-        pixel_values = images[batch].float().div_(127.5).sub_(1.0)
+        # the batch's bytes go to the device, which converts and augments them
+        pixel_values = images[batch].to(device).float().div_(127.5).sub_(1.0)
         rows = torch.as_tensor(batch)
         if kinds:
             generator = step_generator(args.seed, step, AUGMENTATION)
             batch_ranges = ranges[batch] if ranges is not None else None
             pixel_values, flipped = augment_batch(pixel_values, batch_ranges, kinds, generator)
             rows = rows + flipped.long() * len(records)  # the mirrored captions follow the others
-        pixel_values = pixel_values.to(device)
         batch_labels = labels[rows].to(device)
         # the mean over the label tokens of every process's micro-batch: DDP averages the processes' gradients,
         # so each divides its sum by the global count / processes, and any process layout trains the same

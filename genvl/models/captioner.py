@@ -9,6 +9,7 @@ from pathlib import Path
 from .architecture import JsonArchitecture
 
 DEFAULT_BOS = "<|endoftext|>"
+NO_REPEAT_NGRAM_SIZE = 4  # the default generation_config of a captioner built here
 
 
 @dataclass
@@ -109,6 +110,9 @@ def build_captioner(arch: CaptionerArchitecture, tokenizer):
         pad_token_id=eos,
         max_new_tokens=arch.max_positions - 8,
         num_beams=1,
+        # no world caption repeats a run of 4 tokens (rows repeat ", a red"), so this never bars a true caption,
+        # and a model shown something it cannot read cannot answer one word to the token limit
+        no_repeat_ngram_size=NO_REPEAT_NGRAM_SIZE,
     )
     return model
 

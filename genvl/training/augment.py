@@ -12,7 +12,6 @@ words and the size bands that training holds out.
 """
 
 import torch
-import torch.nn.functional as F
 
 from ..world.scenes import mirror_scene, place_word
 
@@ -66,28 +65,35 @@ def shift_range(scene: dict) -> tuple[float, float, float, float]:
 
 
 def augment_batch(pixels: torch.Tensor, ranges: torch.Tensor | None, kinds, generator: torch.Generator):
-    """Augment (B, 3, H, W) images in [-1, 1]. `ranges` (B, 4) are the scenes' `shift_range`s (needed for
-    "shift"). Returns (pixels, flipped): `flipped` (B,) bool marks the images to train on mirrored captions."""
+    """Augment (B, 3, H, W) images in [-1, 1], on their device. `ranges` (B, 4) are the scenes' `shift_range`s
+    (needed for "shift"). The draws come from `generator` on the CPU, so a seed gives the same batch on any device.
+    Returns (pixels, flipped): `flipped` (B,) bool on the CPU marks the images to train on mirrored captions."""
     b, _, h, w = pixels.shape
     draw = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
     flipped = torch.zeros(b, dtype=torch.bool)
     if "flip" in kinds:
         flipped = draw(b) < 0.5
-        pixels = torch.where(flipped.view(b, 1, 1, 1), pixels.flip(-1), pixels)
+        pixels = torch.where(flipped.to(pixels.device).view(b, 1, 1, 1), pixels.flip(-1), pixels)
     if "shift" in kinds:
         scale = w / 64
         left, right, up, down = (ranges * scale).floor().long().unbind(1)
         left, right = torch.where(flipped, right, left), torch.where(flipped, left, right)  # ranges of the flip
         dx = (draw(b) * (left + right + 1)).long() - left  # uniform in [-left, right]
         dy = (draw(b) * (up + down + 1)).long() - up
-        pad = int(max(ranges.max().item() * scale, 0)) + 1
-        padded = F.pad(pixels, (pad, pad, pad, pad), mode="replicate")
-        pixels = torch.stack(
-            [padded[i, :, pad - dy[i] : pad - dy[i] + h, pad - dx[i] : pad - dx[i] + w] for i in range(b)]
-        )
+        pixels = shift_images(pixels, dx.to(pixels.device), dy.to(pixels.device))
     if "light" in kinds:
-        gain, contrast = (1 + (draw(b, 1, 1, 1) * 2 - 1) * LIGHT for _ in range(2))
+        gain, contrast = ((1 + (draw(b, 1, 1, 1) * 2 - 1) * LIGHT).to(pixels.device) for _ in range(2))
         pixels = (pixels + 1) * gain - 1
         mean = pixels.mean(dim=(1, 2, 3), keepdim=True)
         pixels = ((pixels - mean) * contrast + mean).clamp(-1, 1)
     return pixels, flipped
+
+
+def shift_images(pixels: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """Move image i of (B, C, H, W) `pixels` right by dx[i] and down by dy[i] whole pixels; the uncovered border
+    repeats the edge pixels (each output pixel reads the nearest input pixel inside the frame)."""
+    b, c, h, w = pixels.shape
+    rows = (torch.arange(h, device=pixels.device) - dy[:, None]).clamp(0, h - 1)  # (B, H)
+    cols = (torch.arange(w, device=pixels.device) - dx[:, None]).clamp(0, w - 1)  # (B, W)
+    pixels = pixels.gather(2, rows[:, None, :, None].expand(b, c, h, w))
+    return pixels.gather(3, cols[:, None, None, :].expand(b, c, h, w))
