@@ -38,7 +38,7 @@ def test_parse_augmentations():
 def test_flipped_images_are_the_mirrored_scenes():
     scenes = [sample_scene(random.Random(i), style={"background": "white"}) for i in range(16)]
     images = pixels_of(scenes)
-    out, flipped = augment_batch(images, None, ("flip",), torch.Generator().manual_seed(0))
+    out, flipped, _ = augment_batch(images, None, ("flip",), torch.Generator().manual_seed(0))
     assert 0 < int(flipped.sum()) < 16
     for i, scene in enumerate(scenes):
         if flipped[i]:
@@ -56,13 +56,16 @@ def test_shifts_keep_objects_in_frame_and_single_objects_in_their_third():
     ranges = torch.tensor([shift_range(scene) for scene in scenes])
     moved = 0
     for seed in range(4):
-        out, flipped = augment_batch(images, ranges, ("flip", "shift"), torch.Generator().manual_seed(seed))
+        out, flipped, shifts = augment_batch(images, ranges, ("flip", "shift"), torch.Generator().manual_seed(seed))
         for i, scene in enumerate(scenes):
             truth = mirror_scene(scene) if flipped[i] else scene
             background = pixels_of([truth])[0]
             before, after = ink(background, background[:, 0, 0]), ink(out[i], background[:, 0, 0])
             assert abs(int(after.sum()) - int(before.sum())) <= 0.03 * int(before.sum())  # nothing pushed out
             x0, y0, x1, y1 = box(after)
+            dx, dy = shifts[i].tolist()
+            bx0, by0, bx1, by1 = box(before)
+            assert (x0, y0, x1, y1) == (bx0 + dx, by0 + dy, bx1 + dx, by1 + dy)  # moved by the shift it reports
             if truth["layout"] == "single":
                 assert place_word((x0 + x1) / 2, (y0 + y1) / 2) == truth["objects"][0]["position"]
             moved += box(before) != (x0, y0, x1, y1)
@@ -81,6 +84,6 @@ def test_shift_repeats_the_edge_pixels_as_replicate_padding_does():
 def test_light_changes_are_small_and_stay_in_range():
     scenes = [sample_scene(random.Random(f"l{i}")) for i in range(8)]
     images = pixels_of(scenes)
-    out, _ = augment_batch(images, None, ("light",), torch.Generator().manual_seed(1))
+    out, _, _ = augment_batch(images, None, ("light",), torch.Generator().manual_seed(1))
     assert out.min() >= -1 and out.max() <= 1
     assert 0 < (out - images).abs().mean() < 0.15

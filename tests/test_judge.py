@@ -618,3 +618,43 @@ def test_size_predicting_judge_learns_and_reports_sizes():
     assert found and all(d.size is not None and d.size > 0 for d in found)
     old = SceneJudge(["cat", "dog"], ["red"], channels=(8, 8, 8), image_size=32)
     assert "sizes" not in old.targets([{"objects": []}]) and old(torch.zeros(1, 3, 32, 32))["sizes"] is None
+
+
+def test_augmented_judge_targets_follow_the_flipped_and_moved_objects():
+    from genvl.training.augment import augment_batch, shift_range
+    from genvl.world.sprites import COLOURS as WORLD_COLOURS
+    from genvl.world.sprites import OBJECTS
+
+    from .scripts import load_script
+
+    train_judge = load_script("train/train_judge.py")
+    scenes = [sample_scene(random.Random(i), style={"background": "white"}) for i in range(64)]
+    arrays = np.stack([np.asarray(render_scene(scene), dtype=np.float32) for scene in scenes])
+    pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1
+    ranges = torch.tensor([shift_range(scene) for scene in scenes])
+    out, flipped, shifts = augment_batch(pixels, ranges, ("flip", "shift"), torch.Generator().manual_seed(3))
+    assert 0 < int(flipped.sum()) < 64 and int((shifts != 0).any(1).sum()) > 32
+    moved = [train_judge.moved_scene(s, bool(f), *d) for s, f, d in zip(scenes, flipped, shifts.float().tolist())]
+    judge = SceneJudge(object_names=sorted(OBJECTS), colour_names=sorted(WORLD_COLOURS) + [ORIGINAL])
+    targets = judge.targets(moved)
+    singles = [i for i, scene in enumerate(scenes) if len(scene["objects"]) == 1]
+    assert len(singles) > 8
+    for i in singles:  # the target centre is the centre of the ink in the augmented image
+        ys, xs = torch.nonzero((out[i] - 1).abs().amax(0) > 0.2, as_tuple=True)
+        centre = torch.tensor([xs.min() + xs.max() + 1, ys.min() + ys.max() + 1]) / 2 / judge.cell
+        row, col = (int(v) for v in torch.nonzero(targets["objectness"][i])[0])
+        target = torch.tensor([col, row]) + targets["offsets"][i, row, col]
+        assert (target - centre).abs().max() < 0.3, (i, target, centre)
+
+
+def test_train_judge_trains_augmented_and_refuses_an_unknown_kind(tmp_path):
+    from .scripts import load_script
+
+    train_judge = load_script("train/train_judge.py")
+    train = write_imagefolder(tmp_path, 16, seed=0, split="train", resolution=32)
+    args = ["--train_data_dir", str(train), "--eval_data_dir", "", "--output_dir", str(tmp_path / "run")]
+    args += ["--resolution", "32", "--train_batch_size", "8", "--width", "8", "--max_train_steps", "2"]
+    losses = train_judge.main(args + ["--augment", "flip,shift,light"])
+    assert len(losses) == 2 and all(np.isfinite(loss) for loss in losses)
+    with pytest.raises(ValueError, match="unknown augmentation 'zoom'"):
+        train_judge.TrainJudgeArgs(train_data_dir=str(train), augment="zoom")

@@ -112,7 +112,7 @@ def main(argv=None):
         if kinds:
             generator = step_generator(args.seed, step, AUGMENTATION)
             batch_ranges = ranges[batch] if ranges is not None else None
-            pixel_values, flipped = augment_batch(pixel_values, batch_ranges, kinds, generator)
+            pixel_values, flipped, _ = augment_batch(pixel_values, batch_ranges, kinds, generator)
             rows = rows + flipped.long() * len(records)  # the mirrored captions follow the others
         batch_labels = labels[rows].to(device)
         # the mean over the label tokens of every process's micro-batch: DDP averages the processes' gradients,

@@ -6,7 +6,8 @@ It reads whatever imagefolder `--train_data_dir` names, with a scene graph per i
 (every size, place, background and palette) for the judges of today. It predicts the world's colour words and
 "original" (an object in OpenMoji's original colours, colour None). The judge never sees a generated image. So
 that it reads generated images, which are softer and noisier than renders, the renders are randomly blurred,
-noised and shifted in brightness during training.
+noised and shifted in brightness during training. `--augment` adds the captioner's kinds
+(`genvl.training.augment`: flip, shift, light), the boxes moved with the pixels.
 
 Ends with the judge saved in `output_dir/judge` and, in `output_dir/real_accuracy.json`, its GenEval-style
 accuracy and detection report (`genvl.evaluation.judge.detection_scores`) on the real renders of
@@ -26,9 +27,11 @@ from genvl.evaluation.judge import category_accuracy, detect_images, detection_s
 from genvl.io.imagefolder import load_images
 from genvl.models.judge import ORIGINAL, SceneJudge
 from genvl.training.args import TrainArgs, parse_args, run_script
+from genvl.training.augment import augment_batch, parse_augmentations, shift_range
 from genvl.training.data import check_data_source, read_training_data
 from genvl.training.loop import make_accelerator, train_loop
 from genvl.training.seeds import AUGMENTATION, step_generator
+from genvl.world.scenes import mirror_scene
 from genvl.world.sprites import COLOURS, OBJECTS
 
 
@@ -40,9 +43,11 @@ class TrainJudgeArgs(TrainArgs):
     eval_data_dir: str | None = "data/wide/val"
     train_batch_size: int = 64
     width: int = 32  # channels of the three stages: width, 2 x width, 4 x width
+    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light
 
     def __post_init__(self):
         super().__post_init__()
+        parse_augmentations(self.augment)
         if self.width < 8 or self.width % 8:  # the stages normalise their channels in 8 groups
             raise ValueError(f"--width must be a positive multiple of 8, got {self.width}")
 
@@ -59,6 +64,17 @@ def degrade(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     pixels = blur * blurred + (1 - blur) * pixels
     pixels = pixels + draw(b, 1, 1, 1) * 0.15 * torch.randn(pixels.shape, generator=generator)
     return (pixels + (draw(b, 1, 1, 1) - 0.5) * 0.2).clamp(-1, 1)
+
+
+def moved_scene(scene: dict, flipped: bool, dx: float, dy: float) -> dict:
+    """The scene graph of a render that `augment_batch` flipped and moved right by dx and down by dy (64-unit
+    pixels), for the judge's targets: its boxes are true, its place words are not rewritten."""
+    scene = mirror_scene(scene) if flipped else scene
+    objects = []
+    for obj in scene["objects"]:
+        x0, y0, x1, y1 = obj["bbox"]
+        objects.append({**obj, "bbox": [x0 + dx, y0 + dy, x1 + dx, y1 + dy]})
+    return {**scene, "objects": objects}
 
 
 THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.1)
@@ -129,13 +145,25 @@ def main(argv=None):
         image_size=args.resolution,
         predict_size=True,
     )
-    targets = judge.targets([record["scene"] for record in records])
+    scenes = [record["scene"] for record in records]
+    targets = judge.targets(scenes)
+    kinds = parse_augmentations(args.augment)
+    ranges = torch.tensor([shift_range(scene) for scene in scenes]) if "shift" in kinds else None
     device = accelerator.device
 
     def compute_loss(model, batch, step):
         generator = step_generator(args.seed, step, AUGMENTATION)
-        pixels = degrade(images[batch].float() / 127.5 - 1, generator).to(device)
-        batch_targets = {name: value[batch].to(device) for name, value in targets.items()}
+        pixels = images[batch].float() / 127.5 - 1
+        batch_targets = {name: value[batch] for name, value in targets.items()}
+        if kinds:
+            batch_ranges = ranges[batch] if ranges is not None else None
+            pixels, flipped, shifts = augment_batch(pixels, batch_ranges, kinds, generator)
+            if flipped.any() or shifts.any():  # the targets of the flipped and moved renders
+                units = (shifts.float() * 64 / args.resolution).tolist()
+                moved = [moved_scene(scenes[int(i)], bool(f), *d) for i, f, d in zip(batch, flipped, units)]
+                batch_targets = judge.targets(moved)
+        pixels = degrade(pixels, generator).to(device)
+        batch_targets = {name: value.to(device) for name, value in batch_targets.items()}
         return judge.loss(model(pixels), batch_targets)
 
     losses = train_loop(accelerator, args, judge, judge.parameters(), len(records), compute_loss)

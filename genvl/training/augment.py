@@ -67,10 +67,12 @@ def shift_range(scene: dict) -> tuple[float, float, float, float]:
 def augment_batch(pixels: torch.Tensor, ranges: torch.Tensor | None, kinds, generator: torch.Generator):
     """Augment (B, 3, H, W) images in [-1, 1], on their device. `ranges` (B, 4) are the scenes' `shift_range`s
     (needed for "shift"). The draws come from `generator` on the CPU, so a seed gives the same batch on any device.
-    Returns (pixels, flipped): `flipped` (B,) bool on the CPU marks the images to train on mirrored captions."""
+    Returns (pixels, flipped, shifts), on the CPU: `flipped` (B,) bool marks the images to train on mirrored
+    captions, and `shifts` (B, 2) how many pixels each image moved right and down (after its flip)."""
     b, _, h, w = pixels.shape
     draw = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
     flipped = torch.zeros(b, dtype=torch.bool)
+    shifts = torch.zeros(b, 2, dtype=torch.long)
     if "flip" in kinds:
         flipped = draw(b) < 0.5
         pixels = torch.where(flipped.to(pixels.device).view(b, 1, 1, 1), pixels.flip(-1), pixels)
@@ -81,12 +83,13 @@ def augment_batch(pixels: torch.Tensor, ranges: torch.Tensor | None, kinds, gene
         dx = (draw(b) * (left + right + 1)).long() - left  # uniform in [-left, right]
         dy = (draw(b) * (up + down + 1)).long() - up
         pixels = shift_images(pixels, dx.to(pixels.device), dy.to(pixels.device))
+        shifts = torch.stack([dx, dy], 1)
     if "light" in kinds:
         gain, contrast = ((1 + (draw(b, 1, 1, 1) * 2 - 1) * LIGHT).to(pixels.device) for _ in range(2))
         pixels = (pixels + 1) * gain - 1
         mean = pixels.mean(dim=(1, 2, 3), keepdim=True)
         pixels = ((pixels - mean) * contrast + mean).clamp(-1, 1)
-    return pixels, flipped
+    return pixels, flipped, shifts
 
 
 def shift_images(pixels: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
