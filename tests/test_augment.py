@@ -68,7 +68,7 @@ def test_shifts_keep_objects_in_frame_and_single_objects_in_their_third():
             assert (x0, y0, x1, y1) == (bx0 + dx, by0 + dy, bx1 + dx, by1 + dy)  # moved by the shift it reports
             if truth["layout"] == "single":
                 assert place_word((x0 + x1) / 2, (y0 + y1) / 2) == truth["objects"][0]["position"]
-            moved += box(before) != (x0, y0, x1, y1)
+            moved += (bx0, by0, bx1, by1) != (x0, y0, x1, y1)
     assert moved > 20
 
 
