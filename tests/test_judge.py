@@ -298,17 +298,33 @@ def test_detection_report_for_folder_reads_the_renders_and_their_scenes(judge, t
     assert report["held_out_family"]["images"] == 0  # validation renders hold no held-out family
 
 
-def test_the_shipped_judge_of_colour_words_still_loads_and_reads_a_wide_scene():
-    judge = SceneJudge.from_pretrained(DEFAULT_JUDGE).eval()
+def test_a_saved_judge_of_colour_words_only_still_loads_and_reads_a_wide_scene(tmp_path):
+    # the first world's judges: no "original" colour class, no size head, 3x3 local maxima (no nms_distance)
+    torch.manual_seed(0)
+    SceneJudge(object_names=NAMES, colour_names=COLOURS, channels=(8, 8, 16), threshold=0.0).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key in ("nms_distance", "predict_size"):
+        config.pop(key, None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    judge = SceneJudge.from_pretrained(tmp_path).eval()
     assert ORIGINAL not in judge.config.colour_names and judge.config.nms_distance is None
-    scene = sample_scene(random.Random(3), style={"palette": "original", "size": "big", "background": "white"})
+    scene = sample_scene(random.Random(3), names=NAMES, style={"palette": "original", "size": "big"})
     image = torch.from_numpy(np.array(render_scene(scene, 64))).permute(2, 0, 1)[None]
     (found,) = judge.detect(image.float() / 127.5 - 1)
-    assert all(d.colour in judge.config.colour_names for d in found)
+    assert found and all(d.colour in COLOURS for d in found)
     assert scene["layout"] == "single" and scene["objects"][0]["colour"] is None
     # it never names the colour "original", so it fails every object in OpenMoji's colours on colour
     assert set(judge_scene(scene, found)) == {"single_object", "colours"} and not judge_scene(scene, found)["colours"]
     assert (judge.targets([scene])["colours"] == -100).all()
+
+
+def test_the_shipped_judge_names_the_original_colours():
+    judge = SceneJudge.from_pretrained(DEFAULT_JUDGE).eval()
+    assert judge.config.colour_names[-1] == ORIGINAL and judge.config.predict_size
+    scene = sample_scene(random.Random(3), style={"palette": "original", "size": "big", "background": "white"})
+    image = torch.from_numpy(np.array(render_scene(scene, 64))).permute(2, 0, 1)[None]
+    (found,) = judge.detect(image.float() / 127.5 - 1)
+    assert judge_scene(scene, found) == {"single_object": True, "colours": True}
 
 
 def test_judge_scene_checks_each_category():
