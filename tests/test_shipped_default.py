@@ -9,7 +9,7 @@ import torch
 
 from genvl.cli.caption import DEFAULT_CAPTION_MODEL
 from genvl.cli.image import DEFAULT_JUDGE
-from genvl.evaluation.judge import category_accuracy, detection_scores, judge_scene
+from genvl.evaluation.judge import category_accuracy, detection_report, judge_scene
 from genvl.generation import generate
 from genvl.io.components import load_tokenizer
 from genvl.models.captioner import NO_REPEAT_NGRAM_SIZE
@@ -163,7 +163,7 @@ def test_shipped_judge_reads_the_wide_world_held_out_families_included(style):
     judge = SceneJudge.from_pretrained(DEFAULT_JUDGE).eval()
     scenes = list(generate_scenes(100, seed=321, split="test", style=style))
     images = torch.stack([torch.from_numpy(np.asarray(render_scene(scene, 64))).permute(2, 0, 1) for scene in scenes])
-    report = detection_scores(scenes, judge.detect(images.float() / 127.5 - 1))["overall"]
+    report = detection_report(judge, images, scenes)["overall"]
     assert report["f1"] >= 0.93 and report["colour_accuracy"] >= 0.97, report
 
 
