@@ -80,8 +80,21 @@ def add_parser(commands) -> None:
         epilog="example: genvl eval t2i --data data/world/test --prompts 250 --images-per-prompt 4",
     )
     t2i.add_argument("--data", required=True, help="held-out imagefolder with scene graphs (genvl data scenes)")
-    t2i.add_argument("--prompts", type=positive(int), default=250, help="held-out prompts, spread over the layouts")
-    t2i.add_argument("--images-per-prompt", type=positive(int), default=4)
+    t2i.add_argument(
+        "--suite",
+        choices=("canonical", "free"),
+        default="canonical",
+        help="canonical: the scenes' own captions, with R-precision, FD and the caption round trip; free: "
+        "prompts as people type them, GenEval's six categories in seen and held-out phrasings, judged only",
+    )
+    t2i.add_argument(
+        "--prompts",
+        type=positive(int),
+        default=None,
+        help="canonical: held-out prompts, spread over the layouts (default 250); free: scenes per category, "
+        "each phrased twice (default 50)",
+    )
+    t2i.add_argument("--images-per-prompt", type=positive(int), default=None, help="default: 4 canonical, 2 free")
     t2i.add_argument("--judge", default=str(DEFAULT_JUDGE), help="judge folder (default: genvl-judge-small)")
     t2i.add_argument("--captioner", default=None, help="captioner for the round trip (default: the shipped one)")
     t2i.add_argument("--seed", type=seed_number, default=0, help="image k of the run uses seed S + k")
@@ -216,35 +229,40 @@ def run_eval_retrieval(args) -> int:
 
 
 def run_eval_t2i(args) -> int:
+    from ..evaluation.free_prompts import evaluate_free_prompts
     from ..evaluation.text_to_image import evaluate_text_to_image
     from ..models.judge import SceneJudge
     from ..pipelines.caption import CaptionPipeline
 
+    free = args.suite == "free"
+    if free and (args.stages or args.captioner):
+        raise UsageError("--suite free judges the images only: drop --stages and --captioner")
     settings = stage_settings(args)
-    check_report_file(
-        args,
-        [args.model or default_t2i_model(), args.judge, args.captioner or default_caption_model(), *lora_folders(args)],
-    )
+    captioner_folder = None if free else args.captioner or default_caption_model()
+    folders = [args.model or default_t2i_model(), args.judge, captioner_folder, *lora_folders(args)]
+    check_report_file(args, [folder for folder in folders if folder])
     pipeline = load_t2i_pipeline(args)
     pipeline.set_progress_bar_config(disable=True)
     quiet_libraries(args)
     if not (Path(args.judge) / "config.json").is_file():
         raise FileNotFoundError(f"--judge {args.judge}: not a judge folder (no config.json)")
     judge = SceneJudge.from_pretrained(args.judge).to(args.device).eval()
-    captioner = CaptionPipeline.from_pretrained(args.captioner or default_caption_model()).to(args.device)
-    report = evaluate_text_to_image(
-        pipeline,
-        judge,
-        args.data,
-        captioner=captioner,
-        num_prompts=args.prompts,
-        images_per_prompt=args.images_per_prompt,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=progress_bar(args, "batch"),
-        stages=args.stages,
-        **settings,
-    )
+    common = dict(batch_size=args.batch_size, seed=args.seed, progress=progress_bar(args, "batch"), **settings)
+    if free:
+        report = evaluate_free_prompts(
+            pipeline, judge, args.data, args.prompts or 50, args.images_per_prompt or 2, **common
+        )
+    else:
+        report = evaluate_text_to_image(
+            pipeline,
+            judge,
+            args.data,
+            captioner=CaptionPipeline.from_pretrained(captioner_folder).to(args.device),
+            num_prompts=args.prompts or 250,
+            images_per_prompt=args.images_per_prompt or 4,
+            stages=args.stages,
+            **common,
+        )
     report["settings"] = {"scheduler": args.scheduler, **settings}
     print_report(report, args.output)
     return 0

@@ -45,6 +45,45 @@ def judge_scene(scene: dict, detections: list[Detection]) -> dict[str, bool]:
     raise ValueError(f"unknown scene layout {layout!r}")
 
 
+RELATION_AXES = {"left": (0, 1), "right": (0, -1), "above": (1, 1), "below": (1, -1)}  # axis, sign
+
+
+def judge_request(request: dict, detections: list[Detection]) -> dict[str, bool]:
+    """GenEval's rules for one image drawn for a request (`genvl.world.prompts`), and the strict reading.
+
+    Under GenEval's rules (keyed by the request's category) each object asked for must be among the detections
+    at least as many times as asked (a count exactly: "counting"), its most confident detections in the colour
+    asked for, and the first object's most confident detection in the relation asked for from the second's.
+    `strict` is what the prompt says: those objects in those numbers, colours and relation, and nothing else.
+    Sizes and places asked for are not judged.
+    """
+    found = {}
+    for detection in sorted(detections, key=lambda d: -d.score):
+        found.setdefault(detection.name, []).append(detection)
+    geneval = True
+    for obj in request["objects"]:
+        mine = found.get(obj["name"], [])
+        top = mine[: obj["count"]]
+        geneval &= len(top) == obj["count"] and (obj["colour"] is None or all(d.colour == obj["colour"] for d in top))
+        if request["category"] == "counting":
+            geneval &= len(mine) == obj["count"]
+    related = True
+    if request["relation"] is not None:
+        first, second = (found.get(obj["name"], [None])[0] for obj in request["objects"][:2])
+        axis, sign = RELATION_AXES[request["relation"]]
+        related = (
+            first is not None
+            and second is not None
+            and sign * ((second.x, second.y)[axis] - (first.x, first.y)[axis]) > 0
+        )
+    strict = sorted(found) == sorted(obj["name"] for obj in request["objects"]) and all(
+        len(found[obj["name"]]) == obj["count"]
+        and (obj["colour"] is None or all(d.colour == obj["colour"] for d in found[obj["name"]]))
+        for obj in request["objects"]
+    )
+    return {request["category"]: geneval and related, "strict": strict and related}
+
+
 def category_accuracy(judgements: list[dict[str, bool]]) -> dict[str, float]:
     """Mean of every check over the images that have it, plus `overall`: the mean of the GenEval categories
     present (GenEval's own summary)."""

@@ -1,0 +1,203 @@
+"""Prompts people type: many phrasings true of a scene, what each one asks for, and whether a scene does.
+
+What a prompt asks for is a request (a JSON-ready dict):
+
+    {"category": GenEval's category ("single_object", "colours", "counting", "two_objects", "position",
+                 "colour_attribution") or "three_objects",
+     "objects": [{"name", "colour" (None: any), "count", "size" (None: any), "place" (None: anywhere)}, ...],
+     "relation": None, or where the first object is from the second: "left", "right", "above", "below"}
+
+A prompt describes the whole picture: "a red bicycle" asks for exactly one bicycle, red, and nothing else;
+"two cats" for exactly two; "a dog and a car" for one of each in any arrangement (`request_holds`).
+
+Phrasings vary by family (`PHRASINGS`): the framing ("a photo of", ...), the relation's words, the count's form,
+"a" or "one", capitals and a closing full stop, and a few synonyms. The families of `HELD_OUT_PHRASINGS` never
+appear in training text, so an evaluation can tell memorised phrasings from understood ones.
+"""
+
+import random
+
+from .captions import POSITION_PHRASES, article, scene_captions
+from .sprites import ALL_OBJECTS
+
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+RELATION_WORDS = {
+    "left": {"bare": "left of", "to the": "to the left of", "on the": "on the left of"},
+    "right": {"bare": "right of", "to the": "to the right of", "on the": "on the right of"},
+    "above": {"above": "above", "over": "over"},
+    "below": {"below": "below", "under": "under", "beneath": "beneath"},
+}
+OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+PHRASINGS = {  # the ways of varying a phrasing but the relation's words, and their families
+    "framing": {
+        "none": "",
+        "photo": "a photo of",
+        "image": "an image of",
+        "picture": "a picture of",
+        "drawing": "a drawing of",
+    },
+    "count": {"words": "two", "digits": "2", "exactly": "exactly two"},
+    "article": {"a": "a", "one": "one"},
+}
+HELD_OUT_PHRASINGS = {"framing": ("drawing",), "relation": ("on the",), "count": ("exactly",)}
+SYNONYMS = {  # name -> another word people use for it, singular and plural
+    "bicycle": ("bike", "bikes"),
+    "car": ("automobile", "automobiles"),
+    "airplane": ("plane", "planes"),
+    "rabbit": ("bunny", "bunnies"),
+    "bulb": ("light bulb", "light bulbs"),
+}
+GENEVAL_LAYOUTS = {  # the categories a scene of each layout can be asked for as
+    "single": ("single_object", "colours"),
+    "pair_h": ("two_objects", "position", "colour_attribution"),
+    "pair_v": ("two_objects", "position", "colour_attribution"),
+    "count": ("counting",),
+    "row": ("three_objects",),
+}
+
+
+def scene_request(scene: dict, category: str, rng: random.Random | None = None, detail: bool = False) -> dict:
+    """A request that the scene meets (`request_holds`), asking for what `category` asks for.
+
+    Colours are asked for in "colours" and "colour_attribution", a relation in "position". With `rng` and
+    `detail`, any of colour, size and place (and for a pair, its relation) is also asked for or left out at
+    random, as people do ("a bicycle", "a red bicycle", "a large bicycle on the left"); the request's category
+    is then the one of what it asks for (`request_category`). With `rng`, a relation is said either way round.
+    """
+    if category not in GENEVAL_LAYOUTS.get(scene["layout"], ()):
+        raise ValueError(f"a {scene['layout']!r} scene cannot be asked for as {category!r}")
+    coin = (lambda: rng.random() < 0.5) if detail and rng is not None else (lambda: False)
+    objects = scene["objects"]
+    coloured = category in ("colours", "colour_attribution")
+    if scene["layout"] == "count":
+        first = objects[0]
+        asked = [_asked(first, count=len(objects), colour=coin())]
+    else:
+        asked = [_asked(obj, colour=coloured or coin()) for obj in objects]
+    if scene["layout"] == "single" and detail and rng is not None:
+        if coin():
+            asked[0]["size"] = objects[0]["size"] if objects[0]["size"] in ("small", "large") else None
+        if coin():
+            asked[0]["place"] = objects[0]["position"]
+    relation = None
+    if category == "position" or (category == "two_objects" and coin()):
+        relation = {"left": "left", "top": "above"}[objects[0]["position"]]
+        if rng is not None and rng.random() < 0.5:  # say it the other way round
+            asked, relation = asked[::-1], OPPOSITE[relation]
+    return {"category": request_category(asked, relation), "objects": asked, "relation": relation}
+
+
+def request_category(objects: list[dict], relation: str | None) -> str:
+    """The category of a request for these objects in this relation (GenEval's, or "three_objects")."""
+    if len(objects) == 1:
+        if objects[0]["count"] > 1:
+            return "counting"
+        return "colours" if objects[0]["colour"] else "single_object"
+    if len(objects) > 2:
+        return "three_objects"
+    if relation is not None:
+        return "position"
+    return "colour_attribution" if all(obj["colour"] for obj in objects) else "two_objects"
+
+
+def _asked(obj: dict, count: int = 1, colour: bool = False) -> dict:
+    return {
+        "name": obj["name"],
+        "colour": obj["colour"] if colour else None,
+        "count": count,
+        "size": None,
+        "place": None,
+    }
+
+
+def request_holds(request: dict, scene: dict) -> bool:
+    """Whether a scene is what the request asks for: the same objects in the same numbers and nothing else,
+    each of the colour, size and place asked for, and in the relation asked for."""
+    found: dict[str, list[dict]] = {}
+    for obj in scene["objects"]:
+        found.setdefault(obj["name"], []).append(obj)
+    asked = request["objects"]
+    if sorted(found) != sorted(a["name"] for a in asked):
+        return False
+    for want in asked:
+        have = found[want["name"]]
+        if len(have) != want["count"]:
+            return False
+        for key, scene_key in (("colour", "colour"), ("size", "size"), ("place", "position")):
+            if want[key] is not None and any(obj[scene_key] != want[key] for obj in have):
+                return False
+    if request["relation"] is None:
+        return True
+    first, second = (found[a["name"]][0]["position"] for a in asked[:2])
+    relation = {
+        ("left", "right"): "left",
+        ("right", "left"): "right",
+        ("top", "bottom"): "above",
+        ("bottom", "top"): "below",
+    }.get((first, second))
+    return relation == request["relation"]
+
+
+def phrase_request(request: dict, rng: random.Random, held_out: bool | None = False) -> tuple[str, dict]:
+    """A phrasing of the request, and the family it took in each way of varying that applies to it.
+
+    `held_out`: False draws from the training families only, True takes a held-out family in one way of
+    varying that has one for this request (the other ways from the training families), None draws from all."""
+    counts = [obj["count"] for obj in request["objects"]]
+    kinds = {"framing": PHRASINGS["framing"]}
+    if request["relation"] is not None:
+        kinds["relation"] = RELATION_WORDS[request["relation"]]
+    if max(counts) > 1:
+        kinds["count"] = PHRASINGS["count"]
+    if min(counts) == 1:
+        kinds["article"] = PHRASINGS["article"]
+    seen = {kind: [f for f in values if f not in HELD_OUT_PHRASINGS.get(kind, ())] for kind, values in kinds.items()}
+    options = {kind: list(values) for kind, values in kinds.items()} if held_out is None else seen
+    if held_out:
+        unseen = {kind: [f for f in values if f not in seen[kind]] for kind, values in kinds.items()}
+        kind = rng.choice([kind for kind, values in unseen.items() if values])
+        options = {**options, kind: unseen[kind]}
+    chosen = {kind: rng.choice(values) for kind, values in options.items()}
+    phrases = [_noun_phrase(obj, chosen, rng) for obj in request["objects"]]
+    if request["relation"] is not None:
+        text = f"{phrases[0]} {RELATION_WORDS[request['relation']][chosen['relation']]} {phrases[1]}"
+    elif len(phrases) == 1:
+        text = phrases[0]
+    else:
+        text = ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    framing = PHRASINGS["framing"][chosen["framing"]]
+    text = f"{framing} {text}" if framing else text
+    if rng.random() < 0.3:
+        text = text[0].upper() + text[1:]
+    if rng.random() < 0.2:
+        text += "."
+    return text, chosen
+
+
+def _noun_phrase(obj: dict, chosen: dict, rng: random.Random) -> str:
+    name, plural = obj["name"], ALL_OBJECTS[obj["name"]][1]
+    if name in SYNONYMS and rng.random() < 0.3:
+        name, plural = SYNONYMS[name]
+    if obj["count"] > 1:
+        number = str(obj["count"]) if chosen["count"] == "digits" else NUMBER_WORDS[obj["count"]]
+        words = ["exactly" if chosen["count"] == "exactly" else None, number, obj["colour"], plural]
+        return " ".join(word for word in words if word)
+    words = " ".join(word for word in (obj["size"], obj["colour"], name) if word)
+    first = "one" if chosen["article"] == "one" else article(words)
+    place = f" {POSITION_PHRASES[obj['place']]}" if obj["place"] else ""
+    return f"{first} {words}{place}"
+
+
+def held_out_phrasing(families: dict) -> bool:
+    """Whether a phrasing took a family that training never sees."""
+    return any(value in HELD_OUT_PHRASINGS.get(kind, ()) for kind, value in families.items())
+
+
+def training_prompt(scene: dict, rng: random.Random, canonical: float = 0.3) -> str:
+    """One phrasing of a scene for training text: its canonical caption or another of its captions with
+    probability `canonical`, else a request of one of its categories with details drawn at random, phrased in
+    the training families only."""
+    if rng.random() < canonical:
+        return rng.choice(scene_captions(scene))
+    category = rng.choice(GENEVAL_LAYOUTS[scene["layout"]])
+    return phrase_request(scene_request(scene, category, rng, detail=True), rng)[0]

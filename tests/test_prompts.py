@@ -1,0 +1,171 @@
+"""The prompt grammar (`genvl.world.prompts`), its judging (`judge_request`) and the free-form suite."""
+
+import random
+import re
+
+import pytest
+import torch
+
+from genvl.cli.image import DEFAULT_JUDGE
+from genvl.evaluation.free_prompts import evaluate_free_prompts, free_prompt_suite, suite_scores
+from genvl.evaluation.judge import GENEVAL_CATEGORIES, detect_images, judge_request
+from genvl.io.imagefolder import load_images, read_metadata
+from genvl.models.judge import Detection, SceneJudge
+from genvl.pipelines.text_to_image import TextToImagePipeline
+from genvl.world.classic import sample_classic_scene
+from genvl.world.dataset import write_imagefolder
+from genvl.world.prompts import (
+    GENEVAL_LAYOUTS,
+    phrase_request,
+    request_holds,
+    scene_request,
+    training_prompt,
+)
+from genvl.world.scenes import mirror_scene, sample_scene
+
+from .conftest import get_dummy_unclip_components
+
+HELD_OUT_WORDS = re.compile(r"\b(drawing|on the (left|right) of|exactly)\b", re.IGNORECASE)
+
+
+def scenes(count=200, seed=0):
+    rng = random.Random(seed)
+    return [sample_classic_scene(rng) if i % 2 else sample_scene(rng) for i in range(count)]
+
+
+def test_every_request_drawn_from_a_scene_holds_of_it_and_of_no_other_kind_of_scene():
+    rng = random.Random(1)
+    pool = scenes()
+    for scene in pool:
+        for category in GENEVAL_LAYOUTS[scene["layout"]]:
+            for detail in (False, True):
+                request = scene_request(scene, category, rng, detail=detail)
+                assert request_holds(request, scene), (request, scene)
+                others = [
+                    s for s in pool if s["layout"] != scene["layout"] and len(s["objects"]) != len(scene["objects"])
+                ]
+                assert not any(request_holds(request, other) for other in others[:20])
+    with pytest.raises(ValueError, match="cannot be asked for as 'counting'"):
+        scene_request(pool[1] if pool[1]["layout"] == "single" else sample_classic_scene(random.Random(3)), "counting")
+
+
+def test_a_request_says_exactly_what_it_asks_for():
+    bike = {"name": "bicycle", "colour": "red", "size": "large", "position": "centre", "bbox": [16, 16, 48, 48]}
+    dog = {**bike, "name": "dog", "colour": "blue"}
+    single = {"layout": "single", "objects": [bike]}
+    ask = lambda colour=None, count=1: {  # noqa: E731
+        "category": "colours",
+        "objects": [{"name": "bicycle", "colour": colour, "count": count, "size": None, "place": None}],
+        "relation": None,
+    }
+    assert request_holds(ask("red"), single) and request_holds(ask(), single)
+    assert not request_holds(ask("blue"), single)  # another colour
+    assert not request_holds(ask("red", count=2), single)  # "two red bicycles" are not one
+    assert not request_holds(ask("red"), {"layout": "pair_h", "objects": [bike, dog]})  # and nothing else
+    assert not request_holds(ask("red"), {"layout": "count", "objects": [bike, bike]})  # "a" is exactly one
+
+
+def test_a_relation_holds_only_the_right_way_round_and_mirrors_with_the_scene():
+    rng = random.Random(2)
+    pairs = [s for s in scenes(400) if s["layout"] == "pair_h"]
+    assert pairs
+    for scene in pairs:
+        request = scene_request(scene, "position", rng)
+        assert request["relation"] in ("left", "right") and request_holds(request, scene)
+        assert not request_holds(request, mirror_scene(scene))
+
+
+def test_training_text_never_takes_a_held_out_phrasing_and_held_out_prompts_always_do():
+    rng = random.Random(3)
+    seen_framings = set()
+    for scene in scenes(300):
+        assert not HELD_OUT_WORDS.search(training_prompt(scene, rng))
+        for category in GENEVAL_LAYOUTS[scene["layout"]]:
+            request = scene_request(scene, category, rng)
+            text, families = phrase_request(request, rng, held_out=False)
+            assert not HELD_OUT_WORDS.search(text)
+            seen_framings.add(families["framing"])
+            text, families = phrase_request(request, rng, held_out=True)
+            assert HELD_OUT_WORDS.search(text), text
+    assert seen_framings == {"none", "photo", "image", "picture"}
+
+
+def test_phrasings_say_counts_relations_and_synonyms_as_people_do():
+    rng = random.Random(4)
+    count = {"layout": "count", "objects": [{"name": "rabbit", "colour": "red", "position": "row"}] * 3}
+    request = scene_request(count, "counting")
+    texts = {phrase_request(request, rng, held_out=None)[0].lower().rstrip(".") for _ in range(300)}
+    for form in ("three rabbits", "3 rabbits", "exactly three rabbits", "three bunnies", "a photo of 3 bunnies"):
+        assert form in texts, form
+    assert not any("rabbit " in t or t.endswith("rabbit") for t in texts)  # always the plural
+    pair = sample_classic_scene(random.Random(0))
+    while pair["layout"] != "pair_v":
+        pair = sample_classic_scene(rng)
+    words = {phrase_request(scene_request(pair, "position", rng), rng)[1]["relation"] for _ in range(200)}
+    assert words == {"above", "over", "below", "under", "beneath"}
+
+
+def detection(name, colour, x, y=32.0, score=0.9):
+    return Detection(name=name, colour=colour, x=x, y=y, score=score)
+
+
+def request(category, *objects, relation=None):
+    asked = [{"name": n, "colour": c, "count": k, "size": None, "place": None} for n, c, k in objects]
+    return {"category": category, "objects": asked, "relation": relation}
+
+
+def test_judge_request_applies_genevals_rules_and_the_strict_reading():
+    red_bike = request("colours", ("bicycle", "red", 1))
+    assert judge_request(red_bike, [detection("bicycle", "red", 30)]) == {"colours": True, "strict": True}
+    two = [detection("bicycle", "red", 20), detection("bicycle", "red", 44, score=0.5)]
+    assert judge_request(red_bike, two) == {"colours": True, "strict": False}  # GenEval allows a second one
+    assert judge_request(red_bike, [detection("bicycle", "blue", 30)]) == {"colours": False, "strict": False}
+    with_dog = [detection("bicycle", "red", 20), detection("dog", "red", 44)]
+    assert judge_request(red_bike, with_dog) == {"colours": True, "strict": False}
+    three_cats = request("counting", ("cat", None, 3))
+    cats = [detection("cat", "red", x) for x in (10, 30, 50)]
+    assert judge_request(three_cats, cats)["counting"] and not judge_request(three_cats, cats[:2])["counting"]
+    assert not judge_request(three_cats, [*cats, detection("cat", "red", 60)])["counting"]  # counts are exact
+    left = request("position", ("dog", None, 1), ("car", None, 1), relation="left")
+    dog_car = [detection("dog", "red", 15), detection("car", "blue", 45)]
+    assert judge_request(left, dog_car) == {"position": True, "strict": True}
+    right = request("position", ("dog", None, 1), ("car", None, 1), relation="right")
+    assert judge_request(right, dog_car) == {"position": False, "strict": False}
+    above = request("position", ("dog", None, 1), ("car", None, 1), relation="above")
+    assert judge_request(above, [detection("dog", "red", 30, 10), detection("car", "red", 30, 50)])["position"]
+
+
+def test_the_free_suite_pairs_each_request_with_a_seen_and_a_held_out_phrasing(tmp_path):
+    data = write_imagefolder(tmp_path, 120, seed=5, split="test", resolution=64, world="classic")
+    records = read_metadata(data)
+    rows = free_prompt_suite(records, 6, seed=0)
+    assert rows == free_prompt_suite(records, 6, seed=0)  # the same suite on every run
+    assert {row["request"]["category"] for row in rows} == set(GENEVAL_CATEGORIES)
+    for seen, unseen in zip(rows[::2], rows[1::2]):
+        assert seen["request"] is unseen["request"] and (seen["held_out"], unseen["held_out"]) == (False, True)
+        assert request_holds(seen["request"], seen["record"]["scene"])
+    # the shipped judge finds every request in its own scene's render: the suite's ceiling
+    judge = SceneJudge.from_pretrained(DEFAULT_JUDGE).eval()
+    real = load_images(data, [row["record"] for row in rows], "file_name", 64)
+    judged = [judge_request(row["request"], found) for row, found in zip(rows, detect_images(judge, real))]
+    report = suite_scores(rows, judged)
+    assert report["all"]["images"] == len(rows) == 2 * report["seen"]["images"]
+    assert report["all"]["overall"] >= 0.95 and report["all"]["strict_single_object"] >= 0.95
+
+
+def test_evaluate_free_prompts_reports_seen_and_held_out_phrasings(tmp_path):
+    data = write_imagefolder(tmp_path, 40, seed=6, split="test", resolution=32, world="classic")
+    pipeline = TextToImagePipeline(**get_dummy_unclip_components())
+    pipeline.set_progress_bar_config(disable=True)
+    torch.manual_seed(0)
+    judge = SceneJudge(object_names=["apple", "car", "cat"], colour_names=["blue", "red"], channels=(8, 8, 16))
+    report = evaluate_free_prompts(
+        pipeline, judge.eval(), data, 2, 2, batch_size=8, prior_num_inference_steps=2, decoder_num_inference_steps=2
+    )
+    assert report["images"] == 2 * report["prompts"] and report["generated"]["all"]["images"] == report["images"]
+    for group in ("seen", "held_out"):
+        assert report["generated"][group]["images"] == report["images"] // 2
+        assert 0 <= report["generated"][group]["overall"] <= 1
+    assert set(report["examples"]) == set(GENEVAL_CATEGORIES)
+    with pytest.raises(ValueError, match="per_category"):
+        evaluate_free_prompts(pipeline, judge, data, 0)
