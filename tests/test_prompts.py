@@ -19,7 +19,7 @@ from genvl.world.prompts import (
     phrase_request,
     request_holds,
     scene_request,
-    training_prompt,
+    training_prompts,
 )
 from genvl.world.scenes import mirror_scene, sample_scene
 
@@ -79,7 +79,8 @@ def test_training_text_never_takes_a_held_out_phrasing_and_held_out_prompts_alwa
     rng = random.Random(3)
     seen_framings = set()
     for scene in scenes(300):
-        assert not HELD_OUT_WORDS.search(training_prompt(scene, rng))
+        for text, request, twin in training_prompts(scene, rng, 4):
+            assert not HELD_OUT_WORDS.search(text) and request_holds(request, scene)
         for category in GENEVAL_LAYOUTS[scene["layout"]]:
             request = scene_request(scene, category, rng)
             text, families = phrase_request(request, rng, held_out=False)

@@ -79,8 +79,8 @@ def contrastive_loss(
         text_logits, text_targets = _extra_columns(
             text_logits, text_targets, text_embeds, mirror_embeds, mirror_ids, caption_ids, logit_scale, accelerator
         )
-    image_loss = _soft_cross_entropy(image_logits, image_targets)
-    text_loss = _soft_cross_entropy(text_logits, text_targets)
+    image_loss = soft_cross_entropy(image_logits, image_targets)
+    text_loss = soft_cross_entropy(text_logits, text_targets)
     return (image_loss.mean() + text_loss.mean()) / 2
 
 
@@ -93,7 +93,7 @@ def _extra_columns(logits, targets, queries, extra_embeds, extra_ids, caption_id
     return logits, torch.cat([targets, (caption_ids[:, None] == all_extra_ids[None, :]).float()], dim=1)
 
 
-def _soft_cross_entropy(logits, targets):
+def soft_cross_entropy(logits, targets):
     """Cross-entropy of each row's logits against its targets spread evenly over its matches; columns that are
     no row's match may be -inf."""
     log_probs = F.log_softmax(logits, dim=1)

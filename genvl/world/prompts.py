@@ -17,7 +17,7 @@ appear in training text, so an evaluation can tell memorised phrasings from unde
 
 import random
 
-from .captions import POSITION_PHRASES, article, scene_captions
+from .captions import POSITION_PHRASES, article, scene_captions, swapped_captions
 from .sprites import ALL_OBJECTS
 
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
@@ -110,6 +110,45 @@ def _asked(obj: dict, count: int = 1, colour: bool = False) -> dict:
     }
 
 
+def caption_request(scene: dict) -> dict:
+    """What the scene's own captions (`scene_captions`) ask for: every object in its colour, a single object's
+    size word and place, a pair's relation, a group's count."""
+    objects = scene["objects"]
+    if scene["layout"] == "count":
+        asked = [_asked(objects[0], count=len(objects), colour=True)]
+    else:
+        asked = [_asked(obj, colour=True) for obj in objects]
+    if scene["layout"] == "single":
+        size = objects[0]["size"]
+        asked[0].update(size=size if size in ("small", "large") else None, place=objects[0]["position"])
+    relation = (
+        {"left": "left", "top": "above"}[objects[0]["position"]] if scene["layout"] in ("pair_h", "pair_v") else None
+    )
+    return {"category": request_category(asked, relation), "objects": asked, "relation": relation}
+
+
+def swapped_scene(scene: dict) -> dict | None:
+    """A two-object scene with its objects' places exchanged (what its image shows mirrored across the
+    relation's axis), or None for other layouts."""
+    if scene["layout"] not in ("pair_h", "pair_v"):
+        return None
+    first, second = scene["objects"]
+    return {**scene, "objects": [{**second, "position": first["position"]}, {**first, "position": second["position"]}]}
+
+
+def request_key(request: dict) -> tuple:
+    """The names and counts a request asks for: a request can only hold of a scene with the same `scene_key`."""
+    return tuple(sorted((obj["name"], obj["count"]) for obj in request["objects"]))
+
+
+def scene_key(scene: dict) -> tuple:
+    """The names of a scene's objects and how many of each (see `request_key`)."""
+    counts: dict[str, int] = {}
+    for obj in scene["objects"]:
+        counts[obj["name"]] = counts.get(obj["name"], 0) + 1
+    return tuple(sorted(counts.items()))
+
+
 def request_holds(request: dict, scene: dict) -> bool:
     """Whether a scene is what the request asks for: the same objects in the same numbers and nothing else,
     each of the colour, size and place asked for, and in the relation asked for."""
@@ -138,11 +177,15 @@ def request_holds(request: dict, scene: dict) -> bool:
     return relation == request["relation"]
 
 
-def phrase_request(request: dict, rng: random.Random, held_out: bool | None = False) -> tuple[str, dict]:
+def phrase_request(
+    request: dict, rng: random.Random, held_out: bool | None = False, swap: bool = False
+) -> tuple[str, dict]:
     """A phrasing of the request, and the family it took in each way of varying that applies to it.
 
     `held_out`: False draws from the training families only, True takes a held-out family in one way of
-    varying that has one for this request (the other ways from the training families), None draws from all."""
+    varying that has one for this request (the other ways from the training families), None draws from all.
+    `swap` exchanges the first two objects' words and nothing else: from the same state of `rng`, the phrasing
+    of the request with those objects exchanged ("a car left of a dog" for "a dog left of a car")."""
     counts = [obj["count"] for obj in request["objects"]]
     kinds = {"framing": PHRASINGS["framing"]}
     if request["relation"] is not None:
@@ -159,6 +202,8 @@ def phrase_request(request: dict, rng: random.Random, held_out: bool | None = Fa
         options = {**options, kind: unseen[kind]}
     chosen = {kind: rng.choice(values) for kind, values in options.items()}
     phrases = [_noun_phrase(obj, chosen, rng) for obj in request["objects"]]
+    if swap:
+        phrases[:2] = phrases[1::-1]
     if request["relation"] is not None:
         text = f"{phrases[0]} {RELATION_WORDS[request['relation']][chosen['relation']]} {phrases[1]}"
     elif len(phrases) == 1:
@@ -193,11 +238,26 @@ def held_out_phrasing(families: dict) -> bool:
     return any(value in HELD_OUT_PHRASINGS.get(kind, ()) for kind, value in families.items())
 
 
-def training_prompt(scene: dict, rng: random.Random, canonical: float = 0.3) -> str:
-    """One phrasing of a scene for training text: its canonical caption or another of its captions with
-    probability `canonical`, else a request of one of its categories with details drawn at random, phrased in
-    the training families only."""
-    if rng.random() < canonical:
-        return rng.choice(scene_captions(scene))
-    category = rng.choice(GENEVAL_LAYOUTS[scene["layout"]])
-    return phrase_request(scene_request(scene, category, rng, detail=True), rng)[0]
+def training_prompts(scene: dict, rng: random.Random, count: int) -> list[tuple[str, dict, str | None]]:
+    """Training text for a scene: its own captions and `count` more phrasings of requests it meets (of each
+    category its layout allows, with details drawn at random), in the training phrasing families only. Each
+    is (text, request, twin): the twin is the same text with the two objects of a relation exchanged, None
+    where there is no relation (or the two objects look alike)."""
+    out = []
+    swapped = swapped_captions(scene)
+    for k, caption in enumerate(scene_captions(scene)):
+        out.append((caption, caption_request(scene), swapped[k] if swapped else None))
+    for _ in range(count):
+        request = scene_request(scene, rng.choice(GENEVAL_LAYOUTS[scene["layout"]]), rng, detail=True)
+        state = rng.getstate()
+        text = phrase_request(request, rng)[0]
+        twin = None
+        if request["relation"] is not None and not _alike(*request["objects"][:2]):
+            rng.setstate(state)
+            twin = phrase_request(request, rng, swap=True)[0]
+        out.append((text, request, twin))
+    return out
+
+
+def _alike(first: dict, second: dict) -> bool:
+    return (first["name"], first["colour"]) == (second["name"], second["colour"])
