@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from genvl.cli.image import DEFAULT_JUDGE
-from genvl.evaluation.free_prompts import evaluate_free_prompts, free_prompt_suite, suite_scores
+from genvl.evaluation.free_prompts import evaluate_free_prompts, evaluate_prompts, free_prompt_suite, suite_scores
 from genvl.evaluation.judge import GENEVAL_CATEGORIES, detect_images, judge_request
 from genvl.io.imagefolder import load_images, read_metadata
 from genvl.models.judge import Detection, SceneJudge
@@ -16,14 +16,17 @@ from genvl.world.classic import sample_classic_scene
 from genvl.world.dataset import write_imagefolder
 from genvl.world.prompts import (
     GENEVAL_LAYOUTS,
+    parse_prompt,
     phrase_request,
     request_holds,
     scene_request,
+    swapped_scene,
     training_prompts,
 )
 from genvl.world.scenes import mirror_scene, sample_scene
 
 from .conftest import get_dummy_unclip_components
+from .test_bad_input import assert_one_line_error, run
 
 HELD_OUT_WORDS = re.compile(r"\b(drawing|on the (left|right) of|exactly)\b", re.IGNORECASE)
 
@@ -170,3 +173,67 @@ def test_evaluate_free_prompts_reports_seen_and_held_out_phrasings(tmp_path):
     assert set(report["examples"]) == set(GENEVAL_CATEGORIES)
     with pytest.raises(ValueError, match="per_category"):
         evaluate_free_prompts(pipeline, judge, data, 0)
+
+
+def test_parse_prompt_reads_every_phrasing_back_held_out_families_included():
+    rng = random.Random(5)
+
+    def key(request):
+        return sorted((o["name"], o["colour"], o["count"], o["size"], o["place"]) for o in request["objects"])
+
+    def same(read, request, scene):  # the same objects and details, true and false of the same scenes
+        mirrored = swapped_scene(scene)
+        return (
+            read is not None
+            and key(read) == key(request)
+            and request_holds(read, scene) == request_holds(request, scene)
+            and (mirrored is None or request_holds(read, mirrored) == request_holds(request, mirrored))
+        )
+
+    for scene in scenes(300):
+        for text, request, _ in training_prompts(scene, rng, 4):
+            assert same(parse_prompt(text), request, scene), text
+        for category in GENEVAL_LAYOUTS[scene["layout"]]:
+            request = scene_request(scene, category, rng)
+            text = phrase_request(request, rng, held_out=True)[0]
+            assert same(parse_prompt(text), request, scene), text
+    assert parse_prompt("A photo of 2 bikes.")["objects"][0] == {
+        "name": "bicycle",
+        "colour": None,
+        "count": 2,
+        "size": None,
+        "place": None,
+    }
+    for text in ("a cat on a mat", "two apple", "a apples", "a dog and a dog", "a large dog and a cat", "dogs"):
+        assert parse_prompt(text) is None, text
+
+
+def test_evaluate_prompts_judges_each_prompt_over_its_seeds(tmp_path):
+    pipeline = TextToImagePipeline(**get_dummy_unclip_components())
+    pipeline.set_progress_bar_config(disable=True)
+    torch.manual_seed(0)
+    judge = SceneJudge(object_names=["apple", "car", "cat"], colour_names=["blue", "red"], channels=(8, 8, 16))
+    steps = dict(prior_num_inference_steps=2, decoder_num_inference_steps=2)
+    report = evaluate_prompts(pipeline, judge.eval(), ["a red car", "two cats"], 3, batch_size=8, seed=4, **steps)
+    first, second = report["prompts"]
+    assert first["request"]["category"] == "colours" and second["request"]["category"] == "counting"
+    assert (
+        first["images"] == 3 and first["seeds"] == [4, 6] and 0 <= first["colours"] <= 1 and 0 <= first["strict"] <= 1
+    )
+    with pytest.raises(ValueError, match="'a cat on a mat' is not in the world's grammar"):
+        evaluate_prompts(pipeline, judge, ["a cat on a mat"], 1)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--prompt", "a cat on a mat"], "not a prompt of the world's grammar"),
+        (["--prompt", "a red car", "--data", "data/world/test"], "either --data"),
+        ([], "either --data"),
+        (["--suite", "free", "--data", "data/world/test", "--stages"], "drop --stages"),
+    ],
+)
+def test_eval_t2i_prompt_usage_errors_come_before_any_model_loads(argv, fragment, tmp_path, capsys):
+    code, _, err = run(["eval", "t2i", "--model", str(tmp_path / "no_such_model"), *argv], capsys)
+    assert code == 2
+    assert_one_line_error(err, fragment)

@@ -79,7 +79,13 @@ def add_parser(commands) -> None:
         help="judge generated images of held-out prompts (GenEval-style), R-precision, FD, round trip",
         epilog="example: genvl eval t2i --data data/world/test --prompts 250 --images-per-prompt 4",
     )
-    t2i.add_argument("--data", required=True, help="held-out imagefolder with scene graphs (genvl data scenes)")
+    t2i.add_argument("--data", help="held-out imagefolder with scene graphs (genvl data scenes)")
+    t2i.add_argument(
+        "--prompt",
+        action="append",
+        help="instead of --data: judge images of this prompt (repeatable; --images-per-prompt each, default 50, "
+        "seeds S to S + N - 1 as genvl generate draws them), under GenEval's rules and the strict reading",
+    )
     t2i.add_argument(
         "--suite",
         choices=("canonical", "free"),
@@ -129,7 +135,8 @@ def check_report_file(args, models) -> None:
     if args.output:
         from ..io.imagefolder import imagefolder_files
 
-        check_output_file(args.output, "--output", chain(imagefolder_files(args.data), models))
+        data = imagefolder_files(args.data) if args.data else ()
+        check_output_file(args.output, "--output", chain(data, models))
 
 
 def run_eval_caption(args) -> int:
@@ -229,14 +236,20 @@ def run_eval_retrieval(args) -> int:
 
 
 def run_eval_t2i(args) -> int:
-    from ..evaluation.free_prompts import evaluate_free_prompts
+    from ..evaluation.free_prompts import evaluate_free_prompts, evaluate_prompts
     from ..evaluation.text_to_image import evaluate_text_to_image
     from ..models.judge import SceneJudge
     from ..pipelines.caption import CaptionPipeline
+    from ..world.prompts import parse_prompt
 
-    free = args.suite == "free"
+    free = args.suite == "free" or bool(args.prompt)
+    if (args.data is None) == (args.prompt is None):
+        raise UsageError("give either --data (a held-out imagefolder) or --prompt, not both")
     if free and (args.stages or args.captioner):
-        raise UsageError("--suite free judges the images only: drop --stages and --captioner")
+        raise UsageError("--suite free and --prompt judge the images only: drop --stages and --captioner")
+    for prompt in args.prompt or ():
+        if parse_prompt(prompt) is None:
+            raise UsageError(f"--prompt {prompt!r}: not a prompt of the world's grammar (its objects and colours)")
     settings = stage_settings(args)
     captioner_folder = None if free else args.captioner or default_caption_model()
     folders = [args.model or default_t2i_model(), args.judge, captioner_folder, *lora_folders(args)]
@@ -248,7 +261,9 @@ def run_eval_t2i(args) -> int:
         raise FileNotFoundError(f"--judge {args.judge}: not a judge folder (no config.json)")
     judge = SceneJudge.from_pretrained(args.judge).to(args.device).eval()
     common = dict(batch_size=args.batch_size, seed=args.seed, progress=progress_bar(args, "batch"), **settings)
-    if free:
+    if args.prompt:
+        report = evaluate_prompts(pipeline, judge, args.prompt, args.images_per_prompt or 50, **common)
+    elif free:
         report = evaluate_free_prompts(
             pipeline, judge, args.data, args.prompts or 50, args.images_per_prompt or 2, **common
         )

@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 
 from ..io.imagefolder import load_images, read_metadata
-from ..world.prompts import GENEVAL_LAYOUTS, phrase_request, scene_request
+from ..world.prompts import GENEVAL_LAYOUTS, parse_prompt, phrase_request, scene_request
 from .judge import GENEVAL_CATEGORIES, category_accuracy, detect_images, judge_request
 from .text_to_image import generate_for_prompts
 
@@ -94,3 +94,40 @@ def evaluate_free_prompts(
         "real_renders": suite_scores(rows, real_judged),
         "examples": examples,
     }
+
+
+def evaluate_prompts(
+    pipeline,
+    judge,
+    prompts: list[str],
+    images_per_prompt: int = 50,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress=None,
+    **sampling,
+) -> dict:
+    """Generate `images_per_prompt` images (seeds `seed`, `seed` + 1, ... as `genvl generate PROMPT -n N --seed S`
+    draws them) for each of the user's `prompts` and
+    judge them: for each prompt, what it was read as (`parse_prompt`), its accuracy under GenEval's rules and
+    under the strict reading (`strict`: "a red bicycle" is one red bicycle and nothing else)."""
+    requests = [parse_prompt(prompt) for prompt in prompts]
+    unread = [prompt for prompt, request in zip(prompts, requests) if request is None]
+    if unread:
+        raise ValueError(f"prompt {unread[0]!r} is not in the world's grammar: its objects, colours and relations")
+    rows = []
+    for prompt, request in zip(prompts, requests):
+        images = generate_for_prompts(pipeline, [prompt], images_per_prompt, batch_size, seed, progress, **sampling)
+        judged = [judge_request(request, found) for found in detect_images(judge, images, batch_size)]
+        scores = category_accuracy([{k: v for k, v in j.items() if k != "strict"} for j in judged])
+        category = request["category"]
+        rows.append(
+            {
+                "prompt": prompt,
+                "request": request,
+                "images": len(images),
+                "seeds": [seed, seed + len(images) - 1],
+                category: scores[category],
+                "strict": sum(j["strict"] for j in judged) / len(judged),
+            }
+        )
+    return {"prompts": rows}

@@ -16,9 +16,10 @@ appear in training text, so an evaluation can tell memorised phrasings from unde
 """
 
 import random
+import re
 
 from .captions import POSITION_PHRASES, article, scene_captions, swapped_captions
-from .sprites import ALL_OBJECTS
+from .sprites import ALL_OBJECTS, COLOURS
 
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 RELATION_WORDS = {
@@ -261,3 +262,87 @@ def training_prompts(scene: dict, rng: random.Random, count: int) -> list[tuple[
 
 def _alike(first: dict, second: dict) -> bool:
     return (first["name"], first["colour"]) == (second["name"], second["colour"])
+
+
+_FRAMINGS = ("there is", "there are", "from left to right,", "a row of", "a group of") + tuple(
+    words for words in PHRASINGS["framing"].values() if words
+)
+_COUNTS = {
+    "a": 1,
+    "an": 1,
+    "one": 1,
+    "1": 1,
+    **{w: n for n, w in NUMBER_WORDS.items()},
+    **{str(n): n for n in NUMBER_WORDS},
+}
+_RELATIONS = sorted(
+    ((words, relation) for relation, variants in RELATION_WORDS.items() for words in variants.values()),
+    key=lambda pair: -len(pair[0]),
+)
+
+
+def _nouns() -> dict[str, tuple[str, bool]]:
+    """Every word for an object, singular or plural -> (its name, whether plural)."""
+    nouns = {}
+    for name, (_, plural) in ALL_OBJECTS.items():
+        nouns[name], nouns[plural] = (name, False), (name, True)
+    for name, (word, plural) in SYNONYMS.items():
+        nouns[word], nouns[plural] = (name, False), (name, True)
+    return nouns
+
+
+_NOUNS = _nouns()
+_MENTION = re.compile(
+    r"\b(?:exactly\s+)?("
+    + "|".join(map(re.escape, _COUNTS))
+    + r")\s+(?:(small|large)\s+)?(?:("
+    + "|".join(COLOURS)
+    + r")\s+)?("
+    + "|".join(map(re.escape, sorted(_NOUNS, key=len, reverse=True)))
+    + r")\b"
+)
+_PLACE = {phrase: place for place, phrase in POSITION_PHRASES.items()}
+
+
+def parse_prompt(text: str) -> dict | None:
+    """What a prompt of the grammar asks for (a request, as `scene_request` gives them), or None if it is not
+    one: any framing, relation words, count form, article, capitals, full stop and synonym of `PHRASINGS`,
+    held-out families included, and the world's own captions."""
+    text = " ".join(text.lower().strip().rstrip(".!").split())
+    for framing in sorted(_FRAMINGS, key=len, reverse=True):
+        if text.startswith(framing + " "):
+            text = text[len(framing) + 1 :]
+            break
+    place = None
+    for phrase in sorted(_PLACE, key=len, reverse=True):  # "on the left, a red shirt"
+        if text.startswith(phrase + ", "):
+            place, text = _PLACE[phrase], text[len(phrase) + 2 :]
+            break
+    mentions = list(_MENTION.finditer(text))
+    if not mentions or mentions[0].start() != 0:
+        return None
+    objects = []
+    for m in mentions:
+        count, size, colour, noun = m.groups()
+        name, plural = _NOUNS[noun]
+        if plural != (_COUNTS[count] > 1):
+            return None  # "two apple", "a apples"
+        objects.append({"name": name, "colour": colour, "count": _COUNTS[count], "size": size, "place": None})
+    between = [text[a.end() : b.start()].strip() for a, b in zip(mentions, mentions[1:])]
+    tail = text[mentions[-1].end() :].strip()
+    relation = None
+    if len(objects) == 2 and between[0] not in ("and", ","):
+        relation = dict(_RELATIONS).get(between[0])
+        if relation is None:
+            return None
+    elif any(words not in (",", "and", ", and", "beside") for words in between):
+        return None
+    if tail or place:
+        if len(objects) != 1 or objects[0]["count"] != 1 or (tail and place) or (tail and tail not in _PLACE):
+            return None
+        objects[0]["place"] = place or _PLACE[tail]
+    if len({obj["name"] for obj in objects}) != len(objects) or (
+        any(obj["size"] for obj in objects) and (len(objects) > 1 or objects[0]["count"] > 1)
+    ):
+        return None
+    return {"category": request_category(objects, relation), "objects": objects, "relation": relation}
