@@ -20,7 +20,6 @@ only the adapter trains, saved in PEFT's format as `output_dir/clip/` for
 """
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,13 +37,11 @@ from genvl.models.clip import (
     train_clip_tokenizer,
 )
 from genvl.training.args import LoraTrainArgs, check_at_least, parse_args, run_script, save_architecture
-from genvl.training.contrastive import contrastive_loss, swapped_phrasings
-from genvl.training.data import phrasing_table, pick_phrasings, read_training_data
+from genvl.training.contrastive import MAX_LOGIT_SCALE, contrastive_loss, swapped_phrasings
+from genvl.training.data import phrasing_table, pick_phrasings, read_training_data, tokenize_texts
 from genvl.training.features import load_or_train_tokenizer
 from genvl.training.loop import make_accelerator, train_loop
 from genvl.training.pretrained import add_training_adapter, pretrained_part
-
-MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature so that logits scale by at most 100
 
 
 @dataclass
@@ -61,17 +58,6 @@ class TrainClipArgs(LoraTrainArgs):
     def __post_init__(self):
         super().__post_init__()
         check_at_least(self, 1, "vocab_size")  # a negative size overflows the tokenizer trainer
-
-
-def tokenize(tokenizer, texts, max_length: int):
-    """(ids, lengths): ids (N, L) padded with the end token."""
-    ids = torch.full((len(texts), max_length), tokenizer.pad_token_id, dtype=torch.long)
-    lengths = torch.zeros(len(texts), dtype=torch.long)
-    for i, text in enumerate(texts):
-        tokens = tokenizer(text, truncation=True, max_length=max_length).input_ids
-        ids[i, : len(tokens)] = torch.tensor(tokens)
-        lengths[i] = len(tokens)
-    return ids, lengths
 
 
 def main(argv=None):
@@ -117,7 +103,7 @@ def main(argv=None):
                 for r, twin in zip(records, swapped_ids.tolist())
             ]
         )
-    ids, lengths = tokenize(tokenizer, texts, model.config.text_config.max_position_embeddings)
+    ids, lengths = tokenize_texts(tokenizer, texts, model.config.text_config.max_position_embeddings)
 
     # 3. train
     device = accelerator.device

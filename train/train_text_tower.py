@@ -21,7 +21,6 @@ the same text tower and the order projection) that ranks candidates by word orde
 """
 
 import json
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,14 +38,12 @@ from genvl.models.clip import (
     train_clip_tokenizer,
 )
 from genvl.training.args import TrainArgs, check_at_least, parse_args, run_script, save_architecture
-from genvl.training.contrastive import gather_with_grad, soft_cross_entropy
-from genvl.training.data import pick_phrasings, read_training_data
+from genvl.training.contrastive import MAX_LOGIT_SCALE, gather_with_grad, soft_cross_entropy
+from genvl.training.data import pick_phrasings, read_training_data, tokenize_texts
 from genvl.training.features import cached_features, load_or_train_tokenizer
 from genvl.training.loop import make_accelerator, train_loop
 from genvl.training.pretrained import pretrained_part
 from genvl.world.prompts import request_holds, request_key, scene_key, swapped_scene, training_prompts
-
-MAX_LOGIT_SCALE = math.log(100.0)
 
 
 @dataclass
@@ -139,15 +136,6 @@ class Truth:
         return out
 
 
-def tokenize(tokenizer, texts, max_length: int):
-    """(ids, lengths): ids (N, L) padded with the end token."""
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length).input_ids
-    ids = torch.full((len(texts), max_length), tokenizer.pad_token_id, dtype=torch.long)
-    for i, tokens in enumerate(encoded):
-        ids[i, : len(tokens)] = torch.tensor(tokens)
-    return ids, torch.tensor([len(tokens) for tokens in encoded])
-
-
 def locked_clip(path, arch: ClipArchitecture, tokenizer):
     """A fresh CLIP of `arch` whose image tower and projection are those of the CLIP at `path`, locked."""
     source = load_pretrained(CLIPModel, pretrained_part(path, "clip"))
@@ -220,7 +208,7 @@ def main(argv=None):
     features = image_features(accelerator, args, records, arch.image_size)
     order_dim = features["order"].shape[1] if args.order_tower else None
     model = TextTowers(clip, order_dim)
-    ids, lengths = tokenize(tokenizer, texts, arch.max_positions)
+    ids, lengths = tokenize_texts(tokenizer, texts, arch.max_positions)
     truth = Truth(requests, scenes)
     mirrored_scenes = [swapped_scene(scene) for scene in scenes]
 

@@ -3,9 +3,12 @@ gradients), with extra negative texts or images, and the object-swapped twins of
 those negatives."""
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
+
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature so that logits scale by at most 100
 
 
 def gather_with_grad(x, accelerator):

@@ -125,3 +125,15 @@ def pick_phrasings(index, batch, seed: int, step: int, process_index: int = 0, n
     generator = step_generator(seed, step, PHRASINGS)
     choice = torch.randint(0, index.shape[1], (len(batch) * num_processes,), generator=generator)
     return index[batch, choice[process_index * len(batch) : (process_index + 1) * len(batch)]]
+
+
+def tokenize_texts(tokenizer, texts, max_length: int):
+    """(ids, lengths): each text's token ids cut to `max_length` and padded with the tokenizer's pad token
+    (N, max_length), and how many tokens each has (N,)."""
+    import torch
+
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length).input_ids
+    ids = torch.full((len(encoded), max_length), tokenizer.pad_token_id, dtype=torch.long)
+    for i, tokens in enumerate(encoded):
+        ids[i, : len(tokens)] = torch.tensor(tokens)
+    return ids, torch.tensor([len(tokens) for tokens in encoded], dtype=torch.long)
