@@ -450,3 +450,27 @@ def test_eval_t2i_report(t2i_dir, tiny_pipeline_dir, tmp_path, capsys):
     assert exit_info.value.code == 2 and "argument --prompts: must be > 0, got 0" in capsys.readouterr().err
     assert main(argv[:6] + ["--judge", str(tmp_path), "--quiet"]) == 1
     assert "not a judge folder" in capsys.readouterr().err
+
+
+def test_free_prompt_retrieval_counts_a_best_image_the_prompt_is_true_of(monkeypatch, tmp_path):
+    from genvl.evaluation.free_prompts import free_prompt_suite
+    from genvl.io.imagefolder import read_metadata
+    from genvl.world.dataset import write_imagefolder
+
+    records = read_metadata(write_imagefolder(tmp_path, 60, seed=3, split="test", resolution=32, world="classic"))
+    rows = free_prompt_suite(records, 50)
+    source = {row["prompt"]: records.index(row["record"]) for row in rows}
+    image_embeds = torch.eye(len(records))  # image i only looks like itself
+
+    def pointing(offset):  # each prompt's embedding is the image `offset` records after its own scene
+        def embed(clip, tokenizer, batch, length, batch_size):
+            return (torch.eye(len(records))[[(source[t] + offset) % len(records) for t in batch]],)
+
+        return embed
+
+    monkeypatch.setattr(retrieval, "embed_texts", pointing(0))
+    report = retrieval.free_prompt_retrieval(None, None, records, image_embeds, 8, 4)["free_prompts_top1"]
+    assert set(report) == {"seen", "held_out"} and all(v == 1.0 for group in report.values() for v in group.values())
+    monkeypatch.setattr(retrieval, "embed_texts", pointing(1))  # the next scene: true of few prompts
+    report = retrieval.free_prompt_retrieval(None, None, records, image_embeds, 8, 4)["free_prompts_top1"]
+    assert max(v for group in report.values() for v in group.values()) < 0.5

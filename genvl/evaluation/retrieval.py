@@ -9,7 +9,8 @@ caption above the same caption with the two objects exchanged ("a red apple abov
 car above a red apple")? A model that reads captions as bags of words scores 0.5. And for each left/right
 scene, does CLIP score its caption higher against the image than against the image mirrored left to right
 (the objects' places exchanged, the sprites mirrored too)? An image tower blind to where objects are scores 0.5
-there, and its embedding of the mirrored image is nearly the same (`mirror_cosine` near 1).
+there, and its embedding of the mirrored image is nearly the same (`mirror_cosine` near 1). And for prompts as
+people type them (`free_prompt_retrieval`), is the best-scoring image one the prompt is true of?
 """
 
 from pathlib import Path
@@ -85,6 +86,30 @@ def mirror_scores(
     }
 
 
+def free_prompt_retrieval(clip, tokenizer, records, image_embeds, length: int, batch_size: int) -> dict:
+    """For the prompts of the free-form suite (`free_prompt_suite`, 50 scenes per GenEval category, each phrased
+    in a seen and a held-out family): the share whose best-scoring image of the folder is one the prompt is true
+    of (`request_holds`), per category, for the seen and held-out phrasings apart."""
+    from ..evaluation.free_prompts import free_prompt_suite
+    from ..world.prompts import request_holds
+
+    rows = free_prompt_suite(records, 50)
+    if not rows:
+        return {}
+    text_embeds = embed_texts(clip, tokenizer, [row["prompt"] for row in rows], length, batch_size)[0]
+    best = (text_embeds.float() @ image_embeds.float().T).argmax(1).tolist()
+    hits: dict = {}
+    for row, image in zip(rows, best):
+        group = hits.setdefault("held_out" if row["held_out"] else "seen", {})
+        group.setdefault(row["request"]["category"], []).append(request_holds(row["request"], records[image]["scene"]))
+    return {
+        "free_prompts_top1": {
+            group: {category: sum(h) / len(h) for category, h in sorted(by_category.items())}
+            for group, by_category in hits.items()
+        }
+    }
+
+
 def evaluate_retrieval(
     clip,
     tokenizer,
@@ -111,4 +136,6 @@ def evaluate_retrieval(
     report.update(
         mirror_scores(clip, image_processor, records, images, image_embeds, text_embeds, caption_of_image, batch_size)
     )
+    if all(isinstance(r.get("scene"), dict) for r in records):
+        report.update(free_prompt_retrieval(clip, tokenizer, records, image_embeds, length, batch_size))
     return report
