@@ -12,6 +12,7 @@ from genvl.evaluation.judge import GENEVAL_CATEGORIES, detect_images, judge_requ
 from genvl.io.imagefolder import load_images, read_metadata
 from genvl.models.judge import Detection, SceneJudge
 from genvl.pipelines.text_to_image import TextToImagePipeline
+from genvl.training.data import with_prompts
 from genvl.world.classic import sample_classic_scene
 from genvl.world.dataset import write_imagefolder
 from genvl.world.prompts import (
@@ -237,3 +238,15 @@ def test_eval_t2i_prompt_usage_errors_come_before_any_model_loads(argv, fragment
     code, _, err = run(["eval", "t2i", "--model", str(tmp_path / "no_such_model"), *argv], capsys)
     assert code == 2
     assert_one_line_error(err, fragment)
+
+
+def test_with_prompts_adds_true_prompts_from_the_training_families_only(tmp_path):
+    records = read_metadata(write_imagefolder(tmp_path, 30, seed=8, split="train", resolution=32, world="classic"))
+    extended = with_prompts(records, 3, 0, "text")
+    assert with_prompts(records, 3, 0, "text") == extended and with_prompts(records, 0, 0, "text") is records
+    for record, before in zip(extended, records):
+        assert record["captions"][:3] == before["captions"] and len(record["captions"]) == 6
+        for text in record["captions"][3:]:
+            assert not HELD_OUT_WORDS.search(text) and request_holds(parse_prompt(text), record["scene"]), text
+    with pytest.raises(ValueError, match="needs a scene graph"):
+        with_prompts([{"file_name": "a.png", "text": "a cat"}], 1, 0, "text")

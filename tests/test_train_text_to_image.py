@@ -2,16 +2,19 @@
 the assembled pipeline generates images."""
 
 import json
+import math
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from genvl.io.imagefolder import read_metadata
 from genvl.pipelines.text_to_image import TextToImagePipeline
 from genvl.training.autoencoder import reconstruction_loss
 from genvl.training.contrastive import contrastive_loss, swapped_phrasings
-from genvl.training.data import phrasing_table
+from genvl.training.data import phrasing_table, with_prompts
 from genvl.training.diffusion import decoder_scheduler, min_snr_weight
 from genvl.training.features import cached_features, frozen_text_states
 from genvl.world.captions import swapped_caption
@@ -663,3 +666,20 @@ def test_reset_image_embedding_starts_from_the_image_dropped_decoder(trained, tm
         torch.testing.assert_close(unet.conv_in.weight, before.conv_in.weight)  # the rest is kept
     with pytest.raises(SystemExit):  # nothing to reset
         train_decoder.main(common(data, tmp_path / "bad") + args[:6] + ["--reset_image_embedding"])
+
+
+def test_prior_and_decoder_train_on_prompts_people_type(trained, tmp_path):
+    root, data, _ = trained
+    extra = ["--prompts_per_scene", "2", "--clip_model_name_or_path", str(root / "clip")]
+    extra += ["--architecture", str(root / "unclip.json")]
+    prior = train_prior.main(common(data, tmp_path / "prior", steps=2) + extra)
+    decoder = train_decoder.main(
+        common(data, tmp_path / "decoder", steps=2) + extra + ["--vae_model_name_or_path", str(root / "ae" / "vae")]
+    )
+    assert len(prior) == len(decoder) == 2 and all(math.isfinite(x) for x in prior + decoder)
+    # five phrasings a scene: its three captions and two prompts, the features computed for each
+    features = load_file(tmp_path / "prior" / "clip_features.safetensors")
+    records = read_metadata(data)
+    assert (
+        len(features["text_embeds"]) == len({c for r in with_prompts(records, 2, 0, "text") for c in r["captions"]}) + 1
+    )

@@ -8,7 +8,8 @@ tower's token states. As in unCLIP, the image embedding is zeroed for `--image_d
 text replaced by the empty prompt's for `--text_dropout`, for classifier-free guidance. With `--snr_gamma`
 the loss of each sample is weighted by min(SNR, gamma) / SNR (Min-SNR weighting, Hang et al. 2023), which
 shifts effort from the nearly clean timesteps to the ones that lay out the scene. CLIP features and latents
-are computed once. Ends with `conditioner/`, `decoder/` and `decoder_scheduler/` in `output_dir`.
+are computed once. `--prompts_per_scene K` adds K prompts as people type them (`genvl.world.prompts`) to each
+scene's phrasings. Ends with `conditioner/`, `decoder/` and `decoder_scheduler/` in `output_dir`.
 `--pretrained_model_name_or_path` continues from a saved conditioner and UNet (a pipeline or run folder);
 with `--rank R` (LoRA on the UNet's attention) or `--adapter ia3` only the adapter trains, saved in PEFT's
 format as `output_dir/decoder/`.
@@ -43,7 +44,7 @@ from genvl.training.args import (
     run_script,
     save_architecture,
 )
-from genvl.training.data import pick_phrasings, read_training_data
+from genvl.training.data import pick_phrasings, read_training_data, with_prompts
 from genvl.training.diffusion import DecoderStep, add_training_noise, decoder_scheduler, min_snr_weight, process_rows
 from genvl.training.features import cached_features, data_stamp, file_stamp, frozen_clip_features, frozen_text_states
 from genvl.training.loop import make_accelerator, train_loop
@@ -66,11 +67,13 @@ class TrainDecoderArgs(LoraTrainArgs):
     snr_gamma: float | None = None
     text_encoder_model_name_or_path: str | None = None
     reset_image_embedding: bool = False
+    prompts_per_scene: int = 0  # prompts of the grammar added to each scene's captions
 
     def __post_init__(self):
         super().__post_init__()
         check_fraction(self, "image_dropout", "text_dropout")
         check_at_least(self, 1, "num_train_timesteps")
+        check_at_least(self, 0, "prompts_per_scene")
         check_above(self, 0, "snr_gamma")  # the loss weights min(SNR, gamma) / SNR would be 0 or negative
         if self.reset_image_embedding and not self.pretrained_model_name_or_path:
             raise ValueError("--reset_image_embedding needs --pretrained_model_name_or_path, the decoder to reset")
@@ -88,7 +91,9 @@ def main(argv=None):
     args = parse_args(TrainDecoderArgs, argv)
     accelerator = make_accelerator(args, "train_decoder")
     data_dir = Path(args.train_data_dir)
-    records = read_training_data(accelerator, args)
+    records = with_prompts(
+        read_training_data(accelerator, args), args.prompts_per_scene, args.seed, args.caption_column
+    )
 
     # 1. frozen features: CLIP image embeddings, text features of every phrasing plus "", latents
     features = frozen_clip_features(

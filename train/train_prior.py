@@ -5,6 +5,7 @@
 The CLIP model is frozen: image embeddings and the text features of every distinct phrasing are computed
 once. As in unCLIP, the prior predicts the (standardised) image embedding itself, and the text conditioning
 is replaced by the empty prompt's for `--conditioning_dropout` of the samples (classifier-free guidance).
+`--prompts_per_scene K` adds K prompts as people type them (`genvl.world.prompts`) to each scene's phrasings.
 Ends with the prior and its scheduler saved in `output_dir` (`prior/`, `prior_scheduler/`).
 `--pretrained_model_name_or_path` continues from a saved prior (its folder, or a pipeline's); with `--rank R`
 (LoRA on its attention) or `--adapter ia3` only the adapter trains, saved in PEFT's format as `output_dir/prior/`.
@@ -22,7 +23,7 @@ from genvl.io.components import load_pretrained
 from genvl.lora import save_adapter
 from genvl.models.unclip import UnclipArchitecture, build_prior
 from genvl.training.args import LoraTrainArgs, check_at_least, check_fraction, parse_args, run_script, save_architecture
-from genvl.training.data import pick_phrasings, read_training_data
+from genvl.training.data import pick_phrasings, read_training_data, with_prompts
 from genvl.training.diffusion import add_training_noise, prior_scheduler, process_rows
 from genvl.training.features import frozen_clip_features
 from genvl.training.loop import make_accelerator, train_loop
@@ -40,18 +41,22 @@ class TrainPriorArgs(LoraTrainArgs):
     train_batch_size: int = 256
     conditioning_dropout: float = 0.1
     num_train_timesteps: int = 1000
+    prompts_per_scene: int = 0  # prompts of the grammar added to each scene's captions
 
     def __post_init__(self):
         super().__post_init__()
         check_fraction(self, "conditioning_dropout")
         check_at_least(self, 1, "num_train_timesteps")
+        check_at_least(self, 0, "prompts_per_scene")
 
 
 def main(argv=None):
     args = parse_args(TrainPriorArgs, argv)
     accelerator = make_accelerator(args, "train_prior")
     data_dir = Path(args.train_data_dir)
-    records = read_training_data(accelerator, args)
+    records = with_prompts(
+        read_training_data(accelerator, args), args.prompts_per_scene, args.seed, args.caption_column
+    )
 
     # 1. frozen CLIP features: image embeddings, and text features of every distinct phrasing plus ""
     features = frozen_clip_features(

@@ -137,3 +137,25 @@ def tokenize_texts(tokenizer, texts, max_length: int):
     for i, tokens in enumerate(encoded):
         ids[i, : len(tokens)] = torch.tensor(tokens)
     return ids, torch.tensor([len(tokens) for tokens in encoded], dtype=torch.long)
+
+
+def with_prompts(records: list[dict], per_scene: int, seed: int, caption_column: str) -> list[dict]:
+    """The records with `per_scene` more phrasings each in `captions` (after the caption column's, or the
+    record's own `captions`): prompts true of its scene as people type them (`genvl.world.prompts.
+    request_prompts`, training phrasing families only), drawn with a generator seeded by (seed, record index),
+    so that a resumed run, and a text tower trained with the same seed, see the same ones."""
+    import random
+
+    from ..world.prompts import request_prompts
+
+    if per_scene == 0:
+        return records
+    out = []
+    for i, record in enumerate(records):
+        if not isinstance(record.get("scene"), dict):
+            raise ValueError(
+                f"--prompts_per_scene needs a scene graph in every record; {record.get('file_name')} has none"
+            )
+        extra = [text for text, _, _ in request_prompts(record["scene"], random.Random(f"{seed}/{i}"), per_scene)]
+        out.append({**record, "captions": list(record.get("captions") or [record[caption_column]]) + extra})
+    return out

@@ -240,14 +240,21 @@ def held_out_phrasing(families: dict) -> bool:
 
 
 def training_prompts(scene: dict, rng: random.Random, count: int) -> list[tuple[str, dict, str | None]]:
-    """Training text for a scene: its own captions and `count` more phrasings of requests it meets (of each
-    category its layout allows, with details drawn at random), in the training phrasing families only. Each
-    is (text, request, twin): the twin is the same text with the two objects of a relation exchanged, None
-    where there is no relation (or the two objects look alike)."""
-    out = []
+    """Training text for a scene: its own captions (`scene_captions`) and then `request_prompts`. Each is
+    (text, request, twin), as there."""
     swapped = swapped_captions(scene)
-    for k, caption in enumerate(scene_captions(scene)):
-        out.append((caption, caption_request(scene), swapped[k] if swapped else None))
+    own = [
+        (caption, caption_request(scene), swapped[k] if swapped else None)
+        for k, caption in enumerate(scene_captions(scene))
+    ]
+    return own + request_prompts(scene, rng, count)
+
+
+def request_prompts(scene: dict, rng: random.Random, count: int) -> list[tuple[str, dict, str | None]]:
+    """`count` phrasings of requests the scene meets (of each category its layout allows, details drawn at
+    random), in the training phrasing families only. Each is (text, request, twin): the twin is the same text
+    with the two objects of a relation exchanged, None where there is no relation (or the two look alike)."""
+    out = []
     for _ in range(count):
         request = scene_request(scene, rng.choice(GENEVAL_LAYOUTS[scene["layout"]]), rng, detail=True)
         state = rng.getstate()
