@@ -103,3 +103,17 @@ def test_the_text_tower_trains_against_locked_image_towers(world, tmp_path):
     wide = argv + ["--architecture", str(tmp_path / "wide.json"), "--output_dir", str(tmp_path / "bad")]
     with pytest.raises(ValueError, match="--image_tower .* not the one --architecture describes"):
         train_text_tower.main(wide + ["--image_tower", str(image_tower)])
+
+
+def test_filler_words_go_into_a_text_and_its_twin_at_the_same_place():
+    class Args:
+        seed, filler_words = 0, 1.0
+
+    strings = ["a dog left of a car", "two cats", "a car left of a dog"]  # rows 0 and 1, then row 0's twin
+    out = train_text_tower.with_filler_words(strings, torch.tensor([0]), Args, step=3, first_row=0)
+    assert out == train_text_tower.with_filler_words(strings, torch.tensor([0]), Args, step=3, first_row=0)
+    added = [set(o.split()) - set(s.split()) for o, s in zip(out, strings)]
+    assert all(len(words) == 1 for words in added) and added[0] == added[2]
+    assert out[0].split().index(next(iter(added[0]))) == out[2].split().index(next(iter(added[2])))
+    Args.filler_words = 0.0
+    assert train_text_tower.with_filler_words(strings, torch.tensor([0]), Args, step=3, first_row=0) == strings

@@ -7,7 +7,8 @@ decoder was trained on stay as they are; its embeddings of the training images a
 tokenizer and text tower learn the language of `genvl.world.prompts`: each scene's own captions and
 `--prompts_per_scene` more phrasings of requests it meets, in the training phrasing families only. The loss is
 CLIP's symmetric InfoNCE with targets spread over every pair where the text's request holds of the image's scene
-(`request_holds`), so "a bicycle" matches every picture of one bicycle alone.
+(`request_holds`), so "a bicycle" matches every picture of one bicycle alone. With `--filler_words F`, a share F
+of the texts each step gets one made-up word, so that words the tower never saw do not throw it.
 
 With `--order_tower` (a CLIP whose image tower tells a scene from its mirror image, as the pipeline's
 `reranker/`), the same text tower also learns word order through a second projection scored against that
@@ -22,6 +23,7 @@ the same text tower and the order projection) that ranks candidates by word orde
 
 import json
 import random
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +39,7 @@ from genvl.models.clip import (
     embed_images,
     train_clip_tokenizer,
 )
-from genvl.training.args import TrainArgs, check_at_least, parse_args, run_script, save_architecture
+from genvl.training.args import TrainArgs, check_at_least, check_fraction, parse_args, run_script, save_architecture
 from genvl.training.contrastive import MAX_LOGIT_SCALE, gather_with_grad, soft_cross_entropy
 from genvl.training.data import pick_phrasings, read_training_data, tokenize_texts
 from genvl.training.features import cached_features, load_or_train_tokenizer
@@ -56,12 +58,14 @@ class TrainTextTowerArgs(TrainArgs):
     architecture: str = "configs/clip_small.json"
     vocab_size: int = 1024
     prompts_per_scene: int = 6
+    filler_words: float = 0.0  # share of training texts given one made-up word, to be read past
     train_batch_size: int = 256
 
     def __post_init__(self):
         super().__post_init__()
         check_at_least(self, 1, "vocab_size")
         check_at_least(self, 0, "prompts_per_scene")
+        check_fraction(self, "filler_words")
 
 
 class TextTowers(torch.nn.Module):
@@ -222,8 +226,13 @@ def main(argv=None):
         rows = len(batch)
         with_twin = (twin >= 0).nonzero().squeeze(1) if order_dim else torch.zeros(0, dtype=torch.long)
         text_ids = torch.cat([chosen, twin[with_twin]])
-        input_ids = ids[text_ids][:, : int(lengths[text_ids].max())]
-        mask = (torch.arange(input_ids.shape[1]) < lengths[text_ids][:, None]).long()
+        input_ids, length = ids[text_ids], lengths[text_ids]
+        if args.filler_words:
+            first_row = accelerator.process_index * rows
+            strings = with_filler_words([texts[t] for t in text_ids.tolist()], with_twin, args, step, first_row)
+            input_ids, length = tokenize_texts(tokenizer, strings, arch.max_positions)
+        input_ids = input_ids[:, : int(length.max())]
+        mask = (torch.arange(input_ids.shape[1]) < length[:, None]).long()
         content, order = model(input_ids.to(device), mask.to(device))
         every_record, every_text, every_twin = (accelerator.gather(x.to(device)).cpu() for x in (batch, chosen, twin))
         towers = accelerator.unwrap_model(model)
@@ -279,6 +288,25 @@ def main(argv=None):
         (output_dir / "train_losses.json").write_text(json.dumps(losses))
     accelerator.end_training()
     return losses
+
+
+def with_filler_words(strings: list[str], with_twin, args, step: int, first_row: int) -> list[str]:
+    """The step's texts (its rows, then the twins of rows `with_twin`) with one made-up word of 3-9 letters put
+    between two words of `args.filler_words` of the rows, and of their twins at the same place. The word means
+    nothing, so the text still says what it said: the tower learns to read past words it has never seen."""
+    strings = list(strings)
+    twin_of = {int(row): len(strings) - len(with_twin) + k for k, row in enumerate(with_twin.tolist())}
+    for row in range(len(strings) - len(with_twin)):
+        rng = random.Random(f"{args.seed}/{step}/{first_row + row}")
+        if rng.random() >= args.filler_words:
+            continue
+        word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 9)))
+        spot = rng.randint(0, len(strings[row].split()))
+        for i in (row, twin_of.get(row)):
+            if i is not None:
+                words = strings[i].split()
+                strings[i] = " ".join(words[:spot] + [word] + words[spot:])
+    return strings
 
 
 def texts_then_twins(gathered, num_processes: int):
