@@ -18,13 +18,15 @@ ARGS = {
     "decoder": load_script("train/train_decoder.py").TrainDecoderArgs,
     "judge": load_script("train/train_judge.py").TrainJudgeArgs,
     "prior": load_script("train/train_prior.py").TrainPriorArgs,
+    "text_tower": load_script("train/train_text_tower.py").TrainTextTowerArgs,
 }
 CONFIGS = sorted((ROOT / "configs").glob("train_*.json"))
 
 
 def stage_of(path: Path) -> str:
-    """train_autoencoder_finetune.json -> autoencoder"""
-    return path.stem.removeprefix("train_").split("_")[0]
+    """train_autoencoder_finetune.json -> autoencoder, train_text_tower.json -> text_tower"""
+    name = path.stem.removeprefix("train_")
+    return max((stage for stage in ARGS if name == stage or name.startswith(stage + "_")), key=len, default=name)
 
 
 def test_every_stage_has_configs():
