@@ -42,7 +42,7 @@ from genvl.models.clip import (
 from genvl.training.args import TrainArgs, check_at_least, check_fraction, parse_args, run_script, save_architecture
 from genvl.training.contrastive import MAX_LOGIT_SCALE, gather_with_grad, soft_cross_entropy
 from genvl.training.data import pick_phrasings, read_training_data, tokenize_texts
-from genvl.training.features import cached_features, load_or_train_tokenizer
+from genvl.training.features import cached_features, data_stamp, file_stamp, load_or_train_tokenizer
 from genvl.training.loop import make_accelerator, train_loop
 from genvl.training.pretrained import pretrained_part
 from genvl.world.prompts import request_holds, request_key, scene_key, swapped_scene, training_prompts
@@ -178,10 +178,11 @@ def image_features(accelerator, args, records, image_size: int):
         return out
 
     key = {
-        "data": str(args.train_data_dir),
+        "data": data_stamp(args.train_data_dir),
         "records": len(records),
-        "image_tower": str(args.image_tower),
-        "order_tower": str(args.order_tower),
+        "image_tower": file_stamp(pretrained_part(args.image_tower, "clip")),
+        "order_tower": file_stamp(pretrained_part(args.order_tower, "clip")) if args.order_tower else None,
+        "image_size": image_size,
     }
     path = Path(args.output_dir) / "image_features.safetensors"
     if accelerator.is_main_process:
