@@ -40,7 +40,7 @@ from genvl.models.clip import (
     train_clip_tokenizer,
 )
 from genvl.training.args import TrainArgs, check_at_least, check_fraction, parse_args, run_script, save_architecture
-from genvl.training.contrastive import MAX_LOGIT_SCALE, gather_with_grad, soft_cross_entropy
+from genvl.training.contrastive import MAX_LOGIT_SCALE, gather_with_grad, matched_loss
 from genvl.training.data import pick_phrasings, read_training_data, tokenize_texts
 from genvl.training.features import cached_features, data_stamp, file_stamp, load_or_train_tokenizer
 from genvl.training.loop import make_accelerator, train_loop
@@ -243,7 +243,7 @@ def main(argv=None):
         image_matches, text_matches = truth(every_text, batch, scenes).T, truth(chosen, every_record, scenes)
         content = torch.nn.functional.normalize(content[:rows].float(), dim=-1)
         images = features["images"]
-        loss = symmetric_loss(
+        loss = matched_loss(
             images[batch].to(device),
             content,
             images[every_record].to(device),
@@ -262,7 +262,7 @@ def main(argv=None):
         has_twin = every_twin >= 0
         twin_matches = truth(torch.where(has_twin, every_twin, every_text), batch, scenes).T * has_twin
         mirror_matches = truth(chosen, every_record, mirrored_scenes)
-        order_loss = symmetric_loss(
+        order_loss = matched_loss(
             features["order"][batch].to(device),
             order[:rows],
             torch.cat([features["order"][every_record], features["mirrored"][every_record]]).to(device),
@@ -314,31 +314,6 @@ def texts_then_twins(gathered, num_processes: int):
     """Every process's texts, then every process's twins, from the gathered [texts, twins] of each process."""
     parts = gathered.chunk(num_processes)
     return torch.cat([part[: len(part) // 2] for part in parts] + [part[len(part) // 2 :] for part in parts])
-
-
-def symmetric_loss(
-    own_images,
-    own_texts,
-    all_images,
-    all_texts,
-    scale,
-    image_matches,
-    text_matches,
-    text_columns=None,
-    image_columns=None,
-):
-    """CLIP's symmetric cross-entropy of this process's images against every text (`image_matches`: which
-    of them are true of each image) and its texts against every image (`text_matches`), each target spread
-    evenly over the matches; columns left out by `text_columns` / `image_columns` (False) score -inf."""
-    image_logits = scale * own_images @ all_texts.T
-    text_logits = scale * own_texts @ all_images.T
-    if text_columns is not None:
-        image_logits = image_logits.masked_fill(~text_columns, float("-inf"))
-    if image_columns is not None:
-        text_logits = text_logits.masked_fill(~image_columns, float("-inf"))
-    return (
-        soft_cross_entropy(image_logits, image_matches).mean() + soft_cross_entropy(text_logits, text_matches).mean()
-    ) / 2
 
 
 def save_order_clip(towers, order_tower, path: Path, tokenizer, image_size: int) -> None:

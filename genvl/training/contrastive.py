@@ -64,39 +64,68 @@ def contrastive_loss(
     """
     all_images, all_texts = gather_with_grad(image_embeds, accelerator), gather_with_grad(text_embeds, accelerator)
     all_ids = accelerator.gather(caption_ids)
-    targets = (caption_ids[:, None] == all_ids[None, :]).float()
-    image_logits, image_targets = logit_scale * image_embeds @ all_texts.T, targets
-    text_logits, text_targets = logit_scale * text_embeds @ all_images.T, targets
+    image_targets = text_targets = (caption_ids[:, None] == all_ids[None, :]).float()
+    text_columns = image_columns = None
     if negative_embeds is not None:
-        image_logits, image_targets = _extra_columns(
-            image_logits,
-            image_targets,
-            image_embeds,
-            negative_embeds,
-            negative_ids,
-            caption_ids,
-            logit_scale,
-            accelerator,
+        all_texts, image_targets, text_columns = _extra_columns(
+            all_texts, image_targets, negative_embeds, negative_ids, caption_ids, accelerator
         )
     if mirror_embeds is not None:
-        text_logits, text_targets = _extra_columns(
-            text_logits, text_targets, text_embeds, mirror_embeds, mirror_ids, caption_ids, logit_scale, accelerator
+        all_images, text_targets, image_columns = _extra_columns(
+            all_images, text_targets, mirror_embeds, mirror_ids, caption_ids, accelerator
         )
-    image_loss = soft_cross_entropy(image_logits, image_targets)
-    text_loss = soft_cross_entropy(text_logits, text_targets)
+    return matched_loss(
+        image_embeds,
+        text_embeds,
+        all_images,
+        all_texts,
+        logit_scale,
+        image_targets,
+        text_targets,
+        text_columns,
+        image_columns,
+    )
+
+
+def _extra_columns(columns, targets, extra_embeds, extra_ids, caption_ids, accelerator):
+    """`columns` (the gathered embeddings scored against) and `targets` with every process's `extra_embeds`
+    appended, and which columns count: rows whose id is -1 are left out, and an extra column is a match of the
+    queries sharing its caption id."""
+    all_extra_ids = accelerator.gather(extra_ids)
+    columns = torch.cat([columns, gather_with_grad(extra_embeds, accelerator)])
+    targets = torch.cat([targets, (caption_ids[:, None] == all_extra_ids[None, :]).float()], dim=1)
+    kept = torch.cat(
+        [torch.ones(len(columns) - len(all_extra_ids), dtype=torch.bool, device=columns.device), all_extra_ids >= 0]
+    )
+    return columns, targets, kept
+
+
+def matched_loss(
+    own_images,
+    own_texts,
+    all_images,
+    all_texts,
+    scale,
+    image_matches,
+    text_matches,
+    text_columns=None,
+    image_columns=None,
+):
+    """CLIP's symmetric cross-entropy of this process's images against every text (`image_matches`: which of
+    them are true of each image) and of its texts against every image (`text_matches`), each target spread
+    evenly over the matches; columns left out by `text_columns` / `image_columns` (False) score -inf."""
+    image_logits = scale * own_images @ all_texts.T
+    text_logits = scale * own_texts @ all_images.T
+    if text_columns is not None:
+        image_logits = image_logits.masked_fill(~text_columns, float("-inf"))
+    if image_columns is not None:
+        text_logits = text_logits.masked_fill(~image_columns, float("-inf"))
+    image_loss = _soft_cross_entropy(image_logits, image_matches)
+    text_loss = _soft_cross_entropy(text_logits, text_matches)
     return (image_loss.mean() + text_loss.mean()) / 2
 
 
-def _extra_columns(logits, targets, queries, extra_embeds, extra_ids, caption_ids, logit_scale, accelerator):
-    """`logits` and `targets` with a column per global row of `extra_embeds` appended; rows whose id is -1 are
-    left out (-inf), and an extra column is a match of the queries sharing its caption id."""
-    all_extra_ids = accelerator.gather(extra_ids)
-    extra_logits = logit_scale * queries @ gather_with_grad(extra_embeds, accelerator).T
-    logits = torch.cat([logits, extra_logits.masked_fill(~(all_extra_ids >= 0), float("-inf"))], dim=1)
-    return logits, torch.cat([targets, (caption_ids[:, None] == all_extra_ids[None, :]).float()], dim=1)
-
-
-def soft_cross_entropy(logits, targets):
+def _soft_cross_entropy(logits, targets):
     """Cross-entropy of each row's logits against its targets spread evenly over its matches; columns that are
     no row's match may be -inf."""
     log_probs = F.log_softmax(logits, dim=1)
