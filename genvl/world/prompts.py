@@ -29,6 +29,12 @@ RELATION_WORDS = {
     "below": {"below": "below", "under": "under", "beneath": "beneath"},
 }
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+PLACES_RELATION = {  # (first object's place, second's) in a pair -> where the first is from the second
+    ("left", "right"): "left",
+    ("right", "left"): "right",
+    ("top", "bottom"): "above",
+    ("bottom", "top"): "below",
+}
 PHRASINGS = {  # the ways of varying a phrasing but the relation's words, and their families
     "framing": {
         "none": "",
@@ -82,7 +88,7 @@ def scene_request(scene: dict, category: str, rng: random.Random | None = None, 
             asked[0]["place"] = objects[0]["position"]
     relation = None
     if category == "position" or (category == "two_objects" and coin()):
-        relation = {"left": "left", "top": "above"}[objects[0]["position"]]
+        relation = PLACES_RELATION[objects[0]["position"], objects[1]["position"]]
         if rng is not None and rng.random() < 0.5:  # say it the other way round
             asked, relation = asked[::-1], OPPOSITE[relation]
     return {"category": request_category(asked, relation), "objects": asked, "relation": relation}
@@ -122,9 +128,8 @@ def caption_request(scene: dict) -> dict:
     if scene["layout"] == "single":
         size = objects[0]["size"]
         asked[0].update(size=size if size in ("small", "large") else None, place=objects[0]["position"])
-    relation = (
-        {"left": "left", "top": "above"}[objects[0]["position"]] if scene["layout"] in ("pair_h", "pair_v") else None
-    )
+    pair = scene["layout"] in ("pair_h", "pair_v")
+    relation = PLACES_RELATION[objects[0]["position"], objects[1]["position"]] if pair else None
     return {"category": request_category(asked, relation), "objects": asked, "relation": relation}
 
 
@@ -163,19 +168,13 @@ def request_holds(request: dict, scene: dict) -> bool:
         have = found[want["name"]]
         if len(have) != want["count"]:
             return False
-        for key, scene_key in (("colour", "colour"), ("size", "size"), ("place", "position")):
-            if want[key] is not None and any(obj[scene_key] != want[key] for obj in have):
+        for key, field in (("colour", "colour"), ("size", "size"), ("place", "position")):
+            if want[key] is not None and any(obj[field] != want[key] for obj in have):
                 return False
     if request["relation"] is None:
         return True
-    first, second = (found[a["name"]][0]["position"] for a in asked[:2])
-    relation = {
-        ("left", "right"): "left",
-        ("right", "left"): "right",
-        ("top", "bottom"): "above",
-        ("bottom", "top"): "below",
-    }.get((first, second))
-    return relation == request["relation"]
+    places = tuple(found[a["name"]][0]["position"] for a in asked[:2])
+    return PLACES_RELATION.get(places) == request["relation"]
 
 
 def phrase_request(
@@ -232,11 +231,6 @@ def _noun_phrase(obj: dict, chosen: dict, rng: random.Random) -> str:
     first = "one" if chosen["article"] == "one" else article(words)
     place = f" {POSITION_PHRASES[obj['place']]}" if obj["place"] else ""
     return f"{first} {words}{place}"
-
-
-def held_out_phrasing(families: dict) -> bool:
-    """Whether a phrasing took a family that training never sees."""
-    return any(value in HELD_OUT_PHRASINGS.get(kind, ()) for kind, value in families.items())
 
 
 def training_prompts(scene: dict, rng: random.Random, count: int) -> list[tuple[str, dict, str | None]]:
