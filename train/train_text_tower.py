@@ -41,7 +41,7 @@ from genvl.models.clip import (
 )
 from genvl.training.args import TrainArgs, check_at_least, check_fraction, parse_args, run_script, save_architecture
 from genvl.training.contrastive import MAX_LOGIT_SCALE, gather_with_grad, matched_loss
-from genvl.training.data import pick_phrasings, read_training_data, tokenize_texts
+from genvl.training.data import pick_phrasings, prompt_rng, read_training_data, tokenize_texts
 from genvl.training.features import cached_features, data_stamp, file_stamp, load_or_train_tokenizer
 from genvl.training.loop import make_accelerator, train_loop
 from genvl.training.pretrained import pretrained_part
@@ -100,9 +100,8 @@ def text_table(records, prompts_per_scene: int, seed: int):
 
     rows, twin_of = [], {}
     for i, record in enumerate(records):
-        rng = random.Random(f"{seed}/{i}")
         row = []
-        for text, request, twin in training_prompts(record["scene"], rng, prompts_per_scene):
+        for text, request, twin in training_prompts(record["scene"], prompt_rng(seed, i), prompts_per_scene):
             row.append(add(text, request))
             if twin is not None:
                 swapped = {**request, "objects": request["objects"][1::-1] + request["objects"][2:]}
@@ -154,16 +153,16 @@ def locked_clip(path, arch: ClipArchitecture, tokenizer):
     return model
 
 
-def image_features(accelerator, args, records, image_size: int):
-    """The locked towers' unit embeddings of every training image (`images`), and with `--order_tower` the
-    order tower's of every image (`order`) and of every two-object image mirrored (`mirrored`; zeros for the
-    others), computed once and cached in `output_dir`."""
+def image_features(accelerator, args, records, clip):
+    """The unit embeddings of every training image by `clip`'s locked image tower (`images`), and with
+    `--order_tower` the order tower's of every image (`order`) and of every two-object image mirrored
+    (`mirrored`; zeros for the others), computed once and cached in `output_dir`."""
+    image_size = clip.config.vision_config.image_size
     processor = build_clip_image_processor
 
     def compute():
         images = load_images(Path(args.train_data_dir), records, args.image_column, image_size)
-        clip = load_pretrained(CLIPModel, pretrained_part(args.image_tower, "clip")).eval()
-        out = {"images": embed_images(clip, processor(image_size), images)}
+        out = {"images": embed_images(clip.eval(), processor(image_size), images)}
         if args.order_tower:
             order = load_pretrained(CLIPModel, pretrained_part(args.order_tower, "clip")).eval()
             out["order"] = embed_images(order, processor(image_size), images)
@@ -210,7 +209,7 @@ def main(argv=None):
         accelerator, output_dir, lambda: train_clip_tokenizer(texts, args.vocab_size, arch.max_positions)
     )
     clip = locked_clip(args.image_tower, arch, tokenizer)
-    features = image_features(accelerator, args, records, arch.image_size)
+    features = image_features(accelerator, args, records, clip)
     order_dim = features["order"].shape[1] if args.order_tower else None
     model = TextTowers(clip, order_dim)
     ids, lengths = tokenize_texts(tokenizer, texts, arch.max_positions)

@@ -139,13 +139,19 @@ def tokenize_texts(tokenizer, texts, max_length: int):
     return ids, torch.tensor([len(tokens) for tokens in encoded], dtype=torch.long)
 
 
+def prompt_rng(seed: int, index: int):
+    """The generator of record `index`'s prompts in a run seeded `seed`: the prior, the decoder and the text tower
+    draw the same prompts for the same record."""
+    import random
+
+    return random.Random(f"{seed}/{index}")
+
+
 def with_prompts(records: list[dict], per_scene: int, seed: int, caption_column: str) -> list[dict]:
     """The records with `per_scene` more phrasings each in `captions` (after the caption column's, or the
     record's own `captions`): prompts true of its scene as people type them (`genvl.world.prompts.
-    request_prompts`, training phrasing families only), drawn with a generator seeded by (seed, record index),
-    so that a resumed run, and a text tower trained with the same seed, see the same ones."""
-    import random
-
+    request_prompts`, training phrasing families only), drawn with `prompt_rng`, so that a resumed run, and a
+    text tower trained with the same seed, see the same ones."""
     from ..world.prompts import request_prompts
 
     if per_scene == 0:
@@ -156,6 +162,6 @@ def with_prompts(records: list[dict], per_scene: int, seed: int, caption_column:
             raise ValueError(
                 f"--prompts_per_scene needs a scene graph in every record; {record.get('file_name')} has none"
             )
-        extra = [text for text, _, _ in request_prompts(record["scene"], random.Random(f"{seed}/{i}"), per_scene)]
+        extra = [text for text, _, _ in request_prompts(record["scene"], prompt_rng(seed, i), per_scene)]
         out.append({**record, "captions": list(record.get("captions") or [record[caption_column]]) + extra})
     return out
