@@ -106,10 +106,10 @@ def evaluate_prompts(
     progress=None,
     **sampling,
 ) -> dict:
-    """Generate `images_per_prompt` images (seeds `seed`, `seed` + 1, ... as `genvl generate PROMPT -n N --seed S`
-    draws them) for each of the user's `prompts` and
-    judge them: for each prompt, what it was read as (`parse_prompt`), its accuracy under GenEval's rules and
-    under the strict reading (`strict`: "a red bicycle" is one red bicycle and nothing else)."""
+    """Generate `images_per_prompt` images for each of the user's `prompts` (seeds `seed`, `seed` + 1, ..., as
+    `genvl generate PROMPT -n N --seed S` draws them) and judge them: for each prompt, what it was read as
+    (`parse_prompt`), its accuracy under GenEval's rules and under the strict reading (`strict`: "a red bicycle"
+    is one red bicycle and nothing else)."""
     requests = [parse_prompt(prompt) for prompt in prompts]
     unread = [prompt for prompt, request in zip(prompts, requests) if request is None]
     if unread:
@@ -118,7 +118,6 @@ def evaluate_prompts(
     for prompt, request in zip(prompts, requests):
         images = generate_for_prompts(pipeline, [prompt], images_per_prompt, batch_size, seed, progress, **sampling)
         judged = [judge_request(request, found) for found in detect_images(judge, images, batch_size)]
-        scores = category_accuracy([{k: v for k, v in j.items() if k != "strict"} for j in judged])
         category = request["category"]
         rows.append(
             {
@@ -126,7 +125,7 @@ def evaluate_prompts(
                 "request": request,
                 "images": len(images),
                 "seeds": [seed, seed + len(images) - 1],
-                category: scores[category],
+                category: sum(j[category] for j in judged) / len(judged),
                 "strict": sum(j["strict"] for j in judged) / len(judged),
             }
         )
