@@ -41,13 +41,11 @@ def test_every_request_drawn_from_a_scene_holds_of_it_and_of_no_other_kind_of_sc
     rng = random.Random(1)
     pool = scenes()
     for scene in pool:
+        others = [s for s in pool if s["layout"] != scene["layout"] and len(s["objects"]) != len(scene["objects"])]
         for category in GENEVAL_LAYOUTS[scene["layout"]]:
             for detail in (False, True):
                 request = scene_request(scene, category, rng, detail=detail)
                 assert request_holds(request, scene), (request, scene)
-                others = [
-                    s for s in pool if s["layout"] != scene["layout"] and len(s["objects"]) != len(scene["objects"])
-                ]
                 assert not any(request_holds(request, other) for other in others[:20])
     with pytest.raises(ValueError, match="cannot be asked for as 'counting'"):
         scene_request(pool[1] if pool[1]["layout"] == "single" else sample_classic_scene(random.Random(3)), "counting")
