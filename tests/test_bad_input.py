@@ -337,7 +337,7 @@ def first_matrix(state):
 
 TAMPERINGS = {
     # name: (component folder, change to the folder, fragment of the error)
-    "weights_deleted": ("model", lambda d: (d / "model.safetensors").unlink(), "no .safetensors"),
+    "weights_deleted": ("model", lambda d: (d / "model.safetensors").unlink(), "no weights"),
     "tensor_missing": (
         "model",
         lambda d: tamper_weights(d / "model.safetensors", lambda s: s.pop(first_matrix(s))),
@@ -360,13 +360,13 @@ TAMPERINGS = {
         lambda d: edit_json(d / "config.json", lambda c: c["decoder"].update(n_layer=c["decoder"]["n_layer"] + 1)),
         "the weights lack",
     ),
-    "pickle_weights": (
+    "pickle_weights_not_tensors": (
         "model",
         lambda d: (
-            torch.save(load_file(d / "model.safetensors"), d / "pytorch_model.bin"),
+            torch.save({**load_file(d / "model.safetensors"), "step": Ellipsis}, d / "pytorch_model.bin"),
             (d / "model.safetensors").unlink(),
         ),
-        "pickle files are refused",
+        "pickle files are refused unless they hold tensors only",
     ),
     "pickle_beside_safetensors": ("model", lambda d: torch.save({}, d / "extra.pt"), "pickle files are refused"),
     "safetensors_truncated": (

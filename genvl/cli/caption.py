@@ -128,8 +128,11 @@ def checked_settings(pipeline, args):
         for name, flag in FLAG_NAMES.items():
             message = message.replace(name, flag)
         raise UsageError(message) from None
-    prefix = len(pipeline.tokenizer(args.prefix).input_ids) if args.prefix else 0
-    check_decoder_positions(args, folder, settings, defaults, prefix, pipeline.model.config.decoder.n_positions)
+    from ..generation.decoder import decoder_positions
+
+    positions = decoder_positions(pipeline.model.config.decoder)
+    if positions is not None:
+        check_decoder_positions(args, folder, settings, defaults, len(pipeline.prefix_ids(args.prefix)), positions)
     return settings
 
 

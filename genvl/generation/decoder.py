@@ -1,4 +1,6 @@
-"""A cached forward pass of a VisionEncoderDecoder's GPT-2 decoder, written for decoding.
+"""Cached forward passes of a VisionEncoderDecoder's decoder, for decoding.
+
+`CachedDecoder` is the fast path, written for GPT-2 decoders (genvl's own and the public ViT-GPT2 checkpoints).
 
 The weights stay in the transformers modules (so LoRA layers wrapped around them keep working); this file
 only re-plans the computation:
@@ -7,6 +9,9 @@ only re-plans the computation:
   same tensors (queries of the K beams are stacked as K query rows of one image);
 - self-attention keys/values live in a preallocated cache, written in place each step;
 - images whose rows have all finished can be dropped (`keep`), and beams reordered (`reorder`).
+
+`ModelDecoder` is the fallback for every other decoder family (BERT- and RoBERTa-style, TrOCR, MBart as in Donut):
+the decoder's own forward with transformers' cache, behind the same four methods. `decoder_for` picks one.
 """
 
 import torch
@@ -194,6 +199,78 @@ class CachedDecoder:
         """Drop finished rows: keep `rows` of the self-attention cache and `images` of the cross cache."""
         self.cache = self._gathered(rows)
         self.cross = [(k[images], v[images]) for k, v in self.cross]
+
+
+# roberta-style decoders number their positions from just past the padding index
+PADDING_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "data2vec-text")
+
+
+def decoder_positions(config) -> int | None:
+    """How many tokens (the start token included) a decoder's config has positions for; None when it names no
+    limit (sinusoidal positions)."""
+    if getattr(config, "n_positions", None):
+        return config.n_positions
+    if not getattr(config, "max_position_embeddings", None):
+        return None
+    if getattr(config, "use_learned_position_embeddings", True) is False:  # TrOCR's sinusoidal option
+        return None
+    if config.model_type in PADDING_OFFSET_MODELS:
+        return config.max_position_embeddings - (config.pad_token_id or 0) - 1
+    return config.max_position_embeddings
+
+
+def is_gpt2(model) -> bool:
+    """Whether the VisionEncoderDecoder `model` has a GPT-2 decoder, which `CachedDecoder` runs."""
+    return type(model.decoder).__name__ == "GPT2LMHeadModel"
+
+
+def decoder_for(model, encoder_states: torch.Tensor, max_length: int):
+    """`CachedDecoder` for a GPT-2 decoder, else `ModelDecoder`."""
+    if is_gpt2(model):
+        return CachedDecoder(model, encoder_states, max_length)
+    return ModelDecoder(model, encoder_states, max_length)
+
+
+class ModelDecoder:
+    """Any decoder of a VisionEncoderDecoder, stepped by its own forward with transformers' cache (its
+    `EncoderDecoderCache` holds the self-attention history and the cross-attention keys and values of every row).
+    Rows are the decoder's batch: each holds its image's encoder states, so dropping and reordering rows is
+    selecting them."""
+
+    def __init__(self, model, encoder_states: torch.Tensor, max_length: int):
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        positions = decoder_positions(model.decoder.config)
+        if positions is not None and max_length > positions:
+            raise ValueError(f"decoding needs {max_length} positions but the decoder has only {positions}")
+        self.decoder = model.decoder
+        self.states = encoder_states
+        self.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        self.length = 0
+
+    def step(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Feed (R, T) new tokens; return the next-token logits (R, V) in float32."""
+        out = self.decoder(
+            input_ids=input_ids,
+            encoder_hidden_states=self.states,
+            cache=self.cache,
+            use_cache=True,
+            return_dict=True,
+        )
+        self.cache = out.cache
+        self.length += input_ids.shape[1]
+        return out.logits[:, -1].float()
+
+    def expand(self, copies: int):
+        self.cache.batch_repeat_interleave(copies)
+        self.states = self.states.repeat_interleave(copies, dim=0)
+
+    def reorder(self, rows: torch.Tensor):
+        self.cache.reorder_cache(rows)  # rows move within their image, whose encoder states they share
+
+    def keep(self, rows: torch.Tensor, images: torch.Tensor):
+        self.cache.batch_select_indices(rows)
+        self.states = self.states[rows]
 
 
 def encode_images(model, pixel_values: torch.Tensor) -> torch.Tensor:

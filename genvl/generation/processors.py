@@ -39,14 +39,29 @@ def min_new_tokens(scores: torch.Tensor, generated: int, minimum: int, eos_token
     return scores
 
 
-def apply_penalties(scores: torch.Tensor, input_ids: torch.Tensor, generated: int, settings) -> torch.Tensor:
-    """Repetition penalty, n-gram ban and minimum length, in transformers' order."""
+def forced_token(scores: torch.Tensor, token: int) -> torch.Tensor:
+    """Only `token` may come next."""
+    forced = torch.full_like(scores, NEG_INF)
+    forced[:, token] = 0.0
+    return forced
+
+
+def apply_penalties(
+    scores: torch.Tensor, input_ids: torch.Tensor, generated: int, settings, prompt_length: int = 1
+) -> torch.Tensor:
+    """Repetition penalty, n-gram ban, minimum length, then the forced first and last tokens, in transformers'
+    order; `generated` tokens follow a prompt of `prompt_length` (the start token and any prefix)."""
     if settings.repetition_penalty != 1.0:
         scores = repetition_penalty(scores, input_ids, settings.repetition_penalty)
     if settings.no_repeat_ngram_size > 0:
         scores = no_repeat_ngram(scores, input_ids, settings.no_repeat_ngram_size)
     if settings.min_new_tokens > 0:
         scores = min_new_tokens(scores, generated, settings.min_new_tokens, settings.eos_token_id)
+    length = prompt_length + generated
+    if settings.forced_bos_token_id is not None and length == 1:
+        scores = forced_token(scores, settings.forced_bos_token_id)
+    if settings.forced_eos_token_id is not None and generated == settings.max_new_tokens - 1:
+        scores = forced_token(scores, settings.forced_eos_token_id)
     return scores
 
 

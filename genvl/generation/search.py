@@ -1,4 +1,4 @@
-"""Decoding loops: greedy, sampling and beam search over a `CachedDecoder`.
+"""Decoding loops: greedy, sampling and beam search over a cached decoder (`decoder_for`).
 
 Scores: greedy and sampling report the sum of the generated tokens' log-probabilities (after penalties,
 before temperature/top-k/top-p); beam search reports the length-normalised beam score, as transformers'
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .decoder import CachedDecoder, encode_images
+from .decoder import decoder_for, encode_images
 from .processors import apply_penalties, sampling_filters
 
 # what beam search adds to the score of a candidate it masks out (an ended one among the running beams, a running
@@ -64,7 +64,7 @@ def greedy_or_sample(model, states, prompt, settings, generator=None) -> Generat
     images = states.shape[0]
     copies = settings.num_return_sequences if settings.do_sample else 1
     eos, pad = settings.eos_token_id, settings.pad_token_id
-    decoder = CachedDecoder(model, states, len(prompt) + settings.max_new_tokens)
+    decoder = decoder_for(model, states, len(prompt) + settings.max_new_tokens)
     logits = decoder.step(prompt.expand(images, -1))  # (B, V)
     if copies > 1:
         decoder.expand(copies)
@@ -81,7 +81,7 @@ def greedy_or_sample(model, states, prompt, settings, generator=None) -> Generat
     history = settings.repetition_penalty != 1.0 or settings.no_repeat_ngram_size > 0  # penalties read it
     for step in range(settings.max_new_tokens):
         input_ids = torch.cat([prompt.expand(len(live), -1), tokens[:, :step]], dim=1) if history else None
-        scores = apply_penalties(logits, input_ids, step, settings)
+        scores = apply_penalties(logits, input_ids, step, settings, len(prompt))
         log_probs = scores.log_softmax(dim=-1)
         if settings.do_sample:
             probs = sampling_filters(scores, settings).softmax(dim=-1)
@@ -158,7 +158,7 @@ def _best_continuations(logits, beams: _Beams, cur_len: int, prompt_len: int, se
     vocab = logits.shape[-1]
     log_probs = logits.log_softmax(dim=-1)
     input_ids = beams.running[:, :, :cur_len].flatten(0, 1) if history else None
-    log_probs = apply_penalties(log_probs, input_ids, cur_len - prompt_len, settings)
+    log_probs = apply_penalties(log_probs, input_ids, cur_len - prompt_len, settings, prompt_len)
     totals = (log_probs.view(images, num_beams, vocab) + beams.running_scores[:, :, None]).view(images, -1)
     top_scores, top_index = torch.topk(totals, 2 * num_beams)
     parents, tokens = top_index // vocab, top_index % vocab
@@ -223,7 +223,7 @@ def beam_search(model, states, prompt, settings) -> GenerationResult:
     prompt_len = len(prompt)
     max_length = prompt_len + settings.max_new_tokens
     device = states.device
-    decoder = CachedDecoder(model, states, max_length)
+    decoder = decoder_for(model, states, max_length)
     logits = decoder.step(prompt.expand(images, -1))  # one row per image: all beams start identical
     decoder.expand(num_beams)
     logits = logits.repeat_interleave(num_beams, dim=0)  # (B * K, V)

@@ -5,6 +5,28 @@ from dataclasses import dataclass, fields
 
 # beams, or sequences returned, per image: each is a row of the decoder's batch and cache
 MAX_SEQUENCES = 256
+# generation_config options transformers' generate() acts on that genvl's engine does not implement, with the
+# value that leaves them off: a config that turns one on is refused rather than decoded differently
+UNSUPPORTED = {
+    "bad_words_ids": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_decoder_ids": None,
+    "sequence_bias": None,
+    "force_words_ids": None,
+    "constraints": None,
+    "num_beam_groups": 1,
+    "diversity_penalty": 0.0,
+    "encoder_repetition_penalty": 1.0,
+    "encoder_no_repeat_ngram_size": 0,
+    "exponential_decay_length_penalty": None,
+    "renormalize_logits": False,
+    "penalty_alpha": None,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "min_p": None,
+}
 
 
 @dataclass
@@ -26,9 +48,14 @@ class GenerationSettings:
     length_penalty: float = 1.0
     early_stopping: bool | str = False
     num_return_sequences: int = 1
+    forced_bos_token_id: int | None = None  # the first new token, when the prompt is the start token alone
+    forced_eos_token_id: int | None = None  # the last token there is room for
     seed: int | None = None
 
     def __post_init__(self):
+        for name in ("eos_token_id", "decoder_start_token_id", "pad_token_id"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                raise ValueError(f"{name} must be a token id, got {getattr(self, name)!r}")
         for name in ("temperature", "top_p", "repetition_penalty", "length_penalty"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
@@ -85,10 +112,16 @@ class GenerationSettings:
             pad_token_id=pad if pad is not None else eos,
         )
         if generation_config is not None:
+            for name, off in UNSUPPORTED.items():
+                value = getattr(generation_config, name, off)
+                if value not in (off, None, [], ()):
+                    raise ValueError(
+                        f"generation_config sets {name}={value!r}, which genvl's engine does not implement"
+                    )
             for name in known - {"eos_token_id", "decoder_start_token_id", "pad_token_id", "seed"}:
                 value = getattr(generation_config, name, None)
                 if value is not None:
-                    values[name] = value
+                    values[name] = _first(value) if name.startswith("forced_") else value
             if getattr(generation_config, "max_new_tokens", None) is None and generation_config.max_length:
                 values["max_new_tokens"] = max(1, generation_config.max_length - 1)
             if getattr(generation_config, "min_length", 0) and "min_new_tokens" not in values:

@@ -1,9 +1,12 @@
-"""Checks on model folders: safetensors only, readable JSON, regular files, and weights that match the model built
-from the config in names, shapes, kinds and values.
+"""Checks on model folders: readable JSON, regular files, weights that are tensors and nothing else, and weights
+that match the model built from the config in names, shapes, kinds and values.
 
 transformers fills weights missing from a checkpoint with random values and drops unexpected ones with no more
-than a log line, casts integer weights to floats, and loads pickled `pytorch_model.bin` files; genvl refuses all
-of these, naming the file.
+than a log line, and casts integer weights to floats; genvl refuses these, naming the file. Weights come from
+safetensors files or, for folders published before safetensors (`pytorch_model.bin`,
+`diffusion_pytorch_model.bin`, sharded or not), from pickles that genvl itself unpickles with
+`torch.load(weights_only=True)`, which builds tensors and plain values only and refuses any other object: a pickle
+that would run code is refused before anything in it runs. Every other pickle in a folder is refused outright.
 """
 
 import json
@@ -15,6 +18,23 @@ from pathlib import Path
 from .paths import kind_of, path_status
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# the pickled weights files transformers and diffusers wrote before safetensors, whole or sharded
+PICKLED_WEIGHTS = re.compile(r"(pytorch_model|diffusion_pytorch_model)(-\d{5}-of-\d{5})?\.bin")
+# safetensors' names of the dtypes, for weights read from a pickle
+SAFETENSORS_DTYPES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")  # as safetensors headers name them
 
 # Sizes a config sets that no weight bounds, checked before anything is built from it (weight-bound sizes such as
@@ -77,8 +97,11 @@ def check_files(folder: Path) -> None:
             continue
         if not stat.S_ISREG(mode):
             raise ValueError(f"{file}: is {kind_of(mode)}, not a regular file")
-        if file.suffix in PICKLE_SUFFIXES:
-            raise ValueError(f"{file}: pickle files are refused; genvl loads safetensors weights only")
+        if file.suffix in PICKLE_SUFFIXES and not PICKLED_WEIGHTS.fullmatch(file.name):
+            raise ValueError(
+                f"{file}: pickle files are refused; genvl loads safetensors weights, or pytorch_model.bin "
+                "weights that hold tensors only"
+            )
         if file.suffix == ".json":
             data = read_json(file)
             if file.name.endswith(".index.json"):
@@ -106,13 +129,63 @@ def read_json(file: Path):
         raise ValueError(f"{file}: not valid JSON ({err})") from None
 
 
+def stored_weights(folder) -> tuple[dict[str, tuple[tuple, str]], dict | None]:
+    """The weights of a model folder: ({tensor name: (shape, dtype)}, None) from the headers of its safetensors
+    files, or, in a folder with pickled weights only, (the same, the tensors) read by `read_pickled_weights`."""
+    folder = Path(folder)
+    pickles = sorted(f for f in folder.iterdir() if PICKLED_WEIGHTS.fullmatch(f.name))
+    if not pickles or any(folder.glob("*.safetensors")):
+        return safetensors_headers(folder), None
+    state = read_pickled_weights(pickles)
+    headers = {}
+    for key, value in state.items():
+        name = str(value.dtype).removeprefix("torch.")
+        headers[key] = (tuple(value.shape), SAFETENSORS_DTYPES.get(name, name))
+    return headers, state
+
+
+def read_pickled_weights(files) -> dict:
+    """The tensors of pickled weights files, unpickled by `torch.load(weights_only=True)`: tensors and plain
+    values only, so that a pickle which would build any other object (and so could run code) is refused before it
+    does. Zip-format files are memory-mapped rather than read into memory."""
+    import pickle
+    import warnings
+    import zipfile
+
+    import torch
+
+    state = {}
+    for file in files:
+        try:
+            with warnings.catch_warnings():  # torch warns of the format of older files it reads all the same
+                warnings.simplefilter("ignore")
+                loaded = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+        except pickle.UnpicklingError as err:
+            # torch's message names what the pickle would build on a line of its own
+            why = next((line.strip() for line in str(err).splitlines() if "nsupported" in line), "not tensors")
+            raise ValueError(
+                f"{file}: pickle files are refused unless they hold tensors only, and this one holds more ({why})"
+            ) from None
+        except (RuntimeError, EOFError, ValueError, OSError) as err:
+            raise ValueError(f"{file}: not a readable weights file ({first_line(err)})") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{file}: holds a {type(loaded).__name__}, not a dict of weights")
+        for key, value in loaded.items():
+            if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+                raise ValueError(f"{file}: holds {key!r}, which is not a named tensor")
+            if key in state:
+                raise ValueError(f"{file}: holds {key}, which another weights file of the folder holds too")
+            state[key] = value
+    return state
+
+
 def safetensors_headers(folder) -> dict[str, tuple[tuple, str]]:
     """{tensor name: (shape, dtype)} over every .safetensors file in `folder`, read from their headers only."""
     from safetensors import safe_open
 
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{folder}: no .safetensors weights")
+        raise FileNotFoundError(f"{folder}: no weights (.safetensors files, or pytorch_model.bin)")
     headers = {}
     for file in files:
         try:
@@ -207,13 +280,14 @@ def raise_for_weights(folder, missing, unexpected, mismatched) -> None:
         )
 
 
-def check_diffusers_weights(model_class, folder) -> dict:
-    """Raise unless the safetensors in `folder` hold every tensor of the diffusers model its config.json
-    describes, each with its shape, and nothing else; returns their headers. The model is built on the meta
-    device: names and shapes only, no memory spent on values."""
+def check_diffusers_weights(model_class, folder, stored: dict | None = None) -> dict:
+    """Raise unless the weights in `folder` (`stored`: their names, shapes and dtypes, by default read from the
+    safetensors headers) hold every tensor of the diffusers model its config.json describes, each with its shape,
+    and nothing else; returns `stored`. The model is built on the meta device: names and shapes only, no memory
+    spent on values."""
     import torch
 
-    stored = safetensors_headers(folder)
+    stored = safetensors_headers(folder) if stored is None else stored
     try:
         config = model_class.load_config(folder)
     except (OSError, ValueError) as err:
@@ -246,10 +320,17 @@ def check_diffusers_weights(model_class, folder) -> dict:
 
 def load_diffusers_model(model_class, folder, dtype=None):
     """`model_class.from_pretrained(folder)` for a diffusers model, after `check_diffusers_weights`, and with its
-    weights' kinds and values checked."""
-    stored = check_diffusers_weights(model_class, folder)
+    weights' kinds and values checked. Pickled weights (`stored_weights`) are loaded into the model built from
+    its config."""
+    stored, tensors = stored_weights(folder)
+    check_diffusers_weights(model_class, folder, stored)
     with loading_errors(folder):
-        model = model_class.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True)
+        if tensors is None:
+            model = model_class.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True)
+        else:
+            model = model_class.from_config(model_class.load_config(folder))
+            model.load_state_dict(tensors, strict=False)  # complete but for tied names: checked above
+            model = model.to(dtype).eval() if dtype is not None else model.eval()
     check_weight_values(folder, model, stored)
     return model
 
@@ -258,25 +339,27 @@ def load_transformers_model(model_class, folder, dtype=None):
     """`model_class.from_pretrained(folder)`, refusing weights that are missing, unexpected, misshaped, of the
     wrong kind or not finite (transformers itself would fill, drop or cast them with a log line), and a config
     that describes a model larger than its weights before anything is allocated. Key renames of older layouts
-    still apply."""
+    still apply. Pickled weights (`stored_weights`) are handed to transformers as a state dict."""
     import torch
+    from transformers import GenerationConfig
 
-    stored = safetensors_headers(folder)  # safetensors present and readable
+    stored, tensors = stored_weights(folder)
     check_config(Path(folder) / "config.json", read_json(Path(folder) / "config.json"), model_limits(model_class))
     with loading_errors(folder):
         with torch.device("meta"):
             model = model_class(model_class.config_class.from_pretrained(folder))
     check_size(folder, model, stored)
     kwargs = {"dtype": dtype} if dtype is not None else {}
+    if tensors is None:
+        kwargs.update(use_safetensors=True, local_files_only=True)
+    else:  # transformers takes a state dict only in place of a folder
+        kwargs.update(config=model.config, state_dict=tensors)
     with loading_errors(folder):
         model, info = model_class.from_pretrained(
-            folder,
-            output_loading_info=True,
-            ignore_mismatched_sizes=True,
-            use_safetensors=True,
-            local_files_only=True,
-            **kwargs,
+            folder if tensors is None else None, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
         )
+        if tensors is not None and model.can_generate() and (Path(folder) / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(folder, local_files_only=True)
     raise_for_weights(
         folder, sorted(info["missing_keys"]), sorted(info["unexpected_keys"]), sorted(info["mismatched_keys"])
     )

@@ -26,7 +26,8 @@ class CaptionOutput(BaseOutput):
 
 
 class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, DiffusionPipeline):
-    """Caption images with a ViT-GPT2 VisionEncoderDecoder model.
+    """Caption images with a VisionEncoderDecoder model: genvl's ViT-GPT2 captioners and the public layouts
+    (ViT, DeiT, BEiT or Swin encoders; GPT-2, BERT- or RoBERTa-style, TrOCR or MBart decoders).
 
     Loads a genvl pipeline folder (model_index.json with model/, tokenizer/, image_processor/) or a flat
     Hugging Face VisionEncoderDecoder folder (config.json, weights, tokenizer files, preprocessor_config.json),
@@ -88,6 +89,11 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         """Decoding settings: the model's generation_config, then the given overrides."""
         return GenerationSettings.from_generation_config(self.model.generation_config, self.tokenizer, **overrides)
 
+    def prefix_ids(self, prefix: str | None) -> list[int]:
+        """The token ids of `prefix` alone, without the special tokens a tokenizer may wrap text in (BERT's
+        [CLS] and [SEP]): the caption continues it."""
+        return self.tokenizer(prefix, add_special_tokens=False).input_ids if prefix else []
+
     @torch.no_grad()
     def __call__(self, images, prefix: str | None = None, generator=None, return_dict: bool = True, **decoding):
         """Caption `images` (a PIL image, a path, or a list of them).
@@ -106,7 +112,7 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         pixel_values = self.preprocess(images)
         states = self.cached_encode(self.model, list(pixel_values), self._encode_rows, self.image_processor.size)
         # 2. decode
-        prefix_ids = self.tokenizer(prefix).input_ids if prefix else []
+        prefix_ids = self.prefix_ids(prefix)
         result = generate(self.model, None, settings, prefix_ids=prefix_ids, generator=generator, encoder_states=states)
         # 3. detokenise: the prefix is part of the caption
         captions = [

@@ -1,0 +1,360 @@
+"""VisionEncoderDecoder checkpoints of every public decoder family, and pickled weights, as published.
+
+GPT-2 decoders run on genvl's own cached decoder; BERT- and RoBERTa-style, TrOCR and MBart (Donut) decoders run on
+`ModelDecoder`, their own forward with transformers' cache. Either way the tokens must be transformers' generate()
+tokens. Folders are written in the public layouts with tiny random weights.
+"""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from genvl.generation import GenerationSettings, generate
+from genvl.generation.decoder import CachedDecoder, ModelDecoder, decoder_for, decoder_positions
+from genvl.pipelines.caption import CaptionPipeline
+
+from .conftest import TINY, get_dummy_components, world_texts, write_public_vit_gpt2_folder
+from .test_bad_input import run
+from .test_hostile_folders import run as guarded_run
+
+WORDS = sorted({word for text in world_texts(200) for word in text.split()})
+BOS, PAD, EOS = 0, 1, 2  # RoBERTa's, TrOCR's and MBart's special ids
+FAMILIES = ("vit-bert", "deit-roberta", "beit-trocr", "swin-mbart")
+CASES = [
+    dict(num_beams=1),
+    dict(num_beams=1, repetition_penalty=1.3, no_repeat_ngram_size=2),
+    dict(num_beams=1, min_new_tokens=5, forced_bos_token_id=7, forced_eos_token_id=EOS),
+    dict(num_beams=3, forced_eos_token_id=EOS),
+    dict(num_beams=4, length_penalty=0.6, early_stopping=True, num_return_sequences=2),
+    dict(num_beams=5, early_stopping="never", min_new_tokens=3, no_repeat_ngram_size=3),
+]
+
+
+def family_model(family: str, vocab_size: int, seed: int = 0):
+    """A random-weight VisionEncoderDecoderModel of `family` (encoder-decoder), as the public checkpoints of that
+    family are configured, with a sharpened output layer and an end token likely enough that captions end at
+    different steps."""
+    from transformers import (
+        BeitConfig,
+        BertConfig,
+        DeiTConfig,
+        MBartConfig,
+        RobertaConfig,
+        SwinConfig,
+        TrOCRConfig,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+    )
+
+    torch.manual_seed(seed)
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    ids = dict(bos_token_id=BOS, pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=EOS)
+    bart = dict(d_model=32, decoder_layers=2, decoder_attention_heads=2, decoder_ffn_dim=64, max_position_embeddings=40)
+    encoder, decoder = {
+        # bert2bert-style: [CLS] starts, [SEP] ends
+        "vit-bert": lambda: (
+            ViTConfig(image_size=32, patch_size=8, **small),
+            BertConfig(
+                vocab_size=vocab_size,
+                max_position_embeddings=40,
+                is_decoder=True,
+                add_cross_attention=True,
+                pad_token_id=0,
+                bos_token_id=2,
+                eos_token_id=3,
+                decoder_start_token_id=2,
+                **small,
+            ),
+        ),
+        "deit-roberta": lambda: (
+            DeiTConfig(image_size=32, patch_size=8, **small),
+            RobertaConfig(
+                vocab_size=vocab_size,
+                max_position_embeddings=42,
+                is_decoder=True,
+                add_cross_attention=True,
+                **small,
+                **ids,
+            ),
+        ),
+        # TrOCR: a BEiT (or DeiT) encoder, its own decoder reading the encoder's width
+        "beit-trocr": lambda: (
+            BeitConfig(image_size=32, patch_size=8, **small),
+            TrOCRConfig(vocab_size=vocab_size, cross_attention_hidden_size=32, **bart, **ids),
+        ),
+        # Donut: a Swin encoder and an MBart decoder, which ends every caption it cuts short with </s>
+        "swin-mbart": lambda: (
+            SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4),
+            MBartConfig(
+                vocab_size=vocab_size,
+                encoder_layers=2,
+                is_decoder=True,
+                add_cross_attention=True,
+                is_encoder_decoder=False,
+                scale_embedding=True,
+                forced_eos_token_id=EOS,
+                **bart,
+                **ids,
+            ),
+        ),
+    }[family]()
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = decoder.decoder_start_token_id
+    config.pad_token_id, config.eos_token_id = decoder.pad_token_id, decoder.eos_token_id
+    config.tie_word_embeddings = config.decoder.tie_word_embeddings = False
+    model = VisionEncoderDecoderModel(config).eval()
+    output = model.decoder.get_output_embeddings()
+    output.weight = torch.nn.Parameter(torch.randn_like(output.weight) * 0.5)  # peaked, as a trained model's
+    with torch.no_grad():
+        output.weight[decoder.eos_token_id] *= 1.5
+        for name, module in model.decoder.named_modules():  # let the image weigh on the words
+            if name.endswith(("crossattention.output.dense", "encoder_attn.out_proj")):
+                module.weight *= 4
+    return model
+
+
+def family_tokenizer(family: str):
+    """A tokenizer of the family's kind over the world's words: WordPiece (BERT), byte-level BPE (RoBERTa, TrOCR)
+    or a SentencePiece-style unigram model (XLM-RoBERTa, as Donut's MBart decoder uses)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import BertTokenizerFast, RobertaTokenizerFast, XLMRobertaTokenizerFast
+
+    if family == "vit-bert":
+        return BertTokenizerFast(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS)})
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    if family == "swin-mbart":
+        tokenizer = Tokenizer(models.Unigram())
+        tokenizer.pre_tokenizer, tokenizer.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=200, special_tokens=specials, unk_token="<unk>")
+        tokenizer.train_from_iterator(world_texts(300), trainer=trainer)
+        return XLMRobertaTokenizerFast(tokenizer_object=tokenizer)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(world_texts(300), trainer=trainer)
+    return RobertaTokenizerFast(tokenizer_object=tokenizer)
+
+
+def write_family_folder(path, family: str, seed: int = 0):
+    """A flat folder in the family's public layout: config.json, weights, generation_config.json, tokenizer files
+    and a ViT-style preprocessor_config.json at the encoder's size."""
+    tokenizer = family_tokenizer(family)
+    model = family_model(family, len(tokenizer), seed)
+    model.generation_config.max_new_tokens = 10
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    processor = {"do_normalize": True, "do_resize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    processor.update(image_processor_type="ViTImageProcessor", resample=2, size={"height": 32, "width": 32})
+    (path / "preprocessor_config.json").write_text(json.dumps(processor))
+    return path
+
+
+def transformers_tokens(model, states, prompt, eos, **case):
+    """transformers' generate() tokens of each returned sequence, from the encoder states `states`, with the prompt
+    and what follows the end cut off."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    out = model.generate(
+        encoder_outputs=BaseModelOutput(last_hidden_state=states),
+        decoder_input_ids=torch.tensor([prompt]).expand(states.shape[0], -1),
+        **case,
+    )
+    rows = [row[len(prompt) :].tolist() for row in out]
+    return [row[: row.index(eos)] if eos in row else row for row in rows]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[",".join(f"{k}={v}" for k, v in c.items()) for c in CASES])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_decoder_family_decodes_transformers_tokens(family, case):
+    model = family_model(family, vocab_size=60, seed=1)
+    case = dict(case, max_new_tokens=12)
+    # the model's generation_config, then the case: as the pipeline and generate() both read them
+    settings = GenerationSettings.from_generation_config(model.generation_config, None, **case)
+    # random encoder states: a random encoder maps every image to about the same ones
+    states = torch.randn(6, 5, 32, generator=torch.Generator().manual_seed(1)) * 3
+    prefix = [9, 11] if case.get("num_beams") == 3 else []  # a prefix the captions continue
+    result = generate(model, None, settings, prefix_ids=prefix, encoder_states=states)
+    ours = [seq for seqs in result.sequences for seq in seqs]
+    prompt = [settings.decoder_start_token_id, *prefix]
+    assert ours == transformers_tokens(model, states, prompt, settings.eos_token_id, **case)
+    assert max(map(len, ours)) > 1 and len(set(map(tuple, ours))) > 1  # not a degenerate comparison
+    if "forced_bos_token_id" in case:
+        assert all(seq[0] == 7 for seq in ours)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_fallback_drops_images_whose_captions_have_ended(num_beams, monkeypatch):
+    model = family_model("deit-roberta", vocab_size=60, seed=1)
+    settings = GenerationSettings.from_generation_config(
+        model.generation_config, None, max_new_tokens=12, num_beams=num_beams
+    )
+    states = torch.randn(6, 5, 32, generator=torch.Generator().manual_seed(1)) * 3
+    kept, keep = [], ModelDecoder.keep
+    monkeypatch.setattr(
+        ModelDecoder, "keep", lambda self, rows, images: (kept.append(len(images)), keep(self, rows, images))
+    )
+    result = generate(model, None, settings, encoder_states=states)
+    assert len({len(seqs[0]) for seqs in result.sequences}) > 1 and kept  # images ended at different steps
+    case = dict(max_new_tokens=12, num_beams=num_beams)
+    assert [s[0] for s in result.sequences] == transformers_tokens(model, states, [EOS], EOS, **case)
+
+
+def test_gpt2_decoders_take_the_fast_path_and_others_the_fallback(tiny_tokenizer):
+    states = torch.zeros(1, 4, 32)
+    assert isinstance(decoder_for(family_model("vit-bert", 60), states, 8), ModelDecoder)
+    gpt2, _ = get_dummy_components(tiny_tokenizer)
+    assert isinstance(decoder_for(gpt2, torch.zeros(1, 4, TINY.decoder_hidden_size), 8), CachedDecoder)
+    # positions: GPT-2's n_positions, BERT's table, RoBERTa's table past its padding index, TrOCR's sinusoids
+    assert decoder_positions(gpt2.config.decoder) == TINY.max_positions
+    assert decoder_positions(family_model("vit-bert", 60).config.decoder) == 40
+    assert decoder_positions(family_model("deit-roberta", 60).config.decoder) == 40
+    trocr = family_model("beit-trocr", 60).config.decoder
+    assert decoder_positions(trocr) == 40
+    trocr.use_learned_position_embeddings = False
+    assert decoder_positions(trocr) is None
+    with pytest.raises(ValueError, match="only 40"):
+        decoder_for(family_model("vit-bert", 60), states, 41)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_public_family_folders_caption_as_transformers_does(family, tmp_path, scene_images):
+    from transformers import AutoTokenizer, VisionEncoderDecoderModel
+
+    folder = write_family_folder(tmp_path / family, family)
+    pipeline = CaptionPipeline.from_pretrained(folder)
+    ours = pipeline(scene_images[:3], num_beams=3).captions
+    model = VisionEncoderDecoderModel.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        ids = model.generate(pixel_values=pipeline.preprocess(scene_images[:3]), num_beams=3)
+    expected = [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    assert [c[0] for c in ours] == expected
+    assert any(expected)
+    # a prefix is the words alone, without the [CLS]/<s> a tokenizer wraps text in
+    prefixed = pipeline(scene_images[:1], prefix="a red", max_new_tokens=4).captions[0][0]
+    assert prefixed.startswith("a red")
+
+
+def test_cli_captions_with_a_bert_decoder_and_checks_its_positions(tmp_path, capsys, scene_images):
+    folder = write_family_folder(tmp_path / "vit-bert", "vit-bert")
+    image = tmp_path / "scene.png"
+    scene_images[0].save(image)
+    code, out, err = run(["caption", str(image), "--model", str(folder), "--beam", "2"], capsys)
+    assert code == 0, err
+    expected = CaptionPipeline.from_pretrained(folder)([image], num_beams=2).captions[0][0]
+    assert out.strip().endswith(expected)
+    code, out, err = run(["caption", str(image), "--model", str(folder), "--max-new-tokens", "40"], capsys)
+    assert code == 2 and "40 positions" in err and "Traceback" not in err
+
+
+def test_unsupported_generation_options_are_refused_not_ignored(tmp_path):
+    folder = write_family_folder(tmp_path / "trocr", "beit-trocr")
+    pipeline = CaptionPipeline.from_pretrained(folder)
+    pipeline.model.generation_config.suppress_tokens = [5]
+    with pytest.raises(ValueError, match="suppress_tokens=\\[5\\], which genvl's engine does not implement"):
+        pipeline.settings()
+    pipeline.model.generation_config.suppress_tokens = None
+    pipeline.model.generation_config.eos_token_id = None
+    pipeline.tokenizer.eos_token = None
+    with pytest.raises(ValueError, match="eos_token_id must be a token id"):
+        pipeline.settings()
+
+
+# ---- pickled weights -----------------------------------------------------------------------------------------
+
+
+def pickled(folder, shards: int = 1):
+    """Replace the folder's safetensors weights with `pytorch_model.bin` (or `shards` shards and their index), as
+    transformers wrote them before safetensors."""
+    from safetensors.torch import load_file
+
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    if shards == 1:
+        torch.save(state, folder / "pytorch_model.bin")
+        return folder
+    keys, weight_map = sorted(state), {}
+    for shard in range(shards):
+        name = f"pytorch_model-{shard + 1:05d}-of-{shards:05d}.bin"
+        part = keys[shard::shards]
+        torch.save({key: state[key] for key in part}, folder / name)
+        weight_map.update(dict.fromkeys(part, name))
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_pickled_vit_gpt2_weights_load_as_published(tmp_path, scene_images, capsys, shards):
+    safe = write_public_vit_gpt2_folder(tmp_path / "safe")
+    published = pickled(write_public_vit_gpt2_folder(tmp_path / "vit-gpt2-image-captioning"), shards)
+    assert not list(published.glob("*.safetensors"))
+    expected = CaptionPipeline.from_pretrained(safe)(scene_images[:3]).captions
+    pipeline = CaptionPipeline.from_pretrained(published)
+    assert pipeline.settings().num_beams == 4  # its generation_config.json is read too
+    assert pipeline(scene_images[:3]).captions == expected
+    image = tmp_path / "scene.png"
+    scene_images[0].save(image)
+    code, out, err = run(["caption", str(image), "--model", str(published)], capsys)
+    assert code == 0, err
+    assert (code, out) == run(["caption", str(image), "--model", str(safe)], capsys)[:2]
+
+
+class RunsCode:
+    """Unpickled, it would run a shell command that leaves a file behind."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle.dumps"])
+def test_pickles_that_hold_more_than_tensors_are_refused_before_they_run(tmp_path, capsys, scene_images, how):
+    folder = pickled(write_public_vit_gpt2_folder(tmp_path / "hostile"))
+    marker = tmp_path / "ran"
+    state = {"decoder.lm_head.weight": RunsCode(marker)}
+    if how == "torch.save":
+        torch.save(state, folder / "pytorch_model.bin")
+    else:
+        (folder / "pytorch_model.bin").write_bytes(pickle.dumps(state))
+    image = tmp_path / "scene.png"
+    scene_images[0].save(image)
+    code, out, err = guarded_run(["caption", str(image), "--model", str(folder)], capsys, tmp_path)
+    assert code == 1 and "pickle files are refused unless they hold tensors only" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(ValueError, match="holds more"):
+        CaptionPipeline.from_pretrained(folder)
+    assert not marker.exists()
+    # a pickle of tensors under a name that is not a weights file is refused as before
+    (folder / "pytorch_model.bin").unlink()
+    torch.save({}, folder / "optimizer.pt")
+    with pytest.raises(ValueError, match="optimizer.pt: pickle files are refused"):
+        CaptionPipeline.from_pretrained(folder)
+
+
+def test_pickled_diffusers_weights_load_as_published(tmp_path):
+    from diffusers import PriorTransformer
+    from safetensors.torch import load_file
+
+    from genvl.io.folders import load_diffusers_model
+
+    torch.manual_seed(0)
+    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=8, num_layers=1, embedding_dim=16)
+    prior.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "diffusion_pytorch_model.safetensors")
+    (tmp_path / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save(state, tmp_path / "diffusion_pytorch_model.bin")
+    loaded = load_diffusers_model(PriorTransformer, tmp_path, torch.bfloat16)
+    assert not loaded.training and loaded.dtype == torch.bfloat16
+    assert all(torch.equal(loaded.state_dict()[k], v.to(torch.bfloat16)) for k, v in state.items())
+    torch.save({**state, "extra": torch.ones(1)}, tmp_path / "diffusion_pytorch_model.bin")
+    with pytest.raises(ValueError, match="the weights hold extra"):
+        load_diffusers_model(PriorTransformer, tmp_path)
