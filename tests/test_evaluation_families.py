@@ -332,3 +332,66 @@ def test_cli_scores_a_reference_folder_with_the_coco_metrics(reference_folder, t
     assert report["num_images"] == 4 and all(0 <= report[m] for m in metrics)
     skipped = f"scene-graph scores skipped: {folder / 'metadata.jsonl'} has no scene graphs (reference captions only)"
     assert skipped in err.splitlines()
+
+
+def coco_file(folder, records, path):
+    """The references of `records` as a COCO caption file (images, annotations), with one image without a
+    caption, which is left out."""
+    images = [{"id": 100 + i, "file_name": r["file_name"]} for i, r in enumerate(records)]
+    images.append({"id": 999, "file_name": "uncaptioned.png"})
+    annotations = [
+        {"id": n, "image_id": 100 + i, "caption": caption}
+        for i, r in enumerate(records)
+        for n, caption in enumerate(r.get("captions") or [r["text"]])
+    ]
+    path.write_text(json.dumps({"images": images, "annotations": annotations}))
+    return path
+
+
+def test_a_coco_caption_file_gives_the_images_and_references(reference_folder, recorded_caption_metrics, tmp_path):
+    folder, records = reference_folder
+    (folder / "metadata.jsonl").unlink()  # the COCO file alone says what the images are
+    annotations = coco_file(folder, records, tmp_path / "captions_val.json")
+    captions = {r["file_name"]: r.get("text") or r["captions"][0] for r in records}
+    report = evaluate_captioner(FixedCaptioner(captions), folder, annotations=annotations)
+    [(predictions, references)] = recorded_caption_metrics
+    assert report["num_images"] == 4 and "skipped" in report["scene_graph_scores"]
+    assert list(references.values()) == [r.get("captions") or [r["text"]] for r in records]
+    assert list(predictions.values()) == [captions[r["file_name"]] for r in records]
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda d: d["images"].__setitem__(0, {"id": 100, "file_name": "../photo0.png"}), "inside the image folder"),
+        (lambda d: d["images"].__setitem__(0, {"id": 100, "file_name": "/etc/passwd"}), "inside the image folder"),
+        (lambda d: d["annotations"][0].pop("caption"), "annotation 0 needs an 'image_id' and a non-empty"),
+        (lambda d: d.pop("images"), "expected a COCO caption file"),
+        (lambda d: d.__setitem__("annotations", []), "no image has a caption"),
+    ],
+)
+def test_bad_coco_files_are_named_before_captioning(reference_folder, tmp_path, change, fragment):
+    folder, records = reference_folder
+    annotations = coco_file(folder, records, tmp_path / "captions.json")
+    data = json.loads(annotations.read_text())
+    change(data)
+    annotations.write_text(json.dumps(data))
+
+    def refuse(images, **decoding):
+        raise AssertionError("captioned before the file was checked")
+
+    with pytest.raises(ValueError, match=fragment):
+        evaluate_captioner(refuse, folder, annotations=annotations)
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR and the PTB tokenizer need Java")
+def test_cli_scores_a_coco_caption_file(reference_folder, tiny_pipeline_dir, tmp_path, capsys):
+    folder, records = reference_folder
+    annotations = coco_file(folder, records, tmp_path / "captions.json")
+    argv = ["eval", "caption", "--data", folder, "--annotations", annotations, "--model", tiny_pipeline_dir]
+    code, out, err = run([*argv, "--max-new-tokens", "4", "--quiet"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["num_images"] == 4 and report["CIDEr-D"] >= 0 and str(annotations) in report["scene_graph_scores"]
+    code, out, err = run([*argv, "--output", annotations], capsys)  # the report never replaces its input
+    assert code == 1 and "same file as the input" in err

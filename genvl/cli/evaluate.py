@@ -55,7 +55,16 @@ def add_parser(commands) -> None:
         epilog="example: genvl eval caption --data data/world/test --beam 3",
     )
     caption.add_argument(
-        "--data", required=True, help="imagefolder with metadata.jsonl (scene graphs, or reference captions only)"
+        "--data",
+        required=True,
+        help="imagefolder with metadata.jsonl (scene graphs, or reference captions only); with --annotations, the "
+        "folder of its images",
+    )
+    caption.add_argument(
+        "--annotations",
+        metavar="JSON",
+        help="a COCO-style caption file (e.g. captions_val2017.json: images and their annotations) to read the "
+        "images and reference captions from instead of metadata.jsonl",
     )
     caption.add_argument("--limit", type=positive(int), help="evaluate the first N images only")
     caption.add_argument("--output", help="also write the report as JSON to this file")
@@ -130,19 +139,19 @@ def add_parser(commands) -> None:
     judge.add_argument("--quiet", action="store_true", help="no summary table on stderr")
 
 
-def check_report_file(args, models) -> None:
-    """--output, checked before any work: it must not be a file of the data or of `models`."""
+def check_report_file(args, models, *inputs) -> None:
+    """--output, checked before any work: it must not be a file of the data, of `models` or one of `inputs`."""
     if args.output:
         from ..io.imagefolder import imagefolder_files
 
         data = imagefolder_files(args.data) if args.data else ()
-        check_output_file(args.output, "--output", chain(data, models))
+        check_output_file(args.output, "--output", chain(data, models, [i for i in inputs if i]))
 
 
 def run_eval_caption(args) -> int:
     from ..evaluation.captioning import evaluate_captioner
 
-    check_report_file(args, [args.model or default_caption_model(), *lora_folders(args)])
+    check_report_file(args, [args.model or default_caption_model(), *lora_folders(args)], args.annotations)
     pipeline = load_caption_pipeline(args)
     checked_settings(pipeline, args)
     progress = progress_bar(args, "batch")
@@ -152,6 +161,7 @@ def run_eval_caption(args) -> int:
         batch_size=args.batch_size,
         limit=args.limit,
         progress=progress,
+        annotations=args.annotations,
         prefix=args.prefix,
         **decoding_overrides(args),
     )

@@ -306,15 +306,19 @@ def degenerate_captions(predictions: list[str]) -> dict:
     return {"degenerate": len(repeated), "degenerate_examples": repeated[:NUM_EXAMPLES]}
 
 
-def read_caption_records(data_dir) -> tuple[list[dict], list[list[str]], bool]:
+def read_caption_records(data_dir, annotations=None) -> tuple[list[dict], list[list[str]], bool]:
     """The records of an imagefolder to score captions on, their reference captions, and whether they hold scene
-    graphs.
+    graphs. With `annotations`, a COCO-style caption JSON, the records are its images instead (`coco_records`),
+    their files under `data_dir`.
 
     Either every record has a `scene` (a folder `write_imagefolder` wrote) or none has (a folder of the user's own
     with reference captions only, e.g. COCO-style). Every record needs `file_name` and its references: `captions`
     (a list of one or more) or, failing that, `text` (one). The whole folder is checked, so that a bad record is
     named before any image is captioned.
     """
+    if annotations is not None:
+        records = coco_records(annotations)
+        return records, [record["captions"] for record in records], False
     path = Path(data_dir) / "metadata.jsonl"
     # every record needs `file_name` (checked by read_metadata); its references may be `captions` or `text`
     records = read_metadata(data_dir, caption_column="file_name")
@@ -326,6 +330,35 @@ def read_caption_records(data_dir) -> tuple[list[dict], list[list[str]], bool]:
         )
     references = [_references(record, path) for record in records]
     return records, references, not without_scene
+
+
+def coco_records(annotations) -> list[dict]:
+    """Records `{file_name, captions}` of a COCO-style caption JSON (`captions_val2017.json`: `images` with `id`
+    and `file_name`, `annotations` with `image_id` and `caption`), one per image that has a caption, in the
+    order of `images`. A file name must name a file inside the image folder (no absolute path, no `..`)."""
+    path = Path(annotations)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{path}: expected a COCO caption file, an object with 'images' and 'annotations' lists")
+    captions = defaultdict(list)
+    for number, annotation in enumerate(data.get("annotations") or []):
+        caption = annotation.get("caption") if isinstance(annotation, dict) else None
+        if not isinstance(caption, str) or not caption.strip() or "image_id" not in annotation:
+            raise ValueError(f"{path}: annotation {number} needs an 'image_id' and a non-empty 'caption'")
+        captions[annotation["image_id"]].append(caption)
+    records = []
+    for number, image in enumerate(data["images"]):
+        name = image.get("file_name") if isinstance(image, dict) else None
+        if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts or not name.strip():
+            raise ValueError(f"{path}: image {number} needs a 'file_name' inside the image folder, got {name!r}")
+        if captions.get(image.get("id")):
+            records.append({"file_name": name, "captions": captions[image["id"]]})
+    if not records:
+        raise ValueError(f"{path}: no image has a caption")
+    return records
 
 
 def _references(record: dict, path: Path) -> list[str]:
@@ -348,7 +381,13 @@ def _references(record: dict, path: Path) -> list[str]:
 
 
 def evaluate_captioner(
-    pipeline, data_dir, batch_size: int = 32, limit: int | None = None, progress=None, **decoding
+    pipeline,
+    data_dir,
+    batch_size: int = 32,
+    limit: int | None = None,
+    progress=None,
+    annotations=None,
+    **decoding,
 ) -> dict:
     """Caption the images of an imagefolder and score the captions.
 
@@ -358,6 +397,8 @@ def evaluate_captioner(
         data_dir: an imagefolder whose metadata.jsonl records hold `file_name` and reference captions: `captions`
             (a list; `[text]` if absent) or `text`. Either every record has a `scene` (as `write_imagefolder`
             writes them) or none has: then only the caption metrics are scored.
+        annotations: a COCO-style caption JSON to read the images and their references from instead of
+            metadata.jsonl; `data_dir` is then the folder of its images.
         batch_size: images per pipeline call.
         limit: score only the first `limit` images.
         progress: a tqdm-like wrapper for the batch loop.
@@ -375,7 +416,7 @@ def evaluate_captioner(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 or None, got {limit}")
-    records, references, with_scenes = read_caption_records(data_dir)
+    records, references, with_scenes = read_caption_records(data_dir, annotations)
     records, references = records[:limit], references[:limit]
     paths = [str(Path(data_dir) / record["file_name"]) for record in records]
     predictions = _caption_images(pipeline, paths, batch_size, progress, decoding)
@@ -391,9 +432,8 @@ def evaluate_captioner(
         report.update(family_group_accuracy(predictions, scenes))
         report["families"] = family_accuracy(predictions, scenes)
     else:
-        report["scene_graph_scores"] = (
-            f"skipped: {Path(data_dir) / 'metadata.jsonl'} has no scene graphs (reference captions only)"
-        )
+        source = annotations if annotations is not None else Path(data_dir) / "metadata.jsonl"
+        report["scene_graph_scores"] = f"skipped: {source} has no scene graphs (reference captions only)"
     report.update(degenerate_captions(predictions))
     report["examples"] = [
         {"file_name": record["file_name"], "prediction": prediction, "reference": _canonical(record, refs)}
