@@ -45,6 +45,9 @@ SCHEDULERS = {
 
 
 GUIDANCE = checked_type(float, lambda value: value >= 0, "a number >= 0 (1 means no guidance)")
+IMAGE_SIDE = checked_type(int, lambda side: 8 <= side <= 2048, "an integer in [8, 2048]")
+# images a published checkpoint draws in its one call (one generator for the whole call, as diffusers draws them)
+MAX_PUBLISHED_IMAGES = 16
 
 
 def default_t2i_model() -> str:
@@ -65,6 +68,13 @@ def add_parsers(commands) -> None:
     generate.add_argument("--negative", default=None, help="negative prompt (default: the empty prompt)")
     add_lora_flag(generate)
     add_sampling_flags(generate, text=True)
+    published = generate.add_argument_group(
+        "published checkpoints", "for --model a Karlo (UnCLIPPipeline) or Kandinsky 2.2 decoder folder"
+    )
+    published.add_argument("--prior", metavar="DIR", help="the Kandinsky 2.2 prior folder of a Kandinsky decoder")
+    published.add_argument("--super-res-steps", type=positive(int), help="Karlo's super-resolution steps (default 7)")
+    for side in ("height", "width"):
+        published.add_argument(f"--{side}", type=IMAGE_SIDE, help=f"Kandinsky's image {side} (default 512)")
     add_t2i_runtime_flags(generate)
 
     vary = commands.add_parser("vary", help="variations of an image", epilog="example: genvl vary img.png -n 4")
@@ -102,14 +112,14 @@ def add_sampling_flags(parser, prior: bool = True, outputs: bool = True, text: b
     group.add_argument(
         "--steps",
         type=positive(int),
-        default=DEFAULT_NUM_INFERENCE_STEPS,
-        help=f"inference steps of each stage (default {DEFAULT_NUM_INFERENCE_STEPS})",
+        help=f"inference steps of each stage (default {DEFAULT_NUM_INFERENCE_STEPS}; a published checkpoint's "
+        "own defaults)",
     )
     group.add_argument(
         "--guidance",
         type=GUIDANCE,
-        default=DEFAULT_GUIDANCE_SCALE,
-        help="classifier-free guidance scale of each stage (the decoder's towards the image embedding)",
+        help=f"classifier-free guidance scale of each stage, the decoder's towards the image embedding (default "
+        f"{DEFAULT_GUIDANCE_SCALE:g}; a published checkpoint's own defaults)",
     )
     if prior:
         group.add_argument("--prior-steps", type=positive(int), help="prior steps (default: --steps)")
@@ -194,34 +204,46 @@ def load_t2i_pipeline(args):
 
 def check_step_counts(args, path: Path) -> None:
     """A usage error, before the networks load, for more inference steps than a stage's scheduler has timesteps."""
-    from ..io.folders import read_json
-
     if not hasattr(args, "steps"):  # score and eval retrieval run no diffusion
         return
     for stage in ("prior", "decoder"):
         steps = getattr(args, f"{stage}_steps", None)
-        flag, count = (f"--{stage}-steps", steps) if steps is not None else ("--steps", args.steps)
-        config = path / f"{stage}_scheduler" / "scheduler_config.json"
-        if not hasattr(args, f"{stage}_steps") or not config.is_file():
-            continue
-        settings = read_json(config)
-        limit = settings.get("num_train_timesteps", 1000) if isinstance(settings, dict) else None  # else: the loader
-        if isinstance(limit, int) and count > limit:
-            raise UsageError(f"{flag} {count}: the {stage}'s scheduler has only {limit} timesteps")
+        flag, count = (f"--{stage}-steps", steps) if steps is not None else ("--steps", either_steps(args))
+        if hasattr(args, f"{stage}_steps"):
+            check_timesteps(flag, count, stage, path / f"{stage}_scheduler")
+
+
+def either(value, default):
+    return default if value is None else value
+
+
+def either_steps(args) -> int:
+    return args.steps if args.steps is not None else DEFAULT_NUM_INFERENCE_STEPS
+
+
+def check_timesteps(flag: str, count: int | None, stage: str, folder: Path) -> None:
+    """A usage error if `count` steps are more than the scheduler in `folder` has timesteps."""
+    from ..io.folders import read_json
+
+    config = folder / "scheduler_config.json"
+    if count is None or not config.is_file():
+        return
+    settings = read_json(config)
+    limit = settings.get("num_train_timesteps", 1000) if isinstance(settings, dict) else None  # else: the loader
+    if isinstance(limit, int) and count > limit:
+        raise UsageError(f"{flag} {count}: the {stage}'s scheduler has only {limit} timesteps")
 
 
 def stage_settings(args, prior: bool = True) -> dict:
-    def either(value, default):
-        return default if value is None else value
-
+    steps, guidance = either_steps(args), either(args.guidance, DEFAULT_GUIDANCE_SCALE)
     settings = dict(
-        decoder_num_inference_steps=either(args.decoder_steps, args.steps),
-        decoder_guidance_scale=either(args.decoder_guidance, args.guidance),
+        decoder_num_inference_steps=either(args.decoder_steps, steps),
+        decoder_guidance_scale=either(args.decoder_guidance, guidance),
     )
     if prior:
         settings.update(
-            prior_num_inference_steps=either(args.prior_steps, args.steps),
-            prior_guidance_scale=either(args.prior_guidance, args.guidance),
+            prior_num_inference_steps=either(args.prior_steps, steps),
+            prior_guidance_scale=either(args.prior_guidance, guidance),
         )
         if hasattr(args, "decoder_text_guidance"):
             settings["decoder_text_guidance_scale"] = args.decoder_text_guidance
@@ -295,9 +317,19 @@ def each_alone(args, pipeline, make):
 
 
 def run_generate(args) -> int:
+    from ..pipelines.published import published_layout
+
     check_text(args.prompt, "PROMPT")
     if args.negative:
         check_text(args.negative, "--negative")
+    path = model_source(args, "GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))[0]
+    layout = published_layout(path) if path.is_dir() else None
+    if layout is not None:
+        return run_generate_published(args, layout, path)
+    published_only = [flag for flag in ("prior", "super_res_steps", "height", "width") if getattr(args, flag)]
+    if published_only:
+        flag = "--" + published_only[0].replace("_", "-")
+        raise UsageError(f"{flag} is for a published checkpoint (Karlo or Kandinsky 2.2), not a genvl pipeline")
     settings = stage_settings(args)
     pipeline = load_t2i_pipeline(args)
     images = each_alone(
@@ -315,6 +347,79 @@ def run_generate(args) -> int:
         "model": str(args.model or default_t2i_model()),
     }
     write_images(args, images, slug(args.prompt), metadata)
+    return 0
+
+
+def published_settings(args, layout: str) -> dict:
+    """The diffusers call's sampling arguments the flags give (the rest keep the pipeline's own defaults), after
+    refusing the flags that do not apply to `layout`."""
+    from ..pipelines.published import KARLO, PUBLISHED
+
+    what = f"--model {args.model or default_t2i_model()} is {PUBLISHED[layout]} folder"
+    genvl_only = {
+        "--candidates": args.candidates != 1,
+        "--lora": bool(getattr(args, "lora", None)),
+        "--scheduler": args.scheduler != "ddpm",
+        "--decoder-text-guidance": args.decoder_text_guidance != DEFAULT_TEXT_GUIDANCE,
+        "--batch-size": args.batch_size is not None,
+    }
+    karlo = layout == KARLO
+    genvl_only.update({"--negative": karlo and args.negative, "--prior": karlo and args.prior})
+    genvl_only.update({"--height": karlo and args.height, "--width": karlo and args.width})
+    genvl_only["--super-res-steps"] = not karlo and args.super_res_steps
+    refused = [flag for flag, given in genvl_only.items() if given]
+    if refused:
+        raise UsageError(f"{refused[0]} does not apply here: {what}")
+    if not karlo and args.prior is None:
+        raise UsageError(f"{what}: pass its prior folder with --prior")
+    if args.num_images > MAX_PUBLISHED_IMAGES:
+        raise UsageError(f"-n {args.num_images}: {what}, drawn in one call; at most {MAX_PUBLISHED_IMAGES}")
+    steps = {"prior": either(args.prior_steps, args.steps), "decoder": either(args.decoder_steps, args.steps)}
+    guidance = {
+        "prior": either(args.prior_guidance, args.guidance),
+        "decoder": either(args.decoder_guidance, args.guidance),
+    }
+    if karlo:
+        settings = {f"{stage}_num_inference_steps": count for stage, count in steps.items()}
+        settings["super_res_num_inference_steps"] = args.super_res_steps
+        settings.update({f"{stage}_guidance_scale": scale for stage, scale in guidance.items()})
+    else:
+        settings = dict(num_inference_steps=steps["decoder"], prior_num_inference_steps=steps["prior"])
+        settings.update(guidance_scale=guidance["decoder"], prior_guidance_scale=guidance["prior"])
+        settings.update(height=args.height, width=args.width, negative_prompt=args.negative)
+    return {name: value for name, value in settings.items() if value is not None}
+
+
+def run_generate_published(args, layout: str, path: Path) -> int:
+    """`genvl generate` on a published checkpoint: one diffusers call drawing all -n images with one generator
+    seeded --seed, as diffusers' pipelines draw them."""
+    import torch
+
+    from ..pipelines.published import KARLO, load_kandinsky, load_karlo, scheduler_folders
+
+    settings = published_settings(args, layout)
+    flags = {"prior": "--prior-steps", "decoder": "--decoder-steps", "super_res": "--super-res-steps"}
+    counts = {
+        "prior": settings.get("prior_num_inference_steps"),
+        "decoder": settings.get("decoder_num_inference_steps", settings.get("num_inference_steps")),
+        "super_res": settings.get("super_res_num_inference_steps"),
+    }
+    for stage, folder in scheduler_folders(layout, path, args.prior).items():
+        check_timesteps(flags[stage], counts[stage], stage.replace("_", "-"), folder)
+    quiet_libraries(args)
+    if layout == KARLO:
+        pipeline = load_karlo(path, torch_dtype(args))
+    else:
+        pipeline = load_kandinsky(path, args.prior, torch_dtype(args))
+    pipeline.set_progress_bar_config(disable=args.quiet)
+    pipeline = pipeline.to(args.device)
+    seed = base_seed(args)
+    generator = torch.Generator().manual_seed(seed)
+    images = pipeline(args.prompt, num_images_per_prompt=args.num_images, generator=generator, **settings).images
+    metadata = {"prompt": args.prompt, "settings": settings, "model": str(path)}
+    if args.prior:
+        metadata["prior"] = str(args.prior)
+    write_images(args, ((i, seed, image) for i, image in enumerate(images)), slug(args.prompt), metadata)
     return 0
 
 

@@ -25,8 +25,13 @@ from .folders import (
 )
 
 LIBRARIES = ("transformers", "diffusers")
-# genvl's own components, as model_index.json names them: (module, class) -> where the class is defined
-GENVL_COMPONENTS = {("genvl.models.unclip", "UnclipConditioner"): "genvl.models.unclip"}
+# components named outside a library's public namespace, as model_index.json names them: (module, class) -> where
+# the class is defined. genvl's own, and Karlo's text projection, which its published folder names as diffusers'
+# `unclip` module named it before the pipeline was moved among the deprecated ones
+NAMED_COMPONENTS = {
+    ("genvl.models.unclip", "UnclipConditioner"): "genvl.models.unclip",
+    ("unclip", "UnCLIPTextProjModel"): "diffusers.pipelines.deprecated.unclip.text_proj",
+}
 
 
 def component_kinds() -> dict:
@@ -132,8 +137,8 @@ def resolve_component(library, class_name, where: str, kind: str) -> type:
             found = getattr(importlib.import_module(library), class_name, None)
         except ImportError:  # a class of a backend that is not installed
             raise refused from None
-    elif (library, class_name) in GENVL_COMPONENTS:
-        found = getattr(importlib.import_module(GENVL_COMPONENTS[library, class_name]), class_name)
+    elif (library, class_name) in NAMED_COMPONENTS:
+        found = getattr(importlib.import_module(NAMED_COMPONENTS[library, class_name]), class_name)
     else:
         raise refused
     if not (isinstance(found, type) and issubclass(found, tuple(component_kinds()[kind]))):
@@ -152,18 +157,19 @@ def load_component(component_class, folder: Path, kind: str, dtype=None):
     raise AssertionError(f"{component_class} passed resolve_component")
 
 
-def load_pipeline_components(path, pipeline_class, dtype=None) -> dict:
+def load_pipeline_components(path, pipeline_class, dtype=None, class_names=()) -> dict:
     """The components of the pipeline folder `path`, loaded, by `pipeline_class.__init__`'s argument names.
 
-    model_index.json must say it is a `pipeline_class` folder, name every required component and nothing the
-    pipeline does not take; an optional one may be absent or `[null, null]`."""
+    model_index.json must say it is a `pipeline_class` folder (or one of `class_names`, other names the same
+    layout is published under), name every required component and nothing the pipeline does not take; an
+    optional one may be absent or `[null, null]`."""
     path = check_model_folder(path)
     index_file = path / "model_index.json"
     if not index_file.is_file():
         raise FileNotFoundError(f"{path}: not a pipeline folder (no model_index.json)")
     index = read_json(index_file)
     found = index.get("_class_name")
-    if found != pipeline_class.__name__:
+    if found != pipeline_class.__name__ and found not in class_names:
         raise ValueError(
             f"{path}: a {found} folder, not a {pipeline_class.__name__} one (model_index.json's _class_name)"
         )

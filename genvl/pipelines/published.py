@@ -1,0 +1,63 @@
+"""Published unCLIP checkpoints, loaded as they are on the hub: Karlo (diffusers' `UnCLIPPipeline` layout, e.g.
+kakaobrain/karlo-v1-alpha) and Kandinsky 2.2 (a `KandinskyV22Pipeline` decoder folder and its prior folder).
+
+The design: genvl loads every component itself, through the same allow-list and checks as its own pipeline
+folders (`load_pipeline_components`: nothing the folder names is imported, weights are checked against their
+configs), and then draws with diffusers' own pipeline classes built from those components. So a folder never runs
+code, Karlo's folder loads although diffusers' loader now refuses its `["unclip", "UnCLIPTextProjModel"]` entry,
+and for a seed and settings the images are diffusers' images: the sampling loops (Karlo's text projection and two
+super-resolution stages, Kandinsky's image-embedding UNet and MoVQ) are one implementation, diffusers'.
+genvl's own `TextToImagePipeline` stays the one with genvl's extras (candidates, variations, interpolation,
+schedulers, LoRA); given one of these folders, those commands say so in one line.
+"""
+
+from pathlib import Path
+
+from ..io.components import load_pipeline_components
+from ..io.folders import read_json
+
+KARLO = "UnCLIPPipeline"
+KANDINSKY_DECODER = "KandinskyV22Pipeline"
+# the Kandinsky 2.2 prior folder names its own pipeline; its first upload named the 2.1 prior pipeline, whose
+# components are the same
+KANDINSKY_PRIORS = ("KandinskyV22PriorPipeline", "KandinskyPriorPipeline")
+PUBLISHED = {KARLO: "a Karlo (UnCLIPPipeline)", KANDINSKY_DECODER: "a Kandinsky 2.2 decoder"}
+PUBLISHED.update(dict.fromkeys(KANDINSKY_PRIORS, "a Kandinsky 2.2 prior"))
+
+
+def published_layout(folder) -> str | None:
+    """The `_class_name` of `folder`'s model_index.json if it is a published layout genvl loads, else None."""
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        return None
+    data = read_json(index)
+    name = data.get("_class_name") if isinstance(data, dict) else None
+    return name if name in PUBLISHED else None
+
+
+def load_karlo(folder, dtype=None):
+    """diffusers' `UnCLIPPipeline` on the components of a Karlo folder, each loaded and checked by genvl."""
+    from diffusers import UnCLIPPipeline
+
+    return UnCLIPPipeline(**load_pipeline_components(folder, UnCLIPPipeline, dtype))
+
+
+def load_kandinsky(decoder_folder, prior_folder, dtype=None):
+    """diffusers' `KandinskyV22CombinedPipeline` on the components of a Kandinsky 2.2 decoder folder and its prior
+    folder, each loaded and checked by genvl."""
+    from diffusers import KandinskyV22CombinedPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline
+
+    decoder = load_pipeline_components(decoder_folder, KandinskyV22Pipeline, dtype)
+    prior = load_pipeline_components(prior_folder, KandinskyV22PriorPipeline, dtype, class_names=KANDINSKY_PRIORS)
+    return KandinskyV22CombinedPipeline(**decoder, **{f"prior_{name}": part for name, part in prior.items()})
+
+
+def scheduler_folders(layout: str, folder, prior_folder=None) -> dict[str, Path]:
+    """{stage: its scheduler folder} of a published layout, for checking step counts before anything loads."""
+    folder = Path(folder)
+    if layout == KARLO:
+        return {stage: folder / f"{stage}_scheduler" for stage in ("prior", "decoder", "super_res")}
+    folders = {"decoder": folder / "scheduler"}
+    if prior_folder is not None:
+        folders["prior"] = Path(prior_folder) / "scheduler"
+    return folders

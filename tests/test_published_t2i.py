@@ -1,0 +1,127 @@
+"""Published unCLIP checkpoints (Karlo, Kandinsky 2.2) as they are on the hub: genvl loads them through its own
+checks and draws the images diffusers' pipelines draw for the same seed and settings."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from genvl.pipelines.published import load_kandinsky, load_karlo, published_layout
+
+from .public_t2i import kandinsky_pipeline, karlo_pipeline, write_kandinsky_folders, write_karlo_folder
+from .test_hostile_folders import run
+
+PROMPT = "a red apple"
+KARLO_STEPS = ["--prior-steps", "2", "--decoder-steps", "3", "--super-res-steps", "4"]
+KANDINSKY_STEPS = ["--prior-steps", "2", "--decoder-steps", "3", "--height", "64", "--width", "64"]
+
+
+@pytest.fixture(scope="module")
+def karlo(tmp_path_factory):
+    return write_karlo_folder(tmp_path_factory.mktemp("published") / "karlo-v1-alpha")
+
+
+@pytest.fixture(scope="module")
+def kandinsky(tmp_path_factory):
+    return write_kandinsky_folders(tmp_path_factory.mktemp("published"))
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def generated(out: str) -> list:
+    return [Image.open(line.strip()) for line in out.strip().splitlines()]
+
+
+def test_karlo_folder_as_published_draws_diffusers_images(karlo, tmp_path, capsys):
+    index = json.loads((karlo / "model_index.json").read_text())
+    assert index["_class_name"] == "UnCLIPPipeline" and index["text_proj"] == ["unclip", "UnCLIPTextProjModel"]
+    assert published_layout(karlo) == "UnCLIPPipeline"
+    argv = ["generate", PROMPT, "--model", str(karlo), *KARLO_STEPS, "-n", "2", "--seed", "5", "--out", "out"]
+    code, out, err = run(argv, capsys, tmp_path)
+    assert code == 0, err
+    ours = generated(out.replace("out/", str(tmp_path / "out") + "/"))
+    reference = karlo_pipeline(karlo)(
+        PROMPT,
+        num_images_per_prompt=2,
+        generator=torch.Generator().manual_seed(5),
+        prior_num_inference_steps=2,
+        decoder_num_inference_steps=3,
+        super_res_num_inference_steps=4,
+    ).images
+    assert len(ours) == 2 and ours[0].size == reference[0].size
+    for mine, theirs in zip(ours, reference):
+        assert np.abs(pixels(mine) - pixels(theirs)).max() <= 2
+    assert np.abs(pixels(ours[0]) - pixels(ours[1])).max() > 2  # two draws of one generator, not one image twice
+    assert ours[0].text["seed"] == "5" and json.loads(ours[0].text["settings"])["super_res_num_inference_steps"] == 4
+
+
+def test_kandinsky_folders_as_published_draw_diffusers_images(kandinsky, tmp_path, capsys):
+    decoder, prior = kandinsky
+    argv = ["generate", PROMPT, "--model", str(decoder), "--prior", str(prior), *KANDINSKY_STEPS, "--seed", "2"]
+    code, out, err = run([*argv, "--negative", "a blue car", "--out", "out"], capsys, tmp_path)
+    assert code == 0, err
+    [ours] = generated(out.replace("out/", str(tmp_path / "out") + "/"))
+    [theirs] = kandinsky_pipeline(decoder, prior)(
+        PROMPT,
+        negative_prompt="a blue car",
+        generator=torch.Generator().manual_seed(2),
+        num_inference_steps=3,
+        prior_num_inference_steps=2,
+        height=64,
+        width=64,
+    ).images
+    assert ours.size == theirs.size == (64, 64)
+    assert np.abs(pixels(ours) - pixels(theirs)).max() <= 2
+    assert pixels(ours).std() > 1  # a picture, not one flat colour
+
+
+def test_python_api_loads_each_component_through_genvl(karlo, kandinsky):
+    pipe = load_karlo(karlo, torch.bfloat16)
+    assert type(pipe).__name__ == "UnCLIPPipeline" and pipe.decoder.dtype == torch.bfloat16
+    assert type(pipe.text_proj).__name__ == "UnCLIPTextProjModel"
+    combined = load_kandinsky(*kandinsky)
+    assert type(combined).__name__ == "KandinskyV22CombinedPipeline"
+    assert type(combined.prior_image_encoder).__name__ == "CLIPVisionModelWithProjection"
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--candidates", "2"], "--candidates does not apply here"),
+        (["--scheduler", "ddim"], "--scheduler does not apply here"),
+        (["--height", "64"], "--height does not apply here"),
+        (["--negative", "a dog"], "--negative does not apply here"),
+        (["--prior-steps", "2000"], "--prior-steps 2000: the prior's scheduler has only 1000 timesteps"),
+        (["-n", "17"], "at most 16"),
+    ],
+)
+def test_flags_that_do_not_apply_to_karlo_are_refused(karlo, tmp_path, capsys, extra, fragment):
+    code, out, err = run(["generate", PROMPT, "--model", str(karlo), *extra], capsys, tmp_path)
+    assert code == 2 and out == "" and fragment in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_kandinsky_needs_its_prior_and_genvl_folders_refuse_published_flags(kandinsky, t2i_dir, tmp_path, capsys):
+    decoder, _ = kandinsky
+    code, out, err = run(["generate", PROMPT, "--model", str(decoder)], capsys, tmp_path)
+    assert code == 2 and "pass its prior folder with --prior" in err
+    code, out, err = run(["generate", PROMPT, "--model", str(t2i_dir), "--super-res-steps", "3"], capsys, tmp_path)
+    assert code == 2 and "--super-res-steps is for a published checkpoint" in err
+    code, out, err = run(["vary", str(decoder / "model_index.json"), "--model", str(decoder)], capsys, tmp_path)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_published_folder_naming_another_module_is_refused_without_importing_it(karlo, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "karlo"
+    shutil.copytree(karlo, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["text_proj"] = ["unclip_evil", "UnCLIPTextProjModel"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    code, out, err = run(["generate", PROMPT, "--model", str(folder), *KARLO_STEPS], capsys, tmp_path)
+    assert code == 1 and "unclip_evil.UnCLIPTextProjModel, which genvl does not load" in err
