@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..io.folders import first_line
 from ..io.outputs import check_output_file, process_tag, temporary_file, temporary_name, written_atomically
+from ..pipelines.defaults import shipped_pipeline
 from .common import (
     UsageError,
     add_lora_flag,
@@ -26,7 +27,7 @@ from .common import (
     torch_dtype,
 )
 
-DEFAULT_CAPTION_MODEL = Path(__file__).resolve().parents[2] / "pipelines" / "genvl-caption-small"
+DEFAULT_CAPTION_MODEL = shipped_pipeline("genvl-caption-small")
 
 # settings names as the user typed them, for error messages
 FLAG_NAMES = {

@@ -9,7 +9,12 @@ import re
 from pathlib import Path
 
 from ..io.outputs import check_output_file, written_atomically
-from ..pipelines.defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_TEXT_GUIDANCE
+from ..pipelines.defaults import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_NUM_INFERENCE_STEPS,
+    DEFAULT_TEXT_GUIDANCE,
+    shipped_pipeline,
+)
 from .common import (
     UsageError,
     add_image_limit_flag,
@@ -27,8 +32,8 @@ from .common import (
     torch_dtype,
 )
 
-DEFAULT_T2I_MODEL = Path(__file__).resolve().parents[2] / "pipelines" / "genvl-unclip-small"
-DEFAULT_JUDGE = DEFAULT_T2I_MODEL.parent / "genvl-judge-small"
+DEFAULT_T2I_MODEL = shipped_pipeline("genvl-unclip-small")
+DEFAULT_JUDGE = shipped_pipeline("genvl-judge-small")
 BATCH_HELP = (
     "images made at once, each alone on one CPU thread (default: one per core). An image is the same "
     "bit for bit whatever this is, so the seed recorded in its PNG reproduces it"

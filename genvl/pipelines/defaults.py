@@ -10,3 +10,22 @@ DEFAULT_GUIDANCE_SCALE = 4.0
 # the decoder's guidance towards the prompt's words on top of the image embedding's: on the shipped pipeline it
 # judged better than the joint guidance of both at 4 in every category (see the unCLIP model card)
 DEFAULT_TEXT_GUIDANCE = 8.0
+
+
+def shipped_pipeline(name: str):
+    """The folder of the shipped default pipeline `name` (e.g. "genvl-caption-small"): in a checkout, its
+    `pipelines/` folder; installed from a wheel, `<prefix>/share/genvl/pipelines/` (the venv's, the system's or
+    the user's scheme). When neither holds it, the checkout's path, for the error to name."""
+    import site
+    import sys
+    import sysconfig
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parents[2] / "pipelines" / name
+    if checkout.is_dir():
+        return checkout
+    for prefix in (sys.prefix, sysconfig.get_path("data"), site.USER_BASE):
+        installed = Path(prefix or "") / "share" / "genvl" / "pipelines" / name
+        if prefix and installed.is_dir():
+            return installed
+    return checkout
