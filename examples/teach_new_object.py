@@ -7,7 +7,7 @@
 2. Mixes in as many ordinary scenes captioned by the shipped captioner itself (prior preservation, as
    DreamBooth does for images): without them, fine-tuning on the new object alone teaches the model to see
    it everywhere.
-3. Trains a LoRA adapter (`train/train_captioner.py --rank ...`) and, for comparison, every weight, each in
+3. Trains a LoRA adapter (`genvl/recipes/train_captioner.py --rank ...`) and, for comparison, every weight, each in
    its own process, timing it and reading its peak resident memory.
 4. Scores the shipped model, the adapter and the fully fine-tuned model with `genvl eval caption`'s
    evaluator on the new object's test scenes and on ordinary test scenes, and writes `report.json`.
@@ -86,10 +86,11 @@ def make_data(args, out: Path) -> dict:
 
 
 def train(args, data: Path, out: Path, lora: bool) -> dict:
-    """Run train/train_captioner.py in its own process; returns wall time, peak RSS and trainable weights."""
+    """Run genvl/recipes/train_captioner.py in its own process; returns wall time, peak RSS and trainable weights."""
     command = [
         sys.executable,
-        str(REPO / "train" / "train_captioner.py"),
+        "-m",
+        "genvl.recipes.train_captioner",
         "--pretrained_model_name_or_path",
         args.model,
         "--train_data_dir",

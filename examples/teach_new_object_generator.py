@@ -45,7 +45,8 @@ def train_stage(args, stage: str, data: Path, out: Path, lora: bool) -> dict:
     steps = args.prior_steps if stage == "prior" else args.decoder_steps
     command = [
         sys.executable,
-        str(REPO / "train" / f"train_{stage}.py"),
+        "-m",
+        f"genvl.recipes.train_{stage}",
         "--pretrained_model_name_or_path",
         args.model,
         "--clip_model_name_or_path",

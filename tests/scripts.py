@@ -1,6 +1,7 @@
-"""The scripts of `train/` and `examples/`, loaded from their files for the tests that call their `main(argv)` or
-read their argument classes: they are no package, and import `genvl` only."""
+"""The scripts of `examples/`, loaded from their files, and the recipes of `genvl.recipes`, for the tests that call
+their `main(argv)` or read their argument classes."""
 
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -9,7 +10,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_script(path: str):
-    """The module of the script at `path` (relative to the repository, e.g. "train/train_prior.py"), loaded once."""
+    """The module of the script at `path` (relative to the repository, e.g. "examples/single_objects.py"), loaded
+    once: the examples are no package, and import `genvl` only."""
     name = "script_" + Path(path).with_suffix("").as_posix().replace("/", "_")
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, ROOT / path)
@@ -21,3 +23,8 @@ def load_script(path: str):
             del sys.modules[name]
             raise
     return sys.modules[name]
+
+
+def recipe(name: str):
+    """The recipe module `genvl.recipes.<name>` (e.g. "train_prior")."""
+    return importlib.import_module(f"genvl.recipes.{name}")

@@ -9,16 +9,16 @@ import pytest
 from genvl.models.unclip import UnclipArchitecture
 from genvl.training.args import parse_args, save_run_config
 
-from .scripts import ROOT, load_script
+from .scripts import ROOT, recipe
 
 ARGS = {
-    "autoencoder": load_script("train/train_autoencoder.py").TrainAutoencoderArgs,
-    "captioner": load_script("train/train_captioner.py").TrainCaptionerArgs,
-    "clip": load_script("train/train_clip.py").TrainClipArgs,
-    "decoder": load_script("train/train_decoder.py").TrainDecoderArgs,
-    "judge": load_script("train/train_judge.py").TrainJudgeArgs,
-    "prior": load_script("train/train_prior.py").TrainPriorArgs,
-    "text_tower": load_script("train/train_text_tower.py").TrainTextTowerArgs,
+    "autoencoder": recipe("train_autoencoder").TrainAutoencoderArgs,
+    "captioner": recipe("train_captioner").TrainCaptionerArgs,
+    "clip": recipe("train_clip").TrainClipArgs,
+    "decoder": recipe("train_decoder").TrainDecoderArgs,
+    "judge": recipe("train_judge").TrainJudgeArgs,
+    "prior": recipe("train_prior").TrainPriorArgs,
+    "text_tower": recipe("train_text_tower").TrainTextTowerArgs,
 }
 CONFIGS = sorted((ROOT / "configs").glob("train_*.json"))
 

@@ -2,7 +2,7 @@
 the weights of a run that was never stopped; half-written checkpoints are skipped; rotation keeps the newest
 complete ones.
 
-The runs train a tiny autoencoder (`train/train_autoencoder.py`, the quickest script to start): its loss draws a
+The runs train a tiny autoencoder (`genvl/recipes/train_autoencoder.py`, the quickest script to start): its loss draws a
 posterior sample from a generator seeded by the step, so a resume that lost the step's randomness, the data order,
 the optimizer state, the LR schedule or the EMA would show in the weights."""
 
@@ -67,7 +67,7 @@ def launch(inputs, out, *extra, stdout=subprocess.PIPE):
     ]
     # one thread per run: the runs compare bit for bit, and two of them share the machine for a while
     return subprocess.Popen(
-        [sys.executable, "train/train_autoencoder.py", *args],
+        [sys.executable, "-m", "genvl.recipes.train_autoencoder", *args],
         cwd=ROOT,
         stdout=stdout,
         stderr=subprocess.STDOUT,

@@ -63,7 +63,8 @@ def test_two_cpu_processes_match_one(tmp_path):
     run(
         [
             sys.executable,
-            "train/train_captioner.py",
+            "-m",
+            "genvl.recipes.train_captioner",
             *common,
             "--train_batch_size",
             "8",
@@ -89,7 +90,8 @@ def test_two_cpu_processes_match_one(tmp_path):
             "no",
             "--main_process_port",
             str(free_port()),
-            "train/train_captioner.py",
+            "-m",
+            "genvl.recipes.train_captioner",
             *common,
             "--train_batch_size",
             "4",
@@ -185,12 +187,13 @@ def test_several_processes_need_an_output_file(tmp_path, tiny_pipeline_dir, scen
     assert exit_info.value.code == 2 and "--output" in capsys.readouterr().err
 
 
-def losses_of_one_and_two_processes(script, args, batch, tmp_path):
-    """Train losses of `script` as one process at batch `batch` and as two CPU processes at `batch // 2`."""
+def losses_of_one_and_two_processes(module, args, batch, tmp_path):
+    """Train losses of the recipe `module` as one process at batch `batch` and as two CPU processes at
+    `batch // 2`."""
     args = list(args)
     del args[args.index("--output_dir") : args.index("--output_dir") + 2]
     args[args.index("--train_batch_size") + 1] = str(batch)
-    run([sys.executable, script, *args, "--output_dir", str(tmp_path / "one")])
+    run([sys.executable, "-m", module, *args, "--output_dir", str(tmp_path / "one")])
     args[args.index("--train_batch_size") + 1] = str(batch // 2)
     run(
         [
@@ -208,7 +211,8 @@ def losses_of_one_and_two_processes(script, args, batch, tmp_path):
             "no",
             "--main_process_port",
             str(free_port()),
-            script,
+            "-m",
+            module,
             *args,
             "--output_dir",
             str(tmp_path / "two"),
@@ -234,7 +238,7 @@ def test_clip_prior_and_decoder_as_two_processes_match_one(tmp_path):
         "300",
         "--swap_negatives",
     ]
-    one, two = losses_of_one_and_two_processes("train/train_clip.py", clip_args, 8, tmp_path / "clip_runs")
+    one, two = losses_of_one_and_two_processes("genvl.recipes.train_clip", clip_args, 8, tmp_path / "clip_runs")
     assert len(two) == 4 and two == pytest.approx(one, rel=1e-4)
     assert one[-1] != pytest.approx(one[0], rel=1e-3)  # it trained
 
@@ -244,10 +248,12 @@ def test_clip_prior_and_decoder_as_two_processes_match_one(tmp_path):
         "--architecture",
         str(tmp_path / "unclip.json"),
     ]
-    one, two = losses_of_one_and_two_processes("train/train_prior.py", prior_args, 8, tmp_path / "prior_runs")
+    one, two = losses_of_one_and_two_processes("genvl.recipes.train_prior", prior_args, 8, tmp_path / "prior_runs")
     assert len(two) == 4 and two == pytest.approx(one, rel=1e-4)
 
     # the decoder, in pixel space (no autoencoder) with Min-SNR weighting
     decoder_args = prior_args + ["--vae_model_name_or_path", "", "--snr_gamma", "5"]
-    one, two = losses_of_one_and_two_processes("train/train_decoder.py", decoder_args, 8, tmp_path / "decoder_runs")
+    one, two = losses_of_one_and_two_processes(
+        "genvl.recipes.train_decoder", decoder_args, 8, tmp_path / "decoder_runs"
+    )
     assert len(two) == 4 and two == pytest.approx(one, rel=1e-4)

@@ -543,9 +543,9 @@ def test_autoencoder_round_trip_judges_the_renders_as_the_autoencoder_gives_them
 def test_train_judge_saves_a_judge_with_a_chosen_threshold(tmp_path):
     import json
 
-    from .scripts import load_script
+    from .scripts import recipe
 
-    train_judge = load_script("train/train_judge.py")
+    train_judge = recipe("train_judge")
 
     train = write_imagefolder(tmp_path, 16, seed=0, split="train", resolution=32)
     val = write_imagefolder(tmp_path, 8, seed=0, split="val", resolution=32)
@@ -641,9 +641,9 @@ def test_augmented_judge_targets_follow_the_flipped_and_moved_objects():
     from genvl.world.sprites import COLOURS as WORLD_COLOURS
     from genvl.world.sprites import OBJECTS
 
-    from .scripts import load_script
+    from .scripts import recipe
 
-    train_judge = load_script("train/train_judge.py")
+    train_judge = recipe("train_judge")
     scenes = [sample_scene(random.Random(i), style={"background": "white"}) for i in range(64)]
     arrays = np.stack([np.asarray(render_scene(scene), dtype=np.float32) for scene in scenes])
     pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1
@@ -664,9 +664,9 @@ def test_augmented_judge_targets_follow_the_flipped_and_moved_objects():
 
 
 def test_train_judge_trains_augmented_and_refuses_an_unknown_kind(tmp_path):
-    from .scripts import load_script
+    from .scripts import recipe
 
-    train_judge = load_script("train/train_judge.py")
+    train_judge = recipe("train_judge")
     train = write_imagefolder(tmp_path, 16, seed=0, split="train", resolution=32)
     args = ["--train_data_dir", str(train), "--eval_data_dir", "", "--output_dir", str(tmp_path / "run")]
     args += ["--resolution", "32", "--train_batch_size", "8", "--width", "8", "--max_train_steps", "2"]

@@ -22,9 +22,9 @@ from genvl.training.data import read_training_records
 from genvl.world.dataset import write_imagefolder
 
 from .conftest import TINY
-from .scripts import load_script
+from .scripts import recipe
 
-train_captioner = load_script("train/train_captioner.py")
+train_captioner = recipe("train_captioner")
 
 
 @pytest.fixture(scope="module")

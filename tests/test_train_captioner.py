@@ -11,10 +11,10 @@ from genvl.pipelines.caption import CaptionPipeline
 from genvl.world.dataset import write_imagefolder
 
 from .conftest import TINY
-from .scripts import load_script
+from .scripts import recipe
 
-export_captioner = load_script("train/export_captioner.py")
-train_captioner = load_script("train/train_captioner.py")
+export_captioner = recipe("export_captioner")
+train_captioner = recipe("train_captioner")
 
 
 @pytest.fixture(scope="module")

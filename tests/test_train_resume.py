@@ -2,7 +2,7 @@
 latest` skips a damaged newest checkpoint (saying which file is damaged) and resumes from the older whole one; every
 other failure ends the script with one line naming the file or flag, never a traceback.
 
-One tiny autoencoder run (`train/train_autoencoder.py`, checkpoints at steps 2 and 4) is trained once; each case
+One tiny autoencoder run (`genvl/recipes/train_autoencoder.py`, checkpoints at steps 2 and 4) is trained once; each case
 damages a copy of it."""
 
 import json
@@ -19,16 +19,16 @@ from genvl.training.args import parse_args, run_script
 from genvl.training.checkpoints import COMPLETE_MARKER, checkpoint_damage, save_checkpoint
 from genvl.world.dataset import write_imagefolder
 
-from .scripts import ROOT, load_script
+from .scripts import ROOT, recipe
 
 pytestmark = pytest.mark.slow  # subprocess training runs
 
-export_checkpoint = load_script("train/export_checkpoint.py")
-train_autoencoder = load_script("train/train_autoencoder.py")
-train_captioner = load_script("train/train_captioner.py")
-train_decoder = load_script("train/train_decoder.py")
-train_judge = load_script("train/train_judge.py")
-train_prior = load_script("train/train_prior.py")
+export_checkpoint = recipe("export_checkpoint")
+train_autoencoder = recipe("train_autoencoder")
+train_captioner = recipe("train_captioner")
+train_decoder = recipe("train_decoder")
+train_judge = recipe("train_judge")
+train_prior = recipe("train_prior")
 
 STEPS, EVERY = 4, 2
 # what a checkpoint of train_loop holds: accelerate's state (safetensors weights, torch.save zips) and genvl's EMA
@@ -88,10 +88,10 @@ def arguments(run, out, *extra) -> list[str]:
 
 
 def launch(run, out, *extra) -> subprocess.CompletedProcess:
-    """Run train/train_autoencoder.py as a user would, without GENVL_DEBUG."""
+    """Run genvl/recipes/train_autoencoder.py as a user would, without GENVL_DEBUG."""
     env = {k: v for k, v in os.environ.items() if k != "GENVL_DEBUG"}
     return subprocess.run(
-        [sys.executable, "train/train_autoencoder.py", *arguments(run, out, *extra)],
+        [sys.executable, "-m", "genvl.recipes.train_autoencoder", *arguments(run, out, *extra)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -329,7 +329,7 @@ def test_bad_flags_are_usage_errors(tmp_path, capsys, args_class, flags, message
 
 def test_run_script_exit_codes(monkeypatch, capsys):
     monkeypatch.delenv("GENVL_DEBUG", raising=False)
-    monkeypatch.setattr(sys, "argv", ["train/train_x.py"])
+    monkeypatch.setattr(sys, "argv", ["genvl/recipes/train_x.py"])
 
     def raising(err):
         def main():
@@ -390,3 +390,17 @@ def test_a_folder_named_like_a_checkpoint_it_would_save_is_refused_before_traini
     assert done.returncode == 1
     assert last_line(done.stderr).startswith(f"train_autoencoder.py: error: {mine}: exists and is not a checkpoint")
     assert (mine / "notes.txt").read_text() == "mine" and not (out / "vae").exists()
+
+
+def test_genvl_train_and_genvl_export_run_the_recipes(trained, tmp_path, capsys):
+    from genvl.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "autoencoder", *arguments(trained, out, "--max_train_steps", "2")]) == 0
+    assert (out / "checkpoint-2").is_dir() and (out / "vae" / "config.json").is_file()
+    argv = ["export", "checkpoint", "--stage", "autoencoder", "--run", str(out), "--output", str(tmp_path / "vae")]
+    assert main([*argv, "--checkpoint", "latest"]) == 0
+    assert (tmp_path / "vae" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "autoencoder", "--no_such_flag"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --no_such_flag" in capsys.readouterr().err

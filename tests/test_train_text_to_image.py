@@ -21,14 +21,14 @@ from genvl.world.captions import swapped_caption
 from genvl.world.dataset import write_imagefolder
 
 from .conftest import TINY_CLIP
-from .scripts import load_script
+from .scripts import recipe
 
-export_checkpoint = load_script("train/export_checkpoint.py")
-export_text_to_image = load_script("train/export_text_to_image.py")
-train_autoencoder = load_script("train/train_autoencoder.py")
-train_clip = load_script("train/train_clip.py")
-train_decoder = load_script("train/train_decoder.py")
-train_prior = load_script("train/train_prior.py")
+export_checkpoint = recipe("export_checkpoint")
+export_text_to_image = recipe("export_text_to_image")
+train_autoencoder = recipe("train_autoencoder")
+train_clip = recipe("train_clip")
+train_decoder = recipe("train_decoder")
+train_prior = recipe("train_prior")
 
 TINY_UNCLIP = dict(
     prior_layers=1,

@@ -1,4 +1,4 @@
-"""train/train_text_tower.py: a text tower trained on the prompt grammar against locked image towers."""
+"""genvl/recipes/train_text_tower.py: a text tower trained on the prompt grammar against locked image towers."""
 
 import json
 import re
@@ -13,9 +13,9 @@ from genvl.world.dataset import write_imagefolder
 from genvl.world.prompts import request_holds, scene_request, swapped_scene
 
 from .conftest import TINY_CLIP
-from .scripts import load_script
+from .scripts import recipe
 
-train_text_tower = load_script("train/train_text_tower.py")
+train_text_tower = recipe("train_text_tower")
 HELD_OUT_WORDS = re.compile(r"\b(drawing|on the (left|right) of|exactly)\b", re.IGNORECASE)
 
 

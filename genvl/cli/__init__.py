@@ -1,7 +1,7 @@
 """The `genvl` command line: `build_parser`, and `main` (the console entry point), which runs one command and
 turns its errors into one line and an exit code. The commands live one module per concern: `caption`, `image`
-(generate, vary, interpolate, score), `evaluate`, `data`, with what they share in `common`. Heavy imports (torch,
-transformers) happen inside the commands, so that `genvl --help` stays instant."""
+(generate, vary, interpolate, score), `evaluate`, `data`, `recipes` (train, export), with what they share in
+`common`. Heavy imports (torch, transformers) happen inside the commands, so that `genvl --help` stays instant."""
 
 import argparse
 import os
@@ -12,7 +12,7 @@ import time
 from .. import __version__
 from ..io.folders import first_line
 from ..io.outputs import terminate_cleanly
-from . import caption, data, evaluate, image
+from . import caption, data, evaluate, image, recipes
 from .common import Parser, UsageError, check_device
 
 EXAMPLES = """examples:
@@ -28,6 +28,7 @@ COMMANDS = {
     **image.RUNS,
     "data": ("data_command", data.RUNS),
     "eval": ("eval_command", evaluate.RUNS),
+    **recipes.RUNS,
 }
 
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_parser(commands)
     evaluate.add_parser(commands)
     image.add_parsers(commands)
+    recipes.add_parsers(commands)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""What the training scripts in `train/` share, one concern per module; the scripts import from the modules.
+"""What the recipes in `genvl.recipes` share, one concern per module; the recipes import from the modules.
 
 - `args`: typed flags (`TrainArgs`, `LoraTrainArgs`, `parse_args`), their checks, the saved run config, `run_script`
 - `loop`: `make_accelerator` and `train_loop` (optimiser, schedule, EMA, logging, checkpoints, resuming)

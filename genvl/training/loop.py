@@ -122,7 +122,7 @@ def resume_run(accelerator, args: TrainArgs, run: TrainingRun) -> None:
         if (resume / LEGACY_EMA_STATE).is_file():
             raise ValueError(
                 f"{resume}: its EMA was saved by an older genvl as a pickle, which resuming would "
-                f"have to unpickle; export its weights (train/export_*.py) and start a run from them"
+                f"have to unpickle; export its weights (genvl/recipes/export_*.py) and start a run from them"
             )
         load_accelerator_state(accelerator, resume)
         if run.ema is not None:  # loaded onto the CPU; its update mixes it with the parameters

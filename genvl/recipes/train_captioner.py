@@ -1,6 +1,6 @@
 """Train a ViT-GPT2 captioner on an imagefolder (images + metadata.jsonl) with accelerate.
 
-    accelerate launch train/train_captioner.py --config configs/train_captioner.json \
+    accelerate launch -m genvl.recipes.train_captioner --config configs/train_captioner.json \
         --train_data_dir data/train --output_dir runs/captioner
 
 Ends with `CaptionPipeline.save_pretrained(output_dir)`; checkpoints go to `output_dir/checkpoint-<step>`.

@@ -1,6 +1,6 @@
 """Train a CLIP text tower on the prompt grammar against a locked image tower (LiT), with accelerate.
 
-    accelerate launch train/train_text_tower.py --config configs/train_text_tower.json
+    accelerate launch -m genvl.recipes.train_text_tower --config configs/train_text_tower.json
 
 The image tower of `--image_tower` (a CLIP folder, or a pipeline's `clip/`) is locked, so the image embeddings a
 decoder was trained on stay as they are; its embeddings of the training images are computed once. A fresh

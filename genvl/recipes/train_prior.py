@@ -1,6 +1,6 @@
 """Train the diffusion prior (CLIP text embedding + token states -> CLIP image embedding) with accelerate.
 
-    accelerate launch train/train_prior.py --config configs/train_prior.json
+    accelerate launch -m genvl.recipes.train_prior --config configs/train_prior.json
 
 The CLIP model is frozen: image embeddings and the text features of every distinct phrasing are computed
 once. As in unCLIP, the prior predicts the (standardised) image embedding itself, and the text conditioning

@@ -1,6 +1,6 @@
 """Train the text-to-image judge (a grid detector, `genvl.models.judge.SceneJudge`) on real renders only.
 
-    accelerate launch train/train_judge.py --config configs/train_judge.json
+    accelerate launch -m genvl.recipes.train_judge --config configs/train_judge.json
 
 It reads whatever imagefolder `--train_data_dir` names, with a scene graph per image: renders of the wide world
 (every size, place, background and palette) for the judges of today. It predicts the world's colour words and

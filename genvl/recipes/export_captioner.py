@@ -1,6 +1,7 @@
 """Export a training checkpoint of `train_captioner.py` as a CaptionPipeline folder (EMA weights by default).
 
-    python train/export_captioner.py --run runs/captioner --checkpoint latest --out pipelines/genvl-caption-small
+    python -m genvl.recipes.export_captioner --run runs/captioner --checkpoint latest \
+        --out pipelines/genvl-caption-small
 
 Useful to evaluate a run while it trains, or to ship a checkpoint without waiting for the run to end.
 """

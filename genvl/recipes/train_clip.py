@@ -1,6 +1,6 @@
 """Train a CLIP dual encoder contrastively on an imagefolder (images + metadata.jsonl) with accelerate.
 
-    accelerate launch train/train_clip.py --config configs/train_clip.json
+    accelerate launch -m genvl.recipes.train_clip --config configs/train_clip.json
 
 Symmetric InfoNCE with a learnable temperature, as CLIP. Two scenes with the same canonical caption are
 both counted as matches of each other's text (the world repeats captions like "a red apple"), so the loss

@@ -1,6 +1,6 @@
 """Train the decoder's small autoencoder (diffusers `AutoencoderKL`) on images with accelerate.
 
-    accelerate launch train/train_autoencoder.py --config configs/train_autoencoder.json
+    accelerate launch -m genvl.recipes.train_autoencoder --config configs/train_autoencoder.json
 
 Loss: L1 + MSE reconstruction plus a small KL term. `--foreground_weight w` weighs each pixel by
 1 + w * its saturation (max minus min channel, 0 to 1) in the target, so that the coloured objects count

@@ -1,9 +1,10 @@
 """Write a stage's pipeline parts from one of its training checkpoints, with the EMA weights when the run keeps
 them: for taking the weights out of a run that is still going or was stopped before its last step.
 
-    python train/export_checkpoint.py --stage prior --run runs/prior --output runs/prior_export
-    python train/export_checkpoint.py --stage decoder --run runs/decoder --output runs/decoder_export
-    python train/export_checkpoint.py --stage autoencoder --run runs/autoencoder --output runs/autoencoder_export
+    python -m genvl.recipes.export_checkpoint --stage prior --run runs/prior --output runs/prior_export
+    python -m genvl.recipes.export_checkpoint --stage decoder --run runs/decoder --output runs/decoder_export
+    python -m genvl.recipes.export_checkpoint --stage autoencoder --run runs/autoencoder \
+        --output runs/autoencoder_export
 
 The output folder has the layout the training script writes at its end (`prior/` and `prior_scheduler/`,
 `conditioner/`, `decoder/` and `decoder_scheduler/`, or `vae/`), so `export_text_to_image.py` takes it as is.

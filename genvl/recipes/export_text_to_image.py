@@ -1,7 +1,7 @@
 """Assemble a TextToImagePipeline folder from the outputs of the four training scripts.
 
-    python train/export_text_to_image.py --clip runs/clip --prior runs/prior --autoencoder runs/autoencoder/vae \
-        --decoder runs/decoder --output pipelines/genvl-unclip-small
+    python -m genvl.recipes.export_text_to_image --clip runs/clip --prior runs/prior \
+        --autoencoder runs/autoencoder/vae --decoder runs/decoder --output pipelines/genvl-unclip-small
 
 `--decoder_text_encoder` (a CLIP, text encoder or pipeline folder) adds the text tower whose token states the
 decoder was trained on (`train_decoder.py --text_encoder_model_name_or_path`), when it is not the CLIP's own.

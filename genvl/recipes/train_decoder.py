@@ -1,6 +1,6 @@
 """Train the unCLIP decoder (conditioner + UNet) on a frozen CLIP and autoencoder with accelerate.
 
-    accelerate launch train/train_decoder.py --config configs/train_decoder.json
+    accelerate launch -m genvl.recipes.train_decoder --config configs/train_decoder.json
 
 The UNet denoises autoencoder latents (or pixels with `--vae_model_name_or_path ""`), conditioned on the CLIP
 image embedding (added to the timestep embedding and projected to extra context tokens) and on the CLIP text
