@@ -80,11 +80,13 @@ def test_kandinsky_folders_as_published_draw_diffusers_images(kandinsky, tmp_pat
 
 
 def test_python_api_loads_each_component_through_genvl(karlo, kandinsky):
+    from diffusers import KandinskyV22CombinedPipeline, UnCLIPPipeline
+
     pipe = load_karlo(karlo, torch.bfloat16)
-    assert type(pipe).__name__ == "UnCLIPPipeline" and pipe.decoder.dtype == torch.bfloat16
+    assert isinstance(pipe, UnCLIPPipeline) and pipe.decoder.dtype == torch.bfloat16
     assert type(pipe.text_proj).__name__ == "UnCLIPTextProjModel"
     combined = load_kandinsky(*kandinsky)
-    assert type(combined).__name__ == "KandinskyV22CombinedPipeline"
+    assert isinstance(combined, KandinskyV22CombinedPipeline)
     assert type(combined.prior_image_encoder).__name__ == "CLIPVisionModelWithProjection"
 
 
@@ -92,6 +94,7 @@ def test_python_api_loads_each_component_through_genvl(karlo, kandinsky):
     "extra, fragment",
     [
         (["--candidates", "2"], "--candidates does not apply here"),
+        (["--batch-size", "2"], "--batch-size does not apply here"),
         (["--scheduler", "ddim"], "--scheduler does not apply here"),
         (["--height", "64"], "--height does not apply here"),
         (["--negative", "a dog"], "--negative does not apply here"),
@@ -103,6 +106,55 @@ def test_flags_that_do_not_apply_to_karlo_are_refused(karlo, tmp_path, capsys, e
     code, out, err = run(["generate", PROMPT, "--model", str(karlo), *extra], capsys, tmp_path)
     assert code == 2 and out == "" and fragment in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "outputs").exists()
+
+
+def random_adapter(model, network: str, folder, seed: int = 0):
+    """A LoRA adapter on `model` with random weights (a fresh one changes nothing), saved to `folder` and removed."""
+    from genvl.lora import add_adapter, lora_config, remove_adapters, save_adapter
+
+    add_adapter(model, lora_config(network, rank=4))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_" in name:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.5)
+    save_adapter(model, folder)
+    remove_adapters(model)
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["karlo", "kandinsky"])
+def test_lora_adapters_load_on_published_decoders_and_priors(layout, karlo, kandinsky, tmp_path, capsys):
+    from genvl.lora import load_adapter
+
+    if layout == "karlo":
+        reference, folders = karlo_pipeline(karlo), ["--model", str(karlo), *KARLO_STEPS]
+        decoder, prior = "decoder", "prior"
+    else:
+        reference = kandinsky_pipeline(*kandinsky)
+        folders = ["--model", str(kandinsky[0]), "--prior", str(kandinsky[1]), *KANDINSKY_STEPS]
+        decoder, prior = "unet", "prior_prior"
+    adapter = tmp_path / "adapter"
+    random_adapter(getattr(reference, decoder), "decoder", adapter / decoder)
+    random_adapter(getattr(reference, prior), "prior", adapter / prior, seed=1)
+    argv = ["generate", PROMPT, *folders, "--seed", "4", "--out", "out"]
+    images = {}
+    for name, extra in (("plain", []), ("lora", ["--lora", str(adapter)]), ("off", ["--lora", f"{adapter}:0"])):
+        (tmp_path / name).mkdir()
+        code, out, err = run([*argv, *extra], capsys, tmp_path / name)
+        assert code == 0, err
+        [images[name]] = generated(out.replace("out/", str(tmp_path / name / "out") + "/"))
+    for component in (decoder, prior):
+        load_adapter(getattr(reference, component), adapter / component)
+    steps = {"prior_num_inference_steps": 2}
+    if layout == "karlo":
+        steps.update(decoder_num_inference_steps=3, super_res_num_inference_steps=4)
+    else:
+        steps.update(num_inference_steps=3, height=64, width=64)
+    [theirs] = reference(PROMPT, generator=torch.Generator().manual_seed(4), **steps).images
+    assert np.abs(pixels(images["lora"]) - pixels(theirs)).max() <= 2  # the adapter as PEFT applies it
+    assert np.abs(pixels(images["lora"]) - pixels(images["plain"])).max() > 2  # and it changes the image
+    assert np.abs(pixels(images["off"]) - pixels(images["plain"])).max() <= 2  # at scale 0 it is off
 
 
 def test_kandinsky_needs_its_prior_and_genvl_folders_refuse_published_flags(kandinsky, t2i_dir, tmp_path, capsys):

@@ -363,7 +363,6 @@ def published_settings(args, layout: str) -> dict:
     what = f"--model {args.model or default_t2i_model()} is {PUBLISHED[layout]} folder"
     genvl_only = {
         "--candidates": args.candidates != 1,
-        "--lora": bool(getattr(args, "lora", None)),
         "--scheduler": args.scheduler != "ddpm",
         "--decoder-text-guidance": args.decoder_text_guidance != DEFAULT_TEXT_GUIDANCE,
         "--batch-size": args.batch_size is not None,
@@ -416,6 +415,7 @@ def run_generate_published(args, layout: str, path: Path) -> int:
         pipeline = load_karlo(path, torch_dtype(args))
     else:
         pipeline = load_kandinsky(path, args.prior, torch_dtype(args))
+    load_loras(pipeline, args.lora)
     pipeline.set_progress_bar_config(disable=args.quiet)
     pipeline = pipeline.to(args.device)
     seed = base_seed(args)

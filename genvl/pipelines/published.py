@@ -7,14 +7,20 @@ configs), and then draws with diffusers' own pipeline classes built from those c
 code, Karlo's folder loads although diffusers' loader now refuses its `["unclip", "UnCLIPTextProjModel"]` entry,
 and for a seed and settings the images are diffusers' images: the sampling loops (Karlo's text projection and two
 super-resolution stages, Kandinsky's image-embedding UNet and MoVQ) are one implementation, diffusers'.
-genvl's own `TextToImagePipeline` stays the one with genvl's extras (candidates, variations, interpolation,
-schedulers, LoRA); given one of these folders, those commands say so in one line.
+LoRA and IA³ adapters in PEFT's format load onto them as onto genvl's pipelines (`load_lora_weights`,
+`set_adapters`, `fuse_lora`, ...): an adapter folder holds one adapter for the decoder, or one subfolder per
+network named after it (Karlo: `decoder`, `prior`, `text_encoder`; Kandinsky: `unet`, `prior_prior`,
+`prior_text_encoder`). genvl's other extras (candidates, variations, interpolation, schedulers) stay with its own
+`TextToImagePipeline`; given one of these folders, those commands say so in one line.
 """
 
 from pathlib import Path
 
+from diffusers import KandinskyV22CombinedPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline, UnCLIPPipeline
+
 from ..io.components import load_pipeline_components
 from ..io.folders import read_json
+from ..lora import LoraMixin
 
 KARLO = "UnCLIPPipeline"
 KANDINSKY_DECODER = "KandinskyV22Pipeline"
@@ -35,21 +41,29 @@ def published_layout(folder) -> str | None:
     return name if name in PUBLISHED else None
 
 
-def load_karlo(folder, dtype=None):
-    """diffusers' `UnCLIPPipeline` on the components of a Karlo folder, each loaded and checked by genvl."""
-    from diffusers import UnCLIPPipeline
+class KarloPipeline(LoraMixin, UnCLIPPipeline):
+    """diffusers' `UnCLIPPipeline` with genvl's adapter methods."""
 
-    return UnCLIPPipeline(**load_pipeline_components(folder, UnCLIPPipeline, dtype))
+    lora_components = ("decoder", "prior", "text_encoder")
 
 
-def load_kandinsky(decoder_folder, prior_folder, dtype=None):
-    """diffusers' `KandinskyV22CombinedPipeline` on the components of a Kandinsky 2.2 decoder folder and its prior
-    folder, each loaded and checked by genvl."""
-    from diffusers import KandinskyV22CombinedPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline
+class KandinskyPipeline(LoraMixin, KandinskyV22CombinedPipeline):
+    """diffusers' `KandinskyV22CombinedPipeline` with genvl's adapter methods."""
 
+    lora_components = ("unet", "prior_prior", "prior_text_encoder")
+
+
+def load_karlo(folder, dtype=None) -> KarloPipeline:
+    """A `KarloPipeline` on the components of a Karlo folder, each loaded and checked by genvl."""
+    return KarloPipeline(**load_pipeline_components(folder, UnCLIPPipeline, dtype))
+
+
+def load_kandinsky(decoder_folder, prior_folder, dtype=None) -> KandinskyPipeline:
+    """A `KandinskyPipeline` on the components of a Kandinsky 2.2 decoder folder and its prior folder, each loaded
+    and checked by genvl."""
     decoder = load_pipeline_components(decoder_folder, KandinskyV22Pipeline, dtype)
     prior = load_pipeline_components(prior_folder, KandinskyV22PriorPipeline, dtype, class_names=KANDINSKY_PRIORS)
-    return KandinskyV22CombinedPipeline(**decoder, **{f"prior_{name}": part for name, part in prior.items()})
+    return KandinskyPipeline(**decoder, **{f"prior_{name}": part for name, part in prior.items()})
 
 
 def scheduler_folders(layout: str, folder, prior_folder=None) -> dict[str, Path]:
