@@ -7,6 +7,12 @@ size just before the step (after the model and inputs are built). Ratios are aga
 checkpointing, measured in the same run.
 
     python benchmarks/memory.py --batch-size 32 --json memory.json
+
+With `--data-scaling N` it measures instead how a captioner training run's peak resident memory grows with its
+data: shards of N and of 10 N world scenes, each trained on for a few steps in a fresh process with the samples
+decoded into memory first and with `--streaming`; the ratio is the 10 N run's peak over the N run's.
+
+    python benchmarks/memory.py --data-scaling 400
 """
 
 import argparse
@@ -32,6 +38,12 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, help="write every measured number to this JSON file")
+    parser.add_argument(
+        "--data-scaling",
+        type=int,
+        metavar="N",
+        help="measure a training run's peak memory on N and 10 N samples, in memory and streamed, instead",
+    )
     parser.add_argument(
         "--worker", nargs=4, metavar=("NETWORK", "BACKEND", "CHECKPOINTING", "MODE"), help=argparse.SUPPRESS
     )
@@ -135,6 +147,65 @@ def worker(args) -> dict:
     return {"peak_mib": max(peak, 0) / 2**20}
 
 
+DATA_STEPS, DATA_BATCH, DATA_RESOLUTION = 4, 16, 64
+
+
+def data_worker(argv: list[str]) -> dict:
+    """Train the captioner recipe with `argv` in this process; its peak resident memory."""
+    from genvl.recipes import train_captioner
+
+    train_captioner.main(argv)
+    return {"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def data_scaling(args) -> dict:
+    """Peak memory of short captioner runs on N and 10 N samples, in memory and streamed."""
+    import tempfile
+
+    from PIL import Image
+
+    from genvl.io.imagefolder import read_metadata
+    from genvl.io.shards import write_shards
+    from genvl.world.dataset import write_imagefolder
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for size in (args.data_scaling, 10 * args.data_scaling):
+            folder = write_imagefolder(root / f"world{size}", size, seed=0, split="train", resolution=DATA_RESOLUTION)
+            records = read_metadata(folder)
+            shards = write_shards(
+                records, lambda r: Image.open(folder / r["file_name"]), str(root / f"s{size}-%04d.tar"), 200
+            )
+            spec = f"{root}/s{size}-{{0000..{len(shards) - 1:04d}}}.tar"
+            for streaming in (False, True):
+                out = root / f"run{size}{'s' if streaming else ''}"
+                argv = ["--train_data_dir", spec, "--output_dir", str(out), "--resolution", str(DATA_RESOLUTION)]
+                argv += ["--train_batch_size", str(DATA_BATCH), "--max_train_steps", str(DATA_STEPS)]
+                argv += ["--checkpointing_steps", str(DATA_STEPS), "--lr_warmup_steps", "1", "--no-use_ema"]
+                argv += ["--streaming"] if streaming else []
+                done = subprocess.run(
+                    [sys.executable, str(Path(__file__).resolve()), "--data-worker", *argv],
+                    capture_output=True,
+                    text=True,
+                )
+                if done.returncode != 0:
+                    raise RuntimeError(f"{size} samples: {done.stderr.strip().splitlines()[-1]}")
+                peak = json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
+                rows.append({"samples": size, "streaming": streaming, "peak_mib": peak})
+    print(f"captioner runs of {DATA_STEPS} steps at batch {DATA_BATCH}, {DATA_RESOLUTION} px; peak resident memory")
+    print(f"{'samples':>8} {'in memory MiB':>14} {'streamed MiB':>13}")
+    for size in (args.data_scaling, 10 * args.data_scaling):
+        peaks = {r["streaming"]: r["peak_mib"] for r in rows if r["samples"] == size}
+        print(f"{size:8d} {peaks[False]:14.1f} {peaks[True]:13.1f}")
+    ratios = {}
+    for streaming in (False, True):
+        small, large = (r["peak_mib"] for r in rows if r["streaming"] == streaming)
+        ratios["streamed" if streaming else "in_memory"] = large / small
+    print(f"10x the data: peak x{ratios['in_memory']:.2f} in memory, x{ratios['streamed']:.2f} streamed")
+    return {"data_scaling": rows, "ratios": ratios}
+
+
 def configurations(networks, backends):
     for network in networks:
         for backend in backends:
@@ -144,10 +215,19 @@ def configurations(networks, backends):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--data-worker"]:  # a training run of data_scaling: the rest are the recipe's flags
+        print(json.dumps(data_worker(argv[1:])))
+        return None
     args = parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args)))
         return None
+    if args.data_scaling:
+        report = data_scaling(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+        return report
     backends = args.backends.split(",")
     if "xformers" in backends:
         try:

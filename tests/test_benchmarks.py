@@ -167,3 +167,13 @@ def test_memory_benchmark_measures_every_configuration(tmp_path, tiny_pipeline_d
         for backend in ("eager", "sdpa"):
             args = memory.parse_args(common + ["--worker", network, backend, "on", "train"])
             assert memory.worker(args)["peak_mib"] >= 0
+
+
+@pytest.mark.slow
+def test_memory_benchmark_measures_a_run_on_more_data(tmp_path):
+    memory = load_benchmark("memory")
+    report = memory.main(["--data-scaling", "20", "--json", str(tmp_path / "scaling.json")])
+    rows = report["data_scaling"]
+    assert [(r["samples"], r["streaming"]) for r in rows] == [(20, False), (20, True), (200, False), (200, True)]
+    assert all(row["peak_mib"] > 0 for row in rows) and set(report["ratios"]) == {"in_memory", "streamed"}
+    assert json.loads((tmp_path / "scaling.json").read_text()) == report

@@ -257,3 +257,61 @@ def test_clip_prior_and_decoder_as_two_processes_match_one(tmp_path):
         "genvl.recipes.train_decoder", decoder_args, 8, tmp_path / "decoder_runs"
     )
     assert len(two) == 4 and two == pytest.approx(one, rel=1e-4)
+
+
+def test_a_streamed_run_splits_the_shards_between_two_processes(tmp_path):
+    from PIL import Image
+
+    from genvl.io.imagefolder import read_metadata
+    from genvl.io.shards import write_shards
+
+    data = write_imagefolder(tmp_path / "world", 40, seed=0, split="train", resolution=32)
+    write_shards(read_metadata(data), lambda r: Image.open(data / r["file_name"]), str(tmp_path / "s-%02d.tar"), 10)
+    (tmp_path / "arch.json").write_text(json.dumps(TINY.to_dict()))
+    out = tmp_path / "two"
+    run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            "-m",
+            "genvl.recipes.train_captioner",
+            "--train_data_dir",
+            f"{tmp_path}/s-{{00..03}}.tar",
+            "--streaming",
+            "--architecture",
+            str(tmp_path / "arch.json"),
+            "--resolution",
+            "32",
+            "--vocab_size",
+            "300",
+            "--train_batch_size",
+            "5",
+            "--max_train_steps",
+            "3",
+            "--checkpointing_steps",
+            "2",
+            "--lr_warmup_steps",
+            "1",
+            "--output_dir",
+            str(out),
+        ],
+        ACCELERATE_USE_CPU="true",
+    )
+    # each process took its own 5 samples a step, from its own half of every epoch's stream
+    marker = json.loads((out / "checkpoint-2" / "checkpoint_complete.json").read_text())
+    assert marker["data"] == [{"epoch": 0, "consumed": 10}, {"epoch": 0, "consumed": 10}]
+    summary = json.loads((out / "data_summary.json").read_text())
+    assert summary["samples_taken"] == 3 * 5 * 2 and summary["skipped"] == 0
+    assert (out / "model_index.json").is_file()

@@ -2,6 +2,7 @@
 
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -209,3 +210,126 @@ def test_captioner_trains_the_same_on_shards(folder, tmp_path):
         name = json.loads(line)["file_name"]
         (trimmed / name).write_bytes((folder / name).read_bytes())
     assert train_captioner.main(args(trimmed, tmp_path / "b")) == pytest.approx(from_shards, rel=1e-5)
+
+
+# ---- streaming: a run's memory does not grow with its data ----------------------------------------------------
+
+
+def keys_stream(pattern, process=0, processes=1, seed=0, buffer=4, skipped=None):
+    """A ShardStream whose samples decode to their keys; `skipped` collects what it logs."""
+    from genvl.training.stream import ShardStream
+
+    def decode(record):
+        if record["text"].startswith("bad"):
+            raise ValueError("a bad caption")
+        return record["file_name"].split("#")[1]
+
+    return ShardStream(
+        pattern,
+        decode,
+        "text",
+        "file_name",
+        seed,
+        process,
+        processes,
+        buffer,
+        None if skipped is None else skipped.append,
+    )
+
+
+def test_stream_splits_processes_without_duplicates_and_resumes_in_place(folder, tmp_path):
+    pack(folder, str(tmp_path / "s-%02d.tar"), 6)  # 20 samples in 4 shards
+    pattern = f"{tmp_path}/s-{{00..03}}.tar"
+    one = keys_stream(pattern).take(20)
+    assert sorted(one) == sorted(f"{i:08d}" for i in range(20))  # an epoch: every sample once
+    assert one != sorted(one)  # shuffled
+    assert keys_stream(pattern).take(20) == one and keys_stream(pattern, seed=1).take(20) != one  # by the seed
+    first, second = keys_stream(pattern, 0, 2).take(10), keys_stream(pattern, 1, 2).take(10)
+    assert not set(first) & set(second) and sorted(first + second) == sorted(one)
+    # the next epoch is another order of the same samples
+    stream = keys_stream(pattern)
+    stream.take(20)
+    assert sorted(stream.take(20)) == sorted(one) and stream.epoch == 1
+    # resumed from its saved place, a stream goes on as an uninterrupted one does, mid-epoch and across epochs
+    for taken in (7, 27):
+        stream = keys_stream(pattern)
+        stream.take(taken)
+        resumed = keys_stream(pattern)
+        resumed.restore(stream.state())
+        assert resumed.take(9) == stream.take(9)
+
+
+def test_stream_skips_and_counts_bad_samples(tmp_path):
+    members = []
+    for i in range(6):
+        caption = "bad one" if i == 2 else f"a red ball {i}"
+        members += [(f"{i:04d}.png", png_bytes()), (f"{i:04d}.txt", caption.encode())]
+    members += [("0006.txt", b"no image")]
+    write_tar(tmp_path / "bad.tar", members)
+    skipped = []
+    stream = keys_stream(str(tmp_path / "bad.tar"), skipped=skipped)
+    assert sorted(stream.take(5)) == ["0000", "0001", "0003", "0004", "0005"]
+    assert sorted(entry["sample"][-4:] for entry in stream.skipped) == ["0002", "0006"] and len(skipped) == 2
+    assert stream.skipped[0]["reason"] in (
+        "a bad caption",
+        "no image member (expected one of .png, .jpg, .jpeg, .webp, .bmp)",
+    )
+    # a resumed stream reads the bad samples before its place again without reporting them twice
+    resumed = keys_stream(str(tmp_path / "bad.tar"), skipped=[])
+    resumed.restore(stream.state())
+    assert resumed.skipped == [] and resumed.take(3) == stream.take(3)
+    write_tar(tmp_path / "all_bad.tar", [("0000.txt", b"bad"), ("0000.png", png_bytes())])
+    with pytest.raises(ValueError, match="no usable samples"):
+        keys_stream(str(tmp_path / "all_bad.tar")).take(1)
+
+
+def test_captioner_streams_shards_and_resumes_to_the_same_losses(folder, tmp_path):
+    pack(folder, str(tmp_path / "train-%02d.tar"), 6)
+    cut_inside(tmp_path / "train-03.tar", "00000018.png")  # a shard broken off part way: logged, skipped
+    arch = tmp_path / "arch.json"
+    arch.write_text(json.dumps(TINY.to_dict()))
+
+    def args(out, steps, *extra):
+        return [
+            "--train_data_dir",
+            f"{tmp_path}/train-{{00..03}}.tar",
+            "--streaming",
+            "--output_dir",
+            str(out),
+            "--architecture",
+            str(arch),
+            "--resolution",
+            "32",
+            "--vocab_size",
+            "300",
+            "--train_batch_size",
+            "5",
+            "--max_train_steps",
+            str(steps),
+            "--lr_warmup_steps",
+            "1",
+            "--logging_steps",
+            "1",
+            "--checkpointing_steps",
+            "3",
+            "--augment",
+            "flip,light",
+            *extra,
+        ]
+
+    whole = train_captioner.main(args(tmp_path / "whole", 6))  # 30 samples of 18: into the second epoch
+    assert len(whole) == 6 and whole[-1] < whole[0]
+    summary = json.loads((tmp_path / "whole" / "data_summary.json").read_text())
+    assert summary["streamed"] and summary["samples_taken"] == 30 and summary["skipped"] >= 1
+    marker = json.loads((tmp_path / "whole" / "checkpoint-3" / "checkpoint_complete.json").read_text())
+    assert marker["data"] == [{"epoch": 0, "consumed": 15}]
+    # stopped at step 3 and resumed, it trains on the same samples to the same losses
+    shutil.copytree(tmp_path / "whole" / "checkpoint-3", tmp_path / "resumed" / "checkpoint-3")
+    for name in ("tokenizer", "train_config.json"):
+        source = tmp_path / "whole" / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / "resumed" / name)
+    resumed = train_captioner.main(args(tmp_path / "resumed", 6, "--resume_from_checkpoint", "latest"))
+    assert resumed == pytest.approx(whole, rel=1e-5)
+    with pytest.raises(SystemExit) as exit_info:  # a usage error, before anything is read
+        train_captioner.main([*args(tmp_path / "x", 1)[2:], "--train_data_dir", str(folder)])
+    assert exit_info.value.code == 2

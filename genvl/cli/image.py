@@ -322,11 +322,12 @@ def each_alone(args, pipeline, make):
 
 
 def run_generate(args) -> int:
-    from ..pipelines.published import published_layout
-
     check_text(args.prompt, "PROMPT")
     if args.negative:
         check_text(args.negative, "--negative")
+    quiet_libraries(args)  # before the published pipelines' module imports diffusers' (their notices)
+    from ..pipelines.published import published_layout
+
     path = model_source(args, "GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))[0]
     layout = published_layout(path) if path.is_dir() else None
     if layout is not None:

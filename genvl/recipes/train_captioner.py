@@ -7,8 +7,12 @@ Ends with `CaptionPipeline.save_pretrained(output_dir)`; checkpoints go to `outp
 With `--rank R` (LoRA on the ViT's and GPT-2's attention) or `--adapter ia3`, and
 `--pretrained_model_name_or_path`, only the adapter trains, and `output_dir` ends with it in PEFT's format,
 for `CaptionPipeline.load_lora_weights`.
+
+With `--streaming` and shards as `--train_data_dir`, samples stream through the run (`genvl.training.stream`)
+instead of being decoded into memory first: the run's memory stays the same whatever the size of the data.
 """
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +21,18 @@ import torch
 import torch.nn.functional as F
 
 from genvl.io.imagefolder import load_images
+from genvl.io.shards import is_shard_spec
 from genvl.lora import save_adapter
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
 from genvl.training.args import LoraTrainArgs, check_at_least, parse_args, run_script, save_architecture
 from genvl.training.augment import NEED_SCENES, augment_batch, mirrored_captions, parse_augmentations, shift_range
+from genvl.training.checkpoints import warn
 from genvl.training.data import read_training_data
 from genvl.training.features import load_or_train_tokenizer
 from genvl.training.loop import make_accelerator, train_loop
 from genvl.training.pretrained import add_training_adapter
 from genvl.training.seeds import AUGMENTATION, step_generator
+from genvl.training.stream import ShardStream
 from genvl.world.captions import scene_captions
 
 
@@ -37,11 +44,14 @@ class TrainCaptionerArgs(LoraTrainArgs):
     architecture: str = "configs/captioner_small.json"
     vocab_size: int = 1024
     augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light
+    streaming: bool = False  # stream the shards of --train_data_dir instead of decoding them all into memory
 
     def __post_init__(self):
         super().__post_init__()
         check_at_least(self, 1, "vocab_size")  # a negative size overflows the tokenizer trainer
         parse_augmentations(self.augment)
+        if self.streaming and not is_shard_spec(self.train_data_dir):
+            raise ValueError(f"--streaming reads tar shards; --train_data_dir {self.train_data_dir} names none")
 
 
 def tokenize_captions(tokenizer, captions, max_length: int):
@@ -65,13 +75,39 @@ def caption_loss(model, pixel_values, decoder_input_ids, labels, tokens: torch.T
     return total / (mask.sum() if tokens is None else tokens)
 
 
+def stream_texts(args):
+    """Every caption of the shards, read from their text members alone (the images are skipped unread)."""
+    from genvl.io.shards import iter_samples, shard_paths
+
+    for sample in iter_samples(
+        shard_paths(args.train_data_dir), lambda where, reason: None, lambda key, ext: ext in ("txt", "json")
+    ):
+        record = json.loads(sample["json"]) if "json" in sample else {}
+        if "txt" in sample:
+            record[args.caption_column] = sample["txt"].decode("utf-8", errors="replace").strip()
+        captions = record.get("captions") or [record.get(args.caption_column)]
+        yield from (c for c in captions if isinstance(c, str) and c.strip())
+
+
+def decode_sample(record: dict, caption_column: str, resolution: int, need_scene: bool) -> dict:
+    """A streamed sample as a batch holds it: its pixels (3, R, R) uint8, caption and scene graph."""
+    from genvl.io.images import load_image
+
+    if need_scene and "scene" not in record:
+        raise ValueError("no scene graph, which --augment flip and shift need")
+    image = load_image(record["image_bytes"], name="the image").convert("RGB")
+    if image.size != (resolution, resolution):
+        image = image.resize((resolution, resolution), 2)  # bilinear, as load_images resizes
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(resolution, resolution, 3)
+    return {"pixels": pixels.permute(2, 0, 1), "caption": record[caption_column], "scene": record.get("scene")}
+
+
 def main(argv=None):
     args = parse_args(TrainCaptionerArgs, argv)
     accelerator = make_accelerator(args, "train_captioner")
     output_dir = Path(args.output_dir)
     data_dir = Path(args.train_data_dir)
-    records = read_training_data(accelerator, args)
-    captions = [r[args.caption_column] for r in records]
+    records = None if args.streaming else read_training_data(accelerator, args)
 
     # 1. tokenizer and model: fine-tune a saved captioner, or build a fresh one with its own tokenizer
     if args.pretrained_model_name_or_path:  # a genvl pipeline folder or a flat VisionEncoderDecoder one
@@ -84,43 +120,88 @@ def main(argv=None):
         arch = CaptionerArchitecture.from_json(args.architecture)
         arch.image_size = args.resolution
         save_architecture(accelerator, args, arch)
-        texts = [c for r in records for c in r.get("captions", [r[args.caption_column]])]
+        if records is None:
+            texts = stream_texts(args)
+        else:
+            texts = [c for r in records for c in r.get("captions", [r[args.caption_column]])]
         tokenizer = load_or_train_tokenizer(accelerator, output_dir, lambda: train_tokenizer(texts, args.vocab_size))
         model = build_captioner(arch, tokenizer)
     max_length = model.config.decoder.n_positions
     parameters = add_training_adapter(accelerator, model, "captioner", args)
-
-    # 2. data in memory: images, tokens of the captions and, for flips, of the mirrored scenes' captions
-    images = load_images(data_dir, records, args.image_column, args.resolution)
     kinds = parse_augmentations(args.augment)
-    if any(kind in NEED_SCENES for kind in kinds) and not all("scene" in r for r in records):
-        raise ValueError(f"--augment {args.augment}: flip and shift need the scene graph of every training image")
-    if "flip" in kinds:
-        captions = captions + mirrored_captions([r["scene"] for r in records], lambda s: scene_captions(s)[0])
-    decoder_input_ids, labels = tokenize_captions(tokenizer, captions, max_length)
-    longest = int((labels != -100).sum(1).max())
-    decoder_input_ids, labels = decoder_input_ids[:, :longest], labels[:, :longest]
-    ranges = torch.tensor([shift_range(r["scene"]) for r in records]) if "shift" in kinds else None
-
-    # 3. train
     device = accelerator.device
 
-    def compute_loss(model, batch, step):
-        # the batch's bytes go to the device, which converts and augments them
-        pixel_values = images[batch].to(device).float().div_(127.5).sub_(1.0)
-        rows = torch.as_tensor(batch)
+    def loss_of(model, pixel_values, step, tokens_of, mirrored_after: int, ranges=None):
+        """The loss of a micro-batch of `pixel_values`; `tokens_of(rows)` gives (decoder_input_ids, labels) of
+        caption rows 0.. of the batch, whose mirrored captions are rows `mirrored_after` further on."""
+        rows = torch.arange(len(pixel_values))
         if kinds:
             generator = step_generator(args.seed, step, AUGMENTATION)
-            batch_ranges = ranges[batch] if ranges is not None else None
-            pixel_values, flipped, _ = augment_batch(pixel_values, batch_ranges, kinds, generator)
-            rows = rows + flipped.long() * len(records)  # the mirrored captions follow the others
-        batch_labels = labels[rows].to(device)
+            pixel_values, flipped, _ = augment_batch(pixel_values, ranges, kinds, generator)
+            rows = rows + flipped.long() * mirrored_after
+        inputs, labels = tokens_of(rows)
+        labels = labels.to(device)
         # the mean over the label tokens of every process's micro-batch: DDP averages the processes' gradients,
         # so each divides its sum by the global count / processes, and any process layout trains the same
-        tokens = accelerator.reduce((batch_labels != -100).sum(), "sum") / accelerator.num_processes
-        return caption_loss(model, pixel_values, decoder_input_ids[rows].to(device), batch_labels, tokens)
+        tokens = accelerator.reduce((labels != -100).sum(), "sum") / accelerator.num_processes
+        return caption_loss(model, pixel_values, inputs.to(device), labels, tokens)
 
-    losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)
+    # 2. the data: in memory (images, tokens of the captions and, for flips, of the mirrored scenes' captions), or
+    # streamed, each micro-batch decoded and tokenised as it comes
+    if records is not None:
+        images = load_images(data_dir, records, args.image_column, args.resolution)
+        if any(kind in NEED_SCENES for kind in kinds) and not all("scene" in r for r in records):
+            raise ValueError(f"--augment {args.augment}: flip and shift need the scene graph of every training image")
+        captions = [r[args.caption_column] for r in records]
+        if "flip" in kinds:
+            captions = captions + mirrored_captions([r["scene"] for r in records], lambda s: scene_captions(s)[0])
+        decoder_input_ids, labels = tokenize_captions(tokenizer, captions, max_length)
+        longest = int((labels != -100).sum(1).max())
+        decoder_input_ids, labels = decoder_input_ids[:, :longest], labels[:, :longest]
+        ranges = torch.tensor([shift_range(r["scene"]) for r in records]) if "shift" in kinds else None
+        data = len(records)
+
+        def compute_loss(model, batch, step):
+            # the batch's bytes go to the device, which converts and augments them
+            pixel_values = images[batch].to(device).float().div_(127.5).sub_(1.0)
+            batch = torch.as_tensor(batch)
+            batch_ranges = ranges[batch] if ranges is not None else None
+
+            def tokens_of(rows):  # row r of the batch is record batch[r]; its mirror, batch[r] + len(records)
+                index = batch[rows % len(batch)] + rows // len(batch) * len(records)
+                return decoder_input_ids[index], labels[index]
+
+            return loss_of(model, pixel_values, step, tokens_of, len(batch), batch_ranges)
+
+    else:
+        log = functools.partial(warn, accelerator=accelerator)
+        need_scene = any(kind in NEED_SCENES for kind in kinds)
+        data = ShardStream(
+            args.train_data_dir,
+            functools.partial(
+                decode_sample, caption_column=args.caption_column, resolution=args.resolution, need_scene=need_scene
+            ),
+            args.caption_column,
+            args.image_column,
+            args.seed,
+            accelerator.process_index,
+            accelerator.num_processes,
+            on_error=log,
+        )
+
+        def compute_loss(model, batch, step):
+            pixel_values = torch.stack([s["pixels"] for s in batch]).to(device).float().div_(127.5).sub_(1.0)
+            captions = [s["caption"] for s in batch]
+            if "flip" in kinds:
+                captions += mirrored_captions([s["scene"] for s in batch], lambda s: scene_captions(s)[0])
+            batch_ranges = torch.tensor([shift_range(s["scene"]) for s in batch]) if "shift" in kinds else None
+            inputs, labels = tokenize_captions(tokenizer, captions, max_length)
+            return loss_of(model, pixel_values, step, lambda r: (inputs[r], labels[r]), len(batch), batch_ranges)
+
+    # 3. train
+    losses = train_loop(accelerator, args, model, parameters, data, compute_loss)
+    if records is None:
+        write_stream_summary(accelerator, args, data)
 
     # 4. save the final pipeline, or the adapter (EMA weights when EMA is on)
     if accelerator.is_main_process:
@@ -134,6 +215,23 @@ def main(argv=None):
         (output_dir / "train_losses.json").write_text(json.dumps(losses))
     accelerator.end_training()
     return losses
+
+
+def write_stream_summary(accelerator, args, stream) -> None:
+    """`output_dir/data_summary.json` of a streamed run: the samples every process took and the bad ones it met."""
+    from accelerate.utils import gather_object
+
+    seen = gather_object([{"taken": stream.taken, "skipped": stream.skipped}])
+    if accelerator.is_main_process:
+        skipped = [entry for process in seen for entry in process["skipped"]]
+        summary = {
+            "source": str(args.train_data_dir),
+            "streamed": True,
+            "samples_taken": sum(process["taken"] for process in seen),
+            "skipped": len(skipped),
+            "skipped_samples": skipped,
+        }
+        (Path(args.output_dir) / "data_summary.json").write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

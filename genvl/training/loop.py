@@ -53,27 +53,55 @@ class TrainingRun:
     ema: object | None
     step: int = 0
     losses: list = dataclasses.field(default_factory=list)
+    data: object = None  # where the micro-batches come from (`IndexBatches`, or a stream)
 
 
-def train_loop(accelerator, args: TrainArgs, model, parameters, num_items: int, compute_loss) -> list[float]:
+class IndexBatches:
+    """Micro-batches of indices into `num_items` samples held in memory: each optimiser step takes the next global
+    batch of a per-epoch order fixed by the seed, and each process its slice of it."""
+
+    def __init__(self, num_items: int, seed: int, accelerator):
+        self.num_items, self.seed = num_items, seed
+        self.process, self.processes = accelerator.process_index, accelerator.num_processes
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        per_step = batch_size * self.processes
+        if self.num_items // per_step < 1:
+            raise ValueError(f"{self.num_items} samples cannot fill one batch of {per_step}")
+        return self.num_items // per_step
+
+    def batch(self, micro_step: int, batch_size: int):
+        epoch, index = divmod(micro_step, self.batches_per_epoch(batch_size))
+        order = epoch_order(self.num_items, self.seed, epoch)
+        start = (index * self.processes + self.process) * batch_size
+        return order[start : start + batch_size]
+
+    def state(self):
+        return None  # the step alone says where the run is
+
+
+def train_loop(accelerator, args: TrainArgs, model, parameters, data, compute_loss) -> list[float]:
     """Optimise `parameters` of `model` for `args.max_train_steps` steps; returns the per-step losses (from step 1,
     also when resumed: they are kept in the checkpoints).
 
-    `compute_loss(model, batch, step)` gets the prepared (possibly wrapped) model, the indices of one process's
-    micro-batch (drawn in a per-epoch order fixed by the seed, so a resumed run sees the same samples as an
-    uninterrupted one) and the optimiser step, and returns the loss. Handles AdamW, the LR schedule, clipping,
+    `data` is the number of samples held in memory, or a stream of them (`genvl.training.stream.ShardStream`).
+    `compute_loss(model, batch, step)` gets the prepared (possibly wrapped) model, one process's micro-batch (the
+    indices of in-memory samples, drawn in a per-epoch order fixed by the seed; or the stream's next samples) and
+    the optimiser step, and returns the loss. Either way a resumed run sees the same samples as an uninterrupted
+    one: the stream's place is saved with each checkpoint. Handles AdamW, the LR schedule, clipping,
     EMA (its weights are copied into `parameters` at the end), logging, crash-safe checkpoints,
     `--resume_from_checkpoint`, and the memory switches `--enable_xformers_memory_efficient_attention` and
     `--gradient_checkpointing`.
     """
     # 1. the memory switches, then AdamW, the LR schedule and the EMA, prepared by accelerate
     run = prepare_run(accelerator, args, model, parameters)
+    run.data = IndexBatches(data, args.seed, accelerator) if isinstance(data, int) else data
     # 2. the state of the checkpoint to resume from, if there is one
     resume_run(accelerator, args, run)
     # 3. what can be checked before the first step
-    batches_per_epoch = check_plan(accelerator, args, run.step, num_items)
+    check_plan(accelerator, args, run)
     # 4. the steps, logged and checkpointed
-    run_steps(accelerator, args, run, num_items, batches_per_epoch, compute_loss)
+    run_steps(accelerator, args, run, compute_loss)
     accelerator.wait_for_everyone()
     if run.ema is not None:
         run.ema.copy_to(run.parameters)
@@ -130,14 +158,23 @@ def resume_run(accelerator, args: TrainArgs, run: TrainingRun) -> None:
             run.ema.to(accelerator.device)
         marker = read_marker(resume)
         run.step, run.losses = marker["step"], marker.get("losses", [])  # older checkpoints hold no losses
+        if run.data.state() is not None:
+            places = marker.get("data")
+            if not isinstance(places, list) or len(places) != accelerator.num_processes:
+                raise ValueError(
+                    f"{resume}: holds no place in the data stream for {accelerator.num_processes} processes; "
+                    "resume a streaming run with the number of processes it was saved with"
+                )
+            run.data.restore(places[accelerator.process_index])
         accelerator.print(f"resumed from {resume} at step {run.step}")
     elif args.resume_from_checkpoint:
         accelerator.print(f"no complete checkpoint in {args.output_dir}: starting from step 0")
 
 
-def check_plan(accelerator, args: TrainArgs, step: int, num_items: int) -> int:
+def check_plan(accelerator, args: TrainArgs, run: TrainingRun) -> None:
     """Raise, before any work, if a checkpoint the run will save would replace a folder genvl did not complete or
-    if `num_items` samples cannot fill one global batch; returns the batches of an epoch."""
+    if the samples held in memory cannot fill one global batch."""
+    step = run.step
     saved = [
         *range(
             step + args.checkpointing_steps - step % args.checkpointing_steps,
@@ -147,11 +184,8 @@ def check_plan(accelerator, args: TrainArgs, step: int, num_items: int) -> int:
         args.max_train_steps,
     ]
     check_checkpoint_names(args.output_dir, saved)
-    per_step = args.train_batch_size * accelerator.num_processes
-    batches_per_epoch = num_items // per_step
-    if batches_per_epoch < 1:
-        raise ValueError(f"{num_items} samples cannot fill one batch of {per_step}")
-    return batches_per_epoch
+    if isinstance(run.data, IndexBatches):
+        run.data.batches_per_epoch(args.train_batch_size)
 
 
 class StepLosses:
@@ -177,20 +211,14 @@ class StepLosses:
         return (self.run.step - self.first_step) / max(1e-9, time.time() - self.started)
 
 
-def run_steps(
-    accelerator, args: TrainArgs, run: TrainingRun, num_items: int, batches_per_epoch: int, compute_loss
-) -> None:
-    """Train `run` from its step to `args.max_train_steps`: each optimiser step's micro-batches in the epoch's
-    order, gradients clipped when they are synchronised, then the EMA, the log and the checkpoints."""
-    per_step = args.train_batch_size * accelerator.num_processes
+def run_steps(accelerator, args: TrainArgs, run: TrainingRun, compute_loss) -> None:
+    """Train `run` from its step to `args.max_train_steps`: each optimiser step's micro-batches in order,
+    gradients clipped when they are synchronised, then the EMA, the log and the checkpoints."""
     micro_step = run.step * args.gradient_accumulation_steps
     run.model.train()
     losses, running_loss = StepLosses(run), 0.0
     while run.step < args.max_train_steps:
-        epoch, index = divmod(micro_step, batches_per_epoch)
-        order = epoch_order(num_items, args.seed, epoch)
-        start = index * per_step + accelerator.process_index * args.train_batch_size
-        batch = order[start : start + args.train_batch_size]
+        batch = run.data.batch(micro_step, args.train_batch_size)
         with accelerator.accumulate(run.model):
             loss = compute_loss(run.model, batch, run.step)
             accelerator.backward(loss)
@@ -227,13 +255,12 @@ def log_and_checkpoint(accelerator, args: TrainArgs, run: TrainingRun, losses: S
         )
         accelerator.log({"loss": recent, "lr": run.scheduler.get_last_lr()[0]}, step=run.step)
     if run.step % args.checkpointing_steps == 0 or last:
-        # the losses so far travel with the checkpoint, so a resumed run reports its whole history
+        # the losses so far travel with the checkpoint, so a resumed run reports its whole history; a stream's
+        # place too, every process's
         losses.flush()
-        save_checkpoint(
-            accelerator,
-            args.output_dir,
-            run.step,
-            args.checkpoints_total_limit,
-            extra={"losses": run.losses},
-            ema=run.ema,
-        )
+        extra = {"losses": run.losses}
+        if run.data.state() is not None:
+            from accelerate.utils import gather_object
+
+            extra["data"] = gather_object([run.data.state()])
+        save_checkpoint(accelerator, args.output_dir, run.step, args.checkpoints_total_limit, extra=extra, ema=run.ema)

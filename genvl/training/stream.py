@@ -1,0 +1,125 @@
+"""Training samples streamed from WebDataset shards, so that a run's memory does not grow with its data.
+
+The samples flow through a webdataset `DataPipeline`: the shards of an epoch in an order fixed by (seed, epoch),
+this process's share of the samples, then webdataset's shuffle buffer, seeded per epoch and process. The tar
+members are read by genvl's own reader (`genvl.io.shards.iter_samples`), which checks each member's size in its
+header before reading it, where webdataset's would read any member whole (a 2 GB "image" into memory). A sample
+is decoded only when a batch takes it; a bad one (no caption, an image that does not decode, a member over its
+cap, a shard cut off) is logged, counted, skipped, and the batch takes the next.
+
+Processes split the stream by position: process p of P takes the samples p, p + P, p + 2P, ... of each epoch, so
+no sample is seen twice in an epoch and none is left out (but for the last P - 1). The stream's place (epoch,
+samples taken this epoch) is saved with every checkpoint, so a resumed run goes on with the samples an
+uninterrupted one would see: the samples before that place are read again, not decoded.
+"""
+
+import random
+
+from ..io.shards import iter_samples, sample_record, shard_paths
+
+SHUFFLE_BUFFER = 1000  # samples held by the shuffle: the memory of the stream, whatever the size of the data
+
+
+class ShardStream:
+    """One process's stream of decoded samples of the shards `source` names (a brace pattern, or several joined
+    by `::`). `decode(record)` turns a sample's record (`sample_record`: the caption column, the JSON fields, the
+    encoded image under "image_bytes") into what a batch holds, raising ValueError for a bad sample. `on_error(
+    where, reason)` hears of each bad sample."""
+
+    def __init__(
+        self,
+        source,
+        decode,
+        caption_column: str,
+        image_column: str,
+        seed: int,
+        process_index: int = 0,
+        num_processes: int = 1,
+        buffer: int = SHUFFLE_BUFFER,
+        on_error=None,
+    ):
+        self.paths = shard_paths(source)
+        self.decode, self.columns = decode, (image_column, caption_column)
+        self.seed, self.process, self.processes, self.buffer = seed, process_index, num_processes, buffer
+        self.on_error = on_error
+        self.skipped: list[dict] = []  # {"sample", "reason"} of every bad sample this process met
+        self.taken = 0  # good samples handed out
+        self.epoch, self.consumed = 0, 0  # the stream's place: samples of this epoch's stream taken so far
+        self._samples, self._replaying, self._good_this_epoch = None, False, 0
+
+    def _skip(self, where: str, reason: str) -> None:
+        if self._replaying:  # a resumed run reads again what the first one met and reported
+            return
+        self.skipped.append({"sample": where, "reason": reason})
+        if self.on_error is not None:
+            self.on_error(f"skipping {where}: {reason}")
+
+    def _open(self):
+        import webdataset as wds
+
+        order = list(self.paths)
+        random.Random(f"{self.seed}/{self.epoch}").shuffle(order)  # the same shard order in every process
+
+        def share(samples):
+            return (sample for i, sample in enumerate(samples) if i % self.processes == self.process)
+
+        rng = random.Random(f"{self.seed}/{self.epoch}/{self.process}")
+        return iter(
+            wds.DataPipeline(
+                lambda: iter_samples(order, self._skip),
+                share,
+                wds.shuffle(self.buffer, initial=self.buffer, rng=rng),
+            )
+        )
+
+    def _next_sample(self) -> dict:
+        """The next raw sample of the stream, opening the next epoch when this one ends."""
+        while True:
+            if self._samples is None:
+                self._samples = self._open()
+            try:
+                sample = next(self._samples)
+            except StopIteration:
+                if self._good_this_epoch == 0 and not self._replaying:
+                    raise ValueError(
+                        f"{len(self.paths)} shards: no usable samples for process {self.process} of "
+                        f"{self.processes} ({len(self.skipped)} skipped)"
+                    ) from None
+                self.epoch, self.consumed, self._samples, self._good_this_epoch = self.epoch + 1, 0, None, 0
+                continue
+            self.consumed += 1
+            return sample
+
+    def take(self, count: int) -> list:
+        """The next `count` good samples, decoded."""
+        batch = []
+        while len(batch) < count:
+            sample = self._next_sample()
+            where = f"{sample['__url__']}#{sample['__key__']}"
+            try:
+                batch.append(self.decode(sample_record(sample, *self.columns)))
+            except ValueError as err:
+                self._skip(where, str(err))
+                continue
+            self._good_this_epoch += 1
+        self.taken += len(batch)
+        return batch
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def restore(self, state: dict) -> None:
+        """Go to the place `state` (from `state()`) names: the samples before it are read, not decoded."""
+        self.epoch, self.consumed, self._samples = int(state["epoch"]), 0, None
+        self._replaying, self._good_this_epoch = True, 1  # the epoch had good samples before the resume
+        try:
+            for _ in range(int(state["consumed"])):
+                self._next_sample()
+        finally:
+            self._replaying = False
+        if self.epoch != int(state["epoch"]):
+            raise ValueError(f"the data ended before the place the checkpoint saved ({state}): is it the same?")
+
+    # the loop's view: one micro-batch per call, in order, and the place to save
+    def batch(self, micro_step: int, batch_size: int):
+        return self.take(batch_size)
