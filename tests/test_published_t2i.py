@@ -177,3 +177,12 @@ def test_a_published_folder_naming_another_module_is_refused_without_importing_i
     (folder / "model_index.json").write_text(json.dumps(index))
     code, out, err = run(["generate", PROMPT, "--model", str(folder), *KARLO_STEPS], capsys, tmp_path)
     assert code == 1 and "unclip_evil.UnCLIPTextProjModel, which genvl does not load" in err
+
+
+def test_a_bad_out_is_refused_before_anything_is_drawn(karlo, tmp_path, capsys, monkeypatch):
+    from genvl.pipelines.published import KarloPipeline
+
+    monkeypatch.setattr(KarloPipeline, "__call__", lambda *a, **k: pytest.fail("drew before checking --out"))
+    (tmp_path / "taken").write_text("a file")
+    code, out, err = run(["generate", PROMPT, "--model", str(karlo), "--out", "taken"], capsys, tmp_path)
+    assert code == 1 and "--out taken: is a file" in err and (tmp_path / "taken").read_text() == "a file"

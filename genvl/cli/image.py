@@ -300,8 +300,8 @@ def output_folder(args) -> Path:
 def write_images(args, images, name: str, metadata: dict):
     """Save each (index, seed, image) as it comes, print its path (or JSON record), then a summary on stderr."""
     out = output_folder(args)
-    # the source image (vary), image ends (interpolate), model and adapters: files a PNG must not overwrite
-    sources = [getattr(args, end, None) for end in ("image", "start", "end")]
+    # the source image (vary), image ends (interpolate), model, prior and adapters: files a PNG must not overwrite
+    sources = [getattr(args, end, None) for end in ("image", "start", "end", "prior")]
     inputs = [*filter(None, sources), args.model or default_t2i_model(), *lora_folders(args)]
     count = 0
     for i, seed, image in images:
@@ -411,7 +411,6 @@ def run_generate_published(args, layout: str, path: Path) -> int:
     }
     for stage, folder in scheduler_folders(layout, path, args.prior).items():
         check_timesteps(flags[stage], counts[stage], stage.replace("_", "-"), folder)
-    quiet_libraries(args)
     if layout == KARLO:
         pipeline = load_karlo(path, torch_dtype(args))
     else:
@@ -420,12 +419,16 @@ def run_generate_published(args, layout: str, path: Path) -> int:
     pipeline.set_progress_bar_config(disable=args.quiet)
     pipeline = pipeline.to(args.device)
     seed = base_seed(args)
-    generator = torch.Generator().manual_seed(seed)
-    images = pipeline(args.prompt, num_images_per_prompt=args.num_images, generator=generator, **settings).images
+
+    def images():  # drawn once write_images has checked --out
+        generator = torch.Generator().manual_seed(seed)
+        drawn = pipeline(args.prompt, num_images_per_prompt=args.num_images, generator=generator, **settings).images
+        yield from ((i, seed, image) for i, image in enumerate(drawn))
+
     metadata = {"prompt": args.prompt, "settings": settings, "model": str(path)}
     if args.prior:
         metadata["prior"] = str(args.prior)
-    write_images(args, ((i, seed, image) for i, image in enumerate(images)), slug(args.prompt), metadata)
+    write_images(args, images(), slug(args.prompt), metadata)
     return 0
 
 

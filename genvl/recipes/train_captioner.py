@@ -196,6 +196,8 @@ def main(argv=None):
                 captions += mirrored_captions([s["scene"] for s in batch], lambda s: scene_captions(s)[0])
             batch_ranges = torch.tensor([shift_range(s["scene"]) for s in batch]) if "shift" in kinds else None
             inputs, labels = tokenize_captions(tokenizer, captions, max_length)
+            longest = int((labels != -100).sum(1).max())  # no step spends work on padding past the longest
+            inputs, labels = inputs[:, :longest], labels[:, :longest]
             return loss_of(model, pixel_values, step, lambda r: (inputs[r], labels[r]), len(batch), batch_ranges)
 
     # 3. train
