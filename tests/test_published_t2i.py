@@ -186,3 +186,30 @@ def test_a_bad_out_is_refused_before_anything_is_drawn(karlo, tmp_path, capsys, 
     (tmp_path / "taken").write_text("a file")
     code, out, err = run(["generate", PROMPT, "--model", str(karlo), "--out", "taken"], capsys, tmp_path)
     assert code == 1 and "--out taken: is a file" in err and (tmp_path / "taken").read_text() == "a file"
+
+
+def test_kandinsky_takes_other_schedulers_and_keeps_the_best_of_k_draws(kandinsky, tmp_path, capsys):
+    from diffusers import DPMSolverMultistepScheduler
+
+    decoder, prior = kandinsky
+    argv = ["generate", PROMPT, "--model", str(decoder), "--prior", str(prior), *KANDINSKY_STEPS, "--seed", "6"]
+    # DPM-Solver++ on the decoder, as diffusers draws with it
+    code, out, err = run([*argv, "--scheduler", "dpm", "--out", "out"], capsys, tmp_path)
+    assert code == 0, err
+    [ours] = generated(out.replace("out/", str(tmp_path / "out") + "/"))
+    reference = kandinsky_pipeline(decoder, prior)
+    reference.scheduler = DPMSolverMultistepScheduler.from_config(reference.scheduler.config)
+    reference.decoder_pipe.scheduler = reference.scheduler
+    steps = dict(num_inference_steps=3, prior_num_inference_steps=2, height=64, width=64)
+    [theirs] = reference(PROMPT, generator=torch.Generator().manual_seed(6), **steps).images
+    assert np.abs(pixels(ours) - pixels(theirs)).max() <= 2 and ours.text["scheduler"] == "dpm"
+    # best of 3: the draw of the three the prior's CLIP scores highest against the prompt
+    code, out, err = run([*argv, "--candidates", "3", "--out", "best"], capsys, tmp_path)
+    assert code == 0, err
+    [best] = generated(out.replace("best/", str(tmp_path / "best") + "/"))
+    draws = kandinsky_pipeline(decoder, prior)(
+        PROMPT, num_images_per_prompt=3, generator=torch.Generator().manual_seed(6), **steps
+    ).images
+    scores = load_kandinsky(decoder, prior).clip_scores(draws, PROMPT)
+    assert scores.shape == (3,) and len(set(scores.tolist())) == 3
+    assert np.abs(pixels(best) - pixels(draws[int(scores.argmax())])).max() <= 2 and best.text["candidates"] == "3"

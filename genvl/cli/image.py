@@ -362,13 +362,14 @@ def published_settings(args, layout: str) -> dict:
     from ..pipelines.published import KARLO, PUBLISHED
 
     what = f"--model {args.model or default_t2i_model()} is {PUBLISHED[layout]} folder"
+    karlo = layout == KARLO
     genvl_only = {
-        "--candidates": args.candidates != 1,
-        "--scheduler": args.scheduler != "ddpm",
         "--decoder-text-guidance": args.decoder_text_guidance != DEFAULT_TEXT_GUIDANCE,
         "--batch-size": args.batch_size is not None,
+        # Karlo steps its UnCLIPScheduler with arguments other schedulers do not take, and has no image tower
+        "--scheduler": karlo and args.scheduler != "ddpm",
+        "--candidates": karlo and args.candidates != 1,
     }
-    karlo = layout == KARLO
     genvl_only.update({"--negative": karlo and args.negative, "--prior": karlo and args.prior})
     genvl_only.update({"--height": karlo and args.height, "--width": karlo and args.width})
     genvl_only["--super-res-steps"] = not karlo and args.super_res_steps
@@ -377,8 +378,11 @@ def published_settings(args, layout: str) -> dict:
         raise UsageError(f"{refused[0]} does not apply here: {what}")
     if not karlo and args.prior is None:
         raise UsageError(f"{what}: pass its prior folder with --prior")
-    if args.num_images > MAX_PUBLISHED_IMAGES:
-        raise UsageError(f"-n {args.num_images}: {what}, drawn in one call; at most {MAX_PUBLISHED_IMAGES}")
+    if args.num_images * args.candidates > MAX_PUBLISHED_IMAGES:
+        raise UsageError(
+            f"-n {args.num_images} x --candidates {args.candidates}: {what}, drawn in one call; at most "
+            f"{MAX_PUBLISHED_IMAGES} images"
+        )
     steps = {"prior": either(args.prior_steps, args.steps), "decoder": either(args.decoder_steps, args.steps)}
     guidance = {
         "prior": either(args.prior_guidance, args.guidance),
@@ -416,16 +420,27 @@ def run_generate_published(args, layout: str, path: Path) -> int:
     else:
         pipeline = load_kandinsky(path, args.prior, torch_dtype(args))
     load_loras(pipeline, args.lora)
+    if args.scheduler != "ddpm":
+        import diffusers
+
+        name, config = SCHEDULERS[args.scheduler]
+        pipeline.set_decoder_scheduler(getattr(diffusers, name), **config)
     pipeline.set_progress_bar_config(disable=args.quiet)
     pipeline = pipeline.to(args.device)
-    seed = base_seed(args)
+    seed, k = base_seed(args), args.candidates
 
     def images():  # drawn once write_images has checked --out
         generator = torch.Generator().manual_seed(seed)
-        drawn = pipeline(args.prompt, num_images_per_prompt=args.num_images, generator=generator, **settings).images
+        count = args.num_images * k
+        drawn = pipeline(args.prompt, num_images_per_prompt=count, generator=generator, **settings).images
+        if k > 1:  # image i keeps the best of draws i K .. i K + K - 1, by the prior's CLIP
+            scores = pipeline.clip_scores(drawn, args.prompt).view(args.num_images, k)
+            drawn = [drawn[i * k + int(best)] for i, best in enumerate(scores.argmax(dim=1))]
         yield from ((i, seed, image) for i, image in enumerate(drawn))
 
-    metadata = {"prompt": args.prompt, "settings": settings, "model": str(path)}
+    metadata = {"prompt": args.prompt, "settings": settings, "scheduler": args.scheduler, "model": str(path)}
+    if k > 1:
+        metadata["candidates"] = k
     if args.prior:
         metadata["prior"] = str(args.prior)
     write_images(args, images(), slug(args.prompt), metadata)

@@ -10,12 +10,15 @@ super-resolution stages, Kandinsky's image-embedding UNet and MoVQ) are one impl
 LoRA and IA³ adapters in PEFT's format load onto them as onto genvl's pipelines (`load_lora_weights`,
 `set_adapters`, `fuse_lora`, ...): an adapter folder holds one adapter for the decoder, or one subfolder per
 network named after it (Karlo: `decoder`, `prior`, `text_encoder`; Kandinsky: `unet`, `prior_prior`,
-`prior_text_encoder`). genvl's other extras (candidates, variations, interpolation, schedulers) stay with its own
-`TextToImagePipeline`; given one of these folders, those commands say so in one line.
+`prior_text_encoder`). Kandinsky's decoder also takes diffusers' other schedulers, and its prior's CLIP towers
+score images against the prompt, which best-of-K draws rank by. Karlo's loop steps its UnCLIPScheduler with
+arguments other schedulers do not take, and it has no image tower. Variations and interpolation stay with genvl's
+own `TextToImagePipeline`; given one of these folders, those commands say so in one line.
 """
 
 from pathlib import Path
 
+import torch
 from diffusers import KandinskyV22CombinedPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline, UnCLIPPipeline
 
 from ..io.components import load_pipeline_components
@@ -48,9 +51,35 @@ class KarloPipeline(LoraMixin, UnCLIPPipeline):
 
 
 class KandinskyPipeline(LoraMixin, KandinskyV22CombinedPipeline):
-    """diffusers' `KandinskyV22CombinedPipeline` with genvl's adapter methods."""
+    """diffusers' `KandinskyV22CombinedPipeline` with genvl's adapter methods, a decoder scheduler of one's
+    choice, and CLIP scores from the prior's own CLIP towers."""
 
     lora_components = ("unet", "prior_prior", "prior_text_encoder")
+
+    def set_decoder_scheduler(self, scheduler_class, **config):
+        """Draw with `scheduler_class` (a diffusers scheduler) built from the decoder scheduler's config."""
+        scheduler = scheduler_class.from_config(self.scheduler.config, **config)
+        self.register_modules(scheduler=scheduler)
+        self.decoder_pipe.register_modules(scheduler=scheduler)  # the combined pipeline draws through it
+        return self
+
+    @torch.no_grad()
+    def clip_scores(self, images, prompt: str) -> torch.Tensor:
+        """Cosine similarity of each PIL image with `prompt`, in the space of the prior's CLIP towers (the
+        image encoder whose embeddings the prior learnt to predict, and the text encoder it reads)."""
+        device = self.prior_image_encoder.device
+        pixels = self.prior_image_processor(images=images, return_tensors="pt").pixel_values
+        image = self.prior_image_encoder(pixels.to(device, self.prior_image_encoder.dtype)).image_embeds
+        tokens = self.prior_tokenizer(
+            [prompt],
+            padding="max_length",
+            max_length=self.prior_tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        text = self.prior_text_encoder(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
+        image = torch.nn.functional.normalize(image.float(), dim=-1)
+        return image @ torch.nn.functional.normalize(text.text_embeds.float(), dim=-1)[0]
 
 
 def load_karlo(folder, dtype=None) -> KarloPipeline:
