@@ -213,3 +213,15 @@ def test_kandinsky_takes_other_schedulers_and_keeps_the_best_of_k_draws(kandinsk
     scores = load_kandinsky(decoder, prior).clip_scores(draws, PROMPT)
     assert scores.shape == (3,) and len(set(scores.tolist())) == 3
     assert np.abs(pixels(best) - pixels(draws[int(scores.argmax())])).max() <= 2 and best.text["candidates"] == "3"
+
+
+def test_score_reads_the_kandinsky_priors_clip_towers(kandinsky, tmp_path, capsys):
+    decoder, prior = kandinsky
+    image = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), "red").save(image)
+    argv = ["score", str(image), PROMPT, "a blue car", "--model", str(prior), "--json"]
+    code, out, err = run(argv, capsys, tmp_path)
+    assert code == 0, err
+    scores = json.loads(out)["scores"]
+    expected = [float(load_kandinsky(decoder, prior).clip_scores([Image.open(image)], text)) for text in scores]
+    assert list(scores.values()) == pytest.approx(expected, abs=1e-5) and len(set(scores.values())) == 2

@@ -127,8 +127,9 @@ def text_vocabulary(model) -> int:
 
 def load_clip(path, dtype=None):
     """(CLIPModel, tokenizer, image processor) from a folder in the Hugging Face CLIP layout (ours or public),
-    or from a text-to-image pipeline folder (its `clip/`, `tokenizer/` and `image_processor/`): the one way to
-    load a CLIP. `dtype`: the weights' dtype (default: as stored)."""
+    from a text-to-image pipeline folder (its `clip/`, `tokenizer/` and `image_processor/`), or from a folder
+    holding CLIP's two towers apart (`image_encoder/` and `text_encoder/`, as Kandinsky 2.2's prior does): the one
+    way to load a CLIP. `dtype`: the weights' dtype (default: as stored)."""
     from transformers import CLIPModel
 
     from ..io.components import load_image_processor, load_tokenizer
@@ -139,6 +140,10 @@ def load_clip(path, dtype=None):
         clip = load_transformers_model(CLIPModel, path / "clip", dtype)
         tokenizer = load_tokenizer(path / "tokenizer", text_vocabulary(clip))
         return clip, tokenizer, load_image_processor(path / "image_processor")
+    if (path / "model_index.json").is_file() and (path / "image_encoder" / "config.json").is_file():
+        clip = clip_of_towers(path / "image_encoder", path / "text_encoder", dtype)
+        tokenizer = load_tokenizer(path / "tokenizer", text_vocabulary(clip))
+        return clip, tokenizer, load_image_processor(path / "image_processor")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"{path}: neither a text-to-image pipeline nor a CLIP folder (no model_index.json "
@@ -146,6 +151,44 @@ def load_clip(path, dtype=None):
         )
     clip = load_transformers_model(CLIPModel, path, dtype)
     return clip, load_tokenizer(path, text_vocabulary(clip)), load_image_processor(path)
+
+
+def clip_of_towers(image_folder, text_folder, dtype=None):
+    """One `CLIPModel` of a `CLIPVisionModelWithProjection` folder and a `CLIPTextModelWithProjection` folder,
+    each loaded with genvl's checks (see `joined_towers`)."""
+    from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+    from ..io.folders import load_transformers_model
+
+    image = load_transformers_model(CLIPVisionModelWithProjection, image_folder, dtype)
+    text = load_transformers_model(CLIPTextModelWithProjection, text_folder, dtype)
+    return joined_towers(image, text)
+
+
+def joined_towers(image_encoder, text_encoder):
+    """A `CLIPModel` whose towers are `image_encoder` and `text_encoder` (CLIP's two halves as separate models,
+    as Kandinsky's prior holds them), their modules shared, not copied; its logit scale is CLIP's initial one
+    (cosine similarities do not use it)."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    if image_encoder.config.projection_dim != text_encoder.config.projection_dim:
+        raise ValueError(
+            f"the image tower projects to {image_encoder.config.projection_dim} dimensions and the text tower to "
+            f"{text_encoder.config.projection_dim}: not the two towers of one CLIP"
+        )
+    config = CLIPConfig(
+        text_config=text_encoder.config.to_dict(),
+        vision_config=image_encoder.config.to_dict(),
+        projection_dim=text_encoder.config.projection_dim,
+    )
+    with torch.device("meta"):
+        clip = CLIPModel(config)
+    clip.text_model, clip.text_projection = text_encoder.text_model, text_encoder.text_projection
+    clip.vision_model, clip.visual_projection = image_encoder.vision_model, image_encoder.visual_projection
+    scale = torch.tensor(config.logit_scale_init_value, dtype=text_encoder.dtype, device=text_encoder.device)
+    clip.logit_scale = torch.nn.Parameter(scale, requires_grad=False)
+    return clip.eval()
 
 
 def load_decoder_text_encoder(path):

@@ -63,23 +63,13 @@ class KandinskyPipeline(LoraMixin, KandinskyV22CombinedPipeline):
         self.decoder_pipe.register_modules(scheduler=scheduler)  # the combined pipeline draws through it
         return self
 
-    @torch.no_grad()
     def clip_scores(self, images, prompt: str) -> torch.Tensor:
         """Cosine similarity of each PIL image with `prompt`, in the space of the prior's CLIP towers (the
         image encoder whose embeddings the prior learnt to predict, and the text encoder it reads)."""
-        device = self.prior_image_encoder.device
-        pixels = self.prior_image_processor(images=images, return_tensors="pt").pixel_values
-        image = self.prior_image_encoder(pixels.to(device, self.prior_image_encoder.dtype)).image_embeds
-        tokens = self.prior_tokenizer(
-            [prompt],
-            padding="max_length",
-            max_length=self.prior_tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        text = self.prior_text_encoder(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
-        image = torch.nn.functional.normalize(image.float(), dim=-1)
-        return image @ torch.nn.functional.normalize(text.text_embeds.float(), dim=-1)[0]
+        from ..models.clip import clip_similarity, joined_towers
+
+        clip = joined_towers(self.prior_image_encoder, self.prior_text_encoder)
+        return clip_similarity(clip, self.prior_tokenizer, self.prior_image_processor, images, [prompt])[:, 0]
 
 
 def load_karlo(folder, dtype=None) -> KarloPipeline:
