@@ -73,13 +73,7 @@ def add_parsers(commands) -> None:
     generate.add_argument("--negative", default=None, help="negative prompt (default: the empty prompt)")
     add_lora_flag(generate)
     add_sampling_flags(generate, text=True)
-    published = generate.add_argument_group(
-        "published checkpoints", "for --model a Karlo (UnCLIPPipeline) or Kandinsky 2.2 decoder folder"
-    )
-    published.add_argument("--prior", metavar="DIR", help="the Kandinsky 2.2 prior folder of a Kandinsky decoder")
-    published.add_argument("--super-res-steps", type=positive(int), help="Karlo's super-resolution steps (default 7)")
-    for side in ("height", "width"):
-        published.add_argument(f"--{side}", type=IMAGE_SIDE, help=f"Kandinsky's image {side} (default 512)")
+    add_published_flags(generate, super_res=True)
     add_t2i_runtime_flags(generate)
 
     vary = commands.add_parser("vary", help="variations of an image", epilog="example: genvl vary img.png -n 4")
@@ -87,6 +81,7 @@ def add_parsers(commands) -> None:
     vary.add_argument("-n", "--num-images", type=positive(int), default=4)
     vary.add_argument("--batch-size", type=positive(int), help=BATCH_HELP)
     add_sampling_flags(vary, prior=False)
+    add_published_flags(vary)
     add_t2i_runtime_flags(vary)
 
     interpolate = commands.add_parser(
@@ -98,6 +93,7 @@ def add_parsers(commands) -> None:
     interpolate.add_argument("end", help="a prompt or an image file")
     interpolate.add_argument("--frames", type=checked_type(int, lambda frames: frames >= 2, ">= 2"), default=5)
     add_sampling_flags(interpolate)
+    add_published_flags(interpolate)
     add_t2i_runtime_flags(interpolate)
 
     score = commands.add_parser(
@@ -166,6 +162,18 @@ def add_sampling_flags(parser, prior: bool = True, outputs: bool = True, text: b
             action="store_true",
             help="one JSON record per image on stdout (path, seed, settings) instead of its path",
         )
+
+
+def add_published_flags(parser, super_res: bool = False):
+    group = parser.add_argument_group(
+        "published checkpoints",
+        "for --model a Kandinsky 2.2 decoder folder" + (" or a Karlo (UnCLIPPipeline) folder" if super_res else ""),
+    )
+    group.add_argument("--prior", metavar="DIR", help="the Kandinsky 2.2 prior folder of a Kandinsky decoder")
+    if super_res:
+        group.add_argument("--super-res-steps", type=positive(int), help="Karlo's super-resolution steps (default 7)")
+    for side in ("height", "width"):
+        group.add_argument(f"--{side}", type=IMAGE_SIDE, help=f"Kandinsky's image {side} (default 512)")
 
 
 def add_t2i_runtime_flags(parser):
@@ -325,17 +333,9 @@ def run_generate(args) -> int:
     check_text(args.prompt, "PROMPT")
     if args.negative:
         check_text(args.negative, "--negative")
-    quiet_libraries(args)  # before the published pipelines' module imports diffusers' (their notices)
-    from ..pipelines.published import published_layout
-
-    path = model_source(args, "GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))[0]
-    layout = published_layout(path) if path.is_dir() else None
+    layout, path = published_model(args)
     if layout is not None:
         return run_generate_published(args, layout, path)
-    published_only = [flag for flag in ("prior", "super_res_steps", "height", "width") if getattr(args, flag)]
-    if published_only:
-        flag = "--" + published_only[0].replace("_", "-")
-        raise UsageError(f"{flag} is for a published checkpoint (Karlo or Kandinsky 2.2), not a genvl pipeline")
     settings = stage_settings(args)
     pipeline = load_t2i_pipeline(args)
     images = each_alone(
@@ -353,6 +353,69 @@ def run_generate(args) -> int:
         "model": str(args.model or default_t2i_model()),
     }
     write_images(args, images, slug(args.prompt), metadata)
+    return 0
+
+
+def published_model(args) -> tuple:
+    """(layout, folder) of --model: its `published_layout`, or None for a genvl pipeline folder, whose commands
+    refuse the flags only published checkpoints take."""
+    quiet_libraries(args)  # before the published pipelines' module imports diffusers' (their notices)
+    from ..pipelines.published import published_layout
+
+    path = model_source(args, "GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))[0]
+    layout = published_layout(path) if path.is_dir() else None
+    given = [flag for flag in ("prior", "super_res_steps", "height", "width") if getattr(args, flag, None)]
+    if layout is None and given:
+        flag = "--" + given[0].replace("_", "-")
+        raise UsageError(f"{flag} is for a published checkpoint (Karlo or Kandinsky 2.2), not a genvl pipeline")
+    return layout, path
+
+
+def run_mix_published(args, layout: str, path: Path, jobs, name: str, metadata: dict) -> int:
+    """`genvl vary` and `genvl interpolate` on a Kandinsky 2.2 folder: for each job (sources, weights, images),
+    images drawn from the weighted CLIP image embeddings of its sources (`KandinskyPipeline.mix`), each job with a
+    generator seeded --seed."""
+    import torch
+
+    from ..pipelines.published import KARLO, PUBLISHED, load_kandinsky, scheduler_folders
+
+    what = f"--model {args.model or default_t2i_model()} is {PUBLISHED[layout]} folder"
+    if layout == KARLO:
+        raise UsageError(f"{what}, which has no image tower to draw from images with: use Kandinsky 2.2's")
+    if args.prior is None:
+        raise UsageError(f"{what}: pass its prior folder with --prior")
+    if max(count for _, _, count in jobs) > MAX_PUBLISHED_IMAGES:
+        raise UsageError(f"-n {args.num_images}: {what}, drawn in one call; at most {MAX_PUBLISHED_IMAGES}")
+    steps = {
+        "prior": either(getattr(args, "prior_steps", None), args.steps),
+        "decoder": either(args.decoder_steps, args.steps),
+    }
+    settings = dict(num_inference_steps=steps["decoder"], prior_num_inference_steps=steps["prior"])
+    settings.update(guidance_scale=either(args.decoder_guidance, args.guidance), height=args.height, width=args.width)
+    settings["prior_guidance_scale"] = either(getattr(args, "prior_guidance", None), args.guidance)
+    settings = {key: value for key, value in settings.items() if value is not None}
+    for stage, folder in scheduler_folders(layout, path, args.prior).items():
+        check_timesteps(f"--{stage}-steps", steps[stage], stage, folder)
+    pipeline = load_kandinsky(path, args.prior, torch_dtype(args))
+    if args.scheduler != "ddpm":
+        import diffusers
+
+        scheduler, config = SCHEDULERS[args.scheduler]
+        pipeline.set_decoder_scheduler(getattr(diffusers, scheduler), **config)
+    pipeline.set_progress_bar_config(disable=args.quiet)
+    pipeline = pipeline.to(args.device)
+    seed = base_seed(args)
+
+    def images():  # drawn once write_images has checked --out
+        index = 0
+        for sources, weights, count in jobs:
+            generator = torch.Generator().manual_seed(seed)
+            for image in pipeline.mix(sources, weights, count, generator, **settings):
+                yield index, seed, image
+                index += 1
+
+    metadata = {**metadata, "scheduler": args.scheduler, "settings": settings, "model": str(path), "prior": args.prior}
+    write_images(args, images(), name, metadata)
     return 0
 
 
@@ -453,8 +516,12 @@ def run_vary(args) -> int:
     from ..io.images import load_image
     from ..pipelines.threads import one_torch_thread
 
-    settings = stage_settings(args, prior=False)
     image = load_image(args.image)
+    layout, path = published_model(args)
+    name, metadata = slug(Path(args.image).stem) + "-variation", {"source": str(args.image)}
+    if layout is not None:
+        return run_mix_published(args, layout, path, [([image], [1.0], args.num_images)], name, metadata)
+    settings = stage_settings(args, prior=False)
     pipeline = load_t2i_pipeline(args)
     with one_torch_thread(), torch.no_grad():  # encoded once, on one thread like each image's own work
         embeds = pipeline.encode_image([image])
@@ -463,8 +530,7 @@ def run_vary(args) -> int:
         pipeline,
         lambda pipe, generators: pipe.image_variation(image_embeds=embeds, generator=generators, **settings).images,
     )
-    metadata = {"source": str(args.image), "scheduler": args.scheduler, "settings": settings}
-    write_images(args, images, slug(Path(args.image).stem) + "-variation", metadata)
+    write_images(args, images, name, {**metadata, "scheduler": args.scheduler, "settings": settings})
     return 0
 
 
@@ -478,8 +544,14 @@ def interpolation_end(text: str, name: str):
 def run_interpolate(args) -> int:
     import torch
 
-    settings = stage_settings(args)
     ends = [interpolation_end(args.start, "START"), interpolation_end(args.end, "END")]
+    layout, path = published_model(args)
+    name = slug(f"{Path(args.start).stem}-to-{Path(args.end).stem}")
+    if layout is not None:
+        weights = [index / (args.frames - 1) for index in range(args.frames)]
+        jobs = [(ends, [1 - t, t], 1) for t in weights]
+        return run_mix_published(args, layout, path, jobs, name, {"start": args.start, "end": args.end})
+    settings = stage_settings(args)
     pipeline = load_t2i_pipeline(args)
     seed = base_seed(args)
     chunks = pipeline.interpolation_frames(
@@ -494,7 +566,7 @@ def run_interpolate(args) -> int:
                 index += 1
 
     metadata = {"start": args.start, "end": args.end, "scheduler": args.scheduler, "settings": settings}
-    write_images(args, frames(), slug(f"{Path(args.start).stem}-to-{Path(args.end).stem}"), metadata)
+    write_images(args, frames(), name, metadata)
     return 0
 
 

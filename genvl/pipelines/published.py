@@ -11,9 +11,9 @@ LoRA and IA³ adapters in PEFT's format load onto them as onto genvl's pipelines
 `set_adapters`, `fuse_lora`, ...): an adapter folder holds one adapter for the decoder, or one subfolder per
 network named after it (Karlo: `decoder`, `prior`, `text_encoder`; Kandinsky: `unet`, `prior_prior`,
 `prior_text_encoder`). Kandinsky's decoder also takes diffusers' other schedulers, and its prior's CLIP towers
-score images against the prompt, which best-of-K draws rank by. Karlo's loop steps its UnCLIPScheduler with
-arguments other schedulers do not take, and it has no image tower. Variations and interpolation stay with genvl's
-own `TextToImagePipeline`; given one of these folders, those commands say so in one line.
+score images against the prompt, which best-of-K draws rank by; its prior's image tower gives variations of an
+image and frames between images and prompts (`mix`). Karlo's loop steps its UnCLIPScheduler with arguments other
+schedulers do not take, and it has no image tower: those commands refuse it in one line.
 """
 
 from pathlib import Path
@@ -62,6 +62,41 @@ class KandinskyPipeline(LoraMixin, KandinskyV22CombinedPipeline):
         self.register_modules(scheduler=scheduler)
         self.decoder_pipe.register_modules(scheduler=scheduler)  # the combined pipeline draws through it
         return self
+
+    @torch.no_grad()
+    def mix(
+        self,
+        sources,
+        weights,
+        num_images: int = 1,
+        generator=None,
+        prior_num_inference_steps: int = 25,
+        prior_guidance_scale: float = 4.0,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 4.0,
+        height: int = 512,
+        width: int = 512,
+    ):
+        """Images drawn from the weighted sum of the CLIP image embeddings of `sources` (PIL images, embedded by
+        the prior's image tower, or prompts, through the prior), as diffusers' prior `interpolate` and decoder
+        draw them: one source at weight 1 gives variations of an image, two at (1 - t, t) a frame between them."""
+        embeds = self.prior_pipe.interpolate(
+            list(sources),
+            list(weights),
+            num_images_per_prompt=num_images,
+            num_inference_steps=prior_num_inference_steps,
+            generator=generator,
+            guidance_scale=prior_guidance_scale,
+        )
+        return self.decoder_pipe(
+            image_embeds=embeds.image_embeds,
+            negative_image_embeds=embeds.negative_image_embeds,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            generator=generator,
+        ).images
 
     def clip_scores(self, images, prompt: str) -> torch.Tensor:
         """Cosine similarity of each PIL image with `prompt`, in the space of the prior's CLIP towers (the
