@@ -333,3 +333,22 @@ def test_captioner_streams_shards_and_resumes_to_the_same_losses(folder, tmp_pat
     with pytest.raises(SystemExit) as exit_info:  # a usage error, before anything is read
         train_captioner.main([*args(tmp_path / "x", 1)[2:], "--train_data_dir", str(folder)])
     assert exit_info.value.code == 2
+
+
+def test_autoencoder_streams_shards_and_other_recipes_refuse_to(folder, tmp_path):
+    pack(folder, str(tmp_path / "train-%02d.tar"), 6)
+    arch = tmp_path / "arch.json"
+    arch.write_text(json.dumps({"autoencoder_channels": [8, 8], "autoencoder_norm_groups": 4}))
+    shards = f"{tmp_path}/train-{{00..03}}.tar"
+    common = ["--train_data_dir", shards, "--streaming", "--resolution", "32", "--train_batch_size", "8"]
+    common += ["--max_train_steps", "4", "--checkpointing_steps", "2", "--lr_warmup_steps", "1"]
+    out = tmp_path / "vae_run"
+    losses = recipe("train_autoencoder").main([*common, "--architecture", str(arch), "--output_dir", str(out)])
+    assert len(losses) == 4
+    marker = json.loads((out / "checkpoint-2" / "checkpoint_complete.json").read_text())
+    assert marker["data"] == [{"epoch": 0, "consumed": 16}]  # 2 steps of 8 of the 20 samples
+    assert json.loads((out / "data_summary.json").read_text())["samples_taken"] == 32
+    config = json.loads((out / "vae" / "config.json").read_text())
+    assert 0 < config["scaling_factor"] < 1e3
+    with pytest.raises(ValueError, match="--streaming: this recipe holds its data in memory"):
+        recipe("train_judge").main([*common, "--output_dir", str(tmp_path / "judge")])

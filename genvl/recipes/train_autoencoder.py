@@ -11,12 +11,16 @@ images and written into the model's config; the model is saved in `output_dir/va
 `--pretrained_model_name_or_path` continues from a saved autoencoder; with `--train_decoder_only` its
 encoder (and so its latents and scaling factor) stays frozen and only the decoder learns, so that a
 diffusion model trained on its latents stays valid while the reconstructions improve.
+
+With `--streaming` and shards as `--train_data_dir`, the images stream through the run (`genvl.training.stream`)
+instead of being decoded into memory first; the scaling factor is then measured on the stream's first images.
 """
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from diffusers import AutoencoderKL
 
 from genvl.io.components import load_pretrained
@@ -24,6 +28,7 @@ from genvl.io.imagefolder import load_images
 from genvl.models.unclip import UnclipArchitecture, build_autoencoder
 from genvl.training.args import TrainArgs, check_at_least, parse_args, run_script, save_architecture
 from genvl.training.autoencoder import (
+    SCALING_IMAGES,
     ReconstructionStep,
     autoencoder_parameters,
     latent_scaling_factor,
@@ -32,6 +37,7 @@ from genvl.training.autoencoder import (
 from genvl.training.data import read_training_data
 from genvl.training.loop import make_accelerator, train_loop
 from genvl.training.seeds import AUGMENTATION, step_generator
+from genvl.training.stream import open_stream, write_stream_summary
 
 
 @dataclass
@@ -56,9 +62,13 @@ class TrainAutoencoderArgs(TrainArgs):
 def main(argv=None):
     args = parse_args(TrainAutoencoderArgs, argv)
     accelerator = make_accelerator(args, "train_autoencoder")
-    data_dir = Path(args.train_data_dir)
-    records = read_training_data(accelerator, args)
-    images = load_images(data_dir, records, args.image_column, args.resolution)
+    if args.streaming:  # decoded as each batch takes them; the scaling factor is measured on the first ones
+        data = open_stream(accelerator, args)
+        images = None
+    else:
+        records = read_training_data(accelerator, args)
+        images = load_images(Path(args.train_data_dir), records, args.image_column, args.resolution)
+        data = len(records)
     if args.pretrained_model_name_or_path:
         vae = load_pretrained(AutoencoderKL, args.pretrained_model_name_or_path)
     else:
@@ -69,11 +79,17 @@ def main(argv=None):
     device = accelerator.device
 
     def compute_loss(model, batch, step):
-        pixels = (images[batch].float() / 127.5 - 1).to(device)
+        batch_images = images[batch] if images is not None else torch.stack([sample["pixels"] for sample in batch])
+        pixels = (batch_images.float() / 127.5 - 1).to(device)
         recon, kl = model(pixels, step_generator(args.seed, step, AUGMENTATION, device))
         return reconstruction_loss(recon, pixels, args.foreground_weight) + args.kl_weight * kl
 
-    losses = train_loop(accelerator, args, ReconstructionStep(vae), parameters, len(records), compute_loss)
+    losses = train_loop(accelerator, args, ReconstructionStep(vae), parameters, data, compute_loss)
+    if args.streaming:
+        write_stream_summary(accelerator, args, data)
+        if accelerator.is_main_process and not args.train_decoder_only:
+            first = open_stream(accelerator, args).take(SCALING_IMAGES)  # the stream's first samples, as in memory
+            images = torch.stack([sample["pixels"] for sample in first])
 
     if accelerator.is_main_process:
         vae.eval()

@@ -12,7 +12,6 @@ With `--streaming` and shards as `--train_data_dir`, samples stream through the 
 instead of being decoded into memory first: the run's memory stays the same whatever the size of the data.
 """
 
-import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +20,16 @@ import torch
 import torch.nn.functional as F
 
 from genvl.io.imagefolder import load_images
-from genvl.io.shards import is_shard_spec
 from genvl.lora import save_adapter
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
 from genvl.training.args import LoraTrainArgs, check_at_least, parse_args, run_script, save_architecture
 from genvl.training.augment import NEED_SCENES, augment_batch, mirrored_captions, parse_augmentations, shift_range
-from genvl.training.checkpoints import warn
 from genvl.training.data import read_training_data
 from genvl.training.features import load_or_train_tokenizer
 from genvl.training.loop import make_accelerator, train_loop
 from genvl.training.pretrained import add_training_adapter
 from genvl.training.seeds import AUGMENTATION, step_generator
-from genvl.training.stream import ShardStream
+from genvl.training.stream import open_stream, write_stream_summary
 from genvl.world.captions import scene_captions
 
 
@@ -44,14 +41,11 @@ class TrainCaptionerArgs(LoraTrainArgs):
     architecture: str = "configs/captioner_small.json"
     vocab_size: int = 1024
     augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light
-    streaming: bool = False  # stream the shards of --train_data_dir instead of decoding them all into memory
 
     def __post_init__(self):
         super().__post_init__()
         check_at_least(self, 1, "vocab_size")  # a negative size overflows the tokenizer trainer
         parse_augmentations(self.augment)
-        if self.streaming and not is_shard_spec(self.train_data_dir):
-            raise ValueError(f"--streaming reads tar shards; --train_data_dir {self.train_data_dir} names none")
 
 
 def tokenize_captions(tokenizer, captions, max_length: int):
@@ -87,19 +81,6 @@ def stream_texts(args):
             record[args.caption_column] = sample["txt"].decode("utf-8", errors="replace").strip()
         captions = record.get("captions") or [record.get(args.caption_column)]
         yield from (c for c in captions if isinstance(c, str) and c.strip())
-
-
-def decode_sample(record: dict, caption_column: str, resolution: int, need_scene: bool) -> dict:
-    """A streamed sample as a batch holds it: its pixels (3, R, R) uint8, caption and scene graph."""
-    from genvl.io.images import load_image
-
-    if need_scene and "scene" not in record:
-        raise ValueError("no scene graph, which --augment flip and shift need")
-    image = load_image(record["image_bytes"], name="the image").convert("RGB")
-    if image.size != (resolution, resolution):
-        image = image.resize((resolution, resolution), 2)  # bilinear, as load_images resizes
-    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(resolution, resolution, 3)
-    return {"pixels": pixels.permute(2, 0, 1), "caption": record[caption_column], "scene": record.get("scene")}
 
 
 def main(argv=None):
@@ -174,20 +155,8 @@ def main(argv=None):
             return loss_of(model, pixel_values, step, tokens_of, len(batch), batch_ranges)
 
     else:
-        log = functools.partial(warn, accelerator=accelerator)
         need_scene = any(kind in NEED_SCENES for kind in kinds)
-        data = ShardStream(
-            args.train_data_dir,
-            functools.partial(
-                decode_sample, caption_column=args.caption_column, resolution=args.resolution, need_scene=need_scene
-            ),
-            args.caption_column,
-            args.image_column,
-            args.seed,
-            accelerator.process_index,
-            accelerator.num_processes,
-            on_error=log,
-        )
+        data = open_stream(accelerator, args, caption_column=args.caption_column, need_scene=need_scene)
 
         def compute_loss(model, batch, step):
             pixel_values = torch.stack([s["pixels"] for s in batch]).to(device).float().div_(127.5).sub_(1.0)
@@ -217,23 +186,6 @@ def main(argv=None):
         (output_dir / "train_losses.json").write_text(json.dumps(losses))
     accelerator.end_training()
     return losses
-
-
-def write_stream_summary(accelerator, args, stream) -> None:
-    """`output_dir/data_summary.json` of a streamed run: the samples every process took and the bad ones it met."""
-    from accelerate.utils import gather_object
-
-    seen = gather_object([{"taken": stream.taken, "skipped": stream.skipped}])
-    if accelerator.is_main_process:
-        skipped = [entry for process in seen for entry in process["skipped"]]
-        summary = {
-            "source": str(args.train_data_dir),
-            "streamed": True,
-            "samples_taken": sum(process["taken"] for process in seen),
-            "skipped": len(skipped),
-            "skipped_samples": skipped,
-        }
-        (Path(args.output_dir) / "data_summary.json").write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -141,9 +141,15 @@ class TrainArgs:
     report_to: str | None = None
     enable_xformers_memory_efficient_attention: bool = False
     gradient_checkpointing: bool = False
+    streaming: bool = False  # stream the shards of --train_data_dir instead of decoding them all into memory
 
     def __post_init__(self):
         check_numbers(self)  # the subclasses' fields too: a --config file can hold any JSON value
+        if self.streaming:
+            from ..io.shards import is_shard_spec
+
+            if not is_shard_spec(self.train_data_dir):
+                raise ValueError(f"--streaming reads tar shards; --train_data_dir {self.train_data_dir} names none")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.lr_scheduler not in LR_SCHEDULERS:

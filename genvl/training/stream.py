@@ -13,7 +13,10 @@ samples taken this epoch) is saved with every checkpoint, so a resumed run goes 
 uninterrupted one would see: the samples before that place are read again, not decoded.
 """
 
+import functools
+import json
 import random
+from pathlib import Path
 
 from ..io.shards import iter_samples, sample_record, shard_paths
 
@@ -123,3 +126,55 @@ class ShardStream:
     # the loop's view: one micro-batch per call, in order, and the place to save
     def batch(self, micro_step: int, batch_size: int):
         return self.take(batch_size)
+
+
+def decoded_sample(record: dict, resolution: int, caption_column: str | None = None, need_scene: bool = False):
+    """A streamed sample as a batch holds it: its pixels (3, R, R) uint8 at `resolution` (resized bilinearly, as
+    `load_images` does), its caption and its scene graph (required with `need_scene`)."""
+    import torch
+
+    from ..io.images import load_image
+
+    if need_scene and "scene" not in record:
+        raise ValueError("no scene graph, which --augment flip and shift need")
+    image = load_image(record["image_bytes"], name="the image").convert("RGB")
+    if image.size != (resolution, resolution):
+        image = image.resize((resolution, resolution), 2)  # PIL's bilinear
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(resolution, resolution, 3)
+    caption = record.get(caption_column) if caption_column else None
+    return {"pixels": pixels.permute(2, 0, 1), "caption": caption, "scene": record.get("scene")}
+
+
+def open_stream(accelerator, args, **decoding) -> ShardStream:
+    """This process's stream of `--train_data_dir` for a run: samples decoded by `decoded_sample` at the run's
+    resolution (`decoding`: its other arguments), bad ones logged on stderr by the main process."""
+    from .checkpoints import warn
+
+    return ShardStream(
+        args.train_data_dir,
+        functools.partial(decoded_sample, resolution=args.resolution, **decoding),
+        args.caption_column,
+        args.image_column,
+        args.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
+        on_error=functools.partial(warn, accelerator=accelerator),
+    )
+
+
+def write_stream_summary(accelerator, args, stream: ShardStream) -> None:
+    """`output_dir/data_summary.json` of a streamed run: the samples every process took and the bad ones it met."""
+    from accelerate.utils import gather_object
+
+    seen = gather_object([{"taken": stream.taken, "skipped": stream.skipped}])
+    if accelerator.is_main_process:
+        skipped = [entry for process in seen for entry in process["skipped"]]
+        summary = {
+            "source": str(args.train_data_dir),
+            "streamed": True,
+            "samples_taken": sum(process["taken"] for process in seen),
+            "skipped": len(skipped),
+            "skipped_samples": skipped,
+        }
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.output_dir) / "data_summary.json").write_text(json.dumps(summary, indent=2))
