@@ -8,7 +8,7 @@ is decoded only when a batch takes it; a bad one (no caption, an image that does
 cap, a shard cut off) is logged, counted, skipped, and the batch takes the next.
 
 Processes split the stream by position: process p of P takes the samples p, p + P, p + 2P, ... of each epoch, so
-no sample is seen twice in an epoch and none is left out (but for the last P - 1). The stream's place (epoch,
+no sample is seen twice in an epoch and each is some process's. The stream's place (epoch,
 samples taken this epoch) is saved with every checkpoint, so a resumed run goes on with the samples an
 uninterrupted one would see: the samples before that place are read again, not decoded.
 """
@@ -26,8 +26,8 @@ SHUFFLE_BUFFER = 1000  # samples held by the shuffle: the memory of the stream, 
 class ShardStream:
     """One process's stream of decoded samples of the shards `source` names (a brace pattern, or several joined
     by `::`). `decode(record)` turns a sample's record (`sample_record`: the caption column, the JSON fields, the
-    encoded image under "image_bytes") into what a batch holds, raising ValueError for a bad sample. `on_error(
-    where, reason)` hears of each bad sample."""
+    encoded image under "image_bytes") into what a batch holds, raising ValueError for a bad sample.
+    `on_error(message)` hears of each bad sample: "skipping shard#key: reason"."""
 
     def __init__(
         self,
