@@ -234,6 +234,12 @@ def either_steps(args) -> int:
     return args.steps if args.steps is not None else DEFAULT_NUM_INFERENCE_STEPS
 
 
+def steps_flag(args, stage: str) -> str:
+    """The flag that set `stage`'s step count: its own (`--prior-steps`, ...) if given, else `--steps`."""
+    own = f"{stage}_steps"
+    return f"--{own.replace('_', '-')}" if getattr(args, own, None) is not None else "--steps"
+
+
 def check_timesteps(flag: str, count: int | None, stage: str, folder: Path) -> None:
     """A usage error if `count` steps are more than the scheduler in `folder` has timesteps."""
     from ..io.folders import read_json
@@ -395,7 +401,7 @@ def run_mix_published(args, layout: str, path: Path, jobs, name: str, metadata: 
     settings["prior_guidance_scale"] = either(getattr(args, "prior_guidance", None), args.guidance)
     settings = {key: value for key, value in settings.items() if value is not None}
     for stage, folder in scheduler_folders(layout, path, args.prior).items():
-        check_timesteps(f"--{stage}-steps", steps[stage], stage, folder)
+        check_timesteps(steps_flag(args, stage), steps[stage], stage, folder)
     pipeline = load_kandinsky(path, args.prior, torch_dtype(args))
     if args.scheduler != "ddpm":
         import diffusers
@@ -470,14 +476,13 @@ def run_generate_published(args, layout: str, path: Path) -> int:
     from ..pipelines.published import KARLO, load_kandinsky, load_karlo, scheduler_folders
 
     settings = published_settings(args, layout)
-    flags = {"prior": "--prior-steps", "decoder": "--decoder-steps", "super_res": "--super-res-steps"}
     counts = {
         "prior": settings.get("prior_num_inference_steps"),
         "decoder": settings.get("decoder_num_inference_steps", settings.get("num_inference_steps")),
         "super_res": settings.get("super_res_num_inference_steps"),
     }
     for stage, folder in scheduler_folders(layout, path, args.prior).items():
-        check_timesteps(flags[stage], counts[stage], stage.replace("_", "-"), folder)
+        check_timesteps(steps_flag(args, stage), counts[stage], stage.replace("_", "-"), folder)
     if layout == KARLO:
         pipeline = load_karlo(path, torch_dtype(args))
     else:
