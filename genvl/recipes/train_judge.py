@@ -31,6 +31,7 @@ from genvl.training.augment import augment_batch, parse_augmentations, shift_ran
 from genvl.training.data import check_data_source, read_training_data
 from genvl.training.loop import make_accelerator, train_loop
 from genvl.training.seeds import AUGMENTATION, step_generator
+from genvl.training.stream import open_stream, write_stream_summary
 from genvl.world.scenes import mirror_scene
 from genvl.world.sprites import COLOURS, OBJECTS
 
@@ -134,9 +135,6 @@ def main(argv=None):
     if args.eval_data_dir:  # read only once training is over: a wrong path should not cost the run
         check_data_source(args.eval_data_dir, "--eval_data_dir")
     accelerator = make_accelerator(args, "train_judge")
-    data_dir = Path(args.train_data_dir)
-    records = read_training_data(accelerator, args)
-    images = load_images(data_dir, records, args.image_column, args.resolution)
     width = args.width
     judge = SceneJudge(
         object_names=sorted(OBJECTS),
@@ -145,28 +143,44 @@ def main(argv=None):
         image_size=args.resolution,
         predict_size=True,
     )
-    scenes = [record["scene"] for record in records]
-    targets = judge.targets(scenes)
     kinds = parse_augmentations(args.augment)
-    ranges = torch.tensor([shift_range(scene) for scene in scenes]) if "shift" in kinds else None
     device = accelerator.device
+    if args.streaming:  # each batch decoded, and its targets made, as it comes
+        data = open_stream(accelerator, args, need_scene=True)
+
+        def batch_of(batch):
+            scenes = [sample["scene"] for sample in batch]
+            return torch.stack([sample["pixels"] for sample in batch]), scenes, judge.targets(scenes)
+
+    else:
+        records = read_training_data(accelerator, args)
+        images = load_images(Path(args.train_data_dir), records, args.image_column, args.resolution)
+        all_scenes = [record["scene"] for record in records]
+        targets = judge.targets(all_scenes)
+        data = len(records)
+
+        def batch_of(batch):
+            scenes = [all_scenes[int(i)] for i in batch]
+            return images[batch], scenes, {name: value[batch] for name, value in targets.items()}
 
     def compute_loss(model, batch, step):
         generator = step_generator(args.seed, step, AUGMENTATION)
-        pixels = images[batch].float() / 127.5 - 1
-        batch_targets = {name: value[batch] for name, value in targets.items()}
+        batch_images, scenes, batch_targets = batch_of(batch)
+        pixels = batch_images.float() / 127.5 - 1
         if kinds:
-            batch_ranges = ranges[batch] if ranges is not None else None
+            batch_ranges = torch.tensor([shift_range(scene) for scene in scenes]) if "shift" in kinds else None
             pixels, flipped, shifts = augment_batch(pixels, batch_ranges, kinds, generator)
             if flipped.any() or shifts.any():  # the targets of the flipped and moved renders
                 units = (shifts.float() * 64 / args.resolution).tolist()
-                moved = [moved_scene(scenes[int(i)], bool(f), *d) for i, f, d in zip(batch, flipped, units)]
+                moved = [moved_scene(scene, bool(f), *d) for scene, f, d in zip(scenes, flipped, units)]
                 batch_targets = judge.targets(moved)
         pixels = degrade(pixels, generator).to(device)
         batch_targets = {name: value.to(device) for name, value in batch_targets.items()}
         return judge.loss(model(pixels), batch_targets)
 
-    losses = train_loop(accelerator, args, judge, judge.parameters(), len(records), compute_loss)
+    losses = train_loop(accelerator, args, judge, judge.parameters(), data, compute_loss)
+    if args.streaming:
+        write_stream_summary(accelerator, args, data)
 
     if accelerator.is_main_process:
         judge.eval()

@@ -59,9 +59,11 @@ def read_training_records(source, caption_column: str, image_column: str, log=No
 def read_training_data(accelerator, args) -> list[dict]:
     """The records of `--train_data_dir` (imagefolder or shards) with bad samples logged on stderr by the main
     process, counted, and listed in `output_dir/data_summary.json`. A recipe that calls it holds its data in
-    memory: `--streaming` is refused (the captioner and autoencoder recipes stream instead of calling it)."""
+    memory: `--streaming` is refused (the captioner, autoencoder and judge recipes stream instead of calling it)."""
     if args.streaming:
-        raise ValueError("--streaming: this recipe holds its data in memory; the captioner and autoencoder stream")
+        raise ValueError(
+            "--streaming: this recipe holds its data in memory; the captioner, autoencoder and judge stream"
+        )
     check_data_source(args.train_data_dir, "--train_data_dir")
     log = functools.partial(warn, accelerator=accelerator)
     records, skipped = read_training_records(args.train_data_dir, args.caption_column, args.image_column, log)
