@@ -377,39 +377,77 @@ def published_model(args) -> tuple:
     return layout, path
 
 
+def published_what(args, layout: str) -> str:
+    from ..pipelines.published import PUBLISHED
+
+    return f"--model {args.model or default_t2i_model()} is {PUBLISHED[layout]} folder"
+
+
+def published_stages(args) -> tuple[dict, dict]:
+    """(steps, guidance) of each stage of a published checkpoint as the flags give them; None keeps the pipeline's
+    own default."""
+    steps = {
+        "prior": either(getattr(args, "prior_steps", None), args.steps),
+        "decoder": either(args.decoder_steps, args.steps),
+        "super_res": getattr(args, "super_res_steps", None),
+    }
+    guidance = {
+        "prior": either(getattr(args, "prior_guidance", None), args.guidance),
+        "decoder": either(args.decoder_guidance, args.guidance),
+    }
+    return steps, guidance
+
+
+def kandinsky_settings(args, steps: dict, guidance: dict) -> dict:
+    """The Kandinsky pipeline's sampling arguments the flags give."""
+    settings = dict(num_inference_steps=steps["decoder"], prior_num_inference_steps=steps["prior"])
+    settings.update(guidance_scale=guidance["decoder"], prior_guidance_scale=guidance["prior"])
+    settings.update(height=args.height, width=args.width)
+    return {name: value for name, value in settings.items() if value is not None}
+
+
+def load_published(args, layout: str, path: Path, steps: dict, images: int, asked: str):
+    """The published checkpoint's pipeline, loaded, with --lora's adapters and --scheduler, on --device; before
+    anything loads, a usage error for a Kandinsky decoder without --prior, more than `MAX_PUBLISHED_IMAGES`
+    `images` in its one call (`asked`: the flags that asked for them), and more steps than a scheduler has."""
+    from ..pipelines.published import KARLO, load_kandinsky, load_karlo, scheduler_folders
+
+    what = published_what(args, layout)
+    if layout != KARLO and args.prior is None:
+        raise UsageError(f"{what}: pass its prior folder with --prior")
+    if images > MAX_PUBLISHED_IMAGES:
+        raise UsageError(f"{asked}: {what}, drawn in one call; at most {MAX_PUBLISHED_IMAGES} images")
+    for stage, folder in scheduler_folders(layout, path, args.prior).items():
+        check_timesteps(steps_flag(args, stage), steps[stage], stage.replace("_", "-"), folder)
+    if layout == KARLO:
+        pipeline = load_karlo(path, torch_dtype(args))
+    else:
+        pipeline = load_kandinsky(path, args.prior, torch_dtype(args))
+    load_loras(pipeline, getattr(args, "lora", []))
+    if args.scheduler != "ddpm":
+        import diffusers
+
+        name, config = SCHEDULERS[args.scheduler]
+        pipeline.set_decoder_scheduler(getattr(diffusers, name), **config)
+    pipeline.set_progress_bar_config(disable=args.quiet)
+    return pipeline.to(args.device)
+
+
 def run_mix_published(args, layout: str, path: Path, jobs, name: str, metadata: dict) -> int:
     """`genvl vary` and `genvl interpolate` on a Kandinsky 2.2 folder: for each job (sources, weights, images),
     images drawn from the weighted CLIP image embeddings of its sources (`KandinskyPipeline.mix`), each job with a
     generator seeded --seed."""
     import torch
 
-    from ..pipelines.published import KARLO, PUBLISHED, load_kandinsky, scheduler_folders
+    from ..pipelines.published import KARLO
 
-    what = f"--model {args.model or default_t2i_model()} is {PUBLISHED[layout]} folder"
     if layout == KARLO:
+        what = published_what(args, layout)
         raise UsageError(f"{what}, which has no image tower to draw from images with: use Kandinsky 2.2's")
-    if args.prior is None:
-        raise UsageError(f"{what}: pass its prior folder with --prior")
-    if max(count for _, _, count in jobs) > MAX_PUBLISHED_IMAGES:
-        raise UsageError(f"-n {args.num_images}: {what}, drawn in one call; at most {MAX_PUBLISHED_IMAGES}")
-    steps = {
-        "prior": either(getattr(args, "prior_steps", None), args.steps),
-        "decoder": either(args.decoder_steps, args.steps),
-    }
-    settings = dict(num_inference_steps=steps["decoder"], prior_num_inference_steps=steps["prior"])
-    settings.update(guidance_scale=either(args.decoder_guidance, args.guidance), height=args.height, width=args.width)
-    settings["prior_guidance_scale"] = either(getattr(args, "prior_guidance", None), args.guidance)
-    settings = {key: value for key, value in settings.items() if value is not None}
-    for stage, folder in scheduler_folders(layout, path, args.prior).items():
-        check_timesteps(steps_flag(args, stage), steps[stage], stage, folder)
-    pipeline = load_kandinsky(path, args.prior, torch_dtype(args))
-    if args.scheduler != "ddpm":
-        import diffusers
-
-        scheduler, config = SCHEDULERS[args.scheduler]
-        pipeline.set_decoder_scheduler(getattr(diffusers, scheduler), **config)
-    pipeline.set_progress_bar_config(disable=args.quiet)
-    pipeline = pipeline.to(args.device)
+    steps, guidance = published_stages(args)
+    settings = kandinsky_settings(args, steps, guidance)
+    count = max(images for _, _, images in jobs)
+    pipeline = load_published(args, layout, path, steps, count, f"-n {count}")
     seed = base_seed(args)
 
     def images():  # drawn once write_images has checked --out
@@ -425,12 +463,11 @@ def run_mix_published(args, layout: str, path: Path, jobs, name: str, metadata: 
     return 0
 
 
-def published_settings(args, layout: str) -> dict:
+def published_settings(args, layout: str, steps: dict, guidance: dict) -> dict:
     """The diffusers call's sampling arguments the flags give (the rest keep the pipeline's own defaults), after
     refusing the flags that do not apply to `layout`."""
-    from ..pipelines.published import KARLO, PUBLISHED
+    from ..pipelines.published import KARLO
 
-    what = f"--model {args.model or default_t2i_model()} is {PUBLISHED[layout]} folder"
     karlo = layout == KARLO
     genvl_only = {
         "--decoder-text-guidance": args.decoder_text_guidance != DEFAULT_TEXT_GUIDANCE,
@@ -444,27 +481,14 @@ def published_settings(args, layout: str) -> dict:
     genvl_only["--super-res-steps"] = not karlo and args.super_res_steps
     refused = [flag for flag, given in genvl_only.items() if given]
     if refused:
-        raise UsageError(f"{refused[0]} does not apply here: {what}")
-    if not karlo and args.prior is None:
-        raise UsageError(f"{what}: pass its prior folder with --prior")
-    if args.num_images * args.candidates > MAX_PUBLISHED_IMAGES:
-        raise UsageError(
-            f"-n {args.num_images} x --candidates {args.candidates}: {what}, drawn in one call; at most "
-            f"{MAX_PUBLISHED_IMAGES} images"
-        )
-    steps = {"prior": either(args.prior_steps, args.steps), "decoder": either(args.decoder_steps, args.steps)}
-    guidance = {
-        "prior": either(args.prior_guidance, args.guidance),
-        "decoder": either(args.decoder_guidance, args.guidance),
-    }
-    if karlo:
-        settings = {f"{stage}_num_inference_steps": count for stage, count in steps.items()}
-        settings["super_res_num_inference_steps"] = args.super_res_steps
-        settings.update({f"{stage}_guidance_scale": scale for stage, scale in guidance.items()})
-    else:
-        settings = dict(num_inference_steps=steps["decoder"], prior_num_inference_steps=steps["prior"])
-        settings.update(guidance_scale=guidance["decoder"], prior_guidance_scale=guidance["prior"])
-        settings.update(height=args.height, width=args.width, negative_prompt=args.negative)
+        raise UsageError(f"{refused[0]} does not apply here: {published_what(args, layout)}")
+    if not karlo:
+        settings = kandinsky_settings(args, steps, guidance)
+        if args.negative:
+            settings["negative_prompt"] = args.negative
+        return settings
+    settings = {f"{stage}_num_inference_steps": count for stage, count in steps.items()}
+    settings.update({f"{stage}_guidance_scale": scale for stage, scale in guidance.items()})
     return {name: value for name, value in settings.items() if value is not None}
 
 
@@ -473,29 +497,12 @@ def run_generate_published(args, layout: str, path: Path) -> int:
     seeded --seed, as diffusers' pipelines draw them."""
     import torch
 
-    from ..pipelines.published import KARLO, load_kandinsky, load_karlo, scheduler_folders
-
-    settings = published_settings(args, layout)
-    counts = {
-        "prior": settings.get("prior_num_inference_steps"),
-        "decoder": settings.get("decoder_num_inference_steps", settings.get("num_inference_steps")),
-        "super_res": settings.get("super_res_num_inference_steps"),
-    }
-    for stage, folder in scheduler_folders(layout, path, args.prior).items():
-        check_timesteps(steps_flag(args, stage), counts[stage], stage.replace("_", "-"), folder)
-    if layout == KARLO:
-        pipeline = load_karlo(path, torch_dtype(args))
-    else:
-        pipeline = load_kandinsky(path, args.prior, torch_dtype(args))
-    load_loras(pipeline, args.lora)
-    if args.scheduler != "ddpm":
-        import diffusers
-
-        name, config = SCHEDULERS[args.scheduler]
-        pipeline.set_decoder_scheduler(getattr(diffusers, name), **config)
-    pipeline.set_progress_bar_config(disable=args.quiet)
-    pipeline = pipeline.to(args.device)
-    seed, k = base_seed(args), args.candidates
+    steps, guidance = published_stages(args)
+    settings = published_settings(args, layout, steps, guidance)
+    k = args.candidates
+    asked = f"-n {args.num_images} x --candidates {k}"
+    pipeline = load_published(args, layout, path, steps, args.num_images * k, asked)
+    seed = base_seed(args)
 
     def images():  # drawn once write_images has checked --out
         generator = torch.Generator().manual_seed(seed)

@@ -50,8 +50,11 @@ def run_recipe(args) -> int:
 
     module = (TRAIN if args.command == "train" else EXPORT)[args.recipe]
     recipe = importlib.import_module(f"genvl.recipes.{module}")
-    sys.argv[0] = f"genvl {args.command} {args.recipe}"  # the recipe's usage lines name the command that ran it
-    recipe.main(args.arguments)
+    program, sys.argv[0] = sys.argv[0], f"genvl {args.command} {args.recipe}"  # its usage lines name the command
+    try:
+        recipe.main(args.arguments)
+    finally:
+        sys.argv[0] = program
     return 0
 
 

@@ -246,7 +246,6 @@ class ModelDecoder:
         self.decoder = model.decoder
         self.states = encoder_states
         self.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        self.length = 0
 
     def step(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Feed (R, T) new tokens; return the next-token logits (R, V) in float32."""
@@ -258,7 +257,6 @@ class ModelDecoder:
             return_dict=True,
         )
         self.cache = out.cache
-        self.length += input_ids.shape[1]
         return out.logits[:, -1].float()
 
     def expand(self, copies: int):

@@ -58,13 +58,20 @@ def load_images(data_dir, records, image_column: str, resolution: int):
     import numpy as np
     import torch
     from einops import rearrange
-    from PIL import Image
 
     images = np.empty((len(records), resolution, resolution, 3), dtype=np.uint8)
     for i, record in enumerate(records):
         with open_record_image(data_dir, record, image_column) as image:
-            image = image.convert("RGB")
-            if image.size != (resolution, resolution):
-                image = image.resize((resolution, resolution), Image.Resampling.BILINEAR)
-            images[i] = np.asarray(image)
+            images[i] = np.asarray(rgb_at(image, resolution))
     return rearrange(torch.from_numpy(images), "b h w c -> b c h w").contiguous()
+
+
+def rgb_at(image, resolution: int):
+    """A PIL image as RGB at `resolution` x `resolution`, resized bilinearly if it is another size: how every
+    training image is brought to the training resolution."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    if image.size != (resolution, resolution):
+        image = image.resize((resolution, resolution), Image.Resampling.BILINEAR)
+    return image

@@ -149,9 +149,17 @@ def sample_image(sample: dict) -> bytes:
 
 
 def sample_record(sample: dict, image_column: str, caption_column: str) -> dict:
-    """An imagefolder-like record for a sample: the `.json` member's fields, the caption (`.txt`, else the
-    JSON's `caption_column`), `image_column` naming `shard#key`, and the encoded image under "image_bytes".
-    Raises ValueError naming what is wrong with the sample."""
+    """An imagefolder-like record for a sample: its `sample_fields`, `image_column` naming `shard#key`, and the
+    encoded image under "image_bytes". Raises ValueError naming what is wrong with the sample."""
+    record = sample_fields(sample, caption_column)
+    record["image_bytes"] = sample_image(sample)
+    record[image_column] = f"{sample['__url__']}#{sample['__key__']}"
+    return record
+
+
+def sample_fields(sample: dict, caption_column: str) -> dict:
+    """A sample's text: the `.json` member's fields and the caption (`.txt`, else the JSON's `caption_column`).
+    Raises ValueError naming what is wrong with them."""
     record = {}
     if "json" in sample:
         try:
@@ -167,8 +175,6 @@ def sample_record(sample: dict, image_column: str, caption_column: str) -> dict:
             raise ValueError(".txt member is not UTF-8") from None
     if not isinstance(record.get(caption_column), str) or not record[caption_column].strip():
         raise ValueError(f"no caption (expected a .txt member or {caption_column!r} in the .json member)")
-    record["image_bytes"] = sample_image(sample)
-    record[image_column] = f"{sample['__url__']}#{sample['__key__']}"
     return record
 
 

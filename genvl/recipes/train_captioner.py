@@ -70,17 +70,19 @@ def caption_loss(model, pixel_values, decoder_input_ids, labels, tokens: torch.T
 
 
 def stream_texts(args):
-    """Every caption of the shards, read from their text members alone (the images are skipped unread)."""
-    from genvl.io.shards import iter_samples, shard_paths
+    """Every caption of the shards, read from their text members alone (the images are skipped unread); a sample
+    whose text is bad, which training skips, is left out."""
+    from genvl.io.shards import iter_samples, sample_fields, shard_paths
 
-    for sample in iter_samples(
-        shard_paths(args.train_data_dir), lambda where, reason: None, lambda key, ext: ext in ("txt", "json")
-    ):
-        record = json.loads(sample["json"]) if "json" in sample else {}
-        if "txt" in sample:
-            record[args.caption_column] = sample["txt"].decode("utf-8", errors="replace").strip()
-        captions = record.get("captions") or [record.get(args.caption_column)]
-        yield from (c for c in captions if isinstance(c, str) and c.strip())
+    def text_members(key, ext):
+        return ext in ("txt", "json")
+
+    for sample in iter_samples(shard_paths(args.train_data_dir), lambda where, reason: None, text_members):
+        try:
+            record = sample_fields(sample, args.caption_column)
+        except ValueError:
+            continue
+        yield from record.get("captions", [record[args.caption_column]])
 
 
 def main(argv=None):

@@ -129,17 +129,16 @@ class ShardStream:
 
 
 def decoded_sample(record: dict, resolution: int, caption_column: str | None = None, need_scene: bool = False):
-    """A streamed sample as a batch holds it: its pixels (3, R, R) uint8 at `resolution` (resized bilinearly, as
-    `load_images` does), its caption and its scene graph (required with `need_scene`)."""
+    """A streamed sample as a batch holds it: its pixels (3, R, R) uint8 at `resolution` (`rgb_at`, as
+    `load_images` brings images in memory to it), its caption and its scene graph (required with `need_scene`)."""
     import torch
 
+    from ..io.imagefolder import rgb_at
     from ..io.images import load_image
 
     if need_scene and "scene" not in record:
         raise ValueError("no scene graph, which --augment flip and shift need")
-    image = load_image(record["image_bytes"], name="the image").convert("RGB")
-    if image.size != (resolution, resolution):
-        image = image.resize((resolution, resolution), 2)  # PIL's bilinear
+    image = rgb_at(load_image(record["image_bytes"], name="the image"), resolution)
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(resolution, resolution, 3)
     caption = record.get(caption_column) if caption_column else None
     return {"pixels": pixels.permute(2, 0, 1), "caption": caption, "scene": record.get("scene")}
