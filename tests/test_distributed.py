@@ -25,6 +25,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def two_cpu_processes() -> list[str]:
+    """The start of a command that runs a script as two processes: accelerate's launcher for several GPUs, which
+    with ACCELERATE_USE_CPU runs them on the CPU, joined by gloo (its --cpu launcher starts one process)."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
+
+
 def run(command, **env):
     out = subprocess.run(
         command,
@@ -72,24 +93,9 @@ def test_two_cpu_processes_match_one(tmp_path):
             str(tmp_path / "one"),
         ]
     )
-    # accelerate's --cpu launcher starts one process; torchrun's (--multi_gpu) with ACCELERATE_USE_CPU runs
-    # the processes on the CPU, joined by gloo
     run(
         [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(free_port()),
+            *two_cpu_processes(),
             "-m",
             "genvl.recipes.train_captioner",
             *common,
@@ -142,20 +148,7 @@ def test_caption_as_two_processes_writes_one_file_without_gaps(tmp_path, tiny_pi
     genvl = Path(sys.executable).parent / "genvl"
     run(
         [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(free_port()),
+            *two_cpu_processes(),
             str(genvl),
             *args,
             "--output",
@@ -197,20 +190,7 @@ def losses_of_one_and_two_processes(module, args, batch, tmp_path):
     args[args.index("--train_batch_size") + 1] = str(batch // 2)
     run(
         [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(free_port()),
+            *two_cpu_processes(),
             "-m",
             module,
             *args,
@@ -260,31 +240,18 @@ def test_clip_prior_and_decoder_as_two_processes_match_one(tmp_path):
 
 
 def test_a_streamed_run_splits_the_shards_between_two_processes(tmp_path):
-    from PIL import Image
+    from .test_shards import pack
 
-    from genvl.io.imagefolder import read_metadata
-    from genvl.io.shards import write_shards
-
-    data = write_imagefolder(tmp_path / "world", 40, seed=0, split="train", resolution=32)
-    write_shards(read_metadata(data), lambda r: Image.open(data / r["file_name"]), str(tmp_path / "s-%02d.tar"), 10)
+    pack(
+        write_imagefolder(tmp_path / "world", 40, seed=0, split="train", resolution=32),
+        str(tmp_path / "s-%02d.tar"),
+        10,
+    )
     (tmp_path / "arch.json").write_text(json.dumps(TINY.to_dict()))
     out = tmp_path / "two"
     run(
         [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(free_port()),
+            *two_cpu_processes(),
             "-m",
             "genvl.recipes.train_captioner",
             "--train_data_dir",

@@ -168,11 +168,18 @@ def test_sample_images_stream_in_order(folder, tmp_path):
     assert all(a.tobytes() == b.tobytes() for a, b in zip(images, expected)) and len(images) == 11
 
 
+def tiny_captioner_flags(tmp_path) -> list[str]:
+    """The flags of a tiny captioner run at 32 px (its architecture written to `tmp_path`), every step logged."""
+    arch = tmp_path / "arch.json"
+    arch.write_text(json.dumps(TINY.to_dict()))
+    flags = ["--architecture", str(arch), "--resolution", "32", "--vocab_size", "300"]
+    return flags + ["--lr_warmup_steps", "1", "--logging_steps", "1"]
+
+
 def test_captioner_trains_the_same_on_shards(folder, tmp_path):
     pack(folder, str(tmp_path / "train-%02d.tar"), 6)
     cut_inside(tmp_path / "train-03.tar", "00000018.png")  # a shard broken off part way
-    arch = tmp_path / "arch.json"
-    arch.write_text(json.dumps(TINY.to_dict()))
+    tiny = tiny_captioner_flags(tmp_path)
 
     def args(data, out):
         return [
@@ -180,20 +187,11 @@ def test_captioner_trains_the_same_on_shards(folder, tmp_path):
             str(data),
             "--output_dir",
             str(out),
-            "--architecture",
-            str(arch),
-            "--resolution",
-            "32",
-            "--vocab_size",
-            "300",
+            *tiny,
             "--train_batch_size",
             "6",
             "--max_train_steps",
             "3",
-            "--lr_warmup_steps",
-            "1",
-            "--logging_steps",
-            "1",
             "--checkpointing_steps",
             "10",
         ]
@@ -286,8 +284,7 @@ def test_stream_skips_and_counts_bad_samples(tmp_path):
 def test_captioner_streams_shards_and_resumes_to_the_same_losses(folder, tmp_path):
     pack(folder, str(tmp_path / "train-%02d.tar"), 6)
     cut_inside(tmp_path / "train-03.tar", "00000018.png")  # a shard broken off part way: logged, skipped
-    arch = tmp_path / "arch.json"
-    arch.write_text(json.dumps(TINY.to_dict()))
+    tiny = tiny_captioner_flags(tmp_path)
 
     def args(out, steps, *extra):
         return [
@@ -296,20 +293,11 @@ def test_captioner_streams_shards_and_resumes_to_the_same_losses(folder, tmp_pat
             "--streaming",
             "--output_dir",
             str(out),
-            "--architecture",
-            str(arch),
-            "--resolution",
-            "32",
-            "--vocab_size",
-            "300",
+            *tiny,
             "--train_batch_size",
             "5",
             "--max_train_steps",
             str(steps),
-            "--lr_warmup_steps",
-            "1",
-            "--logging_steps",
-            "1",
             "--checkpointing_steps",
             "3",
             "--augment",
