@@ -266,3 +266,27 @@ def test_kandinsky_variations_and_interpolation_draw_as_diffusers_does(kandinsky
     # Karlo has no image tower; genvl pipelines take no --prior
     code, out, err = run(["vary", str(source), "--model", str(karlo)], capsys, tmp_path)
     assert code == 2 and "has no image tower" in err
+
+
+def test_kandinsky_image_tower_runs_once_per_image_with_an_embedding_cache(kandinsky, karlo):
+    from genvl.cache import EmbeddingCache
+
+    decoder, prior = kandinsky
+    red, blue = Image.new("RGB", (64, 64), "red"), Image.new("RGB", (64, 64), "blue")
+    settings = dict(prior_num_inference_steps=2, num_inference_steps=2, height=64, width=64)
+    pipe = load_kandinsky(decoder, prior)
+    plain_scores = pipe.clip_scores([red, blue], PROMPT)
+    plain_frames = pipe.mix([PROMPT, red], [0.5, 0.5], generator=torch.Generator().manual_seed(0), **settings)
+
+    cache = EmbeddingCache()
+    pipe.set_embedding_cache(cache)
+    calls = []
+    pipe.prior_image_encoder.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    assert torch.equal(pipe.clip_scores([red, blue], PROMPT), plain_scores)
+    assert torch.allclose(pipe.clip_scores([blue, red], PROMPT), plain_scores.flip(0), atol=1e-6)
+    frames = pipe.mix([PROMPT, red], [0.5, 0.5], generator=torch.Generator().manual_seed(0), **settings)
+    # both images encoded once, then found; the 1s are the prior's own zero-image embedding, once per prior call
+    assert calls == [2, 1, 1] and (cache.hits, cache.misses) == (3, 2)
+    assert all(np.abs(pixels(a) - pixels(b)).max() <= 1 for a, b in zip(frames, plain_frames))
+    with pytest.raises(ValueError, match="has no image tower"):
+        load_karlo(karlo).set_embedding_cache(cache)

@@ -12,8 +12,9 @@ LoRA and IA³ adapters in PEFT's format load onto them as onto genvl's pipelines
 network named after it (Karlo: `decoder`, `prior`, `text_encoder`; Kandinsky: `unet`, `prior_prior`,
 `prior_text_encoder`). Kandinsky's decoder also takes diffusers' other schedulers, and its prior's CLIP towers
 score images against the prompt, which best-of-K draws rank by; its prior's image tower gives variations of an
-image and frames between images and prompts (`mix`). Karlo's loop steps its UnCLIPScheduler with arguments other
-schedulers do not take, and it has no image tower: those commands refuse it in one line.
+image and frames between images and prompts (`mix`), and with `set_embedding_cache` that tower runs once per image
+across `clip_scores` and `mix` calls. Karlo's loop steps its UnCLIPScheduler with arguments other schedulers do not
+take, and it has no image tower: those commands, and an embedding cache, refuse it in one line.
 """
 
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from diffusers import KandinskyV22CombinedPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline, UnCLIPPipeline
 
+from ..cache import EmbeddingCacheMixin
 from ..io.components import load_pipeline_components
 from ..io.folders import read_json
 from ..lora import LoraMixin
@@ -49,10 +51,13 @@ class KarloPipeline(LoraMixin, UnCLIPPipeline):
 
     lora_components = ("decoder", "prior", "text_encoder")
 
+    def set_embedding_cache(self, cache) -> None:
+        raise ValueError("a Karlo (UnCLIPPipeline) folder has no image tower, so it has no image encodings to cache")
 
-class KandinskyPipeline(LoraMixin, KandinskyV22CombinedPipeline):
+
+class KandinskyPipeline(EmbeddingCacheMixin, LoraMixin, KandinskyV22CombinedPipeline):
     """diffusers' `KandinskyV22CombinedPipeline` with genvl's adapter methods, a decoder scheduler of one's
-    choice, and CLIP scores from the prior's own CLIP towers."""
+    choice, CLIP scores from the prior's own CLIP towers, and an embedding cache for its image tower."""
 
     lora_components = ("unet", "prior_prior", "prior_text_encoder")
 
@@ -79,18 +84,26 @@ class KandinskyPipeline(LoraMixin, KandinskyV22CombinedPipeline):
     ):
         """Images drawn from the weighted sum of the CLIP image embeddings of `sources` (PIL images, embedded by
         the prior's image tower, or prompts, through the prior), as diffusers' prior `interpolate` and decoder
-        draw them: one source at weight 1 gives variations of an image, two at (1 - t, t) a frame between them."""
-        embeds = self.prior_pipe.interpolate(
-            list(sources),
-            list(weights),
+        draw them: one source at weight 1 gives variations of an image, two at (1 - t, t) a frame between them.
+        The sources are taken in order, so the prompts draw from `generator` as `interpolate` draws."""
+        prior = dict(
             num_images_per_prompt=num_images,
             num_inference_steps=prior_num_inference_steps,
             generator=generator,
             guidance_scale=prior_guidance_scale,
         )
+        parts = []
+        for source, weight in zip(sources, weights, strict=True):
+            if isinstance(source, str):
+                embeds = self.prior_pipe(source, **prior).image_embeds
+            else:
+                embeds = self.image_embeds([source]).repeat(num_images, 1)
+            parts.append(embeds[None] * weight)
+        image_embeds = torch.cat(parts).sum(dim=0)
+        negative = self.prior_pipe("", **prior).negative_image_embeds  # the empty prompt's unconditional draw
         return self.decoder_pipe(
-            image_embeds=embeds.image_embeds,
-            negative_image_embeds=embeds.negative_image_embeds,
+            image_embeds=image_embeds,
+            negative_image_embeds=negative,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             height=height,
@@ -98,13 +111,28 @@ class KandinskyPipeline(LoraMixin, KandinskyV22CombinedPipeline):
             generator=generator,
         ).images
 
+    @torch.no_grad()
+    def image_embeds(self, images) -> torch.Tensor:
+        """The prior's image-tower embeddings (N, E) of PIL images, as diffusers' prior makes them (not unit
+        length), through the embedding cache when one is set."""
+        encoder, processor = self.prior_image_encoder, self.prior_image_processor
+        rows = [processor(image, return_tensors="pt").pixel_values[0] for image in images]
+
+        def encode(batch):
+            return encoder(torch.stack(batch).to(encoder.device, encoder.dtype)).image_embeds
+
+        return self.cached_encode(encoder, rows, encode)
+
+    @torch.no_grad()
     def clip_scores(self, images, prompt: str) -> torch.Tensor:
         """Cosine similarity of each PIL image with `prompt`, in the space of the prior's CLIP towers (the
         image encoder whose embeddings the prior learnt to predict, and the text encoder it reads)."""
-        from ..models.clip import clip_similarity, joined_towers
+        from ..models.clip import joined_towers, text_similarity
 
+        embeds = self.image_embeds(images).float()
         clip = joined_towers(self.prior_image_encoder, self.prior_text_encoder)
-        return clip_similarity(clip, self.prior_tokenizer, self.prior_image_processor, images, [prompt])[:, 0]
+        unit = embeds / embeds.norm(dim=-1, keepdim=True)
+        return text_similarity(clip, self.prior_tokenizer, unit, [prompt], padding="longest")[:, 0]
 
 
 def load_karlo(folder, dtype=None) -> KarloPipeline:
