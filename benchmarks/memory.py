@@ -8,11 +8,13 @@ checkpointing, measured in the same run.
 
     python benchmarks/memory.py --batch-size 32 --json memory.json
 
-With `--data-scaling N` it measures instead how a captioner training run's peak resident memory grows with its
-data: shards of N and of 10 N world scenes, each trained on for a few steps in a fresh process with the samples
-decoded into memory first and with `--streaming`; the ratio is the 10 N run's peak over the N run's.
+With `--data-scaling N` it measures instead how a training run's peak resident memory grows with its data:
+shards of N and of 10 N world scenes, each trained on for a few steps in a fresh process with the samples decoded
+into memory first and with `--streaming`; the ratio is the 10 N run's peak over the N run's. `--data-recipe` picks
+the run: the captioner (images held in memory), or the prior on the `--t2i` pipeline's CLIP (frozen features of
+every image and phrasing held in memory).
 
-    python benchmarks/memory.py --data-scaling 400
+    python benchmarks/memory.py --data-scaling 400 --data-recipe prior
 """
 
 import argparse
@@ -23,6 +25,7 @@ import sys
 from pathlib import Path
 
 NETWORKS = ("captioner", "clip", "prior", "decoder")
+DATA_RECIPES = ("captioner", "prior")
 
 
 def parse_args(argv=None):
@@ -44,6 +47,7 @@ def parse_args(argv=None):
         metavar="N",
         help="measure a training run's peak memory on N and 10 N samples, in memory and streamed, instead",
     )
+    parser.add_argument("--data-recipe", choices=DATA_RECIPES, default="captioner", help="the run of --data-scaling")
     parser.add_argument(
         "--worker", nargs=4, metavar=("NETWORK", "BACKEND", "CHECKPOINTING", "MODE"), help=argparse.SUPPRESS
     )
@@ -150,16 +154,16 @@ def worker(args) -> dict:
 DATA_STEPS, DATA_BATCH, DATA_RESOLUTION = 4, 16, 64
 
 
-def data_worker(argv: list[str]) -> dict:
-    """Train the captioner recipe with `argv` in this process; its peak resident memory."""
-    from genvl.recipes import train_captioner
+def data_worker(recipe: str, argv: list[str]) -> dict:
+    """Train `recipe` (one of DATA_RECIPES) with `argv` in this process; its peak resident memory."""
+    import importlib
 
-    train_captioner.main(argv)
+    importlib.import_module(f"genvl.recipes.train_{recipe}").main(argv)
     return {"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def data_scaling(args) -> dict:
-    """Peak memory of short captioner runs on N and 10 N samples, in memory and streamed."""
+    """Peak memory of short runs of `--data-recipe` on N and 10 N samples, in memory and streamed."""
     import tempfile
 
     from PIL import Image
@@ -184,8 +188,10 @@ def data_scaling(args) -> dict:
                 argv += ["--train_batch_size", str(DATA_BATCH), "--max_train_steps", str(DATA_STEPS)]
                 argv += ["--checkpointing_steps", str(DATA_STEPS), "--lr_warmup_steps", "1", "--no-use_ema"]
                 argv += ["--streaming"] if streaming else []
+                if args.data_recipe == "prior":
+                    argv += ["--clip_model_name_or_path", args.t2i]
                 done = subprocess.run(
-                    [sys.executable, str(Path(__file__).resolve()), "--data-worker", *argv],
+                    [sys.executable, str(Path(__file__).resolve()), "--data-worker", args.data_recipe, *argv],
                     capture_output=True,
                     text=True,
                 )
@@ -193,7 +199,8 @@ def data_scaling(args) -> dict:
                     raise RuntimeError(f"{size} samples: {done.stderr.strip().splitlines()[-1]}")
                 peak = json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
                 rows.append({"samples": size, "streaming": streaming, "peak_mib": peak})
-    print(f"captioner runs of {DATA_STEPS} steps at batch {DATA_BATCH}, {DATA_RESOLUTION} px; peak resident memory")
+    run = f"{args.data_recipe} runs of {DATA_STEPS} steps at batch {DATA_BATCH}, {DATA_RESOLUTION} px"
+    print(f"{run}; peak resident memory")
     print(f"{'samples':>8} {'in memory MiB':>14} {'streamed MiB':>13}")
     for size in (args.data_scaling, 10 * args.data_scaling):
         peaks = {r["streaming"]: r["peak_mib"] for r in rows if r["samples"] == size}
@@ -203,7 +210,7 @@ def data_scaling(args) -> dict:
         small, large = (r["peak_mib"] for r in rows if r["streaming"] == streaming)
         ratios["streamed" if streaming else "in_memory"] = large / small
     print(f"10x the data: peak x{ratios['in_memory']:.2f} in memory, x{ratios['streamed']:.2f} streamed")
-    return {"data_scaling": rows, "ratios": ratios}
+    return {"recipe": args.data_recipe, "data_scaling": rows, "ratios": ratios}
 
 
 def configurations(networks, backends):
@@ -216,8 +223,8 @@ def configurations(networks, backends):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["--data-worker"]:  # a training run of data_scaling: the rest are the recipe's flags
-        print(json.dumps(data_worker(argv[1:])))
+    if argv[:1] == ["--data-worker"]:  # a training run of data_scaling: its recipe, then the recipe's flags
+        print(json.dumps(data_worker(argv[1], argv[2:])))
         return None
     args = parse_args(argv)
     if args.worker:

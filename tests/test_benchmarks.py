@@ -170,9 +170,11 @@ def test_memory_benchmark_measures_every_configuration(tmp_path, tiny_pipeline_d
 
 
 @pytest.mark.slow
-def test_memory_benchmark_measures_a_run_on_more_data(tmp_path):
+@pytest.mark.parametrize("recipe", ["captioner", "prior"])
+def test_memory_benchmark_measures_a_run_on_more_data(tmp_path, recipe):
     memory = load_benchmark("memory")
-    report = memory.main(["--data-scaling", "20", "--json", str(tmp_path / "scaling.json")])
+    report = memory.main(["--data-scaling", "20", "--data-recipe", recipe, "--json", str(tmp_path / "scaling.json")])
+    assert report["recipe"] == recipe
     rows = report["data_scaling"]
     assert [(r["samples"], r["streaming"]) for r in rows] == [(20, False), (20, True), (200, False), (200, True)]
     assert all(row["peak_mib"] > 0 for row in rows) and set(report["ratios"]) == {"in_memory", "streamed"}

@@ -282,3 +282,40 @@ def test_a_streamed_run_splits_the_shards_between_two_processes(tmp_path):
     summary = json.loads((out / "data_summary.json").read_text())
     assert summary["samples_taken"] == 3 * 5 * 2 and summary["skipped"] == 0
     assert (out / "model_index.json").is_file()
+
+
+def test_streamed_clip_and_prior_runs_agree_across_two_processes(tmp_path):
+    """Two processes streaming their halves of the shards: CLIP's matches (caption digests) and swap negatives
+    are gathered across them, and a new prior's standardisation is the same first epoch in both."""
+    import torch
+    from safetensors.torch import load_file
+
+    from genvl.io.imagefolder import read_metadata
+    from genvl.training.features import frozen_clip_features
+
+    from .conftest import TINY_CLIP
+    from .test_shards import pack
+    from .test_train_text_to_image import TINY_UNCLIP
+
+    data = write_imagefolder(tmp_path / "world", 40, seed=0, split="train", resolution=32)
+    pack(data, str(tmp_path / "s-%02d.tar"), 10)
+    (tmp_path / "clip.json").write_text(json.dumps(TINY_CLIP))
+    (tmp_path / "unclip.json").write_text(json.dumps(TINY_UNCLIP))
+    flags = ["--train_data_dir", f"{tmp_path}/s-{{00..03}}.tar", "--streaming", "--resolution", "32"]
+    flags += ["--train_batch_size", "4", "--max_train_steps", "3", "--lr_warmup_steps", "1"]
+
+    def launch(module, out, *extra):
+        run([*two_cpu_processes(), "-m", module, *flags, "--output_dir", str(out), *extra], ACCELERATE_USE_CPU="true")
+        summary = json.loads((out / "data_summary.json").read_text())
+        assert summary["samples_taken"] == 3 * 4 * 2 and summary["skipped"] == 0
+        return json.loads((out / "train_losses.json").read_text())
+
+    clip_flags = ["--architecture", str(tmp_path / "clip.json"), "--vocab_size", "300", "--swap_negatives"]
+    losses = launch("genvl.recipes.train_clip", tmp_path / "clip", *clip_flags)
+    assert len(losses) == 3 and all(loss == loss for loss in losses)
+    prior_flags = ["--clip_model_name_or_path", str(tmp_path / "clip"), "--architecture", str(tmp_path / "unclip.json")]
+    losses = launch("genvl.recipes.train_prior", tmp_path / "prior", *prior_flags)
+    assert len(losses) == 3 and all(loss == loss for loss in losses)
+    embeds = frozen_clip_features(tmp_path / "clip", data, read_metadata(data), "file_name", "text").image_embeds
+    mean = load_file(tmp_path / "prior" / "prior" / "diffusion_pytorch_model.safetensors")["clip_mean"]
+    assert torch.allclose(mean, embeds.mean(0, keepdim=True), atol=1e-5)

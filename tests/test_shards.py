@@ -339,7 +339,7 @@ def test_autoencoder_streams_shards_and_other_recipes_refuse_to(folder, tmp_path
     config = json.loads((out / "vae" / "config.json").read_text())
     assert 0 < config["scaling_factor"] < 1e3
     with pytest.raises(ValueError, match="--streaming: this recipe holds its data in memory"):
-        recipe("train_clip").main([*common, "--output_dir", str(tmp_path / "clip")])
+        recipe("train_text_tower").main([*common, "--output_dir", str(tmp_path / "text_tower")])
     # the judge streams too, its targets made from each batch's scene graphs (flipped and shifted with the images)
     judge_args = [*common, "--output_dir", str(tmp_path / "judge"), "--width", "8", "--eval_data_dir", ""]
     losses = recipe("train_judge").main([*judge_args, "--augment", "flip,shift,light"])

@@ -156,7 +156,7 @@ def test_swap_negatives_fine_tune(trained, tmp_path):
     records = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
     texts, phrasings = phrasing_table(records, "text")
     canonical = {r["text"]: i for i, r in enumerate(records)}
-    swapped, ids = swapped_phrasings(records, texts, phrasings, canonical)
+    swapped, ids = swapped_phrasings(records, texts, phrasings, lambda text: canonical.setdefault(text, len(canonical)))
     row = next(
         i
         for i, r in enumerate(records)
@@ -683,3 +683,75 @@ def test_prior_and_decoder_train_on_prompts_people_type(trained, tmp_path):
     assert (
         len(features["text_embeds"]) == len({c for r in with_prompts(records, 2, 0, "text") for c in r["captions"]}) + 1
     )
+
+
+def test_clip_prior_and_decoder_stream_shards(trained, tmp_path):
+    """Streamed, each batch's frozen features are those the in-memory run computes for the same samples; CLIP
+    (with both kinds of negatives and a fresh tokenizer), the prior and the decoder (on another text tower)
+    train from shards, and a streamed prior stopped and resumed retraces the straight run."""
+
+    from genvl.models.clip import load_clip
+    from genvl.training.features import batch_clip_features, frozen_clip_features
+    from genvl.training.stream import ShardStream, decoded_sample
+
+    from .conftest import write_public_clip_folder
+    from .test_shards import pack
+
+    root, data, _ = trained
+    records = read_metadata(data)
+    pack(data, str(tmp_path / "train-%02d.tar"), 16)  # the 40 samples in 3 shards, keyed by their row
+    shards = f"{tmp_path}/train-{{00..02}}.tar"
+
+    def decode(record):
+        return {**decoded_sample(record, 32, "text"), "row": int(record["file_name"].split("#")[1])}
+
+    samples = ShardStream(shards, decode, "text", "file_name", seed=0).take(12)
+    clip, tokenizer, image_processor = load_clip(root / "clip")
+    streamed = batch_clip_features(clip, tokenizer, image_processor, samples)
+    in_memory = frozen_clip_features(root / "clip", data, records, "file_name", "text")
+    rows = [sample["row"] for sample in samples]
+    assert torch.allclose(streamed.image_embeds, in_memory.image_embeds[rows], atol=1e-5)
+    for column in range(in_memory.phrasings.shape[1]):  # each phrasing's text features, wherever its row is
+        ours, theirs = streamed.phrasings[:, column], in_memory.phrasings[rows, column]
+        assert torch.allclose(streamed.text_embeds[ours], in_memory.text_embeds[theirs], atol=1e-5)
+        assert torch.equal(streamed.masks[ours], in_memory.masks[theirs])
+        assert torch.allclose(streamed.states[ours].float(), in_memory.states[theirs].float(), atol=1e-2)
+
+    def run(script, out, steps, *extra):
+        return script.main(["--streaming", *common(shards, tmp_path / out, steps=steps, batch=8), *extra])
+
+    clip_losses = run(
+        train_clip,
+        "clip",
+        4,
+        "--architecture",
+        str(root / "clip.json"),
+        "--vocab_size",
+        "300",
+        "--swap_negatives",
+        "--mirror_negatives",
+    )
+    assert len(clip_losses) == 4 and all(np.isfinite(clip_losses))
+    assert (tmp_path / "clip" / "tokenizer.json").is_file()
+    assert json.loads((tmp_path / "clip" / "data_summary.json").read_text())["samples_taken"] == 32
+
+    prior_args = ["--clip_model_name_or_path", str(root / "clip"), "--architecture", str(root / "unclip.json")]
+    straight = run(train_prior, "prior", 4, *prior_args)
+    assert len(straight) == 4 and all(np.isfinite(straight))
+    # a new prior is standardised on the stream's first epoch: all 40 embeddings, each once
+    config = json.loads((tmp_path / "prior" / "prior" / "config.json").read_text())
+    mean = load_file(tmp_path / "prior" / "prior" / "diffusion_pytorch_model.safetensors")["clip_mean"]
+    assert config["embedding_dim"] == 16
+    assert torch.allclose(mean, in_memory.image_embeds.mean(0, keepdim=True), atol=1e-5)
+    shutil.copytree(tmp_path / "prior" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    resumed = run(train_prior, "resumed", 4, *prior_args, "--resume_from_checkpoint", "latest")
+    assert resumed == pytest.approx(straight, rel=1e-4)
+
+    public = write_public_clip_folder(tmp_path / "public_clip")
+    decoder_args = [*prior_args, "--vae_model_name_or_path", str(root / "ae" / "vae")]
+    losses = run(train_decoder, "decoder", 2, *decoder_args, "--text_encoder_model_name_or_path", str(public))
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert not (tmp_path / "decoder" / "latents.safetensors").exists()  # nothing computed for the whole data
+    with pytest.raises(SystemExit) as exit_info:  # a usage error, before anything is read
+        run(train_decoder, "x", 1, *decoder_args, "--prompts_per_scene", "2")
+    assert exit_info.value.code == 2

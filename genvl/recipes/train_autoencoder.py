@@ -88,7 +88,7 @@ def main(argv=None):
     if args.streaming:
         write_stream_summary(accelerator, args, data)
         if accelerator.is_main_process and not args.train_decoder_only:
-            first = open_stream(accelerator, args).take(SCALING_IMAGES)  # the stream's first samples, as in memory
+            first = open_stream(accelerator, args).head(SCALING_IMAGES)  # the stream's first samples, as in memory
             images = torch.stack([sample["pixels"] for sample in first])
 
     if accelerator.is_main_process:

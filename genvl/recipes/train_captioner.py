@@ -29,7 +29,7 @@ from genvl.training.features import load_or_train_tokenizer
 from genvl.training.loop import make_accelerator, train_loop
 from genvl.training.pretrained import add_training_adapter
 from genvl.training.seeds import AUGMENTATION, step_generator
-from genvl.training.stream import open_stream, write_stream_summary
+from genvl.training.stream import open_stream, stream_captions, write_stream_summary
 from genvl.world.captions import scene_captions
 
 
@@ -69,22 +69,6 @@ def caption_loss(model, pixel_values, decoder_input_ids, labels, tokens: torch.T
     return total / (mask.sum() if tokens is None else tokens)
 
 
-def stream_texts(args):
-    """Every caption of the shards, read from their text members alone (the images are skipped unread); a sample
-    whose text is bad, which training skips, is left out."""
-    from genvl.io.shards import iter_samples, sample_fields, shard_paths
-
-    def text_members(key, ext):
-        return ext in ("txt", "json")
-
-    for sample in iter_samples(shard_paths(args.train_data_dir), lambda where, reason: None, text_members):
-        try:
-            record = sample_fields(sample, args.caption_column)
-        except ValueError:
-            continue
-        yield from record.get("captions", [record[args.caption_column]])
-
-
 def main(argv=None):
     args = parse_args(TrainCaptionerArgs, argv)
     accelerator = make_accelerator(args, "train_captioner")
@@ -104,7 +88,7 @@ def main(argv=None):
         arch.image_size = args.resolution
         save_architecture(accelerator, args, arch)
         if records is None:
-            texts = stream_texts(args)
+            texts = stream_captions(args.train_data_dir, args.caption_column)
         else:
             texts = [c for r in records for c in r.get("captions", [r[args.caption_column]])]
         tokenizer = load_or_train_tokenizer(accelerator, output_dir, lambda: train_tokenizer(texts, args.vocab_size))

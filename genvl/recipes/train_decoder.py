@@ -21,8 +21,12 @@ embeddings stay `--clip_model_name_or_path`'s. A pipeline with a `decoder_text_e
 `--reset_image_embedding` zeroes the weights that read the image embedding (the conditioner's image tokens and
 the UNet's class embedding) of a pretrained decoder, which then starts as its image-dropped self: for moving a
 decoder onto another CLIP's image embeddings while it keeps its text tower.
+
+With `--streaming` and shards as `--train_data_dir`, the samples stream through the run (`genvl.training.stream`)
+and the frozen CLIP, text tower and autoencoder encode each batch as it comes, so that nothing grows with the data.
 """
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from genvl.io.components import load_pretrained
 from genvl.io.imagefolder import load_images
 from genvl.lora import save_adapter
+from genvl.models.clip import load_clip, load_decoder_text_encoder
 from genvl.models.unclip import UnclipArchitecture, UnclipConditioner, build_decoder_unet, latent_means
 from genvl.training.args import (
     LoraTrainArgs,
@@ -44,12 +49,21 @@ from genvl.training.args import (
     run_script,
     save_architecture,
 )
-from genvl.training.data import pick_phrasings, read_training_data, with_prompts
+from genvl.training.data import phrasing_table, pick_phrasings, read_training_data, with_prompts
 from genvl.training.diffusion import DecoderStep, add_training_noise, decoder_scheduler, min_snr_weight, process_rows
-from genvl.training.features import cached_features, data_stamp, file_stamp, frozen_clip_features, frozen_text_states
+from genvl.training.features import (
+    batch_clip_features,
+    cached_features,
+    data_stamp,
+    file_stamp,
+    frozen_clip_features,
+    frozen_text_states,
+    text_states,
+)
 from genvl.training.loop import make_accelerator, train_loop
 from genvl.training.pretrained import add_training_adapter
 from genvl.training.seeds import NOISE, step_generator
+from genvl.training.stream import open_stream, write_stream_summary
 
 
 @dataclass
@@ -77,6 +91,8 @@ class TrainDecoderArgs(LoraTrainArgs):
         check_above(self, 0, "snr_gamma")  # the loss weights min(SNR, gamma) / SNR would be 0 or negative
         if self.reset_image_embedding and not self.pretrained_model_name_or_path:
             raise ValueError("--reset_image_embedding needs --pretrained_model_name_or_path, the decoder to reset")
+        if self.streaming and self.prompts_per_scene:
+            raise ValueError("--prompts_per_scene adds prompts to scenes held in memory; it does not stream")
 
 
 def encode_latents(vae, images) -> torch.Tensor:
@@ -90,50 +106,76 @@ def encode_latents(vae, images) -> torch.Tensor:
 def main(argv=None):
     args = parse_args(TrainDecoderArgs, argv)
     accelerator = make_accelerator(args, "train_decoder")
-    data_dir = Path(args.train_data_dir)
-    records = with_prompts(
-        read_training_data(accelerator, args), args.prompts_per_scene, args.seed, args.caption_column
-    )
-
-    # 1. frozen features: CLIP image embeddings, text features of every phrasing plus "", latents
-    features = frozen_clip_features(
-        args.clip_model_name_or_path,
-        data_dir,
-        records,
-        args.image_column,
-        args.caption_column,
-        args.output_dir,
-        accelerator.device,
-    )
-    image_embeds, phrasings, states, masks = features.image_embeds, features.phrasings, features.states, features.masks
+    device = accelerator.device
     text_dir = args.text_encoder_model_name_or_path
     if text_dir is None and (Path(args.clip_model_name_or_path) / "decoder_text_encoder").is_dir():
         text_dir = args.clip_model_name_or_path  # a pipeline whose decoder reads a text tower of its own
-    if text_dir:
-        states, masks = frozen_text_states(
-            text_dir, data_dir, records, args.caption_column, args.output_dir, accelerator.device
-        )
-    empty = len(states) - 1
 
-    def compute_latents():
-        vae = None
-        if args.vae_model_name_or_path:
-            vae = load_pretrained(AutoencoderKL, args.vae_model_name_or_path).eval().to(accelerator.device)
-        return {"latents": encode_latents(vae, load_images(data_dir, records, args.image_column, args.resolution))}
+    # 1. frozen features: CLIP image embeddings, text features of every phrasing plus "", latents; of all the data
+    # at once, or of each streamed batch as it comes
+    if args.streaming:
+        clip, tokenizer, image_processor = load_clip(args.clip_model_name_or_path)
+        clip.eval().to(device)
+        text = load_decoder_text_encoder(text_dir) if text_dir else None
+        if text is not None:
+            text[0].eval().to(device)
+        vae = load_pretrained(AutoencoderKL, args.vae_model_name_or_path) if args.vae_model_name_or_path else None
+        if vae is not None:
+            vae.eval().to(device)
+        data = open_stream(accelerator, args, caption_column=args.caption_column)
 
-    key = {
-        "vae": file_stamp(args.vae_model_name_or_path) if args.vae_model_name_or_path else None,
-        "data": data_stamp(data_dir),
-        "records": len(records),
-        "resolution": args.resolution,
-    }
-    latents = cached_features(Path(args.output_dir) / "latents.safetensors", key, compute_latents)["latents"]
-    if accelerator.device.type != "cpu":
-        # on an accelerator the features live there (a few GB for 100,000 images): a step then indexes them in
-        # place instead of gathering and copying its batch on the host
-        image_embeds, states, masks, latents = (
-            x.to(accelerator.device) for x in (image_embeds, states, masks, latents)
+        def features_of(batch):  # the batch's own features and latents, whose rows are the batch's samples
+            features = batch_clip_features(clip, tokenizer, image_processor, batch)
+            if text is not None:
+                states, masks = text_states(*text, phrasing_table(batch, "caption")[0])
+                features = dataclasses.replace(features, states=states, masks=masks)
+            latents = encode_latents(vae, torch.stack([sample["pixels"] for sample in batch]))
+            return features, latents, torch.arange(len(batch))
+
+        # one sample's features give the sizes a new decoder is built for
+        features, latents, _ = features_of(open_stream(accelerator, args, caption_column=args.caption_column).take(1))
+    else:
+        data_dir = Path(args.train_data_dir)
+        records = with_prompts(
+            read_training_data(accelerator, args), args.prompts_per_scene, args.seed, args.caption_column
         )
+        features = frozen_clip_features(
+            args.clip_model_name_or_path,
+            data_dir,
+            records,
+            args.image_column,
+            args.caption_column,
+            args.output_dir,
+            device,
+        )
+        if text_dir:
+            states, masks = frozen_text_states(
+                text_dir, data_dir, records, args.caption_column, args.output_dir, device
+            )
+            features = dataclasses.replace(features, states=states, masks=masks)
+
+        def compute_latents():
+            vae = None
+            if args.vae_model_name_or_path:
+                vae = load_pretrained(AutoencoderKL, args.vae_model_name_or_path).eval().to(device)
+            return {"latents": encode_latents(vae, load_images(data_dir, records, args.image_column, args.resolution))}
+
+        key = {
+            "vae": file_stamp(args.vae_model_name_or_path) if args.vae_model_name_or_path else None,
+            "data": data_stamp(data_dir),
+            "records": len(records),
+            "resolution": args.resolution,
+        }
+        latents = cached_features(Path(args.output_dir) / "latents.safetensors", key, compute_latents)["latents"]
+        if device.type != "cpu":
+            # on an accelerator the features live there (a few GB for 100,000 images): a step then indexes them in
+            # place instead of gathering and copying its batch on the host
+            on_device = {name: getattr(features, name).to(device) for name in ("image_embeds", "states", "masks")}
+            features, latents = dataclasses.replace(features, **on_device), latents.to(device)
+        data = len(records)
+
+        def features_of(batch):
+            return features, latents, batch
 
     # 2. the conditioner and the UNet
     arch = UnclipArchitecture.from_json(args.architecture)
@@ -146,35 +188,38 @@ def main(argv=None):
                 unet.class_embedding.linear_1.weight.zero_()
     else:
         save_architecture(accelerator, args, arch)
-        conditioner = UnclipConditioner(
-            image_embeds.shape[1], states.shape[2], arch.decoder_cross_dim, arch.image_tokens
-        )
-        unet = build_decoder_unet(arch, latents.shape[-1], latents.shape[1], image_embeds.shape[1])
+        embed_dim = features.image_embeds.shape[1]
+        conditioner = UnclipConditioner(embed_dim, features.states.shape[2], arch.decoder_cross_dim, arch.image_tokens)
+        unet = build_decoder_unet(arch, latents.shape[-1], latents.shape[1], embed_dim)
     model = DecoderStep(conditioner, unet)
     if args.adapter is not None:
         conditioner.requires_grad_(False)
         add_training_adapter(accelerator, unet, "decoder", args)
     parameters = [p for p in model.parameters() if p.requires_grad]
     scheduler = decoder_scheduler(args.num_train_timesteps)
-    device = accelerator.device
 
     # 3. train
     def compute_loss(model, batch, step):
+        features, latents, batch = features_of(batch)
         # every draw covers the global batch (this process keeps its rows): any process layout trains the same
         rows, total = process_rows(len(batch), accelerator)
-        chosen = pick_phrasings(phrasings, batch, args.seed, step, accelerator.process_index, accelerator.num_processes)
+        chosen = pick_phrasings(
+            features.phrasings, batch, args.seed, step, accelerator.process_index, accelerator.num_processes
+        )
         generator = step_generator(args.seed, step, NOISE)
         drop_text = torch.rand(total, generator=generator)[rows] < args.text_dropout
         drop_image = torch.rand(total, generator=generator)[rows] < args.image_dropout
+        empty = len(features.states) - 1  # the empty prompt's row, which replaces a dropped text
         chosen = torch.where(drop_text, torch.full_like(chosen, empty), chosen)
+        image_embeds = features.image_embeds
         embeds = image_embeds[batch].masked_fill(drop_image[:, None].to(image_embeds.device), 0.0)
         noise, t, noisy = add_training_noise(scheduler, latents[batch], generator, rows, total)
         prediction = model(
             noisy.to(device),
             t.to(device),
             embeds.to(device),
-            states[chosen].to(device, torch.float32),
-            masks[chosen].to(device),
+            features.states[chosen].to(device, torch.float32),
+            features.masks[chosen].to(device),
         )
         if args.snr_gamma is None:
             return F.mse_loss(prediction.float(), noise.to(device))
@@ -182,7 +227,9 @@ def main(argv=None):
         per_sample = F.mse_loss(prediction.float(), noise.to(device), reduction="none").mean(dim=(1, 2, 3))
         return (per_sample * weight).mean()
 
-    losses = train_loop(accelerator, args, model, parameters, len(records), compute_loss)
+    losses = train_loop(accelerator, args, model, parameters, data, compute_loss)
+    if args.streaming:
+        write_stream_summary(accelerator, args, data)
 
     # 4. save the conditioner and UNet, or the adapter as `decoder/` (EMA weights when EMA is on)
     if accelerator.is_main_process:

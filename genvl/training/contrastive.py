@@ -133,10 +133,10 @@ def _soft_cross_entropy(logits, targets):
     return -torch.where(targets > 0, targets * log_probs, 0.0).sum(dim=1)
 
 
-def swapped_phrasings(records, texts, phrasings, canonical: dict):
+def swapped_phrasings(records, texts, phrasings, caption_id):
     """For each record, its phrasings' twins (indices into `texts`, extended in place): the same phrasing of its
     scene with the two objects exchanged, "there is a blue car above a red apple" for "there is a red apple above
-    a blue car"; and the swapped scene's canonical caption id (new ids are added to `canonical`). Rows are -1
+    a blue car"; and the swapped scene's canonical caption id (`caption_id(its canonical caption)`). Rows are -1
     where a record is not two distinct objects, and columns where a phrasing is not one of the world's."""
     from ..world.captions import scene_captions, swapped_captions
 
@@ -155,5 +155,5 @@ def swapped_phrasings(records, texts, phrasings, canonical: dict):
                 index[row, column] = position.setdefault(twin, len(texts))
                 if index[row, column] == len(texts):
                     texts.append(twin)
-        ids[row] = canonical.setdefault(twins[0], len(canonical))
+        ids[row] = caption_id(twins[0])
     return index, ids

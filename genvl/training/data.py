@@ -59,10 +59,11 @@ def read_training_records(source, caption_column: str, image_column: str, log=No
 def read_training_data(accelerator, args) -> list[dict]:
     """The records of `--train_data_dir` (imagefolder or shards) with bad samples logged on stderr by the main
     process, counted, and listed in `output_dir/data_summary.json`. A recipe that calls it holds its data in
-    memory: `--streaming` is refused (the captioner, autoencoder and judge recipes stream instead of calling it)."""
+    memory: `--streaming` is refused (the other recipes stream instead of calling it when asked to)."""
     if args.streaming:
         raise ValueError(
-            "--streaming: this recipe holds its data in memory; the captioner, autoencoder and judge stream"
+            "--streaming: this recipe holds its data in memory; the captioner, CLIP, prior, decoder, autoencoder "
+            "and judge recipes stream"
         )
     check_data_source(args.train_data_dir, "--train_data_dir")
     log = functools.partial(warn, accelerator=accelerator)

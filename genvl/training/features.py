@@ -87,15 +87,27 @@ def file_stamp(path) -> dict:
     return {"path": str(path), "mtime": max((p.stat().st_mtime for p in files), default=0.0)}
 
 
+def clip_features(clip, tokenizer, image_processor, images, texts) -> dict:
+    """A frozen CLIP's features: "image_embeds" (N, E), unit, of uint8 images (N, 3, H, W) (resized to the image
+    tower's size if they are not at it), and "text_embeds", "states" (float16) and "masks" of `texts` followed by
+    the empty prompt, every text padded to the text tower's length; all on the CPU."""
+    import torch
+
+    from ..models.clip import embed_at_clip_size, embed_texts
+
+    length = clip.config.text_config.max_position_embeddings
+    text_embeds, states, masks = embed_texts(clip, tokenizer, list(texts) + [""], length, states_dtype=torch.float16)
+    image_embeds = embed_at_clip_size(clip, image_processor, images, batch_size=256)
+    return {"image_embeds": image_embeds, "text_embeds": text_embeds, "states": states, "masks": masks}
+
+
 def frozen_clip_features(
     clip_dir, data_dir, records, image_column: str, caption_column: str, cache_dir=None, device=None
 ) -> ClipFeatures:
     """Features of a frozen CLIP for training the prior or the decoder, computed once (on `device`, the CPU by
     default, and, with `cache_dir`, kept in `cache_dir/clip_features.safetensors` for resumed runs)."""
-    import torch
-
     from ..io.imagefolder import load_images
-    from ..models.clip import embed_images, embed_texts, load_clip
+    from ..models.clip import load_clip
 
     clip, tokenizer, image_processor = load_clip(clip_dir)
     clip.eval()
@@ -103,12 +115,10 @@ def frozen_clip_features(
 
     def compute():
         images = load_images(data_dir, records, image_column, clip.config.vision_config.image_size)
-        length = clip.config.text_config.max_position_embeddings
         clip.to(device or "cpu")
-        text_embeds, states, masks = embed_texts(clip, tokenizer, texts + [""], length, states_dtype=torch.float16)
-        image_embeds = embed_images(clip, image_processor, images)
+        features = clip_features(clip, tokenizer, image_processor, images, texts)
         clip.to("cpu")  # the features come back on the CPU, and so does the model that made them
-        return {"image_embeds": image_embeds, "text_embeds": text_embeds, "states": states, "masks": masks}
+        return features
 
     if cache_dir is None:
         features = compute()
@@ -122,31 +132,45 @@ def frozen_clip_features(
             "caption_column": caption_column,
         }
         features = cached_features(Path(cache_dir) / "clip_features.safetensors", key, compute)
-    return ClipFeatures(
-        clip=clip,
-        image_embeds=features["image_embeds"],
-        phrasings=phrasings,
-        text_embeds=features["text_embeds"],
-        states=features["states"],
-        masks=features["masks"],
-    )
+    return ClipFeatures(clip=clip, phrasings=phrasings, **features)
+
+
+def batch_clip_features(clip, tokenizer, image_processor, samples) -> ClipFeatures:
+    """The `ClipFeatures` of a streamed batch (`genvl.training.stream.decoded_sample`s, with their captions), as
+    `frozen_clip_features` gives them for records in memory: row i is sample i, the text rows are the batch's
+    distinct phrasings then the empty prompt. `clip` runs where it is; the features come back on the CPU."""
+    import torch
+
+    texts, phrasings = phrasing_table(samples, "caption")
+    pixels = torch.stack([sample["pixels"] for sample in samples])
+    features = clip_features(clip, tokenizer, image_processor, pixels, texts)
+    return ClipFeatures(clip=clip, phrasings=phrasings, **features)
+
+
+def text_states(text_encoder, tokenizer, texts):
+    """(token states (N + 1, L, H) in float16, masks (N + 1, L)) on the CPU of a text tower (a CLIP or a
+    `CLIPTextModelWithProjection`) reading `texts` followed by the empty prompt, padded to its length."""
+    import torch
+
+    from ..models.clip import embed_texts
+
+    length = getattr(text_encoder.config, "text_config", text_encoder.config).max_position_embeddings
+    _, states, masks = embed_texts(text_encoder, tokenizer, list(texts) + [""], length, states_dtype=torch.float16)
+    return states, masks
 
 
 def frozen_text_states(text_dir, data_dir, records, caption_column: str, cache_dir=None, device=None):
     """(token states (N, L, H) in float16, masks (N, L)) of the text tower `load_decoder_text_encoder(text_dir)`
     reads, over the text rows of `frozen_clip_features` (every distinct phrasing, then ""); kept, with
     `cache_dir`, in `cache_dir/text_states.safetensors`."""
-    import torch
-
-    from ..models.clip import embed_texts, load_decoder_text_encoder
+    from ..models.clip import load_decoder_text_encoder
 
     text_encoder, tokenizer = load_decoder_text_encoder(text_dir)
     texts, _ = phrasing_table(records, caption_column)
 
     def compute():
-        length = getattr(text_encoder.config, "text_config", text_encoder.config).max_position_embeddings
         text_encoder.eval().to(device or "cpu")
-        _, states, masks = embed_texts(text_encoder, tokenizer, texts + [""], length, states_dtype=torch.float16)
+        states, masks = text_states(text_encoder, tokenizer, texts)
         text_encoder.to("cpu")
         return {"states": states, "masks": masks}
 

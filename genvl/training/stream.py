@@ -18,7 +18,7 @@ import json
 import random
 from pathlib import Path
 
-from ..io.shards import iter_samples, sample_record, shard_paths
+from ..io.shards import iter_samples, sample_fields, sample_record, shard_paths
 
 SHUFFLE_BUFFER = 1000  # samples held by the shuffle: the memory of the stream, whatever the size of the data
 
@@ -108,6 +108,17 @@ class ShardStream:
         self.taken += len(batch)
         return batch
 
+    def head(self, count: int) -> list:
+        """Up to `count` good samples from where the stream is, no further than the end of its epoch (for
+        statistics of the data, which a small set should not weigh twice)."""
+        epoch, out = self.epoch, []
+        while len(out) < count:
+            [sample] = self.take(1)
+            if self.epoch != epoch:
+                break
+            out.append(sample)
+        return out
+
     def state(self) -> dict:
         return {"epoch": self.epoch, "consumed": self.consumed}
 
@@ -128,9 +139,19 @@ class ShardStream:
         return self.take(batch_size)
 
 
+def phrasings(record: dict, caption_column: str) -> list[str]:
+    """A sample's phrasings: its record's `captions`, else its caption alone. Raises ValueError if they are not a
+    list of non-empty strings."""
+    captions = record.get("captions") or [record.get(caption_column)]
+    if not isinstance(captions, list) or not all(isinstance(text, str) and text.strip() for text in captions):
+        raise ValueError("'captions' is not a list of non-empty strings")
+    return captions
+
+
 def decoded_sample(record: dict, resolution: int, caption_column: str | None = None, need_scene: bool = False):
     """A streamed sample as a batch holds it: its pixels (3, R, R) uint8 at `resolution` (`rgb_at`, as
-    `load_images` brings images in memory to it), its caption and its scene graph (required with `need_scene`)."""
+    `load_images` brings images in memory to it), its caption, its phrasings (the record's `captions`, else the
+    caption alone; both None without `caption_column`) and its scene graph (required with `need_scene`)."""
     import torch
 
     from ..io.imagefolder import rgb_at
@@ -138,25 +159,27 @@ def decoded_sample(record: dict, resolution: int, caption_column: str | None = N
 
     if need_scene and "scene" not in record:
         raise ValueError("no scene graph, which --augment flip and shift need")
+    caption = record.get(caption_column) if caption_column else None
+    captions = phrasings(record, caption_column) if caption_column else None
     image = rgb_at(load_image(record["image_bytes"], name="the image"), resolution)
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(resolution, resolution, 3)
-    caption = record.get(caption_column) if caption_column else None
-    return {"pixels": pixels.permute(2, 0, 1), "caption": caption, "scene": record.get("scene")}
+    return {"pixels": pixels.permute(2, 0, 1), "caption": caption, "captions": captions, "scene": record.get("scene")}
 
 
-def open_stream(accelerator, args, **decoding) -> ShardStream:
-    """This process's stream of `--train_data_dir` for a run: samples decoded by `decoded_sample` at the run's
-    resolution (`decoding`: its other arguments), bad ones logged on stderr by the main process."""
+def open_stream(accelerator, args, resolution: int | None = None, shared: bool = False, **decoding) -> ShardStream:
+    """This process's stream of `--train_data_dir` for a run: samples decoded by `decoded_sample` at `resolution`
+    (default: the run's; `decoding`: its other arguments), bad ones logged on stderr by the main process. With
+    `shared`, every process reads the whole stream, as a single process would (for statistics all must agree on)."""
     from .checkpoints import warn
 
     return ShardStream(
         args.train_data_dir,
-        functools.partial(decoded_sample, resolution=args.resolution, **decoding),
+        functools.partial(decoded_sample, resolution=resolution or args.resolution, **decoding),
         args.caption_column,
         args.image_column,
         args.seed,
-        accelerator.process_index,
-        accelerator.num_processes,
+        0 if shared else accelerator.process_index,
+        1 if shared else accelerator.num_processes,
         on_error=functools.partial(warn, accelerator=accelerator),
     )
 
@@ -177,3 +200,18 @@ def write_stream_summary(accelerator, args, stream: ShardStream) -> None:
         }
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.output_dir) / "data_summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def stream_captions(source, caption_column: str):
+    """Every phrasing of the shards `source` names (the caption, or the sample's `captions`), read from their text
+    members alone (the images are skipped unread); a sample whose text is bad, which training skips, is left out:
+    what a run's new tokenizer is trained on."""
+
+    def text_members(key, ext):
+        return ext in ("txt", "json")
+
+    for sample in iter_samples(shard_paths(source), lambda where, reason: None, text_members):
+        try:
+            yield from phrasings(sample_fields(sample, caption_column), caption_column)
+        except ValueError:
+            continue
