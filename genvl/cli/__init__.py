@@ -1,5 +1,5 @@
 """The `genvl` command line: `build_parser`, and `main` (the console entry point), which runs one command and
-turns its errors into one line and an exit code. The commands live one module per concern: `caption`, `image`
+turns its errors into one line and an exit code. The commands live one module per concern: `caption`, `ask`, `image`
 (generate, vary, interpolate, score), `evaluate`, `data`, `recipes` (train, export), with what they share in
 `common`. Heavy imports (torch, transformers) happen inside the commands, so that `genvl --help` stays instant."""
 
@@ -12,7 +12,7 @@ import time
 from .. import __version__
 from ..io.folders import first_line
 from ..io.outputs import terminate_cleanly
-from . import caption, data, evaluate, image, recipes
+from . import ask, caption, data, evaluate, image, recipes
 from .common import Parser, UsageError, check_device
 
 EXAMPLES = """examples:
@@ -25,6 +25,7 @@ Results go to stdout, logs and progress bars to stderr. Exit codes: 0 done, 1 fa
 # command -> its run function, or (the attribute naming its subcommand, subcommand -> run function)
 COMMANDS = {
     "caption": caption.run_caption,
+    "ask": ask.run_ask,
     **image.RUNS,
     "data": ("data_command", data.RUNS),
     "eval": ("eval_command", evaluate.RUNS),
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True)
     caption.add_parser(commands)  # in the order `genvl --help` lists them
+    ask.add_parser(commands)
     data.add_parser(commands)
     evaluate.add_parser(commands)
     image.add_parsers(commands)

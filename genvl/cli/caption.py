@@ -164,11 +164,12 @@ def check_decoder_positions(args, folder, settings, defaults, prefix: int, posit
     )
 
 
-def load_caption_pipeline(args):
+def load_caption_pipeline(args, variable: str = "GENVL_CAPTION_MODEL", default=DEFAULT_CAPTION_MODEL):
+    """The captioner of --model, else of the environment variable `variable`, else the shipped `default`."""
     from ..pipelines.caption import CaptionPipeline
 
     quiet_libraries(args)
-    path, name = model_source(args, "GENVL_CAPTION_MODEL", str(DEFAULT_CAPTION_MODEL))
+    path, name = model_source(args, variable, str(default))
     if not path.is_dir():
         raise FileNotFoundError(f"{name}: no such model folder")
     pipeline = CaptionPipeline.from_pretrained(path, dtype=torch_dtype(args))

@@ -1,5 +1,5 @@
-"""`genvl eval caption`, `genvl eval retrieval`, `genvl eval t2i` and `genvl eval judge`: scores of models on
-held-out data."""
+"""`genvl eval caption`, `genvl eval vqa`, `genvl eval retrieval`, `genvl eval t2i` and `genvl eval judge`: scores
+of models on held-out data."""
 
 import math
 import sys
@@ -7,6 +7,7 @@ from itertools import chain
 from pathlib import Path
 
 from ..io.outputs import check_output_file
+from .ask import DEFAULT_VQA_MODEL, VQA_MODEL_VARIABLE, default_vqa_model
 from .caption import (
     add_decoding_flags,
     checked_settings,
@@ -42,7 +43,7 @@ def add_parser(commands) -> None:
         "eval",
         help="evaluate models",
         epilog="example: genvl eval caption --data data/world/test --beam 3",
-    ).add_subparsers(dest="eval_command", required=True, metavar="{caption,retrieval,t2i,judge}")
+    ).add_subparsers(dest="eval_command", required=True, metavar="{caption,vqa,retrieval,t2i,judge}")
     caption = evaluate.add_parser(
         "caption",
         help="caption metrics and scene-graph accuracy on a held-out imagefolder",
@@ -71,6 +72,22 @@ def add_parser(commands) -> None:
     add_decoding_flags(caption)
     add_lora_flag(caption)
     add_runtime_flags(caption, "captioner folder (default: the shipped genvl-caption-small)")
+
+    vqa = evaluate.add_parser(
+        "vqa",
+        help="question-answering accuracy on a held-out imagefolder with scene graphs",
+        description="Ask questions drawn from the scene graphs of an imagefolder (genvl data scenes): every kind "
+        "(colour, count, relation, exists, biggest) and both phrasing families (those training uses, and the "
+        "held-out ones it never sees) on as many questions. The JSON report (accuracy overall, per kind, per "
+        "phrasing family, per kind and family, per scene family) goes to stdout, a table to stderr.",
+        epilog="example: genvl eval vqa --data data/wide/test --questions 2000",
+    )
+    vqa.add_argument("--data", required=True, help="imagefolder with metadata.jsonl holding scene graphs")
+    vqa.add_argument("--questions", type=positive(int), default=2000, help="how many questions (default 2000)")
+    vqa.add_argument("--seed", type=seed_number, default=0, help="the questions drawn (default 0)")
+    vqa.add_argument("--limit", type=positive(int), help="ask about the first N images only")
+    vqa.add_argument("--output", help="also write the report as JSON to this file")
+    add_runtime_flags(vqa, "question-answering captioner folder (default: the shipped genvl-vqa-small)")
 
     retrieval = evaluate.add_parser(
         "retrieval",
@@ -169,6 +186,35 @@ def run_eval_caption(args) -> int:
         print(caption_summary(report), file=sys.stderr, flush=True)
     print_report(report, args.output)
     return 0
+
+
+def run_eval_vqa(args) -> int:
+    from ..evaluation.vqa import evaluate_vqa
+
+    check_report_file(args, [args.model or default_vqa_model()])
+    pipeline = load_caption_pipeline(args, VQA_MODEL_VARIABLE, DEFAULT_VQA_MODEL)
+    report = evaluate_vqa(
+        pipeline, args.data, args.questions, args.seed, args.batch_size, args.limit, progress_bar(args, "batch")
+    )
+    if not args.quiet:
+        print(vqa_summary(report), file=sys.stderr, flush=True)
+    print_report(report, args.output)
+    return 0
+
+
+def vqa_summary(report: dict) -> str:
+    """`evaluate_vqa`'s report as a table: accuracy per kind in each phrasing family, then per scene family."""
+    lines = [f"{report['questions']} questions: accuracy {_score(report['accuracy'])}"]
+    lines.append(f"{'kind':<10} {'all':>6} {'seen':>6} {'held-out':>9}")
+    for kind, value in report["kinds"].items():
+        by = report.get(f"{kind}_by_phrasing", {})
+        lines.append(f"{kind:<10} {_score(value):>6} {_score(by.get('seen')):>6} {_score(by.get('held_out')):>9}")
+    phrasings, scenes = report["phrasings"], report["scenes"]
+    lines.append(f"{'phrasings':<10} {'':>6} {_score(phrasings.get('seen')):>6} {_score(phrasings.get('held_out')):>9}")
+    lines.append(
+        f"scenes: in family {_score(scenes.get('in_family'))}, held-out family {_score(scenes.get('held_out_family'))}"
+    )
+    return "\n".join(lines)
 
 
 COCO_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")
@@ -324,4 +370,10 @@ def judge_summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-RUNS = {"caption": run_eval_caption, "retrieval": run_eval_retrieval, "t2i": run_eval_t2i, "judge": run_eval_judge}
+RUNS = {
+    "caption": run_eval_caption,
+    "vqa": run_eval_vqa,
+    "retrieval": run_eval_retrieval,
+    "t2i": run_eval_t2i,
+    "judge": run_eval_judge,
+}

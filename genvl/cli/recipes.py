@@ -12,6 +12,7 @@ TRAIN = {
     "autoencoder": "train_autoencoder",
     "decoder": "train_decoder",
     "judge": "train_judge",
+    "vqa": "train_vqa",
 }
 EXPORT = {"captioner": "export_captioner", "checkpoint": "export_checkpoint", "text-to-image": "export_text_to_image"}
 

@@ -25,6 +25,17 @@ class CaptionOutput(BaseOutput):
     scores: list[list[float]] = field(default_factory=list)
 
 
+def question_prefix(question: str) -> str:
+    """The text a question-answering captioner reads before its answer: the question in lower case with its
+    spaces collapsed, ending in one question mark, so that every phrasing ends where the answer starts."""
+    if not isinstance(question, str):
+        raise TypeError(f"a question must be a string, got {type(question).__name__}")
+    text = " ".join(question.lower().split()).rstrip(" ?.!")
+    if not text:
+        raise ValueError("the question is empty")
+    return f"{text}?"
+
+
 class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, DiffusionPipeline):
     """Caption images with a VisionEncoderDecoder model: genvl's ViT-GPT2 captioners and the public layouts
     (ViT, DeiT, BEiT or Swin encoders; GPT-2, BERT- or RoBERTa-style, TrOCR or MBart decoders).
@@ -34,6 +45,11 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
     the layout of public ViT-GPT2 captioning checkpoints. The model's `generation_config` gives the decoding
     defaults; keyword arguments of `__call__` override them. With `set_embedding_cache`, image encodings are
     kept in a shared `EmbeddingCache`. LoRA adapters (PEFT format) load with `load_lora_weights`.
+
+    A model trained to answer questions (`genvl.recipes.train_vqa`) is a captioner whose decoder reads the
+    question first: `pipe(images, question="how many apples?")` decodes the answer after it, with the same
+    engine and settings. One pipeline rather than an answering one beside it, because nothing else differs:
+    the question is a prefix the answer continues, and the answer is the caption without it.
     """
 
     lora_components = ("model",)
@@ -95,11 +111,21 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         return self.tokenizer(prefix, add_special_tokens=False).input_ids if prefix else []
 
     @torch.no_grad()
-    def __call__(self, images, prefix: str | None = None, generator=None, return_dict: bool = True, **decoding):
-        """Caption `images` (a PIL image, a path, or a list of them).
+    def __call__(
+        self,
+        images,
+        prefix: str | None = None,
+        question=None,
+        generator=None,
+        return_dict: bool = True,
+        **decoding,
+    ):
+        """Caption `images` (a PIL image, a path, or a list of them), or answer a question about each.
 
         Args:
             prefix: text every caption must continue, e.g. "a photo of".
+            question: a question about every image, or a list of one per image; the captions are then the
+                answers (the question not included). Images asked the same question are decoded together.
             generator: a `torch.Generator` for sampling (or pass `seed=` for a fresh one).
             decoding: `num_beams`, `do_sample`, `temperature`, `top_k`, `top_p`, `repetition_penalty`,
                 `no_repeat_ngram_size`, `length_penalty`, `early_stopping`, `num_return_sequences`,
@@ -107,6 +133,8 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         """
         if not isinstance(images, (list, tuple)):
             images = [images]
+        if question is not None:
+            return self._answer(list(images), question, prefix, generator, return_dict, decoding)
         settings = self.settings(**decoding)
         # 1. encode images, preprocessed one by one (through the embedding cache when one is set)
         pixel_values = self.preprocess(images)
@@ -122,3 +150,27 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         if not return_dict:
             return captions, result.scores
         return CaptionOutput(captions=captions, scores=result.scores)
+
+    def _answer(self, images: list, question, prefix, generator, return_dict: bool, decoding: dict):
+        """The answers of `images` to `question` (one, or one per image), each question's images in one call."""
+        if prefix is not None:
+            raise ValueError("pass a prefix or a question, not both: the question is the answer's prefix")
+        questions = [question] * len(images) if isinstance(question, str) else list(question)
+        if len(questions) != len(images):
+            raise ValueError(f"{len(questions)} questions for {len(images)} images: give one per image")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError("with questions, pass one torch.Generator (or seed=) for all the images")
+        prefixes = [question_prefix(q) for q in questions]
+        captions, scores = [None] * len(images), [None] * len(images)
+        for asked in dict.fromkeys(prefixes):
+            rows = [i for i, text in enumerate(prefixes) if text == asked]
+            prefix_ids = self.prefix_ids(asked)
+            answers, row_scores = self(
+                [images[i] for i in rows], prefix=asked, generator=generator, return_dict=False, **decoding
+            )
+            cut = len(self.tokenizer.decode(prefix_ids, skip_special_tokens=True).strip())
+            for i, found, score in zip(rows, answers, row_scores):
+                captions[i], scores[i] = [text[cut:].strip() for text in found], score
+        if not return_dict:
+            return captions, scores
+        return CaptionOutput(captions=captions, scores=scores)

@@ -60,13 +60,17 @@ def tokenize_captions(tokenizer, captions, max_length: int):
     return inputs, labels
 
 
-def caption_loss(model, pixel_values, decoder_input_ids, labels, tokens: torch.Tensor | float | None = None):
-    """Token cross-entropy, summed and divided by `tokens` (default: this batch's label tokens, i.e. the mean)."""
-    mask = (labels != -100).long()
-    # keep BOS visible: the attention mask covers BOS + tokens, i.e. the label positions
-    logits = model(pixel_values=pixel_values, decoder_input_ids=decoder_input_ids, decoder_attention_mask=mask).logits
+def caption_loss(model, pixel_values, decoder_input_ids, labels, tokens=None, attention_mask=None):
+    """Token cross-entropy, summed and divided by `tokens` (default: this batch's label tokens, i.e. the mean).
+    `attention_mask` (default: the label positions, which for a caption are BOS + its tokens) is what the decoder
+    attends to."""
+    if attention_mask is None:
+        attention_mask = (labels != -100).long()
+    logits = model(
+        pixel_values=pixel_values, decoder_input_ids=decoder_input_ids, decoder_attention_mask=attention_mask
+    ).logits
     total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
-    return total / (mask.sum() if tokens is None else tokens)
+    return total / ((labels != -100).sum() if tokens is None else tokens)
 
 
 def main(argv=None):

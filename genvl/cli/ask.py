@@ -1,0 +1,70 @@
+"""`genvl ask`: answer a question about images with a question-answering captioner."""
+
+import json
+import math
+import os
+import sys
+
+from ..pipelines.defaults import shipped_pipeline
+from .caption import find_inputs, load_caption_pipeline, open_inputs
+from .common import UsageError, add_runtime_flags, check_text, plural, positive, summarize
+
+DEFAULT_VQA_MODEL = shipped_pipeline("genvl-vqa-small")
+VQA_MODEL_VARIABLE = "GENVL_VQA_MODEL"
+
+
+def default_vqa_model() -> str:
+    return os.environ.get(VQA_MODEL_VARIABLE, str(DEFAULT_VQA_MODEL))
+
+
+def add_parser(commands) -> None:
+    """Register `genvl ask` on the `genvl` subparsers."""
+    ask = commands.add_parser(
+        "ask",
+        help="answer a question about images",
+        description="Answer one question about each image: colours, counts, what is left of or above an "
+        "object, whether there is one, which is biggest. Prints `path<TAB>answer` per image.",
+        epilog='example: genvl ask examples/images/three_green_butterflies.png "how many butterflies are there?"',
+    )
+    ask.add_argument("images", nargs="+", help="image files, folders, or tar shards (data/{000..009}.tar)")
+    ask.add_argument("question", help="the question, asked of every image")
+    ask.add_argument("--beam", type=positive(int), dest="num_beams", help="beam search with N beams")
+    ask.add_argument("--json", action="store_true", help="one JSON record per image on stdout")
+    add_runtime_flags(ask, "question-answering captioner folder (default: the shipped genvl-vqa-small)")
+
+
+def run_ask(args) -> int:
+    from tqdm import tqdm
+
+    from ..generation.decoder import decoder_positions
+    from ..io.images import printable_path
+    from ..pipelines.caption import question_prefix
+
+    question = question_prefix(check_text(args.question, "the question"))
+    paths = find_inputs(args.images)
+    pipeline = load_caption_pipeline(args, VQA_MODEL_VARIABLE, DEFAULT_VQA_MODEL)
+    overrides = {"num_beams": args.num_beams} if args.num_beams else {}
+    settings = pipeline.settings(**overrides)
+    positions = decoder_positions(pipeline.model.config.decoder)
+    asked = len(pipeline.prefix_ids(question))
+    if positions is not None and 1 + asked + settings.max_new_tokens > positions:
+        raise UsageError(
+            f"the question takes {asked} tokens; with {settings.max_new_tokens} for the answer that is more than "
+            f"the model's {positions} positions: ask a shorter one"
+        )
+    inputs = open_inputs(paths)
+    with tqdm(total=len(paths), unit="img", file=sys.stderr, disable=args.quiet or len(paths) <= 8) as bar:
+        for start in range(0, len(paths), args.batch_size):
+            labels, batch = zip(*(next(inputs) for _ in range(min(args.batch_size, len(paths) - start))))
+            output = pipeline(list(batch), question=question, **overrides)
+            for label, answers, scores in zip(labels, output.captions, output.scores):
+                if not math.isfinite(scores[0]):
+                    raise RuntimeError(f"{label}: the model gave a non-finite answer score (its weights or --dtype?)")
+                if args.json:
+                    record = {"path": label, "question": question, "answer": answers[0], "score": scores[0]}
+                    print(json.dumps(record), flush=True)
+                else:
+                    print(f"{printable_path(label)}\t{printable_path(answers[0])}", flush=True)
+            bar.update(len(batch))
+    summarize(args, f"answered the question for {plural(len(paths), 'image')}")
+    return 0

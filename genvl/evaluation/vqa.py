@@ -1,0 +1,68 @@
+"""Visual question answering scored on held-out scenes: questions drawn from their scene graphs, every kind and
+both phrasing families (the ones training uses and the ones it never sees) on as many questions, and accuracy
+reported per kind, per phrasing family and per scene family."""
+
+from collections import defaultdict
+from pathlib import Path
+
+
+def normalise_answer(text: str) -> str:
+    """An answer as it is compared: lower case, spaces collapsed, no trailing punctuation."""
+    return " ".join(text.lower().split()).rstrip(" .!?")
+
+
+def _accuracy(rows: list[bool]) -> float | None:
+    return sum(rows) / len(rows) if rows else None
+
+
+def evaluate_vqa(pipeline, data_dir, count: int, seed: int = 0, batch_size: int = 64, limit=None, progress=None):
+    """Ask `count` questions (`genvl.world.questions.question_set(records, count, seed)`) about the scenes of the
+    imagefolder `data_dir` and score the pipeline's answers by exact match. Questions are sorted by their text so
+    that each pipeline call answers one question about many images."""
+    from ..io.imagefolder import read_metadata
+    from ..pipelines.caption import question_prefix
+    from ..world.questions import question_set
+    from ..world.scenes import held_out
+
+    data_dir = Path(data_dir)
+    records = read_metadata(data_dir)[:limit]
+    if not all(isinstance(r.get("scene"), dict) for r in records):
+        raise ValueError(f"{data_dir}: every record needs a scene graph to ask questions of (genvl data scenes)")
+    items = question_set(records, count, seed)
+    order = sorted(range(len(items)), key=lambda i: (question_prefix(items[i]["question"]), i))
+    answers = [None] * len(items)
+    starts = range(0, len(order), batch_size)
+    if progress is not None:
+        starts = progress(starts, total=len(starts))
+    for start in starts:
+        rows = order[start : start + batch_size]
+        images = [data_dir / records[items[i]["record"]]["file_name"] for i in rows]
+        output = pipeline(images, question=[items[i]["question"] for i in rows], num_return_sequences=1)
+        for i, found in zip(rows, output.captions):
+            answers[i] = found[0]
+    right = [normalise_answer(answer) == item["answer"] for answer, item in zip(answers, items)]
+    groups = defaultdict(list)
+    for item, ok in zip(items, right):
+        scene = records[item["record"]]["scene"]
+        for key in (
+            ("kinds", item["kind"]),
+            ("phrasings", item["family"]),
+            (f"{item['kind']}_by_phrasing", item["family"]),
+            ("scenes", "held_out_family" if held_out(scene) else "in_family"),
+        ):
+            groups[key].append(ok)
+    report = {"questions": len(items), "accuracy": _accuracy(right)}
+    for (table, name), rows in sorted(groups.items()):
+        report.setdefault(table, {})[name] = _accuracy(rows)
+    report["scene_counts"] = {name: len(groups["scenes", name]) for name in ("in_family", "held_out_family")}
+    wrong = [(item, said) for item, said, ok in zip(items, answers, right) if not ok]
+    report["wrong_examples"] = [
+        {
+            "image": records[item["record"]]["file_name"],
+            "question": item["question"],
+            "answer": item["answer"],
+            "said": said,
+        }
+        for item, said in wrong[:20]
+    ]
+    return report

@@ -1,0 +1,140 @@
+"""Train a visual question-answering model on the world's scenes with accelerate: genvl's captioner architecture,
+the question as the decoder's prefix and the answer decoded after it.
+
+    accelerate launch -m genvl.recipes.train_vqa --config configs/train_vqa.json
+
+Each step asks one question of every image in the batch, drawn from its scene graph (`genvl.world.questions`:
+colour, count, relation, existence, biggest object) in a training phrasing only; the held-out phrasings are left
+for `genvl eval vqa`. The decoder reads BOS, the question (`question_prefix`: lower case, ending in "?") and the
+answer, and the loss is the answer's tokens and EOS alone. `--pretrained_model_name_or_path` starts from a
+captioner (a pipeline folder), whose encoder already sees the world's objects and whose tokenizer is kept;
+without it a fresh model and tokenizer are trained. With `--augment flip`, a mirrored image is asked about its
+mirrored scene, so that left and right stay true. Ends with `CaptionPipeline.save_pretrained(output_dir)`:
+`CaptionPipeline(images, question=...)` and `genvl ask` answer with it.
+"""
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from genvl.io.imagefolder import load_images
+from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
+from genvl.pipelines.caption import CaptionPipeline, question_prefix
+from genvl.recipes.train_captioner import caption_loss
+from genvl.training.args import TrainArgs, check_at_least, parse_args, run_script, save_architecture
+from genvl.training.augment import augment_batch, parse_augmentations, shift_range
+from genvl.training.data import read_training_data
+from genvl.training.features import load_or_train_tokenizer
+from genvl.training.loop import make_accelerator, train_loop
+from genvl.training.seeds import AUGMENTATION, step_generator
+from genvl.world.questions import TRAIN, ask
+from genvl.world.scenes import mirror_scene
+
+ANSWER_TOKENS = 8  # the most new tokens an answer decodes to by default (the world's answers take one to three)
+
+
+@dataclass
+class TrainVqaArgs(TrainArgs):
+    """Train a question-answering captioner."""
+
+    output_dir: str = "runs/vqa"
+    architecture: str = "configs/captioner_small.json"
+    pretrained_model_name_or_path: str | None = None
+    vocab_size: int = 1024
+    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_at_least(self, 1, "vocab_size")
+        parse_augmentations(self.augment)
+
+
+def question_tokens(tokenizer, questions, answers, max_length: int, start_id: int):
+    """(decoder_input_ids, labels, attention_mask) of question-answer pairs: `start_id`, the question and the
+    answer; the answer and EOS as labels at the positions that predict them (-100 elsewhere); the mask over
+    the start, question and answer. Padded with EOS / -100 / 0. A pair longer than `max_length` is an error:
+    its answer would be cut."""
+    eos = tokenizer.eos_token_id
+    inputs = torch.full((len(questions), max_length), eos, dtype=torch.long)
+    labels = torch.full((len(questions), max_length), -100, dtype=torch.long)
+    mask = torch.zeros((len(questions), max_length), dtype=torch.long)
+    inputs[:, 0] = start_id
+    for i, (question, answer) in enumerate(zip(questions, answers)):
+        asked = tokenizer(question_prefix(question), add_special_tokens=False).input_ids
+        said = tokenizer(" " + answer, add_special_tokens=False).input_ids
+        length = 1 + len(asked) + len(said)
+        if length > max_length:
+            raise ValueError(f"{question!r} and its answer take more than the decoder's {max_length} positions")
+        inputs[i, 1:length] = torch.tensor(asked + said)
+        labels[i, len(asked) : length] = torch.tensor(said + [eos])
+        mask[i, :length] = 1
+    return inputs, labels, mask
+
+
+def main(argv=None):
+    args = parse_args(TrainVqaArgs, argv)
+    accelerator = make_accelerator(args, "train_vqa")
+    output_dir = Path(args.output_dir)
+    records = read_training_data(accelerator, args)
+    if not all(isinstance(r.get("scene"), dict) for r in records):
+        raise ValueError(f"{args.train_data_dir}: every record needs a scene graph to ask questions of")
+
+    # 1. the model: a captioner to start from, or a fresh one with a tokenizer of the captions and questions
+    if args.pretrained_model_name_or_path:
+        pretrained = CaptionPipeline.from_pretrained(args.pretrained_model_name_or_path)
+        model, tokenizer, image_processor = pretrained.model, pretrained.tokenizer, pretrained.image_processor
+    else:
+        arch = CaptionerArchitecture.from_json(args.architecture)
+        arch.image_size = args.resolution
+        save_architecture(accelerator, args, arch)
+        texts = [r["text"] for r in records] + [t for family in TRAIN.values() for t in family]
+        tokenizer = load_or_train_tokenizer(accelerator, output_dir, lambda: train_tokenizer(texts, args.vocab_size))
+        model = build_captioner(arch, tokenizer)
+        image_processor = build_image_processor(arch)
+    max_length = model.config.decoder.max_position_embeddings
+    start_id = model.config.decoder_start_token_id
+    kinds = parse_augmentations(args.augment)
+    device = accelerator.device
+
+    # 2. the data in memory: images, scene graphs, and how far each may shift
+    images = load_images(Path(args.train_data_dir), records, args.image_column, args.resolution)
+    scenes = [r["scene"] for r in records]
+    ranges = torch.tensor([shift_range(scene) for scene in scenes]) if "shift" in kinds else None
+
+    def compute_loss(model, batch, step):
+        batch = torch.as_tensor(batch)
+        pixel_values = images[batch].to(device).float().div_(127.5).sub_(1.0)
+        flipped = torch.zeros(len(batch), dtype=torch.bool)
+        if kinds:
+            generator = step_generator(args.seed, step, AUGMENTATION)
+            batch_ranges = ranges[batch] if ranges is not None else None
+            pixel_values, flipped, _ = augment_batch(pixel_values, batch_ranges, kinds, generator)
+        asked = []
+        for index, mirrored in zip(batch.tolist(), flipped.tolist()):
+            scene = mirror_scene(scenes[index]) if mirrored else scenes[index]
+            asked.append(ask(scene, random.Random(f"{args.seed}/{step}/{index}")))
+        questions, answers = [q["question"] for q in asked], [q["answer"] for q in asked]
+        inputs, labels, mask = question_tokens(tokenizer, questions, answers, max_length, start_id)
+        longest = int(mask.sum(1).max())  # no step spends work on padding past the longest
+        inputs, labels, mask = (x[:, :longest].to(device) for x in (inputs, labels, mask))
+        # the mean over every process's answer tokens (see the captioner's recipe)
+        tokens = accelerator.reduce((labels != -100).sum(), "sum") / accelerator.num_processes
+        return caption_loss(model, pixel_values, inputs, labels, tokens, mask)
+
+    losses = train_loop(accelerator, args, model, list(model.parameters()), len(records), compute_loss)
+
+    # 3. save the pipeline (EMA weights when EMA is on), decoding answers greedily: a few tokens, and no n-gram
+    # rule, whose n-grams would span the question
+    if accelerator.is_main_process:
+        model.generation_config.update(max_new_tokens=ANSWER_TOKENS, no_repeat_ngram_size=0, num_beams=1)
+        CaptionPipeline(model=model, tokenizer=tokenizer, image_processor=image_processor).save_pretrained(output_dir)
+        (output_dir / "train_losses.json").write_text(json.dumps(losses))
+    accelerator.end_training()
+    return losses
+
+
+if __name__ == "__main__":
+    run_script(main)

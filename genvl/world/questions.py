@@ -1,0 +1,142 @@
+"""Questions about a scene and their answers, read from its scene graph, for visual question answering.
+
+Five kinds of question, each asked only where the scene graph makes its answer unambiguous:
+
+    colour    what colour is the X?                a colour word; X painted in one, and the scene's only X
+    count     how many Xs are there?               "zero" to "four"; also of objects the scene does not hold
+    relation  what is to the left of the Y?        the name of Y's neighbour (pairs and rows of distinct objects)
+    exists    is there a Z?                        "yes" or "no", half and half
+    biggest   what is the biggest object?          a name; scenes of two or more distinct objects whose largest
+                                                   is at least BIGGEST_MARGIN times as long as the next
+
+Each kind has phrasing families: `TRAIN` ones for training and `HELD_OUT` ones that training never sees, so that
+evaluation can tell a model that reads the question from one that matched its training templates.
+"""
+
+import random
+
+from .captions import NUMBER_WORDS, article
+from .sprites import ALL_OBJECTS, OBJECTS
+
+KINDS = ("colour", "count", "relation", "exists", "biggest")
+BIGGEST_MARGIN = 1.2  # the biggest object's box side over the next one's, for "biggest" to be asked
+ABSENT_COUNT_SHARE = 0.2  # how often a count question asks about an object the scene does not hold
+ANSWER_NUMBERS = {0: "zero", **NUMBER_WORDS}
+RELATIONS = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
+
+# {name}: an object's name; {a_name}: with its article; {plural}: its plural; {relation}: a RELATIONS phrase
+TRAIN = {
+    "colour": ["what colour is the {name}?", "what color is the {name}?", "which colour is the {name}?"],
+    "count": [
+        "how many {plural} are there?",
+        "how many {plural} are in the picture?",
+        "what is the number of {plural}?",
+    ],
+    "relation": ["what is {relation} the {name}?", "which object is {relation} the {name}?"],
+    "exists": ["is there {a_name}?", "is there {a_name} in the picture?", "does the image contain {a_name}?"],
+    "biggest": ["what is the biggest object?", "which object is the largest?", "what is the largest object?"],
+}
+HELD_OUT = {
+    "colour": ["tell me the colour of the {name}", "the {name} has which colour?"],
+    "count": ["how many {plural} can you see?", "count the {plural}"],
+    "relation": ["what do you see {relation} the {name}?", "name the thing {relation} the {name}"],
+    "exists": ["can you see {a_name}?", "do you spot {a_name} here?"],
+    "biggest": ["which thing is the biggest?", "name the largest thing in the image"],
+}
+FAMILIES = {"seen": TRAIN, "held_out": HELD_OUT}
+
+
+def question_prefix(question: str) -> str:
+    """The text a question-answering model reads before its answer: the question in lower case, ending in one
+    question mark, so that every phrasing ends where the answer starts."""
+    text = " ".join(question.lower().split()).rstrip(" ?.!")
+    if not text:
+        raise ValueError("the question is empty")
+    return f"{text}?"
+
+
+def _side(obj: dict) -> float:
+    x0, y0, x1, y1 = obj["bbox"]
+    return max(x1 - x0, y1 - y0)
+
+
+def _plural(name: str) -> str:
+    return ALL_OBJECTS[name][1]
+
+
+def answerable(scene: dict) -> dict:
+    """{kind: [(slots, answer), ...]}: every question of each kind the scene answers unambiguously, as the
+    words to put into a template and the answer (kinds the scene cannot answer are left out)."""
+    objects = scene["objects"]
+    names = [obj["name"] for obj in objects]
+    out = {kind: [] for kind in KINDS}
+    for name in sorted(set(names)):
+        colour = next(obj["colour"] for obj in objects if obj["name"] == name)
+        if names.count(name) == 1 and colour is not None:
+            out["colour"].append(({"name": name}, colour))
+        out["count"].append(({"plural": _plural(name)}, ANSWER_NUMBERS[names.count(name)]))
+        out["exists"].append(({"a_name": f"{article(name)} {name}"}, "yes"))
+    distinct = len(set(names)) == len(names) > 1
+    if distinct and scene["layout"] in ("pair_h", "pair_v", "row"):
+        before, after = ("left", "right") if scene["layout"] != "pair_v" else ("above", "below")
+        for first, second in zip(objects, objects[1:]):  # objects are ordered left to right, or top to bottom
+            out["relation"].append(({"relation": RELATIONS[before], "name": second["name"]}, first["name"]))
+            out["relation"].append(({"relation": RELATIONS[after], "name": first["name"]}, second["name"]))
+    if distinct:
+        biggest, runner_up = sorted(objects, key=_side, reverse=True)[:2]
+        if _side(biggest) >= BIGGEST_MARGIN * _side(runner_up):
+            out["biggest"].append(({}, biggest["name"]))
+    return {kind: found for kind, found in out.items() if found}
+
+
+def ask(scene: dict, rng: random.Random, family: str = "seen", kind: str | None = None) -> dict | None:
+    """One question about `scene`: {"kind", "question", "answer", "family"}, of `kind` (default: a kind drawn
+    evenly from those the scene answers), in a phrasing drawn from `family` ("seen" or "held_out"); None if the
+    scene cannot answer a question of `kind`."""
+    found = answerable(scene)
+    kinds = sorted(found)
+    if kind is None:
+        kind = rng.choice(kinds)
+    if kind not in found and kind not in ("count", "exists"):
+        return None
+    names = {obj["name"] for obj in scene["objects"]}
+    if kind in ("count", "exists") and (
+        kind not in found or rng.random() < (ABSENT_COUNT_SHARE if kind == "count" else 0.5)
+    ):
+        absent = rng.choice(sorted(set(OBJECTS) - names))  # a question the scene answers in the negative
+        slots, answer = (
+            ({"plural": _plural(absent)}, "zero")
+            if kind == "count"
+            else ({"a_name": f"{article(absent)} {absent}"}, "no")
+        )
+    else:
+        slots, answer = rng.choice(found[kind])
+    template = rng.choice(FAMILIES[family][kind])
+    return {"kind": kind, "question": template.format(**slots), "answer": answer, "family": family}
+
+
+def question_set(records: list[dict], count: int, seed: int) -> list[dict]:
+    """`count` questions about the scenes of `records` (imagefolder records with a `scene`), the kinds in turn
+    and each kind's phrasing families in turn, so that every kind and family is measured on as many questions,
+    and the count questions' answers in turn from "zero" to "four" (most objects are alone in their scene: a
+    model that always said "one" would otherwise pass); each question carries its record's index as "record".
+    Drawn from `seed` alone."""
+    rng = random.Random(f"questions/{seed}")
+    order = list(range(len(records)))
+    out, turn = [], 0
+    while len(out) < count:
+        rng.shuffle(order)
+        progress = len(out)
+        for index in order:
+            if len(out) == count:
+                break
+            kind = KINDS[turn % len(KINDS)]
+            family = ("seen", "held_out")[(turn // len(KINDS)) % 2]
+            item = ask(records[index]["scene"], rng, family, kind)
+            wanted = ANSWER_NUMBERS[(turn // len(KINDS)) % len(ANSWER_NUMBERS)] if kind == "count" else None
+            if item is not None and wanted in (None, item["answer"]):
+                out.append({**item, "record": index})
+                turn += 1
+        if len(out) == progress:
+            raise ValueError(f"no scene of the {len(records)} records answers a question of kind {KINDS[turn % 5]!r}")
+    return out

@@ -1,0 +1,172 @@
+"""Visual question answering: questions true of their scene graphs, held-out phrasings apart from training's, the
+answer decoded after the question by the captioning engine, the training recipe's targets, `genvl ask` and
+`genvl eval vqa`."""
+
+import json
+import random
+from collections import Counter
+
+import pytest
+from PIL import Image
+
+from genvl.pipelines.caption import CaptionPipeline, question_prefix
+from genvl.world.dataset import write_imagefolder
+from genvl.world.questions import HELD_OUT, KINDS, TRAIN, answerable, ask, question_set
+from genvl.world.scenes import mirror_scene
+
+from .conftest import TINY
+from .scripts import recipe
+from .test_hostile_folders import run
+
+train_vqa = recipe("train_vqa")
+
+
+def thing(name, colour, box, position=None):
+    return {"name": name, "colour": colour, "size": None, "position": position, "bbox": box}
+
+
+PAIR = {  # a red apple to the left of a bigger blue car
+    "layout": "pair_h",
+    "objects": [thing("apple", "red", [4, 20, 20, 36], "left"), thing("car", "blue", [30, 16, 54, 40], "right")],
+}
+GROUP = {"layout": "count", "objects": [thing("bell", None, [4 + 16 * i, 20, 16 + 16 * i, 32]) for i in range(3)]}
+
+
+def test_questions_are_true_of_their_scene():
+    found = answerable(PAIR)
+    assert found["colour"] == [({"name": "apple"}, "red"), ({"name": "car"}, "blue")]
+    assert ({"relation": "to the left of", "name": "car"}, "apple") in found["relation"]
+    assert ({"relation": "to the right of", "name": "apple"}, "car") in found["relation"]
+    assert found["biggest"] == [({}, "car")]  # 24 px against 16: past the margin
+    group = answerable(GROUP)
+    assert group["count"] == [({"plural": "bells"}, "three")]
+    assert "colour" not in group and "relation" not in group and "biggest" not in group  # unpainted, alike
+    # a mirrored image is asked about its mirrored scene, where left and right trade places
+    mirrored = answerable(mirror_scene({**PAIR, "background": {"kind": "plain"}}))
+    assert ({"relation": "to the left of", "name": "apple"}, "car") in mirrored["relation"]
+    rng = random.Random(0)
+    negatives = [ask(PAIR, rng, kind="exists") for _ in range(200)]
+    assert {q["answer"] for q in negatives} == {"yes", "no"}
+    for q in negatives:
+        words = q["question"].rstrip("?").split()
+        assert bool({"apple", "car"} & set(words)) == (q["answer"] == "yes"), q
+    assert ask(GROUP, rng, kind="relation") is None
+
+
+def test_held_out_phrasings_are_not_training_phrasings():
+    for kind in KINDS:
+        assert TRAIN[kind] and HELD_OUT[kind] and not set(TRAIN[kind]) & set(HELD_OUT[kind])
+        trained = {question_prefix(t) for t in TRAIN[kind]}
+        assert not trained & {question_prefix(t) for t in HELD_OUT[kind]}
+
+
+def test_question_set_spreads_kinds_families_and_counts(scene_records):
+    items = question_set(scene_records, 200, seed=3)
+    assert len(items) == 200 and items == question_set(scene_records, 200, seed=3)
+    assert Counter((q["kind"], q["family"]) for q in items) == {(k, f): 20 for k in KINDS for f in ("seen", "held_out")}
+    counts = Counter(q["answer"] for q in items if q["kind"] == "count")
+    assert counts == {"zero": 8, "one": 8, "two": 8, "three": 8, "four": 8}
+    for q in items:  # every answer is the one its record's scene gives
+        scene = scene_records[q["record"]]["scene"]
+        family = TRAIN if q["family"] == "seen" else HELD_OUT
+        if q["answer"] not in ("zero", "no"):  # a negative names an object the scene does not hold (above)
+            assert any(
+                template.format(**slots) == q["question"] and answer == q["answer"]
+                for slots, answer in answerable(scene)[q["kind"]]
+                for template in family[q["kind"]]
+            ), q
+
+
+@pytest.fixture(scope="module")
+def scene_records():
+    rng = random.Random(0)
+    from genvl.world.scenes import sample_scene
+
+    return [{"file_name": f"{i}.png", "scene": sample_scene(rng)} for i in range(300)]
+
+
+def test_question_prefix_normalises_and_refuses_empty():
+    assert question_prefix("  How many  Apples are there ? ") == "how many apples are there?"
+    assert question_prefix("count the apples.") == "count the apples?"
+    with pytest.raises(ValueError, match="empty"):
+        question_prefix(" ?? ")
+
+
+def test_pipeline_answers_after_the_question(tiny_pipeline_dir, scene_images):
+    pipe = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
+    images = scene_images[:3]
+    question = "What colour is the apple"
+    answers = pipe(images, question=question, max_new_tokens=4).captions
+    prefixed = pipe(images, prefix="what colour is the apple?", max_new_tokens=4).captions
+    for answer, caption in zip(answers, prefixed):  # the caption that continues the question, less the question
+        assert caption[0].startswith("what colour is the apple?")
+        assert answer[0] == caption[0][len("what colour is the apple?") :].strip()
+    # one question per image: each image gets its own question's answer, whatever the grouping
+    mixed = pipe(images, question=[question, "is there a car", question], max_new_tokens=4).captions
+    alone = pipe([images[1]], question="is there a car?", max_new_tokens=4).captions
+    assert mixed[0] == answers[0] and mixed[2] == answers[2] and mixed[1] == alone[0]
+    with pytest.raises(ValueError, match="2 questions for 3 images"):
+        pipe(images, question=[question, question])
+    with pytest.raises(ValueError, match="a prefix or a question"):
+        pipe(images, question=question, prefix="a")
+
+
+def test_targets_are_the_answer_after_the_question(tiny_tokenizer):
+    from genvl.recipes.train_vqa import question_tokens
+
+    inputs, labels, mask = question_tokens(tiny_tokenizer, ["is there a red apple"], ["yes"], 32, start_id=7)
+    asked = tiny_tokenizer("is there a red apple?", add_special_tokens=False).input_ids
+    said = tiny_tokenizer(" yes", add_special_tokens=False).input_ids
+    length = 1 + len(asked) + len(said)
+    assert inputs[0, :length].tolist() == [7, *asked, *said] and mask[0].sum() == length
+    # each label is the next input token, from the question's last token on; the last one is EOS
+    assert labels[0, : len(asked)].eq(-100).all() and labels[0, length:].eq(-100).all()
+    assert labels[0, len(asked) : length].tolist() == [*said, tiny_tokenizer.eos_token_id]
+    with pytest.raises(ValueError, match="more than the decoder's 8 positions"):
+        question_tokens(tiny_tokenizer, ["is there a red apple"], ["yes"], 8, start_id=7)
+
+
+@pytest.fixture(scope="module")
+def vqa_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vqa")
+    data = write_imagefolder(root / "world", 48, seed=0, split="train", resolution=32)
+    flags = ["--train_data_dir", str(data), "--train_batch_size", "8", "--max_train_steps", "8"]
+    flags += ["--checkpointing_steps", "8", "--learning_rate", "3e-3", "--augment", "flip,shift,light"]
+    (root / "arch.json").write_text(json.dumps({**TINY.to_dict(), "max_positions": 48}))
+    flags += ["--architecture", str(root / "arch.json"), "--resolution", "32", "--vocab_size", "600"]
+    losses = train_vqa.main([*flags, "--lr_warmup_steps", "1", "--output_dir", str(root / "run")])
+    return root, data, losses
+
+
+def test_recipe_trains_and_the_cli_asks_and_scores(vqa_run, capsys, tmp_path):
+    root, data, losses = vqa_run
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    pipe = CaptionPipeline.from_pretrained(root / "run")
+    assert pipe.model.generation_config.max_new_tokens == 8 and pipe.model.generation_config.no_repeat_ngram_size == 0
+    image = data / json.loads((data / "metadata.jsonl").read_text().splitlines()[0])["file_name"]
+    model = ["--model", str(root / "run")]
+    code, out, err = run(["ask", str(image), "How many apples?", *model, "--json", "--quiet"], capsys, tmp_path)
+    record = json.loads(out)
+    assert code == 0 and record["question"] == "how many apples?"
+    assert record["answer"] == pipe([Image.open(image)], question="how many apples?").captions[0][0]
+    code, out, err = run(["eval", "vqa", "--data", str(data), "--questions", "40", *model, "--quiet"], capsys, tmp_path)
+    report = json.loads(out)
+    assert code == 0 and report["questions"] == 40 and set(report["kinds"]) == set(KINDS)
+    assert set(report["phrasings"]) == {"seen", "held_out"} and 0 <= report["accuracy"] <= 1
+    # a question too long for the decoder's positions is a usage error naming it
+    long_question = "is there " + " and ".join(["a red apple"] * 12)
+    code, out, err = run(["ask", str(image), long_question, *model, "--quiet"], capsys, tmp_path)
+    assert code == 2 and "ask a shorter one" in err and out == ""
+    with pytest.raises(ValueError, match="every record needs a scene graph"):
+        (tmp_path / "plain").mkdir()
+        Image.new("RGB", (32, 32)).save(tmp_path / "plain" / "a.png")
+        (tmp_path / "plain" / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "x"}) + "\n")
+        from genvl.evaluation.vqa import evaluate_vqa
+
+        evaluate_vqa(pipe, tmp_path / "plain", 10)
+
+
+def test_answers_are_scored_by_exact_match_after_normalising():
+    from genvl.evaluation.vqa import normalise_answer
+
+    assert normalise_answer("  Red. ") == "red" and normalise_answer("two  apples") == "two apples"
