@@ -7,9 +7,10 @@ import random
 from collections import Counter
 
 import pytest
+import torch
 from PIL import Image
 
-from genvl.pipelines.caption import CaptionPipeline, question_prefix
+from genvl.pipelines.caption import FUNCTION_WORDS, CaptionPipeline, question_prefix
 from genvl.world.dataset import write_imagefolder
 from genvl.world.questions import HELD_OUT, KINDS, TRAIN, answerable, ask, question_set
 from genvl.world.scenes import mirror_scene
@@ -170,3 +171,69 @@ def test_answers_are_scored_by_exact_match_after_normalising():
     from genvl.evaluation.vqa import normalise_answer
 
     assert normalise_answer("  Red. ") == "red" and normalise_answer("two  apples") == "two apples"
+
+
+# ---- attention maps ------------------------------------------------------------------------------------------------
+
+
+def test_attention_maps_come_with_the_captions_they_explain(tiny_pipeline_dir, scene_images):
+    from genvl.attention import attention_backend
+    from genvl.pipelines.caption import patch_grid
+
+    pipe = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
+    plain = pipe(scene_images[:2], num_beams=2, num_return_sequences=2)
+    out = pipe(scene_images[:2], num_beams=2, num_return_sequences=2, output_attentions=True)
+    assert out.captions == plain.captions and out.scores == plain.scores  # decoding untouched
+    assert attention_backend(pipe.model.decoder) == "sdpa"  # the eager pass's switch is undone
+    side = pipe.image_processor.size["height"] // pipe.model.config.encoder.patch_size
+    for captions, maps in zip(out.captions, out.attentions):
+        for caption, words in zip(captions, maps):
+            assert [word for word, _ in words] == caption.split()
+            for _, heat in words:
+                assert heat.shape == (side, side) and float(heat.sum()) == pytest.approx(1.0, abs=1e-5)
+    # the first word's map, when it is one token, is the cross-attention of the start token's query, averaged
+    # over heads and layers, as the whole model's eager forward gives it (class token left out, renormalised)
+    ids = pipe.tokenizer(out.captions[0][0]).input_ids
+    first = pipe.tokenizer(out.captions[0][0].split()[0]).input_ids
+    if len(first) == 1:
+        pipe.set_attention_backend("eager")
+        pixels = pipe.preprocess(scene_images[:1])
+        start = pipe.model.config.decoder_start_token_id
+        forward = pipe.model(
+            pixel_values=pixels, decoder_input_ids=torch.tensor([[start, *ids]]), output_attentions=True
+        )
+        pipe.set_attention_backend("sdpa")
+        row = torch.stack([layer[0, :, 0] for layer in forward.cross_attentions]).mean((0, 1))[1:]
+        assert torch.allclose(out.attentions[0][0][0][1], (row / row.sum()).view(side, side), atol=1e-5)
+    assert patch_grid(65) == (1, 8) and patch_grid(49) == (0, 7) and patch_grid(66) == (2, 8)
+    with pytest.raises(ValueError, match="square grid"):
+        patch_grid(70)
+
+
+def test_caption_writes_an_attention_figure(tiny_pipeline_dir, scene_images, capsys, tmp_path):
+    image = tmp_path / "scene.png"
+    scene_images[0].save(image)
+    model = ["--model", str(tiny_pipeline_dir), "--quiet"]
+    code, out, err = run(["caption", str(image), "--attention-map", "map.png", *model], capsys, tmp_path)
+    assert code == 0, err
+    words = CaptionPipeline.from_pretrained(tiny_pipeline_dir)([image], output_attentions=True).attentions[0][0]
+    content = [word for word, _ in words if word.strip(",.").lower() not in FUNCTION_WORDS]
+    assert Image.open(tmp_path / "map.png").size == (128 * (1 + len(content)), 128 + 16)
+    code, out, err = run(["caption", str(image), str(image), "--attention-map", "two.png", *model], capsys, tmp_path)
+    assert code == 2 and "takes one image file" in err and not (tmp_path / "two.png").exists()
+    code, out, err = run(["caption", str(image), "--attention-map", str(image), *model], capsys, tmp_path)
+    assert code != 0 and "--attention-map" in err and Image.open(image).size == scene_images[0].size
+
+
+def test_eval_attention_scores_where_the_named_objects_are(vqa_run, tmp_path, capsys):
+    from genvl.evaluation.attention import peak_inside
+
+    heat = torch.zeros(8, 8)
+    heat[2, 5] = 1.0  # the cell at x 40-48, y 16-24
+    assert peak_inside(heat, [38, 14, 50, 26]) and not peak_inside(heat, [0, 0, 30, 30])
+    root, data, _ = vqa_run
+    code, out, err = run(
+        ["eval", "attention", "--data", str(data), "--model", str(root / "run"), "--quiet"], capsys, tmp_path
+    )
+    report = json.loads(out)
+    assert code == 0 and report["scenes"] > 0 and report["objects"] == 2 * report["scenes"]

@@ -65,6 +65,12 @@ def add_parser(commands) -> None:
         help="write the JSON records to this JSONL file instead (needed when run as "
         "several processes with accelerate launch: each takes a share)",
     )
+    caption.add_argument(
+        "--attention-map",
+        metavar="PNG",
+        help="with one image file: also write a figure of its best caption's content words, each word's "
+        "cross-attention (averaged over heads and layers) as a heat map over the image",
+    )
 
 
 def add_decoding_flags(parser):
@@ -240,6 +246,12 @@ def run_caption(args) -> int:
             *lora_folders(args),
         ]
         output = check_output_file(args.output, "--output", inputs)
+    figure = None
+    if args.attention_map:
+        if len(paths) != 1 or isinstance(paths[0], tuple) or processes > 1:
+            raise UsageError("--attention-map takes one image file (and one process)")
+        inputs = [paths[0], args.model or default_caption_model(), *lora_folders(args)]
+        figure = check_output_file(args.attention_map, "--attention-map", [*inputs, *([output] if output else [])])
     pipeline = load_caption_pipeline(args)
     settings = checked_settings(pipeline, args)
     overrides = decoding_overrides(args)
@@ -253,7 +265,11 @@ def run_caption(args) -> int:
         if processes > 1 and settings.seed is None:
             raise UsageError("sampling in several processes needs --seed, so that they share one base seed")
         overrides.pop("seed", None)
-    records = caption_records(pipeline, paths[first:last], first, base_seed, args, overrides)
+    drawn = []
+    records = caption_records(pipeline, paths[first:last], first, base_seed, args, overrides, drawn if figure else None)
+    if figure is not None:
+        records = list(records)  # captioned before the figure is drawn
+        write_attention_figure(paths[0], drawn[0], figure)
     if output is None:
         for record in records:
             print_record(record, args.json)
@@ -265,8 +281,9 @@ def run_caption(args) -> int:
     return 0
 
 
-def caption_records(pipeline, paths, first: int, base_seed, args, overrides):
-    """One record per image: {"path", "captions": [{"text", "score"}], "seed" when sampling}."""
+def caption_records(pipeline, paths, first: int, base_seed, args, overrides, attentions=None):
+    """One record per image: {"path", "captions": [{"text", "score"}], "seed" when sampling}. With `attentions`
+    (a list), each image's best caption's words and attention maps are appended to it."""
     import itertools
 
     import torch
@@ -279,7 +296,15 @@ def caption_records(pipeline, paths, first: int, base_seed, args, overrides):
             labels, batch = zip(*itertools.islice(inputs, args.batch_size))
             seeds = [base_seed + first + start + i for i in range(len(batch))] if base_seed is not None else None
             generators = [torch.Generator().manual_seed(seed) for seed in seeds] if seeds else None
-            output = pipeline(list(batch), prefix=args.prefix, generator=generators, **overrides)
+            output = pipeline(
+                list(batch),
+                prefix=args.prefix,
+                generator=generators,
+                output_attentions=attentions is not None,
+                **overrides,
+            )
+            if attentions is not None:
+                attentions += [found[0] for found in output.attentions]
             for i, (label, captions, scores) in enumerate(zip(labels, output.captions, output.scores)):
                 if not all(math.isfinite(score) for score in scores):  # NaN is not JSON, nor a caption's score
                     raise RuntimeError(
@@ -290,6 +315,15 @@ def caption_records(pipeline, paths, first: int, base_seed, args, overrides):
                     record["seed"] = seeds[i]
                 yield record
             bar.update(len(batch))
+
+
+def write_attention_figure(image_path, words, output) -> None:
+    """The `attention_figure` of an image's best caption, written to `output` whole or not at all."""
+    from ..io.images import load_image
+    from ..pipelines.caption import attention_figure
+
+    with written_atomically(output, "--attention-map") as tmp:
+        attention_figure(load_image(image_path), words).save(tmp, format="PNG")
 
 
 def print_record(record: dict, as_json: bool) -> None:

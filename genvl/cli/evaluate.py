@@ -1,5 +1,5 @@
-"""`genvl eval caption`, `genvl eval vqa`, `genvl eval retrieval`, `genvl eval t2i` and `genvl eval judge`: scores
-of models on held-out data."""
+"""`genvl eval caption`, `vqa`, `attention`, `retrieval`, `t2i` and `judge`: scores of models on held-out
+data."""
 
 import math
 import sys
@@ -43,7 +43,7 @@ def add_parser(commands) -> None:
         "eval",
         help="evaluate models",
         epilog="example: genvl eval caption --data data/world/test --beam 3",
-    ).add_subparsers(dest="eval_command", required=True, metavar="{caption,vqa,retrieval,t2i,judge}")
+    ).add_subparsers(dest="eval_command", required=True, metavar="{caption,vqa,attention,retrieval,t2i,judge}")
     caption = evaluate.add_parser(
         "caption",
         help="caption metrics and scene-graph accuracy on a held-out imagefolder",
@@ -88,6 +88,19 @@ def add_parser(commands) -> None:
     vqa.add_argument("--limit", type=positive(int), help="ask about the first N images only")
     vqa.add_argument("--output", help="also write the report as JSON to this file")
     add_runtime_flags(vqa, "question-answering captioner folder (default: the shipped genvl-vqa-small)")
+
+    attention = evaluate.add_parser(
+        "attention",
+        help="whether a captioner's cross-attention peaks on the objects its words name",
+        description="Caption the two-object scenes of an imagefolder with scene graphs and check, for each object "
+        "the caption names, whether the name's cross-attention map (averaged over heads and layers) peaks inside "
+        "the object's box, and the colour word's; overall and per style family. JSON report on stdout.",
+        epilog="example: genvl eval attention --data data/world/test",
+    )
+    attention.add_argument("--data", required=True, help="imagefolder with metadata.jsonl holding scene graphs")
+    attention.add_argument("--limit", type=positive(int), help="the first N two-object scenes only")
+    attention.add_argument("--output", help="also write the report as JSON to this file")
+    add_runtime_flags(attention, "captioner folder (default: the shipped genvl-caption-small)")
 
     retrieval = evaluate.add_parser(
         "retrieval",
@@ -198,6 +211,25 @@ def run_eval_vqa(args) -> int:
     )
     if not args.quiet:
         print(vqa_summary(report), file=sys.stderr, flush=True)
+    print_report(report, args.output)
+    return 0
+
+
+def run_eval_attention(args) -> int:
+    from ..evaluation.attention import attention_localisation
+
+    check_report_file(args, [args.model or default_caption_model()])
+    pipeline = load_caption_pipeline(args)
+    report = attention_localisation(pipeline, args.data, args.limit, args.batch_size, progress_bar(args, "batch"))
+    if not args.quiet:
+        families = report["families"]
+        print(
+            f"{report['objects_named']} of {report['objects']} objects named: name peaks in its box "
+            f"{_score(report['name_peak_in_box'])}, colour word {_score(report['colour_peak_in_box'])}; "
+            f"in family {_score(families['in_family'])}, held-out family {_score(families['held_out_family'])}",
+            file=sys.stderr,
+            flush=True,
+        )
     print_report(report, args.output)
     return 0
 
@@ -373,6 +405,7 @@ def judge_summary(report: dict) -> str:
 RUNS = {
     "caption": run_eval_caption,
     "vqa": run_eval_vqa,
+    "attention": run_eval_attention,
     "retrieval": run_eval_retrieval,
     "t2i": run_eval_t2i,
     "judge": run_eval_judge,

@@ -1,5 +1,6 @@
 """CaptionPipeline: images in, captions out, decoded by genvl's own engine."""
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +20,84 @@ from ..lora import LoraMixin
 
 @dataclass
 class CaptionOutput(BaseOutput):
-    """`captions[i]` lists the captions of image i, best first; `scores[i]` their log-probability scores."""
+    """`captions[i]` lists the captions of image i, best first; `scores[i]` their log-probability scores. With
+    `output_attentions=True`, `attentions[i][j]` lists the words of caption j of image i, each with its
+    cross-attention map over the image (`word_attention`)."""
 
     captions: list[list[str]] = field(default_factory=list)
     scores: list[list[float]] = field(default_factory=list)
+    attentions: list[list[list[tuple[str, torch.Tensor]]]] | None = None
+
+
+def patch_grid(tokens: int) -> tuple[int, int]:
+    """(leading tokens, grid side) of an encoder's `tokens` output tokens: a square grid of patches after up to two
+    leading tokens (none for Swin, ViT's class token, DeiT's class and distillation tokens)."""
+    for leading in (0, 1, 2):
+        side = math.isqrt(tokens - leading)
+        if side * side == tokens - leading:
+            return leading, side
+    raise ValueError(f"the encoder's {tokens} tokens do not lay out as a square grid of patches")
+
+
+# words an attention figure leaves out: they name nothing in the image
+FUNCTION_WORDS = frozenset("a an the of to is are there and at in on from by with beside row group".split())
+
+
+def attention_figure(image, words, panel: int = 128):
+    """A PIL image of `image` followed by one panel per content word of `words` (`word_attention`'s pairs, function
+    words left out): the image in grey with the word's map over it in red, the word written beneath."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    shown = [(word, heat) for word, heat in words if word.strip(",.").lower() not in FUNCTION_WORDS]
+    base = image.convert("RGB").resize((panel, panel), Image.BICUBIC)
+    grey = np.asarray(base.convert("L").convert("RGB"), dtype=np.float32)
+    figure = Image.new("RGB", (panel * (1 + len(shown)), panel + 16), "white")
+    figure.paste(base, (0, 0))
+    draw = ImageDraw.Draw(figure)
+    for k, (word, heat) in enumerate(shown, start=1):
+        heat = torch.nn.functional.interpolate(heat[None, None].float(), size=(panel, panel), mode="bilinear")[0, 0]
+        heat = (heat / heat.max().clamp_min(1e-12)).numpy()[..., None]
+        red = np.array([255.0, 0.0, 0.0], dtype=np.float32)
+        blended = 0.5 * grey * (1 - heat) + heat * (0.4 * grey + 0.6 * red)
+        figure.paste(Image.fromarray(blended.clip(0, 255).astype(np.uint8)), (panel * k, 0))
+        draw.text((panel * k + 4, panel + 2), word, fill="black")
+    return figure
+
+
+@torch.no_grad()
+def word_attention(model, tokenizer, states: torch.Tensor, token_ids: list[int]) -> list[tuple[str, torch.Tensor]]:
+    """The words of a caption (`token_ids`, without start or EOS) and each word's cross-attention map (side, side)
+    over the patch grid of one image's encoder `states` (N, C): the attention of the decoder queries that chose the
+    word's tokens, averaged over heads, layers and the word's tokens, the leading tokens left out and the rest
+    renormalised. One teacher-forced pass of the decoder with eager attention (its backend is restored after)."""
+    from ..attention import attention_backend, set_attention_backend
+
+    if not token_ids:
+        return []
+    inputs = torch.tensor([[model.config.decoder_start_token_id, *token_ids[:-1]]], device=states.device)
+    backend = attention_backend(model.decoder)
+    set_attention_backend(model.decoder, "eager")
+    try:
+        out = model.decoder(input_ids=inputs, encoder_hidden_states=states[None], output_attentions=True)
+    finally:
+        set_attention_backend(model.decoder, backend)
+    maps = torch.stack([layer[0].float().mean(0) for layer in out.cross_attentions]).mean(0)  # (T, N)
+    leading, side = patch_grid(maps.shape[1])
+    maps = maps[:, leading:]
+    maps = (maps / maps.sum(1, keepdim=True).clamp_min(1e-12)).view(-1, side, side).cpu()
+    words, rows, text = [], [], ""
+    for k in range(len(token_ids)):  # the word each token belongs to: where the decoded text has got to
+        text = tokenizer.decode(token_ids[: k + 1], skip_special_tokens=True)
+        count = len(text.split())
+        if count == 0:
+            continue
+        if count > len(words):
+            words.append(None)
+            rows.append([])
+        rows[-1].append(k)
+    spoken = text.split()
+    return [(word, maps[group].mean(0)) for word, group in zip(spoken, rows)]
 
 
 def question_prefix(question: str) -> str:
@@ -118,6 +193,7 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         question=None,
         generator=None,
         return_dict: bool = True,
+        output_attentions: bool = False,
         **decoding,
     ):
         """Caption `images` (a PIL image, a path, or a list of them), or answer a question about each.
@@ -126,6 +202,9 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
             prefix: text every caption must continue, e.g. "a photo of".
             question: a question about every image, or a list of one per image; the captions are then the
                 answers (the question not included). Images asked the same question are decoded together.
+            output_attentions: also return each caption's words with their cross-attention maps over the image
+                (`CaptionOutput.attentions`, see `word_attention`): one more decoder pass per caption, after
+                decoding, which is untouched.
             generator: a `torch.Generator` for sampling (or pass `seed=` for a fresh one).
             decoding: `num_beams`, `do_sample`, `temperature`, `top_k`, `top_p`, `repetition_penalty`,
                 `no_repeat_ngram_size`, `length_penalty`, `early_stopping`, `num_return_sequences`,
@@ -134,6 +213,8 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         if not isinstance(images, (list, tuple)):
             images = [images]
         if question is not None:
+            if output_attentions:
+                raise ValueError("output_attentions is for captions; it does not apply with question=")
             return self._answer(list(images), question, prefix, generator, return_dict, decoding)
         settings = self.settings(**decoding)
         # 1. encode images, preprocessed one by one (through the embedding cache when one is set)
@@ -147,9 +228,15 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
             [self.tokenizer.decode(prefix_ids + seq, skip_special_tokens=True).strip() for seq in seqs]
             for seqs in result.sequences
         ]
+        attentions = None
+        if output_attentions:
+            attentions = [
+                [word_attention(self.model, self.tokenizer, states[i], prefix_ids + seq) for seq in seqs]
+                for i, seqs in enumerate(result.sequences)
+            ]
         if not return_dict:
-            return captions, result.scores
-        return CaptionOutput(captions=captions, scores=result.scores)
+            return (captions, result.scores, attentions) if output_attentions else (captions, result.scores)
+        return CaptionOutput(captions=captions, scores=result.scores, attentions=attentions)
 
     def _answer(self, images: list, question, prefix, generator, return_dict: bool, decoding: dict):
         """The answers of `images` to `question` (one, or one per image), each question's images in one call."""
