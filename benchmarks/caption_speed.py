@@ -8,6 +8,9 @@ speed changes during the measurement.
 
     python benchmarks/caption_speed.py --model pipelines/genvl-caption-small
     python benchmarks/caption_speed.py --random-vit-b16-gpt2 --max-new-tokens 20 --dtype bf16 --json out.json
+
+`--quantize int8` also times genvl with the decoder's linear layers quantized to int8 (`genvl.quantize`) against
+its own fp32 run, alternating in the same loop, and counts the captions that stay token for token the same.
 """
 
 import argparse
@@ -56,6 +59,12 @@ def parse_args(argv=None):
         choices=["fp32", "bf16"],
         default="fp32",
         help="bf16: also time genvl with the model cast to bfloat16, against its fp32 run",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="int8: also time genvl with the decoder quantized to int8, against its fp32 run",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
@@ -283,6 +292,47 @@ def encoder_share(model, pixel_values, args, results: dict):
     )
 
 
+def compare_int8(model, pixel_values, settings, args, results: dict):
+    """genvl with a copy of the model whose decoder is quantized to int8, against the fp32 model, alternating;
+    adds the numbers to `results` and prints them."""
+    import copy
+
+    from genvl.quantize import quantize_linear_layers
+
+    quantized = copy.deepcopy(model)
+    quantize_linear_layers(quantized.decoder, "int8")
+    runs = {
+        "fp32": lambda _, pixels, mode_settings: genvl_tokens(model, pixels, mode_settings),
+        "int8": lambda _, pixels, mode_settings: genvl_tokens(quantized, pixels, mode_settings),
+    }
+    rows = []
+    for mode, mode_settings in settings.items():
+        timings = time_alternating(runs, None, pixel_values, mode_settings, args.runs, args.warmup)
+        (fp32_ms, fp32), (int8_ms, int8) = timings["fp32"], timings["int8"]
+        identical = sum(a == b for a, b in zip(int8, fp32)) / len(fp32)
+        paired = statistics.median(ours / theirs for ours, theirs in zip(fp32_ms, int8_ms))
+        fp32_median, int8_median = statistics.median(fp32_ms), statistics.median(int8_ms)
+        results[mode].update(
+            genvl_int8_ms=int8_ms,
+            genvl_int8_median_ms=int8_median,
+            int8_speedup=fp32_median / int8_median,
+            int8_paired_speedup=paired,
+            int8_identical_fraction=identical,
+        )
+        rows.append(
+            [
+                mode,
+                f"{fp32_median:.1f}",
+                f"{int8_median:.1f}",
+                f"{fp32_median / int8_median:.2f}x",
+                f"{paired:.2f}x",
+                f"{identical:.0%}",
+            ]
+        )
+    print()
+    print_table(["mode", "genvl fp32 ms", "genvl int8 ms", "int8 speed-up", "paired", "same tokens as fp32"], rows)
+
+
 def compare_bf16(model, pixel_values, settings, args, results: dict):
     """genvl with the model in bfloat16 against its fp32 run; adds the numbers to `results` and prints them.
 
@@ -349,7 +399,10 @@ def main(argv=None):
         report["genvl_beam_over_greedy"] = beam / greedy
         print(f"beam/greedy cost (genvl): {beam / greedy:.2f}x")
         encoder_share(model, pixel_values, args, report["modes"])
-        # 3. genvl in bfloat16 against its own fp32 run
+        # 3. genvl with an int8 decoder against its own fp32 run
+        if args.quantize == "int8":
+            compare_int8(model, pixel_values, settings, args, report["modes"])
+        # 4. genvl in bfloat16 against its own fp32 run
         if args.dtype == "bf16":
             compare_bf16(model, pixel_values, settings, args, report["modes"])
 

@@ -237,3 +237,42 @@ def test_eval_attention_scores_where_the_named_objects_are(vqa_run, tmp_path, ca
     )
     report = json.loads(out)
     assert code == 0 and report["scenes"] > 0 and report["objects"] == 2 * report["scenes"]
+
+
+# ---- int8 quantization ---------------------------------------------------------------------------------------------
+
+
+def test_int8_decoder_keeps_the_captions_and_refuses_what_it_cannot_carry(tiny_pipeline_dir, scene_images):
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    from genvl.quantize import linear_of_conv1d, quantize_linear_layers
+
+    pipe = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
+    conv = pipe.model.decoder.transformer.h[0].attn.c_attn
+    x = torch.randn(3, conv.weight.shape[0])
+    assert torch.allclose(linear_of_conv1d(conv)(x), conv(x), atol=1e-6)
+    fp32 = pipe(scene_images, num_beams=2)
+    pipe.quantize("int8")
+    layers = list(pipe.model.decoder.modules())
+    assert not any(type(m).__name__ == "Conv1D" or type(m) is torch.nn.Linear for m in layers)
+    # per block: self-attention qkv and out, cross-attention q, kv and out, the MLP's two; and the output layer
+    assert sum(type(m) is Int8Linear for m in layers) == 2 * 7 + 1
+    assert any(type(m) is torch.nn.Linear for m in pipe.model.encoder.modules())  # the encoder is kept
+    int8 = pipe(scene_images, num_beams=2)
+    same = sum(a == b for a, b in zip(int8.captions, fp32.captions))
+    assert same >= len(scene_images) - 1  # int8 rounding may flip a near-tie of a random model, not most captions
+    with pytest.raises(ValueError, match="CPU in float32"):
+        quantize_linear_layers(torch.nn.Linear(4, 4).to(torch.bfloat16))
+    with pytest.raises(ValueError, match="unknown quantization"):
+        quantize_linear_layers(torch.nn.Linear(4, 4), "int4")
+
+
+def test_caption_quantize_flag(tiny_pipeline_dir, scene_images, capsys, tmp_path):
+    image = tmp_path / "scene.png"
+    scene_images[0].save(image)
+    model = ["--model", str(tiny_pipeline_dir), "--quiet"]
+    code, out, err = run(["caption", str(image), "--quantize", "int8", "--json", *model], capsys, tmp_path)
+    expected = CaptionPipeline.from_pretrained(tiny_pipeline_dir).quantize()([image]).captions[0][0]
+    assert code == 0 and json.loads(out)["captions"][0]["text"] == expected
+    code, out, err = run(["caption", str(image), "--quantize", "int8", "--dtype", "bf16", *model], capsys, tmp_path)
+    assert code == 2 and "--quantize int8 runs on the CPU in fp32" in err

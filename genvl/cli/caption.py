@@ -178,8 +178,13 @@ def load_caption_pipeline(args, variable: str = "GENVL_CAPTION_MODEL", default=D
     path, name = model_source(args, variable, str(default))
     if not path.is_dir():
         raise FileNotFoundError(f"{name}: no such model folder")
+    quantize = getattr(args, "quantize", None)
+    if quantize and (args.device != "cpu" or args.dtype != "fp32" or getattr(args, "lora", None)):
+        raise UsageError("--quantize int8 runs on the CPU in fp32, without --lora")
     pipeline = CaptionPipeline.from_pretrained(path, dtype=torch_dtype(args))
     load_loras(pipeline, getattr(args, "lora", []))
+    if quantize:
+        pipeline.quantize(quantize)
     pipeline.set_progress_bar_config(disable=args.quiet)
     device = args.device
     if device == "cuda" and process_layout()[0] > 1:  # one GPU per process

@@ -90,6 +90,11 @@ def add_runtime_flags(parser, model_help):
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--batch-size", type=positive(int), default=16)
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="int8: the decoder's linear layers quantized dynamically, for CPU inference (fp32, no --lora)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or logs on stderr")
     add_image_limit_flag(parser)
 

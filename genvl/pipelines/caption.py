@@ -180,6 +180,14 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         """Decoding settings: the model's generation_config, then the given overrides."""
         return GenerationSettings.from_generation_config(self.model.generation_config, self.tokenizer, **overrides)
 
+    def quantize(self, mode: str = "int8"):
+        """Quantize the decoder's linear layers (GPT-2's `Conv1D` included) to int8 for CPU inference
+        (`genvl.quantize`); the encoder, which runs once per image, stays as it is."""
+        from ..quantize import quantize_linear_layers
+
+        quantize_linear_layers(self.model.decoder, mode)
+        return self
+
     def prefix_ids(self, prefix: str | None) -> list[int]:
         """The token ids of `prefix` alone, without the special tokens a tokenizer may wrap text in (BERT's
         [CLS] and [SEP]): the caption continues it."""

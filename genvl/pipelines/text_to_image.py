@@ -209,6 +209,16 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         twin.decoder_scheduler = copy.deepcopy(self.decoder_scheduler)
         return twin
 
+    def quantize(self, mode: str = "int8"):
+        """Quantize the linear layers of the text towers (CLIP's, and the decoder's own when it has one) to int8
+        for CPU inference (`genvl.quantize`); the image tower, prior and decoder stay as they are."""
+        from ..quantize import quantize_linear_layers
+
+        quantize_linear_layers(self.clip, mode, parts=("text_model", "text_projection"))
+        if self.decoder_text_encoder is not None:
+            quantize_linear_layers(self.decoder_text_encoder, mode)
+        return self
+
     def encode_prompt(self, prompts: list[str]) -> PromptEncoding:
         """CLIP's `PromptEncoding` of `prompts`, the negative prompts followed by as many prompts, that the prior
         reads."""
