@@ -474,3 +474,20 @@ def test_free_prompt_retrieval_counts_a_best_image_the_prompt_is_true_of(monkeyp
     monkeypatch.setattr(retrieval, "embed_texts", pointing(1))  # the next scene: true of few prompts
     report = retrieval.free_prompt_retrieval(None, None, records, image_embeds, 8, 4)["free_prompts_top1"]
     assert max(v for group in report.values() for v in group.values()) < 0.5
+
+
+def test_interpolate_captions_each_frame(t2i_dir, tiny_pipeline_dir, tmp_path, capsys):
+    from genvl.pipelines.caption import CaptionPipeline
+
+    argv = ["interpolate", "a red apple", "a blue car", "--frames", "3", "--seed", "2", "--model", str(t2i_dir)]
+    argv += ["--out", str(tmp_path / "frames"), "--captions", "--captioner", str(tiny_pipeline_dir), "--json", *FAST]
+    assert main(argv) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    captioner = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
+    assert len(records) == 3
+    for record in records:  # each frame's caption is the captioner's own of the PNG written, kept in the PNG too
+        frame = Image.open(record["path"])
+        assert record["caption"] == frame.text["caption"] == captioner([frame.convert("RGB")]).captions[0][0]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv[: -len(FAST) - 4] + ["--captioner", str(tiny_pipeline_dir), *FAST])
+    assert exit_info.value.code == 2 and "pass --captions too" in capsys.readouterr().err

@@ -18,6 +18,7 @@ LAYERS = {
     "attention": 2,
     "cache": 2,
     "lora": 2,
+    "quantize": 2,
     "generation": 3,
     "pipelines": 4,
     "evaluation": 5,

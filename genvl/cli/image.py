@@ -92,6 +92,14 @@ def add_parsers(commands) -> None:
     interpolate.add_argument("start", help="a prompt or an image file")
     interpolate.add_argument("end", help="a prompt or an image file")
     interpolate.add_argument("--frames", type=checked_type(int, lambda frames: frames >= 2, ">= 2"), default=5)
+    interpolate.add_argument(
+        "--captions",
+        action="store_true",
+        help="caption each frame (the path described in words): printed after its path, kept in its PNG and --json",
+    )
+    interpolate.add_argument(
+        "--captioner", metavar="DIR", help="the captioner of --captions (default: the shipped genvl-caption-small)"
+    )
     add_sampling_flags(interpolate)
     add_published_flags(interpolate)
     add_t2i_runtime_flags(interpolate)
@@ -311,16 +319,25 @@ def output_folder(args) -> Path:
     return out
 
 
-def write_images(args, images, name: str, metadata: dict):
-    """Save each (index, seed, image) as it comes, print its path (or JSON record), then a summary on stderr."""
+def write_images(args, images, name: str, metadata: dict, describe=None):
+    """Save each (index, seed, image) as it comes, print its path (or JSON record), then a summary on stderr.
+    `describe(image)`, when given, adds fields of each image's own (its caption) to its PNG, line and record."""
+    from ..io.images import printable_path
+
     out = output_folder(args)
-    # the source image (vary), image ends (interpolate), model, prior and adapters: files a PNG must not overwrite
-    sources = [getattr(args, end, None) for end in ("image", "start", "end", "prior")]
+    # the source image (vary), image ends (interpolate), model, prior, captioner and adapters: files a PNG must not
+    # overwrite
+    sources = [getattr(args, end, None) for end in ("image", "start", "end", "prior", "captioner")]
     inputs = [*filter(None, sources), args.model or default_t2i_model(), *lora_folders(args)]
     count = 0
     for i, seed, image in images:
-        path = save_png(image, out / f"{name}-{seed}-{i}.png", {**metadata, "seed": str(seed)}, "--out", inputs)
-        print(json.dumps({"path": str(path), **metadata, "seed": seed}) if args.json else path, flush=True)
+        own = describe(image) if describe else {}
+        fields = {**metadata, **own, "seed": str(seed)}
+        path = save_png(image, out / f"{name}-{seed}-{i}.png", fields, "--out", inputs)
+        if args.json:
+            print(json.dumps({"path": str(path), **metadata, **own, "seed": seed}), flush=True)
+        else:
+            print("\t".join([str(path), *map(printable_path, own.values())]), flush=True)
         count += 1
     summarize(args, f"wrote {plural(count, 'image')} to {out}")
 
@@ -459,7 +476,7 @@ def run_mix_published(args, layout: str, path: Path, jobs, name: str, metadata: 
                 index += 1
 
     metadata = {**metadata, "scheduler": args.scheduler, "settings": settings, "model": str(path), "prior": args.prior}
-    write_images(args, images(), name, metadata)
+    write_images(args, images(), name, metadata, frame_captions(args) if hasattr(args, "captions") else None)
     return 0
 
 
@@ -578,8 +595,24 @@ def run_interpolate(args) -> int:
                 index += 1
 
     metadata = {"start": args.start, "end": args.end, "scheduler": args.scheduler, "settings": settings}
-    write_images(args, frames(), name, metadata)
+    write_images(args, frames(), name, metadata, frame_captions(args))
     return 0
+
+
+def frame_captions(args):
+    """With --captions, `describe(frame)` -> {"caption": the shipped (or --captioner) captioner's greedy caption}."""
+    if not args.captions:
+        if args.captioner:
+            raise UsageError("--captioner names the captioner of --captions; pass --captions too")
+        return None
+    from .caption import load_caption_pipeline
+
+    captioner = load_caption_pipeline(argparse.Namespace(**{**vars(args), "model": args.captioner, "lora": []}))
+
+    def describe(frame) -> dict:
+        return {"caption": captioner([frame]).captions[0][0]}
+
+    return describe
 
 
 def load_clip_parts(args):

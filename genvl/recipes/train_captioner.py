@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from genvl.io.imagefolder import load_images
 from genvl.lora import save_adapter
@@ -26,7 +25,7 @@ from genvl.training.args import LoraTrainArgs, check_at_least, parse_args, run_s
 from genvl.training.augment import NEED_SCENES, augment_batch, mirrored_captions, parse_augmentations, shift_range
 from genvl.training.data import read_training_data
 from genvl.training.features import load_or_train_tokenizer
-from genvl.training.loop import make_accelerator, train_loop
+from genvl.training.loop import caption_loss, make_accelerator, train_loop
 from genvl.training.pretrained import add_training_adapter
 from genvl.training.seeds import AUGMENTATION, step_generator
 from genvl.training.stream import open_stream, stream_captions, write_stream_summary
@@ -58,19 +57,6 @@ def tokenize_captions(tokenizer, captions, max_length: int):
         inputs[i, 1 : len(ids) + 1] = torch.tensor(ids)
         labels[i, : len(ids) + 1] = torch.tensor(ids + [eos])
     return inputs, labels
-
-
-def caption_loss(model, pixel_values, decoder_input_ids, labels, tokens=None, attention_mask=None):
-    """Token cross-entropy, summed and divided by `tokens` (default: this batch's label tokens, i.e. the mean).
-    `attention_mask` (default: the label positions, which for a caption are BOS + its tokens) is what the decoder
-    attends to."""
-    if attention_mask is None:
-        attention_mask = (labels != -100).long()
-    logits = model(
-        pixel_values=pixel_values, decoder_input_ids=decoder_input_ids, decoder_attention_mask=attention_mask
-    ).logits
-    total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
-    return total / ((labels != -100).sum() if tokens is None else tokens)
 
 
 def main(argv=None):

@@ -23,12 +23,11 @@ import torch
 from genvl.io.imagefolder import load_images
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
 from genvl.pipelines.caption import CaptionPipeline, question_prefix
-from genvl.recipes.train_captioner import caption_loss
 from genvl.training.args import TrainArgs, check_at_least, parse_args, run_script, save_architecture
 from genvl.training.augment import augment_batch, parse_augmentations, shift_range
 from genvl.training.data import read_training_data
 from genvl.training.features import load_or_train_tokenizer
-from genvl.training.loop import make_accelerator, train_loop
+from genvl.training.loop import caption_loss, make_accelerator, train_loop
 from genvl.training.seeds import AUGMENTATION, step_generator
 from genvl.world.questions import TRAIN, ask
 from genvl.world.scenes import mirror_scene

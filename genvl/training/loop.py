@@ -264,3 +264,18 @@ def log_and_checkpoint(accelerator, args: TrainArgs, run: TrainingRun, losses: S
 
             extra["data"] = gather_object([run.data.state()])
         save_checkpoint(accelerator, args.output_dir, run.step, args.checkpoints_total_limit, extra=extra, ema=run.ema)
+
+
+def caption_loss(model, pixel_values, decoder_input_ids, labels, tokens=None, attention_mask=None):
+    """Token cross-entropy, summed and divided by `tokens` (default: this batch's label tokens, i.e. the mean).
+    `attention_mask` (default: the label positions, which for a caption are BOS + its tokens) is what the decoder
+    attends to."""
+    import torch.nn.functional as F
+
+    if attention_mask is None:
+        attention_mask = (labels != -100).long()
+    logits = model(
+        pixel_values=pixel_values, decoder_input_ids=decoder_input_ids, decoder_attention_mask=attention_mask
+    ).logits
+    total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+    return total / ((labels != -100).sum() if tokens is None else tokens)
