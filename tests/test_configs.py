@@ -19,6 +19,7 @@ ARGS = {
     "judge": recipe("train_judge").TrainJudgeArgs,
     "prior": recipe("train_prior").TrainPriorArgs,
     "text_tower": recipe("train_text_tower").TrainTextTowerArgs,
+    "vqa": recipe("train_vqa").TrainVqaArgs,
 }
 CONFIGS = sorted((ROOT / "configs").glob("train_*.json"))
 

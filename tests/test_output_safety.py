@@ -85,6 +85,8 @@ def fake_folders(tmp_path):
 OUTPUT_COMMANDS = {
     "caption": ["caption", "IMAGES", "--model", "MODEL"],
     "eval caption": ["eval", "caption", "--data", "DATA", "--model", "MODEL"],
+    "eval vqa": ["eval", "vqa", "--data", "DATA", "--model", "MODEL"],
+    "eval attention": ["eval", "attention", "--data", "DATA", "--model", "MODEL"],
     "eval retrieval": ["eval", "retrieval", "--data", "DATA", "--model", "MODEL"],
     "eval t2i": ["eval", "t2i", "--data", "DATA", "--model", "MODEL", "--judge", "JUDGE", "--captioner", "CAPTIONER"],
 }

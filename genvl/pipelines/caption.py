@@ -86,17 +86,17 @@ def word_attention(model, tokenizer, states: torch.Tensor, token_ids: list[int])
     leading, side = patch_grid(maps.shape[1])
     maps = maps[:, leading:]
     maps = (maps / maps.sum(1, keepdim=True).clamp_min(1e-12)).view(-1, side, side).cpu()
-    words, rows, text = [], [], ""
-    for k in range(len(token_ids)):  # the word each token belongs to: where the decoded text has got to
+    rows, pending = [], []  # each word's token positions; space tokens waiting for the word they begin
+    for k in range(len(token_ids)):
         text = tokenizer.decode(token_ids[: k + 1], skip_special_tokens=True)
-        count = len(text.split())
-        if count == 0:
+        if not text or text[-1].isspace():
+            pending.append(k)
             continue
-        if count > len(words):
-            words.append(None)
+        if len(text.split()) > len(rows):
             rows.append([])
-        rows[-1].append(k)
-    spoken = text.split()
+        rows[-1] += pending + [k]
+        pending = []
+    spoken = tokenizer.decode(token_ids, skip_special_tokens=True).split()
     return [(word, maps[group].mean(0)) for word, group in zip(spoken, rows)]
 
 

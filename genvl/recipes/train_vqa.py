@@ -29,7 +29,7 @@ from genvl.training.data import read_training_data
 from genvl.training.features import load_or_train_tokenizer
 from genvl.training.loop import caption_loss, make_accelerator, train_loop
 from genvl.training.seeds import AUGMENTATION, step_generator
-from genvl.world.questions import TRAIN, ask
+from genvl.world.questions import ask
 from genvl.world.scenes import mirror_scene
 
 ANSWER_TOKENS = 8  # the most new tokens an answer decodes to by default (the world's answers take one to three)
@@ -89,7 +89,8 @@ def main(argv=None):
         arch = CaptionerArchitecture.from_json(args.architecture)
         arch.image_size = args.resolution
         save_architecture(accelerator, args, arch)
-        texts = [r["text"] for r in records] + [t for family in TRAIN.values() for t in family]
+        asked = [ask(r["scene"], random.Random(f"{args.seed}/tokenizer/{i}")) for i, r in enumerate(records)]
+        texts = [r["text"] for r in records] + [f"{question_prefix(q['question'])} {q['answer']}" for q in asked]
         tokenizer = load_or_train_tokenizer(accelerator, output_dir, lambda: train_tokenizer(texts, args.vocab_size))
         model = build_captioner(arch, tokenizer)
         image_processor = build_image_processor(arch)
