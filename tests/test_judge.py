@@ -23,6 +23,7 @@ from genvl.evaluation.text_to_image import (
     autoencoder_round_trip,
     evaluate_text_to_image,
     frechet_distance,
+    image_round_trip,
     judge_images,
     names_all_objects,
     r_precision,
@@ -412,6 +413,17 @@ def test_evaluate_text_to_image_reports_every_score(judge, tmp_path, tiny_pipeli
         decoder_num_inference_steps=2,
     )
     assert report["images"] == 20 and report["prompts"] == 10 and report["reference_images"] == 14
+    trip = report["image_round_trip"]  # render -> caption -> image, judged against the render's scene graph
+    assert 0 <= trip["caption_exact"] <= 1 and 0 <= trip["judge"]["overall"] <= 1 and len(trip["examples"]) == 5
+    # a captioner that states each render's own caption is exact every time; one that swaps them, never
+    chosen = select_prompts(read_metadata(data), 10)
+    real, scenes = load_images(data, chosen, "file_name", 32), [r["scene"] for r in chosen]
+    texts = [r["text"] for r in chosen]
+    for said, exact in ((texts, 1.0), (texts[1:] + texts[:1], 0.0)):
+        says = iter(said)
+        captioner = lambda images, says=says: SimpleNamespace(captions=[[next(says)] for _ in images])  # noqa: E731
+        trip = image_round_trip(pipeline, captioner, judge, real, scenes, 4, 0, decoder_num_inference_steps=2)
+        assert trip["caption_exact"] == exact and [e["caption"] for e in trip["examples"]] == said[:5]
     for side in ("generated", "real_renders"):
         scores = report[side]
         assert 0 <= scores["r_precision"] <= 1 and 0 <= scores["round_trip"] <= 1

@@ -2,10 +2,11 @@
 
 Scores: the judge's GenEval-style accuracy per category, CLIP R-precision (the true prompt ranked first among
 itself and 99 others), the Fréchet distance between generated and real images in CLIP's image-embedding space,
-and the caption round trip (the captioner's caption of a generated image names every object of the prompt).
-The same scores on the real renders of the same prompts come alongside, as the ceiling to read them against.
-With `stages=True` the two diffusion stages, and a latent decoder's autoencoder, are also scored on their own
-(`stage_scores`).
+and the caption round trip (the captioner's caption of a generated image names every object of the prompt); in
+the other direction, each held-out render captioned, drawn again from its caption and judged against its own
+scene graph (`image_round_trip`). The same scores on the real renders of the same prompts come alongside, as the
+ceiling to read them against. With `stages=True` the two diffusion stages, and a latent decoder's autoencoder,
+are also scored on their own (`stage_scores`).
 """
 
 import re
@@ -129,6 +130,30 @@ def score_images(
     if captioner is not None:
         report["round_trip"] = caption_round_trip(captioner, images, scenes, prompt_of_image, batch_size)
     return report, image_embeds
+
+
+def image_round_trip(
+    pipeline, captioner, judge, real: torch.Tensor, scenes: list[dict], batch_size: int, seed: int, **sampling
+) -> dict:
+    """The other direction: each held-out render (uint8 (N, 3, H, W), of `scenes`) captioned by `captioner`, one
+    image generated from that caption (seed `seed + k`), and that image judged against the render's own scene
+    graph. Also how often the caption states the scene graph exactly (`parse_caption`)."""
+    from ..world.captions import parse_caption, scene_facts
+
+    pil = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in real]
+    captions = [
+        found[0]
+        for start in range(0, len(pil), batch_size)
+        for found in captioner(pil[start : start + batch_size]).captions
+    ]
+    exact = [parse_caption(caption) == scene_facts(scene) for caption, scene in zip(captions, scenes)]
+    one_each = {key: value for key, value in sampling.items() if key != "num_candidates"}
+    generated = generate_for_prompts(pipeline, captions, 1, batch_size, seed, **one_each)
+    return {
+        "caption_exact": float(np.mean(exact)),
+        "judge": judge_images(judge, generated, scenes, list(range(len(scenes))), batch_size),
+        "examples": [{"caption": c, "exact": e} for c, e in zip(captions[:5], exact[:5])],
+    }
 
 
 @torch.no_grad()
@@ -267,7 +292,9 @@ def evaluate_text_to_image(
         judge: a `SceneJudge` trained on real renders only.
         data_dir: a held-out imagefolder with scene graphs (`write_imagefolder`); prompts are its canonical
             captions, spread evenly over the layouts.
-        captioner: a `CaptionPipeline` for the round trip (skipped when None).
+        captioner: a `CaptionPipeline` for the round trips (skipped when None): the caption of each generated
+            image, and each held-out render captioned, drawn again from its caption and judged against its scene
+            graph (`image_round_trip`).
         stages: also score the prior and the decoder on their own (`stage_scores`).
         sampling: passed on to the pipeline (steps, guidance scales).
     """
@@ -306,6 +333,10 @@ def evaluate_text_to_image(
         "generated": report,
         "real_renders": real_report,
     }
+    if captioner is not None:
+        out["image_round_trip"] = image_round_trip(
+            pipeline, captioner, judge, real, scenes, batch_size, seed, **sampling
+        )
     if stages:
         rows = mirror_rows(records)
         mirrored = embed_at_clip_size(clip, processor, real[rows].flip(-1), batch_size) if rows else None
