@@ -1,12 +1,10 @@
 """`genvl ask`: answer a question about images with a question-answering captioner."""
 
 import json
-import math
 import os
-import sys
 
 from ..pipelines.defaults import shipped_pipeline
-from .caption import find_inputs, load_caption_pipeline, open_inputs
+from .caption import caption_records, find_inputs, load_caption_pipeline
 from .common import UsageError, add_runtime_flags, check_text, plural, positive, summarize
 
 DEFAULT_VQA_MODEL = shipped_pipeline("genvl-vqa-small")
@@ -34,8 +32,6 @@ def add_parser(commands) -> None:
 
 
 def run_ask(args) -> int:
-    from tqdm import tqdm
-
     from ..generation.decoder import decoder_positions
     from ..io.images import printable_path
     from ..pipelines.caption import question_prefix
@@ -52,19 +48,12 @@ def run_ask(args) -> int:
             f"the question takes {asked} tokens; with {settings.max_new_tokens} for the answer that is more than "
             f"the model's {positions} positions: ask a shorter one"
         )
-    inputs = open_inputs(paths)
-    with tqdm(total=len(paths), unit="img", file=sys.stderr, disable=args.quiet or len(paths) <= 8) as bar:
-        for start in range(0, len(paths), args.batch_size):
-            labels, batch = zip(*(next(inputs) for _ in range(min(args.batch_size, len(paths) - start))))
-            output = pipeline(list(batch), question=question, **overrides)
-            for label, answers, scores in zip(labels, output.captions, output.scores):
-                if not math.isfinite(scores[0]):
-                    raise RuntimeError(f"{label}: the model gave a non-finite answer score (its weights or --dtype?)")
-                if args.json:
-                    record = {"path": label, "question": question, "answer": answers[0], "score": scores[0]}
-                    print(json.dumps(record), flush=True)
-                else:
-                    print(f"{printable_path(label)}\t{printable_path(answers[0])}", flush=True)
-            bar.update(len(batch))
+    for record in caption_records(pipeline, paths, 0, None, args, {**overrides, "question": question}):
+        answer, score = record["captions"][0]["text"], record["captions"][0]["score"]
+        if args.json:
+            record = {"path": record["path"], "question": question, "answer": answer, "score": score}
+            print(json.dumps(record), flush=True)
+        else:
+            print(f"{printable_path(record['path'])}\t{printable_path(answer)}", flush=True)
     summarize(args, f"answered the question for {plural(len(paths), 'image')}")
     return 0

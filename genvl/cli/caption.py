@@ -288,7 +288,8 @@ def run_caption(args) -> int:
 
 def caption_records(pipeline, paths, first: int, base_seed, args, overrides, attentions=None):
     """One record per image: {"path", "captions": [{"text", "score"}], "seed" when sampling}. With `attentions`
-    (a list), each image's best caption's words and attention maps are appended to it."""
+    (a list), each image's best caption's words and attention maps are appended to it. `overrides` go to the
+    pipeline (decoding settings, or `question=` for answers)."""
     import itertools
 
     import torch
@@ -303,7 +304,7 @@ def caption_records(pipeline, paths, first: int, base_seed, args, overrides, att
             generators = [torch.Generator().manual_seed(seed) for seed in seeds] if seeds else None
             output = pipeline(
                 list(batch),
-                prefix=args.prefix,
+                prefix=getattr(args, "prefix", None),
                 generator=generators,
                 output_attentions=attentions is not None,
                 **overrides,

@@ -222,16 +222,19 @@ def run_eval_attention(args) -> int:
     pipeline = load_caption_pipeline(args)
     report = attention_localisation(pipeline, args.data, args.limit, args.batch_size, progress_bar(args, "batch"))
     if not args.quiet:
-        families = report["families"]
-        print(
-            f"{report['objects_named']} of {report['objects']} objects named: name peaks in its box "
-            f"{_score(report['name_peak_in_box'])}, colour word {_score(report['colour_peak_in_box'])}; "
-            f"in family {_score(families['in_family'])}, held-out family {_score(families['held_out_family'])}",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(attention_summary(report), file=sys.stderr, flush=True)
     print_report(report, args.output)
     return 0
+
+
+def attention_summary(report: dict) -> str:
+    """`attention_localisation`'s report in one line: how many objects were named, where their words peak."""
+    families = report["families"]
+    return (
+        f"{report['objects_named']} of {report['objects']} objects named: name peaks in its box "
+        f"{_score(report['name_peak_in_box'])}, colour word {_score(report['colour_peak_in_box'])}; "
+        f"in family {_score(families['in_family'])}, held-out family {_score(families['held_out_family'])}"
+    )
 
 
 def vqa_summary(report: dict) -> str:

@@ -49,7 +49,7 @@ from genvl.training.args import (
     run_script,
     save_architecture,
 )
-from genvl.training.data import phrasing_table, pick_phrasings, read_training_data, with_prompts
+from genvl.training.data import pick_phrasings, read_training_data, with_prompts
 from genvl.training.diffusion import DecoderStep, add_training_noise, decoder_scheduler, min_snr_weight, process_rows
 from genvl.training.features import (
     batch_clip_features,
@@ -58,7 +58,6 @@ from genvl.training.features import (
     file_stamp,
     frozen_clip_features,
     frozen_text_states,
-    text_states,
 )
 from genvl.training.loop import make_accelerator, train_loop
 from genvl.training.pretrained import add_training_adapter
@@ -125,10 +124,7 @@ def main(argv=None):
         data = open_stream(accelerator, args, caption_column=args.caption_column)
 
         def features_of(batch):  # the batch's own features and latents, whose rows are the batch's samples
-            features = batch_clip_features(clip, tokenizer, image_processor, batch)
-            if text is not None:
-                states, masks = text_states(*text, phrasing_table(batch, "caption")[0])
-                features = dataclasses.replace(features, states=states, masks=masks)
+            features = batch_clip_features(clip, tokenizer, image_processor, batch, text)
             latents = encode_latents(vae, torch.stack([sample["pixels"] for sample in batch]))
             return features, latents, torch.arange(len(batch))
 

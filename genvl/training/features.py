@@ -21,17 +21,17 @@ class ClipFeatures:
     prompt (the last row); the token states are kept in float16: at 3 phrasings per image they are the largest
     tensor of a run."""
 
-    clip: "CLIPModel"  # the model that made them, on the CPU
+    clip: "CLIPModel"  # the model that made them (on the CPU, or where a streamed run keeps it)
     image_embeds: "torch.Tensor"  # (N, E)
     phrasings: "torch.Tensor"  # (N, P) indices into the text rows
-    text_embeds: "torch.Tensor"  # (T + 1, E), T distinct phrasings
+    text_embeds: "torch.Tensor | None"  # (T + 1, E), T distinct phrasings; None when another tower gave the states
     states: "torch.Tensor"  # (T + 1, L, H) token states in float16
     masks: "torch.Tensor"  # (T + 1, L)
 
     @property
     def empty_prompt(self) -> int:
         """The text row of the empty prompt, which replaces a dropped caption."""
-        return len(self.text_embeds) - 1
+        return len(self.states) - 1
 
 
 def load_or_train_tokenizer(accelerator, output_dir, train):
@@ -135,16 +135,25 @@ def frozen_clip_features(
     return ClipFeatures(clip=clip, phrasings=phrasings, **features)
 
 
-def batch_clip_features(clip, tokenizer, image_processor, samples) -> ClipFeatures:
+def batch_clip_features(clip, tokenizer, image_processor, samples, text_tower=None) -> ClipFeatures:
     """The `ClipFeatures` of a streamed batch (`genvl.training.stream.decoded_sample`s, with their captions), as
     `frozen_clip_features` gives them for records in memory: row i is sample i, the text rows are the batch's
-    distinct phrasings then the empty prompt. `clip` runs where it is; the features come back on the CPU."""
+    distinct phrasings then the empty prompt. With `text_tower` (a text encoder and its tokenizer), the token states
+    and masks are its (`text_states`) and CLIP's text tower does not run (`text_embeds` is then None). `clip` runs
+    where it is; the features come back on the CPU."""
     import torch
+
+    from ..models.clip import embed_at_clip_size
 
     texts, phrasings = phrasing_table(samples, "caption")
     pixels = torch.stack([sample["pixels"] for sample in samples])
-    features = clip_features(clip, tokenizer, image_processor, pixels, texts)
-    return ClipFeatures(clip=clip, phrasings=phrasings, **features)
+    if text_tower is None:
+        return ClipFeatures(
+            clip=clip, phrasings=phrasings, **clip_features(clip, tokenizer, image_processor, pixels, texts)
+        )
+    states, masks = text_states(*text_tower, texts)
+    image_embeds = embed_at_clip_size(clip, image_processor, pixels, batch_size=256)
+    return ClipFeatures(clip, image_embeds, phrasings, None, states, masks)
 
 
 def text_states(text_encoder, tokenizer, texts):

@@ -46,15 +46,6 @@ HELD_OUT = {
 FAMILIES = {"seen": TRAIN, "held_out": HELD_OUT}
 
 
-def question_prefix(question: str) -> str:
-    """The text a question-answering model reads before its answer: the question in lower case, ending in one
-    question mark, so that every phrasing ends where the answer starts."""
-    text = " ".join(question.lower().split()).rstrip(" ?.!")
-    if not text:
-        raise ValueError("the question is empty")
-    return f"{text}?"
-
-
 def _side(obj: dict) -> float:
     x0, y0, x1, y1 = obj["bbox"]
     return max(x1 - x0, y1 - y0)
@@ -104,11 +95,10 @@ def ask(scene: dict, rng: random.Random, family: str = "seen", kind: str | None 
         kind not in found or rng.random() < (ABSENT_COUNT_SHARE if kind == "count" else 0.5)
     ):
         absent = rng.choice(sorted(set(OBJECTS) - names))  # a question the scene answers in the negative
-        slots, answer = (
-            ({"plural": _plural(absent)}, "zero")
-            if kind == "count"
-            else ({"a_name": f"{article(absent)} {absent}"}, "no")
-        )
+        if kind == "count":
+            slots, answer = {"plural": _plural(absent)}, "zero"
+        else:
+            slots, answer = {"a_name": f"{article(absent)} {absent}"}, "no"
     else:
         slots, answer = rng.choice(found[kind])
     template = rng.choice(FAMILIES[family][kind])
