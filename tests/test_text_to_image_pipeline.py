@@ -41,8 +41,8 @@ def test_output_types_and_shapes(pipeline):
     assert torch.allclose(out.image_embeds.norm(dim=-1), torch.ones(4), atol=1e-5)
     pil = pipeline("a red apple", generator=generators(0), **STEPS).images
     assert isinstance(pil[0], Image.Image) and pil[0].size == (32, 32)
-    (tensor,) = pipeline("a red apple", generator=generators(0), output_type="pt", return_dict=False, **STEPS)
-    assert tensor.shape == (1, 3, 32, 32)
+    tensor, flagged = pipeline("a red apple", generator=generators(0), output_type="pt", return_dict=False, **STEPS)
+    assert tensor.shape == (1, 3, 32, 32) and flagged is None  # (images, flagged), as diffusers returns them
 
 
 def test_per_image_generators_do_not_depend_on_the_batch(pipeline):

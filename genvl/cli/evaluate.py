@@ -43,7 +43,7 @@ def add_parser(commands) -> None:
         "eval",
         help="evaluate models",
         epilog="example: genvl eval caption --data data/world/test --beam 3",
-    ).add_subparsers(dest="eval_command", required=True, metavar="{caption,vqa,attention,retrieval,t2i,judge}")
+    ).add_subparsers(dest="eval_command", required=True, metavar="{caption,vqa,attention,retrieval,t2i,safety,judge}")
     caption = evaluate.add_parser(
         "caption",
         help="caption metrics and scene-graph accuracy on a held-out imagefolder",
@@ -101,6 +101,26 @@ def add_parser(commands) -> None:
     attention.add_argument("--limit", type=positive(int), help="the first N two-object scenes only")
     attention.add_argument("--output", help="also write the report as JSON to this file")
     add_runtime_flags(attention, "captioner folder (default: the shipped genvl-caption-small)")
+
+    safety = evaluate.add_parser(
+        "safety",
+        help="how often the safety checker flags generated images of prompts with and without a blocked concept",
+        description="Generate one image for each of --prompts prompts from held-out scenes holding one of the "
+        "pipeline's blocked concepts and as many from scenes holding none (their captions, every phrasing in "
+        "turn), and report the safety checker's flagged rate per group: overall, per phrasing family and "
+        "layout, among the images the captioner says show a blocked concept and the others, and on the scenes' "
+        "own renders. JSON report on stdout, a summary on stderr.",
+        epilog="example: genvl eval safety --data data/snake/test --data data/world/test --prompts 200",
+    )
+    safety.add_argument(
+        "--data", required=True, action="append", help="imagefolder with scene graphs (repeat to pool several)"
+    )
+    safety.add_argument("--prompts", type=positive(int), default=200, help="prompts per group (default 200)")
+    safety.add_argument("--seed", type=seed_number, default=0, help="image k of a group uses seed + k")
+    safety.add_argument("--batch-size", type=positive(int), default=16)
+    safety.add_argument("--captioner", help="the captioner (default: the shipped genvl-caption-small)")
+    safety.add_argument("--output", help="also write the report as JSON to this file")
+    add_t2i_runtime_flags(safety)
 
     retrieval = evaluate.add_parser(
         "retrieval",
@@ -374,6 +394,38 @@ def run_eval_t2i(args) -> int:
     return 0
 
 
+def run_eval_safety(args) -> int:
+    from ..evaluation.safety import evaluate_safety
+    from ..pipelines.caption import CaptionPipeline
+
+    captioner_folder = args.captioner or default_caption_model()
+    check_report_file(args, [args.model or default_t2i_model(), captioner_folder])
+    args.no_safety_checker = False
+    pipeline = load_t2i_pipeline(args, safety=True)
+    pipeline.set_progress_bar_config(disable=True)
+    captioner = CaptionPipeline.from_pretrained(captioner_folder).to(args.device)
+    report = evaluate_safety(
+        pipeline, captioner, args.data, args.prompts, args.seed, args.batch_size, progress_bar(args, "batch")
+    )
+    if not args.quiet:
+        print(safety_summary(report), file=sys.stderr, flush=True)
+    print_report(report, args.output)
+    return 0
+
+
+def safety_summary(report: dict) -> str:
+    """Flagged rates of `evaluate_safety`'s report, a line per group."""
+    lines = []
+    for name in ("blocked", "other"):
+        group = report[f"{name}_prompts"]
+        parts = [f"{name} prompts: flagged {_score(group['flagged'])} of {group['images']}"]
+        parts += [f"{family} {_score(rate['flagged'])}" for family, rate in group["by_phrasing"].items()]
+        for key in ("captioned_as_blocked", "captioned_otherwise", "renders"):
+            parts.append(f"{key} {_score(group[key]['flagged'])} of {group[key]['images']}")
+        lines.append("; ".join(parts))
+    return "\n".join(lines)
+
+
 def run_eval_judge(args) -> int:
     from ..evaluation.judge import detection_report_for_folder
     from ..models.judge import SceneJudge
@@ -411,5 +463,6 @@ RUNS = {
     "attention": run_eval_attention,
     "retrieval": run_eval_retrieval,
     "t2i": run_eval_t2i,
+    "safety": run_eval_safety,
     "judge": run_eval_judge,
 }

@@ -75,6 +75,7 @@ def add_parsers(commands) -> None:
     add_sampling_flags(generate, text=True)
     add_published_flags(generate, super_res=True)
     add_t2i_runtime_flags(generate)
+    add_safety_flag(generate)
 
     vary = commands.add_parser("vary", help="variations of an image", epilog="example: genvl vary img.png -n 4")
     vary.add_argument("image")
@@ -83,6 +84,7 @@ def add_parsers(commands) -> None:
     add_sampling_flags(vary, prior=False)
     add_published_flags(vary)
     add_t2i_runtime_flags(vary)
+    add_safety_flag(vary)
 
     interpolate = commands.add_parser(
         "interpolate",
@@ -103,6 +105,7 @@ def add_parsers(commands) -> None:
     add_sampling_flags(interpolate)
     add_published_flags(interpolate)
     add_t2i_runtime_flags(interpolate)
+    add_safety_flag(interpolate)
 
     score = commands.add_parser(
         "score",
@@ -198,10 +201,21 @@ def add_t2i_runtime_flags(parser):
     add_image_limit_flag(parser)
 
 
+def add_safety_flag(parser):
+    parser.add_argument(
+        "--no-safety-checker",
+        action="store_true",
+        help="do not run the pipeline's safety checker (by default an image showing a blocked concept is blacked "
+        "out and reported as flagged)",
+    )
+
+
 # ---- the pipeline and its settings ---------------------------------------------------------------------------
 
 
-def load_t2i_pipeline(args):
+def load_t2i_pipeline(args, safety: bool = False):
+    """The text-to-image pipeline of --model and the sampling flags; with `safety`, its safety checker (if the
+    folder has one) unless --no-safety-checker, and a note on stderr when there is none to run."""
     import diffusers
 
     from ..io.folders import check_model_folder
@@ -213,7 +227,11 @@ def load_t2i_pipeline(args):
         raise FileNotFoundError(f"{name}: not a text-to-image pipeline folder (no model_index.json)")
     check_model_folder(path)  # its files are regular before the step counts read any
     check_step_counts(args, path)
-    pipeline = TextToImagePipeline.from_pretrained(path, dtype=torch_dtype(args))
+    checking = safety and not args.no_safety_checker
+    components = {} if checking else {"safety_checker": None}
+    pipeline = TextToImagePipeline.from_pretrained(path, dtype=torch_dtype(args), **components)
+    if checking and pipeline.safety_checker is None:
+        summarize(args, f"{name} has no safety checker: the images are not checked")
     load_loras(pipeline, getattr(args, "lora", []))
     scheduler = getattr(args, "scheduler", "ddpm")
     if scheduler != "ddpm":
@@ -320,8 +338,10 @@ def output_folder(args) -> Path:
 
 
 def write_images(args, images, name: str, metadata: dict, describe=None):
-    """Save each (index, seed, image) as it comes, print its path (or JSON record), then a summary on stderr.
-    `describe(image)`, when given, adds fields of each image's own (its caption) to its PNG, line and record."""
+    """Save each (index, seed, image, flagged) as it comes, print its path (or JSON record), then a summary on
+    stderr. `flagged` is the list of blocked concepts the safety checker found in the image (which is then black),
+    or None where no checker ran. `describe(image)`, when given, adds fields of each image's own (its caption) to
+    its PNG, line and record."""
     from ..io.images import printable_path
 
     out = output_folder(args)
@@ -329,27 +349,43 @@ def write_images(args, images, name: str, metadata: dict, describe=None):
     # overwrite
     sources = [getattr(args, end, None) for end in ("image", "start", "end", "prior", "captioner")]
     inputs = [*filter(None, sources), args.model or default_t2i_model(), *lora_folders(args)]
-    count = 0
-    for i, seed, image in images:
+    count, blocked = 0, {}
+    for i, seed, image, flagged in images:
         own = describe(image) if describe else {}
+        if flagged is not None:
+            own["flagged"] = flagged
+            for concept in flagged:
+                blocked[concept] = blocked.get(concept, 0) + 1
         fields = {**metadata, **own, "seed": str(seed)}
         path = save_png(image, out / f"{name}-{seed}-{i}.png", fields, "--out", inputs)
         if args.json:
             print(json.dumps({"path": str(path), **metadata, **own, "seed": seed}), flush=True)
         else:
-            print("\t".join([str(path), *map(printable_path, own.values())]), flush=True)
+            words = [printable_path(value) for key, value in own.items() if key != "flagged"]
+            if flagged:
+                words.append("flagged: " + ", ".join(flagged))
+            print("\t".join([str(path), *words]), flush=True)
         count += 1
-    summarize(args, f"wrote {plural(count, 'image')} to {out}")
+    found = ", ".join(f"{concept} in {number}" for concept, number in sorted(blocked.items()))
+    note = f" (the safety checker found {found}: blacked out)" if blocked else ""
+    summarize(args, f"wrote {plural(count, 'image')} to {out}{note}")
 
 
 # ---- the commands --------------------------------------------------------------------------------------------
 
 
 def each_alone(args, pipeline, make):
-    """The images of `make`, each alone on one CPU thread with its own seed (see `one_image_each`)."""
+    """(index, seed, image, flagged) of the images of `make`, each alone on one CPU thread with its own seed (see
+    `one_image_each`); `make` gives [(image, flagged)] (see `checked`)."""
     from ..pipelines.threads import one_image_each
 
-    return one_image_each(pipeline, make, args.num_images, base_seed(args), args.batch_size, args.quiet)
+    made = one_image_each(pipeline, make, args.num_images, base_seed(args), args.batch_size, args.quiet)
+    return ((index, seed, image, flagged) for index, seed, (image, flagged) in made)
+
+
+def checked(output) -> list[tuple]:
+    """[(image, the concepts the safety checker flagged in it, or None)] of a pipeline's output."""
+    return list(zip(output.images, output.flagged or [None] * len(output.images)))
 
 
 def run_generate(args) -> int:
@@ -360,12 +396,12 @@ def run_generate(args) -> int:
     if layout is not None:
         return run_generate_published(args, layout, path)
     settings = stage_settings(args)
-    pipeline = load_t2i_pipeline(args)
+    pipeline = load_t2i_pipeline(args, safety=True)
     images = each_alone(
         args,
         pipeline,
-        lambda pipe, generators: (
-            pipe(args.prompt, negative_prompt=args.negative, generator=generators, **settings).images
+        lambda pipe, generators: checked(
+            pipe(args.prompt, negative_prompt=args.negative, generator=generators, **settings)
         ),
     )
     metadata = {
@@ -447,6 +483,8 @@ def load_published(args, layout: str, path: Path, steps: dict, images: int, aske
         name, config = SCHEDULERS[args.scheduler]
         pipeline.set_decoder_scheduler(getattr(diffusers, name), **config)
     pipeline.set_progress_bar_config(disable=args.quiet)
+    if not args.no_safety_checker:  # diffusers' Karlo and Kandinsky pipelines run none either
+        summarize(args, f"{path} has no safety checker: the images are not checked")
     return pipeline.to(args.device)
 
 
@@ -472,7 +510,7 @@ def run_mix_published(args, layout: str, path: Path, jobs, name: str, metadata: 
         for sources, weights, count in jobs:
             generator = torch.Generator().manual_seed(seed)
             for image in pipeline.mix(sources, weights, count, generator, **settings):
-                yield index, seed, image
+                yield index, seed, image, None
                 index += 1
 
     metadata = {**metadata, "scheduler": args.scheduler, "settings": settings, "model": str(path), "prior": args.prior}
@@ -528,7 +566,7 @@ def run_generate_published(args, layout: str, path: Path) -> int:
         if k > 1:  # image i keeps the best of draws i K .. i K + K - 1, by the prior's CLIP
             scores = pipeline.clip_scores(drawn, args.prompt).view(args.num_images, k)
             drawn = [drawn[i * k + int(best)] for i, best in enumerate(scores.argmax(dim=1))]
-        yield from ((i, seed, image) for i, image in enumerate(drawn))
+        yield from ((i, seed, image, None) for i, image in enumerate(drawn))
 
     metadata = {"prompt": args.prompt, "settings": settings, "scheduler": args.scheduler, "model": str(path)}
     if k > 1:
@@ -551,13 +589,13 @@ def run_vary(args) -> int:
     if layout is not None:
         return run_mix_published(args, layout, path, [([image], [1.0], args.num_images)], name, metadata)
     settings = stage_settings(args, prior=False)
-    pipeline = load_t2i_pipeline(args)
+    pipeline = load_t2i_pipeline(args, safety=True)
     with one_torch_thread(), torch.no_grad():  # encoded once, on one thread like each image's own work
         embeds = pipeline.encode_image([image])
     images = each_alone(
         args,
         pipeline,
-        lambda pipe, generators: pipe.image_variation(image_embeds=embeds, generator=generators, **settings).images,
+        lambda pipe, generators: checked(pipe.image_variation(image_embeds=embeds, generator=generators, **settings)),
     )
     write_images(args, images, name, {**metadata, "scheduler": args.scheduler, "settings": settings})
     return 0
@@ -581,7 +619,7 @@ def run_interpolate(args) -> int:
         jobs = [(ends, [1 - t, t], 1) for t in weights]
         return run_mix_published(args, layout, path, jobs, name, {"start": args.start, "end": args.end})
     settings = stage_settings(args)
-    pipeline = load_t2i_pipeline(args)
+    pipeline = load_t2i_pipeline(args, safety=True)
     seed = base_seed(args)
     chunks = pipeline.interpolation_frames(
         ends[0], ends[1], frames=args.frames, generator=torch.Generator().manual_seed(seed), **settings
@@ -590,8 +628,9 @@ def run_interpolate(args) -> int:
     def frames():  # written as each batch of frames is decoded, never all held at once
         index = 0
         for images, _ in chunks:
-            for frame in pipeline.postprocess(images, "pil"):
-                yield index, seed, frame
+            images, flagged = pipeline.run_safety_checker(images)
+            for frame, found in zip(pipeline.postprocess(images, "pil"), flagged or [None] * len(images)):
+                yield index, seed, frame, found
                 index += 1
 
     metadata = {"start": args.start, "end": args.end, "scheduler": args.scheduler, "settings": settings}

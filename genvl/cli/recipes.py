@@ -14,7 +14,12 @@ TRAIN = {
     "judge": "train_judge",
     "vqa": "train_vqa",
 }
-EXPORT = {"captioner": "export_captioner", "checkpoint": "export_checkpoint", "text-to-image": "export_text_to_image"}
+EXPORT = {
+    "captioner": "export_captioner",
+    "checkpoint": "export_checkpoint",
+    "text-to-image": "export_text_to_image",
+    "safety-checker": "export_safety_checker",
+}
 
 
 def add_parsers(commands) -> None:

@@ -30,6 +30,7 @@ LIBRARIES = ("transformers", "diffusers")
 # `unclip` module named it before the pipeline was moved among the deprecated ones
 NAMED_COMPONENTS = {
     ("genvl.models.unclip", "UnclipConditioner"): "genvl.models.unclip",
+    ("genvl.models.safety", "SafetyChecker"): "genvl.models.safety",
     ("unclip", "UnCLIPTextProjModel"): "diffusers.pipelines.deprecated.unclip.text_proj",
 }
 
@@ -157,12 +158,13 @@ def load_component(component_class, folder: Path, kind: str, dtype=None):
     raise AssertionError(f"{component_class} passed resolve_component")
 
 
-def load_pipeline_components(path, pipeline_class, dtype=None, class_names=()) -> dict:
+def load_pipeline_components(path, pipeline_class, dtype=None, class_names=(), given=None) -> dict:
     """The components of the pipeline folder `path`, loaded, by `pipeline_class.__init__`'s argument names.
 
     model_index.json must say it is a `pipeline_class` folder (or one of `class_names`, other names the same
     layout is published under), name every required component and nothing the pipeline does not take; an
-    optional one may be absent or `[null, null]`."""
+    optional one may be absent or `[null, null]`. A component in `given` ({name: component or None}) is taken
+    from there, and its folder is not read; None only for an optional one."""
     path = check_model_folder(path)
     index_file = path / "model_index.json"
     if not index_file.is_file():
@@ -178,8 +180,17 @@ def load_pipeline_components(path, pipeline_class, dtype=None, class_names=()) -
     unknown = sorted(name for name in index if not name.startswith("_") and name not in names)
     if unknown:
         raise ValueError(f"{index_file}: names {unknown[0]}, which a {pipeline_class.__name__} does not take")
+    given = dict(given or {})
+    for name in given:
+        if name not in names:
+            raise TypeError(f"{pipeline_class.__name__} takes no component {name!r}")
+        if given[name] is None and parameters[name].default is not None:
+            raise ValueError(f"{name} is required: it cannot be None")
     components = {}
     for name in names:
+        if name in given:
+            components[name] = given[name]
+            continue
         spec = index.get(name)
         optional = parameters[name].default is None
         if spec is None or spec == [None, None]:
@@ -215,9 +226,10 @@ def local_folder(name, local_files_only: bool = True) -> Path:
     raise FileNotFoundError(f"{name}: no such model folder")
 
 
-def pipeline_from_folder(pipeline_class, name, dtype=None, local_files_only: bool = True):
-    """A `pipeline_class` built from the components of the pipeline folder `name` (see `local_folder`)."""
+def pipeline_from_folder(pipeline_class, name, dtype=None, local_files_only: bool = True, given=None):
+    """A `pipeline_class` built from the components of the pipeline folder `name` (see `local_folder`), those in
+    `given` taken from there (see `load_pipeline_components`)."""
     path = local_folder(name, local_files_only)
-    pipeline = pipeline_class(**load_pipeline_components(path, pipeline_class, dtype))
+    pipeline = pipeline_class(**load_pipeline_components(path, pipeline_class, dtype, given=given))
     pipeline.register_to_config(_name_or_path=str(name))
     return pipeline

@@ -93,7 +93,7 @@ class SceneJudge(ModelMixin, ConfigMixin):
         check_model_folder(path)
         stored = check_diffusers_weights(cls, path)
         with loading_errors(path):
-            model = super().from_pretrained(path, use_safetensors=True, **kwargs)
+            model = super().from_pretrained(path, **{"use_safetensors": True, **kwargs})
         check_weight_values(path, model, stored)
         return model
 

@@ -52,10 +52,12 @@ def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
 @dataclass
 class TextToImageOutput(BaseOutput):
     """`images`: a list of PIL images, an (N, H, W, 3) array or an (N, 3, H, W) tensor in [0, 1];
-    `image_embeds`: the CLIP image embeddings the decoder was conditioned on (N, E)."""
+    `image_embeds`: the CLIP image embeddings the decoder was conditioned on (N, E); `flagged`: for each image,
+    the blocked concepts the `safety_checker` found in it (such an image is black), or None without a checker."""
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     image_embeds: torch.Tensor | None = None
+    flagged: list[list[str]] | None = None
 
 
 @dataclass
@@ -108,14 +110,24 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     `decoder_text_encoder` (transformers `CLIPTextModelWithProjection`) with its `decoder_tokenizer`, whose token
     states the decoder reads instead of CLIP's own (as Kandinsky's decoder reads a text encoder of its own): the
     prior and the image embeddings stay CLIP's; and, optionally, a `reranker` (another `CLIPModel`) with its
-    `reranker_tokenizer`, which picks the best of `num_candidates` images (see `rerank`). With `set_embedding_cache`,
+    `reranker_tokenizer`, which picks the best of `num_candidates` images (see `rerank`); and, optionally, a
+    `safety_checker` (`genvl.models.safety.SafetyChecker`), run on every image made: an image showing a blocked
+    concept is blacked out and named in the output's `flagged` (load with `safety_checker=None`, or set the
+    attribute to None, to turn it off). With `set_embedding_cache`,
     CLIP image embeddings are kept in a shared `EmbeddingCache`. LoRA adapters (PEFT format) load with
     `load_lora_weights`: one adapter folder for the decoder, or subfolders `decoder/`, `prior/`, `clip/`.
     """
 
     lora_components = ("decoder", "prior", "clip")
     model_cpu_offload_seq = "clip->decoder_text_encoder->prior->conditioner->decoder->vae->reranker"
-    _optional_components = ["vae", "decoder_text_encoder", "decoder_tokenizer", "reranker", "reranker_tokenizer"]
+    _optional_components = [
+        "vae",
+        "decoder_text_encoder",
+        "decoder_tokenizer",
+        "reranker",
+        "reranker_tokenizer",
+        "safety_checker",
+    ]
 
     def __init__(
         self,
@@ -132,6 +144,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         decoder_tokenizer=None,
         reranker=None,
         reranker_tokenizer=None,
+        safety_checker=None,
     ):
         super().__init__()
         if (decoder_text_encoder is None) != (decoder_tokenizer is None):
@@ -152,15 +165,19 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             decoder_tokenizer=decoder_tokenizer,
             reranker=reranker,
             reranker_tokenizer=reranker_tokenizer,
+            safety_checker=safety_checker,
         )
         self.output_processor = VaeImageProcessor(do_resize=False)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, dtype=None, torch_dtype=None, local_files_only=True):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, dtype=None, torch_dtype=None, local_files_only=True, **components
+    ):
         """Load a pipeline folder (a local path, or a hub id already in the Hugging Face cache). Components are
-        resolved from an allow-list of classes (see `genvl.io.components`): nothing the folder names is imported."""
+        resolved from an allow-list of classes (see `genvl.io.components`): nothing the folder names is imported.
+        A component passed by name replaces the folder's, which is then not read (`safety_checker=None`: none)."""
         path = local_folder(pretrained_model_name_or_path, local_files_only)
-        pipeline = pipeline_from_folder(cls, path, dtype or torch_dtype)
+        pipeline = pipeline_from_folder(cls, path, dtype or torch_dtype, given=components)
         for tokenizer, model in (
             ("tokenizer", "clip"),
             ("decoder_tokenizer", "decoder_text_encoder"),
@@ -365,14 +382,25 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         """Images (N, 3, H, W) in [-1, 1] as PIL images, an (N, H, W, 3) array ("np") or a tensor in [0, 1] ("pt")."""
         return self.output_processor.postprocess(images.float(), output_type=output_type)
 
+    def run_safety_checker(self, images: torch.Tensor):
+        """(images, flagged) of images (N, 3, H, W) in [-1, 1]: with a `safety_checker`, each image that shows a
+        blocked concept turned black and, per image, the concepts found; without one, the images and None. The
+        checker reads the images rounded to 8 bits, as a saved PNG holds them."""
+        if self.safety_checker is None:
+            return images, None
+        flagged = self.safety_checker.check(pixels_to_uint8(images).float() / 127.5 - 1)
+        hit = torch.tensor([bool(found) for found in flagged], device=images.device).view(-1, 1, 1, 1)
+        return torch.where(hit, torch.full_like(images, -1.0), images), flagged
+
     def _finish(self, images, image_embeds, output_type, return_dict):
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        images, flagged = self.run_safety_checker(images)
         images = self.postprocess(images, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
-            return (images,)
-        return TextToImageOutput(images=images, image_embeds=image_embeds)
+            return (images, flagged)
+        return TextToImageOutput(images=images, image_embeds=image_embeds, flagged=flagged)
 
     @staticmethod
     def _as_list(value, name):
