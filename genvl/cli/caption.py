@@ -96,6 +96,13 @@ def add_decoding_flags(parser):
     group.add_argument("--min-new-tokens", type=non_negative(int))
     group.add_argument("--prefix", help='text every caption must continue, e.g. "a photo of"')
     group.add_argument("--seed", type=seed_number, help="seed for sampling (recorded in --json output)")
+    group.add_argument(
+        "--rerank",
+        type=positive(int),
+        metavar="K",
+        help="decode K captions (K beams, or K samples when sampling) and keep the one the captioner's matcher "
+        "scores highest; its score is then the matching probability",
+    )
 
 
 # ---- the captioner and its decoding settings -----------------------------------------------------------------
@@ -114,8 +121,9 @@ def decoding_overrides(args) -> dict:
         "max_new_tokens",
         "min_new_tokens",
         "seed",
+        "rerank",
     ]
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def checked_settings(pipeline, args):
@@ -128,8 +136,16 @@ def checked_settings(pipeline, args):
         defaults = pipeline.settings()
     except (TypeError, ValueError) as err:
         raise ValueError(f"{folder}: its generation config is not usable ({first_line(err)})") from None
+    overrides = decoding_overrides(args)
+    rerank = overrides.pop("rerank", 1)
+    if rerank > 1:
+        if pipeline.matcher is None:
+            raise UsageError(f"--rerank needs a captioner with a matcher; {folder} has none (genvl train matching)")
+        if args.num_return_sequences is not None:
+            raise UsageError("--rerank keeps one caption per image: drop --num-captions")
+        overrides = pipeline.rerank_decoding(overrides, rerank)
     try:
-        settings = pipeline.settings(**decoding_overrides(args))
+        settings = pipeline.settings(**overrides)
     except (TypeError, ValueError) as err:
         message = str(err)
         for name, flag in FLAG_NAMES.items():

@@ -43,7 +43,9 @@ def add_parser(commands) -> None:
         "eval",
         help="evaluate models",
         epilog="example: genvl eval caption --data data/world/test --beam 3",
-    ).add_subparsers(dest="eval_command", required=True, metavar="{caption,vqa,attention,retrieval,t2i,safety,judge}")
+    ).add_subparsers(
+        dest="eval_command", required=True, metavar="{caption,vqa,attention,matching,retrieval,t2i,safety,judge}"
+    )
     caption = evaluate.add_parser(
         "caption",
         help="caption metrics and scene-graph accuracy on a held-out imagefolder",
@@ -88,6 +90,22 @@ def add_parser(commands) -> None:
     vqa.add_argument("--limit", type=positive(int), help="ask about the first N images only")
     vqa.add_argument("--output", help="also write the report as JSON to this file")
     add_runtime_flags(vqa, "question-answering captioner folder (default: the shipped genvl-vqa-small)")
+
+    matching = evaluate.add_parser(
+        "matching",
+        help="whether a captioner's matcher ranks each image's caption above its twins",
+        description="For each image of an imagefolder with scene graphs, its caption against its twins (two "
+        "objects' places exchanged, a colour, an object, a count or a place changed): how often the captioner's "
+        "matcher scores the caption above every twin and above each kind, overall, in the style families "
+        "training sees and in those it never sees; and the same for the captioner's own log-probability of the "
+        "caption. JSON report on stdout, a summary on stderr.",
+        epilog="example: genvl eval matching --data data/wide/test",
+    )
+    matching.add_argument("--data", required=True, help="imagefolder with metadata.jsonl holding scene graphs")
+    matching.add_argument("--limit", type=positive(int), help="the first N images only")
+    matching.add_argument("--seed", type=seed_number, default=0, help="the twins drawn (default 0)")
+    matching.add_argument("--output", help="also write the report as JSON to this file")
+    add_runtime_flags(matching, "captioner folder with a matcher (default: the shipped genvl-caption-small)")
 
     attention = evaluate.add_parser(
         "attention",
@@ -233,6 +251,32 @@ def run_eval_vqa(args) -> int:
         print(vqa_summary(report), file=sys.stderr, flush=True)
     print_report(report, args.output)
     return 0
+
+
+def run_eval_matching(args) -> int:
+    from ..evaluation.matching import evaluate_matching
+
+    check_report_file(args, [args.model or default_caption_model()])
+    pipeline = load_caption_pipeline(args)
+    report = evaluate_matching(pipeline, args.data, args.limit, args.seed, args.batch_size, progress_bar(args, "batch"))
+    if not args.quiet:
+        print(matching_summary(report), file=sys.stderr, flush=True)
+    print_report(report, args.output)
+    return 0
+
+
+def matching_summary(report: dict) -> str:
+    """`evaluate_matching`'s report, a line per scorer."""
+    lines = []
+    for name in ("matcher", "likelihood"):
+        found = report[name]
+        kinds = ", ".join(f"{kind} {_score(value)}" for kind, value in found["over_each_twin"].items())
+        lines.append(
+            f"{name}: caption first {_score(found['true_caption_first'])} of {report['images']} "
+            f"(in family {_score(found['in_family'])}, held-out family {_score(found['held_out_family'])}); "
+            f"over each twin: {kinds}"
+        )
+    return "\n".join(lines)
 
 
 def run_eval_attention(args) -> int:
@@ -461,6 +505,7 @@ RUNS = {
     "caption": run_eval_caption,
     "vqa": run_eval_vqa,
     "attention": run_eval_attention,
+    "matching": run_eval_matching,
     "retrieval": run_eval_retrieval,
     "t2i": run_eval_t2i,
     "safety": run_eval_safety,

@@ -109,12 +109,18 @@ def add_parsers(commands) -> None:
 
     score = commands.add_parser(
         "score",
-        help="CLIP similarity of an image with texts",
+        help="CLIP similarity of an image with texts, or with --itm the probability that each describes it",
         epilog='example: genvl score img.png "a red apple" "a blue car"',
     )
     score.add_argument("image")
     score.add_argument("texts", nargs="+")
     score.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    score.add_argument(
+        "--itm",
+        action="store_true",
+        help="score with a captioner's image-text matching head instead: --model then names a captioner folder "
+        "(default: the shipped genvl-caption-small)",
+    )
     add_t2i_runtime_flags(score)
 
 
@@ -673,7 +679,15 @@ def run_score(args) -> int:
     for text in args.texts:
         check_text(text, "TEXT")
     image = load_image(args.image)
-    scores = clip_similarity(*load_clip_parts(args), [image], args.texts)[0].tolist()
+    if args.itm:
+        from .caption import load_caption_pipeline
+
+        captioner = load_caption_pipeline(argparse.Namespace(**{**vars(args), "lora": []}))
+        if captioner.matcher is None:
+            raise UsageError(f"--itm needs a captioner with a matcher; {args.model or 'the default'} has none")
+        scores = captioner.match([image], args.texts).tolist()
+    else:
+        scores = clip_similarity(*load_clip_parts(args), [image], args.texts)[0].tolist()
     if args.json:
         print(json.dumps({"image": args.image, "scores": dict(zip(args.texts, scores))}))
     else:

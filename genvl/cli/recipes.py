@@ -13,6 +13,7 @@ TRAIN = {
     "decoder": "train_decoder",
     "judge": "train_judge",
     "vqa": "train_vqa",
+    "matching": "train_matching",
 }
 EXPORT = {
     "captioner": "export_captioner",

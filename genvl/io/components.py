@@ -31,6 +31,7 @@ LIBRARIES = ("transformers", "diffusers")
 NAMED_COMPONENTS = {
     ("genvl.models.unclip", "UnclipConditioner"): "genvl.models.unclip",
     ("genvl.models.safety", "SafetyChecker"): "genvl.models.safety",
+    ("genvl.models.matching", "MatchingHead"): "genvl.models.matching",
     ("unclip", "UnCLIPTextProjModel"): "diffusers.pipelines.deprecated.unclip.text_proj",
 }
 

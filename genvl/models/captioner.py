@@ -161,3 +161,17 @@ def build_image_processor(arch: CaptionerArchitecture):
         image_mean=[0.5] * 3,
         image_std=[0.5] * 3,
     )
+
+
+def tokenize_captions(tokenizer, captions, max_length: int):
+    """(decoder_input_ids, labels): BOS + tokens, tokens + EOS, padded with EOS / -100."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    inputs = torch.full((len(captions), max_length), eos, dtype=torch.long)
+    labels = torch.full((len(captions), max_length), -100, dtype=torch.long)
+    for i, caption in enumerate(captions):
+        ids = tokenizer(caption).input_ids[: max_length - 1]
+        inputs[i, 1 : len(ids) + 1] = torch.tensor(ids)
+        labels[i, : len(ids) + 1] = torch.tensor(ids + [eos])
+    return inputs, labels

@@ -125,13 +125,17 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
     question first: `pipe(images, question="how many apples?")` decodes the answer after it, with the same
     engine and settings. One pipeline rather than an answering one beside it, because nothing else differs:
     the question is a prefix the answer continues, and the answer is the caption without it.
+
+    An optional `matcher` (`genvl.models.matching.MatchingHead`) scores whether a caption describes an image
+    (`match`), and with `rerank=K` picks the best of K decoded captions.
     """
 
     lora_components = ("model",)
+    _optional_components = ["matcher"]
 
-    def __init__(self, model, tokenizer, image_processor):
+    def __init__(self, model, tokenizer, image_processor, matcher=None):
         super().__init__()
-        self.register_modules(model=model, tokenizer=tokenizer, image_processor=image_processor)
+        self.register_modules(model=model, tokenizer=tokenizer, image_processor=image_processor, matcher=matcher)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, dtype=None, torch_dtype=None, local_files_only=True):
@@ -202,6 +206,7 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         generator=None,
         return_dict: bool = True,
         output_attentions: bool = False,
+        rerank: int = 1,
         **decoding,
     ):
         """Caption `images` (a PIL image, a path, or a list of them), or answer a question about each.
@@ -213,6 +218,9 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
             output_attentions: also return each caption's words with their cross-attention maps over the image
                 (`CaptionOutput.attentions`, see `word_attention`): one more decoder pass per caption, after
                 decoding, which is untouched.
+            rerank: K > 1 decodes K captions per image (beam search over at least K beams, or K samples with
+                `do_sample=True`) and keeps the one the `matcher` scores highest; `scores` then hold its matching
+                probability.
             generator: a `torch.Generator` for sampling (or pass `seed=` for a fresh one).
             decoding: `num_beams`, `do_sample`, `temperature`, `top_k`, `top_p`, `repetition_penalty`,
                 `no_repeat_ngram_size`, `length_penalty`, `early_stopping`, `num_return_sequences`,
@@ -221,9 +229,16 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         if not isinstance(images, (list, tuple)):
             images = [images]
         if question is not None:
-            if output_attentions:
-                raise ValueError("output_attentions is for captions; it does not apply with question=")
+            if output_attentions or rerank != 1:
+                raise ValueError("output_attentions and rerank are for captions; they do not apply with question=")
             return self._answer(list(images), question, prefix, generator, return_dict, decoding)
+        if not isinstance(rerank, int) or rerank < 1:
+            raise ValueError(f"rerank must be an integer >= 1, got {rerank!r}")
+        if rerank > 1:
+            self._check_matcher()
+            if output_attentions:
+                raise ValueError("output_attentions does not apply with rerank")
+            decoding = self.rerank_decoding(decoding, rerank)
         settings = self.settings(**decoding)
         # 1. encode images, preprocessed one by one (through the embedding cache when one is set)
         pixel_values = self.preprocess(images)
@@ -236,6 +251,9 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
             [self.tokenizer.decode(prefix_ids + seq, skip_special_tokens=True).strip() for seq in seqs]
             for seqs in result.sequences
         ]
+        scores = result.scores
+        if rerank > 1:
+            captions, scores = self._keep_best(states, captions)
         attentions = None
         if output_attentions:
             attentions = [
@@ -243,8 +261,55 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
                 for i, seqs in enumerate(result.sequences)
             ]
         if not return_dict:
-            return (captions, result.scores, attentions) if output_attentions else (captions, result.scores)
-        return CaptionOutput(captions=captions, scores=result.scores, attentions=attentions)
+            return (captions, scores, attentions) if output_attentions else (captions, scores)
+        return CaptionOutput(captions=captions, scores=scores, attentions=attentions)
+
+    def rerank_decoding(self, decoding: dict, rerank: int) -> dict:
+        """`decoding` set to give `rerank` captions per image: as many samples when it samples, else beam search
+        over at least that many beams."""
+        if decoding.get("num_return_sequences", 1) != 1:
+            raise ValueError("rerank keeps one caption per image: do not ask for num_return_sequences")
+        decoding = {**decoding, "num_return_sequences": rerank}
+        if not self.settings(**{**decoding, "num_return_sequences": 1}).do_sample:
+            decoding["num_beams"] = max(rerank, decoding.get("num_beams") or self.settings().num_beams)
+        return decoding
+
+    def _check_matcher(self):
+        if self.matcher is None:
+            raise ValueError("this captioner has no matcher (an image-text matching head): see genvl train matching")
+
+    def _match_states(self, states: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """Matching probabilities of caption i with image states `states[i]`."""
+        from ..models.matching import caption_features
+
+        return self.matcher(*caption_features(self.model, self.tokenizer, states, captions)).sigmoid().cpu()
+
+    def _keep_best(self, states: torch.Tensor, candidates: list[list[str]]):
+        """([[best caption]], [[its matching probability]]) of each image's candidate captions."""
+        rows = torch.tensor([i for i, found in enumerate(candidates) for _ in found])
+        probabilities = self._match_states(states[rows.to(states.device)], [c for found in candidates for c in found])
+        best, scores, start = [], [], 0
+        for found in candidates:
+            chunk = probabilities[start : start + len(found)]
+            start += len(found)
+            best.append([found[int(chunk.argmax())]])
+            scores.append([float(chunk.max())])
+        return best, scores
+
+    @torch.no_grad()
+    def match(self, images, captions: list[str]) -> torch.Tensor:
+        """(len(captions),) probabilities that caption i describes image i, by the `matcher`; one image is
+        matched with every caption."""
+        self._check_matcher()
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        if len(images) not in (1, len(captions)):
+            raise ValueError(f"{len(images)} images for {len(captions)} captions: give one, or one per caption")
+        pixel_values = self.preprocess(images)
+        states = self.cached_encode(self.model, list(pixel_values), self._encode_rows, self.image_processor.size)
+        return self._match_states(
+            states.expand(len(captions), -1, -1).contiguous() if len(images) == 1 else states, captions
+        )
 
     def _answer(self, images: list, question, prefix, generator, return_dict: bool, decoding: dict):
         """The answers of `images` to `question` (one, or one per image), each question's images in one call."""
