@@ -11,6 +11,10 @@ speed changes during the measurement.
 
 `--quantize int8` also times genvl with the decoder's linear layers quantized to int8 (`genvl.quantize`) against
 its own fp32 run, alternating in the same loop, and counts the captions that stay token for token the same.
+`--student DIR` times genvl on another captioner of the same images (a distilled student of `--model`, say) against
+`--model` the same way, with its size and how many of its captions are the same as the model's.
+
+    python benchmarks/caption_speed.py --model pipelines/genvl-caption-small --student runs/caption_tiny_distilled
 """
 
 import argparse
@@ -66,6 +70,9 @@ def parse_args(argv=None):
         default=None,
         help="int8: also time genvl with the decoder quantized to int8, against its fp32 run",
     )
+    parser.add_argument(
+        "--student", default=None, help="a CaptionPipeline folder: also time genvl on it against --model"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write every measured number to this JSON file")
@@ -77,6 +84,8 @@ def parse_args(argv=None):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.student is not None and args.random_vit_b16_gpt2:
+        raise ValueError("--student is timed against --model: drop --random-vit-b16-gpt2")
     return args
 
 
@@ -333,6 +342,53 @@ def compare_int8(model, pixel_values, settings, args, results: dict):
     print_table(["mode", "genvl fp32 ms", "genvl int8 ms", "int8 speed-up", "paired", "same tokens as fp32"], rows)
 
 
+def compare_student(model, pixel_values, settings, args, results: dict):
+    """genvl on the `--student` pipeline against genvl on the model, alternating on the same pixel values; adds
+    the numbers to `results` and prints them."""
+    if not Path(args.student).is_dir():
+        raise FileNotFoundError(f"--student {args.student}: no such pipeline folder")
+    student = CaptionPipeline.from_pretrained(args.student)
+    if student.model.config.encoder.image_size != model.config.encoder.image_size:
+        raise ValueError(f"--student {args.student} reads images at another size than --model")
+    params = sum(p.numel() for p in student.model.parameters()) / 1e6
+    print(f"\nstudent: {args.student} ({params:.2f}M parameters)")
+    rows = []
+    for mode, mode_settings in settings.items():
+        student_settings = student.settings(
+            num_beams=mode_settings.num_beams, max_new_tokens=mode_settings.max_new_tokens, do_sample=False
+        )
+        runs = {
+            "model": lambda _, pixels, _settings: genvl_tokens(model, pixels, mode_settings),
+            "student": lambda _, pixels, _settings: genvl_tokens(student.model.eval(), pixels, student_settings),
+        }
+        timings = time_alternating(runs, None, pixel_values, None, args.runs, args.warmup)
+        (model_ms, ours), (student_ms, theirs) = timings["model"], timings["student"]
+        same = sum(a == b for a, b in zip(ours, theirs)) / len(ours)
+        paired = statistics.median(m / s for m, s in zip(model_ms, student_ms))
+        model_median, student_median = statistics.median(model_ms), statistics.median(student_ms)
+        results[mode].update(
+            student=args.student,
+            student_parameters_m=params,
+            student_ms=student_ms,
+            student_median_ms=student_median,
+            model_median_ms_beside_student=model_median,
+            student_speedup=model_median / student_median,
+            student_paired_speedup=paired,
+            student_same_captions=same,
+        )
+        rows.append(
+            [
+                mode,
+                f"{model_median:.1f}",
+                f"{student_median:.1f}",
+                f"{model_median / student_median:.2f}x",
+                f"{paired:.2f}x",
+                f"{same:.0%}",
+            ]
+        )
+    print_table(["mode", "model ms", "student ms", "student speed-up", "paired", "same captions as the model"], rows)
+
+
 def compare_bf16(model, pixel_values, settings, args, results: dict):
     """genvl with the model in bfloat16 against its fp32 run; adds the numbers to `results` and prints them.
 
@@ -402,7 +458,10 @@ def main(argv=None):
         # 3. genvl with an int8 decoder against its own fp32 run
         if args.quantize == "int8":
             compare_int8(model, pixel_values, settings, args, report["modes"])
-        # 4. genvl in bfloat16 against its own fp32 run
+        # 4. genvl on a student captioner against the model
+        if args.student is not None:
+            compare_student(model, pixel_values, settings, args, report["modes"])
+        # 5. genvl in bfloat16 against its own fp32 run
         if args.dtype == "bf16":
             compare_bf16(model, pixel_values, settings, args, report["modes"])
 

@@ -137,11 +137,16 @@ def test_caption_speed_splits_encoding_from_decoding(tiny_pipeline_dir, tmp_path
             "0",
             "--quantize",
             "int8",
+            "--student",
+            str(tiny_pipeline_dir),
             "--json",
             str(out),
         ]
     )
     modes = json.loads(out.read_text())["modes"]
+    for mode in modes.values():  # a model as its own student: the same captions, timed in the same loop
+        assert mode["student_same_captions"] == 1.0 and len(mode["student_ms"]) == 2
+        assert mode["student_speedup"] == mode["model_median_ms_beside_student"] / mode["student_median_ms"]
     assert set(modes) == {"greedy", "beam 2"}
     for mode in modes.values():  # the int8 row: its own timings against the fp32 ones of the same loop
         assert len(mode["genvl_int8_ms"]) == 2 and 0 <= mode["int8_identical_fraction"] <= 1

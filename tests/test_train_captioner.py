@@ -187,3 +187,56 @@ def test_lora_fine_tune_saves_an_adapter(tiny_data, tmp_path):
     ):
         with pytest.raises(SystemExit):
             train_captioner.main(train_args(tiny_data, tmp_path / "bad", 2, arch_file, **bad))
+
+
+def test_distillation_loss_is_the_caption_loss_at_alpha_0_and_the_soft_targets_pull_towards_the_teacher(
+    tiny_tokenizer,
+):
+    import torch
+
+    from genvl.models.captioner import tokenize_captions
+    from genvl.training.loop import caption_loss, distillation_loss
+
+    from .conftest import get_dummy_components
+
+    student, _ = get_dummy_components(tiny_tokenizer, seed=1)
+    teacher, _ = get_dummy_components(tiny_tokenizer, seed=2)
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    inputs, labels = tokenize_captions(tiny_tokenizer, ["a red apple", "two blue cars"], 32)
+    inputs, labels = inputs[:, :8], labels[:, :8]
+    tokens = (labels != -100).sum()
+    plain = caption_loss(student, pixels, inputs, labels, tokens)
+    torch.testing.assert_close(distillation_loss(student, teacher, pixels, inputs, labels, tokens, 0.0, 2.0), plain)
+    # a student that is its own teacher has nothing to learn from the soft targets
+    halved = distillation_loss(student, student, pixels, inputs, labels, tokens, 0.5, 2.0)
+    torch.testing.assert_close(halved, plain / 2, rtol=1e-4, atol=1e-5)
+    # against another teacher the soft term is positive, and its gradient reaches the student
+    soft = distillation_loss(student, teacher, pixels, inputs, labels, tokens, 1.0, 2.0)
+    assert float(soft.detach()) > 0
+    soft.backward()
+    assert student.decoder.lm_head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_a_student_is_distilled_with_the_teachers_tokenizer(tiny_data, tiny_pipeline_dir, tmp_path):
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps({**TINY.to_dict(), "encoder_layers": 1, "decoder_layers": 1}))
+    teacher = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
+    losses = train_captioner.main(
+        train_args(tiny_data, tmp_path / "student", 3, arch_file, teacher_model_name_or_path=tiny_pipeline_dir)
+    )
+    assert len(losses) == 3
+    student = CaptionPipeline.from_pretrained(tmp_path / "student")
+    assert student.tokenizer.get_vocab() == teacher.tokenizer.get_vocab()
+    assert student.model.config.decoder.n_layer == 1
+    with pytest.raises(SystemExit):  # a usage error, exit code 2
+        train_captioner.main(
+            train_args(
+                tiny_data,
+                tmp_path / "bad",
+                1,
+                arch_file,
+                teacher_model_name_or_path=tiny_pipeline_dir,
+                pretrained_model_name_or_path=tiny_pipeline_dir,
+            )
+        )

@@ -10,6 +10,11 @@ for `CaptionPipeline.load_lora_weights`.
 
 With `--streaming` and shards as `--train_data_dir`, samples stream through the run (`genvl.training.stream`)
 instead of being decoded into memory first: the run's memory stays the same whatever the size of the data.
+
+With `--teacher_model_name_or_path` (a captioner's pipeline folder), a fresh model of `--architecture` is
+distilled from it: it takes the teacher's tokenizer, and its loss is (1 - `--distill_alpha`) times the caption
+cross-entropy plus `--distill_alpha` times the teacher's soft targets (`distillation_loss`), on the same
+(augmented) images and captions.
 """
 
 import json
@@ -20,12 +25,18 @@ import torch
 
 from genvl.io.imagefolder import load_images
 from genvl.lora import save_adapter
-from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
+from genvl.models.captioner import (
+    CaptionerArchitecture,
+    build_captioner,
+    build_image_processor,
+    tokenize_captions,
+    train_tokenizer,
+)
 from genvl.training.args import LoraTrainArgs, check_at_least, parse_args, run_script, save_architecture
 from genvl.training.augment import NEED_SCENES, augment_batch, mirrored_captions, parse_augmentations, shift_range
 from genvl.training.data import read_training_data
 from genvl.training.features import load_or_train_tokenizer
-from genvl.training.loop import caption_loss, make_accelerator, train_loop
+from genvl.training.loop import caption_loss, distillation_loss, make_accelerator, train_loop
 from genvl.training.pretrained import add_training_adapter
 from genvl.training.seeds import AUGMENTATION, step_generator
 from genvl.training.stream import open_stream, stream_captions, write_stream_summary
@@ -40,23 +51,20 @@ class TrainCaptionerArgs(LoraTrainArgs):
     architecture: str = "configs/captioner_small.json"
     vocab_size: int = 1024
     augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light
+    teacher_model_name_or_path: str | None = None  # distil a fresh model from this captioner
+    distill_alpha: float = 0.5  # the soft targets' share of the loss
+    distill_temperature: float = 2.0
 
     def __post_init__(self):
         super().__post_init__()
         check_at_least(self, 1, "vocab_size")  # a negative size overflows the tokenizer trainer
         parse_augmentations(self.augment)
-
-
-def tokenize_captions(tokenizer, captions, max_length: int):
-    """(decoder_input_ids, labels): BOS + tokens, tokens + EOS, padded with EOS / -100."""
-    eos = tokenizer.eos_token_id
-    inputs = torch.full((len(captions), max_length), eos, dtype=torch.long)
-    labels = torch.full((len(captions), max_length), -100, dtype=torch.long)
-    for i, caption in enumerate(captions):
-        ids = tokenizer(caption).input_ids[: max_length - 1]
-        inputs[i, 1 : len(ids) + 1] = torch.tensor(ids)
-        labels[i, : len(ids) + 1] = torch.tensor(ids + [eos])
-    return inputs, labels
+        if self.teacher_model_name_or_path is not None and (self.pretrained_model_name_or_path or self.adapter):
+            raise ValueError("--teacher_model_name_or_path trains a fresh model: drop --pretrained_model_name_or_path")
+        if not 0 <= self.distill_alpha <= 1:
+            raise ValueError(f"--distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        if not self.distill_temperature > 0:
+            raise ValueError(f"--distill_temperature must be > 0, got {self.distill_temperature}")
 
 
 def main(argv=None):
@@ -66,8 +74,23 @@ def main(argv=None):
     data_dir = Path(args.train_data_dir)
     records = None if args.streaming else read_training_data(accelerator, args)
 
-    # 1. tokenizer and model: fine-tune a saved captioner, or build a fresh one with its own tokenizer
-    if args.pretrained_model_name_or_path:  # a genvl pipeline folder or a flat VisionEncoderDecoder one
+    # 1. tokenizer and model: fine-tune a saved captioner, or build a fresh one with its own tokenizer (or, to
+    # distil a teacher, the teacher's)
+    teacher = None
+    if args.teacher_model_name_or_path:
+        from genvl.pipelines.caption import CaptionPipeline
+
+        teacher = CaptionPipeline.from_pretrained(args.teacher_model_name_or_path)
+        tokenizer, teacher = teacher.tokenizer, teacher.model.to(accelerator.device).eval().requires_grad_(False)
+        arch = CaptionerArchitecture.from_json(args.architecture)
+        arch.image_size = args.resolution
+        if teacher.config.encoder.image_size != arch.image_size:
+            raise ValueError(
+                f"the teacher reads {teacher.config.encoder.image_size}px images; --resolution is {arch.image_size}"
+            )
+        save_architecture(accelerator, args, arch)
+        model = build_captioner(arch, tokenizer)
+    elif args.pretrained_model_name_or_path:  # a genvl pipeline folder or a flat VisionEncoderDecoder one
         from genvl.pipelines.caption import CaptionPipeline
 
         pretrained = CaptionPipeline.from_pretrained(args.pretrained_model_name_or_path)
@@ -101,6 +124,17 @@ def main(argv=None):
         # the mean over the label tokens of every process's micro-batch: DDP averages the processes' gradients,
         # so each divides its sum by the global count / processes, and any process layout trains the same
         tokens = accelerator.reduce((labels != -100).sum(), "sum") / accelerator.num_processes
+        if teacher is not None and args.distill_alpha > 0:  # at 0, the teacher gives the tokenizer alone
+            return distillation_loss(
+                model,
+                teacher,
+                pixel_values,
+                inputs.to(device),
+                labels,
+                tokens,
+                args.distill_alpha,
+                args.distill_temperature,
+            )
         return caption_loss(model, pixel_values, inputs.to(device), labels, tokens)
 
     # 2. the data: in memory (images, tokens of the captions and, for flips, of the mirrored scenes' captions), or

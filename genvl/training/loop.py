@@ -266,6 +266,27 @@ def log_and_checkpoint(accelerator, args: TrainArgs, run: TrainingRun, losses: S
         save_checkpoint(accelerator, args.output_dir, run.step, args.checkpoints_total_limit, extra=extra, ema=run.ema)
 
 
+def distillation_loss(
+    student, teacher, pixel_values, decoder_input_ids, labels, tokens, alpha: float, temperature: float
+):
+    """(1 - alpha) x the student's `caption_loss` + alpha x the KL divergence from the teacher's next-token
+    distribution to the student's, both softened by `temperature` and scaled by its square (Hinton et al.), at
+    the label positions; summed and divided by `tokens`, as `caption_loss` is. The two share a vocabulary."""
+    import torch
+    import torch.nn.functional as F
+
+    mask = (labels != -100).long()
+    logits = student(pixel_values=pixel_values, decoder_input_ids=decoder_input_ids, decoder_attention_mask=mask).logits
+    with torch.no_grad():
+        target = teacher(pixel_values=pixel_values, decoder_input_ids=decoder_input_ids, decoder_attention_mask=mask)
+    hard = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+    soft_student = (logits.float() / temperature).log_softmax(-1)
+    soft_teacher = (target.logits.float() / temperature).log_softmax(-1)
+    divergence = (soft_teacher.exp() * (soft_teacher - soft_student)).sum(-1)
+    soft = (divergence * mask).sum() * temperature**2
+    return ((1 - alpha) * hard + alpha * soft) / tokens
+
+
 def caption_loss(model, pixel_values, decoder_input_ids, labels, tokens=None, attention_mask=None):
     """Token cross-entropy, summed and divided by `tokens` (default: this batch's label tokens, i.e. the mean).
     `attention_mask` (default: the label positions, which for a caption are BOS + its tokens) is what the decoder
