@@ -17,6 +17,7 @@ ARGS = {
     "clip": recipe("train_clip").TrainClipArgs,
     "decoder": recipe("train_decoder").TrainDecoderArgs,
     "judge": recipe("train_judge").TrainJudgeArgs,
+    "matching": recipe("train_matching").TrainMatchingArgs,
     "prior": recipe("train_prior").TrainPriorArgs,
     "text_tower": recipe("train_text_tower").TrainTextTowerArgs,
     "vqa": recipe("train_vqa").TrainVqaArgs,
