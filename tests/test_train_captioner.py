@@ -218,17 +218,27 @@ def test_distillation_loss_is_the_caption_loss_at_alpha_0_and_the_soft_targets_p
     assert all(p.grad is None for p in teacher.parameters())
 
 
-def test_a_student_is_distilled_with_the_teachers_tokenizer(tiny_data, tiny_pipeline_dir, tmp_path):
+def test_a_student_is_distilled_with_the_teachers_tokenizer(tiny_data, tiny_pipeline_dir, tmp_path, monkeypatch):
     arch_file = tmp_path / "arch.json"
     arch_file.write_text(json.dumps({**TINY.to_dict(), "encoder_layers": 1, "decoder_layers": 1}))
     teacher = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
+    run = tmp_path / "student"
+    build, saved_before_training = train_captioner.build_captioner, []
+
+    def spy(*args):  # the tokenizer must be on disk before the first step: a checkpoint exports mid-run
+        saved_before_training.append((run / "tokenizer" / "tokenizer.json").is_file())
+        return build(*args)
+
+    monkeypatch.setattr(train_captioner, "build_captioner", spy)
     losses = train_captioner.main(
-        train_args(tiny_data, tmp_path / "student", 3, arch_file, teacher_model_name_or_path=tiny_pipeline_dir)
+        train_args(tiny_data, run, 3, arch_file, teacher_model_name_or_path=tiny_pipeline_dir)
     )
-    assert len(losses) == 3
-    student = CaptionPipeline.from_pretrained(tmp_path / "student")
+    assert len(losses) == 3 and saved_before_training == [True]
+    student = CaptionPipeline.from_pretrained(run)
     assert student.tokenizer.get_vocab() == teacher.tokenizer.get_vocab()
     assert student.model.config.decoder.n_layer == 1
+    exported = CaptionPipeline.from_pretrained(export_captioner.main(["--run", str(run), "--out", str(tmp_path / "e")]))
+    assert exported.tokenizer.get_vocab() == teacher.tokenizer.get_vocab()
     with pytest.raises(SystemExit):  # a usage error, exit code 2
         train_captioner.main(
             train_args(

@@ -35,7 +35,7 @@ from genvl.models.captioner import (
 from genvl.training.args import LoraTrainArgs, check_at_least, parse_args, run_script, save_architecture
 from genvl.training.augment import NEED_SCENES, augment_batch, mirrored_captions, parse_augmentations, shift_range
 from genvl.training.data import read_training_data
-from genvl.training.features import load_or_train_tokenizer
+from genvl.training.features import load_or_train_tokenizer, save_tokenizer
 from genvl.training.loop import caption_loss, distillation_loss, make_accelerator, train_loop
 from genvl.training.pretrained import add_training_adapter
 from genvl.training.seeds import AUGMENTATION, step_generator
@@ -81,7 +81,8 @@ def main(argv=None):
         from genvl.pipelines.caption import CaptionPipeline
 
         teacher = CaptionPipeline.from_pretrained(args.teacher_model_name_or_path)
-        tokenizer, teacher = teacher.tokenizer, teacher.model.to(accelerator.device).eval().requires_grad_(False)
+        tokenizer = save_tokenizer(accelerator, output_dir, teacher.tokenizer)  # the teacher's, on disk at once
+        teacher = teacher.model.to(accelerator.device).eval().requires_grad_(False)
         arch = CaptionerArchitecture.from_json(args.architecture)
         arch.image_size = args.resolution
         if teacher.config.encoder.image_size != arch.image_size:

@@ -41,7 +41,13 @@ def load_or_train_tokenizer(accelerator, output_dir, train):
     tokenizer_dir = Path(output_dir) / "tokenizer"
     if (tokenizer_dir / "tokenizer.json").exists():
         return load_tokenizer(tokenizer_dir)
-    tokenizer = train()
+    return save_tokenizer(accelerator, output_dir, train())
+
+
+def save_tokenizer(accelerator, output_dir, tokenizer):
+    """Write `tokenizer` to `output_dir/tokenizer` before the first step, so that any checkpoint of the run can be
+    exported while it trains; returns it."""
+    tokenizer_dir = Path(output_dir) / "tokenizer"
     if accelerator.is_main_process:
         # written aside and renamed into place: a run killed while saving it still resumes
         tmp = tokenizer_dir.with_name(".tokenizer.tmp")
