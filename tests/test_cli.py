@@ -140,3 +140,20 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"genvl {__version__}"
+
+
+def test_model_takes_a_shipped_pipelines_name_where_no_such_folder_is_here(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    image = Path(__file__).resolve().parent.parent / "examples" / "images" / "a_large_orange_frog_at_the_top.png"
+    monkeypatch.chdir(tmp_path)  # a wheel's user: no pipelines/ folder in sight
+    assert main(["caption", str(image), "--quiet"]) == 0
+    default = capsys.readouterr().out
+    assert main(["caption", str(image), "--model", "genvl-caption-small", "--quiet"]) == 0
+    assert capsys.readouterr().out == default
+    # a path is only ever a path, and a name nothing ships is no folder
+    for name in ("./genvl-caption-small", "genvl-caption-none"):
+        assert main(["caption", str(image), "--model", name, "--quiet"]) != 0
+        assert f"--model {name}: no such model folder" in capsys.readouterr().err
+    (tmp_path / "genvl-caption-small").mkdir()  # a folder of that name here is the one meant
+    assert main(["caption", str(image), "--model", "genvl-caption-small", "--quiet"]) != 0

@@ -18,6 +18,7 @@ from .common import (
     load_loras,
     lora_folders,
     model_source,
+    named_folder,
     non_negative,
     plural,
     positive,
@@ -263,7 +264,7 @@ def run_caption(args) -> int:
         # an image, a shard, a model or adapter file: the inputs --output must not overwrite
         inputs = [
             *dict.fromkeys(item[0] if isinstance(item, tuple) else item for item in paths),
-            args.model or default_caption_model(),
+            named_folder(args.model or default_caption_model()),
             *lora_folders(args),
         ]
         output = check_output_file(args.output, "--output", inputs)
@@ -271,7 +272,7 @@ def run_caption(args) -> int:
     if args.attention_map:
         if len(paths) != 1 or isinstance(paths[0], tuple) or processes > 1:
             raise UsageError("--attention-map takes one image file (and one process)")
-        inputs = [paths[0], args.model or default_caption_model(), *lora_folders(args)]
+        inputs = [paths[0], named_folder(args.model or default_caption_model()), *lora_folders(args)]
         figure = check_output_file(args.attention_map, "--attention-map", [*inputs, *([output] if output else [])])
     pipeline = load_caption_pipeline(args)
     settings = checked_settings(pipeline, args)

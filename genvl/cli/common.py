@@ -131,10 +131,23 @@ def model_source(args, variable: str, default: str) -> tuple[Path, str]:
     """(the model folder a command uses, how to name it in an error): --model, else the environment variable
     `variable`, else the shipped `default`."""
     if args.model:
-        return Path(args.model), f"--model {args.model}"
+        return named_folder(args.model), f"--model {args.model}"
     if os.environ.get(variable):
-        return Path(os.environ[variable]), f"{variable}={os.environ[variable]}"
+        return named_folder(os.environ[variable]), f"{variable}={os.environ[variable]}"
     return Path(default), f"the shipped model {default}"
+
+
+def named_folder(name: str) -> Path:
+    """The folder `name` names; where there is none, a shipped pipeline of that name (`genvl-caption-tiny`), found
+    in a checkout or an installed wheel alike. A name with a path separator is only ever a path."""
+    from ..pipelines.defaults import shipped_pipeline
+
+    path = Path(name)
+    if not path.exists() and name.startswith("genvl-") and path.name == name:
+        shipped = shipped_pipeline(name)
+        if shipped.is_dir():
+            return shipped
+    return path
 
 
 def check_device(name: str) -> None:

@@ -20,6 +20,7 @@ from .common import (
     add_lora_flag,
     add_runtime_flags,
     lora_folders,
+    named_folder,
     positive,
     print_report,
     progress_bar,
@@ -219,7 +220,9 @@ def check_report_file(args, models, *inputs) -> None:
 def run_eval_caption(args) -> int:
     from ..evaluation.captioning import evaluate_captioner
 
-    check_report_file(args, [args.model or default_caption_model(), *lora_folders(args)], args.annotations)
+    check_report_file(
+        args, [named_folder(args.model or default_caption_model()), *lora_folders(args)], args.annotations
+    )
     pipeline = load_caption_pipeline(args)
     checked_settings(pipeline, args)
     progress = progress_bar(args, "batch")
@@ -242,7 +245,7 @@ def run_eval_caption(args) -> int:
 def run_eval_vqa(args) -> int:
     from ..evaluation.vqa import evaluate_vqa
 
-    check_report_file(args, [args.model or default_vqa_model()])
+    check_report_file(args, [named_folder(args.model or default_vqa_model())])
     pipeline = load_caption_pipeline(args, VQA_MODEL_VARIABLE, DEFAULT_VQA_MODEL)
     report = evaluate_vqa(
         pipeline, args.data, args.questions, args.seed, args.batch_size, args.limit, progress_bar(args, "batch")
@@ -256,7 +259,7 @@ def run_eval_vqa(args) -> int:
 def run_eval_matching(args) -> int:
     from ..evaluation.matching import evaluate_matching
 
-    check_report_file(args, [args.model or default_caption_model()])
+    check_report_file(args, [named_folder(args.model or default_caption_model())])
     pipeline = load_caption_pipeline(args)
     report = evaluate_matching(pipeline, args.data, args.limit, args.seed, args.batch_size, progress_bar(args, "batch"))
     if not args.quiet:
@@ -282,7 +285,7 @@ def matching_summary(report: dict) -> str:
 def run_eval_attention(args) -> int:
     from ..evaluation.attention import attention_localisation
 
-    check_report_file(args, [args.model or default_caption_model()])
+    check_report_file(args, [named_folder(args.model or default_caption_model())])
     pipeline = load_caption_pipeline(args)
     report = attention_localisation(pipeline, args.data, args.limit, args.batch_size, progress_bar(args, "batch"))
     if not args.quiet:
@@ -384,7 +387,7 @@ def _family_lines(families: dict) -> list[str]:
 def run_eval_retrieval(args) -> int:
     from ..evaluation.retrieval import evaluate_retrieval
 
-    check_report_file(args, [args.model or default_t2i_model()])
+    check_report_file(args, [named_folder(args.model or default_t2i_model())])
     report = evaluate_retrieval(*load_clip_parts(args), args.data, limit=args.limit, batch_size=args.batch_size)
     print_report(report, args.output)
     return 0
@@ -407,7 +410,7 @@ def run_eval_t2i(args) -> int:
             raise UsageError(f"--prompt {prompt!r}: not a prompt of the world's grammar (its objects and colours)")
     settings = stage_settings(args)
     captioner_folder = None if free else args.captioner or default_caption_model()
-    folders = [args.model or default_t2i_model(), args.judge, captioner_folder, *lora_folders(args)]
+    folders = [named_folder(args.model or default_t2i_model()), args.judge, captioner_folder, *lora_folders(args)]
     check_report_file(args, [folder for folder in folders if folder])
     pipeline = load_t2i_pipeline(args)
     pipeline.set_progress_bar_config(disable=True)
@@ -443,7 +446,7 @@ def run_eval_safety(args) -> int:
     from ..pipelines.caption import CaptionPipeline
 
     captioner_folder = args.captioner or default_caption_model()
-    check_report_file(args, [args.model or default_t2i_model(), captioner_folder])
+    check_report_file(args, [named_folder(args.model or default_t2i_model()), captioner_folder])
     args.no_safety_checker = False
     pipeline = load_t2i_pipeline(args, safety=True)
     pipeline.set_progress_bar_config(disable=True)

@@ -24,6 +24,7 @@ from .common import (
     load_loras,
     lora_folders,
     model_source,
+    named_folder,
     plural,
     positive,
     quiet_libraries,
@@ -354,7 +355,7 @@ def write_images(args, images, name: str, metadata: dict, describe=None):
     # the source image (vary), image ends (interpolate), model, prior, captioner and adapters: files a PNG must not
     # overwrite
     sources = [getattr(args, end, None) for end in ("image", "start", "end", "prior", "captioner")]
-    inputs = [*filter(None, sources), args.model or default_t2i_model(), *lora_folders(args)]
+    inputs = [*filter(None, sources), named_folder(args.model or default_t2i_model()), *lora_folders(args)]
     count, blocked = 0, {}
     for i, seed, image, flagged in images:
         own = describe(image) if describe else {}
@@ -415,7 +416,7 @@ def run_generate(args) -> int:
         "negative_prompt": args.negative or "",
         "scheduler": args.scheduler,
         "settings": settings,
-        "model": str(args.model or default_t2i_model()),
+        "model": str(named_folder(args.model or default_t2i_model())),
     }
     write_images(args, images, slug(args.prompt), metadata)
     return 0
