@@ -15,6 +15,7 @@ from genvl.io.components import load_tokenizer
 from genvl.models.captioner import NO_REPEAT_NGRAM_SIZE
 from genvl.models.judge import SceneJudge
 from genvl.pipelines.caption import CaptionPipeline
+from genvl.pipelines.defaults import shipped_pipeline
 from genvl.world import parse_caption, render_scene, scene_captions
 from genvl.world.dataset import generate_scenes
 from genvl.world.scenes import mirror_scene
@@ -22,9 +23,12 @@ from genvl.world.scenes import mirror_scene
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 
 
-def test_shipped_captioner_states_the_example_scenes():
-    assert (DEFAULT_CAPTION_MODEL / "model_index.json").is_file(), f"{DEFAULT_CAPTION_MODEL} is missing"
-    pipeline = CaptionPipeline.from_pretrained(DEFAULT_CAPTION_MODEL)
+@pytest.mark.parametrize(
+    "folder", [DEFAULT_CAPTION_MODEL, shipped_pipeline("genvl-caption-tiny")], ids=["small", "tiny"]
+)
+def test_shipped_captioner_states_the_example_scenes(folder):
+    assert (folder / "model_index.json").is_file(), f"{folder} is missing"
+    pipeline = CaptionPipeline.from_pretrained(folder)
     paths = sorted(EXAMPLES.glob("*.png"))
     assert len(paths) >= 6
     captions = pipeline(paths, num_beams=3).captions
