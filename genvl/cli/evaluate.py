@@ -409,7 +409,7 @@ def run_eval_t2i(args) -> int:
         if parse_prompt(prompt) is None:
             raise UsageError(f"--prompt {prompt!r}: not a prompt of the world's grammar (its objects and colours)")
     settings = stage_settings(args)
-    captioner_folder = None if free else args.captioner or default_caption_model()
+    captioner_folder = None if free else named_folder(args.captioner or default_caption_model())
     folders = [named_folder(args.model or default_t2i_model()), args.judge, captioner_folder, *lora_folders(args)]
     check_report_file(args, [folder for folder in folders if folder])
     pipeline = load_t2i_pipeline(args)
@@ -445,7 +445,7 @@ def run_eval_safety(args) -> int:
     from ..evaluation.safety import evaluate_safety
     from ..pipelines.caption import CaptionPipeline
 
-    captioner_folder = args.captioner or default_caption_model()
+    captioner_folder = named_folder(args.captioner or default_caption_model())
     check_report_file(args, [named_folder(args.model or default_t2i_model()), captioner_folder])
     args.no_safety_checker = False
     pipeline = load_t2i_pipeline(args, safety=True)

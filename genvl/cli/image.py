@@ -355,7 +355,11 @@ def write_images(args, images, name: str, metadata: dict, describe=None):
     # the source image (vary), image ends (interpolate), model, prior, captioner and adapters: files a PNG must not
     # overwrite
     sources = [getattr(args, end, None) for end in ("image", "start", "end", "prior", "captioner")]
-    inputs = [*filter(None, sources), named_folder(args.model or default_t2i_model()), *lora_folders(args)]
+    inputs = [
+        *map(named_folder, filter(None, sources)),
+        named_folder(args.model or default_t2i_model()),
+        *lora_folders(args),
+    ]
     count, blocked = 0, {}
     for i, seed, image, flagged in images:
         own = describe(image) if describe else {}
