@@ -47,14 +47,19 @@ def two_cpu_processes() -> list[str]:
 
 
 def run(command, **env):
-    out = subprocess.run(
-        command,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
-    )
+    for attempt in range(2):
+        out = subprocess.run(
+            command,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        )
+        # a known, unsolved abort of a two-process CPU run (about one launch in five, in the C++ runtime, not in
+        # genvl's code: "terminate called without an active exception"): launched once more, and only for it
+        if out.returncode == 0 or "terminate called without an active exception" not in out.stderr:
+            break
     assert out.returncode == 0, out.stderr[-3000:]
 
 
