@@ -47,7 +47,7 @@ def two_cpu_processes() -> list[str]:
 
 
 def run(command, **env):
-    for attempt in range(2):
+    for _ in range(2):
         out = subprocess.run(
             command,
             cwd=ROOT,

@@ -2,17 +2,20 @@
 
 import json
 import os
+from pathlib import Path
 
 from ..pipelines.defaults import shipped_pipeline
 from .caption import caption_records, find_inputs, load_caption_pipeline
-from .common import UsageError, add_runtime_flags, check_text, plural, positive, summarize
+from .common import UsageError, add_runtime_flags, check_text, named_folder, plural, positive, summarize
 
 DEFAULT_VQA_MODEL = shipped_pipeline("genvl-vqa-small")
 VQA_MODEL_VARIABLE = "GENVL_VQA_MODEL"
 
 
-def default_vqa_model() -> str:
-    return os.environ.get(VQA_MODEL_VARIABLE, str(DEFAULT_VQA_MODEL))
+def vqa_model_folder(name=None) -> Path:
+    """The question-answering captioner a command reads: `name` (its --model), else GENVL_VQA_MODEL, else the
+    shipped default; a shipped pipeline's name is its folder."""
+    return named_folder(name or os.environ.get(VQA_MODEL_VARIABLE, str(DEFAULT_VQA_MODEL)))
 
 
 def add_parser(commands) -> None:

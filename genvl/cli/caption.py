@@ -44,8 +44,10 @@ FLAG_NAMES = {
 }
 
 
-def default_caption_model() -> str:
-    return os.environ.get("GENVL_CAPTION_MODEL", str(DEFAULT_CAPTION_MODEL))
+def caption_model_folder(name=None) -> Path:
+    """The captioner a command reads: `name` (its --model or --captioner), else GENVL_CAPTION_MODEL, else the shipped
+    default; a shipped pipeline's name is its folder."""
+    return named_folder(name or os.environ.get("GENVL_CAPTION_MODEL", str(DEFAULT_CAPTION_MODEL)))
 
 
 def add_parser(commands) -> None:
@@ -264,7 +266,7 @@ def run_caption(args) -> int:
         # an image, a shard, a model or adapter file: the inputs --output must not overwrite
         inputs = [
             *dict.fromkeys(item[0] if isinstance(item, tuple) else item for item in paths),
-            named_folder(args.model or default_caption_model()),
+            caption_model_folder(args.model),
             *lora_folders(args),
         ]
         output = check_output_file(args.output, "--output", inputs)
@@ -272,7 +274,7 @@ def run_caption(args) -> int:
     if args.attention_map:
         if len(paths) != 1 or isinstance(paths[0], tuple) or processes > 1:
             raise UsageError("--attention-map takes one image file (and one process)")
-        inputs = [paths[0], named_folder(args.model or default_caption_model()), *lora_folders(args)]
+        inputs = [paths[0], caption_model_folder(args.model), *lora_folders(args)]
         figure = check_output_file(args.attention_map, "--attention-map", [*inputs, *([output] if output else [])])
     pipeline = load_caption_pipeline(args)
     settings = checked_settings(pipeline, args)

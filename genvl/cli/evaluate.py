@@ -7,12 +7,12 @@ from itertools import chain
 from pathlib import Path
 
 from ..io.outputs import check_output_file
-from .ask import DEFAULT_VQA_MODEL, VQA_MODEL_VARIABLE, default_vqa_model
+from .ask import DEFAULT_VQA_MODEL, VQA_MODEL_VARIABLE, vqa_model_folder
 from .caption import (
     add_decoding_flags,
+    caption_model_folder,
     checked_settings,
     decoding_overrides,
-    default_caption_model,
     load_caption_pipeline,
 )
 from .common import (
@@ -20,7 +20,6 @@ from .common import (
     add_lora_flag,
     add_runtime_flags,
     lora_folders,
-    named_folder,
     positive,
     print_report,
     progress_bar,
@@ -31,10 +30,10 @@ from .image import (
     DEFAULT_JUDGE,
     add_sampling_flags,
     add_t2i_runtime_flags,
-    default_t2i_model,
     load_clip_parts,
     load_t2i_pipeline,
     stage_settings,
+    t2i_model_folder,
 )
 
 
@@ -220,9 +219,7 @@ def check_report_file(args, models, *inputs) -> None:
 def run_eval_caption(args) -> int:
     from ..evaluation.captioning import evaluate_captioner
 
-    check_report_file(
-        args, [named_folder(args.model or default_caption_model()), *lora_folders(args)], args.annotations
-    )
+    check_report_file(args, [caption_model_folder(args.model), *lora_folders(args)], args.annotations)
     pipeline = load_caption_pipeline(args)
     checked_settings(pipeline, args)
     progress = progress_bar(args, "batch")
@@ -245,7 +242,7 @@ def run_eval_caption(args) -> int:
 def run_eval_vqa(args) -> int:
     from ..evaluation.vqa import evaluate_vqa
 
-    check_report_file(args, [named_folder(args.model or default_vqa_model())])
+    check_report_file(args, [vqa_model_folder(args.model)])
     pipeline = load_caption_pipeline(args, VQA_MODEL_VARIABLE, DEFAULT_VQA_MODEL)
     report = evaluate_vqa(
         pipeline, args.data, args.questions, args.seed, args.batch_size, args.limit, progress_bar(args, "batch")
@@ -259,7 +256,7 @@ def run_eval_vqa(args) -> int:
 def run_eval_matching(args) -> int:
     from ..evaluation.matching import evaluate_matching
 
-    check_report_file(args, [named_folder(args.model or default_caption_model())])
+    check_report_file(args, [caption_model_folder(args.model)])
     pipeline = load_caption_pipeline(args)
     report = evaluate_matching(pipeline, args.data, args.limit, args.seed, args.batch_size, progress_bar(args, "batch"))
     if not args.quiet:
@@ -285,7 +282,7 @@ def matching_summary(report: dict) -> str:
 def run_eval_attention(args) -> int:
     from ..evaluation.attention import attention_localisation
 
-    check_report_file(args, [named_folder(args.model or default_caption_model())])
+    check_report_file(args, [caption_model_folder(args.model)])
     pipeline = load_caption_pipeline(args)
     report = attention_localisation(pipeline, args.data, args.limit, args.batch_size, progress_bar(args, "batch"))
     if not args.quiet:
@@ -387,7 +384,7 @@ def _family_lines(families: dict) -> list[str]:
 def run_eval_retrieval(args) -> int:
     from ..evaluation.retrieval import evaluate_retrieval
 
-    check_report_file(args, [named_folder(args.model or default_t2i_model())])
+    check_report_file(args, [t2i_model_folder(args.model)])
     report = evaluate_retrieval(*load_clip_parts(args), args.data, limit=args.limit, batch_size=args.batch_size)
     print_report(report, args.output)
     return 0
@@ -409,8 +406,8 @@ def run_eval_t2i(args) -> int:
         if parse_prompt(prompt) is None:
             raise UsageError(f"--prompt {prompt!r}: not a prompt of the world's grammar (its objects and colours)")
     settings = stage_settings(args)
-    captioner_folder = None if free else named_folder(args.captioner or default_caption_model())
-    folders = [named_folder(args.model or default_t2i_model()), args.judge, captioner_folder, *lora_folders(args)]
+    captioner_folder = None if free else caption_model_folder(args.captioner)
+    folders = [t2i_model_folder(args.model), args.judge, captioner_folder, *lora_folders(args)]
     check_report_file(args, [folder for folder in folders if folder])
     pipeline = load_t2i_pipeline(args)
     pipeline.set_progress_bar_config(disable=True)
@@ -445,8 +442,8 @@ def run_eval_safety(args) -> int:
     from ..evaluation.safety import evaluate_safety
     from ..pipelines.caption import CaptionPipeline
 
-    captioner_folder = named_folder(args.captioner or default_caption_model())
-    check_report_file(args, [named_folder(args.model or default_t2i_model()), captioner_folder])
+    captioner_folder = caption_model_folder(args.captioner)
+    check_report_file(args, [t2i_model_folder(args.model), captioner_folder])
     args.no_safety_checker = False
     pipeline = load_t2i_pipeline(args, safety=True)
     pipeline.set_progress_bar_config(disable=True)

@@ -56,8 +56,10 @@ IMAGE_SIDE = checked_type(int, lambda side: 8 <= side <= 2048, "an integer in [8
 MAX_PUBLISHED_IMAGES = 16
 
 
-def default_t2i_model() -> str:
-    return os.environ.get("GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))
+def t2i_model_folder(name=None) -> Path:
+    """The text-to-image pipeline a command reads: `name` (its --model), else GENVL_T2I_MODEL, else the shipped
+    default; a shipped pipeline's name is its folder."""
+    return named_folder(name or os.environ.get("GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL)))
 
 
 # ---- flags ---------------------------------------------------------------------------------------------------
@@ -357,7 +359,7 @@ def write_images(args, images, name: str, metadata: dict, describe=None):
     sources = [getattr(args, end, None) for end in ("image", "start", "end", "prior", "captioner")]
     inputs = [
         *map(named_folder, filter(None, sources)),
-        named_folder(args.model or default_t2i_model()),
+        t2i_model_folder(args.model),
         *lora_folders(args),
     ]
     count, blocked = 0, {}
@@ -420,7 +422,7 @@ def run_generate(args) -> int:
         "negative_prompt": args.negative or "",
         "scheduler": args.scheduler,
         "settings": settings,
-        "model": str(named_folder(args.model or default_t2i_model())),
+        "model": str(t2i_model_folder(args.model)),
     }
     write_images(args, images, slug(args.prompt), metadata)
     return 0
@@ -444,7 +446,7 @@ def published_model(args) -> tuple:
 def published_what(args, layout: str) -> str:
     from ..pipelines.published import PUBLISHED
 
-    return f"--model {args.model or default_t2i_model()} is {PUBLISHED[layout]} folder"
+    return f"--model {t2i_model_folder(args.model)} is {PUBLISHED[layout]} folder"
 
 
 def published_stages(args) -> tuple[dict, dict]:
