@@ -167,6 +167,133 @@ def test_recipe_trains_and_the_cli_asks_and_scores(vqa_run, capsys, tmp_path):
         evaluate_vqa(pipe, tmp_path / "plain", 10)
 
 
+def test_template_words_drop_and_slot_words_stay():
+    drop = train_vqa.drop_template_words
+    relation = {"relation": "to the left of", "name": "apple"}
+    assert (
+        drop("What is to the left of the apple?", relation, 0.0, random.Random(0))
+        == "what is to the left of the apple?"
+    )
+    assert drop("How many apples are there?", {"plural": "apples"}, 0.999, random.Random(0)) == "apples?"
+    assert (
+        drop("What is the biggest object?", {}, 0.999, random.Random(0)) == "what is the biggest object?"
+    )  # never empty
+    halves = {
+        drop("is there a red apple in the picture?", {"a_name": "a red apple"}, 0.5, random.Random(i))
+        for i in range(40)
+    }
+    assert len(halves) > 5 and all("a red apple" in q and q.endswith("?") for q in halves)
+    assert drop("is there a cat?", {"a_name": "a cat"}, 0.5, random.Random(3)) == drop(
+        "is there a cat?", {"a_name": "a cat"}, 0.5, random.Random(3)
+    )
+    with pytest.raises(ValueError, match="--question_dropout must be in"):
+        train_vqa.TrainVqaArgs(train_data_dir="x", question_dropout=1.0)
+
+
+@pytest.fixture(scope="module")
+def judge_eyed_run(tmp_path_factory, vqa_run):
+    from genvl.models.judge import SceneJudge
+
+    root, data, _ = vqa_run
+    out = tmp_path_factory.mktemp("judge_eyed")
+    names = sorted(
+        {
+            o["name"]
+            for line in (data / "metadata.jsonl").read_text().splitlines()
+            for o in json.loads(line)["scene"]["objects"]
+        }
+    )
+    judge = SceneJudge(object_names=names, colour_names=["red"], channels=(8, 8, 16), image_size=32)
+    judge.save_pretrained(out / "judge")
+    flags = [
+        "--train_data_dir",
+        str(data),
+        "--train_batch_size",
+        "8",
+        "--max_train_steps",
+        "4",
+        "--lr_warmup_steps",
+        "1",
+    ]
+    flags += [
+        "--checkpointing_steps",
+        "4",
+        "--learning_rate",
+        "3e-3",
+        "--resolution",
+        "32",
+        "--question_dropout",
+        "0.3",
+    ]
+    flags += ["--pretrained_model_name_or_path", str(root / "run"), "--encoder_from_judge", str(out / "judge")]
+    losses = train_vqa.main([*flags, "--freeze_encoder", "--output_dir", str(out / "run")])
+    return out, data, judge, losses
+
+
+def test_a_judge_eyed_model_reads_with_the_judges_frozen_body_and_answers(judge_eyed_run, vqa_run):
+    from genvl.models.grid_encoder import GridEncoder
+
+    out, data, judge, losses = judge_eyed_run
+    assert len(losses) == 4
+    pipe = CaptionPipeline.from_pretrained(out / "run")
+    encoder = pipe.model.encoder
+    assert isinstance(encoder, GridEncoder) and encoder.config.channels == [8, 8, 16]
+    for key, value in judge.body.state_dict().items():  # frozen: the judge's body, as it was
+        assert torch.equal(encoder.body.state_dict()[key], value), key
+    started = CaptionPipeline.from_pretrained(vqa_run[0] / "run").model.decoder.state_dict()
+    assert any(not torch.equal(value, started[key]) for key, value in pipe.model.decoder.state_dict().items())
+    assert pipe.model.enc_to_dec_proj.in_features == 16  # the judge's width into the decoder's
+    image = data / json.loads((data / "metadata.jsonl").read_text().splitlines()[0])["file_name"]
+    answer = pipe([Image.open(image)], question="how many apples?").captions[0][0]
+    assert isinstance(answer, str) and "?" not in answer
+    states = encoder(pixel_values=torch.zeros(2, 3, 32, 32)).last_hidden_state
+    assert states.shape == (2, 16, 16)  # a 4x4 grid of cells, 16 wide
+    with pytest.raises(ValueError, match="reads 32x32 images"):
+        encoder(pixel_values=torch.zeros(1, 3, 64, 64))
+
+
+def test_a_grid_encoder_folder_describing_more_than_its_weights_is_refused(judge_eyed_run, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(judge_eyed_run[0] / "run", tmp_path / "run")
+    config = json.loads((folder / "model" / "config.json").read_text())
+    config["encoder"]["channels"] = [8, 8, 4096]  # a body of 300M weights, over safetensors of a few thousand
+    (folder / "model" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="config.json describes .* weights but the safetensors hold only"):
+        CaptionPipeline.from_pretrained(folder)
+    config["encoder"]["channels"] = [8, 8]
+    (folder / "model" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="could not load the model .*three channel widths"):
+        CaptionPipeline.from_pretrained(folder)
+
+
+def test_a_judge_of_another_size_is_refused(judge_eyed_run, vqa_run, tmp_path):
+    from genvl.models.judge import SceneJudge
+
+    out, data, _, _ = judge_eyed_run
+    SceneJudge(object_names=["apple"], colour_names=["red"], channels=(8, 8, 16), image_size=64).save_pretrained(
+        tmp_path / "judge64"
+    )
+    flags = [
+        "--train_data_dir",
+        str(data),
+        "--max_train_steps",
+        "1",
+        "--resolution",
+        "32",
+        "--output_dir",
+        str(tmp_path / "r"),
+    ]
+    flags += [
+        "--pretrained_model_name_or_path",
+        str(vqa_run[0] / "run"),
+        "--encoder_from_judge",
+        str(tmp_path / "judge64"),
+    ]
+    with pytest.raises(ValueError, match="the judge reads 64px images, the model 32px"):
+        train_vqa.main(flags)
+
+
 def test_answers_are_scored_by_exact_match_after_normalising():
     from genvl.evaluation.vqa import normalise_answer
 

@@ -36,6 +36,21 @@ def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequent
     )
 
 
+def grid_body(channels) -> nn.Sequential:
+    """The judge's convolutional body: (B, 3, H, W) -> (B, channels[-1], H/8, W/8), three stages of `channels`,
+    each halving the grid. The captioner's grid encoder (`genvl.models.grid_encoder`) has the same one."""
+    c1, c2, c3 = channels
+    return nn.Sequential(
+        _conv(3, c1, stride=2),
+        _conv(c1, c1),
+        _conv(c1, c2, stride=2),
+        _conv(c2, c2),
+        _conv(c2, c3, stride=2),
+        _conv(c3, c3),
+        _conv(c3, c3, dilation=2),
+    )
+
+
 ORIGINAL = "original"  # the colour class of objects in OpenMoji's original colours (colour None in a scene graph)
 SIZE_SUPPRESSION = 0.45  # of a kept detection's size: the radius within which it suppresses others
 REFERENCE_SIZE = 32.0  # predicted sizes are log(size / REFERENCE_SIZE)
@@ -71,17 +86,8 @@ class SceneJudge(ModelMixin, ConfigMixin):
         predict_size: bool = False,
     ):
         super().__init__()
-        c1, c2, c3 = channels
-        self.body = nn.Sequential(
-            _conv(3, c1, stride=2),
-            _conv(c1, c1),
-            _conv(c1, c2, stride=2),
-            _conv(c2, c2),
-            _conv(c2, c3, stride=2),
-            _conv(c3, c3),
-            _conv(c3, c3, dilation=2),
-        )
-        self.head = nn.Conv2d(c3, 1 + len(object_names) + len(colour_names) + 2 + int(predict_size), 1)
+        self.body = grid_body(channels)
+        self.head = nn.Conv2d(channels[-1], 1 + len(object_names) + len(colour_names) + 2 + int(predict_size), 1)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):

@@ -16,6 +16,7 @@ from ..io.components import check_tokenizer, load_image_processor, load_tokenize
 from ..io.folders import check_model_folder, load_transformers_model
 from ..io.images import preprocess_each
 from ..lora import LoraMixin
+from ..models import grid_encoder  # noqa: F401 (registers the grid encoder, so that folders holding one load)
 
 
 @dataclass

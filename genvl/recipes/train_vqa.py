@@ -42,13 +42,50 @@ class TrainVqaArgs(TrainArgs):
     output_dir: str = "runs/vqa"
     architecture: str = "configs/captioner_small.json"
     pretrained_model_name_or_path: str | None = None
+    # a judge folder (genvl-judge-small): the encoder becomes a grid encoder holding its body, and the decoder and
+    # tokenizer come from --pretrained_model_name_or_path (or are fresh)
+    encoder_from_judge: str | None = None
+    freeze_encoder: bool = False  # train the decoder (and the grid encoder's cell embeddings) only
+    # each word of a training question that the template put there (not an object's name, plural or relation)
+    # is dropped with this probability, so that the answer must come from what is asked about, not the template
+    question_dropout: float = 0.0
     vocab_size: int = 1024
     augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light
 
     def __post_init__(self):
         super().__post_init__()
         check_at_least(self, 1, "vocab_size")
+        if not 0.0 <= self.question_dropout < 1.0:
+            raise ValueError(f"--question_dropout must be in [0, 1), got {self.question_dropout}")
         parse_augmentations(self.augment)
+
+
+def drop_template_words(question: str, slots: dict, rate: float, rng: random.Random) -> str:
+    """`question` (as `question_prefix` gives it) with each word not put there by a slot dropped with probability
+    `rate`; the slots' words always stay, and so does the question mark."""
+    protected = {word for value in slots.values() for word in value.split()}
+    words = question_prefix(question)[:-1].split()
+    kept = [word for word in words if word in protected or rng.random() >= rate]
+    return " ".join(kept) + "?" if kept else question_prefix(question)
+
+
+def judge_eyed_model(judge_folder, model):
+    """`model` (a captioner) with its encoder replaced by a grid encoder holding the judge's body; the decoder,
+    its settings and its generation config stay, and `enc_to_dec_proj` maps the judge's width to the decoder's."""
+    from transformers import VisionEncoderDecoderModel
+
+    from genvl.models.grid_encoder import GridEncoder
+    from genvl.models.judge import SceneJudge
+
+    judge = SceneJudge.from_pretrained(judge_folder)
+    size = model.config.encoder.image_size
+    if judge.config.image_size != size:
+        raise ValueError(f"{judge_folder}: the judge reads {judge.config.image_size}px images, the model {size}px")
+    eyed = VisionEncoderDecoderModel(encoder=GridEncoder.from_judge(judge), decoder=model.decoder)
+    for key in ("decoder_start_token_id", "pad_token_id", "eos_token_id", "tie_word_embeddings"):
+        setattr(eyed.config, key, getattr(model.config, key))
+    eyed.generation_config = model.generation_config
+    return eyed
 
 
 def question_tokens(tokenizer, questions, answers, max_length: int, start_id: int):
@@ -81,7 +118,8 @@ def main(argv=None):
     if not all(isinstance(r.get("scene"), dict) for r in records):
         raise ValueError(f"{args.train_data_dir}: every record needs a scene graph to ask questions of")
 
-    # 1. the model: a captioner to start from, or a fresh one with a tokenizer of the captions and questions
+    # 1. the model: a captioner to start from, or a fresh one with a tokenizer of the captions and questions; with
+    # --encoder_from_judge, its encoder is the judge's body
     if args.pretrained_model_name_or_path:
         pretrained = CaptionPipeline.from_pretrained(args.pretrained_model_name_or_path)
         model, tokenizer, image_processor = pretrained.model, pretrained.tokenizer, pretrained.image_processor
@@ -94,6 +132,12 @@ def main(argv=None):
         tokenizer = load_or_train_tokenizer(accelerator, output_dir, lambda: train_tokenizer(texts, args.vocab_size))
         model = build_captioner(arch, tokenizer)
         image_processor = build_image_processor(arch)
+    if args.encoder_from_judge:
+        model = judge_eyed_model(args.encoder_from_judge, model)
+    if args.freeze_encoder:
+        model.encoder.requires_grad_(False)
+        if hasattr(model.encoder, "position"):
+            model.encoder.position.requires_grad_(True)
     max_length = model.config.decoder.max_position_embeddings
     start_id = model.config.decoder_start_token_id
     kinds = parse_augmentations(args.augment)
@@ -116,6 +160,10 @@ def main(argv=None):
         for index, mirrored in zip(batch.tolist(), flipped.tolist()):
             scene = mirror_scene(scenes[index]) if mirrored else scenes[index]
             asked.append(ask(scene, random.Random(f"{args.seed}/{step}/{index}")))
+        if args.question_dropout:
+            rng = random.Random(f"{args.seed}/{step}/dropout")
+            for q in asked:
+                q["question"] = drop_template_words(q["question"], q["slots"], args.question_dropout, rng)
         questions, answers = [q["question"] for q in asked], [q["answer"] for q in asked]
         inputs, labels, mask = question_tokens(tokenizer, questions, answers, max_length, start_id)
         longest = int(mask.sum(1).max())  # no step spends work on padding past the longest
@@ -124,7 +172,8 @@ def main(argv=None):
         tokens = accelerator.reduce((labels != -100).sum(), "sum") / accelerator.num_processes
         return caption_loss(model, pixel_values, inputs, labels, tokens, mask)
 
-    losses = train_loop(accelerator, args, model, list(model.parameters()), len(records), compute_loss)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    losses = train_loop(accelerator, args, model, trained, len(records), compute_loss)
 
     # 3. save the pipeline (EMA weights when EMA is on), decoding answers greedily: a few tokens, and no n-gram
     # rule, whose n-grams would span the question

@@ -81,7 +81,8 @@ def answerable(scene: dict) -> dict:
 
 
 def ask(scene: dict, rng: random.Random, family: str = "seen", kind: str | None = None) -> dict | None:
-    """One question about `scene`: {"kind", "question", "answer", "family"}, of `kind` (default: a kind drawn
+    """One question about `scene`: {"kind", "question", "answer", "family", "slots"} (the words put into the
+    template), of `kind` (default: a kind drawn
     evenly from those the scene answers), in a phrasing drawn from `family` ("seen" or "held_out"); None if the
     scene cannot answer a question of `kind`."""
     found = answerable(scene)
@@ -102,7 +103,7 @@ def ask(scene: dict, rng: random.Random, family: str = "seen", kind: str | None 
     else:
         slots, answer = rng.choice(found[kind])
     template = rng.choice(FAMILIES[family][kind])
-    return {"kind": kind, "question": template.format(**slots), "answer": answer, "family": family}
+    return {"kind": kind, "question": template.format(**slots), "answer": answer, "family": family, "slots": slots}
 
 
 def question_set(records: list[dict], count: int, seed: int) -> list[dict]:
