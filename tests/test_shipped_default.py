@@ -36,6 +36,28 @@ def test_shipped_captioner_states_the_example_scenes(folder):
     assert sum(right) >= len(paths) - 1, list(zip([p.name for p in paths], captions))
 
 
+# questions whose answers the example images' names state
+EXAMPLE_QUESTIONS = [
+    ("three_green_butterflies", "how many butterflies are there?", "three"),
+    ("three_green_butterflies", "is there a frog?", "no"),
+    ("a_large_orange_frog_at_the_top", "is there a frog?", "yes"),
+    ("a_large_orange_frog_at_the_top", "what colour is the frog?", "orange"),
+    ("an_orange_car_to_the_left_of_a_blue_cherry", "what colour is the cherry?", "blue"),
+    ("an_orange_car_to_the_left_of_a_blue_cherry", "what is to the left of the cherry?", "car"),
+    ("an_orange_rabbit_above_a_red_horse", "what is above the horse?", "rabbit"),
+    ("an_orange_rabbit_above_a_red_horse", "how many horses are there?", "one"),
+    ("a_large_pink_ball_in_the_centre", "what colour is the ball?", "pink"),
+]
+
+
+def test_shipped_vqa_model_answers_what_the_example_images_show():
+    pipeline = CaptionPipeline.from_pretrained(shipped_pipeline("genvl-vqa-small"))
+    images = [EXAMPLES / f"{name}.png" for name, _, _ in EXAMPLE_QUESTIONS]
+    answers = pipeline(images, question=[question for _, question, _ in EXAMPLE_QUESTIONS]).captions
+    said = [(question, found[0], answer) for (_, question, answer), found in zip(EXAMPLE_QUESTIONS, answers)]
+    assert sum(found == answer for _, found, answer in said) >= len(said) - 1, said
+
+
 def test_shipped_captioner_samples_the_same_captions_whatever_the_batch_size():
     """Each image samples with its own generator seeded S + i: the texts do not depend on the batch (the scores
     may, by float rounding: the batch changes the matrix kernels' shapes)."""

@@ -8,7 +8,9 @@ colour, count, relation, existence, biggest object) in a training phrasing only;
 for `genvl eval vqa`. The decoder reads BOS, the question (`question_prefix`: lower case, ending in "?") and the
 answer, and the loss is the answer's tokens and EOS alone. `--pretrained_model_name_or_path` starts from a
 captioner (a pipeline folder), whose encoder already sees the world's objects and whose tokenizer is kept;
-without it a fresh model and tokenizer are trained. With `--augment flip`, a mirrored image is asked about its
+without it a fresh model and tokenizer are trained. `--encoder_from_judge` puts a judge's convolutional body in
+the encoder's place (`genvl.models.grid_encoder`), `--freeze_encoder` keeps it as it is, and `--question_dropout`
+drops template words from the training questions. With `--augment flip`, a mirrored image is asked about its
 mirrored scene, so that left and right stay true. Ends with `CaptionPipeline.save_pretrained(output_dir)`:
 `CaptionPipeline(images, question=...)` and `genvl ask` answer with it.
 """
