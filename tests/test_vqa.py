@@ -170,14 +170,11 @@ def test_recipe_trains_and_the_cli_asks_and_scores(vqa_run, capsys, tmp_path):
 def test_template_words_drop_and_slot_words_stay():
     drop = train_vqa.drop_template_words
     relation = {"relation": "to the left of", "name": "apple"}
-    assert (
-        drop("What is to the left of the apple?", relation, 0.0, random.Random(0))
-        == "what is to the left of the apple?"
-    )
+    kept = drop("What is to the left of the apple?", relation, 0.0, random.Random(0))
+    assert kept == "what is to the left of the apple?"
     assert drop("How many apples are there?", {"plural": "apples"}, 0.999, random.Random(0)) == "apples?"
-    assert (
-        drop("What is the biggest object?", {}, 0.999, random.Random(0)) == "what is the biggest object?"
-    )  # never empty
+    # a question whose every word would go is kept whole
+    assert drop("What is the biggest object?", {}, 0.999, random.Random(0)) == "what is the biggest object?"
     halves = {
         drop("is there a red apple in the picture?", {"a_name": "a red apple"}, 0.5, random.Random(i))
         for i in range(40)
@@ -196,35 +193,13 @@ def judge_eyed_run(tmp_path_factory, vqa_run):
 
     root, data, _ = vqa_run
     out = tmp_path_factory.mktemp("judge_eyed")
-    names = sorted(
-        {
-            o["name"]
-            for line in (data / "metadata.jsonl").read_text().splitlines()
-            for o in json.loads(line)["scene"]["objects"]
-        }
-    )
+    lines = (data / "metadata.jsonl").read_text().splitlines()
+    names = sorted({thing["name"] for line in lines for thing in json.loads(line)["scene"]["objects"]})
     judge = SceneJudge(object_names=names, colour_names=["red"], channels=(8, 8, 16), image_size=32)
     judge.save_pretrained(out / "judge")
-    flags = [
-        "--train_data_dir",
-        str(data),
-        "--train_batch_size",
-        "8",
-        "--max_train_steps",
-        "4",
-        "--lr_warmup_steps",
-        "1",
-    ]
-    flags += [
-        "--checkpointing_steps",
-        "4",
-        "--learning_rate",
-        "3e-3",
-        "--resolution",
-        "32",
-        "--question_dropout",
-        "0.3",
-    ]
+    flags = ["--train_data_dir", str(data), "--train_batch_size", "8", "--resolution", "32"]
+    flags += ["--max_train_steps", "4", "--lr_warmup_steps", "1", "--checkpointing_steps", "4"]
+    flags += ["--learning_rate", "3e-3", "--question_dropout", "0.3"]
     flags += ["--pretrained_model_name_or_path", str(root / "run"), "--encoder_from_judge", str(out / "judge")]
     losses = train_vqa.main([*flags, "--freeze_encoder", "--output_dir", str(out / "run")])
     return out, data, judge, losses
@@ -271,25 +246,11 @@ def test_a_judge_of_another_size_is_refused(judge_eyed_run, vqa_run, tmp_path):
     from genvl.models.judge import SceneJudge
 
     out, data, _, _ = judge_eyed_run
-    SceneJudge(object_names=["apple"], colour_names=["red"], channels=(8, 8, 16), image_size=64).save_pretrained(
-        tmp_path / "judge64"
-    )
-    flags = [
-        "--train_data_dir",
-        str(data),
-        "--max_train_steps",
-        "1",
-        "--resolution",
-        "32",
-        "--output_dir",
-        str(tmp_path / "r"),
-    ]
-    flags += [
-        "--pretrained_model_name_or_path",
-        str(vqa_run[0] / "run"),
-        "--encoder_from_judge",
-        str(tmp_path / "judge64"),
-    ]
+    judge = SceneJudge(object_names=["apple"], colour_names=["red"], channels=(8, 8, 16), image_size=64)
+    judge.save_pretrained(tmp_path / "judge64")
+    flags = ["--train_data_dir", str(data), "--max_train_steps", "1", "--resolution", "32"]
+    flags += ["--output_dir", str(tmp_path / "r"), "--pretrained_model_name_or_path", str(vqa_run[0] / "run")]
+    flags += ["--encoder_from_judge", str(tmp_path / "judge64")]
     with pytest.raises(ValueError, match="the judge reads 64px images, the model 32px"):
         train_vqa.main(flags)
 
