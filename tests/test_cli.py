@@ -157,3 +157,26 @@ def test_model_takes_a_shipped_pipelines_name_where_no_such_folder_is_here(tmp_p
         assert f"--model {name}: no such model folder" in capsys.readouterr().err
     (tmp_path / "genvl-caption-small").mkdir()  # a folder of that name here is the one meant
     assert main(["caption", str(image), "--model", "genvl-caption-small", "--quiet"]) != 0
+
+
+def test_the_checked_model_folder_is_the_one_loaded(monkeypatch):
+    """The folder an output must spare and the folder loaded come from one resolution (--model, the variable,
+    the default): an empty variable counts as unset for both."""
+    from pathlib import Path
+
+    from genvl.cli.ask import DEFAULT_VQA_MODEL, VQA_MODEL_VARIABLE, vqa_model_folder
+    from genvl.cli.caption import DEFAULT_CAPTION_MODEL, caption_model_folder
+    from genvl.cli.common import model_source
+    from genvl.cli.image import DEFAULT_T2I_MODEL, t2i_model_folder
+
+    cases = [
+        (caption_model_folder, "GENVL_CAPTION_MODEL", DEFAULT_CAPTION_MODEL),
+        (t2i_model_folder, "GENVL_T2I_MODEL", DEFAULT_T2I_MODEL),
+        (vqa_model_folder, VQA_MODEL_VARIABLE, DEFAULT_VQA_MODEL),
+    ]
+    for folder, variable, default in cases:
+        for value in ("", "elsewhere/model"):
+            monkeypatch.setenv(variable, value)
+            loaded = model_source(None, variable, str(default))[0]
+            assert folder() == loaded == (Path(value) if value else Path(default))
+        assert folder("genvl-caption-tiny").name == "genvl-caption-tiny"

@@ -1,12 +1,11 @@
 """`genvl ask`: answer a question about images with a question-answering captioner."""
 
 import json
-import os
 from pathlib import Path
 
 from ..pipelines.defaults import shipped_pipeline
 from .caption import caption_records, find_inputs, load_caption_pipeline
-from .common import UsageError, add_runtime_flags, check_text, named_folder, plural, positive, summarize
+from .common import UsageError, add_runtime_flags, check_text, model_source, plural, positive, summarize
 
 DEFAULT_VQA_MODEL = shipped_pipeline("genvl-vqa-small")
 VQA_MODEL_VARIABLE = "GENVL_VQA_MODEL"
@@ -15,7 +14,7 @@ VQA_MODEL_VARIABLE = "GENVL_VQA_MODEL"
 def vqa_model_folder(name=None) -> Path:
     """The question-answering captioner a command reads: `name` (its --model), else GENVL_VQA_MODEL, else the
     shipped default; a shipped pipeline's name is its folder."""
-    return named_folder(name or os.environ.get(VQA_MODEL_VARIABLE, str(DEFAULT_VQA_MODEL)))
+    return model_source(name, VQA_MODEL_VARIABLE, str(DEFAULT_VQA_MODEL))[0]
 
 
 def add_parser(commands) -> None:

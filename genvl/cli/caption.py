@@ -18,7 +18,6 @@ from .common import (
     load_loras,
     lora_folders,
     model_source,
-    named_folder,
     non_negative,
     plural,
     positive,
@@ -47,7 +46,7 @@ FLAG_NAMES = {
 def caption_model_folder(name=None) -> Path:
     """The captioner a command reads: `name` (its --model or --captioner), else GENVL_CAPTION_MODEL, else the shipped
     default; a shipped pipeline's name is its folder."""
-    return named_folder(name or os.environ.get("GENVL_CAPTION_MODEL", str(DEFAULT_CAPTION_MODEL)))
+    return model_source(name, "GENVL_CAPTION_MODEL", str(DEFAULT_CAPTION_MODEL))[0]
 
 
 def add_parser(commands) -> None:
@@ -134,7 +133,7 @@ def checked_settings(pipeline, args):
     its generation config (exit 1); a bad combination with the flags is a usage error naming the flags."""
     if args.prefix is not None:
         check_text(args.prefix, "--prefix")
-    folder = model_source(args, "GENVL_CAPTION_MODEL", str(DEFAULT_CAPTION_MODEL))[0]
+    folder = caption_model_folder(args.model)
     try:
         defaults = pipeline.settings()
     except (TypeError, ValueError) as err:
@@ -194,7 +193,7 @@ def load_caption_pipeline(args, variable: str = "GENVL_CAPTION_MODEL", default=D
     from ..pipelines.caption import CaptionPipeline
 
     quiet_libraries(args)
-    path, name = model_source(args, variable, str(default))
+    path, name = model_source(args.model, variable, str(default))
     if not path.is_dir():
         raise FileNotFoundError(f"{name}: no such model folder")
     quantize = getattr(args, "quantize", None)

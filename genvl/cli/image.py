@@ -59,7 +59,7 @@ MAX_PUBLISHED_IMAGES = 16
 def t2i_model_folder(name=None) -> Path:
     """The text-to-image pipeline a command reads: `name` (its --model), else GENVL_T2I_MODEL, else the shipped
     default; a shipped pipeline's name is its folder."""
-    return named_folder(name or os.environ.get("GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL)))
+    return model_source(name, "GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))[0]
 
 
 # ---- flags ---------------------------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def load_t2i_pipeline(args, safety: bool = False):
     from ..pipelines.text_to_image import TextToImagePipeline
 
     quiet_libraries(args)
-    path, name = model_source(args, "GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))
+    path, name = model_source(args.model, "GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{name}: not a text-to-image pipeline folder (no model_index.json)")
     check_model_folder(path)  # its files are regular before the step counts read any
@@ -434,7 +434,7 @@ def published_model(args) -> tuple:
     quiet_libraries(args)  # before the published pipelines' module imports diffusers' (their notices)
     from ..pipelines.published import published_layout
 
-    path = model_source(args, "GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))[0]
+    path = t2i_model_folder(args.model)
     layout = published_layout(path) if path.is_dir() else None
     given = [flag for flag in ("prior", "super_res_steps", "height", "width") if getattr(args, flag, None)]
     if layout is None and given:
@@ -671,7 +671,7 @@ def load_clip_parts(args):
     """(clip, tokenizer, image processor) of --model: a text-to-image pipeline folder or a CLIP folder."""
     from ..models.clip import load_clip
 
-    path, name = model_source(args, "GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))
+    path, name = model_source(args.model, "GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))
     if not path.is_dir():
         raise FileNotFoundError(f"{name}: no such model folder")
     quiet_libraries(args)

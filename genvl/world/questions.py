@@ -82,9 +82,8 @@ def answerable(scene: dict) -> dict:
 
 def ask(scene: dict, rng: random.Random, family: str = "seen", kind: str | None = None) -> dict | None:
     """One question about `scene`: {"kind", "question", "answer", "family", "slots"} (the words put into the
-    template), of `kind` (default: a kind drawn
-    evenly from those the scene answers), in a phrasing drawn from `family` ("seen" or "held_out"); None if the
-    scene cannot answer a question of `kind`."""
+    template), of `kind` (default: a kind drawn evenly from those the scene answers), in a phrasing drawn from
+    `family` ("seen" or "held_out"); None if the scene cannot answer a question of `kind`."""
     found = answerable(scene)
     kinds = sorted(found)
     if kind is None:
