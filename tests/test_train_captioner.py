@@ -250,3 +250,32 @@ def test_a_student_is_distilled_with_the_teachers_tokenizer(tiny_data, tiny_pipe
                 pretrained_model_name_or_path=tiny_pipeline_dir,
             )
         )
+
+
+def test_a_fresh_captioner_reads_with_a_judges_frozen_body(tiny_data, tmp_path, capsys):
+    import torch
+
+    from genvl.models.grid_encoder import GridEncoder
+    from genvl.models.judge import SceneJudge
+
+    lines = (tiny_data / "metadata.jsonl").read_text().splitlines()
+    names = sorted({thing["name"] for line in lines for thing in json.loads(line)["scene"]["objects"]})
+    judge = SceneJudge(object_names=names, colour_names=["red"], channels=(8, 8, 16), image_size=32)
+    judge.save_pretrained(tmp_path / "judge")
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(TINY.to_dict()))
+    flags = train_args(tiny_data, tmp_path / "run", 4, arch_file, encoder_from_judge=tmp_path / "judge", augment="flip")
+    losses = train_captioner.main([*flags, "--freeze_encoder"])
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    pipeline = CaptionPipeline.from_pretrained(tmp_path / "run")
+    encoder = pipeline.model.encoder
+    assert isinstance(encoder, GridEncoder) and pipeline.model.enc_to_dec_proj.in_features == 16
+    for key, value in judge.body.state_dict().items():  # frozen: the judge's body, as it was
+        assert torch.equal(encoder.body.state_dict()[key], value), key
+    assert isinstance(pipeline([tiny_data / "000000.png"], max_new_tokens=5).captions[0][0], str)
+
+    # an adapter trains on a saved model as it is: a new encoder under it is refused
+    bad = train_args(tiny_data, tmp_path / "bad", 1, arch_file, rank=2, pretrained_model_name_or_path=tmp_path / "run")
+    with pytest.raises(SystemExit):
+        train_captioner.main([*bad, "--freeze_encoder"])
+    assert "--adapter lora trains the adapter alone" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from PIL import Image
 
 from genvl.pipelines.caption import FUNCTION_WORDS, CaptionPipeline, question_prefix
 from genvl.world.dataset import write_imagefolder
-from genvl.world.questions import HELD_OUT, KINDS, TRAIN, answerable, ask, question_set
+from genvl.world.questions import FAMILIES, HELD_OUT, KINDS, TRAIN, answerable, ask, question_set
 from genvl.world.scenes import mirror_scene
 
 from .conftest import TINY
@@ -154,6 +154,9 @@ def test_recipe_trains_and_the_cli_asks_and_scores(vqa_run, capsys, tmp_path):
     report = json.loads(out)
     assert code == 0 and report["questions"] == 40 and set(report["kinds"]) == set(KINDS)
     assert set(report["phrasings"]) == {"seen", "held_out"} and 0 <= report["accuracy"] <= 1
+    # and per phrasing, each named by its family and template
+    templates = {f"{family}: {t}" for family, table in FAMILIES.items() for kind in KINDS for t in table[kind]}
+    assert report["templates"] and set(report["templates"]) <= templates
     # a question too long for the decoder's positions is a usage error naming it
     long_question = "is there " + " and ".join(["a red apple"] * 12)
     code, out, err = run(["ask", str(image), long_question, *model, "--quiet"], capsys, tmp_path)

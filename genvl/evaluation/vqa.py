@@ -1,6 +1,6 @@
 """Visual question answering scored on held-out scenes: questions drawn from their scene graphs, every kind and
 both phrasing families (the ones training uses and the ones it never sees) on as many questions, and accuracy
-reported per kind, per phrasing family and per scene family."""
+reported per kind, per phrasing family (and per phrasing) and per scene family."""
 
 from collections import defaultdict
 from pathlib import Path
@@ -49,6 +49,7 @@ def evaluate_vqa(pipeline, data_dir, count: int, seed: int = 0, batch_size: int 
             ("phrasings", item["family"]),
             (f"{item['kind']}_by_phrasing", item["family"]),
             ("scenes", "held_out_family" if held_out(scene) else "in_family"),
+            ("templates", f"{item['family']}: {item['template']}"),
         ):
             groups[key].append(ok)
     report = {"questions": len(items), "accuracy": _accuracy(right)}

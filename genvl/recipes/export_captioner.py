@@ -3,7 +3,8 @@
     python -m genvl.recipes.export_captioner --run runs/captioner --checkpoint latest \
         --out pipelines/genvl-caption-small
 
-Useful to evaluate a run while it trains, or to ship a checkpoint without waiting for the run to end.
+Useful to evaluate a run while it trains, or to ship a checkpoint without waiting for the run to end. A run with
+`--encoder_from_judge` is rebuilt with its grid encoder (the judge folder its config names must still be there).
 """
 
 import argparse
@@ -14,8 +15,9 @@ from safetensors.torch import load_file
 from genvl.io.components import load_tokenizer
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor
 from genvl.pipelines.caption import CaptionPipeline
-from genvl.training.args import read_run_config, run_architecture, run_script
+from genvl.training.args import JudgeEncoderArgs, read_run_config, run_architecture, run_script
 from genvl.training.checkpoints import checkpoint_step, copy_ema_weights, resolve_resume
+from genvl.training.pretrained import prepare_encoder
 
 
 def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
@@ -27,7 +29,8 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
     arch = run_architecture(config, CaptionerArchitecture)
     arch.image_size = config["resolution"]  # the run's images; older runs' configs hold it only here
     tokenizer = load_tokenizer(run_dir / "tokenizer")
-    model = build_captioner(arch, tokenizer)
+    encoder = JudgeEncoderArgs(config.get("encoder_from_judge"), config.get("freeze_encoder", False))
+    model = prepare_encoder(encoder, build_captioner(arch, tokenizer))  # a grid encoder, if the run had one
     missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
     if unexpected or any(key != "decoder.lm_head.weight" for key in missing):  # lm_head is tied to wte
         raise ValueError(
@@ -35,7 +38,7 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
         )
     if use_ema:
         try:
-            copy_ema_weights(model.parameters(), path)
+            copy_ema_weights([p for p in model.parameters() if p.requires_grad], path)  # those the run trained
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{error}; pass --no-ema to export raw weights") from None
     model.tie_weights()

@@ -8,6 +8,10 @@ With `--rank R` (LoRA on the ViT's and GPT-2's attention) or `--adapter ia3`, an
 `--pretrained_model_name_or_path`, only the adapter trains, and `output_dir` ends with it in PEFT's format,
 for `CaptionPipeline.load_lora_weights`.
 
+With `--encoder_from_judge` (a judge folder: genvl-judge-small), the encoder is the judge's convolutional body
+(`genvl.models.grid_encoder`), which already finds the wide world's objects; `--freeze_encoder` trains the decoder
+alone (and the grid's cell embeddings), at no backward pass through the encoder.
+
 With `--streaming` and shards as `--train_data_dir`, samples stream through the run (`genvl.training.stream`)
 instead of being decoded into memory first: the run's memory stays the same whatever the size of the data.
 
@@ -32,19 +36,26 @@ from genvl.models.captioner import (
     tokenize_captions,
     train_tokenizer,
 )
-from genvl.training.args import LoraTrainArgs, check_at_least, parse_args, run_script, save_architecture
+from genvl.training.args import (
+    JudgeEncoderArgs,
+    LoraTrainArgs,
+    check_at_least,
+    parse_args,
+    run_script,
+    save_architecture,
+)
 from genvl.training.augment import NEED_SCENES, augment_batch, mirrored_captions, parse_augmentations, shift_range
 from genvl.training.data import read_training_data
 from genvl.training.features import load_or_train_tokenizer, save_tokenizer
 from genvl.training.loop import caption_loss, distillation_loss, make_accelerator, train_loop
-from genvl.training.pretrained import add_training_adapter
+from genvl.training.pretrained import add_training_adapter, prepare_encoder
 from genvl.training.seeds import AUGMENTATION, step_generator
 from genvl.training.stream import open_stream, stream_captions, write_stream_summary
 from genvl.world.captions import scene_captions
 
 
 @dataclass
-class TrainCaptionerArgs(LoraTrainArgs):
+class TrainCaptionerArgs(LoraTrainArgs, JudgeEncoderArgs):
     """Train a ViT-GPT2 captioner."""
 
     output_dir: str = "runs/captioner"
@@ -59,6 +70,10 @@ class TrainCaptionerArgs(LoraTrainArgs):
         super().__post_init__()
         check_at_least(self, 1, "vocab_size")  # a negative size overflows the tokenizer trainer
         parse_augmentations(self.augment)
+        if self.adapter and (self.encoder_from_judge or self.freeze_encoder):
+            raise ValueError(
+                f"--adapter {self.adapter} trains the adapter alone: drop --encoder_from_judge/--freeze_encoder"
+            )
         if self.teacher_model_name_or_path is not None and (self.pretrained_model_name_or_path or self.adapter):
             raise ValueError("--teacher_model_name_or_path trains a fresh model: drop --pretrained_model_name_or_path")
         if not 0 <= self.distill_alpha <= 1:
@@ -107,6 +122,7 @@ def main(argv=None):
             texts = [c for r in records for c in r.get("captions", [r[args.caption_column]])]
         tokenizer = load_or_train_tokenizer(accelerator, output_dir, lambda: train_tokenizer(texts, args.vocab_size))
         model = build_captioner(arch, tokenizer)
+    model = prepare_encoder(args, model)
     max_length = model.config.decoder.n_positions
     parameters = add_training_adapter(accelerator, model, "captioner", args)
     kinds = parse_augmentations(args.augment)

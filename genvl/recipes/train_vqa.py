@@ -25,11 +25,12 @@ import torch
 from genvl.io.imagefolder import load_images
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
 from genvl.pipelines.caption import CaptionPipeline, question_prefix
-from genvl.training.args import TrainArgs, check_at_least, parse_args, run_script, save_architecture
+from genvl.training.args import JudgeEncoderArgs, TrainArgs, check_at_least, parse_args, run_script, save_architecture
 from genvl.training.augment import augment_batch, parse_augmentations, shift_range
 from genvl.training.data import read_training_data
 from genvl.training.features import load_or_train_tokenizer
 from genvl.training.loop import caption_loss, make_accelerator, train_loop
+from genvl.training.pretrained import prepare_encoder
 from genvl.training.seeds import AUGMENTATION, step_generator
 from genvl.world.questions import ask
 from genvl.world.scenes import mirror_scene
@@ -38,16 +39,12 @@ ANSWER_TOKENS = 8  # the most new tokens an answer decodes to by default (the wo
 
 
 @dataclass
-class TrainVqaArgs(TrainArgs):
+class TrainVqaArgs(TrainArgs, JudgeEncoderArgs):
     """Train a question-answering captioner."""
 
     output_dir: str = "runs/vqa"
     architecture: str = "configs/captioner_small.json"
     pretrained_model_name_or_path: str | None = None
-    # a judge folder (genvl-judge-small): the encoder becomes a grid encoder holding its body, and the decoder and
-    # tokenizer come from --pretrained_model_name_or_path (or are fresh)
-    encoder_from_judge: str | None = None
-    freeze_encoder: bool = False  # train the decoder (and the grid encoder's cell embeddings) only
     # each word of a training question that the template put there (not an object's name, plural or relation)
     # is dropped with this probability, so that the answer must come from what is asked about, not the template
     question_dropout: float = 0.0
@@ -69,25 +66,6 @@ def drop_template_words(question: str, slots: dict, rate: float, rng: random.Ran
     words = question_prefix(question)[:-1].split()
     kept = [word for word in words if word in protected or rng.random() >= rate]
     return " ".join(kept) + "?" if kept else question_prefix(question)
-
-
-def judge_eyed_model(judge_folder, model):
-    """`model` (a captioner) with its encoder replaced by a grid encoder holding the judge's body; the decoder,
-    its settings and its generation config stay, and `enc_to_dec_proj` maps the judge's width to the decoder's."""
-    from transformers import VisionEncoderDecoderModel
-
-    from genvl.models.grid_encoder import GridEncoder
-    from genvl.models.judge import SceneJudge
-
-    judge = SceneJudge.from_pretrained(judge_folder)
-    size = model.config.encoder.image_size
-    if judge.config.image_size != size:
-        raise ValueError(f"{judge_folder}: the judge reads {judge.config.image_size}px images, the model {size}px")
-    eyed = VisionEncoderDecoderModel(encoder=GridEncoder.from_judge(judge), decoder=model.decoder)
-    for key in ("decoder_start_token_id", "pad_token_id", "eos_token_id", "tie_word_embeddings"):
-        setattr(eyed.config, key, getattr(model.config, key))
-    eyed.generation_config = model.generation_config
-    return eyed
 
 
 def question_tokens(tokenizer, questions, answers, max_length: int, start_id: int):
@@ -134,12 +112,7 @@ def main(argv=None):
         tokenizer = load_or_train_tokenizer(accelerator, output_dir, lambda: train_tokenizer(texts, args.vocab_size))
         model = build_captioner(arch, tokenizer)
         image_processor = build_image_processor(arch)
-    if args.encoder_from_judge:
-        model = judge_eyed_model(args.encoder_from_judge, model)
-    if args.freeze_encoder:
-        model.encoder.requires_grad_(False)
-        if hasattr(model.encoder, "position"):
-            model.encoder.position.requires_grad_(True)
+    model = prepare_encoder(args, model)
     max_length = model.config.decoder.max_position_embeddings
     start_id = model.config.decoder_start_token_id
     kinds = parse_augmentations(args.augment)

@@ -174,6 +174,16 @@ class TrainArgs:
 
 
 @dataclasses.dataclass
+class JudgeEncoderArgs:
+    """Flags of the captioner-architecture scripts for the encoder: with `encoder_from_judge` (a judge folder such
+    as genvl-judge-small) the encoder becomes a grid encoder holding the judge's body
+    (`genvl.training.pretrained.prepare_encoder`)."""
+
+    encoder_from_judge: str | None = None
+    freeze_encoder: bool = False  # train the decoder (and a grid encoder's cell embeddings) only
+
+
+@dataclasses.dataclass
 class LoraTrainArgs(TrainArgs):
     """TrainArgs plus a model to start from and, with `adapter` (or `rank`), a PEFT adapter to train on it
     instead of every weight."""

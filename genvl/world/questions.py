@@ -81,9 +81,9 @@ def answerable(scene: dict) -> dict:
 
 
 def ask(scene: dict, rng: random.Random, family: str = "seen", kind: str | None = None) -> dict | None:
-    """One question about `scene`: {"kind", "question", "answer", "family", "slots"} (the words put into the
-    template), of `kind` (default: a kind drawn evenly from those the scene answers), in a phrasing drawn from
-    `family` ("seen" or "held_out"); None if the scene cannot answer a question of `kind`."""
+    """One question about `scene`: {"kind", "question", "answer", "family", "slots" (the words put into the
+    template), "template"}, of `kind` (default: a kind drawn evenly from those the scene answers), in a phrasing
+    drawn from `family` ("seen" or "held_out"); None if the scene cannot answer a question of `kind`."""
     found = answerable(scene)
     kinds = sorted(found)
     if kind is None:
@@ -102,7 +102,15 @@ def ask(scene: dict, rng: random.Random, family: str = "seen", kind: str | None 
     else:
         slots, answer = rng.choice(found[kind])
     template = rng.choice(FAMILIES[family][kind])
-    return {"kind": kind, "question": template.format(**slots), "answer": answer, "family": family, "slots": slots}
+    question = template.format(**slots)
+    return {
+        "kind": kind,
+        "question": question,
+        "answer": answer,
+        "family": family,
+        "slots": slots,
+        "template": template,
+    }
 
 
 def question_set(records: list[dict], count: int, seed: int) -> list[dict]:
