@@ -273,6 +273,10 @@ def test_a_fresh_captioner_reads_with_a_judges_frozen_body(tiny_data, tmp_path, 
     for key, value in judge.body.state_dict().items():  # frozen: the judge's body, as it was
         assert torch.equal(encoder.body.state_dict()[key], value), key
     assert isinstance(pipeline([tiny_data / "000000.png"], max_new_tokens=5).captions[0][0], str)
+    # its last checkpoint exports with the grid encoder and the EMA of the weights it trained: the final folder's
+    exported = CaptionPipeline.from_pretrained(export_captioner.main(["--run", str(tmp_path / "run")]))
+    final = pipeline.model.state_dict()
+    assert all(torch.equal(value, final[key]) for key, value in exported.model.state_dict().items())
 
     # an adapter trains on a saved model as it is: a new encoder under it is refused
     bad = train_args(tiny_data, tmp_path / "bad", 1, arch_file, rank=2, pretrained_model_name_or_path=tmp_path / "run")
