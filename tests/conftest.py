@@ -72,6 +72,18 @@ def tiny_pipeline_dir(tmp_path_factory, tiny_tokenizer):
     return path
 
 
+def save_tiny_judge(data_dir, folder):
+    """A random-weight 32 px judge of the objects in imagefolder `data_dir`'s scenes (one colour, width 16), saved
+    to `folder`: a body for the grid encoder of judge-eyed runs. Returns the judge."""
+    from genvl.models.judge import SceneJudge
+
+    lines = (data_dir / "metadata.jsonl").read_text().splitlines()
+    names = sorted({thing["name"] for line in lines for thing in json.loads(line)["scene"]["objects"]})
+    judge = SceneJudge(object_names=names, colour_names=["red"], channels=(8, 8, 16), image_size=32)
+    judge.save_pretrained(folder)
+    return judge
+
+
 def write_public_vit_gpt2_folder(path, seed=0):
     """A random-weight folder in the layout of public ViT-GPT2 captioning checkpoints
     (e.g. vit-gpt2-image-captioning): one flat folder with the VisionEncoderDecoder config.json and weights,

@@ -10,7 +10,7 @@ from genvl.models.captioner import CaptionerArchitecture
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.world.dataset import write_imagefolder
 
-from .conftest import TINY
+from .conftest import TINY, save_tiny_judge
 from .scripts import recipe
 
 export_captioner = recipe("export_captioner")
@@ -256,12 +256,8 @@ def test_a_fresh_captioner_reads_with_a_judges_frozen_body(tiny_data, tmp_path, 
     import torch
 
     from genvl.models.grid_encoder import GridEncoder
-    from genvl.models.judge import SceneJudge
 
-    lines = (tiny_data / "metadata.jsonl").read_text().splitlines()
-    names = sorted({thing["name"] for line in lines for thing in json.loads(line)["scene"]["objects"]})
-    judge = SceneJudge(object_names=names, colour_names=["red"], channels=(8, 8, 16), image_size=32)
-    judge.save_pretrained(tmp_path / "judge")
+    judge = save_tiny_judge(tiny_data, tmp_path / "judge")
     arch_file = tmp_path / "arch.json"
     arch_file.write_text(json.dumps(TINY.to_dict()))
     flags = train_args(tiny_data, tmp_path / "run", 4, arch_file, encoder_from_judge=tmp_path / "judge", augment="flip")

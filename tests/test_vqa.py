@@ -15,7 +15,7 @@ from genvl.world.dataset import write_imagefolder
 from genvl.world.questions import FAMILIES, HELD_OUT, KINDS, TRAIN, answerable, ask, question_set
 from genvl.world.scenes import mirror_scene
 
-from .conftest import TINY
+from .conftest import TINY, save_tiny_judge
 from .scripts import recipe
 from .test_hostile_folders import run
 
@@ -192,14 +192,9 @@ def test_template_words_drop_and_slot_words_stay():
 
 @pytest.fixture(scope="module")
 def judge_eyed_run(tmp_path_factory, vqa_run):
-    from genvl.models.judge import SceneJudge
-
     root, data, _ = vqa_run
     out = tmp_path_factory.mktemp("judge_eyed")
-    lines = (data / "metadata.jsonl").read_text().splitlines()
-    names = sorted({thing["name"] for line in lines for thing in json.loads(line)["scene"]["objects"]})
-    judge = SceneJudge(object_names=names, colour_names=["red"], channels=(8, 8, 16), image_size=32)
-    judge.save_pretrained(out / "judge")
+    judge = save_tiny_judge(data, out / "judge")
     flags = ["--train_data_dir", str(data), "--train_batch_size", "8", "--resolution", "32"]
     flags += ["--max_train_steps", "4", "--lr_warmup_steps", "1", "--checkpointing_steps", "4"]
     flags += ["--learning_rate", "3e-3", "--question_dropout", "0.3"]
