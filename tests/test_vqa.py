@@ -12,7 +12,19 @@ from PIL import Image
 
 from genvl.pipelines.caption import FUNCTION_WORDS, CaptionPipeline, question_prefix
 from genvl.world.dataset import write_imagefolder
-from genvl.world.questions import FAMILIES, HELD_OUT, KINDS, TRAIN, answerable, ask, question_set
+from genvl.world.questions import (
+    DESCRIBE,
+    FAMILIES,
+    KINDS,
+    PREFIXES,
+    SUFFIXES,
+    TRAIN,
+    answerable,
+    ask,
+    describe,
+    phrase,
+    question_set,
+)
 from genvl.world.scenes import mirror_scene
 
 from .conftest import TINY, save_tiny_judge
@@ -55,27 +67,47 @@ def test_questions_are_true_of_their_scene():
 
 
 def test_held_out_phrasings_are_not_training_phrasings():
+    slots = {"name": "apple", "a_name": "an apple", "plural": "apples", "relation": "to the left of"}
+    held_out = [family for name, family in FAMILIES.items() if name != "seen"]
+    assert len(held_out) == 2
     for kind in KINDS:
-        assert TRAIN[kind] and HELD_OUT[kind] and not set(TRAIN[kind]) & set(HELD_OUT[kind])
-        trained = {question_prefix(t) for t in TRAIN[kind]}
-        assert not trained & {question_prefix(t) for t in HELD_OUT[kind]}
+        asked = [{question_prefix(t.format(**slots)) for t in family[kind]} for family in held_out]
+        assert all(asked) and not asked[0] & asked[1]
+        # no wrapping of any training template is a held-out question
+        trained = {
+            question_prefix(" ".join(w for w in (prefix, t.format(**slots).rstrip("?"), suffix) if w))
+            for t in TRAIN[kind]
+            for prefix in PREFIXES
+            for suffix in SUFFIXES
+        }
+        assert not trained & (asked[0] | asked[1]), kind
+
+
+def test_training_questions_wrap_a_template_and_describing_is_captioning():
+    rng = random.Random(0)
+    wrapped = {phrase("is there {a_name}?", {"a_name": "a cat"}, rng) for _ in range(200)}
+    assert "is there a cat?" in wrapped and len(wrapped) > 10
+    assert all("is there a cat" in q and q.endswith("?") for q in wrapped)
+    assert phrase("check for {a_name}", {"a_name": "a cat"}, random.Random(1)).endswith("a cat")
+    item = describe(PAIR, rng)
+    assert item["question"] in DESCRIBE and item["answer"] == "a red apple to the left of a blue car"
+    with pytest.raises(ValueError, match="--describe_share must be in"):
+        train_vqa.TrainVqaArgs(train_data_dir="x", describe_share=1.0)
 
 
 def test_question_set_spreads_kinds_families_and_counts(scene_records):
-    items = question_set(scene_records, 200, seed=3)
-    assert len(items) == 200 and items == question_set(scene_records, 200, seed=3)
-    assert Counter((q["kind"], q["family"]) for q in items) == {(k, f): 20 for k in KINDS for f in ("seen", "held_out")}
+    items = question_set(scene_records, 300, seed=3)
+    assert len(items) == 300 and items == question_set(scene_records, 300, seed=3)
+    assert Counter((q["kind"], q["family"]) for q in items) == {(k, f): 20 for k in KINDS for f in FAMILIES}
     counts = Counter(q["answer"] for q in items if q["kind"] == "count")
-    assert counts == {"zero": 8, "one": 8, "two": 8, "three": 8, "four": 8}
-    for q in items:  # every answer is the one its record's scene gives
+    assert counts == {"zero": 12, "one": 12, "two": 12, "three": 12, "four": 12}
+    for q in items:  # every answer is the one its record's scene gives, in its family's phrasing
         scene = scene_records[q["record"]]["scene"]
-        family = TRAIN if q["family"] == "seen" else HELD_OUT
+        assert q["template"] in FAMILIES[q["family"]][q["kind"]]
+        filled = q["template"].format(**q["slots"])
+        assert q["question"] == filled if q["family"] != "seen" else filled.rstrip("?") in q["question"]
         if q["answer"] not in ("zero", "no"):  # a negative names an object the scene does not hold (above)
-            assert any(
-                template.format(**slots) == q["question"] and answer == q["answer"]
-                for slots, answer in answerable(scene)[q["kind"]]
-                for template in family[q["kind"]]
-            ), q
+            assert (q["slots"], q["answer"]) in answerable(scene)[q["kind"]], q
 
 
 @pytest.fixture(scope="module")
@@ -153,10 +185,17 @@ def test_recipe_trains_and_the_cli_asks_and_scores(vqa_run, capsys, tmp_path):
     code, out, err = run(["eval", "vqa", "--data", str(data), "--questions", "40", *model, "--quiet"], capsys, tmp_path)
     report = json.loads(out)
     assert code == 0 and report["questions"] == 40 and set(report["kinds"]) == set(KINDS)
-    assert set(report["phrasings"]) == {"seen", "held_out"} and 0 <= report["accuracy"] <= 1
+    assert set(report["phrasings"]) == {*FAMILIES, "every_held_out"} and 0 <= report["accuracy"] <= 1
     # and per phrasing, each named by its family and template
     templates = {f"{family}: {t}" for family, table in FAMILIES.items() for kind in KINDS for t in table[kind]}
-    assert report["templates"] and set(report["templates"]) <= templates
+    assert report["templates"] and set(report["templates"]) <= templates and report["too_long"] == 0
+    # a question its answer cannot follow within the decoder's positions is scored wrong, not asked
+    from genvl.evaluation.vqa import evaluate_vqa
+
+    pipe.model.generation_config.max_new_tokens = 47  # 48 positions: none is left for the question
+    crowded = evaluate_vqa(pipe, data, 10)
+    assert crowded["too_long"] == 10 and crowded["accuracy"] == 0
+    pipe.model.generation_config.max_new_tokens = 8
     # a question too long for the decoder's positions is a usage error naming it
     long_question = "is there " + " and ".join(["a red apple"] * 12)
     code, out, err = run(["ask", str(image), long_question, *model, "--quiet"], capsys, tmp_path)
@@ -165,8 +204,6 @@ def test_recipe_trains_and_the_cli_asks_and_scores(vqa_run, capsys, tmp_path):
         (tmp_path / "plain").mkdir()
         Image.new("RGB", (32, 32)).save(tmp_path / "plain" / "a.png")
         (tmp_path / "plain" / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "x"}) + "\n")
-        from genvl.evaluation.vqa import evaluate_vqa
-
         evaluate_vqa(pipe, tmp_path / "plain", 10)
 
 
@@ -197,7 +234,7 @@ def judge_eyed_run(tmp_path_factory, vqa_run):
     judge = save_tiny_judge(data, out / "judge")
     flags = ["--train_data_dir", str(data), "--train_batch_size", "8", "--resolution", "32"]
     flags += ["--max_train_steps", "4", "--lr_warmup_steps", "1", "--checkpointing_steps", "4"]
-    flags += ["--learning_rate", "3e-3", "--question_dropout", "0.3"]
+    flags += ["--learning_rate", "3e-3", "--question_dropout", "0.3", "--describe_share", "0.3"]
     flags += ["--pretrained_model_name_or_path", str(root / "run"), "--encoder_from_judge", str(out / "judge")]
     losses = train_vqa.main([*flags, "--freeze_encoder", "--output_dir", str(out / "run")])
     return out, data, judge, losses
@@ -209,6 +246,7 @@ def test_a_judge_eyed_model_reads_with_the_judges_frozen_body_and_answers(judge_
     out, data, judge, losses = judge_eyed_run
     assert len(losses) == 4
     pipe = CaptionPipeline.from_pretrained(out / "run")
+    assert pipe.model.generation_config.max_new_tokens == train_vqa.CAPTION_TOKENS  # room for a whole caption
     encoder = pipe.model.encoder
     assert isinstance(encoder, GridEncoder) and encoder.config.channels == [8, 8, 16]
     for key, value in judge.body.state_dict().items():  # frozen: the judge's body, as it was

@@ -1,6 +1,7 @@
 """Visual question answering scored on held-out scenes: questions drawn from their scene graphs, every kind and
-both phrasing families (the ones training uses and the ones it never sees) on as many questions, and accuracy
-reported per kind, per phrasing family (and per phrasing) and per scene family."""
+every phrasing family (the one training uses and the held-out ones it never sees) on as many questions, and accuracy
+reported per kind, per phrasing family (each held-out family, and all of them as `every_held_out`; and per phrasing)
+and per scene family."""
 
 from collections import defaultdict
 from pathlib import Path
@@ -18,7 +19,9 @@ def _accuracy(rows: list[bool]) -> float | None:
 def evaluate_vqa(pipeline, data_dir, count: int, seed: int = 0, batch_size: int = 64, limit=None, progress=None):
     """Ask `count` questions (`genvl.world.questions.question_set(records, count, seed)`) about the scenes of the
     imagefolder `data_dir` and score the pipeline's answers by exact match. Questions are sorted by their text so
-    that each pipeline call answers one question about many images."""
+    that each pipeline call answers one question about many images. A question too long for the model's positions
+    with its answer is scored wrong (`too_long` counts them)."""
+    from ..generation.decoder import decoder_positions
     from ..io.imagefolder import read_metadata
     from ..pipelines.caption import question_prefix
     from ..world.questions import question_set
@@ -29,8 +32,15 @@ def evaluate_vqa(pipeline, data_dir, count: int, seed: int = 0, batch_size: int 
     if not all(isinstance(r.get("scene"), dict) for r in records):
         raise ValueError(f"{data_dir}: every record needs a scene graph to ask questions of (genvl data scenes)")
     items = question_set(records, count, seed)
-    order = sorted(range(len(items)), key=lambda i: (question_prefix(items[i]["question"]), i))
-    answers = [None] * len(items)
+    # a question the model's positions cannot hold with its answer is answered wrong, not asked
+    positions = decoder_positions(pipeline.model.config.decoder)
+    room = 1 + pipeline.settings().max_new_tokens
+    fits = [
+        positions is None or len(pipeline.prefix_ids(question_prefix(item["question"]))) + room <= positions
+        for item in items
+    ]
+    order = sorted((i for i in range(len(items)) if fits[i]), key=lambda i: (question_prefix(items[i]["question"]), i))
+    answers = [""] * len(items)
     starts = range(0, len(order), batch_size)
     if progress is not None:
         starts = progress(starts, total=len(starts))
@@ -52,7 +62,9 @@ def evaluate_vqa(pipeline, data_dir, count: int, seed: int = 0, batch_size: int 
             ("templates", f"{item['family']}: {item['template']}"),
         ):
             groups[key].append(ok)
-    report = {"questions": len(items), "accuracy": _accuracy(right)}
+        if item["family"] != "seen":
+            groups["phrasings", "every_held_out"].append(ok)
+    report = {"questions": len(items), "accuracy": _accuracy(right), "too_long": fits.count(False)}
     for (table, name), rows in sorted(groups.items()):
         report.setdefault(table, {})[name] = _accuracy(rows)
     report["scene_counts"] = {name: len(groups["scenes", name]) for name in ("in_family", "held_out_family")}

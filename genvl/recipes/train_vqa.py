@@ -9,8 +9,9 @@ for `genvl eval vqa`. The decoder reads BOS, the question (`question_prefix`: lo
 answer, and the loss is the answer's tokens and EOS alone. `--pretrained_model_name_or_path` starts from a
 captioner (a pipeline folder), whose encoder already sees the world's objects and whose tokenizer is kept;
 without it a fresh model and tokenizer are trained. `--encoder_from_judge` puts a judge's convolutional body in
-the encoder's place (`genvl.models.grid_encoder`), `--freeze_encoder` keeps it as it is, and `--question_dropout`
-drops template words from the training questions. With `--augment flip`, a mirrored image is asked about its
+the encoder's place (`genvl.models.grid_encoder`), `--freeze_encoder` keeps it as it is, `--question_dropout`
+drops template words from the training questions, and `--describe_share` asks that share of them for the whole
+scene, answered by its caption. With `--augment flip`, a mirrored image is asked about its
 mirrored scene, so that left and right stay true. Ends with `CaptionPipeline.save_pretrained(output_dir)`:
 `CaptionPipeline(images, question=...)` and `genvl ask` answer with it.
 """
@@ -32,10 +33,11 @@ from genvl.training.features import load_or_train_tokenizer
 from genvl.training.loop import caption_loss, make_accelerator, train_loop
 from genvl.training.pretrained import prepare_encoder
 from genvl.training.seeds import AUGMENTATION, step_generator
-from genvl.world.questions import ask
+from genvl.world.questions import DESCRIBE, ask, describe
 from genvl.world.scenes import mirror_scene
 
 ANSWER_TOKENS = 8  # the most new tokens an answer decodes to by default (the world's answers take one to three)
+CAPTION_TOKENS = 24  # the same, for a model that also describes whole scenes (`--describe_share`)
 
 
 @dataclass
@@ -48,6 +50,9 @@ class TrainVqaArgs(TrainArgs, JudgeEncoderArgs):
     # each word of a training question that the template put there (not an object's name, plural or relation)
     # is dropped with this probability, so that the answer must come from what is asked about, not the template
     question_dropout: float = 0.0
+    # the share of training questions that ask for the whole scene (`genvl.world.questions.DESCRIBE`) and are
+    # answered by its caption: every object's name, colour and place, where one answer names one of them
+    describe_share: float = 0.0
     vocab_size: int = 1024
     augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light
 
@@ -56,6 +61,8 @@ class TrainVqaArgs(TrainArgs, JudgeEncoderArgs):
         check_at_least(self, 1, "vocab_size")
         if not 0.0 <= self.question_dropout < 1.0:
             raise ValueError(f"--question_dropout must be in [0, 1), got {self.question_dropout}")
+        if not 0.0 <= self.describe_share < 1.0:
+            raise ValueError(f"--describe_share must be in [0, 1), got {self.describe_share}")
         parse_augmentations(self.augment)
 
 
@@ -109,6 +116,7 @@ def main(argv=None):
         save_architecture(accelerator, args, arch)
         asked = [ask(r["scene"], random.Random(f"{args.seed}/tokenizer/{i}")) for i, r in enumerate(records)]
         texts = [r["text"] for r in records] + [f"{question_prefix(q['question'])} {q['answer']}" for q in asked]
+        texts += [question_prefix(text) for text in DESCRIBE] * 10
         tokenizer = load_or_train_tokenizer(accelerator, output_dir, lambda: train_tokenizer(texts, args.vocab_size))
         model = build_captioner(arch, tokenizer)
         image_processor = build_image_processor(arch)
@@ -134,7 +142,8 @@ def main(argv=None):
         asked = []
         for index, mirrored in zip(batch.tolist(), flipped.tolist()):
             scene = mirror_scene(scenes[index]) if mirrored else scenes[index]
-            asked.append(ask(scene, random.Random(f"{args.seed}/{step}/{index}")))
+            rng = random.Random(f"{args.seed}/{step}/{index}")
+            asked.append(describe(scene, rng) if rng.random() < args.describe_share else ask(scene, rng))
         if args.question_dropout:
             rng = random.Random(f"{args.seed}/{step}/dropout")
             for q in asked:
@@ -153,7 +162,8 @@ def main(argv=None):
     # 3. save the pipeline (EMA weights when EMA is on), decoding answers greedily: a few tokens, and no n-gram
     # rule, whose n-grams would span the question
     if accelerator.is_main_process:
-        model.generation_config.update(max_new_tokens=ANSWER_TOKENS, no_repeat_ngram_size=0, num_beams=1)
+        longest = ANSWER_TOKENS if not args.describe_share else CAPTION_TOKENS
+        model.generation_config.update(max_new_tokens=longest, no_repeat_ngram_size=0, num_beams=1)
         CaptionPipeline(model=model, tokenizer=tokenizer, image_processor=image_processor).save_pretrained(output_dir)
         (output_dir / "train_losses.json").write_text(json.dumps(losses))
     accelerator.end_training()
