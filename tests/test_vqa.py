@@ -22,6 +22,7 @@ from genvl.world.questions import (
     answerable,
     ask,
     describe,
+    every_answer,
     phrase,
     question_set,
 )
@@ -93,6 +94,18 @@ def test_training_questions_wrap_a_template_and_describing_is_captioning():
     assert item["question"] in DESCRIBE and item["answer"] == "a red apple to the left of a blue car"
     with pytest.raises(ValueError, match="--describe_share must be in"):
         train_vqa.TrainVqaArgs(train_data_dir="x", describe_share=1.0)
+
+
+def test_a_training_question_too_long_for_the_decoder_is_asked_unwrapped_or_not_at_all(tiny_tokenizer):
+    item = {"question": "hey, is there a cat in the scene?", "answer": "yes"}
+    item.update(template="is there {a_name}?", slots={"a_name": "a cat"})
+    length = lambda q: 2 + len(tiny_tokenizer(q, add_special_tokens=False).input_ids)  # noqa: E731
+    wrapped, plain = length("hey, is there a cat in the scene? yes"), length("is there a cat? yes")
+    assert plain < wrapped
+    assert train_vqa.fitted(item, tiny_tokenizer, wrapped) == item
+    assert train_vqa.fitted(item, tiny_tokenizer, wrapped - 1) == {**item, "question": "is there a cat?"}
+    assert train_vqa.fitted(item, tiny_tokenizer, plain - 1) is None
+    assert train_vqa.fitted(None, tiny_tokenizer, 40) is None
 
 
 def test_question_set_spreads_kinds_families_and_counts(scene_records):
@@ -175,7 +188,11 @@ def test_recipe_trains_and_the_cli_asks_and_scores(vqa_run, capsys, tmp_path):
     root, data, losses = vqa_run
     assert len(losses) == 8 and losses[-1] < losses[0]
     pipe = CaptionPipeline.from_pretrained(root / "run")
-    assert pipe.model.generation_config.max_new_tokens == 8 and pipe.model.generation_config.no_repeat_ngram_size == 0
+    # as many new tokens as the world's longest answer takes with this tokenizer, and no n-gram rule
+    longest = max(len(pipe.tokenizer(" " + a, add_special_tokens=False).input_ids) for a in every_answer())
+    assert {"zero", "yes", "strawberry", "purple"} <= set(every_answer())
+    assert pipe.model.generation_config.max_new_tokens == 1 + longest == train_vqa.answer_tokens(pipe.tokenizer)
+    assert pipe.model.generation_config.no_repeat_ngram_size == 0
     image = data / json.loads((data / "metadata.jsonl").read_text().splitlines()[0])["file_name"]
     model = ["--model", str(root / "run")]
     code, out, err = run(["ask", str(image), "How many apples?", *model, "--json", "--quiet"], capsys, tmp_path)
@@ -195,7 +212,7 @@ def test_recipe_trains_and_the_cli_asks_and_scores(vqa_run, capsys, tmp_path):
     pipe.model.generation_config.max_new_tokens = 47  # 48 positions: none is left for the question
     crowded = evaluate_vqa(pipe, data, 10)
     assert crowded["too_long"] == 10 and crowded["accuracy"] == 0
-    pipe.model.generation_config.max_new_tokens = 8
+    pipe.model.generation_config.max_new_tokens = 1 + longest
     # a question too long for the decoder's positions is a usage error naming it
     long_question = "is there " + " and ".join(["a red apple"] * 12)
     code, out, err = run(["ask", str(image), long_question, *model, "--quiet"], capsys, tmp_path)

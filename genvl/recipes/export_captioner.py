@@ -4,7 +4,9 @@
         --out pipelines/genvl-caption-small
 
 Useful to evaluate a run while it trains, or to ship a checkpoint without waiting for the run to end. A run with
-`--encoder_from_judge` is rebuilt with its grid encoder (the judge folder its config names must still be there).
+`--encoder_from_judge` is rebuilt with its grid encoder, and one that started from a pipeline
+(`--pretrained_model_name_or_path`, as `train_vqa.py` can) from that pipeline (the folders its config names must
+still be there). Works for `train_vqa.py` runs too: the generation settings are the starting model's.
 """
 
 import argparse
@@ -26,11 +28,16 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
     if path is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint to export")
     config = read_run_config(run_dir)
-    arch = run_architecture(config, CaptionerArchitecture)
-    arch.image_size = config["resolution"]  # the run's images; older runs' configs hold it only here
-    tokenizer = load_tokenizer(run_dir / "tokenizer")
     encoder = JudgeEncoderArgs(config.get("encoder_from_judge"), config.get("freeze_encoder", False))
-    model = prepare_encoder(encoder, build_captioner(arch, tokenizer))  # a grid encoder, if the run had one
+    if config.get("pretrained_model_name_or_path"):  # a run that started from a pipeline: its model and tokenizer
+        start = CaptionPipeline.from_pretrained(config["pretrained_model_name_or_path"])
+        model, tokenizer, image_processor = start.model, start.tokenizer, start.image_processor
+    else:
+        arch = run_architecture(config, CaptionerArchitecture)
+        arch.image_size = config["resolution"]  # the run's images; older runs' configs hold it only here
+        tokenizer = load_tokenizer(run_dir / "tokenizer")
+        model, image_processor = build_captioner(arch, tokenizer), build_image_processor(arch)
+    model = prepare_encoder(encoder, model)  # a grid encoder, if the run had one
     missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
     if unexpected or any(key != "decoder.lm_head.weight" for key in missing):  # lm_head is tied to wte
         raise ValueError(
@@ -43,7 +50,7 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
             raise FileNotFoundError(f"{error}; pass --no-ema to export raw weights") from None
     model.tie_weights()
     out = Path(out or run_dir / f"export-{checkpoint_step(path)}")
-    pipeline = CaptionPipeline(model=model.eval(), tokenizer=tokenizer, image_processor=build_image_processor(arch))
+    pipeline = CaptionPipeline(model=model.eval(), tokenizer=tokenizer, image_processor=image_processor)
     pipeline.save_pretrained(out)
     print(f"exported {path} ({'EMA' if use_ema else 'raw'} weights) to {out}")
     return out

@@ -33,11 +33,10 @@ from genvl.training.features import load_or_train_tokenizer
 from genvl.training.loop import caption_loss, make_accelerator, train_loop
 from genvl.training.pretrained import prepare_encoder
 from genvl.training.seeds import AUGMENTATION, step_generator
-from genvl.world.questions import DESCRIBE, ask, describe
+from genvl.world.questions import DESCRIBE, ask, describe, every_answer
 from genvl.world.scenes import mirror_scene
 
-ANSWER_TOKENS = 8  # the most new tokens an answer decodes to by default (the world's answers take one to three)
-CAPTION_TOKENS = 24  # the same, for a model that also describes whole scenes (`--describe_share`)
+CAPTION_TOKENS = 24  # the most new tokens a model that also describes whole scenes decodes (`--describe_share`)
 
 
 @dataclass
@@ -73,6 +72,27 @@ def drop_template_words(question: str, slots: dict, rate: float, rng: random.Ran
     words = question_prefix(question)[:-1].split()
     kept = [word for word in words if word in protected or rng.random() >= rate]
     return " ".join(kept) + "?" if kept else question_prefix(question)
+
+
+def answer_tokens(tokenizer) -> int:
+    """The most new tokens an answer of the world takes with `tokenizer`, EOS included: the saved model decodes no
+    more, which leaves the rest of the decoder's positions to the question."""
+    return 1 + max(len(tokenizer(" " + answer, add_special_tokens=False).input_ids) for answer in every_answer())
+
+
+def fitted(item: dict | None, tokenizer, max_length: int) -> dict | None:
+    """`item` (an `ask` or `describe` question) if its question and answer fit in `max_length` positions with the
+    start token and EOS; else the same question unwrapped (its template filled, as `phrase` found it), if that
+    fits; else None. A tokenizer that splits the question's words into many pieces needs this."""
+
+    def fits(question: str) -> bool:
+        asked = tokenizer(question_prefix(question), add_special_tokens=False).input_ids
+        return 2 + len(asked) + len(tokenizer(" " + item["answer"], add_special_tokens=False).input_ids) <= max_length
+
+    if item is None or fits(item["question"]):
+        return item
+    plain = item["template"].format(**item["slots"])
+    return {**item, "question": plain} if fits(plain) else None
 
 
 def question_tokens(tokenizer, questions, answers, max_length: int, start_id: int):
@@ -143,7 +163,8 @@ def main(argv=None):
         for index, mirrored in zip(batch.tolist(), flipped.tolist()):
             scene = mirror_scene(scenes[index]) if mirrored else scenes[index]
             rng = random.Random(f"{args.seed}/{step}/{index}")
-            asked.append(describe(scene, rng) if rng.random() < args.describe_share else ask(scene, rng))
+            item = describe(scene, rng) if rng.random() < args.describe_share else None
+            asked.append(fitted(item, tokenizer, max_length) or fitted(ask(scene, rng), tokenizer, max_length))
         if args.question_dropout:
             rng = random.Random(f"{args.seed}/{step}/dropout")
             for q in asked:
@@ -162,7 +183,7 @@ def main(argv=None):
     # 3. save the pipeline (EMA weights when EMA is on), decoding answers greedily: a few tokens, and no n-gram
     # rule, whose n-grams would span the question
     if accelerator.is_main_process:
-        longest = ANSWER_TOKENS if not args.describe_share else CAPTION_TOKENS
+        longest = answer_tokens(tokenizer) if not args.describe_share else CAPTION_TOKENS
         model.generation_config.update(max_new_tokens=longest, no_repeat_ngram_size=0, num_beams=1)
         CaptionPipeline(model=model, tokenizer=tokenizer, image_processor=image_processor).save_pretrained(output_dir)
         (output_dir / "train_losses.json").write_text(json.dumps(losses))

@@ -17,7 +17,7 @@ that reads the question from one that matched its training templates.
 import random
 
 from .captions import NUMBER_WORDS, article, scene_captions
-from .sprites import ALL_OBJECTS, OBJECTS
+from .sprites import ALL_OBJECTS, COLOURS, OBJECTS
 
 KINDS = ("colour", "count", "relation", "exists", "biggest")
 BIGGEST_MARGIN = 1.2  # the biggest object's box side over the next one's, for "biggest" to be asked
@@ -94,6 +94,11 @@ HELD_OUT_2 = {
 # a request for the whole scene, answered by its canonical caption: the recipe's `--describe_share`
 DESCRIBE = ("describe the image", "what is in the picture?", "caption this image", "say what the image shows")
 FAMILIES = {"seen": TRAIN, "held_out": HELD_OUT, "held_out_2": HELD_OUT_2}
+
+
+def every_answer() -> list[str]:
+    """Every answer a question of the world can have: object names, colour words, "zero" to "four", yes, no."""
+    return sorted({*ALL_OBJECTS, *COLOURS, *ANSWER_NUMBERS.values(), "yes", "no"})
 
 
 def _side(obj: dict) -> float:
