@@ -280,6 +280,17 @@ def test_a_judge_eyed_model_reads_with_the_judges_frozen_body_and_answers(judge_
         encoder(pixel_values=torch.zeros(1, 3, 64, 64))
 
 
+def test_a_run_started_from_a_pipeline_exports_its_checkpoint(judge_eyed_run, tmp_path):
+    """The run started from a pipeline folder and put a judge's body under it: its checkpoint is rebuilt from that
+    pipeline, with the grid encoder, into the final folder's weights (the EMA of those it trained)."""
+    export_captioner = recipe("export_captioner")
+    out = judge_eyed_run[0]
+    exported = export_captioner.main(["--run", str(out / "run"), "--out", str(tmp_path / "export")])
+    final = CaptionPipeline.from_pretrained(out / "run").model.state_dict()
+    weights = CaptionPipeline.from_pretrained(exported).model.state_dict()
+    assert weights.keys() == final.keys() and all(torch.equal(value, final[key]) for key, value in weights.items())
+
+
 def test_a_grid_encoder_folder_describing_more_than_its_weights_is_refused(judge_eyed_run, tmp_path):
     import shutil
 
