@@ -6,7 +6,9 @@
 Useful to evaluate a run while it trains, or to ship a checkpoint without waiting for the run to end. A run with
 `--encoder_from_judge` is rebuilt with its grid encoder, and one that started from a pipeline
 (`--pretrained_model_name_or_path`, as `train_vqa.py` can) from that pipeline (the folders its config names must
-still be there). Works for `train_vqa.py` runs too: the generation settings are the starting model's.
+still be there). Works for `train_vqa.py` runs too, whose exports keep the starting model's generation settings:
+pass `max_new_tokens=` and `no_repeat_ngram_size=0` when asking them questions (the recipe writes both into its
+own folder).
 """
 
 import argparse

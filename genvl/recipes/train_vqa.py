@@ -164,7 +164,12 @@ def main(argv=None):
             scene = mirror_scene(scenes[index]) if mirrored else scenes[index]
             rng = random.Random(f"{args.seed}/{step}/{index}")
             item = describe(scene, rng) if rng.random() < args.describe_share else None
-            asked.append(fitted(item, tokenizer, max_length) or fitted(ask(scene, rng), tokenizer, max_length))
+            item = fitted(item, tokenizer, max_length) or fitted(ask(scene, rng), tokenizer, max_length)
+            if item is None:
+                raise ValueError(
+                    f"no question about {records[index]['file_name']} fits the decoder's {max_length} positions"
+                )
+            asked.append(item)
         if args.question_dropout:
             rng = random.Random(f"{args.seed}/{step}/dropout")
             for q in asked:
