@@ -55,17 +55,26 @@ def finish(argv, cwd, timeout=300):
 
 
 def interrupt_after(argv, cwd, lines: int, timeout=300):
-    """Run until `lines` lines are on stdout (still alive, under the cap), then Ctrl-C; returns those lines."""
+    """Run until `lines` lines are on stdout (still alive, under the cap), then Ctrl-C; returns those lines. Its
+    stderr is read all along, so that a full stderr pipe never stalls the process while stdout is awaited."""
     process = launch(argv, cwd)
+    errors = []
+    drain = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
+    drain.start()
     watchdog = threading.Timer(timeout, process.kill)
     watchdog.start()
     try:
         seen = [process.stdout.readline() for _ in range(lines)]
-        assert all(seen) and process.poll() is None, ("ended early", process.stderr.read()[-2000:])
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate()
+        alive = all(seen) and process.poll() is None
+        if alive:
+            process.send_signal(signal.SIGINT)
+        process.stdout.read()
+        process.wait()
     finally:
         watchdog.cancel()
+    drain.join()
+    err = "".join(errors)
+    assert alive, ("ended early", process.returncode, err[-2000:])
     assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]
     return seen
 
