@@ -31,6 +31,9 @@ LIMIT = int(2.5 * 2**30)
 
 def capped():
     resource.setrlimit(resource.RLIMIT_AS, (LIMIT, LIMIT))
+    # Ctrl-C must reach the child even when the tests run where SIGINT is ignored (a shell's background job),
+    # a disposition every child would otherwise inherit
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def launch(argv, cwd):
