@@ -123,6 +123,47 @@ def test_question_set_spreads_kinds_families_and_counts(scene_records):
             assert (q["slots"], q["answer"]) in answerable(scene)[q["kind"]], q
 
 
+def test_balanced_kinds_are_drawn_evenly_each_from_a_scene_that_answers_it(scene_records):
+    scene_kinds = [{*answerable(r["scene"]), "count", "exists"} for r in scene_records]
+    answering = {kind: [i for i, found in enumerate(scene_kinds) if kind in found] for kind in KINDS}
+    assert 0 < len(answering["biggest"]) < len(scene_records) / 5  # few scenes answer "biggest"
+    rng = random.Random(0)
+    batch = [rng.randrange(len(scene_records)) for _ in range(5000)]
+    indices, drawn = train_vqa.balanced(batch, scene_kinds, answering, random.Random(1))
+    shares = Counter(drawn)
+    assert set(shares) == set(KINDS) and all(900 < n < 1100 for n in shares.values())
+    assert all(kind in scene_kinds[i] for i, kind in zip(indices, drawn))
+    # a scene that answers its kind stays where it is; count and exists are answered by every scene
+    assert all(i == j for i, j, kind in zip(indices, batch, drawn) if kind in scene_kinds[j])
+    assert indices != batch and (indices, drawn) == train_vqa.balanced(batch, scene_kinds, answering, random.Random(1))
+    for index, kind in zip(indices[:200], drawn):
+        item = ask(scene_records[index]["scene"], random.Random(index), kind=kind)
+        assert item is not None and item["kind"] == kind
+
+
+def test_grown_positions_keep_what_the_decoder_read_before(tiny_tokenizer, tmp_path):
+    from genvl.models.captioner import grow_positions
+
+    from .conftest import get_dummy_components
+
+    model, processor = get_dummy_components(tiny_tokenizer)
+    pixels, ids = torch.randn(2, 3, 32, 32), torch.randint(0, 300, (2, 32))
+    with torch.no_grad():
+        before = model(pixel_values=pixels, decoder_input_ids=ids).logits
+        grow_positions(model.eval(), 48)
+        after = model(pixel_values=pixels, decoder_input_ids=ids).logits
+        longer = model(pixel_values=pixels, decoder_input_ids=torch.randint(0, 300, (2, 48))).logits
+    assert torch.equal(before, after) and longer.shape[1] == 48
+    assert model.config.decoder.n_positions == model.decoder.config.n_positions == 48
+    CaptionPipeline(model=model, tokenizer=tiny_tokenizer, image_processor=processor).save_pretrained(tmp_path / "p")
+    loaded = CaptionPipeline.from_pretrained(tmp_path / "p").model
+    assert loaded.decoder.transformer.wpe.weight.shape[0] == 48
+    with pytest.raises(ValueError, match="already has 48 positions, more than 40"):
+        grow_positions(model, 40)
+    with pytest.raises(ValueError, match="--decoder_positions grows a pretrained model"):
+        train_vqa.TrainVqaArgs(train_data_dir="x", decoder_positions=64)
+
+
 @pytest.fixture(scope="module")
 def scene_records():
     rng = random.Random(0)
@@ -253,6 +294,7 @@ def judge_eyed_run(tmp_path_factory, vqa_run):
     flags += ["--max_train_steps", "4", "--lr_warmup_steps", "1", "--checkpointing_steps", "4"]
     flags += ["--learning_rate", "3e-3", "--question_dropout", "0.3", "--describe_share", "0.3"]
     flags += ["--pretrained_model_name_or_path", str(root / "run"), "--encoder_from_judge", str(out / "judge")]
+    flags += ["--balance_kinds", "--decoder_positions", "56"]  # from the 48 positions of the run it starts from
     losses = train_vqa.main([*flags, "--freeze_encoder", "--output_dir", str(out / "run")])
     return out, data, judge, losses
 
@@ -271,6 +313,7 @@ def test_a_judge_eyed_model_reads_with_the_judges_frozen_body_and_answers(judge_
     started = CaptionPipeline.from_pretrained(vqa_run[0] / "run").model.decoder.state_dict()
     assert any(not torch.equal(value, started[key]) for key, value in pipe.model.decoder.state_dict().items())
     assert pipe.model.enc_to_dec_proj.in_features == 16  # the judge's width into the decoder's
+    assert pipe.model.config.decoder.n_positions == 56 and pipe.model.decoder.transformer.wpe.num_embeddings == 56
     image = data / json.loads((data / "metadata.jsonl").read_text().splitlines()[0])["file_name"]
     answer = pipe([Image.open(image)], question="how many apples?").captions[0][0]
     assert isinstance(answer, str) and "?" not in answer

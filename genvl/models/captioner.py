@@ -117,6 +117,27 @@ def build_captioner(arch: CaptionerArchitecture, tokenizer):
     return model
 
 
+def grow_positions(model, positions: int) -> None:
+    """Give the GPT-2 decoder of the VisionEncoderDecoder `model` `positions` learned positions, in place: the
+    trained ones are kept and each new one starts as a copy of the last trained one, so the model reads and writes
+    every sequence it could before exactly as before."""
+    import torch
+
+    config = model.decoder.config
+    if getattr(config, "model_type", None) != "gpt2":
+        raise ValueError(f"growing positions needs a GPT-2 decoder, this one is {config.model_type!r}")
+    old = model.decoder.transformer.wpe
+    if positions < old.num_embeddings:
+        raise ValueError(f"the decoder already has {old.num_embeddings} positions, more than {positions}")
+    grown = torch.nn.Embedding(positions, old.embedding_dim, dtype=old.weight.dtype, device=old.weight.device)
+    with torch.no_grad():
+        grown.weight[: old.num_embeddings] = old.weight
+        grown.weight[old.num_embeddings :] = old.weight[-1]
+    model.decoder.transformer.wpe = grown
+    for decoder_config in {id(c): c for c in (config, model.config.decoder)}.values():
+        decoder_config.n_positions = positions
+
+
 def _encoder_config(arch: CaptionerArchitecture):
     from transformers import SwinConfig, ViTConfig
 

@@ -5,7 +5,8 @@
 
 Useful to evaluate a run while it trains, or to ship a checkpoint without waiting for the run to end. A run with
 `--encoder_from_judge` is rebuilt with its grid encoder, and one that started from a pipeline
-(`--pretrained_model_name_or_path`, as `train_vqa.py` can) from that pipeline (the folders its config names must
+(`--pretrained_model_name_or_path`, as `train_vqa.py` can) from that pipeline, its positions grown as the run grew
+them (the folders its config names must
 still be there). Works for `train_vqa.py` runs too, whose exports keep the starting model's generation settings:
 pass `max_new_tokens=` and `no_repeat_ngram_size=0` when asking them questions (the recipe writes both into its
 own folder).
@@ -17,7 +18,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from genvl.io.components import load_tokenizer
-from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor
+from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, grow_positions
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.training.args import JudgeEncoderArgs, read_run_config, run_architecture, run_script
 from genvl.training.checkpoints import checkpoint_step, copy_ema_weights, resolve_resume
@@ -34,6 +35,8 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
     if config.get("pretrained_model_name_or_path"):  # a run that started from a pipeline: its model and tokenizer
         start = CaptionPipeline.from_pretrained(config["pretrained_model_name_or_path"])
         model, tokenizer, image_processor = start.model, start.tokenizer, start.image_processor
+        if config.get("decoder_positions"):  # the run grew the decoder's positions
+            grow_positions(model, config["decoder_positions"])
     else:
         arch = run_architecture(config, CaptionerArchitecture)
         arch.image_size = config["resolution"]  # the run's images; older runs' configs hold it only here

@@ -10,9 +10,10 @@ answer, and the loss is the answer's tokens and EOS alone. `--pretrained_model_n
 captioner (a pipeline folder), whose encoder already sees the world's objects and whose tokenizer is kept;
 without it a fresh model and tokenizer are trained. `--encoder_from_judge` puts a judge's convolutional body in
 the encoder's place (`genvl.models.grid_encoder`), `--freeze_encoder` keeps it as it is, `--question_dropout`
-drops template words from the training questions, and `--describe_share` asks that share of them for the whole
-scene, answered by its caption. With `--augment flip`, a mirrored image is asked about its
-mirrored scene, so that left and right stay true. Ends with `CaptionPipeline.save_pretrained(output_dir)`:
+drops template words from the training questions, `--describe_share` asks that share of them for the whole scene,
+answered by its caption, and `--balance_kinds` asks every kind as often. `--decoder_positions` gives a pretrained
+decoder room for longer questions. With `--augment flip`, a mirrored image is asked about its mirrored scene, so
+that left and right stay true. Ends with `CaptionPipeline.save_pretrained(output_dir)`:
 `CaptionPipeline(images, question=...)` and `genvl ask` answer with it.
 """
 
@@ -24,7 +25,13 @@ from pathlib import Path
 import torch
 
 from genvl.io.imagefolder import load_images
-from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, train_tokenizer
+from genvl.models.captioner import (
+    CaptionerArchitecture,
+    build_captioner,
+    build_image_processor,
+    grow_positions,
+    train_tokenizer,
+)
 from genvl.pipelines.caption import CaptionPipeline, question_prefix
 from genvl.training.args import JudgeEncoderArgs, TrainArgs, check_at_least, parse_args, run_script, save_architecture
 from genvl.training.augment import augment_batch, parse_augmentations, shift_range
@@ -33,7 +40,7 @@ from genvl.training.features import load_or_train_tokenizer
 from genvl.training.loop import caption_loss, make_accelerator, train_loop
 from genvl.training.pretrained import prepare_encoder
 from genvl.training.seeds import AUGMENTATION, step_generator
-from genvl.world.questions import DESCRIBE, ask, describe, every_answer
+from genvl.world.questions import DESCRIBE, KINDS, answerable, ask, describe, every_answer
 from genvl.world.scenes import mirror_scene
 
 CAPTION_TOKENS = 24  # the most new tokens a model that also describes whole scenes decodes (`--describe_share`)
@@ -52,6 +59,11 @@ class TrainVqaArgs(TrainArgs, JudgeEncoderArgs):
     # the share of training questions that ask for the whole scene (`genvl.world.questions.DESCRIBE`) and are
     # answered by its caption: every object's name, colour and place, where one answer names one of them
     describe_share: float = 0.0
+    # draw each training question's kind evenly from the five and then a scene that answers it, in place of the
+    # batch's scene where that one cannot (few scenes answer "biggest"; without this it is under 1 question in 100)
+    balance_kinds: bool = False
+    # grow a pretrained model's decoder to this many positions (`grow_positions`), so that longer questions fit
+    decoder_positions: int | None = None
     vocab_size: int = 1024
     augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light
 
@@ -63,6 +75,8 @@ class TrainVqaArgs(TrainArgs, JudgeEncoderArgs):
         if not 0.0 <= self.describe_share < 1.0:
             raise ValueError(f"--describe_share must be in [0, 1), got {self.describe_share}")
         parse_augmentations(self.augment)
+        if self.decoder_positions is not None and not self.pretrained_model_name_or_path:
+            raise ValueError("--decoder_positions grows a pretrained model; a fresh one takes --architecture's")
 
 
 def drop_template_words(question: str, slots: dict, rate: float, rng: random.Random) -> str:
@@ -93,6 +107,14 @@ def fitted(item: dict | None, tokenizer, max_length: int) -> dict | None:
         return item
     plain = item["template"].format(**item["slots"])
     return {**item, "question": plain} if fits(plain) else None
+
+
+def balanced(indices: list[int], scene_kinds: list[set], answering: dict, rng: random.Random):
+    """(indices, kinds): a kind drawn evenly for each of the batch's scene `indices`, and the scene kept where it
+    answers that kind (`scene_kinds[i]`: the kinds scene i answers), else one drawn from those that do
+    (`answering[kind]`)."""
+    drawn = [rng.choice(KINDS) for _ in indices]
+    return [i if kind in scene_kinds[i] else rng.choice(answering[kind]) for i, kind in zip(indices, drawn)], drawn
 
 
 def question_tokens(tokenizer, questions, answers, max_length: int, start_id: int):
@@ -130,6 +152,8 @@ def main(argv=None):
     if args.pretrained_model_name_or_path:
         pretrained = CaptionPipeline.from_pretrained(args.pretrained_model_name_or_path)
         model, tokenizer, image_processor = pretrained.model, pretrained.tokenizer, pretrained.image_processor
+        if args.decoder_positions is not None:
+            grow_positions(model, args.decoder_positions)
     else:
         arch = CaptionerArchitecture.from_json(args.architecture)
         arch.image_size = args.resolution
@@ -150,8 +174,17 @@ def main(argv=None):
     images = load_images(Path(args.train_data_dir), records, args.image_column, args.resolution)
     scenes = [r["scene"] for r in records]
     ranges = torch.tensor([shift_range(scene) for scene in scenes]) if "shift" in kinds else None
+    scene_kinds = [{*answerable(scene), "count", "exists"} for scene in scenes]  # absent objects are asked of too
+    answering = {kind: [i for i, found in enumerate(scene_kinds) if kind in found] for kind in KINDS}
+    if args.balance_kinds and not all(answering.values()):
+        empty = [kind for kind, found in answering.items() if not found]
+        raise ValueError(f"{args.train_data_dir}: no scene answers a question of kind {', '.join(empty)}")
 
     def compute_loss(model, batch, step):
+        drawn = [None] * len(batch)
+        if args.balance_kinds:
+            rng = random.Random(f"{args.seed}/{step}/{accelerator.process_index}/kinds")
+            batch, drawn = balanced([int(i) for i in batch], scene_kinds, answering, rng)
         batch = torch.as_tensor(batch)
         pixel_values = images[batch].to(device).float().div_(127.5).sub_(1.0)
         flipped = torch.zeros(len(batch), dtype=torch.bool)
@@ -160,11 +193,11 @@ def main(argv=None):
             batch_ranges = ranges[batch] if ranges is not None else None
             pixel_values, flipped, _ = augment_batch(pixel_values, batch_ranges, kinds, generator)
         asked = []
-        for index, mirrored in zip(batch.tolist(), flipped.tolist()):
+        for index, mirrored, kind in zip(batch.tolist(), flipped.tolist(), drawn):
             scene = mirror_scene(scenes[index]) if mirrored else scenes[index]
             rng = random.Random(f"{args.seed}/{step}/{index}")
             item = describe(scene, rng) if rng.random() < args.describe_share else None
-            item = fitted(item, tokenizer, max_length) or fitted(ask(scene, rng), tokenizer, max_length)
+            item = fitted(item, tokenizer, max_length) or fitted(ask(scene, rng, kind=kind), tokenizer, max_length)
             if item is None:
                 raise ValueError(
                     f"no question about {records[index]['file_name']} fits the decoder's {max_length} positions"
