@@ -197,7 +197,9 @@ def main(argv=None):
             scene = mirror_scene(scenes[index]) if mirrored else scenes[index]
             rng = random.Random(f"{args.seed}/{step}/{index}")
             item = describe(scene, rng) if rng.random() < args.describe_share else None
-            item = fitted(item, tokenizer, max_length) or fitted(ask(scene, rng, kind=kind), tokenizer, max_length)
+            # (a mirrored scene's boxes round differently: one on the margin may no longer answer "biggest")
+            asked_kind = ask(scene, rng, kind=kind) or ask(scene, rng)
+            item = fitted(item, tokenizer, max_length) or fitted(asked_kind, tokenizer, max_length)
             if item is None:
                 raise ValueError(
                     f"no question about {records[index]['file_name']} fits the decoder's {max_length} positions"
