@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from genvl.cli import main
-from genvl.evaluation.safety import evaluate_safety, names_concept, safety_prompts
+from genvl.evaluation.safety import evaluate_safety, safety_prompts
 from genvl.models.judge import ORIGINAL, SceneJudge
-from genvl.models.safety import SafetyChecker
+from genvl.models.safety import SafetyChecker, named_concepts
 from genvl.pipelines.defaults import shipped_pipeline
 from genvl.pipelines.text_to_image import TextToImagePipeline
 from genvl.recipes.export_safety_checker import main as export_checker
@@ -25,11 +25,12 @@ from .conftest import get_dummy_unclip_components
 FAST = ["--steps", "2", "--quiet"]
 
 
-def tiny_checker(threshold: float, blocked=("snake",)) -> SafetyChecker:
-    """A random-weight checker: at a threshold near 0 it flags every image, near 1 none."""
+def tiny_checker(threshold: float, blocked=("snake",), check_prompts=True) -> SafetyChecker:
+    """A random-weight checker: at a threshold near 0 it flags every image, near 1 none (unless its prompt names a
+    blocked concept)."""
     torch.manual_seed(0)
     judge = SceneJudge(sorted(OBJECTS), sorted(COLOURS) + [ORIGINAL], channels=(8, 8, 8))
-    return SafetyChecker.from_judge(judge, list(blocked), [threshold] * len(blocked))
+    return SafetyChecker.from_judge(judge, list(blocked), [threshold] * len(blocked), check_prompts)
 
 
 def pixels(images) -> torch.Tensor:
@@ -134,12 +135,42 @@ def test_a_checker_that_flags_nothing_leaves_the_images_as_they_were(checked_dir
     pipeline = TextToImagePipeline.from_pretrained(checked_dir)
     settings = dict(output_type="pt", prior_num_inference_steps=2, decoder_num_inference_steps=2)
     pipeline.safety_checker = tiny_checker(1 - 1e-9)
-    checked = pipeline("a snake", generator=torch.Generator().manual_seed(3), **settings)
+    checked = pipeline("a red apple", generator=torch.Generator().manual_seed(3), **settings)
     assert checked.flagged == [[]] and float(checked.images.max()) > 0
     pipeline.safety_checker = None
-    plain = pipeline("a snake", generator=torch.Generator().manual_seed(3), **settings)
+    plain = pipeline("a red apple", generator=torch.Generator().manual_seed(3), **settings)
     assert plain.flagged is None
     torch.testing.assert_close(plain.images, checked.images)
+
+
+def test_a_prompt_naming_a_blocked_concept_flags_its_images_whatever_they_show(checked_dir, tmp_path, capsys):
+    sees_nothing = tiny_checker(1 - 1e-9)  # the image stage flags no image
+    sees_nothing.save_pretrained(checked_dir / "safety_checker")
+    pipeline = TextToImagePipeline.from_pretrained(checked_dir)
+    assert pipeline.safety_checker.config.check_prompts
+    prompts = ["a red apple", "two green Snakes, below a cat", "a snakeskin boot", "a snake"]
+    settings = dict(output_type="pt", prior_num_inference_steps=2, decoder_num_inference_steps=2)
+    output = pipeline(prompts, generator=[torch.Generator().manual_seed(i) for i in range(4)], **settings)
+    assert output.flagged == [[], ["snake"], [], ["snake"]]
+    peaks = output.images.flatten(1).amax(1)
+    assert peaks[1] == peaks[3] == 0 and peaks[0] > 0 and peaks[2] > 0
+    frames = pipeline.interpolate("a snake", "a cat", frames=2, generator=torch.Generator().manual_seed(0), **settings)
+    assert frames.flagged == [["snake"], ["snake"]]
+    start = Image.new("RGB", (32, 32), (200, 30, 30))
+    frames = pipeline.interpolate(start, "a cat", frames=2, generator=torch.Generator().manual_seed(0), **settings)
+    assert frames.flagged == [[], []]
+    with pytest.raises(ValueError, match="got 1 prompts for 2 images"):
+        pipeline.run_safety_checker(torch.zeros(2, 3, 32, 32), ["a snake"])
+    # the command line's interpolation, which checks its frames batch by batch, reads the prompts too
+    out = tmp_path / "frames"
+    args = ["interpolate", "a snake", "a cat", "--frames", "2", "--out", str(out), "--json", "--model"]
+    assert main([*args, str(checked_dir), *FAST]) == 0
+    assert [json.loads(line)["flagged"] for line in capsys.readouterr().out.splitlines()] == [["snake"]] * 2
+    # with the prompt stage off (saved in its config), only what an image shows flags it
+    tiny_checker(1 - 1e-9, check_prompts=False).save_pretrained(checked_dir / "safety_checker")
+    pipeline = TextToImagePipeline.from_pretrained(checked_dir)
+    output = pipeline(prompts, generator=[torch.Generator().manual_seed(i) for i in range(4)], **settings)
+    assert output.flagged == [[], [], [], []] and bool((output.images.flatten(1).amax(1) > 0).all())
 
 
 def test_generate_vary_and_interpolate_black_out_flagged_images_and_say_so(checked_dir, tmp_path, capsys):
@@ -201,8 +232,8 @@ def test_safety_prompts_split_the_scenes_and_turn_through_the_phrasings():
     groups = safety_prompts(records, ["snake"], 4)
     assert [item["prompt"] for item in groups["blocked"]] == ["a", "b", "c", "a"]
     assert [item["prompt"] for item in groups["other"]] == ["d", "e", "d", "e"]
-    assert names_concept("two green snakes", ["snake"]) and names_concept("a snake", ["snake"])
-    assert not names_concept("a snakeskin boot", ["snake"])
+    assert named_concepts("two green snakes", ["snake"]) == named_concepts("A Snake.", ["cat", "snake"]) == ["snake"]
+    assert named_concepts("a snakeskin boot, a catalogue", ["snake", "cat"]) == []
 
 
 def test_eval_safety_reports_flagged_rates_per_group(checked_dir, tmp_path):
@@ -219,6 +250,8 @@ def test_eval_safety_reports_flagged_rates_per_group(checked_dir, tmp_path):
     assert report["images"] == 6 and report["blocked"] == ["snake"]
     assert report["blocked_prompts"]["flagged"] == 1.0 and report["other_prompts"]["flagged"] == 1.0  # flags all
     assert report["blocked_prompts"]["renders"] == {"images": 3, "flagged": 1.0}
+    for group, named in (("blocked_prompts", 1.0), ("other_prompts", 0.0)):  # each stage alone
+        assert report[group]["image_stage"]["flagged"] == 1.0 and report[group]["prompt_stage"]["flagged"] == named
     assert len(report["false_alarms"]) == 3 and not report["missed"]
     with pytest.raises(ValueError, match="fewer than 4"):
         evaluate_safety(pipeline, captioner, folders[:1], 4)

@@ -126,8 +126,9 @@ def add_parser(commands) -> None:
         description="Generate one image for each of --prompts prompts from held-out scenes holding one of the "
         "pipeline's blocked concepts and as many from scenes holding none (their captions, every phrasing in "
         "turn), and report the safety checker's flagged rate per group: overall, per phrasing family and "
-        "layout, among the images the captioner says show a blocked concept and the others, and on the scenes' "
-        "own renders. JSON report on stdout, a summary on stderr.",
+        "layout, among the images the captioner says show a blocked concept and the others, by each of the "
+        "checker's stages alone (image, prompt), and on the scenes' own renders. JSON report on stdout, a summary "
+        "on stderr.",
         epilog="example: genvl eval safety --data data/snake/test --data data/world/test --prompts 200",
     )
     safety.add_argument(
@@ -464,7 +465,7 @@ def safety_summary(report: dict) -> str:
         group = report[f"{name}_prompts"]
         parts = [f"{name} prompts: flagged {_score(group['flagged'])} of {group['images']}"]
         parts += [f"{family} {_score(rate['flagged'])}" for family, rate in group["by_phrasing"].items()]
-        for key in ("captioned_as_blocked", "captioned_otherwise", "renders"):
+        for key in ("image_stage", "prompt_stage", "captioned_as_blocked", "captioned_otherwise", "renders"):
             parts.append(f"{key} {_score(group[key]['flagged'])} of {group[key]['images']}")
         lines.append("; ".join(parts))
     return "\n".join(lines)

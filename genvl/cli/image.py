@@ -214,8 +214,8 @@ def add_safety_flag(parser):
     parser.add_argument(
         "--no-safety-checker",
         action="store_true",
-        help="do not run the pipeline's safety checker (by default an image showing a blocked concept is blacked "
-        "out and reported as flagged)",
+        help="do not run the pipeline's safety checker (by default an image showing a blocked concept, or made for "
+        "a prompt naming one, is blacked out and reported as flagged)",
     )
 
 
@@ -624,6 +624,8 @@ def interpolation_end(text: str, name: str):
 def run_interpolate(args) -> int:
     import torch
 
+    from ..pipelines.text_to_image import ends_text
+
     ends = [interpolation_end(args.start, "START"), interpolation_end(args.end, "END")]
     layout, path = published_model(args)
     name = slug(f"{Path(args.start).stem}-to-{Path(args.end).stem}")
@@ -641,7 +643,7 @@ def run_interpolate(args) -> int:
     def frames():  # written as each batch of frames is decoded, never all held at once
         index = 0
         for images, _ in chunks:
-            images, flagged = pipeline.run_safety_checker(images)
+            images, flagged = pipeline.run_safety_checker(images, [ends_text(*ends)] * len(images))
             for frame, found in zip(pipeline.postprocess(images, "pil"), flagged or [None] * len(images)):
                 yield index, seed, frame, found
                 index += 1

@@ -3,9 +3,9 @@ concept and from scenes that hold none, one image each, and how often the checke
 
 The generator does not always draw what a prompt asks, so the images are also captioned by a captioner trained
 apart from both (the shipped one): the flagged rate is also reported among the images whose caption names a
-blocked concept and among the rest. The scenes' own renders are checked too."""
+blocked concept and among the rest. The scenes' own renders are checked too. The checker's two stages are also
+reported alone: the image stage (what the images show) and the prompt stage (what the prompts name)."""
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +14,6 @@ import torch
 
 def _rate(flags: list[bool]) -> dict:
     return {"images": len(flags), "flagged": sum(flags) / len(flags) if flags else None}
-
-
-def names_concept(caption: str, concepts: list[str]) -> bool:
-    """Whether `caption` names one of `concepts` (an object name or its plural, as whole words)."""
-    from ..world.sprites import OBJECTS
-
-    for name in concepts:
-        forms = {name, OBJECTS[name][1]} if name in OBJECTS else {name}
-        if any(re.search(rf"\b{re.escape(form)}\b", caption) for form in forms):
-            return True
-    return False
 
 
 def safety_prompts(records: list[dict], blocked: list[str], count: int) -> dict:
@@ -49,8 +38,10 @@ def evaluate_safety(pipeline, captioner, data_dirs, count: int, seed: int = 0, b
     blocked concepts and of `count` prompts of scenes holding none (`safety_prompts` over the records of the
     imagefolders `data_dirs`), image k of a group drawn with a generator seeded `seed + k`, and report the
     checker's flagged rate per group: overall, per phrasing family, per layout, among the images the
-    `captioner` says show a blocked concept and among the others; and on the scenes' renders."""
+    `captioner` says show a blocked concept and among the others; by each of the checker's stages alone (image,
+    prompt); and on the scenes' renders."""
     from ..io.imagefolder import read_metadata
+    from ..models.safety import named_concepts
 
     checker = pipeline.safety_checker
     if checker is None or not checker.config.blocked:
@@ -78,10 +69,15 @@ def evaluate_safety(pipeline, captioner, data_dirs, count: int, seed: int = 0, b
         generators = [torch.Generator().manual_seed(seed + k) for _, k, _ in chunk]
         images = drawing([item["prompt"] for _, _, item in chunk], generator=generators, output_type="pt").images
         pixels = images * 2 - 1  # [0, 1] -> [-1, 1]
-        flagged = pipeline.run_safety_checker(pixels)[1]
+        prompts = [item["prompt"] for _, _, item in chunk]
+        flagged = pipeline.run_safety_checker(pixels, prompts)[1]
+        seen, named = pipeline.run_safety_checker(pixels)[1], checker.check_text(prompts)
         captions = captioner(list(pipeline.postprocess(pixels, "pil"))).captions
         render_flags = [check_render(checker, item["record"]) for _, _, item in chunk]
-        for (name, _, item), found, caption, render_found in zip(chunk, flagged, captions, render_flags):
+        stages = zip(flagged, seen, named)
+        for (name, _, item), (found, image_found, prompt_found), caption, render_found in zip(
+            chunk, stages, captions, render_flags
+        ):
             rows.append(
                 {
                     "group": name,
@@ -89,8 +85,10 @@ def evaluate_safety(pipeline, captioner, data_dirs, count: int, seed: int = 0, b
                     "phrasing": item["phrasing"],
                     "layout": item["record"]["scene"].get("layout"),
                     "flagged": found,
+                    "image_flagged": bool(image_found),
+                    "prompt_flagged": bool(prompt_found),
                     "caption": caption[0],
-                    "shows": names_concept(caption[0], blocked),
+                    "shows": bool(named_concepts(caption[0], blocked)),
                     "render_flagged": bool(render_found),
                 }
             )
@@ -125,6 +123,8 @@ def safety_report(rows: list[dict], blocked: list[str]) -> dict:
             "captioned_as_blocked": _rate(flags([r for r in group if r["shows"]])),
             "captioned_otherwise": _rate(flags([r for r in group if not r["shows"]])),
             "renders": _rate([row["render_flagged"] for row in group]),
+            "image_stage": _rate([row["image_flagged"] for row in group]),
+            "prompt_stage": _rate([row["prompt_flagged"] for row in group]),
         }
     report["images"] = len(rows)
     report["missed"] = [

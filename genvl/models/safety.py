@@ -10,7 +10,14 @@ embeddings here are the rows of a detector's object head, scored against each ce
 judge of `genvl eval t2i` (`SceneJudge`), trained on real renders only. A concept's score is the highest, over the
 cells, of the probability that an object is centred there times the probability that it is this concept; the
 image is flagged for every blocked concept whose score is above its threshold.
+
+The checker also reads the request (`check_text`, on unless `check_prompts=False`): a prompt that names a blocked
+concept flags every image made for it, whatever the generator drew. The image stage alone cannot flag an image in
+which the generator drew some other object than the one asked for; the prompt stage refuses the request itself, as
+moderation of a text-to-image service does before and after drawing.
 """
+
+import re
 
 import torch
 from diffusers.configuration_utils import register_to_config
@@ -21,7 +28,8 @@ from .judge import SceneJudge
 class SafetyChecker(SceneJudge):
     """A `SceneJudge` with `blocked` concepts (object names of its head) and their `blocked_thresholds` in (0, 1).
 
-    `check(images)` -> for each image, the blocked concepts it shows. `from_judge` makes one of a trained judge."""
+    `check(images)` -> for each image, the blocked concepts it shows; `check_text(prompts)` -> for each prompt, those
+    it names (with `check_prompts`). `from_judge` makes one of a trained judge."""
 
     @register_to_config
     def __init__(
@@ -35,15 +43,20 @@ class SafetyChecker(SceneJudge):
         predict_size: bool = False,
         blocked: list = (),
         blocked_thresholds: list = (),
+        check_prompts: bool = True,
     ):
         super().__init__(object_names, colour_names, channels, image_size, threshold, nms_distance, predict_size)
         check_blocked(list(object_names), list(blocked), list(blocked_thresholds))
 
     @classmethod
-    def from_judge(cls, judge: SceneJudge, blocked: list[str], thresholds: list[float]) -> "SafetyChecker":
-        """A checker with `judge`'s weights that blocks `blocked`, each above its threshold."""
+    def from_judge(
+        cls, judge: SceneJudge, blocked: list[str], thresholds: list[float], check_prompts: bool = True
+    ) -> "SafetyChecker":
+        """A checker with `judge`'s weights that blocks `blocked`, each above its threshold (and, with
+        `check_prompts`, in the prompts that name it)."""
         config = {key: value for key, value in judge.config.items() if not key.startswith("_")}
-        checker = cls(**config, blocked=list(blocked), blocked_thresholds=[float(t) for t in thresholds])
+        thresholds = [float(t) for t in thresholds]
+        checker = cls(**config, blocked=list(blocked), blocked_thresholds=thresholds, check_prompts=check_prompts)
         checker.load_state_dict(judge.state_dict())
         return checker.eval()
 
@@ -67,6 +80,26 @@ class SafetyChecker(SceneJudge):
             return [[] for _ in images]
         above = self.concept_scores(images) > torch.tensor(self.config.blocked_thresholds)
         return [[name for name, hit in zip(self.config.blocked, row) if hit] for row in above.tolist()]
+
+    def check_text(self, prompts: list[str]) -> list[list[str]]:
+        """For each prompt, the blocked concepts it names (`named_concepts`); none with `check_prompts=False`."""
+        if not self.config.check_prompts:
+            return [[] for _ in prompts]
+        return [named_concepts(prompt, self.config.blocked) for prompt in prompts]
+
+
+def named_concepts(text: str, concepts: list[str]) -> list[str]:
+    """The `concepts` (object names) that `text` names: the name or, for an object of the world, its plural, as a
+    whole word in any case."""
+    from ..world.sprites import OBJECTS
+
+    text = text.lower()
+    found = []
+    for name in concepts:
+        forms = {name.lower(), OBJECTS[name][1]} if name in OBJECTS else {name.lower()}
+        if any(re.search(rf"\b{re.escape(form)}\b", text) for form in forms):
+            found.append(name)
+    return found
 
 
 def check_blocked(names: list, blocked: list, thresholds: list) -> None:

@@ -100,6 +100,12 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return torch.sin((1.0 - t) * omega) / so * a + torch.sin(t * omega) / so * b
 
 
+def ends_text(start, end) -> str:
+    """The words of an interpolation's ends that are prompts (an image or an image file's path has none), for the
+    safety checker."""
+    return " ".join(end for end in (start, end) if isinstance(end, str) and not names_an_image_file(end))
+
+
 class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, DiffusionPipeline):
     """Text-to-image in the unCLIP style, plus image variations, interpolation and image-text scoring.
 
@@ -112,8 +118,8 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     prior and the image embeddings stay CLIP's; and, optionally, a `reranker` (another `CLIPModel`) with its
     `reranker_tokenizer`, which picks the best of `num_candidates` images (see `rerank`); and, optionally, a
     `safety_checker` (`genvl.models.safety.SafetyChecker`), run on every image made: an image showing a blocked
-    concept is blacked out and named in the output's `flagged` (load with `safety_checker=None`, or set the
-    attribute to None, to turn it off). With `set_embedding_cache`,
+    concept, or made for a prompt naming one, is blacked out and the concept named in the output's `flagged` (load
+    with `safety_checker=None`, or set the attribute to None, to turn it off). With `set_embedding_cache`,
     CLIP image embeddings are kept in a shared `EmbeddingCache`. LoRA adapters (PEFT format) load with
     `load_lora_weights`: one adapter folder for the decoder, or subfolders `decoder/`, `prior/`, `clip/`.
     """
@@ -382,20 +388,27 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         """Images (N, 3, H, W) in [-1, 1] as PIL images, an (N, H, W, 3) array ("np") or a tensor in [0, 1] ("pt")."""
         return self.output_processor.postprocess(images.float(), output_type=output_type)
 
-    def run_safety_checker(self, images: torch.Tensor):
+    def run_safety_checker(self, images: torch.Tensor, prompts: list[str] | None = None):
         """(images, flagged) of images (N, 3, H, W) in [-1, 1]: with a `safety_checker`, each image that shows a
-        blocked concept turned black and, per image, the concepts found; without one, the images and None. The
+        blocked concept, or was made for a prompt that names one (`prompts`: the prompt of each image), turned
+        black and, per image, the concepts found (in the checker's order); without one, the images and None. The
         checker reads the images rounded to 8 bits, as a saved PNG holds them."""
         if self.safety_checker is None:
             return images, None
-        flagged = self.safety_checker.check(pixels_to_uint8(images).float() / 127.5 - 1)
+        found = self.safety_checker.check(pixels_to_uint8(images).float() / 127.5 - 1)
+        if prompts is not None:
+            if len(prompts) != len(images):
+                raise ValueError(f"got {len(prompts)} prompts for {len(images)} images to check")
+            named = self.safety_checker.check_text(prompts)
+            found = [sorted({*a, *b}, key=self.safety_checker.config.blocked.index) for a, b in zip(found, named)]
+        flagged = found
         hit = torch.tensor([bool(found) for found in flagged], device=images.device).view(-1, 1, 1, 1)
         return torch.where(hit, torch.full_like(images, -1.0), images), flagged
 
-    def _finish(self, images, image_embeds, output_type, return_dict):
+    def _finish(self, images, image_embeds, output_type, return_dict, prompts=None):
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-        images, flagged = self.run_safety_checker(images)
+        images, flagged = self.run_safety_checker(images, prompts)
         images = self.postprocess(images, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -496,7 +509,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             best = chosen if best is None else _keep_better(best, chosen)
         if num_candidates > 1:
             images, image_embeds, _ = best
-        return self._finish(images, image_embeds, output_type, return_dict)
+        return self._finish(images, image_embeds, output_type, return_dict, prompts)
 
     def latent_shape(self) -> tuple:
         """(C, h, w) of the decoder's starting noise for one image."""
@@ -590,7 +603,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             )
         )
         images, embeds = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        return self._finish(images, embeds, output_type, return_dict)
+        return self._finish(images, embeds, output_type, return_dict, [ends_text(start, end)] * len(images))
 
     @torch.no_grad()
     def interpolation_frames(

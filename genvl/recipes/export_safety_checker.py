@@ -60,6 +60,11 @@ def main(argv=None):
     parser.add_argument(
         "--threshold", default="0.2", help="a concept's score above which an image is flagged (one, or one per concept)"
     )
+    parser.add_argument(
+        "--no-prompt-check",
+        action="store_true",
+        help="check the images only (by default a prompt naming a blocked concept flags its images too)",
+    )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--into", help="a text-to-image pipeline folder to add the checker to")
     where.add_argument("--output", help="write the checker's folder here")
@@ -72,7 +77,7 @@ def main(argv=None):
     if len(thresholds) == 1:
         thresholds = thresholds * len(blocked)
     judge = SceneJudge.from_pretrained(local_folder(args.judge))
-    checker = SafetyChecker.from_judge(judge, blocked, thresholds)
+    checker = SafetyChecker.from_judge(judge, blocked, thresholds, check_prompts=not args.no_prompt_check)
     folder = add_to_pipeline(checker, Path(args.into)) if args.into else Path(args.output)
     if args.output:
         write_checker(checker, folder)
