@@ -250,6 +250,7 @@ def test_recipe_trains_and_the_cli_asks_and_scores(vqa_run, capsys, tmp_path):
     # a question its answer cannot follow within the decoder's positions is scored wrong, not asked
     from genvl.evaluation.vqa import evaluate_vqa
 
+    assert pipe.positions_left("how many apples?") == 48 - 1 - len(pipe.prefix_ids("how many apples?"))
     pipe.model.generation_config.max_new_tokens = 47  # 48 positions: none is left for the question
     crowded = evaluate_vqa(pipe, data, 10)
     assert crowded["too_long"] == 10 and crowded["accuracy"] == 0

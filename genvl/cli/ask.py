@@ -34,7 +34,6 @@ def add_parser(commands) -> None:
 
 
 def run_ask(args) -> int:
-    from ..generation.decoder import decoder_positions
     from ..io.images import printable_path
     from ..pipelines.caption import question_prefix
 
@@ -43,12 +42,11 @@ def run_ask(args) -> int:
     pipeline = load_caption_pipeline(args, VQA_MODEL_VARIABLE, DEFAULT_VQA_MODEL)
     overrides = {"num_beams": args.num_beams} if args.num_beams else {}
     settings = pipeline.settings(**overrides)
-    positions = decoder_positions(pipeline.model.config.decoder)
-    asked = len(pipeline.prefix_ids(question))
-    if positions is not None and 1 + asked + settings.max_new_tokens > positions:
+    left = pipeline.positions_left(question)
+    if left is not None and settings.max_new_tokens > left:
         raise UsageError(
-            f"the question takes {asked} tokens; with {settings.max_new_tokens} for the answer that is more than "
-            f"the model's {positions} positions: ask a shorter one"
+            f"the question leaves the model positions for {max(left, 0)} answer tokens, not the "
+            f"{settings.max_new_tokens} it may take: ask a shorter one"
         )
     for record in caption_records(pipeline, paths, 0, None, args, {**overrides, "question": question}):
         answer, score = record["captions"][0]["text"], record["captions"][0]["score"]

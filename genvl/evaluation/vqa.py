@@ -21,7 +21,6 @@ def evaluate_vqa(pipeline, data_dir, count: int, seed: int = 0, batch_size: int 
     imagefolder `data_dir` and score the pipeline's answers by exact match. Questions are sorted by their text so
     that each pipeline call answers one question about many images. A question too long for the model's positions
     with its answer is scored wrong (`too_long` counts them)."""
-    from ..generation.decoder import decoder_positions
     from ..io.imagefolder import read_metadata
     from ..pipelines.caption import question_prefix
     from ..world.questions import question_set
@@ -33,12 +32,9 @@ def evaluate_vqa(pipeline, data_dir, count: int, seed: int = 0, batch_size: int 
         raise ValueError(f"{data_dir}: every record needs a scene graph to ask questions of (genvl data scenes)")
     items = question_set(records, count, seed)
     # a question the model's positions cannot hold with its answer is answered wrong, not asked
-    positions = decoder_positions(pipeline.model.config.decoder)
-    room = 1 + pipeline.settings().max_new_tokens
-    fits = [
-        positions is None or len(pipeline.prefix_ids(question_prefix(item["question"]))) + room <= positions
-        for item in items
-    ]
+    room = pipeline.settings().max_new_tokens
+    lefts = [pipeline.positions_left(question_prefix(item["question"])) for item in items]
+    fits = [left is None or room <= left for left in lefts]
     order = sorted((i for i in range(len(items)) if fits[i]), key=lambda i: (question_prefix(items[i]["question"]), i))
     answers = [""] * len(items)
     starts = range(0, len(order), batch_size)

@@ -193,6 +193,14 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         quantize_linear_layers(self.model.decoder, mode)
         return self
 
+    def positions_left(self, prefix: str | None) -> int | None:
+        """How many new tokens fit after the start token and `prefix` in the decoder's positions (negative when
+        the prefix alone overflows them); None for a decoder without a limit."""
+        from ..generation.decoder import decoder_positions
+
+        positions = decoder_positions(self.model.config.decoder)
+        return None if positions is None else positions - 1 - len(self.prefix_ids(prefix))
+
     def prefix_ids(self, prefix: str | None) -> list[int]:
         """The token ids of `prefix` alone, without the special tokens a tokenizer may wrap text in (BERT's
         [CLS] and [SEP]): the caption continues it."""
