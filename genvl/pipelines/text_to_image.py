@@ -395,13 +395,13 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         checker reads the images rounded to 8 bits, as a saved PNG holds them."""
         if self.safety_checker is None:
             return images, None
-        found = self.safety_checker.check(pixels_to_uint8(images).float() / 127.5 - 1)
+        flagged = self.safety_checker.check(pixels_to_uint8(images).float() / 127.5 - 1)
         if prompts is not None:
             if len(prompts) != len(images):
                 raise ValueError(f"got {len(prompts)} prompts for {len(images)} images to check")
+            order = self.safety_checker.config.blocked.index
             named = self.safety_checker.check_text(prompts)
-            found = [sorted({*a, *b}, key=self.safety_checker.config.blocked.index) for a, b in zip(found, named)]
-        flagged = found
+            flagged = [sorted({*shown, *asked}, key=order) for shown, asked in zip(flagged, named)]
         hit = torch.tensor([bool(found) for found in flagged], device=images.device).view(-1, 1, 1, 1)
         return torch.where(hit, torch.full_like(images, -1.0), images), flagged
 
