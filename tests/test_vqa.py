@@ -333,6 +333,10 @@ def test_a_run_started_from_a_pipeline_exports_its_checkpoint(judge_eyed_run, tm
     final = CaptionPipeline.from_pretrained(out / "run").model.state_dict()
     weights = CaptionPipeline.from_pretrained(exported).model.state_dict()
     assert weights.keys() == final.keys() and all(torch.equal(value, final[key]) for key, value in weights.items())
+    # and it answers as the final folder does, not with the captioner's settings it started from
+    settings = [CaptionPipeline.from_pretrained(f).model.generation_config for f in (out / "run", exported)]
+    assert settings[0].to_dict() == settings[1].to_dict()
+    assert settings[1].max_new_tokens == train_vqa.CAPTION_TOKENS and settings[1].no_repeat_ngram_size == 0
 
 
 def test_a_grid_encoder_folder_describing_more_than_its_weights_is_refused(judge_eyed_run, tmp_path):

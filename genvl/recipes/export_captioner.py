@@ -6,10 +6,8 @@
 Useful to evaluate a run while it trains, or to ship a checkpoint without waiting for the run to end. A run with
 `--encoder_from_judge` is rebuilt with its grid encoder, and one that started from a pipeline
 (`--pretrained_model_name_or_path`, as `train_vqa.py` can) from that pipeline, its positions grown as the run grew
-them (the folders its config names must
-still be there). Works for `train_vqa.py` runs too, whose exports keep the starting model's generation settings:
-pass `max_new_tokens=` and `no_repeat_ngram_size=0` when asking them questions (the recipe writes both into its
-own folder).
+them (the folders its config names must still be there). Works for `train_vqa.py` runs too, whose exports decode
+answers as the recipe's own final folder does (`train_vqa.answer_settings`).
 """
 
 import argparse
@@ -20,6 +18,7 @@ from safetensors.torch import load_file
 from genvl.io.components import load_tokenizer
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, grow_positions
 from genvl.pipelines.caption import CaptionPipeline
+from genvl.recipes.train_vqa import answer_settings
 from genvl.training.args import JudgeEncoderArgs, read_run_config, run_architecture, run_script
 from genvl.training.checkpoints import checkpoint_step, copy_ema_weights, resolve_resume
 from genvl.training.pretrained import prepare_encoder
@@ -54,6 +53,8 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{error}; pass --no-ema to export raw weights") from None
     model.tie_weights()
+    if "describe_share" in config:  # a train_vqa.py run: answers, not captions
+        answer_settings(model, tokenizer, config["describe_share"])
     out = Path(out or run_dir / f"export-{checkpoint_step(path)}")
     pipeline = CaptionPipeline(model=model.eval(), tokenizer=tokenizer, image_processor=image_processor)
     pipeline.save_pretrained(out)

@@ -94,6 +94,14 @@ def answer_tokens(tokenizer) -> int:
     return 1 + max(len(tokenizer(" " + answer, add_special_tokens=False).input_ids) for answer in every_answer())
 
 
+def answer_settings(model, tokenizer, describe_share: float) -> None:
+    """Set `model`'s generation config to decode answers greedily: at most the new tokens of the world's longest
+    answer (`answer_tokens`; a whole caption's, `CAPTION_TOKENS`, for a model that also describes scenes), and no
+    n-gram rule, whose n-grams would span the question."""
+    longest = answer_tokens(tokenizer) if not describe_share else CAPTION_TOKENS
+    model.generation_config.update(max_new_tokens=longest, no_repeat_ngram_size=0, num_beams=1)
+
+
 def fitted(item: dict | None, tokenizer, max_length: int) -> dict | None:
     """`item` (an `ask` or `describe` question) if its question and answer fit in `max_length` positions with the
     start token and EOS; else the same question unwrapped (its template filled, as `phrase` found it), if that
@@ -220,11 +228,9 @@ def main(argv=None):
     trained = [p for p in model.parameters() if p.requires_grad]
     losses = train_loop(accelerator, args, model, trained, len(records), compute_loss)
 
-    # 3. save the pipeline (EMA weights when EMA is on), decoding answers greedily: a few tokens, and no n-gram
-    # rule, whose n-grams would span the question
+    # 3. save the pipeline (EMA weights when EMA is on), decoding answers
     if accelerator.is_main_process:
-        longest = answer_tokens(tokenizer) if not args.describe_share else CAPTION_TOKENS
-        model.generation_config.update(max_new_tokens=longest, no_repeat_ngram_size=0, num_beams=1)
+        answer_settings(model, tokenizer, args.describe_share)
         CaptionPipeline(model=model, tokenizer=tokenizer, image_processor=image_processor).save_pretrained(output_dir)
         (output_dir / "train_losses.json").write_text(json.dumps(losses))
     accelerator.end_training()
