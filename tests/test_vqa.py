@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from genvl.pipelines.caption import FUNCTION_WORDS, CaptionPipeline, question_prefix
+from genvl.training.answers import CAPTION_TOKENS, answer_tokens
 from genvl.world.dataset import write_imagefolder
 from genvl.world.questions import (
     DESCRIBE,
@@ -232,7 +233,7 @@ def test_recipe_trains_and_the_cli_asks_and_scores(vqa_run, capsys, tmp_path):
     # as many new tokens as the world's longest answer takes with this tokenizer, and no n-gram rule
     longest = max(len(pipe.tokenizer(" " + a, add_special_tokens=False).input_ids) for a in every_answer())
     assert {"zero", "yes", "strawberry", "purple"} <= set(every_answer())
-    assert pipe.model.generation_config.max_new_tokens == 1 + longest == train_vqa.answer_tokens(pipe.tokenizer)
+    assert pipe.model.generation_config.max_new_tokens == 1 + longest == answer_tokens(pipe.tokenizer)
     assert pipe.model.generation_config.no_repeat_ngram_size == 0
     image = data / json.loads((data / "metadata.jsonl").read_text().splitlines()[0])["file_name"]
     model = ["--model", str(root / "run")]
@@ -306,7 +307,7 @@ def test_a_judge_eyed_model_reads_with_the_judges_frozen_body_and_answers(judge_
     out, data, judge, losses = judge_eyed_run
     assert len(losses) == 4
     pipe = CaptionPipeline.from_pretrained(out / "run")
-    assert pipe.model.generation_config.max_new_tokens == train_vqa.CAPTION_TOKENS  # room for a whole caption
+    assert pipe.model.generation_config.max_new_tokens == CAPTION_TOKENS  # room for a whole caption
     encoder = pipe.model.encoder
     assert isinstance(encoder, GridEncoder) and encoder.config.channels == [8, 8, 16]
     for key, value in judge.body.state_dict().items():  # frozen: the judge's body, as it was
@@ -336,7 +337,7 @@ def test_a_run_started_from_a_pipeline_exports_its_checkpoint(judge_eyed_run, tm
     # and it answers as the final folder does, not with the captioner's settings it started from
     settings = [CaptionPipeline.from_pretrained(f).model.generation_config for f in (out / "run", exported)]
     assert settings[0].to_dict() == settings[1].to_dict()
-    assert settings[1].max_new_tokens == train_vqa.CAPTION_TOKENS and settings[1].no_repeat_ngram_size == 0
+    assert settings[1].max_new_tokens == CAPTION_TOKENS and settings[1].no_repeat_ngram_size == 0
 
 
 def test_a_grid_encoder_folder_describing_more_than_its_weights_is_refused(judge_eyed_run, tmp_path):

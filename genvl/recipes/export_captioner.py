@@ -7,7 +7,7 @@ Useful to evaluate a run while it trains, or to ship a checkpoint without waitin
 `--encoder_from_judge` is rebuilt with its grid encoder, and one that started from a pipeline
 (`--pretrained_model_name_or_path`, as `train_vqa.py` can) from that pipeline, its positions grown as the run grew
 them (the folders its config names must still be there). Works for `train_vqa.py` runs too, whose exports decode
-answers as the recipe's own final folder does (`train_vqa.answer_settings`).
+answers as the recipe's own final folder does (`genvl.training.answers.answer_settings`).
 """
 
 import argparse
@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from genvl.io.components import load_tokenizer
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, grow_positions
 from genvl.pipelines.caption import CaptionPipeline
-from genvl.recipes.train_vqa import answer_settings
+from genvl.training.answers import answer_settings
 from genvl.training.args import JudgeEncoderArgs, read_run_config, run_architecture, run_script
 from genvl.training.checkpoints import checkpoint_step, copy_ema_weights, resolve_resume
 from genvl.training.pretrained import prepare_encoder

@@ -33,6 +33,7 @@ from genvl.models.captioner import (
     train_tokenizer,
 )
 from genvl.pipelines.caption import CaptionPipeline, question_prefix
+from genvl.training.answers import answer_settings
 from genvl.training.args import JudgeEncoderArgs, TrainArgs, check_at_least, parse_args, run_script, save_architecture
 from genvl.training.augment import augment_batch, parse_augmentations, shift_range
 from genvl.training.data import read_training_data
@@ -40,10 +41,8 @@ from genvl.training.features import load_or_train_tokenizer
 from genvl.training.loop import caption_loss, make_accelerator, train_loop
 from genvl.training.pretrained import prepare_encoder
 from genvl.training.seeds import AUGMENTATION, step_generator
-from genvl.world.questions import DESCRIBE, KINDS, answerable, ask, describe, every_answer
+from genvl.world.questions import DESCRIBE, KINDS, answerable, ask, describe
 from genvl.world.scenes import mirror_scene
-
-CAPTION_TOKENS = 24  # the most new tokens a model that also describes whole scenes decodes (`--describe_share`)
 
 
 @dataclass
@@ -86,20 +85,6 @@ def drop_template_words(question: str, slots: dict, rate: float, rng: random.Ran
     words = question_prefix(question)[:-1].split()
     kept = [word for word in words if word in protected or rng.random() >= rate]
     return " ".join(kept) + "?" if kept else question_prefix(question)
-
-
-def answer_tokens(tokenizer) -> int:
-    """The most new tokens an answer of the world takes with `tokenizer`, EOS included: the saved model decodes no
-    more, which leaves the rest of the decoder's positions to the question."""
-    return 1 + max(len(tokenizer(" " + answer, add_special_tokens=False).input_ids) for answer in every_answer())
-
-
-def answer_settings(model, tokenizer, describe_share: float) -> None:
-    """Set `model`'s generation config to decode answers greedily: at most the new tokens of the world's longest
-    answer (`answer_tokens`; a whole caption's, `CAPTION_TOKENS`, for a model that also describes scenes), and no
-    n-gram rule, whose n-grams would span the question."""
-    longest = answer_tokens(tokenizer) if not describe_share else CAPTION_TOKENS
-    model.generation_config.update(max_new_tokens=longest, no_repeat_ngram_size=0, num_beams=1)
 
 
 def fitted(item: dict | None, tokenizer, max_length: int) -> dict | None:
