@@ -124,6 +124,21 @@ def test_question_set_spreads_kinds_families_and_counts(scene_records):
             assert (q["slots"], q["answer"]) in answerable(scene)[q["kind"]], q
 
 
+def test_question_set_leaves_out_the_kinds_and_counts_no_scene_answers():
+    from genvl.world.classic import sample_classic_scene
+
+    rng = random.Random(0)
+    records = [{"scene": sample_classic_scene(rng)} for _ in range(300)]
+    assert not any("biggest" in answerable(r["scene"]) for r in records)  # the classic world has no size contrast
+    kinds = Counter(q["kind"] for q in question_set(records, 80, seed=0))
+    assert kinds == {kind: 20 for kind in KINDS if kind != "biggest"}
+    singles = [r for r in records if len(r["scene"]["objects"]) == 1]
+    items = question_set(singles, 39, seed=0)  # single objects answer colour, count and exists only
+    assert Counter(q["kind"] for q in items) == {"colour": 13, "count": 13, "exists": 13}
+    counts = Counter(q["answer"] for q in items if q["kind"] == "count")
+    assert counts == {"zero": 7, "one": 6}  # in turn: "two" to "four" are held by no scene here
+
+
 def test_balanced_kinds_are_drawn_evenly_each_from_a_scene_that_answers_it(scene_records):
     scene_kinds = [{*answerable(r["scene"]), "count", "exists"} for r in scene_records]
     answering = {kind: [i for i, found in enumerate(scene_kinds) if kind in found] for kind in KINDS}
@@ -245,6 +260,11 @@ def test_recipe_trains_and_the_cli_asks_and_scores(vqa_run, capsys, tmp_path):
     report = json.loads(out)
     assert code == 0 and report["questions"] == 40 and set(report["kinds"]) == set(KINDS)
     assert set(report["phrasings"]) == {*FAMILIES, "every_held_out"} and 0 <= report["accuracy"] <= 1
+    from genvl.cli.evaluate import vqa_summary
+
+    summary = vqa_summary({**report, "too_long": 3, "kinds_not_asked": ["biggest"]})
+    assert report["kinds_not_asked"] == [] and "held_out_2" in summary and "every held-out phrasing" in summary
+    assert "3 questions too long" in summary and "not asked (no scene answers them): biggest" in summary
     # and per phrasing, each named by its family and template
     templates = {f"{family}: {t}" for family, table in FAMILIES.items() for kind in KINDS for t in table[kind]}
     assert report["templates"] and set(report["templates"]) <= templates and report["too_long"] == 0

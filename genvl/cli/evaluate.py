@@ -305,15 +305,21 @@ def attention_summary(report: dict) -> str:
 def vqa_summary(report: dict) -> str:
     """`evaluate_vqa`'s report as a table: accuracy per kind in each phrasing family, then per scene family."""
     lines = [f"{report['questions']} questions: accuracy {_score(report['accuracy'])}"]
-    lines.append(f"{'kind':<10} {'all':>6} {'seen':>6} {'held-out':>9}")
+    families = [family for family in report["phrasings"] if family != "every_held_out"]
+    lines.append(f"{'kind':<10} {'all':>6} " + " ".join(f"{family:>10}" for family in families))
     for kind, value in report["kinds"].items():
         by = report.get(f"{kind}_by_phrasing", {})
-        lines.append(f"{kind:<10} {_score(value):>6} {_score(by.get('seen')):>6} {_score(by.get('held_out')):>9}")
+        lines.append(f"{kind:<10} {_score(value):>6} " + " ".join(f"{_score(by.get(f)):>10}" for f in families))
     phrasings, scenes = report["phrasings"], report["scenes"]
-    lines.append(f"{'phrasings':<10} {'':>6} {_score(phrasings.get('seen')):>6} {_score(phrasings.get('held_out')):>9}")
+    lines.append(f"{'phrasings':<10} {'':>6} " + " ".join(f"{_score(phrasings.get(f)):>10}" for f in families))
+    lines.append(f"every held-out phrasing {_score(phrasings.get('every_held_out'))}")
     lines.append(
         f"scenes: in family {_score(scenes.get('in_family'))}, held-out family {_score(scenes.get('held_out_family'))}"
     )
+    if report.get("too_long"):
+        lines.append(f"{report['too_long']} questions too long for the model's positions, scored wrong")
+    if report.get("kinds_not_asked"):
+        lines.append(f"not asked (no scene answers them): {', '.join(report['kinds_not_asked'])}")
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ def evaluate_vqa(pipeline, data_dir, count: int, seed: int = 0, batch_size: int 
     with its answer is scored wrong (`too_long` counts them)."""
     from ..io.imagefolder import read_metadata
     from ..pipelines.caption import question_prefix
-    from ..world.questions import question_set
+    from ..world.questions import KINDS, question_set
     from ..world.scenes import held_out
 
     data_dir = Path(data_dir)
@@ -64,6 +64,7 @@ def evaluate_vqa(pipeline, data_dir, count: int, seed: int = 0, batch_size: int 
     for (table, name), rows in sorted(groups.items()):
         report.setdefault(table, {})[name] = _accuracy(rows)
     report["scene_counts"] = {name: len(groups["scenes", name]) for name in ("in_family", "held_out_family")}
+    report["kinds_not_asked"] = [kind for kind in KINDS if kind not in report["kinds"]]  # no scene answers them
     wrong = [(item, said) for item, said, ok in zip(items, answers, right) if not ok]
     report["wrong_examples"] = [
         {

@@ -197,7 +197,12 @@ def question_set(records: list[dict], count: int, seed: int) -> list[dict]:
     and each kind's phrasing families in turn, so that every kind and family is measured on as many questions,
     and the count questions' answers in turn from "zero" to "four" (most objects are alone in their scene: a
     model that always said "one" would otherwise pass); each question carries its record's index as "record".
+    A kind no scene answers (the classic world has no "biggest") is left out, and so is a count no scene holds.
     Drawn from `seed` alone."""
+    offered = [answerable(record["scene"]) for record in records]
+    kinds = [kind for kind in KINDS if kind in ("count", "exists") or any(kind in found for found in offered)]
+    held = {answer for found in offered for _, answer in found.get("count", [])} | {ANSWER_NUMBERS[0]}
+    numbers = [word for word in ANSWER_NUMBERS.values() if word in held]
     rng = random.Random(f"questions/{seed}")
     order = list(range(len(records)))
     out, turn = [], 0
@@ -207,13 +212,14 @@ def question_set(records: list[dict], count: int, seed: int) -> list[dict]:
         for index in order:
             if len(out) == count:
                 break
-            kind = KINDS[turn % len(KINDS)]
-            family = list(FAMILIES)[(turn // len(KINDS)) % len(FAMILIES)]
+            kind = kinds[turn % len(kinds)]
+            family = list(FAMILIES)[(turn // len(kinds)) % len(FAMILIES)]
             item = ask(records[index]["scene"], rng, family, kind)
-            wanted = ANSWER_NUMBERS[(turn // len(KINDS)) % len(ANSWER_NUMBERS)] if kind == "count" else None
+            wanted = numbers[(turn // len(kinds)) % len(numbers)] if kind == "count" else None
             if item is not None and wanted in (None, item["answer"]):
                 out.append({**item, "record": index})
                 turn += 1
         if len(out) == progress:
-            raise ValueError(f"no scene of the {len(records)} records answers a question of kind {KINDS[turn % 5]!r}")
+            kind = kinds[turn % len(kinds)]
+            raise ValueError(f"no scene of the {len(records)} records answers a question of kind {kind!r}")
     return out
