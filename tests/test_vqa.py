@@ -21,6 +21,7 @@ from genvl.world.questions import (
     SUFFIXES,
     TRAIN,
     answerable,
+    answered_kinds,
     ask,
     describe,
     every_answer,
@@ -140,7 +141,7 @@ def test_question_set_leaves_out_the_kinds_and_counts_no_scene_answers():
 
 
 def test_balanced_kinds_are_drawn_evenly_each_from_a_scene_that_answers_it(scene_records):
-    scene_kinds = [{*answerable(r["scene"]), "count", "exists"} for r in scene_records]
+    scene_kinds = [answered_kinds(r["scene"]) for r in scene_records]
     answering = {kind: [i for i, found in enumerate(scene_kinds) if kind in found] for kind in KINDS}
     assert 0 < len(answering["biggest"]) < len(scene_records) / 5  # few scenes answer "biggest"
     rng = random.Random(0)

@@ -134,8 +134,7 @@ def grow_positions(model, positions: int) -> None:
         grown.weight[: old.num_embeddings] = old.weight
         grown.weight[old.num_embeddings :] = old.weight[-1]
     model.decoder.transformer.wpe = grown
-    for decoder_config in {id(c): c for c in (config, model.config.decoder)}.values():
-        decoder_config.n_positions = positions
+    config.n_positions = model.config.decoder.n_positions = positions  # the same config, or a copy of it
 
 
 def _encoder_config(arch: CaptionerArchitecture):

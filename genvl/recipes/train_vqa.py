@@ -41,7 +41,7 @@ from genvl.training.features import load_or_train_tokenizer
 from genvl.training.loop import caption_loss, make_accelerator, train_loop
 from genvl.training.pretrained import prepare_encoder
 from genvl.training.seeds import AUGMENTATION, step_generator
-from genvl.world.questions import DESCRIBE, KINDS, answerable, ask, describe
+from genvl.world.questions import DESCRIBE, KINDS, answered_kinds, ask, describe
 from genvl.world.scenes import mirror_scene
 
 
@@ -167,11 +167,12 @@ def main(argv=None):
     images = load_images(Path(args.train_data_dir), records, args.image_column, args.resolution)
     scenes = [r["scene"] for r in records]
     ranges = torch.tensor([shift_range(scene) for scene in scenes]) if "shift" in kinds else None
-    scene_kinds = [{*answerable(scene), "count", "exists"} for scene in scenes]  # absent objects are asked of too
-    answering = {kind: [i for i, found in enumerate(scene_kinds) if kind in found] for kind in KINDS}
-    if args.balance_kinds and not all(answering.values()):
-        empty = [kind for kind, found in answering.items() if not found]
-        raise ValueError(f"{args.train_data_dir}: no scene answers a question of kind {', '.join(empty)}")
+    if args.balance_kinds:
+        scene_kinds = [answered_kinds(scene) for scene in scenes]
+        answering = {kind: [i for i, found in enumerate(scene_kinds) if kind in found] for kind in KINDS}
+        if not all(answering.values()):
+            empty = [kind for kind, found in answering.items() if not found]
+            raise ValueError(f"{args.train_data_dir}: no scene answers a question of kind {', '.join(empty)}")
 
     def compute_loss(model, batch, step):
         drawn = [None] * len(batch)

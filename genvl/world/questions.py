@@ -20,6 +20,7 @@ from .captions import NUMBER_WORDS, article, scene_captions
 from .sprites import ALL_OBJECTS, COLOURS, OBJECTS
 
 KINDS = ("colour", "count", "relation", "exists", "biggest")
+ALWAYS_ASKED = ("count", "exists")  # asked of absent objects too ("zero", "no"), so of every scene
 BIGGEST_MARGIN = 1.2  # the biggest object's box side over the next one's, for "biggest" to be asked
 ABSENT_COUNT_SHARE = 0.2  # how often a count question asks about an object the scene does not hold
 ANSWER_NUMBERS = {0: "zero", **NUMBER_WORDS}
@@ -101,6 +102,11 @@ def every_answer() -> list[str]:
     return sorted({*ALL_OBJECTS, *COLOURS, *ANSWER_NUMBERS.values(), "yes", "no"})
 
 
+def answered_kinds(scene: dict) -> set[str]:
+    """The kinds of question `scene` answers: those `answerable` finds, and `ALWAYS_ASKED`."""
+    return {*answerable(scene), *ALWAYS_ASKED}
+
+
 def _side(obj: dict) -> float:
     x0, y0, x1, y1 = obj["bbox"]
     return max(x1 - x0, y1 - y0)
@@ -167,12 +173,10 @@ def ask(scene: dict, rng: random.Random, family: str = "seen", kind: str | None 
     kinds = sorted(found)
     if kind is None:
         kind = rng.choice(kinds)
-    if kind not in found and kind not in ("count", "exists"):
+    if kind not in found and kind not in ALWAYS_ASKED:
         return None
     names = {obj["name"] for obj in scene["objects"]}
-    if kind in ("count", "exists") and (
-        kind not in found or rng.random() < (ABSENT_COUNT_SHARE if kind == "count" else 0.5)
-    ):
+    if kind in ALWAYS_ASKED and (kind not in found or rng.random() < (ABSENT_COUNT_SHARE if kind == "count" else 0.5)):
         absent = rng.choice(sorted(set(OBJECTS) - names))  # a question the scene answers in the negative
         if kind == "count":
             slots, answer = {"plural": _plural(absent)}, "zero"
@@ -200,7 +204,7 @@ def question_set(records: list[dict], count: int, seed: int) -> list[dict]:
     A kind no scene answers (the classic world has no "biggest") is left out, and so is a count no scene holds.
     Drawn from `seed` alone."""
     offered = [answerable(record["scene"]) for record in records]
-    kinds = [kind for kind in KINDS if kind in ("count", "exists") or any(kind in found for found in offered)]
+    kinds = [kind for kind in KINDS if kind in ALWAYS_ASKED or any(kind in found for found in offered)]
     held = {answer for found in offered for _, answer in found.get("count", [])} | {ANSWER_NUMBERS[0]}
     numbers = [word for word in ANSWER_NUMBERS.values() if word in held]
     rng = random.Random(f"questions/{seed}")
