@@ -322,6 +322,7 @@ def compare_int8(model, pixel_values, settings, args, results: dict):
         paired = statistics.median(ours / theirs for ours, theirs in zip(fp32_ms, int8_ms))
         fp32_median, int8_median = statistics.median(fp32_ms), statistics.median(int8_ms)
         results[mode].update(
+            genvl_median_ms_beside_int8=fp32_median,
             genvl_int8_ms=int8_ms,
             genvl_int8_median_ms=int8_median,
             int8_speedup=fp32_median / int8_median,
