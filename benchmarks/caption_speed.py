@@ -13,8 +13,12 @@ speed changes during the measurement.
 its own fp32 run, alternating in the same loop, and counts the captions that stay token for token the same.
 `--student DIR` times genvl on another captioner of the same images (a distilled student of `--model`, say) against
 `--model` the same way, with its size and how many of its captions are the same as the model's.
+`--static-cache` adds transformers' `generate()` with its static (preallocated) key/value cache as a third
+implementation in the same loop; on a GPU, transformers also compiles the decoder's step for it, which the
+untimed `--warmup` runs absorb. `--device cuda` runs everything on the GPU.
 
     python benchmarks/caption_speed.py --model pipelines/genvl-caption-small --student runs/caption_tiny_distilled
+    python benchmarks/caption_speed.py --random-vit-b16-gpt2 --device cuda --batch-size 1 --static-cache --warmup 2
 """
 
 import argparse
@@ -73,6 +77,12 @@ def parse_args(argv=None):
     parser.add_argument(
         "--student", default=None, help="a CaptionPipeline folder: also time genvl on it against --model"
     )
+    parser.add_argument(
+        "--static-cache",
+        action="store_true",
+        help="also time transformers' generate() with cache_implementation='static' in the same loop",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N for a GPU")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write every measured number to this JSON file")
@@ -86,6 +96,16 @@ def parse_args(argv=None):
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
     if args.student is not None and args.random_vit_b16_gpt2:
         raise ValueError("--student is timed against --model: drop --random-vit-b16-gpt2")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: torch sees no CUDA device here")
+    if device.type == "cuda" and args.quantize == "int8":
+        raise ValueError("--quantize int8 is dynamic int8 for CPUs: drop it with --device cuda")
     return args
 
 
@@ -150,7 +170,7 @@ def load_pixel_values(pipeline, folder: str, batch_size: int, seed: int) -> torc
     return pipeline.preprocess(images)
 
 
-def transformers_tokens(model, pixel_values, settings) -> list[list[int]]:
+def transformers_tokens(model, pixel_values, settings, cache_implementation=None) -> list[list[int]]:
     """transformers' generate() with the same settings; rows trimmed after the prompt and at the first EOS."""
     options = dict(
         num_beams=settings.num_beams,
@@ -160,6 +180,8 @@ def transformers_tokens(model, pixel_values, settings) -> list[list[int]]:
     )
     if settings.num_beams > 1:
         options.update(length_penalty=settings.length_penalty, early_stopping=settings.early_stopping)
+    if cache_implementation is not None:
+        options.update(cache_implementation=cache_implementation)
     prompt = torch.full((pixel_values.shape[0], 1), settings.decoder_start_token_id, device=pixel_values.device)
     sequences = model.generate(
         pixel_values=pixel_values,
@@ -175,6 +197,10 @@ def transformers_tokens(model, pixel_values, settings) -> list[list[int]]:
     return [row[: row.index(settings.eos_token_id)] if settings.eos_token_id in row else row for row in rows]
 
 
+def transformers_static_tokens(model, pixel_values, settings) -> list[list[int]]:
+    return transformers_tokens(model, pixel_values, settings, cache_implementation="static")
+
+
 def genvl_tokens(model, pixel_values, settings) -> list[list[int]]:
     return [seq for seqs in generate(model, pixel_values, settings).sequences for seq in seqs]
 
@@ -182,10 +208,13 @@ def genvl_tokens(model, pixel_values, settings) -> list[list[int]]:
 def time_alternating(implementations, model, pixel_values, settings, runs, warmup):
     """Warm up, then time the implementations alternately; returns {name: (times in ms, last tokens)}."""
     results = {name: ([], None) for name in implementations}
+    synchronize = torch.cuda.synchronize if pixel_values.is_cuda else lambda: None
     for run in range(warmup + runs):
         for name, fn in implementations.items():
+            synchronize()
             start = time.perf_counter()
             tokens = fn(model, pixel_values, settings)
+            synchronize()
             ms = (time.perf_counter() - start) * 1000.0
             times = results[name][0] + ([ms] if run >= warmup else [])
             results[name] = (times, tokens)
@@ -211,6 +240,7 @@ def load_model_and_inputs(args):
         model = pipeline.model.eval()
         pixel_values = load_pixel_values(pipeline, args.images, args.batch_size, args.seed)
         source = args.model
+    model, pixel_values = model.to(args.device), pixel_values.to(args.device)
     max_new_tokens = args.max_new_tokens or getattr(model.generation_config, "max_new_tokens", None) or 20
     settings = {}
     for mode, beams in {"greedy": 1, f"beam {args.beams}": args.beams}.items():
@@ -231,8 +261,10 @@ def load_model_and_inputs(args):
 
 def compare_fp32(model, pixel_values, settings, args) -> dict:
     """genvl against transformers per mode; prints the table and returns the measured numbers."""
-    results, rows = {}, []
+    results, rows, static_rows = {}, [], []
     implementations = {"genvl": genvl_tokens, "transformers": transformers_tokens}
+    if args.static_cache:
+        implementations["transformers_static"] = transformers_static_tokens
     for mode, mode_settings in settings.items():
         timings = time_alternating(implementations, model, pixel_values, mode_settings, args.runs, args.warmup)
         (ours_ms, ours), (theirs_ms, theirs) = timings["genvl"], timings["transformers"]
@@ -254,6 +286,26 @@ def compare_fp32(model, pixel_values, settings, args) -> dict:
         )
         if ours != theirs:
             results[mode]["transformers_tokens"] = theirs
+        if args.static_cache:
+            static_ms, static = timings["transformers_static"]
+            static_median = statistics.median(static_ms)
+            results[mode].update(
+                transformers_static_ms=static_ms,
+                transformers_static_median_ms=static_median,
+                static_speedup=static_median / ours_median,
+                static_paired_speedup=statistics.median(s / o for o, s in zip(ours_ms, static_ms)),
+                static_tokens_identical=ours == static,
+            )
+            static_rows.append(
+                [
+                    mode,
+                    f"{ours_median:.1f}",
+                    f"{static_median:.1f}",
+                    f"{static_median / ours_median:.2f}x",
+                    f"{results[mode]['static_paired_speedup']:.2f}x",
+                    "yes" if ours == static else "NO",
+                ]
+            )
         rows.append(
             [
                 mode,
@@ -269,6 +321,10 @@ def compare_fp32(model, pixel_values, settings, args) -> dict:
     print_table(
         ["mode", "genvl ms", "transformers ms", "speed-up", "paired speed-up", "tokens identical", "mean tokens"], rows
     )
+    if static_rows:
+        print()
+        header = ["mode", "genvl ms", "transformers static-cache ms", "speed-up", "paired", "tokens identical"]
+        print_table(header, static_rows)
     return results
 
 
@@ -349,6 +405,7 @@ def compare_student(model, pixel_values, settings, args, results: dict):
     if not Path(args.student).is_dir():
         raise FileNotFoundError(f"--student {args.student}: no such pipeline folder")
     student = CaptionPipeline.from_pretrained(args.student)
+    student.model.to(args.device)
     if student.model.config.encoder.image_size != model.config.encoder.image_size:
         raise ValueError(f"--student {args.student} reads images at another size than --model")
     params = sum(p.numel() for p in student.model.parameters()) / 1e6
@@ -427,7 +484,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()})"
+        f"threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}), device {args.device}"
     )
 
     # 1. model and inputs
@@ -438,7 +495,9 @@ def main(argv=None):
         f"model: {source} ({params:.1f}M parameters), batch {args.batch_size}, "
         f"pixels {tuple(pixel_values.shape[1:])}, max_new_tokens {max_new_tokens}"
     )
+    device = torch.device(args.device)
     report = dict(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         torch=torch.__version__,
         transformers=transformers.__version__,
         threads=torch.get_num_threads(),

@@ -1,5 +1,6 @@
 """Attention backends (sdpa, eager, xformers) and gradient checkpointing on genvl's models and pipelines."""
 
+import importlib.util
 import sys
 import types
 
@@ -15,9 +16,9 @@ from .conftest import get_dummy_components, get_dummy_unclip_components
 
 
 def logits(model):
-    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    ids = torch.tensor([[0, 5, 9, 12, 3]] * 2)
-    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(model.device)
+    ids = torch.tensor([[0, 5, 9, 12, 3]] * 2, device=model.device)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], device=model.device)
     with torch.no_grad():
         return model(pixel_values=pixels, decoder_input_ids=ids, decoder_attention_mask=mask).logits
 
@@ -92,6 +93,33 @@ def test_text_to_image_backends_agree():
     np.testing.assert_allclose(draw(), reference, atol=1e-4)
     pipe.set_attention_backend("sdpa")
     assert {type(p).__name__ for p in pipe.prior.attn_processors.values()} == {"AttnProcessor2_0"}
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("xformers") is None,
+    reason="the real xformers kernel needs a CUDA GPU and xformers installed",
+)
+def test_real_xformers_kernel_agrees_with_sdpa_on_a_gpu(tiny_tokenizer, scene_images):
+    model, processor = get_dummy_components(tiny_tokenizer)
+    pipe = CaptionPipeline(model=model, tokenizer=tiny_tokenizer, image_processor=processor).to("cuda")
+    reference, captions = logits(model), pipe(scene_images, num_beams=3, max_new_tokens=8)
+    pipe.enable_xformers_memory_efficient_attention()
+    assert attention_backend(model) == "xformers"
+    torch.testing.assert_close(logits(model), reference, atol=1e-3, rtol=1e-3)
+    assert pipe(scene_images, num_beams=3, max_new_tokens=8).captions == captions.captions
+
+    t2i = TextToImagePipeline(**get_dummy_unclip_components()).to("cuda")
+    t2i.set_progress_bar_config(disable=True)
+
+    def draw():
+        generator = torch.Generator("cuda").manual_seed(0)
+        steps = dict(prior_num_inference_steps=2, decoder_num_inference_steps=2)
+        return t2i("a red apple", generator=generator, output_type="np", **steps).images
+
+    reference = draw()
+    t2i.enable_xformers_memory_efficient_attention()
+    assert {type(p).__name__ for p in t2i.decoder.attn_processors.values()} == {"XFormersAttnProcessor"}
+    np.testing.assert_allclose(draw(), reference, atol=2e-3)
 
 
 def test_missing_xformers_is_a_clear_error(tiny_tokenizer):

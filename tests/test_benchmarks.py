@@ -139,11 +139,15 @@ def test_caption_speed_splits_encoding_from_decoding(tiny_pipeline_dir, tmp_path
             "int8",
             "--student",
             str(tiny_pipeline_dir),
+            "--static-cache",
             "--json",
             str(out),
         ]
     )
     modes = json.loads(out.read_text())["modes"]
+    for mode in modes.values():  # transformers with its static cache: a third implementation in the same loop
+        assert mode["static_tokens_identical"] and len(mode["transformers_static_ms"]) == 2
+        assert mode["static_speedup"] == mode["transformers_static_median_ms"] / mode["genvl_median_ms"]
     for mode in modes.values():  # a model as its own student: the same captions, timed in the same loop
         assert mode["student_same_captions"] == 1.0 and len(mode["student_ms"]) == 2
         assert mode["student_speedup"] == mode["model_median_ms_beside_student"] / mode["student_median_ms"]
@@ -156,6 +160,16 @@ def test_caption_speed_splits_encoding_from_decoding(tiny_pipeline_dir, tmp_path
         assert mode["speedup_bound"] == mode["transformers_median_ms"] / mode["encoder_median_ms"]
         ratios = sorted(theirs / ours for ours, theirs in zip(mode["genvl_ms"], mode["transformers_ms"]))
         assert len(ratios) == 2 and mode["paired_speedup"] == pytest.approx((ratios[0] + ratios[1]) / 2)
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [("tpu", "not a torch device"), ("meta", "must be cpu or cuda"), ("cuda:x", "not a torch device")]
+    + ([] if torch.cuda.is_available() else [("cuda", "sees no CUDA device")]),
+)
+def test_caption_speed_names_a_device_it_cannot_use(device, message):
+    with pytest.raises(ValueError, match=message):
+        load_benchmark("caption_speed").parse_args(["--device", device])
 
 
 def test_memory_benchmark_measures_every_configuration(tmp_path, tiny_pipeline_dir):
