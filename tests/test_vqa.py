@@ -14,8 +14,10 @@ from genvl.pipelines.caption import FUNCTION_WORDS, CaptionPipeline, question_pr
 from genvl.training.answers import CAPTION_TOKENS, answer_tokens
 from genvl.world.dataset import write_imagefolder
 from genvl.world.questions import (
+    COLOUR_VERBS,
     DESCRIBE,
     FAMILIES,
+    HELD_OUT_2,
     KINDS,
     PREFIXES,
     SUFFIXES,
@@ -50,13 +52,19 @@ GROUP = {"layout": "count", "objects": [thing("bell", None, [4 + 16 * i, 20, 16 
 
 def test_questions_are_true_of_their_scene():
     found = answerable(PAIR)
-    assert found["colour"] == [({"name": "apple"}, "red"), ({"name": "car"}, "blue")]
+    one = {"is": "is", "has": "has", "does": "does"}
+    assert found["colour"] == [({"name": "apple", **one}, "red"), ({"name": "car", **one}, "blue")]
     assert ({"relation": "to the left of", "name": "car"}, "apple") in found["relation"]
     assert ({"relation": "to the right of", "name": "apple"}, "car") in found["relation"]
     assert found["biggest"] == [({}, "car")]  # 24 px against 16: past the margin
     group = answerable(GROUP)
     assert group["count"] == [({"plural": "bells"}, "three")]
     assert "colour" not in group and "relation" not in group and "biggest" not in group  # unpainted, alike
+    painted = {**GROUP, "objects": [{**obj, "colour": "green"} for obj in GROUP["objects"]]}
+    several = {"name": "bells", "is": "are", "has": "have", "does": "do"}
+    assert answerable(painted)["colour"] == [(several, "green")]
+    mixed = {**GROUP, "objects": [{**obj, "colour": colour} for obj, colour in zip(GROUP["objects"], "ab")]}
+    assert "colour" not in answerable(mixed)  # two colours: no one answer
     # a mirrored image is asked about its mirrored scene, where left and right trade places
     mirrored = answerable(mirror_scene({**PAIR, "background": {"kind": "plain"}}))
     assert ({"relation": "to the left of", "name": "apple"}, "car") in mirrored["relation"]
@@ -69,8 +77,33 @@ def test_questions_are_true_of_their_scene():
     assert ask(GROUP, rng, kind="relation") is None
 
 
+def test_colour_questions_agree_in_number_in_every_phrasing():
+    several = {"name": "apples", **COLOUR_VERBS["several"]}
+    asked = [template.format(**several) for family in FAMILIES.values() for template in family["colour"]]
+    assert asked == [
+        "what colour are the apples?",
+        "what color are the apples?",
+        "which colour are the apples?",
+        "what is the colour of the apples?",
+        "the apples are what colour?",
+        "in what color are the apples painted?",
+        "colour of the apples?",
+        "give the colour of the apples",
+        "tell me the colour of the apples",
+        "the apples have which colour?",
+        "which color do the apples have?",
+        "what colour have the apples got?",
+    ]
+    one = {"name": "apple", **COLOUR_VERBS["one"]}
+    assert [t.format(**one) for t in HELD_OUT_2["colour"]] == [
+        "which color does the apple have?",
+        "what colour has the apple got?",
+    ]
+
+
 def test_held_out_phrasings_are_not_training_phrasings():
     slots = {"name": "apple", "a_name": "an apple", "plural": "apples", "relation": "to the left of"}
+    slots.update(COLOUR_VERBS["one"])
     held_out = [family for name, family in FAMILIES.items() if name != "seen"]
     assert len(held_out) == 2
     for kind in KINDS:
@@ -266,6 +299,7 @@ def test_recipe_trains_and_the_cli_asks_and_scores(vqa_run, capsys, tmp_path):
     summary = vqa_summary({**report, "too_long": 3, "kinds_not_asked": ["biggest"]})
     assert report["kinds_not_asked"] == [] and "held_out_2" in summary and "every held-out phrasing" in summary
     assert "3 questions too long" in summary and "not asked (no scene answers them): biggest" in summary
+    assert set(report["colour_by_number"]) <= {"one", "several"} and "colour of one object" in summary
     # and per phrasing, each named by its family and template
     templates = {f"{family}: {t}" for family, table in FAMILIES.items() for kind in KINDS for t in table[kind]}
     assert report["templates"] and set(report["templates"]) <= templates and report["too_long"] == 0

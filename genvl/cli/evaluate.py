@@ -313,6 +313,9 @@ def vqa_summary(report: dict) -> str:
     phrasings, scenes = report["phrasings"], report["scenes"]
     lines.append(f"{'phrasings':<10} {'':>6} " + " ".join(f"{_score(phrasings.get(f)):>10}" for f in families))
     lines.append(f"every held-out phrasing {_score(phrasings.get('every_held_out'))}")
+    if "colour_by_number" in report:
+        number = report["colour_by_number"]
+        lines.append(f"colour of one object {_score(number.get('one'))}, of several {_score(number.get('several'))}")
     lines.append(
         f"scenes: in family {_score(scenes.get('in_family'))}, held-out family {_score(scenes.get('held_out_family'))}"
     )

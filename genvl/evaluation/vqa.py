@@ -1,7 +1,7 @@
 """Visual question answering scored on held-out scenes: questions drawn from their scene graphs, every kind and
 every phrasing family (the one training uses and the held-out ones it never sees) on as many questions, and accuracy
-reported per kind, per phrasing family (each held-out family, and all of them as `every_held_out`; and per phrasing)
-and per scene family."""
+reported per kind, per phrasing family (each held-out family, and all of them as `every_held_out`; and per phrasing),
+per scene family, and for colour questions about one object and about several."""
 
 from collections import defaultdict
 from pathlib import Path
@@ -23,7 +23,7 @@ def evaluate_vqa(pipeline, data_dir, count: int, seed: int = 0, batch_size: int 
     with its answer is scored wrong (`too_long` counts them)."""
     from ..io.imagefolder import read_metadata
     from ..pipelines.caption import question_prefix
-    from ..world.questions import KINDS, question_set
+    from ..world.questions import COLOUR_VERBS, KINDS, question_set
     from ..world.scenes import held_out
 
     data_dir = Path(data_dir)
@@ -60,6 +60,9 @@ def evaluate_vqa(pipeline, data_dir, count: int, seed: int = 0, batch_size: int 
             groups[key].append(ok)
         if item["family"] != "seen":
             groups["phrasings", "every_held_out"].append(ok)
+        if item["kind"] == "colour":  # of one object, or of several of one kind ("what colour are the apples?")
+            several = item["slots"]["is"] == COLOUR_VERBS["several"]["is"]
+            groups["colour_by_number", "several" if several else "one"].append(ok)
     report = {"questions": len(items), "accuracy": _accuracy(right), "too_long": fits.count(False)}
     for (table, name), rows in sorted(groups.items()):
         report.setdefault(table, {})[name] = _accuracy(rows)

@@ -2,7 +2,8 @@
 
 Five kinds of question, each asked only where the scene graph makes its answer unambiguous:
 
-    colour    what colour is the X?                a colour word; X painted in one, and the scene's only X
+    colour    what colour is the X?                a colour word; X painted in one, and the scene's only X,
+              what colour are the Xs?              or the scene's several Xs all painted in it
     count     how many Xs are there?               "zero" to "four"; also of objects the scene does not hold
     relation  what is to the left of the Y?        the name of Y's neighbour (pairs and rows of distinct objects)
     exists    is there a Z?                        "yes" or "no", half and half
@@ -27,19 +28,20 @@ ANSWER_NUMBERS = {0: "zero", **NUMBER_WORDS}
 RELATIONS = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 
 # {name}: an object's name; {a_name}: with its article; {plural}: its plural; {relation}: a RELATIONS phrase.
+# A colour question's {name} is a name or a plural, with its verbs agreeing: {is}, {has}, {does} (`COLOUR_VERBS`).
 # Training's phrasings are a core question (TRAIN) in a wrapping drawn from PREFIXES and SUFFIXES (`phrase`);
 # the held-out families are asked as written. HELD_OUT was the only held-out family until a model's errors on it
 # had been read; HELD_OUT_2 was written before the wider training phrasings, which none of its forms repeat.
 TRAIN = {
     "colour": [
-        "what colour is the {name}?",
-        "what color is the {name}?",
-        "which colour is the {name}?",
+        "what colour {is} the {name}?",
+        "what color {is} the {name}?",
+        "which colour {is} the {name}?",
         "what is the colour of the {name}?",
-        "the {name} is what colour?",
-        "in what color is the {name} painted?",
+        "the {name} {is} what colour?",
+        "in what color {is} the {name} painted?",
         "colour of the {name}?",
-        "give the {name}'s colour",
+        "give the colour of the {name}",
     ],
     "count": [
         "how many {plural} are there?",
@@ -79,14 +81,14 @@ TRAIN = {
 PREFIXES = ("", "", "", "please", "please,", "i wonder,", "quick question:", "question:", "hey,", "answer this:")
 SUFFIXES = ("", "", "", "in the image", "in this picture", "in the scene", "here", "please", "exactly")
 HELD_OUT = {
-    "colour": ["tell me the colour of the {name}", "the {name} has which colour?"],
+    "colour": ["tell me the colour of the {name}", "the {name} {has} which colour?"],
     "count": ["how many {plural} can you see?", "count the {plural}"],
     "relation": ["what do you see {relation} the {name}?", "name the thing {relation} the {name}"],
     "exists": ["can you see {a_name}?", "do you spot {a_name} here?"],
     "biggest": ["which thing is the biggest?", "name the largest thing in the image"],
 }
 HELD_OUT_2 = {
-    "colour": ["which color does the {name} have?", "what colour has the {name} got?"],
+    "colour": ["which color {does} the {name} have?", "what colour {has} the {name} got?"],
     "count": ["how many {plural} does the picture show?", "tell me the number of {plural}"],
     "relation": ["which object sits {relation} the {name}?", "{relation} the {name}, what is there?"],
     "exists": ["is {a_name} visible?", "would i find {a_name} in this image?"],
@@ -95,6 +97,10 @@ HELD_OUT_2 = {
 # a request for the whole scene, answered by its canonical caption: the recipe's `--describe_share`
 DESCRIBE = ("describe the image", "what is in the picture?", "caption this image", "say what the image shows")
 FAMILIES = {"seen": TRAIN, "held_out": HELD_OUT, "held_out_2": HELD_OUT_2}
+COLOUR_VERBS = {  # a colour question's verbs, about one object or several of one kind
+    "one": {"is": "is", "has": "has", "does": "does"},
+    "several": {"is": "are", "has": "have", "does": "do"},
+}
 
 
 def every_answer() -> list[str]:
@@ -123,9 +129,11 @@ def answerable(scene: dict) -> dict:
     names = [obj["name"] for obj in objects]
     out = {kind: [] for kind in KINDS}
     for name in sorted(set(names)):
-        colour = next(obj["colour"] for obj in objects if obj["name"] == name)
-        if names.count(name) == 1 and colour is not None:
-            out["colour"].append(({"name": name}, colour))
+        colours = {obj["colour"] for obj in objects if obj["name"] == name}
+        if len(colours) == 1 and None not in colours:
+            one = names.count(name) == 1
+            slots = {"name": name if one else _plural(name), **COLOUR_VERBS["one" if one else "several"]}
+            out["colour"].append((slots, colours.pop()))
         out["count"].append(({"plural": _plural(name)}, ANSWER_NUMBERS[names.count(name)]))
         out["exists"].append(({"a_name": f"{article(name)} {name}"}, "yes"))
     distinct = len(set(names)) == len(names) > 1
