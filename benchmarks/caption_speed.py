@@ -97,7 +97,7 @@ def parse_args(argv=None):
     if args.student is not None and args.random_vit_b16_gpt2:
         raise ValueError("--student is timed against --model: drop --random-vit-b16-gpt2")
     try:
-        device = torch.device(args.device)
+        args.device = device = torch.device(args.device)
     except RuntimeError:
         raise ValueError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
     if device.type not in ("cpu", "cuda"):
@@ -495,9 +495,8 @@ def main(argv=None):
         f"model: {source} ({params:.1f}M parameters), batch {args.batch_size}, "
         f"pixels {tuple(pixel_values.shape[1:])}, max_new_tokens {max_new_tokens}"
     )
-    device = torch.device(args.device)
     report = dict(
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        device=torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "cpu",
         torch=torch.__version__,
         transformers=transformers.__version__,
         threads=torch.get_num_threads(),

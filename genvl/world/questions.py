@@ -129,12 +129,12 @@ def answerable(scene: dict) -> dict:
     names = [obj["name"] for obj in objects]
     out = {kind: [] for kind in KINDS}
     for name in sorted(set(names)):
+        held = names.count(name)
         colours = {obj["colour"] for obj in objects if obj["name"] == name}
         if len(colours) == 1 and None not in colours:
-            one = names.count(name) == 1
-            slots = {"name": name if one else _plural(name), **COLOUR_VERBS["one" if one else "several"]}
-            out["colour"].append((slots, colours.pop()))
-        out["count"].append(({"plural": _plural(name)}, ANSWER_NUMBERS[names.count(name)]))
+            number, noun = ("one", name) if held == 1 else ("several", _plural(name))
+            out["colour"].append(({"name": noun, **COLOUR_VERBS[number]}, colours.pop()))
+        out["count"].append(({"plural": _plural(name)}, ANSWER_NUMBERS[held]))
         out["exists"].append(({"a_name": f"{article(name)} {name}"}, "yes"))
     distinct = len(set(names)) == len(names) > 1
     if distinct and scene["layout"] in ("pair_h", "pair_v", "row"):
