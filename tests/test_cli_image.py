@@ -1,6 +1,7 @@
 """The text-to-image commands of the genvl command line, on a tiny random pipeline."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -203,6 +204,33 @@ def test_generate_best_of_candidates(t2i_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "a red apple", "--candidates", "0", "--model", str(t2i_dir), "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and "argument --candidates: must be > 0, got 0" in capsys.readouterr().err
+
+
+def test_generate_records_the_caption_each_image_was_drawn_from(tmp_path, capsys):
+    from genvl.pipelines.text_to_image import TextToImagePipeline
+
+    from .conftest import get_dummy_unclip_components
+
+    model = tmp_path / "classic"
+    TextToImagePipeline(**get_dummy_unclip_components(), prompt_world="classic").save_pretrained(model)
+    argv = ["generate", "A photo of a red bike.", "-n", "3", "--seed", "4", "--json", "--model", str(model), *FAST]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(re.fullmatch(r"a (small|large) red bicycle (on|in|at) the \w+", r["drawn_prompt"]) for r in records)
+    assert records[0]["prompt"] == "A photo of a red bike." and records[0]["settings"]["rewrite_prompts"] is True
+    with Image.open(records[2]["path"]) as image:
+        assert image.text["drawn_prompt"] == records[2]["drawn_prompt"]
+        rewritten = np.asarray(image)
+    # the caption recorded draws the same image when typed; --no-rewrite draws the prompt as typed
+    typed = ["generate", records[2]["drawn_prompt"], "--seed", "6", "--json", "--model", str(model), *FAST]
+    assert main([*typed, "--out", str(tmp_path / "typed")]) == 0
+    record = json.loads(capsys.readouterr().out)
+    with Image.open(record["path"]) as image:
+        np.testing.assert_array_equal(np.asarray(image), rewritten)
+    assert "drawn_prompt" not in record  # the world's own caption is drawn as it is
+    assert main([*argv, "--no-rewrite", "--out", str(tmp_path / "raw")]) == 0
+    raw = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert not any("drawn_prompt" in r for r in raw) and raw[0]["settings"]["rewrite_prompts"] is False
 
 
 def test_generate_usage_errors(t2i_dir, tmp_path, capsys):

@@ -204,6 +204,18 @@ def test_python_m_genvl_in_the_folder_runs_nothing_planted(captioner, image, tmp
     assert not list(tmp_path.rglob("*.SENTINEL"))
 
 
+@pytest.mark.parametrize("value", [["os", "system"], "../../genvl_helper", {"classic": 1}, 1, True])
+def test_text_to_image_prompt_world_other_than_a_known_world_is_refused(value, unclip, tmp_path, capsys):
+    edit_json(unclip / "model_index.json", lambda index: index.update(prompt_world=value))
+    code, out, err = run(
+        ["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out", str(tmp_path / "out")],
+        capsys,
+        tmp_path,
+    )
+    assert_refused(code, out, err, str(unclip / "model_index.json"), "prompt_world must be null or one of classic")
+    assert not (tmp_path / "out").exists()
+
+
 # ---- model_index.json malformed or naming the wrong things ----------------------------------------------------
 
 INDEX_CHANGES = {

@@ -13,10 +13,13 @@ from genvl.io.imagefolder import load_images, read_metadata
 from genvl.models.judge import Detection, SceneJudge
 from genvl.pipelines.text_to_image import TextToImagePipeline
 from genvl.training.data import with_prompts
+from genvl.world.captions import parse_caption, scene_captions, scene_facts
 from genvl.world.classic import sample_classic_scene
 from genvl.world.dataset import write_imagefolder
 from genvl.world.prompts import (
     GENEVAL_LAYOUTS,
+    classic_caption,
+    classic_scene,
     parse_prompt,
     phrase_request,
     request_holds,
@@ -205,6 +208,43 @@ def test_parse_prompt_reads_every_phrasing_back_held_out_families_included():
     }
     for text in ("a cat on a mat", "two apple", "a apples", "a dog and a dog", "a large dog and a cat", "dogs"):
         assert parse_prompt(text) is None, text
+
+
+def test_classic_caption_is_the_caption_of_a_classic_scene_the_prompt_asks_for():
+    rng = random.Random(11)
+    pool = [sample_classic_scene(rng) for _ in range(300)]
+    for scene in pool:
+        texts = [text for text, _, _ in training_prompts(scene, rng, 4)]
+        texts += [
+            phrase_request(scene_request(scene, c, rng), rng, held_out=True)[0]
+            for c in GENEVAL_LAYOUTS[scene["layout"]]
+        ]
+        for text in texts:
+            request = parse_prompt(text)
+            state = rng.getstate()
+            drawn = classic_scene(request, rng)
+            rng.setstate(state)
+            caption = classic_caption(text, rng)
+            assert request_holds(request, drawn), (text, drawn)  # what the prompt says, and nothing else
+            assert caption == scene_captions(drawn)[0] and parse_caption(caption) == scene_facts(drawn), text
+        for caption in scene_captions(scene):  # the world's own captions are read as their canonical one
+            assert classic_caption(caption, rng) == scene_captions(scene)[0]
+
+
+def test_classic_caption_draws_what_a_prompt_leaves_open_and_keeps_what_it_says():
+    drawn = {classic_caption("a red bicycle", random.Random(seed)) for seed in range(40)}
+    assert len(drawn) > 5 and all(text.startswith(("a large red bicycle ", "a small red bicycle ")) for text in drawn)
+    assert len({classic_caption("A photo of a bike.", random.Random(seed)).split()[2] for seed in range(40)}) > 3
+    pairs = {classic_caption("a dog and a car", random.Random(seed)) for seed in range(40)}
+    assert {"above", "below"} & {word for text in pairs for word in text.split()} and any("left" in t for t in pairs)
+    below = classic_caption("a red dog beneath a blue car", random.Random(0))
+    assert below == "a blue car above a red dog"
+    assert classic_caption("exactly 3 green cats", random.Random(0)) == "three green cats"
+    row = classic_caption("a cat, a dog and a cow", random.Random(0))
+    assert re.findall(r"cat|dog|cow", row) == ["cat", "dog", "cow"]  # named left to right
+    # no classic scene holds four of a kind, a corner, four objects or two groups; and other text is not read
+    for text in ("four cats", "a bike at the top left", "a cat, a dog, a cow and a pig", "two cats and a dog", "hi"):
+        assert classic_caption(text, random.Random(0)) is None, text
 
 
 def test_evaluate_prompts_judges_each_prompt_over_its_seeds(tmp_path):

@@ -98,6 +98,7 @@ def test_python_api_loads_each_component_through_genvl(karlo, kandinsky):
         (["--scheduler", "ddim"], "--scheduler does not apply here"),
         (["--height", "64"], "--height does not apply here"),
         (["--negative", "a dog"], "--negative does not apply here"),
+        (["--no-rewrite"], "--no-rewrite does not apply here"),
         (["--prior-steps", "2000"], "--prior-steps 2000: the prior's scheduler has only 1000 timesteps"),
         (["--steps", "1500"], "--steps 1500: the prior's scheduler has only 1000 timesteps"),
         (["-n", "17"], "at most 16"),

@@ -200,6 +200,40 @@ def test_bad_arguments_are_named(pipeline):
         pipeline([], **STEPS)
 
 
+def test_a_prompt_world_draws_each_image_from_a_caption_its_prompt_asks_for(tmp_path, monkeypatch):
+    plain = TextToImagePipeline(**get_dummy_unclip_components())
+    assert plain.config.prompt_world is None and plain.drawn_prompts(["a red bicycle"]) == ["a red bicycle"]
+    pipe = TextToImagePipeline(**get_dummy_unclip_components(), prompt_world="classic")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(tmp_path / "classic")
+    assert json.loads((tmp_path / "classic" / "model_index.json").read_text())["prompt_world"] == "classic"
+    pipe = TextToImagePipeline.from_pretrained(tmp_path / "classic")
+    pipe.set_progress_bar_config(disable=True)
+    asked = []
+    checker = pipe.run_safety_checker
+    monkeypatch.setattr(pipe, "run_safety_checker", lambda images, prompts: (asked.extend(prompts), checker(images))[1])
+    out = pipe(["a red bicycle", "hello"], num_images_per_prompt=2, generator=generators(0, 1, 2, 3), **STEPS)
+    assert asked == ["a red bicycle", "a red bicycle", "hello", "hello"]  # the checker reads the prompts as given
+    assert all(" red bicycle " in text for text in out.prompts[:2]) and out.prompts[2:] == ["hello", "hello"]
+    # an image's rewrite depends on its seed alone, and draws as its rewritten prompt does when typed
+    assert pipe.drawn_prompts(["a red bicycle"], generators(1)) == out.prompts[1:2]
+    assert len(set(pipe.drawn_prompts(["a red bicycle"] * 20, generators(*range(20))))) > 3
+    alone = pipe(out.prompts[1], generator=generators(1), output_type="np", rewrite_prompts=False, **STEPS)
+    again = pipe("a red bicycle", generator=generators(1), output_type="np", **STEPS)
+    np.testing.assert_allclose(again.images, alone.images, atol=1e-5)
+    raw = pipe("a red bicycle", generator=generators(1), rewrite_prompts=False, **STEPS)
+    assert raw.prompts == ["a red bicycle"]
+    one = torch.Generator().manual_seed(5)  # one generator for several images: each image its own draw
+    assert len(set(pipe.drawn_prompts(["a red bicycle"] * 8, one))) > 1
+    index = tmp_path / "classic" / "model_index.json"
+    index.write_text(index.read_text().replace('"classic"', '"elsewhere"'))
+    with pytest.raises(ValueError, match="prompt_world must be null or one of classic, got 'elsewhere'"):
+        TextToImagePipeline.from_pretrained(tmp_path / "classic")
+    index.write_text(index.read_text().replace('"elsewhere"', '{"a": [1]}'))
+    with pytest.raises(ValueError, match=r"prompt_world must be null or one of classic, got {'a': \[1\]}"):
+        TextToImagePipeline.from_pretrained(tmp_path / "classic")
+
+
 def test_xformers_missing_is_a_clear_error(pipeline):
     pytest.importorskip("torch")
     try:

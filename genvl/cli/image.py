@@ -164,6 +164,13 @@ def add_sampling_flags(parser, prior: bool = True, outputs: bool = True, text: b
             help="draw K images for each one kept, and keep the one the pipeline's reranker (or "
             "else its CLIP) scores most alike the prompt: K times the work (default 1)",
         )
+        group.add_argument(
+            "--no-rewrite",
+            action="store_true",
+            help="draw from the prompt as typed: a pipeline whose text side learnt only its world's captions "
+            "(model_index.json's prompt_world) otherwise draws each image from the caption of a scene the prompt "
+            "asks for, its open details drawn from the image's seed (recorded as drawn_prompt)",
+        )
     group.add_argument(
         "--scheduler",
         choices=sorted(SCHEDULERS),
@@ -302,6 +309,7 @@ def stage_settings(args, prior: bool = True) -> dict:
         if hasattr(args, "decoder_text_guidance"):
             settings["decoder_text_guidance_scale"] = args.decoder_text_guidance
             settings["num_candidates"] = args.candidates
+            settings["rewrite_prompts"] = not args.no_rewrite
     return settings
 
 
@@ -349,8 +357,8 @@ def output_folder(args) -> Path:
 def write_images(args, images, name: str, metadata: dict, describe=None):
     """Save each (index, seed, image, flagged) as it comes, print its path (or JSON record), then a summary on
     stderr. `flagged` is the list of blocked concepts the safety checker found in the image (which is then black),
-    or None where no checker ran. `describe(image)`, when given, adds fields of each image's own (its caption) to
-    its PNG, line and record."""
+    or None where no checker ran. `describe(image, seed)`, when given, adds fields of each image's own (its caption,
+    the prompt it was drawn from) to its PNG, line and record."""
     from ..io.images import printable_path
 
     out = output_folder(args)
@@ -364,7 +372,7 @@ def write_images(args, images, name: str, metadata: dict, describe=None):
     ]
     count, blocked = 0, {}
     for i, seed, image, flagged in images:
-        own = describe(image) if describe else {}
+        own = describe(image, seed) if describe else {}
         if flagged is not None:
             own["flagged"] = flagged
             for concept in flagged:
@@ -424,7 +432,14 @@ def run_generate(args) -> int:
         "settings": settings,
         "model": str(t2i_model_folder(args.model)),
     }
-    write_images(args, images, slug(args.prompt), metadata)
+
+    def drawn_prompt(image, seed) -> dict:  # what the pipeline drew image `seed` from, where it rewrote the prompt
+        import torch
+
+        drawn = pipeline.drawn_prompts([args.prompt], [torch.Generator().manual_seed(seed)])[0]
+        return {"drawn_prompt": drawn} if settings["rewrite_prompts"] and drawn != args.prompt else {}
+
+    write_images(args, images, slug(args.prompt), metadata, drawn_prompt)
     return 0
 
 
@@ -543,6 +558,7 @@ def published_settings(args, layout: str, steps: dict, guidance: dict) -> dict:
         # Karlo steps its UnCLIPScheduler with arguments other schedulers do not take, and has no image tower
         "--scheduler": karlo and args.scheduler != "ddpm",
         "--candidates": karlo and args.candidates != 1,
+        "--no-rewrite": args.no_rewrite,
     }
     genvl_only.update({"--negative": karlo and args.negative, "--prior": karlo and args.prior})
     genvl_only.update({"--height": karlo and args.height, "--width": karlo and args.width})
@@ -654,7 +670,8 @@ def run_interpolate(args) -> int:
 
 
 def frame_captions(args):
-    """With --captions, `describe(frame)` -> {"caption": the shipped (or --captioner) captioner's greedy caption}."""
+    """With --captions, `describe(frame, seed)` -> {"caption": the shipped (or --captioner) captioner's greedy
+    caption}."""
     if not args.captions:
         if args.captioner:
             raise UsageError("--captioner names the captioner of --captions; pass --captions too")
@@ -663,7 +680,7 @@ def frame_captions(args):
 
     captioner = load_caption_pipeline(argparse.Namespace(**{**vars(args), "model": args.captioner, "lora": []}))
 
-    def describe(frame) -> dict:
+    def describe(frame, seed) -> dict:
         return {"caption": captioner([frame]).captions[0][0]}
 
     return describe

@@ -340,7 +340,8 @@ def evaluate_text_to_image(
     if stages:
         rows = mirror_rows(records)
         mirrored = embed_at_clip_size(clip, processor, real[rows].flip(-1), batch_size) if rows else None
-        stage_sampling = {k: v for k, v in sampling.items() if k != "num_candidates"}  # one image per prompt there
+        # one image per prompt there, drawn from the prompts' encodings as they are
+        stage_sampling = {k: v for k, v in sampling.items() if k not in ("num_candidates", "rewrite_prompts")}
         out["stages"] = stage_scores(
             pipeline,
             judge,

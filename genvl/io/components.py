@@ -165,7 +165,9 @@ def load_pipeline_components(path, pipeline_class, dtype=None, class_names=(), g
     model_index.json must say it is a `pipeline_class` folder (or one of `class_names`, other names the same
     layout is published under), name every required component and nothing the pipeline does not take; an
     optional one may be absent or `[null, null]`. A component in `given` ({name: component or None}) is taken
-    from there, and its folder is not read; None only for an optional one."""
+    from there, and its folder is not read; None only for an optional one. The names in the class's
+    `config_values` are settings, not components: taken from model_index.json as they are (the class's default
+    where absent), for its `__init__` to check."""
     path = check_model_folder(path)
     index_file = path / "model_index.json"
     if not index_file.is_file():
@@ -191,6 +193,9 @@ def load_pipeline_components(path, pipeline_class, dtype=None, class_names=(), g
     for name in names:
         if name in given:
             components[name] = given[name]
+            continue
+        if name in getattr(pipeline_class, "config_values", ()):
+            components[name] = index.get(name, parameters[name].default)
             continue
         spec = index.get(name)
         optional = parameters[name].default is None
@@ -231,6 +236,10 @@ def pipeline_from_folder(pipeline_class, name, dtype=None, local_files_only: boo
     """A `pipeline_class` built from the components of the pipeline folder `name` (see `local_folder`), those in
     `given` taken from there (see `load_pipeline_components`)."""
     path = local_folder(name, local_files_only)
-    pipeline = pipeline_class(**load_pipeline_components(path, pipeline_class, dtype, given=given))
+    components = load_pipeline_components(path, pipeline_class, dtype, given=given)
+    try:
+        pipeline = pipeline_class(**components)
+    except ValueError as err:  # components or settings that do not go together
+        raise ValueError(f"{path / 'model_index.json'}: {err}") from None
     pipeline.register_to_config(_name_or_path=str(name))
     return pipeline

@@ -6,6 +6,7 @@ supports the models' prediction types can be swapped in (DDPM, DDIM, DPMSolverMu
 
 import copy
 import inspect
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +34,11 @@ from ..models.clip import (
     text_vocabulary,
     warn_if_truncated,
 )
+from ..world.prompts import classic_caption
 from .defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_TEXT_GUIDANCE
+
+# the worlds whose canonical captions a pipeline's `prompt_world` may say its text side learnt (see `drawn_prompts`)
+PROMPT_WORLDS = {"classic": classic_caption}
 
 # candidates (num_candidates) drawn at once for each image: memory stays that of this many images per image,
 # however many candidates are asked for
@@ -53,11 +58,13 @@ def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
 class TextToImageOutput(BaseOutput):
     """`images`: a list of PIL images, an (N, H, W, 3) array or an (N, 3, H, W) tensor in [0, 1];
     `image_embeds`: the CLIP image embeddings the decoder was conditioned on (N, E); `flagged`: for each image,
-    the blocked concepts the `safety_checker` found in it (such an image is black), or None without a checker."""
+    the blocked concepts the `safety_checker` found in it (such an image is black), or None without a checker;
+    `prompts`: for each image, the text it was drawn from (`drawn_prompts`), or None where no prompt was."""
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     image_embeds: torch.Tensor | None = None
     flagged: list[list[str]] | None = None
+    prompts: list[str] | None = None
 
 
 @dataclass
@@ -119,7 +126,9 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     `reranker_tokenizer`, which picks the best of `num_candidates` images (see `rerank`); and, optionally, a
     `safety_checker` (`genvl.models.safety.SafetyChecker`), run on every image made: an image showing a blocked
     concept, or made for a prompt naming one, is blacked out and the concept named in the output's `flagged` (load
-    with `safety_checker=None`, or set the attribute to None, to turn it off). With `set_embedding_cache`,
+    with `safety_checker=None`, or set the attribute to None, to turn it off). The setting `prompt_world` (in
+    model_index.json) names the world whose canonical captions the text side learnt, if it learnt only those:
+    prompts are then rewritten into them before drawing (`drawn_prompts`). With `set_embedding_cache`,
     CLIP image embeddings are kept in a shared `EmbeddingCache`. LoRA adapters (PEFT format) load with
     `load_lora_weights`: one adapter folder for the decoder, or subfolders `decoder/`, `prior/`, `clip/`.
     """
@@ -134,6 +143,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         "reranker_tokenizer",
         "safety_checker",
     ]
+    config_values = ("prompt_world",)  # settings in model_index.json, not components
 
     def __init__(
         self,
@@ -151,8 +161,11 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         reranker=None,
         reranker_tokenizer=None,
         safety_checker=None,
+        prompt_world: str | None = None,
     ):
         super().__init__()
+        if prompt_world is not None and not (isinstance(prompt_world, str) and prompt_world in PROMPT_WORLDS):
+            raise ValueError(f"prompt_world must be null or one of {', '.join(PROMPT_WORLDS)}, got {prompt_world!r}")
         if (decoder_text_encoder is None) != (decoder_tokenizer is None):
             raise ValueError("decoder_text_encoder and decoder_tokenizer go together: pass both or neither")
         if (reranker is None) != (reranker_tokenizer is None):
@@ -173,6 +186,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             reranker_tokenizer=reranker_tokenizer,
             safety_checker=safety_checker,
         )
+        self.register_to_config(prompt_world=prompt_world)
         self.output_processor = VaeImageProcessor(do_resize=False)
 
     @classmethod
@@ -265,6 +279,24 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         )
 
     @torch.no_grad()
+    def drawn_prompts(self, prompts: list[str], generator=None) -> list[str]:
+        """The text each image of `prompts` (one per image) is drawn from. With `prompt_world` set, a prompt in the
+        world's grammar becomes the canonical caption of a scene it asks for ("a red bicycle": "a small red bicycle
+        on the left"; see `genvl.world.prompts.classic_caption`), what it leaves open (colour, size, place,
+        relation) drawn from the image's seed: its generator's `initial_seed()` (a list of generators, one per
+        image), that and the image's index (one generator), or torch's global generator (None). Other prompts,
+        and every prompt without `prompt_world`, are drawn as given."""
+        rewrite = PROMPT_WORLDS.get(self.config.get("prompt_world"))
+        if rewrite is None:
+            return list(prompts)
+        if isinstance(generator, list):
+            seeds = [g.initial_seed() for g in generator]
+        elif generator is not None:
+            seeds = [f"{generator.initial_seed()}/{i}" for i in range(len(prompts))]
+        else:
+            seeds = torch.randint(2**62, (len(prompts),)).tolist()
+        return [rewrite(prompt, random.Random(seed)) or prompt for prompt, seed in zip(prompts, seeds)]
+
     def score(self, images, texts: list[str]) -> torch.Tensor:
         """CLIP cosine similarity of every image with every text: (len(images), len(texts))."""
         return text_similarity(self.clip, self.tokenizer, self.encode_image(images), texts)
@@ -405,7 +437,9 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         hit = torch.tensor([bool(found) for found in flagged], device=images.device).view(-1, 1, 1, 1)
         return torch.where(hit, torch.full_like(images, -1.0), images), flagged
 
-    def _finish(self, images, image_embeds, output_type, return_dict, prompts=None):
+    def _finish(self, images, image_embeds, output_type, return_dict, prompts=None, drawn=None):
+        """The output of `images`, after the safety checker has read them and `prompts` (the user's own, one per
+        image); `drawn`: the text each image was drawn from, where it was drawn from text."""
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         images, flagged = self.run_safety_checker(images, prompts)
@@ -413,7 +447,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images, flagged)
-        return TextToImageOutput(images=images, image_embeds=image_embeds, flagged=flagged)
+        return TextToImageOutput(images=images, image_embeds=image_embeds, flagged=flagged, prompts=drawn)
 
     @staticmethod
     def _as_list(value, name):
@@ -442,8 +476,13 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         return_dict: bool = True,
         decoder_text_guidance_scale: float | None = DEFAULT_TEXT_GUIDANCE,
         num_candidates: int = 1,
+        rewrite_prompts: bool = True,
     ):
         """Generate `num_images_per_prompt` images per prompt.
+
+        With `rewrite_prompts` and the pipeline's `prompt_world` set, each image is drawn from its prompt
+        rewritten into the world's canonical captions (`drawn_prompts`; the output's `prompts` says what each was
+        drawn from); the safety checker reads the prompts as given.
 
         The decoder is guided towards the image embedding at `decoder_guidance_scale` and, on top of it, towards
         the prompt's words at `decoder_text_guidance_scale` (see `run_decoder`); `None` (or an equal scale) guides
@@ -473,7 +512,8 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             raise ValueError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
         if isinstance(generator, list) and len(generator) != len(prompts) * num_images_per_prompt:
             raise ValueError(f"got {len(generator)} generators for {len(prompts) * num_images_per_prompt} images")
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        asked = [p for p in prompts for _ in range(num_images_per_prompt)]
+        prompts = self.drawn_prompts(asked, generator) if rewrite_prompts else asked
         negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
         dim = self.prior.config.embedding_dim
         for name, given, shape in (
@@ -509,7 +549,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             best = chosen if best is None else _keep_better(best, chosen)
         if num_candidates > 1:
             images, image_embeds, _ = best
-        return self._finish(images, image_embeds, output_type, return_dict, prompts)
+        return self._finish(images, image_embeds, output_type, return_dict, asked, prompts)
 
     def latent_shape(self) -> tuple:
         """(C, h, w) of the decoder's starting noise for one image."""

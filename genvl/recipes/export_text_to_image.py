@@ -5,7 +5,9 @@
 
 `--decoder_text_encoder` (a CLIP, text encoder or pipeline folder) adds the text tower whose token states the
 decoder was trained on (`train_decoder.py --text_encoder_model_name_or_path`), when it is not the CLIP's own.
-`--reranker` (a CLIP folder) adds the CLIP that picks the best of `num_candidates` images.
+`--reranker` (a CLIP folder) adds the CLIP that picks the best of `num_candidates` images. `--prompt_world classic`
+says the text side learnt only the classic world's captions, so that prompts are rewritten into them before
+drawing (`TextToImagePipeline.drawn_prompts`).
 """
 
 import argparse
@@ -17,7 +19,7 @@ from transformers import CLIPModel
 from genvl.io.components import load_pretrained
 from genvl.models.clip import load_clip, load_decoder_text_encoder, text_tower_of
 from genvl.models.unclip import UnclipConditioner
-from genvl.pipelines.text_to_image import TextToImagePipeline
+from genvl.pipelines.text_to_image import PROMPT_WORLDS, TextToImagePipeline
 from genvl.training.args import run_script
 
 
@@ -35,12 +37,18 @@ def parse_args(argv=None):
         default=None,
         help="a CLIP folder that scores candidate images against the prompt (num_candidates)",
     )
+    parser.add_argument(
+        "--prompt_world",
+        choices=sorted(PROMPT_WORLDS),
+        default=None,
+        help="the world whose canonical captions alone the CLIP and decoder learnt: prompts are rewritten into them",
+    )
     parser.add_argument("--output", required=True)
     return parser.parse_args(argv)
 
 
 def assemble(
-    clip_dir, prior_dir, decoder_dir, autoencoder_dir=None, text_encoder_dir=None, reranker_dir=None
+    clip_dir, prior_dir, decoder_dir, autoencoder_dir=None, text_encoder_dir=None, reranker_dir=None, prompt_world=None
 ) -> TextToImagePipeline:
     clip, tokenizer, image_processor = load_clip(clip_dir)
     prior_dir, decoder_dir = Path(prior_dir), Path(decoder_dir)
@@ -64,12 +72,21 @@ def assemble(
         decoder_tokenizer=decoder_tokenizer,
         reranker=reranker,
         reranker_tokenizer=reranker_tokenizer,
+        prompt_world=prompt_world,
     )
 
 
 def main(argv=None):
     args = parse_args(argv)
-    pipeline = assemble(args.clip, args.prior, args.decoder, args.autoencoder, args.decoder_text_encoder, args.reranker)
+    pipeline = assemble(
+        args.clip,
+        args.prior,
+        args.decoder,
+        args.autoencoder,
+        args.decoder_text_encoder,
+        args.reranker,
+        args.prompt_world,
+    )
     pipeline.save_pretrained(args.output)
     print(f"wrote {args.output}")
 

@@ -19,6 +19,7 @@ import random
 import re
 
 from .captions import POSITION_PHRASES, article, scene_captions, swapped_captions
+from .classic import CLASSIC_STYLE, SINGLE_POSITIONS
 from .sprites import ALL_OBJECTS, COLOURS
 
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
@@ -347,3 +348,51 @@ def parse_prompt(text: str) -> dict | None:
     ):
         return None
     return {"category": request_category(objects, relation), "objects": objects, "relation": relation}
+
+
+def classic_scene(request: dict, rng: random.Random) -> dict | None:
+    """A scene of the classic world (`genvl.world.classic`, the shipped text-to-image stack's training data) that
+    meets the request (`request_holds`), with what the request leaves open (colours, a single object's size and
+    place, a pair's relation) drawn with `rng`, and three objects in a row in the order named; None where no
+    classic scene meets it (four of a kind, four objects, a place in a corner, two groups)."""
+    objects = request["objects"]
+
+    def drawn(obj: dict, size: str, position: str) -> dict:
+        return {
+            "name": obj["name"],
+            "colour": obj["colour"] or rng.choice(list(COLOURS)),
+            "size": size,
+            "position": position,
+        }
+
+    if len(objects) == 1 and objects[0]["count"] == 1:
+        size = objects[0]["size"] or rng.choice(("small", "large"))
+        place = objects[0]["place"] or rng.choice(sorted(SINGLE_POSITIONS))
+        if place not in SINGLE_POSITIONS:
+            return None
+        return {"layout": "single", "style": CLASSIC_STYLE, "objects": [drawn(objects[0], size, place)]}
+    if len(objects) == 1:
+        if objects[0]["count"] not in (2, 3):
+            return None
+        one = drawn(objects[0], "group", "row")
+        return {"layout": "count", "style": CLASSIC_STYLE, "objects": [one] * objects[0]["count"]}
+    if any(obj["count"] != 1 for obj in objects) or len(objects) > 3:
+        return None
+    if len(objects) == 3:  # a row, in the order named: left to right, as the world's own captions say it
+        placed = zip(objects, ("left", "centre", "right"))
+        return {"layout": "row", "style": CLASSIC_STYLE, "objects": [drawn(obj, "group", p) for obj, p in placed]}
+    relation = request["relation"] or rng.choice(sorted(OPPOSITE))
+    places = next(places for places, said in PLACES_RELATION.items() if said == relation)
+    pair = sorted(zip(places, objects), key=lambda placed: placed[0] in ("right", "bottom"))  # left or top first
+    layout = "pair_h" if relation in ("left", "right") else "pair_v"
+    return {"layout": layout, "style": CLASSIC_STYLE, "objects": [drawn(obj, "medium", p) for p, obj in pair]}
+
+
+def classic_caption(prompt: str, rng: random.Random) -> str | None:
+    """The canonical caption (`scene_captions`) of a classic scene that the prompt asks for (`parse_prompt`,
+    `classic_scene`), or None where the prompt is not one of the grammar or no classic scene meets it: what a
+    stack whose text side learnt the classic captions reads best. "a red bicycle" may become "a large red
+    bicycle on the left", "a dog and a car" "a blue car above a green dog"."""
+    request = parse_prompt(prompt)
+    scene = classic_scene(request, rng) if request is not None else None
+    return scene_captions(scene)[0] if scene is not None else None
