@@ -278,7 +278,6 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             self.clip, rows, lambda batch: embed_pixels(self.clip, torch.stack(batch)), self.image_processor.size
         )
 
-    @torch.no_grad()
     def drawn_prompts(self, prompts: list[str], generator=None) -> list[str]:
         """The text each image of `prompts` (one per image) is drawn from. With `prompt_world` set, a prompt in the
         world's grammar becomes the canonical caption of a scene it asks for ("a red bicycle": "a small red bicycle
@@ -297,6 +296,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             seeds = torch.randint(2**62, (len(prompts),)).tolist()
         return [rewrite(prompt, random.Random(seed)) or prompt for prompt, seed in zip(prompts, seeds)]
 
+    @torch.no_grad()
     def score(self, images, texts: list[str]) -> torch.Tensor:
         """CLIP cosine similarity of every image with every text: (len(images), len(texts))."""
         return text_similarity(self.clip, self.tokenizer, self.encode_image(images), texts)
