@@ -139,6 +139,12 @@ def unclip(t2i_dir, tmp_path):
     return folder
 
 
+def generate_from(folder: Path, capsys, tmp_path: Path):
+    """(code, stdout, stderr) of `genvl generate` on the pipeline folder `folder`, writing to tmp_path/out."""
+    argv = ["generate", "an apple", "--model", str(folder), "--steps", "1", "--out", str(tmp_path / "out")]
+    return run(argv, capsys, tmp_path)
+
+
 # ---- model_index.json naming code: refused by the allow-list, nothing imported ------------------------------------
 
 NAMED_CLASSES = {
@@ -179,11 +185,7 @@ def test_captioner_index_naming_code_is_refused(case, captioner, image, tmp_path
 )
 def test_text_to_image_index_naming_code_is_refused(component, spec, unclip, tmp_path, capsys):
     edit_json(unclip / "model_index.json", lambda index: index.update({component: spec}))
-    code, out, err = run(
-        ["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out", str(tmp_path / "out")],
-        capsys,
-        tmp_path,
-    )
+    code, out, err = generate_from(unclip, capsys, tmp_path)
     assert_refused(code, out, err, str(unclip / "model_index.json"), "genvl does not load")
     assert not (tmp_path / "out").exists()
 
@@ -207,11 +209,7 @@ def test_python_m_genvl_in_the_folder_runs_nothing_planted(captioner, image, tmp
 @pytest.mark.parametrize("value", [["os", "system"], "../../genvl_helper", {"classic": 1}, 1, True])
 def test_text_to_image_prompt_world_other_than_a_known_world_is_refused(value, unclip, tmp_path, capsys):
     edit_json(unclip / "model_index.json", lambda index: index.update(prompt_world=value))
-    code, out, err = run(
-        ["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out", str(tmp_path / "out")],
-        capsys,
-        tmp_path,
-    )
+    code, out, err = generate_from(unclip, capsys, tmp_path)
     assert_refused(code, out, err, str(unclip / "model_index.json"), "prompt_world must be null or one of classic")
     assert not (tmp_path / "out").exists()
 
@@ -357,11 +355,7 @@ def test_captioner_weights_of_the_wrong_kind_or_not_finite_are_refused(case, cap
 )
 def test_text_to_image_nan_weights_are_refused(component, weights, unclip, tmp_path, capsys):
     tamper(unclip / component / weights, WEIGHT_TRICKS["nan"][0])
-    code, out, err = run(
-        ["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out", str(tmp_path / "out")],
-        capsys,
-        tmp_path,
-    )
+    code, out, err = generate_from(unclip, capsys, tmp_path)
     assert_refused(code, out, err, str(unclip / component), "NaN or infinite")
 
 
@@ -385,11 +379,7 @@ def test_text_to_image_config_sizes_are_checked_before_building(case, unclip, tm
     component, change, fragment = CONFIG_TRICKS[case]
     config = unclip / component / ("scheduler_config.json" if "scheduler" in component else "config.json")
     edit_json(config, change)
-    code, out, err = run(
-        ["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out", str(tmp_path / "out")],
-        capsys,
-        tmp_path,
-    )
+    code, out, err = generate_from(unclip, capsys, tmp_path)
     assert_refused(code, out, err, str(unclip / component), fragment)
 
 
@@ -497,19 +487,11 @@ def test_a_shard_index_pointing_into_a_subfolder_is_refused(captioner, image, tm
 )
 def test_a_component_of_the_wrong_kind_is_refused(slot, spec, unclip, tmp_path, capsys):
     edit_json(unclip / "model_index.json", lambda index: index.update({slot: spec}))
-    code, out, err = run(
-        ["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out", str(tmp_path / "out")],
-        capsys,
-        tmp_path,
-    )
+    code, out, err = generate_from(unclip, capsys, tmp_path)
     assert_refused(code, out, err, str(unclip / "model_index.json"), "which is not a")
 
 
 def test_a_scheduler_config_that_is_not_an_object_is_one_line(unclip, tmp_path, capsys):
     (unclip / "prior_scheduler" / "scheduler_config.json").write_text("[]")
-    code, out, err = run(
-        ["generate", "an apple", "--model", str(unclip), "--steps", "1", "--out", str(tmp_path / "out")],
-        capsys,
-        tmp_path,
-    )
+    code, out, err = generate_from(unclip, capsys, tmp_path)
     assert_refused(code, out, err, str(unclip / "prior_scheduler"))
