@@ -259,14 +259,14 @@ def test_evaluate_prompts_judges_each_prompt_over_its_seeds(tmp_path):
     assert (
         first["images"] == 3 and first["seeds"] == [4, 6] and 0 <= first["colours"] <= 1 and 0 <= first["strict"] <= 1
     )
-    with pytest.raises(ValueError, match="'a cat on a mat' is not in the world's grammar"):
+    with pytest.raises(ValueError, match="'a cat on a mat' is not one the world's words can read"):
         evaluate_prompts(pipeline, judge, ["a cat on a mat"], 1)
 
 
 @pytest.mark.parametrize(
     "argv, fragment",
     [
-        (["--prompt", "a cat on a mat"], "not a prompt of the world's grammar"),
+        (["--prompt", "a cat on a mat"], "not a prompt the world's words can read"),
         (["--prompt", "a red car", "--data", "data/world/test"], "either --data"),
         ([], "either --data"),
         (["--suite", "free", "--data", "data/world/test", "--stages"], "drop --stages"),

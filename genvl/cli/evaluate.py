@@ -405,7 +405,7 @@ def run_eval_t2i(args) -> int:
     from ..evaluation.text_to_image import evaluate_text_to_image
     from ..models.judge import SceneJudge
     from ..pipelines.caption import CaptionPipeline
-    from ..world.prompts import parse_prompt
+    from ..world.typed import read_prompt
 
     free = args.suite == "free" or bool(args.prompt)
     if (args.data is None) == (args.prompt is None):
@@ -413,8 +413,8 @@ def run_eval_t2i(args) -> int:
     if free and (args.stages or args.captioner):
         raise UsageError("--suite free and --prompt judge the images only: drop --stages and --captioner")
     for prompt in args.prompt or ():
-        if parse_prompt(prompt) is None:
-            raise UsageError(f"--prompt {prompt!r}: not a prompt of the world's grammar (its objects and colours)")
+        if read_prompt(prompt) is None:
+            raise UsageError(f"--prompt {prompt!r}: not a prompt the world's words can read (its objects and colours)")
     settings = stage_settings(args)
     captioner_folder = None if free else caption_model_folder(args.captioner)
     folders = [t2i_model_folder(args.model), args.judge, captioner_folder, *lora_folders(args)]

@@ -11,7 +11,8 @@ import random
 from pathlib import Path
 
 from ..io.imagefolder import load_images, read_metadata
-from ..world.prompts import GENEVAL_LAYOUTS, parse_prompt, phrase_request, scene_request
+from ..world.prompts import GENEVAL_LAYOUTS, phrase_request, scene_request
+from ..world.typed import read_prompt
 from .judge import GENEVAL_CATEGORIES, category_accuracy, detect_images, judge_request
 from .text_to_image import generate_for_prompts
 
@@ -108,12 +109,12 @@ def evaluate_prompts(
 ) -> dict:
     """Generate `images_per_prompt` images for each of the user's `prompts` (seeds `seed`, `seed` + 1, ..., as
     `genvl generate PROMPT -n N --seed S` draws them) and judge them: for each prompt, what it was read as
-    (`parse_prompt`), its accuracy under GenEval's rules and under the strict reading (`strict`: "a red bicycle"
+    (`read_prompt`), its accuracy under GenEval's rules and under the strict reading (`strict`: "a red bicycle"
     is one red bicycle and nothing else)."""
-    requests = [parse_prompt(prompt) for prompt in prompts]
+    requests = [read_prompt(prompt) for prompt in prompts]
     unread = [prompt for prompt, request in zip(prompts, requests) if request is None]
     if unread:
-        raise ValueError(f"prompt {unread[0]!r} is not in the world's grammar: its objects, colours and relations")
+        raise ValueError(f"prompt {unread[0]!r} is not one the world's words can read: its objects, colours, relations")
     rows = []
     for prompt, request in zip(prompts, requests):
         images = generate_for_prompts(pipeline, [prompt], images_per_prompt, batch_size, seed, progress, **sampling)

@@ -392,7 +392,10 @@ def classic_caption(prompt: str, rng: random.Random) -> str | None:
     """The canonical caption (`scene_captions`) of a classic scene that the prompt asks for (`parse_prompt`,
     `classic_scene`), or None where the prompt is not one of the grammar or no classic scene meets it: what a
     stack whose text side learnt the classic captions reads best. "a red bicycle" may become "a large red
-    bicycle on the left", "a dog and a car" "a blue car above a green dog"."""
-    request = parse_prompt(prompt)
+    bicycle on the left", "a dog and a car" "a blue car above a green dog". Prompts outside the grammar are read
+    word by word (`genvl.world.typed.read_prompt`)."""
+    from .typed import read_prompt  # it builds on this module
+
+    request = read_prompt(prompt)
     scene = classic_scene(request, rng) if request is not None else None
     return scene_captions(scene)[0] if scene is not None else None

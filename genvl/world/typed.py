@@ -1,0 +1,243 @@
+"""Prompts as people type them, beyond the grammar of `genvl.world.prompts`: "red bicycle", "draw a cat next to a
+chair", "a tulip that is red", "apple, banana, pear", "a car with a dog on its left", "2 pink pigs, digital art".
+
+`read_prompt` reads what such a prompt asks for (a request, as `parse_prompt` gives them) word by word. It reads
+only what it understands: every word must be an object, a colour, a count, a relation, a joining word, or one of
+a few words that change nothing the world draws (framing such as "draw me", fillers such as "cute", styles such as
+"digital art"). A prompt holding any other word, or a word the world cannot honour (a negation, a vague count, a
+comparison, a colour the world lacks), is not read: a guess could draw something it did not ask for.
+"""
+
+import re
+
+from .prompts import _NOUNS, OPPOSITE, PLACES_RELATION, parse_prompt, request_category
+from .sprites import COLOURS
+
+COUNTS = {"a": 1, "an": 1, "one": 1, "single": 1, "the": 1, "two": 2, "three": 3, "four": 4}
+COUNTS.update({str(n): n for n in range(1, 5)})
+ARTICLES = ("a", "an", "the")
+PAIRS = ("couple", "pair")  # "a couple of", "a pair of": two
+SHADES = {"grey": "gray", "crimson": "red", "scarlet": "red", "navy": "blue", "violet": "purple", "lime": "green"}
+NOUN_WORDS = {  # more words for objects than `prompts.SYNONYMS`, singular and plural
+    "kitty": ("cat", False),
+    "kitties": ("cat", True),
+    "kitten": ("cat", False),
+    "kittens": ("cat", True),
+    "puppy": ("dog", False),
+    "puppies": ("dog", True),
+    "present": ("gift", False),
+    "presents": ("gift", True),
+    "lightbulb": ("bulb", False),
+    "lightbulbs": ("bulb", True),
+    "aeroplane": ("airplane", False),
+    "aeroplanes": ("airplane", True),
+    "lorry": ("truck", False),
+    "lorries": ("truck", True),
+}
+COMPOUNDS = {"light bulb": "lightbulb", "gift box": "present", "gift boxes": "presents", "school bus": "bus"}
+SAME_PLURAL = {"fish"}  # "two fish"
+SIZES = {"small": "small", "little": "small", "tiny": "small", "large": "large", "big": "large", "huge": "large"}
+# words that say nothing the world draws differently: before the first object, inside an object's words, after the
+# last object
+FRAMING = set(
+    "draw generate create make render paint show give get put me us please pls can could would you i i'd i'm "
+    "want need like love to see is it possible of an a the with exactly picture pictures pic pics image images "
+    "photo photos drawing drawings illustration illustrations icon icons emoji emojis sketch painting cartoon "
+    "realistic simple minimalist line art cute nice just".split()
+)
+FILLERS = set("cute little simple nice lovely happy plain single lone cartoon coloured colored".split())
+STYLE = set(
+    "digital art style cartoon icon icons emoji drawing illustration sketch watercolor watercolour vector flat "
+    "minimalist minimal simple clean cute high quality hd 4k detailed on in a an the white plain background "
+    "together row side by please pls".split()
+)
+# words between two objects that only join them, and the words a relation may come with
+JOINING = set("and with plus next to beside alongside together along side by as well also".split())
+RELATION_WORDS = set(
+    "is are sitting placed standing floating located positioned just directly the a of to on at side".split()
+)
+RELATIONS = {
+    "left": "left",
+    "right": "right",
+    "above": "above",
+    "over": "above",
+    "atop": "above",
+    "top": "above",
+    "below": "below",
+    "under": "below",
+    "underneath": "below",
+    "beneath": "below",
+}
+PLACES = {"left": "left", "right": "right", "top": "top", "bottom": "bottom", "centre": "centre", "center": "centre"}
+PLACES["middle"] = "centre"
+PLACE_WORDS = {"on", "at", "in", "to", "the", "side"}
+# words asking for what the world cannot draw (a negation, a vague count, a comparison, a colour it lacks): a prompt
+# holding one is not read; "white" only where it is an object's colour ("on a white background" is read)
+REFUSED = set(
+    "no not without except never none nothing non some several few many lots lot multiple bunch dozen dozens "
+    "bigger smaller larger taller shorter than more fewer less black silver gold golden beige cyan magenta "
+    "teal turquoise".split()
+)
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[,&+;:!?.]")
+
+
+def _tokens(text: str) -> list[str]:
+    """Words and commas, lower case, shades as the world's colour words, `COMPOUNDS` one word each."""
+    text = " ".join(text.lower().replace("-", " ").split())
+    for words, word in sorted(COMPOUNDS.items(), key=lambda item: -len(item[0])):
+        text = re.sub(rf"\b{words}\b", word, text)
+    return [SHADES.get(t, t) for t in _TOKEN.findall(text) if t not in ".!?;:"]
+
+
+def _noun(token: str):
+    """(object name, plural) of a word for an object, or None."""
+    return _NOUNS.get(token) or NOUN_WORDS.get(token)
+
+
+def read_prompt(text: str) -> dict | None:
+    """The request of `text`: `parse_prompt`'s where the grammar reads it, else the word-by-word reading above;
+    None where neither reads it."""
+    request = parse_prompt(text)
+    if request is not None:
+        return request
+    tokens = _tokens(text)
+    nouns = [i for i, t in enumerate(tokens) if _noun(t)]
+    if not nouns or len(nouns) > 3 or any(t in REFUSED for t in tokens):
+        return None
+    objects, spans, end = [], [], 0
+    for k in nouns:
+        start = k
+        while start > end and tokens[start - 1] in (*COUNTS, *COLOURS, *FILLERS, *SIZES, *PAIRS, "of", "white"):
+            start -= 1
+        obj = _object(tokens[start:k], *_noun(tokens[k]))
+        stop, colour = _colour_after(tokens, k + 1)
+        if obj is None or stop is None or (colour and obj["colour"] not in (None, colour)):
+            return None
+        obj["colour"] = obj["colour"] or colour
+        objects.append(obj)
+        spans.append((start, stop))
+        end = stop
+    return _arranged(tokens, objects, spans)
+
+
+def _object(words: list[str], name: str, plural: bool) -> dict | None:
+    """The object the words before its noun say (count, colour, size), or None where they cannot be one."""
+    count, colour, size = None, None, None
+    for i, word in enumerate(words):
+        if word in PAIRS and words[i + 1 : i + 2] == ["of"]:
+            count = 2
+        elif word in COUNTS and (count is None or words[i - 1] in ARTICLES):  # "the two cats": two
+            count = COUNTS[word]
+        elif word == "white" or (word in COLOURS and colour not in (None, word)):
+            return None
+        elif word in COLOURS:
+            colour = word
+        elif word in SIZES:
+            size = SIZES[word]
+    if name in SAME_PLURAL:
+        plural = count is not None and count > 1
+    if count is None and plural:
+        return None  # "apples": how many?
+    count = count or 1
+    if plural != (count > 1):
+        return None
+    return {"name": name, "colour": colour, "count": count, "size": size, "place": None}
+
+
+_AFTER = (("that", "is"), ("that", "are"), ("which", "is"), ("which", "are"), ("in",), ("coloured",), ("colored",))
+_AFTER += (("painted",), ("painted", "in"), ("wrapped", "in"), (",",))
+
+
+def _colour_after(tokens: list[str], i: int):
+    """(where an object's words that end at token i stop, and the colour said after its noun: "that is red",
+    "in red", "coloured red", ", red"), or (i, None) where none is said."""
+    for pattern in sorted(_AFTER, key=len, reverse=True):
+        j = i + len(pattern)
+        if tuple(tokens[i:j]) != pattern or j >= len(tokens) or tokens[j] not in (*COLOURS, "white"):
+            continue
+        if pattern == (",",) and j + 1 < len(tokens) and tokens[j + 1] not in (",", "and", "&", "+"):
+            continue  # "a cake, pink candles": not the cake's colour
+        return (None, None) if tokens[j] == "white" else (j + 1, tokens[j])
+    return i, None
+
+
+def _untagged(words: list[str]) -> list[str]:
+    """The words after the last object, less its comma-separated style tags ("..., high quality, 4k"): the
+    segments after a comma that say no colour, count, place or relation."""
+    segments = " ".join(words).split(",")
+    said = set(COLOURS) | set(COUNTS) | set(PLACES) | set(RELATIONS)
+    kept = [segments[0]] + [seg for seg in segments[1:] if said & set(seg.split())]
+    return " ".join(kept).split()
+
+
+def _place(words: list[str]) -> str | None:
+    """The place a run of words says ("on the left", "at the top", "in the middle") if that is all it says."""
+    said = [PLACES[w] for w in words if w in PLACES]
+    if len(said) != 1 or any(w not in PLACES and w not in PLACE_WORDS for w in words):
+        return None
+    return said[0]
+
+
+def _arranged(tokens: list[str], objects: list[dict], spans: list[tuple[int, int]]) -> dict | None:
+    """The request of the objects read, from the words around them: what comes before the first (framing, or a
+    place), between two (joining words, or a relation) and after the last (a place, the relation, or style
+    words); None where a word there says anything else."""
+    if len({obj["name"] for obj in objects}) != len(objects):
+        return None
+    head = [t for t in tokens[: spans[0][0]] if t != ","]
+    gaps = [[t for t in tokens[a[1] : b[0]] if t not in (",", "&", "+")] for a, b in zip(spans, spans[1:])]
+    tail = _untagged(tokens[spans[-1][1] :])
+    relation = None
+    if len(objects) == 2:
+        read = _relation(head, gaps[0], tail)
+        if read is None:
+            return None
+        relation, head, gaps, tail = read[0], read[1], [read[2]], read[3]
+    elif len(objects) == 1 and objects[0]["count"] == 1:
+        place_words = [w for w in tail if w in PLACES or w in PLACE_WORDS]
+        place = _place(place_words)
+        if place is not None:
+            objects[0]["place"] = place
+            tail = [w for w in tail if w not in place_words]
+    if any(w not in FRAMING for w in head) or any(w not in STYLE for w in tail):
+        return None
+    if any(w not in JOINING for gap in gaps for w in gap):
+        return None
+    if len(objects) > 1 and any(obj["size"] for obj in objects):
+        return None  # sizes of two kinds: the world draws a pair at one size
+    if objects[0]["count"] > 1:
+        objects[0]["size"] = None  # "two little penguins": the world draws a group at one size
+    return {"category": request_category(objects, relation), "objects": objects, "relation": relation}
+
+
+def _relation(head: list[str], gap: list[str], tail: list[str]):
+    """(where the first of two objects is from the second, or None, and the head, gap and tail words left to
+    judge) from the relation words between them ("to the left of", "on top of", "and to its right"), after the
+    second ("with a dog on its left"), or the places said of each ("on the left a pencil, on the right a book",
+    "a ball on the left and a drum on the right"); None where the words say a relation in a way not read."""
+    joined = [w for w in gap if w in JOINING and w not in PLACE_WORDS]
+    between = [w for w in gap if w not in joined]
+    for first, second, rest in (
+        (_place(head), _place(between), ([], joined, tail)),  # "on the left a pencil, on the right a book"
+        (_place(between), _place(tail), (head, joined, [])),  # "a ball on the left and a drum on the right"
+    ):
+        if first and second:
+            relation = PLACES_RELATION.get((first, second))
+            return (relation, *rest) if relation else None
+    said = {RELATIONS[w] for w in gap if w in RELATIONS}
+    if said:
+        rest = [w for w in gap if w not in RELATIONS and w not in RELATION_WORDS and w not in ("its", "it")]
+        if len(said) != 1:
+            return None
+        relation = said.pop()
+        if "its" in gap or "it" in gap:  # "X, and to its right a Y": Y is right of X
+            relation = OPPOSITE[relation]
+        return relation, head, rest, tail
+    after = {RELATIONS[w] for w in tail if w in RELATIONS}
+    if after and ("with" in gap or "its" in tail or "it" in tail):  # "X with a Y on its left": Y is left of X
+        if len(after) != 1 or any(
+            w not in RELATIONS and w not in RELATION_WORDS and w not in ("its", "it") for w in tail
+        ):
+            return None
+        return OPPOSITE[after.pop()], head, gap, []
+    return None, head, gap, tail
