@@ -233,6 +233,39 @@ def test_generate_records_the_caption_each_image_was_drawn_from(tmp_path, capsys
     assert not any("drawn_prompt" in r for r in raw) and raw[0]["settings"]["rewrite_prompts"] is False
 
 
+def test_interpolate_records_the_prompt_ends_it_drew_from(tmp_path, capsys):
+    from genvl.pipelines.text_to_image import TextToImagePipeline
+
+    from .conftest import get_dummy_unclip_components
+
+    model = tmp_path / "classic"
+    TextToImagePipeline(**get_dummy_unclip_components(), prompt_world="classic").save_pretrained(model)
+    source = tmp_path / "source.png"
+    Image.new("RGB", (48, 48), "blue").save(source)
+    common = ["--frames", "2", "--seed", "5", "--json", "--model", str(model), *FAST]
+    assert main(["interpolate", "a red bike", "two dogs", *common, "--out", str(tmp_path / "out")]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    drawn = records[0]["drawn_start"], records[0]["drawn_end"]
+    assert re.fullmatch(r"a (small|large) red bicycle (on|in|at) the \w+", drawn[0])
+    assert re.fullmatch(r"two \w+ dogs", drawn[1]) and records[0]["settings"]["rewrite_prompts"] is True
+    with Image.open(records[1]["path"]) as image:
+        assert (image.text["drawn_start"], image.text["drawn_end"]) == drawn
+        rewritten = np.asarray(image)
+    # the ends recorded draw the same frames when typed; --no-rewrite draws the ends as typed
+    assert main(["interpolate", *drawn, *common, "--out", str(tmp_path / "typed")]) == 0
+    typed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "drawn_start" not in typed[0] and "drawn_end" not in typed[0]
+    with Image.open(typed[1]["path"]) as image:
+        np.testing.assert_array_equal(np.asarray(image), rewritten)
+    argv = ["interpolate", str(source), "a red bike", *common, "--no-rewrite", "--out", str(tmp_path / "raw")]
+    assert main(argv) == 0
+    raw = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert not any(key.startswith("drawn_") for key in raw[0]) and raw[0]["settings"]["rewrite_prompts"] is False
+    assert main([*argv[:-3], "--out", str(tmp_path / "image_end")]) == 0  # an image end is drawn from as given
+    record = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert "drawn_start" not in record and re.fullmatch(r"a (small|large) red bicycle .*", record["drawn_end"])
+
+
 def test_generate_usage_errors(t2i_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "  ", "--model", str(t2i_dir), "--out", str(tmp_path)])

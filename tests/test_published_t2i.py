@@ -267,6 +267,8 @@ def test_kandinsky_variations_and_interpolation_draw_as_diffusers_does(kandinsky
     # Karlo has no image tower; genvl pipelines take no --prior
     code, out, err = run(["vary", str(source), "--model", str(karlo)], capsys, tmp_path)
     assert code == 2 and "has no image tower" in err
+    code, out, err = run([*argv, "--no-rewrite"], capsys, tmp_path)  # genvl's own prompt rewriting
+    assert code == 2 and "--no-rewrite does not apply here" in err and len(err.strip().splitlines()) == 1
 
 
 def test_kandinsky_image_tower_runs_once_per_image_with_an_embedding_cache(kandinsky, karlo):

@@ -1,6 +1,7 @@
 """TextToImagePipeline on tiny random components: outputs, reproducibility, saving, schedulers, variations."""
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -232,6 +233,48 @@ def test_a_prompt_world_draws_each_image_from_a_caption_its_prompt_asks_for(tmp_
     index.write_text(index.read_text().replace('"elsewhere"', '{"a": [1]}'))
     with pytest.raises(ValueError, match=r"prompt_world must be null or one of classic, got {'a': \[1\]}"):
         TextToImagePipeline.from_pretrained(tmp_path / "classic")
+
+
+def test_a_prompt_world_draws_an_interpolation_from_its_prompt_ends_rewritten(tmp_path):
+    pipe = TextToImagePipeline(**get_dummy_unclip_components(), prompt_world="classic")
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.new("RGB", (40, 40), "red")
+    seed = torch.Generator().manual_seed
+    ends = pipe.interpolation_ends("a red bicycle", "two dogs", seed(3))
+    assert re.fullmatch(r"a (small|large) red bicycle (on|in|at) the \w+", ends[0])
+    assert re.fullmatch(r"two (\w+) dogs", ends[1])
+    assert ends == pipe.interpolation_ends("a red bicycle", "two dogs", seed(3))  # the seed alone decides
+    assert len({tuple(pipe.interpolation_ends("a bicycle", "a dog", seed(s))) for s in range(12)}) > 3
+    assert pipe.interpolation_ends(image, "a red bicycle", seed(3))[0] is image
+    assert pipe.interpolation_ends("a red bicycle", "two dogs", seed(3), rewrite_prompts=False) == [
+        "a red bicycle",
+        "two dogs",
+    ]
+    settings = dict(frames=2, prior_num_inference_steps=2, decoder_num_inference_steps=2, output_type="np")
+    rewritten = pipe.interpolate("a red bicycle", "two dogs", generator=seed(3), **settings).images
+    typed = pipe.interpolate(*ends, generator=seed(3), rewrite_prompts=False, **settings).images
+    np.testing.assert_allclose(rewritten, typed, atol=1e-5)  # drawn from the rewritten ends, as when typed
+    raw = pipe.interpolate("a red bicycle", "two dogs", generator=seed(3), rewrite_prompts=False, **settings)
+    assert np.abs(raw.images - rewritten).max() > 1e-3
+
+
+def test_interpolation_frames_read_the_ends_words_mixed_as_their_embeddings(pipeline):
+    from genvl.pipelines.text_to_image import mixed_words
+
+    words = pipeline.encode_decoder_prompt(["", "", "a red apple", "two blue cars"])
+    mixed = mixed_words(words, [0.0, 0.25, 1.0])
+    ends = words.prompts()
+    assert torch.equal(mixed.prompts().states[0], ends.states[0]) and torch.equal(
+        mixed.prompts().states[2], ends.states[1]
+    )
+    quarter = 0.75 * ends.states[0] + 0.25 * ends.states[1]
+    torch.testing.assert_close(mixed.prompts().states[1], quarter)
+    assert torch.equal(mixed.negatives().states, words.negatives().states[:1].expand(3, -1, -1))
+    assert torch.equal(mixed.prompts().mask[1], torch.maximum(ends.mask[0], ends.mask[1]))
+    # two image ends: every frame reads the empty prompt, as before the ends' words were read
+    empty = pipeline.encode_decoder_prompt([""] * 4)
+    same = mixed_words(empty, [0.0, 0.3, 0.6])
+    assert torch.equal(same.states, pipeline.encode_decoder_prompt([""] * 6).states)
 
 
 def test_xformers_missing_is_a_clear_error(pipeline):

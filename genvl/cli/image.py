@@ -145,6 +145,13 @@ def add_sampling_flags(parser, prior: bool = True, outputs: bool = True, text: b
     if prior:
         group.add_argument("--prior-steps", type=positive(int), help="prior steps (default: --steps)")
         group.add_argument("--prior-guidance", type=GUIDANCE, help="prior guidance (default: --guidance)")
+        group.add_argument(
+            "--no-rewrite",
+            action="store_true",
+            help="draw from a prompt as typed: a pipeline whose text side learnt only its world's captions "
+            "(model_index.json's prompt_world) otherwise draws from the caption of a scene the prompt asks for, "
+            "its open details drawn from the seed (recorded as drawn_prompt, or drawn_start and drawn_end)",
+        )
     group.add_argument("--decoder-steps", type=positive(int), help="decoder steps (default: --steps)")
     group.add_argument("--decoder-guidance", type=GUIDANCE, help="decoder guidance (default: --guidance)")
     if text:
@@ -163,13 +170,6 @@ def add_sampling_flags(parser, prior: bool = True, outputs: bool = True, text: b
             default=1,
             help="draw K images for each one kept, and keep the one the pipeline's reranker (or "
             "else its CLIP) scores most alike the prompt: K times the work (default 1)",
-        )
-        group.add_argument(
-            "--no-rewrite",
-            action="store_true",
-            help="draw from the prompt as typed: a pipeline whose text side learnt only its world's captions "
-            "(model_index.json's prompt_world) otherwise draws each image from the caption of a scene the prompt "
-            "asks for, its open details drawn from the image's seed (recorded as drawn_prompt)",
         )
     group.add_argument(
         "--scheduler",
@@ -305,11 +305,11 @@ def stage_settings(args, prior: bool = True) -> dict:
         settings.update(
             prior_num_inference_steps=either(args.prior_steps, steps),
             prior_guidance_scale=either(args.prior_guidance, guidance),
+            rewrite_prompts=not args.no_rewrite,
         )
         if hasattr(args, "decoder_text_guidance"):
             settings["decoder_text_guidance_scale"] = args.decoder_text_guidance
             settings["num_candidates"] = args.candidates
-            settings["rewrite_prompts"] = not args.no_rewrite
     return settings
 
 
@@ -355,10 +355,10 @@ def output_folder(args) -> Path:
 
 
 def write_images(args, images, name: str, metadata: dict, describe=None):
-    """Save each (index, seed, image, flagged) as it comes, print its path (or JSON record), then a summary on
-    stderr. `flagged` is the list of blocked concepts the safety checker found in the image (which is then black),
-    or None where no checker ran. `describe(image, seed)`, when given, adds fields of each image's own (its caption,
-    the prompt it was drawn from) to its PNG, line and record."""
+    """Save each (index, seed, image, own) as it comes, print its path (or JSON record), then a summary on
+    stderr. `own`: the image's own fields for its PNG, line and record (see `checked`): `flagged`, the blocked
+    concepts the safety checker found in it (it is then black), where a checker ran; `drawn_prompt`, where it
+    was drawn from a rewritten prompt. `describe(image, seed)`, when given, adds more (its caption)."""
     from ..io.images import printable_path
 
     out = output_folder(args)
@@ -371,12 +371,11 @@ def write_images(args, images, name: str, metadata: dict, describe=None):
         *lora_folders(args),
     ]
     count, blocked = 0, {}
-    for i, seed, image, flagged in images:
-        own = describe(image, seed) if describe else {}
-        if flagged is not None:
-            own["flagged"] = flagged
-            for concept in flagged:
-                blocked[concept] = blocked.get(concept, 0) + 1
+    for i, seed, image, own in images:
+        own = {**own, **(describe(image, seed) if describe else {})}
+        flagged = own.get("flagged")
+        for concept in flagged or ():
+            blocked[concept] = blocked.get(concept, 0) + 1
         fields = {**metadata, **own, "seed": str(seed)}
         path = save_png(image, out / f"{name}-{seed}-{i}.png", fields, "--out", inputs)
         if args.json:
@@ -396,17 +395,25 @@ def write_images(args, images, name: str, metadata: dict, describe=None):
 
 
 def each_alone(args, pipeline, make):
-    """(index, seed, image, flagged) of the images of `make`, each alone on one CPU thread with its own seed (see
-    `one_image_each`); `make` gives [(image, flagged)] (see `checked`)."""
+    """(index, seed, image, own fields) of the images of `make`, each alone on one CPU thread with its own seed
+    (see `one_image_each`); `make` gives [(image, own fields)] (see `checked`)."""
     from ..pipelines.threads import one_image_each
 
     made = one_image_each(pipeline, make, args.num_images, base_seed(args), args.batch_size, args.quiet)
-    return ((index, seed, image, flagged) for index, seed, (image, flagged) in made)
+    return ((index, seed, image, own) for index, seed, (image, own) in made)
 
 
-def checked(output) -> list[tuple]:
-    """[(image, the concepts the safety checker flagged in it, or None)] of a pipeline's output."""
-    return list(zip(output.images, output.flagged or [None] * len(output.images)))
+def checked(output, prompt: str | None = None) -> list[tuple]:
+    """[(image, its own fields)] of a pipeline's output: `flagged`, the concepts the safety checker found in it,
+    where a checker ran; `drawn_prompt`, the text it was drawn from, where that is not `prompt`, the one asked."""
+    count = len(output.images)
+    made = []
+    for image, flagged, drawn in zip(output.images, output.flagged or [None] * count, output.prompts or [None] * count):
+        own = {} if flagged is None else {"flagged": flagged}
+        if drawn is not None and drawn != prompt:
+            own["drawn_prompt"] = drawn
+        made.append((image, own))
+    return made
 
 
 def run_generate(args) -> int:
@@ -422,7 +429,7 @@ def run_generate(args) -> int:
         args,
         pipeline,
         lambda pipe, generators: checked(
-            pipe(args.prompt, negative_prompt=args.negative, generator=generators, **settings)
+            pipe(args.prompt, negative_prompt=args.negative, generator=generators, **settings), args.prompt
         ),
     )
     metadata = {
@@ -432,14 +439,7 @@ def run_generate(args) -> int:
         "settings": settings,
         "model": str(t2i_model_folder(args.model)),
     }
-
-    def drawn_prompt(image, seed) -> dict:  # what the pipeline drew image `seed` from, where it rewrote the prompt
-        import torch
-
-        drawn = pipeline.drawn_prompts([args.prompt], [torch.Generator().manual_seed(seed)])[0]
-        return {"drawn_prompt": drawn} if settings["rewrite_prompts"] and drawn != args.prompt else {}
-
-    write_images(args, images, slug(args.prompt), metadata, drawn_prompt)
+    write_images(args, images, slug(args.prompt), metadata)
     return 0
 
 
@@ -527,6 +527,8 @@ def run_mix_published(args, layout: str, path: Path, jobs, name: str, metadata: 
     if layout == KARLO:
         what = published_what(args, layout)
         raise UsageError(f"{what}, which has no image tower to draw from images with: use Kandinsky 2.2's")
+    if getattr(args, "no_rewrite", False):  # interpolate's: its own text sides read any prompt
+        raise UsageError(f"--no-rewrite does not apply here: {published_what(args, layout)}")
     steps, guidance = published_stages(args)
     settings = kandinsky_settings(args, steps, guidance)
     count = max(images for _, _, images in jobs)
@@ -538,7 +540,7 @@ def run_mix_published(args, layout: str, path: Path, jobs, name: str, metadata: 
         for sources, weights, count in jobs:
             generator = torch.Generator().manual_seed(seed)
             for image in pipeline.mix(sources, weights, count, generator, **settings):
-                yield index, seed, image, None
+                yield index, seed, image, {}
                 index += 1
 
     metadata = {**metadata, "scheduler": args.scheduler, "settings": settings, "model": str(path), "prior": args.prior}
@@ -595,7 +597,7 @@ def run_generate_published(args, layout: str, path: Path) -> int:
         if k > 1:  # image i keeps the best of draws i K .. i K + K - 1, by the prior's CLIP
             scores = pipeline.clip_scores(drawn, args.prompt).view(args.num_images, k)
             drawn = [drawn[i * k + int(best)] for i, best in enumerate(scores.argmax(dim=1))]
-        yield from ((i, seed, image, None) for i, image in enumerate(drawn))
+        yield from ((i, seed, image, {}) for i, image in enumerate(drawn))
 
     metadata = {"prompt": args.prompt, "settings": settings, "scheduler": args.scheduler, "model": str(path)}
     if k > 1:
@@ -652,8 +654,9 @@ def run_interpolate(args) -> int:
     settings = stage_settings(args)
     pipeline = load_t2i_pipeline(args, safety=True)
     seed = base_seed(args)
-    chunks = pipeline.interpolation_frames(
-        ends[0], ends[1], frames=args.frames, generator=torch.Generator().manual_seed(seed), **settings
+    drawn = pipeline.interpolation_ends(*ends, torch.Generator().manual_seed(seed), settings["rewrite_prompts"])
+    chunks = pipeline.interpolation_frames(  # from the ends as drawn, rewritten already
+        *drawn, args.frames, generator=torch.Generator().manual_seed(seed), **{**settings, "rewrite_prompts": False}
     )
 
     def frames():  # written as each batch of frames is decoded, never all held at once
@@ -661,10 +664,13 @@ def run_interpolate(args) -> int:
         for images, _ in chunks:
             images, flagged = pipeline.run_safety_checker(images, [ends_text(*ends)] * len(images))
             for frame, found in zip(pipeline.postprocess(images, "pil"), flagged or [None] * len(images)):
-                yield index, seed, frame, found
+                yield index, seed, frame, {} if found is None else {"flagged": found}
                 index += 1
 
     metadata = {"start": args.start, "end": args.end, "scheduler": args.scheduler, "settings": settings}
+    for key, given, used in zip(("drawn_start", "drawn_end"), ends, drawn):
+        if isinstance(used, str) and used != given:
+            metadata[key] = used
     write_images(args, frames(), name, metadata, frame_captions(args))
     return 0
 

@@ -279,12 +279,13 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         )
 
     def drawn_prompts(self, prompts: list[str], generator=None) -> list[str]:
-        """The text each image of `prompts` (one per image) is drawn from. With `prompt_world` set, a prompt in the
-        world's grammar becomes the canonical caption of a scene it asks for ("a red bicycle": "a small red bicycle
-        on the left"; see `genvl.world.prompts.classic_caption`), what it leaves open (colour, size, place,
-        relation) drawn from the image's seed: its generator's `initial_seed()` (a list of generators, one per
-        image), that and the image's index (one generator), or torch's global generator (None). Other prompts,
-        and every prompt without `prompt_world`, are drawn as given."""
+        """The text each image of `prompts` (one per image) is drawn from. With `prompt_world` set, a prompt the
+        world's words read (`genvl.world.typed.read_prompt`) becomes the canonical caption of a scene it asks for
+        ("red bicycle, digital art": "a small red bicycle on the left"; see `genvl.world.prompts.classic_caption`),
+        what it leaves open (colour, size, place, relation) drawn from the image's seed: its generator's
+        `initial_seed()` (a list of generators, one per image), that and the image's index (one generator), or
+        torch's global generator (None). Other prompts, and every prompt without `prompt_world`, are drawn as
+        given."""
         rewrite = PROMPT_WORLDS.get(self.config.get("prompt_world"))
         if rewrite is None:
             return list(prompts)
@@ -625,10 +626,15 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         output_type: str = "pil",
         return_dict: bool = True,
         batch_size: int = 32,
+        rewrite_prompts: bool = True,
     ):
         """`frames` images along the slerp in CLIP image-embedding space between two ends; each end is a
-        prompt (str, through the prior) or an image (PIL image or path). All frames share one decoder noise. The
-        frames are decoded `batch_size` at a time (see `interpolation_frames`, which yields them as they come)."""
+        prompt (str, through the prior) or an image (PIL image or path). All frames share one decoder noise, and
+        the decoder reads the ends' words (an image's: the empty prompt) mixed as the frame's embedding is
+        (`mixed_words`). The frames are decoded `batch_size` at a time (see `interpolation_frames`, which yields
+        them as they come).
+        With `rewrite_prompts` and the pipeline's `prompt_world` set, a prompt end is drawn as
+        `interpolation_ends` rewrites it; the safety checker reads the ends as given."""
         parts = list(
             self.interpolation_frames(
                 start,
@@ -640,10 +646,22 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
                 decoder_guidance_scale,
                 generator,
                 batch_size,
+                rewrite_prompts,
             )
         )
         images, embeds = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         return self._finish(images, embeds, output_type, return_dict, [ends_text(start, end)] * len(images))
+
+    def interpolation_ends(self, start, end, generator=None, rewrite_prompts: bool = True) -> list:
+        """[start, end] as an interpolation draws from them: an image as given, a prompt as `drawn_prompts`
+        rewrites it (with `rewrite_prompts`), the start as the first of two images drawn with `generator` (one
+        `torch.Generator`, or None) and the end as the second."""
+        ends = [start, end]
+        texts = [isinstance(point, str) and not names_an_image_file(point) for point in ends]
+        if not rewrite_prompts or not any(texts):
+            return ends
+        drawn = self.drawn_prompts([point if text else "" for point, text in zip(ends, texts)], generator)
+        return [new if text else point for point, new, text in zip(ends, drawn, texts)]
 
     @torch.no_grad()
     def interpolation_frames(
@@ -657,6 +675,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         decoder_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         generator=None,
         batch_size: int = 32,
+        rewrite_prompts: bool = True,
     ):
         """Yield (images (n, 3, H, W) in [-1, 1], image embeddings (n, E)) of `interpolate`'s frames in order,
         `batch_size` at a time: the memory of a batch, however many frames."""
@@ -665,8 +684,10 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         ends = []
-        for end_point in (start, end):
-            if isinstance(end_point, str) and not names_an_image_file(end_point):
+        texts = [isinstance(point, str) and not names_an_image_file(point) for point in (start, end)]
+        drawn = self.interpolation_ends(start, end, generator, rewrite_prompts)
+        for end_point, text in zip(drawn, texts):
+            if text:
                 ends.append(
                     self.run_prior(
                         self.encode_prompt(["", end_point]), prior_num_inference_steps, prior_guidance_scale, generator
@@ -674,20 +695,40 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
                 )
             else:
                 ends.append(self.encode_image([end_point]))
+        # the decoder reads the words of the ends that are prompts (the empty prompt for an image), mixed as the
+        # frame's embedding is: it takes what the image embedding leaves out (colours, placing) from them
+        words = self.encode_decoder_prompt(["", "", *(point if text else "" for point, text in zip(drawn, texts))])
         noise = randn_tensor((1, *self.latent_shape()), generator=generator, device=ends[0].device, dtype=ends[0].dtype)
         for first in range(0, frames, batch_size):
             count = min(batch_size, frames - first)
-            embeds = torch.cat([slerp(ends[0], ends[1], i / (frames - 1)) for i in range(first, first + count)])
+            weights = [i / (frames - 1) for i in range(first, first + count)]
+            embeds = torch.cat([slerp(ends[0], ends[1], t) for t in weights])
             embeds = embeds / embeds.norm(dim=-1, keepdim=True)
             images = self.run_decoder(
                 embeds,
-                self.encode_decoder_prompt([""] * 2 * count),
+                mixed_words(words, weights),
                 decoder_num_inference_steps,
                 decoder_guidance_scale,
                 generator,
                 noise.repeat(count, 1, 1, 1),
             )
             yield images, embeds
+
+
+def mixed_words(words: PromptEncoding, weights: list[float]) -> PromptEncoding:
+    """For each weight t, the `PromptEncoding` of a prompt between the two of `words` (negative prompt and prompt
+    of each end): embeddings and token states (1 - t) start + t end (`torch.lerp`: exactly an end's at t = 0 and
+    1, and where the two are alike), the tokens of either end attended to, and the start's negative prompt."""
+    prompts = words.prompts()
+    t = torch.tensor(weights, dtype=prompts.states.dtype, device=prompts.states.device)
+    mixed = TextEncoding(
+        torch.lerp(prompts.embeds[:1], prompts.embeds[1:], t[:, None]),
+        torch.lerp(prompts.states[:1], prompts.states[1:], t[:, None, None]),
+        torch.maximum(prompts.mask[:1], prompts.mask[1:]).expand(len(weights), -1),
+    )
+    negative = words.negatives()
+    repeat = lambda rows: rows[:1].expand(len(weights), *rows.shape[1:])  # noqa: E731
+    return PromptEncoding.join(TextEncoding(*map(repeat, (negative.embeds, negative.states, negative.mask))), mixed)
 
 
 def _keep_better(best, chosen):
