@@ -42,6 +42,14 @@ def one(name, colour=None, count=1):
         ("3 hats, grey", [one("hat", "gray", 3)], None),
         ("two fish", [one("fish", None, 2)], None),
         ("the two cats", [one("cat", None, 2)], None),
+        ("my son wants a green frog!!", [one("frog", "green")], None),
+        ("For my class: three owls, please", [one("owl", None, 3)], None),
+        ("draw three owls for my classroom", [one("owl", None, 3)], None),
+        ("flat vector icon of a pink pig", [one("pig", "pink")], None),
+        ("Cactus. Green.", [one("cactus", "green")], None),
+        ("3x red apple", [one("apple", "red", 3)], None),
+        ("a blue T-shirt", [one("shirt", "blue")], None),
+        ("apple, pear, lemon - product shot", [one("apple"), one("pear"), one("lemon")], None),
         ("2 pink pigs, digital art, high quality, 4k", [one("pig", "pink", 2)], None),
         ("a cat next to a chair", [one("cat"), one("chair")], None),
         ("moon & star", [one("moon"), one("star")], None),
@@ -78,6 +86,10 @@ def test_prompts_as_people_type_them_are_read(prompt, objects, relation):
         "a black cat",  # a colour the world lacks
         "a white cat on a white background",
         "a red blue car",  # two colours for one object
+        "I want a wooden chair",
+        "make a giraffe next to a car",  # an object the world lacks
+        "a cake for two",
+        "a apples",
         "a dog and a dog",
         "hello",
         "",

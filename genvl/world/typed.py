@@ -4,8 +4,11 @@ chair", "a tulip that is red", "apple, banana, pear", "a car with a dog on its l
 `read_prompt` reads what such a prompt asks for (a request, as `parse_prompt` gives them) word by word. It reads
 only what it understands: every word must be an object, a colour, a count, a relation, a joining word, or one of
 a few words that change nothing the world draws (framing such as "draw me", fillers such as "cute", styles such as
-"digital art"). A prompt holding any other word, or a word the world cannot honour (a negation, a vague count, a
-comparison, a colour the world lacks), is not read: a guess could draw something it did not ask for.
+"digital art"). Three runs of words are the asker's own and are passed over: words before the last asking word
+("my daughter wants a ..."), a purpose ("for my slides"), and comma-separated tags after the objects that say no
+colour, number, place or relation ("..., studio lighting, 4k"). A prompt holding any other word, or a word the
+world cannot honour (a negation, a vague count, a comparison, a colour the world lacks), is not read: a guess
+could draw something it did not ask for.
 """
 
 import re
@@ -34,7 +37,14 @@ NOUN_WORDS = {  # more words for objects than `prompts.SYNONYMS`, singular and p
     "lorry": ("truck", False),
     "lorries": ("truck", True),
 }
-COMPOUNDS = {"light bulb": "lightbulb", "gift box": "present", "gift boxes": "presents", "school bus": "bus"}
+COMPOUNDS = {
+    "light bulb": "lightbulb",
+    "gift box": "present",
+    "gift boxes": "presents",
+    "school bus": "bus",
+    "t shirt": "shirt",
+    "t shirts": "shirts",
+}
 SAME_PLURAL = {"fish"}  # "two fish"
 SIZES = {"small": "small", "little": "small", "tiny": "small", "large": "large", "big": "large", "huge": "large"}
 # words that say nothing the world draws differently: before the first object, inside an object's words, after the
@@ -43,13 +53,17 @@ FRAMING = set(
     "draw generate create make render paint show give get put me us please pls can could would you i i'd i'm "
     "want need like love to see is it possible of an a the with exactly picture pictures pic pics image images "
     "photo photos drawing drawings illustration illustrations icon icons emoji emojis sketch painting cartoon "
-    "realistic simple minimalist line art cute nice just".split()
+    "realistic simple minimalist line art cute nice just hey u do have kindly containing contains shows showing "
+    "that clipart clip one".split()
 )
+# words that ask for the picture: whatever the asker says before the last of them is their own ("my daughter wants
+# a pink elephant"); what follows must be framing
+ASKING = set("want wants need needs like love loves draw make create generate get show do have give paint".split())
 FILLERS = set("cute little simple nice lovely happy plain single lone cartoon coloured colored".split())
 STYLE = set(
     "digital art style cartoon icon icons emoji drawing illustration sketch watercolor watercolour vector flat "
     "minimalist minimal simple clean cute high quality hd 4k detailed on in a an the white plain background "
-    "together row side by please pls".split()
+    "together row side by please pls it colour color kawaii 3d render ultra photorealistic cinematic".split()
 )
 # words between two objects that only join them, and the words a relation may come with
 JOINING = set("and with plus next to beside alongside together along side by as well also".split())
@@ -78,12 +92,16 @@ REFUSED = set(
     "bigger smaller larger taller shorter than more fewer less black silver gold golden beige cyan magenta "
     "teal turquoise".split()
 )
+# words that say what is drawn: colours, numbers, places, relations
+SAID = set(COLOURS) | {w for w, n in COUNTS.items() if n > 1} | set(PLACES) | set(RELATIONS)
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[,&+;:!?.]")
 
 
 def _tokens(text: str) -> list[str]:
-    """Words and commas, lower case, shades as the world's colour words, `COMPOUNDS` one word each."""
-    text = " ".join(text.lower().replace("-", " ").split())
+    """Words and commas (a dash between words is a comma), lower case, shades as the world's colour words,
+    `COMPOUNDS` one word each, "2x" as "2"."""
+    text = re.sub(r"\s[-–]+\s", " , ", f" {text.lower()} ")
+    text = re.sub(r"\b([1-4])x\b", r"\1", " ".join(text.replace("-", " ").split()))
     for words, word in sorted(COMPOUNDS.items(), key=lambda item: -len(item[0])):
         text = re.sub(rf"\b{words}\b", word, text)
     return [SHADES.get(t, t) for t in _TOKEN.findall(text) if t not in ".!?;:"]
@@ -139,13 +157,13 @@ def _object(words: list[str], name: str, plural: bool) -> dict | None:
     if count is None and plural:
         return None  # "apples": how many?
     count = count or 1
-    if plural != (count > 1):
-        return None
+    if plural and count == 1:
+        return None  # "a apples"; "two green car" is two
     return {"name": name, "colour": colour, "count": count, "size": size, "place": None}
 
 
 _AFTER = (("that", "is"), ("that", "are"), ("which", "is"), ("which", "are"), ("in",), ("coloured",), ("colored",))
-_AFTER += (("painted",), ("painted", "in"), ("wrapped", "in"), (",",))
+_AFTER += (("painted",), ("painted", "in"), ("wrapped", "in"), (",",), ())
 
 
 def _colour_after(tokens: list[str], i: int):
@@ -155,19 +173,33 @@ def _colour_after(tokens: list[str], i: int):
         j = i + len(pattern)
         if tuple(tokens[i:j]) != pattern or j >= len(tokens) or tokens[j] not in (*COLOURS, "white"):
             continue
-        if pattern == (",",) and j + 1 < len(tokens) and tokens[j + 1] not in (",", "and", "&", "+"):
-            continue  # "a cake, pink candles": not the cake's colour
+        if pattern in ((",",), ()) and j + 1 < len(tokens) and tokens[j + 1] not in (",", "and", "&", "+"):
+            continue  # "a cake, pink candles": not the cake's colour; "Tulip. Purple." is the tulip's
         return (None, None) if tokens[j] == "white" else (j + 1, tokens[j])
     return i, None
 
 
+def _framing(head: list[str]) -> bool:
+    """Whether the words before the first object only frame it: framing and style words, after the asker's own
+    words up to the last asking word ("my daughter wants"), or after a purpose ("for my niece")."""
+    asking = [i for i, w in enumerate(head) if w in ASKING]
+    if asking:
+        head = head[asking[-1] + 1 :]
+    elif head[:1] == ["for"]:
+        return not SAID & set(head)
+    return all(w in FRAMING or w in STYLE for w in head)
+
+
 def _untagged(words: list[str]) -> list[str]:
-    """The words after the last object, less its comma-separated style tags ("..., high quality, 4k"): the
-    segments after a comma that say no colour, count, place or relation."""
+    """The words after the last object, less its comma-separated style tags ("..., high quality, 4k") and a
+    closing purpose ("for my slides"): those that say no colour, count, place or relation."""
     segments = " ".join(words).split(",")
-    said = set(COLOURS) | set(COUNTS) | set(PLACES) | set(RELATIONS)
-    kept = [segments[0]] + [seg for seg in segments[1:] if said & set(seg.split())]
-    return " ".join(kept).split()
+    kept = " ".join([segments[0]] + [seg for seg in segments[1:] if SAID & set(seg.split())]).split()
+    if "for" in kept:
+        purpose = kept.index("for")
+        if not SAID & set(kept[purpose:]):
+            kept = kept[:purpose]
+    return kept
 
 
 def _place(words: list[str]) -> str | None:
@@ -199,7 +231,7 @@ def _arranged(tokens: list[str], objects: list[dict], spans: list[tuple[int, int
         if place is not None:
             objects[0]["place"] = place
             tail = [w for w in tail if w not in place_words]
-    if any(w not in FRAMING for w in head) or any(w not in STYLE for w in tail):
+    if not _framing(head) or any(w not in STYLE for w in tail):
         return None
     if any(w not in JOINING for gap in gaps for w in gap):
         return None
