@@ -50,6 +50,11 @@ def one(name, colour=None, count=1):
         ("3x red apple", [one("apple", "red", 3)], None),
         ("a blue T-shirt", [one("shirt", "blue")], None),
         ("apple, pear, lemon - product shot", [one("apple"), one("pear"), one("lemon")], None),
+        ("red umbrella, studio lighting, 8k", [one("umbrella", "red")], None),
+        ("draw a bee a tulip and a sun", [one("bee"), one("tulip"), one("sun")], None),
+        ("guitar drum bell", [one("guitar"), one("drum"), one("bell")], None),
+        ("a cat, and to the right a dog", [one("cat"), one("dog")], "left"),
+        ("a sun and below it a house", [one("house"), one("sun")], "below"),
         ("2 pink pigs, digital art, high quality, 4k", [one("pig", "pink", 2)], None),
         ("a cat next to a chair", [one("cat"), one("chair")], None),
         ("moon & star", [one("moon"), one("star")], None),
@@ -90,6 +95,33 @@ def test_prompts_as_people_type_them_are_read(prompt, objects, relation):
         "make a giraffe next to a car",  # an object the world lacks
         "a cake for two",
         "a apples",
+        # two object words with nothing between them: one thing named by both
+        "an apple tree",
+        "a cherry red car",
+        "train a dog",
+        # negations and questions around an asking word
+        "Don't draw a cat",
+        "don\u2019t draw a cat",
+        "Who would want a cat?",
+        "draw a giraffe and then draw a cat",
+        # what a comma or a symbol holds is not a style tag
+        "a cat, a giraffe",
+        "apple, banana, kiwi",
+        "a cat/dog",
+        # 'left', 'right' and 'its' that do not say where
+        "a hat left on a chair",
+        "a cat right next to a dog",
+        "a frog under its umbrella",
+        "a dog to the left of its ball",
+        # a colour that may be another object's, or several objects'
+        "a cat and a dog that are brown",
+        "a cat in red hat",
+        "apple, orange, pear",
+        # an object word naming how something is drawn, a key to something, number ranges
+        "a cat, pencil sketch",
+        "a key to the house",
+        "2-3 cats",
+        "one of the two cats",
         "a dog and a dog",
         "hello",
         "",

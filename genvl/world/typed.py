@@ -6,9 +6,11 @@ only what it understands: every word must be an object, a colour, a count, a rel
 a few words that change nothing the world draws (framing such as "draw me", fillers such as "cute", styles such as
 "digital art"). Three runs of words are the asker's own and are passed over: words before the last asking word
 ("my daughter wants a ..."), a purpose ("for my slides"), and comma-separated tags after the objects that say no
-colour, number, place or relation ("..., studio lighting, 4k"). A prompt holding any other word, or a word the
-world cannot honour (a negation, a vague count, a comparison, a colour the world lacks), is not read: a guess
-could draw something it did not ask for.
+colour, number, place or relation ("..., studio lighting, 4k"). A prompt holding any other word or symbol, a word
+the world cannot honour (a negation, a vague count, a comparison, a colour the world lacks), or words whose
+meaning the reader cannot settle (two object words with nothing between them, "an apple tree"; a colour said after
+two objects, "a cat and a dog that are brown"; "its" that is not "to its left") is not read: a wrong reading
+draws what the prompt did not ask for, and is worse than none.
 """
 
 import re
@@ -20,7 +22,7 @@ COUNTS = {"a": 1, "an": 1, "one": 1, "single": 1, "the": 1, "two": 2, "three": 3
 COUNTS.update({str(n): n for n in range(1, 5)})
 ARTICLES = ("a", "an", "the")
 PAIRS = ("couple", "pair")  # "a couple of", "a pair of": two
-SHADES = {"grey": "gray", "crimson": "red", "scarlet": "red", "navy": "blue", "violet": "purple", "lime": "green"}
+SHADES = {"grey": "gray", "crimson": "red", "scarlet": "red", "navy": "blue", "violet": "purple"}
 NOUN_WORDS = {  # more words for objects than `prompts.SYNONYMS`, singular and plural
     "kitty": ("cat", False),
     "kitties": ("cat", True),
@@ -44,6 +46,9 @@ COMPOUNDS = {
     "school bus": "bus",
     "t shirt": "shirt",
     "t shirts": "shirts",
+    "lime green": "green",
+    "next to": "beside",  # "to" alone does not join: "a key to the house"
+    "close to": "beside",
 }
 SAME_PLURAL = {"fish"}  # "two fish"
 SIZES = {"small": "small", "little": "small", "tiny": "small", "large": "large", "big": "large", "huge": "large"}
@@ -53,12 +58,13 @@ FRAMING = set(
     "draw generate create make render paint show give get put me us please pls can could would you i i'd i'm "
     "want need like love to see is it possible of an a the with exactly picture pictures pic pics image images "
     "photo photos drawing drawings illustration illustrations icon icons emoji emojis sketch painting cartoon "
-    "realistic simple minimalist line art cute nice just hey u do have kindly containing contains shows showing "
+    "realistic simple minimalist line art cute nice just hey u do kindly containing contains shows showing "
     "that clipart clip one".split()
 )
 # words that ask for the picture: whatever the asker says before the last of them is their own ("my daughter wants
 # a pink elephant"); what follows must be framing
-ASKING = set("want wants need needs like love loves draw make create generate get show do have give paint".split())
+ASKING = set("want wants need needs like love loves draw make create generate get show do give paint".split())
+QUESTIONS = {"who", "why", "when", "what", "which", "whose", "whom", "how"}  # "Who would want a cat?": not asked
 FILLERS = set("cute little simple nice lovely happy plain single lone cartoon coloured colored".split())
 STYLE = set(
     "digital art style cartoon icon icons emoji drawing illustration sketch watercolor watercolour vector flat "
@@ -66,7 +72,7 @@ STYLE = set(
     "together row side by please pls it colour color kawaii 3d render ultra photorealistic cinematic".split()
 )
 # words between two objects that only join them, and the words a relation may come with
-JOINING = set("and with plus next to beside alongside together along side by as well also".split())
+JOINING = set("and with plus beside alongside together along side by as well also".split())
 RELATION_WORDS = set(
     "is are sitting placed standing floating located positioned just directly the a of to on at side".split()
 )
@@ -90,21 +96,41 @@ PLACE_WORDS = {"on", "at", "in", "to", "the", "side"}
 REFUSED = set(
     "no not without except never none nothing non some several few many lots lot multiple bunch dozen dozens "
     "bigger smaller larger taller shorter than more fewer less black silver gold golden beige cyan magenta "
-    "teal turquoise".split()
+    "teal turquoise nobody nor cannot hate dont doesnt didnt wont wouldnt cant isnt arent shouldnt havent hasnt".split()
+)
+# words that say how an object word right before them is drawn, not that it is drawn: "pencil sketch"
+MEDIUMS = set("sketch drawing drawings illustration painting art style icon icons background wallpaper design".split())
+MEDIUMS |= {"print", "pattern", "shaped", "shape"}
+# more words of style tags after the objects ("..., studio lighting, 4k")
+TAGS = set("lighting studio concept poster retro trending bright colourful colorful vibrant soft pastel photo".split())
+TAGS |= set(
+    "product shot sharp focus macro photography detail resolution glossy matte sticker logo badge design print "
+    "engraving woodcut linocut vintage aesthetic theme vibes anime comic isometric pixel neon texture".split()
 )
 # words that say what is drawn: colours, numbers, places, relations
 SAID = set(COLOURS) | {w for w, n in COUNTS.items() if n > 1} | set(PLACES) | set(RELATIONS)
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[,&+;:!?.]")
+# what a prompt may hold besides letters, digits and spaces: a symbol outside these is not read ("a cat/dog")
+_KNOWN = re.compile(r"[a-z0-9\s,&+;:!?.'\"()\-–]*")
+STOPS = ".!?;"  # sentence stops part words as a comma does; ":" joins ("For my dog: a red ball" is not read)
 
 
 def _tokens(text: str) -> list[str]:
-    """Words and commas (a dash between words is a comma), lower case, shades as the world's colour words,
-    `COMPOUNDS` one word each, "2x" as "2"."""
-    text = re.sub(r"\s[-–]+\s", " , ", f" {text.lower()} ")
+    """Words and commas (a dash between words, or a sentence stop, is a comma), lower case, shades as the world's
+    colour words, `COMPOUNDS` one word each, "2x" as "2"; None where the text holds a symbol `_KNOWN` lacks."""
+    text = text.lower().replace("\u2019", "'")
+    if not _KNOWN.fullmatch(text):
+        return None
+    text = re.sub(r"\s[-–]+\s", " , ", f" {text} ")
     text = re.sub(r"\b([1-4])x\b", r"\1", " ".join(text.replace("-", " ").split()))
     for words, word in sorted(COMPOUNDS.items(), key=lambda item: -len(item[0])):
         text = re.sub(rf"\b{words}\b", word, text)
-    return [SHADES.get(t, t) for t in _TOKEN.findall(text) if t not in ".!?;:"]
+    tokens = []
+    for token in _TOKEN.findall(text):
+        token = "," if token in STOPS else SHADES.get(token, token)
+        if token != ":" and not (token == "," and tokens[-1:] == [","]):
+            tokens.append(token)
+    return tokens
 
 
 def _noun(token: str):
@@ -119,9 +145,13 @@ def read_prompt(text: str) -> dict | None:
     if request is not None:
         return request
     tokens = _tokens(text)
-    nouns = [i for i, t in enumerate(tokens) if _noun(t)]
-    if not nouns or len(nouns) > 3 or any(t in REFUSED for t in tokens):
+    if tokens is None or any(t in REFUSED or t.endswith("n't") for t in tokens):
         return None
+    nouns = [i for i, t in enumerate(tokens) if _noun(t)]
+    if not nouns or len(nouns) > 3:
+        return None
+    if len(nouns) > 1 and any(tokens[k + 1 : k + 2] and tokens[k + 1] in MEDIUMS for k in nouns):
+        return None  # "a cat, pencil sketch": an object word naming how it is drawn
     objects, spans, end = [], [], 0
     for k in nouns:
         start = k
@@ -132,10 +162,27 @@ def read_prompt(text: str) -> dict | None:
         if obj is None or stop is None or (colour and obj["colour"] not in (None, colour)):
             return None
         obj["colour"] = obj["colour"] or colour
+        coloured_after = colour is not None
         objects.append(obj)
         spans.append((start, stop))
         end = stop
+    if not _parted(tokens, spans):
+        return None
+    if coloured_after and any(obj["colour"] is None for obj in objects[:-1]):
+        return None  # "a cat and a dog that are brown", "a cat and a dog in red": the dog's, or both's?
     return _arranged(tokens, objects, spans)
+
+
+def _parted(tokens: list[str], spans: list[tuple[int, int]]) -> bool:
+    """Whether the objects' words are apart: something stands between each two, or each starts with an article or
+    a number ("a rocket a moon"), or there are three bare nouns ("guitar drum bell"); not "an apple tree", "a
+    cherry red car", "train a dog"."""
+    touching = [b for a, b in zip(spans, spans[1:]) if a[1] == b[0]]
+    if not touching:
+        return True
+    if all(tokens[a[0]] in COUNTS and tokens[b[0]] in COUNTS for a, b in zip(spans, spans[1:])):
+        return True
+    return len(spans) == 3 and all(b - a == 1 for a, b in spans)
 
 
 def _object(words: list[str], name: str, plural: bool) -> dict | None:
@@ -146,6 +193,10 @@ def _object(words: list[str], name: str, plural: bool) -> dict | None:
             count = 2
         elif word in COUNTS and (count is None or words[i - 1] in ARTICLES):  # "the two cats": two
             count = COUNTS[word]
+        elif word in COUNTS and COUNTS[word] != count:
+            return None  # "2-3 cats"
+        elif word == "of" and words[i - 1 : i] and words[i - 1] in COUNTS:
+            return None  # "one of the two cats"
         elif word == "white" or (word in COLOURS and colour not in (None, word)):
             return None
         elif word in COLOURS:
@@ -175,6 +226,8 @@ def _colour_after(tokens: list[str], i: int):
             continue
         if pattern in ((",",), ()) and j + 1 < len(tokens) and tokens[j + 1] not in (",", "and", "&", "+"):
             continue  # "a cake, pink candles": not the cake's colour; "Tulip. Purple." is the tulip's
+        if (pattern in ((",",), ()) and tokens[j] == "orange") or (j + 1 < len(tokens) and _noun(tokens[j + 1])):
+            return None, None  # "apple, orange, pear": the fruit; "a cat in red hat": the hat's colour
         return (None, None) if tokens[j] == "white" else (j + 1, tokens[j])
     return i, None
 
@@ -184,6 +237,8 @@ def _framing(head: list[str]) -> bool:
     words up to the last asking word ("my daughter wants"), or after a purpose ("for my niece")."""
     asking = [i for i, w in enumerate(head) if w in ASKING]
     if asking:
+        if {"a", "an", *SAID, *QUESTIONS} & set(head[: asking[-1]]):
+            return False  # "draw a giraffe and then draw a cat": the asker asks for more
         head = head[asking[-1] + 1 :]
     elif head[:1] == ["for"]:
         return not SAID & set(head)
@@ -191,15 +246,23 @@ def _framing(head: list[str]) -> bool:
 
 
 def _untagged(words: list[str]) -> list[str]:
-    """The words after the last object, less its comma-separated style tags ("..., high quality, 4k") and a
-    closing purpose ("for my slides"): those that say no colour, count, place or relation."""
-    segments = " ".join(words).split(",")
-    kept = " ".join([segments[0]] + [seg for seg in segments[1:] if SAID & set(seg.split())]).split()
+    """The words after the last object, less its comma-separated style tags ("..., studio lighting, 4k") and a
+    closing purpose ("for my slides"): a tag holds a style word and no colour, number, place, relation, article
+    or joining word ("..., a giraffe" and "apple, banana, kiwi" are not tags); a purpose says none of the first
+    four."""
+    segments = [seg.split() for seg in " ".join(words).split(",")]
+    kept = [w for seg in segments[:1] + [seg for seg in segments[1:] if not _tag(seg)] for w in seg]
     if "for" in kept:
         purpose = kept.index("for")
         if not SAID & set(kept[purpose:]):
             kept = kept[:purpose]
     return kept
+
+
+def _tag(words: list[str]) -> bool:
+    """Whether a comma-separated run of words after the objects is a style tag (see `_untagged`)."""
+    said = {"a", "an", "and", "with", *SAID} & set(words) or any(w.isdigit() for w in words)  # "5 mice"; not "8k"
+    return not said and any(w in STYLE or w in TAGS or re.fullmatch(r"\d+k", w) for w in words)
 
 
 def _place(words: list[str]) -> str | None:
@@ -228,7 +291,7 @@ def _arranged(tokens: list[str], objects: list[dict], spans: list[tuple[int, int
     elif len(objects) == 1 and objects[0]["count"] == 1:
         place_words = [w for w in tail if w in PLACES or w in PLACE_WORDS]
         place = _place(place_words)
-        if place is not None:
+        if place is not None and {"on", "at", "in", "to"} & set(place_words):  # not "a cat, right?"
             objects[0]["place"] = place
             tail = [w for w in tail if w not in place_words]
     if not _framing(head) or any(w not in STYLE for w in tail):
@@ -256,13 +319,21 @@ def _relation(head: list[str], gap: list[str], tail: list[str]):
         if first and second:
             relation = PLACES_RELATION.get((first, second))
             return (relation, *rest) if relation else None
-    said = {RELATIONS[w] for w in gap if w in RELATIONS}
+    said = [i for i, w in enumerate(gap) if w in RELATIONS]
     if said:
-        rest = [w for w in gap if w not in RELATIONS and w not in RELATION_WORDS and w not in ("its", "it")]
-        if len(said) != 1:
-            return None
-        relation = said.pop()
-        if "its" in gap or "it" in gap:  # "X, and to its right a Y": Y is right of X
+        at, rest = (
+            said[0],
+            [w for w in gap if w not in RELATIONS and w not in RELATION_WORDS and w not in ("its", "it")],
+        )
+        if len({RELATIONS[gap[i]] for i in said}) != 1 or "it" in gap[:at]:
+            return None  # two relations; "it is to the left of"
+        if gap[at] in ("left", "right", "top") and gap[at + 1 : at + 2] not in ([], ["of"], ["side"], ["it"]):
+            return None  # "left on a chair", "right beside": not where
+        by_it = gap[at - 1 : at] == ["its"] or "it" in gap[at + 1 :]  # "to its right", "right of it", "above it"
+        if "its" in gap and not by_it:
+            return None  # "to the left of its ball", "under its umbrella"
+        relation = RELATIONS[gap[at]]
+        if by_it or {"and", "with"} & set(gap[:at]):  # "X, and to its right a Y", "X, and below a Y": said of Y
             relation = OPPOSITE[relation]
         return relation, head, rest, tail
     after = {RELATIONS[w] for w in tail if w in RELATIONS}
