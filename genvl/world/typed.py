@@ -113,6 +113,13 @@ _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[,&+;:!?.]")
 # what a prompt may hold besides letters, digits and spaces: a symbol outside these is not read ("a cat/dog")
 _KNOWN = re.compile(r"[a-z0-9\s,&+;:!?.'\"()\-–]*")
 STOPS = ".!?;"  # sentence stops part words as a comma does; ":" joins ("For my dog: a red ball" is not read)
+_COMPOUNDS = [
+    (re.compile(rf"\b{words}\b"), word) for words, word in sorted(COMPOUNDS.items(), key=lambda c: -len(c[0]))
+]
+# the words an object's noun may follow in its own run of words: "a couple of small red ..."
+OBJECT_WORDS = {*COUNTS, *COLOURS, *FILLERS, *SIZES, *PAIRS, "of", "white"}
+# the words a relation is said with, beside its own: "is sitting just to the left of it"
+RELATION_PHRASE = {*RELATIONS, *RELATION_WORDS, "its", "it"}
 
 
 def _tokens(text: str) -> list[str]:
@@ -123,8 +130,8 @@ def _tokens(text: str) -> list[str]:
         return None
     text = re.sub(r"\s[-–]+\s", " , ", f" {text} ")
     text = re.sub(r"\b([1-4])x\b", r"\1", " ".join(text.replace("-", " ").split()))
-    for words, word in sorted(COMPOUNDS.items(), key=lambda item: -len(item[0])):
-        text = re.sub(rf"\b{words}\b", word, text)
+    for words, word in _COMPOUNDS:
+        text = words.sub(word, text)
     tokens = []
     for token in _TOKEN.findall(text):
         token = "," if token in STOPS else SHADES.get(token, token)
@@ -155,7 +162,7 @@ def read_prompt(text: str) -> dict | None:
     objects, spans, end = [], [], 0
     for k in nouns:
         start = k
-        while start > end and tokens[start - 1] in (*COUNTS, *COLOURS, *FILLERS, *SIZES, *PAIRS, "of", "white"):
+        while start > end and tokens[start - 1] in OBJECT_WORDS:
             start -= 1
         obj = _object(tokens[start:k], *_noun(tokens[k]))
         stop, colour = _colour_after(tokens, k + 1)
@@ -177,8 +184,7 @@ def _parted(tokens: list[str], spans: list[tuple[int, int]]) -> bool:
     """Whether the objects' words are apart: something stands between each two, or each starts with an article or
     a number ("a rocket a moon"), or there are three bare nouns ("guitar drum bell"); not "an apple tree", "a
     cherry red car", "train a dog"."""
-    touching = [b for a, b in zip(spans, spans[1:]) if a[1] == b[0]]
-    if not touching:
+    if all(a[1] != b[0] for a, b in zip(spans, spans[1:])):
         return True
     if all(tokens[a[0]] in COUNTS and tokens[b[0]] in COUNTS for a, b in zip(spans, spans[1:])):
         return True
@@ -213,14 +219,15 @@ def _object(words: list[str], name: str, plural: bool) -> dict | None:
     return {"name": name, "colour": colour, "count": count, "size": size, "place": None}
 
 
-_AFTER = (("that", "is"), ("that", "are"), ("which", "is"), ("which", "are"), ("in",), ("coloured",), ("colored",))
-_AFTER += (("painted",), ("painted", "in"), ("wrapped", "in"), (",",), ())
+# the words a colour may follow an object's noun with, longest first: "that is red", "in red", ", red", "red"
+_AFTER = (("that", "is"), ("that", "are"), ("which", "is"), ("which", "are"), ("painted", "in"), ("wrapped", "in"))
+_AFTER += (("in",), ("coloured",), ("colored",), ("painted",), (",",), ())
 
 
 def _colour_after(tokens: list[str], i: int):
     """(where an object's words that end at token i stop, and the colour said after its noun: "that is red",
     "in red", "coloured red", ", red"), or (i, None) where none is said."""
-    for pattern in sorted(_AFTER, key=len, reverse=True):
+    for pattern in _AFTER:
         j = i + len(pattern)
         if tuple(tokens[i:j]) != pattern or j >= len(tokens) or tokens[j] not in (*COLOURS, "white"):
             continue
@@ -321,10 +328,7 @@ def _relation(head: list[str], gap: list[str], tail: list[str]):
             return (relation, *rest) if relation else None
     said = [i for i, w in enumerate(gap) if w in RELATIONS]
     if said:
-        at, rest = (
-            said[0],
-            [w for w in gap if w not in RELATIONS and w not in RELATION_WORDS and w not in ("its", "it")],
-        )
+        at, rest = said[0], [w for w in gap if w not in RELATION_PHRASE]
         if len({RELATIONS[gap[i]] for i in said}) != 1 or "it" in gap[:at]:
             return None  # two relations; "it is to the left of"
         if gap[at] in ("left", "right", "top") and gap[at + 1 : at + 2] not in ([], ["of"], ["side"], ["it"]):
@@ -338,9 +342,7 @@ def _relation(head: list[str], gap: list[str], tail: list[str]):
         return relation, head, rest, tail
     after = {RELATIONS[w] for w in tail if w in RELATIONS}
     if after and ("with" in gap or "its" in tail or "it" in tail):  # "X with a Y on its left": Y is left of X
-        if len(after) != 1 or any(
-            w not in RELATIONS and w not in RELATION_WORDS and w not in ("its", "it") for w in tail
-        ):
+        if len(after) != 1 or any(w not in RELATION_PHRASE for w in tail):
             return None
         return OPPOSITE[after.pop()], head, gap, []
     return None, head, gap, tail
