@@ -107,10 +107,15 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return torch.sin((1.0 - t) * omega) / so * a + torch.sin(t * omega) / so * b
 
 
+def is_prompt(end) -> bool:
+    """Whether an interpolation's end is a prompt: a string that names no image file (see `names_an_image_file`)."""
+    return isinstance(end, str) and not names_an_image_file(end)
+
+
 def ends_text(start, end) -> str:
     """The words of an interpolation's ends that are prompts (an image or an image file's path has none), for the
     safety checker."""
-    return " ".join(end for end in (start, end) if isinstance(end, str) and not names_an_image_file(end))
+    return " ".join(end for end in (start, end) if is_prompt(end))
 
 
 class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, DiffusionPipeline):
@@ -656,8 +661,10 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         """[start, end] as an interpolation draws from them: an image as given, a prompt as `drawn_prompts`
         rewrites it (with `rewrite_prompts`), the start as the first of two images drawn with `generator` (one
         `torch.Generator`, or None) and the end as the second."""
-        ends = [start, end]
-        texts = [isinstance(point, str) and not names_an_image_file(point) for point in ends]
+        return self._drawn_ends([start, end], list(map(is_prompt, (start, end))), generator, rewrite_prompts)
+
+    def _drawn_ends(self, ends: list, texts: list[bool], generator, rewrite_prompts: bool) -> list:
+        """`interpolation_ends` of `ends`, whose prompts `texts` marks."""
         if not rewrite_prompts or not any(texts):
             return ends
         drawn = self.drawn_prompts([point if text else "" for point, text in zip(ends, texts)], generator)
@@ -684,8 +691,8 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         ends = []
-        texts = [isinstance(point, str) and not names_an_image_file(point) for point in (start, end)]
-        drawn = self.interpolation_ends(start, end, generator, rewrite_prompts)
+        texts = list(map(is_prompt, (start, end)))  # decided once: a rewritten prompt is not then taken for a file
+        drawn = self._drawn_ends([start, end], texts, generator, rewrite_prompts)
         for end_point, text in zip(drawn, texts):
             if text:
                 ends.append(
