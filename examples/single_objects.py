@@ -1,5 +1,6 @@
 """Does the captioner name an object drawn some other way than the world's renderer draws it?
 
+    python examples/single_objects.py --per-style 50 --beam 3   # the default captioner
     python examples/single_objects.py --model pipelines/genvl-caption-small --per-style 50 --beam 3
 
 Each image is one object's sprite pasted by hand on a plain canvas: white, pale, dark, mid grey or a saturated
@@ -18,6 +19,7 @@ from PIL import Image
 
 from genvl.evaluation.captioning import is_degenerate
 from genvl.pipelines.caption import CaptionPipeline
+from genvl.pipelines.defaults import DEFAULT_CAPTIONER, shipped_pipeline
 from genvl.world.sprites import COLOURS, OBJECTS, sprite
 
 # style -> (canvas, size range in px of a 64-px image, anywhere in the frame, colour words, resolution)
@@ -76,7 +78,7 @@ def names(caption: str, name: str) -> bool:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="pipelines/genvl-caption-small")
+    parser.add_argument("--model", default=str(shipped_pipeline(DEFAULT_CAPTIONER)), help="a captioner folder")
     parser.add_argument("--per-style", type=int, default=50, help="images per style")
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

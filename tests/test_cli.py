@@ -149,7 +149,7 @@ def test_model_takes_a_shipped_pipelines_name_where_no_such_folder_is_here(tmp_p
     monkeypatch.chdir(tmp_path)  # a wheel's user: no pipelines/ folder in sight
     assert main(["caption", str(image), "--quiet"]) == 0
     default = capsys.readouterr().out
-    assert main(["caption", str(image), "--model", "genvl-caption-small", "--quiet"]) == 0
+    assert main(["caption", str(image), "--model", "genvl-caption-wide", "--quiet"]) == 0
     assert capsys.readouterr().out == default
     # a path is only ever a path, and a name nothing ships is no folder
     for name in ("./genvl-caption-small", "genvl-caption-none"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..io.folders import first_line
 from ..io.outputs import check_output_file, process_tag, temporary_file, temporary_name, written_atomically
-from ..pipelines.defaults import shipped_pipeline
+from ..pipelines.defaults import DEFAULT_CAPTIONER, shipped_pipeline
 from .common import (
     UsageError,
     add_lora_flag,
@@ -27,7 +27,7 @@ from .common import (
     torch_dtype,
 )
 
-DEFAULT_CAPTION_MODEL = shipped_pipeline("genvl-caption-small")
+DEFAULT_CAPTION_MODEL = shipped_pipeline(DEFAULT_CAPTIONER)
 
 # settings names as the user typed them, for error messages
 FLAG_NAMES = {
@@ -43,10 +43,10 @@ FLAG_NAMES = {
 }
 
 
-def caption_model_folder(name=None) -> Path:
+def caption_model_folder(name=None, default: str = DEFAULT_CAPTIONER) -> Path:
     """The captioner a command reads: `name` (its --model or --captioner), else GENVL_CAPTION_MODEL, else the shipped
-    default; a shipped pipeline's name is its folder."""
-    return model_source(name, "GENVL_CAPTION_MODEL", str(DEFAULT_CAPTION_MODEL))[0]
+    pipeline `default`; a shipped pipeline's name is its folder."""
+    return model_source(name, "GENVL_CAPTION_MODEL", str(shipped_pipeline(default)))[0]
 
 
 def add_parser(commands) -> None:
@@ -60,7 +60,7 @@ def add_parser(commands) -> None:
     caption.add_argument("images", nargs="+", help="image files, folders, or tar shards (data/{000..009}.tar)")
     add_decoding_flags(caption)
     add_lora_flag(caption)
-    add_runtime_flags(caption, "captioner folder (default: the shipped genvl-caption-small)")
+    add_runtime_flags(caption, f"captioner folder (default: the shipped {DEFAULT_CAPTIONER})")
     caption.add_argument("--json", action="store_true", help="one JSON record per image on stdout")
     caption.add_argument(
         "--output",

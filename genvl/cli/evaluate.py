@@ -7,6 +7,7 @@ from itertools import chain
 from pathlib import Path
 
 from ..io.outputs import check_output_file
+from ..pipelines.defaults import CLASSIC_CAPTIONER, DEFAULT_CAPTIONER
 from .ask import DEFAULT_VQA_MODEL, VQA_MODEL_VARIABLE, vqa_model_folder
 from .caption import (
     add_decoding_flags,
@@ -73,7 +74,7 @@ def add_parser(commands) -> None:
     caption.add_argument("--output", help="also write the report as JSON to this file")
     add_decoding_flags(caption)
     add_lora_flag(caption)
-    add_runtime_flags(caption, "captioner folder (default: the shipped genvl-caption-small)")
+    add_runtime_flags(caption, f"captioner folder (default: the shipped {DEFAULT_CAPTIONER})")
 
     vqa = evaluate.add_parser(
         "vqa",
@@ -105,7 +106,7 @@ def add_parser(commands) -> None:
     matching.add_argument("--limit", type=positive(int), help="the first N images only")
     matching.add_argument("--seed", type=seed_number, default=0, help="the twins drawn (default 0)")
     matching.add_argument("--output", help="also write the report as JSON to this file")
-    add_runtime_flags(matching, "captioner folder with a matcher (default: the shipped genvl-caption-small)")
+    add_runtime_flags(matching, f"captioner folder with a matcher (default: the shipped {DEFAULT_CAPTIONER})")
 
     attention = evaluate.add_parser(
         "attention",
@@ -118,7 +119,7 @@ def add_parser(commands) -> None:
     attention.add_argument("--data", required=True, help="imagefolder with metadata.jsonl holding scene graphs")
     attention.add_argument("--limit", type=positive(int), help="the first N two-object scenes only")
     attention.add_argument("--output", help="also write the report as JSON to this file")
-    add_runtime_flags(attention, "captioner folder (default: the shipped genvl-caption-small)")
+    add_runtime_flags(attention, f"captioner folder (default: the shipped {DEFAULT_CAPTIONER})")
 
     safety = evaluate.add_parser(
         "safety",
@@ -137,7 +138,10 @@ def add_parser(commands) -> None:
     safety.add_argument("--prompts", type=positive(int), default=200, help="prompts per group (default 200)")
     safety.add_argument("--seed", type=seed_number, default=0, help="image k of a group uses seed + k")
     safety.add_argument("--batch-size", type=positive(int), default=16)
-    safety.add_argument("--captioner", help="the captioner (default: the shipped genvl-caption-small)")
+    safety.add_argument(
+        "--captioner",
+        help=f"the captioner (default: the shipped {CLASSIC_CAPTIONER}, of the world the text-to-image stack draws)",
+    )
     safety.add_argument("--output", help="also write the report as JSON to this file")
     add_t2i_runtime_flags(safety)
 
@@ -180,7 +184,12 @@ def add_parser(commands) -> None:
     )
     t2i.add_argument("--images-per-prompt", type=positive(int), default=None, help="default: 4 canonical, 2 free")
     t2i.add_argument("--judge", default=str(DEFAULT_JUDGE), help="judge folder (default: genvl-judge-small)")
-    t2i.add_argument("--captioner", default=None, help="captioner for the round trip (default: the shipped one)")
+    t2i.add_argument(
+        "--captioner",
+        default=None,
+        help=f"captioner for the round trips (default: the shipped {CLASSIC_CAPTIONER}, of the world the "
+        "text-to-image stack draws)",
+    )
     t2i.add_argument("--seed", type=seed_number, default=0, help="image k of the run uses seed S + k")
     t2i.add_argument("--batch-size", type=positive(int), default=64, help="images per pipeline call")
     t2i.add_argument("--output", help="also write the report as JSON to this file")
@@ -416,7 +425,7 @@ def run_eval_t2i(args) -> int:
         if read_prompt(prompt) is None:
             raise UsageError(f"--prompt {prompt!r}: not a prompt the world's words can read (its objects and colours)")
     settings = stage_settings(args)
-    captioner_folder = None if free else caption_model_folder(args.captioner)
+    captioner_folder = None if free else caption_model_folder(args.captioner, CLASSIC_CAPTIONER)
     folders = [t2i_model_folder(args.model), args.judge, captioner_folder, *lora_folders(args)]
     check_report_file(args, [folder for folder in folders if folder])
     pipeline = load_t2i_pipeline(args)
@@ -452,7 +461,7 @@ def run_eval_safety(args) -> int:
     from ..evaluation.safety import evaluate_safety
     from ..pipelines.caption import CaptionPipeline
 
-    captioner_folder = caption_model_folder(args.captioner)
+    captioner_folder = caption_model_folder(args.captioner, CLASSIC_CAPTIONER)
     check_report_file(args, [t2i_model_folder(args.model), captioner_folder])
     args.no_safety_checker = False
     pipeline = load_t2i_pipeline(args, safety=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..io.outputs import check_output_file, written_atomically
 from ..pipelines.defaults import (
+    DEFAULT_CAPTIONER,
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_NUM_INFERENCE_STEPS,
     DEFAULT_TEXT_GUIDANCE,
@@ -103,7 +104,7 @@ def add_parsers(commands) -> None:
         help="caption each frame (the path described in words): printed after its path, kept in its PNG and --json",
     )
     interpolate.add_argument(
-        "--captioner", metavar="DIR", help="the captioner of --captions (default: the shipped genvl-caption-small)"
+        "--captioner", metavar="DIR", help=f"the captioner of --captions (default: the shipped {DEFAULT_CAPTIONER})"
     )
     add_sampling_flags(interpolate)
     add_published_flags(interpolate)
@@ -122,7 +123,7 @@ def add_parsers(commands) -> None:
         "--itm",
         action="store_true",
         help="score with a captioner's image-text matching head instead: --model then names a captioner folder "
-        "(default: the shipped genvl-caption-small)",
+        f"(default: the shipped {DEFAULT_CAPTIONER})",
     )
     add_t2i_runtime_flags(score)
 

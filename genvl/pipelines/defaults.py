@@ -11,9 +11,18 @@ DEFAULT_GUIDANCE_SCALE = 4.0
 # judged better than the joint guidance of both at 4 in every category (see the unCLIP model card)
 DEFAULT_TEXT_GUIDANCE = 8.0
 
+# the shipped captioner that `genvl caption` and the commands that caption use unless told otherwise: the wide
+# world's, which reads objects at any size, place and ground (genvl-caption-small reads only scenes drawn like the
+# first world's templates)
+DEFAULT_CAPTIONER = "genvl-caption-wide"
+# the captioner of the first world, which the shipped text-to-image stack draws: its evaluations (`eval t2i`'s
+# round trips, `eval safety`) caption in that world's words ("a large red apple", where the wide world has no size
+# word for a 32 px object)
+CLASSIC_CAPTIONER = "genvl-caption-small"
+
 
 def shipped_pipeline(name: str):
-    """The folder of the shipped default pipeline `name` (e.g. "genvl-caption-small"): in a checkout, its
+    """The folder of the shipped default pipeline `name` (e.g. "genvl-caption-wide"): in a checkout, its
     `pipelines/` folder; installed from a wheel, `<prefix>/share/genvl/pipelines/` (the venv's, the system's or
     the user's scheme). When neither holds it, the checkout's path, for the error to name."""
     import site
