@@ -1,10 +1,10 @@
-"""Teach the shipped captioner an object it has never seen, with LoRA, and compare with full fine-tuning.
+"""Teach the default captioner an object it has never seen, with LoRA, and compare with full fine-tuning.
 
     python examples/teach_new_object.py --object robot --output runs/teach_robot
 
 1. Renders a few hundred training scenes that each hold the new object (a held-out category of the world:
    `genvl.world.sprites.HELD_OUT_OBJECTS`), and held-out test scenes with it.
-2. Mixes in as many ordinary scenes captioned by the shipped captioner itself (prior preservation, as
+2. Mixes in as many ordinary scenes captioned by the captioner itself (prior preservation, as
    DreamBooth does for images): without them, fine-tuning on the new object alone teaches the model to see
    it everywhere.
 3. Trains a LoRA adapter (`genvl/recipes/train_captioner.py --rank ...`) and, for comparison, every weight, each in
@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 
 from genvl.lora import adapter_share
+from genvl.pipelines.defaults import DEFAULT_CAPTIONER, shipped_pipeline
 from genvl.training.measure import run_measured
 
-REPO = Path(__file__).resolve().parent.parent
-SHIPPED = REPO / "pipelines" / "genvl-caption-small"
+SHIPPED = shipped_pipeline(DEFAULT_CAPTIONER)
 SCORES = ("scene_exact_match", "names", "colours", "counts", "positions", "CIDEr-D")
 
 
@@ -46,8 +46,9 @@ def parse_args(argv=None):
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument(
         "--targets",
-        default="q_proj,v_proj,c_attn,q_attn,c_proj,c_fc",
-        help="LoRA target modules: the ViT's queries and values, all of GPT-2's projections",
+        default="",
+        help="LoRA target modules, comma-separated (default: the captioner's, genvl.lora.adapter_config: GPT-2's "
+        "attention, and the ViT's queries and values or a grid encoder's convolutions)",
     )
     parser.add_argument("--lora-lr", type=float, default=2e-3)
     parser.add_argument("--full-lr", type=float, default=3e-4)
@@ -114,14 +115,8 @@ def train(args, data: Path, out: Path, lora: bool) -> dict:
         "0",
     ]
     if lora:
-        command += [
-            "--rank",
-            str(args.rank),
-            "--lora_target_modules",
-            args.targets,
-            "--learning_rate",
-            str(args.lora_lr),
-        ]
+        command += ["--rank", str(args.rank), "--learning_rate", str(args.lora_lr)]
+        command += ["--lora_target_modules", args.targets] if args.targets else []
     else:
         command += ["--learning_rate", str(args.full_lr)]
     result = run_measured(command, out)

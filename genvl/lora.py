@@ -81,24 +81,57 @@ def lora_config(
     )
 
 
-def ia3_config(network: str):
-    """A `peft.IA3Config` with `network`'s default target and feed-forward modules (see `IA3_TARGETS`)."""
+def ia3_config(network: str, extra_targets=()):
+    """A `peft.IA3Config` with `network`'s default target and feed-forward modules (see `IA3_TARGETS`), and
+    `extra_targets` (module names, rescaled like keys and values)."""
     from peft import IA3Config
 
     if network not in IA3_TARGETS:
         raise ValueError(f"unknown network {network!r}; expected one of {sorted(IA3_TARGETS)}")
     targets, feedforward = IA3_TARGETS[network]
-    return IA3Config(target_modules=targets, feedforward_modules=feedforward, fan_in_fan_out=network == "captioner")
+    return IA3Config(
+        target_modules=[*targets, *extra_targets],
+        feedforward_modules=feedforward,
+        fan_in_fan_out=network == "captioner",
+    )
+
+
+def convolutional_encoder_targets(model: torch.nn.Module, network: str) -> list[str]:
+    """The full names of a captioner's encoder convolutions when its encoder has none of the default targets (genvl's
+    grid encoder, a judge's convolutional body, has no attention projections): without them an adapter on such a
+    captioner would reach its decoder only. Dilated convolutions are left out: PEFT's LoRA layer for a convolution
+    does not carry its dilation, so its output would not fit the layer's. Empty for every other model."""
+    import torch
+
+    encoder = getattr(model, "encoder", None)
+    if network != "captioner" or encoder is None:
+        return []
+    names = {*LORA_TARGETS[network], *IA3_TARGETS[network][0]}
+    if any(name.rsplit(".", 1)[-1] in names for name, _ in encoder.named_modules()):
+        return []
+    return [
+        f"encoder.{name}"
+        for name, module in encoder.named_modules()
+        if isinstance(module, torch.nn.Conv2d) and module.dilation == (1, 1)
+    ]
 
 
 def adapter_config(
-    method: str, network: str, rank: int | None = None, lora_alpha: float | None = None, target_modules=None
+    method: str,
+    network: str,
+    rank: int | None = None,
+    lora_alpha: float | None = None,
+    target_modules=None,
+    model: torch.nn.Module | None = None,
 ):
-    """The config of a fresh `method` ("lora" or "ia3") adapter for `network`."""
+    """The config of a fresh `method` ("lora" or "ia3") adapter for `network`; given the `model`, the default
+    targets also take in a convolutional encoder's layers (`convolutional_encoder_targets`)."""
+    extra = convolutional_encoder_targets(model, network) if model is not None and not target_modules else []
     if method == "lora":
-        return lora_config(network, rank or 8, lora_alpha, target_modules)
+        targets = target_modules or ([*LORA_TARGETS[network], *extra] if extra else None)
+        return lora_config(network, rank or 8, lora_alpha, targets)
     if method == "ia3":
-        return ia3_config(network)
+        return ia3_config(network, extra)
     raise ValueError(f"unknown adapter method {method!r}; expected one of {list(ADAPTER_METHODS)}")
 
 

@@ -73,6 +73,46 @@ def test_default_targets_cover_vit_and_gpt2(tiny_tokenizer):
     assert lora_config("decoder").target_modules == set(LORA_TARGETS["decoder"])
 
 
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_default_targets_reach_a_grid_encoder(method, tiny_tokenizer, tmp_path):
+    """A captioner with genvl's grid encoder (a judge's convolutional body: no attention projections) gets its
+    convolutions adapted too, all but the dilated one (PEFT's LoRA convolution has no dilation); the adapter
+    changes what the encoder sees and saves and loads like any other."""
+    from transformers import VisionEncoderDecoderModel
+
+    from genvl.lora import adapter_config, convolutional_encoder_targets
+    from genvl.models.grid_encoder import GridEncoder, GridEncoderConfig
+
+    def captioner():
+        torch.manual_seed(0)
+        encoder = GridEncoder(GridEncoderConfig(image_size=32, channels=(8, 8, 16)))
+        return VisionEncoderDecoderModel(encoder=encoder, decoder=get_dummy_components(tiny_tokenizer)[0].decoder)
+
+    model = captioner()
+    convs = [n for n, m in model.encoder.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 7 and convolutional_encoder_targets(model, "captioner") == [
+        f"encoder.{name}" for name in convs[:-1]
+    ]
+    assert convolutional_encoder_targets(get_dummy_components(tiny_tokenizer)[0], "captioner") == []  # a ViT
+    add_adapter(model, adapter_config(method, "captioner", rank=2, model=model))
+    layers = adapter_layers(model)
+    wrapped = [name for name, module in model.named_modules() if any(module is m for m in layers)]
+    assert [n for n in wrapped if n.startswith("encoder.")] == [f"encoder.{name}" for name in convs[:-1]]
+    assert any(n.startswith("decoder.") for n in wrapped)
+    with torch.no_grad():  # trained-looking adapter weights: LoRA's B away from zero, IA3's scales apart
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name or "ia3_l" in name:
+                parameter.copy_(1 + torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    save_adapter(model, tmp_path / "adapter")
+    loaded = captioner()
+    plain = loaded.encoder(pixels).last_hidden_state
+    pipe = CaptionPipeline(model=loaded, tokenizer=tiny_tokenizer, image_processor=None)
+    pipe.load_lora_weights(tmp_path / "adapter")
+    torch.testing.assert_close(logits(pipe.model, pixels), logits(model.eval(), pixels))
+    assert (pipe.model.encoder(pixels).last_hidden_state - plain).abs().max() > 1e-2
+
+
 def test_adapter_is_saved_in_peft_format(adapter_dir, tiny_tokenizer, pixels):
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8

@@ -18,7 +18,7 @@ def add_training_adapter(accelerator, model, network: str, args: LoraTrainArgs) 
         from ..lora import adapter_config, add_adapter
 
         targets = args.lora_target_modules.split(",") if args.lora_target_modules else None
-        add_adapter(model, adapter_config(args.adapter, network, args.rank, args.lora_alpha, targets))
+        add_adapter(model, adapter_config(args.adapter, network, args.rank, args.lora_alpha, targets, model))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         accelerator.print(
             f"{args.adapter} adapter on the {network}: {trainable:,} trainable parameters "
