@@ -43,12 +43,12 @@ def parse_args(argv=None):
     parser.add_argument("--old-test-images", type=int, default=1000, help="ordinary test scenes")
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--rank", type=int, default=3)
     parser.add_argument(
         "--targets",
-        default="",
-        help="LoRA target modules, comma-separated (default: the captioner's, genvl.lora.adapter_config: GPT-2's "
-        "attention, and the ViT's queries and values or a grid encoder's convolutions)",
+        default="q_proj,v_proj,c_attn,q_attn,c_proj,c_fc",
+        help="LoRA target modules: the ViT's queries and values, all of GPT-2's projections, and a grid encoder's "
+        "convolutions (genvl.lora.convolutional_encoder_targets)",
     )
     parser.add_argument("--lora-lr", type=float, default=2e-3)
     parser.add_argument("--full-lr", type=float, default=3e-4)
@@ -116,7 +116,7 @@ def train(args, data: Path, out: Path, lora: bool) -> dict:
     ]
     if lora:
         command += ["--rank", str(args.rank), "--learning_rate", str(args.lora_lr)]
-        command += ["--lora_target_modules", args.targets] if args.targets else []
+        command += ["--lora_target_modules", ",".join(lora_targets(args))]
     else:
         command += ["--learning_rate", str(args.full_lr)]
     result = run_measured(command, out)
@@ -127,6 +127,15 @@ def train(args, data: Path, out: Path, lora: bool) -> dict:
         "saved_mib": round(weights.stat().st_size / 2**20, 3),
         "trainable": trainable_weights(args, out, lora),
     }
+
+
+def lora_targets(args) -> list[str]:
+    """`--targets`, and the convolutions of a grid encoder (which has none of the attention projections)."""
+    from genvl.lora import convolutional_encoder_targets
+    from genvl.pipelines.caption import CaptionPipeline
+
+    model = CaptionPipeline.from_pretrained(args.model).model
+    return [*args.targets.split(","), *convolutional_encoder_targets(model, "captioner")]
 
 
 def trainable_weights(args, out: Path, lora: bool) -> dict:
@@ -168,7 +177,7 @@ def main(argv=None):
         "steps": args.steps,
         "batch_size": args.batch_size,
         "rank": args.rank,
-        "targets": args.targets,
+        "targets": lora_targets(args),
         "shipped": {"scores": evaluate(args, folders, args.model)},
     }
     for name, lora in (("lora", True), ("full", False)):

@@ -18,7 +18,7 @@ teach_new_object = load_script("examples/teach_new_object.py")
 teach_new_object_generator = load_script("examples/teach_new_object_generator.py")
 
 
-def test_peak_memory_is_the_child_own(tmp_path):
+def test_peak_memory_is_the_child_own(tmp_path, monkeypatch):
     script = tmp_path / "fake_train.py"
     script.write_text(
         textwrap.dedent("""
@@ -34,6 +34,11 @@ def test_peak_memory_is_the_child_own(tmp_path):
         ballast[i] = 1
     result = run_measured([sys.executable, str(script), str(tmp_path)], tmp_path)
     assert 300 < result["peak_rss_mib"] < 380 and result["final_loss"] == 0.5
+    # a module, as the examples run the recipes (python -m genvl.recipes.train_captioner)
+    (tmp_path / "fake_train_module.py").write_text(script.read_text())
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    result = run_measured([sys.executable, "-m", "fake_train_module", str(tmp_path)], tmp_path)
+    assert 300 < result["peak_rss_mib"] < 380 and result["final_loss"] == 0.5
     script.write_text("raise SystemExit(3)")
     with pytest.raises(RuntimeError, match="train_stdout.log"):
         run_measured([sys.executable, str(script), str(tmp_path)], tmp_path)
@@ -42,7 +47,7 @@ def test_peak_memory_is_the_child_own(tmp_path):
 def test_default_adapters_stay_under_two_percent(tmp_path):
     from diffusers import PriorTransformer, UNet2DConditionModel
 
-    from genvl.lora import adapter_config, add_adapter, save_adapter
+    from genvl.lora import add_adapter, lora_config, save_adapter
     from genvl.pipelines.caption import CaptionPipeline
 
     captioner = teach_new_object.parse_args([])
@@ -53,14 +58,14 @@ def test_default_adapters_stay_under_two_percent(tmp_path):
             CaptionPipeline.from_pretrained(captioner.model).model,
             "captioner",
             captioner.rank,
-            captioner.targets.split(",") if captioner.targets else None,
+            teach_new_object.lora_targets(captioner),
         ),
         (PriorTransformer.from_pretrained(shipped / "prior"), "prior", generator.prior_rank, None),
         (UNet2DConditionModel.from_pretrained(shipped / "decoder"), "decoder", generator.decoder_rank, None),
     ]
     for model, network, rank, targets in cases:
         total = sum(p.numel() for p in model.parameters())
-        add_adapter(model, adapter_config("lora", network, rank, target_modules=targets, model=model))
+        add_adapter(model, lora_config(network, rank, target_modules=targets))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         assert 0 < trainable <= 0.02 * total, (network, trainable / total)
         # the example counts the saved file's weights: the same ones

@@ -30,7 +30,18 @@ def add_parser(commands) -> None:
     ask.add_argument("question", help="the question, asked of every image")
     ask.add_argument("--beam", type=positive(int), dest="num_beams", help="beam search with N beams")
     ask.add_argument("--json", action="store_true", help="one JSON record per image on stdout")
+    add_rewrite_flag(ask)
     add_runtime_flags(ask, "question-answering captioner folder (default: the shipped genvl-vqa-small)")
+
+
+def add_rewrite_flag(parser) -> None:
+    parser.add_argument(
+        "--no-rewrite",
+        dest="rewrite_questions",
+        action="store_false",
+        help="ask questions as typed; by default a model of genvl's world is asked a question it can read in the "
+        "phrasing training used (the JSON record's `asked`)",
+    )
 
 
 def run_ask(args) -> int:
@@ -40,18 +51,20 @@ def run_ask(args) -> int:
     question = question_prefix(check_text(args.question, "the question"))
     paths = find_inputs(args.images)
     pipeline = load_caption_pipeline(args, VQA_MODEL_VARIABLE, DEFAULT_VQA_MODEL)
+    asked = pipeline.asked_questions([question], args.rewrite_questions)[0]
     overrides = {"num_beams": args.num_beams} if args.num_beams else {}
     settings = pipeline.settings(**overrides)
-    left = pipeline.positions_left(question)
+    left = pipeline.positions_left(asked)
     if left is not None and settings.max_new_tokens > left:
         raise UsageError(
             f"the question leaves the model positions for {max(left, 0)} answer tokens, not the "
             f"{settings.max_new_tokens} it may take: ask a shorter one"
         )
-    for record in caption_records(pipeline, paths, 0, None, args, {**overrides, "question": question}):
+    asking = {**overrides, "question": asked, "rewrite_questions": False}
+    for record in caption_records(pipeline, paths, 0, None, args, asking):
         answer, score = record["captions"][0]["text"], record["captions"][0]["score"]
         if args.json:
-            record = {"path": record["path"], "question": question, "answer": answer, "score": score}
+            record = {"path": record["path"], "question": question, "asked": asked, "answer": answer, "score": score}
             print(json.dumps(record), flush=True)
         else:
             print(f"{printable_path(record['path'])}\t{printable_path(answer)}", flush=True)

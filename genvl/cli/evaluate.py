@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..io.outputs import check_output_file
 from ..pipelines.defaults import CLASSIC_CAPTIONER, DEFAULT_CAPTIONER
-from .ask import DEFAULT_VQA_MODEL, VQA_MODEL_VARIABLE, vqa_model_folder
+from .ask import DEFAULT_VQA_MODEL, VQA_MODEL_VARIABLE, add_rewrite_flag, vqa_model_folder
 from .caption import (
     add_decoding_flags,
     caption_model_folder,
@@ -90,6 +90,7 @@ def add_parser(commands) -> None:
     vqa.add_argument("--seed", type=seed_number, default=0, help="the questions drawn (default 0)")
     vqa.add_argument("--limit", type=positive(int), help="ask about the first N images only")
     vqa.add_argument("--output", help="also write the report as JSON to this file")
+    add_rewrite_flag(vqa)
     add_runtime_flags(vqa, "question-answering captioner folder (default: the shipped genvl-vqa-small)")
 
     matching = evaluate.add_parser(
@@ -255,7 +256,14 @@ def run_eval_vqa(args) -> int:
     check_report_file(args, [vqa_model_folder(args.model)])
     pipeline = load_caption_pipeline(args, VQA_MODEL_VARIABLE, DEFAULT_VQA_MODEL)
     report = evaluate_vqa(
-        pipeline, args.data, args.questions, args.seed, args.batch_size, args.limit, progress_bar(args, "batch")
+        pipeline,
+        args.data,
+        args.questions,
+        args.seed,
+        args.batch_size,
+        args.limit,
+        progress_bar(args, "batch"),
+        args.rewrite_questions,
     )
     if not args.quiet:
         print(vqa_summary(report), file=sys.stderr, flush=True)
@@ -314,6 +322,8 @@ def attention_summary(report: dict) -> str:
 def vqa_summary(report: dict) -> str:
     """`evaluate_vqa`'s report as a table: accuracy per kind in each phrasing family, then per scene family."""
     lines = [f"{report['questions']} questions: accuracy {_score(report['accuracy'])}"]
+    if report.get("rewritten"):
+        lines[0] += f" ({report['rewritten']} asked in training's phrasing)"
     families = [family for family in report["phrasings"] if family != "every_held_out"]
     lines.append(f"{'kind':<10} {'all':>6} " + " ".join(f"{family:>10}" for family in families))
     for kind, value in report["kinds"].items():

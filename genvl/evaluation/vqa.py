@@ -16,11 +16,15 @@ def _accuracy(rows: list[bool]) -> float | None:
     return sum(rows) / len(rows) if rows else None
 
 
-def evaluate_vqa(pipeline, data_dir, count: int, seed: int = 0, batch_size: int = 64, limit=None, progress=None):
+def evaluate_vqa(
+    pipeline, data_dir, count: int, seed: int = 0, batch_size: int = 64, limit=None, progress=None, rewrite=True
+):
     """Ask `count` questions (`genvl.world.questions.question_set(records, count, seed)`) about the scenes of the
-    imagefolder `data_dir` and score the pipeline's answers by exact match. Questions are sorted by their text so
-    that each pipeline call answers one question about many images. A question too long for the model's positions
-    with its answer is scored wrong (`too_long` counts them)."""
+    imagefolder `data_dir` and score the pipeline's answers by exact match. Each question is asked as the pipeline
+    asks it (`asked_questions`: with `rewrite`, in training's phrasing where the world's reader reads it;
+    `rewritten` counts those asked otherwise than typed). Questions are sorted by that text so that each pipeline
+    call answers one question about many images. A question too long for the model's positions with its answer
+    is scored wrong (`too_long` counts them)."""
     from ..io.imagefolder import read_metadata
     from ..pipelines.caption import question_prefix
     from ..world.questions import COLOUR_VERBS, KINDS, question_set
@@ -33,9 +37,10 @@ def evaluate_vqa(pipeline, data_dir, count: int, seed: int = 0, batch_size: int 
     items = question_set(records, count, seed)
     # a question the model's positions cannot hold with its answer is answered wrong, not asked
     room = pipeline.settings().max_new_tokens
-    lefts = [pipeline.positions_left(question_prefix(item["question"])) for item in items]
+    asked = pipeline.asked_questions([item["question"] for item in items], rewrite)
+    lefts = [pipeline.positions_left(text) for text in asked]
     fits = [left is None or room <= left for left in lefts]
-    order = sorted((i for i in range(len(items)) if fits[i]), key=lambda i: (question_prefix(items[i]["question"]), i))
+    order = sorted((i for i in range(len(items)) if fits[i]), key=lambda i: (asked[i], i))
     answers = [""] * len(items)
     starts = range(0, len(order), batch_size)
     if progress is not None:
@@ -43,7 +48,7 @@ def evaluate_vqa(pipeline, data_dir, count: int, seed: int = 0, batch_size: int 
     for start in starts:
         rows = order[start : start + batch_size]
         images = [data_dir / records[items[i]["record"]]["file_name"] for i in rows]
-        output = pipeline(images, question=[items[i]["question"] for i in rows], num_return_sequences=1)
+        output = pipeline(images, question=[asked[i] for i in rows], num_return_sequences=1, rewrite_questions=False)
         for i, found in zip(rows, output.captions):
             answers[i] = found[0]
     right = [normalise_answer(answer) == item["answer"] for answer, item in zip(answers, items)]
@@ -63,19 +68,22 @@ def evaluate_vqa(pipeline, data_dir, count: int, seed: int = 0, batch_size: int 
         if item["kind"] == "colour":  # of one object, or of several of one kind ("what colour are the apples?")
             several = item["slots"]["is"] == COLOUR_VERBS["several"]["is"]
             groups["colour_by_number", "several" if several else "one"].append(ok)
+    rewritten = sum(text != question_prefix(item["question"]) for text, item in zip(asked, items))
     report = {"questions": len(items), "accuracy": _accuracy(right), "too_long": fits.count(False)}
+    report["rewritten"] = rewritten
     for (table, name), rows in sorted(groups.items()):
         report.setdefault(table, {})[name] = _accuracy(rows)
     report["scene_counts"] = {name: len(groups["scenes", name]) for name in ("in_family", "held_out_family")}
     report["kinds_not_asked"] = [kind for kind in KINDS if kind not in report["kinds"]]  # no scene answers them
-    wrong = [(item, said) for item, said, ok in zip(items, answers, right) if not ok]
+    wrong = [(i, item, said) for i, (item, said, ok) in enumerate(zip(items, answers, right)) if not ok]
     report["wrong_examples"] = [
         {
             "image": records[item["record"]]["file_name"],
             "question": item["question"],
+            "asked": asked[i],
             "answer": item["answer"],
             "said": said,
         }
-        for item, said in wrong[:20]
+        for i, item, said in wrong[:20]
     ]
     return report

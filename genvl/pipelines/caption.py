@@ -28,6 +28,7 @@ class CaptionOutput(BaseOutput):
     captions: list[list[str]] = field(default_factory=list)
     scores: list[list[float]] = field(default_factory=list)
     attentions: list[list[list[tuple[str, torch.Tensor]]]] | None = None
+    questions: list[str] | None = None  # with question=: the question each image was asked (`asked_questions`)
 
 
 def patch_grid(tokens: int) -> tuple[int, int]:
@@ -112,6 +113,11 @@ def question_prefix(question: str) -> str:
     return f"{text}?"
 
 
+# the question sets a pipeline's `question_world` may say its model learnt to answer: "genvl", those of
+# `genvl.world.questions` (both worlds ask them)
+QUESTION_WORLDS = ("genvl",)
+
+
 class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, DiffusionPipeline):
     """Caption images with a VisionEncoderDecoder model: genvl's ViT-GPT2 captioners and the public layouts
     (ViT, DeiT, BEiT or Swin encoders; GPT-2, BERT- or RoBERTa-style, TrOCR or MBart decoders).
@@ -127,16 +133,26 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
     engine and settings. One pipeline rather than an answering one beside it, because nothing else differs:
     the question is a prefix the answer continues, and the answer is the caption without it.
 
+    The setting `question_world` (in model_index.json) says the model learnt to answer the questions of genvl's
+    world (`genvl.world.questions`): a question typed another way is then asked in the phrasing training used
+    where `genvl.world.typed_questions` can read it (`asked_questions`).
+
     An optional `matcher` (`genvl.models.matching.MatchingHead`) scores whether a caption describes an image
     (`match`), and with `rerank=K` picks the best of K decoded captions.
     """
 
     lora_components = ("model",)
     _optional_components = ["matcher"]
+    config_values = ("question_world",)  # settings in model_index.json, not components
 
-    def __init__(self, model, tokenizer, image_processor, matcher=None):
+    def __init__(self, model, tokenizer, image_processor, matcher=None, question_world: str | None = None):
         super().__init__()
+        if question_world not in (None, *QUESTION_WORLDS):
+            raise ValueError(
+                f"question_world must be null or one of {', '.join(QUESTION_WORLDS)}, got {question_world!r}"
+            )
         self.register_modules(model=model, tokenizer=tokenizer, image_processor=image_processor, matcher=matcher)
+        self.register_to_config(question_world=question_world)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, dtype=None, torch_dtype=None, local_files_only=True):
@@ -216,6 +232,7 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         return_dict: bool = True,
         output_attentions: bool = False,
         rerank: int = 1,
+        rewrite_questions: bool = True,
         **decoding,
     ):
         """Caption `images` (a PIL image, a path, or a list of them), or answer a question about each.
@@ -224,6 +241,8 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
             prefix: text every caption must continue, e.g. "a photo of".
             question: a question about every image, or a list of one per image; the captions are then the
                 answers (the question not included). Images asked the same question are decoded together.
+            rewrite_questions: with the pipeline's `question_world` set, ask each question in the phrasing
+                training used where the world's reader reads it (`asked_questions`); False asks it as typed.
             output_attentions: also return each caption's words with their cross-attention maps over the image
                 (`CaptionOutput.attentions`, see `word_attention`): one more decoder pass per caption, after
                 decoding, which is untouched.
@@ -240,7 +259,7 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         if question is not None:
             if output_attentions or rerank != 1:
                 raise ValueError("output_attentions and rerank are for captions; they do not apply with question=")
-            return self._answer(list(images), question, prefix, generator, return_dict, decoding)
+            return self._answer(list(images), question, prefix, generator, return_dict, rewrite_questions, decoding)
         if not isinstance(rerank, int) or rerank < 1:
             raise ValueError(f"rerank must be an integer >= 1, got {rerank!r}")
         if rerank > 1:
@@ -320,7 +339,17 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
             states.expand(len(captions), -1, -1).contiguous() if len(images) == 1 else states, captions
         )
 
-    def _answer(self, images: list, question, prefix, generator, return_dict: bool, decoding: dict):
+    def asked_questions(self, questions: list[str], rewrite: bool = True) -> list[str]:
+        """The text each question is asked as (`question_prefix`'s form). With `rewrite` and the pipeline's
+        `question_world` set, a question `genvl.world.typed_questions.asked_question` reads ("What's the
+        colour of the apple") is asked in the phrasing training asked it ("what colour is the apple?"); the
+        others, and all without `question_world`, as typed."""
+        from ..world.typed_questions import asked_question
+
+        rewrite = rewrite and self.config.get("question_world") is not None
+        return [question_prefix((asked_question(q) if rewrite else None) or q) for q in questions]
+
+    def _answer(self, images: list, question, prefix, generator, return_dict: bool, rewrite: bool, decoding: dict):
         """The answers of `images` to `question` (one, or one per image), each question's images in one call."""
         if prefix is not None:
             raise ValueError("pass a prefix or a question, not both: the question is the answer's prefix")
@@ -329,7 +358,7 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
             raise ValueError(f"{len(questions)} questions for {len(images)} images: give one per image")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError("with questions, pass one torch.Generator (or seed=) for all the images")
-        prefixes = [question_prefix(q) for q in questions]
+        prefixes = self.asked_questions(questions, rewrite)
         captions, scores = [None] * len(images), [None] * len(images)
         for asked in dict.fromkeys(prefixes):
             rows = [i for i, text in enumerate(prefixes) if text == asked]
@@ -342,4 +371,4 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
                 captions[i], scores[i] = [text[cut:].strip() for text in found], score
         if not return_dict:
             return captions, scores
-        return CaptionOutput(captions=captions, scores=scores)
+        return CaptionOutput(captions=captions, scores=scores, questions=prefixes)

@@ -53,10 +53,16 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{error}; pass --no-ema to export raw weights") from None
     model.tie_weights()
-    if "describe_share" in config:  # a train_vqa.py run: answers, not captions
+    answers = "describe_share" in config  # a train_vqa.py run: answers to the world's questions, not captions
+    if answers:
         answer_settings(model, tokenizer, config["describe_share"])
     out = Path(out or run_dir / f"export-{checkpoint_step(path)}")
-    pipeline = CaptionPipeline(model=model.eval(), tokenizer=tokenizer, image_processor=image_processor)
+    pipeline = CaptionPipeline(
+        model=model.eval(),
+        tokenizer=tokenizer,
+        image_processor=image_processor,
+        question_world="genvl" if answers else None,
+    )
     pipeline.save_pretrained(out)
     print(f"exported {path} ({'EMA' if use_ema else 'raw'} weights) to {out}")
     return out

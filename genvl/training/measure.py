@@ -8,12 +8,17 @@ import sys
 import time
 from pathlib import Path
 
-# runs the script named by its first argument, then prints the process's own peak resident memory (VmHWM, Linux)
+# runs the script named by its first argument (or the module after "-m", as python does), then prints the
+# process's own peak resident memory (VmHWM, Linux)
 PEAK_WRAPPER = """
 import runpy, sys
-sys.argv = sys.argv[1:]
+module = sys.argv[1] == "-m"
+sys.argv = sys.argv[1 + module :]
 try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    if module:
+        runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(sys.argv[0], run_name="__main__")
 finally:
     status = open("/proc/self/status").read()
     print("\\npeak_rss_kib", status.split("VmHWM:")[1].split()[0], flush=True)
@@ -21,8 +26,9 @@ finally:
 
 
 def run_measured(command: list, out: Path) -> dict:
-    """Run a training command ([python, script, *flags], the script writing `out/train_losses.json`) in its own
-    process: {"seconds", "peak_rss_mib", "final_loss"}; its output goes to `out/train_stdout.log`."""
+    """Run a training command ([python, script, *flags] or [python, "-m", module, *flags], writing
+    `out/train_losses.json`) in its own process: {"seconds", "peak_rss_mib", "final_loss"}; its output goes to
+    `out/train_stdout.log`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
