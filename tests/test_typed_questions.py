@@ -82,6 +82,18 @@ def test_everyday_phrasings_are_asked_as_training_asked_them(text, asked):
     assert asked_question(text) == asked
 
 
+def test_a_question_in_trainings_phrasing_is_asked_as_typed():
+    assert (
+        asked_question("quick question: the apples: how many in the scene?")
+        == "quick question: the apples: how many in the scene?"
+    )
+    assert (
+        asked_question("please, what color are the cats in the image?")
+        == "please, what color are the cats in the image?"
+    )
+    assert asked_question("tell me the colour of the cats") == "what colour are the cats?"  # a held-out phrasing
+
+
 @pytest.mark.parametrize(
     "text",
     [

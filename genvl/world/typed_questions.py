@@ -16,7 +16,7 @@ question that was not asked, which is worse than none.
 import re
 
 from .captions import article
-from .questions import RELATIONS, TRAIN, _plural
+from .questions import COLOUR_VERBS, PREFIXES, RELATIONS, SUFFIXES, TRAIN, _plural
 from .sprites import COLOURS
 from .typed import SAME_PLURAL, SHADES, _noun
 
@@ -25,25 +25,23 @@ ASKING = set(
     "what which is are the a an this that these those in on of here there you u me i i'd i'm we please pls plz "
     "can could would will tell know like to see say hey so question quick ok okay just now it they them its "
     "one ones object objects thing things item items emoji emojis picture pictures pic pics image images photo "
-    "photos scene drawing shown show shows name identify give let do does did be for all both looking at wonder "
-    "answer exactly point out".split()
+    "photos scene drawing drawn shown show shows seen pictured name identify give let do does did be been got "
+    "for all both looking at wonder wondering answer exactly point out appear appears need want idea state call "
+    "hi hello thanks thank cheers".split()
 )
 # the words that say each kind, beside ASKING; a word of one kind's set in a question read as another kind (or a
 # word of no set at all) leaves the question unread
 KIND_WORDS = {
-    "count": set(
-        "how many number count total altogether overall appear appears visible contain contains have has "
-        "pictured spot seen can find there".split()
-    ),
-    "colour": set("colour colours coloured what which appear appears seem seems to be have has got painted".split()),
+    "count": set("how many number count total altogether overall visible contain contains have has spot find".split()),
+    "colour": set("colour colours coloured seem seems have has painted same single shared by".split()),
     "relation": set(
         "left right above below over under underneath beneath top side located placed positioned sits sitting "
         "lies lying stands standing directly immediately".split()
     ),
     "biggest": set("biggest largest bigger larger than others other size most".split()),
     "exists": set(
-        "any anywhere see spot find contain contains include includes have has present visible shown pictured "
-        "appear appears or not yes no least whether if check".split()
+        "any anywhere spot find contain contains include includes have has present visible or not yes no least "
+        "whether if check".split()
     ),
 }
 # the words that alone say a kind: a question with those of two kinds is not read
@@ -107,8 +105,27 @@ def _object(word: str):
 def read_question(text: str) -> dict | None:
     """{"kind", "name", "plural", "relation"} of the question `text` asks (see the module's docstring): "name" the
     object asked about (None for "biggest"), "plural" whether it was named in the plural, "relation" the side for
-    a relation ("left", "right", "above", "below"); None where the reader cannot tell."""
+    a relation ("left", "right", "above", "below"); None where the reader cannot tell. Where the whole text does
+    not read, its one sentence (or part after a colon or dash) that does is the question, if the others name no
+    object and say no kind: the asker's own words ("Hi, I can't see the image well. What colour is the cat?")."""
     words = _words(text) if isinstance(text, str) else None
+    reading = _read(words)
+    if reading is not None or words is None:
+        return reading
+    parts = [_words(part) for part in re.split(r"[.!?;:]+\s|[.!?;:]+$|\s[-–]+\s", text) if part.strip()]
+    readings = [_read(part) for part in parts if _read(part) is not None]
+    if len(readings) == 1 and sum(map(_says_something, parts)) == 1:
+        return readings[0]
+    return None
+
+
+def _says_something(words: list[str]) -> bool:
+    """Whether words name an object or say a kind of question."""
+    return any(_object(w) or any(w in marks for marks in MARKS.values()) for w in words)
+
+
+def _read(words: list[str] | None) -> dict | None:
+    """`read_question`'s reading of one run of words."""
     if not words or _negated(words) or any(w in COLOURS or w == "white" or w.isdigit() for w in words):
         return None
     kinds = [kind for kind, marks in MARKS.items() if marks & set(words)] or ["exists"]
@@ -124,10 +141,10 @@ def read_question(text: str) -> dict | None:
     at, (name, plural) = nouns[0]
     plural = plural or (words[at] in SAME_PLURAL and "are" in words)
     if kind == "relation":
-        sides = [SIDES[w] for w in words if w in SIDES]
-        if len(sides) != 1 or words.index(next(w for w in words if w in SIDES)) > at or plural:
-            return None  # two sides, or the object named before its side ("which is the cat left of?")
-        return {"kind": kind, "name": name, "plural": False, "relation": sides[0]}
+        sides = [i for i, w in enumerate(words) if w in SIDES]
+        if len(sides) != 1 or plural or sides[0] > at and "it" not in words[sides[0] + 1 : sides[0] + 3]:
+            return None  # two sides, or the object named before its side ("which is the cat left of?") but as "it"
+        return {"kind": kind, "name": name, "plural": False, "relation": SIDES[words[sides[0]]]}
     if kind == "exists" and (not YES_NO & set(words) or {"what", "which"} & set(words)):
         return None  # a statement, or a wh- question about the object, not "is there ...?"
     if kind == "exists" and any(w == "one" and words[i - 1 : i] != ["least"] for i, w in enumerate(words[:at])):
@@ -137,18 +154,24 @@ def read_question(text: str) -> dict | None:
 
 def asked_question(text: str) -> str | None:
     """The question `text` asks, phrased as the world's training questions first phrase its kind ("what colour
-    is the apple?", "how many cats are there?", "is there a frog?"); None where `read_question` cannot read it."""
+    is the apple?", "how many cats are there?", "is there a frog?"), or as typed where it already is one of
+    training's phrasings (a core question in a wrapping: `questions.phrase`); None where `read_question` cannot
+    read it."""
     read = read_question(text)
     if read is None:
         return None
     kind, name = read["kind"], read["name"]
-    if kind == "biggest":
-        return TRAIN[kind][0]
     if kind == "colour":
-        noun, verb = (_plural(name), "are") if read["plural"] else (name, "is")
-        return TRAIN[kind][0].format(name=noun, **{"is": verb})
-    if kind == "count":
-        return TRAIN[kind][0].format(plural=_plural(name))
-    if kind == "relation":
-        return TRAIN[kind][0].format(relation=RELATIONS[read["relation"]], name=name)
-    return TRAIN[kind][0].format(a_name=f"{article(name)} {name}")
+        number = "several" if read["plural"] else "one"
+        slots = {"name": _plural(name) if read["plural"] else name, **COLOUR_VERBS[number]}
+    elif kind == "relation":
+        slots = {"relation": RELATIONS[read["relation"]], "name": name}
+    else:  # biggest takes no slot
+        slots = {"plural": name and _plural(name), "a_name": name and f"{article(name)} {name}"}
+    typed = " ".join(text.lower().split()).rstrip(" ?.!")
+    for template in TRAIN[kind]:
+        core = template.format(**slots).rstrip("?")
+        wrapped = {" ".join(w for w in (before, core, after) if w) for before in PREFIXES for after in SUFFIXES}
+        if typed in wrapped:
+            return text
+    return TRAIN[kind][0].format(**slots)
