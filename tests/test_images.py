@@ -38,3 +38,35 @@ def test_errors_name_the_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no images"):
         find_images([tmp_path / "empty"])
+
+
+def test_pad_to_square_centres_the_image_on_its_border_colour():
+    from genvl.io.images import pad_to_square
+
+    wide = Image.new("RGB", (40, 20), (10, 200, 30))
+    wide.paste((250, 0, 0), (18, 8, 22, 12))  # an object in the middle
+    square = pad_to_square(wide)
+    assert square.size == (40, 40)
+    pixels = np.asarray(square)
+    assert (pixels[:10] == (10, 200, 30)).all() and (pixels[30:] == (10, 200, 30)).all()  # the border's colour
+    assert (pixels[10:30] == np.asarray(wide)).all()  # the image itself, centred, untouched
+    assert pad_to_square(Image.new("RGB", (7, 15))).size == (15, 15)
+    same = Image.new("RGB", (16, 16))
+    assert pad_to_square(same) is same
+
+
+def test_a_pipeline_pads_only_when_its_setting_says_so(tiny_pipeline_dir):
+    from genvl.io.images import pad_to_square
+    from genvl.pipelines.caption import CaptionPipeline
+
+    pipe = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
+    tall = Image.new("RGB", (30, 60), (200, 200, 200))
+    tall.paste((0, 0, 255), (5, 10, 25, 30))
+    assert not pipe.config.pad_to_square  # transformers' way: the processor squashes
+    squashed = pipe.image_processor(images=[tall], return_tensors="pt").pixel_values
+    assert (pipe.preprocess([tall]) == squashed).all()
+    padded = CaptionPipeline(pipe.model, pipe.tokenizer, pipe.image_processor, pad_to_square=True)
+    expected = pipe.image_processor(images=[pad_to_square(tall)], return_tensors="pt").pixel_values
+    assert (padded.preprocess([tall]) == expected).all() and not (expected == squashed).all()
+    with pytest.raises(ValueError, match="pad_to_square must be true or false"):
+        CaptionPipeline(pipe.model, pipe.tokenizer, pipe.image_processor, pad_to_square="yes")

@@ -56,6 +56,34 @@ def test_shipped_captioner_states_the_example_scenes(folder, examples):
     assert sum(right) >= len(paths) - 1, list(zip([p.name for p in paths], captions))
 
 
+def test_the_default_captioner_names_objects_in_wide_and_tall_images():
+    """Pictures are not all square: one object pasted on 2:1, 1:2 and 16:9 canvases of three grounds. The shipped
+    captioners pad an image to a square (`pad_to_square` in model_index.json) where the image processor alone would
+    squash it: squashed, a 2:1 image's object was named 15 times in 40, padded 40 (16:9: 20 and 40)."""
+    import random
+
+    from PIL import Image
+
+    from genvl.world.sprites import COLOURS, OBJECTS, sprite
+
+    pipeline = CaptionPipeline.from_pretrained(DEFAULT_CAPTION_MODEL)
+    assert pipeline.config.pad_to_square
+    rng = random.Random(11)
+    images, names = [], []
+    for width, height in [(128, 64), (64, 128), (160, 90)] * 10:
+        ground = rng.choice([(255, 255, 255), (20, 20, 30), (230, 220, 240)])
+        image = Image.new("RGB", (width, height), ground)
+        name = rng.choice(sorted(OBJECTS))
+        colour = rng.choice([c for c in sorted(COLOURS) if np.linalg.norm(np.subtract(COLOURS[c], ground)) >= 100])
+        drawn = sprite(name, colour, round(min(width, height) * rng.uniform(0.3, 0.6)))
+        image.paste(drawn, (rng.randint(0, width - drawn.width), rng.randint(0, height - drawn.height)), drawn)
+        images.append(image)
+        names.append(name)
+    captions = [c[0] for c in pipeline(images, num_beams=3).captions]
+    named = [name in c.replace(",", " ").split() or OBJECTS[name][1] in c.split() for name, c in zip(names, captions)]
+    assert sum(named) >= 0.85 * len(named), list(zip(names, captions))
+
+
 # questions whose answers the example images' names state
 EXAMPLE_QUESTIONS = [
     ("three_green_butterflies", "how many butterflies are there?", "three"),

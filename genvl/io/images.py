@@ -182,11 +182,30 @@ def _escaped(char: str) -> str:
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
-def preprocess_each(image_processor, images):
+def pad_to_square(image: Image.Image) -> Image.Image:
+    """`image` centred on a square canvas of its longer side, filled with the median colour of its border pixels:
+    an image processor that resizes to a square then keeps the objects' shapes, where squashing a 2:1 or 16:9
+    image distorts them past what a model trained on square images reads. A square image is returned as it is."""
+    import numpy as np
+
+    width, height = image.size
+    if width == height:
+        return image
+    pixels = np.asarray(image.convert("RGB"))
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    side = max(width, height)
+    square = Image.new("RGB", (side, side), tuple(int(v) for v in np.median(border, axis=0)))
+    square.paste(image.convert("RGB"), ((side - width) // 2, (side - height) // 2))
+    return square
+
+
+def preprocess_each(image_processor, images, square: bool = False):
     """Pixel values (B, 3, H, W) of PIL images or paths, each loaded and run through `image_processor` on its own:
-    a batch never holds more than one image at full size. The same values as one call on the whole batch."""
+    a batch never holds more than one image at full size. The same values as one call on the whole batch. With
+    `square`, each image is padded to a square first (`pad_to_square`)."""
     import torch
 
-    return torch.cat(
-        [image_processor(images=[load_image(image)], return_tensors="pt").pixel_values for image in images]
-    )
+    def loaded(image):
+        return pad_to_square(load_image(image)) if square else load_image(image)
+
+    return torch.cat([image_processor(images=[loaded(image)], return_tensors="pt").pixel_values for image in images])

@@ -133,6 +133,9 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
     engine and settings. One pipeline rather than an answering one beside it, because nothing else differs:
     the question is a prefix the answer continues, and the answer is the caption without it.
 
+    The setting `pad_to_square` (in model_index.json; genvl's own captioners set it) pads each image to a square
+    with its border colour before the image processor resizes it (`genvl.io.images.pad_to_square`), so that a wide
+    or tall image's objects keep their shapes; without it the processor squashes the image, as transformers does.
     The setting `question_world` (in model_index.json) says the model learnt to answer the questions of genvl's
     world (`genvl.world.questions`): a question typed another way is then asked in the phrasing training used
     where `genvl.world.typed_questions` can read it (`asked_questions`).
@@ -143,16 +146,26 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
 
     lora_components = ("model",)
     _optional_components = ["matcher"]
-    config_values = ("question_world",)  # settings in model_index.json, not components
+    config_values = ("question_world", "pad_to_square")  # settings in model_index.json, not components
 
-    def __init__(self, model, tokenizer, image_processor, matcher=None, question_world: str | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        image_processor,
+        matcher=None,
+        question_world: str | None = None,
+        pad_to_square: bool = False,
+    ):
         super().__init__()
         if question_world not in (None, *QUESTION_WORLDS):
             raise ValueError(
                 f"question_world must be null or one of {', '.join(QUESTION_WORLDS)}, got {question_world!r}"
             )
+        if not isinstance(pad_to_square, bool):
+            raise ValueError(f"pad_to_square must be true or false, got {pad_to_square!r}")
         self.register_modules(model=model, tokenizer=tokenizer, image_processor=image_processor, matcher=matcher)
-        self.register_to_config(question_world=question_world)
+        self.register_to_config(question_world=question_world, pad_to_square=pad_to_square)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, dtype=None, torch_dtype=None, local_files_only=True):
@@ -191,7 +204,9 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         """PIL images or paths -> pixel values (B, 3, H, W) on the model's device and dtype. Each image is loaded
         and preprocessed on its own, so that no more than one is held at full size (a batch of large photos would
         otherwise take gigabytes)."""
-        return preprocess_each(self.image_processor, images).to(device=self.model.device, dtype=self.model.dtype)
+        square = self.config.get("pad_to_square", False)
+        pixel_values = preprocess_each(self.image_processor, images, square)
+        return pixel_values.to(device=self.model.device, dtype=self.model.dtype)
 
     def _encode_rows(self, rows: list) -> torch.Tensor:
         """Encoder states (B, N, C) of preprocessed images, one (3, H, W) tensor each."""

@@ -62,6 +62,7 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
         tokenizer=tokenizer,
         image_processor=image_processor,
         question_world="genvl" if answers else None,
+        pad_to_square=True,
     )
     pipeline.save_pretrained(out)
     print(f"exported {path} ({'EMA' if use_ema else 'raw'} weights) to {out}")

@@ -208,7 +208,11 @@ def main(argv=None):
         if args.adapter is not None:
             save_adapter(model, output_dir)
         else:
-            pipeline = CaptionPipeline(model=model, tokenizer=tokenizer, image_processor=build_image_processor(arch))
+            # a fine-tuned captioner keeps its own preprocessing; genvl's fresh ones pad images to a square
+            square = pretrained.config.get("pad_to_square", False) if args.pretrained_model_name_or_path else True
+            pipeline = CaptionPipeline(
+                model=model, tokenizer=tokenizer, image_processor=build_image_processor(arch), pad_to_square=square
+            )
             pipeline.save_pretrained(output_dir)
         (output_dir / "train_losses.json").write_text(json.dumps(losses))
     accelerator.end_training()

@@ -147,7 +147,11 @@ def main(argv=None):
     if accelerator.is_main_process:
         output_dir = Path(args.output_dir)
         CaptionPipeline(
-            model=model, tokenizer=tokenizer, image_processor=captioner.image_processor, matcher=head.eval()
+            model=model,
+            tokenizer=tokenizer,
+            image_processor=captioner.image_processor,
+            matcher=head.eval(),
+            **{key: captioner.config[key] for key in CaptionPipeline.config_values if key in captioner.config},
         ).save_pretrained(output_dir)
         (output_dir / "train_losses.json").write_text(json.dumps(losses))
     accelerator.end_training()

@@ -217,7 +217,8 @@ def main(argv=None):
     # 3. save the pipeline (EMA weights when EMA is on), decoding answers
     if accelerator.is_main_process:
         answer_settings(model, tokenizer, args.describe_share)
-        pipeline = CaptionPipeline(model, tokenizer, image_processor, question_world="genvl")  # the world's questions
+        # the world's questions; images of any shape padded to a square (see CaptionPipeline)
+        pipeline = CaptionPipeline(model, tokenizer, image_processor, question_world="genvl", pad_to_square=True)
         pipeline.save_pretrained(output_dir)
         (output_dir / "train_losses.json").write_text(json.dumps(losses))
     accelerator.end_training()
