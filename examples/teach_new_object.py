@@ -86,7 +86,7 @@ def make_data(args, out: Path) -> dict:
     return {"train": train, "new_test": new_test, "old_test": old_test}
 
 
-def train(args, data: Path, out: Path, lora: bool) -> dict:
+def train(args, data: Path, out: Path, lora: bool, targets: list[str]) -> dict:
     """Run genvl/recipes/train_captioner.py in its own process; returns wall time, peak RSS and trainable weights."""
     command = [
         sys.executable,
@@ -116,7 +116,7 @@ def train(args, data: Path, out: Path, lora: bool) -> dict:
     ]
     if lora:
         command += ["--rank", str(args.rank), "--learning_rate", str(args.lora_lr)]
-        command += ["--lora_target_modules", ",".join(lora_targets(args))]
+        command += ["--lora_target_modules", ",".join(targets)]
     else:
         command += ["--learning_rate", str(args.full_lr)]
     result = run_measured(command, out)
@@ -177,12 +177,12 @@ def main(argv=None):
         "steps": args.steps,
         "batch_size": args.batch_size,
         "rank": args.rank,
-        "targets": lora_targets(args),
+        "targets": lora_targets(args),  # read from the model once
         "shipped": {"scores": evaluate(args, folders, args.model)},
     }
     for name, lora in (("lora", True), ("full", False)):
         run = out / name
-        report[name] = train(args, folders["train"], run, lora)
+        report[name] = train(args, folders["train"], run, lora, report["targets"])
         model, adapter = (args.model, str(run)) if lora else (str(run), None)
         report[name]["scores"] = evaluate(args, folders, model, adapter)
         print(json.dumps({name: report[name]}), flush=True)

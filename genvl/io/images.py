@@ -191,11 +191,12 @@ def pad_to_square(image: Image.Image) -> Image.Image:
     width, height = image.size
     if width == height:
         return image
-    pixels = np.asarray(image.convert("RGB"))
+    image = image.convert("RGB")
+    pixels = np.asarray(image)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     side = max(width, height)
     square = Image.new("RGB", (side, side), tuple(int(v) for v in np.median(border, axis=0)))
-    square.paste(image.convert("RGB"), ((side - width) // 2, (side - height) // 2))
+    square.paste(image, ((side - width) // 2, (side - height) // 2))
     return square
 
 

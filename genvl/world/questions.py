@@ -152,9 +152,13 @@ def answerable(scene: dict) -> dict:
 def phrase(template: str, slots: dict, rng: random.Random) -> str:
     """A training template with its slots filled, after a prefix and before a suffix drawn from PREFIXES and
     SUFFIXES (most often none)."""
+    return wrapped(template, slots, rng.choice(PREFIXES), rng.choice(SUFFIXES))
+
+
+def wrapped(template: str, slots: dict, prefix: str, suffix: str) -> str:
+    """A training template with its slots filled, after `prefix` and before `suffix` (either may be "")."""
     core = template.format(**slots).rstrip("?")
-    words = [rng.choice(PREFIXES), core, rng.choice(SUFFIXES)]
-    return " ".join(word for word in words if word) + ("?" if template.endswith("?") else "")
+    return " ".join(word for word in (prefix, core, suffix) if word) + ("?" if template.endswith("?") else "")
 
 
 def describe(scene: dict, rng: random.Random) -> dict:

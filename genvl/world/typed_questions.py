@@ -16,7 +16,7 @@ question that was not asked, which is worse than none.
 import re
 
 from .captions import article
-from .questions import COLOUR_VERBS, PREFIXES, RELATIONS, SUFFIXES, TRAIN, _plural
+from .questions import COLOUR_VERBS, PREFIXES, RELATIONS, SUFFIXES, TRAIN, _plural, wrapped
 from .sprites import COLOURS
 from .typed import SAME_PLURAL, SHADES, _noun
 
@@ -113,7 +113,7 @@ def read_question(text: str) -> dict | None:
     if reading is not None or words is None:
         return reading
     parts = [_words(part) for part in re.split(r"[.!?;:]+\s|[.!?;:]+$|\s[-–]+\s", text) if part.strip()]
-    readings = [_read(part) for part in parts if _read(part) is not None]
+    readings = [reading for reading in map(_read, parts) if reading is not None]
     if len(readings) == 1 and sum(map(_says_something, parts)) == 1:
         return readings[0]
     return None
@@ -129,7 +129,7 @@ def _read(words: list[str] | None) -> dict | None:
     if not words or _negated(words) or any(w in COLOURS or w == "white" or w.isdigit() for w in words):
         return None
     kinds = [kind for kind, marks in MARKS.items() if marks & set(words)] or ["exists"]
-    nouns = [(i, _object(w)) for i, w in enumerate(words) if _object(w)]
+    nouns = [(i, found) for i, found in enumerate(map(_object, words)) if found]
     kind = kinds[0]
     if len(kinds) > 1 or ("how" in words) != ("many" in words) or len(nouns) != (kind != "biggest"):
         return None  # two kinds, "how" that is not "how many", or not the one object a kind asks about
@@ -168,10 +168,13 @@ def asked_question(text: str) -> str | None:
         slots = {"relation": RELATIONS[read["relation"]], "name": name}
     else:  # biggest takes no slot
         slots = {"plural": name and _plural(name), "a_name": name and f"{article(name)} {name}"}
-    typed = " ".join(text.lower().split()).rstrip(" ?.!")
+    typed = _said(text)
     for template in TRAIN[kind]:
-        core = template.format(**slots).rstrip("?")
-        wrapped = {" ".join(w for w in (before, core, after) if w) for before in PREFIXES for after in SUFFIXES}
-        if typed in wrapped:
+        if any(_said(wrapped(template, slots, a, b)) == typed for a in PREFIXES for b in SUFFIXES):
             return text
     return TRAIN[kind][0].format(**slots)
+
+
+def _said(question: str) -> str:
+    """A question as compared with training's phrasings: lower case, spaces collapsed, no closing "?", "." or "!"."""
+    return " ".join(question.lower().split()).rstrip(" ?.!")
