@@ -70,8 +70,8 @@ def evaluate_safety(pipeline, captioner, data_dirs, count: int, seed: int = 0, b
         images = drawing([item["prompt"] for _, _, item in chunk], generator=generators, output_type="pt").images
         pixels = images * 2 - 1  # [0, 1] -> [-1, 1]
         prompts = [item["prompt"] for _, _, item in chunk]
-        flagged = pipeline.run_safety_checker(pixels, prompts)[1]
         seen, named = pipeline.run_safety_checker(pixels)[1], checker.check_text(prompts)
+        flagged = checker.either(seen, named)  # what the pipeline flags: either stage
         captions = captioner(list(pipeline.postprocess(pixels, "pil"))).captions
         render_flags = [check_render(checker, item["record"]) for _, _, item in chunk]
         stages = zip(flagged, seen, named)

@@ -87,6 +87,11 @@ class SafetyChecker(SceneJudge):
             return [[] for _ in prompts]
         return [named_concepts(prompt, self.config.blocked) for prompt in prompts]
 
+    def either(self, shown: list[list[str]], named: list[list[str]]) -> list[list[str]]:
+        """Per image, the concepts its image stage (`shown`) or its prompt stage (`named`) found, in the checker's
+        order."""
+        return [sorted({*image, *prompt}, key=self.config.blocked.index) for image, prompt in zip(shown, named)]
+
 
 def named_concepts(text: str, concepts: list[str]) -> list[str]:
     """The `concepts` (object names) that `text` names: the name or, for an object of the world, its plural, as a

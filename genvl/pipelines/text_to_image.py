@@ -437,9 +437,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         if prompts is not None:
             if len(prompts) != len(images):
                 raise ValueError(f"got {len(prompts)} prompts for {len(images)} images to check")
-            order = self.safety_checker.config.blocked.index
-            named = self.safety_checker.check_text(prompts)
-            flagged = [sorted({*shown, *asked}, key=order) for shown, asked in zip(flagged, named)]
+            flagged = self.safety_checker.either(flagged, self.safety_checker.check_text(prompts))
         hit = torch.tensor([bool(found) for found in flagged], device=images.device).view(-1, 1, 1, 1)
         return torch.where(hit, torch.full_like(images, -1.0), images), flagged
 
