@@ -1,14 +1,16 @@
 """Captioner augmentation keeps every caption true: flips train on the mirrored scene's caption, shifts keep every
-object in the frame and a single object in its third, light changes are small."""
+object in the frame and a single object in its third, light changes are small, JPEG round trips are PIL's."""
 
+import io
 import random
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from genvl.training.augment import augment_batch, parse_augmentations, shift_images, shift_range
+from genvl.training.augment import augment_batch, jpeg_image, parse_augmentations, shift_images, shift_range
 from genvl.world import parse_caption, render_scene, sample_scene, scene_captions, scene_facts
 from genvl.world.scenes import mirror_scene, place_word
 
@@ -31,6 +33,7 @@ def box(mask: torch.Tensor):
 def test_parse_augmentations():
     assert parse_augmentations("") == ()
     assert parse_augmentations("flip, shift,light") == ("flip", "shift", "light")
+    assert parse_augmentations("jpeg") == ("jpeg",)
     with pytest.raises(ValueError, match="unknown augmentation 'zoom'"):
         parse_augmentations("flip,zoom")
 
@@ -87,3 +90,23 @@ def test_light_changes_are_small_and_stay_in_range():
     out, _, _ = augment_batch(images, None, ("light",), torch.Generator().manual_seed(1))
     assert out.min() >= -1 and out.max() <= 1
     assert 0 < (out - images).abs().mean() < 0.15
+
+
+def test_jpeg_is_pils_round_trip_on_about_half_the_images():
+    scenes = [sample_scene(random.Random(f"j{i}")) for i in range(32)]
+    images = pixels_of(scenes)
+    out, _, _ = augment_batch(images, None, ("jpeg",), torch.Generator().manual_seed(2))
+    again, _, _ = augment_batch(images, None, ("jpeg",), torch.Generator().manual_seed(2))
+    assert torch.equal(out, again)  # the seed decides which images and at what quality
+    changed = [i for i in range(32) if not torch.equal(out[i], images[i])]
+    assert 8 <= len(changed) <= 24
+    assert out.min() >= -1 and out.max() <= 1
+    for i in changed:
+        assert 0 < (out[i] - images[i]).abs().mean() < 0.1  # compressed, still the same picture
+
+    array = np.asarray(render_scene(scenes[0]))
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=40)  # PIL's default: colour at half resolution
+    expected = torch.from_numpy(np.asarray(Image.open(buffer)).copy()).permute(2, 0, 1).float() / 127.5 - 1
+    assert torch.equal(jpeg_image(images[0], 40, halve_colour=True), expected)
+    assert not torch.equal(jpeg_image(images[0], 40, halve_colour=False), expected)

@@ -61,7 +61,7 @@ class TrainCaptionerArgs(LoraTrainArgs, JudgeEncoderArgs):
     output_dir: str = "runs/captioner"
     architecture: str = "configs/captioner_small.json"
     vocab_size: int = 1024
-    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light
+    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light, jpeg
     teacher_model_name_or_path: str | None = None  # distil a fresh model from this captioner
     distill_alpha: float = 0.5  # the soft targets' share of the loss
     distill_temperature: float = 2.0

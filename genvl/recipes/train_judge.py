@@ -7,7 +7,7 @@ It reads whatever imagefolder `--train_data_dir` names, with a scene graph per i
 "original" (an object in OpenMoji's original colours, colour None). The judge never sees a generated image. So
 that it reads generated images, which are softer and noisier than renders, the renders are randomly blurred,
 noised and shifted in brightness during training. `--augment` adds the captioner's kinds
-(`genvl.training.augment`: flip, shift, light), the boxes moved with the pixels.
+(`genvl.training.augment`: flip, shift, light, jpeg), the boxes moved with the pixels.
 
 Ends with the judge saved in `output_dir/judge` and, in `output_dir/real_accuracy.json`, its GenEval-style
 accuracy and detection report (`genvl.evaluation.judge.detection_scores`) on the real renders of
@@ -44,7 +44,7 @@ class TrainJudgeArgs(TrainArgs):
     eval_data_dir: str | None = "data/wide/val"
     train_batch_size: int = 64
     width: int = 32  # channels of the three stages: width, 2 x width, 4 x width
-    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light
+    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light, jpeg
 
     def __post_init__(self):
         super().__post_init__()

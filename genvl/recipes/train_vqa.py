@@ -64,7 +64,7 @@ class TrainVqaArgs(TrainArgs, JudgeEncoderArgs):
     # grow a pretrained model's decoder to this many positions (`grow_positions`), so that longer questions fit
     decoder_positions: int | None = None
     vocab_size: int = 1024
-    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light
+    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light, jpeg
 
     def __post_init__(self):
         super().__post_init__()

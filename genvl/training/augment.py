@@ -6,18 +6,26 @@ Three kinds, each chosen per image and per step from the run's seed:
 - shift: the image moved by whole pixels, no further than keeps every object inside the frame and a single
   object's place word (its third of the frame) unchanged; the uncovered border repeats the edge pixels.
 - light: brightness and contrast scaled by up to 10%, too little to change a colour word.
+- jpeg: half the images saved and read back as JPEG, at a quality drawn from 30 to 95 and with the colour planes
+  at full or half resolution (PIL's default), as people's pictures often reach a model; applied last, to the image
+  as it would be saved.
 
 Colours are never shifted in hue, and images are never rescaled: hue would falsify colour words, scale the size
 words and the size bands that training holds out.
 """
 
+import io
+
+import numpy as np
 import torch
+from PIL import Image
 
 from ..world.scenes import mirror_scene, place_word
 
-AUGMENTATIONS = ("flip", "shift", "light")
+AUGMENTATIONS = ("flip", "shift", "light", "jpeg")
 NEED_SCENES = ("flip", "shift")  # kinds that read the scene graph to keep the caption true
 LIGHT = 0.1
+JPEG_SHARE, JPEG_QUALITIES = 0.5, (30, 95)
 
 
 def parse_augmentations(text: str) -> tuple[str, ...]:
@@ -89,7 +97,28 @@ def augment_batch(pixels: torch.Tensor, ranges: torch.Tensor | None, kinds, gene
         pixels = (pixels + 1) * gain - 1
         mean = pixels.mean(dim=(1, 2, 3), keepdim=True)
         pixels = ((pixels - mean) * contrast + mean).clamp(-1, 1)
+    if "jpeg" in kinds:
+        chosen = draw(b) < JPEG_SHARE
+        low, high = JPEG_QUALITIES
+        qualities = (low + draw(b) * (high - low + 1)).long().clamp(max=high)
+        halved = draw(b) < 0.5
+        pixels = pixels.clone()
+        for i in chosen.nonzero().flatten().tolist():
+            pixels[i] = jpeg_image(pixels[i], int(qualities[i]), bool(halved[i]))
     return pixels, flipped, shifts
+
+
+def jpeg_image(pixels: torch.Tensor, quality: int, halve_colour: bool) -> torch.Tensor:
+    """A (3, H, W) image in [-1, 1] saved as JPEG at `quality` (colour planes at half resolution when
+    `halve_colour`, else full) and read back, on its device and in its dtype."""
+    array = ((pixels.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array.permute(1, 2, 0).numpy()).save(
+        buffer, format="JPEG", quality=quality, subsampling=2 if halve_colour else 0
+    )
+    decoded = np.asarray(Image.open(buffer).convert("RGB"))
+    back = torch.from_numpy(decoded.copy()).permute(2, 0, 1).float() / 127.5 - 1
+    return back.to(pixels.device, pixels.dtype)
 
 
 def shift_images(pixels: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
