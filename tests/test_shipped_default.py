@@ -1,11 +1,13 @@
 """The shipped defaults: the captioners on the held-out example images (named after their true captions), and
 the text-to-image judge on fresh held-out renders."""
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from genvl.cli.caption import DEFAULT_CAPTION_MODEL
 from genvl.cli.image import DEFAULT_JUDGE
@@ -318,7 +320,7 @@ def test_shipped_reranker_reads_which_object_is_where():
 
 def test_shipped_wide_captioner_states_fresh_scenes_of_every_style_family(tmp_path):
     """genvl-caption-wide on scenes no run saw (another seed than data/wide's), the held-out style families
-    among them: 0.955 exact on 2,000 test scenes (0.908 on held-out families), so 0.85 of 60 leaves room for
+    among them: 0.951 exact on 2,000 test scenes (0.904 on held-out families), so 0.85 of 60 leaves room for
     chance and none for a model that reads only some families."""
     data = write_imagefolder(tmp_path / "wide", 60, seed=2026, split="test", world="wide")
     records = read_metadata(data)
@@ -328,3 +330,20 @@ def test_shipped_wide_captioner_states_fresh_scenes_of_every_style_family(tmp_pa
     unseen = [ok for r, ok in zip(records, right) if held_out(r["scene"])]
     assert sum(right) >= 0.85 * len(right), [c[0] for c in captions]
     assert len(unseen) >= 10 and sum(unseen) >= 0.75 * len(unseen)
+
+
+def test_the_default_captioner_reads_scenes_saved_as_jpeg(tmp_path):
+    """People save pictures as JPEG, whose 8x8 blocks are the size of a small object at 64 px. Fine-tuned with
+    `--augment jpeg`, the default states 0.883 of 1,000 test scenes saved at quality 50 (the weights before it:
+    0.783; `examples/saved_images.py`). Here 60 fresh scenes, held-out families among them, saved at quality 50:
+    it states 57 (59 as PNG), the weights before it 46."""
+    data = write_imagefolder(tmp_path / "wide", 60, seed=2033, split="test", world="wide")
+    records = read_metadata(data)
+    images = []
+    for record in records:
+        buffer = io.BytesIO()
+        Image.open(data / record["file_name"]).convert("RGB").save(buffer, format="JPEG", quality=50)
+        images.append(Image.open(buffer))
+    captions = CaptionPipeline.from_pretrained(WIDE)(images).captions
+    right = [parse_caption(c[0]) == scene_facts(r["scene"]) for r, c in zip(records, captions)]
+    assert sum(right) >= 0.85 * len(right), [c[0] for c in captions]
