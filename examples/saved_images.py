@@ -9,7 +9,8 @@ captions are scored against the scene graphs as `genvl eval caption` scores them
 30 to 95 when its recipe says `--augment jpeg`; JPEG at 15, WebP, noise, blur and halving never reach it, so
 those rows say whether what it learnt carries over to damage it was not shown.
 
-    python examples/saved_images.py --data data/wide/test --ways "JPEG 75 (PIL's default)" --write data/wide-jpeg75
+    python examples/saved_images.py --data data/wide/test --limit 3000 --ways "JPEG 75 (PIL's default)" \
+        --write data/wide-jpeg75
     genvl eval vqa --data data/wide-jpeg75/test   # any evaluation, on the images as saved that way
 
 `--write DIR` writes each way's images (as read back, in PNG) with the folder's metadata to `DIR/test` instead

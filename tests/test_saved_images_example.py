@@ -1,5 +1,5 @@
 """examples/saved_images.py: each way damages an image as saving it that way does, `--write` copies a folder so
-damaged, and the report covers every way."""
+damaged, and the report has a row per way asked for."""
 
 import io
 import json

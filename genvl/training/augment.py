@@ -1,6 +1,6 @@
 """Image augmentation for captioner training that keeps every caption true.
 
-Three kinds, each chosen per image and per step from the run's seed:
+Four kinds, each chosen per image and per step from the run's seed:
 - flip: the image mirrored left to right, trained on the caption of the mirrored scene graph
   (`genvl.world.scenes.mirror_scene`), whose left/right words are swapped.
 - shift: the image moved by whole pixels, no further than keeps every object inside the frame and a single
