@@ -17,10 +17,11 @@ import torch
 from PIL import Image
 
 from ..io.imagefolder import load_images, read_metadata
+from ..io.images import pixels_to_uint8
 from ..models.clip import embed_at_clip_size, embed_images, embed_texts
 from ..models.unclip import latent_means
 from ..pipelines.defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_TEXT_GUIDANCE
-from ..pipelines.text_to_image import PromptEncoding, pixels_to_uint8
+from ..pipelines.text_to_image import PromptEncoding
 from ..world.sprites import ALL_OBJECTS
 from .judge import category_accuracy, judge_scene
 from .retrieval import mirror_rows

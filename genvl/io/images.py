@@ -200,6 +200,13 @@ def pad_to_square(image: Image.Image) -> Image.Image:
     return square
 
 
+def pixels_to_uint8(pixels):
+    """Images (a tensor) in [-1, 1] as 8-bit values on the CPU, rounded as a saved PNG would be."""
+    import torch
+
+    return ((pixels.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def preprocess_each(image_processor, images, square: bool = False):
     """Pixel values (B, 3, H, W) of PIL images or paths, each loaded and run through `image_processor` on its own:
     a batch never holds more than one image at full size. The same values as one call on the whole batch. With

@@ -20,7 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..attention import AttentionBackendMixin
 from ..cache import EmbeddingCacheMixin
 from ..io.components import check_tokenizer, local_folder, pipeline_from_folder
-from ..io.images import names_an_image_file, preprocess_each
+from ..io.images import names_an_image_file, pixels_to_uint8, preprocess_each
 from ..lora import LoraMixin
 from ..models import unclip  # noqa: F401  (from_pretrained finds UnclipConditioner by its module's name)
 from ..models.clip import (
@@ -47,11 +47,6 @@ CANDIDATE_CHUNK = 8
 # the lowest log signal-to-noise ratio a DPM-Solver step may start from on the squared-cosine schedule (diffusers'
 # advice for that schedule; about timestep 995 of 1,000)
 COSINE_LAMBDA_MIN = -5.1
-
-
-def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] as 8-bit values on the CPU, rounded as a saved PNG would be."""
-    return ((pixels.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 @dataclass

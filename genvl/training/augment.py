@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..io.images import pixels_to_uint8
 from ..world.scenes import mirror_scene, place_word
 
 AUGMENTATIONS = ("flip", "shift", "light", "jpeg")
@@ -111,9 +112,8 @@ def augment_batch(pixels: torch.Tensor, ranges: torch.Tensor | None, kinds, gene
 def jpeg_image(pixels: torch.Tensor, quality: int, halve_colour: bool) -> torch.Tensor:
     """A (3, H, W) image in [-1, 1] saved as JPEG at `quality` (colour planes at half resolution when
     `halve_colour`, else full) and read back, on its device and in its dtype."""
-    array = ((pixels.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(array.permute(1, 2, 0).numpy()).save(
+    Image.fromarray(pixels_to_uint8(pixels.detach()).permute(1, 2, 0).numpy()).save(
         buffer, format="JPEG", quality=quality, subsampling=2 if halve_colour else 0
     )
     decoded = np.asarray(Image.open(buffer).convert("RGB"))
