@@ -1,5 +1,6 @@
-"""Captioner augmentation keeps every caption true: flips train on the mirrored scene's caption, shifts keep every
-object in the frame and a single object in its third, light changes are small, JPEG round trips are PIL's."""
+"""Captioner augmentation keeps every caption true: flips train on the mirrored scene's caption, shifts and squashes
+keep every object in the frame and a single object in its third, light changes are small, JPEG round trips are
+PIL's."""
 
 import io
 import random
@@ -10,7 +11,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from genvl.training.augment import augment_batch, jpeg_image, parse_augmentations, shift_images, shift_range
+from genvl.training.augment import (
+    augment_batch,
+    jpeg_image,
+    parse_augmentations,
+    scene_room,
+    shift_images,
+    squash_image,
+    squash_offsets,
+)
 from genvl.world import parse_caption, render_scene, sample_scene, scene_captions, scene_facts
 from genvl.world.scenes import mirror_scene, place_word
 
@@ -56,10 +65,10 @@ def test_flipped_images_are_the_mirrored_scenes():
 def test_shifts_keep_objects_in_frame_and_single_objects_in_their_third():
     scenes = [sample_scene(random.Random(f"s{i}"), style={"background": "white"}) for i in range(24)]
     images = pixels_of(scenes)
-    ranges = torch.tensor([shift_range(scene) for scene in scenes])
+    rooms = torch.tensor([scene_room(scene) for scene in scenes])
     moved = 0
     for seed in range(4):
-        out, flipped, shifts = augment_batch(images, ranges, ("flip", "shift"), torch.Generator().manual_seed(seed))
+        out, flipped, shifts = augment_batch(images, rooms, ("flip", "shift"), torch.Generator().manual_seed(seed))
         for i, scene in enumerate(scenes):
             truth = mirror_scene(scene) if flipped[i] else scene
             background = pixels_of([truth])[0]
@@ -73,6 +82,57 @@ def test_shifts_keep_objects_in_frame_and_single_objects_in_their_third():
                 assert place_word((x0 + x1) / 2, (y0 + y1) / 2) == truth["objects"][0]["position"]
             moved += (bx0, by0, bx1, by1) != (x0, y0, x1, y1)
     assert moved > 20
+
+
+def test_squashes_narrow_one_axis_and_keep_objects_in_frame_and_single_objects_in_their_third():
+    """A squashed image is a wide or tall picture as an image processor squares it: the ink of every object is
+    narrowed along one axis and keeps its extent along the other, nothing leaves the frame, and a single object's
+    centre stays in the third of the frame its caption names."""
+    scenes = [sample_scene(random.Random(f"q{i}"), style={"background": "white"}) for i in range(48)]
+    scenes = [scene for scene in scenes if not any(obj.get("angle") for obj in scene["objects"])]  # ink = box
+    images = pixels_of(scenes)
+    rooms = torch.tensor([scene_room(scene) for scene in scenes])
+    squashed = 0
+    for seed in range(4):
+        kinds = ("flip", "squash", "shift")
+        out, flipped, shifts = augment_batch(images, rooms, kinds, torch.Generator().manual_seed(seed))
+        for i, scene in enumerate(scenes):
+            truth = mirror_scene(scene) if flipped[i] else scene
+            white = torch.ones(3)
+            x0, y0, x1, y1 = box(ink(out[i], white))
+            bx0, by0, bx1, by1 = box(ink(pixels_of([truth])[0], white))
+            narrowed = (x1 - x0 < bx1 - bx0 - 1, y1 - y0 < by1 - by0 - 1)
+            if not any(narrowed) and not shifts[i].any():
+                continue
+            if any(narrowed):
+                squashed += 1
+                assert not shifts[i].any() and not all(narrowed)
+                assert (y0, y1) == (by0, by1) if narrowed[0] else (x0, x1) == (bx0, bx1)  # the other axis kept
+                mass = lambda image: (image - 1).abs().sum()  # noqa: E731  an antialiased resize keeps the mean
+                assert mass(out[i]) < 0.97 * mass(images[i])
+            if truth["layout"] == "single":
+                assert place_word((x0 + x1) / 2, (y0 + y1) / 2) == truth["objects"][0]["position"]
+    assert squashed > 30
+
+
+def test_squash_offsets_keep_edges_and_thirds():
+    assert squash_offsets(10, 50, -1, 0.5) == (0.0, 32.0)  # room anywhere
+    assert squash_offsets(0.5, 50, -1, 0.5) == (0.0, 0.0)  # an object on the left edge stays on it
+    assert squash_offsets(10, 63.5, -1, 0.5) == (32.0, 32.0)
+    assert squash_offsets(0.5, 63.5, -1, 0.5) is None  # objects on both edges: no squash
+    assert squash_offsets(float("nan"), 0, 0, 0.5) is None  # a scene that must not move
+    first, last = squash_offsets(40, 60, 50, 0.5)  # a single object in the right third stays there
+    assert place_word(0.5 * 50 + first, 32) == place_word(0.5 * 50 + last, 32) == "right"
+    assert 64 / 3 * 2 < 0.5 * 50 + first and 0.5 * 60 + last <= 64
+
+
+def test_squash_image_is_an_antialiased_resize_with_repeated_edges():
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    narrow = F.interpolate(image[None], size=(64, 40), mode="bilinear", antialias=True)[0]
+    expected = F.pad(narrow[None], (10, 14, 0, 0), mode="replicate")[0]
+    assert torch.allclose(squash_image(image, vertical=False, size=40, offset=10), expected)
+    tall = squash_image(image, vertical=True, size=32, offset=0)
+    assert torch.equal(tall[:, 32:], tall[:, 31:32].expand(3, 32, 64))
 
 
 def test_shift_repeats_the_edge_pixels_as_replicate_padding_does():

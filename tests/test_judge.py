@@ -649,7 +649,7 @@ def test_size_predicting_judge_learns_and_reports_sizes():
 
 
 def test_augmented_judge_targets_follow_the_flipped_and_moved_objects():
-    from genvl.training.augment import augment_batch, shift_range
+    from genvl.training.augment import augment_batch, scene_room
     from genvl.world.sprites import COLOURS as WORLD_COLOURS
     from genvl.world.sprites import OBJECTS
 
@@ -659,8 +659,8 @@ def test_augmented_judge_targets_follow_the_flipped_and_moved_objects():
     scenes = [sample_scene(random.Random(i), style={"background": "white"}) for i in range(64)]
     arrays = np.stack([np.asarray(render_scene(scene), dtype=np.float32) for scene in scenes])
     pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1
-    ranges = torch.tensor([shift_range(scene) for scene in scenes])
-    out, flipped, shifts = augment_batch(pixels, ranges, ("flip", "shift"), torch.Generator().manual_seed(3))
+    rooms = torch.tensor([scene_room(scene) for scene in scenes])
+    out, flipped, shifts = augment_batch(pixels, rooms, ("flip", "shift"), torch.Generator().manual_seed(3))
     assert 0 < int(flipped.sum()) < 64 and int((shifts != 0).any(1).sum()) > 32
     moved = [train_judge.moved_scene(s, bool(f), *d) for s, f, d in zip(scenes, flipped, shifts.float().tolist())]
     judge = SceneJudge(object_names=sorted(OBJECTS), colour_names=sorted(WORLD_COLOURS) + [ORIGINAL])
@@ -686,3 +686,5 @@ def test_train_judge_trains_augmented_and_refuses_an_unknown_kind(tmp_path):
     assert len(losses) == 2 and all(np.isfinite(loss) for loss in losses)
     with pytest.raises(ValueError, match="unknown augmentation 'zoom'"):
         train_judge.TrainJudgeArgs(train_data_dir=str(train), augment="zoom")
+    with pytest.raises(ValueError, match="--augment squash is for captioners"):
+        train_judge.TrainJudgeArgs(train_data_dir=str(train), augment="flip,squash")

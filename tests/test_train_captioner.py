@@ -97,7 +97,7 @@ def test_augmented_run_trains_and_resumes_to_the_same_losses(tiny_data, tmp_path
     arch_file = tmp_path / "arch.json"
     arch_file.write_text(json.dumps(TINY.to_dict()))
     plain = train_captioner.main(train_args(tiny_data, tmp_path / "plain", 4, arch_file))
-    args = dict(augment="flip,shift,light")
+    args = dict(augment="flip,shift,squash,light")
     losses = train_captioner.main(train_args(tiny_data, tmp_path / "run", 4, arch_file, **args))
     assert len(losses) == 4 and losses != plain  # the images (and, flipped, the captions) differ
     cut = tmp_path / "cut"
@@ -115,7 +115,7 @@ def test_augmentations_that_read_scenes_need_them(tmp_path):
     records = [{"file_name": "a.png", "text": "three green butterflies"}] * 1
     (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     args = train_args(data, tmp_path / "run", 1, "configs/captioner_small.json", augment="flip", train_batch_size=1)
-    with pytest.raises(ValueError, match="flip and shift need the scene graph"):
+    with pytest.raises(ValueError, match="flip, shift and squash need each training image"):
         train_captioner.main(args)
     with pytest.raises(SystemExit):
         train_captioner.main(train_args(data, tmp_path / "run2", 1, "configs/captioner_small.json", augment="zoom"))

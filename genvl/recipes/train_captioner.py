@@ -44,7 +44,7 @@ from genvl.training.args import (
     run_script,
     save_architecture,
 )
-from genvl.training.augment import NEED_SCENES, augment_batch, mirrored_captions, parse_augmentations, shift_range
+from genvl.training.augment import NEED_SCENES, augment_batch, mirrored_captions, parse_augmentations, scene_room
 from genvl.training.data import read_training_data
 from genvl.training.features import load_or_train_tokenizer, save_tokenizer
 from genvl.training.loop import caption_loss, distillation_loss, make_accelerator, train_loop
@@ -61,7 +61,7 @@ class TrainCaptionerArgs(LoraTrainArgs, JudgeEncoderArgs):
     output_dir: str = "runs/captioner"
     architecture: str = "configs/captioner_small.json"
     vocab_size: int = 1024
-    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light, jpeg
+    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, squash, light, jpeg
     teacher_model_name_or_path: str | None = None  # distil a fresh model from this captioner
     distill_alpha: float = 0.5  # the soft targets' share of the loss
     distill_temperature: float = 2.0
@@ -128,13 +128,13 @@ def main(argv=None):
     kinds = parse_augmentations(args.augment)
     device = accelerator.device
 
-    def loss_of(model, pixel_values, step, tokens_of, mirrored_after: int, ranges=None):
+    def loss_of(model, pixel_values, step, tokens_of, mirrored_after: int, rooms=None):
         """The loss of a micro-batch of `pixel_values`; `tokens_of(rows)` gives (decoder_input_ids, labels) of
         caption rows 0.. of the batch, whose mirrored captions are rows `mirrored_after` further on."""
         rows = torch.arange(len(pixel_values))
         if kinds:
             generator = step_generator(args.seed, step, AUGMENTATION)
-            pixel_values, flipped, _ = augment_batch(pixel_values, ranges, kinds, generator)
+            pixel_values, flipped, _ = augment_batch(pixel_values, rooms, kinds, generator)
             rows = rows + flipped.long() * mirrored_after
         inputs, labels = tokens_of(rows)
         labels = labels.to(device)
@@ -159,27 +159,28 @@ def main(argv=None):
     if records is not None:
         images = load_images(data_dir, records, args.image_column, args.resolution)
         if any(kind in NEED_SCENES for kind in kinds) and not all("scene" in r for r in records):
-            raise ValueError(f"--augment {args.augment}: flip and shift need the scene graph of every training image")
+            raise ValueError(f"--augment {args.augment}: flip, shift and squash need each training image's scene graph")
         captions = [r[args.caption_column] for r in records]
         if "flip" in kinds:
             captions = captions + mirrored_captions([r["scene"] for r in records], lambda s: scene_captions(s)[0])
         decoder_input_ids, labels = tokenize_captions(tokenizer, captions, max_length)
         longest = int((labels != -100).sum(1).max())
         decoder_input_ids, labels = decoder_input_ids[:, :longest], labels[:, :longest]
-        ranges = torch.tensor([shift_range(r["scene"]) for r in records]) if "shift" in kinds else None
+        needs_room = "shift" in kinds or "squash" in kinds
+        rooms = torch.tensor([scene_room(r["scene"]) for r in records]) if needs_room else None
         data = len(records)
 
         def compute_loss(model, batch, step):
             # the batch's bytes go to the device, which converts and augments them
             pixel_values = images[batch].to(device).float().div_(127.5).sub_(1.0)
             batch = torch.as_tensor(batch)
-            batch_ranges = ranges[batch] if ranges is not None else None
+            batch_rooms = rooms[batch] if rooms is not None else None
 
             def tokens_of(rows):  # row r of the batch is record batch[r]; its mirror, batch[r] + len(records)
                 index = batch[rows % len(batch)] + rows // len(batch) * len(records)
                 return decoder_input_ids[index], labels[index]
 
-            return loss_of(model, pixel_values, step, tokens_of, len(batch), batch_ranges)
+            return loss_of(model, pixel_values, step, tokens_of, len(batch), batch_rooms)
 
     else:
         need_scene = any(kind in NEED_SCENES for kind in kinds)
@@ -190,11 +191,11 @@ def main(argv=None):
             captions = [s["caption"] for s in batch]
             if "flip" in kinds:
                 captions += mirrored_captions([s["scene"] for s in batch], lambda s: scene_captions(s)[0])
-            batch_ranges = torch.tensor([shift_range(s["scene"]) for s in batch]) if "shift" in kinds else None
+            rooms = torch.tensor([scene_room(s["scene"]) for s in batch]) if need_scene else None
             inputs, labels = tokenize_captions(tokenizer, captions, max_length)
             longest = int((labels != -100).sum(1).max())  # no step spends work on padding past the longest
             inputs, labels = inputs[:, :longest], labels[:, :longest]
-            return loss_of(model, pixel_values, step, lambda r: (inputs[r], labels[r]), len(batch), batch_ranges)
+            return loss_of(model, pixel_values, step, lambda r: (inputs[r], labels[r]), len(batch), rooms)
 
     # 3. train
     losses = train_loop(accelerator, args, model, parameters, data, compute_loss)

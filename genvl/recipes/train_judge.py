@@ -27,7 +27,7 @@ from genvl.evaluation.judge import category_accuracy, detect_images, detection_s
 from genvl.io.imagefolder import load_images
 from genvl.models.judge import ORIGINAL, SceneJudge
 from genvl.training.args import TrainArgs, parse_args, run_script
-from genvl.training.augment import augment_batch, parse_augmentations, shift_range
+from genvl.training.augment import augment_batch, parse_augmentations, scene_room
 from genvl.training.data import check_data_source, read_training_data
 from genvl.training.loop import make_accelerator, train_loop
 from genvl.training.seeds import AUGMENTATION, step_generator
@@ -48,7 +48,8 @@ class TrainJudgeArgs(TrainArgs):
 
     def __post_init__(self):
         super().__post_init__()
-        parse_augmentations(self.augment)
+        if "squash" in parse_augmentations(self.augment):
+            raise ValueError("--augment squash is for captioners: the judge's targets would need its boxes narrowed")
         if self.width < 8 or self.width % 8:  # the stages normalise their channels in 8 groups
             raise ValueError(f"--width must be a positive multiple of 8, got {self.width}")
 
@@ -168,7 +169,7 @@ def main(argv=None):
         batch_images, scenes, batch_targets = batch_of(batch)
         pixels = batch_images.float() / 127.5 - 1
         if kinds:
-            batch_ranges = torch.tensor([shift_range(scene) for scene in scenes]) if "shift" in kinds else None
+            batch_ranges = torch.tensor([scene_room(scene) for scene in scenes]) if "shift" in kinds else None
             pixels, flipped, shifts = augment_batch(pixels, batch_ranges, kinds, generator)
             if flipped.any() or shifts.any():  # the targets of the flipped and moved renders
                 units = (shifts.float() * 64 / args.resolution).tolist()

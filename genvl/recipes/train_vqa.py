@@ -35,7 +35,7 @@ from genvl.models.captioner import (
 from genvl.pipelines.caption import CaptionPipeline, question_prefix
 from genvl.training.answers import answer_settings
 from genvl.training.args import JudgeEncoderArgs, TrainArgs, check_at_least, parse_args, run_script, save_architecture
-from genvl.training.augment import augment_batch, parse_augmentations, shift_range
+from genvl.training.augment import augment_batch, parse_augmentations, scene_room
 from genvl.training.data import read_training_data
 from genvl.training.features import load_or_train_tokenizer
 from genvl.training.loop import caption_loss, make_accelerator, train_loop
@@ -64,7 +64,7 @@ class TrainVqaArgs(TrainArgs, JudgeEncoderArgs):
     # grow a pretrained model's decoder to this many positions (`grow_positions`), so that longer questions fit
     decoder_positions: int | None = None
     vocab_size: int = 1024
-    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light, jpeg
+    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, squash, light, jpeg
 
     def __post_init__(self):
         super().__post_init__()
@@ -163,10 +163,10 @@ def main(argv=None):
     kinds = parse_augmentations(args.augment)
     device = accelerator.device
 
-    # 2. the data in memory: images, scene graphs, and how far each may shift
+    # 2. the data in memory: images, scene graphs, and the room each leaves shift and squash
     images = load_images(Path(args.train_data_dir), records, args.image_column, args.resolution)
     scenes = [r["scene"] for r in records]
-    ranges = torch.tensor([shift_range(scene) for scene in scenes]) if "shift" in kinds else None
+    rooms = torch.tensor([scene_room(scene) for scene in scenes]) if "shift" in kinds or "squash" in kinds else None
     if args.balance_kinds:
         scene_kinds = [answered_kinds(scene) for scene in scenes]
         answering = {kind: [i for i, found in enumerate(scene_kinds) if kind in found] for kind in KINDS}
@@ -184,8 +184,8 @@ def main(argv=None):
         flipped = torch.zeros(len(batch), dtype=torch.bool)
         if kinds:
             generator = step_generator(args.seed, step, AUGMENTATION)
-            batch_ranges = ranges[batch] if ranges is not None else None
-            pixel_values, flipped, _ = augment_batch(pixel_values, batch_ranges, kinds, generator)
+            batch_rooms = rooms[batch] if rooms is not None else None
+            pixel_values, flipped, _ = augment_batch(pixel_values, batch_rooms, kinds, generator)
         asked = []
         for index, mirrored, kind in zip(batch.tolist(), flipped.tolist(), drawn):
             scene = mirror_scene(scenes[index]) if mirrored else scenes[index]

@@ -1,32 +1,40 @@
 """Image augmentation for captioner training that keeps every caption true.
 
-Four kinds, each chosen per image and per step from the run's seed:
+Five kinds, each chosen per image and per step from the run's seed:
 - flip: the image mirrored left to right, trained on the caption of the mirrored scene graph
   (`genvl.world.scenes.mirror_scene`), whose left/right words are swapped.
 - shift: the image moved by whole pixels, no further than keeps every object inside the frame and a single
   object's place word (its third of the frame) unchanged; the uncovered border repeats the edge pixels.
+- squash: half the images narrowed along one axis to 45-95% of the frame, as a wide or tall picture is when an image
+  processor resizes it to a square; the narrowed image is placed where every object keeps its caption (a single
+  object its third of the frame) and the uncovered border repeats the edge pixels. A squashed image is not shifted.
 - light: brightness and contrast scaled by up to 10%, too little to change a colour word.
 - jpeg: half the images saved and read back as JPEG, at a quality drawn from 30 to 95 and with the colour planes
   at full or half resolution (PIL's default), as people's pictures often reach a model; applied last, to the image
   as it would be saved.
 
-Colours are never shifted in hue, and images are never rescaled: hue would falsify colour words, scale the size
-words and the size bands that training holds out.
+Colours are never shifted in hue, and images are never scaled as a whole: hue would falsify colour words, scale
+the size words and the size bands that training holds out (squash keeps the other axis, the one the size words
+read on a narrowed object).
 """
 
 import io
+import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ..io.images import pixels_to_uint8
 from ..world.scenes import mirror_scene, place_word
 
-AUGMENTATIONS = ("flip", "shift", "light", "jpeg")
-NEED_SCENES = ("flip", "shift")  # kinds that read the scene graph to keep the caption true
+AUGMENTATIONS = ("flip", "shift", "squash", "light", "jpeg")
+NEED_SCENES = ("flip", "shift", "squash")  # kinds that read the scene graph to keep the caption true
 LIGHT = 0.1
 JPEG_SHARE, JPEG_QUALITIES = 0.5, (30, 95)
+SQUASH_SHARE, SQUASH_FACTORS = 0.5, (0.45, 0.95)
+THIRD = 64 / 3
 
 
 def parse_augmentations(text: str) -> tuple[str, ...]:
@@ -43,15 +51,38 @@ def mirrored_captions(scenes: list[dict], caption_of) -> list[str]:
     return [caption_of(mirror_scene(scene)) for scene in scenes]
 
 
+def _reach(scene: dict) -> list[tuple[float, float, float, float]]:
+    """The objects' boxes, widened where a turned sprite reaches out of its box."""
+    boxes = []
+    for obj in scene["objects"]:
+        x0, y0, x1, y1 = obj["bbox"]
+        margin = 0.12 * (x1 - x0) if obj.get("angle") else 0.0
+        boxes.append((x0 - margin, y0 - margin, x1 + margin, y1 + margin))
+    return boxes
+
+
+def _single_centre(scene: dict) -> tuple[float, float] | None:
+    """The centre of a scene's single object; None for other layouts."""
+    if scene["layout"] != "single":
+        return None
+    x0, y0, x1, y1 = scene["objects"][0]["bbox"]
+    return (x0 + x1) / 2, (y0 + y1) / 2
+
+
+def _movable(scene: dict) -> bool:
+    """False for a single object whose place word is not its third of the frame's (the classic world's): neither
+    shift nor squash may move it."""
+    centre = _single_centre(scene)
+    return centre is None or place_word(*centre) == scene["objects"][0].get("position")
+
+
 def shift_range(scene: dict) -> tuple[float, float, float, float]:
     """(left, right, up, down): how far, in 64-unit pixels, the scene can move each way with its caption still
     true: every object stays inside the frame, a single object in its third of the frame, and no object that
     touches an edge moves away from it (the repeated edge pixels would smear it)."""
-    boxes = []
-    for obj in scene["objects"]:
-        x0, y0, x1, y1 = obj["bbox"]
-        margin = 0.12 * (x1 - x0) if obj.get("angle") else 0.0  # a turned sprite reaches out of its box
-        boxes.append((x0 - margin, y0 - margin, x1 + margin, y1 + margin))
+    if not _movable(scene):
+        return 0.0, 0.0, 0.0, 0.0
+    boxes = _reach(scene)
     gaps = [
         min(box[0] for box in boxes),
         64 - max(box[2] for box in boxes),
@@ -61,36 +92,103 @@ def shift_range(scene: dict) -> tuple[float, float, float, float]:
     left, right, up, down = gaps
     left, right = (0.0 if gaps[1] < 1 else left), (0.0 if gaps[0] < 1 else right)
     up, down = (0.0 if gaps[3] < 1 else up), (0.0 if gaps[2] < 1 else down)
-    if scene["layout"] == "single":
-        x0, y0, x1, y1 = scene["objects"][0]["bbox"]
-        x, y = (x0 + x1) / 2, (y0 + y1) / 2
-        if place_word(x, y) != scene["objects"][0].get("position"):
-            return 0.0, 0.0, 0.0, 0.0  # a scene whose place word is not its third's (the classic world's)
-        third = 64 / 3
-        lo_x, lo_y = (x // third) * third, (y // third) * third
-        left, right = min(left, x - lo_x - 1), min(right, lo_x + third - x - 1)
-        up, down = min(up, y - lo_y - 1), min(down, lo_y + third - y - 1)
+    centre = _single_centre(scene)
+    if centre is not None:
+        x, y = centre
+        lo_x, lo_y = (x // THIRD) * THIRD, (y // THIRD) * THIRD
+        left, right = min(left, x - lo_x - 1), min(right, lo_x + THIRD - x - 1)
+        up, down = min(up, y - lo_y - 1), min(down, lo_y + THIRD - y - 1)
     return tuple(max(0.0, value) for value in (left, right, up, down))
 
 
-def augment_batch(pixels: torch.Tensor, ranges: torch.Tensor | None, kinds, generator: torch.Generator):
-    """Augment (B, 3, H, W) images in [-1, 1], on their device. `ranges` (B, 4) are the scenes' `shift_range`s
-    (needed for "shift"). The draws come from `generator` on the CPU, so a seed gives the same batch on any device.
-    Returns (pixels, flipped, shifts), on the CPU: `flipped` (B,) bool marks the images to train on mirrored
-    captions, and `shifts` (B, 2) how many pixels each image moved right and down (after its flip)."""
+def squash_room(scene: dict) -> tuple[float, float, float, float, float, float]:
+    """What `squash` needs to keep the caption true, in 64-unit pixels: (low, high, centre) along x, then along y:
+    where the objects begin and end on that axis, and a single object's centre (-1 for other scenes). All NaN for a
+    scene that must not be squashed (a single object whose place word is not its third's)."""
+    if not _movable(scene):
+        return (math.nan,) * 6
+    boxes = _reach(scene)
+    centre = _single_centre(scene) or (-1.0, -1.0)
+    return tuple(
+        value
+        for axis in (0, 1)
+        for value in (min(box[axis] for box in boxes), max(box[axis + 2] for box in boxes), centre[axis])
+    )
+
+
+def squash_offsets(low: float, high: float, centre: float, factor: float) -> tuple[float, float] | None:
+    """The offsets c (64-unit pixels) at which a frame narrowed by `factor` (a point p goes to factor * p + c) keeps
+    the caption true: an object touching an edge stays on it (the repeated edge pixels would smear it), and a single
+    object centred at `centre` stays in its third, a pixel from its edges. None where no offset does."""
+    first, last = 0.0, 64 * (1 - factor)
+    if math.isnan(low) or (low < 1 and high > 63):
+        return None
+    if low < 1:
+        last = 0.0
+    if high > 63:
+        first = 64 * (1 - factor)
+    if centre >= 0:
+        lo = (centre // THIRD) * THIRD
+        first, last = max(first, lo + 1 - factor * centre), min(last, lo + THIRD - 1 - factor * centre)
+    return (first, last) if first <= last else None
+
+
+def squash_image(pixels: torch.Tensor, vertical: bool, size: int, offset: int) -> torch.Tensor:
+    """A (C, H, W) image narrowed to `size` pixels along one axis (bilinear, antialiased, as image processors
+    resize) and placed `offset` pixels from the frame's start; the uncovered border repeats the edge pixels."""
+    c, h, w = pixels.shape
+    length = h if vertical else w
+    target = (size, w) if vertical else (h, size)
+    narrow = F.interpolate(pixels[None], size=target, mode="bilinear", antialias=True, align_corners=False)[0]
+    index = (torch.arange(length, device=pixels.device) - offset).clamp(0, size - 1)
+    return narrow.index_select(1 if vertical else 2, index)
+
+
+def scene_room(scene: dict) -> tuple[float, ...]:
+    """The room a scene leaves shift and squash: its `shift_range` then its `squash_room` (10 numbers)."""
+    return shift_range(scene) + squash_room(scene)
+
+
+def augment_batch(pixels: torch.Tensor, rooms: torch.Tensor | None, kinds, generator: torch.Generator):
+    """Augment (B, 3, H, W) images in [-1, 1], on their device. `rooms` (B, 10) are the scenes' `scene_room`s
+    (needed for "shift" and "squash"). The draws come from `generator` on the CPU, so a seed gives the same batch on
+    any device. Returns (pixels, flipped, shifts), on the CPU: `flipped` (B,) bool marks the images to train on
+    mirrored captions, and `shifts` (B, 2) how many pixels each image moved right and down (after its flip)."""
     b, _, h, w = pixels.shape
     draw = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
     flipped = torch.zeros(b, dtype=torch.bool)
+    squashed = torch.zeros(b, dtype=torch.bool)
     shifts = torch.zeros(b, 2, dtype=torch.long)
     if "flip" in kinds:
         flipped = draw(b) < 0.5
         pixels = torch.where(flipped.to(pixels.device).view(b, 1, 1, 1), pixels.flip(-1), pixels)
+    if "squash" in kinds:
+        chosen, vertical, places = draw(b) < SQUASH_SHARE, draw(b) < 0.5, draw(b)
+        low, high = SQUASH_FACTORS
+        factors = low + draw(b) * (high - low)
+        pixels = pixels.clone()
+        for i in chosen.nonzero().flatten().tolist():
+            length = h if vertical[i] else w
+            size = max(1, round(float(factors[i]) * length))
+            start, end, centre = rooms[i, 7:].tolist() if vertical[i] else rooms[i, 4:7].tolist()
+            if flipped[i] and not vertical[i]:  # the room of the mirrored scene
+                start, end, centre = 64 - end, 64 - start, (64 - centre if centre >= 0 else centre)
+            offsets = squash_offsets(start, end, centre, size / length)
+            if offsets is None:
+                continue
+            first, last = math.ceil(offsets[0] * length / 64), math.floor(offsets[1] * length / 64)
+            if first > last:
+                continue
+            offset = first + min(int(float(places[i]) * (last - first + 1)), last - first)
+            pixels[i] = squash_image(pixels[i], bool(vertical[i]), size, offset)
+            squashed[i] = True
     if "shift" in kinds:
         scale = w / 64
-        left, right, up, down = (ranges * scale).floor().long().unbind(1)
+        left, right, up, down = (rooms[:, :4] * scale).floor().long().unbind(1)
         left, right = torch.where(flipped, right, left), torch.where(flipped, left, right)  # ranges of the flip
         dx = (draw(b) * (left + right + 1)).long() - left  # uniform in [-left, right]
         dy = (draw(b) * (up + down + 1)).long() - up
+        dx, dy = dx.masked_fill(squashed, 0), dy.masked_fill(squashed, 0)
         pixels = shift_images(pixels, dx.to(pixels.device), dy.to(pixels.device))
         shifts = torch.stack([dx, dy], 1)
     if "light" in kinds:

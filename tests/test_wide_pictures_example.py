@@ -1,0 +1,50 @@
+"""examples/wide_pictures.py: each picture's caption states what was pasted where, in the picture's own frame, and
+the report has a row per shape and layout with both ways of squaring a picture."""
+
+import random
+
+import numpy as np
+import pytest
+
+from genvl.world.captions import parse_caption
+
+from .scripts import load_script
+
+wide_pictures = load_script("examples/wide_pictures.py")
+
+
+@pytest.mark.parametrize("shape", ["2:1", "9:16"])
+def test_a_single_objects_caption_names_the_third_of_the_picture_it_is_in(shape):
+    width, height = wide_pictures.SHAPES[shape]
+    rng = random.Random(5)
+    for _ in range(20):
+        image, caption = wide_pictures.picture(rng, width, height, "single")
+        assert image.size == (width, height)
+        (fact,) = parse_caption(caption)
+        pixels = np.asarray(image, dtype=int)
+        ink = np.abs(pixels - pixels[:1, :1]).max(2) > 60  # the object, not the graded ground
+        ys, xs = np.nonzero(ink)
+        x, y = (xs.min() + xs.max() + 1) / 2 / width, (ys.min() + ys.max() + 1) / 2 / height
+        column = "left" if x < 1 / 3 else "right" if x > 2 / 3 else ""
+        row = "top" if y < 1 / 3 else "bottom" if y > 2 / 3 else ""
+        if min(abs(x - t) for t in (1 / 3, 2 / 3)) > 0.05 and min(abs(y - t) for t in (1 / 3, 2 / 3)) > 0.05:
+            assert fact[4] == (" ".join(w for w in (row, column) if w) or "centre"), (caption, x, y)
+
+
+def test_a_pairs_caption_puts_the_first_object_first_along_its_axis():
+    rng = random.Random(6)
+    for shape in wide_pictures.SHAPES.values():
+        for _ in range(10):
+            image, caption = wide_pictures.picture(rng, *shape, "pair")
+            facts = parse_caption(caption)
+            assert len(facts) == 2 and {f[4] for f in facts} in ({"left", "right"}, {"top", "bottom"}), caption
+
+
+def test_report_has_a_row_per_shape_and_layout(tiny_pipeline_dir, capsys):
+    rows = wide_pictures.main(["--model", str(tiny_pipeline_dir), "--pictures", "2", "--beam", "1"])
+    assert [(row["shape"], row["layout"]) for row in rows] == [
+        (shape, layout) for shape in wide_pictures.SHAPES for layout in ("single", "pair")
+    ]
+    for row in rows:
+        assert all(0 <= row[key] <= 1 for key in ("padded", "padded_named", "squashed", "squashed_named"))
+    assert len(capsys.readouterr().out.splitlines()) == len(rows) + 3
