@@ -108,6 +108,21 @@ def test_shipped_vqa_model_answers_what_the_example_images_show():
     assert sum(found == answer for _, found, answer in said) >= len(said) - 1, said
 
 
+def test_shipped_vqa_model_answers_about_scenes_saved_as_jpeg(tmp_path):
+    """Its third stage trained on pictures saved as JPEG: 2,000 test questions about renders saved at quality 30
+    are answered 0.915 (stage two: 0.843). Here 200 questions about 120 fresh scenes saved at quality 30: 0.925,
+    stage two 0.825."""
+    from genvl.evaluation.vqa import evaluate_vqa
+
+    data = write_imagefolder(tmp_path / "wide", 120, seed=2036, split="test", world="wide")
+    for record in read_metadata(data):
+        buffer = io.BytesIO()
+        Image.open(data / record["file_name"]).convert("RGB").save(buffer, format="JPEG", quality=30)
+        Image.open(buffer).convert("RGB").save(data / record["file_name"])
+    report = evaluate_vqa(CaptionPipeline.from_pretrained(shipped_pipeline("genvl-vqa-small")), data, 200, seed=0)
+    assert report["accuracy"] >= 0.88, report["kinds"]
+
+
 def test_shipped_captioner_samples_the_same_captions_whatever_the_batch_size():
     """Each image samples with its own generator seeded S + i: the texts do not depend on the batch (the scores
     may, by float rounding: the batch changes the matrix kernels' shapes)."""
