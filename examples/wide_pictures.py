@@ -25,8 +25,15 @@ from genvl.world.captions import POSITION_PHRASES, article, parse_caption
 from genvl.world.scenes import place_word
 from genvl.world.sprites import COLOURS, OBJECTS, sprite
 
-SHAPES = {"2:1": (128, 64), "16:9": (160, 90), "4:3": (96, 72), "1:1": (64, 64), "3:4": (72, 96), "9:16": (90, 160)}
-SHAPES["1:2"] = (64, 128)
+SHAPES = {
+    "2:1": (128, 64),
+    "16:9": (160, 90),
+    "4:3": (96, 72),
+    "1:1": (64, 64),
+    "3:4": (72, 96),
+    "9:16": (90, 160),
+    "1:2": (64, 128),
+}
 GROUNDS = {"white": (255, 255, 255), "pale": (232, 224, 240), "dark": (24, 24, 34), "grey": (140, 140, 140)}
 
 
@@ -36,9 +43,10 @@ def ground(rng: random.Random, width: int, height: int) -> tuple[Image.Image, tu
     if rng.random() < 0.5:
         return Image.new("RGB", (width, height), tuple(int(c) for c in colour)), tuple(colour)
     other = (colour + rng.choice([-1, 1]) * 40).clip(0, 255)
-    t = np.linspace(0, 1, width if rng.random() < 0.5 else height, dtype=np.float32)
+    across = rng.random() < 0.5
+    t = np.linspace(0, 1, width if across else height, dtype=np.float32)
     ramp = colour + (other - colour) * t[:, None]
-    pixels = np.broadcast_to(ramp[None] if len(t) == width else ramp[:, None], (height, width, 3))
+    pixels = np.broadcast_to(ramp[None] if across else ramp[:, None], (height, width, 3))
     return Image.fromarray(pixels.round().astype(np.uint8)), tuple((colour + other) / 2)
 
 
@@ -59,7 +67,8 @@ def picture(rng: random.Random, width: int, height: int, layout: str) -> tuple[I
     colours = [rng.choice(shown) for _ in names]
     size = round(short * rng.uniform(0.25, 0.38))
     drawn = [sprite(name, colour, size) for name, colour in zip(names, colours)]
-    across = width > height if rng.random() < 0.75 else width < height  # mostly along the longer axis
+    longer = width > height or (width == height and rng.random() < 0.5)  # True: the longer axis is across
+    across = longer if rng.random() < 0.75 else not longer  # mostly along the longer axis
     length, other = (width, height) if across else (height, width)
     gap = rng.randint(size // 4, max(size // 4, length - 2 * size))
     first = rng.randint(0, length - 2 * size - gap)

@@ -31,13 +31,23 @@ def test_a_single_objects_caption_names_the_third_of_the_picture_it_is_in(shape)
             assert fact[4] == (" ".join(w for w in (row, column) if w) or "centre"), (caption, x, y)
 
 
-def test_a_pairs_caption_puts_the_first_object_first_along_its_axis():
+def test_a_pairs_caption_relates_its_objects_along_the_axis_they_lie_apart_on():
+    """A pair's caption relates its objects along the axis on which their ink lies apart, in every shape, and the
+    relation runs both ways in square pictures."""
     rng = random.Random(6)
+    relations = set()
     for shape in wide_pictures.SHAPES.values():
         for _ in range(10):
             image, caption = wide_pictures.picture(rng, *shape, "pair")
             facts = parse_caption(caption)
-            assert len(facts) == 2 and {f[4] for f in facts} in ({"left", "right"}, {"top", "bottom"}), caption
+            across = {fact[4] for fact in facts} == {"left", "right"}
+            relations.add((shape, across))
+            pixels = np.asarray(image, dtype=int)
+            ink = np.abs(pixels - pixels[:1, :1]).max(2) > 60
+            ink = ink.T if across else ink
+            lines = np.nonzero(ink.any(1))[0]  # rows (columns, across) holding ink: two runs, apart
+            assert np.diff(lines).max() > 1, caption
+    assert {((64, 64), True), ((64, 64), False)} <= relations
 
 
 def test_report_has_a_row_per_shape_and_layout(tiny_pipeline_dir, capsys):
