@@ -44,7 +44,7 @@ from genvl.training.args import (
     run_script,
     save_architecture,
 )
-from genvl.training.augment import NEED_SCENES, augment_batch, mirrored_captions, parse_augmentations, scene_room
+from genvl.training.augment import NEED_SCENES, augment_batch, mirrored_captions, parse_augmentations, scene_rooms
 from genvl.training.data import read_training_data
 from genvl.training.features import load_or_train_tokenizer, save_tokenizer
 from genvl.training.loop import caption_loss, distillation_loss, make_accelerator, train_loop
@@ -166,8 +166,7 @@ def main(argv=None):
         decoder_input_ids, labels = tokenize_captions(tokenizer, captions, max_length)
         longest = int((labels != -100).sum(1).max())
         decoder_input_ids, labels = decoder_input_ids[:, :longest], labels[:, :longest]
-        needs_room = "shift" in kinds or "squash" in kinds
-        rooms = torch.tensor([scene_room(r["scene"]) for r in records]) if needs_room else None
+        rooms = scene_rooms((r["scene"] for r in records), kinds)
         data = len(records)
 
         def compute_loss(model, batch, step):
@@ -191,7 +190,7 @@ def main(argv=None):
             captions = [s["caption"] for s in batch]
             if "flip" in kinds:
                 captions += mirrored_captions([s["scene"] for s in batch], lambda s: scene_captions(s)[0])
-            rooms = torch.tensor([scene_room(s["scene"]) for s in batch]) if need_scene else None
+            rooms = scene_rooms((s["scene"] for s in batch), kinds)
             inputs, labels = tokenize_captions(tokenizer, captions, max_length)
             longest = int((labels != -100).sum(1).max())  # no step spends work on padding past the longest
             inputs, labels = inputs[:, :longest], labels[:, :longest]

@@ -27,7 +27,7 @@ from genvl.evaluation.judge import category_accuracy, detect_images, detection_s
 from genvl.io.imagefolder import load_images
 from genvl.models.judge import ORIGINAL, SceneJudge
 from genvl.training.args import TrainArgs, parse_args, run_script
-from genvl.training.augment import augment_batch, parse_augmentations, scene_room
+from genvl.training.augment import augment_batch, parse_augmentations, scene_rooms
 from genvl.training.data import check_data_source, read_training_data
 from genvl.training.loop import make_accelerator, train_loop
 from genvl.training.seeds import AUGMENTATION, step_generator
@@ -169,8 +169,7 @@ def main(argv=None):
         batch_images, scenes, batch_targets = batch_of(batch)
         pixels = batch_images.float() / 127.5 - 1
         if kinds:
-            batch_ranges = torch.tensor([scene_room(scene) for scene in scenes]) if "shift" in kinds else None
-            pixels, flipped, shifts = augment_batch(pixels, batch_ranges, kinds, generator)
+            pixels, flipped, shifts = augment_batch(pixels, scene_rooms(scenes, kinds), kinds, generator)
             if flipped.any() or shifts.any():  # the targets of the flipped and moved renders
                 units = (shifts.float() * 64 / args.resolution).tolist()
                 moved = [moved_scene(scene, bool(f), *d) for scene, f, d in zip(scenes, flipped, units)]

@@ -35,7 +35,7 @@ from genvl.models.captioner import (
 from genvl.pipelines.caption import CaptionPipeline, question_prefix
 from genvl.training.answers import answer_settings
 from genvl.training.args import JudgeEncoderArgs, TrainArgs, check_at_least, parse_args, run_script, save_architecture
-from genvl.training.augment import augment_batch, parse_augmentations, scene_room
+from genvl.training.augment import augment_batch, parse_augmentations, scene_rooms
 from genvl.training.data import read_training_data
 from genvl.training.features import load_or_train_tokenizer
 from genvl.training.loop import caption_loss, make_accelerator, train_loop
@@ -166,7 +166,7 @@ def main(argv=None):
     # 2. the data in memory: images, scene graphs, and the room each leaves shift and squash
     images = load_images(Path(args.train_data_dir), records, args.image_column, args.resolution)
     scenes = [r["scene"] for r in records]
-    rooms = torch.tensor([scene_room(scene) for scene in scenes]) if "shift" in kinds or "squash" in kinds else None
+    rooms = scene_rooms(scenes, kinds)
     if args.balance_kinds:
         scene_kinds = [answered_kinds(scene) for scene in scenes]
         answering = {kind: [i for i, found in enumerate(scene_kinds) if kind in found] for kind in KINDS}

@@ -136,7 +136,7 @@ def squash_offsets(low: float, high: float, centre: float, factor: float) -> tup
 def squash_image(pixels: torch.Tensor, vertical: bool, size: int, offset: int) -> torch.Tensor:
     """A (C, H, W) image narrowed to `size` pixels along one axis (bilinear, antialiased, as image processors
     resize) and placed `offset` pixels from the frame's start; the uncovered border repeats the edge pixels."""
-    c, h, w = pixels.shape
+    _, h, w = pixels.shape
     length = h if vertical else w
     target = (size, w) if vertical else (h, size)
     narrow = F.interpolate(pixels[None], size=target, mode="bilinear", antialias=True, align_corners=False)[0]
@@ -147,6 +147,14 @@ def squash_image(pixels: torch.Tensor, vertical: bool, size: int, offset: int) -
 def scene_room(scene: dict) -> tuple[float, ...]:
     """The room a scene leaves shift and squash: its `shift_range` then its `squash_room` (10 numbers)."""
     return shift_range(scene) + squash_room(scene)
+
+
+def scene_rooms(scenes, kinds) -> torch.Tensor | None:
+    """The (B, 10) `scene_room`s of `scenes` (an iterable, read only when needed) for `augment_batch`; None when
+    `kinds` neither shifts nor squashes."""
+    if "shift" not in kinds and "squash" not in kinds:
+        return None
+    return torch.tensor([scene_room(scene) for scene in scenes])
 
 
 def augment_batch(pixels: torch.Tensor, rooms: torch.Tensor | None, kinds, generator: torch.Generator):
