@@ -7,9 +7,10 @@ People's pictures are 4:3, 16:9, 2:1 or upright. Here objects of the world's cat
 on plain and graded grounds of seven shapes, one object anywhere (its caption says where: the third of the
 picture its centre is in) or two apart along one axis (one is to the left of, or above, the other). None of
 these pictures is a render of the world: the shapes, the grounds and the layouts are built here. Each picture is
-captioned twice: padded to a square with its border colour before the image processor resizes it, and squashed
-to a square by the image processor alone. A caption is right when it parses to the picture's objects, colours and
-places (a size word, which a picture of another shape leaves open, is not scored).
+captioned twice: padded to a square before the image processor resizes it (with the fill the model's
+`pad_fill` names), and squashed to a square by the image processor alone. A caption is right when it parses to
+the picture's objects, colours and places (a size word, which a picture of another shape leaves open, is not
+scored).
 """
 
 import argparse
@@ -83,7 +84,7 @@ def picture(rng: random.Random, width: int, height: int, layout: str) -> tuple[I
 def facts(caption: str) -> list[tuple] | None:
     """The caption's scene facts without size words."""
     found = parse_caption(caption)
-    return None if found is None else sorted(fact[:3] + fact[4:] for fact in found)
+    return None if found is None else sorted((fact[:3] + fact[4:] for fact in found), key=repr)
 
 
 def main(argv=None) -> list[dict]:

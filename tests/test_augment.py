@@ -1,6 +1,6 @@
 """Captioner augmentation keeps every caption true: flips train on the mirrored scene's caption, shifts and squashes
-keep every object in the frame and a single object in its third, light changes are small, JPEG round trips are
-PIL's."""
+keep every object in the frame and a single object in its third, letterboxes keep every object in the band and a
+single object in the band's third, light changes are small, JPEG round trips are PIL's."""
 
 import io
 import random
@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from genvl.io.images import pad_colour, pad_to_square, pixels_to_uint8
 from genvl.training.augment import (
     augment_batch,
     jpeg_image,
+    letterbox_offsets,
     parse_augmentations,
     scene_room,
     shift_images,
@@ -113,6 +115,71 @@ def test_squashes_narrow_one_axis_and_keep_objects_in_frame_and_single_objects_i
             if truth["layout"] == "single":
                 assert place_word((x0 + x1) / 2, (y0 + y1) / 2) == truth["objects"][0]["position"]
     assert squashed > 30
+
+
+def test_letterboxes_keep_every_object_in_the_band_and_single_objects_in_the_bands_third():
+    """A letterboxed image is a wide or tall picture as `pad_to_square(..., "contrast")` squares it: a band of the
+    render, unscaled, centred between two strips of one colour set apart from the band's border. Every object's ink
+    lies in the band at its own size, and a single object's centre is in the third of the band its caption names."""
+    scenes = [sample_scene(random.Random(f"b{i}"), style={"background": "white"}) for i in range(48)]
+    scenes = [scene for scene in scenes if not any(obj.get("angle") for obj in scene["objects"])]  # ink = box
+    images = pixels_of(scenes)
+    rooms = torch.tensor([scene_room(scene) for scene in scenes])
+    boxed = {"across": 0, "upright": 0}
+    for seed in range(8):
+        kinds = ("flip", "shift", "letterbox")
+        out, flipped, shifts = augment_batch(images, rooms, kinds, torch.Generator().manual_seed(seed))
+        for i, scene in enumerate(scenes):
+            corner = out[i][:, 0, 0]
+            if (corner - images[i][:, 0, 0]).abs().max() < 0.5:  # the ground's colour: not letterboxed
+                continue
+            padded = (out[i] - corner.view(3, 1, 1)).abs().amax(0) < 0.01  # (H, W): the strips
+            rows, cols = padded.all(1), padded.all(0)
+            ground = pixels_to_uint8(images[i][:, 0, 0]).tolist()
+            assert pixels_to_uint8(corner).tolist() == list(pad_colour([ground], "contrast"))
+            assert not shifts[i].any() and not (rows.any() and cols.any())
+            truth = mirror_scene(scene) if flipped[i] else scene
+            along = rows if rows.any() else cols
+            band = (~along).nonzero().flatten()
+            start, size = band[0].item(), len(band)
+            assert start == (64 - size) // 2 and along[start + size :].all()  # centred, as pad_to_square pads
+            assert 0.4 * 64 - 1 <= size <= 0.9 * 64 + 1
+            x0, y0, x1, y1 = box(ink(out[i], torch.ones(3)) & ~padded)
+            bx0, by0, bx1, by1 = box(ink(pixels_of([truth])[0], torch.ones(3)))
+            assert (x1 - x0, y1 - y0) == (bx1 - bx0, by1 - by0)  # unscaled, and no object cut
+            boxed["upright" if rows.any() else "across"] += 1
+            if truth["layout"] == "single":
+                x, y = (x0 + x1) / 2, (y0 + y1) / 2
+                x, y = (x, (y - start) * 64 / size) if rows.any() else ((x - start) * 64 / size, y)
+                assert place_word(x, y) == truth["objects"][0]["position"]
+    assert min(boxed.values()) > 8
+
+
+def test_letterbox_offsets_hold_the_objects_and_keep_thirds():
+    assert letterbox_offsets(10, 50, -1, 40) == (10.0, 10.0)  # the band must hold 10..50
+    assert letterbox_offsets(20, 30, -1, 32) == (0.0, 20.0)
+    assert letterbox_offsets(-2, 30, -1, 32) == (0.0, 0.0)  # an object the frame cuts: the band starts there too
+    assert letterbox_offsets(40, 66, -1, 32) == (32.0, 32.0)
+    assert letterbox_offsets(5, 60, -1, 32) is None  # too far apart for the band
+    assert letterbox_offsets(float("nan"), 0, 0, 32) is None  # a scene that must not move
+    first, last = letterbox_offsets(4, 16, 10, 32)  # a single object at the top stays in the band's top third
+    assert place_word(32, (10 - first) * 2) == place_word(32, (10 - last) * 2) == "top"
+    first, last = letterbox_offsets(26, 38, 32, 32)  # and one in the centre in the band's centre
+    assert place_word((32 - first) * 2, 32) == place_word((32 - last) * 2, 32) == "centre"
+    assert first == pytest.approx(32 - 64 / 3 + 0.5) and last == pytest.approx(32 - 32 / 3 - 0.5)
+
+
+def test_a_letterboxed_render_is_what_the_pipeline_feeds_the_model_for_a_wide_picture():
+    """Cutting the band out of a render and padding it as `pad_to_square(..., "contrast")` does gives the image
+    letterboxing made."""
+    from genvl.training.augment import letterbox_image
+
+    scene = sample_scene(random.Random("wide"), style={"background": "gradient"})
+    image = pixels_of([scene])[0]
+    framed = letterbox_image(image, vertical=True, size=30, offset=20)
+    wide = Image.fromarray(np.asarray(render_scene(scene))[20:50])
+    expected = torch.from_numpy(np.asarray(pad_to_square(wide, "contrast"))[:, :]).permute(2, 0, 1) / 127.5 - 1
+    assert expected.shape == (3, 64, 64) and torch.allclose(framed, expected.float(), atol=1e-6)
 
 
 def test_squash_offsets_keep_edges_and_thirds():

@@ -55,6 +55,22 @@ def test_pad_to_square_centres_the_image_on_its_border_colour():
     assert pad_to_square(same) is same
 
 
+def test_the_contrast_fill_stands_apart_from_the_picture_in_every_channel():
+    from genvl.io.images import CONTRAST, pad_colour, pad_to_square
+
+    assert pad_colour([[255, 255, 255]] * 3, "contrast") == (255 - CONTRAST,) * 3  # white: a grey
+    assert pad_colour([[24, 24, 34]], "contrast") == (24 + CONTRAST, 24 + CONTRAST, 34 + CONTRAST)  # dark: lighter
+    assert pad_colour([[200, 30, 128], [210, 30, 128], [0, 0, 0]], "contrast") == (200 - CONTRAST, 30 + CONTRAST, 32)
+    assert pad_colour([[10, 200, 30], [10, 200, 30], [90, 0, 0]]) == (10, 200, 30)  # "border": the median
+    with pytest.raises(ValueError, match="pad fill must be one of border, contrast, got 'black'"):
+        pad_colour([[0, 0, 0]], "black")
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # whatever the ground, the padding differs from the picture's edge
+        wide = Image.fromarray(rng.integers(0, 256, (1, 1, 3), dtype=np.uint8).repeat(10, 0).repeat(30, 1))
+        pixels = np.asarray(pad_to_square(wide, "contrast")).astype(int)
+        assert (np.abs(pixels[0, 0] - pixels[15, 0]) >= CONTRAST).all()
+
+
 def test_a_pipeline_pads_only_when_its_setting_says_so(tiny_pipeline_dir):
     from genvl.io.images import pad_to_square
     from genvl.pipelines.caption import CaptionPipeline
@@ -70,3 +86,10 @@ def test_a_pipeline_pads_only_when_its_setting_says_so(tiny_pipeline_dir):
     assert (padded.preprocess([tall]) == expected).all() and not (expected == squashed).all()
     with pytest.raises(ValueError, match="pad_to_square must be true or false"):
         CaptionPipeline(pipe.model, pipe.tokenizer, pipe.image_processor, pad_to_square="yes")
+    contrast = CaptionPipeline(
+        pipe.model, pipe.tokenizer, pipe.image_processor, pad_to_square=True, pad_fill="contrast"
+    )
+    expected = pipe.image_processor(images=[pad_to_square(tall, "contrast")], return_tensors="pt").pixel_values
+    assert (contrast.preprocess([tall]) == expected).all() and not (contrast.preprocess([tall]) == squashed).all()
+    with pytest.raises(ValueError, match="pad_fill must be one of border, contrast, got 'mean'"):
+        CaptionPipeline(pipe.model, pipe.tokenizer, pipe.image_processor, pad_fill="mean")

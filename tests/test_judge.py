@@ -688,3 +688,5 @@ def test_train_judge_trains_augmented_and_refuses_an_unknown_kind(tmp_path):
         train_judge.TrainJudgeArgs(train_data_dir=str(train), augment="zoom")
     with pytest.raises(ValueError, match="--augment squash is for captioners"):
         train_judge.TrainJudgeArgs(train_data_dir=str(train), augment="flip,squash")
+    with pytest.raises(ValueError, match="--augment letterbox is for captioners"):
+        train_judge.TrainJudgeArgs(train_data_dir=str(train), augment="letterbox,light")

@@ -301,7 +301,7 @@ def test_captioner_streams_shards_and_resumes_to_the_same_losses(folder, tmp_pat
             "--checkpointing_steps",
             "3",
             "--augment",
-            "flip,squash,light",
+            "flip,squash,letterbox,light",
             *extra,
         ]
 

@@ -97,9 +97,13 @@ def test_augmented_run_trains_and_resumes_to_the_same_losses(tiny_data, tmp_path
     arch_file = tmp_path / "arch.json"
     arch_file.write_text(json.dumps(TINY.to_dict()))
     plain = train_captioner.main(train_args(tiny_data, tmp_path / "plain", 4, arch_file))
-    args = dict(augment="flip,shift,squash,light")
+    args = dict(augment="flip,shift,squash,letterbox,light")
     losses = train_captioner.main(train_args(tiny_data, tmp_path / "run", 4, arch_file, **args))
     assert len(losses) == 4 and losses != plain  # the images (and, flipped, the captions) differ
+    settings = [json.loads((tmp_path / name / "model_index.json").read_text()) for name in ("plain", "run")]
+    assert [(s["pad_to_square"], s["pad_fill"]) for s in settings] == [(True, "border"), (True, "contrast")]
+    exported = export_captioner.main(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "e"), "--no-ema"])
+    assert json.loads((exported / "model_index.json").read_text())["pad_fill"] == "contrast"  # as the run saved it
     cut = tmp_path / "cut"
     cut.mkdir()
     shutil.copytree(tmp_path / "run" / "checkpoint-2", cut / "checkpoint-2")
@@ -115,10 +119,12 @@ def test_augmentations_that_read_scenes_need_them(tmp_path):
     records = [{"file_name": "a.png", "text": "three green butterflies"}] * 1
     (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     args = train_args(data, tmp_path / "run", 1, "configs/captioner_small.json", augment="flip", train_batch_size=1)
-    with pytest.raises(ValueError, match="flip, shift and squash need each training image"):
+    with pytest.raises(ValueError, match="flip, shift, squash and letterbox need each training image"):
         train_captioner.main(args)
     with pytest.raises(SystemExit):
         train_captioner.main(train_args(data, tmp_path / "run2", 1, "configs/captioner_small.json", augment="zoom"))
+    with pytest.raises(ValueError, match="--pad_fill must be one of border, contrast, got 'black'"):
+        train_captioner.TrainCaptionerArgs(train_data_dir=str(data), pad_fill="black")
 
 
 def test_unknown_caption_column_is_named(tiny_data, tmp_path):

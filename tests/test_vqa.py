@@ -268,7 +268,7 @@ def vqa_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("vqa")
     data = write_imagefolder(root / "world", 48, seed=0, split="train", resolution=32)
     flags = ["--train_data_dir", str(data), "--train_batch_size", "8", "--max_train_steps", "8"]
-    flags += ["--checkpointing_steps", "8", "--learning_rate", "3e-3", "--augment", "flip,shift,squash,light"]
+    flags += ["--checkpointing_steps", "8", "--learning_rate", "3e-3", "--augment", "flip,shift,squash,letterbox,light"]
     (root / "arch.json").write_text(json.dumps({**TINY.to_dict(), "max_positions": 48}))
     flags += ["--architecture", str(root / "arch.json"), "--resolution", "32", "--vocab_size", "600"]
     losses = train_vqa.main([*flags, "--lr_warmup_steps", "1", "--output_dir", str(root / "run")])

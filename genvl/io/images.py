@@ -182,10 +182,28 @@ def _escaped(char: str) -> str:
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
-def pad_to_square(image: Image.Image) -> Image.Image:
-    """`image` centred on a square canvas of its longer side, filled with the median colour of its border pixels:
-    an image processor that resizes to a square then keeps the objects' shapes, where squashing a 2:1 or 16:9
-    image distorts them past what a model trained on square images reads. A square image is returned as it is."""
+PAD_FILLS = ("border", "contrast")
+CONTRAST = 96  # how far, in 8-bit levels per channel, the "contrast" fill lies from the border's median
+
+
+def pad_colour(border, fill: str = "border") -> tuple[int, int, int]:
+    """The colour `pad_to_square` fills with, from an (N, 3) array of a picture's 8-bit border pixels: their
+    median ("border"), or that median moved `CONTRAST` levels in each channel towards the far end of its range
+    ("contrast"), so that the padding always stands apart from the picture and a model can see where it ends."""
+    import numpy as np
+
+    if fill not in PAD_FILLS:
+        raise ValueError(f"pad fill must be one of {', '.join(PAD_FILLS)}, got {fill!r}")
+    median = np.median(np.asarray(border, dtype=np.float64).reshape(-1, 3), axis=0)
+    if fill == "contrast":
+        median = np.where(median < 128, median + CONTRAST, median - CONTRAST)
+    return tuple(int(v) for v in median)
+
+
+def pad_to_square(image: Image.Image, fill: str = "border") -> Image.Image:
+    """`image` centred on a square canvas of its longer side, filled with `pad_colour` of its border pixels: an
+    image processor that resizes to a square then keeps the objects' shapes, where squashing a 2:1 or 16:9 image
+    distorts them past what a model trained on square images reads. A square image is returned as it is."""
     import numpy as np
 
     width, height = image.size
@@ -195,7 +213,7 @@ def pad_to_square(image: Image.Image) -> Image.Image:
     pixels = np.asarray(image)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     side = max(width, height)
-    square = Image.new("RGB", (side, side), tuple(int(v) for v in np.median(border, axis=0)))
+    square = Image.new("RGB", (side, side), pad_colour(border, fill))
     square.paste(image, ((side - width) // 2, (side - height) // 2))
     return square
 
@@ -207,13 +225,13 @@ def pixels_to_uint8(pixels):
     return ((pixels.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def preprocess_each(image_processor, images, square: bool = False):
+def preprocess_each(image_processor, images, square: bool = False, fill: str = "border"):
     """Pixel values (B, 3, H, W) of PIL images or paths, each loaded and run through `image_processor` on its own:
     a batch never holds more than one image at full size. The same values as one call on the whole batch. With
-    `square`, each image is padded to a square first (`pad_to_square`)."""
+    `square`, each image is padded to a square first (`pad_to_square` with `fill`)."""
     import torch
 
     def loaded(image):
-        return pad_to_square(load_image(image)) if square else load_image(image)
+        return pad_to_square(load_image(image), fill) if square else load_image(image)
 
     return torch.cat([image_processor(images=[loaded(image)], return_tensors="pt").pixel_values for image in images])

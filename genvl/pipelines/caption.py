@@ -14,7 +14,7 @@ from ..generation import GenerationSettings, generate
 from ..generation.decoder import encode_images
 from ..io.components import check_tokenizer, load_image_processor, load_tokenizer, local_folder, pipeline_from_folder
 from ..io.folders import check_model_folder, load_transformers_model
-from ..io.images import preprocess_each
+from ..io.images import PAD_FILLS, preprocess_each
 from ..lora import LoraMixin
 from ..models import grid_encoder  # noqa: F401 (registers the grid encoder, so that folders holding one load)
 
@@ -136,6 +136,9 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
     The setting `pad_to_square` (in model_index.json; genvl's own captioners set it) pads each image to a square
     with its border colour before the image processor resizes it (`genvl.io.images.pad_to_square`), so that a wide
     or tall image's objects keep their shapes; without it the processor squashes the image, as transformers does.
+    `pad_fill` picks the padding's colour (`genvl.io.images.pad_colour`): "border" blends it with the picture,
+    "contrast" sets it apart, so that a model trained on such padding (`--augment letterbox`) can tell the
+    picture's own edges, and thirds, from the square's.
     The setting `question_world` (in model_index.json) says the model learnt to answer the questions of genvl's
     world (`genvl.world.questions`): a question typed another way is then asked in the phrasing training used
     where `genvl.world.typed_questions` can read it (`asked_questions`).
@@ -146,7 +149,7 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
 
     lora_components = ("model",)
     _optional_components = ["matcher"]
-    config_values = ("question_world", "pad_to_square")  # settings in model_index.json, not components
+    config_values = ("question_world", "pad_to_square", "pad_fill")  # settings in model_index.json, not components
 
     def __init__(
         self,
@@ -156,6 +159,7 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         matcher=None,
         question_world: str | None = None,
         pad_to_square: bool = False,
+        pad_fill: str = "border",
     ):
         super().__init__()
         if question_world not in (None, *QUESTION_WORLDS):
@@ -164,8 +168,10 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
             )
         if not isinstance(pad_to_square, bool):
             raise ValueError(f"pad_to_square must be true or false, got {pad_to_square!r}")
+        if pad_fill not in PAD_FILLS:
+            raise ValueError(f"pad_fill must be one of {', '.join(PAD_FILLS)}, got {pad_fill!r}")
         self.register_modules(model=model, tokenizer=tokenizer, image_processor=image_processor, matcher=matcher)
-        self.register_to_config(question_world=question_world, pad_to_square=pad_to_square)
+        self.register_to_config(question_world=question_world, pad_to_square=pad_to_square, pad_fill=pad_fill)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, dtype=None, torch_dtype=None, local_files_only=True):
@@ -204,8 +210,8 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         """PIL images or paths -> pixel values (B, 3, H, W) on the model's device and dtype. Each image is loaded
         and preprocessed on its own, so that no more than one is held at full size (a batch of large photos would
         otherwise take gigabytes)."""
-        square = self.config.get("pad_to_square", False)
-        pixel_values = preprocess_each(self.image_processor, images, square)
+        square, fill = self.config.get("pad_to_square", False), self.config.get("pad_fill", "border")
+        pixel_values = preprocess_each(self.image_processor, images, square, fill)
         return pixel_values.to(device=self.model.device, dtype=self.model.dtype)
 
     def _encode_rows(self, rows: list) -> torch.Tensor:

@@ -20,6 +20,7 @@ from genvl.models.captioner import CaptionerArchitecture, build_captioner, build
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.training.answers import answer_settings
 from genvl.training.args import JudgeEncoderArgs, read_run_config, run_architecture, run_script
+from genvl.training.augment import pad_fill_of, parse_augmentations
 from genvl.training.checkpoints import checkpoint_step, copy_ema_weights, resolve_resume
 from genvl.training.pretrained import prepare_encoder
 
@@ -31,7 +32,8 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint to export")
     config = read_run_config(run_dir)
     encoder = JudgeEncoderArgs(config.get("encoder_from_judge"), config.get("freeze_encoder", False))
-    if config.get("pretrained_model_name_or_path"):  # a run that started from a pipeline: its model and tokenizer
+    started = bool(config.get("pretrained_model_name_or_path"))
+    if started:  # a run that started from a pipeline: its model and tokenizer
         start = CaptionPipeline.from_pretrained(config["pretrained_model_name_or_path"])
         model, tokenizer, image_processor = start.model, start.tokenizer, start.image_processor
         if config.get("decoder_positions"):  # the run grew the decoder's positions
@@ -63,6 +65,8 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
         image_processor=image_processor,
         question_world="genvl" if answers else None,
         pad_to_square=True,
+        pad_fill=config.get("pad_fill")
+        or pad_fill_of(parse_augmentations(config.get("augment", "")), start.config if started else None),
     )
     pipeline.save_pretrained(out)
     print(f"exported {path} ({'EMA' if use_ema else 'raw'} weights) to {out}")

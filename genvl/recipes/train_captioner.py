@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from genvl.io.imagefolder import load_images
+from genvl.io.images import PAD_FILLS
 from genvl.lora import save_adapter
 from genvl.models.captioner import (
     CaptionerArchitecture,
@@ -44,7 +45,14 @@ from genvl.training.args import (
     run_script,
     save_architecture,
 )
-from genvl.training.augment import NEED_SCENES, augment_batch, mirrored_captions, parse_augmentations, scene_rooms
+from genvl.training.augment import (
+    NEED_SCENES,
+    augment_batch,
+    mirrored_captions,
+    pad_fill_of,
+    parse_augmentations,
+    scene_rooms,
+)
 from genvl.training.data import read_training_data
 from genvl.training.features import load_or_train_tokenizer, save_tokenizer
 from genvl.training.loop import caption_loss, distillation_loss, make_accelerator, train_loop
@@ -61,7 +69,8 @@ class TrainCaptionerArgs(LoraTrainArgs, JudgeEncoderArgs):
     output_dir: str = "runs/captioner"
     architecture: str = "configs/captioner_small.json"
     vocab_size: int = 1024
-    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, squash, light, jpeg
+    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, squash, letterbox, light, jpeg
+    pad_fill: str | None = None  # the saved pipeline's (border, contrast); default: pad_fill_of(augment, the start)
     teacher_model_name_or_path: str | None = None  # distil a fresh model from this captioner
     distill_alpha: float = 0.5  # the soft targets' share of the loss
     distill_temperature: float = 2.0
@@ -70,6 +79,8 @@ class TrainCaptionerArgs(LoraTrainArgs, JudgeEncoderArgs):
         super().__post_init__()
         check_at_least(self, 1, "vocab_size")  # a negative size overflows the tokenizer trainer
         parse_augmentations(self.augment)
+        if self.pad_fill not in (None, *PAD_FILLS):
+            raise ValueError(f"--pad_fill must be one of {', '.join(PAD_FILLS)}, got {self.pad_fill!r}")
         if self.adapter and (self.encoder_from_judge or self.freeze_encoder):
             raise ValueError(
                 f"--adapter {self.adapter} trains the adapter alone: drop --encoder_from_judge/--freeze_encoder"
@@ -159,7 +170,9 @@ def main(argv=None):
     if records is not None:
         images = load_images(data_dir, records, args.image_column, args.resolution)
         if any(kind in NEED_SCENES for kind in kinds) and not all("scene" in r for r in records):
-            raise ValueError(f"--augment {args.augment}: flip, shift and squash need each training image's scene graph")
+            raise ValueError(
+                f"--augment {args.augment}: flip, shift, squash and letterbox need each training image's scene graph"
+            )
         captions = [r[args.caption_column] for r in records]
         if "flip" in kinds:
             captions = captions + mirrored_captions([r["scene"] for r in records], lambda s: scene_captions(s)[0])
@@ -208,10 +221,15 @@ def main(argv=None):
         if args.adapter is not None:
             save_adapter(model, output_dir)
         else:
-            # a fine-tuned captioner keeps its own preprocessing; genvl's fresh ones pad images to a square
-            square = pretrained.config.get("pad_to_square", False) if args.pretrained_model_name_or_path else True
+            # a fine-tuned captioner keeps its own preprocessing; genvl's fresh ones pad images to a square; one
+            # trained on letterboxed images pads, with the fill it learnt to see unless --pad_fill says otherwise
+            own = pretrained.config if args.pretrained_model_name_or_path else None
             pipeline = CaptionPipeline(
-                model=model, tokenizer=tokenizer, image_processor=build_image_processor(arch), pad_to_square=square
+                model=model,
+                tokenizer=tokenizer,
+                image_processor=build_image_processor(arch),
+                pad_to_square=(own.get("pad_to_square", False) if own else True) or "letterbox" in kinds,
+                pad_fill=args.pad_fill or pad_fill_of(kinds, own),
             )
             pipeline.save_pretrained(output_dir)
         (output_dir / "train_losses.json").write_text(json.dumps(losses))

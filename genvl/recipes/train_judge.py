@@ -48,8 +48,8 @@ class TrainJudgeArgs(TrainArgs):
 
     def __post_init__(self):
         super().__post_init__()
-        if "squash" in parse_augmentations(self.augment):
-            raise ValueError("--augment squash is for captioners: the judge's targets would need its boxes narrowed")
+        for kind in {"squash", "letterbox"} & set(parse_augmentations(self.augment)):
+            raise ValueError(f"--augment {kind} is for captioners: the judge's targets would need its boxes moved")
         if self.width < 8 or self.width % 8:  # the stages normalise their channels in 8 groups
             raise ValueError(f"--width must be a positive multiple of 8, got {self.width}")
 

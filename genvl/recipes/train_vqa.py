@@ -35,7 +35,7 @@ from genvl.models.captioner import (
 from genvl.pipelines.caption import CaptionPipeline, question_prefix
 from genvl.training.answers import answer_settings
 from genvl.training.args import JudgeEncoderArgs, TrainArgs, check_at_least, parse_args, run_script, save_architecture
-from genvl.training.augment import augment_batch, parse_augmentations, scene_rooms
+from genvl.training.augment import augment_batch, pad_fill_of, parse_augmentations, scene_rooms
 from genvl.training.data import read_training_data
 from genvl.training.features import load_or_train_tokenizer
 from genvl.training.loop import caption_loss, make_accelerator, train_loop
@@ -64,7 +64,7 @@ class TrainVqaArgs(TrainArgs, JudgeEncoderArgs):
     # grow a pretrained model's decoder to this many positions (`grow_positions`), so that longer questions fit
     decoder_positions: int | None = None
     vocab_size: int = 1024
-    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, squash, light, jpeg
+    augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, squash, letterbox, light, jpeg
 
     def __post_init__(self):
         super().__post_init__()
@@ -163,7 +163,7 @@ def main(argv=None):
     kinds = parse_augmentations(args.augment)
     device = accelerator.device
 
-    # 2. the data in memory: images, scene graphs, and the room each leaves shift and squash
+    # 2. the data in memory: images, scene graphs, and the room each leaves shift, squash and letterbox
     images = load_images(Path(args.train_data_dir), records, args.image_column, args.resolution)
     scenes = [r["scene"] for r in records]
     rooms = scene_rooms(scenes, kinds)
@@ -218,7 +218,10 @@ def main(argv=None):
     if accelerator.is_main_process:
         answer_settings(model, tokenizer, args.describe_share)
         # the world's questions; images of any shape padded to a square (see CaptionPipeline)
-        pipeline = CaptionPipeline(model, tokenizer, image_processor, question_world="genvl", pad_to_square=True)
+        fill = pad_fill_of(kinds, pretrained.config if args.pretrained_model_name_or_path else None)
+        pipeline = CaptionPipeline(
+            model, tokenizer, image_processor, question_world="genvl", pad_to_square=True, pad_fill=fill
+        )
         pipeline.save_pretrained(output_dir)
         (output_dir / "train_losses.json").write_text(json.dumps(losses))
     accelerator.end_training()

@@ -1,6 +1,6 @@
 """Image augmentation for captioner training that keeps every caption true.
 
-Five kinds, each chosen per image and per step from the run's seed:
+Six kinds, each chosen per image and per step from the run's seed:
 - flip: the image mirrored left to right, trained on the caption of the mirrored scene graph
   (`genvl.world.scenes.mirror_scene`), whose left/right words are swapped.
 - shift: the image moved by whole pixels, no further than keeps every object inside the frame and a single
@@ -8,6 +8,11 @@ Five kinds, each chosen per image and per step from the run's seed:
 - squash: half the images narrowed along one axis to 45-95% of the frame, as a wide or tall picture is when an image
   processor resizes it to a square; the narrowed image is placed where every object keeps its caption (a single
   object its third of the frame) and the uncovered border repeats the edge pixels. A squashed image is not shifted.
+- letterbox: 30% of the other images cut to a band of 40-90% of the frame along one axis, holding every object (a
+  single object in its third of the band), and padded back to a square, centred, with `pad_colour(..., "contrast")`
+  of the band's border: a wide or tall picture as a captioner with `pad_fill: "contrast"` sees it, whose place
+  words are the picture's thirds, not the square's. Applied after jpeg, as the pipeline pads a picture it has
+  read. A letterboxed image is not shifted.
 - light: brightness and contrast scaled by up to 10%, too little to change a colour word.
 - jpeg: half the images saved and read back as JPEG, at a quality drawn from 30 to 95 and with the colour planes
   at full or half resolution (PIL's default), as people's pictures often reach a model; applied last, to the image
@@ -26,14 +31,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..io.images import pixels_to_uint8
+from ..io.images import pad_colour, pixels_to_uint8
 from ..world.scenes import mirror_scene, place_word
 
-AUGMENTATIONS = ("flip", "shift", "squash", "light", "jpeg")
-NEED_SCENES = ("flip", "shift", "squash")  # kinds that read the scene graph to keep the caption true
+AUGMENTATIONS = ("flip", "shift", "squash", "letterbox", "light", "jpeg")
+NEED_SCENES = ("flip", "shift", "squash", "letterbox")  # kinds that read the scene graph to keep the caption true
 LIGHT = 0.1
 JPEG_SHARE, JPEG_QUALITIES = 0.5, (30, 95)
 SQUASH_SHARE, SQUASH_FACTORS = 0.5, (0.45, 0.95)
+LETTERBOX_SHARE, LETTERBOX_LENGTHS = 0.3, (0.4, 0.9)
 THIRD = 64 / 3
 
 
@@ -133,6 +139,35 @@ def squash_offsets(low: float, high: float, centre: float, factor: float) -> tup
     return (first, last) if first <= last else None
 
 
+def letterbox_offsets(low: float, high: float, centre: float, length: float) -> tuple[float, float] | None:
+    """The starts t (64-unit pixels) of a band [t, t + length] of the frame that holds every object lying from `low`
+    to `high` (an object the frame cuts stays cut by the band's end) and keeps a single object centred at `centre`
+    in the same third of the band as of the frame, a pixel from its edges. None where no start does."""
+    if math.isnan(low):
+        return None
+    first, last = max(0.0, min(high, 64.0) - length), min(max(low, 0.0), 64 - length)
+    if centre >= 0:
+        third, margin = centre // THIRD, length / 64
+        first = max(first, centre - (third + 1) * length / 3 + margin)
+        last = min(last, centre - third * length / 3 - margin)
+    return (first, last) if first <= last else None
+
+
+def letterbox_image(pixels: torch.Tensor, vertical: bool, size: int, offset: int) -> torch.Tensor:
+    """The band of `size` pixels from `offset` along one axis of a (3, H, W) image in [-1, 1], centred on a frame
+    of the image's size filled with `pad_colour(..., "contrast")` of the band's border, as `pad_to_square` pads."""
+    band = pixels[:, offset : offset + size] if vertical else pixels[:, :, offset : offset + size]
+    edges = torch.cat([band[:, 0], band[:, -1], band[:, :, 0], band[:, :, -1]], dim=1)  # (3, N)
+    fill = torch.tensor(pad_colour(pixels_to_uint8(edges).T.numpy(), "contrast"), dtype=torch.float32) / 127.5 - 1
+    framed = fill.to(pixels.device, pixels.dtype).view(3, 1, 1).expand_as(pixels).clone()
+    start = ((pixels.shape[1] if vertical else pixels.shape[2]) - size) // 2
+    if vertical:
+        framed[:, start : start + size] = band
+    else:
+        framed[:, :, start : start + size] = band
+    return framed
+
+
 def squash_image(pixels: torch.Tensor, vertical: bool, size: int, offset: int) -> torch.Tensor:
     """A (C, H, W) image narrowed to `size` pixels along one axis (bilinear, antialiased, as image processors
     resize) and placed `offset` pixels from the frame's start; the uncovered border repeats the edge pixels."""
@@ -145,27 +180,52 @@ def squash_image(pixels: torch.Tensor, vertical: bool, size: int, offset: int) -
 
 
 def scene_room(scene: dict) -> tuple[float, ...]:
-    """The room a scene leaves shift and squash: its `shift_range` then its `squash_room` (10 numbers)."""
+    """The room a scene leaves shift, squash and letterbox: its `shift_range` then its `squash_room` (10 numbers)."""
     return shift_range(scene) + squash_room(scene)
 
 
 def scene_rooms(scenes, kinds) -> torch.Tensor | None:
     """The (B, 10) `scene_room`s of `scenes` (an iterable, read only when needed) for `augment_batch`; None when
-    `kinds` neither shifts nor squashes."""
-    if "shift" not in kinds and "squash" not in kinds:
+    `kinds` neither shifts, squashes nor letterboxes."""
+    if not {"shift", "squash", "letterbox"} & set(kinds):
         return None
     return torch.tensor([scene_room(scene) for scene in scenes])
 
 
+def pad_fill_of(kinds, start=None) -> str:
+    """The `pad_fill` (see `CaptionPipeline`) of a captioner trained with augmentation `kinds`, from a pipeline
+    whose config is `start` (None: a fresh captioner): "contrast" after letterbox, which trains the model to see
+    that fill; else the start's own ("border" for a fresh one)."""
+    return "contrast" if "letterbox" in kinds else (start or {}).get("pad_fill", "border")
+
+
+def _axis_room(room: torch.Tensor, vertical: bool, flipped: bool) -> tuple[float, float, float]:
+    """(low, high, centre) of a `scene_room` along one axis, of the mirrored scene when `flipped`."""
+    low, high, centre = room[7:].tolist() if vertical else room[4:7].tolist()
+    if flipped and not vertical:
+        low, high, centre = 64 - high, 64 - low, (64 - centre if centre >= 0 else centre)
+    return low, high, centre
+
+
+def _pixel_offset(offsets: tuple[float, float] | None, length: int, place: float) -> int | None:
+    """A whole-pixel offset in the 64-unit range `offsets` of a `length`-pixel axis, at `place` in [0, 1) along
+    the range's pixels; None where the range holds no whole pixel."""
+    if offsets is None:
+        return None
+    first, last = math.ceil(offsets[0] * length / 64), math.floor(offsets[1] * length / 64)
+    return None if first > last else first + min(int(place * (last - first + 1)), last - first)
+
+
 def augment_batch(pixels: torch.Tensor, rooms: torch.Tensor | None, kinds, generator: torch.Generator):
     """Augment (B, 3, H, W) images in [-1, 1], on their device. `rooms` (B, 10) are the scenes' `scene_room`s
-    (needed for "shift" and "squash"). The draws come from `generator` on the CPU, so a seed gives the same batch on
-    any device. Returns (pixels, flipped, shifts), on the CPU: `flipped` (B,) bool marks the images to train on
-    mirrored captions, and `shifts` (B, 2) how many pixels each image moved right and down (after its flip)."""
+    (needed for "shift", "squash" and "letterbox"). The draws come from `generator` on the CPU, so a seed gives the
+    same batch on any device. Returns (pixels, flipped, shifts), on the CPU: `flipped` (B,) bool marks the images to
+    train on mirrored captions, and `shifts` (B, 2) how many pixels each image moved right and down (after its
+    flip)."""
     b, _, h, w = pixels.shape
     draw = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
     flipped = torch.zeros(b, dtype=torch.bool)
-    squashed = torch.zeros(b, dtype=torch.bool)
+    unshifted = torch.zeros(b, dtype=torch.bool)  # squashed or letterboxed
     shifts = torch.zeros(b, 2, dtype=torch.long)
     if "flip" in kinds:
         flipped = draw(b) < 0.5
@@ -178,25 +238,32 @@ def augment_batch(pixels: torch.Tensor, rooms: torch.Tensor | None, kinds, gener
         for i in chosen.nonzero().flatten().tolist():
             length = h if vertical[i] else w
             size = max(1, round(float(factors[i]) * length))
-            start, end, centre = rooms[i, 7:].tolist() if vertical[i] else rooms[i, 4:7].tolist()
-            if flipped[i] and not vertical[i]:  # the room of the mirrored scene
-                start, end, centre = 64 - end, 64 - start, (64 - centre if centre >= 0 else centre)
-            offsets = squash_offsets(start, end, centre, size / length)
-            if offsets is None:
+            low, high, centre = _axis_room(rooms[i], bool(vertical[i]), bool(flipped[i]))
+            offset = _pixel_offset(squash_offsets(low, high, centre, size / length), length, float(places[i]))
+            if offset is None:
                 continue
-            first, last = math.ceil(offsets[0] * length / 64), math.floor(offsets[1] * length / 64)
-            if first > last:
-                continue
-            offset = first + min(int(float(places[i]) * (last - first + 1)), last - first)
             pixels[i] = squash_image(pixels[i], bool(vertical[i]), size, offset)
-            squashed[i] = True
+            unshifted[i] = True
+    letterboxes = {}  # image -> (vertical, size, offset), cut after jpeg
+    if "letterbox" in kinds:
+        chosen, vertical, places = draw(b) < LETTERBOX_SHARE, draw(b) < 0.5, draw(b)
+        low, high = LETTERBOX_LENGTHS
+        fractions = low + draw(b) * (high - low)
+        for i in (chosen & ~unshifted).nonzero().flatten().tolist():
+            length = h if vertical[i] else w
+            size = max(1, round(float(fractions[i]) * length))
+            room = _axis_room(rooms[i], bool(vertical[i]), bool(flipped[i]))
+            offset = _pixel_offset(letterbox_offsets(*room, size * 64 / length), length, float(places[i]))
+            if offset is not None:
+                letterboxes[i] = (bool(vertical[i]), size, offset)
+                unshifted[i] = True
     if "shift" in kinds:
         scale = w / 64
         left, right, up, down = (rooms[:, :4] * scale).floor().long().unbind(1)
         left, right = torch.where(flipped, right, left), torch.where(flipped, left, right)  # ranges of the flip
         dx = (draw(b) * (left + right + 1)).long() - left  # uniform in [-left, right]
         dy = (draw(b) * (up + down + 1)).long() - up
-        dx, dy = dx.masked_fill(squashed, 0), dy.masked_fill(squashed, 0)
+        dx, dy = dx.masked_fill(unshifted, 0), dy.masked_fill(unshifted, 0)
         pixels = shift_images(pixels, dx.to(pixels.device), dy.to(pixels.device))
         shifts = torch.stack([dx, dy], 1)
     if "light" in kinds:
@@ -212,6 +279,10 @@ def augment_batch(pixels: torch.Tensor, rooms: torch.Tensor | None, kinds, gener
         pixels = pixels.clone()
         for i in chosen.nonzero().flatten().tolist():
             pixels[i] = jpeg_image(pixels[i], int(qualities[i]), bool(halved[i]))
+    if letterboxes:
+        pixels = pixels.clone()
+        for i, (vertical, size, offset) in letterboxes.items():
+            pixels[i] = letterbox_image(pixels[i], vertical, size, offset)
     return pixels, flipped, shifts
 
 
