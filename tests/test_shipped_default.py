@@ -347,6 +347,19 @@ def test_shipped_wide_captioner_states_fresh_scenes_of_every_style_family(tmp_pa
     assert len(unseen) >= 10 and sum(unseen) >= 0.75 * len(unseen)
 
 
+def test_the_default_captioner_reads_scenes_on_graded_grounds_no_run_trained_on(tmp_path):
+    """Graded grounds are a style family training holds out. Stage three (`--augment letterbox`) raised the default
+    captioner's exact match on the test scenes drawn on them from 0.860 to 0.937 (271 scenes). Here 60 fresh ones
+    (another seed than data/wide's): it states 58, the weights before it 48 (seed 2038: 58 and 52)."""
+    data = write_imagefolder(
+        tmp_path / "wide", 60, seed=2037, split="test", world="wide", style={"background": "gradient"}
+    )
+    records = read_metadata(data)
+    captions = CaptionPipeline.from_pretrained(WIDE)([data / r["file_name"] for r in records]).captions
+    right = [parse_caption(c[0]) == scene_facts(r["scene"]) for r, c in zip(records, captions)]
+    assert sum(right) >= 0.9 * len(right), [c[0] for c in captions]
+
+
 def test_the_default_captioner_reads_scenes_saved_as_jpeg(tmp_path):
     """People save pictures as JPEG, whose 8x8 blocks are the size of a small object at 64 px. Fine-tuned with
     `--augment jpeg`, the default states 0.883 of 1,000 test scenes saved at quality 50 (the weights before it:
