@@ -15,8 +15,8 @@ Six kinds, each chosen per image and per step from the run's seed:
   read. A letterboxed image is not shifted.
 - light: brightness and contrast scaled by up to 10%, too little to change a colour word.
 - jpeg: half the images saved and read back as JPEG, at a quality drawn from 30 to 95 and with the colour planes
-  at full or half resolution (PIL's default), as people's pictures often reach a model; applied last, to the image
-  as it would be saved.
+  at full or half resolution (PIL's default), as people's pictures often reach a model; applied after the other
+  kinds but letterbox, to the image as it would be saved.
 
 Colours are never shifted in hue, and images are never scaled as a whole: hue would falsify colour words, scale
 the size words and the size bands that training holds out (squash keeps the other axis, the one the size words
