@@ -186,14 +186,19 @@ PAD_FILLS = ("border", "contrast")
 CONTRAST = 96  # how far, in 8-bit levels per channel, the "contrast" fill lies from the border's median
 
 
+def check_pad_fill(fill, name: str = "pad fill"):
+    """Refuse a `fill` that is not one of `PAD_FILLS`, in a one-line error naming it as `name`."""
+    if fill not in PAD_FILLS:
+        raise ValueError(f"{name} must be one of {', '.join(PAD_FILLS)}, got {fill!r}")
+
+
 def pad_colour(border, fill: str = "border") -> tuple[int, int, int]:
     """The colour `pad_to_square` fills with, from an (N, 3) array of a picture's 8-bit border pixels: their
     median ("border"), or that median moved `CONTRAST` levels in each channel towards the far end of its range
     ("contrast"), so that the padding always stands apart from the picture and a model can see where it ends."""
     import numpy as np
 
-    if fill not in PAD_FILLS:
-        raise ValueError(f"pad fill must be one of {', '.join(PAD_FILLS)}, got {fill!r}")
+    check_pad_fill(fill)
     median = np.median(np.asarray(border, dtype=np.float64).reshape(-1, 3), axis=0)
     if fill == "contrast":
         median = np.where(median < 128, median + CONTRAST, median - CONTRAST)

@@ -14,7 +14,7 @@ from ..generation import GenerationSettings, generate
 from ..generation.decoder import encode_images
 from ..io.components import check_tokenizer, load_image_processor, load_tokenizer, local_folder, pipeline_from_folder
 from ..io.folders import check_model_folder, load_transformers_model
-from ..io.images import PAD_FILLS, preprocess_each
+from ..io.images import check_pad_fill, preprocess_each
 from ..lora import LoraMixin
 from ..models import grid_encoder  # noqa: F401 (registers the grid encoder, so that folders holding one load)
 
@@ -168,8 +168,7 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
             )
         if not isinstance(pad_to_square, bool):
             raise ValueError(f"pad_to_square must be true or false, got {pad_to_square!r}")
-        if pad_fill not in PAD_FILLS:
-            raise ValueError(f"pad_fill must be one of {', '.join(PAD_FILLS)}, got {pad_fill!r}")
+        check_pad_fill(pad_fill, "pad_fill")
         self.register_modules(model=model, tokenizer=tokenizer, image_processor=image_processor, matcher=matcher)
         self.register_to_config(question_world=question_world, pad_to_square=pad_to_square, pad_fill=pad_fill)
 

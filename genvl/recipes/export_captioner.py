@@ -65,8 +65,9 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
         image_processor=image_processor,
         question_world="genvl" if answers else None,
         pad_to_square=True,
-        pad_fill=config.get("pad_fill")
-        or pad_fill_of(parse_augmentations(config.get("augment", "")), start.config if started else None),
+        pad_fill=pad_fill_of(
+            parse_augmentations(config.get("augment", "")), start.config if started else None, config.get("pad_fill")
+        ),
     )
     pipeline.save_pretrained(out)
     print(f"exported {path} ({'EMA' if use_ema else 'raw'} weights) to {out}")

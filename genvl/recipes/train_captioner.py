@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from genvl.io.imagefolder import load_images
-from genvl.io.images import PAD_FILLS
+from genvl.io.images import check_pad_fill
 from genvl.lora import save_adapter
 from genvl.models.captioner import (
     CaptionerArchitecture,
@@ -79,8 +79,8 @@ class TrainCaptionerArgs(LoraTrainArgs, JudgeEncoderArgs):
         super().__post_init__()
         check_at_least(self, 1, "vocab_size")  # a negative size overflows the tokenizer trainer
         parse_augmentations(self.augment)
-        if self.pad_fill not in (None, *PAD_FILLS):
-            raise ValueError(f"--pad_fill must be one of {', '.join(PAD_FILLS)}, got {self.pad_fill!r}")
+        if self.pad_fill is not None:
+            check_pad_fill(self.pad_fill, "--pad_fill")
         if self.adapter and (self.encoder_from_judge or self.freeze_encoder):
             raise ValueError(
                 f"--adapter {self.adapter} trains the adapter alone: drop --encoder_from_judge/--freeze_encoder"
@@ -229,7 +229,7 @@ def main(argv=None):
                 tokenizer=tokenizer,
                 image_processor=build_image_processor(arch),
                 pad_to_square=(own.get("pad_to_square", False) if own else True) or "letterbox" in kinds,
-                pad_fill=args.pad_fill or pad_fill_of(kinds, own),
+                pad_fill=pad_fill_of(kinds, own, args.pad_fill),
             )
             pipeline.save_pretrained(output_dir)
         (output_dir / "train_losses.json").write_text(json.dumps(losses))

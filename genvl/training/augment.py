@@ -192,10 +192,13 @@ def scene_rooms(scenes, kinds) -> torch.Tensor | None:
     return torch.tensor([scene_room(scene) for scene in scenes])
 
 
-def pad_fill_of(kinds, start=None) -> str:
+def pad_fill_of(kinds, start=None, chosen: str | None = None) -> str:
     """The `pad_fill` (see `CaptionPipeline`) of a captioner trained with augmentation `kinds`, from a pipeline
-    whose config is `start` (None: a fresh captioner): "contrast" after letterbox, which trains the model to see
-    that fill; else the start's own ("border" for a fresh one)."""
+    whose config is `start` (None: a fresh captioner): the run's `chosen` one (`--pad_fill`) if any, else
+    "contrast" after letterbox, which trains the model to see that fill, else the start's own ("border" for a
+    fresh one)."""
+    if chosen:
+        return chosen
     return "contrast" if "letterbox" in kinds else (start or {}).get("pad_fill", "border")
 
 
