@@ -174,6 +174,8 @@ def save_adapter(model: torch.nn.Module, save_directory, adapter_name: str = "de
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
+    from .io.outputs import weights_readable_as_umask
+
     if adapter_name not in adapter_names_of(model):
         raise ValueError(f"no adapter named {adapter_name!r}; the model has {adapter_names_of(model)}")
     state = get_peft_model_state_dict(model, adapter_name=adapter_name)
@@ -181,7 +183,8 @@ def save_adapter(model: torch.nn.Module, save_directory, adapter_name: str = "de
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
     model.peft_config[adapter_name].save_pretrained(out)
-    save_file(state, out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    with weights_readable_as_umask(out):
+        save_file(state, out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     return out
 
 

@@ -675,3 +675,37 @@ def test_data_scenes_overwrite_refuses_a_split_holding_what_genvl_did_not_write(
     assert code == 1 and out == ""
     assert_one_line_error(err, f"{named}:", "not")
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask-022", "umask-077"])
+def test_saved_weights_are_as_readable_as_the_umask_lets_new_files_be(umask, tiny_tokenizer, tmp_path):
+    """safetensors writes 0600 whatever the umask: a folder saved for others would hold weights they cannot read.
+    genvl opens the weights a save writes as the umask says, and leaves every other file as it was."""
+    import torch
+    from safetensors.torch import save_file
+
+    from genvl.lora import add_adapter, lora_config, save_adapter
+    from genvl.pipelines.caption import CaptionPipeline
+    from genvl.pipelines.text_to_image import TextToImagePipeline
+
+    from .conftest import get_dummy_components, get_dummy_unclip_components
+
+    model, processor = get_dummy_components(tiny_tokenizer)
+    captioner, t2i, adapter = tmp_path / "captioner", tmp_path / "t2i", tmp_path / "adapter"
+    for folder in (captioner, t2i / "decoder", adapter):
+        folder.mkdir(parents=True)
+        save_file({"x": torch.zeros(1)}, folder / "private.safetensors")  # a file of the user's, 0600
+    previous = os.umask(umask)
+    try:
+        CaptionPipeline(model=model, tokenizer=tiny_tokenizer, image_processor=processor).save_pretrained(captioner)
+        TextToImagePipeline(**get_dummy_unclip_components()).save_pretrained(t2i)
+        save_adapter(add_adapter(get_dummy_components(tiny_tokenizer)[0], lora_config("captioner", rank=2)), adapter)
+    finally:
+        os.umask(previous)
+    for folder in (captioner, t2i, adapter):
+        modes = {
+            w.relative_to(folder).as_posix(): stat.S_IMODE(w.stat().st_mode) for w in folder.rglob("*.safetensors")
+        }
+        private = modes.pop(next(name for name in modes if name.endswith("private.safetensors")))
+        assert private == 0o600 and len(modes) >= 1
+        assert set(modes.values()) == {0o666 & ~umask}, (folder.name, modes)

@@ -108,6 +108,12 @@ def test_each_stage_trains_and_saves(trained):
     prior = json.loads((root / "prior" / "prior" / "config.json").read_text())
     assert prior["embedding_dim"] == TINY_CLIP["projection_dim"]
     assert json.loads((root / "ae" / "vae" / "config.json").read_text())["scaling_factor"] != 0.18215
+    # every stage's weights and checkpoints are readable as the configs beside them are (safetensors writes 0600)
+    weights = sorted(root.rglob("*.safetensors"))
+    assert {w.relative_to(root).parts[0] for w in weights} >= {"clip", "prior", "ae", "decoder"}
+    assert {oct(w.stat().st_mode & 0o777) for w in weights} == {
+        oct((root / "clip" / "config.json").stat().st_mode & 0o777)
+    }
 
 
 class _OneProcess:
@@ -361,6 +367,7 @@ def test_checkpoint_export_gives_the_final_ema_weights(trained, tmp_path):
         export_checkpoint.main(["--stage", stage, "--run", str(root / stage), "--output", str(tmp_path / stage)])
         final = cls.from_pretrained(root / stage / folder).state_dict()
         exported = cls.from_pretrained(tmp_path / stage / folder).state_dict()
+        assert (tmp_path / stage / folder / "diffusion_pytorch_model.safetensors").stat().st_mode & 0o777 == 0o644
         assert all(torch.equal(final[name], exported[name]) for name in final), stage
         early = tmp_path / f"{stage}-early"
         export_checkpoint.main(

@@ -145,6 +145,37 @@ def _is_running(pid: int) -> bool:
     return True
 
 
+def weights_files(folder) -> dict[Path, tuple[int, int]]:
+    """The safetensors files in `folder` and in its subfolders (a model folder's components), each with its inode
+    and modification time, which tell a file written since from one left as it was."""
+    files = {}
+    for file in [*Path(folder).glob("*.safetensors"), *Path(folder).glob("*/*.safetensors")]:
+        status = file.lstat()
+        if stat.S_ISREG(status.st_mode):
+            files[file] = (status.st_ino, status.st_mtime_ns)
+    return files
+
+
+def open_weights(folder, before: dict) -> None:
+    """Give the safetensors files of `folder` written since `weights_files(folder)` returned `before` the mode the
+    umask gives a new file (0644 under the usual 022), where safetensors wrote them readable by their owner alone
+    (0600), whatever the umask. Files with another mode, and files that were there before, are left as they are."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for file, state in weights_files(folder).items():
+        if state != before.get(file) and stat.S_IMODE(file.lstat().st_mode) == 0o600:
+            file.chmod(0o666 & ~mask)
+
+
+@contextmanager
+def weights_readable_as_umask(folder):
+    """Open the weights files the block writes in `folder` (see `open_weights`), so that a saved model folder can
+    be read by whoever may read its configs."""
+    before = weights_files(folder)
+    yield
+    open_weights(folder, before)
+
+
 @contextmanager
 def temporary_file(path, flag: str | None = None, tmp=None):
     """Yield a temporary name beside `path` to write (default `temporary_name(path)`), after removing the stale

@@ -15,6 +15,7 @@ from ..generation.decoder import encode_images
 from ..io.components import check_tokenizer, load_image_processor, load_tokenizer, local_folder, pipeline_from_folder
 from ..io.folders import check_model_folder, load_transformers_model
 from ..io.images import check_pad_fill, preprocess_each
+from ..io.outputs import weights_readable_as_umask
 from ..lora import LoraMixin
 from ..models import grid_encoder  # noqa: F401 (registers the grid encoder, so that folders holding one load)
 
@@ -202,7 +203,8 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
 
         self.check_no_adapters()
         kwargs.setdefault("safe_serialization", True)
-        super().save_pretrained(save_directory, **kwargs)
+        with weights_readable_as_umask(save_directory):
+            super().save_pretrained(save_directory, **kwargs)
         save_gpt2_vocab_files(self.tokenizer, Path(save_directory) / "tokenizer")
 
     def preprocess(self, images) -> torch.Tensor:

@@ -21,6 +21,7 @@ from ..attention import AttentionBackendMixin
 from ..cache import EmbeddingCacheMixin
 from ..io.components import check_tokenizer, local_folder, pipeline_from_folder
 from ..io.images import names_an_image_file, pixels_to_uint8, preprocess_each
+from ..io.outputs import weights_readable_as_umask
 from ..lora import LoraMixin
 from ..models import unclip  # noqa: F401  (from_pretrained finds UnclipConditioner by its module's name)
 from ..models.clip import (
@@ -211,7 +212,8 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     def save_pretrained(self, save_directory, **kwargs):
         self.check_no_adapters()
         kwargs.setdefault("safe_serialization", True)
-        super().save_pretrained(save_directory, **kwargs)
+        with weights_readable_as_umask(save_directory):
+            super().save_pretrained(save_directory, **kwargs)
 
     # ---- encoders -------------------------------------------------------------------------------------
 

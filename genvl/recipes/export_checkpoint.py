@@ -23,6 +23,7 @@ from transformers import CLIPConfig
 
 from genvl.io.components import load_pretrained
 from genvl.io.imagefolder import load_images
+from genvl.io.outputs import weights_readable_as_umask
 from genvl.models.clip import load_decoder_text_encoder
 from genvl.models.unclip import (
     UnclipArchitecture,
@@ -123,7 +124,8 @@ def export_autoencoder(run_dir, checkpoint: str, output: Path) -> None:
 def main(argv=None):
     args = parse_args(argv)
     export = {"prior": export_prior, "decoder": export_decoder, "autoencoder": export_autoencoder}[args.stage]
-    export(args.run, args.checkpoint, Path(args.output))
+    with weights_readable_as_umask(args.output):
+        export(args.run, args.checkpoint, Path(args.output))
     print(f"wrote {args.output}")
 
 

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from genvl.io.components import local_folder
-from genvl.io.outputs import written_atomically
+from genvl.io.outputs import weights_readable_as_umask, written_atomically
 from genvl.models.judge import SceneJudge
 from genvl.models.safety import SafetyChecker
 from genvl.pipelines.defaults import shipped_pipeline
@@ -30,7 +30,8 @@ def write_checker(checker: SafetyChecker, folder: Path) -> None:
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        checker.save_pretrained(tmp, safe_serialization=True)
+        with weights_readable_as_umask(tmp):
+            checker.save_pretrained(tmp, safe_serialization=True)
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)

@@ -16,7 +16,6 @@ With `--streaming` and shards as `--train_data_dir`, the images stream through t
 instead of being decoded into memory first; the scaling factor is then measured on the stream's first images.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from diffusers import AutoencoderKL
 from genvl.io.components import load_pretrained
 from genvl.io.imagefolder import load_images
 from genvl.models.unclip import UnclipArchitecture, build_autoencoder
-from genvl.training.args import TrainArgs, check_at_least, parse_args, run_script, save_architecture
+from genvl.training.args import TrainArgs, check_at_least, parse_args, run_script, save_architecture, saving_run
 from genvl.training.autoencoder import (
     SCALING_IMAGES,
     ReconstructionStep,
@@ -96,8 +95,8 @@ def main(argv=None):
         if not args.train_decoder_only:
             vae.register_to_config(scaling_factor=latent_scaling_factor(vae, images))
         output_dir = Path(args.output_dir)
-        vae.save_pretrained(output_dir / "vae", safe_serialization=True)
-        (output_dir / "train_losses.json").write_text(json.dumps(losses))
+        with saving_run(output_dir, losses):
+            vae.save_pretrained(output_dir / "vae", safe_serialization=True)
         accelerator.print(f"latent scaling factor {vae.config.scaling_factor:.4f}")
     accelerator.end_training()
     return losses

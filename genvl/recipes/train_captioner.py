@@ -21,7 +21,6 @@ cross-entropy plus `--distill_alpha` times the teacher's soft targets (`distilla
 (augmented) images and captions.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from genvl.training.args import (
     parse_args,
     run_script,
     save_architecture,
+    saving_run,
 )
 from genvl.training.augment import (
     NEED_SCENES,
@@ -218,21 +218,21 @@ def main(argv=None):
     if accelerator.is_main_process:
         from genvl.pipelines.caption import CaptionPipeline
 
-        if args.adapter is not None:
-            save_adapter(model, output_dir)
-        else:
-            # a fine-tuned captioner keeps its own preprocessing; genvl's fresh ones pad images to a square; one
-            # trained on letterboxed images pads, with the fill it learnt to see unless --pad_fill says otherwise
-            own = pretrained.config if args.pretrained_model_name_or_path else None
-            pipeline = CaptionPipeline(
-                model=model,
-                tokenizer=tokenizer,
-                image_processor=build_image_processor(arch),
-                pad_to_square=(own.get("pad_to_square", False) if own else True) or "letterbox" in kinds,
-                pad_fill=pad_fill_of(kinds, own, args.pad_fill),
-            )
-            pipeline.save_pretrained(output_dir)
-        (output_dir / "train_losses.json").write_text(json.dumps(losses))
+        with saving_run(output_dir, losses):
+            if args.adapter is not None:
+                save_adapter(model, output_dir)
+            else:
+                # a fine-tuned captioner keeps its own preprocessing; genvl's fresh ones pad images to a square; one
+                # trained on letterboxed images pads, with the fill it learnt to see unless --pad_fill says otherwise
+                own = pretrained.config if args.pretrained_model_name_or_path else None
+                pipeline = CaptionPipeline(
+                    model=model,
+                    tokenizer=tokenizer,
+                    image_processor=build_image_processor(arch),
+                    pad_to_square=(own.get("pad_to_square", False) if own else True) or "letterbox" in kinds,
+                    pad_fill=pad_fill_of(kinds, own, args.pad_fill),
+                )
+                pipeline.save_pretrained(output_dir)
     accelerator.end_training()
     return losses
 

@@ -24,7 +24,6 @@ are the same, known by a digest of the caption that every process computes alike
 """
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from genvl.models.clip import (
     normalize_pixels,
     train_clip_tokenizer,
 )
-from genvl.training.args import LoraTrainArgs, check_at_least, parse_args, run_script, save_architecture
+from genvl.training.args import LoraTrainArgs, check_at_least, parse_args, run_script, save_architecture, saving_run
 from genvl.training.contrastive import MAX_LOGIT_SCALE, contrastive_loss, swapped_phrasings
 from genvl.training.data import phrasing_table, pick_phrasings, read_training_data, tokenize_texts
 from genvl.training.features import load_or_train_tokenizer
@@ -217,13 +216,13 @@ def main(argv=None):
 
     # 4. save in the Hugging Face CLIP layout, or the adapter as `clip/` (EMA weights when EMA is on)
     if accelerator.is_main_process:
-        if args.adapter is not None:
-            save_adapter(model, output_dir / "clip")
-        else:
-            model.save_pretrained(output_dir, safe_serialization=True)
-            tokenizer.save_pretrained(output_dir)
-            image_processor.save_pretrained(output_dir)
-        (output_dir / "train_losses.json").write_text(json.dumps(losses))
+        with saving_run(output_dir, losses):
+            if args.adapter is not None:
+                save_adapter(model, output_dir / "clip")
+            else:
+                model.save_pretrained(output_dir, safe_serialization=True)
+                tokenizer.save_pretrained(output_dir)
+                image_processor.save_pretrained(output_dir)
     accelerator.end_training()
     return losses
 

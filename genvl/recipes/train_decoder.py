@@ -27,7 +27,6 @@ and the frozen CLIP, text tower and autoencoder encode each batch as it comes, s
 """
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +47,7 @@ from genvl.training.args import (
     parse_args,
     run_script,
     save_architecture,
+    saving_run,
 )
 from genvl.training.data import pick_phrasings, read_training_data, with_prompts
 from genvl.training.diffusion import DecoderStep, add_training_noise, decoder_scheduler, min_snr_weight, process_rows
@@ -230,13 +230,13 @@ def main(argv=None):
     # 4. save the conditioner and UNet, or the adapter as `decoder/` (EMA weights when EMA is on)
     if accelerator.is_main_process:
         output_dir = Path(args.output_dir)
-        if args.adapter is not None:
-            save_adapter(unet, output_dir / "decoder")
-        else:
-            conditioner.save_pretrained(output_dir / "conditioner", safe_serialization=True)
-            unet.save_pretrained(output_dir / "decoder", safe_serialization=True)
-            scheduler.save_pretrained(output_dir / "decoder_scheduler")
-        (output_dir / "train_losses.json").write_text(json.dumps(losses))
+        with saving_run(output_dir, losses):
+            if args.adapter is not None:
+                save_adapter(unet, output_dir / "decoder")
+            else:
+                conditioner.save_pretrained(output_dir / "conditioner", safe_serialization=True)
+                unet.save_pretrained(output_dir / "decoder", safe_serialization=True)
+                scheduler.save_pretrained(output_dir / "decoder_scheduler")
     accelerator.end_training()
     return losses
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from genvl.evaluation.judge import category_accuracy, detect_images, detection_scores, judge_scene, load_renders
 from genvl.io.imagefolder import load_images
 from genvl.models.judge import ORIGINAL, SceneJudge
-from genvl.training.args import TrainArgs, parse_args, run_script
+from genvl.training.args import TrainArgs, parse_args, run_script, saving_run
 from genvl.training.augment import augment_batch, parse_augmentations, scene_rooms
 from genvl.training.data import check_data_source, read_training_data
 from genvl.training.loop import make_accelerator, train_loop
@@ -194,8 +194,8 @@ def main(argv=None):
             accelerator.print(f"threshold {report['threshold']}, nms_distance {report['nms_distance']}")
             accelerator.print("accuracy on real renders: " + json.dumps(report["accuracy"]))
             accelerator.print("detection on real renders: " + json.dumps(rates))
-        judge.save_pretrained(output_dir / "judge", safe_serialization=True)
-        (output_dir / "train_losses.json").write_text(json.dumps(losses))
+        with saving_run(output_dir, losses):
+            judge.save_pretrained(output_dir / "judge", safe_serialization=True)
     accelerator.end_training()
     return losses
 

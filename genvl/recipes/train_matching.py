@@ -16,7 +16,6 @@ captioner's pipeline folder, the head as its `matcher/`, in `output_dir`: `Capti
 `rerank=K` use it.
 """
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from genvl.models.clip import clip_text_length, embed_at_clip_size, embed_texts,
 from genvl.models.matching import MatchingHead, caption_features
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.pipelines.defaults import shipped_pipeline
-from genvl.training.args import TrainArgs, check_at_least, parse_args, run_script
+from genvl.training.args import TrainArgs, check_at_least, parse_args, run_script, saving_run
 from genvl.training.data import read_training_data
 from genvl.training.loop import make_accelerator, train_loop
 from genvl.world.captions import parse_caption, scene_captions, scene_facts
@@ -146,14 +145,14 @@ def main(argv=None):
     losses = train_loop(accelerator, args, head, list(head.parameters()), len(records), compute_loss)
     if accelerator.is_main_process:
         output_dir = Path(args.output_dir)
-        CaptionPipeline(
-            model=model,
-            tokenizer=tokenizer,
-            image_processor=captioner.image_processor,
-            matcher=head.eval(),
-            **{key: captioner.config[key] for key in CaptionPipeline.config_values if key in captioner.config},
-        ).save_pretrained(output_dir)
-        (output_dir / "train_losses.json").write_text(json.dumps(losses))
+        with saving_run(output_dir, losses):
+            CaptionPipeline(
+                model=model,
+                tokenizer=tokenizer,
+                image_processor=captioner.image_processor,
+                matcher=head.eval(),
+                **{key: captioner.config[key] for key in CaptionPipeline.config_values if key in captioner.config},
+            ).save_pretrained(output_dir)
     accelerator.end_training()
     return losses
 

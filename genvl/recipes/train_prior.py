@@ -16,7 +16,6 @@ standardisation is then measured on the stream's first images.
 """
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,15 @@ from genvl.io.components import load_pretrained
 from genvl.lora import save_adapter
 from genvl.models.clip import load_clip
 from genvl.models.unclip import UnclipArchitecture, build_prior
-from genvl.training.args import LoraTrainArgs, check_at_least, check_fraction, parse_args, run_script, save_architecture
+from genvl.training.args import (
+    LoraTrainArgs,
+    check_at_least,
+    check_fraction,
+    parse_args,
+    run_script,
+    save_architecture,
+    saving_run,
+)
 from genvl.training.data import pick_phrasings, read_training_data, with_prompts
 from genvl.training.diffusion import add_training_noise, prior_scheduler, process_rows
 from genvl.training.features import ClipFeatures, batch_clip_features, frozen_clip_features
@@ -157,12 +164,12 @@ def main(argv=None):
     # 4. save the prior, or the adapter as `prior/` (EMA weights when EMA is on)
     if accelerator.is_main_process:
         output_dir = Path(args.output_dir)
-        if args.adapter is not None:
-            save_adapter(prior, output_dir / "prior")
-        else:
-            prior.save_pretrained(output_dir / "prior", safe_serialization=True)
-            scheduler.save_pretrained(output_dir / "prior_scheduler")
-        (output_dir / "train_losses.json").write_text(json.dumps(losses))
+        with saving_run(output_dir, losses):
+            if args.adapter is not None:
+                save_adapter(prior, output_dir / "prior")
+            else:
+                prior.save_pretrained(output_dir / "prior", safe_serialization=True)
+                scheduler.save_pretrained(output_dir / "prior_scheduler")
     accelerator.end_training()
     return losses
 

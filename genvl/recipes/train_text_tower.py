@@ -21,7 +21,6 @@ Ends with a `CLIPModel` (the locked image tower and the new text tower), its tok
 the same text tower and the order projection) that ranks candidates by word order.
 """
 
-import json
 import random
 import string
 from dataclasses import dataclass
@@ -39,7 +38,15 @@ from genvl.models.clip import (
     embed_images,
     train_clip_tokenizer,
 )
-from genvl.training.args import TrainArgs, check_at_least, check_fraction, parse_args, run_script, save_architecture
+from genvl.training.args import (
+    TrainArgs,
+    check_at_least,
+    check_fraction,
+    parse_args,
+    run_script,
+    save_architecture,
+    saving_run,
+)
 from genvl.training.contrastive import MAX_LOGIT_SCALE, gather_with_grad, matched_loss
 from genvl.training.data import pick_phrasings, prompt_rng, read_training_data, tokenize_texts
 from genvl.training.features import cached_features, data_stamp, file_stamp, load_or_train_tokenizer
@@ -280,12 +287,12 @@ def main(argv=None):
     # 3. save: the CLIP (locked image tower, new text tower), and the order CLIP
     if accelerator.is_main_process:
         towers = accelerator.unwrap_model(model)
-        towers.clip.save_pretrained(output_dir, safe_serialization=True)
-        tokenizer.save_pretrained(output_dir)
-        build_clip_image_processor(arch.image_size).save_pretrained(output_dir)
-        if args.order_tower:
-            save_order_clip(towers, args.order_tower, output_dir / "order_clip", tokenizer, arch.image_size)
-        (output_dir / "train_losses.json").write_text(json.dumps(losses))
+        with saving_run(output_dir, losses):
+            towers.clip.save_pretrained(output_dir, safe_serialization=True)
+            tokenizer.save_pretrained(output_dir)
+            build_clip_image_processor(arch.image_size).save_pretrained(output_dir)
+            if args.order_tower:
+                save_order_clip(towers, args.order_tower, output_dir / "order_clip", tokenizer, arch.image_size)
     accelerator.end_training()
     return losses
 

@@ -17,7 +17,6 @@ that left and right stay true. Ends with `CaptionPipeline.save_pretrained(output
 `CaptionPipeline(images, question=...)` and `genvl ask` answer with it.
 """
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,15 @@ from genvl.models.captioner import (
 )
 from genvl.pipelines.caption import CaptionPipeline, question_prefix
 from genvl.training.answers import answer_settings
-from genvl.training.args import JudgeEncoderArgs, TrainArgs, check_at_least, parse_args, run_script, save_architecture
+from genvl.training.args import (
+    JudgeEncoderArgs,
+    TrainArgs,
+    check_at_least,
+    parse_args,
+    run_script,
+    save_architecture,
+    saving_run,
+)
 from genvl.training.augment import augment_batch, pad_fill_of, parse_augmentations, scene_rooms
 from genvl.training.data import read_training_data
 from genvl.training.features import load_or_train_tokenizer
@@ -219,11 +226,11 @@ def main(argv=None):
         answer_settings(model, tokenizer, args.describe_share)
         # the world's questions; images of any shape padded to a square (see CaptionPipeline)
         fill = pad_fill_of(kinds, pretrained.config if args.pretrained_model_name_or_path else None)
-        pipeline = CaptionPipeline(
-            model, tokenizer, image_processor, question_world="genvl", pad_to_square=True, pad_fill=fill
-        )
-        pipeline.save_pretrained(output_dir)
-        (output_dir / "train_losses.json").write_text(json.dumps(losses))
+        with saving_run(output_dir, losses):
+            pipeline = CaptionPipeline(
+                model, tokenizer, image_processor, question_world="genvl", pad_to_square=True, pad_fill=fill
+            )
+            pipeline.save_pretrained(output_dir)
     accelerator.end_training()
     return losses
 

@@ -9,7 +9,10 @@ import math
 import os
 import sys
 import typing
+from contextlib import contextmanager
 from pathlib import Path
+
+from genvl.io.outputs import weights_readable_as_umask
 
 # the schedules of diffusers' get_scheduler that need nothing but the warmup and total steps (piecewise_constant
 # needs step rules)
@@ -87,6 +90,15 @@ def save_run_config(args, output_dir, architecture=None) -> None:
         config[ARCHITECTURE_CONFIG] = None if architecture is None else architecture.to_dict()
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / RUN_CONFIG).write_text(json.dumps(config, indent=2))
+
+
+@contextmanager
+def saving_run(output_dir, losses: list):
+    """Wrap what a finished run saves in `output_dir`: its weights files are opened to whoever the umask lets read
+    its other files, and its losses are written beside them."""
+    with weights_readable_as_umask(output_dir):
+        yield
+    (Path(output_dir) / "train_losses.json").write_text(json.dumps(losses))
 
 
 def save_architecture(accelerator, args, architecture) -> None:

@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 
 from ..io.folders import first_line
+from ..io.outputs import open_weights
 
 COMPLETE_MARKER = "checkpoint_complete.json"
 # the EMA in a checkpoint: its weights as safetensors, its counters as the file's metadata. accelerate would pickle
@@ -49,6 +50,7 @@ def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None,
         save_ema_state(ema, tmp)
     accelerator.wait_for_everyone()  # every process has written its part before the folder is marked
     if accelerator.is_main_process:
+        open_weights(tmp, {})  # every file in it is new
         files = {}
         for path in sorted(tmp.rglob("*")):  # the data reaches the disk before the marker that vouches for it
             fsync_path(path)

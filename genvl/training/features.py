@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..io.outputs import weights_readable_as_umask
 from .data import phrasing_table
 
 if TYPE_CHECKING:
@@ -72,8 +73,9 @@ def cached_features(path, key: dict, compute) -> dict:
     tensors = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several processes may write it at once
-    save_file({name: value.contiguous() for name, value in tensors.items()}, str(tmp), metadata={"key": stamp})
-    tmp.replace(path)
+    with weights_readable_as_umask(path.parent):
+        save_file({name: value.contiguous() for name, value in tensors.items()}, str(tmp), metadata={"key": stamp})
+        tmp.replace(path)
     return tensors
 
 
