@@ -82,6 +82,11 @@ def _movable(scene: dict) -> bool:
     return centre is None or place_word(*centre) == scene["objects"][0].get("position")
 
 
+def third_start(p: float) -> float:
+    """Where the third of the 64-unit frame holding `p` begins (a place word's column or row)."""
+    return (p // THIRD) * THIRD
+
+
 def shift_range(scene: dict) -> tuple[float, float, float, float]:
     """(left, right, up, down): how far, in 64-unit pixels, the scene can move each way with its caption still
     true: every object stays inside the frame, a single object in its third of the frame, and no object that
@@ -101,7 +106,7 @@ def shift_range(scene: dict) -> tuple[float, float, float, float]:
     centre = _single_centre(scene)
     if centre is not None:
         x, y = centre
-        lo_x, lo_y = (x // THIRD) * THIRD, (y // THIRD) * THIRD
+        lo_x, lo_y = third_start(x), third_start(y)
         left, right = min(left, x - lo_x - 1), min(right, lo_x + THIRD - x - 1)
         up, down = min(up, y - lo_y - 1), min(down, lo_y + THIRD - y - 1)
     return tuple(max(0.0, value) for value in (left, right, up, down))
@@ -134,7 +139,7 @@ def squash_offsets(low: float, high: float, centre: float, factor: float) -> tup
     if high > 63:
         first = 64 * (1 - factor)
     if centre >= 0:
-        lo = (centre // THIRD) * THIRD
+        lo = third_start(centre)
         first, last = max(first, lo + 1 - factor * centre), min(last, lo + THIRD - 1 - factor * centre)
     return (first, last) if first <= last else None
 
