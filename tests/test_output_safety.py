@@ -709,3 +709,19 @@ def test_saved_weights_are_as_readable_as_the_umask_lets_new_files_be(umask, tin
         private = modes.pop(next(name for name in modes if name.endswith("private.safetensors")))
         assert private == 0o600 and len(modes) >= 1
         assert set(modes.values()) == {0o666 & ~umask}, (folder.name, modes)
+
+
+def test_the_umask_is_read_as_it_is_where_the_system_does_not_show_it(monkeypatch):
+    from genvl.io.outputs import current_umask
+
+    previous = os.umask(0o027)
+    try:
+        assert current_umask() == 0o027
+
+        def no_proc(self, *args, **kwargs):
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+
+        monkeypatch.setattr(Path, "read_text", no_proc)
+        assert current_umask() == 0o027 and os.umask(0o027) == 0o027  # read back, and left as it was
+    finally:
+        os.umask(previous)

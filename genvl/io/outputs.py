@@ -160,11 +160,25 @@ def open_weights(folder, before: dict) -> None:
     """Give the safetensors files of `folder` written since `weights_files(folder)` returned `before` the mode the
     umask gives a new file (0644 under the usual 022), where safetensors wrote them readable by their owner alone
     (0600), whatever the umask. Files with another mode, and files that were there before, are left as they are."""
-    mask = os.umask(0)
-    os.umask(mask)
+    mode = 0o666 & ~current_umask()
     for file, state in weights_files(folder).items():
         if state != before.get(file) and stat.S_IMODE(file.lstat().st_mode) == 0o600:
-            file.chmod(0o666 & ~mask)
+            file.chmod(mode)
+
+
+def current_umask() -> int:
+    """The process's umask, read from /proc/self/status where the system has it. Elsewhere it can only be read by
+    setting another and restoring it; the one set meanwhile is 077, so that a file another thread makes in that
+    instant is private rather than open to all."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
