@@ -5,7 +5,8 @@
 
 People's pictures are 4:3, 16:9, 2:1 or upright. Here objects of the world's categories and colours are pasted
 on plain and graded grounds of seven shapes, one object anywhere (its caption says where: the third of the
-picture its centre is in) or two apart along one axis (one is to the left of, or above, the other). None of
+picture its centre is in) or two apart along one axis (one is to the left of, or above, the other, and clearly
+so: as in the world's pairs, their centres lie at least 1.6 times as far apart along that axis as across it). None of
 these pictures is a render of the world: the shapes, the grounds and the layouts are built here. Each picture is
 captioned twice: padded to a square before the image processor resizes it (with the fill the model's
 `pad_fill` names), and squashed to a square by the image processor alone. A caption is right when it parses to
@@ -23,7 +24,7 @@ from PIL import Image
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.pipelines.defaults import DEFAULT_CAPTIONER, shipped_pipeline
 from genvl.world.captions import POSITION_PHRASES, article, parse_caption
-from genvl.world.scenes import place_word
+from genvl.world.scenes import CLEARLY_APART, place_word
 from genvl.world.sprites import COLOURS, OBJECTS, sprite
 
 SHAPES = {
@@ -73,8 +74,13 @@ def picture(rng: random.Random, width: int, height: int, layout: str) -> tuple[I
     length, other = (width, height) if across else (height, width)
     gap = rng.randint(size // 4, max(size // 4, length - 2 * size))
     first = rng.randint(0, length - 2 * size - gap)
-    for i, sprite_image in enumerate(drawn):
-        along, side = first + i * (size + gap), rng.randint(0, other - size)
+    # the second object lies off the first's line by at most this much, so that the relation is the one a viewer
+    # sees, as in the world's own pairs (left of rather than above, or the other way round, only where it is clearly so)
+    reach = int((size + gap) / CLEARLY_APART)
+    side = rng.randint(0, other - size)
+    sides = [side, rng.randint(max(0, side - reach), min(other - size, side + reach))]
+    for i, (sprite_image, side) in enumerate(zip(drawn, sides)):
+        along = first + i * (size + gap)
         image.paste(sprite_image, (along, side) if across else (side, along), sprite_image)
     relation = "to the left of" if across else "above"
     phrases = [f"{article(c)} {c} {n}" for n, c in zip(names, colours)]

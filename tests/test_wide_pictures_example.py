@@ -32,21 +32,30 @@ def test_a_single_objects_caption_names_the_third_of_the_picture_it_is_in(shape)
 
 
 def test_a_pairs_caption_relates_its_objects_along_the_axis_they_lie_apart_on():
-    """A pair's caption relates its objects along the axis on which their ink lies apart, in every shape, and the
-    relation runs both ways in square pictures."""
+    """A pair's caption relates its objects along the axis on which their ink lies apart, and clearly so: their ink
+    is further apart along that axis than across it (the pasted boxes' centres 1.6 times; the ink's, which a sprite
+    need not centre in its box, at least 1.25 times), in every shape, and the relation runs both ways in square
+    pictures."""
     rng = random.Random(6)
     relations = set()
     for shape in wide_pictures.SHAPES.values():
-        for _ in range(10):
+        for _ in range(20):
             image, caption = wide_pictures.picture(rng, *shape, "pair")
             facts = parse_caption(caption)
             across = {fact[4] for fact in facts} == {"left", "right"}
             relations.add((shape, across))
             pixels = np.asarray(image, dtype=int)
             ink = np.abs(pixels - pixels[:1, :1]).max(2) > 60
-            ink = ink.T if across else ink
-            lines = np.nonzero(ink.any(1))[0]  # rows (columns, across) holding ink: two runs, apart
+            ink = ink if across else ink.T  # the relation's axis is axis 1
+            lines = np.nonzero(ink.any(0))[0]  # the lines across it holding ink: two runs, apart
             assert np.diff(lines).max() > 1, caption
+            split = lines[np.argmax(np.diff(lines))] + 1
+            centres = []
+            for offset, part in ((0, ink[:, :split]), (split, ink[:, split:])):
+                rows, columns = np.nonzero(part)
+                centres.append(((columns.min() + columns.max()) / 2 + offset, (rows.min() + rows.max()) / 2))
+            along, off = abs(centres[0][0] - centres[1][0]), abs(centres[0][1] - centres[1][1])
+            assert along >= 1.25 * off, (caption, shape, along, off)
     assert {((64, 64), True), ((64, 64), False)} <= relations
 
 

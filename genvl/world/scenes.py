@@ -45,6 +45,8 @@ HELD_OUT_FAMILIES = {"background": ("gradient",), "size": ("mid",), "palette": (
 LARGEST_BAND = {1: "huge", 2: "mid", 3: "medium", 4: "small"}
 ROW_PLACES = {3: ("left", "centre", "right"), 4: ("left", "left centre", "right centre", "right")}
 MAX_ANGLE = 15.0  # degrees an object may be turned either way
+# a pair's centres lie at least this many times as far apart along its relation's axis as across it
+CLEARLY_APART = 1.6
 MIN_COLOUR_DISTANCE = 90.0  # RGB distance between a colour-word object and every colour of its background
 
 
@@ -122,7 +124,7 @@ def _place(rng: random.Random, count: int, band: tuple, ordered: bool, pair: boo
     if pair:
         (xa, ya, _), (xb, yb, _) = centres
         dx, dy = abs(xa - xb), abs(ya - yb)
-        if max(dx, dy) < 1.6 * min(dx, dy) or max(dx, dy) < 0.6 * max(sizes):
+        if max(dx, dy) < CLEARLY_APART * min(dx, dy) or max(dx, dy) < 0.6 * max(sizes):
             return None
     if ordered:
         centres.sort()
