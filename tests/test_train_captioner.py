@@ -62,7 +62,7 @@ def test_train_save_load_and_resume(tiny_data, tmp_path):
     pipeline = CaptionPipeline.from_pretrained(tmp_path / "run")
     out = pipeline([tiny_data / "000000.png"], max_new_tokens=5)
     assert isinstance(out.captions[0][0], str)
-    # the weights, the checkpoints' included, are as readable as the configs beside them (umask 022 here)
+    # the weights, the checkpoints' included, are as readable as the configs beside them
     weights = sorted((tmp_path / "run").rglob("*.safetensors"))
     assert {w.relative_to(tmp_path / "run").parts[0] for w in weights} >= {"model", "checkpoint-4", "checkpoint-6"}
     assert {oct(w.stat().st_mode & 0o777) for w in weights} == {
