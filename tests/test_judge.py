@@ -602,6 +602,52 @@ def test_train_judge_saves_a_judge_with_a_chosen_threshold(tmp_path):
     assert report["data"] == str(val)
 
 
+def test_train_judge_fine_tunes_a_saved_judge_and_refuses_one_of_other_classes(tmp_path):
+    from genvl.world.sprites import COLOURS as WORLD_COLOURS
+    from genvl.world.sprites import OBJECTS
+
+    from .scripts import recipe
+
+    train_judge = recipe("train_judge")
+    train = write_imagefolder(tmp_path, 16, seed=0, split="train", resolution=32)
+    classes = {"object_names": sorted(OBJECTS), "colour_names": sorted(WORLD_COLOURS) + [ORIGINAL]}
+    start = SceneJudge(**classes, channels=(8, 16, 32), image_size=32, predict_size=True, threshold=0.2)
+    start.save_pretrained(tmp_path / "start")
+    args = ["--train_data_dir", str(train), "--eval_data_dir", "", "--resolution", "32", "--train_batch_size", "8"]
+    args += ["--max_train_steps", "2", "--learning_rate", "1e-3", "--augment", "jpeg,light"]
+    run = ["--output_dir", str(tmp_path / "run"), "--pretrained_model_name_or_path", str(tmp_path / "start")]
+    losses = train_judge.main(args + run)
+    assert len(losses) == 2 and all(np.isfinite(loss) for loss in losses)
+    tuned = SceneJudge.from_pretrained(tmp_path / "run" / "judge")
+    # the saved judge's shape and settings, its weights moved from where they started (not a fresh draw)
+    assert tuple(tuned.config.channels) == (8, 16, 32) and tuned.config.threshold == 0.2
+    before, after = start.state_dict(), tuned.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    fresh = SceneJudge(**classes, channels=(8, 16, 32), image_size=32, predict_size=True)
+    distance = lambda a: sum((a[k] - before[k]).abs().sum() for k in before)  # noqa: E731
+    assert distance(after) < distance(fresh.state_dict()) / 10
+
+    def refused(folder, *extra):
+        output = tmp_path / f"refused-{len(list(tmp_path.iterdir()))}"
+        with pytest.raises(ValueError) as error:
+            train_judge.main(
+                args + ["--output_dir", str(output), "--pretrained_model_name_or_path", str(folder)] + list(extra)
+            )
+        assert not output.exists()  # refused before the run wrote anything
+        return str(error.value)
+
+    assert "--width 16" in refused(tmp_path / "start", "--width", "16")
+    assert "--resolution is 64" in refused(tmp_path / "start", "--resolution", "64")
+    other = SceneJudge(["cat", "dog"], ["red", ORIGINAL], channels=(8, 16, 32), image_size=32, predict_size=True)
+    other.save_pretrained(tmp_path / "other")
+    assert "object_names are not the world's (2, not" in refused(tmp_path / "other")
+    sizeless = SceneJudge(**classes, channels=(8, 16, 32), image_size=32)
+    sizeless.save_pretrained(tmp_path / "sizeless")
+    assert "does not predict sizes" in refused(tmp_path / "sizeless")
+    with pytest.raises(FileNotFoundError, match="no such judge folder"):
+        train_judge.main(args + ["--output_dir", str(tmp_path / "x"), "--pretrained_model_name_or_path", "nowhere"])
+
+
 def test_eval_judge_command_reports_each_family(tmp_path, capsys):
     from genvl.cli import main
 

@@ -9,6 +9,9 @@ that it reads generated images, which are softer and noisier than renders, the r
 noised and shifted in brightness during training. `--augment` adds the captioner's kinds
 (`genvl.training.augment`: flip, shift, light, jpeg), the boxes moved with the pixels.
 
+`--pretrained_model_name_or_path` fine-tunes a saved judge (such as `pipelines/genvl-judge-small`) instead of training a
+fresh one: its width, classes and resolution are kept, and must be the world's and the run's.
+
 Ends with the judge saved in `output_dir/judge` and, in `output_dir/real_accuracy.json`, its GenEval-style
 accuracy and detection report (`genvl.evaluation.judge.detection_scores`) on the real renders of
 `--eval_data_dir`. There its detection threshold is chosen among `THRESHOLDS` and its suppression among
@@ -43,14 +46,16 @@ class TrainJudgeArgs(TrainArgs):
     output_dir: str = "runs/judge"
     eval_data_dir: str | None = "data/wide/val"
     train_batch_size: int = 64
-    width: int = 32  # channels of the three stages: width, 2 x width, 4 x width
+    width: int | None = None  # channels of the stages: width, 2x, 4x (default 32, or the saved judge's)
+    pretrained_model_name_or_path: str | None = None  # a saved judge folder to fine-tune
     augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, light, jpeg
 
     def __post_init__(self):
         super().__post_init__()
         for kind in {"squash", "letterbox"} & set(parse_augmentations(self.augment)):
             raise ValueError(f"--augment {kind} is for captioners: the judge's targets would need its boxes moved")
-        if self.width < 8 or self.width % 8:  # the stages normalise their channels in 8 groups
+        # the stages normalise their channels in 8 groups
+        if self.width is not None and (self.width < 8 or self.width % 8):
             raise ValueError(f"--width must be a positive multiple of 8, got {self.width}")
 
 
@@ -77,6 +82,36 @@ def moved_scene(scene: dict, flipped: bool, dx: float, dy: float) -> dict:
         x0, y0, x1, y1 = obj["bbox"]
         objects.append({**obj, "bbox": [x0 + dx, y0 + dy, x1 + dx, y1 + dy]})
     return {**scene, "objects": objects}
+
+
+def fresh_judge(args: TrainJudgeArgs) -> SceneJudge:
+    """A judge of the world's objects and colours, `--width` wide (default 32), predicting sizes."""
+    width = args.width or 32
+    channels = (width, 2 * width, 4 * width)
+    return SceneJudge(**world_classes(), channels=channels, image_size=args.resolution, predict_size=True)
+
+
+def world_classes() -> dict:
+    return {"object_names": sorted(OBJECTS), "colour_names": sorted(COLOURS) + [ORIGINAL]}
+
+
+def pretrained_judge(args: TrainJudgeArgs) -> SceneJudge:
+    """The saved judge `--pretrained_model_name_or_path` names, checked to predict the world's objects, colours
+    and sizes at the run's resolution, and to be as wide as any `--width` given."""
+    folder = args.pretrained_model_name_or_path
+    judge = SceneJudge.from_pretrained(folder)
+    config = judge.config
+    for key, value in world_classes().items():
+        if list(config[key]) != value:
+            raise ValueError(f"{folder}: the judge's {key} are not the world's ({len(config[key])}, not {len(value)})")
+    if not config.predict_size:
+        raise ValueError(f"{folder}: the judge does not predict sizes; train a fresh one")
+    if config.image_size != args.resolution:
+        raise ValueError(f"{folder}: the judge reads {config.image_size} px images, --resolution is {args.resolution}")
+    width = args.width
+    if width is not None and tuple(config.channels) != (width, 2 * width, 4 * width):
+        raise ValueError(f"{folder}: the judge's channels are {tuple(config.channels)}, not those of --width {width}")
+    return judge
 
 
 THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.1)
@@ -135,15 +170,9 @@ def main(argv=None):
     args = parse_args(TrainJudgeArgs, argv)
     if args.eval_data_dir:  # read only once training is over: a wrong path should not cost the run
         check_data_source(args.eval_data_dir, "--eval_data_dir")
+    pretrained = pretrained_judge(args) if args.pretrained_model_name_or_path else None  # checked before the run
     accelerator = make_accelerator(args, "train_judge")
-    width = args.width
-    judge = SceneJudge(
-        object_names=sorted(OBJECTS),
-        colour_names=sorted(COLOURS) + [ORIGINAL],
-        channels=(width, 2 * width, 4 * width),
-        image_size=args.resolution,
-        predict_size=True,
-    )
+    judge = fresh_judge(args) if pretrained is None else pretrained  # a fresh one drawn after the seed is set
     kinds = parse_augmentations(args.augment)
     device = accelerator.device
     if args.streaming:  # each batch decoded, and its targets made, as it comes
