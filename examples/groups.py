@@ -27,25 +27,12 @@ RESOLUTIONS = (64, 128, 256)
 APART = 1.05  # copies of a group lie at least this many sizes apart along one axis, so none touches another
 
 
-def ground(rng: random.Random, kind: str) -> tuple[tuple[int, int, int], list[str]]:
-    """A plain canvas colour of `kind` (one of `CANVASES`), and the colour words that stand out from it."""
+def canvas(rng: random.Random, kind: str, resolution: int) -> tuple[Image.Image, list[str]]:
+    """A plain canvas of `kind`, and the colour words that stand out from it."""
     ranges = {"white": (255, 255), "pale": (200, 250), "dark": (0, 50), "any colour": (0, 255)}[kind]
-    colour = tuple(rng.randint(*ranges) for _ in range(3))
-    return colour, [c for c in sorted(COLOURS) if np.linalg.norm(np.subtract(COLOURS[c], colour)) >= 100]
-
-
-def apart_places(rng: random.Random, count: int, size: int, side: int) -> list[tuple[int, int]]:
-    """Top-left corners of `count` squares of `size` px in a `side`-px frame, none touching another: each at least
-    `APART` sizes from every other along one axis. At most 0.28 of the frame across, four always fit."""
-    places, tries = [], 0
-    while len(places) < count:
-        if tries == 200:  # the first copies left no room: place them all again (four always fit, two by two)
-            places, tries = [], 0
-        x, y = rng.randint(0, side - size), rng.randint(0, side - size)
-        tries += 1
-        if all(abs(x - a) >= size * APART or abs(y - b) >= size * APART for a, b in places):
-            places.append((x, y))
-    return places
+    ground = tuple(rng.randint(*ranges) for _ in range(3))
+    shown = [c for c in sorted(COLOURS) if np.linalg.norm(np.subtract(COLOURS[c], ground)) >= 100]
+    return Image.new("RGB", (resolution, resolution), ground), shown
 
 
 def group(rng: random.Random, image: Image.Image, shown: list[str]) -> str:
@@ -53,8 +40,16 @@ def group(rng: random.Random, image: Image.Image, shown: list[str]) -> str:
     resolution = image.width
     size = round(resolution * rng.uniform(0.16, 0.28))
     count, name, colour = rng.randint(2, 4), rng.choice(sorted(OBJECTS)), rng.choice(shown)
+    places, tries = [], 0
+    while len(places) < count:
+        if tries == 200:  # the first copies left no room: place them all again (four always fit, two by two)
+            places, tries = [], 0
+        x, y = rng.randint(0, resolution - size), rng.randint(0, resolution - size)
+        tries += 1
+        if all(abs(x - a) >= size * APART or abs(y - b) >= size * APART for a, b in places):
+            places.append((x, y))
     drawn = sprite(name, colour, size)
-    for place in apart_places(rng, count, size, resolution):
+    for place in places:
         image.paste(drawn, place, drawn)
     return f"{NUMBER_WORDS[count]} {colour} {ALL_OBJECTS[name][1]}"
 
@@ -75,8 +70,7 @@ def row(rng: random.Random, image: Image.Image, shown: list[str]) -> str:
 
 
 def picture(rng: random.Random, layout: str, kind: str, resolution: int) -> tuple[Image.Image, str]:
-    colour, shown = ground(rng, kind)
-    image = Image.new("RGB", (resolution, resolution), colour)
+    image, shown = canvas(rng, kind, resolution)
     return image, (group if layout == "group" else row)(rng, image, shown)
 
 

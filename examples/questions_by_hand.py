@@ -13,19 +13,15 @@ relation. Prints how often each kind is answered right, and how many questions g
 import argparse
 import json
 import random
-import sys
-from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.pipelines.defaults import shipped_pipeline
 from genvl.world.captions import NUMBER_WORDS
-from genvl.world.sprites import ALL_OBJECTS, OBJECTS, sprite
+from genvl.world.sprites import ALL_OBJECTS, COLOURS, OBJECTS, sprite
 from genvl.world.typed_questions import asked_question
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the pictures are made as examples/groups.py makes them
-from groups import CANVASES, RESOLUTIONS, apart_places, ground  # noqa: E402
 
 KINDS = ("colour", "exists", "count", "relation")
 QUESTIONS = {
@@ -50,9 +46,11 @@ QUESTIONS = {
 
 
 def canvas(rng: random.Random) -> tuple[Image.Image, list[str]]:
-    """A plain canvas of one of the kinds and sizes of examples/groups.py, and the colour words that stand out."""
-    colour, shown = ground(rng, rng.choice(CANVASES))
-    return Image.new("RGB", (rng.choice(RESOLUTIONS),) * 2, colour), shown
+    """A plain canvas of one of four kinds and sizes, and the colour words that stand out from it."""
+    low, high = rng.choice([(255, 255), (200, 250), (0, 50), (0, 255)])  # white, pale, dark, any colour
+    ground = tuple(rng.randint(low, high) for _ in range(3))
+    shown = [c for c in sorted(COLOURS) if np.linalg.norm(np.subtract(COLOURS[c], ground)) >= 100]
+    return Image.new("RGB", (rng.choice([64, 128, 256]),) * 2, ground), shown
 
 
 def paste(image: Image.Image, name: str, colour: str, size: int, place: tuple[int, int]) -> None:
@@ -76,7 +74,15 @@ def asked(rng: random.Random, kind: str) -> tuple[Image.Image, str, str]:
         return image, question, "yes" if other == name else "no"
     if kind == "count":
         size, colour, count = round(side * rng.uniform(0.16, 0.26)), rng.choice(shown), rng.randint(1, 4)
-        for place in apart_places(rng, count, size, side):
+        places, tries = [], 0
+        while len(places) < count:
+            if tries == 200:  # the first copies left no room: place them all again (four always fit, two by two)
+                places, tries = [], 0
+            x, y = rng.randint(0, side - size), rng.randint(0, side - size)
+            tries += 1
+            if all(abs(x - a) >= size * 1.05 or abs(y - b) >= size * 1.05 for a, b in places):
+                places.append((x, y))
+        for place in places:
             paste(image, name, colour, size, place)
         return image, template.format(plural=ALL_OBJECTS[name][1]), NUMBER_WORDS[count]
     # relation: two objects side by side, one in each half, at about one height

@@ -5,7 +5,6 @@ import random
 
 import numpy as np
 
-from genvl.world.sprites import COLOURS
 from genvl.world.typed_questions import read_question
 
 from .scripts import load_script
@@ -32,7 +31,7 @@ def test_each_question_is_read_as_asked_and_its_answer_is_true_of_the_picture():
                 assert (columns < half).any() and (columns >= half).any()
                 assert read["name"] != answer
             if kind == "colour":
-                assert answer in COLOURS
+                assert answer in by_hand.COLOURS
         if kind == "exists":
             assert answers == {"yes", "no"}
         if kind == "count":
