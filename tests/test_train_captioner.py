@@ -291,3 +291,30 @@ def test_a_fresh_captioner_reads_with_a_judges_frozen_body(tiny_data, tmp_path, 
     with pytest.raises(SystemExit):
         train_captioner.main([*bad, "--freeze_encoder"])
     assert "--adapter lora trains the adapter alone" in capsys.readouterr().err
+
+
+def test_picture_positions_train_on_letterboxes_padded_as_the_saved_pipeline_pads(tiny_data, tmp_path, capsys):
+    """--picture_positions: the grid encoder reads its cells' positions within the picture, trained on bands
+    padded with --letterbox_fill, which the saved pipeline then pads with; its export keeps both. A ViT
+    captioner has no cell positions to read so, and is refused."""
+    save_tiny_judge(tiny_data, tmp_path / "judge")
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(TINY.to_dict()))
+    extra = {"encoder_from_judge": tmp_path / "judge", "augment": "letterbox", "letterbox_fill": "border"}
+    flags = train_args(tiny_data, tmp_path / "run", 2, arch_file, **extra)
+    assert len(train_captioner.main([*flags, "--picture_positions"])) == 2
+    for folder in (tmp_path / "run", export_captioner.main(["--run", str(tmp_path / "run")])):
+        pipeline = CaptionPipeline.from_pretrained(folder)
+        assert pipeline.model.encoder.config.picture_positions and pipeline.config.pad_fill == "border"
+        assert pipeline.preprocess([tiny_data / "000000.png"]).shape == (1, 4, 32, 32)
+    # without --letterbox_fill, the bands are padded, and the pipeline pads, with the contrast fill as before
+    flags = train_args(tiny_data, tmp_path / "contrast", 1, arch_file, encoder_from_judge=tmp_path / "judge")
+    train_captioner.main([*flags, "--augment", "letterbox"])
+    pipeline = CaptionPipeline.from_pretrained(tmp_path / "contrast")
+    assert pipeline.config.pad_fill == "contrast" and not pipeline.model.encoder.config.picture_positions
+
+    with pytest.raises(ValueError, match="picture positions need a grid encoder .* this one is 'vit'"):
+        train_captioner.main([*train_args(tiny_data, tmp_path / "vit", 1, arch_file), "--picture_positions"])
+    with pytest.raises(SystemExit):
+        train_captioner.main([*train_args(tiny_data, tmp_path / "bad", 1, arch_file, letterbox_fill="black")])
+    assert "--letterbox_fill must be one of border, contrast, got 'black'" in capsys.readouterr().err

@@ -230,13 +230,35 @@ def pixels_to_uint8(pixels):
     return ((pixels.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def preprocess_each(image_processor, images, square: bool = False, fill: str = "border"):
-    """Pixel values (B, 3, H, W) of PIL images or paths, each loaded and run through `image_processor` on its own:
-    a batch never holds more than one image at full size. The same values as one call on the whole batch. With
-    `square`, each image is padded to a square first (`pad_to_square` with `fill`)."""
+def picture_mask(width: int, height: int, size: tuple[int, int]):
+    """(H, W) mask of where a `width` x `height` picture lies once `pad_to_square` has centred it on its square and
+    the square is resized to `size` (H, W): 1 on the pixels whose centres fall in the picture, 0 on the padding."""
     import torch
 
-    def loaded(image):
-        return pad_to_square(load_image(image), fill) if square else load_image(image)
+    side = max(width, height)
 
-    return torch.cat([image_processor(images=[loaded(image)], return_tensors="pt").pixel_values for image in images])
+    def line(extent: int, pixels: int) -> torch.Tensor:
+        start = (side - extent) // 2
+        centres = (torch.arange(pixels, dtype=torch.float32) + 0.5) * side / pixels
+        return ((centres >= start) & (centres < start + extent)).float()
+
+    return line(height, size[0])[:, None] * line(width, size[1])[None, :]
+
+
+def preprocess_each(image_processor, images, square: bool = False, fill: str = "border", mask: bool = False):
+    """Pixel values (B, 3, H, W) of PIL images or paths, each loaded and run through `image_processor` on its own:
+    a batch never holds more than one image at full size. The same values as one call on the whole batch. With
+    `square`, each image is padded to a square first (`pad_to_square` with `fill`). With `mask`, (B, 4, H, W):
+    the fourth channel is each picture's `picture_mask` (all 1 unless `square` padded it)."""
+    import torch
+
+    def processed(image):
+        image = load_image(image)
+        pixels = image_processor(images=[pad_to_square(image, fill) if square else image], return_tensors="pt")
+        pixels = pixels.pixel_values
+        if not mask:
+            return pixels
+        where = picture_mask(*image.size, pixels.shape[-2:]) if square else torch.ones(pixels.shape[-2:])
+        return torch.cat([pixels, where.to(pixels.dtype)[None, None]], dim=1)
+
+    return torch.cat([processed(image) for image in images])

@@ -208,15 +208,17 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         save_gpt2_vocab_files(self.tokenizer, Path(save_directory) / "tokenizer")
 
     def preprocess(self, images) -> torch.Tensor:
-        """PIL images or paths -> pixel values (B, 3, H, W) on the model's device and dtype. Each image is loaded
+        """PIL images or paths -> pixel values (B, 3, H, W), or (B, 4, H, W) with the picture mask for an encoder
+        with picture positions (`genvl.models.grid_encoder`), on the model's device and dtype. Each image is loaded
         and preprocessed on its own, so that no more than one is held at full size (a batch of large photos would
         otherwise take gigabytes)."""
         square, fill = self.config.get("pad_to_square", False), self.config.get("pad_fill", "border")
-        pixel_values = preprocess_each(self.image_processor, images, square, fill)
+        mask = getattr(self.model.encoder.config, "picture_positions", False)  # see genvl.models.grid_encoder
+        pixel_values = preprocess_each(self.image_processor, images, square, fill, mask)
         return pixel_values.to(device=self.model.device, dtype=self.model.dtype)
 
     def _encode_rows(self, rows: list) -> torch.Tensor:
-        """Encoder states (B, N, C) of preprocessed images, one (3, H, W) tensor each."""
+        """Encoder states (B, N, C) of preprocessed images, one (C, H, W) tensor each."""
         return encode_images(self.model, torch.stack(rows))
 
     def settings(self, **overrides) -> GenerationSettings:

@@ -31,7 +31,9 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
     if path is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint to export")
     config = read_run_config(run_dir)
-    encoder = JudgeEncoderArgs(config.get("encoder_from_judge"), config.get("freeze_encoder", False))
+    encoder = JudgeEncoderArgs(
+        config.get("encoder_from_judge"), config.get("freeze_encoder", False), config.get("picture_positions", False)
+    )
     started = bool(config.get("pretrained_model_name_or_path"))
     if started:  # a run that started from a pipeline: its model and tokenizer
         start = CaptionPipeline.from_pretrained(config["pretrained_model_name_or_path"])
@@ -66,7 +68,10 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
         question_world="genvl" if answers else None,
         pad_to_square=True,
         pad_fill=pad_fill_of(
-            parse_augmentations(config.get("augment", "")), start.config if started else None, config.get("pad_fill")
+            parse_augmentations(config.get("augment", "")),
+            start.config if started else None,
+            config.get("pad_fill"),
+            config.get("letterbox_fill", "contrast"),
         ),
     )
     pipeline.save_pretrained(out)

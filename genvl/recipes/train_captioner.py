@@ -71,6 +71,7 @@ class TrainCaptionerArgs(LoraTrainArgs, JudgeEncoderArgs):
     vocab_size: int = 1024
     augment: str = ""  # comma-separated kinds of genvl.training.augment: flip, shift, squash, letterbox, light, jpeg
     pad_fill: str | None = None  # the saved pipeline's (border, contrast); default: pad_fill_of(augment, the start)
+    letterbox_fill: str = "contrast"  # what --augment letterbox pads its bands with (border, contrast)
     teacher_model_name_or_path: str | None = None  # distil a fresh model from this captioner
     distill_alpha: float = 0.5  # the soft targets' share of the loss
     distill_temperature: float = 2.0
@@ -81,10 +82,13 @@ class TrainCaptionerArgs(LoraTrainArgs, JudgeEncoderArgs):
         parse_augmentations(self.augment)
         if self.pad_fill is not None:
             check_pad_fill(self.pad_fill, "--pad_fill")
+        check_pad_fill(self.letterbox_fill, "--letterbox_fill")
         if self.adapter and (self.encoder_from_judge or self.freeze_encoder):
             raise ValueError(
                 f"--adapter {self.adapter} trains the adapter alone: drop --encoder_from_judge/--freeze_encoder"
             )
+        if self.teacher_model_name_or_path is not None and self.picture_positions:
+            raise ValueError("--picture_positions fine-tunes a grid encoder: drop --teacher_model_name_or_path")
         if self.teacher_model_name_or_path is not None and (self.pretrained_model_name_or_path or self.adapter):
             raise ValueError("--teacher_model_name_or_path trains a fresh model: drop --pretrained_model_name_or_path")
         if not 0 <= self.distill_alpha <= 1:
@@ -134,6 +138,7 @@ def main(argv=None):
         tokenizer = load_or_train_tokenizer(accelerator, output_dir, lambda: train_tokenizer(texts, args.vocab_size))
         model = build_captioner(arch, tokenizer)
     model = prepare_encoder(args, model)
+    picture_positions = getattr(model.config.encoder, "picture_positions", False)  # the run's or the start's
     max_length = model.config.decoder.n_positions
     parameters = add_training_adapter(accelerator, model, "captioner", args)
     kinds = parse_augmentations(args.augment)
@@ -145,7 +150,9 @@ def main(argv=None):
         rows = torch.arange(len(pixel_values))
         if kinds:
             generator = step_generator(args.seed, step, AUGMENTATION)
-            pixel_values, flipped, _ = augment_batch(pixel_values, rooms, kinds, generator)
+            pixel_values, flipped, _ = augment_batch(
+                pixel_values, rooms, kinds, generator, args.letterbox_fill, picture_positions
+            )
             rows = rows + flipped.long() * mirrored_after
         inputs, labels = tokens_of(rows)
         labels = labels.to(device)
@@ -230,7 +237,7 @@ def main(argv=None):
                     tokenizer=tokenizer,
                     image_processor=build_image_processor(arch),
                     pad_to_square=(own.get("pad_to_square", False) if own else True) or "letterbox" in kinds,
-                    pad_fill=pad_fill_of(kinds, own, args.pad_fill),
+                    pad_fill=pad_fill_of(kinds, own, args.pad_fill, args.letterbox_fill),
                 )
                 pipeline.save_pretrained(output_dir)
     accelerator.end_training()

@@ -165,6 +165,7 @@ def main(argv=None):
         model = build_captioner(arch, tokenizer)
         image_processor = build_image_processor(arch)
     model = prepare_encoder(args, model)
+    picture_positions = getattr(model.config.encoder, "picture_positions", False)  # the run's or the start's
     max_length = model.config.decoder.max_position_embeddings
     start_id = model.config.decoder_start_token_id
     kinds = parse_augmentations(args.augment)
@@ -192,7 +193,9 @@ def main(argv=None):
         if kinds:
             generator = step_generator(args.seed, step, AUGMENTATION)
             batch_rooms = rooms[batch] if rooms is not None else None
-            pixel_values, flipped, _ = augment_batch(pixel_values, batch_rooms, kinds, generator)
+            pixel_values, flipped, _ = augment_batch(
+                pixel_values, batch_rooms, kinds, generator, picture_mask=picture_positions
+            )
         asked = []
         for index, mirrored, kind in zip(batch.tolist(), flipped.tolist(), drawn):
             scene = mirror_scene(scenes[index]) if mirrored else scenes[index]

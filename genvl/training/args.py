@@ -188,11 +188,12 @@ class TrainArgs:
 @dataclasses.dataclass
 class JudgeEncoderArgs:
     """Flags of the captioner-architecture scripts for the encoder: with `encoder_from_judge` (a judge folder such
-    as genvl-judge-small) the encoder becomes a grid encoder holding the judge's body
-    (`genvl.training.pretrained.prepare_encoder`)."""
+    as genvl-judge-small) the encoder becomes a grid encoder holding the judge's body, and with `picture_positions`
+    a grid encoder reads its cell positions within the picture (`genvl.training.pretrained.prepare_encoder`)."""
 
     encoder_from_judge: str | None = None
     freeze_encoder: bool = False  # train the decoder (and a grid encoder's cell embeddings) only
+    picture_positions: bool = False  # a grid encoder's cell positions read within the picture (see grid_encoder)
 
 
 @dataclasses.dataclass

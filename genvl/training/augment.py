@@ -10,9 +10,10 @@ Six kinds, each chosen per image and per step from the run's seed:
   object its third of the frame) and the uncovered border repeats the edge pixels. A squashed image is not shifted.
 - letterbox: 30% of the other images cut to a band of 40-90% of the frame along one axis, holding every object (a
   single object in its third of the band), and padded back to a square, centred, with `pad_colour(..., "contrast")`
-  of the band's border: a wide or tall picture as a captioner with `pad_fill: "contrast"` sees it, whose place
-  words are the picture's thirds, not the square's. Applied after jpeg, as the pipeline pads a picture it has
-  read. A letterboxed image is not shifted.
+  of the band's border (or the run's letterbox fill): a wide or tall picture as a captioner with that `pad_fill`
+  sees it, whose place words are the picture's thirds, not the square's. Applied after jpeg, as the pipeline pads a
+  picture it has read. A letterboxed image is not shifted. With a picture mask, the model is also told where the
+  band lies (`genvl.models.grid_encoder`: picture positions).
 - light: brightness and contrast scaled by up to 10%, too little to change a colour word.
 - jpeg: half the images saved and read back as JPEG, at a quality drawn from 30 to 95 and with the colour planes
   at full or half resolution (PIL's default), as people's pictures often reach a model; applied after the other
@@ -158,12 +159,12 @@ def letterbox_offsets(low: float, high: float, centre: float, length: float) -> 
     return (first, last) if first <= last else None
 
 
-def letterbox_image(pixels: torch.Tensor, vertical: bool, size: int, offset: int) -> torch.Tensor:
+def letterbox_image(pixels: torch.Tensor, vertical: bool, size: int, offset: int, fill: str = "contrast"):
     """The band of `size` pixels from `offset` along one axis of a (3, H, W) image in [-1, 1], centred on a frame
-    of the image's size filled with `pad_colour(..., "contrast")` of the band's border, as `pad_to_square` pads."""
+    of the image's size filled with `pad_colour(..., fill)` of the band's border, as `pad_to_square` pads."""
     band = pixels[:, offset : offset + size] if vertical else pixels[:, :, offset : offset + size]
     edges = torch.cat([band[:, 0], band[:, -1], band[:, :, 0], band[:, :, -1]], dim=1)  # (3, N)
-    fill = torch.tensor(pad_colour(pixels_to_uint8(edges).T.numpy(), "contrast"), dtype=torch.float32) / 127.5 - 1
+    fill = torch.tensor(pad_colour(pixels_to_uint8(edges).T.numpy(), fill), dtype=torch.float32) / 127.5 - 1
     framed = fill.to(pixels.device, pixels.dtype).view(3, 1, 1).expand_as(pixels).clone()
     start = ((pixels.shape[1] if vertical else pixels.shape[2]) - size) // 2
     if vertical:
@@ -197,14 +198,14 @@ def scene_rooms(scenes, kinds) -> torch.Tensor | None:
     return torch.tensor([scene_room(scene) for scene in scenes])
 
 
-def pad_fill_of(kinds, start=None, chosen: str | None = None) -> str:
+def pad_fill_of(kinds, start=None, chosen: str | None = None, letterbox_fill: str = "contrast") -> str:
     """The `pad_fill` (see `CaptionPipeline`) of a captioner trained with augmentation `kinds`, from a pipeline
     whose config is `start` (None: a fresh captioner): the run's `chosen` one (`--pad_fill`) if any, else
-    "contrast" after letterbox, which trains the model to see that fill, else the start's own ("border" for a
-    fresh one)."""
+    `letterbox_fill` after letterbox, which trains the model to see that fill, else the start's own ("border" for
+    a fresh one)."""
     if chosen:
         return chosen
-    return "contrast" if "letterbox" in kinds else (start or {}).get("pad_fill", "border")
+    return letterbox_fill if "letterbox" in kinds else (start or {}).get("pad_fill", "border")
 
 
 def _axis_room(room: torch.Tensor, vertical: bool, flipped: bool) -> tuple[float, float, float]:
@@ -224,12 +225,21 @@ def _pixel_offset(offsets: tuple[float, float] | None, length: int, place: float
     return None if first > last else first + min(int(place * (last - first + 1)), last - first)
 
 
-def augment_batch(pixels: torch.Tensor, rooms: torch.Tensor | None, kinds, generator: torch.Generator):
+def augment_batch(
+    pixels: torch.Tensor,
+    rooms: torch.Tensor | None,
+    kinds,
+    generator: torch.Generator,
+    letterbox_fill: str = "contrast",
+    picture_mask: bool = False,
+):
     """Augment (B, 3, H, W) images in [-1, 1], on their device. `rooms` (B, 10) are the scenes' `scene_room`s
     (needed for "shift", "squash" and "letterbox"). The draws come from `generator` on the CPU, so a seed gives the
-    same batch on any device. Returns (pixels, flipped, shifts), on the CPU: `flipped` (B,) bool marks the images to
-    train on mirrored captions, and `shifts` (B, 2) how many pixels each image moved right and down (after its
-    flip)."""
+    same batch on any device. Letterboxed images are padded with `pad_colour(..., letterbox_fill)`; with
+    `picture_mask`, the pixels gain a fourth channel, the mask of where each picture lies (1 but on a letterbox's
+    padding), as `genvl.io.images.preprocess_each` gives an encoder with picture positions. Returns (pixels, flipped,
+    shifts), on the CPU: `flipped` (B,) bool marks the images to train on mirrored captions, and `shifts` (B, 2) how
+    many pixels each image moved right and down (after its flip)."""
     b, _, h, w = pixels.shape
     draw = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
     flipped = torch.zeros(b, dtype=torch.bool)
@@ -287,10 +297,16 @@ def augment_batch(pixels: torch.Tensor, rooms: torch.Tensor | None, kinds, gener
         pixels = pixels.clone()
         for i in chosen.nonzero().flatten().tolist():
             pixels[i] = jpeg_image(pixels[i], int(qualities[i]), bool(halved[i]))
+    mask = torch.ones(b, 1, h, w, dtype=pixels.dtype, device=pixels.device)
     if letterboxes:
         pixels = pixels.clone()
         for i, (vertical, size, offset) in letterboxes.items():
-            pixels[i] = letterbox_image(pixels[i], vertical, size, offset)
+            pixels[i] = letterbox_image(pixels[i], vertical, size, offset, letterbox_fill)
+            start = ((h if vertical else w) - size) // 2  # where letterbox_image centres the band
+            mask[i].zero_()
+            (mask[i, :, start : start + size] if vertical else mask[i, :, :, start : start + size]).fill_(1)
+    if picture_mask:
+        pixels = torch.cat([pixels, mask], dim=1)
     return pixels, flipped, shifts
 
 

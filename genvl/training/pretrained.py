@@ -30,8 +30,9 @@ def add_training_adapter(accelerator, model, network: str, args: LoraTrainArgs) 
 def prepare_encoder(args: JudgeEncoderArgs, model):
     """`model` (a captioner) with the encoder `args` ask for: with `encoder_from_judge`, a grid encoder holding the
     judge's body in place of its own (the decoder, its settings and its generation config stay, and
-    `enc_to_dec_proj` maps the judge's width to the decoder's); with `freeze_encoder`, the encoder frozen except
-    a grid encoder's cell embeddings, which are new."""
+    `enc_to_dec_proj` maps the judge's width to the decoder's); with `picture_positions`, a grid encoder reading
+    its cell positions within the picture (`genvl.models.grid_encoder`); with `freeze_encoder`, the encoder frozen
+    except a grid encoder's cell embeddings, which are new."""
     if args.encoder_from_judge:
         from transformers import VisionEncoderDecoderModel
 
@@ -49,6 +50,13 @@ def prepare_encoder(args: JudgeEncoderArgs, model):
             setattr(eyed.config, key, getattr(model.config, key))
         eyed.generation_config = model.generation_config
         model = eyed
+    if args.picture_positions:
+        from ..models.grid_encoder import MODEL_TYPE
+
+        kind = model.config.encoder.model_type
+        if kind != MODEL_TYPE:
+            raise ValueError(f"picture positions need a grid encoder (--encoder_from_judge), this one is {kind!r}")
+        model.config.encoder.picture_positions = model.encoder.config.picture_positions = True
     if args.freeze_encoder:
         model.encoder.requires_grad_(False)
         if hasattr(model.encoder, "position"):
