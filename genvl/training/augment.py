@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..io.images import pad_colour, pixels_to_uint8
+from ..io.images import picture_mask as picture_mask_of
 from ..world.scenes import mirror_scene, place_word
 
 AUGMENTATIONS = ("flip", "shift", "squash", "letterbox", "light", "jpeg")
@@ -297,16 +298,15 @@ def augment_batch(
         pixels = pixels.clone()
         for i in chosen.nonzero().flatten().tolist():
             pixels[i] = jpeg_image(pixels[i], int(qualities[i]), bool(halved[i]))
-    mask = torch.ones(b, 1, h, w, dtype=pixels.dtype, device=pixels.device)
     if letterboxes:
         pixels = pixels.clone()
         for i, (vertical, size, offset) in letterboxes.items():
             pixels[i] = letterbox_image(pixels[i], vertical, size, offset, letterbox_fill)
-            start = ((h if vertical else w) - size) // 2  # where letterbox_image centres the band
-            mask[i].zero_()
-            (mask[i, :, start : start + size] if vertical else mask[i, :, :, start : start + size]).fill_(1)
-    if picture_mask:
-        pixels = torch.cat([pixels, mask], dim=1)
+    if picture_mask:  # where each picture lies, as the pipeline marks a padded one
+        mask = torch.ones(b, 1, h, w)
+        for i, (vertical, size, _) in letterboxes.items():
+            mask[i, 0] = picture_mask_of(w if vertical else size, size if vertical else h, (h, w))
+        pixels = torch.cat([pixels, mask.to(pixels.device, pixels.dtype)], dim=1)
     return pixels, flipped, shifts
 
 
