@@ -62,6 +62,8 @@ def test_a_captioner_with_picture_positions_tells_a_wide_picture_from_its_padded
     pixels; only the picture mask tells them apart, through the pipeline and its embedding cache alike."""
     pipe = CaptionPipeline.from_pretrained(shipped_pipeline(DEFAULT_CAPTIONER))
     assert pipe.config.pad_to_square and pipe.config.pad_fill == "border"
+    assert pipe.model.encoder.config.picture_positions  # the default captioner reads them
+    pipe.model.encoder.config.picture_positions = False
     wide = Image.new("RGB", (128, 64), (250, 250, 250))
     wide.paste((200, 30, 30), (10, 5, 40, 30))  # a red block at the top left
     square = pad_to_square(wide, "border")

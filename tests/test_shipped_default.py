@@ -86,6 +86,38 @@ def test_the_default_captioner_names_objects_in_wide_and_tall_images():
     assert sum(named) >= 0.85 * len(named), list(zip(names, captions))
 
 
+def test_the_default_captioner_says_where_one_object_lies_in_wide_and_tall_pictures():
+    """Padded to a square, a wide picture's thirds are not the square's thirds, and on a plain ground the padded
+    square is all the pixels say. The shipped captioner's encoder is told where the picture lies in its square
+    (`picture_positions`), so it places one object by the picture's own thirds: 3:2, 2:3, 2:1 and 1:2 pictures,
+    the object's centre well inside one of the nine cells, on a light or a dark ground. It places all 40; the
+    captioner before picture positions placed 29."""
+    import random
+
+    from genvl.world.scenes import place_word
+    from genvl.world.sprites import COLOURS, OBJECTS, sprite
+
+    pipeline = CaptionPipeline.from_pretrained(DEFAULT_CAPTION_MODEL)
+    rng = random.Random(23)
+    images, places = [], []
+    for width, height in [(150, 100), (100, 150), (120, 60), (60, 120)] * 10:
+        ground = rng.choice([(250, 250, 250), (235, 230, 215), (30, 30, 40)])
+        image = Image.new("RGB", (width, height), ground)
+        colour = rng.choice([c for c in sorted(COLOURS) if np.linalg.norm(np.subtract(COLOURS[c], ground)) >= 120])
+        drawn = sprite(rng.choice(sorted(OBJECTS)), colour, round(min(width, height) * 0.3))
+        column, row = rng.randrange(3), rng.randrange(3)
+        x = (column + 0.5 + rng.uniform(-0.2, 0.2)) * width / 3 - drawn.width / 2
+        y = (row + 0.5 + rng.uniform(-0.2, 0.2)) * height / 3 - drawn.height / 2
+        x, y = min(max(round(x), 0), width - drawn.width), min(max(round(y), 0), height - drawn.height)
+        image.paste(drawn, (x, y), drawn)
+        images.append(image)
+        places.append(place_word((x + drawn.width / 2) * 64 / width, (y + drawn.height / 2) * 64 / height))
+    captions = [c[0] for c in pipeline(images, num_beams=3).captions]
+    said = [parse_caption(c) or [] for c in captions]
+    right = [len(facts) == 1 and facts[0][4] == place for facts, place in zip(said, places)]
+    assert sum(right) >= 0.85 * len(right), list(zip(places, captions))
+
+
 # questions whose answers the example images' names state
 EXAMPLE_QUESTIONS = [
     ("three_green_butterflies", "how many butterflies are there?", "three"),
