@@ -89,6 +89,8 @@ class TrainCaptionerArgs(LoraTrainArgs, JudgeEncoderArgs):
             )
         if self.teacher_model_name_or_path is not None and self.picture_positions:
             raise ValueError("--picture_positions fine-tunes a grid encoder: drop --teacher_model_name_or_path")
+        if self.picture_positions and not (self.encoder_from_judge or self.pretrained_model_name_or_path):
+            raise ValueError("--picture_positions needs a grid encoder: add --encoder_from_judge")
         if self.teacher_model_name_or_path is not None and (self.pretrained_model_name_or_path or self.adapter):
             raise ValueError("--teacher_model_name_or_path trains a fresh model: drop --pretrained_model_name_or_path")
         if not 0 <= self.distill_alpha <= 1:
