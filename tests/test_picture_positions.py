@@ -111,3 +111,34 @@ def test_letterboxes_with_a_picture_mask_mark_the_band_and_pad_with_the_chosen_f
             band = (rows if not rows.all() else cols).nonzero().flatten()
             assert band[0] == (64 - len(band)) // 2 and len(band) == band[-1] - band[0] + 1  # centred, unbroken
     assert boxed > 10
+
+
+def test_an_attention_figure_of_a_padded_picture_shows_the_map_over_the_picture_alone(tmp_path, capsys):
+    """The maps of a pipeline that pads pictures cover the padded square: its figure keeps the picture's shape and
+    shows the part of each map over the picture. A 3:1 picture covers grid rows 3 and 4 of the square's 8."""
+    from genvl.cli import main
+    from genvl.pipelines.caption import attention_figure
+
+    def panel_red(figure, words):  # the word panel's red: 0.6 * 255 * the map, on a grey picture
+        pixels = np.asarray(figure).astype(int)
+        width = pixels.shape[1] // (1 + len(words))
+        panel = pixels[:-16, width:]
+        return panel[..., 0] - panel[..., 1]
+
+    picture = Image.new("RGB", (192, 64), (120, 120, 120))
+    padding = torch.zeros(8, 8)
+    padding[0] = 1.0  # hot above the picture only
+    assert np.asarray(attention_figure(picture, [("apple", padding)], padded=True)).shape == (42 + 16, 256, 3)
+    assert panel_red(attention_figure(picture, [("apple", padding)], padded=True), ["apple"]).max() <= 1
+    assert panel_red(attention_figure(picture, [("apple", padding)]), ["apple"]).max() > 100  # squashed: drawn
+    corner = torch.zeros(8, 8)
+    corner[3, 0] = 1.0  # the picture's top left cell
+    red = panel_red(attention_figure(picture, [("apple", corner)], padded=True), ["apple"])
+    rows, columns = np.nonzero(red > 0.5 * red.max())
+    assert rows.max() < 21 and columns.max() < 43  # its top half and left third
+
+    image = tmp_path / "wide.png"
+    picture.save(image)
+    assert main(["caption", str(image), "--attention-map", str(tmp_path / "map.png"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert Image.open(tmp_path / "map.png").size[1] == 42 + 16  # the default captioner pads

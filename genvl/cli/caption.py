@@ -292,7 +292,7 @@ def run_caption(args) -> int:
     records = caption_records(pipeline, paths[first:last], first, base_seed, args, overrides, drawn if figure else None)
     if figure is not None:
         records = list(records)  # captioned before the figure is drawn
-        write_attention_figure(paths[0], drawn[0], figure)
+        write_attention_figure(paths[0], drawn[0], figure, pipeline.config.get("pad_to_square", False))
     if output is None:
         for record in records:
             print_record(record, args.json)
@@ -341,13 +341,14 @@ def caption_records(pipeline, paths, first: int, base_seed, args, overrides, att
             bar.update(len(batch))
 
 
-def write_attention_figure(image_path, words, output) -> None:
-    """The `attention_figure` of an image's best caption, written to `output` whole or not at all."""
+def write_attention_figure(image_path, words, output, padded: bool = False) -> None:
+    """The `attention_figure` of an image's best caption (`padded`: the pipeline pads pictures to a square),
+    written to `output` whole or not at all."""
     from ..io.images import load_image
     from ..pipelines.caption import attention_figure
 
     with written_atomically(output, "--attention-map") as tmp:
-        attention_figure(load_image(image_path), words).save(tmp, format="PNG")
+        attention_figure(load_image(image_path), words, padded=padded).save(tmp, format="PNG")
 
 
 def print_record(record: dict, as_json: bool) -> None:

@@ -46,25 +46,34 @@ def patch_grid(tokens: int) -> tuple[int, int]:
 FUNCTION_WORDS = frozenset("a an the of to is are there and at in on from by with beside row group".split())
 
 
-def attention_figure(image, words, panel: int = 128):
+def attention_figure(image, words, panel: int = 128, padded: bool = False):
     """A PIL image of `image` followed by one panel per content word of `words` (`word_attention`'s pairs, function
-    words left out): the image in grey with the word's map over it in red, the word written beneath."""
+    words left out): the image in grey with the word's map over it in red, the word written beneath. With `padded`
+    (a pipeline that pads pictures to a square, `pad_to_square`), each map covers the padded square, so the panels
+    keep the picture's own shape and show the part of the map that lies over the picture."""
     import numpy as np
     from PIL import Image, ImageDraw
 
+    from ..io.images import picture_mask
+
     shown = [(word, heat) for word, heat in words if word.strip(",.").lower() not in FUNCTION_WORDS]
-    base = image.convert("RGB").resize((panel, panel), Image.BICUBIC)
+    inside = picture_mask(*image.size, (panel, panel)) if padded else torch.ones(panel, panel)
+    rows, columns = inside.any(1).nonzero()[:, 0], inside.any(0).nonzero()[:, 0]
+    box = slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1)
+    height, width = len(rows), len(columns)
+    base = image.convert("RGB").resize((width, height), Image.BICUBIC)
     grey = np.asarray(base.convert("L").convert("RGB"), dtype=np.float32)
-    figure = Image.new("RGB", (panel * (1 + len(shown)), panel + 16), "white")
+    figure = Image.new("RGB", (width * (1 + len(shown)), height + 16), "white")
     figure.paste(base, (0, 0))
     draw = ImageDraw.Draw(figure)
     for k, (word, heat) in enumerate(shown, start=1):
         heat = torch.nn.functional.interpolate(heat[None, None].float(), size=(panel, panel), mode="bilinear")[0, 0]
+        heat = heat[box]
         heat = (heat / heat.max().clamp_min(1e-12)).numpy()[..., None]
         red = np.array([255.0, 0.0, 0.0], dtype=np.float32)
         blended = 0.5 * grey * (1 - heat) + heat * (0.4 * grey + 0.6 * red)
-        figure.paste(Image.fromarray(blended.clip(0, 255).astype(np.uint8)), (panel * k, 0))
-        draw.text((panel * k + 4, panel + 2), word, fill="black")
+        figure.paste(Image.fromarray(blended.clip(0, 255).astype(np.uint8)), (width * k, 0))
+        draw.text((width * k + 4, height + 2), word, fill="black")
     return figure
 
 
