@@ -136,6 +136,8 @@ def test_an_attention_figure_of_a_padded_picture_shows_the_map_over_the_picture_
     red = panel_red(attention_figure(picture, [("apple", corner)], padded=True), ["apple"])
     rows, columns = np.nonzero(red > 0.5 * red.max())
     assert rows.max() < 21 and columns.max() < 43  # its top half and left third
+    thin = attention_figure(Image.new("RGB", (1000, 3)), [("apple", corner)], padded=True)  # no pixel centre
+    assert thin.size == (2 * 128, 1 + 16)
 
     image = tmp_path / "wide.png"
     picture.save(image)

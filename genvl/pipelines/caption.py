@@ -57,8 +57,15 @@ def attention_figure(image, words, panel: int = 128, padded: bool = False):
     from ..io.images import picture_mask
 
     shown = [(word, heat) for word, heat in words if word.strip(",.").lower() not in FUNCTION_WORDS]
-    inside = picture_mask(*image.size, (panel, panel)) if padded else torch.ones(panel, panel)
-    rows, columns = inside.any(1).nonzero()[:, 0], inside.any(0).nonzero()[:, 0]
+    lines = torch.ones(panel), torch.ones(panel)  # the rows and columns the picture covers in the square
+    if padded:  # each axis on its own, the other as long as the square's side
+        side = max(image.size)
+        lines = (
+            picture_mask(side, image.height, (panel, panel))[:, 0],
+            picture_mask(image.width, side, (panel, panel))[0],
+        )
+    # a picture thinner than a panel pixel (1000x3) covers no pixel centre across: it keeps the middle line
+    rows, columns = (line.nonzero()[:, 0] if line.any() else torch.tensor([panel // 2]) for line in lines)
     box = slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1)
     height, width = len(rows), len(columns)
     base = image.convert("RGB").resize((width, height), Image.BICUBIC)
