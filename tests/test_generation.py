@@ -5,7 +5,7 @@ import torch
 
 from genvl.generation import GenerationSettings, generate
 from genvl.generation import decoder as decoder_module
-from genvl.generation.processors import no_repeat_ngram, top_k_filter, top_p_filter
+from genvl.generation.processors import bad_words, no_repeat_ngram, top_k_filter, top_p_filter
 from genvl.models.captioner import CaptionerArchitecture
 from genvl.pipelines.caption import CaptionPipeline
 
@@ -197,6 +197,38 @@ def test_no_repeat_ngram_bans_completions():
     assert no_repeat_ngram(scores, ids, 3)[0, 3] == float("-inf")  # "1 2" -> 3 seen before
 
 
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_banned_sequences_match_transformers_generate(tiny_tokenizer, num_beams):
+    """`bad_words_ids` taken from what the model writes unbanned (a token it writes, and a pair of tokens it writes
+    in a row): genvl's engine and transformers' generate() write the same tokens under the bans, and never those."""
+    model, _ = get_dummy_components(tiny_tokenizer, seed=0)
+    eos = tiny_tokenizer.eos_token_id
+    pixel_values = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    settings = dict(eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos, max_new_tokens=12)
+    free = [seq for seqs in generate(model, pixel_values, GenerationSettings(**settings)).sequences for seq in seqs]
+    longest = max(free, key=len)
+    banned = [[longest[-1]], longest[:2], [eos]]  # the end token alone is never banned, as in transformers
+    case = dict(num_beams=num_beams, bad_words_ids=banned)
+    result = generate(model, pixel_values, GenerationSettings(**settings, **case))
+    ours = [seq for seqs in result.sequences for seq in seqs]
+    theirs = hf_sequences(model, pixel_values, torch.tensor([[eos]]), case, 12).sequences
+    assert ours == [trimmed(row, 1, eos) for row in theirs]
+    assert ours != free and any(len(seq) > 1 for seq in ours)
+    for seq in ours:
+        assert longest[-1] not in seq
+        assert all(seq[i : i + 2] != longest[:2] for i in range(len(seq) - 1))
+
+
+def test_bad_words_bans_completions():
+    scores = torch.zeros(2, 10)
+    ids = torch.tensor([[0, 4, 5], [0, 5, 4]])
+    banned = bad_words(scores, ids, ((7,), (4, 5, 6), (5, 8), (0,)), eos_token_id=0)
+    assert torch.isinf(banned).nonzero().tolist() == [[0, 6], [0, 7], [0, 8], [1, 7]]  # (0,) is the end token
+    assert torch.isfinite(bad_words(scores, ids[:, :1], ((4, 5, 6),), eos_token_id=0)).all()  # too short to match
+    with pytest.raises(ValueError, match="token id 10, beyond the vocabulary"):
+        bad_words(scores, ids, ((10,),), eos_token_id=0)
+
+
 def test_top_k_and_top_p_filters():
     scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     assert torch.isinf(top_k_filter(scores, 2)).tolist() == [[False, False, True, True]]
@@ -213,6 +245,11 @@ def test_top_k_and_top_p_filters():
         (dict(temperature=0), "temperature"),
         (dict(max_new_tokens=0), "max_new_tokens"),
         (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
+        (dict(bad_words_ids=[3, 4]), "bad_words_ids must be a list of non-empty lists"),
+        (dict(bad_words_ids=[[3], []]), "bad_words_ids must be a list of non-empty lists"),
+        (dict(bad_words_ids=[[3, -1]]), "bad_words_ids must hold token ids"),
+        (dict(bad_words_ids=[[True]]), "bad_words_ids must hold token ids"),
+        (dict(bad_words_ids=[[1]] * 10_001), "at most 10000 sequences"),
     ],
 )
 def test_bad_settings_are_rejected(bad, message):

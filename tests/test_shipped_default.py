@@ -20,7 +20,7 @@ from genvl.models.judge import SceneJudge
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.pipelines.defaults import shipped_pipeline
 from genvl.world import parse_caption, render_scene, scene_captions
-from genvl.world.captions import scene_facts
+from genvl.world.captions import repeated_word_bans, scene_facts
 from genvl.world.dataset import generate_scenes, write_imagefolder
 from genvl.world.scenes import held_out, mirror_scene
 
@@ -249,17 +249,30 @@ def longest_repeated_run(ids: list[int]) -> int:
 def test_default_decoding_never_bars_a_true_caption():
     """The shipped captioner's default `no_repeat_ngram_size` bans a run of tokens from coming twice: no caption the
     world writes, in any phrasing or mirrored, repeats such a run, so the ban only stops one word repeated to the
-    token limit. A run one shorter does repeat (rows: ", a red ... , a red"), so a smaller ban would bar true ones."""
+    token limit. A run one shorter does repeat (rows: ", a red ... , a red"), so a smaller ban would bar true ones.
+    Its `bad_words_ids` ban a word of the world twice in a row, which no caption of the world writes either."""
     pipeline = CaptionPipeline.from_pretrained(DEFAULT_CAPTION_MODEL)
     assert pipeline.settings().no_repeat_ngram_size == NO_REPEAT_NGRAM_SIZE
     tokenizer = load_tokenizer(DEFAULT_CAPTION_MODEL / "tokenizer")
-    longest = 0
+    bans = pipeline.settings().bad_words_ids
+    assert bans == tuple(tuple(ban) for ban in repeated_word_bans(tokenizer))
+    assert {tokenizer.decode(ban) for ban in bans} >= {" gift gift", " frog frog", " red red", " two two"}
+    lengths = {len(ban) for ban in bans}
+
+    def barred_in(caption: str) -> bool:
+        ids = tokenizer(caption).input_ids
+        return bool({tuple(ids[i : i + n]) for n in lengths for i in range(len(ids) - n + 1)} & set(bans))
+
+    assert barred_in("a brown umbrella, an elephant, a yellow trophy and a gift gift gift")
+    longest, barred = 0, []
     for world in ("wide", "classic"):
         for split in ("train", "test"):
             for scene in generate_scenes(1500, seed=3, split=split, world=world):
                 for caption in scene_captions(scene) + scene_captions(mirror_scene(scene)):
                     longest = max(longest, longest_repeated_run(tokenizer(caption).input_ids))
+                    barred += [caption] if barred_in(caption) else []
     assert longest == NO_REPEAT_NGRAM_SIZE - 1
+    assert not barred, barred[:3]
 
 
 @pytest.mark.parametrize("folder", [SMALL, WIDE], ids=["small", "wide"])

@@ -4,6 +4,8 @@ Each function takes `scores` (R, V) and returns the processed scores; they match
 transformers' logits processors so that greedy and beam search pick the same tokens.
 """
 
+from functools import lru_cache
+
 import torch
 
 NEG_INF = float("-inf")
@@ -32,6 +34,40 @@ def no_repeat_ngram(scores: torch.Tensor, input_ids: torch.Tensor, size: int) ->
     return scores
 
 
+@lru_cache(maxsize=16)
+def _bad_word_groups(sequences: tuple, eos_token_id: int, device: torch.device) -> tuple:
+    """`sequences` grouped by prefix length: ((prefixes (N, L), last tokens (N,)), ...). A lone end token is left
+    out, as transformers leaves it out, so that a ban can never stop a caption from ending."""
+    groups = {}
+    for sequence in sequences:
+        if sequence != (eos_token_id,):
+            groups.setdefault(len(sequence) - 1, []).append(sequence)
+    return tuple(
+        (
+            torch.tensor([s[:-1] for s in group], dtype=torch.long, device=device).reshape(len(group), length),
+            torch.tensor([s[-1] for s in group], dtype=torch.long, device=device),
+        )
+        for length, group in sorted(groups.items())
+    )
+
+
+def bad_words(scores: torch.Tensor, input_ids: torch.Tensor, sequences: tuple, eos_token_id: int) -> torch.Tensor:
+    """Ban every token that would complete one of `sequences` (tuples of token ids) after `input_ids` (R, T), as
+    transformers' `bad_words_ids` does: a one-token sequence is banned at every step."""
+    largest = max(max(s) for s in sequences)
+    if largest >= scores.shape[-1]:
+        raise ValueError(f"bad_words_ids holds token id {largest}, beyond the vocabulary ({scores.shape[-1]} tokens)")
+    scores = scores.clone()
+    for prefixes, last in _bad_word_groups(sequences, eos_token_id, scores.device):
+        length = prefixes.shape[1]
+        if length > input_ids.shape[1]:  # longer than what has been written: it cannot be completed yet
+            continue
+        match = (input_ids[:, None, input_ids.shape[1] - length :] == prefixes[None]).all(dim=-1)  # (R, N)
+        rows, which = match.nonzero(as_tuple=True)
+        scores[rows, last[which]] = NEG_INF
+    return scores
+
+
 def min_new_tokens(scores: torch.Tensor, generated: int, minimum: int, eos_token_id: int) -> torch.Tensor:
     if generated < minimum:
         scores = scores.clone()
@@ -49,12 +85,14 @@ def forced_token(scores: torch.Tensor, token: int) -> torch.Tensor:
 def apply_penalties(
     scores: torch.Tensor, input_ids: torch.Tensor, generated: int, settings, prompt_length: int = 1
 ) -> torch.Tensor:
-    """Repetition penalty, n-gram ban, minimum length, then the forced first and last tokens, in transformers'
-    order; `generated` tokens follow a prompt of `prompt_length` (the start token and any prefix)."""
+    """Repetition penalty, n-gram ban, banned sequences, minimum length, then the forced first and last tokens, in
+    transformers' order; `generated` tokens follow a prompt of `prompt_length` (the start token and any prefix)."""
     if settings.repetition_penalty != 1.0:
         scores = repetition_penalty(scores, input_ids, settings.repetition_penalty)
     if settings.no_repeat_ngram_size > 0:
         scores = no_repeat_ngram(scores, input_ids, settings.no_repeat_ngram_size)
+    if settings.bad_words_ids:
+        scores = bad_words(scores, input_ids, settings.bad_words_ids, settings.eos_token_id)
     if settings.min_new_tokens > 0:
         scores = min_new_tokens(scores, generated, settings.min_new_tokens, settings.eos_token_id)
     length = prompt_length + generated

@@ -78,7 +78,7 @@ def greedy_or_sample(model, states, prompt, settings, generator=None) -> Generat
     totals = torch.zeros(rows, device=device)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     all_tokens, all_totals = tokens.clone(), totals.clone()
-    history = settings.repetition_penalty != 1.0 or settings.no_repeat_ngram_size > 0  # penalties read it
+    history = settings.reads_history  # penalties and bans read the tokens so far
     for step in range(settings.max_new_tokens):
         input_ids = torch.cat([prompt.expand(len(live), -1), tokens[:, :step]], dim=1) if history else None
         scores = apply_penalties(logits, input_ids, step, settings, len(prompt))
@@ -227,7 +227,7 @@ def beam_search(model, states, prompt, settings) -> GenerationResult:
     logits = decoder.step(prompt.expand(images, -1))  # one row per image: all beams start identical
     decoder.expand(num_beams)
     logits = logits.repeat_interleave(num_beams, dim=0)  # (B * K, V)
-    history = settings.repetition_penalty != 1.0 or settings.no_repeat_ngram_size > 0  # penalties read it
+    history = settings.reads_history  # penalties and bans read the tokens so far
 
     running = torch.full((images, num_beams, max_length), settings.pad_token_id, dtype=torch.long, device=device)
     running[:, :, :prompt_len] = prompt

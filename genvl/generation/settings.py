@@ -5,10 +5,12 @@ from dataclasses import dataclass, fields
 
 # beams, or sequences returned, per image: each is a row of the decoder's batch and cache
 MAX_SEQUENCES = 256
+# the most token sequences `bad_words_ids` may ban, and the longest: every step checks them all
+MAX_BAD_WORDS = 10_000
+MAX_BAD_WORD_TOKENS = 64
 # generation_config options transformers' generate() acts on that genvl's engine does not implement, with the
 # value that leaves them off: a config that turns one on is refused rather than decoded differently
 UNSUPPORTED = {
-    "bad_words_ids": None,
     "suppress_tokens": None,
     "begin_suppress_tokens": None,
     "forced_decoder_ids": None,
@@ -45,6 +47,7 @@ class GenerationSettings:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    bad_words_ids: tuple | None = None  # token sequences never written (lists of ids, as in transformers)
     length_penalty: float = 1.0
     early_stopping: bool | str = False
     num_return_sequences: int = 1
@@ -78,6 +81,7 @@ class GenerationSettings:
             if not ok:
                 name = message.split()[0]
                 raise ValueError(f"{message}, got {getattr(self, name)!r}")
+        self.bad_words_ids = _token_sequences(self.bad_words_ids)
         if self.num_beams > 1 and self.do_sample:
             raise ValueError("beam sampling is not supported: use num_beams=1 with do_sample=True, or do_sample=False")
         if self.num_beams == 1 and not self.do_sample and self.num_return_sequences > 1:
@@ -88,6 +92,11 @@ class GenerationSettings:
             raise ValueError(
                 f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams ({self.num_beams})"
             )
+
+    @property
+    def reads_history(self) -> bool:
+        """Whether decoding must read the tokens written so far (penalties and bans do)."""
+        return self.repetition_penalty != 1.0 or self.no_repeat_ngram_size > 0 or bool(self.bad_words_ids)
 
     @classmethod
     def from_generation_config(cls, generation_config, tokenizer, **overrides) -> "GenerationSettings":
@@ -131,6 +140,21 @@ class GenerationSettings:
             given["do_sample"] = True
         values.update(given)
         return cls(**values)
+
+
+def _token_sequences(value) -> tuple | None:
+    """`bad_words_ids` as a tuple of token-id tuples (None when empty), or a one-line error naming what is wrong."""
+    if value is None or (isinstance(value, (list, tuple)) and not value):
+        return None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(s, (list, tuple)) and s for s in value):
+        raise ValueError(f"bad_words_ids must be a list of non-empty lists of token ids, got {value!r:.200}")
+    if len(value) > MAX_BAD_WORDS or any(len(s) > MAX_BAD_WORD_TOKENS for s in value):
+        raise ValueError(
+            f"bad_words_ids may hold at most {MAX_BAD_WORDS} sequences of at most {MAX_BAD_WORD_TOKENS} tokens"
+        )
+    if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for s in value for t in s):
+        raise ValueError(f"bad_words_ids must hold token ids (integers >= 0), got {value!r:.200}")
+    return tuple(tuple(s) for s in value)
 
 
 def _first(value):

@@ -74,6 +74,18 @@ def scene_captions(scene: dict, rng: random.Random | None = None) -> list[str]:
     return captions
 
 
+def repeated_word_bans(tokenizer) -> list[list[int]]:
+    """`bad_words_ids` for a captioner of the world: each of its nouns, colours, counts and sizes, and its articles,
+    written twice in a row (" gift gift"). No caption of the world does that, and a captioner that starts to
+    ("a gift gift gift", "ball ball ball ...") writes the next most likely token instead."""
+    words = {*ALL_OBJECTS, *PLURALS, *COLOURS, *NUMBER_WORDS.values(), "small", "large", "a", "an", "and"}
+    bans = []
+    for word in sorted(words):
+        ids = tokenizer(" " + word, add_special_tokens=False).input_ids
+        bans.append(ids + ids)
+    return bans
+
+
 def swapped_captions(scene: dict) -> list[str] | None:
     """The phrasings of a two-object scene with the objects' places exchanged, in `scene_captions`' order, or
     None for other layouts and for two objects that look alike (same name and colour)."""
