@@ -4,7 +4,7 @@
 
 1. Renders a few hundred training scenes that each hold the new object (a held-out category of the world:
    `genvl.world.sprites.HELD_OUT_OBJECTS`), and held-out test scenes with it.
-2. Mixes in as many ordinary scenes captioned by the captioner itself (prior preservation, as
+2. Mixes in four times as many ordinary scenes captioned by the captioner itself (prior preservation, as
    DreamBooth does for images): without them, fine-tuning on the new object alone teaches the model to see
    it everywhere.
 3. Trains a LoRA adapter (`genvl/recipes/train_captioner.py --rank ...`) and, for comparison, every weight, each in
@@ -36,12 +36,12 @@ def parse_args(argv=None):
     parser.add_argument(
         "--ordinary-images",
         type=int,
-        default=800,
+        default=1600,
         help="ordinary scenes captioned by the model itself, mixed in for prior preservation",
     )
     parser.add_argument("--test-images", type=int, default=300)
     parser.add_argument("--old-test-images", type=int, default=1000, help="ordinary test scenes")
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rank", type=int, default=3)
     parser.add_argument(
