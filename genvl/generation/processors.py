@@ -35,9 +35,12 @@ def no_repeat_ngram(scores: torch.Tensor, input_ids: torch.Tensor, size: int) ->
 
 
 @lru_cache(maxsize=16)
-def _bad_word_groups(sequences: tuple, eos_token_id: int, device: torch.device) -> tuple:
-    """`sequences` grouped by prefix length: ((prefixes (N, L), last tokens (N,)), ...). A lone end token is left
-    out, as transformers leaves it out, so that a ban can never stop a caption from ending."""
+def _bad_word_groups(sequences: tuple, eos_token_id: int, vocabulary: int, device: torch.device) -> tuple:
+    """`sequences` grouped by prefix length: ((prefixes (N, L), last tokens (N,)), ...), once per decoding. A lone end
+    token is left out, as transformers leaves it out, so that a ban can never stop a caption from ending."""
+    largest = max(max(s) for s in sequences)
+    if largest >= vocabulary:
+        raise ValueError(f"bad_words_ids holds token id {largest}, beyond the vocabulary ({vocabulary} tokens)")
     groups = {}
     for sequence in sequences:
         if sequence != (eos_token_id,):
@@ -54,11 +57,9 @@ def _bad_word_groups(sequences: tuple, eos_token_id: int, device: torch.device) 
 def bad_words(scores: torch.Tensor, input_ids: torch.Tensor, sequences: tuple, eos_token_id: int) -> torch.Tensor:
     """Ban every token that would complete one of `sequences` (tuples of token ids) after `input_ids` (R, T), as
     transformers' `bad_words_ids` does: a one-token sequence is banned at every step."""
-    largest = max(max(s) for s in sequences)
-    if largest >= scores.shape[-1]:
-        raise ValueError(f"bad_words_ids holds token id {largest}, beyond the vocabulary ({scores.shape[-1]} tokens)")
+    groups = _bad_word_groups(sequences, eos_token_id, scores.shape[-1], scores.device)
     scores = scores.clone()
-    for prefixes, last in _bad_word_groups(sequences, eos_token_id, scores.device):
+    for prefixes, last in groups:
         length = prefixes.shape[1]
         if length > input_ids.shape[1]:  # longer than what has been written: it cannot be completed yet
             continue
