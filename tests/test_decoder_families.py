@@ -189,6 +189,85 @@ def test_every_decoder_family_decodes_transformers_tokens(family, case):
         assert all(seq[0] == 7 for seq in ours)
 
 
+def several_ends_model(kind: str, tokenizer, end_scale: float = 1.0):
+    """A model of `kind` whose generation_config lists two end tokens (its own, then a word it often writes, both
+    scaled by `end_scale` in the output layer), the encoder states it decodes, and that word."""
+    if kind == "gpt2":
+        model, _ = get_dummy_components(tokenizer, seed=1)
+        states = model.encoder(pixel_values=torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+        states = states.last_hidden_state
+    else:
+        model = family_model(kind, vocab_size=60, seed=1)
+        states = torch.randn(6, 5, 32, generator=torch.Generator().manual_seed(1)) * 3
+    config = model.generation_config
+    free = GenerationSettings.from_generation_config(config, tokenizer, max_new_tokens=12)
+    written = [t for seqs in generate(model, None, free, encoder_states=states).sequences for t in seqs[0]]
+    common = max(set(written), key=written.count)  # a word written by most captions, in the middle of some
+    config.eos_token_id = [free.eos_token_id, common]
+    with torch.no_grad():
+        model.decoder.get_output_embeddings().weight[config.eos_token_id] *= end_scale
+    return model, states, config, common
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(num_beams=1),
+        dict(num_beams=1, min_new_tokens=4, no_repeat_ngram_size=2),
+        dict(num_beams=3),
+        dict(num_beams=4, length_penalty=0.6, early_stopping=True, num_return_sequences=2),
+        dict(num_beams=3, min_new_tokens=3, bad_words_ids="ends"),
+        dict(num_beams=2, forced_eos_token_id="ends"),
+        # end tokens likely enough that more than K of the best 2K candidates end: only the extra K go on
+        dict(num_beams=2, length_penalty=2.0, early_stopping="never", end_scale=2.0),
+        dict(num_beams=3, length_penalty=3.0, early_stopping="never", end_scale=2.0),
+    ],
+    ids=["greedy", "greedy-min-ngram", "beam3", "beam4-early-return2", "beam3-min-bans", "beam2-forced-ends"]
+    + ["beam2-never", "beam3-never"],
+)
+@pytest.mark.parametrize("kind", ["gpt2", "deit-roberta"])
+def test_several_end_tokens_decode_transformers_tokens(kind, case, tiny_tokenizer):
+    """A generation_config that lists several end tokens: any of them ends a caption, none of them is banned, and
+    beam search keeps K more candidates per extra end token, as transformers' generate() does."""
+    case = dict(case)
+    model, states, config, common = several_ends_model(kind, tiny_tokenizer, case.pop("end_scale", 1.0))
+    ends = config.eos_token_id
+    case = {k: (ends if v == "ends" else v) for k, v in dict(case, max_new_tokens=12).items()}
+    if "bad_words_ids" in case:
+        case["bad_words_ids"] = [[t] for t in ends] + [[7]]  # the end tokens alone are left out, 7 is banned
+    settings = GenerationSettings.from_generation_config(config, tiny_tokenizer, **case)
+    assert settings.end_tokens == tuple(ends)
+    result = generate(model, None, settings, encoder_states=states)
+    ours = [seq for seqs in result.sequences for seq in seqs]
+    from transformers.modeling_outputs import BaseModelOutput
+
+    out = model.generate(
+        encoder_outputs=BaseModelOutput(last_hidden_state=states),
+        decoder_input_ids=torch.full((states.shape[0], 1), settings.decoder_start_token_id),
+        return_dict_in_generate=True,
+        output_scores=True,
+        **case,
+    )
+    theirs = []
+    for row in out.sequences[:, 1:].tolist():
+        cut = [i for i, t in enumerate(row) if t in ends]
+        theirs.append(row[: cut[0]] if cut else row)
+    assert ours == theirs
+    # scores: the beams' as transformers reports them; a greedy caption's log-probabilities up to its end token
+    if settings.num_beams > 1:
+        expected = out.sequences_scores
+    else:
+        steps = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        expected = torch.stack([row[: len(seq) + 1].sum() for row, seq in zip(steps, theirs)])
+    torch.testing.assert_close(torch.tensor([s for row in result.scores for s in row]), expected, atol=1e-4, rtol=1e-4)
+    assert all(common not in seq for seq in ours) and max(map(len, ours)) > 1
+    if "bad_words_ids" not in case and "forced_eos_token_id" not in case:
+        # the second end token cut captions short: with the first alone, some run on past it
+        alone = GenerationSettings.from_generation_config(config, tiny_tokenizer, **dict(case, eos_token_id=ends[0]))
+        longer = [s for seqs in generate(model, None, alone, encoder_states=states).sequences for s in seqs]
+        assert any(common in seq for seq in longer)
+
+
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_fallback_drops_images_whose_captions_have_ended(num_beams, monkeypatch):
     model = family_model("deit-roberta", vocab_size=60, seed=1)

@@ -222,11 +222,11 @@ def test_banned_sequences_match_transformers_generate(tiny_tokenizer, num_beams)
 def test_bad_words_bans_completions():
     scores = torch.zeros(2, 10)
     ids = torch.tensor([[0, 4, 5], [0, 5, 4]])
-    banned = bad_words(scores, ids, ((7,), (4, 5, 6), (5, 8), (0,)), eos_token_id=0)
+    banned = bad_words(scores, ids, ((7,), (4, 5, 6), (5, 8), (0,)), end_tokens=(0,))
     assert torch.isinf(banned).nonzero().tolist() == [[0, 6], [0, 7], [0, 8], [1, 7]]  # (0,) is the end token
-    assert torch.isfinite(bad_words(scores, ids[:, :1], ((4, 5, 6),), eos_token_id=0)).all()  # too short to match
+    assert torch.isfinite(bad_words(scores, ids[:, :1], ((4, 5, 6),), end_tokens=(0,))).all()  # too short to match
     with pytest.raises(ValueError, match="token id 10, beyond the vocabulary"):
-        bad_words(scores, ids, ((10,),), eos_token_id=0)
+        bad_words(scores, ids, ((10,),), end_tokens=(0,))
 
 
 def test_top_k_and_top_p_filters():
@@ -255,6 +255,18 @@ def test_top_k_and_top_p_filters():
 def test_bad_settings_are_rejected(bad, message):
     with pytest.raises(ValueError, match=message):
         GenerationSettings(eos_token_id=0, decoder_start_token_id=0, pad_token_id=0, **bad)
+
+
+def test_end_tokens_are_one_id_or_a_list_of_them():
+    settings = dict(decoder_start_token_id=0, pad_token_id=0)
+    assert GenerationSettings(eos_token_id=[5, 5], **settings).eos_token_id == 5  # a list of one is that id
+    assert GenerationSettings(eos_token_id=[5, 2, 5], **settings).end_tokens == (5, 2)
+    assert GenerationSettings(eos_token_id=5, forced_eos_token_id=[5, 2], **settings).forced_eos_token_id == (5, 2)
+    for bad in ([], [5, True], [5, -1], "5", None):
+        with pytest.raises(ValueError, match="eos_token_id must be a token id or a non-empty list of them"):
+            GenerationSettings(eos_token_id=bad, **settings)
+    with pytest.raises(ValueError, match="eos_token_id may list at most 64 end tokens, got 65"):
+        GenerationSettings(eos_token_id=list(range(65)), **settings)
 
 
 TINY_SWIN = CaptionerArchitecture(

@@ -35,7 +35,7 @@ def no_repeat_ngram(scores: torch.Tensor, input_ids: torch.Tensor, size: int) ->
 
 
 @lru_cache(maxsize=16)
-def _bad_word_groups(sequences: tuple, eos_token_id: int, vocabulary: int, device: torch.device) -> tuple:
+def _bad_word_groups(sequences: tuple, end_tokens: tuple, vocabulary: int, device: torch.device) -> tuple:
     """`sequences` grouped by prefix length: ((prefixes (N, L), last tokens (N,)), ...), once per decoding. A lone end
     token is left out, as transformers leaves it out, so that a ban can never stop a caption from ending."""
     largest = max(max(s) for s in sequences)
@@ -43,7 +43,7 @@ def _bad_word_groups(sequences: tuple, eos_token_id: int, vocabulary: int, devic
         raise ValueError(f"bad_words_ids holds token id {largest}, beyond the vocabulary ({vocabulary} tokens)")
     groups = {}
     for sequence in sequences:
-        if sequence != (eos_token_id,):
+        if len(sequence) > 1 or sequence[0] not in end_tokens:
             groups.setdefault(len(sequence) - 1, []).append(sequence)
     return tuple(
         (
@@ -54,10 +54,10 @@ def _bad_word_groups(sequences: tuple, eos_token_id: int, vocabulary: int, devic
     )
 
 
-def bad_words(scores: torch.Tensor, input_ids: torch.Tensor, sequences: tuple, eos_token_id: int) -> torch.Tensor:
+def bad_words(scores: torch.Tensor, input_ids: torch.Tensor, sequences: tuple, end_tokens: tuple) -> torch.Tensor:
     """Ban every token that would complete one of `sequences` (tuples of token ids) after `input_ids` (R, T), as
     transformers' `bad_words_ids` does: a one-token sequence is banned at every step."""
-    groups = _bad_word_groups(sequences, eos_token_id, scores.shape[-1], scores.device)
+    groups = _bad_word_groups(sequences, end_tokens, scores.shape[-1], scores.device)
     scores = scores.clone()
     for prefixes, last in groups:
         length = prefixes.shape[1]
@@ -69,17 +69,17 @@ def bad_words(scores: torch.Tensor, input_ids: torch.Tensor, sequences: tuple, e
     return scores
 
 
-def min_new_tokens(scores: torch.Tensor, generated: int, minimum: int, eos_token_id: int) -> torch.Tensor:
+def min_new_tokens(scores: torch.Tensor, generated: int, minimum: int, end_tokens: tuple) -> torch.Tensor:
     if generated < minimum:
         scores = scores.clone()
-        scores[:, eos_token_id] = NEG_INF
+        scores[:, list(end_tokens)] = NEG_INF
     return scores
 
 
-def forced_token(scores: torch.Tensor, token: int) -> torch.Tensor:
-    """Only `token` may come next."""
+def forced_token(scores: torch.Tensor, token) -> torch.Tensor:
+    """Only `token` (an id, or a tuple of ids all scored 0) may come next."""
     forced = torch.full_like(scores, NEG_INF)
-    forced[:, token] = 0.0
+    forced[:, list(token) if isinstance(token, tuple) else token] = 0.0
     return forced
 
 
@@ -93,9 +93,9 @@ def apply_penalties(
     if settings.no_repeat_ngram_size > 0:
         scores = no_repeat_ngram(scores, input_ids, settings.no_repeat_ngram_size)
     if settings.bad_words_ids:
-        scores = bad_words(scores, input_ids, settings.bad_words_ids, settings.eos_token_id)
+        scores = bad_words(scores, input_ids, settings.bad_words_ids, settings.end_tokens)
     if settings.min_new_tokens > 0:
-        scores = min_new_tokens(scores, generated, settings.min_new_tokens, settings.eos_token_id)
+        scores = min_new_tokens(scores, generated, settings.min_new_tokens, settings.end_tokens)
     length = prompt_length + generated
     if settings.forced_bos_token_id is not None and length == 1:
         scores = forced_token(scores, settings.forced_bos_token_id)

@@ -43,8 +43,9 @@ def generate(model, pixel_values, settings, prefix_ids=(), generator=None, encod
     return greedy_or_sample(model, states, prompt, settings, generator)
 
 
-def _trim(tokens: list[int], eos: int) -> list[int]:
-    return tokens[: tokens.index(eos)] if eos in tokens else tokens
+def _trim(tokens: list[int], end_tokens: tuple) -> list[int]:
+    """`tokens` up to the first end token."""
+    return next((tokens[:i] for i, token in enumerate(tokens) if token in end_tokens), tokens)
 
 
 def _sample(probs: torch.Tensor, generator, image_of_row: torch.Tensor) -> torch.Tensor:
@@ -63,7 +64,8 @@ def _sample(probs: torch.Tensor, generator, image_of_row: torch.Tensor) -> torch
 def greedy_or_sample(model, states, prompt, settings, generator=None) -> GenerationResult:
     images = states.shape[0]
     copies = settings.num_return_sequences if settings.do_sample else 1
-    eos, pad = settings.eos_token_id, settings.pad_token_id
+    pad = settings.pad_token_id
+    ends = torch.tensor(settings.end_tokens, device=states.device)
     decoder = decoder_for(model, states, len(prompt) + settings.max_new_tokens)
     logits = decoder.step(prompt.expand(images, -1))  # (B, V)
     if copies > 1:
@@ -94,7 +96,7 @@ def greedy_or_sample(model, states, prompt, settings, generator=None) -> Generat
             picked = picked.masked_fill(finished, 0.0)
         tokens[:, step] = next_tokens
         totals += picked
-        finished |= next_tokens == eos
+        finished |= torch.isin(next_tokens, ends)
         if step == settings.max_new_tokens - 1:
             break
         open_images = ~finished.view(-1, copies).all(dim=1)
@@ -115,7 +117,7 @@ def greedy_or_sample(model, states, prompt, settings, generator=None) -> Generat
     for image in range(images):
         block = range(image * copies, (image + 1) * copies)
         ranked = sorted(block, key=lambda r: -float(all_totals[r]))
-        sequences.append([_trim(all_tokens[r].tolist(), eos) for r in ranked])
+        sequences.append([_trim(all_tokens[r].tolist(), settings.end_tokens) for r in ranked])
         scores.append([float(all_totals[r]) for r in ranked])
     return GenerationResult(sequences=sequences, scores=scores)
 
@@ -144,27 +146,30 @@ class _Beams:
 
 @dataclass
 class _Candidates:
-    """The best 2K continuations (a beam and one more token) of each image at one step, best first."""
+    """The best C continuations (a beam and one more token) of each image at one step, best first: C = 2K, or K more
+    per extra end token, as in transformers, so that K of them can always go on running."""
 
-    scores: torch.Tensor  # (B, 2K) summed log-probabilities
-    parents: torch.Tensor  # (B, 2K) the beam each one continues
-    sequences: torch.Tensor  # (B, 2K, max_length) the beam's tokens with the new one
-    ended: torch.Tensor  # (B, 2K) whether the new token is EOS or the last one there is room for
+    scores: torch.Tensor  # (B, C) summed log-probabilities
+    parents: torch.Tensor  # (B, C) the beam each one continues
+    sequences: torch.Tensor  # (B, C, max_length) the beam's tokens with the new one
+    ended: torch.Tensor  # (B, C) whether the new token ends the caption or is the last one there is room for
 
 
-def _best_continuations(logits, beams: _Beams, cur_len: int, prompt_len: int, settings, history: bool) -> _Candidates:
-    """Phase 1: add each next token's log-probability (B * K, V) to its beam's score and keep the best 2K."""
+def _best_continuations(
+    logits, beams: _Beams, cur_len: int, prompt_len: int, settings, history: bool, ends: torch.Tensor
+) -> _Candidates:
+    """Phase 1: add each next token's log-probability (B * K, V) to its beam's score and keep the best C."""
     images, num_beams, max_length = beams.running.shape
     vocab = logits.shape[-1]
     log_probs = logits.log_softmax(dim=-1)
     input_ids = beams.running[:, :, :cur_len].flatten(0, 1) if history else None
     log_probs = apply_penalties(log_probs, input_ids, cur_len - prompt_len, settings, prompt_len)
     totals = (log_probs.view(images, num_beams, vocab) + beams.running_scores[:, :, None]).view(images, -1)
-    top_scores, top_index = torch.topk(totals, 2 * num_beams)
+    top_scores, top_index = torch.topk(totals, max(2, 1 + len(ends)) * num_beams)
     parents, tokens = top_index // vocab, top_index % vocab
     sequences = torch.take_along_dim(beams.running, parents[:, :, None], dim=1)
     sequences[:, :, cur_len] = tokens
-    ended = tokens == settings.eos_token_id
+    ended = torch.isin(tokens, ends)
     if cur_len + 1 >= max_length:
         ended.fill_(True)
     return _Candidates(top_scores, parents, sequences, ended)
@@ -186,7 +191,7 @@ def _keep_finished(beams: _Beams, candidates: _Candidates, generated: int, lengt
     finished set if they beat it (every image here can still improve and, with early_stopping=True, is not full:
     the others were settled and dropped)."""
     num_beams = beams.running.shape[1]
-    ended = candidates.ended & (torch.arange(2 * num_beams, device=candidates.ended.device) < num_beams)
+    ended = candidates.ended & (torch.arange(candidates.ended.shape[1], device=candidates.ended.device) < num_beams)
     final_scores = (candidates.scores / (generated**length_penalty)).add(~ended, alpha=MASKED)
     merged_scores = torch.cat([beams.done_scores, final_scores], dim=1)
     best = torch.topk(merged_scores, num_beams).indices
@@ -214,7 +219,7 @@ def _settled(beams: _Beams, generated: int, most_generated: int, settings) -> to
 
 
 def beam_search(model, states, prompt, settings) -> GenerationResult:
-    """Beam search with transformers' semantics (top 2K candidates, length penalty, early stopping rules).
+    """Beam search with transformers' semantics (top 2K or more candidates, length penalty, early stopping rules).
 
     Masked scores are pushed down by adding `MASKED`, in the same order as transformers, so that ties and the
     scores reported for unfinished beams come out the same.
@@ -228,6 +233,7 @@ def beam_search(model, states, prompt, settings) -> GenerationResult:
     decoder.expand(num_beams)
     logits = logits.repeat_interleave(num_beams, dim=0)  # (B * K, V)
     history = settings.reads_history  # penalties and bans read the tokens so far
+    ends = torch.tensor(settings.end_tokens, device=device)
 
     running = torch.full((images, num_beams, max_length), settings.pad_token_id, dtype=torch.long, device=device)
     running[:, :, :prompt_len] = prompt
@@ -245,7 +251,7 @@ def beam_search(model, states, prompt, settings) -> GenerationResult:
     result_seqs, result_scores = beams.done_seqs.clone(), beams.done_scores.clone()
     cur_len = prompt_len
     while True:
-        candidates = _best_continuations(logits, beams, cur_len, prompt_len, settings, history)
+        candidates = _best_continuations(logits, beams, cur_len, prompt_len, settings, history, ends)
         parents = _keep_running(beams, candidates)
         _keep_finished(beams, candidates, cur_len + 1 - prompt_len, settings.length_penalty)
         cur_len += 1
@@ -265,7 +271,10 @@ def beam_search(model, states, prompt, settings) -> GenerationResult:
         logits = decoder.step(beams.running[:, :, cur_len - 1].reshape(-1, 1))
     result_seqs[live], result_scores[live] = beams.done_seqs, beams.done_scores
 
-    eos, count = settings.eos_token_id, settings.num_return_sequences
-    sequences = [[_trim(result_seqs[i, j, prompt_len:].tolist(), eos) for j in range(count)] for i in range(images)]
+    count = settings.num_return_sequences
+    sequences = [
+        [_trim(result_seqs[i, j, prompt_len:].tolist(), settings.end_tokens) for j in range(count)]
+        for i in range(images)
+    ]
     scores = [[float(result_scores[i, j]) for j in range(count)] for i in range(images)]
     return GenerationResult(sequences=sequences, scores=scores)

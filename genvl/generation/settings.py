@@ -8,6 +8,8 @@ MAX_SEQUENCES = 256
 # the most token sequences `bad_words_ids` may ban, and the longest: every step checks them all
 MAX_BAD_WORDS = 10_000
 MAX_BAD_WORD_TOKENS = 64
+# the most end tokens a config may list: beam search keeps K candidates more per end token at every step
+MAX_END_TOKENS = 64
 # generation_config options transformers' generate() acts on that genvl's engine does not implement, with the
 # value that leaves them off: a config that turns one on is refused rather than decoded differently
 UNSUPPORTED = {
@@ -35,7 +37,7 @@ UNSUPPORTED = {
 class GenerationSettings:
     """How to decode. Names and meanings follow transformers' `GenerationConfig`."""
 
-    eos_token_id: int
+    eos_token_id: int | tuple  # one end token, or several (any of them ends a caption)
     decoder_start_token_id: int
     pad_token_id: int
     max_new_tokens: int = 20
@@ -52,12 +54,15 @@ class GenerationSettings:
     early_stopping: bool | str = False
     num_return_sequences: int = 1
     forced_bos_token_id: int | None = None  # the first new token, when the prompt is the start token alone
-    forced_eos_token_id: int | None = None  # the last token there is room for
+    forced_eos_token_id: int | tuple | None = None  # the last token there is room for (the likeliest of several)
     seed: int | None = None
 
     def __post_init__(self):
-        for name in ("eos_token_id", "decoder_start_token_id", "pad_token_id"):
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+        self.eos_token_id = _end_tokens(self.eos_token_id)
+        if self.forced_eos_token_id is not None:
+            self.forced_eos_token_id = _end_tokens(self.forced_eos_token_id, "forced_eos_token_id")
+        for name in ("decoder_start_token_id", "pad_token_id"):
+            if not _is_token(getattr(self, name)):
                 raise ValueError(f"{name} must be a token id, got {getattr(self, name)!r}")
         for name in ("temperature", "top_p", "repetition_penalty", "length_penalty"):
             if not math.isfinite(getattr(self, name)):
@@ -94,6 +99,11 @@ class GenerationSettings:
             )
 
     @property
+    def end_tokens(self) -> tuple:
+        """Every token that ends a caption, the first one first."""
+        return self.eos_token_id if isinstance(self.eos_token_id, tuple) else (self.eos_token_id,)
+
+    @property
     def reads_history(self) -> bool:
         """Whether decoding must read the tokens written so far (penalties and bans do)."""
         return self.repetition_penalty != 1.0 or self.no_repeat_ngram_size > 0 or bool(self.bad_words_ids)
@@ -110,15 +120,15 @@ class GenerationSettings:
         if unknown:
             raise TypeError(f"unknown decoding arguments {unknown}; expected some of {sorted(known)}")
         values = {}
-        eos = _first(getattr(generation_config, "eos_token_id", None)) if generation_config else None
-        eos = eos if eos is not None else tokenizer.eos_token_id
+        eos = getattr(generation_config, "eos_token_id", None) if generation_config else None
+        eos = eos if eos not in (None, [], ()) else tokenizer.eos_token_id
         start = getattr(generation_config, "decoder_start_token_id", None) if generation_config else None
         start = _first(start) if start is not None else _first(getattr(generation_config, "bos_token_id", None))
         pad = getattr(generation_config, "pad_token_id", None) if generation_config else None
         values.update(
             eos_token_id=eos,
-            decoder_start_token_id=start if start is not None else eos,
-            pad_token_id=pad if pad is not None else eos,
+            decoder_start_token_id=start if start is not None else _first(eos),
+            pad_token_id=pad if pad is not None else _first(eos),
         )
         if generation_config is not None:
             for name, off in UNSUPPORTED.items():
@@ -130,7 +140,7 @@ class GenerationSettings:
             for name in known - {"eos_token_id", "decoder_start_token_id", "pad_token_id", "seed"}:
                 value = getattr(generation_config, name, None)
                 if value is not None:
-                    values[name] = _first(value) if name.startswith("forced_") else value
+                    values[name] = _first(value) if name == "forced_bos_token_id" else value
             if getattr(generation_config, "max_new_tokens", None) is None and generation_config.max_length:
                 values["max_new_tokens"] = max(1, generation_config.max_length - 1)
             if getattr(generation_config, "min_length", 0) and "min_new_tokens" not in values:
@@ -140,6 +150,23 @@ class GenerationSettings:
             given["do_sample"] = True
         values.update(given)
         return cls(**values)
+
+
+def _is_token(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _end_tokens(value, name: str = "eos_token_id"):
+    """`eos_token_id` (or `forced_eos_token_id`) as one token id, or a tuple of several, or a one-line error naming
+    what is wrong."""
+    if isinstance(value, (list, tuple)) and value and all(_is_token(t) for t in value):
+        unique = tuple(dict.fromkeys(value))
+        if len(unique) > MAX_END_TOKENS:
+            raise ValueError(f"{name} may list at most {MAX_END_TOKENS} end tokens, got {len(unique)}")
+        return unique[0] if len(unique) == 1 else unique
+    if not _is_token(value):
+        raise ValueError(f"{name} must be a token id or a non-empty list of them, got {value!r:.200}")
+    return value
 
 
 def _token_sequences(value) -> tuple | None:
