@@ -346,6 +346,37 @@ def test_unsupported_generation_options_are_refused_not_ignored(tmp_path):
         pipeline.settings()
 
 
+@pytest.mark.parametrize(
+    "name, value, refused",
+    [
+        ("stop_strings", ["red"], True),
+        ("dola_layers", "high", True),
+        ("top_h", 0.4, True),
+        ("token_healing", True, True),
+        ("guidance_scale", 3.0, True),
+        ("watermarking_config", {"greenlist_ratio": 0.25}, True),
+        ("typical_p", 0.9, True),
+        ("guidance_scale", 1.0, False),  # off, as transformers reads it
+        ("typical_p", 1.0, False),  # off, as older configs write it out
+        ("output_scores", True, False),  # what generate() returns, not which tokens
+        ("prompt_lookup_num_tokens", 3, False),  # the same tokens, faster
+        ("max_time", 5.0, False),
+        ("a_key_generate_does_not_know", 7, False),
+    ],
+)
+def test_every_generate_option_that_changes_tokens_is_implemented_or_refused(name, value, refused):
+    model = family_model("deit-roberta", vocab_size=60)
+    setattr(model.generation_config, name, value)
+    if refused:
+        with pytest.raises(ValueError, match=f"generation_config sets {name}=.*which genvl's engine does not"):
+            GenerationSettings.from_generation_config(model.generation_config, None)
+    else:
+        settings = GenerationSettings.from_generation_config(model.generation_config, None, max_new_tokens=6)
+        states = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(1)) * 3  # assisted: one at a time
+        ours = [seqs[0] for seqs in generate(model, None, settings, encoder_states=states).sequences]
+        assert ours == transformers_tokens(model, states, [EOS], EOS, max_new_tokens=6)
+
+
 # ---- pickled weights -----------------------------------------------------------------------------------------
 
 

@@ -225,8 +225,31 @@ def test_bad_words_bans_completions():
     banned = bad_words(scores, ids, ((7,), (4, 5, 6), (5, 8), (0,)), end_tokens=(0,))
     assert torch.isinf(banned).nonzero().tolist() == [[0, 6], [0, 7], [0, 8], [1, 7]]  # (0,) is the end token
     assert torch.isfinite(bad_words(scores, ids[:, :1], ((4, 5, 6),), end_tokens=(0,))).all()  # too short to match
-    with pytest.raises(ValueError, match="token id 10, beyond the vocabulary"):
-        bad_words(scores, ids, ((10,),), end_tokens=(0,))
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("eos_token_id", [0, "V"]),
+        ("decoder_start_token_id", "V"),
+        ("pad_token_id", "V"),
+        ("forced_bos_token_id", "V"),
+        ("forced_eos_token_id", [0, "V"]),
+        ("bad_words_ids", [[1], [2, "V"]]),
+    ],
+)
+def test_token_ids_beyond_the_vocabulary_are_refused_before_decoding(tiny_tokenizer, name, value, monkeypatch):
+    model, _ = get_dummy_components(tiny_tokenizer)
+    vocabulary = model.decoder.config.vocab_size
+
+    def beyond(v):
+        return [beyond(x) for x in v] if isinstance(v, list) else vocabulary if v == "V" else v
+
+    settings = dict(eos_token_id=0, decoder_start_token_id=0, pad_token_id=0, max_new_tokens=4)
+    settings = GenerationSettings(**{**settings, name: beyond(value)})
+    monkeypatch.setattr("genvl.generation.search.encode_images", None)  # refused before any image is encoded
+    with pytest.raises(ValueError, match=f"^{name} holds token id {vocabulary}, beyond the vocabulary"):
+        generate(model, torch.zeros(1, 3, 32, 32), settings)
 
 
 def test_top_k_and_top_p_filters():

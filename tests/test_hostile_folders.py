@@ -450,6 +450,17 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_refused(captioner, public
         ),
         ("image_processor/preprocessor_config.json", lambda c: c.update(size=-3), "size must be"),
         ("model/generation_config.json", lambda c: c.update(num_beams=100000), "num_beams must be <= 256"),
+        (
+            "model/generation_config.json",
+            lambda c: c.update(bad_words_ids=[[5], [7, 10**6]]),
+            "bad_words_ids holds token id 1000000, beyond the vocabulary",
+        ),
+        (
+            "model/generation_config.json",
+            lambda c: c.update(eos_token_id=[c["eos_token_id"], 10**9]),
+            "eos_token_id holds token id 1000000000, beyond the vocabulary",
+        ),
+        ("model/generation_config.json", lambda c: c.update(eos_token_id=list(range(99))), "at most 64 end tokens"),
     ],
 )
 def test_captioner_config_requests_are_bounded(where, change, fragment, captioner, image, tmp_path, capsys):

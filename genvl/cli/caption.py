@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-from ..io.folders import first_line
 from ..io.outputs import check_output_file, process_tag, temporary_file, temporary_name, written_atomically
 from ..pipelines.defaults import DEFAULT_CAPTIONER, shipped_pipeline
 from .common import (
@@ -134,10 +133,7 @@ def checked_settings(pipeline, args):
     if args.prefix is not None:
         check_text(args.prefix, "--prefix")
     folder = caption_model_folder(args.model)
-    try:
-        defaults = pipeline.settings()
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{folder}: its generation config is not usable ({first_line(err)})") from None
+    defaults = pipeline.settings()  # CaptionPipeline.from_pretrained refused a generation config it cannot use
     overrides = decoding_overrides(args)
     rerank = overrides.pop("rerank", 1)
     if rerank > 1:

@@ -35,12 +35,9 @@ def no_repeat_ngram(scores: torch.Tensor, input_ids: torch.Tensor, size: int) ->
 
 
 @lru_cache(maxsize=16)
-def _bad_word_groups(sequences: tuple, end_tokens: tuple, vocabulary: int, device: torch.device) -> tuple:
+def _bad_word_groups(sequences: tuple, end_tokens: tuple, device: torch.device) -> tuple:
     """`sequences` grouped by prefix length: ((prefixes (N, L), last tokens (N,)), ...), once per decoding. A lone end
     token is left out, as transformers leaves it out, so that a ban can never stop a caption from ending."""
-    largest = max(max(s) for s in sequences)
-    if largest >= vocabulary:
-        raise ValueError(f"bad_words_ids holds token id {largest}, beyond the vocabulary ({vocabulary} tokens)")
     groups = {}
     for sequence in sequences:
         if len(sequence) > 1 or sequence[0] not in end_tokens:
@@ -57,7 +54,7 @@ def _bad_word_groups(sequences: tuple, end_tokens: tuple, vocabulary: int, devic
 def bad_words(scores: torch.Tensor, input_ids: torch.Tensor, sequences: tuple, end_tokens: tuple) -> torch.Tensor:
     """Ban every token that would complete one of `sequences` (tuples of token ids) after `input_ids` (R, T), as
     transformers' `bad_words_ids` does: a one-token sequence is banned at every step."""
-    groups = _bad_word_groups(sequences, end_tokens, scores.shape[-1], scores.device)
+    groups = _bad_word_groups(sequences, end_tokens, scores.device)
     scores = scores.clone()
     for prefixes, last in groups:
         length = prefixes.shape[1]

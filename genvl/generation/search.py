@@ -32,6 +32,7 @@ def generate(model, pixel_values, settings, prefix_ids=(), generator=None, encod
     one per image (per-image reproducibility) for sampling. `encoder_states` (B, N, C), when given, are the
     images' encodings from `encode_images` (e.g. cached), and `pixel_values` is not used.
     """
+    settings.check_vocabulary(model.decoder.config.vocab_size)
     states = encode_images(model, pixel_values) if encoder_states is None else encoder_states
     if settings.do_sample and generator is None and settings.seed is not None:
         generator = torch.Generator(device=states.device).manual_seed(settings.seed)

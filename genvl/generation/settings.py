@@ -10,26 +10,33 @@ MAX_BAD_WORDS = 10_000
 MAX_BAD_WORD_TOKENS = 64
 # the most end tokens a config may list: beam search keeps K candidates more per end token at every step
 MAX_END_TOKENS = 64
-# generation_config options transformers' generate() acts on that genvl's engine does not implement, with the
-# value that leaves them off: a config that turns one on is refused rather than decoded differently
-UNSUPPORTED = {
-    "suppress_tokens": None,
-    "begin_suppress_tokens": None,
-    "forced_decoder_ids": None,
-    "sequence_bias": None,
-    "force_words_ids": None,
-    "constraints": None,
+# generation_config options that do not change which tokens generate() writes, or that genvl reads as something
+# else (bos_token_id, max_length, min_length): output and cache choices, compilation, and assisted or speculative
+# decoding (the same tokens, faster; it needs an assistant model a config cannot hold). `max_time` and
+# `remove_invalid_values` only act on a slow or broken model: genvl decodes to the end, and refuses a score that is not
+# finite. Every other option of transformers' `GenerationConfig` is implemented (a field of `GenerationSettings`) or
+# refused when set; keys `GenerationConfig` does not define are ignored, as generate() ignores them.
+NOT_DECODING = {
+    "_from_model_config", "transformers_version", "bos_token_id", "max_length", "min_length",
+    "output_attentions", "output_hidden_states", "output_logits", "output_scores", "return_dict_in_generate",
+    "use_cache", "cache_implementation", "cache_config", "max_cache_len", "prefill_chunk_size",
+    "continuous_batching_config", "compile_config", "disable_compile", "low_memory", "max_time",
+    "remove_invalid_values", "is_assistant", "assistant_confidence_threshold", "assistant_early_exit",
+    "assistant_ensemble_weight", "assistant_lookbehind", "target_lookbehind", "num_assistant_tokens",
+    "num_assistant_tokens_schedule", "prompt_lookup_num_tokens", "max_matching_ngram_size", "speculation_type",
+    "use_mtp",
+}  # fmt: skip
+# options genvl's engine does not implement whose "off" is a number (None, False and empty values are off for every
+# option): configs written by older transformers hold these
+OFF_VALUES = {
     "num_beam_groups": 1,
     "diversity_penalty": 0.0,
     "encoder_repetition_penalty": 1.0,
     "encoder_no_repeat_ngram_size": 0,
-    "exponential_decay_length_penalty": None,
-    "renormalize_logits": False,
-    "penalty_alpha": None,
     "typical_p": 1.0,
     "epsilon_cutoff": 0.0,
     "eta_cutoff": 0.0,
-    "min_p": None,
+    "guidance_scale": 1.0,
 }
 
 
@@ -98,10 +105,26 @@ class GenerationSettings:
                 f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams ({self.num_beams})"
             )
 
+    def check_vocabulary(self, size: int) -> None:
+        """A one-line error naming the setting, when a token id these settings hold is not below `size` (the
+        decoder's vocabulary): such an id would index past the decoder's embedding or never be written."""
+        named = {
+            "eos_token_id": self.end_tokens,
+            "decoder_start_token_id": (self.decoder_start_token_id,),
+            "pad_token_id": (self.pad_token_id,),
+            "forced_bos_token_id": () if self.forced_bos_token_id is None else (self.forced_bos_token_id,),
+            "forced_eos_token_id": () if self.forced_eos_token_id is None else _as_tuple(self.forced_eos_token_id),
+            "bad_words_ids": [t for sequence in self.bad_words_ids or () for t in sequence],
+        }
+        for name, ids in named.items():
+            largest = max(ids, default=-1)
+            if largest >= size:
+                raise ValueError(f"{name} holds token id {largest}, beyond the vocabulary ({size} tokens)")
+
     @property
     def end_tokens(self) -> tuple:
         """Every token that ends a caption, the first one first."""
-        return self.eos_token_id if isinstance(self.eos_token_id, tuple) else (self.eos_token_id,)
+        return _as_tuple(self.eos_token_id)
 
     @property
     def reads_history(self) -> bool:
@@ -131,12 +154,7 @@ class GenerationSettings:
             pad_token_id=pad if pad is not None else _first(eos),
         )
         if generation_config is not None:
-            for name, off in UNSUPPORTED.items():
-                value = getattr(generation_config, name, off)
-                if value not in (off, None, [], ()):
-                    raise ValueError(
-                        f"generation_config sets {name}={value!r}, which genvl's engine does not implement"
-                    )
+            _refuse_unimplemented(generation_config, known)
             for name in known - {"eos_token_id", "decoder_start_token_id", "pad_token_id", "seed"}:
                 value = getattr(generation_config, name, None)
                 if value is not None:
@@ -150,6 +168,18 @@ class GenerationSettings:
             given["do_sample"] = True
         values.update(given)
         return cls(**values)
+
+
+def _refuse_unimplemented(generation_config, implemented: set) -> None:
+    """A one-line error when `generation_config` turns on an option of transformers' `GenerationConfig` that genvl's
+    engine does not implement (see `NOT_DECODING`), rather than decoding other tokens than generate() would."""
+    from transformers import GenerationConfig
+
+    for name in sorted(set(GenerationConfig().to_dict()) - implemented - NOT_DECODING):
+        value = getattr(generation_config, name, None)
+        off = value is None or (isinstance(value, (bool, list, tuple, dict)) and not value)
+        if not off and not (name in OFF_VALUES and value == OFF_VALUES[name]):
+            raise ValueError(f"generation_config sets {name}={value!r:.200}, which genvl's engine does not implement")
 
 
 def _is_token(value) -> bool:
@@ -182,6 +212,10 @@ def _token_sequences(value) -> tuple | None:
     if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for s in value for t in s):
         raise ValueError(f"bad_words_ids must hold token ids (integers >= 0), got {value!r:.200}")
     return tuple(tuple(s) for s in value)
+
+
+def _as_tuple(value) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
 
 
 def _first(value):

@@ -13,7 +13,7 @@ from ..cache import EmbeddingCacheMixin
 from ..generation import GenerationSettings, generate
 from ..generation.decoder import encode_images
 from ..io.components import check_tokenizer, load_image_processor, load_tokenizer, local_folder, pipeline_from_folder
-from ..io.folders import check_model_folder, load_transformers_model
+from ..io.folders import check_model_folder, first_line, load_transformers_model
 from ..io.images import check_pad_fill, preprocess_each
 from ..io.outputs import weights_readable_as_umask
 from ..lora import LoraMixin
@@ -199,9 +199,14 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         if not (path / "model_index.json").exists():
             if not (path / "config.json").exists():
                 raise FileNotFoundError(f"{path}: not a captioner folder (no model_index.json or config.json)")
-            return cls._from_flat_folder(path, dtype)
-        pipeline = pipeline_from_folder(cls, path, dtype)
-        check_tokenizer(path / "tokenizer", pipeline.tokenizer, pipeline.model.decoder.config.vocab_size)
+            pipeline = cls._from_flat_folder(path, dtype)
+        else:
+            pipeline = pipeline_from_folder(cls, path, dtype)
+            check_tokenizer(path / "tokenizer", pipeline.tokenizer, pipeline.model.decoder.config.vocab_size)
+        try:  # a generation config the engine cannot decode with is refused here, not at the first call
+            pipeline.settings()
+        except ValueError as err:
+            raise ValueError(f"{path}: its generation config is not usable ({first_line(err)})") from None
         return pipeline
 
     @classmethod
@@ -238,8 +243,11 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         return encode_images(self.model, torch.stack(rows))
 
     def settings(self, **overrides) -> GenerationSettings:
-        """Decoding settings: the model's generation_config, then the given overrides."""
-        return GenerationSettings.from_generation_config(self.model.generation_config, self.tokenizer, **overrides)
+        """Decoding settings: the model's generation_config, then the given overrides, checked against the decoder's
+        vocabulary."""
+        settings = GenerationSettings.from_generation_config(self.model.generation_config, self.tokenizer, **overrides)
+        settings.check_vocabulary(self.model.decoder.config.vocab_size)
+        return settings
 
     def quantize(self, mode: str = "int8"):
         """Quantize the decoder's linear layers (GPT-2's `Conv1D` included) to int8 for CPU inference
