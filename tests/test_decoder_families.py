@@ -321,6 +321,64 @@ def test_public_family_folders_caption_as_transformers_does(family, tmp_path, sc
     assert prefixed.startswith("a red")
 
 
+def other_encoder(name: str):
+    """The config of a vision encoder other checkpoints pair with a GPT-2 decoder, tiny, and the image processor its
+    public checkpoints ship (CLIP's and DINOv2's resize the shortest edge and crop the centre)."""
+    from transformers import (
+        BitImageProcessor,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        Dinov2Config,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+        Swinv2Config,
+        ViTImageProcessor,
+    )
+
+    small = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    square, crop = {"height": 32, "width": 32}, dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return {
+        "clip": lambda: (CLIPVisionConfig(**small, intermediate_size=64), CLIPImageProcessor(**crop)),
+        "dinov2": lambda: (Dinov2Config(**small), BitImageProcessor(**crop)),
+        "siglip": lambda: (SiglipVisionConfig(**small, intermediate_size=64), SiglipImageProcessor(size=square)),
+        "swinv2": lambda: (
+            Swinv2Config(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4),
+            ViTImageProcessor(size=square),
+        ),
+    }[name]()
+
+
+@pytest.mark.parametrize("encoder", ["clip", "dinov2", "siglip", "swinv2"])
+def test_other_vision_encoders_caption_as_transformers_does(encoder, tiny_tokenizer, tmp_path, scene_images):
+    """A VisionEncoderDecoder folder with a CLIP, DINOv2, SigLIP or Swin V2 encoder and a GPT-2 decoder: the fast
+    path reads any encoder's states, and the folder's own image processor prepares the pictures."""
+    from transformers import GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+
+    encoder_config, processor = other_encoder(encoder)
+    eos = tiny_tokenizer.eos_token_id
+    decoder = GPT2Config(
+        vocab_size=len(tiny_tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=40, add_cross_attention=True
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder_config, decoder)
+    config.decoder_start_token_id = config.pad_token_id = config.eos_token_id = eos
+    torch.manual_seed(0)
+    model = VisionEncoderDecoderModel(config).eval()
+    model.config.tie_word_embeddings = model.decoder.config.tie_word_embeddings = False
+    model.decoder.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.decoder.lm_head.weight) * 0.5)
+    for part in (model, tiny_tokenizer, processor):
+        part.save_pretrained(tmp_path)
+    pipeline = CaptionPipeline.from_pretrained(tmp_path)
+    assert isinstance(decoder_for(pipeline.model, torch.zeros(1, 4, 32), 8), CachedDecoder)
+    images = [image.resize((48, 36)) for image in scene_images[:3]]  # not square: the processor's own resize
+    ours = pipeline(images, num_beams=2, max_new_tokens=8).captions
+    with torch.no_grad():
+        ids = model.generate(
+            pixel_values=processor(images, return_tensors="pt").pixel_values, num_beams=2, max_new_tokens=8
+        )
+    assert [c[0] for c in ours] == [t.strip() for t in tiny_tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    assert len({c[0] for c in ours}) > 1
+
+
 def test_cli_captions_with_a_bert_decoder_and_checks_its_positions(tmp_path, capsys, scene_images):
     folder = write_family_folder(tmp_path / "vit-bert", "vit-bert")
     image = tmp_path / "scene.png"
