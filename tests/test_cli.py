@@ -72,6 +72,20 @@ def test_sampling_records_per_image_seeds_that_reproduce(tiny_pipeline_dir, tmp_
     assert json.loads(capsys.readouterr().out)["captions"] == records[2]["captions"]
 
 
+def test_min_p_samples_and_at_one_keeps_only_the_likeliest_token(tiny_pipeline_dir, tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (30, 160, 90)).save(tmp_path / "x.png")
+    args = ["caption", str(tmp_path / "x.png"), "--model", str(tiny_pipeline_dir), "--max-new-tokens", "8", "--json"]
+    assert main([*args, "--quiet"]) == 0
+    greedy = json.loads(capsys.readouterr().out)
+    assert main([*args, "--quiet", "--min-p", "1", "--seed", "4"]) == 0
+    kept = json.loads(capsys.readouterr().out)
+    assert kept["seed"] == 4 and [c["text"] for c in kept["captions"]] == [c["text"] for c in greedy["captions"]]
+    assert main([*args, "--quiet", "--min-p", "0.001", "--seed", "4", "--num-captions", "3"]) == 0
+    assert len({c["text"] for c in json.loads(capsys.readouterr().out)["captions"]}) > 1
+
+
 @pytest.mark.parametrize(
     "flags, code, message",
     [

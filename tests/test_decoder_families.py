@@ -413,7 +413,8 @@ def test_unsupported_generation_options_are_refused_not_ignored(tmp_path):
         ("token_healing", True, True),
         ("guidance_scale", 3.0, True),
         ("watermarking_config", {"greenlist_ratio": 0.25}, True),
-        ("typical_p", 0.9, True),
+        ("exponential_decay_length_penalty", (3, 1.5), True),
+        ("typical_p", 0.9, False),  # implemented
         ("guidance_scale", 1.0, False),  # off, as transformers reads it
         ("typical_p", 1.0, False),  # off, as older configs write it out
         ("output_scores", True, False),  # what generate() returns, not which tokens

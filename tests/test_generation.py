@@ -5,7 +5,15 @@ import torch
 
 from genvl.generation import GenerationSettings, generate
 from genvl.generation import decoder as decoder_module
-from genvl.generation.processors import bad_words, no_repeat_ngram, top_k_filter, top_p_filter
+from genvl.generation.processors import (
+    bad_words,
+    cutoff_filter,
+    min_p_filter,
+    no_repeat_ngram,
+    top_k_filter,
+    top_p_filter,
+    typical_filter,
+)
 from genvl.models.captioner import CaptionerArchitecture
 from genvl.pipelines.caption import CaptionPipeline
 
@@ -261,6 +269,84 @@ def test_top_k_and_top_p_filters():
 
 
 @pytest.mark.parametrize(
+    "ours, warper, value",
+    [
+        (min_p_filter, "MinPLogitsWarper", 0.05),
+        (min_p_filter, "MinPLogitsWarper", 0.3),
+        (typical_filter, "TypicalLogitsWarper", 0.2),
+        (typical_filter, "TypicalLogitsWarper", 0.9),
+        (cutoff_filter, "EpsilonLogitsWarper", 3e-3),
+        (cutoff_filter, "EpsilonLogitsWarper", 0.05),
+        ("eta", "EtaLogitsWarper", 3e-3),
+        ("eta", "EtaLogitsWarper", 0.2),
+    ],
+)
+def test_sampling_filters_match_transformers_warpers(ours, warper, value):
+    """The same scores come out, -inf where transformers' warper drops a token, on peaked and flat rows with tokens
+    already banned."""
+    import transformers.generation.logits_process as processes
+
+    scores = torch.randn(6, 80, generator=torch.Generator().manual_seed(0)) * torch.tensor(
+        [[0.3], [1], [2], [4], [6], [9]]
+    )
+    scores[1, :5] = float("-inf")
+    expected = getattr(processes, warper)(value)(None, scores)
+    got = cutoff_filter(scores, value, eta=True) if ours == "eta" else ours(scores, value)
+    assert torch.equal(got, expected)
+    dropped = torch.isinf(got).sum(dim=1) - torch.isinf(scores).sum(dim=1)
+    assert dropped.min() < dropped.max() and (torch.isfinite(got).sum(dim=1) >= 1).all()  # rows differ; none empty
+
+
+def test_sampling_that_keeps_only_the_likeliest_token_is_greedy(tiny_tokenizer):
+    model, _ = get_dummy_components(tiny_tokenizer)
+    eos = tiny_tokenizer.eos_token_id
+    pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    base = dict(eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos, max_new_tokens=10)
+    greedy = generate(model, pixel_values, GenerationSettings(**base)).sequences
+    for only_the_likeliest in (dict(min_p=1.0), dict(epsilon_cutoff=0.999)):
+        settings = GenerationSettings(**base, do_sample=True, seed=0, **only_the_likeliest)
+        assert generate(model, pixel_values, settings).sequences == greedy
+    loose = GenerationSettings(**base, do_sample=True, seed=0, min_p=0.01, typical_p=0.95, eta_cutoff=1e-4)
+    assert generate(model, pixel_values, loose).sequences != greedy
+
+
+@pytest.mark.parametrize(
+    "case",
+    [dict(num_beams=1), dict(num_beams=4, renormalize_logits=True), dict(num_beams=3, forced_bos_token_id="second")],
+    ids=["greedy", "beam4-renormalize", "beam3-forced-bos"],
+)
+def test_suppressed_tokens_match_transformers_generate(tiny_tokenizer, case):
+    """`suppress_tokens` (a token the model writes mid-caption) and `begin_suppress_tokens` (the first token of most
+    captions, or the second after a forced first): the same tokens and beam scores as transformers' generate()."""
+    model, _ = get_dummy_components(tiny_tokenizer, seed=1)
+    eos = tiny_tokenizer.eos_token_id
+    pixel_values = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    base = dict(eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos, max_new_tokens=12)
+    case, begin = dict(case), 0
+    if case.get("forced_bos_token_id"):
+        begin, case["forced_bos_token_id"] = (
+            1,
+            generate(model, pixel_values, GenerationSettings(**base)).sequences[0][0][0],
+        )
+    # a token the case writes mid-caption, then the token it most often writes first once that one is suppressed
+    free = [s for seqs in generate(model, pixel_values, GenerationSettings(**base, **case)).sequences for s in seqs]
+    middles = [t for s in free for t in s[begin + 1 :]]
+    case["suppress_tokens"] = [max(middles, key=middles.count)]
+    partial = [s for seqs in generate(model, pixel_values, GenerationSettings(**base, **case)).sequences for s in seqs]
+    firsts = [s[begin] for s in partial if len(s) > begin + 1]
+    case["begin_suppress_tokens"] = [max(firsts, key=firsts.count)]
+    result = generate(model, pixel_values, GenerationSettings(**base, **case))
+    ours = [seq for seqs in result.sequences for seq in seqs]
+    theirs = hf_sequences(model, pixel_values, torch.tensor([[eos]]), case, 12)
+    assert ours == [trimmed(row, 1, eos) for row in theirs.sequences]
+    assert partial != free and all(case["suppress_tokens"][0] not in seq for seq in partial + ours)
+    assert ours != partial and all(seq[begin] not in case["begin_suppress_tokens"] for seq in ours if len(seq) > begin)
+    if case["num_beams"] > 1:
+        scores = torch.tensor([s for row in result.scores for s in row])
+        torch.testing.assert_close(scores, theirs.sequences_scores, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
     "bad, message",
     [
         (dict(num_beams=0), "num_beams"),
@@ -273,6 +359,12 @@ def test_top_k_and_top_p_filters():
         (dict(bad_words_ids=[[3, -1]]), "bad_words_ids must hold token ids"),
         (dict(bad_words_ids=[[True]]), "bad_words_ids must hold token ids"),
         (dict(bad_words_ids=[[1]] * 10_001), "at most 10000 sequences"),
+        (dict(min_p=1.5), "min_p must be in"),
+        (dict(typical_p=0), "typical_p must be in"),
+        (dict(eta_cutoff=1.0), "eta_cutoff must be in"),
+        (dict(epsilon_cutoff=float("nan")), "epsilon_cutoff must be a finite number"),
+        (dict(suppress_tokens=[3, -2]), "suppress_tokens must be a list of token ids"),
+        (dict(begin_suppress_tokens=5), "begin_suppress_tokens must be a list of token ids"),
     ],
 )
 def test_bad_settings_are_rejected(bad, message):

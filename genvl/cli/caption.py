@@ -36,6 +36,7 @@ FLAG_NAMES = {
     "min_new_tokens": "--min-new-tokens",
     "top_k": "--top-k",
     "top_p": "--top-p",
+    "min_p": "--min-p",
     "temperature": "--temperature",
     "repetition_penalty": "--repetition-penalty",
     "no_repeat_ngram_size": "--no-repeat-ngram-size",
@@ -84,6 +85,11 @@ def add_decoding_flags(parser):
         type=checked_type(float, lambda p: 0 < p <= 1, "in (0, 1]"),
         help="nucleus sampling: smallest token set with this probability",
     )
+    group.add_argument(
+        "--min-p",
+        type=checked_type(float, lambda p: 0 <= p <= 1, "in [0, 1]"),
+        help="sample from the tokens at least this fraction as likely as the likeliest",
+    )
     group.add_argument("--repetition-penalty", type=positive(float))
     group.add_argument("--no-repeat-ngram-size", type=non_negative(int))
     group.add_argument("--length-penalty", type=checked_type(float, lambda _: True, "a finite number"))
@@ -115,6 +121,7 @@ def decoding_overrides(args) -> dict:
         "temperature",
         "top_k",
         "top_p",
+        "min_p",
         "repetition_penalty",
         "no_repeat_ngram_size",
         "length_penalty",

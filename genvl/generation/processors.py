@@ -73,6 +73,13 @@ def min_new_tokens(scores: torch.Tensor, generated: int, minimum: int, end_token
     return scores
 
 
+def suppress(scores: torch.Tensor, tokens: tuple) -> torch.Tensor:
+    """`tokens` may not come next."""
+    scores = scores.clone()
+    scores[:, list(tokens)] = NEG_INF
+    return scores
+
+
 def forced_token(scores: torch.Tensor, token) -> torch.Tensor:
     """Only `token` (an id, or a tuple of ids all scored 0) may come next."""
     forced = torch.full_like(scores, NEG_INF)
@@ -83,8 +90,9 @@ def forced_token(scores: torch.Tensor, token) -> torch.Tensor:
 def apply_penalties(
     scores: torch.Tensor, input_ids: torch.Tensor, generated: int, settings, prompt_length: int = 1
 ) -> torch.Tensor:
-    """Repetition penalty, n-gram ban, banned sequences, minimum length, then the forced first and last tokens, in
-    transformers' order; `generated` tokens follow a prompt of `prompt_length` (the start token and any prefix)."""
+    """Repetition penalty, n-gram ban, banned sequences, minimum length, the forced first and last tokens, suppressed
+    tokens, then renormalisation, in transformers' order; `generated` tokens follow a prompt of `prompt_length` (the
+    start token and any prefix)."""
     if settings.repetition_penalty != 1.0:
         scores = repetition_penalty(scores, input_ids, settings.repetition_penalty)
     if settings.no_repeat_ngram_size > 0:
@@ -98,6 +106,16 @@ def apply_penalties(
         scores = forced_token(scores, settings.forced_bos_token_id)
     if settings.forced_eos_token_id is not None and generated == settings.max_new_tokens - 1:
         scores = forced_token(scores, settings.forced_eos_token_id)
+    if settings.suppress_tokens:
+        scores = suppress(scores, settings.suppress_tokens)
+    # the first token the model itself chooses: the one after a forced first token, when the prompt is the start alone
+    first = prompt_length + (1 if prompt_length == 1 and settings.forced_bos_token_id is not None else 0)
+    if settings.begin_suppress_tokens and length == first:
+        scores = suppress(scores, settings.begin_suppress_tokens)
+    if settings.renormalize_logits:
+        # transformers renormalises after the sampling filters too; they all read the scores up to a shift, so
+        # renormalising here gives the same distribution, and beam search the same log-probabilities
+        scores = scores.log_softmax(dim=-1)
     return scores
 
 
@@ -116,8 +134,41 @@ def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     return scores.masked_fill(remove.scatter(1, order, remove), NEG_INF)
 
 
+def min_p_filter(scores: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Keep the tokens at least `min_p` times as likely as the likeliest."""
+    probs = scores.softmax(dim=-1)
+    remove = probs < min_p * probs.amax(dim=-1, keepdim=True)
+    remove.scatter_(1, probs.argmax(dim=-1, keepdim=True), False)
+    return scores.masked_fill(remove, NEG_INF)
+
+
+def typical_filter(scores: torch.Tensor, mass: float) -> torch.Tensor:
+    """Locally typical sampling: keep the tokens whose surprisal is closest to the entropy, up to `mass` of the
+    probability."""
+    log_probs = scores.log_softmax(dim=-1)
+    entropy = -(log_probs * log_probs.exp()).nansum(dim=-1, keepdim=True)
+    distance, order = torch.sort((-log_probs - entropy).abs())
+    cumulative = scores.gather(1, order).softmax(dim=-1).cumsum(dim=-1)
+    last = (cumulative < mass).sum(dim=1).clamp_(max=scores.shape[-1] - 1)
+    remove = distance > distance.gather(1, last[:, None])
+    remove[:, :1] = False  # always keep the most typical token
+    return scores.masked_fill(remove.scatter(1, order, remove), NEG_INF)
+
+
+def cutoff_filter(scores: torch.Tensor, epsilon: float, eta: bool = False) -> torch.Tensor:
+    """Truncation sampling: drop the tokens less likely than `epsilon` (epsilon sampling) or, with `eta`, than
+    min(epsilon, sqrt(epsilon) * exp(-entropy)) (eta sampling); the likeliest token always stays."""
+    probs = scores.softmax(dim=-1)
+    threshold = torch.tensor(epsilon, device=scores.device)
+    if eta:
+        entropy = torch.distributions.Categorical(logits=scores).entropy()
+        threshold = torch.minimum(threshold, threshold.sqrt() * torch.exp(-entropy))[:, None]
+    remove = (probs < threshold) & (scores < scores.amax(dim=-1, keepdim=True))
+    return scores.masked_fill(remove, NEG_INF)
+
+
 def sampling_filters(scores: torch.Tensor, settings) -> torch.Tensor:
-    """Temperature, then top-k, then top-p."""
+    """Temperature, then top-k, top-p, min-p, typical, epsilon and eta filtering, in transformers' order."""
     if settings.temperature != 1.0:
         # shifted so that the best score is 0 first: the same distribution, and no overflow at tiny temperatures
         scores = (scores - scores.amax(dim=-1, keepdim=True)) / settings.temperature
@@ -125,4 +176,12 @@ def sampling_filters(scores: torch.Tensor, settings) -> torch.Tensor:
         scores = top_k_filter(scores, settings.top_k)
     if settings.top_p < 1.0:
         scores = top_p_filter(scores, settings.top_p)
+    if settings.min_p is not None:
+        scores = min_p_filter(scores, settings.min_p)
+    if settings.typical_p < 1.0:
+        scores = typical_filter(scores, settings.typical_p)
+    if 0.0 < settings.epsilon_cutoff:
+        scores = cutoff_filter(scores, settings.epsilon_cutoff)
+    if 0.0 < settings.eta_cutoff:
+        scores = cutoff_filter(scores, settings.eta_cutoff, eta=True)
     return scores

@@ -26,6 +26,8 @@ NOT_DECODING = {
     "num_assistant_tokens_schedule", "prompt_lookup_num_tokens", "max_matching_ngram_size", "speculation_type",
     "use_mtp",
 }  # fmt: skip
+# the settings that only sampling reads: given alone as an override, they switch sampling on
+SAMPLING = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
 # options genvl's engine does not implement whose "off" is a number (None, False and empty values are off for every
 # option): configs written by older transformers hold these
 OFF_VALUES = {
@@ -33,9 +35,6 @@ OFF_VALUES = {
     "diversity_penalty": 0.0,
     "encoder_repetition_penalty": 1.0,
     "encoder_no_repeat_ngram_size": 0,
-    "typical_p": 1.0,
-    "epsilon_cutoff": 0.0,
-    "eta_cutoff": 0.0,
     "guidance_scale": 1.0,
 }
 
@@ -54,6 +53,10 @@ class GenerationSettings:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    min_p: float | None = None  # keep tokens at least this fraction as likely as the likeliest
+    typical_p: float = 1.0
+    epsilon_cutoff: float = 0.0
+    eta_cutoff: float = 0.0
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     bad_words_ids: tuple | None = None  # token sequences never written (lists of ids, as in transformers)
@@ -62,6 +65,9 @@ class GenerationSettings:
     num_return_sequences: int = 1
     forced_bos_token_id: int | None = None  # the first new token, when the prompt is the start token alone
     forced_eos_token_id: int | tuple | None = None  # the last token there is room for (the likeliest of several)
+    suppress_tokens: tuple | None = None  # tokens never written
+    begin_suppress_tokens: tuple | None = None  # tokens not written first
+    renormalize_logits: bool = False  # log-softmax the scores again after the penalties
     seed: int | None = None
 
     def __post_init__(self):
@@ -71,7 +77,17 @@ class GenerationSettings:
         for name in ("decoder_start_token_id", "pad_token_id"):
             if not _is_token(getattr(self, name)):
                 raise ValueError(f"{name} must be a token id, got {getattr(self, name)!r}")
-        for name in ("temperature", "top_p", "repetition_penalty", "length_penalty"):
+        self.suppress_tokens = _token_ids(self.suppress_tokens, "suppress_tokens")
+        self.begin_suppress_tokens = _token_ids(self.begin_suppress_tokens, "begin_suppress_tokens")
+        for name in (
+            "temperature",
+            "top_p",
+            "typical_p",
+            "epsilon_cutoff",
+            "eta_cutoff",
+            "repetition_penalty",
+            "length_penalty",
+        ):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         checks = [
@@ -84,6 +100,10 @@ class GenerationSettings:
             (self.temperature > 0, "temperature must be > 0"),
             (self.top_k >= 0, "top_k must be >= 0 (0 disables it)"),
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.min_p is None or 0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
+            (0 < self.typical_p <= 1, "typical_p must be in (0, 1]"),
+            (0 <= self.epsilon_cutoff < 1, "epsilon_cutoff must be in [0, 1)"),
+            (0 <= self.eta_cutoff < 1, "eta_cutoff must be in [0, 1)"),
             (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
             (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0"),
             (self.num_return_sequences >= 1, "num_return_sequences must be >= 1"),
@@ -115,6 +135,8 @@ class GenerationSettings:
             "forced_bos_token_id": () if self.forced_bos_token_id is None else (self.forced_bos_token_id,),
             "forced_eos_token_id": () if self.forced_eos_token_id is None else _as_tuple(self.forced_eos_token_id),
             "bad_words_ids": [t for sequence in self.bad_words_ids or () for t in sequence],
+            "suppress_tokens": self.suppress_tokens or (),
+            "begin_suppress_tokens": self.begin_suppress_tokens or (),
         }
         for name, ids in named.items():
             largest = max(ids, default=-1)
@@ -164,7 +186,7 @@ class GenerationSettings:
             if getattr(generation_config, "min_length", 0) and "min_new_tokens" not in values:
                 values["min_new_tokens"] = max(0, generation_config.min_length - 1)
         given = {k: v for k, v in overrides.items() if v is not None}
-        if "do_sample" not in given and any(k in given for k in ("temperature", "top_k", "top_p")):
+        if "do_sample" not in given and any(k in given for k in SAMPLING):
             given["do_sample"] = True
         values.update(given)
         return cls(**values)
@@ -197,6 +219,17 @@ def _end_tokens(value, name: str = "eos_token_id"):
     if not _is_token(value):
         raise ValueError(f"{name} must be a token id or a non-empty list of them, got {value!r:.200}")
     return value
+
+
+def _token_ids(value, name: str) -> tuple | None:
+    """A list of token ids as a tuple (None when empty), or a one-line error naming what is wrong."""
+    if value is None or (isinstance(value, (list, tuple)) and not value):
+        return None
+    if not isinstance(value, (list, tuple)) or not all(_is_token(t) for t in value):
+        raise ValueError(f"{name} must be a list of token ids (integers >= 0), got {value!r:.200}")
+    if len(value) > MAX_BAD_WORDS:
+        raise ValueError(f"{name} may hold at most {MAX_BAD_WORDS} token ids")
+    return tuple(value)
 
 
 def _token_sequences(value) -> tuple | None:
