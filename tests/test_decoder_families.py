@@ -394,10 +394,10 @@ def test_cli_captions_with_a_bert_decoder_and_checks_its_positions(tmp_path, cap
 def test_unsupported_generation_options_are_refused_not_ignored(tmp_path):
     folder = write_family_folder(tmp_path / "trocr", "beit-trocr")
     pipeline = CaptionPipeline.from_pretrained(folder)
-    pipeline.model.generation_config.suppress_tokens = [5]
-    with pytest.raises(ValueError, match="suppress_tokens=\\[5\\], which genvl's engine does not implement"):
+    pipeline.model.generation_config.stop_strings = ["red"]
+    with pytest.raises(ValueError, match="stop_strings=\\['red'\\], which genvl's engine does not implement"):
         pipeline.settings()
-    pipeline.model.generation_config.suppress_tokens = None
+    pipeline.model.generation_config.stop_strings = None
     pipeline.model.generation_config.eos_token_id = None
     pipeline.tokenizer.eos_token = None
     with pytest.raises(ValueError, match="eos_token_id must be a token id"):
@@ -413,8 +413,10 @@ def test_unsupported_generation_options_are_refused_not_ignored(tmp_path):
         ("token_healing", True, True),
         ("guidance_scale", 3.0, True),
         ("watermarking_config", {"greenlist_ratio": 0.25}, True),
-        ("exponential_decay_length_penalty", (3, 1.5), True),
+        ("num_beam_groups", 2, True),
         ("typical_p", 0.9, False),  # implemented
+        ("exponential_decay_length_penalty", (3, 1.5), False),
+        ("sequence_bias", [[[7], 2.0]], False),
         ("guidance_scale", 1.0, False),  # off, as transformers reads it
         ("typical_p", 1.0, False),  # off, as older configs write it out
         ("output_scores", True, False),  # what generate() returns, not which tokens

@@ -346,6 +346,38 @@ def test_suppressed_tokens_match_transformers_generate(tiny_tokenizer, case):
         torch.testing.assert_close(scores, theirs.sequences_scores, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_sequence_bias_and_length_decay_match_transformers_generate(tiny_tokenizer, num_beams):
+    """`sequence_bias` (a token the model writes pushed down, one it does not pulled up, and a pair that would follow
+    it) and `exponential_decay_length_penalty` (the end token raised after three tokens): transformers' tokens."""
+    model, _ = get_dummy_components(tiny_tokenizer, seed=0)
+    eos = tiny_tokenizer.eos_token_id
+    pixel_values = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    base = dict(eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos, max_new_tokens=12)
+    free = [s for seqs in generate(model, pixel_values, GenerationSettings(**base)).sequences for s in seqs]
+    written = [t for s in free for t in s]
+    common, unseen = max(written, key=written.count), min(set(range(60)) - set(written))
+    free = [
+        s
+        for seqs in generate(model, pixel_values, GenerationSettings(**base, num_beams=num_beams)).sequences
+        for s in seqs
+    ]
+    cases = [
+        dict(sequence_bias=[[[common], -4.0], [[unseen], 3.0], [[unseen, free[0][1]], 5.0], [[eos, unseen], 0.5]]),
+        dict(exponential_decay_length_penalty=(3, 1.6)),
+    ]
+    cases = [dict(case, num_beams=num_beams) for case in cases]
+    for case in cases:
+        result = generate(model, pixel_values, GenerationSettings(**base, **case))
+        ours = [seq for seqs in result.sequences for seq in seqs]
+        theirs = hf_sequences(model, pixel_values, torch.tensor([[eos]]), case, 12)
+        assert ours == [trimmed(row, 1, eos) for row in theirs.sequences] and ours != free
+        if num_beams > 1:
+            scores = torch.tensor([s for row in result.scores for s in row])
+            torch.testing.assert_close(scores, theirs.sequences_scores, rtol=1e-4, atol=1e-4)
+    assert max(map(len, ours)) < max(map(len, free))  # the decay ends captions sooner
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
@@ -365,6 +397,12 @@ def test_suppressed_tokens_match_transformers_generate(tiny_tokenizer, case):
         (dict(epsilon_cutoff=float("nan")), "epsilon_cutoff must be a finite number"),
         (dict(suppress_tokens=[3, -2]), "suppress_tokens must be a list of token ids"),
         (dict(begin_suppress_tokens=5), "begin_suppress_tokens must be a list of token ids"),
+        (dict(sequence_bias=[[[3], float("nan")]]), "sequence_bias must give each sequence a finite bias"),
+        (dict(sequence_bias=[[[3], float("inf")]]), "sequence_bias must give each sequence a finite bias"),
+        (dict(sequence_bias=[[3, 2.0]]), "sequence_bias must be a list of non-empty lists of token ids"),
+        (dict(sequence_bias=[[[3]]]), "sequence_bias must be a list of \\[token ids, bias\\] pairs"),
+        (dict(exponential_decay_length_penalty=(2, 0)), "decay must be a finite number > 0"),
+        (dict(exponential_decay_length_penalty=(-1, 1.5)), "must be \\[start, decay\\]"),
     ],
 )
 def test_bad_settings_are_rejected(bad, message):

@@ -35,35 +35,56 @@ def no_repeat_ngram(scores: torch.Tensor, input_ids: torch.Tensor, size: int) ->
 
 
 @lru_cache(maxsize=16)
-def _bad_word_groups(sequences: tuple, end_tokens: tuple, device: torch.device) -> tuple:
-    """`sequences` grouped by prefix length: ((prefixes (N, L), last tokens (N,)), ...), once per decoding. A lone end
-    token is left out, as transformers leaves it out, so that a ban can never stop a caption from ending."""
+def _grouped(sequences: tuple, device: torch.device) -> tuple:
+    """`sequences` (tuples of token ids) grouped by prefix length, once per decoding: ((prefixes (N, L), last tokens
+    (N,), the sequences' indices (N,)), ...)."""
     groups = {}
-    for sequence in sequences:
-        if len(sequence) > 1 or sequence[0] not in end_tokens:
-            groups.setdefault(len(sequence) - 1, []).append(sequence)
+    for index, sequence in enumerate(sequences):
+        groups.setdefault(len(sequence) - 1, []).append(index)
     return tuple(
         (
-            torch.tensor([s[:-1] for s in group], dtype=torch.long, device=device).reshape(len(group), length),
-            torch.tensor([s[-1] for s in group], dtype=torch.long, device=device),
+            torch.tensor([sequences[i][:-1] for i in group], dtype=torch.long, device=device).reshape(
+                len(group), length
+            ),
+            torch.tensor([sequences[i][-1] for i in group], dtype=torch.long, device=device),
+            torch.tensor(group, dtype=torch.long, device=device),
         )
         for length, group in sorted(groups.items())
     )
 
 
-def bad_words(scores: torch.Tensor, input_ids: torch.Tensor, sequences: tuple, end_tokens: tuple) -> torch.Tensor:
-    """Ban every token that would complete one of `sequences` (tuples of token ids) after `input_ids` (R, T), as
-    transformers' `bad_words_ids` does: a one-token sequence is banned at every step."""
-    groups = _bad_word_groups(sequences, end_tokens, scores.device)
-    scores = scores.clone()
-    for prefixes, last in groups:
+def _completions(input_ids: torch.Tensor, sequences: tuple, device: torch.device):
+    """(rows, tokens, sequence indices) of the sequences the next token would complete after `input_ids` (R, T): a
+    one-token sequence at every step, a longer one where the rows end with all but its last token."""
+    for prefixes, last, index in _grouped(sequences, device):
         length = prefixes.shape[1]
         if length > input_ids.shape[1]:  # longer than what has been written: it cannot be completed yet
             continue
         match = (input_ids[:, None, input_ids.shape[1] - length :] == prefixes[None]).all(dim=-1)  # (R, N)
         rows, which = match.nonzero(as_tuple=True)
-        scores[rows, last[which]] = NEG_INF
+        yield rows, last[which], index[which]
+
+
+def bad_words(scores: torch.Tensor, input_ids: torch.Tensor, sequences: tuple, end_tokens: tuple) -> torch.Tensor:
+    """Ban every token that would complete one of `sequences` after `input_ids` (R, T), as transformers'
+    `bad_words_ids` does. A lone end token is left out, as transformers leaves it out, so that a ban can never stop a
+    caption from ending."""
+    sequences = tuple(s for s in sequences if len(s) > 1 or s[0] not in end_tokens)
+    scores = scores.clone()
+    for rows, tokens, _ in _completions(input_ids, sequences, scores.device):
+        scores[rows, tokens] = NEG_INF
     return scores
+
+
+def sequence_bias(scores: torch.Tensor, input_ids: torch.Tensor, biases: tuple) -> torch.Tensor:
+    """Add each bias of `biases` ((token sequence, bias), ...) to the token that would complete its sequence after
+    `input_ids` (R, T), as transformers' `sequence_bias` does (the biases of one token summed first)."""
+    sequences = tuple(sequence for sequence, _ in biases)
+    values = torch.tensor([bias for _, bias in biases], dtype=scores.dtype, device=scores.device)
+    bias = torch.zeros_like(scores)
+    for rows, tokens, index in _completions(input_ids, sequences, scores.device):
+        bias.index_put_((rows, tokens), values[index], accumulate=True)
+    return scores + bias
 
 
 def min_new_tokens(scores: torch.Tensor, generated: int, minimum: int, end_tokens: tuple) -> torch.Tensor:
@@ -71,6 +92,16 @@ def min_new_tokens(scores: torch.Tensor, generated: int, minimum: int, end_token
         scores = scores.clone()
         scores[:, list(end_tokens)] = NEG_INF
     return scores
+
+
+def end_decay(scores: torch.Tensor, end_tokens: tuple, factor: float) -> torch.Tensor:
+    """Raise each end token's score by |score| * (factor - 1), where it is finite: transformers'
+    `exponential_decay_length_penalty`, with factor = decay ** (tokens past its start)."""
+    ends = list(end_tokens)
+    current = scores[:, ends]
+    raised = torch.zeros_like(scores)
+    raised[:, ends] = (current.abs() * (factor - 1)).masked_fill(~torch.isfinite(current), 0.0)
+    return scores + raised
 
 
 def suppress(scores: torch.Tensor, tokens: tuple) -> torch.Tensor:
@@ -90,9 +121,11 @@ def forced_token(scores: torch.Tensor, token) -> torch.Tensor:
 def apply_penalties(
     scores: torch.Tensor, input_ids: torch.Tensor, generated: int, settings, prompt_length: int = 1
 ) -> torch.Tensor:
-    """Repetition penalty, n-gram ban, banned sequences, minimum length, the forced first and last tokens, suppressed
-    tokens, then renormalisation, in transformers' order; `generated` tokens follow a prompt of `prompt_length` (the
-    start token and any prefix)."""
+    """Sequence biases, repetition penalty, n-gram ban, banned sequences, minimum length, the forced first and last
+    tokens, the end tokens' length decay, suppressed tokens, then renormalisation, in transformers' order; `generated`
+    tokens follow a prompt of `prompt_length` (the start token and any prefix)."""
+    if settings.sequence_bias:
+        scores = sequence_bias(scores, input_ids, settings.sequence_bias)
     if settings.repetition_penalty != 1.0:
         scores = repetition_penalty(scores, input_ids, settings.repetition_penalty)
     if settings.no_repeat_ngram_size > 0:
@@ -106,6 +139,9 @@ def apply_penalties(
         scores = forced_token(scores, settings.forced_bos_token_id)
     if settings.forced_eos_token_id is not None and generated == settings.max_new_tokens - 1:
         scores = forced_token(scores, settings.forced_eos_token_id)
+    decay = settings.exponential_decay_length_penalty
+    if decay is not None and generated > decay[0]:
+        scores = end_decay(scores, settings.end_tokens, decay[1] ** (generated - decay[0]))
     if settings.suppress_tokens:
         scores = suppress(scores, settings.suppress_tokens)
     # the first token the model itself chooses: the one after a forced first token, when the prompt is the start alone

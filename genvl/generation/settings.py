@@ -60,6 +60,7 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     bad_words_ids: tuple | None = None  # token sequences never written (lists of ids, as in transformers)
+    sequence_bias: tuple | None = None  # ((token sequence, bias), ...): added to a sequence's last token's score
     length_penalty: float = 1.0
     early_stopping: bool | str = False
     num_return_sequences: int = 1
@@ -68,6 +69,8 @@ class GenerationSettings:
     suppress_tokens: tuple | None = None  # tokens never written
     begin_suppress_tokens: tuple | None = None  # tokens not written first
     renormalize_logits: bool = False  # log-softmax the scores again after the penalties
+    # (start, decay): from `start` tokens on, end tokens' scores grow by decay ** (tokens past start), as transformers'
+    exponential_decay_length_penalty: tuple | None = None
     seed: int | None = None
 
     def __post_init__(self):
@@ -114,6 +117,8 @@ class GenerationSettings:
                 name = message.split()[0]
                 raise ValueError(f"{message}, got {getattr(self, name)!r}")
         self.bad_words_ids = _token_sequences(self.bad_words_ids)
+        self.sequence_bias = _sequence_biases(self.sequence_bias)
+        self.exponential_decay_length_penalty = _length_decay(self.exponential_decay_length_penalty)
         if self.num_beams > 1 and self.do_sample:
             raise ValueError("beam sampling is not supported: use num_beams=1 with do_sample=True, or do_sample=False")
         if self.num_beams == 1 and not self.do_sample and self.num_return_sequences > 1:
@@ -135,6 +140,7 @@ class GenerationSettings:
             "forced_bos_token_id": () if self.forced_bos_token_id is None else (self.forced_bos_token_id,),
             "forced_eos_token_id": () if self.forced_eos_token_id is None else _as_tuple(self.forced_eos_token_id),
             "bad_words_ids": [t for sequence in self.bad_words_ids or () for t in sequence],
+            "sequence_bias": [t for sequence, _ in self.sequence_bias or () for t in sequence],
             "suppress_tokens": self.suppress_tokens or (),
             "begin_suppress_tokens": self.begin_suppress_tokens or (),
         }
@@ -151,7 +157,12 @@ class GenerationSettings:
     @property
     def reads_history(self) -> bool:
         """Whether decoding must read the tokens written so far (penalties and bans do)."""
-        return self.repetition_penalty != 1.0 or self.no_repeat_ngram_size > 0 or bool(self.bad_words_ids)
+        return (
+            self.repetition_penalty != 1.0
+            or self.no_repeat_ngram_size > 0
+            or bool(self.bad_words_ids)
+            or bool(self.sequence_bias)
+        )
 
     @classmethod
     def from_generation_config(cls, generation_config, tokenizer, **overrides) -> "GenerationSettings":
@@ -232,19 +243,44 @@ def _token_ids(value, name: str) -> tuple | None:
     return tuple(value)
 
 
-def _token_sequences(value) -> tuple | None:
+def _token_sequences(value, name: str = "bad_words_ids") -> tuple | None:
     """`bad_words_ids` as a tuple of token-id tuples (None when empty), or a one-line error naming what is wrong."""
     if value is None or (isinstance(value, (list, tuple)) and not value):
         return None
     if not isinstance(value, (list, tuple)) or not all(isinstance(s, (list, tuple)) and s for s in value):
-        raise ValueError(f"bad_words_ids must be a list of non-empty lists of token ids, got {value!r:.200}")
+        raise ValueError(f"{name} must be a list of non-empty lists of token ids, got {value!r:.200}")
     if len(value) > MAX_BAD_WORDS or any(len(s) > MAX_BAD_WORD_TOKENS for s in value):
-        raise ValueError(
-            f"bad_words_ids may hold at most {MAX_BAD_WORDS} sequences of at most {MAX_BAD_WORD_TOKENS} tokens"
-        )
-    if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for s in value for t in s):
-        raise ValueError(f"bad_words_ids must hold token ids (integers >= 0), got {value!r:.200}")
+        raise ValueError(f"{name} may hold at most {MAX_BAD_WORDS} sequences of at most {MAX_BAD_WORD_TOKENS} tokens")
+    if not all(_is_token(t) for s in value for t in s):
+        raise ValueError(f"{name} must hold token ids (integers >= 0), got {value!r:.200}")
     return tuple(tuple(s) for s in value)
+
+
+def _length_decay(value) -> tuple | None:
+    """`exponential_decay_length_penalty` as (start, decay), or a one-line error naming what is wrong."""
+    if value is None:
+        return None
+    start, decay = value if isinstance(value, (list, tuple)) and len(value) == 2 else (None, None)
+    if not _is_token(start) or isinstance(decay, bool) or not isinstance(decay, (int, float)):
+        raise ValueError(f"exponential_decay_length_penalty must be [start, decay], got {value!r:.200}")
+    if not (math.isfinite(decay) and decay > 0):
+        raise ValueError(f"exponential_decay_length_penalty's decay must be a finite number > 0, got {decay!r}")
+    return start, float(decay)
+
+
+def _sequence_biases(value) -> tuple | None:
+    """`sequence_bias` ([[token ids], bias] pairs, or a dict of token-id tuples to biases) as ((sequence, bias), ...)
+    with one bias per sequence, the last given (None when empty), or a one-line error naming what is wrong."""
+    if value is None or (isinstance(value, (list, tuple, dict)) and not value):
+        return None
+    pairs = list(value.items()) if isinstance(value, dict) else value
+    if not isinstance(pairs, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+        raise ValueError(f"sequence_bias must be a list of [token ids, bias] pairs, got {value!r:.200}")
+    sequences = _token_sequences([sequence for sequence, _ in pairs], "sequence_bias")
+    biases = [bias for _, bias in pairs]
+    if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and (math.isfinite(b) or b < 0) for b in biases):
+        raise ValueError(f"sequence_bias must give each sequence a finite bias (or -inf), got {value!r:.200}")
+    return tuple(dict(zip(sequences, map(float, biases))).items())
 
 
 def _as_tuple(value) -> tuple:
