@@ -425,6 +425,7 @@ def test_tampered_text_to_image_component_is_refused(component, weights, t2i_dir
         (["--top-p", "1.5"], "--top-p"),
         (["--top-p", "0"], "--top-p"),
         (["--min-p", "1.5"], "--min-p"),
+        (["--stop", ""], "--stop"),
         (["--top-k", "-1"], "--top-k"),
         (["--temperature", "0"], "--temperature"),
         (["--max-new-tokens", "0"], "--max-new-tokens"),

@@ -86,6 +86,21 @@ def test_min_p_samples_and_at_one_keeps_only_the_likeliest_token(tiny_pipeline_d
     assert len({c["text"] for c in json.loads(capsys.readouterr().out)["captions"]}) > 1
 
 
+def test_stop_ends_captions_where_the_pipeline_does(tiny_pipeline_dir, tmp_path, capsys, scene_images):
+    from genvl.pipelines.caption import CaptionPipeline
+
+    scene_images[0].save(tmp_path / "x.png")
+    args = ["caption", str(tmp_path / "x.png"), "--model", str(tiny_pipeline_dir), "--max-new-tokens", "8", "--quiet"]
+    assert main(args) == 0
+    free = capsys.readouterr().out.split("\t")[1].strip()
+    stop = free.split()[1][:2]
+    assert main([*args, "--stop", stop, "--stop", "zzz"]) == 0
+    stopped = capsys.readouterr().out.split("\t")[1].strip()
+    pipeline = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
+    assert [stopped] == pipeline([tmp_path / "x.png"], max_new_tokens=8, stop_strings=[stop, "zzz"]).captions[0]
+    assert stop in stopped and len(stopped) < len(free)
+
+
 @pytest.mark.parametrize(
     "flags, code, message",
     [

@@ -379,6 +379,49 @@ def test_other_vision_encoders_caption_as_transformers_does(encoder, tiny_tokeni
     assert len({c[0] for c in ours}) > 1
 
 
+def stop_inside(tokenizer, rows) -> str:
+    """A stop string that starts on the last character one token of `rows` (token ids) writes and ends inside the
+    next token's text (whole characters: a random model writes many lone bytes)."""
+    for row in rows:
+        for i in range(1, len(row)):
+            before = tokenizer.decode(row[:i], skip_special_tokens=True)
+            added = tokenizer.decode(row[: i + 1], skip_special_tokens=True)[len(before) :]
+            stop = before[-1:] + added[:2]
+            if len(stop) >= 2 and "\ufffd" not in stop and stop.strip() == stop:
+                return stop
+    raise AssertionError("no token boundary between whole characters")
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+@pytest.mark.parametrize("family", ["vit-gpt2", "deit-roberta", "swin-mbart"])
+def test_stop_strings_end_captions_as_transformers_does(family, num_beams, tmp_path, scene_images):
+    """A stop string across a token boundary of a caption the folder writes: the captions end on the token that
+    completes it, as transformers' generate(stop_strings=...) ends them (byte-level BPE and SentencePiece-style
+    vocabularies)."""
+    from transformers import AutoTokenizer, VisionEncoderDecoderModel
+
+    if family == "vit-gpt2":
+        folder = write_public_vit_gpt2_folder(tmp_path / family)
+    else:
+        folder = write_family_folder(tmp_path / family, family)
+    pipeline = CaptionPipeline.from_pretrained(folder)
+    model = VisionEncoderDecoderModel.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    images, decoding = scene_images[:4], dict(num_beams=num_beams, max_new_tokens=10)
+
+    def transformers_captions(**stops):
+        with torch.no_grad():
+            ids = model.generate(pixel_values=pipeline.preprocess(images), **decoding, **stops)
+        return ids, [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    free_ids, free = transformers_captions()
+    stop = stop_inside(tokenizer, free_ids[:, 1:].tolist())
+    ours = [c[0] for c in pipeline(images, **decoding, stop_strings=[stop]).captions]
+    assert ours == transformers_captions(stop_strings=[stop], tokenizer=tokenizer)[1]
+    assert ours != free  # a stop cut captions short (beam search may then keep others that do not write it)
+    assert num_beams > 1 or any(stop in caption for caption in ours)
+
+
 def test_cli_captions_with_a_bert_decoder_and_checks_its_positions(tmp_path, capsys, scene_images):
     folder = write_family_folder(tmp_path / "vit-bert", "vit-bert")
     image = tmp_path / "scene.png"
@@ -394,10 +437,10 @@ def test_cli_captions_with_a_bert_decoder_and_checks_its_positions(tmp_path, cap
 def test_unsupported_generation_options_are_refused_not_ignored(tmp_path):
     folder = write_family_folder(tmp_path / "trocr", "beit-trocr")
     pipeline = CaptionPipeline.from_pretrained(folder)
-    pipeline.model.generation_config.stop_strings = ["red"]
-    with pytest.raises(ValueError, match="stop_strings=\\['red'\\], which genvl's engine does not implement"):
+    pipeline.model.generation_config.dola_layers = "high"
+    with pytest.raises(ValueError, match="dola_layers='high', which genvl's engine does not implement"):
         pipeline.settings()
-    pipeline.model.generation_config.stop_strings = None
+    pipeline.model.generation_config.dola_layers = None
     pipeline.model.generation_config.eos_token_id = None
     pipeline.tokenizer.eos_token = None
     with pytest.raises(ValueError, match="eos_token_id must be a token id"):
@@ -407,7 +450,6 @@ def test_unsupported_generation_options_are_refused_not_ignored(tmp_path):
 @pytest.mark.parametrize(
     "name, value, refused",
     [
-        ("stop_strings", ["red"], True),
         ("dola_layers", "high", True),
         ("top_h", 0.4, True),
         ("token_healing", True, True),

@@ -235,6 +235,15 @@ def test_bad_words_bans_completions():
     assert torch.isfinite(bad_words(scores, ids[:, :1], ((4, 5, 6),), end_tokens=(0,))).all()  # too short to match
 
 
+def test_stop_strings_need_the_tokenizer(tiny_tokenizer):
+    model, _ = get_dummy_components(tiny_tokenizer)
+    settings = GenerationSettings(eos_token_id=0, decoder_start_token_id=0, pad_token_id=0, stop_strings=".")
+    assert settings.stop_strings == (".",)
+    with pytest.raises(ValueError, match="stop_strings needs the captioner's tokenizer: pass tokenizer="):
+        generate(model, torch.zeros(1, 3, 32, 32), settings)
+    assert generate(model, torch.zeros(1, 3, 32, 32), settings, tokenizer=tiny_tokenizer).sequences
+
+
 @pytest.mark.parametrize(
     "name, value",
     [
@@ -402,6 +411,10 @@ def test_sequence_bias_and_length_decay_match_transformers_generate(tiny_tokeniz
         (dict(sequence_bias=[[3, 2.0]]), "sequence_bias must be a list of non-empty lists of token ids"),
         (dict(sequence_bias=[[[3]]]), "sequence_bias must be a list of \\[token ids, bias\\] pairs"),
         (dict(exponential_decay_length_penalty=(2, 0)), "decay must be a finite number > 0"),
+        (dict(stop_strings=["."], num_beams=0), "num_beams"),
+        (dict(stop_strings=["", "."]), "stop_strings must be a text or a list of non-empty texts"),
+        (dict(stop_strings=[7]), "stop_strings must be a text or a list of non-empty texts"),
+        (dict(stop_strings=["x" * 257]), "at most 64 texts of at most 256 characters"),
         (dict(exponential_decay_length_penalty=(-1, 1.5)), "must be \\[start, decay\\]"),
     ],
 )

@@ -37,6 +37,7 @@ FLAG_NAMES = {
     "top_k": "--top-k",
     "top_p": "--top-p",
     "min_p": "--min-p",
+    "stop_strings": "--stop",
     "temperature": "--temperature",
     "repetition_penalty": "--repetition-penalty",
     "no_repeat_ngram_size": "--no-repeat-ngram-size",
@@ -102,6 +103,13 @@ def add_decoding_flags(parser):
     group.add_argument("--max-new-tokens", type=positive(int))
     group.add_argument("--min-new-tokens", type=non_negative(int))
     group.add_argument("--prefix", help='text every caption must continue, e.g. "a photo of"')
+    group.add_argument(
+        "--stop",
+        action="append",
+        dest="stop_strings",
+        metavar="TEXT",
+        help="end a caption on the token that writes TEXT (repeatable)",
+    )
     group.add_argument("--seed", type=seed_number, help="seed for sampling (recorded in --json output)")
     group.add_argument(
         "--rerank",
@@ -128,6 +136,7 @@ def decoding_overrides(args) -> dict:
         "num_return_sequences",
         "max_new_tokens",
         "min_new_tokens",
+        "stop_strings",
         "seed",
         "rerank",
     ]

@@ -25,14 +25,18 @@ class GenerationResult:
 
 
 @torch.no_grad()
-def generate(model, pixel_values, settings, prefix_ids=(), generator=None, encoder_states=None) -> GenerationResult:
+def generate(
+    model, pixel_values, settings, prefix_ids=(), generator=None, encoder_states=None, tokenizer=None
+) -> GenerationResult:
     """Caption a batch of images (B, 3, H, W) with `settings` (a `GenerationSettings`).
 
     `prefix_ids` are tokens every caption must continue; `generator` is a `torch.Generator` or a list of
     one per image (per-image reproducibility) for sampling. `encoder_states` (B, N, C), when given, are the
-    images' encodings from `encode_images` (e.g. cached), and `pixel_values` is not used.
+    images' encodings from `encode_images` (e.g. cached), and `pixel_values` is not used. `tokenizer` is needed
+    with `stop_strings` only.
     """
     settings.check_vocabulary(model.decoder.config.vocab_size)
+    stop = _stop_matcher(settings, tokenizer)
     states = encode_images(model, pixel_values) if encoder_states is None else encoder_states
     if settings.do_sample and generator is None and settings.seed is not None:
         generator = torch.Generator(device=states.device).manual_seed(settings.seed)
@@ -40,13 +44,29 @@ def generate(model, pixel_values, settings, prefix_ids=(), generator=None, encod
         raise ValueError(f"got {len(generator)} generators for {states.shape[0]} images")
     prompt = torch.tensor([settings.decoder_start_token_id, *prefix_ids], device=states.device)
     if settings.num_beams > 1:
-        return beam_search(model, states, prompt, settings)
-    return greedy_or_sample(model, states, prompt, settings, generator)
+        return beam_search(model, states, prompt, settings, stop)
+    return greedy_or_sample(model, states, prompt, settings, generator, stop)
 
 
-def _trim(tokens: list[int], end_tokens: tuple) -> list[int]:
-    """`tokens` up to the first end token."""
-    return next((tokens[:i] for i, token in enumerate(tokens) if token in end_tokens), tokens)
+def _stop_matcher(settings, tokenizer):
+    """A function of token ids (R, T) -> whether each row's last token completes one of `settings.stop_strings`
+    (R,), by transformers' `StopStringCriteria` on the tokenizer's vocabulary; None without stop strings."""
+    if not settings.stop_strings:
+        return None
+    if tokenizer is None:
+        raise ValueError("stop_strings needs the captioner's tokenizer: pass tokenizer= to generate()")
+    from transformers import StopStringCriteria
+
+    criteria = StopStringCriteria(tokenizer, list(settings.stop_strings))
+    return lambda ids: criteria(ids, None)
+
+
+def _trim(tokens: list[int], settings) -> list[int]:
+    """`tokens` up to the first end token; with stop strings, without the padding after a stop."""
+    tokens = next((tokens[:i] for i, token in enumerate(tokens) if token in settings.end_tokens), tokens)
+    while settings.stop_strings and tokens and tokens[-1] == settings.pad_token_id:
+        tokens = tokens[:-1]
+    return tokens
 
 
 def _sample(probs: torch.Tensor, generator, image_of_row: torch.Tensor) -> torch.Tensor:
@@ -62,7 +82,7 @@ def _sample(probs: torch.Tensor, generator, image_of_row: torch.Tensor) -> torch
     return torch.cat(picks)
 
 
-def greedy_or_sample(model, states, prompt, settings, generator=None) -> GenerationResult:
+def greedy_or_sample(model, states, prompt, settings, generator=None, stop=None) -> GenerationResult:
     images = states.shape[0]
     copies = settings.num_return_sequences if settings.do_sample else 1
     pad = settings.pad_token_id
@@ -98,6 +118,8 @@ def greedy_or_sample(model, states, prompt, settings, generator=None) -> Generat
         tokens[:, step] = next_tokens
         totals += picked
         finished |= torch.isin(next_tokens, ends)
+        if stop is not None:
+            finished |= stop(torch.cat([prompt.expand(len(live), -1), tokens[:, : step + 1]], dim=1))
         if step == settings.max_new_tokens - 1:
             break
         open_images = ~finished.view(-1, copies).all(dim=1)
@@ -118,7 +140,7 @@ def greedy_or_sample(model, states, prompt, settings, generator=None) -> Generat
     for image in range(images):
         block = range(image * copies, (image + 1) * copies)
         ranked = sorted(block, key=lambda r: -float(all_totals[r]))
-        sequences.append([_trim(all_tokens[r].tolist(), settings.end_tokens) for r in ranked])
+        sequences.append([_trim(all_tokens[r].tolist(), settings) for r in ranked])
         scores.append([float(all_totals[r]) for r in ranked])
     return GenerationResult(sequences=sequences, scores=scores)
 
@@ -153,11 +175,12 @@ class _Candidates:
     scores: torch.Tensor  # (B, C) summed log-probabilities
     parents: torch.Tensor  # (B, C) the beam each one continues
     sequences: torch.Tensor  # (B, C, max_length) the beam's tokens with the new one
-    ended: torch.Tensor  # (B, C) whether the new token ends the caption or is the last one there is room for
+    ended: torch.Tensor  # (B, C) whether the new token ends the caption (an end token, or it completes a stop string)
+    # or is the last one there is room for
 
 
 def _best_continuations(
-    logits, beams: _Beams, cur_len: int, prompt_len: int, settings, history: bool, ends: torch.Tensor
+    logits, beams: _Beams, cur_len: int, prompt_len: int, settings, history: bool, ends: torch.Tensor, stop=None
 ) -> _Candidates:
     """Phase 1: add each next token's log-probability (B * K, V) to its beam's score and keep the best C."""
     images, num_beams, max_length = beams.running.shape
@@ -171,6 +194,8 @@ def _best_continuations(
     sequences = torch.take_along_dim(beams.running, parents[:, :, None], dim=1)
     sequences[:, :, cur_len] = tokens
     ended = torch.isin(tokens, ends)
+    if stop is not None:
+        ended |= stop(sequences[:, :, : cur_len + 1].flatten(0, 1)).view(ended.shape)
     if cur_len + 1 >= max_length:
         ended.fill_(True)
     return _Candidates(top_scores, parents, sequences, ended)
@@ -219,7 +244,7 @@ def _settled(beams: _Beams, generated: int, most_generated: int, settings) -> to
     return settled
 
 
-def beam_search(model, states, prompt, settings) -> GenerationResult:
+def beam_search(model, states, prompt, settings, stop=None) -> GenerationResult:
     """Beam search with transformers' semantics (top 2K or more candidates, length penalty, early stopping rules).
 
     Masked scores are pushed down by adding `MASKED`, in the same order as transformers, so that ties and the
@@ -252,7 +277,7 @@ def beam_search(model, states, prompt, settings) -> GenerationResult:
     result_seqs, result_scores = beams.done_seqs.clone(), beams.done_scores.clone()
     cur_len = prompt_len
     while True:
-        candidates = _best_continuations(logits, beams, cur_len, prompt_len, settings, history, ends)
+        candidates = _best_continuations(logits, beams, cur_len, prompt_len, settings, history, ends, stop)
         parents = _keep_running(beams, candidates)
         _keep_finished(beams, candidates, cur_len + 1 - prompt_len, settings.length_penalty)
         cur_len += 1
@@ -274,8 +299,7 @@ def beam_search(model, states, prompt, settings) -> GenerationResult:
 
     count = settings.num_return_sequences
     sequences = [
-        [_trim(result_seqs[i, j, prompt_len:].tolist(), settings.end_tokens) for j in range(count)]
-        for i in range(images)
+        [_trim(result_seqs[i, j, prompt_len:].tolist(), settings) for j in range(count)] for i in range(images)
     ]
     scores = [[float(result_scores[i, j]) for j in range(count)] for i in range(images)]
     return GenerationResult(sequences=sequences, scores=scores)

@@ -10,6 +10,9 @@ MAX_BAD_WORDS = 10_000
 MAX_BAD_WORD_TOKENS = 64
 # the most end tokens a config may list: beam search keeps K candidates more per end token at every step
 MAX_END_TOKENS = 64
+# the most stop strings, and the longest: each step reads back as many tokens as the longest has characters
+MAX_STOP_STRINGS = 64
+MAX_STOP_STRING_LENGTH = 256
 # generation_config options that do not change which tokens generate() writes, or that genvl reads as something
 # else (bos_token_id, max_length, min_length): output and cache choices, compilation, and assisted or speculative
 # decoding (the same tokens, faster; it needs an assistant model a config cannot hold). `max_time` and
@@ -71,6 +74,7 @@ class GenerationSettings:
     renormalize_logits: bool = False  # log-softmax the scores again after the penalties
     # (start, decay): from `start` tokens on, end tokens' scores grow by decay ** (tokens past start), as transformers'
     exponential_decay_length_penalty: tuple | None = None
+    stop_strings: tuple | None = None  # texts that end a caption where its last token writes them (the tokenizer's)
     seed: int | None = None
 
     def __post_init__(self):
@@ -119,6 +123,7 @@ class GenerationSettings:
         self.bad_words_ids = _token_sequences(self.bad_words_ids)
         self.sequence_bias = _sequence_biases(self.sequence_bias)
         self.exponential_decay_length_penalty = _length_decay(self.exponential_decay_length_penalty)
+        self.stop_strings = _stop_strings(self.stop_strings)
         if self.num_beams > 1 and self.do_sample:
             raise ValueError("beam sampling is not supported: use num_beams=1 with do_sample=True, or do_sample=False")
         if self.num_beams == 1 and not self.do_sample and self.num_return_sequences > 1:
@@ -254,6 +259,21 @@ def _token_sequences(value, name: str = "bad_words_ids") -> tuple | None:
     if not all(_is_token(t) for s in value for t in s):
         raise ValueError(f"{name} must hold token ids (integers >= 0), got {value!r:.200}")
     return tuple(tuple(s) for s in value)
+
+
+def _stop_strings(value) -> tuple | None:
+    """`stop_strings` (a text or a list of them) as a tuple (None when empty), or a one-line error naming what is
+    wrong."""
+    if value is None or (isinstance(value, (list, tuple)) and not value):
+        return None
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) and t for t in texts):
+        raise ValueError(f"stop_strings must be a text or a list of non-empty texts, got {value!r:.200}")
+    if len(texts) > MAX_STOP_STRINGS or max(map(len, texts)) > MAX_STOP_STRING_LENGTH:
+        raise ValueError(
+            f"stop_strings may hold at most {MAX_STOP_STRINGS} texts of at most {MAX_STOP_STRING_LENGTH} characters"
+        )
+    return tuple(texts)
 
 
 def _length_decay(value) -> tuple | None:

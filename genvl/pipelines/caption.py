@@ -321,7 +321,9 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         states = self.cached_encode(self.model, list(pixel_values), self._encode_rows, self.image_processor.size)
         # 2. decode
         prefix_ids = self.prefix_ids(prefix)
-        result = generate(self.model, None, settings, prefix_ids=prefix_ids, generator=generator, encoder_states=states)
+        result = generate(
+            self.model, None, settings, prefix_ids, generator, encoder_states=states, tokenizer=self.tokenizer
+        )
         # 3. detokenise: the prefix is part of the caption
         captions = [
             [self.tokenizer.decode(prefix_ids + seq, skip_special_tokens=True).strip() for seq in seqs]
