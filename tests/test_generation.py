@@ -35,10 +35,9 @@ def hf_sequences(model, pixel_values, prompt, case, max_new_tokens):
         pixel_values=pixel_values,
         decoder_input_ids=prompt.expand(pixel_values.shape[0], -1),
         max_new_tokens=max_new_tokens,
-        do_sample=False,
         return_dict_in_generate=True,
         output_scores=case.get("num_beams", 1) > 1,
-        **case,
+        **{"do_sample": False, **case},
     )
     return out
 
@@ -385,6 +384,58 @@ def test_sequence_bias_and_length_decay_match_transformers_generate(tiny_tokeniz
             scores = torch.tensor([s for row in result.scores for s in row])
             torch.testing.assert_close(scores, theirs.sequences_scores, rtol=1e-4, atol=1e-4)
     assert max(map(len, ours)) < max(map(len, free))  # the decay ends captions sooner
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(num_beams=3, temperature=0.7),
+        dict(num_beams=4, top_k=12, top_p=0.9, num_return_sequences=2),
+        dict(num_beams=3, min_p=0.05, typical_p=0.95, length_penalty=0.6, early_stopping=True),
+        dict(num_beams=2, temperature=1.3, eta_cutoff=1e-3, no_repeat_ngram_size=2),
+    ],
+    ids=["temperature", "top-k-top-p-return2", "min-p-typical-early", "eta-ngram"],
+)
+def test_beam_sampling_draws_transformers_tokens_from_the_same_seed(tiny_tokenizer, case):
+    """Beam sampling (do_sample with num_beams > 1): from the same torch seed, genvl's engine draws the candidates
+    transformers' generate() draws, and reports the same beam scores; the draws differ from plain beam search."""
+    model, _ = get_dummy_components(tiny_tokenizer, seed=1)
+    eos = tiny_tokenizer.eos_token_id
+    pixel_values = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    base = dict(eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos, max_new_tokens=12)
+    case = dict(case, do_sample=True)
+    plain = generate(model, pixel_values, GenerationSettings(**base, **{**case, "do_sample": False}))
+    differ = 0
+    for seed in range(4):
+        torch.manual_seed(seed)  # no generator: both draw from torch's global one
+        result = generate(model, pixel_values, GenerationSettings(**base, **case))
+        torch.manual_seed(seed)
+        theirs = hf_sequences(model, pixel_values, torch.tensor([[eos]]), case, 12)
+        assert result.sequences[0] == [trimmed(row, 1, eos) for row in theirs.sequences]
+        torch.testing.assert_close(torch.tensor(result.scores[0]), theirs.sequences_scores, rtol=1e-4, atol=1e-4)
+        differ += result.sequences != plain.sequences
+    assert differ > 0
+
+
+def test_beam_sampling_is_reproducible_per_image(tiny_tokenizer):
+    model, _ = get_dummy_components(tiny_tokenizer)
+    eos = tiny_tokenizer.eos_token_id
+    pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    settings = GenerationSettings(
+        eos_token_id=eos, decoder_start_token_id=eos, pad_token_id=eos, max_new_tokens=10, num_beams=3, do_sample=True
+    )
+
+    def generators(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    batch = generate(model, pixel_values, settings, generator=generators(5, 6, 7)).sequences
+    alone = [
+        generate(model, pixel_values[i : i + 1], settings, generator=generators(5 + i)).sequences[0] for i in range(3)
+    ]
+    assert batch == alone
+    assert generate(model, pixel_values, settings, generator=generators(5, 6, 7)).sequences == batch
+    seeded = GenerationSettings(**{**settings.__dict__, "seed": 11})
+    assert generate(model, pixel_values, seeded).sequences == generate(model, pixel_values, seeded).sequences
 
 
 @pytest.mark.parametrize(

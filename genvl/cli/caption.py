@@ -80,7 +80,11 @@ def add_decoding_flags(parser):
     group = parser.add_argument_group("decoding (defaults come from the model's generation_config.json)")
     group.add_argument("--beam", type=positive(int), dest="num_beams", help="beam search with N beams")
     group.add_argument("--temperature", type=positive(float), help="sample with this temperature")
-    group.add_argument("--top-k", type=non_negative(int), help="sample from the K most likely tokens")
+    group.add_argument(
+        "--top-k",
+        type=non_negative(int),
+        help="sample from the K most likely tokens (default 50, as transformers; 0: all)",
+    )
     group.add_argument(
         "--top-p",
         type=checked_type(float, lambda p: 0 < p <= 1, "in (0, 1]"),

@@ -155,30 +155,30 @@ def apply_penalties(
     return scores
 
 
-def top_k_filter(scores: torch.Tensor, top_k: int) -> torch.Tensor:
-    top_k = min(top_k, scores.shape[-1])
+def top_k_filter(scores: torch.Tensor, top_k: int, keep: int = 1) -> torch.Tensor:
+    top_k = min(max(top_k, keep), scores.shape[-1])
     kth = torch.topk(scores, top_k).values[..., -1:]
     return scores.masked_fill(scores < kth, NEG_INF)
 
 
-def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+def top_p_filter(scores: torch.Tensor, top_p: float, keep: int = 1) -> torch.Tensor:
     """Nucleus filtering: keep the smallest set of most likely tokens whose probability reaches `top_p`."""
     sorted_scores, order = torch.sort(scores, descending=False)
     cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
     remove = cumulative <= (1 - top_p)
-    remove[..., -1:] = False  # always keep the most likely token
+    remove[..., -keep:] = False  # always keep the `keep` most likely tokens
     return scores.masked_fill(remove.scatter(1, order, remove), NEG_INF)
 
 
-def min_p_filter(scores: torch.Tensor, min_p: float) -> torch.Tensor:
+def min_p_filter(scores: torch.Tensor, min_p: float, keep: int = 1) -> torch.Tensor:
     """Keep the tokens at least `min_p` times as likely as the likeliest."""
     probs = scores.softmax(dim=-1)
     remove = probs < min_p * probs.amax(dim=-1, keepdim=True)
-    remove.scatter_(1, probs.argmax(dim=-1, keepdim=True), False)
+    remove.scatter_(1, torch.topk(probs, min(keep, probs.shape[-1])).indices, False)
     return scores.masked_fill(remove, NEG_INF)
 
 
-def typical_filter(scores: torch.Tensor, mass: float) -> torch.Tensor:
+def typical_filter(scores: torch.Tensor, mass: float, keep: int = 1) -> torch.Tensor:
     """Locally typical sampling: keep the tokens whose surprisal is closest to the entropy, up to `mass` of the
     probability."""
     log_probs = scores.log_softmax(dim=-1)
@@ -187,37 +187,40 @@ def typical_filter(scores: torch.Tensor, mass: float) -> torch.Tensor:
     cumulative = scores.gather(1, order).softmax(dim=-1).cumsum(dim=-1)
     last = (cumulative < mass).sum(dim=1).clamp_(max=scores.shape[-1] - 1)
     remove = distance > distance.gather(1, last[:, None])
-    remove[:, :1] = False  # always keep the most typical token
+    remove[:, :keep] = False  # always keep the `keep` most typical tokens
     return scores.masked_fill(remove.scatter(1, order, remove), NEG_INF)
 
 
-def cutoff_filter(scores: torch.Tensor, epsilon: float, eta: bool = False) -> torch.Tensor:
+def cutoff_filter(scores: torch.Tensor, epsilon: float, eta: bool = False, keep: int = 1) -> torch.Tensor:
     """Truncation sampling: drop the tokens less likely than `epsilon` (epsilon sampling) or, with `eta`, than
-    min(epsilon, sqrt(epsilon) * exp(-entropy)) (eta sampling); the likeliest token always stays."""
+    min(epsilon, sqrt(epsilon) * exp(-entropy)) (eta sampling); the `keep` likeliest tokens always stay."""
     probs = scores.softmax(dim=-1)
     threshold = torch.tensor(epsilon, device=scores.device)
     if eta:
         entropy = torch.distributions.Categorical(logits=scores).entropy()
         threshold = torch.minimum(threshold, threshold.sqrt() * torch.exp(-entropy))[:, None]
-    remove = (probs < threshold) & (scores < scores.amax(dim=-1, keepdim=True))
+    kth = torch.topk(scores, min(keep, scores.shape[-1])).values[..., -1:]
+    remove = (probs < threshold) & (scores < kth)
     return scores.masked_fill(remove, NEG_INF)
 
 
-def sampling_filters(scores: torch.Tensor, settings) -> torch.Tensor:
-    """Temperature, then top-k, top-p, min-p, typical, epsilon and eta filtering, in transformers' order."""
+def sampling_filters(scores: torch.Tensor, settings, keep: int = 1, shift: bool = True) -> torch.Tensor:
+    """Temperature, then top-k, top-p, min-p, typical, epsilon and eta filtering, in transformers' order; each filter
+    keeps at least the `keep` likeliest tokens (beam sampling keeps one more than there are end tokens). `shift`
+    subtracts the best score before the temperature divides: the same distribution, and no overflow at tiny
+    temperatures; beam sampling adds the divided scores up, so it divides them as they are, as transformers does."""
     if settings.temperature != 1.0:
-        # shifted so that the best score is 0 first: the same distribution, and no overflow at tiny temperatures
-        scores = (scores - scores.amax(dim=-1, keepdim=True)) / settings.temperature
+        scores = (scores - scores.amax(dim=-1, keepdim=True) if shift else scores) / settings.temperature
     if settings.top_k > 0:
-        scores = top_k_filter(scores, settings.top_k)
+        scores = top_k_filter(scores, settings.top_k, keep)
     if settings.top_p < 1.0:
-        scores = top_p_filter(scores, settings.top_p)
+        scores = top_p_filter(scores, settings.top_p, keep)
     if settings.min_p is not None:
-        scores = min_p_filter(scores, settings.min_p)
+        scores = min_p_filter(scores, settings.min_p, keep)
     if settings.typical_p < 1.0:
-        scores = typical_filter(scores, settings.typical_p)
+        scores = typical_filter(scores, settings.typical_p, keep)
     if 0.0 < settings.epsilon_cutoff:
-        scores = cutoff_filter(scores, settings.epsilon_cutoff)
+        scores = cutoff_filter(scores, settings.epsilon_cutoff, keep=keep)
     if 0.0 < settings.eta_cutoff:
-        scores = cutoff_filter(scores, settings.eta_cutoff, eta=True)
+        scores = cutoff_filter(scores, settings.eta_cutoff, eta=True, keep=keep)
     return scores

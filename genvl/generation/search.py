@@ -1,8 +1,8 @@
-"""Decoding loops: greedy, sampling and beam search over a cached decoder (`decoder_for`).
+"""Decoding loops: greedy, sampling, beam search and beam sampling over a cached decoder (`decoder_for`).
 
 Scores: greedy and sampling report the sum of the generated tokens' log-probabilities (after penalties,
 before temperature/top-k/top-p); beam search reports the length-normalised beam score, as transformers'
-`sequences_scores`.
+`sequences_scores` (beam sampling's after the sampling filters, as transformers sums them).
 """
 
 from dataclasses import dataclass
@@ -44,7 +44,7 @@ def generate(
         raise ValueError(f"got {len(generator)} generators for {states.shape[0]} images")
     prompt = torch.tensor([settings.decoder_start_token_id, *prefix_ids], device=states.device)
     if settings.num_beams > 1:
-        return beam_search(model, states, prompt, settings, stop)
+        return beam_search(model, states, prompt, settings, stop, generator)
     return greedy_or_sample(model, states, prompt, settings, generator, stop)
 
 
@@ -69,17 +69,18 @@ def _trim(tokens: list[int], settings) -> list[int]:
     return tokens
 
 
-def _sample(probs: torch.Tensor, generator, image_of_row: torch.Tensor) -> torch.Tensor:
-    """Draw one token per row; draws happen on each generator's device (a CPU generator gives the same
-    tokens whatever device the model runs on)."""
+def _sample(probs: torch.Tensor, generator, image_of_row: torch.Tensor, count: int = 1) -> torch.Tensor:
+    """Draw `count` different indices per row of `probs` (R, count), row i with the generator of image
+    `image_of_row[i]` when there is one per image; draws happen on each generator's device (a CPU generator gives
+    the same tokens whatever device the model runs on)."""
     if not isinstance(generator, (list, tuple)):
         device = generator.device if generator is not None else probs.device
-        return torch.multinomial(probs.to(device), 1, generator=generator).squeeze(1).to(probs.device)
+        return torch.multinomial(probs.to(device), count, generator=generator).to(probs.device)
     picks = [
-        torch.multinomial(p.to(generator[int(i)].device), 1, generator=generator[int(i)]).to(probs.device)
+        torch.multinomial(p.to(generator[int(i)].device), count, generator=generator[int(i)]).to(probs.device)
         for p, i in zip(probs, image_of_row)
     ]
-    return torch.cat(picks)
+    return torch.stack(picks)
 
 
 def greedy_or_sample(model, states, prompt, settings, generator=None, stop=None) -> GenerationResult:
@@ -108,7 +109,7 @@ def greedy_or_sample(model, states, prompt, settings, generator=None, stop=None)
         log_probs = scores.log_softmax(dim=-1)
         if settings.do_sample:
             probs = sampling_filters(scores, settings).softmax(dim=-1)
-            next_tokens = _sample(probs, generator, live // copies)
+            next_tokens = _sample(probs, generator, live // copies).squeeze(1)
         else:
             next_tokens = scores.argmax(dim=-1)
         picked = log_probs.gather(1, next_tokens[:, None]).squeeze(1)
@@ -180,16 +181,34 @@ class _Candidates:
 
 
 def _best_continuations(
-    logits, beams: _Beams, cur_len: int, prompt_len: int, settings, history: bool, ends: torch.Tensor, stop=None
+    logits,
+    beams: _Beams,
+    cur_len: int,
+    prompt_len: int,
+    settings,
+    history: bool,
+    ends: torch.Tensor,
+    stop=None,
+    draw=None,
 ) -> _Candidates:
-    """Phase 1: add each next token's log-probability (B * K, V) to its beam's score and keep the best C."""
+    """Phase 1: add each next token's log-probability (B * K, V) to its beam's score and keep the best C, or, with
+    `draw` (beam sampling: a function of probabilities (B, K * V) and a count), C drawn from the sampling filters'
+    scores and sorted."""
     images, num_beams, max_length = beams.running.shape
     vocab = logits.shape[-1]
     log_probs = logits.log_softmax(dim=-1)
     input_ids = beams.running[:, :, :cur_len].flatten(0, 1) if history else None
     log_probs = apply_penalties(log_probs, input_ids, cur_len - prompt_len, settings, prompt_len)
+    count = max(2, 1 + len(ends)) * num_beams
+    if draw is not None:  # at least one token more than there are end tokens stays in every beam
+        log_probs = sampling_filters(log_probs, settings, keep=1 + len(ends), shift=False)
     totals = (log_probs.view(images, num_beams, vocab) + beams.running_scores[:, :, None]).view(images, -1)
-    top_scores, top_index = torch.topk(totals, max(2, 1 + len(ends)) * num_beams)
+    if draw is None:
+        top_scores, top_index = torch.topk(totals, count)
+    else:
+        drawn = draw(totals.softmax(dim=-1), count)
+        top_scores, order = totals.gather(1, drawn).sort(dim=-1, descending=True)
+        top_index = drawn.gather(1, order)
     parents, tokens = top_index // vocab, top_index % vocab
     sequences = torch.take_along_dim(beams.running, parents[:, :, None], dim=1)
     sequences[:, :, cur_len] = tokens
@@ -244,8 +263,9 @@ def _settled(beams: _Beams, generated: int, most_generated: int, settings) -> to
     return settled
 
 
-def beam_search(model, states, prompt, settings, stop=None) -> GenerationResult:
-    """Beam search with transformers' semantics (top 2K or more candidates, length penalty, early stopping rules).
+def beam_search(model, states, prompt, settings, stop=None, generator=None) -> GenerationResult:
+    """Beam search, or with `do_sample` beam sampling, with transformers' semantics (the top 2K or more candidates,
+    or as many drawn without replacement, length penalty, early stopping rules).
 
     Masked scores are pushed down by adding `MASKED`, in the same order as transformers, so that ties and the
     scores reported for unfinished beams come out the same.
@@ -276,8 +296,14 @@ def beam_search(model, states, prompt, settings, stop=None) -> GenerationResult:
     live = torch.arange(images, device=device)  # the images still searching (the decoder holds only their rows)
     result_seqs, result_scores = beams.done_seqs.clone(), beams.done_scores.clone()
     cur_len = prompt_len
+    draw = None
+    if settings.do_sample:  # beam sampling: each image's candidates drawn with its generator (`live` as it is then)
+
+        def draw(probs, count):
+            return _sample(probs, generator, live, count)
+
     while True:
-        candidates = _best_continuations(logits, beams, cur_len, prompt_len, settings, history, ends, stop)
+        candidates = _best_continuations(logits, beams, cur_len, prompt_len, settings, history, ends, stop, draw)
         parents = _keep_running(beams, candidates)
         _keep_finished(beams, candidates, cur_len + 1 - prompt_len, settings.length_penalty)
         cur_len += 1

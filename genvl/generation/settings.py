@@ -54,7 +54,7 @@ class GenerationSettings:
     num_beams: int = 1
     do_sample: bool = False
     temperature: float = 1.0
-    top_k: int = 0
+    top_k: int = 50  # transformers' default where a config leaves it unset; 0 turns it off
     top_p: float = 1.0
     min_p: float | None = None  # keep tokens at least this fraction as likely as the likeliest
     typical_p: float = 1.0
@@ -124,8 +124,6 @@ class GenerationSettings:
         self.sequence_bias = _sequence_biases(self.sequence_bias)
         self.exponential_decay_length_penalty = _length_decay(self.exponential_decay_length_penalty)
         self.stop_strings = _stop_strings(self.stop_strings)
-        if self.num_beams > 1 and self.do_sample:
-            raise ValueError("beam sampling is not supported: use num_beams=1 with do_sample=True, or do_sample=False")
         if self.num_beams == 1 and not self.do_sample and self.num_return_sequences > 1:
             raise ValueError(
                 f"num_return_sequences={self.num_return_sequences} needs num_beams >= it, or do_sample=True"
