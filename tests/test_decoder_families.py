@@ -451,7 +451,7 @@ def test_unsupported_generation_options_are_refused_not_ignored(tmp_path):
     "name, value, refused",
     [
         ("dola_layers", "high", True),
-        ("top_h", 0.4, True),
+        ("top_h", 0.4, False),  # implemented
         ("token_healing", True, True),
         ("guidance_scale", 3.0, True),
         ("watermarking_config", {"greenlist_ratio": 0.25}, True),

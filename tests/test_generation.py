@@ -10,6 +10,7 @@ from genvl.generation.processors import (
     cutoff_filter,
     min_p_filter,
     no_repeat_ngram,
+    top_h_filter,
     top_k_filter,
     top_p_filter,
     typical_filter,
@@ -287,6 +288,8 @@ def test_top_k_and_top_p_filters():
         (cutoff_filter, "EpsilonLogitsWarper", 0.05),
         ("eta", "EtaLogitsWarper", 3e-3),
         ("eta", "EtaLogitsWarper", 0.2),
+        (top_h_filter, "TopHLogitsWarper", 0.4),
+        (top_h_filter, "TopHLogitsWarper", 0.9),
     ],
 )
 def test_sampling_filters_match_transformers_warpers(ours, warper, value):
@@ -393,8 +396,9 @@ def test_sequence_bias_and_length_decay_match_transformers_generate(tiny_tokeniz
         dict(num_beams=4, top_k=12, top_p=0.9, num_return_sequences=2),
         dict(num_beams=3, min_p=0.05, typical_p=0.95, length_penalty=0.6, early_stopping=True),
         dict(num_beams=2, temperature=1.3, eta_cutoff=1e-3, no_repeat_ngram_size=2),
+        dict(num_beams=3, top_h=0.6, top_k=0),
     ],
-    ids=["temperature", "top-k-top-p-return2", "min-p-typical-early", "eta-ngram"],
+    ids=["temperature", "top-k-top-p-return2", "min-p-typical-early", "eta-ngram", "top-h"],
 )
 def test_beam_sampling_draws_transformers_tokens_from_the_same_seed(tiny_tokenizer, case):
     """Beam sampling (do_sample with num_beams > 1): from the same torch seed, genvl's engine draws the candidates
@@ -452,6 +456,7 @@ def test_beam_sampling_is_reproducible_per_image(tiny_tokenizer):
         (dict(bad_words_ids=[[True]]), "bad_words_ids must hold token ids"),
         (dict(bad_words_ids=[[1]] * 10_001), "at most 10000 sequences"),
         (dict(min_p=1.5), "min_p must be in"),
+        (dict(top_h=0), "top_h must be in"),
         (dict(typical_p=0), "typical_p must be in"),
         (dict(eta_cutoff=1.0), "eta_cutoff must be in"),
         (dict(epsilon_cutoff=float("nan")), "epsilon_cutoff must be a finite number"),

@@ -155,6 +155,17 @@ def apply_penalties(
     return scores
 
 
+def top_h_filter(scores: torch.Tensor, top_h: float) -> torch.Tensor:
+    """Top-H sampling: of the 100 likeliest tokens, keep the likeliest while their entropy terms (-p log p, p over
+    those 100) add up to at most `top_h` of those tokens' entropy; the likeliest always stays."""
+    top, index = torch.topk(scores, min(100, scores.shape[-1]))
+    distribution = torch.distributions.Categorical(logits=top)
+    probs = distribution.probs
+    kept = (-probs * torch.log(probs)).cumsum(dim=-1) <= distribution.entropy()[:, None] * top_h
+    kept[:, 0] = True
+    return scores.masked_fill(~torch.zeros_like(scores, dtype=torch.bool).scatter_(1, index, kept), NEG_INF)
+
+
 def top_k_filter(scores: torch.Tensor, top_k: int, keep: int = 1) -> torch.Tensor:
     top_k = min(max(top_k, keep), scores.shape[-1])
     kth = torch.topk(scores, top_k).values[..., -1:]
@@ -205,12 +216,15 @@ def cutoff_filter(scores: torch.Tensor, epsilon: float, eta: bool = False, keep:
 
 
 def sampling_filters(scores: torch.Tensor, settings, keep: int = 1, shift: bool = True) -> torch.Tensor:
-    """Temperature, then top-k, top-p, min-p, typical, epsilon and eta filtering, in transformers' order; each filter
-    keeps at least the `keep` likeliest tokens (beam sampling keeps one more than there are end tokens). `shift`
+    """Temperature, then top-h, top-k, top-p, min-p, typical, epsilon and eta filtering, in transformers' order; each
+    filter but top-h keeps at least the `keep` likeliest tokens (beam sampling keeps one more than there are end
+    tokens), as transformers' do. `shift`
     subtracts the best score before the temperature divides: the same distribution, and no overflow at tiny
     temperatures; beam sampling adds the divided scores up, so it divides them as they are, as transformers does."""
     if settings.temperature != 1.0:
         scores = (scores - scores.amax(dim=-1, keepdim=True) if shift else scores) / settings.temperature
+    if settings.top_h is not None:
+        scores = top_h_filter(scores, settings.top_h)
     if settings.top_k > 0:
         scores = top_k_filter(scores, settings.top_k, keep)
     if settings.top_p < 1.0:

@@ -30,7 +30,7 @@ NOT_DECODING = {
     "use_mtp",
 }  # fmt: skip
 # the settings that only sampling reads: given alone as an override, they switch sampling on
-SAMPLING = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
+SAMPLING = ("temperature", "top_h", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
 # options genvl's engine does not implement whose "off" is a number (None, False and empty values are off for every
 # option): configs written by older transformers hold these
 OFF_VALUES = {
@@ -57,6 +57,7 @@ class GenerationSettings:
     top_k: int = 50  # transformers' default where a config leaves it unset; 0 turns it off
     top_p: float = 1.0
     min_p: float | None = None  # keep tokens at least this fraction as likely as the likeliest
+    top_h: float | None = None  # keep the likeliest tokens up to this fraction of the entropy
     typical_p: float = 1.0
     epsilon_cutoff: float = 0.0
     eta_cutoff: float = 0.0
@@ -108,6 +109,7 @@ class GenerationSettings:
             (self.top_k >= 0, "top_k must be >= 0 (0 disables it)"),
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
             (self.min_p is None or 0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
+            (self.top_h is None or 0 < self.top_h <= 1, "top_h must be in (0, 1]"),
             (0 < self.typical_p <= 1, "typical_p must be in (0, 1]"),
             (0 <= self.epsilon_cutoff < 1, "epsilon_cutoff must be in [0, 1)"),
             (0 <= self.eta_cutoff < 1, "eta_cutoff must be in [0, 1)"),
