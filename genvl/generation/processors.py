@@ -218,9 +218,9 @@ def cutoff_filter(scores: torch.Tensor, epsilon: float, eta: bool = False, keep:
 def sampling_filters(scores: torch.Tensor, settings, keep: int = 1, shift: bool = True) -> torch.Tensor:
     """Temperature, then top-h, top-k, top-p, min-p, typical, epsilon and eta filtering, in transformers' order; each
     filter but top-h keeps at least the `keep` likeliest tokens (beam sampling keeps one more than there are end
-    tokens), as transformers' do. `shift`
-    subtracts the best score before the temperature divides: the same distribution, and no overflow at tiny
-    temperatures; beam sampling adds the divided scores up, so it divides them as they are, as transformers does."""
+    tokens), as transformers' do. `shift` subtracts the best score before the temperature divides: the same
+    distribution, and no overflow at tiny temperatures; beam sampling adds the divided scores up, so it divides them
+    as they are, as transformers does."""
     if settings.temperature != 1.0:
         scores = (scores - scores.amax(dim=-1, keepdim=True) if shift else scores) / settings.temperature
     if settings.top_h is not None:
