@@ -253,6 +253,9 @@ def test_stop_strings_need_the_tokenizer(tiny_tokenizer):
         ("forced_bos_token_id", "V"),
         ("forced_eos_token_id", [0, "V"]),
         ("bad_words_ids", [[1], [2, "V"]]),
+        ("sequence_bias", [[[1, "V"], 2.0]]),
+        ("suppress_tokens", [1, "V"]),
+        ("begin_suppress_tokens", ["V"]),
     ],
 )
 def test_token_ids_beyond_the_vocabulary_are_refused_before_decoding(tiny_tokenizer, name, value, monkeypatch):
@@ -467,7 +470,6 @@ def test_beam_sampling_is_reproducible_per_image(tiny_tokenizer):
         (dict(sequence_bias=[[3, 2.0]]), "sequence_bias must be a list of non-empty lists of token ids"),
         (dict(sequence_bias=[[[3]]]), "sequence_bias must be a list of \\[token ids, bias\\] pairs"),
         (dict(exponential_decay_length_penalty=(2, 0)), "decay must be a finite number > 0"),
-        (dict(stop_strings=["."], num_beams=0), "num_beams"),
         (dict(stop_strings=["", "."]), "stop_strings must be a text or a list of non-empty texts"),
         (dict(stop_strings=[7]), "stop_strings must be a text or a list of non-empty texts"),
         (dict(stop_strings=["x" * 257]), "at most 64 texts of at most 256 characters"),
