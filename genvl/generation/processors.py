@@ -35,12 +35,13 @@ def no_repeat_ngram(scores: torch.Tensor, input_ids: torch.Tensor, size: int) ->
 
 
 @lru_cache(maxsize=16)
-def _grouped(sequences: tuple, device: torch.device) -> tuple:
+def _grouped(sequences: tuple, device: torch.device, lone_tokens_left_out: tuple = ()) -> tuple:
     """`sequences` (tuples of token ids) grouped by prefix length, once per decoding: ((prefixes (N, L), last tokens
-    (N,), the sequences' indices (N,)), ...)."""
+    (N,), the sequences' indices (N,)), ...), without the one-token sequences of `lone_tokens_left_out`."""
     groups = {}
     for index, sequence in enumerate(sequences):
-        groups.setdefault(len(sequence) - 1, []).append(index)
+        if len(sequence) > 1 or sequence[0] not in lone_tokens_left_out:
+            groups.setdefault(len(sequence) - 1, []).append(index)
     return tuple(
         (
             torch.tensor([sequences[i][:-1] for i in group], dtype=torch.long, device=device).reshape(
@@ -53,10 +54,10 @@ def _grouped(sequences: tuple, device: torch.device) -> tuple:
     )
 
 
-def _completions(input_ids: torch.Tensor, sequences: tuple, device: torch.device):
+def _completions(input_ids: torch.Tensor, sequences: tuple, device: torch.device, lone_tokens_left_out: tuple = ()):
     """(rows, tokens, sequence indices) of the sequences the next token would complete after `input_ids` (R, T): a
     one-token sequence at every step, a longer one where the rows end with all but its last token."""
-    for prefixes, last, index in _grouped(sequences, device):
+    for prefixes, last, index in _grouped(sequences, device, lone_tokens_left_out):
         length = prefixes.shape[1]
         if length > input_ids.shape[1]:  # longer than what has been written: it cannot be completed yet
             continue
@@ -69,9 +70,8 @@ def bad_words(scores: torch.Tensor, input_ids: torch.Tensor, sequences: tuple, e
     """Ban every token that would complete one of `sequences` after `input_ids` (R, T), as transformers'
     `bad_words_ids` does. A lone end token is left out, as transformers leaves it out, so that a ban can never stop a
     caption from ending."""
-    sequences = tuple(s for s in sequences if len(s) > 1 or s[0] not in end_tokens)
     scores = scores.clone()
-    for rows, tokens, _ in _completions(input_ids, sequences, scores.device):
+    for rows, tokens, _ in _completions(input_ids, sequences, scores.device, end_tokens):
         scores[rows, tokens] = NEG_INF
     return scores
 

@@ -2,6 +2,7 @@
 
 import math
 from dataclasses import dataclass, fields
+from functools import cache
 
 # beams, or sequences returned, per image: each is a row of the decoder's batch and cache
 MAX_SEQUENCES = 256
@@ -211,13 +212,19 @@ class GenerationSettings:
 def _refuse_unimplemented(generation_config, implemented: set) -> None:
     """A one-line error when `generation_config` turns on an option of transformers' `GenerationConfig` that genvl's
     engine does not implement (see `NOT_DECODING`), rather than decoding other tokens than generate() would."""
-    from transformers import GenerationConfig
-
-    for name in sorted(set(GenerationConfig().to_dict()) - implemented - NOT_DECODING):
+    for name in sorted(_generate_options() - implemented - NOT_DECODING):
         value = getattr(generation_config, name, None)
         off = value is None or (isinstance(value, (bool, list, tuple, dict)) and not value)
         if not off and not (name in OFF_VALUES and value == OFF_VALUES[name]):
             raise ValueError(f"generation_config sets {name}={value!r:.200}, which genvl's engine does not implement")
+
+
+@cache
+def _generate_options() -> frozenset:
+    """The names of transformers' `GenerationConfig` options, read once."""
+    from transformers import GenerationConfig
+
+    return frozenset(GenerationConfig().to_dict())
 
 
 def _is_token(value) -> bool:
