@@ -173,6 +173,37 @@ def test_a_prompt_naming_a_blocked_concept_flags_its_images_whatever_they_show(c
     assert output.flagged == [[], [], [], []] and bool((output.images.flatten(1).amax(1) > 0).all())
 
 
+def test_a_prompt_rewritten_into_a_blocked_concept_is_flagged_as_drawn(tmp_path, capsys):
+    # "a bunny" names no blocked concept as typed, but a pipeline with a prompt world draws it as a rabbit's caption:
+    # the checker reads that caption too, so no rewriting can draw what it blocks
+    path = tmp_path / "t2i"
+    TextToImagePipeline(**get_dummy_unclip_components(), prompt_world="classic").save_pretrained(path)
+    tiny_checker(1 - 1e-9, blocked=("rabbit",)).save_pretrained(path / "safety_checker")  # the image stage sees none
+    index = json.loads((path / "model_index.json").read_text())
+    index["safety_checker"] = ["genvl.models.safety", "SafetyChecker"]
+    (path / "model_index.json").write_text(json.dumps(index))
+    pipeline = TextToImagePipeline.from_pretrained(path)
+    settings = dict(output_type="pt", prior_num_inference_steps=2, decoder_num_inference_steps=2)
+    prompts = ["a bunny", "two bunnies and a dog", "a red apple"]
+    output = pipeline(prompts, generator=[torch.Generator().manual_seed(i) for i in range(3)], **settings)
+    assert [" rabbit" in drawn for drawn in output.prompts] == [True, False, False]  # no classic scene holds the 2nd
+    assert output.flagged == [["rabbit"], [], []]
+    assert output.images[0].amax() == 0 and output.images[2].amax() > 0
+    # as typed, nothing names a rabbit: the same prompts unrewritten are not flagged
+    plain = pipeline(
+        prompts, generator=[torch.Generator().manual_seed(i) for i in range(3)], rewrite_prompts=False, **settings
+    )
+    assert plain.flagged == [[], [], []]
+    frames = pipeline.interpolate("a bunny", "a cat", frames=2, generator=torch.Generator().manual_seed(0), **settings)
+    assert frames.flagged == [["rabbit"], ["rabbit"]]
+    out = tmp_path / "out"
+    assert main(["generate", "a bunny", "--seed", "0", "--out", str(out), "--json", "--model", str(path), *FAST]) == 0
+    assert json.loads(capsys.readouterr().out)["flagged"] == ["rabbit"]
+    args = ["interpolate", "a bunny", "a cat", "--frames", "2", "--out", str(out), "--json", "--model", str(path)]
+    assert main([*args, *FAST]) == 0
+    assert [json.loads(line)["flagged"] for line in capsys.readouterr().out.splitlines()] == [["rabbit"]] * 2
+
+
 def test_generate_vary_and_interpolate_black_out_flagged_images_and_say_so(checked_dir, tmp_path, capsys):
     model = ["--model", str(checked_dir)]
     out = tmp_path / "out"

@@ -214,8 +214,9 @@ def test_a_prompt_world_draws_each_image_from_a_caption_its_prompt_asks_for(tmp_
     checker = pipe.run_safety_checker
     monkeypatch.setattr(pipe, "run_safety_checker", lambda images, prompts: (asked.extend(prompts), checker(images))[1])
     out = pipe(["a red bicycle", "hello"], num_images_per_prompt=2, generator=generators(0, 1, 2, 3), **STEPS)
-    assert asked == ["a red bicycle", "a red bicycle", "hello", "hello"]  # the checker reads the prompts as given
     assert all(" red bicycle " in text for text in out.prompts[:2]) and out.prompts[2:] == ["hello", "hello"]
+    # the checker reads each prompt as given and, where it was rewritten, as drawn
+    assert asked == [f"a red bicycle\n{out.prompts[0]}", f"a red bicycle\n{out.prompts[1]}", "hello", "hello"]
     # an image's rewrite depends on its seed alone, and draws as its rewritten prompt does when typed
     assert pipe.drawn_prompts(["a red bicycle"], generators(1)) == out.prompts[1:2]
     assert len(set(pipe.drawn_prompts(["a red bicycle"] * 20, generators(*range(20))))) > 3

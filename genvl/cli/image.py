@@ -663,7 +663,7 @@ def run_interpolate(args) -> int:
     def frames():  # written as each batch of frames is decoded, never all held at once
         index = 0
         for images, _ in chunks:
-            images, flagged = pipeline.run_safety_checker(images, [ends_text(*ends)] * len(images))
+            images, flagged = pipeline.run_safety_checker(images, [ends_text(*ends, *drawn)] * len(images))
             for frame, found in zip(pipeline.postprocess(images, "pil"), flagged or [None] * len(images)):
                 yield index, seed, frame, {} if found is None else {"flagged": found}
                 index += 1

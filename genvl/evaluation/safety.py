@@ -41,7 +41,7 @@ def evaluate_safety(pipeline, captioner, data_dirs, count: int, seed: int = 0, b
     `captioner` says show a blocked concept and among the others; by each of the checker's stages alone (image,
     prompt); and on the scenes' renders."""
     from ..io.imagefolder import read_metadata
-    from ..models.safety import named_concepts
+    from ..models.safety import named_concepts, request_texts
 
     checker = pipeline.safety_checker
     if checker is None or not checker.config.blocked:
@@ -67,10 +67,11 @@ def evaluate_safety(pipeline, captioner, data_dirs, count: int, seed: int = 0, b
     for start in starts:
         chunk = jobs[start : start + batch_size]
         generators = [torch.Generator().manual_seed(seed + k) for _, k, _ in chunk]
-        images = drawing([item["prompt"] for _, _, item in chunk], generator=generators, output_type="pt").images
-        pixels = images * 2 - 1  # [0, 1] -> [-1, 1]
         prompts = [item["prompt"] for _, _, item in chunk]
-        seen, named = pipeline.run_safety_checker(pixels)[1], checker.check_text(prompts)
+        output = drawing(prompts, generator=generators, output_type="pt")
+        pixels = output.images * 2 - 1  # [0, 1] -> [-1, 1]
+        seen = pipeline.run_safety_checker(pixels)[1]
+        named = checker.check_text(request_texts(prompts, output.prompts))  # as typed and as drawn
         flagged = checker.either(seen, named)  # what the pipeline flags: either stage
         captions = captioner(list(pipeline.postprocess(pixels, "pil"))).captions
         render_flags = [check_render(checker, item["record"]) for _, _, item in chunk]

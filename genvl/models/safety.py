@@ -107,6 +107,14 @@ def named_concepts(text: str, concepts: list[str]) -> list[str]:
     return found
 
 
+def request_texts(asked: list[str], drawn: list[str] | None) -> list[str]:
+    """Per image, the text the prompt stage reads: the prompt as typed (`asked`) and, where the pipeline rewrote it
+    (`drawn`: the text the image was drawn from), as drawn too, so that no rewriting draws what it blocks."""
+    if drawn is None:
+        return list(asked)
+    return [typed if typed == used else f"{typed}\n{used}" for typed, used in zip(asked, drawn, strict=True)]
+
+
 def check_blocked(names: list, blocked: list, thresholds: list) -> None:
     """Refuse a blocked concept the detector does not know, a repeated one, or thresholds that are not one number
     in (0, 1) per concept."""

@@ -35,6 +35,7 @@ from ..models.clip import (
     text_vocabulary,
     warn_if_truncated,
 )
+from ..models.safety import request_texts
 from ..world.prompts import classic_caption
 from .defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_TEXT_GUIDANCE
 
@@ -108,10 +109,10 @@ def is_prompt(end) -> bool:
     return isinstance(end, str) and not names_an_image_file(end)
 
 
-def ends_text(start, end) -> str:
+def ends_text(*ends) -> str:
     """The words of an interpolation's ends that are prompts (an image or an image file's path has none), for the
-    safety checker."""
-    return " ".join(end for end in (start, end) if is_prompt(end))
+    safety checker: the ends as given and as drawn, where a prompt was rewritten."""
+    return "\n".join(dict.fromkeys(end for end in ends if is_prompt(end)))
 
 
 class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, DiffusionPipeline):
@@ -439,11 +440,13 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         return torch.where(hit, torch.full_like(images, -1.0), images), flagged
 
     def _finish(self, images, image_embeds, output_type, return_dict, prompts=None, drawn=None):
-        """The output of `images`, after the safety checker has read them and `prompts` (the user's own, one per
-        image); `drawn`: the text each image was drawn from, where it was drawn from text."""
+        """The output of `images`, after the safety checker has read them, `prompts` (the user's own, one per
+        image) and `drawn` (the text each image was drawn from, where it was drawn from text): a prompt that
+        was rewritten is checked as typed and as drawn, so that no rewriting can draw what the checker blocks."""
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-        images, flagged = self.run_safety_checker(images, prompts)
+        texts = None if prompts is None else request_texts(prompts, drawn)
+        images, flagged = self.run_safety_checker(images, texts)
         images = self.postprocess(images, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -634,11 +637,11 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         (`mixed_words`). The frames are decoded `batch_size` at a time (see `interpolation_frames`, which yields
         them as they come).
         With `rewrite_prompts` and the pipeline's `prompt_world` set, a prompt end is drawn as
-        `interpolation_ends` rewrites it; the safety checker reads the ends as given."""
+        `interpolation_ends` rewrites it; the safety checker reads the ends as given and as drawn."""
+        drawn = self.interpolation_ends(start, end, generator, rewrite_prompts)  # the generator's first draws
         parts = list(
             self.interpolation_frames(
-                start,
-                end,
+                *drawn,
                 frames,
                 prior_num_inference_steps,
                 decoder_num_inference_steps,
@@ -646,11 +649,11 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
                 decoder_guidance_scale,
                 generator,
                 batch_size,
-                rewrite_prompts,
+                rewrite_prompts=False,
             )
         )
         images, embeds = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        return self._finish(images, embeds, output_type, return_dict, [ends_text(start, end)] * len(images))
+        return self._finish(images, embeds, output_type, return_dict, [ends_text(start, end, *drawn)] * len(images))
 
     def interpolation_ends(self, start, end, generator=None, rewrite_prompts: bool = True) -> list:
         """[start, end] as an interpolation draws from them: an image as given, a prompt as `drawn_prompts`
