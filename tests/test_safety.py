@@ -173,9 +173,7 @@ def test_a_prompt_naming_a_blocked_concept_flags_its_images_whatever_they_show(c
     assert output.flagged == [[], [], [], []] and bool((output.images.flatten(1).amax(1) > 0).all())
 
 
-def test_a_prompt_rewritten_into_a_blocked_concept_is_flagged_as_drawn(tmp_path, capsys):
-    # "a bunny" names no blocked concept as typed, but a pipeline with a prompt world draws it as a rabbit's caption:
-    # the checker reads that caption too, so no rewriting can draw what it blocks
+def test_a_prompt_is_checked_as_typed_and_as_drawn(tmp_path, monkeypatch, capsys):
     path = tmp_path / "t2i"
     TextToImagePipeline(**get_dummy_unclip_components(), prompt_world="classic").save_pretrained(path)
     tiny_checker(1 - 1e-9, blocked=("rabbit",)).save_pretrained(path / "safety_checker")  # the image stage sees none
@@ -185,23 +183,24 @@ def test_a_prompt_rewritten_into_a_blocked_concept_is_flagged_as_drawn(tmp_path,
     pipeline = TextToImagePipeline.from_pretrained(path)
     settings = dict(output_type="pt", prior_num_inference_steps=2, decoder_num_inference_steps=2)
     prompts = ["a bunny", "two bunnies and a dog", "a red apple"]
-    output = pipeline(prompts, generator=[torch.Generator().manual_seed(i) for i in range(3)], **settings)
-    assert [" rabbit" in drawn for drawn in output.prompts] == [True, False, False]  # no classic scene holds the 2nd
-    assert output.flagged == [["rabbit"], [], []]
-    assert output.images[0].amax() == 0 and output.images[2].amax() > 0
-    # as typed, nothing names a rabbit: the same prompts unrewritten are not flagged
-    plain = pipeline(
-        prompts, generator=[torch.Generator().manual_seed(i) for i in range(3)], rewrite_prompts=False, **settings
-    )
-    assert plain.flagged == [[], [], []]
-    frames = pipeline.interpolate("a bunny", "a cat", frames=2, generator=torch.Generator().manual_seed(0), **settings)
-    assert frames.flagged == [["rabbit"], ["rabbit"]]
+    for rewrite in (True, False):  # "bunny" is a word the readers take for a rabbit, drawn rewritten or as typed
+        generators = [torch.Generator().manual_seed(i) for i in range(3)]
+        output = pipeline(prompts, generator=generators, rewrite_prompts=rewrite, **settings)
+        assert output.flagged == [["rabbit"], ["rabbit"], []]
+        assert output.images[0].amax() == output.images[1].amax() == 0 and output.images[2].amax() > 0
     out = tmp_path / "out"
     assert main(["generate", "a bunny", "--seed", "0", "--out", str(out), "--json", "--model", str(path), *FAST]) == 0
     assert json.loads(capsys.readouterr().out)["flagged"] == ["rabbit"]
-    args = ["interpolate", "a bunny", "a cat", "--frames", "2", "--out", str(out), "--json", "--model", str(path)]
-    assert main([*args, *FAST]) == 0
-    assert [json.loads(line)["flagged"] for line in capsys.readouterr().out.splitlines()] == [["rabbit"]] * 2
+    # whatever a rewriting draws is read too: here one that takes "a hare" for a rabbit
+    drawn = pipeline.drawn_prompts
+    monkeypatch.setattr(pipeline, "drawn_prompts", lambda asked, generator: drawn(["a rabbit"] * len(asked), generator))
+    output = pipeline("a hare", generator=torch.Generator().manual_seed(0), **settings)
+    assert " rabbit" in output.prompts[0] and output.flagged == [["rabbit"]]
+    frames = pipeline.interpolate("a hare", "a cat", frames=2, generator=torch.Generator().manual_seed(0), **settings)
+    assert frames.flagged == [["rabbit"], ["rabbit"]]
+    assert pipeline(
+        "a hare", generator=torch.Generator().manual_seed(0), rewrite_prompts=False, **settings
+    ).flagged == [[]]
 
 
 def test_generate_vary_and_interpolate_black_out_flagged_images_and_say_so(checked_dir, tmp_path, capsys):
@@ -265,6 +264,11 @@ def test_safety_prompts_split_the_scenes_and_turn_through_the_phrasings():
     assert [item["prompt"] for item in groups["other"]] == ["d", "e", "d", "e"]
     assert named_concepts("two green snakes", ["snake"]) == named_concepts("A Snake.", ["cat", "snake"]) == ["snake"]
     assert named_concepts("a snakeskin boot, a catalogue", ["snake", "cat"]) == []
+    # any word the prompt readers take for the object, as they read it: "bunny" is a rabbit, "t-shirt" a shirt
+    assert named_concepts("Two BUNNIES", ["rabbit"]) == named_concepts("a bunny", ["snake", "rabbit"]) == ["rabbit"]
+    assert named_concepts("a red T-shirt beside a kitten", ["cat", "shirt", "dog"]) == ["cat", "shirt"]
+    assert named_concepts("a light  bulb, a gift box", ["bulb", "gift"]) == ["bulb", "gift"]
+    assert named_concepts("a shirtless kittenish rabbiting", ["cat", "shirt", "rabbit"]) == []
 
 
 def test_eval_safety_reports_flagged_rates_per_group(checked_dir, tmp_path):

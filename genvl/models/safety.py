@@ -94,14 +94,16 @@ class SafetyChecker(SceneJudge):
 
 
 def named_concepts(text: str, concepts: list[str]) -> list[str]:
-    """The `concepts` (object names) that `text` names: the name or, for an object of the world, its plural, as a
-    whole word in any case."""
+    """The `concepts` (object names) that `text` names: for an object of the world, any word or phrase the world's
+    prompt readers take for it (`object_words`: its name, plural and other words, "bunny" for a rabbit), else the
+    name; as whole words in any case, a hyphen read as a space ("t-shirt")."""
     from ..world.sprites import OBJECTS
+    from ..world.typed import object_words
 
-    text = text.lower()
+    text = " ".join(text.lower().replace("-", " ").split())
     found = []
     for name in concepts:
-        forms = {name.lower(), OBJECTS[name][1]} if name in OBJECTS else {name.lower()}
+        forms = object_words(name) if name in OBJECTS else {name.lower()}
         if any(re.search(rf"\b{re.escape(form)}\b", text) for form in forms):
             found.append(name)
     return found

@@ -145,6 +145,13 @@ def _noun(token: str):
     return _NOUNS.get(token) or NOUN_WORDS.get(token)
 
 
+def object_words(name: str) -> set[str]:
+    """Every word or phrase for object `name` that the world's readers take for it, singular and plural: "rabbit",
+    "rabbits", "bunny", "bunnies"; "gift", "present", "gift box", ..."""
+    words = {word for word, (noun, _) in {**_NOUNS, **NOUN_WORDS}.items() if noun == name}
+    return words | {phrase for phrase, word in COMPOUNDS.items() if word in words}
+
+
 def read_prompt(text: str) -> dict | None:
     """The request of `text`: `parse_prompt`'s where the grammar reads it, else the word-by-word reading above;
     None where neither reads it."""
