@@ -261,6 +261,30 @@ def test_pixels_are_checked_before_decoding(tmp_path):
         load_image(png_header_only(40, 30), name="x.png")
 
 
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"
+
+
+def test_only_the_accepted_formats_are_decoded_and_nothing_is_run(tiny_pipeline_dir, tmp_path, capsys, monkeypatch):
+    # Pillow tells a format by its content: a file named .png that holds PostScript would reach its EPS plugin,
+    # which runs Ghostscript. genvl decodes only the formats of IMAGE_SUFFIXES
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: started.append(args) or pytest.fail("ran"))
+    path = tmp_path / "drawing.png"
+    path.write_bytes(EPS)
+    with pytest.raises(ValueError, match=r"drawing.png: not a readable image"):
+        load_image(path)
+    with pytest.raises(ValueError, match=r"shard member: not a readable image"):
+        load_image(EncodedImage(EPS, "shard member"))
+    code, out, err = run(["caption", str(path), "--model", str(tiny_pipeline_dir)], capsys)
+    assert code == 1 and out == ""
+    assert_one_line_error(err, str(path), "not a readable image")
+    assert started == []
+    for fmt in genvl_images.IMAGE_FORMATS:  # every accepted format still reads
+        buffer = io.BytesIO()
+        Image.new("RGB", (9, 7), (10, 200, 30)).save(buffer, format=fmt)
+        assert load_image(buffer.getvalue(), name=f"x.{fmt}").size == (9, 7)
+
+
 # ---- shard members: sizes checked from the tar header, a huge member never read ---------------------------------
 
 LIMIT = 100  # pixels: the image member cap is 8 * 100 + 1 MiB, so the members stay small

@@ -48,9 +48,11 @@ def open_record_image(data_dir, record: dict, image_column: str):
 
     from PIL import Image
 
+    from .images import IMAGE_FORMATS
+
     if "image_bytes" in record:
-        return Image.open(io.BytesIO(record["image_bytes"]))
-    return Image.open(Path(data_dir) / record[image_column])
+        return Image.open(io.BytesIO(record["image_bytes"]), formats=IMAGE_FORMATS)
+    return Image.open(Path(data_dir) / record[image_column], formats=IMAGE_FORMATS)
 
 
 def load_images(data_dir, records, image_column: str, resolution: int):

@@ -17,6 +17,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .paths import check_input_file, path_status
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# the formats Pillow may decode an image as, whatever its name says (Pillow tells formats by their content): those
+# of IMAGE_SUFFIXES (a camera's multi-picture .jpg is read by the JPEG plugin). Pillow's other plugins are never
+# tried: its EPS plugin runs Ghostscript, and a file named .png may hold PostScript
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 # Pillow's own default (a quarter GiB of 24-bit pixels), written out so that --help states the number it enforces
 DEFAULT_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 
@@ -77,7 +81,7 @@ def _decode(source, name: str) -> Image.Image:
         with warnings.catch_warnings():
             # Pillow only warns between its limit and twice it: genvl refuses from the size checked below instead
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(source) as opened:  # lazy: the header is read, the pixels are not
+            with Image.open(source, formats=IMAGE_FORMATS) as opened:  # lazy: the header is read, not the pixels
                 if limit is not None and opened.size[0] * opened.size[1] > limit:
                     raise ImageTooLarge(_too_many_pixels(name, opened.size[0] * opened.size[1], limit))
                 opened.load()
