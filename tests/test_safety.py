@@ -2,6 +2,7 @@
 
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -254,6 +255,40 @@ def test_export_adds_a_checker_to_a_pipeline_folder_and_refuses_other_folders(tm
     with pytest.raises(ValueError, match="'dragon' is not one of"):
         export_checker(["--judge", judge, "--block", "dragon", "--output", str(tmp_path / "c")])
     assert not (tmp_path / "c").exists()
+    # a checker folder is replaced; a folder that holds anything else, or the judge itself, is refused untouched
+    export_checker(["--judge", judge, "--block", "snake", "--output", str(tmp_path / "c")])
+    export_checker(["--judge", judge, "--block", "cat", "--output", str(tmp_path / "c")])
+    assert SafetyChecker.from_pretrained(tmp_path / "c").config.blocked == ["cat"]
+    mine = tmp_path / "mine"
+    (mine / "photos").mkdir(parents=True)
+    (mine / "config.json").write_text("{}")
+    (mine / "notes.txt").write_text("mine")
+    copy = tmp_path / "judge"
+    shutil.copytree(judge, copy)
+    (copy / "README.md").unlink()  # holds a checker's file names, but a judge's config
+    (tmp_path / "link").symlink_to(tmp_path / "c")
+    checker_files = tmp_path / "extra"
+    shutil.copytree(tmp_path / "c", checker_files)
+    (checker_files / "notes.txt").write_text("mine")
+    for folder, message in (
+        (mine, "is not a safety checker folder genvl wrote"),
+        (copy, "is the --judge folder"),
+        (tmp_path / "link", "is not a safety checker folder genvl wrote"),
+        (checker_files, "is not a safety checker folder genvl wrote"),
+        (path / "model_index.json", "is not a safety checker folder genvl wrote"),
+    ):
+        before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+        with pytest.raises(FileExistsError, match=message):
+            export_checker(["--judge", str(copy), "--block", "snake", "--output", str(folder)])
+        assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+    other = tmp_path / "other"
+    TextToImagePipeline(**get_dummy_unclip_components()).save_pretrained(other)
+    shutil.copytree(mine, other / "safety_checker")
+    index = (other / "model_index.json").read_text()
+    with pytest.raises(FileExistsError, match="is not a safety checker folder genvl wrote"):
+        export_checker(["--judge", judge, "--block", "snake", "--into", str(other)])
+    assert (other / "safety_checker" / "notes.txt").read_text() == "mine"
+    assert (other / "model_index.json").read_text() == index
 
 
 def test_safety_prompts_split_the_scenes_and_turn_through_the_phrasings():

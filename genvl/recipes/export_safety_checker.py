@@ -10,6 +10,7 @@ renamed into place; `--into` then names it in `model_index.json` (rewritten the 
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -23,10 +24,15 @@ from genvl.training.args import run_script
 COMPONENT = ["genvl.models.safety", "SafetyChecker"]
 
 
-def write_checker(checker: SafetyChecker, folder: Path) -> None:
-    """Save `checker` to `folder`, replacing a checker folder there, through a temporary sibling folder."""
-    if folder.exists() and not (folder / "config.json").is_file():
-        raise FileExistsError(f"{folder}: exists and is not a checker folder; not replaced")
+CHECKER_FILES = {"config.json", "diffusion_pytorch_model.safetensors"}  # what `save_pretrained` writes
+
+
+def write_checker(checker: SafetyChecker, folder: Path, judge: Path | None = None) -> None:
+    """Save `checker` to `folder` through a temporary sibling folder, replacing a checker folder there: one that
+    holds a SafetyChecker's config and weights and nothing else (genvl never deletes what it did not write), and
+    is not the `judge` folder the checker was made from."""
+    if os.path.lexists(folder):
+        check_replaceable_checker(folder, judge)  # before anything is written
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -39,7 +45,22 @@ def write_checker(checker: SafetyChecker, folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def add_to_pipeline(checker: SafetyChecker, pipeline: Path) -> Path:
+def check_replaceable_checker(folder: Path, judge: Path | None) -> None:
+    """Raise unless the existing `folder` is a safety checker's folder that may be replaced (see `write_checker`)."""
+    refused = FileExistsError(f"{folder}: exists and is not a safety checker folder genvl wrote; not replaced")
+    if folder.is_symlink() or not folder.is_dir() or {p.name for p in folder.iterdir()} - CHECKER_FILES:
+        raise refused
+    if judge is not None and judge.exists() and os.path.samefile(folder, judge):
+        raise FileExistsError(f"{folder}: is the --judge folder the checker is made from; not replaced")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        raise refused from None
+    if not isinstance(config, dict) or config.get("_class_name") != SafetyChecker.__name__:
+        raise refused
+
+
+def add_to_pipeline(checker: SafetyChecker, pipeline: Path, judge: Path | None = None) -> Path:
     """Write `checker` as `pipeline`'s `safety_checker` component and name it in its `model_index.json`."""
     index_file = pipeline / "model_index.json"
     if not index_file.is_file():
@@ -47,7 +68,7 @@ def add_to_pipeline(checker: SafetyChecker, pipeline: Path) -> Path:
     index = json.loads(index_file.read_text())
     if index.get("_class_name") != "TextToImagePipeline":
         raise ValueError(f"--into {pipeline}: a {index.get('_class_name')} folder, not a TextToImagePipeline one")
-    write_checker(checker, pipeline / "safety_checker")
+    write_checker(checker, pipeline / "safety_checker", judge)
     index["safety_checker"] = COMPONENT
     with written_atomically(index_file, "--into") as tmp:
         Path(tmp).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
@@ -77,11 +98,16 @@ def main(argv=None):
         parser.error(f"--threshold: expected numbers, got {args.threshold!r}")
     if len(thresholds) == 1:
         thresholds = thresholds * len(blocked)
-    judge = SceneJudge.from_pretrained(local_folder(args.judge))
+    judge_folder = Path(local_folder(args.judge))
+    if args.output and os.path.lexists(args.output):
+        check_replaceable_checker(Path(args.output), judge_folder)  # before the judge is loaded
+    judge = SceneJudge.from_pretrained(judge_folder)
     checker = SafetyChecker.from_judge(judge, blocked, thresholds, check_prompts=not args.no_prompt_check)
-    folder = add_to_pipeline(checker, Path(args.into)) if args.into else Path(args.output)
-    if args.output:
-        write_checker(checker, folder)
+    if args.into:
+        folder = add_to_pipeline(checker, Path(args.into), judge_folder)
+    else:
+        folder = Path(args.output)
+        write_checker(checker, folder, judge_folder)
     print(f"wrote a safety checker blocking {', '.join(blocked)} to {folder}")
     return folder
 
