@@ -324,3 +324,53 @@ def test_picture_positions_train_on_letterboxes_padded_as_the_saved_pipeline_pad
     with pytest.raises(SystemExit):
         train_captioner.main([*train_args(tiny_data, tmp_path / "bad", 1, arch_file, letterbox_fill="black")])
     assert "--letterbox_fill must be one of border, contrast, got 'black'" in capsys.readouterr().err
+
+
+def snapshot(folder: Path) -> list:
+    return sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_an_output_dir_that_is_not_a_run_or_is_an_input_is_refused_untouched(tiny_data, tmp_path):
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(TINY.to_dict()))
+    run = tmp_path / "run"
+    train_captioner.main(train_args(tiny_data, run, 2, arch_file))
+    mine = tmp_path / "mine"
+    (mine / "tokenizer").mkdir(parents=True)
+    (mine / "tokenizer" / "vocab.json").write_text("{}")
+    (mine / "notes.txt").write_text("mine")
+    inside_data = tiny_data / "run"
+    cases = [
+        (mine, {}, "holds files and is not a training run's folder"),
+        (arch_file, {}, "exists and is not a folder"),
+        (run, {"pretrained_model_name_or_path": run}, "would write into --pretrained_model_name_or_path"),
+        (inside_data, {}, "would write into --train_data_dir"),
+        (mine, {"teacher_model_name_or_path": run}, "holds files and is not a training run's folder"),
+    ]
+    for out, extra, message in cases:
+        before = snapshot(tmp_path), snapshot(tiny_data)
+        with pytest.raises((FileExistsError, ValueError), match=message):
+            train_captioner.main(train_args(tiny_data, out, 2, arch_file, **extra))
+        assert (snapshot(tmp_path), snapshot(tiny_data)) == before
+    # inside a run's folder, a tokenizer folder genvl did not save is not replaced either
+    (run / "tokenizer").rename(run / "saved")
+    (run / "tokenizer").mkdir()
+    (run / "tokenizer" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="tokenizer: exists and is not a saved tokenizer"):
+        train_captioner.main(train_args(tiny_data, run, 2, arch_file))
+    assert (run / "tokenizer" / "notes.txt").read_text() == "mine"
+    # an export, too, writes over its own earlier export and a caption pipeline's folder only
+    shutil.rmtree(run / "tokenizer")
+    (run / "saved").rename(run / "tokenizer")
+    first = export_captioner.main(["--run", str(run)])
+    assert export_captioner.main(["--run", str(run)]) == first == run / "export-2"
+    for folder, message in ((mine, "holds files and is not a CaptionPipeline folder"), (tmp_path, "is or holds")):
+        before = snapshot(tmp_path)
+        with pytest.raises((FileExistsError, ValueError), match=message):
+            export_captioner.main(["--run", str(run), "--out", str(folder)])
+        assert snapshot(tmp_path) == before
+    # a new, an empty and a run's own folder are written
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        train_captioner.main(train_args(tiny_data, out, 2, arch_file))
+        assert (out / "model" / "config.json").is_file()

@@ -386,6 +386,10 @@ def test_a_folder_named_like_a_checkpoint_it_would_save_is_refused_before_traini
     mine = out / "checkpoint-2"
     mine.mkdir(parents=True)
     (mine / "notes.txt").write_text("mine")
+    done = launch(trained, out)  # not a run's folder at all: refused as such
+    assert done.returncode == 1
+    assert last_line(done.stderr).startswith(f"train_autoencoder.py: error: --output_dir {out}: holds files and is not")
+    (out / "train_config.json").write_text("{}")  # a run's folder, with a checkpoint's name that genvl did not write
     done = launch(trained, out)
     assert done.returncode == 1
     assert last_line(done.stderr).startswith(f"train_autoencoder.py: error: {mine}: exists and is not a checkpoint")
@@ -401,6 +405,18 @@ def test_genvl_train_and_genvl_export_run_the_recipes(trained, tmp_path, capsys)
     argv = ["export", "checkpoint", "--stage", "autoencoder", "--run", str(out), "--output", str(tmp_path / "vae")]
     assert main([*argv, "--checkpoint", "latest"]) == 0
     assert (tmp_path / "vae" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    assert main([*argv, "--checkpoint", "latest"]) == 0  # its own earlier export is written again
+    # a folder holding anything else, or the run it reads, is refused before any work, untouched
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    refusals = ((mine, "holds files and is not a folder this export wrote"), (out, "is or holds the input"))
+    for folder, message in refusals:
+        before = sorted((p, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+        argv = ["export", "checkpoint", "--stage", "autoencoder", "--run", str(out), "--output", str(folder)]
+        assert main(argv) == 1
+        assert message in capsys.readouterr().err
+        assert sorted((p, p.stat().st_mtime_ns) for p in folder.rglob("*")) == before
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "autoencoder", "--no_such_flag"])
     assert exit_info.value.code == 2 and "unrecognized arguments: --no_such_flag" in capsys.readouterr().err

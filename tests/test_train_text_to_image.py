@@ -282,6 +282,26 @@ def test_assembled_pipeline_generates(trained):
     ).images
     assert any(np.abs(best[0] - image).max() < 1e-5 for image in images)  # the same two candidates as above
 
+    # written again over its own pipeline folder; refused, untouched, over anything else or an input it reads
+    parts = ["--clip", str(root / "clip"), "--prior", str(root / "prior"), "--decoder", str(root / "decoder")]
+    export_text_to_image.main([*parts, "--output", str(root / "reranked")])
+    mine = root / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    captioner = root / "captioner"
+    captioner.mkdir()
+    (captioner / "model_index.json").write_text('{"_class_name": "CaptionPipeline"}')
+    for folder, message in (
+        (mine, "holds files and is not a TextToImagePipeline folder"),
+        (captioner, "holds files and is not a TextToImagePipeline folder"),
+        (root / "decoder", "is or holds the input"),
+        (root, "is or holds the input"),
+    ):
+        before = sorted((p, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+        with pytest.raises((FileExistsError, ValueError), match=message):
+            export_text_to_image.main([*parts, "--output", str(folder)])
+        assert sorted((p, p.stat().st_mtime_ns) for p in folder.rglob("*")) == before
+
 
 def test_prior_resume_retraces_the_straight_run(trained, tmp_path):
     root, data, losses = trained

@@ -57,6 +57,39 @@ def check_output_file(path, flag: str, inputs=()) -> Path:
     return path
 
 
+def check_export_folder(folder, flag: str, parts=(), inputs=(), pipeline: str | None = None) -> Path:
+    """`folder` as a Path if an export may write there; else, before any work is done, an error naming `flag` and
+    `folder`. Written: a new or empty folder; one holding nothing but `parts` (the folders the export saves);
+    and, for the export of a `pipeline` class, a folder of that pipeline (its `model_index.json` names the class),
+    whose components the export replaces and whose other files it leaves. Refused: anything else that exists, and
+    a folder that is one of the `inputs` or holds one (the export would write over what it reads)."""
+    folder = Path(folder)
+    where = f"{flag} {folder}"
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise FileExistsError(f"{where}: exists and is not a folder")
+    for given in inputs:
+        if given is not None and Path(given).exists() and Path(given).resolve().is_relative_to(folder.resolve()):
+            raise ValueError(f"{where}: is or holds the input {given}; expected a folder that is no input")
+    held = {entry.name for entry in folder.iterdir()} if folder.is_dir() else set()
+    if held and not held <= set(parts) and not (pipeline and _names_pipeline(folder / "model_index.json", pipeline)):
+        kind = f"a {pipeline} folder" if pipeline else "a folder this export wrote"
+        raise FileExistsError(f"{where}: holds files and is not {kind}; choose a new or empty folder")
+    return folder
+
+
+def _names_pipeline(index_file: Path, pipeline: str) -> bool:
+    """Whether `index_file` is a regular file, a model_index.json whose `_class_name` is `pipeline`."""
+    import json
+
+    if index_file.is_symlink() or not index_file.is_file():
+        return False
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(index, dict) and index.get("_class_name") == pipeline
+
+
 def _same_file_among(status: os.stat_result, inputs):
     """The first of `inputs` (a folder standing for the files under it) that is the file `status` describes."""
 

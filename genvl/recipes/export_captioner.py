@@ -16,6 +16,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from genvl.io.components import load_tokenizer
+from genvl.io.outputs import check_export_folder
 from genvl.models.captioner import CaptionerArchitecture, build_captioner, build_image_processor, grow_positions
 from genvl.pipelines.caption import CaptionPipeline
 from genvl.training.answers import answer_settings
@@ -31,6 +32,9 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
     if path is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint to export")
     config = read_run_config(run_dir)
+    out = Path(out or run_dir / f"export-{checkpoint_step(path)}")
+    starts = [config.get(key) for key in ("pretrained_model_name_or_path", "encoder_from_judge")]
+    check_export_folder(out, "--out", inputs=[run_dir, *starts], pipeline=CaptionPipeline.__name__)
     encoder = JudgeEncoderArgs(
         config.get("encoder_from_judge"), config.get("freeze_encoder", False), config.get("picture_positions", False)
     )
@@ -60,7 +64,6 @@ def export(run_dir, checkpoint="latest", out=None, use_ema=True) -> Path:
     answers = "describe_share" in config  # a train_vqa.py run: answers to the world's questions, not captions
     if answers:
         answer_settings(model, tokenizer, config["describe_share"])
-    out = Path(out or run_dir / f"export-{checkpoint_step(path)}")
     pipeline = CaptionPipeline(
         model=model.eval(),
         tokenizer=tokenizer,

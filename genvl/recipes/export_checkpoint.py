@@ -23,7 +23,7 @@ from transformers import CLIPConfig
 
 from genvl.io.components import load_pretrained
 from genvl.io.imagefolder import load_images
-from genvl.io.outputs import weights_readable_as_umask
+from genvl.io.outputs import check_export_folder, weights_readable_as_umask
 from genvl.models.clip import load_decoder_text_encoder
 from genvl.models.unclip import (
     UnclipArchitecture,
@@ -38,6 +38,12 @@ from genvl.training.checkpoints import copy_ema_weights, resolve_resume
 from genvl.training.data import read_training_records
 from genvl.training.diffusion import DecoderStep, decoder_scheduler, prior_scheduler
 from genvl.training.pretrained import pretrained_part
+
+STAGE_PARTS = {  # the folders each stage's export writes
+    "prior": ("prior", "prior_scheduler"),
+    "decoder": ("conditioner", "decoder", "decoder_scheduler"),
+    "autoencoder": ("vae",),
+}
 
 
 def parse_args(argv=None):
@@ -124,6 +130,7 @@ def export_autoencoder(run_dir, checkpoint: str, output: Path) -> None:
 def main(argv=None):
     args = parse_args(argv)
     export = {"prior": export_prior, "decoder": export_decoder, "autoencoder": export_autoencoder}[args.stage]
+    check_export_folder(args.output, "--output", STAGE_PARTS[args.stage], [args.run])
     with weights_readable_as_umask(args.output):
         export(args.run, args.checkpoint, Path(args.output))
     print(f"wrote {args.output}")

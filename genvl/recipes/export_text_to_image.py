@@ -17,6 +17,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, PriorTransformer, UNet2DCond
 from transformers import CLIPModel
 
 from genvl.io.components import load_pretrained
+from genvl.io.outputs import check_export_folder
 from genvl.models.clip import load_clip, load_decoder_text_encoder, text_tower_of
 from genvl.models.unclip import UnclipConditioner
 from genvl.pipelines.text_to_image import PROMPT_WORLDS, TextToImagePipeline
@@ -78,6 +79,8 @@ def assemble(
 
 def main(argv=None):
     args = parse_args(argv)
+    inputs = [args.clip, args.prior, args.decoder, args.autoencoder, args.decoder_text_encoder, args.reranker]
+    check_export_folder(args.output, "--output", inputs=inputs, pipeline=TextToImagePipeline.__name__)
     pipeline = assemble(
         args.clip,
         args.prior,

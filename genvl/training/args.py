@@ -92,6 +92,37 @@ def save_run_config(args, output_dir, architecture=None) -> None:
     (Path(output_dir) / RUN_CONFIG).write_text(json.dumps(config, indent=2))
 
 
+# the flags that name what a run reads (a model, data, a tower to lock): its --output_dir may not be one of them
+INPUT_SUFFIXES = ("_name_or_path", "_data_dir", "_tower", "_from_judge")
+
+
+def check_output_dir(args) -> None:
+    """Refuse, before anything is written, an --output_dir that exists and is not a training run's folder (it
+    holds files but no run config or checkpoint: genvl never writes over what it did not write), or that is, or
+    lies inside, a folder the run reads (`INPUT_SUFFIXES`: the model it starts from, its data)."""
+    output = Path(args.output_dir)
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        if not field.name.endswith(INPUT_SUFFIXES) or not isinstance(value, str) or not os.path.isdir(value):
+            continue
+        if output.resolve().is_relative_to(Path(value).resolve()):
+            raise ValueError(f"--output_dir {output}: would write into --{field.name} {value}, which the run reads")
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"--output_dir {output}: exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()) and not is_run_folder(output):
+        raise FileExistsError(
+            f"--output_dir {output}: holds files and is not a training run's folder (no {RUN_CONFIG} or "
+            "checkpoint); choose a new or empty folder"
+        )
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` is a training run's: it holds the run config or a complete checkpoint."""
+    from .checkpoints import complete_checkpoints
+
+    return (folder / RUN_CONFIG).is_file() or bool(complete_checkpoints(folder))
+
+
 @contextmanager
 def saving_run(output_dir, losses: list):
     """Wrap what a finished run saves in `output_dir`: its weights files are opened to whoever the umask lets read

@@ -49,12 +49,16 @@ def save_tokenizer(accelerator, output_dir, tokenizer):
     """Write `tokenizer` to `output_dir/tokenizer` before the first step, so that any checkpoint of the run can be
     exported while it trains; returns it."""
     tokenizer_dir = Path(output_dir) / "tokenizer"
+    if os.path.lexists(tokenizer_dir) and (
+        tokenizer_dir.is_symlink() or not (tokenizer_dir / "tokenizer.json").is_file()
+    ):
+        raise FileExistsError(f"{tokenizer_dir}: exists and is not a saved tokenizer; not replaced")
     if accelerator.is_main_process:
         # written aside and renamed into place: a run killed while saving it still resumes
         tmp = tokenizer_dir.with_name(".tokenizer.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tokenizer.save_pretrained(tmp)
-        shutil.rmtree(tokenizer_dir, ignore_errors=True)  # one without tokenizer.json: a save cut short
+        shutil.rmtree(tokenizer_dir, ignore_errors=True)  # this run's, or an earlier one's: replaced
         tmp.rename(tokenizer_dir)
     return tokenizer
 

@@ -5,7 +5,7 @@ import dataclasses
 import functools
 import time
 
-from .args import TrainArgs, save_run_config
+from .args import TrainArgs, check_output_dir, save_run_config
 from .checkpoints import (
     LEGACY_EMA_STATE,
     check_checkpoint_names,
@@ -24,6 +24,7 @@ def make_accelerator(args: TrainArgs, project: str):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
+    check_output_dir(args)  # in every process, before any writes
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
