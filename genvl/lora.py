@@ -200,6 +200,7 @@ def load_adapter(model: torch.nn.Module, path, adapter_name: str = "default") ->
     if not (path / ADAPTER_CONFIG).is_file() or not (path / ADAPTER_WEIGHTS).is_file():
         raise FileNotFoundError(f"{path}: not a PEFT adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
     safetensors_headers(path)  # readable, before anything is read from it
+    check_adapter_config(path / ADAPTER_CONFIG)  # before PEFT reads it
     with loading_errors(path):
         config = PeftConfig.from_pretrained(path)
         state = {key.removeprefix(PEFT_PREFIX): value for key, value in load_file(path / ADAPTER_WEIGHTS).items()}
@@ -229,6 +230,59 @@ def load_adapter(model: torch.nn.Module, path, adapter_name: str = "default") ->
         )
     model.requires_grad_(False)
     return model
+
+
+# what an adapter_config.json may set freely, per adapter type; any other setting must be PEFT's default. The others
+# change what loading does: start processes or compile (BOFT), import a module (megatron_core), decompose or rewrite
+# the base weights (init_lora_weights "pissa", "olora", "loftq", ...), copy or grow the model (modules_to_save,
+# layer_replication), train biases of the base model (bias), or add parameters of other kinds (DoRA, tokens)
+FREE_SETTINGS = {
+    "LORA": {"r", "lora_alpha", "lora_dropout", "rank_pattern", "alpha_pattern", "use_rslora"},
+    "IA3": {"feedforward_modules", "init_ia3_weights"},
+}
+FREE_SETTINGS_OF_ALL = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path"}
+FREE_SETTINGS_OF_ALL |= {"revision", "inference_mode", "target_modules", "exclude_modules", "fan_in_fan_out"}
+FREE_SETTINGS_OF_ALL |= {"layers_to_transform", "layers_pattern"}
+LORA_INITS = ("gaussian",)  # besides true and false: initialisations that leave the base weights as they are
+
+
+def check_adapter_config(file: Path) -> None:
+    """Refuse, in one line naming `file`, an adapter config genvl does not load: an adapter type other than LoRA
+    or IA³, or a setting outside `FREE_SETTINGS` that is not PEFT's default (see there), or, for one this PEFT
+    does not know, not off (null, false, empty)."""
+    import dataclasses
+    import json
+
+    from peft import IA3Config, LoraConfig
+
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{file}: not a readable adapter config ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file}: not a readable adapter config (a JSON object expected)")
+    kind = config.get("peft_type")
+    if kind not in FREE_SETTINGS:
+        raise ValueError(f"{file}: peft_type {kind!r} is not an adapter genvl loads (LORA or IA3)")
+    fields = {field.name: field for field in dataclasses.fields({"LORA": LoraConfig, "IA3": IA3Config}[kind])}
+    for key, value in config.items():
+        if key in FREE_SETTINGS[kind] or key in FREE_SETTINGS_OF_ALL:
+            continue
+        if key == "init_lora_weights" and kind == "LORA" and (isinstance(value, bool) or value in LORA_INITS):
+            continue
+        if key in fields and value == _default_setting(fields[key]):
+            continue
+        if key not in fields and (value is None or value is False or value in ({}, [])):
+            continue  # a later PEFT's setting, off
+        raise ValueError(f"{file}: {key} {json.dumps(value)[:80]} is not a setting genvl loads for a {kind} adapter")
+
+
+def _default_setting(field):
+    """A PEFT config field's default, as its JSON holds it (a dataclass as its dict)."""
+    import dataclasses
+
+    value = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 def check_lora_config(file: Path, config, state: dict) -> None:

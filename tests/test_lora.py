@@ -1,6 +1,7 @@
 """LoRA adapters (PEFT format) on the captioner: targets, saving and loading, weights, fusing, unloading."""
 
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -200,6 +201,48 @@ def test_bad_adapters_are_refused_and_leave_nothing(tmp_path, tiny_tokenizer, pi
     torch.testing.assert_close(logits(model, pixels), plain)
     with pytest.raises(ValueError, match="no adapter named"):
         pipe.set_adapters("missing")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # another adapter type: BOFT builds a CUDA extension (starts ninja and gcc), LoHa's rank bounds nothing
+        {"peft_type": "BOFT", "boft_block_size": 4, "boft_block_num": 0, "boft_n_butterfly_factor": 1},
+        {"peft_type": "LOHA"},
+        {"peft_type": None},
+        # LoRA settings that rewrite the base weights (PiSSA's SVD, for as many iterations as asked), import a module,
+        # copy or grow the model, train its biases, or add parameters of other kinds
+        {"init_lora_weights": "pissa_niter_1000000000"},
+        {"init_lora_weights": "olora"},
+        {"init_lora_weights": "loftq", "loftq_config": {"loftq_bits": 4}},
+        {"megatron_config": {"a": 1}, "megatron_core": "os"},
+        {"modules_to_save": ["lm_head"]},
+        {"layer_replication": [[0, 2], [0, 2]]},
+        {"bias": "all"},
+        {"use_dora": True},
+        {"trainable_token_indices": [1, 2]},
+        {"a_later_setting": 3},
+    ],
+)
+def test_adapter_configs_that_would_run_anything_but_an_adapter_are_refused(change, adapter_dir, tiny_tokenizer):
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    (adapter_dir / "adapter_config.json").write_text(json.dumps({**config, **change}))
+    model, processor = get_dummy_components(tiny_tokenizer)
+    pipe = CaptionPipeline(model=model, tokenizer=tiny_tokenizer, image_processor=processor)
+    started = []
+    with mock.patch("subprocess.Popen", side_effect=lambda *a, **k: started.append(a) or pytest.fail("ran")):
+        with pytest.raises(ValueError, match=r"adapter_config.json: .* (genvl loads|is not a setting genvl)"):
+            pipe.load_lora_weights(adapter_dir)
+    assert not started and not adapter_layers(model)
+
+
+def test_adapter_configs_of_other_settings_still_load(adapter_dir, tiny_tokenizer):
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    for change in ({"init_lora_weights": "gaussian"}, {"use_rslora": True}, {"a_later_setting": None}, {}):
+        (adapter_dir / "adapter_config.json").write_text(json.dumps({**config, **change}))
+        model, processor = get_dummy_components(tiny_tokenizer)
+        CaptionPipeline(model=model, tokenizer=tiny_tokenizer, image_processor=processor).load_lora_weights(adapter_dir)
+        assert adapter_layers(model)
 
 
 def test_parse_lora_spec():
