@@ -369,6 +369,18 @@ CONFIG_TRICKS = {
         lambda c: c.update(num_train_timesteps=10**12),
         "num_train_timesteps must be",
     ),
+    # noise schedules that are none: every image came out NaN and was written as a black PNG, exit 0
+    "scheduler_nan_betas": (
+        "prior_scheduler",
+        lambda c: c.update(trained_betas=[float("nan")] * c["num_train_timesteps"]),
+        "betas must be finite numbers in [0, 1)",
+    ),
+    "scheduler_beta_end": (
+        "decoder_scheduler",
+        lambda c: c.update(beta_schedule="linear", beta_end=5.0),
+        "betas must be finite numbers in [0, 1)",
+    ),
+    "scheduler_steps_offset": ("decoder_scheduler", lambda c: c.update(steps_offset=10**9), "steps_offset must be"),
     "clip_vocabulary": ("clip", lambda c: c["text_config"].update(vocab_size=10**9), "describes"),
     "prior_width": ("prior", lambda c: c.update(num_attention_heads=4096), "describes"),
 }

@@ -444,3 +444,15 @@ def test_candidates_keep_the_one_the_reranker_scores_best(pipeline, tmp_path):
     loaded.set_progress_bar_config(disable=True)
     again = loaded(prompts[1], num_candidates=2, generator=generators(6), output_type="pt", **STEPS).images
     torch.testing.assert_close(again, alone, atol=1e-5, rtol=0)
+
+
+def test_images_that_are_not_finite_are_an_error_not_black_pictures(monkeypatch):
+    pipe = TextToImagePipeline(**get_dummy_unclip_components())
+    pipe.set_progress_bar_config(disable=True)
+    drawn = pipe.run_decoder
+    monkeypatch.setattr(pipe, "run_decoder", lambda *args, **kwargs: drawn(*args, **kwargs) * float("nan"))
+    for output_type in ("pil", "np", "pt"):
+        with pytest.raises(ValueError, match="made images that are not finite numbers"):
+            pipe("a red apple", generator=generators(0), output_type=output_type, **STEPS)
+    with pytest.raises(ValueError, match="not finite"):
+        pipe.postprocess(torch.tensor([0.0, float("inf")]).view(1, 1, 1, 2).expand(1, 3, 2, 2))

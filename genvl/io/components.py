@@ -60,7 +60,9 @@ def component_kinds() -> dict:
         with loading_errors(folder):
             config = component_class.load_config(folder)
         check_config(Path(folder) / "scheduler_config.json", config, SCHEDULER_LIMITS)
-        return plain(component_class, folder, dtype)
+        loaded = plain(component_class, folder, dtype)
+        check_schedule(Path(folder) / "scheduler_config.json", loaded)
+        return loaded
 
     return {
         "model": {transformers.PreTrainedModel: load_transformers_model, diffusers.ModelMixin: load_diffusers_model},
@@ -68,6 +70,20 @@ def component_kinds() -> dict:
         "image processor": {ImageProcessingMixin: processor, FeatureExtractionMixin: processor},
         "scheduler": {diffusers.SchedulerMixin: scheduler},
     }
+
+
+def check_schedule(file, scheduler) -> None:
+    """Refuse a scheduler whose noise schedule is not one: betas (from `trained_betas` or a `beta_schedule` and
+    its ends) that are not finite numbers in [0, 1), which make every image NaN, or a `steps_offset` that puts
+    timesteps past the schedule's end."""
+    import torch
+
+    betas = getattr(scheduler, "betas", None)
+    if betas is not None and not bool((torch.isfinite(betas) & (betas >= 0) & (betas < 1)).all()):
+        raise ValueError(f"{file}: the noise schedule's betas must be finite numbers in [0, 1)")
+    offset, steps = scheduler.config.get("steps_offset", 0), scheduler.config.get("num_train_timesteps", 1)
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < steps:
+        raise ValueError(f"{file}: steps_offset must be an integer in [0, num_train_timesteps), got {offset!r}")
 
 
 def slot_kind(name: str) -> str:

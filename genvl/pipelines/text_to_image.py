@@ -421,7 +421,12 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         return self.vae.decode(latents / self.vae.config.scaling_factor).sample.clamp(-1, 1)
 
     def postprocess(self, images: torch.Tensor, output_type: str = "pil"):
-        """Images (N, 3, H, W) in [-1, 1] as PIL images, an (N, H, W, 3) array ("np") or a tensor in [0, 1] ("pt")."""
+        """Images (N, 3, H, W) in [-1, 1] as PIL images, an (N, H, W, 3) array ("np") or a tensor in [0, 1] ("pt").
+        An image that is not finite numbers is an error, never a black PNG."""
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError(
+                "the pipeline made images that are not finite numbers (its weights or schedules are broken)"
+            )
         return self.output_processor.postprocess(images.float(), output_type=output_type)
 
     def run_safety_checker(self, images: torch.Tensor, prompts: list[str] | None = None):
