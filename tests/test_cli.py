@@ -209,3 +209,30 @@ def test_the_checked_model_folder_is_the_one_loaded(monkeypatch):
             loaded = model_source(None, variable, str(default))[0]
             assert folder() == loaded == (Path(value) if value else Path(default))
         assert folder("genvl-caption-tiny").name == "genvl-caption-tiny"
+
+
+class PanicException(BaseException):
+    """What PyO3 raises for a Rust library's panic (a tokenizer regex that exhausts the regex engine's retries)."""
+
+
+def test_a_native_librarys_panic_is_one_line_not_a_traceback(monkeypatch, capsys):
+    import genvl.cli
+    from genvl.training.args import run_script
+
+    def panics(*args):
+        raise PanicException("Onig: Regex search error: retry-limit-in-match over\nstack backtrace: ...")
+
+    monkeypatch.setattr(genvl.cli, "run_function", lambda args: panics)
+    assert main(["caption", "x.png"]) == 1
+    assert capsys.readouterr().err == (
+        "genvl: error: a native library failed (a tokenizer or weights file it read?): Onig: Regex search error: "
+        "retry-limit-in-match over (run with --debug for the traceback)\n"
+    )
+    with pytest.raises(PanicException):
+        main(["caption", "x.png", "--debug"])
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(panics)
+    assert exit_info.value.code == 1 and capsys.readouterr().err.count("\n") == 1
+    monkeypatch.setattr(genvl.cli, "run_function", lambda args: sys.exit)  # other BaseExceptions pass through
+    with pytest.raises(SystemExit):
+        main(["caption", "x.png"])

@@ -10,7 +10,7 @@ import threading
 import time
 
 from .. import __version__
-from ..io.folders import first_line
+from ..io.folders import first_line, is_panic, native_failure
 from ..io.outputs import terminate_cleanly
 from . import ask, caption, data, evaluate, image, recipes
 from .common import Parser, UsageError, check_device
@@ -96,6 +96,11 @@ def main(argv=None) -> int:
         prefix = "" if known else f"unexpected {type(err).__name__}: "
         hint = "" if known else " (run with --debug for the traceback)"
         print(f"genvl: error: {prefix}{first_line(err)}{hint}", file=sys.stderr)
+        return 1
+    except BaseException as err:  # PyO3 raises a Rust library's panic (a tokenizer's regex, say) as a BaseException
+        if args.debug or not is_panic(err):
+            raise
+        print(f"genvl: error: {native_failure(err)} (run with --debug for the traceback)", file=sys.stderr)
         return 1
 
 

@@ -376,6 +376,17 @@ def loading_errors(path):
         raise ValueError(f"{path}: could not load the model ({first_line(err)})") from err
 
 
+def is_panic(err: BaseException) -> bool:
+    """Whether `err` is a panic of a Rust library (tokenizers, safetensors), which PyO3 raises as a BaseException,
+    out of reach of `except Exception` (a hostile tokenizer regex that exhausts the regex engine's retries)."""
+    return type(err).__name__ == "PanicException"
+
+
+def native_failure(err: BaseException) -> str:
+    """One line on a Rust library's panic."""
+    return f"a native library failed (a tokenizer or weights file it read?): {first_line(err)}"
+
+
 def first_line(err: Exception) -> str:
     """The first non-empty line of an error's message (libraries' messages can run to many lines)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]

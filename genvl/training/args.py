@@ -63,7 +63,7 @@ def run_script(main) -> None:
     """Run a training or export script's `main()` so that it never ends in a traceback: a failure is one line on
     stderr and exit code 1 (GENVL_DEBUG=1 shows the traceback), Ctrl-C exit code 130; argparse's usage errors
     keep their exit code 2."""
-    from ..io.folders import first_line
+    from ..io.folders import first_line, is_panic, native_failure
 
     script = Path(sys.argv[0]).name
     try:
@@ -78,6 +78,11 @@ def run_script(main) -> None:
         prefix = "" if known else f"unexpected {type(err).__name__}: "
         hint = "" if known else " (GENVL_DEBUG=1 shows the traceback)"
         print(f"{script}: error: {prefix}{first_line(err)}{hint}", file=sys.stderr)
+        sys.exit(1)
+    except BaseException as err:  # a Rust library's panic (see genvl.io.folders.is_panic)
+        if os.environ.get("GENVL_DEBUG", "0") not in ("", "0") or not is_panic(err):
+            raise
+        print(f"{script}: error: {native_failure(err)} (GENVL_DEBUG=1 shows the traceback)", file=sys.stderr)
         sys.exit(1)
 
 
