@@ -7,6 +7,7 @@ import pytest
 
 from genvl.cli import main
 from genvl.io.outputs import check_output_file, written_atomically
+from genvl.world.dataset import write_imagefolder
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -77,3 +78,18 @@ def test_quiet_eval_and_shards_print_nothing_on_stderr(tiny_pipeline_dir, tmp_pa
     assert out.split() == [str(tmp_path / "s-0.tar")] and err == ""
     assert main(["data", "shards", "--data", str(data), "--out", str(tmp_path / "s-%d.tar")]) == 0
     assert "packed 3 samples into 1 shard in" in capfd.readouterr().err
+
+
+def test_shard_names_that_collide_are_refused_before_any_is_written(tmp_path, capsys):
+    data = write_imagefolder(tmp_path / "data", 12, seed=0, split="train", resolution=16)
+    out = tmp_path / "shards"
+    out.mkdir()
+    for pattern in ("x-%.1s.tar", "x.tar%.0s", "x-%d.tar"):  # shards 1 and 10 alike; every one alike; no field
+        flags = ["data", "shards", "--data", str(data), "--out", str(out / pattern), "--samples-per-shard", "1"]
+        if pattern == "x-%d.tar":
+            assert main(flags) == 0 and len(list(out.iterdir())) == 12
+            continue
+        with pytest.raises(SystemExit) as exit_info:
+            main(flags)
+        assert exit_info.value.code == 2 and "gives two shards one name" in capsys.readouterr().err
+        assert not list(out.iterdir())

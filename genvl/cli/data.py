@@ -94,8 +94,11 @@ def run_data_shards(args) -> int:
     except (TypeError, ValueError):
         raise UsageError(f"--out {args.out}: expected one %d field for the shard number, e.g. out/train-%06d.tar")
     records = read_metadata(args.data)
-    for index in range(math.ceil(len(records) / args.samples_per_shard)):  # every shard's name, before any work
-        shard = Path(args.out % index)
+    names = [args.out % index for index in range(math.ceil(len(records) / args.samples_per_shard))]
+    if len(set(names)) != len(names):  # "%.1s" names shards 1 and 10 alike: the second would replace the first
+        raise UsageError(f"--out {args.out}: gives two shards one name; use one %d field, e.g. out/train-%06d.tar")
+    for name in names:  # every shard's name, before any work
+        shard = Path(name)
         if shard.parent.is_dir():
             check_output_file(shard, "--out", inputs=[args.data])
     written = write_shards(
