@@ -93,3 +93,19 @@ def test_shard_names_that_collide_are_refused_before_any_is_written(tmp_path, ca
             main(flags)
         assert exit_info.value.code == 2 and "gives two shards one name" in capsys.readouterr().err
         assert not list(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--resolution", "20000"], "argument --resolution: must be in [16, 1024], got 20000"),
+        (["--resolution", "1"], "argument --resolution: must be in [16, 1024], got 1"),
+        (["--require", "unicorn"], "argument --require: no object 'unicorn' in the world"),
+    ],
+)
+def test_data_scenes_flags_out_of_range_are_usage_errors_before_any_work(flags, message, tmp_path, capsys):
+    # a side of 20,000 px took 20 GB of memory and more before anything said no
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "scenes", "--out", str(tmp_path / "d"), "--num-images", "1", *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

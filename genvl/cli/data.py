@@ -1,12 +1,14 @@
 """`genvl data scenes` and `genvl data shards`: make datasets."""
 
+import argparse
 import math
 from pathlib import Path
 
 from ..io.outputs import check_output_file
 from ..world.backgrounds import BACKGROUND_FAMILIES
+from ..world.dataset import MAX_RESOLUTION, MIN_RESOLUTION
 from ..world.scenes import PALETTES, SIZE_BANDS
-from .common import UsageError, plural, positive, progress_bar, seed_number, summarize
+from .common import UsageError, checked_type, plural, positive, progress_bar, seed_number, summarize
 
 
 def add_parser(commands) -> None:
@@ -25,11 +27,19 @@ def add_parser(commands) -> None:
     scenes.add_argument("--num-images", type=positive(int), required=True)
     scenes.add_argument("--seed", type=seed_number, default=0)
     scenes.add_argument("--split", choices=["train", "val", "test"], default="train")
-    scenes.add_argument("--resolution", type=positive(int), default=64)
+    scenes.add_argument(
+        "--resolution",
+        type=checked_type(
+            int, lambda v: MIN_RESOLUTION <= v <= MAX_RESOLUTION, f"in [{MIN_RESOLUTION}, {MAX_RESOLUTION}]"
+        ),
+        default=64,
+        help="the images' side in pixels",
+    )
     scenes.add_argument("--workers", type=positive(int), default=1, help="processes rendering the images")
     scenes.add_argument(
         "--require",
         metavar="OBJECT",
+        type=object_name,
         help="keep only scenes holding this object, which may be a held-out one (e.g. robot)",
     )
     scenes.add_argument(
@@ -51,12 +61,21 @@ def add_parser(commands) -> None:
     shards = data.add_parser(
         "shards",
         help="pack an imagefolder into WebDataset tar shards",
-        epilog="example: genvl data shards --data data/world/test --out 'shards/test-%%06d.tar'",
+        epilog="example: genvl data shards --data data/world/test --out 'shards/test-%06d.tar'",
     )
     shards.add_argument("--data", required=True, help="imagefolder with metadata.jsonl")
     shards.add_argument("--out", required=True, help="shard name with a %%d field for the shard's number")
     shards.add_argument("--samples-per-shard", type=positive(int), default=1000)
     shards.add_argument("--quiet", action="store_true", help="no summary line on stderr")
+
+
+def object_name(text: str) -> str:
+    """An argparse type: an object of the world, held-out ones included."""
+    from ..world.sprites import ALL_OBJECTS, HELD_OUT_OBJECTS
+
+    if text not in ALL_OBJECTS:
+        raise argparse.ArgumentTypeError(f"no object {text!r} in the world (held-out ones: {sorted(HELD_OUT_OBJECTS)})")
+    return text
 
 
 def run_data_scenes(args) -> int:

@@ -21,6 +21,8 @@ from .scenes import held_out, render_scene, sample_scene
 from .sprites import ALL_OBJECTS, HELD_OUT_OBJECTS, OBJECTS
 
 MANIFEST = "genvl_dataset.json"  # in every split folder genvl writes: how it was made and every file it holds
+# the sides a scene is rendered at: below 16 px the objects vanish; above 1,024 each image is megabytes of pixels
+MIN_RESOLUTION, MAX_RESOLUTION = 16, 1024
 SPLIT_BUCKETS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}
 WORLDS = {"wide": sample_scene, "classic": sample_classic_scene}
 
@@ -112,8 +114,8 @@ def write_imagefolder(
         raise ValueError(f"workers must be >= 1, got {workers}")
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
-    if resolution < 16:
-        raise ValueError(f"resolution must be >= 16, got {resolution}")
+    if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
+        raise ValueError(f"resolution must be in [{MIN_RESOLUTION}, {MAX_RESOLUTION}], got {resolution}")
     final = Path(out_dir) / split
     if os.path.lexists(final):
         check_replaceable(final, overwrite)  # before any work
