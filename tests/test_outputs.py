@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from PIL import Image
 
 from genvl.cli import main
 from genvl.io.outputs import check_output_file, written_atomically
@@ -109,3 +110,22 @@ def test_data_scenes_flags_out_of_range_are_usage_errors_before_any_work(flags, 
         main(["data", "scenes", "--out", str(tmp_path / "d"), "--num-images", "1", *flags])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_a_png_name_that_cannot_be_written_is_refused_before_any_image_is_made(t2i_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "a_red_apple-1-1.png").mkdir(parents=True)  # the name of the run's second image
+    argv = ["generate", "a red apple", "-n", "2", "--seed", "0", "--steps", "1", "--out", str(out), "--model"]
+    assert main([*argv, str(t2i_dir)]) == 1
+    assert "a_red_apple-1-1.png: is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["a_red_apple-1-1.png"]  # the first was not written either
+
+
+def test_attention_map_and_output_naming_one_file_is_a_usage_error(tiny_pipeline_dir, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image)
+    same = tmp_path / "same.png"
+    argv = ["caption", str(image), "--model", str(tiny_pipeline_dir), "--attention-map", str(same), "--output"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, f"{tmp_path}/./same.png"])
+    assert exit_info.value.code == 2 and "name one file" in capsys.readouterr().err and not same.exists()

@@ -289,6 +289,8 @@ def run_caption(args) -> int:
     if args.attention_map:
         if len(paths) != 1 or isinstance(paths[0], tuple) or processes > 1:
             raise UsageError("--attention-map takes one image file (and one process)")
+        if output is not None and os.path.abspath(args.attention_map) == os.path.abspath(output):
+            raise UsageError("--attention-map and --output name one file; give each its own")
         inputs = [paths[0], caption_model_folder(args.model), *lora_folders(args)]
         figure = check_output_file(args.attention_map, "--attention-map", [*inputs, *([output] if output else [])])
     pipeline = load_caption_pipeline(args)

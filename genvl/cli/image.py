@@ -2,6 +2,7 @@
 pipeline loading that `genvl eval t2i` shares."""
 
 import argparse
+import glob
 import json
 import os
 import random
@@ -371,6 +372,8 @@ def write_images(args, images, name: str, metadata: dict, describe=None):
         t2i_model_folder(args.model),
         *lora_folders(args),
     ]
+    for entry in out.glob(f"{glob.escape(name)}-*-*.png"):  # what this run's names may meet there, before any work
+        check_output_file(entry, "--out", inputs)
     count, blocked = 0, {}
     for i, seed, image, own in images:
         own = {**own, **(describe(image, seed) if describe else {})}
