@@ -456,3 +456,34 @@ def test_images_that_are_not_finite_are_an_error_not_black_pictures(monkeypatch)
             pipe("a red apple", generator=generators(0), output_type=output_type, **STEPS)
     with pytest.raises(ValueError, match="not finite"):
         pipe.postprocess(torch.tensor([0.0, float("inf")]).view(1, 1, 1, 2).expand(1, 3, 2, 2))
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"prior_num_inference_steps": 0}, "prior steps must be an integer >= 1, got 0"),
+        ({"decoder_num_inference_steps": -1}, "decoder steps must be an integer >= 1, got -1"),
+        ({"decoder_num_inference_steps": 2.5}, "decoder steps must be an integer >= 1, got 2.5"),
+        ({"prior_guidance_scale": float("nan")}, "prior guidance scale must be a finite number, got nan"),
+        ({"decoder_guidance_scale": float("inf")}, "decoder guidance scale must be a finite number, got inf"),
+        ({"decoder_text_guidance_scale": float("-inf")}, "decoder guidance scale must be a finite number"),
+    ],
+)
+def test_steps_and_guidance_that_are_no_numbers_of_their_kind_are_refused(settings, message):
+    # steps 0 divided by zero and -1 drew an image; a NaN guidance was read as none, an infinite one drew NaNs
+    pipe = TextToImagePipeline(**get_dummy_unclip_components())
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pipe("a red apple", generator=generators(0), output_type="pt", **{**STEPS, **settings})
+
+
+def test_latents_of_another_dtype_are_cast():
+    pipe = TextToImagePipeline(**get_dummy_unclip_components())
+    pipe.set_progress_bar_config(disable=True)
+    noise = torch.randn(1, *pipe.latent_shape(), generator=torch.Generator().manual_seed(0))
+    prior = torch.randn(1, pipe.prior.config.embedding_dim, generator=torch.Generator().manual_seed(1))
+    given = dict(generator=generators(2), output_type="pt", **STEPS)
+    first = pipe("a red apple", latents=noise, prior_latents=prior, **given).images
+    given["generator"] = generators(2)
+    again = pipe("a red apple", latents=noise.double(), prior_latents=prior.double(), **given)
+    torch.testing.assert_close(again.images, first)

@@ -6,6 +6,8 @@ supports the models' prediction types can be swapped in (DDPM, DDIM, DPMSolverMu
 
 import copy
 import inspect
+import math
+import numbers
 import random
 from dataclasses import dataclass
 
@@ -344,6 +346,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     def run_prior(self, text: PromptEncoding, num_inference_steps, guidance_scale, generator, latents=None):
         """Image embeddings (N, E), unit length. `text` is `encode_prompt(negative prompts + prompts)`, one
         prompt per image."""
+        check_sampling("prior", num_inference_steps, guidance_scale)
         # the prior attends in the embedding space
         text = PromptEncoding(text.embeds, self.clip.text_projection(text.states), text.mask)
         n, dim = text.count, self.prior.config.embedding_dim
@@ -351,6 +354,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             latents = randn_tensor((n, dim), generator=generator, device=self.clip.device, dtype=text.embeds.dtype)
         elif latents.shape != (n, dim):
             raise ValueError(f"prior latents must have shape {(n, dim)}, got {tuple(latents.shape)}")
+        latents = latents.to(device=self.clip.device, dtype=text.embeds.dtype)
 
         scales = (guidance_scale,) if guidance_scale > 1.0 else ()
         rows = text if scales else text.prompts()  # without guidance the negative prompts are not read
@@ -387,6 +391,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         uncond) + text_guidance_scale (image and prompt - image)`, where "image" sees the embedding with the
         negative prompt: each step's network evaluation then runs three blocks of rows instead of two. Equal
         scales give the joint guidance."""
+        check_sampling("decoder", num_inference_steps, guidance_scale, text_guidance_scale)
         negatives, prompts = text.negatives(), text.prompts()
         n = image_embeds.shape[0]
         no_image = torch.zeros_like(image_embeds)
@@ -409,6 +414,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             latents = randn_tensor(shape, generator=generator, device=image_embeds.device, dtype=image_embeds.dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        latents = latents.to(device=image_embeds.device, dtype=image_embeds.dtype)
 
         def model_fn(x, t):
             return self.decoder(
@@ -723,6 +729,19 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
                 noise.repeat(count, 1, 1, 1),
             )
             yield images, embeds
+
+
+def check_sampling(stage: str, num_inference_steps, *guidance_scales) -> None:
+    """Refuse a number of steps that is not a positive integer (0 divided by zero, -1 drew an image) and a
+    guidance scale that is not a finite number (NaN read as no guidance; infinity made NaN images)."""
+    steps = num_inference_steps
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"{stage} steps must be an integer >= 1, got {steps!r}")
+    for scale in guidance_scales:
+        if scale is None:
+            continue
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
+            raise ValueError(f"{stage} guidance scale must be a finite number, got {scale!r}")
 
 
 def mixed_words(words: PromptEncoding, weights: list[float]) -> PromptEncoding:
