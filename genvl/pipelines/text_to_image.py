@@ -431,7 +431,8 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         An image that is not finite numbers is an error, never a black PNG."""
         if not bool(torch.isfinite(images).all()):
             raise ValueError(
-                "the pipeline made images that are not finite numbers (its weights or schedules are broken)"
+                "the pipeline made images that are not finite numbers (a guidance scale too large for its "
+                "numbers, or broken weights or schedules)"
             )
         return self.output_processor.postprocess(images.float(), output_type=output_type)
 
