@@ -129,3 +129,17 @@ def test_attention_map_and_output_naming_one_file_is_a_usage_error(tiny_pipeline
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, f"{tmp_path}/./same.png"])
     assert exit_info.value.code == 2 and "name one file" in capsys.readouterr().err and not same.exists()
+
+
+def test_eval_reports_hold_no_nan_that_strict_json_readers_refuse(tiny_pipeline_dir, tmp_path, capsys):
+    data = write_imagefolder(tmp_path / "data", 2, seed=0, split="test", resolution=32)  # layouts with no scene
+    report = tmp_path / "report.json"
+    argv = ["eval", "caption", "--model", str(tiny_pipeline_dir), "--data", str(data), "--quiet", "--output"]
+    assert main([*argv, str(report)]) == 0
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    printed = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert printed == json.loads(report.read_text(), parse_constant=refuse)
+    assert None in printed.values()  # a score over no scenes of its kind

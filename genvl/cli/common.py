@@ -227,10 +227,22 @@ def progress_bar(args, unit: str):
     return lambda iterable, total: tqdm(iterable, total=total, unit=unit, file=sys.stderr)
 
 
+def json_safe(value):
+    """`value` with every float that is not finite as None: JSON has no NaN (a score over no items, say), and
+    strict readers refuse Python's `NaN`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def print_report(report: dict, output=None):
     """Print `report` as JSON, then with `output` also write it there (whole or not at all): should the write
     fail, the report is still on stdout."""
-    text = json.dumps(report, indent=2)
+    text = json.dumps(json_safe(report), indent=2, allow_nan=False)
     print(text, flush=True)
     if output:
         with written_atomically(output, "--output") as tmp:
