@@ -385,3 +385,43 @@ def test_interpolate_ends_that_name_no_file_are_prompts(text, t2i_dir, tmp_path,
         capsys,
     )
     assert code == 0 and len(out.splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["caption", "IMAGE", "--output", ""],
+        ["caption", "IMAGE", "--model", ""],
+        ["generate", "a cat", "--out", ""],
+        ["eval", "caption", "--data", ""],
+    ],
+)
+def test_an_empty_path_flag_is_a_usage_error_not_the_flag_left_out(argv, image, capsys):
+    # `--output ''` printed the captions and wrote nothing, exit 0
+    code, out, err = run([str(image) if word == "IMAGE" else word for word in argv], capsys)
+    assert code == 2 and out == "" and "is empty; expected a path" in err
+
+
+def test_an_empty_list_of_images_is_refused_in_one_line(tiny_pipeline_dir):
+    from genvl.pipelines.caption import CaptionPipeline
+
+    with pytest.raises(ValueError, match="images is empty"):
+        CaptionPipeline.from_pretrained(tiny_pipeline_dir)([])
+
+
+def test_seeds_past_what_seed_takes_are_a_usage_error(t2i_dir, tmp_path, capsys):
+    argv = ["generate", "a cat", "--seed", str(2**63 - 2), "-n", "3", "--out", str(tmp_path), "--model", str(t2i_dir)]
+    code, out, err = run([*argv, "--steps", "1"], capsys)
+    assert code == 2 and "the last image's seed would pass 2**63 - 1" in err and not list(tmp_path.glob("*.png"))
+
+
+def test_score_lines_escape_tabs_and_newlines_in_texts(t2i_dir, image, capsys):
+    code, out, err = run(["score", str(image), "two\nlines", "a\ttab", "--model", str(t2i_dir)], capsys)
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 2 and {line.split("\t", 1)[1] for line in lines} == {"two\\nlines", "a\\ttab"}
+
+
+def test_a_missing_captioner_names_the_captioner_flag(t2i_dir, tmp_path, capsys):
+    argv = ["interpolate", "a cat", "a dog", "--frames", "2", "--captions", "--captioner", str(tmp_path / "none")]
+    code, out, err = run([*argv, "--out", str(tmp_path), "--model", str(t2i_dir), "--steps", "1"], capsys)
+    assert code == 1 and f"--captioner {tmp_path / 'none'}: no such model folder" in err

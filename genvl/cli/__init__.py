@@ -61,9 +61,16 @@ def run_function(args):
     return run
 
 
+# the flags that name a file or folder: an empty one is a usage error, not the flag left out
+PATH_FLAGS = ("output", "out", "attention_map", "model", "prior", "captioner", "data", "judge", "image_dir")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for name in PATH_FLAGS:
+        if getattr(args, name, None) == "":  # `if args.output:` would read it as not given
+            parser.exit(2, f"genvl: error: --{name.replace('_', '-')} is empty; expected a path\n")
     args.started = time.perf_counter()
     log_warnings()
     if threading.current_thread() is threading.main_thread():  # only there can a signal handler be set

@@ -204,12 +204,15 @@ def check_decoder_positions(args, folder, settings, defaults, prefix: int, posit
     )
 
 
-def load_caption_pipeline(args, variable: str = "GENVL_CAPTION_MODEL", default=DEFAULT_CAPTION_MODEL):
-    """The captioner of --model, else of the environment variable `variable`, else the shipped `default`."""
+def load_caption_pipeline(
+    args, variable: str = "GENVL_CAPTION_MODEL", default=DEFAULT_CAPTION_MODEL, flag: str = "--model"
+):
+    """The captioner of --model (or the flag `flag` that gave `args.model`), else of the environment variable
+    `variable`, else the shipped `default`."""
     from ..pipelines.caption import CaptionPipeline
 
     quiet_libraries(args)
-    path, name = model_source(args.model, variable, str(default))
+    path, name = model_source(args.model, variable, str(default), flag)
     if not path.is_dir():
         raise FileNotFoundError(f"{name}: no such model folder")
     quantize = getattr(args, "quantize", None)

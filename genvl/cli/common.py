@@ -127,11 +127,12 @@ def add_lora_flag(parser):
 # ---- loading models ------------------------------------------------------------------------------------------
 
 
-def model_source(name, variable: str, default: str) -> tuple[Path, str]:
-    """(the model folder a command uses, how to name it in an error): `name` (its --model), else the environment
-    variable `variable`, else the shipped `default`; a shipped pipeline's name is its folder (`named_folder`)."""
+def model_source(name, variable: str, default: str, flag: str = "--model") -> tuple[Path, str]:
+    """(the model folder a command uses, how to name it in an error): `name` (given as `flag`), else the
+    environment variable `variable`, else the shipped `default`; a shipped pipeline's name is its folder
+    (`named_folder`)."""
     if name:
-        return named_folder(name), f"--model {name}"
+        return named_folder(name), f"{flag} {name}"
     if os.environ.get(variable):
         return named_folder(os.environ[variable]), f"{variable}={os.environ[variable]}"
     return Path(default), f"the shipped model {default}"

@@ -183,7 +183,9 @@ def add_sampling_flags(parser, prior: bool = True, outputs: bool = True, text: b
     )
     if outputs:
         group.add_argument(
-            "--seed", type=seed_number, help="image i uses seed S + i (recorded in the PNG); default random"
+            "--seed",
+            type=seed_number,
+            help="image i uses seed S + i (interpolate: every frame S), recorded in the PNG; default random",
         )
         group.add_argument("--out", default="outputs", help="folder for the PNGs (default: outputs)")
         group.add_argument(
@@ -316,8 +318,14 @@ def stage_settings(args, prior: bool = True) -> dict:
 
 
 def base_seed(args) -> int:
-    """--seed, or a fresh random one: image i of the run uses base + i."""
-    return args.seed if args.seed is not None else random.randrange(2**31)
+    """--seed, or a fresh random one: image i of the run uses base + i, which must stay a seed --seed takes (so
+    that each image can be made again alone)."""
+    if args.seed is None:
+        return random.randrange(2**31)
+    count = getattr(args, "num_images", None) or 1
+    if args.seed + count - 1 >= 2**63:
+        raise UsageError(f"--seed {args.seed} with -n {count}: the last image's seed would pass 2**63 - 1")
+    return args.seed
 
 
 # ---- the images out ------------------------------------------------------------------------------------------
@@ -688,7 +696,8 @@ def frame_captions(args):
         return None
     from .caption import load_caption_pipeline
 
-    captioner = load_caption_pipeline(argparse.Namespace(**{**vars(args), "model": args.captioner, "lora": []}))
+    settings = argparse.Namespace(**{**vars(args), "model": args.captioner, "lora": []})
+    captioner = load_caption_pipeline(settings, flag="--captioner")
 
     def describe(frame, seed) -> dict:
         return {"caption": captioner([frame]).captions[0][0]}
@@ -727,8 +736,10 @@ def run_score(args) -> int:
     if args.json:
         print(json.dumps({"image": args.image, "scores": dict(zip(args.texts, scores))}))
     else:
+        from ..io.images import printable_path
+
         for text, value in sorted(zip(args.texts, scores), key=lambda pair: -pair[1]):
-            print(f"{value:.4f}\t{text}")
+            print(f"{value:.4f}\t{printable_path(text)}")  # a tab or newline in a text cannot split the line
     return 0
 
 

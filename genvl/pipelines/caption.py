@@ -304,6 +304,8 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         """
         if not isinstance(images, (list, tuple)):
             images = [images]
+        if not images:
+            raise ValueError("images is empty: pass a PIL image, a path, or a list of them")
         if question is not None:
             if output_attentions or rerank != 1:
                 raise ValueError("output_attentions and rerank are for captions; they do not apply with question=")
