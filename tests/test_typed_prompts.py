@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from genvl.models.safety import named_concepts
 from genvl.world.classic import sample_classic_scene
 from genvl.world.prompts import classic_caption, parse_prompt, request_holds, training_prompts
 from genvl.world.typed import read_prompt
@@ -152,3 +153,20 @@ def _scene_of(caption: str, rng: random.Random) -> dict:
     from genvl.world.prompts import classic_scene
 
     return classic_scene(parse_prompt(caption), rng)
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "a red apple\u200b",
+        "🍎 a red apple",
+        "ａ ｒｅｄ ａｐｐｌｅ",
+        "a réd apple",
+        "a red apple ❤️",
+        "A red apple\u2060.",
+    ],
+)
+def test_typographic_and_invisible_characters_are_read_past(typed):
+    # each was left unread (and drawn as typed) for one character outside plain letters
+    assert read_prompt(typed) == read_prompt("a red apple") is not None
+    assert named_concepts(typed.replace("apple", "snake").replace("ａｐｐｌｅ", "ｓｎａｋｅ"), ["snake"]) == ["snake"]

@@ -96,11 +96,12 @@ class SafetyChecker(SceneJudge):
 def named_concepts(text: str, concepts: list[str]) -> list[str]:
     """The `concepts` (object names) that `text` names: for an object of the world, any word or phrase the world's
     prompt readers take for it (`object_words`: its name, plural and other words, "bunny" for a rabbit), else the
-    name; as whole words in any case, a hyphen read as a space ("t-shirt")."""
+    name; as whole words in any case, a hyphen read as a space ("t-shirt"), the text read as the prompt readers
+    read it (`plain_text`: "ｓｎａｋｅ" is a snake)."""
     from ..world.sprites import OBJECTS
-    from ..world.typed import object_words
+    from ..world.typed import object_words, plain_text
 
-    text = " ".join(text.lower().replace("-", " ").split())
+    text = " ".join(plain_text(text).lower().replace("-", " ").split())
     found = []
     for name in concepts:
         forms = object_words(name) if name in OBJECTS else {name.lower()}

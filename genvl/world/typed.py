@@ -14,6 +14,7 @@ draws what the prompt did not ask for, and is worse than none.
 """
 
 import re
+import unicodedata
 
 from .prompts import _NOUNS, OPPOSITE, PLACES_RELATION, parse_prompt, request_category
 from .sprites import COLOURS
@@ -152,9 +153,18 @@ def object_words(name: str) -> set[str]:
     return words | {phrase for phrase, word in COMPOUNDS.items() if word in words}
 
 
+def plain_text(text: str) -> str:
+    """`text` as plain letters: compatibility forms as their letters (full-width "ａ", ligatures), accents and
+    variation selectors dropped ("réd" is "red"), and so are invisible format characters (a zero-width space)
+    and pictographs (emoji), which say nothing the world's words do not."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(char for char in decomposed if unicodedata.category(char) not in ("Mn", "Cf", "So", "Sk"))
+
+
 def read_prompt(text: str) -> dict | None:
-    """The request of `text`: `parse_prompt`'s where the grammar reads it, else the word-by-word reading above;
-    None where neither reads it."""
+    """The request of `text` (read as `plain_text`): `parse_prompt`'s where the grammar reads it, else the
+    word-by-word reading above; None where neither reads it."""
+    text = plain_text(text)
     request = parse_prompt(text)
     if request is not None:
         return request
