@@ -21,6 +21,30 @@ def test_any_mode_becomes_rgb(tmp_path, mode):
     assert loaded.mode == "RGB" and loaded.size == (5, 3)
 
 
+@pytest.mark.parametrize(
+    "make, grey",
+    [
+        (lambda: Image.new("L", (4, 4), 100).convert("I"), 100),  # 8-bit levels held as 32-bit integers
+        (lambda: Image.new("I;16", (4, 4), 65535), 255),
+        (lambda: Image.new("I;16", (4, 4), 25700), 100),
+        (lambda: Image.new("I", (4, 4), 25700), 100),  # 16-bit levels held as 32-bit integers
+        (lambda: Image.new("F", (4, 4), 0.5), 128),  # fractions of white
+        (lambda: Image.new("F", (4, 4), 200.0), 200),
+    ],
+)
+def test_integer_and_float_images_keep_their_levels(make, grey):
+    # every mode I image was read as 16-bit and a float one as levels: 8-bit and fractional ones came out black
+    assert np.asarray(load_image(make()))[0, 0].tolist() == [grey] * 3
+
+
+@pytest.mark.parametrize("mode", ["PA", "RGBa", "La", "LA", "RGBA"])
+def test_every_mode_with_alpha_is_composited_on_white(mode):
+    # PA and RGBa lost their alpha (transparent pixels turned black) and La could not be converted at all
+    clear = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    image = Image.new(mode, (4, 4)) if mode in ("PA", "La") else clear.convert(mode)  # alpha 0 everywhere
+    assert np.asarray(load_image(image))[0, 0].tolist() == [255, 255, 255]
+
+
 def test_exif_orientation_is_applied(tmp_path):
     image = Image.new("RGB", (6, 2), (0, 0, 255))
     exif = image.getexif()

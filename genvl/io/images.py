@@ -66,13 +66,36 @@ def load_image(image, name: str | None = None) -> Image.Image:
         image = _decode(io.BytesIO(image.data), image.name)
     elif not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image, a path or encoded bytes, got {type(image).__name__}")
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode == "La":  # luminance with premultiplied alpha: Pillow converts it to LA only
+        image = image.convert("LA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        image = image.point(lambda v: v / 256).convert("L")
+    if image.mode.startswith(("I", "F")):
+        image = _grey_levels(image)
     return image.convert("RGB")
+
+
+def _grey_levels(image: Image.Image) -> Image.Image:
+    """An integer or float greyscale image (modes I;16*, I, F) as 8-bit grey. 16-bit modes are 16-bit levels; in
+    modes I and F, which hold any scale, the values tell it: floats within [0, 1] are fractions of white, values
+    within [0, 255] 8-bit levels, within [0, 65535] 16-bit ones; others are stretched from least to greatest."""
+    import numpy as np
+
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode.startswith("I;16"):
+        scaled = values / 257
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        scaled = values * 255
+    elif low >= 0 and high <= 255:
+        scaled = values
+    elif low >= 0 and high <= 65535:
+        scaled = values / 257
+    else:
+        scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    return Image.fromarray(np.nan_to_num(scaled).round().clip(0, 255).astype(np.uint8), mode="L")
 
 
 def _decode(source, name: str) -> Image.Image:
