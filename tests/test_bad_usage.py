@@ -311,11 +311,13 @@ def test_a_bad_adapter_folder_is_named(case, adapter, tiny_pipeline_dir, image, 
         ("drawing.svg", "not a readable image"),  # an existing file that is no image was taken as a prompt
         ("missing.png", "no such"),
         ("notes.txt", "not a readable image"),
+        ("pictures/", "folder"),  # a folder named as a path was drawn as the prompt "pictures/"
     ],
 )
 def test_interpolate_ends_that_name_files_are_images(end, fragment, t2i_dir, tmp_path, capsys, monkeypatch):
     (tmp_path / "drawing.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
     (tmp_path / "notes.txt").write_text("a red apple")
+    (tmp_path / "pictures").mkdir()
     monkeypatch.chdir(tmp_path)
     code, out, err = run(["interpolate", end, "a car", "--model", str(t2i_dir), "--out", str(tmp_path / "o")], capsys)
     assert code == 1 and out == ""
@@ -364,8 +366,9 @@ def test_an_adapter_that_fails_to_load_leaves_nothing_behind(adapter, tiny_pipel
     assert pipe(scene_images[:2], max_new_tokens=5).captions == before
 
 
-@pytest.mark.parametrize("text", ["robot.v2", "v1.5 of a red apple", "apple"])
+@pytest.mark.parametrize("text", ["robot.v2", "v1.5 of a red apple", "apple", "a red apple.png", "pictures"])
 def test_interpolate_ends_that_name_no_file_are_prompts(text, t2i_dir, tmp_path, capsys, monkeypatch):
+    (tmp_path / "pictures").mkdir()  # a folder's name without a slash: a prompt
     monkeypatch.chdir(tmp_path)
     code, out, _ = run(
         [

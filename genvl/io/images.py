@@ -137,9 +137,14 @@ def _refused_pixels(err: Exception) -> int | None:
 
 def names_an_image_file(text: str) -> bool:
     """Whether `text`, an argument that may be a prompt or an image, names an image file: something other than a
-    folder exists there (an SVG or a FIFO too: loading says what is wrong with it), or it ends in an image suffix.
-    A prompt is anything else."""
-    return (os.path.lexists(text) and not os.path.isdir(text)) or Path(text).suffix.lower() in IMAGE_SUFFIXES
+    folder exists there (an SVG or a FIFO too: loading says what is wrong with it), it ends in an image suffix and
+    holds no spaces ("cat.png"; "a cat.png" is a prompt), or it ends in a slash (a folder named as a path, which
+    loading refuses). A prompt is anything else, a folder's name without a slash included ("cat")."""
+    if os.path.lexists(text) and not os.path.isdir(text):
+        return True
+    return text.endswith(("/", os.sep)) or (
+        Path(text).suffix.lower() in IMAGE_SUFFIXES and not any(c.isspace() for c in text)
+    )
 
 
 def find_images(paths) -> list[Path]:
