@@ -461,6 +461,18 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_refused(captioner, public
             "height must be",
         ),
         ("image_processor/preprocessor_config.json", lambda c: c.update(size=-3), "size must be"),
+        # a normalisation that divides by zero or is no number: every score NaN, after warnings on stderr
+        (
+            "image_processor/preprocessor_config.json",
+            lambda c: c.update(image_std=[0, 0, 0]),
+            "image_std must be above",
+        ),
+        (
+            "image_processor/preprocessor_config.json",
+            lambda c: c.update(rescale_factor=float("nan")),
+            "rescale_factor must be finite numbers",
+        ),
+        ("image_processor/preprocessor_config.json", lambda c: c.update(image_mean=["0"]), "image_mean must be finite"),
         ("model/generation_config.json", lambda c: c.update(num_beams=100000), "num_beams must be <= 256"),
         (
             "model/generation_config.json",

@@ -219,18 +219,19 @@ def add_parser(commands) -> None:
 
 
 def check_report_file(args, models, *inputs) -> None:
-    """--output, checked before any work: it must not be a file of the data, of `models` or one of `inputs`."""
+    """--output, checked before any work: it must not be a file of the data, of `models`, of the --lora adapters
+    (where the command takes them) or one of `inputs`."""
     if args.output:
         from ..io.imagefolder import imagefolder_files
 
         data = imagefolder_files(args.data) if args.data else ()
-        check_output_file(args.output, "--output", chain(data, models, [i for i in inputs if i]))
+        check_output_file(args.output, "--output", chain(data, models, lora_folders(args), [i for i in inputs if i]))
 
 
 def run_eval_caption(args) -> int:
     from ..evaluation.captioning import evaluate_captioner
 
-    check_report_file(args, [caption_model_folder(args.model), *lora_folders(args)], args.annotations)
+    check_report_file(args, [caption_model_folder(args.model)], args.annotations)
     pipeline = load_caption_pipeline(args)
     checked_settings(pipeline, args)
     progress = progress_bar(args, "batch")
@@ -436,7 +437,7 @@ def run_eval_t2i(args) -> int:
             raise UsageError(f"--prompt {prompt!r}: not a prompt the world's words can read (its objects and colours)")
     settings = stage_settings(args)
     captioner_folder = None if free else caption_model_folder(args.captioner, CLASSIC_CAPTIONER)
-    folders = [t2i_model_folder(args.model), args.judge, captioner_folder, *lora_folders(args)]
+    folders = [t2i_model_folder(args.model), args.judge, captioner_folder]
     check_report_file(args, [folder for folder in folders if folder])
     pipeline = load_t2i_pipeline(args)
     pipeline.set_progress_bar_config(disable=True)

@@ -223,10 +223,28 @@ def model_limits(model_class) -> dict:
 
 
 def check_processor_config(folder) -> None:
-    """`check_config` of the image processor config in `folder`, if it has one."""
+    """`check_config` of the image processor config in `folder`, if it has one, and its normalisation: an
+    `image_std` of 0 or a mean, std or `rescale_factor` that is not a finite number made every caption's score
+    NaN."""
+    import math
+
     for name in ("preprocessor_config.json", "processor_config.json"):
         if (Path(folder) / name).is_file():
-            check_config(Path(folder) / name, read_json(Path(folder) / name), PROCESSOR_LIMITS)
+            config = read_json(Path(folder) / name)
+            check_config(Path(folder) / name, config, PROCESSOR_LIMITS)
+            if not isinstance(config, dict):
+                continue
+            for key in ("image_mean", "image_std", "rescale_factor"):
+                value = config.get(key)
+                values = value if isinstance(value, list) else [value]
+                if value is None or not values:
+                    continue
+                if not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+                ):
+                    raise ValueError(f"{Path(folder) / name}: {key} must be finite numbers, got {value!r}")
+                if key != "image_mean" and not all(v > 0 for v in values):
+                    raise ValueError(f"{Path(folder) / name}: {key} must be above 0, got {value!r}")
 
 
 def check_size(folder, model, stored: dict) -> None:
