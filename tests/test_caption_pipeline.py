@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from genvl.pipelines.caption import CaptionPipeline
@@ -70,3 +71,13 @@ def test_num_return_sequences_are_sorted_by_score(tiny_pipeline_dir, scene_image
     for captions, scores in zip(out.captions, out.scores):
         assert len(captions) == 3
         assert scores == sorted(scores, reverse=True)
+
+
+def test_a_dtype_given_by_name_is_the_dtype_of_every_part(tiny_pipeline_dir):
+    # "float16" made the model fp16 but left the matcher and the pipeline's dtype fp32, with a warning
+    for name in ("float16", "torch.float16"):
+        pipe = CaptionPipeline.from_pretrained(tiny_pipeline_dir, torch_dtype=name)
+        assert pipe.dtype == pipe.model.dtype == torch.float16
+    assert CaptionPipeline.from_pretrained(tiny_pipeline_dir, dtype="auto").dtype == torch.float32
+    with pytest.raises(ValueError, match="dtype must be a floating-point torch dtype or its name"):
+        CaptionPipeline.from_pretrained(tiny_pipeline_dir, torch_dtype="int8")

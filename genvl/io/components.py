@@ -72,6 +72,22 @@ def component_kinds() -> dict:
     }
 
 
+def as_torch_dtype(dtype):
+    """A pipeline's `dtype` argument as a torch dtype: a torch dtype, or its name as transformers and diffusers
+    take it ("float16", "torch.bfloat16"); None or "auto" for the weights' default. Anything else is refused."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        if dtype == "auto":
+            return None
+        found = getattr(torch, dtype.removeprefix("torch."), None)
+        if isinstance(found, torch.dtype) and found.is_floating_point:
+            return found
+    raise ValueError(f"dtype must be a floating-point torch dtype or its name (e.g. 'float16'), got {dtype!r}")
+
+
 def check_schedule(file, scheduler) -> None:
     """Refuse a scheduler whose noise schedule is not one: betas (from `trained_betas` or a `beta_schedule` and
     its ends) that are not finite numbers in [0, 1), which make every image NaN, or a `steps_offset` that puts

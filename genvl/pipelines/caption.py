@@ -12,7 +12,14 @@ from ..attention import AttentionBackendMixin
 from ..cache import EmbeddingCacheMixin
 from ..generation import GenerationSettings, generate
 from ..generation.decoder import encode_images
-from ..io.components import check_tokenizer, load_image_processor, load_tokenizer, local_folder, pipeline_from_folder
+from ..io.components import (
+    as_torch_dtype,
+    check_tokenizer,
+    load_image_processor,
+    load_tokenizer,
+    local_folder,
+    pipeline_from_folder,
+)
 from ..io.folders import check_model_folder, first_line, load_transformers_model
 from ..io.images import check_pad_fill, preprocess_each
 from ..io.outputs import weights_readable_as_umask
@@ -194,7 +201,7 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         """Load a genvl pipeline folder or a flat VisionEncoderDecoder folder (a local path, or a hub id already
         in the Hugging Face cache). Components are resolved from an allow-list of classes (see
         `genvl.io.components`): nothing the folder names is imported."""
-        dtype = dtype or torch_dtype
+        dtype = as_torch_dtype(dtype or torch_dtype)
         path = local_folder(pretrained_model_name_or_path, local_files_only)
         if not (path / "model_index.json").exists():
             if not (path / "config.json").exists():

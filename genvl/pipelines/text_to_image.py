@@ -21,7 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..attention import AttentionBackendMixin
 from ..cache import EmbeddingCacheMixin
-from ..io.components import check_tokenizer, local_folder, pipeline_from_folder
+from ..io.components import as_torch_dtype, check_tokenizer, local_folder, pipeline_from_folder
 from ..io.images import names_an_image_file, pixels_to_uint8, preprocess_each
 from ..io.outputs import weights_readable_as_umask
 from ..lora import LoraMixin
@@ -201,7 +201,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         resolved from an allow-list of classes (see `genvl.io.components`): nothing the folder names is imported.
         A component passed by name replaces the folder's, which is then not read (`safety_checker=None`: none)."""
         path = local_folder(pretrained_model_name_or_path, local_files_only)
-        pipeline = pipeline_from_folder(cls, path, dtype or torch_dtype, given=components)
+        pipeline = pipeline_from_folder(cls, path, as_torch_dtype(dtype or torch_dtype), given=components)
         for tokenizer, model in (
             ("tokenizer", "clip"),
             ("decoder_tokenizer", "decoder_text_encoder"),
