@@ -130,6 +130,10 @@ def test_caption_rerank_and_score_itm_on_the_command_line(matcher_dir, tiny_pipe
     assert main(["score", IMAGE, "a red apple", "two blue cars", "--itm", "--model", folder, "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)["scores"]
     assert set(scores) == {"a red apple", "two blue cars"}
+    # a text longer than the decoder reads is said to be cut, as CLIP's scores say it
+    long = " ".join(["apple"] * 200)
+    assert main(["score", IMAGE, long, "--itm", "--model", folder]) == 0
+    assert "tokens long; only its first" in capsys.readouterr().err
     for argv, message in [
         (["caption", IMAGE, "--rerank", "2", "--model", str(tiny_pipeline_dir)], "has none"),
         (["caption", IMAGE, "--rerank", "2", "--num-captions", "2", "--model", folder], "drop --num-captions"),

@@ -25,6 +25,7 @@ from ..io.images import check_pad_fill, preprocess_each
 from ..io.outputs import weights_readable_as_umask
 from ..lora import LoraMixin
 from ..models import grid_encoder  # noqa: F401 (registers the grid encoder, so that folders holding one load)
+from ..models.clip import warn_if_truncated
 
 
 @dataclass
@@ -392,6 +393,8 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
             images = [images]
         if len(images) not in (1, len(captions)):
             raise ValueError(f"{len(images)} images for {len(captions)} captions: give one, or one per caption")
+        # the matcher reads a caption's first tokens only, as many as the decoder has positions (one is its start)
+        warn_if_truncated(self.tokenizer, captions, self.model.config.decoder.max_position_embeddings - 1)
         pixel_values = self.preprocess(images)
         states = self.cached_encode(self.model, list(pixel_values), self._encode_rows, self.image_processor.size)
         return self._match_states(
