@@ -143,3 +143,12 @@ def test_eval_reports_hold_no_nan_that_strict_json_readers_refuse(tiny_pipeline_
     printed = json.loads(capsys.readouterr().out, parse_constant=refuse)
     assert printed == json.loads(report.read_text(), parse_constant=refuse)
     assert None in printed.values()  # a score over no scenes of its kind
+
+
+def test_quiet_fp16_runs_print_no_library_notices(tmp_path, capfd):
+    # diffusers warned twice that fp16 pipelines cannot run on the CPU, where genvl's do
+    image = tmp_path / "x.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image)
+    assert main(["caption", str(image), "--model", "genvl-caption-tiny", "--dtype", "fp16", "--quiet"]) == 0
+    out, err = capfd.readouterr()
+    assert err == "" and out.startswith(str(image))

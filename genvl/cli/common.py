@@ -202,8 +202,9 @@ def quiet_libraries(args):
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    if not args.debug:
+    if not args.debug:  # e.g. diffusers' claim that fp16 pipelines cannot run on the CPU, where genvl's do
         transformers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.set_verbosity_error()
 
 
 # ---- reporting a run -----------------------------------------------------------------------------------------
