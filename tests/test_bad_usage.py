@@ -428,3 +428,11 @@ def test_a_missing_captioner_names_the_captioner_flag(t2i_dir, tmp_path, capsys)
     argv = ["interpolate", "a cat", "a dog", "--frames", "2", "--captions", "--captioner", str(tmp_path / "none")]
     code, out, err = run([*argv, "--out", str(tmp_path), "--model", str(t2i_dir), "--steps", "1"], capsys)
     assert code == 1 and f"--captioner {tmp_path / 'none'}: no such model folder" in err
+
+
+def test_a_model_flag_naming_a_file_says_so(image, capsys):
+    # it said "no such model folder" of a file that exists
+    code, out, err = run(["caption", str(image), "--model", str(image)], capsys)
+    assert code == 1 and f"--model {image}: is a file, not a model folder" in err
+    code, out, err = run(["generate", "a cat", "--model", str(image), "--out", str(image.parent / "o")], capsys)
+    assert code == 1 and f"{image}: is a file, not a model folder" in err

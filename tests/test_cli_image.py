@@ -274,6 +274,9 @@ def test_generate_usage_errors(t2i_dir, tmp_path, capsys):
         main(["generate", "a red apple", "--steps", "0", "--model", str(t2i_dir), "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and "argument --steps: must be > 0, got 0" in capsys.readouterr().err
     assert main(["generate", "a red apple", "--model", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 1
+    assert "missing: no such model folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["generate", "a red apple", "--model", str(tmp_path / "empty"), "--out", str(tmp_path)]) == 1
     assert "not a text-to-image pipeline folder" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png"))
 

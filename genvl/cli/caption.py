@@ -209,12 +209,13 @@ def load_caption_pipeline(
 ):
     """The captioner of --model (or the flag `flag` that gave `args.model`), else of the environment variable
     `variable`, else the shipped `default`."""
+    from ..io.folders import no_model_folder
     from ..pipelines.caption import CaptionPipeline
 
     quiet_libraries(args)
     path, name = model_source(args.model, variable, str(default), flag)
     if not path.is_dir():
-        raise FileNotFoundError(f"{name}: no such model folder")
+        raise no_model_folder(path, name)
     quantize = getattr(args, "quantize", None)
     if quantize and (args.device != "cpu" or args.dtype != "fp32" or getattr(args, "lora", None)):
         raise UsageError("--quantize int8 runs on the CPU in fp32, without --lora")

@@ -238,11 +238,13 @@ def load_t2i_pipeline(args, safety: bool = False):
     folder has one) unless --no-safety-checker, and a note on stderr when there is none to run."""
     import diffusers
 
-    from ..io.folders import check_model_folder
+    from ..io.folders import check_model_folder, no_model_folder
     from ..pipelines.text_to_image import TextToImagePipeline
 
     quiet_libraries(args)
     path, name = model_source(args.model, "GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))
+    if not path.is_dir():
+        raise no_model_folder(path, name)
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{name}: not a text-to-image pipeline folder (no model_index.json)")
     check_model_folder(path)  # its files are regular before the step counts read any
@@ -707,11 +709,12 @@ def frame_captions(args):
 
 def load_clip_parts(args):
     """(clip, tokenizer, image processor) of --model: a text-to-image pipeline folder or a CLIP folder."""
+    from ..io.folders import no_model_folder
     from ..models.clip import load_clip
 
     path, name = model_source(args.model, "GENVL_T2I_MODEL", str(DEFAULT_T2I_MODEL))
     if not path.is_dir():
-        raise FileNotFoundError(f"{name}: no such model folder")
+        raise no_model_folder(path, name)
     quiet_libraries(args)
     clip, tokenizer, processor = load_clip(path, torch_dtype(args))
     return clip.to(args.device).eval(), tokenizer, processor

@@ -21,6 +21,7 @@ from .folders import (
     load_diffusers_model,
     load_transformers_model,
     loading_errors,
+    no_model_folder,
     read_json,
 )
 
@@ -126,7 +127,7 @@ def load_pretrained(component_class, folder, dtype=None):
     this way)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such model folder")
+        raise no_model_folder(folder)
     check_files(folder)
     for kind, bases in component_kinds().items():
         if issubclass(component_class, tuple(bases)):
@@ -261,7 +262,7 @@ def local_folder(name, local_files_only: bool = True) -> Path:
             raise FileNotFoundError(
                 f"{name}: no such model folder, nor a model in the Hugging Face cache ({first_line(err)})"
             ) from None
-    raise FileNotFoundError(f"{name}: no such model folder")
+    raise no_model_folder(path, name)
 
 
 def pipeline_from_folder(pipeline_class, name, dtype=None, local_files_only: bool = True, given=None):

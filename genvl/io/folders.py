@@ -10,6 +10,7 @@ that would run code is refused before anything in it runs. Every other pickle in
 """
 
 import json
+import os
 import re
 import stat
 from contextlib import contextmanager
@@ -59,6 +60,17 @@ PROCESSOR_LIMITS = dict.fromkeys(("size", "crop_size", "shortest_edge", "longest
 ATTENTION_IMPLEMENTATIONS = (None, "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
+def no_model_folder(path, name=None) -> OSError:
+    """The error for `path` (named `name` in it), which is not a model folder: missing, or something else."""
+    name = name or path
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return FileNotFoundError(f"{name}: no such model folder")
+    what = "a file" if stat.S_ISREG(mode) else kind_of(mode)
+    return NotADirectoryError(f"{name}: is {what}, not a model folder")
+
+
 def check_model_folder(path) -> Path:
     """Raise if `path` is not a folder, or if the files that loading reads (the folder's own, and those of the
     components model_index.json names) include pickles, JSON that does not parse, or anything but regular files
@@ -66,7 +78,7 @@ def check_model_folder(path) -> Path:
     point anywhere. Other subfolders, such as a training run's accelerate checkpoints, are not looked at."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such model folder")
+        raise no_model_folder(path)
     check_files(path)
     folders = []
     if (path / "model_index.json").exists():
