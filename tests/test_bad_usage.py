@@ -436,3 +436,9 @@ def test_a_model_flag_naming_a_file_says_so(image, capsys):
     assert code == 1 and f"--model {image}: is a file, not a model folder" in err
     code, out, err = run(["generate", "a cat", "--model", str(image), "--out", str(image.parent / "o")], capsys)
     assert code == 1 and f"{image}: is a file, not a model folder" in err
+
+
+def test_a_model_folder_of_another_kind_says_it_is_no_captioner(image, capsys):
+    # a judge's folder was read as a VisionEncoderDecoder's: "config.json describes 224,270,394 weights ..."
+    code, out, err = run(["caption", str(image), "--model", "genvl-judge-small"], capsys)
+    assert code == 1 and "not a captioner folder (its config.json is of a SceneJudge model)" in err

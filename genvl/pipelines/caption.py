@@ -20,7 +20,7 @@ from ..io.components import (
     local_folder,
     pipeline_from_folder,
 )
-from ..io.folders import check_model_folder, first_line, load_transformers_model
+from ..io.folders import check_model_folder, first_line, load_transformers_model, read_json
 from ..io.images import check_pad_fill, preprocess_each
 from ..io.outputs import weights_readable_as_umask
 from ..lora import LoraMixin
@@ -222,6 +222,10 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         from transformers import VisionEncoderDecoderModel
 
         check_model_folder(path)
+        config = read_json(path / "config.json")
+        kind = config.get("model_type") or config.get("_class_name") if isinstance(config, dict) else None
+        if kind != "vision-encoder-decoder":  # a judge's, a CLIP's, a UNet's folder
+            raise ValueError(f"{path}: not a captioner folder (its config.json is of a {kind or 'different'} model)")
         model = load_transformers_model(VisionEncoderDecoderModel, path, dtype or torch.float32)
         tokenizer = load_tokenizer(path, model.decoder.config.vocab_size)
         return cls(model=model, tokenizer=tokenizer, image_processor=load_image_processor(path))
