@@ -71,6 +71,12 @@ def test_brace_expansion():
     assert is_shard_spec("a/{0..3}.tar::b/c.tar.gz") and not is_shard_spec("data/world/train")
 
 
+def test_a_shard_whose_own_name_holds_braces_is_read_as_named(tmp_path):
+    # a file literally named x{1..2}.tar was expanded to x1.tar and x2.tar, which do not exist
+    write_tar(tmp_path / "x{1..2}.tar", [("0.png", png_bytes()), ("0.txt", b"a red square")])
+    assert shard_paths(f"{tmp_path}/x{{1..2}}.tar") == [tmp_path / "x{1..2}.tar"]
+
+
 def test_missing_shard_is_an_error_not_a_skip(tmp_path):
     write_tar(tmp_path / "s-0.tar", [("0.png", png_bytes()), ("0.txt", b"a red square")])
     with pytest.raises(FileNotFoundError, match=r"s-1.tar: no such shard"):

@@ -56,8 +56,10 @@ def is_shard_spec(spec) -> bool:
 
 
 def shard_paths(spec) -> list[Path]:
-    """The shard files `spec` names, in order; a missing one is an error, not something to skip."""
-    paths = [Path(p) for part in str(spec).split("::") for p in expand_braces(part)]
+    """The shard files `spec` names, in order; a missing one is an error, not something to skip. A part of the
+    spec that names an existing file as it is ("x{1..2}.tar" on disk) is that file, not a brace pattern."""
+    parts = str(spec).split("::")
+    paths = [Path(p) for part in parts for p in ([part] if os.path.isfile(part) else expand_braces(part))]
     missing = [str(p) for p in paths if not os.path.lexists(p)]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
