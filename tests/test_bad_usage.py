@@ -442,3 +442,9 @@ def test_a_model_folder_of_another_kind_says_it_is_no_captioner(image, capsys):
     # a judge's folder was read as a VisionEncoderDecoder's: "config.json describes 224,270,394 weights ..."
     code, out, err = run(["caption", str(image), "--model", "genvl-judge-small"], capsys)
     assert code == 1 and "not a captioner folder (its config.json is of a SceneJudge model)" in err
+
+
+def test_score_refuses_a_text_given_twice(t2i_dir, image, capsys):
+    # --json keyed its scores by text and kept one of the two
+    code, out, err = run(["score", str(image), "a red apple", "a cat", "a red apple", "--model", str(t2i_dir)], capsys)
+    assert code == 2 and out == "" and "TEXT 'a red apple' is given twice" in err

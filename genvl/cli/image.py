@@ -726,6 +726,9 @@ def run_score(args) -> int:
 
     for text in args.texts:
         check_text(text, "TEXT")
+    if len(set(args.texts)) != len(args.texts):  # --json keys its scores by text
+        twice = next(text for text in args.texts if args.texts.count(text) > 1)
+        raise UsageError(f"TEXT {twice!r} is given twice; give each text once")
     image = load_image(args.image)
     if args.itm:
         from .caption import load_caption_pipeline
