@@ -405,13 +405,6 @@ def test_an_empty_path_flag_is_a_usage_error_not_the_flag_left_out(argv, image, 
     assert code == 2 and out == "" and "is empty; expected a path" in err
 
 
-def test_an_empty_list_of_images_is_refused_in_one_line(tiny_pipeline_dir):
-    from genvl.pipelines.caption import CaptionPipeline
-
-    with pytest.raises(ValueError, match="images is empty"):
-        CaptionPipeline.from_pretrained(tiny_pipeline_dir)([])
-
-
 def test_seeds_past_what_seed_takes_are_a_usage_error(t2i_dir, tmp_path, capsys):
     argv = ["generate", "a cat", "--seed", str(2**63 - 2), "-n", "3", "--out", str(tmp_path), "--model", str(t2i_dir)]
     code, out, err = run([*argv, "--steps", "1"], capsys)

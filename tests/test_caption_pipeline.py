@@ -81,3 +81,22 @@ def test_a_dtype_given_by_name_is_the_dtype_of_every_part(tiny_pipeline_dir):
     assert CaptionPipeline.from_pretrained(tiny_pipeline_dir, dtype="auto").dtype == torch.float32
     with pytest.raises(ValueError, match="dtype must be a floating-point torch dtype or its name"):
         CaptionPipeline.from_pretrained(tiny_pipeline_dir, torch_dtype="int8")
+
+
+def test_a_caption_alone_is_one_and_bad_texts_are_named(tiny_pipeline_dir):
+    # match() took a string for a list of its characters: one probability per letter
+    from PIL import Image
+
+    from genvl.pipelines.defaults import shipped_pipeline
+
+    pipe = CaptionPipeline.from_pretrained(shipped_pipeline("genvl-caption-wide"))
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    assert pipe.match(image, "a red ball").shape == (1,)
+    for bad, message in (([], "got list"), (3, "got int")):
+        with pytest.raises(ValueError, match=f"captions must be a string or a non-empty list of strings, {message}"):
+            pipe.match([image], bad)
+    tiny = CaptionPipeline.from_pretrained(tiny_pipeline_dir)
+    with pytest.raises(ValueError, match="question must be a string or a non-empty list of strings, got int"):
+        tiny([image], question=3)
+    with pytest.raises(ValueError, match="images must be a PIL image, a path, or a non-empty list of them"):
+        tiny([])

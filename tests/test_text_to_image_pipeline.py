@@ -487,3 +487,27 @@ def test_latents_of_another_dtype_are_cast():
     given["generator"] = generators(2)
     again = pipe("a red apple", latents=noise.double(), prior_latents=prior.double(), **given)
     torch.testing.assert_close(again.images, first)
+
+
+def test_a_text_or_image_alone_is_one_and_bad_arguments_are_named():
+    # score() took a string for a list of its characters, and a path for a list of its letters
+    pipe = TextToImagePipeline(**get_dummy_unclip_components())
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    assert pipe.score(image, "a red apple").shape == (1, 1)
+    torch.testing.assert_close(pipe.score([image], ["a red apple"]), pipe.score(image, "a red apple"))
+    refusals = [
+        (lambda: pipe.score([image], []), "texts must be a string or a non-empty list of strings"),
+        (lambda: pipe(3), "prompt must be a string or a non-empty list of strings, got int"),
+        (lambda: pipe("a cat", num_images_per_prompt=2.0), "num_images_per_prompt must be an integer >= 1, got 2.0"),
+        (lambda: pipe.interpolate("a cat", "a dog", frames=2.0), "frames must be an integer >= 2, got 2.0"),
+        (lambda: pipe.image_variation(image, num_images=0), "num_images must be an integer >= 1, got 0"),
+        (lambda: pipe.image_variation(image, num_images=2, generator=generators(0)), "got 1 generators for 2"),
+        (
+            lambda: pipe.image_variation(image_embeds=torch.zeros(2, pipe.prior.config.embedding_dim)),
+            r"image_embeds must be one embedding, \(1, E\), got \(2, ",
+        ),
+    ]
+    for call, message in refusals:
+        with pytest.raises(ValueError, match=message):
+            call()

@@ -26,6 +26,7 @@ from ..io.outputs import weights_readable_as_umask
 from ..lora import LoraMixin
 from ..models import grid_encoder  # noqa: F401 (registers the grid encoder, so that folders holding one load)
 from ..models.clip import warn_if_truncated
+from .arguments import image_list, text_list
 
 
 @dataclass
@@ -314,10 +315,7 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
                 `no_repeat_ngram_size`, `length_penalty`, `early_stopping`, `num_return_sequences`,
                 `max_new_tokens`, `min_new_tokens`, `seed`.
         """
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        if not images:
-            raise ValueError("images is empty: pass a PIL image, a path, or a list of them")
+        images = image_list(images)
         if question is not None:
             if output_attentions or rerank != 1:
                 raise ValueError("output_attentions and rerank are for captions; they do not apply with question=")
@@ -391,10 +389,9 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
     @torch.no_grad()
     def match(self, images, captions: list[str]) -> torch.Tensor:
         """(len(captions),) probabilities that caption i describes image i, by the `matcher`; one image is
-        matched with every caption."""
+        matched with every caption (a caption alone is one)."""
         self._check_matcher()
-        if not isinstance(images, (list, tuple)):
-            images = [images]
+        images, captions = image_list(images), text_list(captions, "captions")
         if len(images) not in (1, len(captions)):
             raise ValueError(f"{len(images)} images for {len(captions)} captions: give one, or one per caption")
         # the matcher reads a caption's first tokens only, as many as the decoder has positions (one is its start)
@@ -419,7 +416,8 @@ class CaptionPipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin, Dif
         """The answers of `images` to `question` (one, or one per image), each question's images in one call."""
         if prefix is not None:
             raise ValueError("pass a prefix or a question, not both: the question is the answer's prefix")
-        questions = [question] * len(images) if isinstance(question, str) else list(question)
+        questions = text_list(question, "question")
+        questions = questions * len(images) if isinstance(question, str) else questions
         if len(questions) != len(images):
             raise ValueError(f"{len(questions)} questions for {len(images)} images: give one per image")
         if generator is not None and not isinstance(generator, torch.Generator):

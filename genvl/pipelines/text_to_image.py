@@ -39,6 +39,7 @@ from ..models.clip import (
 )
 from ..models.safety import request_texts
 from ..world.prompts import classic_caption
+from .arguments import at_least, image_list, text_list
 from .defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_TEXT_GUIDANCE
 
 # the worlds whose canonical captions a pipeline's `prompt_world` may say its text side learnt (see `drawn_prompts`)
@@ -304,8 +305,10 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
 
     @torch.no_grad()
     def score(self, images, texts: list[str]) -> torch.Tensor:
-        """CLIP cosine similarity of every image with every text: (len(images), len(texts))."""
-        return text_similarity(self.clip, self.tokenizer, self.encode_image(images), texts)
+        """CLIP cosine similarity of every image with every text: (len(images), len(texts)); an image or a text
+        alone is one."""
+        texts = text_list(texts, "texts")
+        return text_similarity(self.clip, self.tokenizer, self.encode_image(image_list(images)), texts)
 
     @torch.no_grad()
     def rerank(self, images: torch.Tensor, prompts: list[str], num_candidates: int):
@@ -465,14 +468,6 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
             return (images, flagged)
         return TextToImageOutput(images=images, image_embeds=image_embeds, flagged=flagged, prompts=drawn)
 
-    @staticmethod
-    def _as_list(value, name):
-        if isinstance(value, str):
-            return [value]
-        if not value or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"{name} must be a string or a non-empty list of strings")
-        return list(value)
-
     # ---- entry points ---------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -516,16 +511,14 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         gives per-image reproducibility, and `prior_latents` and `latents` then take K rows per image (N * K rows,
         image i's candidates together).
         """
-        prompts = self._as_list(prompt, "prompt")
-        negatives = self._as_list(negative_prompt, "negative_prompt") if negative_prompt is not None else [""]
+        prompts = text_list(prompt, "prompt")
+        negatives = text_list(negative_prompt, "negative_prompt") if negative_prompt is not None else [""]
         if len(negatives) == 1:
             negatives = negatives * len(prompts)
         if len(negatives) != len(prompts):
             raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-        if not isinstance(num_candidates, int) or num_candidates < 1:
-            raise ValueError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
+        num_images_per_prompt = at_least(num_images_per_prompt, "num_images_per_prompt")
+        num_candidates = at_least(num_candidates, "num_candidates")
         if isinstance(generator, list) and len(generator) != len(prompts) * num_images_per_prompt:
             raise ValueError(f"got {len(generator)} generators for {len(prompts) * num_images_per_prompt} images")
         asked = [p for p in prompts for _ in range(num_images_per_prompt)]
@@ -616,6 +609,11 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         `image_embeds` (1, E) from `encode_image` instead of `image` to reuse an encoding."""
         if (image is None) == (image_embeds is None):
             raise ValueError("pass either image or image_embeds")
+        num_images = at_least(num_images, "num_images")
+        if image_embeds is not None and (image_embeds.dim() != 2 or len(image_embeds) != 1):
+            raise ValueError(f"image_embeds must be one embedding, (1, E), got {tuple(image_embeds.shape)}")
+        if isinstance(generator, list) and len(generator) != num_images:
+            raise ValueError(f"got {len(generator)} generators for {num_images} images")
         embeds = (self.encode_image([image]) if image_embeds is None else image_embeds).repeat(num_images, 1)
         images = self.run_decoder(
             embeds,
@@ -696,10 +694,7 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
     ):
         """Yield (images (n, 3, H, W) in [-1, 1], image embeddings (n, E)) of `interpolate`'s frames in order,
         `batch_size` at a time: the memory of a batch, however many frames."""
-        if frames < 2:
-            raise ValueError(f"frames must be >= 2, got {frames}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        frames, batch_size = at_least(frames, "frames", 2), at_least(batch_size, "batch_size")
         ends = []
         texts = list(map(is_prompt, (start, end)))  # decided once: a rewritten prompt is not then taken for a file
         drawn = self._drawn_ends([start, end], texts, generator, rewrite_prompts)
