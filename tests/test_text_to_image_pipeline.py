@@ -511,3 +511,17 @@ def test_a_text_or_image_alone_is_one_and_bad_arguments_are_named():
     for call, message in refusals:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+@pytest.mark.parametrize("name", ["UniPCMultistepScheduler", "HeunDiscreteScheduler", "DEISMultistepScheduler"])
+def test_schedulers_that_draw_no_noise_run(name):
+    # their step() takes no generator, which every step was given: a TypeError
+    import diffusers
+
+    pipe = TextToImagePipeline(**get_dummy_unclip_components())
+    pipe.set_progress_bar_config(disable=True)
+    scheduler = getattr(diffusers, name)
+    pipe.prior_scheduler = scheduler.from_config(pipe.prior_scheduler.config)
+    pipe.decoder_scheduler = scheduler.from_config(pipe.decoder_scheduler.config)
+    images = pipe("a red apple", generator=generators(0), output_type="pt", **STEPS).images
+    assert bool(torch.isfinite(images).all())

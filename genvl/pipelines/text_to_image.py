@@ -337,13 +337,15 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
         scheduler.set_timesteps(num_inference_steps, device=latents.device)
         latents = latents * scheduler.init_noise_sigma
         copies = len(guidance_scales) + 1
+        # as diffusers' prepare_extra_step_kwargs: deterministic schedulers (UniPC, Heun, PNDM) take no generator
+        drawing = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
         for t in self.progress_bar(scheduler.timesteps):
             x = scheduler.scale_model_input(latents, t)
             predictions = model_fn(torch.cat([x] * copies), t).chunk(copies)
             prediction = predictions[0]
             for scale, (weaker, stronger) in zip(guidance_scales, zip(predictions, predictions[1:])):
                 prediction = prediction + scale * (stronger - weaker)
-            latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
+            latents = scheduler.step(prediction, t, latents, **drawing).prev_sample
         return latents
 
     def run_prior(self, text: PromptEncoding, num_inference_steps, guidance_scale, generator, latents=None):
