@@ -415,6 +415,7 @@ class LoraMixin:
 
     def load_lora_weights(self, path, adapter_name: str | None = None, weight: float = 1.0):
         """Load a PEFT adapter folder (see the class doc) and make it active beside the ones loaded before."""
+        self._refuse_when_fused("loading another adapter")
         path = Path(path)
         weights = self._adapter_weights()
         name = adapter_name or f"default_{len(weights)}"
@@ -450,8 +451,20 @@ class LoraMixin:
             raise
         return self
 
+    def _fused(self) -> bool:
+        """Whether adapters are folded into the weights (`fuse_lora`)."""
+        return any(getattr(layer, "merged", False) for m in self._lora_models().values() for layer in adapter_layers(m))
+
+    def _refuse_when_fused(self, what: str) -> None:
+        # a fused adapter's scale is in the weights: rescaling or fusing again would unfuse the wrong amount and
+        # leave the base weights changed after unload_lora_weights
+        if self._fused():
+            raise ValueError(f"the adapters are fused into the weights: call unfuse_lora() before {what}")
+
     def set_adapters(self, adapter_names, adapter_weights=None):
-        """Activate `adapter_names` (a name or a list), with `adapter_weights` (one float or one per name)."""
+        """Activate `adapter_names` (a name or a list), with `adapter_weights` (one float or one per name). Not
+        while the adapters are fused (`unfuse_lora` first)."""
+        self._refuse_when_fused("set_adapters")
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         weights = self._adapter_weights()
         unknown = sorted(set(names) - set(weights))
@@ -471,11 +484,13 @@ class LoraMixin:
         return self
 
     def fuse_lora(self, lora_scale: float = 1.0):
-        """Fold the active adapters, scaled by `lora_scale`, into the weights (faster inference)."""
+        """Fold the active adapters, scaled by `lora_scale`, into the weights (faster inference); once, until
+        `unfuse_lora`."""
         check_adapter_weight(lora_scale, "lora_scale")
         layers = [layer for model in self._lora_models().values() for layer in adapter_layers(model)]
         if lora_scale != 1.0 and not all(hasattr(layer, "scale_layer") for layer in layers):
             raise ValueError("only LoRA adapters can be fused at a lora_scale other than 1")
+        self._refuse_when_fused("fusing them again")
         for layer in layers if lora_scale != 1.0 else []:
             layer.scale_layer(lora_scale)
         for model in self._lora_models().values():

@@ -135,6 +135,7 @@ def test_weights_fuse_unfuse_and_unload(adapter_dir, tiny_tokenizer, pixels, tmp
     model, processor = get_dummy_components(tiny_tokenizer)
     pipe = CaptionPipeline(model=model, tokenizer=tiny_tokenizer, image_processor=processor)
     plain = logits(model, pixels)
+    base = {key: value.clone() for key, value in model.state_dict().items()}
     pipe.load_lora_weights(adapter_dir, adapter_name="concept")
     full = logits(model, pixels)
     pipe.set_adapters("concept", 0.0)
@@ -149,9 +150,19 @@ def test_weights_fuse_unfuse_and_unload(adapter_dir, tiny_tokenizer, pixels, tmp
     torch.testing.assert_close(logits(model, pixels), full, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="unload_lora_weights"):
         pipe.save_pretrained(tmp_path / "saved")
-    pipe.fuse_lora()
-    pipe.unload_lora_weights()  # unfuses first: the base weights come back
+    pipe.fuse_lora(lora_scale=0.5)
+    # while fused, a new scale or a second fuse would unfuse the wrong amount: refused, nothing changed
+    for call, what in (
+        (lambda: pipe.set_adapters("concept", 0.3), "before set_adapters"),
+        (lambda: pipe.fuse_lora(lora_scale=0.5), "before fusing them again"),
+        (lambda: pipe.load_lora_weights(adapter_dir, adapter_name="other"), "before loading another adapter"),
+    ):
+        with pytest.raises(ValueError, match=f"the adapters are fused into the weights: call unfuse_lora\\(\\) {what}"):
+            call()
+    pipe.unload_lora_weights()  # unfuses first: the base weights come back, exactly
     assert not adapter_layers(model)
+    after = model.state_dict()  # as before but for float rounding (a second fuse had left them 0.02 off)
+    assert after.keys() == base.keys() and all(torch.allclose(after[k], base[k], atol=1e-6) for k in base)
     torch.testing.assert_close(logits(model, pixels), plain, atol=1e-5, rtol=1e-5)
     pipe.save_pretrained(tmp_path / "saved")
 
