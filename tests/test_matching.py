@@ -142,3 +142,15 @@ def test_caption_rerank_and_score_itm_on_the_command_line(matcher_dir, tiny_pipe
         with pytest.raises(SystemExit) as exit:
             main(argv)
         assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_the_matcher_matches_and_reranks_in_the_pipelines_dtype(dtype):
+    # its features were cast to fp32 while its weights were bf16 or fp64: "mixed dtype" inside layer_norm
+    from genvl.pipelines.defaults import shipped_pipeline
+
+    image = Image.new("RGB", (64, 64), (240, 240, 240))
+    reference = CaptionPipeline.from_pretrained(shipped_pipeline("genvl-caption-wide")).match(image, ["a cat", "x"])
+    pipe = CaptionPipeline.from_pretrained(shipped_pipeline("genvl-caption-wide"), dtype=dtype)
+    torch.testing.assert_close(pipe.match(image, ["a cat", "x"]), reference, atol=0.02, rtol=0)
+    assert len(pipe(image, rerank=2).captions[0]) == 1

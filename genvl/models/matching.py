@@ -38,7 +38,8 @@ class MatchingHead(ModelMixin, ConfigMixin):
         logprobs = token_logprobs * mask
         least = torch.where(mask > 0, token_logprobs, torch.zeros_like(token_logprobs)).amin(1)
         stats = torch.stack([logprobs.sum(1), least, logprobs.sum(1) / count], dim=1)
-        return self.mlp(self.norm(torch.cat([last, mean, stats], dim=1).float())).squeeze(-1)
+        features = torch.cat([last, mean, stats], dim=1).to(self.norm.weight.dtype)  # the head's own dtype
+        return self.mlp(self.norm(features)).squeeze(-1).float()
 
 
 def caption_features(model, tokenizer, encoder_states: torch.Tensor, captions: list[str]):
