@@ -233,7 +233,7 @@ def test_a_folder_of_reference_captions_only(reference_folder, recorded_caption_
     "change, fragment",
     [
         ({"captions": None, "text": None}, "'photo2.png' has no reference caption"),
-        ({"captions": "a red apple"}, "'photo2.png': 'captions' must be a list"),
+        ({"captions": "a red apple"}, "metadata.jsonl:3: column 'captions' must be a list of strings"),
         ({"captions": ["a red apple", ""]}, "'photo2.png': 'captions' must be a list"),
         ({"scene": {"layout": "single"}}, "'photo0.png' has no 'scene' but other records have one"),
     ],

@@ -152,3 +152,34 @@ def test_quiet_fp16_runs_print_no_library_notices(tmp_path, capfd):
     assert main(["caption", str(image), "--model", "genvl-caption-tiny", "--dtype", "fp16", "--quiet"]) == 0
     out, err = capfd.readouterr()
     assert err == "" and out.startswith(str(image))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.update(file_name=5), "column 'file_name' must be a file name, got int"),
+        (lambda r: r.update(text=["a", "b"]), "column 'text' must be a string, got list"),
+        (lambda r: r.update(captions=None), "column 'captions' must be a list of strings, got null"),
+        (lambda r: r.update(captions=[1, 2]), "column 'captions' must be a list of strings, got [1, 2]"),
+        (lambda r: r.update(scene=None), "column 'scene' must be a scene graph (an object), got NoneType"),
+        (lambda r: 5, "expected a JSON object, got int"),
+    ],
+)
+def test_metadata_records_of_the_wrong_types_are_named_by_line(change, message, tmp_path, capsys):
+    # each ended in "unexpected TypeError" naming no file, in training, eval and data shards, or trained silently
+    # on the letters of a string
+    data = write_imagefolder(tmp_path / "data", 3, seed=0, split="train", resolution=16)
+    lines = (data / "metadata.jsonl").read_text().splitlines()
+    record = json.loads(lines[1])
+    changed = change(record)
+    lines[1] = json.dumps(record if changed is None else changed)
+    (data / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    commands = [
+        ["eval", "caption", "--data", str(data), "--model", "genvl-caption-tiny", "--quiet"],
+        ["data", "shards", "--data", str(data), "--out", str(tmp_path / "s-%d.tar")],
+        ["train", "captioner", "--train_data_dir", str(data), "--output_dir", str(tmp_path / "run")],
+    ]
+    for argv in commands[1:] if "'text'" in message else commands:  # eval reads any column as references
+        assert main(argv) == 1
+        assert f"metadata.jsonl:2: {message}" in capsys.readouterr().err
+    assert not list(tmp_path.glob("s-*.tar"))

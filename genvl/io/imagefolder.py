@@ -20,15 +20,35 @@ def read_metadata(data_dir, caption_column: str = "text", image_column: str = "f
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{line_no}: not valid JSON ({err})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
             for column in (image_column, caption_column):
                 if column not in record:
                     raise ValueError(
                         f"{path}:{line_no}: column {column!r} not found; available columns: {sorted(record)}"
                     )
+            problem = record_problem(record, image_column, caption_column)
+            if problem:
+                raise ValueError(f"{path}:{line_no}: {problem}")
             records.append(record)
     if not records:
         raise ValueError(f"{path} holds no records")
     return records
+
+
+def record_problem(record: dict, image_column: str, caption_column: str) -> str | None:
+    """What is wrong with the types of a metadata record's columns, or None: the image a file name (a string), the
+    caption a string, `captions` (the world's phrasings) a list of strings, `scene` a scene graph (an object)."""
+    if not isinstance(record[image_column], str):
+        return f"column {image_column!r} must be a file name, got {type(record[image_column]).__name__}"
+    if not isinstance(record[caption_column], str):
+        return f"column {caption_column!r} must be a string, got {type(record[caption_column]).__name__}"
+    captions = record.get("captions")
+    if "captions" in record and not (isinstance(captions, list) and all(isinstance(c, str) for c in captions)):
+        return f"column 'captions' must be a list of strings, got {json.dumps(captions)[:60]}"
+    if "scene" in record and not isinstance(record["scene"], dict):
+        return f"column 'scene' must be a scene graph (an object), got {type(record['scene']).__name__}"
+    return None
 
 
 def imagefolder_files(data_dir):
