@@ -65,3 +65,23 @@ def test_a_saved_run_config_is_a_config(tmp_path, monkeypatch):
     (tmp_path / "bad.json").write_text(json.dumps({"architecture_config": {}}))
     with pytest.raises(SystemExit):
         parse_args(ARGS["judge"], ["--config", str(tmp_path / "bad.json")])
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("null", "expected a JSON object of flag values, got NoneType"),
+        ('"abc"', "expected a JSON object of flag values, got str"),
+        ('{"augment": 5}', "--augment must be a string, got 5"),
+        ('{"output_dir": ["a"]}', '--output_dir must be a string, got ["a"]'),
+    ],
+)
+def test_config_values_of_the_wrong_json_type_are_one_line_usage_errors(config, message, tmp_path, capsys):
+    # they ended in "unexpected TypeError" (exit 1), and a flag's own usage error printed the whole usage block
+    from genvl.cli import main
+
+    (tmp_path / "c.json").write_text(config)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "captioner", "--config", str(tmp_path / "c.json")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1

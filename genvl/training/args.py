@@ -27,7 +27,9 @@ def parse_args(args_class, argv=None):
     """Build an argparse parser from a dataclass, with `--config FILE` giving defaults (unknown keys rejected).
     A run's saved `train_config.json` is a valid `--config`: the architecture it resolved is read again from its
     `architecture` path."""
-    parser = argparse.ArgumentParser(description=args_class.__doc__)
+    from ..cli.common import Parser  # usage errors in one line, not the whole usage block
+
+    parser = Parser(description=args_class.__doc__)
     parser.add_argument("--config", default=None, help="JSON file of argument values; flags override it")
     hints = typing.get_type_hints(args_class)
     for field in dataclasses.fields(args_class):
@@ -46,6 +48,8 @@ def parse_args(args_class, argv=None):
             values = json.loads(Path(ns.config).read_text())
         except (OSError, json.JSONDecodeError) as err:
             parser.error(f"--config {ns.config}: {err}")
+        if not isinstance(values, dict):
+            parser.error(f"--config {ns.config}: expected a JSON object of flag values, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(args_class)}
         if "architecture" in known and isinstance(values, dict):
             values.pop(ARCHITECTURE_CONFIG, None)  # what a saved run resolved, not a flag
@@ -259,14 +263,18 @@ class LoraTrainArgs(TrainArgs):
 
 
 def check_numbers(args) -> None:
-    """Raise unless every bool, int and float field of dataclass `args` holds a value of its type (an int will
-    do for a float), every float a finite one."""
+    """Raise unless every bool, int, float and str field of dataclass `args` holds a value of its type (an int
+    will do for a float), every float a finite one."""
     hints = typing.get_type_hints(type(args))
     for field in dataclasses.fields(args):
         value, kinds = getattr(args, field.name), typing.get_args(hints[field.name]) or (hints[field.name],)
         if value is None and type(None) in kinds:
             continue
         kind = kinds[0]
+        if kind is str:  # a path, a name or a list of kinds: a --config file's 5 or [..] is none
+            if not isinstance(value, str):
+                raise ValueError(f"--{field.name} must be a string, got {json.dumps(value)[:60]}")
+            continue
         if kind not in (bool, int, float):
             continue
         if kind is bool:
