@@ -441,3 +441,10 @@ def test_score_refuses_a_text_given_twice(t2i_dir, image, capsys):
     # --json keyed its scores by text and kept one of the two
     code, out, err = run(["score", str(image), "a red apple", "a cat", "a red apple", "--model", str(t2i_dir)], capsys)
     assert code == 2 and out == "" and "TEXT 'a red apple' is given twice" in err
+
+
+def test_eval_t2i_prompts_below_two_is_a_usage_error_before_loading(tmp_path, capsys):
+    # it loaded the pipeline, then failed with exit 1 naming no flag
+    argv = ["eval", "t2i", "--data", str(tmp_path), "--prompts", "1", "--model", str(tmp_path / "no")]
+    code, out, err = run(argv, capsys)
+    assert code == 2 and "--prompts must be >= 2 for the canonical suite, got 1" in err

@@ -432,6 +432,8 @@ def run_eval_t2i(args) -> int:
         raise UsageError("give either --data (a held-out imagefolder) or --prompt, not both")
     if free and (args.stages or args.captioner):
         raise UsageError("--suite free and --prompt judge the images only: drop --stages and --captioner")
+    if not free and args.prompts is not None and args.prompts < 2:  # the canonical suite ranks prompts against others
+        raise UsageError(f"--prompts must be >= 2 for the canonical suite, got {args.prompts}")
     for prompt in args.prompt or ():
         if read_prompt(prompt) is None:
             raise UsageError(f"--prompt {prompt!r}: not a prompt the world's words can read (its objects and colours)")
