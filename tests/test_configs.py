@@ -85,3 +85,15 @@ def test_config_values_of_the_wrong_json_type_are_one_line_usage_errors(config, 
         main(["train", "captioner", "--config", str(tmp_path / "c.json")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_the_default_architectures_are_found_outside_the_checkout(tmp_path, monkeypatch):
+    # "configs/captioner_small.json" was read from the working folder: from anywhere else the run failed after
+    # reading its data, naming no flag
+    from genvl.models.captioner import CaptionerArchitecture
+
+    monkeypatch.chdir(tmp_path)
+    shipped = CaptionerArchitecture.from_json(ROOT / "configs" / "captioner_small.json")
+    assert CaptionerArchitecture.from_json("configs/captioner_small.json") == shipped
+    with pytest.raises(FileNotFoundError, match="--architecture configs/nothing.json: no such architecture file"):
+        CaptionerArchitecture.from_json("configs/nothing.json")

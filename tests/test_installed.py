@@ -13,7 +13,7 @@ from genvl.pipelines import defaults
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_wheel_carries_every_file_of_the_shipped_pipelines():
+def test_the_wheel_carries_every_file_of_the_shipped_pipelines_and_the_configs():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     data_files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
     packed = {}
@@ -24,6 +24,7 @@ def test_the_wheel_carries_every_file_of_the_shipped_pipelines():
     shipped = {
         Path(folder, name).relative_to(ROOT) for folder, _, names in os.walk(ROOT / "pipelines") for name in names
     }
+    shipped |= {path.relative_to(ROOT) for path in (ROOT / "configs").glob("*.json")}  # the recipes' defaults
     assert shipped and set(packed) == shipped
     assert all(str(target) == f"share/genvl/{source}" for source, target in packed.items())
 
@@ -39,3 +40,10 @@ def test_shipped_pipelines_are_found_in_the_checkout_or_where_the_wheel_put_them
     installed = tmp_path / "venv" / "share" / "genvl" / "pipelines" / "genvl-caption-small"
     installed.mkdir(parents=True)
     assert defaults.shipped_pipeline("genvl-caption-small") == installed
+    # the configs the training scripts default to are found the same way
+    (tmp_path / "venv" / "share" / "genvl" / "configs").mkdir(parents=True)
+    (tmp_path / "venv" / "share" / "genvl" / "configs" / "clip_small.json").write_text("{}")
+    assert (
+        defaults.shipped_config("clip_small.json")
+        == tmp_path / "venv" / "share" / "genvl" / "configs" / "clip_small.json"
+    )

@@ -11,10 +11,21 @@ class JsonArchitecture:
 
     @classmethod
     def from_json(cls, path):
+        """The architecture of JSON file `path`; a relative `configs/NAME` that is not there is the shipped
+        `configs/NAME` (the training scripts' defaults, in a checkout or an installed wheel)."""
+        given = path = Path(path)
+        if not path.exists() and not path.is_absolute() and path.parts[:1] == ("configs",) and len(path.parts) == 2:
+            from ..pipelines.defaults import shipped_config
+
+            path = shipped_config(path.name)
+        if not path.is_file():
+            raise FileNotFoundError(f"--architecture {given}: no such architecture file")
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of architecture settings")
         return cls.from_dict(data, source=path)
 
     @classmethod
