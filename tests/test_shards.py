@@ -278,6 +278,10 @@ def test_stream_skips_and_counts_bad_samples(tmp_path):
         "a bad caption",
         "no image member (expected one of .png, .jpg, .jpeg, .webp, .bmp)",
     )
+    # later epochs meet the same bad samples again: logged and counted once (they were listed again every epoch)
+    again = keys_stream(str(tmp_path / "bad.tar"), skipped=[])
+    again.take(5 * 4)
+    assert again.epoch >= 3 and len(again.skipped) == 2
     # a resumed stream reads the bad samples before its place again without reporting them twice
     resumed = keys_stream(str(tmp_path / "bad.tar"), skipped=[])
     resumed.restore(stream.state())

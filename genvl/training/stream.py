@@ -49,10 +49,14 @@ class ShardStream:
         self.taken = 0  # good samples handed out
         self.epoch, self.consumed = 0, 0  # the stream's place: samples of this epoch's stream taken so far
         self._samples, self._replaying, self._good_this_epoch = None, False, 0
+        self._met: set = set()  # (sample, reason) of `skipped`
 
     def _skip(self, where: str, reason: str) -> None:
         if self._replaying:  # a resumed run reads again what the first one met and reported
             return
+        if (where, reason) in self._met:  # again in a later epoch: logged and counted once, the list stays bounded
+            return
+        self._met.add((where, reason))
         self.skipped.append({"sample": where, "reason": reason})
         if self.on_error is not None:
             self.on_error(f"skipping {where}: {reason}")
