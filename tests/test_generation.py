@@ -1,5 +1,7 @@
 """genvl's decoding engine against transformers' generate() on the same weights."""
 
+import re
+
 import pytest
 import torch
 
@@ -515,3 +517,21 @@ def test_swin_encoder_tokens_match_transformers_generate(tiny_tokenizer, case, t
     CaptionPipeline(model=model, tokenizer=tiny_tokenizer, image_processor=processor).save_pretrained(tmp_path)
     loaded = CaptionPipeline.from_pretrained(tmp_path)
     assert generate(loaded.model, pixel_values, settings).sequences == generate(model, pixel_values, settings).sequences
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"num_beams": 2.0}, "num_beams must be an integer, got 2.0"),
+        ({"max_new_tokens": 5.5}, "max_new_tokens must be an integer, got 5.5"),
+        ({"top_k": 2.5}, "top_k must be an integer, got 2.5"),
+        ({"no_repeat_ngram_size": 2.5}, "no_repeat_ngram_size must be an integer, got 2.5"),
+        ({"num_return_sequences": True}, "num_return_sequences must be an integer, got True"),
+        ({"do_sample": True, "seed": 1.5}, "seed must be an integer, got 1.5"),
+        ({"do_sample": "yes"}, "do_sample must be true or false, got 'yes'"),
+    ],
+)
+def test_counts_and_switches_of_another_type_are_refused(setting, message):
+    # each failed deep inside torch, or ("yes") was read as true
+    with pytest.raises(ValueError, match=re.escape(message)):
+        GenerationSettings(eos_token_id=2, decoder_start_token_id=1, pad_token_id=2, **setting)

@@ -1,6 +1,7 @@
 """Decoding settings: one validated dataclass, filled from a model's generation_config and user overrides."""
 
 import math
+import numbers
 from dataclasses import dataclass, fields
 from functools import cache
 
@@ -88,6 +89,14 @@ class GenerationSettings:
                 raise ValueError(f"{name} must be a token id, got {getattr(self, name)!r}")
         self.suppress_tokens = _token_ids(self.suppress_tokens, "suppress_tokens")
         self.begin_suppress_tokens = _token_ids(self.begin_suppress_tokens, "begin_suppress_tokens")
+        counts = ("max_new_tokens", "min_new_tokens", "num_beams", "top_k", "no_repeat_ngram_size")
+        for name in (*counts, "num_return_sequences", "seed"):
+            value = getattr(self, name)  # 2.0 beams or 5.5 tokens failed deep inside torch
+            if not (value is None and name == "seed") and not _is_count(value):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        for name in ("do_sample", "renormalize_logits"):
+            if not isinstance(getattr(self, name), bool):  # "yes" was read as true
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in (
             "temperature",
             "top_p",
@@ -229,6 +238,10 @@ def _generate_options() -> frozenset:
 
 def _is_token(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _end_tokens(value, name: str = "eos_token_id"):
