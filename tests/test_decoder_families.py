@@ -319,6 +319,10 @@ def test_public_family_folders_caption_as_transformers_does(family, tmp_path, sc
     # a prefix is the words alone, without the [CLS]/<s> a tokenizer wraps text in
     prefixed = pipeline(scene_images[:1], prefix="a red", max_new_tokens=4).captions[0][0]
     assert prefixed.startswith("a red")
+    # saved in genvl's layout and loaded again, it captions the same (a WordPiece or SentencePiece tokenizer had
+    # no merges.txt to write: the save failed half way)
+    pipeline.save_pretrained(tmp_path / "saved")
+    assert CaptionPipeline.from_pretrained(tmp_path / "saved")(scene_images[:3], num_beams=3).captions == ours
 
 
 def other_encoder(name: str):

@@ -64,8 +64,12 @@ def train_tokenizer(texts, vocab_size: int = 1024):
 
 def save_gpt2_vocab_files(tokenizer, directory) -> None:
     """Write `vocab.json` and `merges.txt` (the classic GPT-2 tokenizer files) beside `tokenizer.json`,
-    so that tools which read only the classic files can load the tokenizer too."""
-    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    so that tools which read only the classic files can load the tokenizer too. A tokenizer that is no byte-pair
+    one (a BERT decoder's WordPiece, MBart's SentencePiece) has no such files: its own save is all there is."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    model = json.loads(backend.to_str())["model"] if backend is not None else {}
+    if model.get("type") != "BPE" or "merges" not in model:
+        return
     merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
     directory = Path(directory)
     (directory / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False))
