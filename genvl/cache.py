@@ -53,10 +53,13 @@ class EmbeddingCache:
             self._entries.clear()
 
     def namespace(self, encoder: torch.nn.Module, *details) -> str:
-        """A key for `encoder` (the object, not its class) plus details such as its preprocessing."""
+        """A key for `encoder` (the object, not its class), the dtype and device its weights are in (a pipeline
+        moved to bf16 must not get its fp32 encodings back), plus details such as its preprocessing."""
         with self._lock:
             token = self._tokens.setdefault(encoder, uuid.uuid4().hex)
-        return ":".join([token, *map(str, details)])
+        weight = next(encoder.parameters(), None)
+        where = [] if weight is None else [str(weight.dtype), str(weight.device)]
+        return ":".join([token, *where, *map(str, details)])
 
     def forget(self, encoder: torch.nn.Module) -> None:
         """Give `encoder` a fresh key, for when its weights change (e.g. a LoRA adapter is loaded); its old

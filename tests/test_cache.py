@@ -126,3 +126,16 @@ def test_captioner_and_generator_share_one_cache(tiny_pipeline_dir):
     assert len(clip_calls) == 1 and len(cache) == 4 and cache.hits == 3
     with pytest.raises(TypeError, match="EmbeddingCache"):
         captioner.set_embedding_cache({})
+
+
+def test_a_pipeline_moved_to_another_dtype_does_not_get_its_old_encodings_back():
+    # the key was the pixels and the CLIP object, which .to() keeps: bf16 runs got fp32 rows and failed
+    pipe = TextToImagePipeline(**get_dummy_unclip_components())
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    pipe.set_embedding_cache(EmbeddingCache())
+    pipe.score([image], ["x"])
+    pipe.to(dtype=torch.bfloat16)
+    assert pipe.encode_image([image]).dtype == torch.bfloat16 and pipe.embedding_cache.misses == 2
+    images = pipe.image_variation(image, decoder_num_inference_steps=2, output_type="pt").images
+    assert bool(torch.isfinite(images).all())
