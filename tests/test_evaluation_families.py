@@ -365,7 +365,13 @@ def test_a_coco_caption_file_gives_the_images_and_references(reference_folder, r
     [
         (lambda d: d["images"].__setitem__(0, {"id": 100, "file_name": "../photo0.png"}), "inside the image folder"),
         (lambda d: d["images"].__setitem__(0, {"id": 100, "file_name": "/etc/passwd"}), "inside the image folder"),
-        (lambda d: d["annotations"][0].pop("caption"), "annotation 0 needs an 'image_id' and a non-empty"),
+        (lambda d: d["annotations"][0].pop("caption"), "annotation 0 needs an 'image_id' .* and a 'caption'"),
+        # ids no file keys images by: a list was unhashable, a missing one a KeyError, true took image 1's captions
+        (lambda d: d["annotations"][0].__setitem__("image_id", [1]), "annotation 0 needs an 'image_id'"),
+        (lambda d: d["annotations"][0].__setitem__("image_id", None), "annotation 0 needs an 'image_id'"),
+        (lambda d: d["images"][0].__setitem__("id", [7]), r"image 0 needs an 'id' \(a number or string\), got \[7\]"),
+        (lambda d: d["images"][0].__setitem__("id", True), "image 0 needs an 'id'"),
+        (lambda d: d["images"][0].pop("id"), "image 0 needs an 'id'"),
         (lambda d: d.pop("images"), "expected a COCO caption file"),
         (lambda d: d.__setitem__("annotations", []), "no image has a caption"),
     ],

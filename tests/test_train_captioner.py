@@ -374,3 +374,15 @@ def test_an_output_dir_that_is_not_a_run_or_is_an_input_is_refused_untouched(tin
     for out in (tmp_path / "new", tmp_path / "empty"):
         train_captioner.main(train_args(tiny_data, out, 2, arch_file))
         assert (out / "model" / "config.json").is_file()
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(tiny_data, tmp_path):
+    # its weights were paired with the new run's freshly trained tokenizer, silently
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(TINY.to_dict()))
+    train_captioner.main(train_args(tiny_data, tmp_path / "a", 2, arch_file))
+    other = train_args(tiny_data, tmp_path / "b", 4, arch_file, resume_from_checkpoint=tmp_path / "a" / "checkpoint-2")
+    with pytest.raises(ValueError, match="checkpoint-2: a checkpoint of another run than .*b; resume that run in"):
+        train_captioner.main(other)
+    with pytest.raises(ValueError, match="a checkpoint of another run"):
+        export_captioner.main(["--run", str(tmp_path / "b"), "--checkpoint", str(tmp_path / "a" / "checkpoint-2")])

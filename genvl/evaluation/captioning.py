@@ -346,19 +346,26 @@ def coco_records(annotations) -> list[dict]:
     captions = defaultdict(list)
     for number, annotation in enumerate(data.get("annotations") or []):
         caption = annotation.get("caption") if isinstance(annotation, dict) else None
-        if not isinstance(caption, str) or not caption.strip() or "image_id" not in annotation:
-            raise ValueError(f"{path}: annotation {number} needs an 'image_id' and a non-empty 'caption'")
+        if not isinstance(caption, str) or not caption.strip() or not _is_image_id(annotation.get("image_id")):
+            raise ValueError(f"{path}: annotation {number} needs an 'image_id' (a number or string) and a 'caption'")
         captions[annotation["image_id"]].append(caption)
     records = []
     for number, image in enumerate(data["images"]):
         name = image.get("file_name") if isinstance(image, dict) else None
         if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts or not name.strip():
             raise ValueError(f"{path}: image {number} needs a 'file_name' inside the image folder, got {name!r}")
-        if captions.get(image.get("id")):
+        if not _is_image_id(image.get("id")):
+            raise ValueError(f"{path}: image {number} needs an 'id' (a number or string), got {image.get('id')!r}")
+        if captions.get(image["id"]):
             records.append({"file_name": name, "captions": captions[image["id"]]})
     if not records:
         raise ValueError(f"{path}: no image has a caption")
     return records
+
+
+def _is_image_id(value) -> bool:
+    """Whether `value` is an id a COCO file can key images by: an integer or a string (true is not 1)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def _references(record: dict, path: Path) -> list[str]:

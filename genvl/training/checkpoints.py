@@ -121,7 +121,8 @@ def resolve_resume(
     `latest` means the newest complete checkpoint in `output_dir` that `checkpoint_damage` finds whole; each newer
     one it finds damaged is reported through `log` (default: stderr) and skipped. None if there is no complete
     checkpoint; an error if there are some but all are damaged. A folder named explicitly (through `flag`) must be
-    whole: the user chose it, so there is nothing to fall back to.
+    whole, the user chose it, so there is nothing to fall back to; and it must be one of `output_dir`'s, whose
+    tokenizer and config its weights were trained with (another run's checkpoint paired them with a new tokenizer).
     """
     if not resume_from_checkpoint:
         return None
@@ -141,6 +142,8 @@ def resolve_resume(
     path = Path(resume_from_checkpoint)
     if not (path / COMPLETE_MARKER).is_file():
         raise FileNotFoundError(f"{flag} {path}: not a complete checkpoint folder")
+    if path.resolve().parent != Path(output_dir).resolve():  # its weights go with that run's tokenizer and config
+        raise ValueError(f"{flag} {path}: a checkpoint of another run than {output_dir}; resume that run in its folder")
     damage = checkpoint_damage(path)
     if damage is not None:
         raise ValueError(f"{flag} {path}: {damage}")
