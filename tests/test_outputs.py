@@ -183,3 +183,11 @@ def test_metadata_records_of_the_wrong_types_are_named_by_line(change, message, 
         assert main(argv) == 1
         assert f"metadata.jsonl:2: {message}" in capsys.readouterr().err
     assert not list(tmp_path.glob("s-*.tar"))
+
+
+def test_a_missing_image_is_found_before_any_shard_is_written(tmp_path, capsys):
+    data = write_imagefolder(tmp_path / "data", 6, seed=0, split="train", resolution=16)
+    (data / "000004.png").unlink()
+    argv = ["data", "shards", "--data", str(data), "--out", str(tmp_path / "s-%d.tar"), "--samples-per-shard", "2"]
+    assert main(argv) == 1
+    assert "000004.png: no such image file" in capsys.readouterr().err and not list(tmp_path.glob("s-*.tar"))

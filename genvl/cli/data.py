@@ -116,6 +116,10 @@ def run_data_shards(args) -> int:
     names = [args.out % index for index in range(math.ceil(len(records) / args.samples_per_shard))]
     if len(set(names)) != len(names):  # "%.1s" names shards 1 and 10 alike: the second would replace the first
         raise UsageError(f"--out {args.out}: gives two shards one name; use one %d field, e.g. out/train-%06d.tar")
+    for record in records:  # a missing image found half way left the shards before it written
+        image = Path(args.data) / record["file_name"]
+        if not image.is_file():
+            raise FileNotFoundError(f"{image}: no such image file (named in {Path(args.data) / 'metadata.jsonl'})")
     for name in names:  # every shard's name, before any work
         shard = Path(name)
         if shard.parent.is_dir():
