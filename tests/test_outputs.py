@@ -163,6 +163,8 @@ def test_quiet_fp16_runs_print_no_library_notices(tmp_path, capfd):
         (lambda r: r.update(captions=[1, 2]), "column 'captions' must be a list of strings, got [1, 2]"),
         (lambda r: r.update(scene=None), "column 'scene' must be a scene graph (an object), got NoneType"),
         (lambda r: 5, "expected a JSON object, got int"),
+        (lambda r: r.update(file_name="../../x.png"), "column 'file_name' must name a file inside the folder"),
+        (lambda r: r.update(file_name="/etc/hosts"), "column 'file_name' must name a file inside the folder"),
     ],
 )
 def test_metadata_records_of_the_wrong_types_are_named_by_line(change, message, tmp_path, capsys):

@@ -37,10 +37,13 @@ def read_metadata(data_dir, caption_column: str = "text", image_column: str = "f
 
 
 def record_problem(record: dict, image_column: str, caption_column: str) -> str | None:
-    """What is wrong with the types of a metadata record's columns, or None: the image a file name (a string), the
-    caption a string, `captions` (the world's phrasings) a list of strings, `scene` a scene graph (an object)."""
+    """What is wrong with the types of a metadata record's columns, or None: the image a file name (a string) inside
+    the folder, the caption a string, `captions` (the world's phrasings) a list of strings, `scene` a scene graph (an
+    object)."""
     if not isinstance(record[image_column], str):
         return f"column {image_column!r} must be a file name, got {type(record[image_column]).__name__}"
+    if Path(record[image_column]).is_absolute() or ".." in Path(record[image_column]).parts:  # as COCO files
+        return f"column {image_column!r} must name a file inside the folder, got {record[image_column]!r}"
     if not isinstance(record[caption_column], str):
         return f"column {caption_column!r} must be a string, got {type(record[caption_column]).__name__}"
     captions = record.get("captions")

@@ -27,9 +27,9 @@ def parse_args(args_class, argv=None):
     """Build an argparse parser from a dataclass, with `--config FILE` giving defaults (unknown keys rejected).
     A run's saved `train_config.json` is a valid `--config`: the architecture it resolved is read again from its
     `architecture` path."""
-    from ..cli.common import Parser  # usage errors in one line, not the whole usage block
-
-    parser = Parser(description=args_class.__doc__)
+    parser = argparse.ArgumentParser(description=args_class.__doc__)
+    # a usage error in one line, not after the whole usage block (the block is what --help is for)
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")
     parser.add_argument("--config", default=None, help="JSON file of argument values; flags override it")
     hints = typing.get_type_hints(args_class)
     for field in dataclasses.fields(args_class):
