@@ -2,6 +2,7 @@
 of images, a count. Each refuses in one line naming the argument, before any work, what would otherwise fail deep
 inside torch or, worse, be read another way (a string is a sequence of characters)."""
 
+import math
 import numbers
 from pathlib import Path
 
@@ -31,3 +32,11 @@ def at_least(value, name: str, least: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
         raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     return int(value)
+
+
+def finite(value, name: str) -> float:
+    """`value`, refused unless it is a finite real number (NaN compares false with everything, and so passes range
+    checks unseen)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return value

@@ -6,8 +6,6 @@ supports the models' prediction types can be swapped in (DDPM, DDIM, DPMSolverMu
 
 import copy
 import inspect
-import math
-import numbers
 import random
 from dataclasses import dataclass
 
@@ -39,7 +37,7 @@ from ..models.clip import (
 )
 from ..models.safety import request_texts
 from ..world.prompts import classic_caption
-from .arguments import at_least, image_list, text_list
+from .arguments import at_least, finite, image_list, text_list
 from .defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_TEXT_GUIDANCE
 
 # the worlds whose canonical captions a pipeline's `prompt_world` may say its text side learnt (see `drawn_prompts`)
@@ -732,14 +730,10 @@ class TextToImagePipeline(LoraMixin, AttentionBackendMixin, EmbeddingCacheMixin,
 def check_sampling(stage: str, num_inference_steps, *guidance_scales) -> None:
     """Refuse a number of steps that is not a positive integer (0 divided by zero, -1 drew an image) and a
     guidance scale that is not a finite number (NaN read as no guidance; infinity made NaN images)."""
-    steps = num_inference_steps
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"{stage} steps must be an integer >= 1, got {steps!r}")
+    at_least(num_inference_steps, f"{stage} steps")
     for scale in guidance_scales:
-        if scale is None:
-            continue
-        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
-            raise ValueError(f"{stage} guidance scale must be a finite number, got {scale!r}")
+        if scale is not None:
+            finite(scale, f"{stage} guidance scale")
 
 
 def mixed_words(words: PromptEncoding, weights: list[float]) -> PromptEncoding:
