@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from genvl.io import shipped as shipped_files
 from genvl.pipelines import defaults
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,8 +33,8 @@ def test_the_wheel_carries_every_file_of_the_shipped_pipelines_and_the_configs()
 def test_shipped_pipelines_are_found_in_the_checkout_or_where_the_wheel_put_them(tmp_path, monkeypatch):
     assert defaults.shipped_pipeline("genvl-caption-small") == ROOT / "pipelines" / "genvl-caption-small"
     # installed: the module sits in site-packages, the pipelines under the prefix's share/genvl/pipelines/
-    site_packages = tmp_path / "venv" / "lib" / "site-packages" / "genvl" / "pipelines"
-    monkeypatch.setattr(defaults, "__file__", str(site_packages / "defaults.py"))
+    site_packages = tmp_path / "venv" / "lib" / "site-packages" / "genvl" / "io"
+    monkeypatch.setattr(shipped_files, "__file__", str(site_packages / "shipped.py"))
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
     missing = defaults.shipped_pipeline("genvl-caption-small")
     assert missing == tmp_path / "venv" / "lib" / "site-packages" / "pipelines" / "genvl-caption-small"  # for errors
@@ -43,7 +44,5 @@ def test_shipped_pipelines_are_found_in_the_checkout_or_where_the_wheel_put_them
     # the configs the training scripts default to are found the same way
     (tmp_path / "venv" / "share" / "genvl" / "configs").mkdir(parents=True)
     (tmp_path / "venv" / "share" / "genvl" / "configs" / "clip_small.json").write_text("{}")
-    assert (
-        defaults.shipped_config("clip_small.json")
-        == tmp_path / "venv" / "share" / "genvl" / "configs" / "clip_small.json"
-    )
+    found = shipped_files.shipped("configs", "clip_small.json")
+    assert found == tmp_path / "venv" / "share" / "genvl" / "configs" / "clip_small.json"

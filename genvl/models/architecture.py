@@ -15,9 +15,9 @@ class JsonArchitecture:
         `configs/NAME` (the training scripts' defaults, in a checkout or an installed wheel)."""
         given = path = Path(path)
         if not path.exists() and not path.is_absolute() and path.parts[:1] == ("configs",) and len(path.parts) == 2:
-            from ..pipelines.defaults import shipped_config
+            from ..io.shipped import shipped
 
-            path = shipped_config(path.name)
+            path = shipped("configs", path.name)
         if not path.is_file():
             raise FileNotFoundError(f"--architecture {given}: no such architecture file")
         try:

@@ -25,31 +25,6 @@ def shipped_pipeline(name: str):
     """The folder of the shipped default pipeline `name` (e.g. "genvl-caption-wide"): in a checkout, its
     `pipelines/` folder; installed from a wheel, `<prefix>/share/genvl/pipelines/` (the venv's, the system's or
     the user's scheme). When neither holds it, the checkout's path, for the error to name."""
-    return _shipped("pipelines", name)
+    from ..io.shipped import shipped
 
-
-def shipped_config(name: str):
-    """The shipped architecture or recipe file `configs/<name>` (e.g. "captioner_small.json"), found as
-    `shipped_pipeline` finds a pipeline: the training scripts' defaults name them, and a wheel has no checkout."""
-    return _shipped("configs", name)
-
-
-def _shipped(kind: str, name: str):
-    import site
-    import sys
-    import sysconfig
-    from pathlib import Path
-
-    checkout = Path(__file__).resolve().parents[2] / kind / name
-    if checkout.exists():
-        return checkout
-    for prefix in (sys.prefix, sysconfig.get_path("data"), site.USER_BASE):
-        installed = Path(prefix or "") / "share" / "genvl" / kind / name
-        if prefix and installed.exists():
-            return installed
-    return checkout
-    for prefix in (sys.prefix, sysconfig.get_path("data"), site.USER_BASE):
-        installed = Path(prefix or "") / "share" / "genvl" / "pipelines" / name
-        if prefix and installed.is_dir():
-            return installed
-    return checkout
+    return shipped("pipelines", name)
