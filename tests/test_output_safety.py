@@ -30,14 +30,16 @@ HIDDEN_TEMPORARY = re.compile(r"\..+\.tmp")  # genvl's `.<name>.<host>-<pid>[.<r
 
 
 def snapshot(root: Path) -> dict:
-    """Everything under `root`: its kind, and its bytes (a file) or target (a symlink), not following links."""
+    """Everything under `root`: its kind, its modification time (a folder's changes when anything is made or removed
+    in it, even for a moment), and its bytes (a file) or target (a symlink), not following links."""
     found = {}
     for folder, folders, files in os.walk(root):
         for name in folders + files:
             path = Path(folder) / name
-            mode = os.lstat(path).st_mode
+            status = os.lstat(path)
+            mode = status.st_mode
             content = os.readlink(path) if stat.S_ISLNK(mode) else path.read_bytes() if stat.S_ISREG(mode) else None
-            found[path] = (stat.S_IFMT(mode), content)
+            found[path] = (stat.S_IFMT(mode), status.st_mtime_ns, content)
     return found
 
 

@@ -22,6 +22,7 @@ from genvl.world.dataset import write_imagefolder
 from genvl.world.sprites import COLOURS, OBJECTS
 
 from .conftest import get_dummy_unclip_components
+from .test_output_safety import snapshot
 
 FAST = ["--steps", "2", "--quiet"]
 
@@ -277,10 +278,10 @@ def test_export_adds_a_checker_to_a_pipeline_folder_and_refuses_other_folders(tm
         (checker_files, "is not a safety checker folder genvl wrote"),
         (path / "model_index.json", "is not a safety checker folder genvl wrote"),
     ):
-        before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+        before = snapshot(tmp_path)
         with pytest.raises(FileExistsError, match=message):
             export_checker(["--judge", str(copy), "--block", "snake", "--output", str(folder)])
-        assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+        assert snapshot(tmp_path) == before
     other = tmp_path / "other"
     TextToImagePipeline(**get_dummy_unclip_components()).save_pretrained(other)
     shutil.copytree(mine, other / "safety_checker")

@@ -12,6 +12,7 @@ from genvl.world.dataset import write_imagefolder
 
 from .conftest import TINY, save_tiny_judge
 from .scripts import recipe
+from .test_output_safety import snapshot
 
 export_captioner = recipe("export_captioner")
 train_captioner = recipe("train_captioner")
@@ -324,10 +325,6 @@ def test_picture_positions_train_on_letterboxes_padded_as_the_saved_pipeline_pad
     with pytest.raises(SystemExit):
         train_captioner.main([*train_args(tiny_data, tmp_path / "bad", 1, arch_file, letterbox_fill="black")])
     assert "--letterbox_fill must be one of border, contrast, got 'black'" in capsys.readouterr().err
-
-
-def snapshot(folder: Path) -> list:
-    return sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*"))
 
 
 def test_an_output_dir_that_is_not_a_run_or_is_an_input_is_refused_untouched(tiny_data, tmp_path):

@@ -20,6 +20,7 @@ from genvl.training.checkpoints import COMPLETE_MARKER, checkpoint_damage, save_
 from genvl.world.dataset import write_imagefolder
 
 from .scripts import ROOT, recipe
+from .test_output_safety import snapshot
 
 pytestmark = pytest.mark.slow  # subprocess training runs
 
@@ -412,11 +413,11 @@ def test_genvl_train_and_genvl_export_run_the_recipes(trained, tmp_path, capsys)
     (mine / "notes.txt").write_text("mine")
     refusals = ((mine, "holds files and is not a folder this export wrote"), (out, "is or holds the input"))
     for folder, message in refusals:
-        before = sorted((p, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+        before = snapshot(folder)
         argv = ["export", "checkpoint", "--stage", "autoencoder", "--run", str(out), "--output", str(folder)]
         assert main(argv) == 1
         assert message in capsys.readouterr().err
-        assert sorted((p, p.stat().st_mtime_ns) for p in folder.rglob("*")) == before
+        assert snapshot(folder) == before
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "autoencoder", "--no_such_flag"])
     assert exit_info.value.code == 2 and "unrecognized arguments: --no_such_flag" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from genvl.world.dataset import write_imagefolder
 
 from .conftest import TINY_CLIP
 from .scripts import recipe
+from .test_output_safety import snapshot
 
 export_checkpoint = recipe("export_checkpoint")
 export_text_to_image = recipe("export_text_to_image")
@@ -297,10 +298,10 @@ def test_assembled_pipeline_generates(trained):
         (root / "decoder", "is or holds the input"),
         (root, "is or holds the input"),
     ):
-        before = sorted((p, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+        before = snapshot(folder)
         with pytest.raises((FileExistsError, ValueError), match=message):
             export_text_to_image.main([*parts, "--output", str(folder)])
-        assert sorted((p, p.stat().st_mtime_ns) for p in folder.rglob("*")) == before
+        assert snapshot(folder) == before
 
 
 def test_prior_resume_retraces_the_straight_run(trained, tmp_path):
